@@ -1,0 +1,1 @@
+"""Benchmarks: each measures tinygpt and its peer side by side in one run (``tinygpt bench NAME``)."""

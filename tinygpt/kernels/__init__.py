@@ -1,0 +1,1 @@
+"""Compute backends: the NumPy reference in ``tinygpt.layers`` and Numba kernels (``cpu``, ``cuda``)."""
