@@ -1,0 +1,268 @@
+"""Every layer's backward pass against float64 central differences, plus the pitfalls each layer invites."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinygpt import layers
+from tinygpt.errors import TinyGPTError
+from tinygpt.gradcheck import assert_gradcheck, gradcheck, relative_error
+
+TOL = 1e-6  # a correct float64 backward lands near 1e-9; a wrong one near 1e-1
+
+
+def rng_for(seed=0):
+    return np.random.default_rng(seed)
+
+
+# --- gradient checks of every layer ---------------------------------------------------------------
+
+
+def test_embedding_gradcheck_with_repeated_ids():
+    rng = rng_for(1)
+    idx = np.array([[3, 1, 3, 3], [0, 3, 2, 1]])  # id 3 appears four times
+    wte, wpe = rng.standard_normal((5, 6)), rng.standard_normal((7, 6))
+    assert_gradcheck(
+        layers.embedding_forward, layers.embedding_backward, {"idx": idx, "wte": wte, "wpe": wpe}, TOL
+    )
+
+
+def test_embedding_gradient_accumulates_repeated_ids():
+    idx = np.array([[2, 2, 2]])
+    dout = np.arange(9, dtype=np.float64).reshape(1, 3, 3)
+    _, cache = layers.embedding_forward(idx, np.zeros((4, 3)), np.zeros((5, 3)))
+    dwte, dwpe = layers.embedding_backward(dout, cache)
+    np.testing.assert_array_equal(dwte[2], dout[0].sum(axis=0))  # all three, not just the last
+    np.testing.assert_array_equal(dwte[[0, 1, 3]], 0.0)
+    np.testing.assert_array_equal(dwpe[:3], dout[0])
+    np.testing.assert_array_equal(dwpe[3:], 0.0)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_layernorm_gradcheck(with_bias):
+    rng = rng_for(2)
+    x = rng.standard_normal((2, 3, 8)) * 3 + 1
+    w = rng.standard_normal(8)
+    b = rng.standard_normal(8) if with_bias else None
+    errors = assert_gradcheck(
+        layers.layernorm_forward, layers.layernorm_backward, {"x": x, "weight": w, "bias": b}, TOL
+    )
+    assert set(errors) == ({"x", "weight", "bias"} if with_bias else {"x", "weight"})
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_gradcheck(with_bias):
+    rng = rng_for(3)
+    x, w = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5))
+    b = rng.standard_normal(5) if with_bias else None
+    assert_gradcheck(layers.linear_forward, layers.linear_backward, {"x": x, "weight": w, "bias": b}, TOL)
+
+
+def test_gelu_gradcheck():
+    x = np.linspace(-5, 5, 41).reshape(1, 41) + rng_for(4).standard_normal((3, 41)) * 0.1
+    assert_gradcheck(layers.gelu_forward, layers.gelu_backward, {"x": x}, TOL)
+
+
+def test_attention_gradcheck():
+    rng = rng_for(5)
+    qkv = rng.standard_normal((2, 5, 3 * 8))
+    assert_gradcheck(
+        layers.attention_forward, layers.attention_backward, {"qkv": qkv}, TOL, kwargs={"n_head": 2}
+    )
+
+
+def test_attention_with_dropout_gradcheck():
+    qkv = rng_for(6).standard_normal((2, 6, 3 * 8))
+
+    def forward(qkv):  # a fresh, identically seeded rng: the same dropout mask on every call
+        return layers.attention_forward(qkv, n_head=2, dropout=0.3, rng=np.random.default_rng(7))
+
+    out, cache = forward(qkv)
+    assert cache[3] is not None and not cache[3].all()  # some probabilities really are dropped
+    assert_gradcheck(forward, layers.attention_backward, {"qkv": qkv}, TOL)
+
+
+def test_dropout_gradcheck_and_mask():
+    x = rng_for(8).standard_normal((4, 10))
+
+    def forward(x):
+        return layers.dropout_forward(x, 0.4, np.random.default_rng(9))
+
+    out, (keep, p) = forward(x)
+    np.testing.assert_allclose(out, np.where(keep, x / 0.6, 0.0))
+    assert 0 < keep.sum() < keep.size
+    assert_gradcheck(forward, layers.dropout_backward, {"x": x}, TOL)
+
+
+def test_dropout_zero_is_identity_and_bad_p_raises():
+    x = np.ones(3)
+    out, cache = layers.dropout_forward(x, 0.0, None)
+    assert out is x and cache is None
+    with pytest.raises(TinyGPTError, match="dropout"):
+        layers.dropout_forward(x, 1.0, rng_for())
+
+
+def test_cross_entropy_gradcheck_with_ignored_targets():
+    rng = rng_for(10)
+    logits = rng.standard_normal((2, 4, 7)) * 2
+    targets = np.array([[1, -1, 6, 0], [-1, 2, 2, 5]])
+    assert_gradcheck(
+        layers.cross_entropy_forward,
+        layers.cross_entropy_backward,
+        {"logits": logits, "targets": targets},
+        TOL,
+    )
+    _, cache = layers.cross_entropy_forward(logits, targets)
+    dlogits = layers.cross_entropy_backward(1.0, cache)
+    np.testing.assert_array_equal(dlogits[0, 1], 0.0)  # ignored rows get exactly zero gradient
+    np.testing.assert_array_equal(dlogits[1, 0], 0.0)
+
+
+def test_gradcheck_rejects_float32_and_catches_a_wrong_backward():
+    x = rng_for(11).standard_normal((3, 4))
+    with pytest.raises(TinyGPTError, match="float64"):
+        gradcheck(layers.gelu_forward, layers.gelu_backward, {"x": x.astype(np.float32)})
+
+    def wrong_backward(dout, cache):  # forgets the 1 - tanh^2 term
+        t = np.tanh(math.sqrt(2 / math.pi) * (cache + 0.044715 * cache**3))
+        return dout * 0.5 * (1 + t)
+
+    with pytest.raises(AssertionError, match="gradient check failed"):
+        assert_gradcheck(layers.gelu_forward, wrong_backward, {"x": x}, TOL)
+
+
+# --- forward values against straightforward references -------------------------------------------
+
+
+def naive_attention(qkv, n_head):
+    """Loops over batch, head and query: the textbook definition, nothing shared with layers.py."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // n_head
+    out = np.zeros((B, T, C))
+    for b in range(B):
+        for h in range(n_head):
+            q = qkv[b, :, h * hs : (h + 1) * hs]
+            k = qkv[b, :, C + h * hs : C + (h + 1) * hs]
+            v = qkv[b, :, 2 * C + h * hs : 2 * C + (h + 1) * hs]
+            for t in range(T):
+                scores = np.array([q[t] @ k[s] / math.sqrt(hs) for s in range(t + 1)])
+                p = np.exp(scores - scores.max())
+                p /= p.sum()
+                out[b, t, h * hs : (h + 1) * hs] = p @ v[: t + 1]
+    return out
+
+
+def test_attention_matches_naive_loops_and_masks_the_future_exactly():
+    qkv = rng_for(12).standard_normal((2, 6, 3 * 12))
+    out, cache = layers.attention_forward(qkv, n_head=3)
+    np.testing.assert_allclose(out, naive_attention(qkv, 3), rtol=1e-12, atol=1e-12)
+    att = cache[2]
+    upper = np.triu(np.ones((6, 6), dtype=bool), k=1)
+    assert (att[..., upper] == 0.0).all()  # exactly zero, not merely small
+    np.testing.assert_allclose(att.sum(-1), 1.0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(T=st.integers(2, 8), t_cut=st.integers(1, 7), seed=st.integers(0, 2**16))
+def test_attention_is_causal(T, t_cut, seed):
+    """Changing tokens at positions >= t_cut never changes the outputs before t_cut."""
+    t_cut = min(t_cut, T - 1)
+    rng = rng_for(seed)
+    qkv = rng.standard_normal((1, T, 3 * 4))
+    changed = qkv.copy()
+    changed[:, t_cut:] = rng.standard_normal((1, T - t_cut, 12)) * 100
+    a, _ = layers.attention_forward(qkv, n_head=2)
+    b, _ = layers.attention_forward(changed, n_head=2)
+    np.testing.assert_array_equal(a[:, :t_cut], b[:, :t_cut])
+
+
+def test_gelu_values():
+    out, _ = layers.gelu_forward(np.array([0.0, 1.0, -1.0, 3.0]))
+    np.testing.assert_allclose(out, [0.0, 0.841192, -0.158808, 2.996363], atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shift=st.floats(-1e4, 1e4), scale=st.floats(1e-2, 1e3), seed=st.integers(0, 2**16))
+def test_layernorm_normalises_any_row(shift, scale, seed):
+    x = rng_for(seed).standard_normal((3, 16)) * scale + shift
+    out, _ = layers.layernorm_forward(x, np.ones(16), np.zeros(16))
+    np.testing.assert_allclose(out.mean(-1), 0.0, atol=1e-6)
+    v = x.var(-1)
+    np.testing.assert_allclose(out.var(-1), v / (v + 1e-5), rtol=1e-6)  # eps shrinks the variance slightly
+
+
+@settings(max_examples=25, deadline=None)
+@given(offset=st.floats(-1e4, 1e4), seed=st.integers(0, 2**16))
+def test_cross_entropy_is_shift_invariant_and_finite(offset, seed):
+    """logsumexp(z + c) - (z + c)_t = logsumexp(z) - z_t: huge logits must not overflow."""
+    rng = rng_for(seed)
+    logits = rng.standard_normal((2, 3, 5))
+    targets = rng.integers(0, 5, (2, 3))
+    base, _ = layers.cross_entropy_forward(logits, targets)
+    shifted, cache = layers.cross_entropy_forward(logits + offset, targets)
+    assert math.isfinite(shifted) and shifted > 0
+    assert shifted == pytest.approx(base, rel=1e-9, abs=1e-9 * max(1.0, abs(offset)))
+    assert np.isfinite(layers.cross_entropy_backward(1.0, cache)).all()
+
+
+def test_cross_entropy_value_and_all_ignored():
+    loss, _ = layers.cross_entropy_forward(np.zeros((1, 1, 2)), np.array([[1]]))
+    assert loss == pytest.approx(math.log(2))
+    loss, cache = layers.cross_entropy_forward(np.ones((1, 2, 3)), np.full((1, 2), -1))
+    assert loss == 0.0
+    np.testing.assert_array_equal(layers.cross_entropy_backward(1.0, cache), 0.0)
+
+
+def test_cross_entropy_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = rng_for(13)
+    logits = rng.standard_normal((3, 5, 11)) * 3
+    targets = rng.integers(-1, 11, (3, 5))
+    loss, cache = layers.cross_entropy_forward(logits, targets)
+    tl = torch.tensor(logits, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(tl.view(-1, 11), torch.tensor(targets).view(-1), ignore_index=-1)
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-12)
+    assert relative_error(layers.cross_entropy_backward(1.0, cache), tl.grad.numpy()) < 1e-12
+
+
+# --- dtype: float32 stays float32 ------------------------------------------------------------------
+
+
+def test_every_layer_preserves_float32():
+    rng = rng_for(14)
+    f32 = np.float32
+    x = rng.standard_normal((2, 4, 8)).astype(f32)
+    checks = []
+    out, c = layers.embedding_forward(
+        rng.integers(0, 5, (2, 4)),
+        rng.standard_normal((5, 8)).astype(f32),
+        rng.standard_normal((6, 8)).astype(f32),
+    )
+    checks += [out, *layers.embedding_backward(out, c)]
+    out, c = layers.layernorm_forward(x, np.ones(8, f32), np.zeros(8, f32))
+    checks += [out, *layers.layernorm_backward(out, c)]
+    out, c = layers.linear_forward(x, np.ones((8, 24), f32), np.zeros(24, f32))
+    checks += [out, *layers.linear_backward(out, c)]
+    out, c = layers.gelu_forward(x)
+    checks += [out, layers.gelu_backward(out, c)]
+    qkv = rng.standard_normal((2, 4, 24)).astype(f32)
+    out, c = layers.attention_forward(qkv, 2, dropout=0.1, rng=rng)
+    checks += [out, layers.attention_backward(out, c)]
+    out, c = layers.dropout_forward(x, 0.5, rng)
+    checks += [out, layers.dropout_backward(out, c)]
+    logits = rng.standard_normal((2, 4, 7)).astype(f32)
+    _, c = layers.cross_entropy_forward(logits, rng.integers(0, 7, (2, 4)))
+    checks += [layers.cross_entropy_backward(1.0, c)]
+    assert [a.dtype for a in checks] == [np.dtype(f32)] * len(checks)
+
+
+def test_attention_bad_width_and_missing_rng():
+    with pytest.raises(TinyGPTError, match="n_embd"):
+        layers.attention_forward(np.zeros((1, 2, 10)), n_head=2)
+    with pytest.raises(TinyGPTError, match="rng"):
+        layers.attention_forward(np.zeros((1, 2, 12)), n_head=2, dropout=0.1)

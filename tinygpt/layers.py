@@ -1,0 +1,384 @@
+"""Every layer of GPT-2, written twice by hand in NumPy: a forward pass and its backward pass.
+
+Each layer is a pair of plain functions::
+
+    out, cache = <layer>_forward(inputs...)      # cache: exactly what the backward pass needs, nothing more
+    grads      = <layer>_backward(dout, cache)   # dout = dL/dout, same shape as out
+
+``dout`` is the gradient of the loss with respect to the layer's output; the backward pass returns the
+gradients with respect to the layer's inputs, in the order the forward pass takes them. The functions are
+dtype preserving: give them float32 arrays (training) or float64 arrays (gradient checks) and every
+intermediate stays in that dtype.
+
+Shapes use GPT-2's letters: B batch, T time (sequence length), C channels (n_embd), H heads, hs = C / H head
+size, V vocabulary size. The model (``tinygpt.model``) strings these together::
+
+    x = wte[idx] + wpe[:T]                                   embedding
+    for each block:                                          pre-LN residual blocks
+        x = x + c_proj(attention(c_attn(layernorm(x))))
+        x = x + c_proj(gelu(c_fc(layernorm(x))))
+    logits = layernorm(x) @ wte.T                            LM head tied to the token embedding
+    loss = cross_entropy(logits, targets)
+
+Memory is the usual limit of training, so caches hold references to arrays the forward pass already made
+(inputs, outputs) plus small per-row statistics; they never hold a copy that backward could recompute
+cheaply. Where an in-place update or ``out=`` saves a pass over a large array, a one-line comment says so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tinygpt.errors import TinyGPTError
+
+__all__ = [
+    "embedding_forward",
+    "embedding_backward",
+    "layernorm_forward",
+    "layernorm_backward",
+    "linear_forward",
+    "linear_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "attention_forward",
+    "attention_backward",
+    "dropout_forward",
+    "dropout_backward",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+]
+
+
+# --- token + position embedding --------------------------------------------------------------------
+
+
+def embedding_forward(idx, wte, wpe):
+    """Token plus position embedding: ``out[b, t] = wte[idx[b, t]] + wpe[t]``.
+
+    idx (B, T) int, wte (V, C), wpe (block_size, C) -> out (B, T, C)
+
+    Example: with ``wte = [[1, 0], [0, 1]]`` and ``wpe = [[10, 10], [20, 20]]``, ``idx = [[1, 1]]`` gives
+    ``[[[10, 11], [20, 21]]]``.
+    """
+    T = idx.shape[1]
+    out = wte[idx]  # (B, T, C) a fresh array: one row of wte per token
+    out += wpe[:T]  # (T, C) broadcast over the batch; in place, out is ours
+    cache = (idx, wte.shape[0], wpe.shape[0])  # ids and table sizes; the tables themselves are not needed
+    return out, cache
+
+
+def embedding_backward(dout, cache):
+    """dout (B, T, C) -> dwte (V, C), dwpe (block_size, C).
+
+    A token that appears n times receives the sum of n gradients. ``dwte[idx] += dout`` would silently keep
+    only one of them (fancy-indexed assignment does not accumulate), so we use the unbuffered ``np.add.at``.
+    """
+    idx, vocab_size, block_size = cache
+    B, T, C = dout.shape
+    dwte = np.zeros((vocab_size, C), dtype=dout.dtype)
+    np.add.at(dwte, idx.reshape(-1), dout.reshape(-1, C))  # repeated ids accumulate
+    dwpe = np.zeros((block_size, C), dtype=dout.dtype)
+    dwpe[:T] = dout.sum(axis=0)  # every sequence in the batch uses positions 0..T-1
+    return dwte, dwpe
+
+
+# --- LayerNorm -------------------------------------------------------------------------------------
+
+
+def layernorm_forward(x, weight, bias, eps=1e-5):
+    """LayerNorm over the last axis: ``out = (x - mean) / sqrt(var + eps) * weight + bias``.
+
+    x (..., C), weight (C,), bias (C,) or None -> out (..., C)
+
+    The cache keeps x (already alive as the residual stream) and two numbers per row, mean and
+    rstd = 1 / sqrt(var + eps); backward rebuilds xhat = (x - mean) * rstd from them.
+    """
+    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    xc = x - mean  # (..., C) centred; this array becomes the output
+    var = np.einsum("...c,...c->...", xc, xc)[..., None] / x.shape[-1]  # (..., 1) biased variance, no temp
+    rstd = 1.0 / np.sqrt(var + eps)  # (..., 1)
+    out = xc
+    out *= rstd  # xhat, in place: saves a (..., C) temporary
+    out *= weight
+    if bias is not None:
+        out += bias
+    cache = (x, weight, mean, rstd, bias is not None)
+    return out, cache
+
+
+def layernorm_backward(dout, cache):
+    """dout (..., C) -> dx (..., C), dweight (C,), dbias (C,) or None.
+
+    With xhat = (x - mean) * rstd and g = dout * weight (the gradient reaching xhat), the compact form is::
+
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat))        (means over the C axis)
+
+    the two mean terms being what flows back through ``mean`` and ``var``.
+    """
+    x, weight, mean, rstd, has_bias = cache
+    C = x.shape[-1]
+    xhat = x - mean
+    xhat *= rstd  # (..., C) rebuilt rather than cached: one cheap pass instead of one more (..., C) array
+    dout2d, xhat2d = dout.reshape(-1, C), xhat.reshape(-1, C)
+    dweight = np.einsum("nc,nc->c", dout2d, xhat2d)  # sum over all rows of dout * xhat, no temporary
+    dbias = dout2d.sum(axis=0) if has_bias else None
+    g = dout * weight  # (..., C) gradient reaching xhat
+    g_mean = g.mean(axis=-1, keepdims=True)  # (..., 1)
+    gx_mean = np.einsum("...c,...c->...", g, xhat)[..., None] / C  # (..., 1) mean(g * xhat)
+    dx = g
+    dx -= g_mean  # in place: g is ours and no longer needed as itself
+    xhat *= gx_mean
+    dx -= xhat
+    dx *= rstd
+    return dx, dweight, dbias
+
+
+# --- linear (fully connected) ----------------------------------------------------------------------
+
+
+def linear_forward(x, weight, bias):
+    """``out = x @ weight + bias``, weight stored (in, out) as in GPT-2's Conv1D checkpoints.
+
+    x (..., in), weight (in, out), bias (out,) or None -> out (..., out)
+    """
+    n_in, n_out = weight.shape
+    out = x.reshape(-1, n_in) @ weight  # (N, in) @ (in, out): one 2-D BLAS call, not a batched loop
+    if bias is not None:
+        out += bias  # in place: out is a fresh array
+    cache = (x, weight, bias is not None)
+    return out.reshape(*x.shape[:-1], n_out), cache
+
+
+def linear_backward(dout, cache):
+    """dout (..., out) -> dx (..., in), dweight (in, out), dbias (out,) or None.
+
+    From out = x W + b:  dx = dout W^T,  dW = x^T dout (summed over every row),  db = sum of dout's rows.
+    """
+    x, weight, has_bias = cache
+    n_in, n_out = weight.shape
+    dout2d = dout.reshape(-1, n_out)  # (N, out)
+    dx = (dout2d @ weight.T).reshape(x.shape)  # (N, out) @ (out, in); W.T is a view, BLAS reads it transposed
+    dweight = x.reshape(-1, n_in).T @ dout2d  # (in, N) @ (N, out)
+    dbias = dout2d.sum(axis=0) if has_bias else None
+    return dx, dweight, dbias
+
+
+# --- GELU ------------------------------------------------------------------------------------------
+
+_GELU_K = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
+
+
+def gelu_forward(x):
+    """GELU, GPT-2's tanh approximation: ``0.5 x (1 + tanh(k (x + a x^3)))``, k = sqrt(2/pi), a = 0.044715.
+
+    x (...,) -> out (...,), same shape. Example: gelu(0) = 0, gelu(1) = 0.8412, gelu(-1) = -0.1588.
+    """
+    t = x * x
+    t *= _GELU_A
+    t += 1.0
+    t *= x
+    t *= _GELU_K  # u = k (x + a x^3), built in one buffer: each in-place step saves a temporary
+    np.tanh(t, out=t)
+    t += 1.0
+    t *= x
+    t *= 0.5
+    return t, x  # the cache is the input alone; backward recomputes tanh
+
+
+def gelu_backward(dout, cache):
+    """dout (...,) -> dx (...,).
+
+    With u = k (x + a x^3) and t = tanh(u)::
+
+        d gelu / dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 a x^2)
+    """
+    x = cache
+    x2 = x * x
+    t = x2 * _GELU_A
+    t += 1.0
+    t *= x
+    t *= _GELU_K
+    np.tanh(t, out=t)  # t = tanh(u)
+    # x2 becomes 0.5 x k (1 + 3 a x^2)
+    x2 *= 3.0 * _GELU_A
+    x2 += 1.0
+    x2 *= x
+    x2 *= 0.5 * _GELU_K
+    dx = t * t
+    np.subtract(1.0, dx, out=dx)  # 1 - t^2
+    dx *= x2
+    t += 1.0
+    t *= 0.5
+    dx += t
+    dx *= dout
+    return dx
+
+
+# --- dropout ---------------------------------------------------------------------------------------
+
+
+def dropout_forward(x, p, rng):
+    """Inverted dropout: zero each entry with probability p, scale survivors by 1 / (1 - p).
+
+    x (...,) -> out (...,). The expectation is unchanged, so eval mode is the identity. ``rng`` is a
+    ``numpy.random.Generator``; the boolean keep-mask is cached (1 byte per entry) for backward.
+    """
+    if not 0.0 <= p < 1.0:
+        raise TinyGPTError(f"dropout probability must be in [0, 1), got {p}")
+    if p == 0.0:
+        return x, None
+    keep = rng.random(x.shape, dtype=np.float32) >= p
+    out = x * keep
+    out *= 1.0 / (1.0 - p)
+    return out, (keep, p)
+
+
+def dropout_backward(dout, cache):
+    """dout (...,) -> dx (...,): the same mask and scale as the forward pass."""
+    if cache is None:
+        return dout
+    keep, p = cache
+    dx = dout * keep
+    dx *= 1.0 / (1.0 - p)
+    return dx
+
+
+# --- causal multi-head self-attention --------------------------------------------------------------
+
+
+def _causal_mask(T, dtype):
+    """(T, T) additive mask: 0 where key s <= query t, -inf above the diagonal, so exp gives exactly 0."""
+    mask = np.zeros((T, T), dtype=dtype)
+    mask[np.triu_indices(T, k=1)] = -np.inf
+    return mask
+
+
+def attention_forward(qkv, n_head, dropout=0.0, rng=None):
+    """Causal multi-head self-attention on the fused projection: ``softmax(q k^T / sqrt(hs) + mask) v``.
+
+    qkv (B, T, 3C) -> out (B, T, C), heads merged back side by side (the input of ``attn.c_proj``).
+
+    qkv is ``[q | k | v]`` along the last axis, each C wide and split into H heads of size hs = C / H.
+    Query t attends to keys s <= t only: the mask adds -inf above the diagonal, so those probabilities are
+    exactly zero. ``dropout`` drops attention probabilities (training only); it needs ``rng``, a
+    ``numpy.random.Generator``.
+
+    The cache keeps qkv (which the c_attn projection made anyway), the probabilities (B, H, T, T) and,
+    with dropout, the boolean keep-mask.
+    """
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    if C3 % 3 or C % n_head:
+        raise TinyGPTError(f"attention input width {C3} is not 3 * n_embd with n_embd divisible by {n_head}")
+    if dropout and rng is None:
+        raise TinyGPTError("attention dropout > 0 needs an rng (numpy.random.Generator)")
+    hs = C // n_head
+    # (B, T, 3, H, hs) -> (3, B, H, T, hs): views, no copy; matmul reads the strided rows directly
+    q, k, v = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)
+    k_scaled = k * (1.0 / math.sqrt(hs))  # (B, H, T, hs): scaling k costs T*hs, scaling the scores T*T
+    att = q @ k_scaled.swapaxes(-1, -2)  # (B, H, T, T) scores q.k / sqrt(hs)
+    att += _causal_mask(T, att.dtype)  # -inf on the future
+    att -= att.max(axis=-1, keepdims=True)  # max-subtracted softmax: exp never overflows
+    np.exp(att, out=att)  # in place: the scores are not needed again
+    att /= att.sum(axis=-1, keepdims=True)  # (B, H, T, T) probabilities; each row sums to 1
+    keep = None
+    att_used = att
+    if dropout:
+        keep = rng.random(att.shape, dtype=np.float32) >= dropout
+        att_used = att * keep
+        att_used *= 1.0 / (1.0 - dropout)
+    y = att_used @ v  # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
+    out = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # merge heads: (B, T, H, hs) -> (B, T, C)
+    cache = (qkv, n_head, att, keep, dropout)
+    return out, cache
+
+
+def attention_backward(dout, cache):
+    """dout (B, T, C) -> dqkv (B, T, 3C).
+
+    With P the probabilities and S = q k^T / sqrt(hs) the scores (D the dropout mask / (1 - p), or 1)::
+
+        dv = (P D)^T dy      dPD = dy v^T      dP = dPD * D
+        dS = P * (dP - rowsum(dP * P))                          softmax backward
+        dq = dS k / sqrt(hs)      dk = dS^T q / sqrt(hs)
+
+    Masked entries have P = 0, so dS is 0 there: no gradient flows to the future.
+    """
+    qkv, n_head, att, keep, dropout = cache
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // n_head
+    scale = 1.0 / math.sqrt(hs)
+    q, k, v = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)
+    dy = dout.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)  # (B, H, T, hs)
+    dqkv = np.empty_like(qkv)
+    dq, dk, dv = dqkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # views into dqkv
+    datt = dy @ v.swapaxes(-1, -2)  # (B, H, T, T)
+    if keep is None:
+        np.matmul(att.swapaxes(-1, -2), dy, out=dv)  # written straight into dqkv
+    else:
+        att_used = att * keep
+        att_used *= 1.0 / (1.0 - dropout)
+        np.matmul(att_used.swapaxes(-1, -2), dy, out=dv)
+        del att_used
+        datt *= keep
+        datt *= 1.0 / (1.0 - dropout)
+    # softmax backward, in place on datt: dS = P * (dP - sum_s dP * P)
+    row_dot = np.einsum("bhts,bhts->bht", datt, att)[..., None]  # (B, H, T, 1), no (B, H, T, T) temporary
+    datt -= row_dot
+    datt *= att
+    np.matmul(datt, k, out=dq)  # (B, H, T, T) @ (B, H, T, hs)
+    dq *= scale
+    np.matmul(datt.swapaxes(-1, -2), q, out=dk)
+    dk *= scale
+    return dqkv
+
+
+# --- softmax cross-entropy -------------------------------------------------------------------------
+
+
+def cross_entropy_forward(logits, targets):
+    """Mean softmax cross-entropy over the tokens whose target is not -1.
+
+    logits (B, T, V), targets (B, T) int in [0, V) or -1 (ignored) -> loss (Python float)
+
+    loss_i = logsumexp(logits_i) - logits_i[target_i], with logsumexp(z) = m + log(sum exp(z - m)) and
+    m = max(z), so exp never overflows. Example: logits [0, 0] and target 1 give log 2 = 0.6931.
+    If every target is -1 the loss is 0 (and so is its gradient), not NaN.
+    """
+    V = logits.shape[-1]
+    z = logits.reshape(-1, V)  # (N, V) with N = B*T
+    t = targets.reshape(-1)  # (N,)
+    valid = t != -1
+    n_valid = int(valid.sum())
+    m = z.max(axis=-1, keepdims=True)  # (N, 1)
+    e = z - m
+    np.exp(e, out=e)
+    lse = (m + np.log(e.sum(axis=-1, keepdims=True)))[:, 0]  # (N,) log-sum-exp
+    del e
+    picked = z[np.arange(z.shape[0]), np.where(valid, t, 0)]  # (N,) logit of the target
+    losses = np.where(valid, lse - picked, 0.0)
+    loss = float(losses.sum()) / max(n_valid, 1)
+    cache = (logits, targets, lse, n_valid)
+    return loss, cache
+
+
+def cross_entropy_backward(dloss, cache):
+    """dloss (scalar) -> dlogits (B, T, V) = dloss * (softmax(logits) - onehot(target)) / n_valid.
+
+    Rows whose target is -1 get exactly zero gradient.
+    """
+    logits, targets, lse, n_valid = cache
+    V = logits.shape[-1]
+    dlogits = logits.reshape(-1, V) - lse[:, None].astype(logits.dtype)  # (N, V) log-probabilities
+    np.exp(dlogits, out=dlogits)  # softmax probabilities, in place
+    t = targets.reshape(-1)
+    valid = t != -1
+    rows = np.flatnonzero(valid)
+    dlogits[rows, t[rows]] -= 1.0
+    row_scale = valid.astype(logits.dtype) * (float(dloss) / max(n_valid, 1))  # (N,) zero for ignored rows
+    dlogits *= row_scale[:, None]
+    return dlogits.reshape(logits.shape)
