@@ -1,0 +1,170 @@
+"""AdamW against torch.optim.AdamW, gradient clipping against torch's, and the learning-rate schedule."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinygpt.errors import TinyGPTError
+from tinygpt.optim import AdamW, clip_grad_norm, grad_norm, lr_at
+
+torch = pytest.importorskip("torch")
+
+
+def _params(rng, dtype):
+    # GPT-like shapes: 2-D weights and an embedding decay, 1-D biases and LayerNorm gains do not.
+    return {
+        "wte.weight": rng.standard_normal((11, 6)).astype(dtype),
+        "h.0.attn.c_attn.weight": rng.standard_normal((6, 18)).astype(dtype),
+        "h.0.attn.c_attn.bias": rng.standard_normal(18).astype(dtype),
+        "ln_f.weight": (1.0 + 0.1 * rng.standard_normal(6)).astype(dtype),
+    }
+
+
+def _run_both(dtype, torch_dtype, steps, lr_schedule, betas, weight_decay, seed=0):
+    rng = np.random.default_rng(seed)
+    params = _params(rng, dtype)
+    tparams = {k: torch.tensor(v.copy(), dtype=torch_dtype, requires_grad=True) for k, v in params.items()}
+    decay = [t for k, t in tparams.items() if t.ndim >= 2]
+    no_decay = [t for k, t in tparams.items() if t.ndim < 2]
+    topt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr_schedule(0), betas=betas, eps=1e-8, foreach=False)
+    opt = AdamW(params, lr=lr_schedule(0), betas=betas, eps=1e-8, weight_decay=weight_decay)
+    for step in range(steps):
+        # Gradients of very different scales, some exactly zero, fresh every step.
+        grads = {k: (rng.standard_normal(v.shape) * 10.0 ** rng.integers(-4, 2)).astype(dtype)
+                 for k, v in params.items()}
+        grads["h.0.attn.c_attn.bias"][:3] = 0.0
+        lr = lr_schedule(step)
+        for group in topt.param_groups:
+            group["lr"] = lr
+        for k, t in tparams.items():
+            t.grad = torch.tensor(grads[k].copy(), dtype=torch_dtype)
+        topt.step()
+        opt.step(grads, lr=lr)
+    return params, tparams
+
+
+def test_adamw_matches_torch_float64_over_many_steps():
+    def schedule(step):
+        return lr_at(step, 1e-2, warmup_iters=5, lr_decay_iters=150, min_lr=1e-3)
+
+    params, tparams = _run_both(np.float64, torch.float64, 200, schedule, (0.9, 0.95), 0.1)
+    for k, p in params.items():
+        np.testing.assert_allclose(p, tparams[k].detach().numpy(), rtol=1e-11, atol=1e-12, err_msg=k)
+
+
+def test_adamw_matches_torch_float32():
+    params, tparams = _run_both(np.float32, torch.float32, 100, lambda s: 3e-3, (0.9, 0.99), 0.5, seed=1)
+    for k, p in params.items():
+        assert p.dtype == np.float32
+        np.testing.assert_allclose(p, tparams[k].detach().numpy(), rtol=2e-5, atol=2e-6, err_msg=k)
+
+
+def test_adamw_updates_in_place_and_decays_only_matrices():
+    rng = np.random.default_rng(0)
+    params = _params(rng, np.float32)
+    before = {k: v.copy() for k, v in params.items()}
+    ids = {k: id(v) for k, v in params.items()}
+    opt = AdamW(params, lr=0.1, weight_decay=0.5)
+    opt.step({k: np.zeros_like(v) for k, v in params.items()})  # zero gradient: only decay moves p
+    assert {k: id(v) for k, v in params.items()} == ids
+    np.testing.assert_allclose(params["wte.weight"], before["wte.weight"] * (1 - 0.1 * 0.5), rtol=1e-6)
+    np.testing.assert_array_equal(params["ln_f.weight"], before["ln_f.weight"])
+    np.testing.assert_array_equal(params["h.0.attn.c_attn.bias"], before["h.0.attn.c_attn.bias"])
+
+
+def test_first_adam_step_moves_each_coordinate_by_lr():
+    # With bias correction, step 1 is lr * g / (|g| + eps): every coordinate moves by ~lr against its sign.
+    params = {"w": np.array([1.0, -2.0, 3.0])}
+    opt = AdamW(params, lr=0.01, weight_decay=0.0)
+    opt.step({"w": np.array([5.0, -0.001, 0.0])})
+    np.testing.assert_allclose(params["w"], [0.99, -1.99, 3.0], rtol=0, atol=1e-7)
+
+
+def test_state_dict_round_trip_continues_identically():
+    rng = np.random.default_rng(3)
+    a = _params(rng, np.float32)
+    b = {k: v.copy() for k, v in a.items()}
+    opt_a = AdamW(a, lr=1e-2)
+    grads = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in a.items()} for _ in range(6)]
+    for g in grads[:3]:
+        opt_a.step(g)
+    state = opt_a.state_dict()
+    b.update({k: v.copy() for k, v in a.items()})
+    opt_b = AdamW(b, lr=1e-2)
+    opt_b.load_state_dict(state)
+    for g in grads[3:]:
+        opt_a.step(g)
+        opt_b.step(g)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert opt_b.step_count == 6
+
+
+def test_load_state_dict_rejects_mismatched_state():
+    params = {"w": np.zeros((2, 2), np.float32)}
+    opt = AdamW(params, lr=1e-3)
+    state = opt.state_dict()
+    state["exp_avg"]["w"] = np.zeros((3, 2), np.float32)
+    with pytest.raises(TinyGPTError, match="shape"):
+        opt.load_state_dict(state)
+    with pytest.raises(TinyGPTError, match="missing"):
+        opt.load_state_dict({"step": 1, "exp_avg": {}, "exp_avg_sq": {}})
+
+
+@pytest.mark.parametrize(
+    "bad", [{"lr": -1.0}, {"betas": (0.9, 1.0)}, {"weight_decay": -0.1}, {"lr": math.nan}]
+)
+def test_bad_hyperparameters_raise(bad):
+    kwargs = {"lr": 1e-3, **bad}
+    with pytest.raises(TinyGPTError):
+        AdamW({"w": np.zeros(2)}, **kwargs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(scale=st.floats(1e-3, 1e3), max_norm=st.floats(0.01, 100.0), seed=st.integers(0, 2**16))
+def test_clip_grad_norm_matches_torch(scale, max_norm, seed):
+    rng = np.random.default_rng(seed)
+    grads = {"a": rng.standard_normal((4, 5)) * scale, "b": rng.standard_normal(7) * scale}
+    tgrads = [torch.tensor(g.copy()) for g in grads.values()]
+    tensors = [torch.zeros_like(t, requires_grad=True) for t in tgrads]
+    for t, g in zip(tensors, tgrads):
+        t.grad = g
+    expected_norm = torch.nn.utils.clip_grad_norm_(tensors, max_norm).item()
+    norm = clip_grad_norm(grads, max_norm)
+    assert norm == pytest.approx(expected_norm, rel=1e-12)
+    for g, t in zip(grads.values(), tensors):
+        np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-12)
+    assert grad_norm(grads) <= max(max_norm, norm) * (1 + 1e-9)
+
+
+def test_clip_disabled_returns_norm_and_keeps_grads():
+    grads = {"a": np.array([3.0, 4.0])}
+    assert clip_grad_norm(grads, 0.0) == pytest.approx(5.0)
+    np.testing.assert_array_equal(grads["a"], [3.0, 4.0])
+    assert clip_grad_norm(grads, 1.0) == pytest.approx(5.0)
+    np.testing.assert_allclose(np.linalg.norm(grads["a"]), 1.0, rtol=1e-6)
+
+
+def test_lr_schedule_shape():
+    kw = {"learning_rate": 1e-3, "warmup_iters": 100, "lr_decay_iters": 2000, "min_lr": 1e-4}
+    assert lr_at(0, **kw) == pytest.approx(1e-3 / 101)
+    assert lr_at(100, **kw) == pytest.approx(1e-3)
+    assert lr_at(1050, **kw) == pytest.approx(5.5e-4)
+    assert lr_at(2000, **kw) == pytest.approx(1e-4)
+    assert lr_at(5000, **kw) == 1e-4
+    lrs = [lr_at(s, **kw) for s in range(2101)]
+    assert all(a < b for a, b in zip(lrs[:100], lrs[1:101]))  # warmup rises
+    assert all(a >= b for a, b in zip(lrs[100:2000], lrs[101:2001]))  # decay never rises
+    assert min(lrs[100:]) == pytest.approx(1e-4) and max(lrs) == pytest.approx(1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(step=st.integers(0, 10_000), warmup=st.integers(0, 500), decay=st.integers(0, 5000))
+def test_lr_always_between_zero_and_peak(step, warmup, decay):
+    lr = lr_at(step, 6e-4, warmup, max(decay, warmup), 6e-5)
+    assert 0.0 < lr <= 6e-4 + 1e-15

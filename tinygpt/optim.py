@@ -1,0 +1,173 @@
+"""AdamW, global-norm gradient clipping and the warmup + cosine learning-rate schedule, by hand.
+
+Parameters and gradients are plain ``dict[str, np.ndarray]`` (the model's ``params`` and the ``grads``
+its ``backward`` returns, same keys and shapes). The optimizer updates the parameter arrays IN PLACE,
+so the model sees the new values without any copying back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tinygpt.errors import TinyGPTError
+
+
+class AdamW:
+    """Adam with decoupled weight decay (Loshchilov & Hutter), the optimizer GPT-2/3 were trained with.
+
+    For each parameter ``p`` with gradient ``g``, at step ``t = 1, 2, ...``::
+
+        p <- p - lr * wd * p                      # decoupled decay (2-D weights only, see below)
+        m <- b1 * m + (1 - b1) * g                # first moment: running mean of g
+        v <- b2 * v + (1 - b2) * g^2              # second moment: running mean of g^2
+        m_hat = m / (1 - b1^t);  v_hat = v / (1 - b2^t)   # bias correction: m, v start at 0
+        p <- p - lr * m_hat / (sqrt(v_hat) + eps)
+
+    "Decoupled" means the decay shrinks the weights directly instead of being added to ``g`` (where
+    Adam's per-coordinate scaling would distort it). As in GPT-2 / nanoGPT, only tensors with 2 or more
+    dimensions decay (matmul weights and embeddings); biases and LayerNorm gains (1-D) do not.
+
+    The arithmetic follows ``torch.optim.AdamW`` term by term, so both produce the same updates (a test
+    checks this over many steps). Every operation writes into ``p``, ``m``, ``v`` or one reusable scratch
+    buffer, so a step allocates nothing.
+    """
+
+    def __init__(self, params: dict[str, np.ndarray], lr: float, betas: tuple[float, float] = (0.9, 0.95),
+                 eps: float = 1e-8, weight_decay: float = 0.1):
+        if not lr >= 0.0:
+            raise TinyGPTError(f"learning rate must be >= 0, got {lr}")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise TinyGPTError(f"betas must be in [0, 1), got {tuple(betas)}")
+        if not eps >= 0.0:
+            raise TinyGPTError(f"eps must be >= 0, got {eps}")
+        if not weight_decay >= 0.0:
+            raise TinyGPTError(f"weight decay must be >= 0, got {weight_decay}")
+        self.params = params
+        self.lr = float(lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+        self.step_count = 0
+        self.exp_avg = {name: np.zeros_like(p) for name, p in params.items()}  # m
+        self.exp_avg_sq = {name: np.zeros_like(p) for name, p in params.items()}  # v
+        self.decays = {name: p.ndim >= 2 for name, p in params.items()}
+        largest = max((p.size for p in params.values()), default=0)
+        dtype = np.result_type(*params.values()) if params else np.float32
+        self._scratch = np.empty(largest, dtype=dtype)
+
+    def step(self, grads: dict[str, np.ndarray], lr: float | None = None) -> None:
+        """One update of every parameter from ``grads`` (same keys); ``lr`` overrides ``self.lr``."""
+        lr = self.lr if lr is None else float(lr)
+        self.step_count += 1
+        b1, b2 = self.betas
+        bias_correction1 = 1.0 - b1**self.step_count
+        bias_correction2 = 1.0 - b2**self.step_count
+        step_size = lr / bias_correction1
+        sqrt_bc2 = math.sqrt(bias_correction2)
+        for name, p in self.params.items():
+            g = grads[name]
+            m, v = self.exp_avg[name], self.exp_avg_sq[name]
+            tmp = self._scratch[: p.size].reshape(p.shape)
+            if self.decays[name] and self.weight_decay:
+                p *= 1.0 - lr * self.weight_decay
+            m *= b1  # m = b1 m + (1 - b1) g
+            np.multiply(g, 1.0 - b1, out=tmp)
+            m += tmp
+            v *= b2  # v = b2 v + (1 - b2) g^2
+            np.multiply(g, g, out=tmp)
+            tmp *= 1.0 - b2
+            v += tmp
+            np.sqrt(v, out=tmp)  # denominator sqrt(v_hat) + eps = sqrt(v) / sqrt(1 - b2^t) + eps
+            tmp /= sqrt_bc2
+            tmp += self.eps
+            np.divide(m, tmp, out=tmp)
+            tmp *= step_size
+            p -= tmp
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: the step count, hyperparameters and both moments."""
+        return {
+            "step": self.step_count, "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "exp_avg": {k: a.copy() for k, a in self.exp_avg.items()},
+            "exp_avg_sq": {k: a.copy() for k, a in self.exp_avg_sq.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output; shapes and names must match the parameters."""
+        try:
+            for key in ("exp_avg", "exp_avg_sq"):
+                moments = state[key]
+                if set(moments) != set(self.params):
+                    missing = sorted(set(self.params) - set(moments))[:3]
+                    extra = sorted(set(moments) - set(self.params))[:3]
+                    raise TinyGPTError(f"optimizer state does not match the model: missing {missing}, "
+                                       f"unexpected {extra}")
+                for name, p in self.params.items():
+                    shape = np.shape(moments[name])
+                    if shape != p.shape:
+                        raise TinyGPTError(f"optimizer state {key}.{name} has shape {shape}, "
+                                           f"the parameter has {p.shape}")
+            self.step_count = int(state["step"])
+            self.lr = float(state.get("lr", self.lr))
+            self.betas = tuple(float(b) for b in state.get("betas", self.betas))
+            self.eps = float(state.get("eps", self.eps))
+            self.weight_decay = float(state.get("weight_decay", self.weight_decay))
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, TinyGPTError):
+                raise
+            raise TinyGPTError(f"corrupt optimizer state: {exc!r}") from None
+        for name, p in self.params.items():
+            self.exp_avg[name] = np.array(state["exp_avg"][name], dtype=p.dtype)
+            self.exp_avg_sq[name] = np.array(state["exp_avg_sq"][name], dtype=p.dtype)
+
+
+def grad_norm(grads: dict[str, np.ndarray]) -> float:
+    """The global L2 norm of all gradients together: ``sqrt(sum over every entry of g^2)``."""
+    total = 0.0
+    for g in grads.values():
+        flat = g.reshape(-1)
+        total += float(np.dot(flat, flat))
+    return math.sqrt(total)
+
+
+def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
+    """Scale all gradients IN PLACE so their global norm is at most ``max_norm``; return the norm before.
+
+    As ``torch.nn.utils.clip_grad_norm_``: ``g <- g * min(1, max_norm / (norm + 1e-6))``. One global
+    factor keeps the update's direction and only shortens it, which tames the occasional huge step.
+    ``max_norm <= 0`` disables clipping (the norm is still returned, e.g. for logging). A non-finite
+    norm is returned unchanged and the gradients are left alone, so the caller can report it.
+    """
+    norm = grad_norm(grads)
+    if max_norm > 0 and math.isfinite(norm):
+        scale = max_norm / (norm + 1e-6)
+        if scale < 1.0:
+            for g in grads.values():
+                g *= scale
+    return norm
+
+
+def lr_at(step: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int, min_lr: float) -> float:
+    """Learning rate for update ``step`` (0-based): linear warmup, then cosine decay to ``min_lr``.
+
+    ::
+
+        step <  warmup_iters:   lr * (step + 1) / (warmup_iters + 1)     # ramps up; never exactly 0
+        step >  lr_decay_iters: min_lr
+        otherwise:              min_lr + (lr - min_lr) * 0.5 * (1 + cos(pi * r)),
+                                r = (step - warmup_iters) / (lr_decay_iters - warmup_iters)   in [0, 1]
+
+    Example with lr=1e-3, min_lr=1e-4, warmup 100, decay 2000: step 0 -> 9.9e-6, step 100 -> 1e-3,
+    step 1050 -> 5.5e-4 (half way down), step 2000 -> 1e-4.
+    """
+    if step < warmup_iters:
+        return learning_rate * (step + 1) / (warmup_iters + 1)
+    if step > lr_decay_iters:
+        return min_lr
+    span = lr_decay_iters - warmup_iters
+    ratio = (step - warmup_iters) / span if span > 0 else 1.0
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
+    return min_lr + coeff * (learning_rate - min_lr)
