@@ -1,0 +1,548 @@
+"""GPT-2, forward and backward by hand: ``GPTConfig`` and ``GPT``.
+
+The model is a dict of NumPy arrays named exactly as in OpenAI's GPT-2 checkpoints (as published by
+Hugging Face, minus the ``transformer.`` prefix), so GPT-2 weights load with no renaming or transposing::
+
+    wte.weight (V, C)                   wpe.weight (block_size, C)
+    h.{i}.ln_1.weight, .bias (C,)       h.{i}.attn.c_attn.weight (C, 3C), .bias (3C,)
+    h.{i}.attn.c_proj.weight (C, C)     h.{i}.attn.c_proj.bias (C,)
+    h.{i}.ln_2.weight, .bias (C,)       h.{i}.mlp.c_fc.weight (C, 4C), .bias (4C,)
+    h.{i}.mlp.c_proj.weight (4C, C)     h.{i}.mlp.c_proj.bias (C,)
+    ln_f.weight, .bias (C,)             (no lm_head: the output layer is wte, transposed)
+
+and the forward pass is the layers of ``tinygpt.layers`` strung together (pre-LN residual blocks)::
+
+    x = drop(wte[idx] + wpe[:T])                                      (B, T, C)
+    for each block i:
+        x = x + drop(c_proj(attention(c_attn(ln_1(x)))))              attention: causal, H heads
+        x = x + drop(c_proj(gelu(c_fc(ln_2(x)))))                     MLP: C -> 4C -> C
+    logits = ln_f(x) @ wte.T                                          (B, T, V)
+    loss = mean cross-entropy of logits against targets (-1 = ignore)
+
+``backward()`` walks the same path in reverse with each layer's ``*_backward``. wte is used twice, as the
+embedding table and as the output layer, so its gradient is the sum of both uses.
+
+Example::
+
+    import numpy as np
+    from tinygpt.model import GPT, GPTConfig
+    model = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128))
+    idx = np.random.default_rng(0).integers(0, 65, (12, 64))
+    logits, loss = model.forward(idx, targets=np.roll(idx, -1, axis=1))   # (12, 64, 65), ~log(65) = 4.17
+    grads = model.backward()                                              # same keys and shapes as params
+
+Activation memory. Training keeps, per token and per block, the arrays backward needs (float32, 4 bytes
+each; C = n_embd, H = n_head, T = sequence length)::
+
+    ln_1 and ln_2 inputs (the residual stream)   2C     c_attn input (ln_1 output)     C
+    qkv (the attention input)                   3C     attention probabilities        H*T
+    c_proj input (attention output)              C     c_fc input (ln_2 output)       C
+    GELU input (c_fc output)                    4C     MLP c_proj input (GELU output) 4C
+    LayerNorm mean and rstd                       4    dropout keep-masks (if p > 0)   bytes: H*T + 3C
+
+i.e. 16C + H*T floats per token per block, plus 2C + V for the final LayerNorm and the logits (and V more
+while backward forms dlogits). At 6 blocks, C = 384, H = 6, T = 256 that is 6 * (6144 + 1536) + 833 =
+46,913 floats = 188 KB per token, 384 MB for a batch of 8 x 256 tokens. ``tinygpt bench train`` measures
+the peak RSS of such a step. Evaluation without targets keeps nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import MISSING, asdict, dataclass, fields
+from types import SimpleNamespace
+
+import numpy as np
+
+from tinygpt.errors import TinyGPTError
+
+__all__ = ["GPTConfig", "GPT", "get_layer_ops"]
+
+LAYERNORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT: vocabulary, context length, depth, heads and width.
+
+    ``dropout`` applies to the embeddings, the attention probabilities and both residual branches (training
+    only); ``bias=False`` drops every Linear and LayerNorm bias (as nanoGPT allows). GPT-2 small is
+    ``GPTConfig(50257, 1024, 12, 12, 768)``.
+    """
+
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise TinyGPTError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+            setattr(self, name, int(value))
+        if self.n_embd % self.n_head:
+            raise TinyGPTError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise TinyGPTError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise TinyGPTError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        self.dropout = float(self.dropout)
+        if not isinstance(self.bias, (bool, np.bool_)):
+            raise TinyGPTError(f"GPTConfig.bias must be true or false, got {self.bias!r}")
+        self.bias = bool(self.bias)
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GPTConfig:
+        if not isinstance(d, dict):
+            raise TinyGPTError(f"a model config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise TinyGPTError(f"unknown model config field(s): {', '.join(unknown)}")
+        missing = sorted(f.name for f in fields(cls) if f.name not in d and f.default is MISSING)
+        if missing:
+            raise TinyGPTError(f"model config is missing: {', '.join(missing)}")
+        return cls(**d)
+
+
+def get_layer_ops(backend: str = "numpy") -> SimpleNamespace:
+    """The layer functions for ``backend``: ``tinygpt.kernels.get_ops`` when present, else tinygpt.layers."""
+    from tinygpt import layers
+
+    try:
+        from tinygpt.kernels import get_ops
+    except ImportError:  # the kernels package without its backend seam: the NumPy reference only
+        if backend not in ("numpy", "auto"):
+            raise TinyGPTError(
+                f"backend {backend!r} is not available (tinygpt.kernels has no get_ops)"
+            ) from None
+        return SimpleNamespace(**{name: getattr(layers, name) for name in layers.__all__})
+    ops = SimpleNamespace(**vars(get_ops(backend)))  # our own copy: never mutate the backend's namespace
+    for name in ("dropout_forward", "dropout_backward"):  # not every backend has its own dropout
+        if not hasattr(ops, name):
+            setattr(ops, name, getattr(layers, name))
+    return ops
+
+
+def param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in checkpoint order; biases only with ``config.bias``."""
+    V, C = config.vocab_size, config.n_embd
+    shapes = {"wte.weight": (V, C), "wpe.weight": (config.block_size, C)}
+    layer = {
+        "ln_1.weight": (C,), "ln_1.bias": (C,),
+        "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
+        "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
+        "ln_2.weight": (C,), "ln_2.bias": (C,),
+        "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,),
+        "mlp.c_proj.weight": (4 * C, C), "mlp.c_proj.bias": (C,),
+    }  # fmt: skip
+    for i in range(config.n_layer):
+        shapes.update({f"h.{i}.{name}": shape for name, shape in layer.items()})
+    shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
+    if not config.bias:
+        shapes = {name: shape for name, shape in shapes.items() if not name.endswith(".bias")}
+    return shapes
+
+
+def init_params(config: GPTConfig, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
+    """GPT-2 initialisation: weights N(0, 0.02), biases 0, LayerNorm weight 1.
+
+    The two projections that write into the residual stream (``attn.c_proj`` and ``mlp.c_proj``) get std
+    0.02 / sqrt(2 n_layer): each block adds two such terms, so without the scaling the residual stream's
+    variance would grow with depth (GPT-2 paper, section 2.3).
+    """
+    rng = np.random.default_rng(seed)
+    residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+    params = {}
+    for name, shape in param_shapes(config).items():
+        if name.endswith(".bias"):
+            params[name] = np.zeros(shape, dtype=dtype)
+        elif name.startswith("ln_") or ".ln_" in name:  # LayerNorm gains
+            params[name] = np.ones(shape, dtype=dtype)
+        else:
+            std = residual_std if name.endswith("c_proj.weight") else 0.02
+            params[name] = (rng.standard_normal(shape) * std).astype(dtype)
+    return params
+
+
+class GPT:
+    """A GPT-2 language model: parameters in ``params``, a hand-written ``forward`` and ``backward``.
+
+    ``GPT(config, seed=0, dtype=np.float32, backend="numpy")``: ``dtype`` is float32 (training) or float64
+    (gradient checks); ``backend`` picks the layer implementations (``tinygpt.kernels.get_ops``). A new
+    model is in training mode (dropout on if ``config.dropout`` > 0); ``eval()`` turns dropout off.
+    """
+
+    def __init__(self, config: GPTConfig, seed: int = 0, dtype=np.float32, backend: str = "numpy"):
+        if not isinstance(config, GPTConfig):
+            raise TinyGPTError(f"GPT needs a GPTConfig, got {type(config).__name__}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TinyGPTError(f"dtype must be float32 or float64, got {dtype}")
+        self.config = config
+        self.dtype = dtype
+        self.backend = backend
+        self.ops = get_layer_ops(backend)
+        self.params = init_params(config, seed, dtype)
+        self.training = True
+        self._rng = np.random.default_rng([seed, 1])  # dropout masks; separate from the init stream
+        self._tape = None  # the caches of the last forward with targets, consumed by backward
+
+    # --- modes and sizes --------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> GPT:
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> GPT:
+        return self.train(False)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters (wte counted once although it is also the output layer).
+
+        ``non_embedding=True`` leaves out wte and wpe, the count scaling laws use.
+        """
+        n = sum(p.size for p in self.params.values())
+        if non_embedding:
+            n -= self.params["wte.weight"].size + self.params["wpe.weight"].size
+        return int(n)
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token (forward + backward), the estimate of PaLM's appendix B / nanoGPT's MFU.
+
+        6 N for the matmuls (2 N forward, 4 N backward, one multiply-add = 2 FLOPs per weight) with N the
+        weights that take part in a matmul (all but wpe, a lookup; wte counts for the LM head), plus
+        12 n_layer C T for attention's q k^T and att v (2 * 2 C T forward per token, x3 with backward),
+        counting the masked half too, as the dense matmuls do compute it.
+        """
+        cfg = self.config
+        T = cfg.block_size if seq_len is None else int(seq_len)
+        n_matmul = self.num_params() - self.params["wpe.weight"].size
+        return int(6 * n_matmul + 12 * cfg.n_layer * cfg.n_embd * T)
+
+    # --- input checks -----------------------------------------------------------------------------
+
+    def _check_ids(self, ids, what: str, allow_ignore: bool = False) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.dtype == np.bool_ or not np.issubdtype(ids.dtype, np.integer):
+            raise TinyGPTError(f"{what} must hold integer token ids, got dtype {ids.dtype}")
+        if ids.ndim != 2:
+            raise TinyGPTError(f"{what} must have shape (batch, time), got {ids.ndim}-D shape {ids.shape}")
+        B, T = ids.shape
+        if B == 0 or T == 0:
+            raise TinyGPTError(f"{what} is empty (shape {ids.shape})")
+        if T > self.config.block_size:
+            raise TinyGPTError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        low = -1 if allow_ignore else 0
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < low or hi >= self.config.vocab_size:
+            bad = lo if lo < low else hi
+            allowed = f"[{low}, {self.config.vocab_size})"
+            raise TinyGPTError(f"{what} contains id {bad}, outside the vocabulary {allowed}")
+        return ids
+
+    # --- forward and backward ---------------------------------------------------------------------
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) int -> logits (B, T, V), loss (float, or None without targets).
+
+        With targets (B, T) int (-1 = ignore), the caches are kept for one ``backward()``; without, nothing
+        is kept.
+        """
+        idx = self._check_ids(idx, "idx")
+        if targets is not None:
+            targets = self._check_ids(targets, "targets", allow_ignore=True)
+            if targets.shape != idx.shape:
+                raise TinyGPTError(f"targets shape {targets.shape} does not match idx shape {idx.shape}")
+        self._tape = None  # a new forward invalidates the old caches (and frees them before we allocate)
+        ops, p, cfg = self.ops, self.params, self.config
+        p_drop = cfg.dropout if self.training else 0.0
+        rng = self._rng
+        tape = []  # one entry per layer call, in order; backward pops them in reverse
+
+        def dropout(x):
+            out, cache = ops.dropout_forward(x, p_drop, rng)
+            tape.append(cache)
+            return out
+
+        x, cache = ops.embedding_forward(idx, p["wte.weight"], p["wpe.weight"])
+        tape.append(cache)
+        x = dropout(x)
+        for i in range(cfg.n_layer):
+            h = f"h.{i}."
+            a, c_ln1 = ops.layernorm_forward(x, p[h + "ln_1.weight"], p.get(h + "ln_1.bias"), LAYERNORM_EPS)
+            a, c_attn = ops.linear_forward(a, p[h + "attn.c_attn.weight"], p.get(h + "attn.c_attn.bias"))
+            a, c_att = ops.attention_forward(a, cfg.n_head, p_drop, rng)
+            a, c_proj = ops.linear_forward(a, p[h + "attn.c_proj.weight"], p.get(h + "attn.c_proj.bias"))
+            tape += [c_ln1, c_attn, c_att, c_proj]
+            a = dropout(a)
+            a += x  # residual, in place: `a` is a fresh array no cache refers to, x stays cached by ln_1
+            x = a
+            m, c_ln2 = ops.layernorm_forward(x, p[h + "ln_2.weight"], p.get(h + "ln_2.bias"), LAYERNORM_EPS)
+            m, c_fc = ops.linear_forward(m, p[h + "mlp.c_fc.weight"], p.get(h + "mlp.c_fc.bias"))
+            m, c_gelu = ops.gelu_forward(m)
+            m, c_mproj = ops.linear_forward(m, p[h + "mlp.c_proj.weight"], p.get(h + "mlp.c_proj.bias"))
+            tape += [c_ln2, c_fc, c_gelu, c_mproj]
+            m = dropout(m)
+            m += x
+            x = m
+        x, c_lnf = ops.layernorm_forward(x, p["ln_f.weight"], p.get("ln_f.bias"), LAYERNORM_EPS)
+        logits, c_head = ops.linear_forward(x, p["wte.weight"].T, None)  # (B,T,C) @ (C,V): tied LM head
+        tape += [c_lnf, c_head]
+        if targets is None:
+            return logits, None
+        loss, c_loss = ops.cross_entropy_forward(logits, targets)
+        tape.append(c_loss)
+        self._tape = tape
+        return logits, loss
+
+    def backward(self) -> dict[str, np.ndarray]:
+        """Gradients of the last forward's loss: a dict with the keys and shapes of ``params``."""
+        if self._tape is None:
+            raise TinyGPTError("backward() needs a forward(idx, targets) first (once per forward)")
+        tape, self._tape = self._tape, None  # consumed: a second backward would need a new forward
+        ops, p, cfg = self.ops, self.params, self.config
+        grads = {}
+
+        def put(name, grad):
+            if grad is not None and name in p:
+                grads[name] = grad
+
+        dlogits = ops.cross_entropy_backward(1.0, tape.pop())
+        dx, dwte_head_t, _ = ops.linear_backward(dlogits, tape.pop())  # dW of the head is (C, V)
+        del dlogits
+        dx, dw, db = ops.layernorm_backward(dx, tape.pop())
+        put("ln_f.weight", dw)
+        put("ln_f.bias", db)
+        for i in reversed(range(cfg.n_layer)):
+            h = f"h.{i}."
+            # MLP branch: x_out = x_mid + drop(mlp(ln_2(x_mid))), so dx_mid = dx_out + (branch gradient)
+            dm = ops.dropout_backward(dx, tape.pop())
+            c_ln2, c_fc, c_gelu, c_mproj = tape[-4:]
+            del tape[-4:]
+            dm, dw, db = ops.linear_backward(dm, c_mproj)
+            put(h + "mlp.c_proj.weight", dw)
+            put(h + "mlp.c_proj.bias", db)
+            dm = ops.gelu_backward(dm, c_gelu)
+            dm, dw, db = ops.linear_backward(dm, c_fc)
+            put(h + "mlp.c_fc.weight", dw)
+            put(h + "mlp.c_fc.bias", db)
+            dm, dw, db = ops.layernorm_backward(dm, c_ln2)
+            put(h + "ln_2.weight", dw)
+            put(h + "ln_2.bias", db)
+            dx = dx + dm  # a new array: dx may be the very array dropout_backward passed through
+            # attention branch
+            da = ops.dropout_backward(dx, tape.pop())
+            c_ln1, c_attn, c_att, c_proj = tape[-4:]
+            del tape[-4:]
+            da, dw, db = ops.linear_backward(da, c_proj)
+            put(h + "attn.c_proj.weight", dw)
+            put(h + "attn.c_proj.bias", db)
+            da = ops.attention_backward(da, c_att)
+            da, dw, db = ops.linear_backward(da, c_attn)
+            put(h + "attn.c_attn.weight", dw)
+            put(h + "attn.c_attn.bias", db)
+            da, dw, db = ops.layernorm_backward(da, c_ln1)
+            put(h + "ln_1.weight", dw)
+            put(h + "ln_1.bias", db)
+            dx = dx + da
+        dx = ops.dropout_backward(dx, tape.pop())
+        dwte, dwpe = ops.embedding_backward(dx, tape.pop())
+        dwte += dwte_head_t.T  # tied weights: the embedding's and the LM head's gradients add up
+        grads["wte.weight"] = dwte
+        grads["wpe.weight"] = dwpe
+        return {name: grads[name] for name in p}  # params' order
+
+    def __call__(self, idx, targets=None):
+        return self.forward(idx, targets)
+
+    # --- generation -------------------------------------------------------------------------------
+
+    def generate(
+        self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, eos_token=None
+    ):
+        """Continue ``idx`` (B, T) by up to ``max_new_tokens`` tokens: see ``tinygpt.generate.generate``."""
+        from tinygpt.generate import generate
+
+        return generate(
+            self.params, self.config, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            seed=seed, eos_token=eos_token,
+        )  # fmt: skip
+
+    # --- GPT-2 checkpoints (transformers' format) --------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls, path, dtype=np.float32, backend: str = "numpy", dropout: float | None = None
+    ) -> GPT:
+        """Load a transformers GPT-2 directory (``config.json`` + ``model.safetensors``), gpt2 to gpt2-xl.
+
+        Keys may carry the ``transformer.`` prefix; the attention-mask buffers (``attn.bias``,
+        ``attn.masked_bias``) and ``lm_head.weight`` (tied to wte) are skipped. ``dropout`` overrides the
+        checkpoint's ``resid_pdrop``. Sharded checkpoints (``model.safetensors.index.json``) work too.
+        """
+        path = os.fspath(path)
+        config_path = os.path.join(path, "config.json")
+        if not os.path.isdir(path):
+            raise TinyGPTError(f"no model directory at {path}")
+        if not os.path.isfile(config_path):
+            raise TinyGPTError(f"{path} has no config.json (expected a transformers GPT-2 directory)")
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                hf = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TinyGPTError(f"{config_path} is not valid JSON: {exc}") from None
+        config = _config_from_hf(hf, config_path, dropout)
+        tensors = _read_safetensors(path)
+
+        model = cls(config, seed=0, dtype=dtype, backend=backend)
+        expected = param_shapes(config)
+        loaded = {}
+        head = None
+        for key, array in tensors.items():
+            name = key.removeprefix("transformer.")
+            if name.endswith((".attn.bias", ".attn.masked_bias")):
+                continue  # the causal-mask buffers older transformers saved; not parameters
+            if name == "lm_head.weight":
+                head = array
+                continue
+            if name not in expected:
+                raise TinyGPTError(f"unexpected tensor {key!r} in the checkpoint at {path}")
+            if tuple(array.shape) != expected[name]:
+                raise TinyGPTError(
+                    f"tensor {key!r} has shape {tuple(array.shape)}, expected {expected[name]}"
+                )
+            loaded[name] = array
+        missing = [name for name in expected if name not in loaded]
+        if missing:
+            more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+            raise TinyGPTError(f"checkpoint at {path} is missing {', '.join(missing[:3])}{more}")
+        if head is not None and not np.array_equal(head, loaded["wte.weight"]):
+            raise TinyGPTError(
+                "lm_head.weight differs from wte.weight: only a tied output layer is supported"
+            )
+        for name, array in loaded.items():
+            model.params[name] = np.ascontiguousarray(array, dtype=model.dtype)
+        return model
+
+    def save_pretrained(self, path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` that ``GPT2LMHeadModel.from_pretrained`` loads.
+
+        A model without biases is saved with zero biases (GPT-2's format always has them).
+        """
+        from safetensors.numpy import save_file
+
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        cfg = self.config
+        tensors = {}
+        for name, shape in param_shapes(GPTConfig(**{**cfg.to_dict(), "bias": True})).items():
+            array = self.params.get(name)
+            if array is None:  # bias=False: an exactly equivalent zero bias
+                array = np.zeros(shape, dtype=self.dtype)
+            tensors["transformer." + name] = np.ascontiguousarray(array)
+        with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(_config_to_hf(cfg), f, indent=2)
+            f.write("\n")
+        save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+
+
+# --- transformers' config.json and safetensors files ----------------------------------------------------
+
+
+def _config_to_hf(cfg: GPTConfig) -> dict:
+    eot = 50256 if cfg.vocab_size > 50256 else None  # GPT-2's <|endoftext|>, when the vocabulary has it
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
+        "n_ctx": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "layer_norm_epsilon": LAYERNORM_EPS,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "torch_dtype": "float32",
+    }
+
+
+def _config_from_hf(hf: dict, where: str, dropout: float | None) -> GPTConfig:
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise TinyGPTError(f"{where}: model_type is {hf.get('model_type')!r}, only 'gpt2' is supported")
+    unsupported = {
+        "activation_function": ("gelu_new", "gelu_pytorch_tanh"),  # both are GELU's tanh approximation
+        "layer_norm_epsilon": (LAYERNORM_EPS,),
+        "scale_attn_weights": (True,),
+        "scale_attn_by_inverse_layer_idx": (False,),
+        "reorder_and_upcast_attn": (False,),
+        "tie_word_embeddings": (True,),
+    }
+    for key, allowed in unsupported.items():
+        if key in hf and hf[key] not in allowed:
+            raise TinyGPTError(f"{where}: {key} = {hf[key]!r} is not supported (GPT-2 has {allowed[0]!r})")
+    if hf.get("n_inner") not in (None, 4 * hf.get("n_embd", 0)):
+        raise TinyGPTError(f"{where}: n_inner = {hf['n_inner']} is not supported (the MLP is 4 * n_embd)")
+    missing = [key for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if key not in hf]
+    if missing:
+        raise TinyGPTError(f"{where} is missing {', '.join(missing)}")
+    return GPTConfig(
+        vocab_size=hf["vocab_size"],
+        block_size=hf["n_positions"],
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        n_embd=hf["n_embd"],
+        dropout=float(hf.get("resid_pdrop", 0.0)) if dropout is None else dropout,
+        bias=True,
+    )
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """All tensors of ``model.safetensors``, or of every shard listed in ``model.safetensors.index.json``."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    single = os.path.join(path, "model.safetensors")
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        files = [single]
+    elif os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise TinyGPTError(f"{index} is not a valid safetensors index: {exc}") from None
+        files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
+    else:
+        raise TinyGPTError(f"{path} has no model.safetensors (PyTorch .bin checkpoints are not supported)")
+    tensors = {}
+    for file in files:
+        try:
+            tensors.update(load_file(file))
+        except (SafetensorError, OSError) as exc:
+            raise TinyGPTError(f"cannot read {file}: {exc}") from None
+    return tensors
