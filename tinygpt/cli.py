@@ -33,8 +33,103 @@ def _add_tokenizer(sub):
 # --- train / eval / plot (issue 4) ----------------------------------------------------------------
 
 
+def _parse_bool(text):
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value: {text!r} (use true or false)")
+
+
+# (flag, type, help) for every hyperparameter, nanoGPT's names; None = take it from the config.
+_TRAIN_HYPERPARAMETERS = (
+    ("n-layer", int, "transformer blocks"),
+    ("n-head", int, "attention heads per block"),
+    ("n-embd", int, "embedding width C (divisible by --n-head)"),
+    ("block-size", int, "context length T in tokens"),
+    ("batch-size", int, "sequences per micro-batch B"),
+    ("dropout", float, "dropout probability during training"),
+    ("bias", _parse_bool, "biases in Linear and LayerNorm layers (true/false)"),
+    ("learning-rate", float, "peak learning rate"),
+    ("min-lr", float, "learning rate at the end of the cosine decay"),
+    ("warmup-iters", int, "linear warmup steps"),
+    ("lr-decay-iters", int, "step where the cosine decay reaches --min-lr (default: --max-iters)"),
+    ("max-iters", int, "optimizer steps in total"),
+    ("beta1", float, "AdamW beta1"),
+    ("beta2", float, "AdamW beta2"),
+    ("weight-decay", float, "AdamW decoupled weight decay (2-D weights only)"),
+    ("grad-clip", float, "clip the global gradient norm to this (0 disables)"),
+    ("grad-accum-steps", int, "micro-batches per optimizer step (gradient accumulation)"),
+    ("eval-interval", int, "evaluate, log and checkpoint every N steps"),
+    ("eval-iters", int, "batches per split in each evaluation"),
+)
+_BACKEND_CHOICES = ("numpy", "numba", "cuda", "auto")
+
+
+def _run_train(args):
+    from tinygpt import train
+
+    overrides = {name: getattr(args, name) for name in train.FIELDS if getattr(args, name, None) is not None}
+    if args.resume:
+        if args.config:
+            raise TinyGPTError("--config cannot be combined with --resume: the run's saved config is used "
+                               "(override single settings with flags)")
+        out = overrides.get("out") or train.read_config_file("default")["out"]
+        cfg = train.TrainConfig(out=out)
+        train.train(cfg, resume=True, quiet=args.quiet, overrides=overrides)
+    else:
+        values = {**train.read_config_file(args.config or "default"), **overrides}
+        train.train(train.make_config(values), quiet=args.quiet)
+
+
+def _run_eval(args):
+    from tinygpt.train import evaluate
+
+    result = evaluate(args.out, data=args.data, split=args.split, batch_size=args.batch_size,
+                      backend=args.backend, max_batches=args.max_batches)
+    print(f"{result['split']} split of {result['data']}: {result['tokens']:,} tokens, model at step "
+          f"{result['step']}")
+    print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
+          f"bits per byte {result['bits_per_byte']:.4f}")
+
+
+def _run_plot(args):
+    from tinygpt.train import plot_metrics
+
+    print(plot_metrics(args.dir, args.output))
+
+
 def _add_training(sub):
-    pass  # sub-commands: train, eval, plot
+    p = sub.add_parser("train", help="train a GPT on a text file (default: Shakespeare's plays)",
+                       description="Train a GPT from scratch. Settings come from --config (default: the "
+                       "'default' preset), then any flag given; with --resume, from the run's saved config.")
+    p.add_argument("--config", help="a shipped preset (default, shakespeare_char) or a TOML file")
+    p.add_argument("--data", help="UTF-8 text file to train on (default: the Shakespeare corpus)")
+    p.add_argument("--tokenizer", choices=("char", "bpe", "gpt2"), help="char, bpe (trained on --data), gpt2")
+    p.add_argument("--vocab-size", type=int, help="vocabulary size of a BPE trained on the data")
+    p.add_argument("--out", help="output directory: checkpoint, metrics.jsonl, loss.png")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--seed", type=int, help="seed of the initialisation, batches and dropout")
+    p.add_argument("--backend", choices=_BACKEND_CHOICES, help="layer implementations (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    for flag, kind, help_text in _TRAIN_HYPERPARAMETERS:
+        p.add_argument(f"--{flag}", type=kind, help=help_text)
+    p.set_defaults(func=_run_train)
+
+    e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a trained model")
+    e.add_argument("--out", default="out", help="the training output directory (default: out)")
+    e.add_argument("--data", help="text file (default: the one the model was trained on)")
+    e.add_argument("--split", choices=("val", "train"), default="val", help="which 10%%/90%% split (val)")
+    e.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    e.add_argument("--max-batches", type=int, help="stop after this many batches")
+    e.add_argument("--backend", choices=_BACKEND_CHOICES, default="auto")
+    e.set_defaults(func=_run_eval)
+
+    pl = sub.add_parser("plot", help="PNG of train/val loss against step")
+    pl.add_argument("dir", help="the training output directory")
+    pl.add_argument("--output", help="PNG path (default: DIR/loss.png)")
+    pl.set_defaults(func=_run_plot)
 
 
 # --- sample (issue 5) -----------------------------------------------------------------------------

@@ -1,0 +1,280 @@
+"""Crash-safe checkpoints: a run's directory holds the previous or the new checkpoint, never half of one.
+
+Layout of an output directory ``DIR``::
+
+    DIR/
+      checkpoints/step-00000250/      one complete checkpoint, never modified once written:
+        model.safetensors             weights, GPT-2 names ("wte.weight", "h.0.attn.c_attn.weight", ...)
+        config.json                   model config (transformers' GPT-2 format) + "tinygpt_training" config
+        tokenizer.json                tokenizer.save()
+        optimizer.safetensors         AdamW moments: "exp_avg.<name>", "exp_avg_sq.<name>"
+        state.json                    step, best val loss, RNG states, optimizer step, file checksums
+      latest -> checkpoints/step-00000250          symlink: THE pointer to the current checkpoint
+      model.safetensors -> latest/model.safetensors   (and the other four files: convenience links, so
+                                                       DIR itself reads like a transformers model dir)
+      metrics.jsonl, loss.png                     written by the training loop
+
+Why this design: a checkpoint is five files, and replacing five files one ``os.replace`` at a time is not
+atomic as a set (a crash between two renames mixes steps). Instead each checkpoint is written into a
+fresh temporary directory, every file and the directory are fsynced, the directory is renamed to
+``step-N`` (atomic), and then the ``latest`` symlink is swapped in one ``rename(2)`` (atomic on POSIX):
+before the swap readers see the old checkpoint, after it the new one. Only then are older step
+directories deleted. A crash at any instant leaves ``latest`` pointing at a complete directory; stray
+temporary or older directories are cleaned up by the next save. ``state.json`` is written last and
+records each file's size and sha256, which :func:`load_checkpoint` verifies, so damage done later (a
+truncated copy, a disk error) is reported as a corrupt checkpoint rather than loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tinygpt.errors import TinyGPTError
+
+CHECKPOINT_FILES = (
+    "model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors", "state.json"
+)
+LATEST = "latest"
+CHECKPOINTS = "checkpoints"
+FORMAT_VERSION = 1
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes renames inside it durable)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return  # some platforms cannot open directories; the rename is still atomic there
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+
+
+def _symlink_atomically(target: str, link: Path) -> None:
+    """Point ``link`` at ``target`` in one atomic step: make a temporary symlink, rename it over ``link``."""
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def checkpoint_path(out_dir: str | os.PathLike) -> Path | None:
+    """The current checkpoint's directory in ``out_dir`` (following ``latest``), or None if there is none.
+
+    ``out_dir`` may also be a checkpoint directory itself (one holding ``state.json``).
+    """
+    out_dir = Path(out_dir)
+    latest = out_dir / LATEST
+    if latest.is_symlink() or latest.exists():
+        return latest.resolve()
+    if (out_dir / "state.json").is_file() and not (out_dir / "state.json").is_symlink():
+        return out_dir
+    return None
+
+
+def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, train_config: dict,
+                    state: dict) -> Path:
+    """Write a complete checkpoint of step ``state["step"]`` into ``out_dir`` atomically; return its dir.
+
+    ``model`` is a GPT (``.params``, ``.config``, ``.save_pretrained``), ``optimizer`` an AdamW (or None),
+    ``train_config`` the run's training settings (JSON-able), ``state`` the loop state (JSON-able: step,
+    best_val_loss, RNG states, ...).
+    """
+    from safetensors.numpy import save_file
+
+    out_dir = Path(out_dir)
+    step = int(state["step"])
+    ckpt_root = out_dir / CHECKPOINTS
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    current = checkpoint_path(out_dir)
+    final = ckpt_root / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".tmp-step-{step:08d}-"))
+    try:
+        # 1. every file into a private temporary directory
+        model.save_pretrained(tmp)  # model.safetensors + config.json (transformers' GPT-2 format)
+        config = json.loads((tmp / "config.json").read_text())
+        # transformers' format cannot say bias=False (it saves zero biases): keep our exact config too.
+        config["tinygpt_model"] = model.config.to_dict()
+        config["tinygpt_training"] = train_config
+        _write_json(tmp / "config.json", config)
+        tokenizer.save(tmp / "tokenizer.json")
+        opt_state = {"step": 0}
+        tensors = {}
+        if optimizer is not None:
+            sd = optimizer.state_dict()
+            for key in ("exp_avg", "exp_avg_sq"):
+                tensors.update({f"{key}.{name}": np.ascontiguousarray(a) for name, a in sd[key].items()})
+            opt_state = {k: v for k, v in sd.items() if k not in ("exp_avg", "exp_avg_sq")}
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        files = {}
+        for name in CHECKPOINT_FILES[:-1]:
+            _fsync_path(tmp / name)
+            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+        full_state = {"format": FORMAT_VERSION, **state, "optimizer": opt_state, "files": files}
+        _write_json(tmp / "state.json", full_state)  # last: it vouches for the others
+        _fsync_path(tmp / "state.json")
+        _fsync_path(tmp)
+        # 2. publish the directory under its final name (atomic rename)
+        if final.exists() and final != current:
+            shutil.rmtree(final)  # leftover of a crash after the rename but before the pointer swap
+        if final == current:
+            # Re-saving the step we already point at: publish under a new name, never touch the live one.
+            final = ckpt_root / f"step-{step:08d}-{os.getpid()}-{tmp.name[-6:]}"
+        os.rename(tmp, final)
+        _fsync_path(ckpt_root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # 3. swap the pointer (atomic): from here on readers see the new checkpoint
+    _symlink_atomically(os.path.join(CHECKPOINTS, final.name), out_dir / LATEST)
+    for name in CHECKPOINT_FILES:  # convenience links, identical every time
+        link = out_dir / name
+        if not link.is_symlink():
+            if link.exists():
+                link.unlink()
+            _symlink_atomically(os.path.join(LATEST, name), link)
+    _fsync_path(out_dir)
+    # 4. only now delete older checkpoints and any temporary directories a crash left behind
+    for entry in ckpt_root.iterdir():
+        if entry.name != final.name:
+            shutil.rmtree(entry, ignore_errors=True)
+    return final
+
+
+@dataclass
+class Checkpoint:
+    """Everything :func:`load_checkpoint` reads back."""
+
+    path: Path  # the checkpoint directory (DIR/checkpoints/step-N)
+    model: object  # GPT
+    tokenizer: object
+    optimizer_state: dict  # AdamW.load_state_dict input
+    train_config: dict
+    state: dict  # step, best_val_loss, RNG states, ...
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TinyGPTError(f"corrupt checkpoint: cannot read {path.name} in {path.parent} ({exc})") from None
+    if not isinstance(obj, dict):
+        raise TinyGPTError(f"corrupt checkpoint: {path} is not a JSON object")
+    return obj
+
+
+def _locate(out_dir: str | os.PathLike) -> Path:
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        raise TinyGPTError(f"no checkpoint: directory {out_dir} does not exist")
+    if not out_dir.is_dir():
+        raise TinyGPTError(f"no checkpoint: {out_dir} is not a directory")
+    path = checkpoint_path(out_dir)
+    if path is None:
+        raise TinyGPTError(f"no checkpoint in {out_dir} (no 'latest' link or state.json); train one first")
+    if not path.is_dir():
+        raise TinyGPTError(f"corrupt checkpoint: {out_dir / LATEST} points to a missing directory")
+    return path
+
+
+def _verify(path: Path) -> dict:
+    """Read state.json and check every file it vouches for: present, right size, right sha256."""
+    state = _read_json(path / "state.json")
+    files = state.get("files")
+    if not isinstance(files, dict) or set(files) != set(CHECKPOINT_FILES[:-1]):
+        raise TinyGPTError(f"corrupt checkpoint: {path / 'state.json'} lacks the file list")
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            raise TinyGPTError(f"corrupt checkpoint: {file} is missing")
+        if file.stat().st_size != expected.get("bytes") or _sha256(file) != expected.get("sha256"):
+            raise TinyGPTError(f"corrupt checkpoint: {file} does not match its recorded size/sha256")
+    return state
+
+
+def _load_gpt(path: Path, config: dict, dtype, backend: str):
+    """The GPT in a checkpoint directory, with exactly the parameters it was trained with."""
+    from safetensors.numpy import load_file
+
+    from tinygpt.model import GPT, GPTConfig
+
+    if "tinygpt_model" not in config:  # a plain transformers GPT-2 directory
+        return GPT.from_pretrained(path, dtype=dtype, backend=backend)
+    model = GPT(GPTConfig.from_dict(config["tinygpt_model"]), seed=0, dtype=dtype, backend=backend)
+    tensors = load_file(str(path / "model.safetensors"))
+    tensors = {k.removeprefix("transformer."): v for k, v in tensors.items()}
+    missing = sorted(set(model.params) - set(tensors))
+    if missing:
+        raise TinyGPTError(f"model.safetensors lacks {missing[0]}")
+    for name, p in model.params.items():
+        if tensors[name].shape != p.shape:
+            raise TinyGPTError(f"{name} has shape {tensors[name].shape}, the config says {p.shape}")
+        model.params[name] = np.ascontiguousarray(tensors[name], dtype=model.dtype)
+    return model
+
+
+def load_model(out_dir: str | os.PathLike, backend: str = "numpy", dtype=np.float32):
+    """``(GPT, tokenizer)`` from a training output directory (or a checkpoint directory inside it)."""
+    ckpt = load_checkpoint(out_dir, backend=backend, dtype=dtype, with_optimizer=False)
+    return ckpt.model, ckpt.tokenizer
+
+
+def load_checkpoint(out_dir: str | os.PathLike, backend: str = "numpy", dtype=np.float32,
+                    with_optimizer: bool = True) -> Checkpoint:
+    """The current checkpoint of ``out_dir``, verified; missing or corrupt -> TinyGPTError."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from tinygpt.tokenizer import load_tokenizer
+
+    path = _locate(out_dir)
+    state = _verify(path)
+    config = _read_json(path / "config.json")
+    train_config = config.get("tinygpt_training", {})
+    try:
+        model = _load_gpt(path, config, dtype, backend)
+    except TinyGPTError as exc:
+        raise TinyGPTError(f"corrupt checkpoint in {path}: {exc}") from None
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        raise TinyGPTError(f"corrupt checkpoint: cannot load the model from {path} ({exc})") from None
+    try:
+        tokenizer = load_tokenizer(str(path / "tokenizer.json"))
+    except (OSError, ValueError, KeyError) as exc:
+        raise TinyGPTError(f"corrupt checkpoint: cannot load {path / 'tokenizer.json'} ({exc})") from None
+    optimizer_state = dict(state.get("optimizer", {}))
+    if with_optimizer:
+        try:
+            tensors = load_file(str(path / "optimizer.safetensors"))
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise TinyGPTError(f"corrupt checkpoint: cannot load optimizer.safetensors ({exc})") from None
+        for key in ("exp_avg", "exp_avg_sq"):
+            prefix = key + "."
+            optimizer_state[key] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return Checkpoint(path, model, tokenizer, optimizer_state, train_config, state)

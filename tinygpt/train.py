@@ -1,0 +1,501 @@
+"""Pre-training: maximise the likelihood of the next token, one AdamW step at a time, crash-safely.
+
+The loop, in the order it runs (nanoGPT's ``train.py``, without the distributed parts)::
+
+    for step in range(start, max_iters):
+        lr = lr_at(step)                                    warmup + cosine decay
+        for micro in range(grad_accum_steps):               gradient accumulation: a bigger effective batch
+            x, y = get_batch(train, B, T, rng)              random windows of the training split
+            loss = model.forward(x, y); grads += model.backward() / grad_accum_steps
+        clip_grad_norm(grads, grad_clip)                    global-norm clipping
+        optimizer.step(grads, lr)                           AdamW, in place
+        every eval_interval steps (and at the end):         mean train / val loss over eval_iters batches,
+            one row -> DIR/metrics.jsonl, then a checkpoint (tinygpt.checkpoint, atomic)
+
+Exact resume: the checkpoint holds the weights, the AdamW moments, the step, the batch sampler's RNG state
+and the dropout RNG state. Evaluation draws its batches from its own fixed-seed generator (the same
+batches at every evaluation, which also makes the curve less noisy), so it never perturbs the training
+stream. Restoring all of that, a run stopped at step k and resumed writes exactly the metrics rows of the
+uninterrupted run (``tokens_per_sec`` and ``elapsed`` aside, they are wall-clock measurements).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from tinygpt.errors import TinyGPTError
+
+TOKENIZER_KINDS = ("char", "bpe", "gpt2")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; names follow nanoGPT's. Presets: ``tinygpt/configs/*.toml``."""
+
+    # data and run
+    data: str | None = None  # a UTF-8 text file; None = the default Shakespeare corpus
+    tokenizer: str = "char"  # char | bpe (trained on the data) | gpt2
+    vocab_size: int | None = None  # BPE only: 256 bytes + merges
+    out: str = "out"
+    seed: int = 1337
+    backend: str = "auto"  # numpy | numba | cuda | auto (cuda with a GPU, else numba)
+    # model
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    dropout: float = 0.0
+    bias: bool = False
+    # optimisation
+    batch_size: int = 12
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None  # None = max_iters
+    max_iters: int = 2000
+    beta1: float = 0.9
+    beta2: float = 0.99
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # 0 disables
+    grad_accum_steps: int = 1
+    # evaluation
+    eval_interval: int = 250
+    eval_iters: int = 20
+
+    def validate(self) -> TrainConfig:
+        """Raise TinyGPTError naming the first bad setting; return self."""
+        positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_iters",
+                    "grad_accum_steps", "eval_interval", "eval_iters")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+                raise TinyGPTError(f"{_flag(name)} must be a positive integer, got {value!r}")
+        for name in ("warmup_iters",) + (("lr_decay_iters",) if self.lr_decay_iters is not None else ()):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+                raise TinyGPTError(f"{_flag(name)} must be a non-negative integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise TinyGPTError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "dropout", "beta1", "beta2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TinyGPTError(f"{_flag(name)} must be a finite number, got {value!r}")
+        if not self.learning_rate > 0:
+            raise TinyGPTError(f"--learning-rate must be positive, got {self.learning_rate}")
+        for name in ("min_lr", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise TinyGPTError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        for name in ("dropout", "beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise TinyGPTError(f"{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if self.lr_decay_iters is not None and self.lr_decay_iters < self.warmup_iters:
+            raise TinyGPTError(f"--lr-decay-iters ({self.lr_decay_iters}) must be >= --warmup-iters "
+                               f"({self.warmup_iters})")
+        if self.tokenizer not in TOKENIZER_KINDS:
+            raise TinyGPTError(f"unknown tokenizer {self.tokenizer!r}: choose char, bpe or gpt2")
+        if self.tokenizer == "bpe" and self.vocab_size is None:
+            raise TinyGPTError("--tokenizer bpe needs --vocab-size N (more than 256)")
+        if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size <= 256):
+            raise TinyGPTError(f"--vocab-size must be an integer above 256, got {self.vocab_size!r}")
+        if not isinstance(self.bias, bool):
+            raise TinyGPTError(f"--bias must be true or false, got {self.bias!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# Settings that fix the model's shape or vocabulary: a resumed run must keep them.
+FROZEN_ON_RESUME = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", "tokenizer", "vocab_size")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# --- configs -----------------------------------------------------------------------------------------
+
+
+def shipped_configs() -> list[str]:
+    """Names of the presets in ``tinygpt/configs`` (``default``, ``shakespeare_char``, ...)."""
+    folder = resources.files("tinygpt") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_config_file(spec: str) -> dict:
+    """The settings in a TOML config: ``spec`` is a shipped name (``shakespeare_char``) or a file path."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise TinyGPTError("reading TOML configs needs Python 3.11+ or `pip install tomli`") from None
+    shipped = resources.files("tinygpt") / "configs" / f"{spec}.toml"
+    if os.sep not in spec and not spec.endswith(".toml") and shipped.is_file():
+        text, where = shipped.read_text(), f"config {spec!r}"
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise TinyGPTError(f"config {spec!r} is neither a file nor a shipped config "
+                               f"({', '.join(shipped_configs())})")
+        text, where = path.read_text(), str(path)
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TinyGPTError(f"{where} is not valid TOML: {exc}") from None
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise TinyGPTError(f"{where}: unknown setting {unknown[0]!r}")
+    return values
+
+
+def make_config(values: dict) -> TrainConfig:
+    """A validated TrainConfig from a dict of settings (ints where ints are expected, floats accept ints)."""
+    cfg = TrainConfig()
+    for name, value in values.items():
+        if name not in FIELDS:
+            raise TinyGPTError(f"unknown setting {name!r}")
+        default = getattr(cfg, name)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        setattr(cfg, name, value)
+    return cfg.validate()
+
+
+# --- data and evaluation -----------------------------------------------------------------------------
+
+
+def _data_path(cfg_data: str | None) -> Path:
+    from tinygpt.data import default_corpus_path
+
+    return Path(cfg_data) if cfg_data else default_corpus_path()
+
+
+def fixed_eval_batches(tokens: np.ndarray, n_batches: int, batch_size: int, block_size: int, seed: int):
+    """The ``n_batches`` evaluation batches of one split: drawn once from a fixed seed, reused every eval."""
+    from tinygpt.data import get_batch
+
+    rng = np.random.default_rng([seed, 3])
+    return [get_batch(tokens, batch_size, block_size, rng) for _ in range(n_batches)]
+
+
+def mean_loss(model, batches) -> float:
+    """Mean cross-entropy over batches, in eval mode (no dropout), restoring the previous mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        losses = [model.forward(x, y)[1] for x, y in batches]
+    finally:
+        if was_training:
+            model.train()
+    return float(np.mean(losses))
+
+
+# --- the training loop -------------------------------------------------------------------------------
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Rows of a metrics.jsonl file (a torn last line, from a crash mid-write, is ignored)."""
+    rows = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return rows
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the rows up to the checkpoint we resume from; rows written after it will be written again."""
+    rows = [r for r in read_metrics(path) if r.get("step", math.inf) <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def _dropout_rng(model):
+    """The model's dropout Generator (GPT keeps it in ``_rng``); saved and restored for exact resume."""
+    rng = getattr(model, "_rng", None)
+    return rng if isinstance(rng, np.random.Generator) else None
+
+
+def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides: dict | None = None) -> dict:
+    """Run (or with ``resume`` continue) training into ``cfg.out``; return a summary dict.
+
+    With ``resume``, the run's saved config is used and ``overrides`` (explicitly given settings) replace
+    parts of it; ``cfg`` is then ignored except for ``cfg.out``.
+    """
+    from tqdm.auto import tqdm
+
+    from tinygpt.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+    from tinygpt.data import check_split_lengths, get_batch, prepare_dataset, rng_from_state, rng_state
+    from tinygpt.model import GPT, GPTConfig
+    from tinygpt.optim import AdamW, clip_grad_norm, lr_at
+
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise TinyGPTError(f"--out {out} exists and is not a directory")
+    metrics_path = out / "metrics.jsonl"
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(out, backend=(overrides or {}).get("backend", cfg.backend))
+        saved = dict(ckpt.train_config)
+        for name in FROZEN_ON_RESUME:
+            if overrides and name in overrides and overrides[name] != saved.get(name):
+                raise TinyGPTError(f"cannot change {_flag(name)} when resuming "
+                                   f"({saved.get(name)!r} in {out})")
+        cfg = make_config({**{k: v for k, v in saved.items() if k in FIELDS}, **(overrides or {}),
+                           "out": str(out)})
+    elif out.is_dir() and checkpoint_path(out) is not None:
+        raise TinyGPTError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose "
+                           "another --out")
+    cfg.validate()
+    if cfg.lr_decay_iters is None:
+        cfg.lr_decay_iters = cfg.max_iters  # resolved once, saved, so a resumed run keeps the same schedule
+
+    def say(message):
+        if not quiet:
+            tqdm.write(message, file=sys.stderr)
+
+    # data
+    data_path = _data_path(cfg.data)
+    data = prepare_dataset(data_path, cfg.tokenizer, cfg.vocab_size,
+                           tokenizer=ckpt.tokenizer if ckpt else None)
+    check_split_lengths(data, cfg.block_size)
+    tokenizer = data.tokenizer
+
+    # model, optimizer, RNGs
+    if ckpt is not None:
+        model = ckpt.model
+    else:
+        gpt_config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size,
+                               n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                               dropout=cfg.dropout, bias=cfg.bias)
+        model = GPT(gpt_config, seed=cfg.seed, backend=cfg.backend)
+    model.train()
+    optimizer = AdamW(model.params, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                      weight_decay=cfg.weight_decay)
+    sampler_rng = np.random.default_rng([cfg.seed, 2])  # (GPT uses seed for init, [seed, 1] for dropout)
+    state = {"step": 0, "best_val_loss": None, "elapsed": 0.0, "tokens_seen": 0}
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt.optimizer_state)
+        optimizer.betas, optimizer.weight_decay = (cfg.beta1, cfg.beta2), cfg.weight_decay  # flags may change
+        state.update({k: ckpt.state[k] for k in state if k in ckpt.state})
+        sampler_rng = rng_from_state(ckpt.state["sampler_rng"])
+        if ckpt.state.get("dropout_rng") and _dropout_rng(model) is not None:
+            model._rng = rng_from_state(ckpt.state["dropout_rng"])
+        _truncate_metrics(metrics_path, state["step"])
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        if metrics_path.exists():
+            metrics_path.unlink()  # metrics of an earlier run that never saved a checkpoint
+
+    eval_sets = {
+        "train": fixed_eval_batches(data.train, cfg.eval_iters, cfg.batch_size, cfg.block_size, cfg.seed),
+        "val": fixed_eval_batches(data.val, cfg.eval_iters, cfg.batch_size, cfg.block_size, cfg.seed),
+    }
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps
+    config_record = {**cfg.to_dict(), "data": str(data_path)}
+    run_start = time.perf_counter()
+    elapsed_before = float(state["elapsed"])
+    train_time = 0.0  # seconds spent in training steps since the last evaluation
+    steps_timed = 0
+
+    def evaluate_and_checkpoint(step, lr):
+        nonlocal train_time, steps_timed
+        train_loss = mean_loss(model, eval_sets["train"])
+        val_loss = mean_loss(model, eval_sets["val"])
+        if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
+            state["best_val_loss"] = val_loss
+        state["step"] = step
+        state["elapsed"] = elapsed_before + time.perf_counter() - run_start
+        tok_s = tokens_per_step * steps_timed / train_time if train_time > 0 else None
+        row = {"step": step, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
+               "lr": lr, "tokens_per_sec": round(tok_s, 1) if tok_s else None,
+               "elapsed": round(state["elapsed"], 3), "tokens": state["tokens_seen"]}
+        _append_jsonl(metrics_path, row)  # before the checkpoint: resume truncates rows past its step
+        dropout_rng = _dropout_rng(model)
+        save_checkpoint(out, model, tokenizer, optimizer, config_record, {
+            **state, "sampler_rng": rng_state(sampler_rng),
+            "dropout_rng": rng_state(dropout_rng) if dropout_rng is not None else None,
+        })
+        tok_text = f", {tok_s:,.0f} tok/s" if tok_s else ""
+        say(f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, lr {lr:.2e}{tok_text}")
+        train_time, steps_timed = 0.0, 0
+        return val_loss
+
+    def lr_for(step):
+        return lr_at(step, cfg.learning_rate, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr)
+
+    step = int(state["step"])
+    if ckpt is None:
+        say(f"training {model.num_params():,} parameters on {data.meta['train_tokens']:,} tokens of "
+            f"{data_path.name} ({cfg.tokenizer} tokenizer, vocab {tokenizer.vocab_size}); writing {out}")
+        evaluate_and_checkpoint(0, lr_for(0))
+    elif step >= cfg.max_iters:
+        say(f"{out} is already at step {step} >= --max-iters {cfg.max_iters}; nothing to do")
+    else:
+        say(f"resuming {out} at step {step} of {cfg.max_iters}")
+    last_saved = step
+
+    bar = tqdm(total=cfg.max_iters, initial=step, disable=quiet, unit="step", dynamic_ncols=True,
+               file=sys.stderr, smoothing=0.1)
+    try:
+        while step < cfg.max_iters:
+            t0 = time.perf_counter()
+            lr = lr_for(step)
+            grads = None
+            loss_sum = 0.0
+            for _ in range(cfg.grad_accum_steps):
+                x, y = get_batch(data.train, cfg.batch_size, cfg.block_size, sampler_rng)
+                _, loss = model.forward(x, y)
+                if not math.isfinite(loss):
+                    raise TinyGPTError(f"training diverged: the loss is {loss} at step {step + 1}; the last "
+                                       f"good checkpoint (step {last_saved}) is kept in {out}; "
+                                       "try a lower --learning-rate")
+                loss_sum += loss
+                micro = model.backward()
+                if cfg.grad_accum_steps == 1:
+                    grads = micro
+                elif grads is None:  # average over micro-batches: the gradient of the mean loss
+                    grads = {k: g / cfg.grad_accum_steps for k, g in micro.items()}
+                else:
+                    for k, g in micro.items():
+                        grads[k] += g / cfg.grad_accum_steps
+            norm = clip_grad_norm(grads, cfg.grad_clip)
+            if not math.isfinite(norm):
+                raise TinyGPTError(f"training diverged: the gradient norm is {norm} at step {step + 1}; "
+                                   f"the last good checkpoint (step {last_saved}) is kept in {out}; "
+                                   "try a lower --learning-rate")
+            optimizer.step(grads, lr=lr)
+            step += 1
+            state["tokens_seen"] += tokens_per_step
+            train_time += time.perf_counter() - t0
+            steps_timed += 1
+            bar.update(1)
+            if not quiet:
+                tok_s = tokens_per_step * steps_timed / train_time if train_time else 0.0
+                bar.set_postfix_str(f"loss {loss_sum / cfg.grad_accum_steps:.4f}, lr {lr:.2e}, "
+                                    f"{tok_s:,.0f} tok/s", refresh=False)
+            if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+                evaluate_and_checkpoint(step, lr_for(step))
+                last_saved = step
+    finally:
+        bar.close()
+
+    png = None
+    try:
+        png = plot_metrics(out)
+    except TinyGPTError:
+        pass
+    rows = read_metrics(metrics_path)
+    summary = {"out": str(out), "step": step, "val_loss": rows[-1]["val_loss"] if rows else None,
+               "best_val_loss": state["best_val_loss"],
+               "elapsed": elapsed_before + time.perf_counter() - run_start, "plot": str(png) if png else None}
+    if not quiet:
+        val = f"{summary['val_loss']:.4f}" if summary["val_loss"] is not None else "n/a"
+        print(f"done: step {step}, val loss {val}, {summary['elapsed']:.1f} s; checkpoint in {out}"
+              + (f", loss curve {png}" if png else ""))
+    return summary
+
+
+# --- plot --------------------------------------------------------------------------------------------
+
+
+def plot_metrics(out_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
+    """Plot train and val loss against step from ``DIR/metrics.jsonl`` to a PNG (default ``DIR/loss.png``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_dir = Path(out_dir)
+    metrics = out_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise TinyGPTError(f"no metrics in {out_dir}: {metrics} does not exist")
+    rows = [r for r in read_metrics(metrics) if "step" in r]
+    if not rows:
+        raise TinyGPTError(f"{metrics} holds no metrics rows")
+    path = Path(path) if path is not None else out_dir / "loss.png"
+    # Figure + Agg canvas directly (not pyplot): no global backend or figure state is touched.
+    fig = Figure(figsize=(7, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    steps = [r["step"] for r in rows]
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        ax.plot(steps, [r.get(key, math.nan) for r in rows], marker="o", markersize=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss (nats / token)")
+    ax.set_title(f"{out_dir.name}: final val loss {rows[-1].get('val_loss', math.nan):.4f}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+# --- tinygpt eval ------------------------------------------------------------------------------------
+
+
+def evaluate(out_dir: str | os.PathLike, data: str | None = None, split: str = "val", batch_size: int = 32,
+             backend: str = "auto", max_batches: int | None = None) -> dict:
+    """Loss, perplexity and bits per byte of a trained model on a whole split of a text file.
+
+    The split is cut into non-overlapping windows of ``block_size`` tokens (every token predicted once).
+    ``loss`` is the mean cross-entropy in nats per token; ``perplexity = exp(loss)``; bits per byte =
+    total nats / ln 2 / number of UTF-8 bytes of the predicted tokens: unlike per-token loss, it compares
+    models with different tokenizers.
+    """
+    from tinygpt.checkpoint import load_checkpoint
+    from tinygpt.data import iter_eval_windows, prepare_dataset
+
+    if split not in ("train", "val"):
+        raise TinyGPTError(f"unknown split {split!r}: choose train or val")
+    if batch_size <= 0:
+        raise TinyGPTError(f"--batch-size must be positive, got {batch_size}")
+    ckpt = load_checkpoint(out_dir, backend=backend, with_optimizer=False)
+    model, tokenizer = ckpt.model, ckpt.tokenizer
+    data_path = Path(data) if data else _data_path(ckpt.train_config.get("data"))
+    dataset = prepare_dataset(data_path, tokenizer=tokenizer)
+    tokens = dataset.train if split == "train" else dataset.val
+    block = model.config.block_size
+    if len(tokens) < block + 1:
+        raise TinyGPTError(f"the {split} split of {data_path} has {len(tokens)} tokens, fewer than one "
+                           f"window of {block + 1}")
+    byte_lengths = np.array([len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size)])
+    model.eval()
+    total_nats, total_tokens, total_bytes = 0.0, 0, 0
+    for i, (x, y) in enumerate(iter_eval_windows(tokens, block, batch_size)):
+        if max_batches is not None and i >= max_batches:
+            break
+        _, loss = model.forward(x, y)
+        total_nats += float(loss) * y.size
+        total_tokens += y.size
+        total_bytes += int(byte_lengths[y].sum())
+    loss = total_nats / total_tokens
+    return {"data": str(data_path), "split": split, "tokens": total_tokens, "loss": loss,
+            "perplexity": math.exp(loss), "bits_per_byte": total_nats / math.log(2) / max(total_bytes, 1),
+            "step": ckpt.state.get("step")}
