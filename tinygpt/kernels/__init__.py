@@ -1,1 +1,161 @@
-"""Compute backends: the NumPy reference in ``tinygpt.layers`` and Numba kernels (``cpu``, ``cuda``)."""
+"""The backend seam: one function, ``get_ops(backend)``, returning the layer functions a model computes with.
+
+A backend is a namespace of plain functions with the signatures of ``tinygpt.layers`` (every
+``*_forward`` / ``*_backward`` pair, see its ``__all__``) plus ``adamw_update``. The model calls layers only
+through ``self.ops = get_ops(backend)``, so swapping the backend never touches the model code::
+
+    ops = get_ops("numba")
+    out, cache = ops.layernorm_forward(x, w, b)      # (B, T, C) -> (B, T, C)
+    dx, dw, db = ops.layernorm_backward(dout, cache)
+
+Backends:
+
+``"numpy"``  the readable reference, ``tinygpt.layers``; AdamW is ``adamw_update`` below.
+``"numba"``  ``tinygpt.layers`` with the fused, parallel CPU kernels of ``tinygpt.kernels.cpu`` swapped in
+             (attention, LayerNorm, GELU, cross-entropy, embedding, AdamW); matmuls stay on BLAS. Each
+             forward/backward pair comes from the same module, so caches always match their backward.
+``"cuda"``   ``tinygpt.kernels.cuda``: numba ``cuda.jit`` kernels (tiled SGEMM, flash-style attention,
+             element-wise ops). Needs an NVIDIA GPU, or ``NUMBA_ENABLE_CUDASIM=1`` (the slow simulator).
+``"auto"``   ``"cuda"`` when a real GPU is present, else ``"numba"``. Numba is a hard dependency and its
+             CPU kernels beat NumPy at every model size we measured, so there is no reason to pick
+             ``"numpy"`` except to read or check the reference.
+
+Only one thing crosses this seam: the functions. The namespace also carries ``name`` (the resolved backend,
+so ``get_ops("auto").name`` says what was picked).
+"""
+
+from __future__ import annotations
+
+import os
+import types
+
+import numpy as np
+
+from tinygpt.errors import TinyGPTError
+
+BACKENDS = ("numpy", "numba", "cuda", "auto")
+
+# The layer functions every backend provides (tinygpt.layers.__all__), plus the optimizer kernel.
+OP_NAMES = (
+    "embedding_forward",
+    "embedding_backward",
+    "layernorm_forward",
+    "layernorm_backward",
+    "linear_forward",
+    "linear_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "attention_forward",
+    "attention_backward",
+    "dropout_forward",
+    "dropout_backward",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "adamw_update",
+)
+
+# The functions tinygpt.kernels.cpu replaces; the rest of the "numba" backend is tinygpt.layers.
+NUMBA_OVERRIDES = (
+    "embedding_forward",
+    "embedding_backward",
+    "layernorm_forward",
+    "layernorm_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "attention_forward",
+    "attention_backward",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "adamw_update",
+)
+
+
+def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, bias_corr1, bias_corr2):
+    """One AdamW step in NumPy, IN PLACE on ``param``, ``m`` and ``v`` (the reference; returns None).
+
+    Decoupled weight decay, in PyTorch's order, with ``bias_corr_i = 1 - beta_i**step``::
+
+        param *= 1 - lr * weight_decay
+        m = beta1 m + (1 - beta1) grad             v = beta2 v + (1 - beta2) grad^2
+        param -= lr / bias_corr1 * m / (sqrt(v) / sqrt(bias_corr2) + eps)
+
+    Example: the first step (m = v = 0, step 1) moves every weight by about ``-lr * sign(grad)``.
+    """
+    param *= 1.0 - lr * weight_decay
+    m *= beta1
+    m += (1.0 - beta1) * grad
+    v *= beta2
+    v += (1.0 - beta2) * grad * grad
+    denom = np.sqrt(v)
+    denom /= np.sqrt(bias_corr2)
+    denom += eps
+    param -= (lr / bias_corr1) * m / denom
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why the "cuda" backend cannot run here (one line), or None when it can (real GPU or simulator)."""
+    try:
+        from numba import cuda
+    except ImportError as exc:  # numba built without its CUDA target and no numba-cuda installed
+        return f"numba's CUDA target cannot be imported ({exc})"
+    if _simulator_enabled():
+        return None
+    if cuda.is_available():
+        return None
+    try:
+        cuda.current_context()  # raises with the driver's own message
+    except Exception as exc:  # CudaSupportError and friends; their text is what the user needs to see
+        message = " ".join(str(exc).split())
+    else:  # pragma: no cover - is_available() said no, yet a context came up
+        message = "numba.cuda.is_available() is False"
+    return f"no usable NVIDIA GPU: numba.cuda.is_available() is False ({message})"
+
+
+def _simulator_enabled() -> bool:
+    from numba import config
+
+    return bool(getattr(config, "ENABLE_CUDASIM", 0)) or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+def has_real_gpu() -> bool:
+    """True when numba sees a real CUDA device (the simulator does not count)."""
+    return not _simulator_enabled() and cuda_unavailable_reason() is None
+
+
+def available_backends() -> list[str]:
+    """The backends ``get_ops`` can build on this machine, e.g. ``["numpy", "numba"]``."""
+    names = ["numpy", "numba"]
+    if cuda_unavailable_reason() is None:
+        names.append("cuda")
+    return names
+
+
+def resolve_backend(backend: str) -> str:
+    """The concrete backend a name stands for: "auto" -> "cuda" on a real GPU, else "numba"."""
+    if backend not in BACKENDS:
+        raise TinyGPTError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "cuda" if has_real_gpu() else "numba"
+    return backend
+
+
+def get_ops(backend: str = "numpy") -> types.SimpleNamespace:
+    """The namespace of layer functions (and ``adamw_update``) for ``backend``; see the module docstring."""
+    name = resolve_backend(backend)
+    if name == "cuda":
+        reason = cuda_unavailable_reason()
+        if reason is not None:
+            raise TinyGPTError(f"backend 'cuda' is unavailable: {reason}")
+        from tinygpt.kernels import cuda as module
+
+        functions = {op: getattr(module, op) for op in OP_NAMES}
+    else:
+        from tinygpt import layers
+
+        functions = {op: getattr(layers, op) for op in OP_NAMES if op != "adamw_update"}
+        functions["adamw_update"] = adamw_update
+        if name == "numba":
+            from tinygpt.kernels import cpu
+
+            functions.update({op: getattr(cpu, op) for op in NUMBA_OVERRIDES})
+    return types.SimpleNamespace(name=name, **functions)

@@ -1,0 +1,274 @@
+"""The backend seam and the Numba CPU kernels, each against the NumPy reference in tinygpt.layers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinygpt import layers
+from tinygpt.errors import TinyGPTError
+from tinygpt.gradcheck import assert_gradcheck, relative_error
+from tinygpt.kernels import OP_NAMES, available_backends, cpu, get_ops, has_real_gpu, resolve_backend
+
+# float32 kernels differ from the reference only by summation order; float64 by a few ulps
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+DTYPES = [np.float32, np.float64]
+SETTINGS = settings(max_examples=12, deadline=None)
+
+# ragged shapes: nothing a power of two, T = 1 (a single query attends only to itself) included
+shapes = st.fixed_dictionaries({
+    "B": st.integers(1, 3),
+    "T": st.integers(1, 17),
+    "H": st.integers(1, 3),
+    "hs": st.integers(1, 9),
+    "V": st.integers(2, 41),
+    "seed": st.integers(0, 2**31 - 1),
+})
+
+
+def assert_close(actual, expected, dtype, what="", exact=None):
+    """actual within TOL of the reference; or, where the reference's own float32 rounding dominates (a
+    cancellation, e.g. LayerNorm's dx at C = 2), at least as close as it is to ``exact`` (float64)."""
+    assert actual.shape == expected.shape, what
+    assert actual.dtype == expected.dtype, what
+    err = relative_error(actual, expected)
+    if err < TOL[dtype]:
+        return
+    assert exact is not None, f"{what}: relative error {err:.2e}"
+    ours, theirs = relative_error(actual, exact), relative_error(expected, exact)
+    assert ours <= 2 * theirs + TOL[dtype], f"{what}: error {ours:.2e}, the reference's {theirs:.2e}"
+
+
+# --- the seam -------------------------------------------------------------------------------------
+
+
+def test_numpy_backend_is_the_reference():
+    ops = get_ops("numpy")
+    assert ops.name == "numpy"
+    for op in OP_NAMES:
+        if op != "adamw_update":
+            assert getattr(ops, op) is getattr(layers, op)
+
+
+def test_numba_backend_swaps_in_cpu_kernels_and_keeps_blas_matmul():
+    ops = get_ops("numba")
+    assert ops.name == "numba"
+    assert all(callable(getattr(ops, op)) for op in OP_NAMES)
+    assert ops.attention_forward is cpu.attention_forward
+    assert ops.attention_backward is cpu.attention_backward
+    assert ops.linear_forward is layers.linear_forward  # matmuls stay on BLAS
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(TinyGPTError, match="unknown backend 'tpu'"):
+        get_ops("tpu")
+
+
+def test_auto_and_available_backends():
+    assert {"numpy", "numba"} <= set(available_backends())
+    assert resolve_backend("auto") == ("cuda" if has_real_gpu() else "numba")
+    assert get_ops("auto").name == resolve_backend("auto")
+
+
+def test_cuda_backend_without_gpu_names_the_cause():
+    # A fresh interpreter without the simulator: what a user on a laptop sees.
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    code = (
+        "from tinygpt.kernels import get_ops, has_real_gpu\n"
+        "from tinygpt.errors import TinyGPTError\n"
+        "if has_real_gpu():\n    print('GPU')\nelse:\n"
+        "    try:\n        get_ops('cuda')\n    except TinyGPTError as e:\n        print('ERR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    if out.stdout.startswith("GPU"):
+        pytest.skip("this machine has a real GPU, so backend 'cuda' is available")
+    line = out.stdout.strip()
+    assert line.startswith("ERR backend 'cuda' is unavailable")
+    assert "numba.cuda.is_available() is False" in line
+    assert "\n" not in line  # one line, the driver's message folded in
+
+
+# --- each kernel against the reference ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(s=shapes)
+def test_layernorm_matches_reference(dtype, s):
+    rng = np.random.default_rng(s["seed"])
+    C = s["H"] * s["hs"]
+    x = (rng.standard_normal((s["B"], s["T"], C)) * 3 + 1).astype(dtype)
+    w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    f64 = [a.astype(np.float64) for a in (x, w, b, dout)]
+    for bias, bias64 in ((b, f64[2]), (None, None)):
+        out, cache = cpu.layernorm_forward(x, w, bias)
+        ref, ref_cache = layers.layernorm_forward(x, w, bias)
+        assert_close(out, ref, dtype, "out")
+        grads, ref_grads = cpu.layernorm_backward(dout, cache), layers.layernorm_backward(dout, ref_cache)
+        exact = layers.layernorm_backward(f64[3], layers.layernorm_forward(f64[0], f64[1], bias64)[1])
+        for name, g, r, e in zip(("dx", "dweight", "dbias"), grads, ref_grads, exact):
+            if r is None:
+                assert g is None
+            else:
+                assert_close(g, r, dtype, name, exact=e)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(s=shapes)
+def test_gelu_matches_reference(dtype, s):
+    rng = np.random.default_rng(s["seed"])
+    x = (rng.standard_normal((s["B"], s["T"], 4 * s["hs"])) * 3).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    out, cache = cpu.gelu_forward(x)
+    ref, ref_cache = layers.gelu_forward(x)
+    assert_close(out, ref, dtype, "out")
+    assert_close(cpu.gelu_backward(dout, cache), layers.gelu_backward(dout, ref_cache), dtype, "dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(s=shapes, dropout=st.sampled_from([0.0, 0.25]))
+def test_attention_matches_reference(dtype, s, dropout):
+    rng = np.random.default_rng(s["seed"])
+    B, T, H = s["B"], s["T"], s["H"]
+    C = H * s["hs"]
+    qkv = (rng.standard_normal((B, T, 3 * C)) * 2).astype(dtype)
+    dout = rng.standard_normal((B, T, C)).astype(dtype)
+    # the same generator state gives the same dropout mask on both backends
+    out, cache = cpu.attention_forward(qkv, H, dropout, np.random.default_rng(7))
+    ref, ref_cache = layers.attention_forward(qkv, H, dropout, np.random.default_rng(7))
+    assert_close(out, ref, dtype, "out")
+    dqkv = cpu.attention_backward(dout, cache)
+    assert_close(dqkv, layers.attention_backward(dout, ref_cache), dtype, "dqkv")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(s=shapes)
+def test_cross_entropy_matches_reference(dtype, s):
+    rng = np.random.default_rng(s["seed"])
+    B, T, V = s["B"], s["T"], s["V"]
+    logits = (rng.standard_normal((B, T, V)) * 4).astype(dtype)
+    targets = rng.integers(0, V, size=(B, T))
+    targets[rng.random((B, T)) < 0.3] = -1  # some positions ignored
+    dloss = float(rng.standard_normal())
+    loss, cache = cpu.cross_entropy_forward(logits, targets)
+    ref, ref_cache = layers.cross_entropy_forward(logits, targets)
+    assert isinstance(loss, float)
+    assert abs(loss - ref) <= TOL[dtype] * max(1.0, abs(ref))
+    assert_close(cpu.cross_entropy_backward(dloss, cache), layers.cross_entropy_backward(dloss, ref_cache),
+                 dtype, "dlogits")
+
+
+def test_cross_entropy_all_ignored_is_zero_not_nan():
+    logits = np.random.default_rng(0).standard_normal((2, 3, 5)).astype(np.float32)
+    loss, cache = cpu.cross_entropy_forward(logits, np.full((2, 3), -1))
+    assert loss == 0.0
+    assert not cpu.cross_entropy_backward(1.0, cache).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(s=shapes)
+def test_embedding_matches_reference(dtype, s):
+    rng = np.random.default_rng(s["seed"])
+    B, T, V = s["B"], s["T"], s["V"]
+    C = s["H"] * s["hs"]
+    wte, wpe = rng.standard_normal((V, C)).astype(dtype), rng.standard_normal((T + 3, C)).astype(dtype)
+    idx = rng.integers(0, min(V, 4), size=(B, T))  # few distinct ids: many repeats to accumulate
+    dout = rng.standard_normal((B, T, C)).astype(dtype)
+    out, cache = cpu.embedding_forward(idx, wte, wpe)
+    ref, ref_cache = layers.embedding_forward(idx, wte, wpe)
+    assert_close(out, ref, dtype, "out")
+    for name, g, r in zip(("dwte", "dwpe"), cpu.embedding_backward(dout, cache),
+                          layers.embedding_backward(dout, ref_cache)):
+        assert_close(g, r, dtype, name)
+
+
+@pytest.mark.parametrize("name", ["attention", "layernorm", "gelu", "cross_entropy"])
+def test_cpu_kernels_pass_gradcheck(name):
+    # Independent of the reference: central differences in float64 with a random upstream gradient.
+    rng = np.random.default_rng(3)
+    if name == "attention":
+        inputs, kwargs = {"qkv": rng.standard_normal((2, 5, 12))}, {"n_head": 2}
+    elif name == "layernorm":
+        inputs, kwargs = {"x": rng.standard_normal((2, 3, 6)), "weight": rng.standard_normal(6),
+                          "bias": rng.standard_normal(6)}, {}
+    elif name == "gelu":
+        inputs, kwargs = {"x": rng.standard_normal((3, 7)) * 2}, {}
+    else:
+        targets = np.array([[1, -1, 4], [0, 2, 2]])
+        inputs, kwargs = {"logits": rng.standard_normal((2, 3, 5)), "targets": targets}, {}
+    forward, backward = getattr(cpu, f"{name}_forward"), getattr(cpu, f"{name}_backward")
+    assert_gradcheck(forward, backward, inputs, tol=1e-7, kwargs=kwargs)
+
+
+# --- AdamW ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adamw_kernel_matches_numpy_reference(dtype):
+    rng = np.random.default_rng(0)
+    shape = (13, 7)
+    p1 = rng.standard_normal(shape).astype(dtype)
+    m1, v1 = np.zeros_like(p1), np.zeros_like(p1)
+    p2, m2, v2 = p1.copy(), m1.copy(), v1.copy()
+    ref = get_ops("numpy").adamw_update
+    for step in range(1, 6):
+        g = rng.standard_normal(shape).astype(dtype)
+        args = (3e-3, 0.9, 0.95, 1e-8, 0.1, 1 - 0.9**step, 1 - 0.95**step)
+        assert cpu.adamw_update(p1, g, m1, v1, *args) is None  # in place
+        ref(p2, g, m2, v2, *args)
+    for name, a, b in (("param", p1, p2), ("m", m1, m2), ("v", v1, v2)):
+        assert_close(a, b, dtype, name)
+
+
+def test_adamw_kernel_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal((6, 5))
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    tp = torch.tensor(p, requires_grad=True)
+    opt = torch.optim.AdamW([tp], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    for step in range(1, 8):
+        g = rng.standard_normal(p.shape)
+        cpu.adamw_update(p, g, m, v, 1e-2, 0.9, 0.95, 1e-8, 0.1, 1 - 0.9**step, 1 - 0.95**step)
+        tp.grad = torch.tensor(g)
+        opt.step()
+    assert relative_error(p, tp.detach().numpy()) < 1e-12
+
+
+def test_adamw_kernel_rejects_what_it_cannot_update_in_place():
+    p = np.zeros((4, 6), np.float32)
+    with pytest.raises(TinyGPTError, match="C-contiguous"):
+        cpu.adamw_update(p.T, p.T, p.T, p.T, 1e-3, 0.9, 0.95, 1e-8, 0.0, 0.1, 0.05)
+    with pytest.raises(TinyGPTError, match="shape"):
+        cpu.adamw_update(p, p[:2], p, p, 1e-3, 0.9, 0.95, 1e-8, 0.0, 0.1, 0.05)
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def test_cpu_kernels_reject_bad_input_with_one_line_errors():
+    wte, wpe = np.zeros((5, 4), np.float32), np.zeros((3, 4), np.float32)
+    with pytest.raises(TinyGPTError, match="token ids"):
+        cpu.embedding_forward(np.array([[0, 5]]), wte, wpe)
+    with pytest.raises(TinyGPTError, match="block_size"):
+        cpu.embedding_forward(np.zeros((1, 4), int), wte, wpe)
+    with pytest.raises(TinyGPTError, match="divisible"):
+        cpu.attention_forward(np.zeros((1, 2, 12), np.float32), n_head=5)
+    with pytest.raises(TinyGPTError, match="rng"):
+        cpu.attention_forward(np.zeros((1, 2, 12), np.float32), n_head=2, dropout=0.1)
+    with pytest.raises(TinyGPTError, match="targets"):
+        cpu.cross_entropy_forward(np.zeros((1, 2, 3), np.float32), np.array([[0, 3]]))
+    with pytest.raises(TinyGPTError, match="float32 or float64"):
+        cpu.gelu_forward(np.zeros(3, np.int64))

@@ -1,0 +1,529 @@
+"""Numba CPU kernels: the same functions as ``tinygpt.layers``, fused and parallel where NumPy wastes work.
+
+Every public function here has EXACTLY the signature of its ``tinygpt.layers`` namesake, and each
+forward/backward pair shares its own cache format (so a forward from here must be paired with the backward
+from here, which ``tinygpt.kernels.get_ops("numba")`` guarantees). Matmuls stay on BLAS: the NumPy
+``linear_*`` functions are already one ``@`` each, and no hand loop beats OpenBLAS there.
+
+Where the wins come from (measure them with ``tinygpt bench train --backend numpy,numba``):
+
+- **Causal attention** per (batch, head) in parallel (``prange``), touching only the lower triangle
+  ``j <= i`` of the T x T score matrix: half the arithmetic, no ``-inf`` mask array, no separate
+  max / exp / sum / divide passes over a (B, H, T, T) temporary.
+- **LayerNorm, GELU, cross-entropy**: one or two passes over each row instead of NumPy's chain of
+  element-wise temporaries; the cross-entropy never builds a (B, T, V) probability array in the forward
+  pass, and the backward writes its one (B, T, V) output in a single pass.
+- **AdamW**: one pass over each parameter instead of ~10 NumPy temporaries.
+
+The kernels are ``@njit(parallel=True, cache=True, fastmath=False)``: ``fastmath=False`` keeps IEEE
+semantics so results match the NumPy reference to rounding; we get SIMD anyway by writing the inner loops
+as ``y[j] += a * x[j]`` over a contiguous axis (an "axpy"), which LLVM vectorises without reassociating a
+sum. Reductions (means, log-sum-exps) accumulate in float64 even for float32 inputs, which costs nothing
+visible here and keeps float32 results within ~1e-6 of the reference. ``cache=True`` writes the compiled
+machine code next to this file (``__pycache__``), so only the very first run pays the JIT compile.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from tinygpt.errors import TinyGPTError
+
+_JIT = dict(parallel=True, cache=True, fastmath=False)
+
+
+def _n_chunks(n_rows: int) -> int:
+    """How many row chunks a parallel reduction splits into: a few per thread, never more than rows."""
+    return max(1, min(n_rows, 4 * numba.get_num_threads()))
+
+
+def _check_float(name: str, *arrays: np.ndarray) -> np.dtype:
+    dtype = arrays[0].dtype
+    if dtype not in (np.float32, np.float64):
+        raise TinyGPTError(f"{name}: numba kernels take float32 or float64 arrays, got {dtype}")
+    for a in arrays[1:]:
+        if a is not None and a.dtype != dtype:
+            raise TinyGPTError(f"{name}: mixed dtypes {dtype} and {a.dtype}")
+    return dtype
+
+
+# --- embedding ------------------------------------------------------------------------------------
+
+
+@njit(**_JIT)
+def _embedding_forward_kernel(idx, wte, wpe, out):
+    # out[b, t, :] = wte[idx[b, t], :] + wpe[t, :]   one pass, no (B, T, C) temporaries
+    B, T = idx.shape
+    for n in prange(B * T):
+        b = n // T
+        t = n % T
+        tok = idx[b, t]
+        for c in range(wte.shape[1]):
+            out[b, t, c] = wte[tok, c] + wpe[t, c]
+
+
+@njit(**_JIT)
+def _embedding_backward_kernel(idx, dout, dwte, dwpe, n_chunks):
+    # Scatter-add of rows. Tokens repeat, so two threads must never add into the same dwte row at once:
+    # we split the work over COLUMN ranges instead of tokens, so each thread owns its columns outright.
+    B, T = idx.shape
+    C = dout.shape[2]
+    for ch in prange(n_chunks):
+        c0 = ch * C // n_chunks
+        c1 = (ch + 1) * C // n_chunks
+        for b in range(B):
+            for t in range(T):
+                tok = idx[b, t]
+                for c in range(c0, c1):
+                    dwte[tok, c] += dout[b, t, c]
+                    dwpe[t, c] += dout[b, t, c]
+
+
+def embedding_forward(idx, wte, wpe):
+    """Token plus position embedding. (B, T) int -> (B, T, C) = wte[idx] + wpe[:T]."""
+    idx = np.asarray(idx)
+    if idx.ndim != 2 or idx.dtype.kind not in "iu":
+        raise TinyGPTError(f"embedding_forward: idx must be a (B, T) integer array, got {idx.dtype} "
+                           f"{idx.shape}")
+    _check_float("embedding_forward", wte, wpe)
+    B, T = idx.shape
+    V, C = wte.shape
+    if T > wpe.shape[0]:
+        raise TinyGPTError(f"embedding_forward: sequence length {T} exceeds block_size {wpe.shape[0]}")
+    if idx.size and (idx.min() < 0 or idx.max() >= V):
+        raise TinyGPTError(f"embedding_forward: token ids must be in [0, {V}), "
+                           f"got [{idx.min()}, {idx.max()}]")
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    out = np.empty((B, T, C), dtype=wte.dtype)
+    _embedding_forward_kernel(idx, np.ascontiguousarray(wte), np.ascontiguousarray(wpe), out)
+    return out, (idx, wte.shape, wpe.shape)
+
+
+def embedding_backward(dout, cache):
+    """(B, T, C) -> dwte (V, C), dwpe (block_size, C); a token seen k times gets k rows added."""
+    idx, wte_shape, wpe_shape = cache
+    dout = np.ascontiguousarray(dout)
+    dwte = np.zeros(wte_shape, dtype=dout.dtype)
+    dwpe = np.zeros(wpe_shape, dtype=dout.dtype)
+    _embedding_backward_kernel(idx, dout, dwte, dwpe, _n_chunks(wte_shape[1]))
+    return dwte, dwpe
+
+
+# --- layernorm ------------------------------------------------------------------------------------
+
+
+@njit(**_JIT)
+def _layernorm_forward_kernel(x, weight, bias, eps, out, mean, rstd):
+    # Per row: mean = sum(x)/C, var = sum((x-mean)^2)/C (two passes: no cancellation), y = (x-mean)*rstd*w + b
+    N, C = x.shape
+    for n in prange(N):
+        s = 0.0
+        for c in range(C):
+            s += x[n, c]
+        m = s / C
+        ss = 0.0
+        for c in range(C):
+            d = x[n, c] - m
+            ss += d * d
+        r = 1.0 / math.sqrt(ss / C + eps)
+        mean[n] = m
+        rstd[n] = r
+        for c in range(C):
+            out[n, c] = (x[n, c] - m) * r * weight[c] + bias[c]
+
+
+@njit(**_JIT)
+def _layernorm_backward_kernel(dout, x, weight, mean, rstd, dx, dw_part, db_part):
+    # With xhat = (x - mean) * rstd and g = dout * w (the gradient w.r.t. xhat):
+    #   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+    #   dw = sum_rows dout * xhat,  db = sum_rows dout
+    # dw/db are summed per row chunk (float64) and the chunks added afterwards: no two threads share a sum.
+    N, C = x.shape
+    n_chunks = dw_part.shape[0]
+    for ch in prange(n_chunks):
+        for n in range(ch * N // n_chunks, (ch + 1) * N // n_chunks):
+            m = mean[n]
+            r = rstd[n]
+            g_sum = 0.0
+            gx_sum = 0.0
+            for c in range(C):
+                xhat = (x[n, c] - m) * r
+                g = dout[n, c] * weight[c]
+                g_sum += g
+                gx_sum += g * xhat
+                dw_part[ch, c] += dout[n, c] * xhat
+                db_part[ch, c] += dout[n, c]
+            g_mean = g_sum / C
+            gx_mean = gx_sum / C
+            for c in range(C):
+                xhat = (x[n, c] - m) * r
+                dx[n, c] = r * (dout[n, c] * weight[c] - g_mean - xhat * gx_mean)
+
+
+def layernorm_forward(x, weight, bias, eps=1e-5):
+    """(..., C) -> (..., C): (x - mean) / sqrt(var + eps) * weight + bias over the last axis."""
+    _check_float("layernorm_forward", x, weight, bias)
+    C = x.shape[-1]
+    x2 = np.ascontiguousarray(x).reshape(-1, C)
+    N = x2.shape[0]
+    out = np.empty_like(x2)
+    mean = np.empty(N, dtype=np.float64)
+    rstd = np.empty(N, dtype=np.float64)
+    bias_arr = np.zeros(C, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
+    _layernorm_forward_kernel(x2, np.ascontiguousarray(weight), bias_arr, float(eps), out, mean, rstd)
+    return out.reshape(x.shape), (x2, weight, bias is not None, mean, rstd, x.shape)
+
+
+def layernorm_backward(dout, cache):
+    """(..., C) -> dx (..., C), dweight (C,), dbias (C,) or None when the forward had no bias."""
+    x2, weight, has_bias, mean, rstd, shape = cache
+    N, C = x2.shape
+    dout2 = np.ascontiguousarray(dout).reshape(N, C)
+    dx = np.empty_like(x2)
+    n_chunks = _n_chunks(N)
+    dw_part = np.zeros((n_chunks, C), dtype=np.float64)
+    db_part = np.zeros((n_chunks, C), dtype=np.float64)
+    _layernorm_backward_kernel(dout2, x2, np.ascontiguousarray(weight), mean, rstd, dx, dw_part, db_part)
+    dweight = dw_part.sum(axis=0).astype(x2.dtype)
+    dbias = db_part.sum(axis=0).astype(x2.dtype) if has_bias else None
+    return dx.reshape(shape), dweight, dbias
+
+
+# --- GELU -----------------------------------------------------------------------------------------
+
+
+@njit(**_JIT)
+def _gelu_forward_kernel(x, out):
+    # gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (GPT-2's tanh approximation)
+    # Constants are cast to the array's dtype so a float32 kernel stays float32 (no float64 tanh).
+    k = x.dtype.type(math.sqrt(2.0 / math.pi))
+    a = x.dtype.type(0.044715)
+    half = x.dtype.type(0.5)
+    one = x.dtype.type(1.0)
+    for i in prange(x.size):
+        xi = x[i]
+        out[i] = half * xi * (one + math.tanh(k * (xi + a * xi * xi * xi)))
+
+
+@njit(**_JIT)
+def _gelu_backward_kernel(dout, x, dx):
+    # d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2),  t = tanh(...)
+    # t is recomputed from x rather than cached: one tanh is cheaper than storing and re-reading (B,T,4C).
+    k = x.dtype.type(math.sqrt(2.0 / math.pi))
+    a = x.dtype.type(0.044715)
+    a3 = x.dtype.type(3.0 * 0.044715)
+    half = x.dtype.type(0.5)
+    one = x.dtype.type(1.0)
+    for i in prange(x.size):
+        xi = x[i]
+        t = math.tanh(k * (xi + a * xi * xi * xi))
+        local = half * (one + t) + half * xi * (one - t * t) * k * (one + a3 * xi * xi)
+        dx[i] = dout[i] * local
+
+
+def gelu_forward(x):
+    """Element-wise GELU, tanh approximation (as GPT-2). Any shape -> same shape."""
+    _check_float("gelu_forward", x)
+    xc = np.ascontiguousarray(x)
+    out = np.empty_like(xc)
+    _gelu_forward_kernel(xc.reshape(-1), out.reshape(-1))
+    return out, xc
+
+
+def gelu_backward(dout, cache):
+    """Any shape -> dx of the same shape."""
+    x = cache
+    dout = np.ascontiguousarray(dout)
+    dx = np.empty_like(x)
+    _gelu_backward_kernel(dout.reshape(-1), x.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+# --- causal self-attention ------------------------------------------------------------------------
+
+
+@njit(**_JIT)
+def _attention_forward_kernel(qkv, n_head, keep, use_dropout, out, probs):
+    # For each (batch, head), for each query row i, only keys j <= i exist (causal):
+    #   s_j = (q_i . k_j) / sqrt(hs),  p_j = exp(s_j - max s) / sum exp(...),  y_i = sum_j p_j v_j
+    # probs[b, h, i, :i+1] keeps p (needed by the backward); its upper triangle is never written or read.
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // n_head
+    scale = qkv.dtype.type(1.0 / math.sqrt(hs))
+    for bh in prange(B * n_head):
+        b = bh // n_head
+        h = bh % n_head
+        q0 = h * hs
+        k0 = C + h * hs
+        v0 = 2 * C + h * hs
+        # k transposed to (hs, T) and v as (T, hs), both contiguous, so the inner loops below run along
+        # contiguous memory: s[j] += q[d] * kT[d, j] and y[d] += p_j * v[j, d] are axpys LLVM vectorises.
+        kT = np.empty((hs, T), dtype=qkv.dtype)
+        v = np.empty((T, hs), dtype=qkv.dtype)
+        for j in range(T):
+            for d in range(hs):
+                kT[d, j] = qkv[b, j, k0 + d]
+                v[j, d] = qkv[b, j, v0 + d]
+        y = np.empty(hs, dtype=qkv.dtype)
+        for i in range(T):
+            p = probs[b, h, i]
+            for j in range(i + 1):
+                p[j] = 0.0
+            for d in range(hs):
+                qd = qkv[b, i, q0 + d] * scale
+                for j in range(i + 1):
+                    p[j] += qd * kT[d, j]
+            m = p[0]
+            for j in range(1, i + 1):
+                m = max(m, p[j])
+            total = 0.0
+            for j in range(i + 1):
+                e = math.exp(p[j] - m)
+                p[j] = e
+                total += e
+            inv = 1.0 / total
+            for d in range(hs):
+                y[d] = 0.0
+            for j in range(i + 1):
+                p[j] = p[j] * inv
+                a = p[j] * keep[b, h, i, j] if use_dropout else p[j]
+                for d in range(hs):
+                    y[d] += a * v[j, d]
+            for d in range(hs):
+                out[b, i, q0 + d] = y[d]
+
+
+@njit(**_JIT)
+def _attention_backward_kernel(dout, qkv, probs, n_head, keep, use_dropout, dqkv):
+    # With a_ij = p_ij * keep_ij (keep = 1 without dropout), y_i = sum_j a_ij v_j, p_i = softmax(s_i):
+    #   dv_j += a_ij dy_i,   dp_ij = keep_ij (dy_i . v_j),
+    #   ds_ij = p_ij (dp_ij - sum_k p_ik dp_ik)                      (softmax backward)
+    #   dq_i += ds_ij k_j / sqrt(hs),   dk_j += ds_ij q_i / sqrt(hs)
+    # Each (batch, head) owns its own columns of dqkv, so the prange needs no locks.
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // n_head
+    scale = qkv.dtype.type(1.0 / math.sqrt(hs))
+    for bh in prange(B * n_head):
+        b = bh // n_head
+        h = bh % n_head
+        q0 = h * hs
+        k0 = C + h * hs
+        v0 = 2 * C + h * hs
+        q = np.empty((T, hs), dtype=qkv.dtype)
+        k = np.empty((T, hs), dtype=qkv.dtype)
+        vT = np.empty((hs, T), dtype=qkv.dtype)
+        for j in range(T):
+            for d in range(hs):
+                q[j, d] = qkv[b, j, q0 + d]
+                k[j, d] = qkv[b, j, k0 + d]
+                vT[d, j] = qkv[b, j, v0 + d]
+        dq = np.zeros((T, hs), dtype=qkv.dtype)
+        dk = np.zeros((T, hs), dtype=qkv.dtype)
+        dv = np.zeros((T, hs), dtype=qkv.dtype)
+        dy = np.empty(hs, dtype=qkv.dtype)
+        dp = np.empty(T, dtype=qkv.dtype)
+        for i in range(T):
+            p = probs[b, h, i]
+            for d in range(hs):
+                dy[d] = dout[b, i, q0 + d]
+            for j in range(i + 1):
+                dp[j] = 0.0
+            for d in range(hs):
+                g = dy[d]
+                for j in range(i + 1):
+                    dp[j] += g * vT[d, j]
+            for j in range(i + 1):
+                a = p[j]
+                if use_dropout:
+                    a = a * keep[b, h, i, j]
+                    dp[j] = dp[j] * keep[b, h, i, j]
+                for d in range(hs):
+                    dv[j, d] += a * dy[d]
+            row_dot = 0.0
+            for j in range(i + 1):
+                row_dot += p[j] * dp[j]
+            for j in range(i + 1):
+                ds = p[j] * (dp[j] - row_dot) * scale
+                for d in range(hs):
+                    dq[i, d] += ds * k[j, d]
+                    dk[j, d] += ds * q[i, d]
+        for t in range(T):
+            for d in range(hs):
+                dqkv[b, t, q0 + d] = dq[t, d]
+                dqkv[b, t, k0 + d] = dk[t, d]
+                dqkv[b, t, v0 + d] = dv[t, d]
+
+
+def attention_forward(qkv, n_head, dropout=0.0, rng=None):
+    """Causal multi-head self-attention. qkv (B, T, 3C) from the fused c_attn projection -> (B, T, C).
+
+    ``dropout`` (probability of zeroing an attention weight, training only) needs ``rng``, a
+    ``np.random.Generator``; the keep mask is drawn exactly as ``tinygpt.layers`` draws it, so the same
+    generator state gives the same output on either backend.
+    """
+    _check_float("attention_forward", qkv)
+    if qkv.ndim != 3 or qkv.shape[2] % 3 != 0:
+        raise TinyGPTError(f"attention_forward: qkv must be (B, T, 3C), got shape {qkv.shape}")
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    if n_head < 1 or C % n_head != 0:
+        raise TinyGPTError(f"attention_forward: n_embd {C} is not divisible by n_head {n_head}")
+    qkv = np.ascontiguousarray(qkv)
+    keep = _dropout_keep_mask(qkv.dtype, (B, n_head, T, T), dropout, rng)
+    out = np.empty((B, T, C), dtype=qkv.dtype)
+    probs = np.empty((B, n_head, T, T), dtype=qkv.dtype)
+    use_dropout = keep is not None
+    _attention_forward_kernel(qkv, n_head, keep if use_dropout else _NO_MASK[qkv.dtype.char], use_dropout,
+                              out, probs)
+    return out, (qkv, probs, n_head, keep)
+
+
+def attention_backward(dout, cache):
+    """(B, T, C) -> dqkv (B, T, 3C)."""
+    qkv, probs, n_head, keep = cache
+    dout = np.ascontiguousarray(dout)
+    dqkv = np.empty_like(qkv)
+    use_dropout = keep is not None
+    _attention_backward_kernel(dout, qkv, probs, n_head, keep if use_dropout else _NO_MASK[qkv.dtype.char],
+                               use_dropout, dqkv)
+    return dqkv
+
+
+# A (1, 1, 1, 1) stand-in for the keep mask when there is no dropout, so the kernel has one type signature.
+_NO_MASK = {"f": np.ones((1, 1, 1, 1), np.float32), "d": np.ones((1, 1, 1, 1), np.float64)}
+
+
+def _dropout_keep_mask(dtype, shape, dropout, rng):
+    """keep = (u >= p) / (1 - p) with u uniform: the inverted-dropout mask, or None when dropout is off."""
+    if not dropout:
+        return None
+    if not 0.0 <= dropout < 1.0:
+        raise TinyGPTError(f"dropout must be in [0, 1), got {dropout}")
+    if rng is None:
+        raise TinyGPTError("attention dropout > 0 needs an rng (np.random.Generator)")
+    # the same draw as tinygpt.layers (float32 uniforms, same shape, same order) so both backends agree
+    keep = (rng.random(shape, dtype=np.float32) >= dropout).astype(dtype)
+    keep *= 1.0 / (1.0 - dropout)
+    return keep
+
+
+# --- cross-entropy --------------------------------------------------------------------------------
+
+
+@njit(**_JIT)
+def _cross_entropy_forward_kernel(logits, targets, lse, losses):
+    # loss_n = logsumexp(logits_n) - logits_n[target_n], computed as m + log(sum exp(l - m)), m = max l.
+    # No probability array is built: the backward recomputes exp(l - lse) from the saved lse.
+    N, V = logits.shape
+    for n in prange(N):
+        t = targets[n]
+        if t < 0:  # ignored position
+            lse[n] = 0.0
+            losses[n] = 0.0
+            continue
+        m = logits[n, 0]
+        for j in range(1, V):
+            m = max(m, logits[n, j])
+        total = 0.0
+        for j in range(V):
+            total += math.exp(logits[n, j] - m)
+        lse[n] = m + math.log(total)
+        losses[n] = lse[n] - logits[n, t]
+
+
+@njit(**_JIT)
+def _cross_entropy_backward_kernel(logits, targets, lse, scale, dlogits):
+    # dloss/dlogits_n = (softmax(logits_n) - onehot(target_n)) * dloss / n_valid; ignored rows get zeros.
+    N, V = logits.shape
+    for n in prange(N):
+        t = targets[n]
+        if t < 0:
+            for j in range(V):
+                dlogits[n, j] = 0.0
+            continue
+        for j in range(V):
+            dlogits[n, j] = math.exp(logits[n, j] - lse[n]) * scale
+        dlogits[n, t] -= scale
+
+
+def cross_entropy_forward(logits, targets):
+    """Mean cross-entropy over positions whose target is not -1. (B, T, V), (B, T) -> loss (Python float).
+
+    If every target is -1 the loss is 0 and so is its gradient (as in ``tinygpt.layers``).
+    """
+    _check_float("cross_entropy_forward", logits)
+    V = logits.shape[-1]
+    targets = np.asarray(targets)
+    if targets.shape != logits.shape[:-1]:
+        raise TinyGPTError(f"cross_entropy_forward: targets shape {targets.shape} does not match "
+                           f"logits {logits.shape[:-1]}")
+    t = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
+    valid = t >= 0
+    n_valid = int(valid.sum())
+    if t.size and (t.min() < -1 or t.max() >= V):
+        raise TinyGPTError(f"cross_entropy_forward: targets must be -1 or in [0, {V}), "
+                           f"got [{t.min()}, {t.max()}]")
+    l2 = np.ascontiguousarray(logits).reshape(-1, V)
+    lse = np.empty(l2.shape[0], dtype=np.float64)
+    losses = np.empty(l2.shape[0], dtype=np.float64)
+    _cross_entropy_forward_kernel(l2, t, lse, losses)
+    loss = float(losses.sum()) / max(n_valid, 1)
+    return loss, (l2, t, lse, n_valid, logits.shape)
+
+
+def cross_entropy_backward(dloss, cache):
+    """scalar dloss -> dlogits (B, T, V)."""
+    l2, t, lse, n_valid, shape = cache
+    dlogits = np.empty_like(l2)
+    _cross_entropy_backward_kernel(l2, t, lse, float(dloss) / max(n_valid, 1), dlogits)
+    return dlogits.reshape(shape)
+
+
+# --- AdamW ----------------------------------------------------------------------------------------
+
+
+@njit(**_JIT)
+def _adamw_kernel(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_corr1, bias_corr2):
+    # Decoupled weight decay (Loshchilov & Hutter), in PyTorch's order:
+    #   p *= 1 - lr*wd;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+    #   p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps),  bc_i = 1 - beta_i^step
+    decay = 1.0 - lr * weight_decay
+    step = lr / bias_corr1
+    sqrt_bc2 = math.sqrt(bias_corr2)
+    for i in prange(p.size):
+        gi = g[i]
+        mi = beta1 * m[i] + (1.0 - beta1) * gi
+        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] * decay - step * mi / (math.sqrt(vi) / sqrt_bc2 + eps)
+
+
+def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, bias_corr1, bias_corr2):
+    """One AdamW step IN PLACE on ``param``, ``m`` (first moment) and ``v`` (second moment); returns None.
+
+    ``bias_corr1 = 1 - beta1**step`` and ``bias_corr2 = 1 - beta2**step`` (step counts from 1). Pass
+    ``weight_decay=0`` for parameters that should not decay (biases, LayerNorm gains).
+    """
+    _check_adamw_args(param, grad, m, v)
+    _adamw_kernel(param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), float(lr), float(beta1),
+                  float(beta2), float(eps), float(weight_decay), float(bias_corr1), float(bias_corr2))
+
+
+def _check_adamw_args(param, grad, m, v):
+    for name, a in (("grad", grad), ("m", m), ("v", v)):
+        if a.shape != param.shape:
+            raise TinyGPTError(f"adamw_update: {name} shape {a.shape} does not match param {param.shape}")
+    for name, a in (("param", param), ("m", m), ("v", v)):
+        if not a.flags.c_contiguous or not a.flags.writeable:
+            raise TinyGPTError(f"adamw_update: {name} must be a writeable C-contiguous array "
+                               "(it is updated in place)")
+    _check_float("adamw_update", param, m, v)
+    if grad.dtype != param.dtype or not grad.flags.c_contiguous:
+        raise TinyGPTError("adamw_update: grad must be C-contiguous with the param's dtype")
