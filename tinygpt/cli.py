@@ -27,7 +27,89 @@ def _add_tokenizer(sub):
     p = sub.add_parser("tokenizer", help="train, use and inspect BPE tokenizers")
     p.set_defaults(func=lambda args: p.print_help())
     tsub = p.add_subparsers(dest="tokenizer_command", parser_class=_Parser)
-    del tsub  # sub-commands: train, encode, decode
+
+    tp = tsub.add_parser("train", help="learn a byte-level BPE tokenizer from a text file")
+    tp.add_argument("--input", required=True, help="UTF-8 text file to learn from")
+    tp.add_argument("--vocab-size", type=int, required=True, help="vocabulary size, specials included")
+    tp.add_argument("--out", required=True, help="where to save the tokenizer (a JSON file)")
+    tp.add_argument("--pattern", default="gpt2", help="pre-split: gpt2 (default), gpt4 or a regex")
+    tp.add_argument(
+        "--special-tokens", nargs="*", default=["<|endoftext|>"], metavar="TOKEN",
+        help="special tokens, ids after the merges (default: <|endoftext|>; give none for none)",
+    )
+    tp.add_argument("--gpt2-files", metavar="DIR", help="also write GPT-2's encoder.json, vocab.bpe")
+    tp.set_defaults(func=_tokenizer_train)
+
+    ep = tsub.add_parser("encode", help="text -> token ids")
+    ep.add_argument("--tokenizer", required=True, help="a saved tokenizer file (or run dir), or 'gpt2'")
+    ep.add_argument("text", nargs="?", default="-", help="text to encode; '-' or nothing reads stdin")
+    ep.add_argument("--show", action="store_true", help="print the text split into its tokens instead of ids")
+    ep.add_argument("--allow-special", action="store_true", help="treat special-token strings as specials")
+    ep.set_defaults(func=_tokenizer_encode)
+
+    dp = tsub.add_parser("decode", help="token ids -> text")
+    dp.add_argument("--tokenizer", required=True, help="a saved tokenizer file (or run dir), or 'gpt2'")
+    dp.add_argument("ids", nargs="*", default=["-"], help="token ids; '-' or nothing reads them from stdin")
+    dp.set_defaults(func=_tokenizer_decode)
+
+
+def _read_utf8(path: str) -> str:
+    data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TinyGPTError(f"{'stdin' if path == '-' else path} is not UTF-8 text ({exc.reason})") from None
+
+
+def _write_utf8(text: str) -> None:
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode("utf-8"))
+    sys.stdout.buffer.flush()
+
+
+def _tokenizer_train(args):
+    import time
+
+    from tinygpt.tokenizer import BPETokenizer
+
+    text = _read_utf8(args.input)
+    start = time.perf_counter()
+    tok = BPETokenizer.train(text, args.vocab_size, pattern=args.pattern, special_tokens=args.special_tokens)
+    seconds = time.perf_counter() - start
+    tok.save(args.out)
+    if args.gpt2_files:
+        tok.save_gpt2_files(args.gpt2_files)
+    n_tokens = len(tok.encode(text))
+    print(
+        f"trained vocab {tok.vocab_size} ({len(tok.merges)} merges) in {seconds:.2f} s; {args.input}: "
+        f"{len(text.encode('utf-8'))} bytes -> {n_tokens} tokens; saved {args.out}"
+    )
+
+
+def _tokenizer_encode(args):
+    from tinygpt.tokenizer import load_tokenizer, show_tokens
+
+    tok = load_tokenizer(args.tokenizer)
+    text = _read_utf8("-") if args.text == "-" else args.text
+    ids = tok.encode(text, allowed_special="all" if args.allow_special else "none")
+    if args.show:
+        _write_utf8(show_tokens(tok, ids, color=sys.stdout.isatty()) + "\n")
+        print(f"{len(ids)} tokens, {len(text)} characters")
+    else:
+        print(" ".join(map(str, ids)))
+
+
+def _tokenizer_decode(args):
+    from tinygpt.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    words = _read_utf8("-").split() if args.ids == ["-"] else args.ids
+    try:
+        ids = [int(w) for w in words]
+    except ValueError:
+        bad = next(w for w in words if not w.lstrip("-").isdigit())
+        raise TinyGPTError(f"token ids must be integers, got {bad!r}") from None
+    _write_utf8(tok.decode(ids))
 
 
 # --- train / eval / plot (issue 4) ----------------------------------------------------------------
