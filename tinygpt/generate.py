@@ -1,0 +1,443 @@
+"""Text generation: sampling controls, KV-cached decoding and streaming decode, on a params dict alone.
+
+Everything here is a function of ``(params, config)``, picoGPT style: ``params`` is the dict of NumPy arrays
+with GPT-2 names (``wte.weight``, ``h.0.attn.c_attn.weight``, ...) that ``tinygpt.model.GPT.params`` holds
+and GPT-2 checkpoints store, and ``config`` anything with ``vocab_size, block_size, n_layer, n_head,
+n_embd`` (a ``GPTConfig``). No model object, no autograd: generation is forward-only.
+
+One step of generation::
+
+    logits = model(context)[:, -1, :]        (B, V) scores for the next token
+    logits = apply_temperature(logits, T)    sharpen (T < 1) or flatten (T > 1); T = 0 is greedy
+    logits = top_k_filter(logits, k)         keep the k most likely tokens, the rest -> -inf
+    logits = top_p_filter(logits, p)         keep the smallest set holding probability >= p
+    next   = sample(softmax(logits))         (B,) one token per row, from a seeded Generator
+
+KV cache. Recomputing the whole context for every new token costs O(T) forwards of T tokens. But in a causal
+transformer the keys and values of token t never change once computed (they only see tokens <= t), so we
+keep them: the prompt runs once ("prefill") and fills per-layer key/value arrays preallocated to
+``block_size``; every later step feeds ONE token, appends its key and value, and attends over the cache.
+Past ``block_size`` the context is cropped to the last ``block_size`` tokens and the cache is RECOMPUTED
+for that window at every step, not rolled: GPT-2 adds a learned absolute position embedding, so once the
+window slides every token sits at a new position and every cached key/value is stale. Rolling the cache
+would keep wrong values and change the tokens; recomputing keeps the cached path exactly equal to the
+uncached one (``use_cache=False``), at the price of a full-window forward per token beyond block_size.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import numbers
+
+import numpy as np
+
+from tinygpt.errors import TinyGPTError
+from tinygpt.layers import (
+    attention_forward,
+    embedding_forward,
+    gelu_forward,
+    layernorm_forward,
+    linear_forward,
+)
+
+__all__ = [
+    "validate_sampling",
+    "apply_temperature",
+    "top_k_filter",
+    "top_p_filter",
+    "softmax",
+    "next_token_probs",
+    "sample_next",
+    "new_kv_cache",
+    "forward_cached",
+    "forward_uncached",
+    "generate",
+    "StreamDecoder",
+]
+
+# Below this many decode steps the (C, V) copy of wte for the LM head costs more than it saves (see
+# _lm_head_weight): the copy takes about 60 steps' worth of the time it saves per step.
+_LM_HEAD_COPY_MIN_STEPS = 64
+
+
+# --- sampling: pure functions on (B, V) logits -----------------------------------------------------
+
+
+def _is_int(x):
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def validate_sampling(temperature=1.0, top_k=None, top_p=None):
+    """Raise TinyGPTError unless temperature >= 0 (finite), top_k is None or an int >= 0, 0 < top_p <= 1."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TinyGPTError(f"temperature must be a number >= 0, got {temperature!r}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise TinyGPTError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None:
+        if not _is_int(top_k):
+            raise TinyGPTError(f"top_k must be an integer >= 0 (0 or None = off), got {top_k!r}")
+        if top_k < 0:
+            raise TinyGPTError(f"top_k must be >= 0 (0 or None = off), got {top_k}")
+    if top_p is not None:
+        if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real):
+            raise TinyGPTError(f"top_p must be a number in (0, 1], got {top_p!r}")
+        if not 0.0 < top_p <= 1.0:
+            raise TinyGPTError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+
+
+def apply_temperature(logits, temperature):
+    """Divide logits by the temperature: (..., V) -> (..., V), a new array.
+
+    softmax(l / T): T < 1 sharpens the distribution, T > 1 flattens it, T = 1 leaves it. We compute
+    ``(l - max(l)) / T`` instead: softmax ignores a per-row shift, and with the row max at 0 a tiny T gives
+    -inf (probability 0) rather than inf - inf = nan. T = 0 is the limit T -> 0: greedy, a point mass on the
+    first row maximum (the rest -inf), as ``np.argmax`` picks it.
+
+    Example: ``apply_temperature([[1., 2.]], 0.5) -> [[-2., 0.]]`` (softmax [0.12, 0.88] instead of
+    [0.27, 0.73] at T = 1).
+    """
+    validate_sampling(temperature)
+    logits = np.asarray(logits)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    if temperature == 0:
+        best = np.argmax(logits, axis=-1)[..., None]
+        greedy = np.full_like(shifted, -np.inf)
+        np.put_along_axis(greedy, best, 0.0, axis=-1)
+        return greedy
+    with np.errstate(over="ignore"):  # -large / tiny T -> -inf is the intended result
+        shifted /= temperature
+    return shifted
+
+
+def top_k_filter(logits, k):
+    """Keep the k largest logits of each row, set the rest to -inf: (..., V) -> (..., V).
+
+    ``k`` None or 0 means off (logits returned unchanged); k >= V keeps everything. A logit tied with the
+    k-th largest is kept too, so the result does not depend on the order of tied tokens.
+
+    Example: ``top_k_filter([[1., 3., 2.]], 2) -> [[-inf, 3., 2.]]``.
+    """
+    validate_sampling(top_k=k)
+    logits = np.asarray(logits)
+    V = logits.shape[-1]
+    if not k or k >= V:
+        return logits
+    kth_largest = np.partition(logits, V - k, axis=-1)[..., V - k : V - k + 1]  # (..., 1)
+    return np.where(logits < kth_largest, -np.inf, logits).astype(logits.dtype, copy=False)
+
+
+def top_p_filter(logits, p):
+    """Nucleus filter: keep the smallest set of most likely tokens whose probability sums to >= p.
+
+    (..., V) -> (..., V) with the other logits -inf. ``p`` None or 1 means off. Sorted from most to least
+    likely, token i is kept when the tokens before it hold less than p, so the most likely token always
+    survives; tokens tied with the last one kept are kept too (order independent). This is Holtzman et al.
+    (2019) and the rule of transformers' TopPLogitsWarper.
+
+    Example: probabilities [0.5, 0.3, 0.2] with p = 0.7 keep the first two (0.5 < 0.7, then 0.8 >= 0.7).
+    """
+    validate_sampling(top_p=p)
+    logits = np.asarray(logits)
+    if p is None or p >= 1.0:
+        return logits
+    sorted_logits = -np.sort(-logits, axis=-1)  # (..., V) descending
+    probs = softmax(sorted_logits.astype(np.float64))  # float64: the running sum decides the cut
+    mass_before = np.cumsum(probs, axis=-1) - probs  # (..., V) probability of the tokens before each
+    n_keep = np.count_nonzero(mass_before < p, axis=-1)[..., None]  # (..., 1), >= 1 since mass_before[0] = 0
+    threshold = np.take_along_axis(sorted_logits, n_keep - 1, axis=-1)  # (..., 1) smallest logit kept
+    return np.where(logits < threshold, -np.inf, logits).astype(logits.dtype, copy=False)
+
+
+def softmax(logits):
+    """Softmax over the last axis, max-subtracted so exp never overflows; -inf logits get probability 0."""
+    logits = np.asarray(logits)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
+
+
+def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
+    """The distribution ``sample_next`` draws from: temperature, then top-k, then top-p, then softmax.
+
+    logits (..., V) -> probabilities (..., V), each row summing to 1, exactly 0 where a filter masked a
+    token. Top-k runs before top-p (as in transformers), so top-p's nucleus is taken from the top k.
+    """
+    validate_sampling(temperature, top_k, top_p)
+    logits = apply_temperature(logits, temperature)
+    logits = top_k_filter(logits, top_k)
+    logits = top_p_filter(logits, top_p)
+    return softmax(logits)
+
+
+def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
+    """Draw one token per row: logits (B, V) -> ids (B,) int64.
+
+    temperature 0 is greedy: the argmax, no random number drawn. Otherwise one uniform draw u per row picks
+    the token whose cumulative-probability interval contains u (inverse-CDF sampling), so a given
+    ``rng`` state gives the same tokens whatever the vocabulary order of equal-probability tokens, and a
+    token of probability 0 can never be drawn.
+    """
+    validate_sampling(temperature, top_k, top_p)
+    logits = np.asarray(logits)
+    if temperature == 0:
+        return np.argmax(logits, axis=-1).astype(np.int64)
+    probs = next_token_probs(logits, temperature, top_k, top_p)
+    cdf = np.cumsum(probs, axis=-1, dtype=np.float64)  # (B, V) non-decreasing
+    u = rng.random(logits.shape[0]) * cdf[:, -1]  # (B,) in [0, total)
+    ids = np.count_nonzero(cdf <= u[:, None], axis=-1)  # first index with cdf > u: a token with prob > 0
+    # u * total can round up to total itself; fall back to the last token that has probability
+    last_possible = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)
+    return np.minimum(ids, last_possible).astype(np.int64)
+
+
+# --- the forward pass for inference -----------------------------------------------------------------
+
+
+def _check_params(params, config):
+    required = ["wte.weight", "wpe.weight", "ln_f.weight"]
+    for i in range(config.n_layer):
+        required += [f"h.{i}.{name}.weight" for name in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2")]
+        required += [f"h.{i}.mlp.c_fc.weight", f"h.{i}.mlp.c_proj.weight"]
+    missing = [name for name in required if name not in params]
+    if missing:
+        raise TinyGPTError(f"params lack {len(missing)} GPT-2 weights, e.g. {missing[0]!r}")
+    if config.n_embd % config.n_head:
+        raise TinyGPTError(f"n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
+    wte = params["wte.weight"]
+    if wte.shape != (config.vocab_size, config.n_embd):
+        expected = (config.vocab_size, config.n_embd)
+        raise TinyGPTError(f"wte.weight has shape {wte.shape}, the config says {expected}")
+
+
+def new_kv_cache(config, batch_size, dtype=np.float32):
+    """Keys and values of every layer, preallocated to the full context: (n_layer, 2, B, H, block_size, hs).
+
+    ``cache[i, 0]`` holds layer i's keys, ``cache[i, 1]`` its values; position t lives at ``[..., t, :]``.
+    One allocation up front means no array grows or is copied while decoding. float32, 6 layers, 384 wide,
+    block 1024: 18.9 MB per sequence.
+    """
+    hs = config.n_embd // config.n_head
+    shape = (config.n_layer, 2, batch_size, config.n_head, config.block_size, hs)
+    return np.empty(shape, dtype=dtype)
+
+
+def _cached_attention(qkv, kv, pos, n_head):
+    """Attention of T new tokens at positions pos..pos+T-1 over the cache, after appending their keys/values.
+
+    qkv (B, T, 3C), kv (2, B, H, block_size, hs) -> (B, T, C). The new keys and values are written into
+    ``kv[:, :, :, pos:pos+T]``; query i attends to keys 0..pos+i (causal), all from the cache.
+    """
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // n_head
+    q, k, v = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # 3 x (B, H, T, hs) views
+    end = pos + T
+    kv[0, :, :, pos:end] = k
+    kv[1, :, :, pos:end] = v
+    keys = kv[0, :, :, :end]  # (B, H, end, hs) views of the cache, nothing copied
+    values = kv[1, :, :, :end]
+    att = (q * (1.0 / math.sqrt(hs))) @ keys.swapaxes(-1, -2)  # (B, H, T, end); scaling q costs T*hs
+    if T > 1:  # prefill: query i must not see keys after pos + i; one new token sees the whole cache
+        att += np.triu(np.full((T, end), -np.inf, dtype=att.dtype), k=pos + 1)
+    att -= att.max(axis=-1, keepdims=True)
+    np.exp(att, out=att)
+    att /= att.sum(axis=-1, keepdims=True)
+    y = att @ values  # (B, H, T, hs)
+    return y.transpose(0, 2, 1, 3).reshape(B, T, C)
+
+
+def forward_cached(params, config, idx, kv_cache, pos, lm_head=None):
+    """Run T new tokens at positions pos..pos+T-1 through the model, reading and extending the KV cache.
+
+    idx (B, T) int, kv_cache from ``new_kv_cache`` holding positions 0..pos-1 -> logits (B, V) of the LAST
+    new token only (the next-token scores; the other T-1 rows of the LM head would be wasted work).
+    Prefill is ``pos=0`` with the whole prompt; a decode step is ``pos=t`` with one token.
+    ``lm_head`` is the (C, V) unembedding, ``wte.T`` (a view) when None.
+    """
+    B, T = idx.shape
+    if pos + T > config.block_size:
+        raise TinyGPTError(f"positions up to {pos + T} exceed block_size {config.block_size}")
+    wte = params["wte.weight"]
+    x = wte[idx]  # (B, T, C)
+    x += params["wpe.weight"][pos : pos + T]  # absolute positions of the new tokens
+    for i in range(config.n_layer):
+        p = f"h.{i}."
+        h, _ = layernorm_forward(x, params[p + "ln_1.weight"], params.get(p + "ln_1.bias"))
+        qkv = h @ params[p + "attn.c_attn.weight"]  # (B, T, C) @ (C, 3C)
+        if (b := params.get(p + "attn.c_attn.bias")) is not None:
+            qkv += b
+        y = _cached_attention(qkv, kv_cache[i], pos, config.n_head)  # (B, T, C)
+        y = y @ params[p + "attn.c_proj.weight"]
+        if (b := params.get(p + "attn.c_proj.bias")) is not None:
+            y += b
+        x += y  # residual, in place: x is ours
+        h, _ = layernorm_forward(x, params[p + "ln_2.weight"], params.get(p + "ln_2.bias"))
+        h = h @ params[p + "mlp.c_fc.weight"]  # (B, T, 4C)
+        if (b := params.get(p + "mlp.c_fc.bias")) is not None:
+            h += b
+        h, _ = gelu_forward(h)
+        h = h @ params[p + "mlp.c_proj.weight"]  # (B, T, C)
+        if (b := params.get(p + "mlp.c_proj.bias")) is not None:
+            h += b
+        x += h
+    x_last, _ = layernorm_forward(x[:, -1, :], params["ln_f.weight"], params.get("ln_f.bias"))  # (B, C)
+    return x_last @ (wte.T if lm_head is None else lm_head)  # (B, C) @ (C, V) -> (B, V)
+
+
+def forward_uncached(params, config, idx):
+    """The reference: the full forward pass of ``tinygpt.layers`` over idx, nothing cached.
+
+    idx (B, T) int with T <= block_size -> logits (B, V) of the last position. This is exactly the
+    training model's computation (embedding, pre-LN blocks with full causal attention, ln_f, tied LM head),
+    so generating with ``use_cache=False`` checks the KV cache against it.
+    """
+    wte = params["wte.weight"]
+    x, _ = embedding_forward(idx, wte, params["wpe.weight"])  # (B, T, C)
+    for i in range(config.n_layer):
+        p = f"h.{i}."
+        h, _ = layernorm_forward(x, params[p + "ln_1.weight"], params.get(p + "ln_1.bias"))
+        qkv, _ = linear_forward(h, params[p + "attn.c_attn.weight"], params.get(p + "attn.c_attn.bias"))
+        y, _ = attention_forward(qkv, config.n_head)
+        y, _ = linear_forward(y, params[p + "attn.c_proj.weight"], params.get(p + "attn.c_proj.bias"))
+        x = x + y
+        h, _ = layernorm_forward(x, params[p + "ln_2.weight"], params.get(p + "ln_2.bias"))
+        h, _ = linear_forward(h, params[p + "mlp.c_fc.weight"], params.get(p + "mlp.c_fc.bias"))
+        h, _ = gelu_forward(h)
+        h, _ = linear_forward(h, params[p + "mlp.c_proj.weight"], params.get(p + "mlp.c_proj.bias"))
+        x = x + h
+    x_last, _ = layernorm_forward(x[:, -1, :], params["ln_f.weight"], params.get("ln_f.bias"))
+    return x_last @ wte.T  # (B, V)
+
+
+def _lm_head_weight(wte, n_steps):
+    """The (C, V) matrix for ``logits = x @ W``: a C-contiguous copy of wte.T when decoding long enough.
+
+    The LM head is the biggest matmul of a decode step: (B, C) @ (C, V), for GPT-2 small's V = 50257 and
+    C = 384 a 77 MB float32 matrix streamed from memory for every token. On the transposed view ``wte.T``
+    OpenBLAS walks it with stride C between consecutive outputs; on a C-contiguous (C, V) copy it reads
+    each row once, in order, which we measured at 2.5 ms instead of 3.8 ms per token. The copy itself takes
+    about 80 ms (roughly 60 tokens' worth of saving), so short generations keep the view.
+    """
+    if n_steps >= _LM_HEAD_COPY_MIN_STEPS:
+        return np.ascontiguousarray(wte.T)
+    return wte.T
+
+
+def _check_idx(idx, vocab_size):
+    idx = np.asarray(idx)
+    if idx.ndim == 1:
+        idx = idx[None, :]
+    if idx.ndim != 2 or idx.shape[1] == 0 or idx.shape[0] == 0:
+        raise TinyGPTError(f"idx must be a (B, T) array of token ids with B, T >= 1, got shape {idx.shape}")
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise TinyGPTError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+    if idx.min() < 0 or idx.max() >= vocab_size:
+        raise TinyGPTError(f"token ids must be in [0, {vocab_size}), got {idx.min()}..{idx.max()}")
+    return idx.astype(np.int64)
+
+
+def generate(
+    params,
+    config,
+    idx,
+    max_new_tokens,
+    temperature=1.0,
+    top_k=None,
+    top_p=None,
+    seed=None,
+    eos_token=None,
+    on_token=None,
+    use_cache=True,
+):
+    """Continue B prompts of equal length by up to ``max_new_tokens`` tokens each.
+
+    idx (B, T) int (or (T,), taken as B = 1) -> (B, T + n) int64, the prompts followed by the n new tokens.
+
+    - ``temperature`` 0 is greedy (argmax); ``top_k`` None/0 and ``top_p`` None/1 are off; top-k is applied
+      before top-p (see ``next_token_probs``).
+    - ``seed``: an int or a ``numpy.random.Generator`` (drawn from and advanced); None draws fresh entropy.
+    - ``eos_token``: a row that produces it is finished; its later positions are filled with eos_token
+      (the padding), and generation stops early, n < max_new_tokens, once every row has finished.
+    - ``on_token(ids)`` is called after every step with the (B,) new tokens, for streaming.
+    - ``use_cache=False`` recomputes the full forward (``forward_uncached``) for every token: the reference
+      the KV cache must match, and the baseline of its speed-up.
+
+    Prompts longer than ``block_size`` are cropped to their last block_size tokens, as is the context once
+    it outgrows block_size (see the module docstring for how the cache follows).
+    """
+    validate_sampling(temperature, top_k, top_p)
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise TinyGPTError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    _check_params(params, config)
+    idx = _check_idx(idx, config.vocab_size)
+    if eos_token is not None and not (_is_int(eos_token) and 0 <= eos_token < config.vocab_size):
+        raise TinyGPTError(f"eos_token {eos_token} is not a token id in [0, {config.vocab_size})")
+    rng = np.random.default_rng(seed)  # a Generator passes through unchanged
+
+    B, T = idx.shape
+    block = config.block_size
+    out = np.empty((B, T + max_new_tokens), dtype=np.int64)
+    out[:, :T] = idx
+    finished = np.zeros(B, dtype=bool)
+    if use_cache:
+        wte = params["wte.weight"]
+        lm_head = _lm_head_weight(wte, B * max_new_tokens)
+        kv_cache = new_kv_cache(config, B, dtype=wte.dtype)
+        cached = 0  # positions 0..cached-1 of the cache hold out[:, n-cached-1 .. n-2] after each step
+    n = T
+    for _ in range(max_new_tokens):
+        start = max(0, n - block)  # the context window: the last block_size tokens
+        if not use_cache:
+            logits = forward_uncached(params, config, out[:, start:n])
+        elif start == 0 and cached == n - 1:  # the cache holds all but the newest token: one decode step
+            logits = forward_cached(params, config, out[:, n - 1 : n], kv_cache, cached, lm_head)
+            cached = n
+        else:  # the prompt, or a window that slid: (re)fill the cache for the whole window
+            logits = forward_cached(params, config, out[:, start:n], kv_cache, 0, lm_head)
+            cached = n - start
+        next_ids = sample_next(logits, rng, temperature, top_k, top_p)  # (B,)
+        if eos_token is not None:
+            next_ids[finished] = eos_token  # finished rows are padded with eos
+            finished |= next_ids == eos_token
+        out[:, n] = next_ids
+        n += 1
+        if on_token is not None:
+            on_token(next_ids.copy())
+        if eos_token is not None and finished.all():
+            break
+    return out[:, :n]
+
+
+# --- streaming decode --------------------------------------------------------------------------------
+
+
+class StreamDecoder:
+    """Token ids in, text out, as they arrive, never splitting a character.
+
+    A byte-level BPE token need not end on a character boundary: GPT-2 writes the 4 UTF-8 bytes of an emoji
+    as 2 or 3 tokens, and decoding each token alone would print replacement characters (U+FFFD). This
+    decoder turns ids into bytes with ``tokenizer.decode_bytes`` and feeds them to an incremental UTF-8
+    decoder, which returns every complete character and holds back the bytes of an unfinished one until
+    the next push completes it. Bytes that can never be valid UTF-8 become U+FFFD, as in
+    ``tokenizer.decode``; ``flush()`` ends the stream (an unfinished character left then becomes U+FFFD).
+
+    Example (GPT-2): ``"🤖"`` is tokens [8582, 97, 244]; ``push(8582) -> ""``, ``push(97) -> ""``,
+    ``push(244) -> "🤖"``. The concatenation of all pushes and the flush equals ``tokenizer.decode(ids)``.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, ids):
+        """Add one id or a sequence of ids; return the newly completed text (possibly "")."""
+        if isinstance(ids, numbers.Integral):
+            ids = [int(ids)]
+        else:
+            ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        return self._utf8.decode(self.tokenizer.decode_bytes(ids))
+
+    def flush(self):
+        """End the stream: return what is still held back (U+FFFD for an unfinished character)."""
+        return self._utf8.decode(b"", final=True)
