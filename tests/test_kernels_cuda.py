@@ -1,0 +1,212 @@
+"""The cuda.jit kernels against the NumPy reference, under the CUDA simulator (or a real GPU when present).
+
+numba reads ``NUMBA_ENABLE_CUDASIM`` once, when it is first imported, and the CPU tests of the same pytest
+run import numba without it. So the one test collected in the normal run, ``test_cuda_kernels``, starts
+a fresh interpreter running THIS file again with ``TINYGPT_CUDA_CHILD=1`` (and the simulator switched on
+unless a real GPU is present); in that child the module defines the real tests below. The simulator runs
+one OS thread per CUDA thread, so the shapes are tiny and deliberately ragged (17 x 23 x 9 GEMMs, T = 11
+with 4-row tiles) and the tiles are shrunk through the kernel factories.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+CHILD = os.environ.get("TINYGPT_CUDA_CHILD") == "1"
+
+if not CHILD:
+
+    def test_cuda_kernels():
+        from tinygpt.kernels import has_real_gpu
+
+        env = dict(os.environ, TINYGPT_CUDA_CHILD="1")
+        if not has_real_gpu():
+            env["NUMBA_ENABLE_CUDASIM"] = "1"
+        cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+               "-W", "ignore::DeprecationWarning"]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        report = out.stdout[-6000:] + out.stderr[-2000:]
+        assert out.returncode == 0, report
+        passed = re.search(r"(\d+) passed", out.stdout)
+        assert passed and int(passed.group(1)) >= 20, report  # the child really ran the kernel tests
+
+else:
+    from tinygpt import layers
+    from tinygpt.gradcheck import relative_error
+    from tinygpt.kernels import cuda as K
+    from tinygpt.kernels import get_ops
+
+    TOL = {np.float32: 1e-5, np.float64: 1e-12}
+    DTYPES = [np.float32, np.float64]
+
+    def close(actual, expected, dtype, what=""):
+        actual = K.to_host(actual)
+        assert actual.shape == expected.shape, what
+        assert actual.dtype == expected.dtype, what
+        err = relative_error(actual, expected)
+        assert err < TOL[dtype], f"{what}: relative error {err:.2e}"
+
+    # --- SGEMM ------------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("trans_a", [False, True])
+    @pytest.mark.parametrize("trans_b", [False, True])
+    @pytest.mark.parametrize("tile", [(8, 8, 4, 2, 2), (16, 8, 4, 4, 2)])
+    def test_gemm_every_transpose_ragged_shapes(trans_a, trans_b, tile):
+        rng = np.random.default_rng(0)
+        M, N, Kd = 17, 23, 9  # none a multiple of any tile: every edge is bounds-checked
+        a = rng.standard_normal((Kd, M) if trans_a else (M, Kd)).astype(np.float32)
+        b = rng.standard_normal((N, Kd) if trans_b else (Kd, N)).astype(np.float32)
+        bias = rng.standard_normal(N).astype(np.float32)
+        expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        close(K.matmul(a, b, trans_a, trans_b, tile=tile), expected, np.float32, "no bias")
+        close(K.matmul(a, b, trans_a, trans_b, bias=bias, tile=tile), expected + bias, np.float32, "bias")
+
+    @pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 20), (33, 2, 7)])
+    def test_gemm_default_configuration_and_degenerate_shapes(shape):
+        rng = np.random.default_rng(1)
+        M, N, Kd = shape
+        a, b = rng.standard_normal((M, Kd)), rng.standard_normal((Kd, N))
+        close(K.matmul(a, b), a @ b, np.float64)
+
+    def test_gemm_full_size_tile_on_a_small_ragged_matrix():
+        # the 128 x 128, 8 x 8 register-blocked configuration used at scale, one (mostly empty) block
+        rng = np.random.default_rng(2)
+        a = rng.standard_normal((13, 10)).astype(np.float32)
+        b = rng.standard_normal((10, 19)).astype(np.float32)
+        close(K.matmul(a, b, tile=(128, 128, 8, 8, 8)), a @ b, np.float32)
+
+    # --- flash attention --------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("tiles", [(4, 4), (4, 8), (8, 4)])
+    @pytest.mark.parametrize("dropout", [0.0, 0.3])
+    def test_flash_attention_matches_reference(dtype, tiles, dropout):
+        rng = np.random.default_rng(3)
+        B, T, H, hs = 2, 11, 2, 8  # T = 11: three ragged query tiles of 4, keys tiled 4 or 8
+        qkv = (rng.standard_normal((B, T, 3 * H * hs)) * 2).astype(dtype)
+        dout = rng.standard_normal((B, T, H * hs)).astype(dtype)
+        out, cache = K.flash_attention_forward(qkv, H, dropout, np.random.default_rng(5), tiles=tiles)
+        ref, ref_cache = layers.attention_forward(qkv, H, dropout, np.random.default_rng(5))
+        close(out, ref, dtype, "out")
+        dqkv = K.flash_attention_backward(dout, cache)
+        close(dqkv, layers.attention_backward(dout, ref_cache), dtype, "dqkv")
+
+    def test_attention_op_single_query_and_default_tiles():
+        rng = np.random.default_rng(4)
+        for T in (1, 6):
+            qkv = rng.standard_normal((1, T, 3 * 8)).astype(np.float32)
+            dout = rng.standard_normal((1, T, 8)).astype(np.float32)
+            out, cache = K.attention_forward(qkv, 1)
+            ref, ref_cache = layers.attention_forward(qkv, 1)
+            close(out, ref, np.float32, "out")
+            close(K.attention_backward(dout, cache), layers.attention_backward(dout, ref_cache), np.float32)
+
+    # --- element-wise and row kernels ------------------------------------------------------------
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_layernorm_gelu_linear_match_reference(dtype):
+        rng = np.random.default_rng(5)
+        x = (rng.standard_normal((2, 7, 12)) * 2 + 1).astype(dtype)
+        w, b = rng.standard_normal(12).astype(dtype), rng.standard_normal(12).astype(dtype)
+        dout = rng.standard_normal((2, 7, 12)).astype(dtype)
+        for bias in (b, None):
+            out, cache = K.layernorm_forward(x, w, bias)
+            ref, ref_cache = layers.layernorm_forward(x, w, bias)
+            close(out, ref, dtype, "ln out")
+            for g, r in zip(K.layernorm_backward(dout, cache), layers.layernorm_backward(dout, ref_cache)):
+                assert (g is None) == (r is None)
+                if r is not None:
+                    close(g, r, dtype, "ln grad")
+        out, cache = K.gelu_forward(x)
+        ref, ref_cache = layers.gelu_forward(x)
+        close(out, ref, dtype, "gelu out")
+        close(K.gelu_backward(dout, cache), layers.gelu_backward(dout, ref_cache), dtype, "gelu dx")
+        W = rng.standard_normal((12, 5)).astype(dtype)
+        dlin = rng.standard_normal((2, 7, 5)).astype(dtype)
+        for bias in (b[:5], None):
+            out, cache = K.linear_forward(x, W, bias)
+            ref, ref_cache = layers.linear_forward(x, W, bias)
+            close(out, ref, dtype, "linear out")
+            for g, r in zip(K.linear_backward(dlin, cache), layers.linear_backward(dlin, ref_cache)):
+                assert (g is None) == (r is None)
+                if r is not None:
+                    close(g, r, dtype, "linear grad")
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_cross_entropy_and_embedding_match_reference(dtype):
+        rng = np.random.default_rng(6)
+        V = 13
+        logits = (rng.standard_normal((2, 5, V)) * 3).astype(dtype)
+        targets = rng.integers(0, V, (2, 5))
+        targets[1, :2] = -1
+        loss, cache = K.cross_entropy_forward(logits, targets)
+        ref, ref_cache = layers.cross_entropy_forward(logits, targets)
+        assert isinstance(loss, float) and abs(loss - ref) < TOL[dtype] * abs(ref)
+        dlogits = K.cross_entropy_backward(0.5, cache)
+        close(dlogits, layers.cross_entropy_backward(0.5, ref_cache), dtype, "dlogits")
+        wte, wpe = rng.standard_normal((V, 6)).astype(dtype), rng.standard_normal((9, 6)).astype(dtype)
+        idx = rng.integers(0, 3, (2, 5))  # repeated ids: the atomic scatter-add must accumulate
+        dout = rng.standard_normal((2, 5, 6)).astype(dtype)
+        out, cache = K.embedding_forward(idx, wte, wpe)
+        ref, ref_cache = layers.embedding_forward(idx, wte, wpe)
+        close(out, ref, dtype, "emb out")
+        for g, r in zip(K.embedding_backward(dout, cache), layers.embedding_backward(dout, ref_cache)):
+            close(g, r, dtype, "emb grad")
+
+    def test_column_sum_two_stages_and_dropout():
+        rng = np.random.default_rng(7)
+        a = rng.standard_normal((300, 5))  # 300 rows: several row chunks, then a second pass
+        close(K.column_sum(a), a.sum(axis=0), np.float64)
+        x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+        out, cache = K.dropout_forward(x, 0.4, np.random.default_rng(1))
+        ref, ref_cache = layers.dropout_forward(x, 0.4, np.random.default_rng(1))
+        close(out, ref, np.float32, "dropout out")
+        close(K.dropout_backward(x, cache), layers.dropout_backward(x, ref_cache), np.float32, "dropout dx")
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_adamw_kernel_matches_reference_on_device(dtype):
+        rng = np.random.default_rng(8)
+        p = rng.standard_normal((7, 3)).astype(dtype)
+        m, v = np.zeros_like(p), np.zeros_like(p)
+        pd, md, vd = K.to_device(p), K.to_device(m), K.to_device(v)
+        ref = get_ops("numpy").adamw_update
+        for step in range(1, 4):
+            g = rng.standard_normal(p.shape).astype(dtype)
+            args = (1e-2, 0.9, 0.95, 1e-8, 0.1, 1 - 0.9**step, 1 - 0.95**step)
+            K.adamw_update(pd, g, md, vd, *args)
+            ref(p, g, m, v, *args)
+        tol = 1e-6 if dtype == np.float32 else 1e-12
+        assert relative_error(pd.copy_to_host(), p) < tol
+        assert relative_error(md.copy_to_host(), m) < tol
+
+    def test_device_arrays_stay_on_device():
+        rng = np.random.default_rng(9)
+        x = K.to_device(rng.standard_normal((2, 3, 8)).astype(np.float32))
+        w = K.to_device(np.ones(8, np.float32))
+        out, cache = K.layernorm_forward(x, w, None)
+        assert K.on_device(out)
+        dx, dw, db = K.layernorm_backward(out, cache)
+        assert K.on_device(dx) and K.on_device(dw) and db is None
+        qkv = K.to_device(rng.standard_normal((2, 3, 24)).astype(np.float32))
+        att, cache = K.attention_forward(qkv, 2)
+        assert K.on_device(att) and K.on_device(K.attention_backward(att, cache))
+        s = K.add(out, out)
+        assert K.on_device(s)
+        close(s, 2 * out.copy_to_host(), np.float32)
+
+    def test_bad_input_is_a_clear_error():
+        from tinygpt.errors import TinyGPTError
+
+        with pytest.raises(TinyGPTError, match="inner sizes"):
+            K.matmul(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32))
+        with pytest.raises(TinyGPTError, match="divisible"):
+            K.attention_forward(np.zeros((1, 2, 12), np.float32), 5)
+        with pytest.raises(TinyGPTError, match="device array"):
+            p = np.zeros(3, np.float32)
+            K.adamw_update(p, p, p, p, 1e-3, 0.9, 0.95, 1e-8, 0.0, 0.1, 0.05)

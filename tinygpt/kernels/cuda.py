@@ -1,0 +1,1156 @@
+"""Numba ``cuda.jit`` kernels: tiled SGEMM, flash-style causal attention and the element-wise layers.
+
+Every public ``*_forward`` / ``*_backward`` function has the signature of its ``tinygpt.layers`` namesake,
+so ``get_ops("cuda")`` drops into the model unchanged. Each accepts NumPy arrays OR numba device arrays and
+answers in kind: give it host arrays and it copies in and out (correct, but every call crosses PCIe: this
+is what lets the unchanged NumPy model and the tests run on it); give it device arrays (``to_device``) and
+every result and cache stays on the GPU, so weights, activations, gradients and AdamW state never leave it.
+
+How a CUDA kernel reads, for a NumPy programmer: the function body is what ONE thread does. A launch
+``kernel[grid, block](...)`` runs it on ``grid`` blocks of ``block`` threads; ``cuda.blockIdx`` and
+``cuda.threadIdx`` tell a thread which piece of the output is its own. Threads of a block share a small fast
+``cuda.shared.array`` and wait for each other at ``cuda.syncthreads()``. ``cuda.local.array`` is a thread's
+private scratch, kept in registers when small and indexed by constants.
+
+Shapes of shared and local arrays must be compile-time constants, so kernels are built by small factories
+(``gemm_kernel(BM, BN, BK, TM, TN, ...)``) whose arguments become constants of the compiled code; the
+tests build the same kernels with tiny tiles and run them under the CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1``, one OS thread per CUDA thread, so tiny sizes only). Float literals are the
+array's dtype (``ZERO = dtype(0)`` captured as a constant) so float32 kernels never touch float64.
+
+The kernels, in reading order:
+
+``gemm_kernel``            C = op(A) op(B) (+ bias), op = identity or transpose: the three products a
+                           linear layer's forward and backward need. Shared-memory tiles of A and B, and
+                           2-D register blocking: each thread accumulates a TM x TN block of C in
+                           registers, so each value read from shared memory feeds TM or TN multiply-adds.
+``attention_*_kernel``     FlashAttention-style causal attention: queries in tiles, keys/values streamed
+                           through shared memory, softmax computed online (running max and sum), so the
+                           T x T matrix never exists in global memory; the forward saves each row's
+                           log-sum-exp and the backward recomputes the probabilities from it.
+``layernorm``, ``gelu``, ``cross_entropy``, ``embedding``, ``adamw``, ``add``, ``column_sum``:
+                           one thread per element, or one block per row with a shared-memory tree reduction.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import cuda
+
+from tinygpt.errors import TinyGPTError
+
+__all__ = [
+    "embedding_forward", "embedding_backward", "layernorm_forward", "layernorm_backward",
+    "linear_forward", "linear_backward", "gelu_forward", "gelu_backward", "attention_forward",
+    "attention_backward", "dropout_forward", "dropout_backward", "cross_entropy_forward",
+    "cross_entropy_backward", "adamw_update",
+    # device-resident helpers (not layers, but what a model needs to keep a step on the GPU)
+    "to_device", "to_host", "on_device", "matmul", "add", "add_inplace", "zeros", "column_sum",
+]
+
+ELEMENTWISE_THREADS = 256  # threads per block of the one-thread-per-element kernels
+ROW_THREADS = 256  # most threads per block of the one-block-per-row kernels (a power of two: tree sums)
+
+
+# --- host <-> device ------------------------------------------------------------------------------
+
+
+def on_device(a) -> bool:
+    """True for a numba device array (real or simulated)."""
+    return hasattr(a, "copy_to_host")
+
+
+def to_device(a):
+    """A device copy of a host array (C-contiguous); a device array is returned as is."""
+    if a is None or on_device(a):
+        return a
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def to_host(a):
+    """A NumPy copy of a device array; host arrays (and None) pass through."""
+    return a.copy_to_host() if on_device(a) else a
+
+
+def _answer(a, device: bool):
+    """Results go back where the inputs came from."""
+    return a if device else to_host(a)
+
+
+def _float_dtype(name, a):
+    dtype = np.dtype(a.dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TinyGPTError(f"{name}: cuda kernels take float32 or float64 arrays, got {dtype}")
+    return dtype
+
+
+def _blocks(n: int, threads: int) -> int:
+    return max(1, (n + threads - 1) // threads)
+
+
+def zeros(shape, dtype=np.float32):
+    """A zero-filled device array (filled by a kernel: no host array is made or copied)."""
+    out = cuda.device_array(shape, dtype=dtype)
+    if out.size:
+        _launch_1d(_fill_kernel(np.dtype(dtype).name), out.size, out.reshape(out.size), 0.0)
+    return out
+
+
+@functools.cache
+def _fill_kernel(dtype_name):
+    @cuda.jit
+    def fill(a, value):
+        i = cuda.grid(1)
+        if i < a.size:
+            a[i] = value
+
+    return fill
+
+
+# --- SGEMM: shared-memory tiles + 2-D register blocking -------------------------------------------
+
+
+@functools.cache
+def gemm_kernel(BM, BN, BK, TM, TN, trans_a, trans_b, has_bias, dtype_name="float32"):
+    """Kernel for ``c (M, N) = op(a) (M, K) @ op(b) (K, N) + bias (N,)``; launch with ``gemm_launch``.
+
+    One block computes a BM x BN tile of C with (BM/TM) * (BN/TN) threads; thread (ty, tx) owns the TM x TN
+    sub-block at rows ty*TM.., columns tx*TN... The K axis is walked BK at a time: the block copies a
+    BM x BK slice of op(A) and a BK x BN slice of op(B) into shared memory (zeros past the matrix edges, so
+    any M, N, K works), then every thread does BK rank-1 updates of its register block::
+
+        acc[i, j] += As[k, ty*TM + i] * Bs[k, tx*TN + j]      i < TM, j < TN, k < BK
+
+    Loading TM + TN values from shared memory feeds TM * TN multiply-adds (8x8: 16 loads, 64 FMAs), which
+    is what lifts the kernel from shared-memory bound (one load per FMA) towards the arithmetic peak.
+    ``As`` is stored transposed (k-major) so the TM values a thread reads are adjacent.
+
+    ``trans_a``: a is stored (K, M) and op(a) = a.T; ``trans_b``: b is stored (N, K) and op(b) = b.T.
+    """
+    if BM % TM or BN % TN:
+        raise TinyGPTError(f"gemm tile {BM}x{BN} is not a multiple of the register block {TM}x{TN}")
+    threads = (BM // TM) * (BN // TN)
+    cols_of_threads = BN // TN
+    dtype = np.dtype(dtype_name)
+    ZERO = dtype.type(0)
+    nb_type = _numba_type(dtype)
+
+    @cuda.jit
+    def gemm(a, b, bias, c, M, N, K):
+        tid = cuda.threadIdx.x
+        row0 = cuda.blockIdx.y * BM
+        col0 = cuda.blockIdx.x * BN
+        ty = tid // cols_of_threads
+        tx = tid % cols_of_threads
+        As = cuda.shared.array((BK, BM), nb_type)
+        Bs = cuda.shared.array((BK, BN), nb_type)
+        acc = cuda.local.array((TM, TN), nb_type)
+        reg_m = cuda.local.array(TM, nb_type)
+        reg_n = cuda.local.array(TN, nb_type)
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = ZERO
+        for k0 in range(0, K, BK):
+            # Cooperative loads. Consecutive threads take consecutive elements of the STORED matrix's rows,
+            # so a warp's global reads are coalesced whichever way the operand is transposed.
+            for e in range(tid, BM * BK, threads):
+                if trans_a:  # a (K, M): m is the contiguous axis
+                    m = e % BM
+                    k = e // BM
+                else:  # a (M, K): k is the contiguous axis
+                    m = e // BK
+                    k = e % BK
+                gm = row0 + m
+                gk = k0 + k
+                value = ZERO
+                if gm < M and gk < K:
+                    value = a[gk, gm] if trans_a else a[gm, gk]
+                As[k, m] = value
+            for e in range(tid, BK * BN, threads):
+                if trans_b:  # b (N, K): k is the contiguous axis
+                    n = e // BK
+                    k = e % BK
+                else:  # b (K, N): n is the contiguous axis
+                    k = e // BN
+                    n = e % BN
+                gn = col0 + n
+                gk = k0 + k
+                value = ZERO
+                if gn < N and gk < K:
+                    value = b[gn, gk] if trans_b else b[gk, gn]
+                Bs[k, n] = value
+            cuda.syncthreads()  # the tiles are complete before anyone reads them
+            for k in range(BK):
+                for i in range(TM):
+                    reg_m[i] = As[k, ty * TM + i]
+                for j in range(TN):
+                    reg_n[j] = Bs[k, tx * TN + j]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += reg_m[i] * reg_n[j]
+            cuda.syncthreads()  # everyone is done reading before the next tiles overwrite them
+        for i in range(TM):
+            r = row0 + ty * TM + i
+            if r < M:
+                for j in range(TN):
+                    col = col0 + tx * TN + j
+                    if col < N:
+                        value = acc[i, j]
+                        if has_bias:
+                            value += bias[col]
+                        c[r, col] = value
+
+    gemm.tile = (BM, BN, BK, TM, TN)
+    gemm.threads = threads
+    return gemm
+
+
+def gemm_config(M: int, N: int) -> tuple[int, int, int, int, int]:
+    """(BM, BN, BK, TM, TN) for an M x N product: big tiles for big matrices, smaller ones so a small
+    product still spreads over many blocks (and so the simulator, one OS thread per CUDA thread, copes)."""
+    if M * N >= 1024 * 1024:
+        return 128, 128, 8, 8, 8  # 256 threads, 64 outputs each
+    if M * N >= 128 * 128:
+        return 64, 64, 8, 4, 4  # 256 threads, 16 outputs each
+    return 16, 16, 8, 2, 2  # 64 threads
+
+
+def gemm_launch(kernel, a, b, c, M, N, K, bias=None):
+    """Launch a ``gemm_kernel`` over the C tiles (grid x: column tiles, y: row tiles)."""
+    BM, BN = kernel.tile[0], kernel.tile[1]
+    grid = (_blocks(N, BN), _blocks(M, BM))
+    # without a bias any 1-D array of the dtype fills the slot (has_bias=False compiles the read away)
+    kernel[grid, kernel.threads](a, b, _flat(c) if bias is None else bias, c, M, N, K)
+
+
+def matmul(a, b, trans_a=False, trans_b=False, bias=None, tile=None):
+    """``op(a) @ op(b) (+ bias)`` for 2-D arrays, op = transpose where asked; answers in kind (host/device).
+
+    a (M, K) or, with trans_a, (K, M); b (K, N) or, with trans_b, (N, K); bias (N,) -> (M, N).
+    ``tile`` overrides ``gemm_config`` (tests use it to exercise every configuration).
+    """
+    device = on_device(a)
+    dtype = _float_dtype("matmul", a)
+    if len(a.shape) != 2 or len(b.shape) != 2:
+        raise TinyGPTError(f"matmul takes 2-D arrays, got {a.shape} and {b.shape}")
+    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if K != Kb:
+        raise TinyGPTError(f"matmul: inner sizes differ: op(a) is {M}x{K}, op(b) is {Kb}x{N}")
+    a, b, bias = to_device(a), to_device(b), to_device(bias)
+    c = cuda.device_array((M, N), dtype=dtype)
+    if M and N:
+        if K == 0:
+            c = zeros((M, N), dtype)
+        else:
+            kernel = gemm_kernel(*(tile or gemm_config(M, N)), bool(trans_a), bool(trans_b), bias is not None,
+                                 dtype.name)
+            gemm_launch(kernel, a, b, c, M, N, K, bias)
+    return _answer(c, device)
+
+
+# --- flash-style causal attention -----------------------------------------------------------------
+
+
+def attention_tiles(T: int, head_size: int) -> tuple[int, int]:
+    """(BR, BC): query rows per block (one thread each) and keys per shared-memory tile."""
+    br = 64
+    while br > 4 and br // 2 >= T:  # short sequences: do not launch mostly idle threads
+        br //= 2
+    bc = br if head_size <= 64 else min(br, 32)  # two (BC, hs) tiles must fit in 48 KB of shared memory
+    return br, bc
+
+
+@functools.cache
+def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
+    """Causal attention forward for head size D: one block per (query tile, batch*head), one thread per row.
+
+    Thread ``r`` owns query row ``i = tile*BR + r``. It walks the key tiles that row can see (keys <= the
+    tile's last row; later tiles are skipped outright: the causal half of the work never runs), with the
+    block copying each (BC, D) tile of K and V into shared memory. Online softmax keeps, per row, the
+    running max m, the running sum l of exp(s - m), and acc = sum exp(s - m) v; a new tile with max m'
+    rescales both by exp(m - m') first, so the end result is exactly softmax(s) v::
+
+        out_i = acc / l,     lse_i = m + log(l)    (saved: the backward recomputes p = exp(s - lse))
+
+    With dropout, ``keep[b, h, i, j]`` (0 or 1/(1-p)) multiplies p in acc but not in l, as in the reference.
+    """
+    dtype = np.dtype(dtype_name)
+    nb_type = _numba_type(dtype)
+    ZERO = dtype.type(0)
+    NEG_INF = dtype.type(-np.inf)
+
+    @cuda.jit
+    def attention_forward(qkv, keep, use_dropout, out, lse, T, n_head, scale):
+        tile = cuda.blockIdx.x
+        bh = cuda.blockIdx.y
+        b = bh // n_head
+        h = bh % n_head
+        C = n_head * D
+        r = cuda.threadIdx.x
+        row = tile * BR + r
+        Ks = cuda.shared.array((BC, D), nb_type)
+        Vs = cuda.shared.array((BC, D), nb_type)
+        q = cuda.local.array(D, nb_type)
+        acc = cuda.local.array(D, nb_type)
+        s = cuda.local.array(BC, nb_type)
+        active = row < T
+        if active:
+            for d in range(D):
+                q[d] = qkv[b, row, h * D + d] * scale
+                acc[d] = ZERO
+        m = NEG_INF
+        denom = ZERO
+        key_end = min(T, (tile + 1) * BR)  # the last row of this tile sees keys < key_end
+        for k0 in range(0, key_end, BC):
+            for e in range(r, BC * D, BR):  # the block loads the K and V tiles together
+                c = e // D
+                d = e % D
+                key = k0 + c
+                if key < T:
+                    Ks[c, d] = qkv[b, key, C + h * D + d]
+                    Vs[c, d] = qkv[b, key, 2 * C + h * D + d]
+            cuda.syncthreads()
+            if active and k0 <= row:
+                m_new = m
+                for c in range(BC):
+                    if k0 + c <= row:
+                        dot = ZERO
+                        for d in range(D):
+                            dot += q[d] * Ks[c, d]
+                        s[c] = dot
+                        m_new = max(m_new, dot)
+                alpha = math.exp(m - m_new)  # rescales what was summed under the old max (0 at the start)
+                denom *= alpha
+                for d in range(D):
+                    acc[d] *= alpha
+                for c in range(BC):
+                    if k0 + c <= row:
+                        p = math.exp(s[c] - m_new)
+                        denom += p
+                        if use_dropout:
+                            p *= keep[b, h, row, k0 + c]
+                        for d in range(D):
+                            acc[d] += p * Vs[c, d]
+                m = m_new
+            cuda.syncthreads()  # done with this K/V tile before the next load
+        if active:
+            inv = 1 / denom
+            for d in range(D):
+                out[b, row, h * D + d] = acc[d] * inv
+            lse[b, h, row] = m + math.log(denom)
+
+    return attention_forward
+
+
+@functools.cache
+def attention_delta_kernel(D, dtype_name="float32"):
+    """delta[b, h, i] = sum_d dout[b, i, h*D + d] * out[b, i, h*D + d]  (= sum_j p_ij dp_ij, see backward)."""
+    ZERO = np.dtype(dtype_name).type(0)
+
+    @cuda.jit
+    def attention_delta(dout, out, delta, T, n_head):
+        i = cuda.grid(1)
+        if i < delta.size:
+            b = i // (n_head * T)
+            h = (i // T) % n_head
+            t = i % T
+            total = ZERO
+            for d in range(D):
+                total += dout[b, t, h * D + d] * out[b, t, h * D + d]
+            delta[b, h, t] = total
+
+    return attention_delta
+
+
+@functools.cache
+def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
+    """dK, dV: one block per (key tile, batch*head), one thread per key row, query tiles streamed.
+
+    Thread ``c`` owns key j. For each query row i >= j it recomputes p_ij = exp(q_i.k_j * scale - lse_i)
+    (no T x T matrix was stored) and accumulates in registers::
+
+        dv_j += a_ij dy_i                  a = p * keep (keep = 1 without dropout)
+        dp_ij = keep_ij (dy_i . v_j)
+        ds_ij = p_ij (dp_ij - delta_i)     delta_i = sum_k p_ik dp_ik = dy_i . out_i   (precomputed)
+        dk_j += ds_ij q_i scale
+
+    A key tile only meets query tiles at or below it: the causal skip again, now on the backward.
+    """
+    dtype = np.dtype(dtype_name)
+    nb_type = _numba_type(dtype)
+    ZERO = dtype.type(0)
+
+    @cuda.jit
+    def attention_dkdv(qkv, dout, lse, delta, keep, use_dropout, dqkv, T, n_head, scale):
+        tile = cuda.blockIdx.x
+        bh = cuda.blockIdx.y
+        b = bh // n_head
+        h = bh % n_head
+        C = n_head * D
+        c = cuda.threadIdx.x
+        key = tile * BC + c
+        Qs = cuda.shared.array((BR, D), nb_type)
+        dYs = cuda.shared.array((BR, D), nb_type)
+        lse_s = cuda.shared.array(BR, nb_type)
+        delta_s = cuda.shared.array(BR, nb_type)
+        k = cuda.local.array(D, nb_type)
+        v = cuda.local.array(D, nb_type)
+        dk = cuda.local.array(D, nb_type)
+        dv = cuda.local.array(D, nb_type)
+        active = key < T
+        if active:
+            for d in range(D):
+                k[d] = qkv[b, key, C + h * D + d]
+                v[d] = qkv[b, key, 2 * C + h * D + d]
+                dk[d] = ZERO
+                dv[d] = ZERO
+        q_start = (tile * BC // BR) * BR  # the first query tile holding a row >= this tile's first key
+        for i0 in range(q_start, T, BR):
+            for e in range(c, BR * D, BC):
+                rr = e // D
+                d = e % D
+                row = i0 + rr
+                if row < T:
+                    Qs[rr, d] = qkv[b, row, h * D + d]
+                    dYs[rr, d] = dout[b, row, h * D + d]
+            for rr in range(c, BR, BC):
+                if i0 + rr < T:
+                    lse_s[rr] = lse[b, h, i0 + rr]
+                    delta_s[rr] = delta[b, h, i0 + rr]
+            cuda.syncthreads()
+            if active:
+                for rr in range(BR):
+                    row = i0 + rr
+                    if row < T and row >= key:
+                        dot = ZERO
+                        dpv = ZERO
+                        for d in range(D):
+                            dot += Qs[rr, d] * k[d]
+                            dpv += dYs[rr, d] * v[d]
+                        p = math.exp(dot * scale - lse_s[rr])
+                        a = p
+                        if use_dropout:
+                            a = p * keep[b, h, row, key]
+                            dpv *= keep[b, h, row, key]
+                        ds = p * (dpv - delta_s[rr]) * scale
+                        for d in range(D):
+                            dv[d] += a * dYs[rr, d]
+                            dk[d] += ds * Qs[rr, d]
+            cuda.syncthreads()
+        if active:
+            for d in range(D):
+                dqkv[b, key, C + h * D + d] = dk[d]
+                dqkv[b, key, 2 * C + h * D + d] = dv[d]
+
+    return attention_dkdv
+
+
+@functools.cache
+def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
+    """dQ: one block per (query tile, batch*head), one thread per query row, key tiles streamed.
+
+    ``dq_i = scale * sum_{j <= i} ds_ij k_j`` with ds recomputed exactly as in ``attention_dkdv_kernel``.
+    Splitting dQ from dK/dV costs one more recomputation of p but needs no atomic adds, and the result is
+    deterministic.
+    """
+    dtype = np.dtype(dtype_name)
+    nb_type = _numba_type(dtype)
+    ZERO = dtype.type(0)
+
+    @cuda.jit
+    def attention_dq(qkv, dout, lse, delta, keep, use_dropout, dqkv, T, n_head, scale):
+        tile = cuda.blockIdx.x
+        bh = cuda.blockIdx.y
+        b = bh // n_head
+        h = bh % n_head
+        C = n_head * D
+        r = cuda.threadIdx.x
+        row = tile * BR + r
+        Ks = cuda.shared.array((BC, D), nb_type)
+        Vs = cuda.shared.array((BC, D), nb_type)
+        q = cuda.local.array(D, nb_type)
+        dy = cuda.local.array(D, nb_type)
+        dq = cuda.local.array(D, nb_type)
+        active = row < T
+        row_lse = ZERO
+        row_delta = ZERO
+        if active:
+            for d in range(D):
+                q[d] = qkv[b, row, h * D + d]
+                dy[d] = dout[b, row, h * D + d]
+                dq[d] = ZERO
+            row_lse = lse[b, h, row]
+            row_delta = delta[b, h, row]
+        key_end = min(T, (tile + 1) * BR)
+        for k0 in range(0, key_end, BC):
+            for e in range(r, BC * D, BR):
+                c = e // D
+                d = e % D
+                key = k0 + c
+                if key < T:
+                    Ks[c, d] = qkv[b, key, C + h * D + d]
+                    Vs[c, d] = qkv[b, key, 2 * C + h * D + d]
+            cuda.syncthreads()
+            if active:
+                for c in range(BC):
+                    key = k0 + c
+                    if key <= row:
+                        dot = ZERO
+                        dpv = ZERO
+                        for d in range(D):
+                            dot += q[d] * Ks[c, d]
+                            dpv += dy[d] * Vs[c, d]
+                        p = math.exp(dot * scale - row_lse)
+                        if use_dropout:
+                            dpv *= keep[b, h, row, key]
+                        ds = p * (dpv - row_delta) * scale
+                        for d in range(D):
+                            dq[d] += ds * Ks[c, d]
+            cuda.syncthreads()
+        if active:
+            for d in range(D):
+                dqkv[b, row, h * D + d] = dq[d]
+
+    return attention_dq
+
+
+def attention_forward(qkv, n_head, dropout=0.0, rng=None):
+    """Causal multi-head self-attention. qkv (B, T, 3C) -> (B, T, C); flash-style, see the kernels above.
+
+    The cache holds qkv, the output and the per-row log-sum-exp (B, H, T): O(T), not O(T^2). Dropout
+    (training) draws its keep mask on the host exactly as ``tinygpt.layers`` does, so both backends agree
+    for the same ``rng``; that mask is the one (B, H, T, T) array this path copies to the GPU.
+    """
+    return flash_attention_forward(qkv, n_head, dropout, rng)
+
+
+def attention_backward(dout, cache):
+    """(B, T, C) -> dqkv (B, T, 3C)."""
+    return flash_attention_backward(dout, cache)
+
+
+def flash_attention_forward(qkv, n_head, dropout=0.0, rng=None, tiles=None):
+    """``attention_forward`` with the (BR, BC) tile sizes chosen by hand (default ``attention_tiles``)."""
+    device = on_device(qkv)
+    dtype = _float_dtype("attention_forward", qkv)
+    if len(qkv.shape) != 3 or qkv.shape[2] % 3 != 0:
+        raise TinyGPTError(f"attention_forward: qkv must be (B, T, 3C), got shape {qkv.shape}")
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    if n_head < 1 or C % n_head != 0:
+        raise TinyGPTError(f"attention_forward: n_embd {C} is not divisible by n_head {n_head}")
+    D = C // n_head
+    keep = _dropout_keep_mask(dtype, (B, n_head, T, T), dropout, rng)
+    qkv_d = to_device(qkv)
+    keep_d = to_device(keep if keep is not None else np.ones((1, 1, 1, 1), dtype))
+    out = cuda.device_array((B, T, C), dtype=dtype)
+    lse = cuda.device_array((B, n_head, T), dtype=dtype)
+    BR, BC = tiles or attention_tiles(T, D)
+    if T and B:
+        kernel = attention_forward_kernel(D, BR, BC, dtype.name)
+        kernel[(_blocks(T, BR), B * n_head), BR](qkv_d, keep_d, keep is not None, out, lse, T, n_head,
+                                                 dtype.type(1.0 / math.sqrt(D)))
+    cache = (qkv_d, out, lse, n_head, keep_d, keep is not None, (BR, BC))
+    return _answer(out, device), cache
+
+
+def flash_attention_backward(dout, cache):
+    """``attention_backward`` with the forward's tile sizes."""
+    qkv, out, lse, n_head, keep, use_dropout, (BR, BC) = cache
+    device = on_device(dout)
+    dout = to_device(dout)
+    B, T, C3 = qkv.shape
+    D = C3 // 3 // n_head
+    dtype = np.dtype(qkv.dtype)
+    scale = dtype.type(1.0 / math.sqrt(D))
+    delta = cuda.device_array((B, n_head, T), dtype=dtype)
+    dqkv = cuda.device_array(qkv.shape, dtype=dtype)
+    if T and B:
+        _launch_1d(attention_delta_kernel(D, dtype.name), delta.size, dout, out, delta, T, n_head)
+        dkdv = attention_dkdv_kernel(D, BR, BC, dtype.name)
+        dkdv[(_blocks(T, BC), B * n_head), BC](qkv, dout, lse, delta, keep, use_dropout, dqkv, T, n_head,
+                                               scale)
+        dq = attention_dq_kernel(D, BR, BC, dtype.name)
+        dq[(_blocks(T, BR), B * n_head), BR](qkv, dout, lse, delta, keep, use_dropout, dqkv, T, n_head,
+                                             scale)
+    return _answer(dqkv, device)
+
+
+def _dropout_keep_mask(dtype, shape, dropout, rng):
+    """keep = (u >= p) / (1 - p), drawn as tinygpt.layers draws it; None when dropout is off."""
+    if not dropout:
+        return None
+    if not 0.0 <= dropout < 1.0:
+        raise TinyGPTError(f"dropout must be in [0, 1), got {dropout}")
+    if rng is None:
+        raise TinyGPTError("attention dropout > 0 needs an rng (np.random.Generator)")
+    keep = (rng.random(shape, dtype=np.float32) >= dropout).astype(dtype)
+    keep *= 1.0 / (1.0 - dropout)
+    return keep
+
+
+# --- element-wise kernels -------------------------------------------------------------------------
+
+
+@functools.cache
+def _elementwise_kernels(dtype_name):
+    """GELU forward/backward, add, scale-by-mask and the AdamW update: one thread per element."""
+    dtype = np.dtype(dtype_name)
+    K = dtype.type(math.sqrt(2.0 / math.pi))
+    A = dtype.type(0.044715)
+    A3 = dtype.type(3.0 * 0.044715)
+    HALF = dtype.type(0.5)
+    ONE = dtype.type(1.0)
+
+    @cuda.jit
+    def gelu_fwd(x, out):
+        # 0.5 x (1 + tanh(k (x + a x^3)))
+        i = cuda.grid(1)
+        if i < x.size:
+            xi = x[i]
+            out[i] = HALF * xi * (ONE + math.tanh(K * (xi + A * xi * xi * xi)))
+
+    @cuda.jit
+    def gelu_bwd(dout, x, dx):
+        # 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3a x^2),  t = tanh(k (x + a x^3))
+        i = cuda.grid(1)
+        if i < x.size:
+            xi = x[i]
+            t = math.tanh(K * (xi + A * xi * xi * xi))
+            dx[i] = dout[i] * (HALF * (ONE + t) + HALF * xi * (ONE - t * t) * K * (ONE + A3 * xi * xi))
+
+    @cuda.jit
+    def add(a, b, out):
+        i = cuda.grid(1)
+        if i < out.size:
+            out[i] = a[i] + b[i]
+
+    @cuda.jit
+    def mul(a, b, out):
+        i = cuda.grid(1)
+        if i < out.size:
+            out[i] = a[i] * b[i]
+
+    @cuda.jit
+    def adamw(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_corr1, bias_corr2):
+        # p *= 1 - lr wd;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+        # p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)      (the hyperparameters arrive in p's dtype)
+        i = cuda.grid(1)
+        if i < p.size:
+            gi = g[i]
+            mi = beta1 * m[i] + (ONE - beta1) * gi
+            vi = beta2 * v[i] + (ONE - beta2) * gi * gi
+            m[i] = mi
+            v[i] = vi
+            p[i] = p[i] * (ONE - lr * weight_decay) - (lr / bias_corr1) * mi / (
+                math.sqrt(vi) / math.sqrt(bias_corr2) + eps)
+
+    return {"gelu_fwd": gelu_fwd, "gelu_bwd": gelu_bwd, "add": add, "mul": mul, "adamw": adamw}
+
+
+def _launch_elementwise(name, n, *args, dtype):
+    _launch_1d(_elementwise_kernels(np.dtype(dtype).name)[name], n, *args)
+
+
+def _launch_1d(kernel, n, *args):
+    """Launch a one-thread-per-element kernel over n elements."""
+    threads = _elementwise_threads(n)
+    kernel[_blocks(n, threads), threads](*args)
+
+
+def _elementwise_threads(n: int) -> int:
+    """ELEMENTWISE_THREADS per block, fewer for a tiny array (no block of mostly idle threads)."""
+    threads = 32
+    while threads < ELEMENTWISE_THREADS and threads < n:
+        threads *= 2
+    return threads
+
+
+def _flat(a):
+    return a.reshape(a.size)
+
+
+def gelu_forward(x):
+    """Element-wise GELU (tanh approximation). Any shape -> same shape."""
+    device = on_device(x)
+    dtype = _float_dtype("gelu_forward", x)
+    x = to_device(x)
+    out = cuda.device_array(x.shape, dtype=dtype)
+    if x.size:
+        _launch_elementwise("gelu_fwd", x.size, _flat(x), _flat(out), dtype=dtype)
+    return _answer(out, device), x
+
+
+def gelu_backward(dout, cache):
+    x = cache
+    device = on_device(dout)
+    dout = to_device(dout)
+    dx = cuda.device_array(x.shape, dtype=x.dtype)
+    if x.size:
+        _launch_elementwise("gelu_bwd", x.size, _flat(dout), _flat(x), _flat(dx), dtype=x.dtype)
+    return _answer(dx, device)
+
+
+def add(a, b):
+    """a + b, same shapes (the residual connection). Answers in kind."""
+    device = on_device(a)
+    a, b = to_device(a), to_device(b)
+    if a.shape != b.shape:
+        raise TinyGPTError(f"add: shapes differ: {a.shape} and {b.shape}")
+    out = cuda.device_array(a.shape, dtype=a.dtype)
+    if a.size:
+        _launch_elementwise("add", a.size, _flat(a), _flat(b), _flat(out), dtype=a.dtype)
+    return _answer(out, device)
+
+
+def add_inplace(a, b):
+    """a += b on the device (accumulating gradients, e.g. the tied wte); a must be a device array."""
+    if not on_device(a) or a.shape != b.shape:
+        raise TinyGPTError("add_inplace: a must be a device array with b's shape")
+    b = to_device(b)
+    if a.size:
+        _launch_elementwise("add", a.size, _flat(a), _flat(b), _flat(a), dtype=a.dtype)
+    return a
+
+
+def dropout_forward(x, p, rng):
+    """Inverted dropout with the reference's mask draw (host rng), applied on the device."""
+    if not 0.0 <= p < 1.0:
+        raise TinyGPTError(f"dropout probability must be in [0, 1), got {p}")
+    if p == 0.0:
+        return x, None
+    device = on_device(x)
+    dtype = _float_dtype("dropout_forward", x)
+    keep = to_device(_dropout_keep_mask(dtype, tuple(x.shape), p, rng))
+    x = to_device(x)
+    out = cuda.device_array(x.shape, dtype=dtype)
+    if x.size:
+        _launch_elementwise("mul", x.size, _flat(x), _flat(keep), _flat(out), dtype=dtype)
+    return _answer(out, device), keep
+
+
+def dropout_backward(dout, cache):
+    if cache is None:
+        return dout
+    keep = cache
+    device = on_device(dout)
+    dout = to_device(dout)
+    dx = cuda.device_array(keep.shape, dtype=keep.dtype)
+    if keep.size:
+        _launch_elementwise("mul", keep.size, _flat(dout), _flat(keep), _flat(dx), dtype=keep.dtype)
+    return _answer(dx, device)
+
+
+def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, bias_corr1, bias_corr2):
+    """One AdamW step in place (see ``tinygpt.kernels.adamw_update`` for the equation); returns None.
+
+    ``param``, ``m`` and ``v`` must be device arrays (the optimizer state lives on the GPU); grad may be
+    either.
+    """
+    for name, a in (("param", param), ("m", m), ("v", v)):
+        if not on_device(a):
+            raise TinyGPTError(f"adamw_update (cuda): {name} must be a device array (use to_device)")
+        if a.shape != param.shape:
+            raise TinyGPTError(f"adamw_update: {name} shape {a.shape} does not match param {param.shape}")
+    if tuple(grad.shape) != tuple(param.shape):
+        raise TinyGPTError(f"adamw_update: grad shape {grad.shape} does not match param {param.shape}")
+    dtype = _float_dtype("adamw_update", param)
+    grad = to_device(grad)
+    t = dtype.type
+    if param.size:
+        _launch_elementwise("adamw", param.size, _flat(param), _flat(grad), _flat(m), _flat(v), t(lr),
+                            t(beta1), t(beta2), t(eps), t(weight_decay), t(bias_corr1), t(bias_corr2),
+                            dtype=dtype)
+
+
+# --- one block per row: LayerNorm, cross-entropy; column sums -------------------------------------
+
+
+@cuda.jit(device=True)
+def _block_sum(buf, value):
+    """Sum of ``value`` over the block's threads (a power of two), by a shared-memory tree; all get it."""
+    t = cuda.threadIdx.x
+    buf[t] = value
+    cuda.syncthreads()
+    stride = cuda.blockDim.x // 2
+    while stride > 0:
+        if t < stride:
+            buf[t] += buf[t + stride]
+        cuda.syncthreads()
+        stride //= 2
+    total = buf[0]
+    cuda.syncthreads()  # everyone has read buf[0] before the buffer is reused
+    return total
+
+
+@cuda.jit(device=True)
+def _block_max(buf, value):
+    t = cuda.threadIdx.x
+    buf[t] = value
+    cuda.syncthreads()
+    stride = cuda.blockDim.x // 2
+    while stride > 0:
+        if t < stride:
+            buf[t] = max(buf[t], buf[t + stride])
+        cuda.syncthreads()
+        stride //= 2
+    total = buf[0]
+    cuda.syncthreads()
+    return total
+
+
+@functools.cache
+def _row_kernels(THREADS, dtype_name):
+    """LayerNorm, cross-entropy and column-sum kernels for blocks of THREADS threads."""
+    dtype = np.dtype(dtype_name)
+    nb_type = _numba_type(dtype)
+    ZERO = dtype.type(0)
+    ONE = dtype.type(1)
+    NEG_INF = dtype.type(-np.inf)
+
+    @cuda.jit
+    def layernorm_fwd(x, w, bias, has_bias, eps, out, mean, rstd):
+        # one block per row: mean, then variance of (x - mean) (two passes: no cancellation)
+        n = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        C = x.shape[1]
+        buf = cuda.shared.array(THREADS, nb_type)
+        s = ZERO
+        for c in range(t, C, THREADS):
+            s += x[n, c]
+        mu = _block_sum(buf, s) / C
+        s = ZERO
+        for c in range(t, C, THREADS):
+            d = x[n, c] - mu
+            s += d * d
+        r = ONE / math.sqrt(_block_sum(buf, s) / C + eps)
+        for c in range(t, C, THREADS):
+            y = (x[n, c] - mu) * r * w[c]
+            if has_bias:
+                y += bias[c]
+            out[n, c] = y
+        if t == 0:
+            mean[n] = mu
+            rstd[n] = r
+
+    @cuda.jit
+    def layernorm_bwd_dx(dout, x, w, mean, rstd, dx):
+        # dx = rstd (g - mean(g) - xhat mean(g xhat)),  g = dout * w
+        n = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        C = x.shape[1]
+        buf = cuda.shared.array(THREADS, nb_type)
+        mu = mean[n]
+        r = rstd[n]
+        g_sum = ZERO
+        gx_sum = ZERO
+        for c in range(t, C, THREADS):
+            g = dout[n, c] * w[c]
+            g_sum += g
+            gx_sum += g * (x[n, c] - mu) * r
+        g_mean = _block_sum(buf, g_sum) / C
+        gx_mean = _block_sum(buf, gx_sum) / C
+        for c in range(t, C, THREADS):
+            xhat = (x[n, c] - mu) * r
+            dx[n, c] = r * (dout[n, c] * w[c] - g_mean - xhat * gx_mean)
+
+    @cuda.jit
+    def layernorm_bwd_dw_partial(dout, x, mean, rstd, dw_part, db_part, rows_per_chunk):
+        # grid (column blocks, row chunks): partial sums over a chunk of rows of dout*xhat and dout
+        c = cuda.blockIdx.x * THREADS + cuda.threadIdx.x
+        chunk = cuda.blockIdx.y
+        N, C = x.shape
+        if c < C:
+            dw = ZERO
+            db = ZERO
+            for n in range(chunk * rows_per_chunk, min(N, (chunk + 1) * rows_per_chunk)):
+                dw += dout[n, c] * (x[n, c] - mean[n]) * rstd[n]
+                db += dout[n, c]
+            dw_part[chunk, c] = dw
+            db_part[chunk, c] = db
+
+    @cuda.jit
+    def column_sum_partial(a, part, rows_per_chunk):
+        c = cuda.blockIdx.x * THREADS + cuda.threadIdx.x
+        chunk = cuda.blockIdx.y
+        N, C = a.shape
+        if c < C:
+            s = ZERO
+            for n in range(chunk * rows_per_chunk, min(N, (chunk + 1) * rows_per_chunk)):
+                s += a[n, c]
+            part[chunk, c] = s
+
+    @cuda.jit
+    def cross_entropy_fwd(logits, targets, lse, losses):
+        # one block per row: lse = m + log(sum exp(l - m)), loss = lse - l[target]; target -1 -> 0
+        n = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        V = logits.shape[1]
+        buf = cuda.shared.array(THREADS, nb_type)
+        target = targets[n]
+        m = NEG_INF
+        for j in range(t, V, THREADS):
+            m = max(m, logits[n, j])
+        m = _block_max(buf, m)
+        s = ZERO
+        for j in range(t, V, THREADS):
+            s += math.exp(logits[n, j] - m)
+        s = _block_sum(buf, s)
+        if t == 0:
+            row_lse = m + math.log(s)
+            lse[n] = row_lse
+            losses[n, 0] = row_lse - logits[n, target] if target >= 0 else ZERO
+
+    @cuda.jit
+    def cross_entropy_bwd(logits, targets, lse, scale, dlogits):
+        # (softmax - onehot) * dloss / n_valid; ignored rows get zeros
+        n = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        V = logits.shape[1]
+        target = targets[n]
+        for j in range(t, V, THREADS):
+            if target < 0:
+                dlogits[n, j] = ZERO
+            else:
+                g = math.exp(logits[n, j] - lse[n]) * scale
+                if j == target:
+                    g -= scale
+                dlogits[n, j] = g
+
+    return {"layernorm_fwd": layernorm_fwd, "layernorm_bwd_dx": layernorm_bwd_dx,
+            "layernorm_bwd_dw_partial": layernorm_bwd_dw_partial, "column_sum_partial": column_sum_partial,
+            "cross_entropy_fwd": cross_entropy_fwd, "cross_entropy_bwd": cross_entropy_bwd}
+
+
+def _row_threads(width: int) -> int:
+    """Threads per block for rows of ``width`` elements: a power of two, from 8 up to ROW_THREADS, so a
+    short row does not launch a block of idle threads."""
+    threads = 8
+    while threads < ROW_THREADS and threads < width:
+        threads *= 2
+    return threads
+
+
+def _row_kernel(name, dtype, width):
+    """The named kernel built for rows of ``width``; launch it with ``kernel.threads`` threads per block."""
+    threads = _row_threads(width)
+    kernel = _row_kernels(threads, np.dtype(dtype).name)[name]
+    return kernel, threads
+
+
+def _chunking(n_rows: int) -> tuple[int, int]:
+    """(rows per chunk, chunks) for two-stage column sums: enough chunks to fill the GPU, >= 32 rows each."""
+    chunks = max(1, min(256, n_rows // 32))
+    rows = (n_rows + chunks - 1) // chunks
+    return rows, _blocks(n_rows, rows)
+
+
+def column_sum(a):
+    """Sum over the rows of a 2-D array: (N, C) -> (C,), in two stages (row chunks, then the chunks)."""
+    device = on_device(a)
+    a = to_device(a)
+    dtype = np.dtype(a.dtype)
+    N, C = a.shape
+    kernel, threads = _row_kernel("column_sum_partial", dtype, C)
+    while True:
+        rows, chunks = _chunking(N)
+        part = cuda.device_array((chunks, C), dtype=dtype)
+        kernel[(_blocks(C, threads), chunks), threads](a, part, rows)
+        if chunks == 1:
+            return _answer(part.reshape(C), device)
+        a, N = part, chunks
+
+
+def layernorm_forward(x, weight, bias, eps=1e-5):
+    """(..., C) -> (..., C): (x - mean) / sqrt(var + eps) * weight + bias, one block per row."""
+    device = on_device(x)
+    dtype = _float_dtype("layernorm_forward", x)
+    shape = tuple(x.shape)
+    C = shape[-1]
+    x2 = to_device(x).reshape(int(np.prod(shape[:-1])), C)
+    weight = to_device(weight)
+    bias_d = to_device(bias) if bias is not None else weight  # any array: has_bias=False never reads it
+    N = x2.shape[0]
+    out = cuda.device_array((N, C), dtype=dtype)
+    mean = cuda.device_array(N, dtype=dtype)
+    rstd = cuda.device_array(N, dtype=dtype)
+    if N:
+        kernel, threads = _row_kernel("layernorm_fwd", dtype, C)
+        kernel[N, threads](x2, weight, bias_d, bias is not None, dtype.type(eps), out, mean, rstd)
+    cache = (x2, weight, bias is not None, mean, rstd, shape)
+    return _answer(out.reshape(*shape), device), cache
+
+
+def layernorm_backward(dout, cache):
+    """(..., C) -> dx, dweight (C,), dbias (C,) or None."""
+    x2, weight, has_bias, mean, rstd, shape = cache
+    device = on_device(dout)
+    dtype = np.dtype(x2.dtype)
+    N, C = x2.shape
+    dout2 = to_device(dout).reshape(N, C)
+    dx = cuda.device_array((N, C), dtype=dtype)
+    rows, chunks = _chunking(N)
+    dw_part = cuda.device_array((chunks, C), dtype=dtype)
+    db_part = cuda.device_array((chunks, C), dtype=dtype)
+    if N:
+        kernel, threads = _row_kernel("layernorm_bwd_dx", dtype, C)
+        kernel[N, threads](dout2, x2, weight, mean, rstd, dx)
+        kernel, threads = _row_kernel("layernorm_bwd_dw_partial", dtype, C)
+        kernel[(_blocks(C, threads), chunks), threads](dout2, x2, mean, rstd, dw_part, db_part, rows)
+    dweight = column_sum(dw_part)
+    dbias = column_sum(db_part) if has_bias else None
+    return _answer(dx.reshape(*shape), device), _answer(dweight, device), _answer(dbias, device)
+
+
+def linear_forward(x, weight, bias):
+    """x (..., in) @ weight (in, out) + bias (out,) -> (..., out): the tiled GEMM, bias in its epilogue."""
+    device = on_device(x)
+    _float_dtype("linear_forward", x)
+    shape = tuple(x.shape)
+    n_in, n_out = weight.shape
+    x2 = to_device(x).reshape(int(np.prod(shape[:-1])), n_in)
+    weight = to_device(weight)
+    out = matmul(x2, weight, bias=to_device(bias))
+    cache = (x2, weight, bias is not None, shape)
+    return _answer(out.reshape(*shape[:-1], n_out), device), cache
+
+
+def linear_backward(dout, cache):
+    """dout (..., out) -> dx = dout W^T, dW = x^T dout, db = column sums of dout (None without bias)."""
+    x2, weight, has_bias, shape = cache
+    device = on_device(dout)
+    n_in, n_out = weight.shape
+    dout2 = to_device(dout).reshape(x2.shape[0], n_out)
+    dx = matmul(dout2, weight, trans_b=True)  # (N, out) @ (out, in)
+    dweight = matmul(x2, dout2, trans_a=True)  # (in, N) @ (N, out)
+    dbias = column_sum(dout2) if has_bias else None
+    return _answer(dx.reshape(*shape), device), _answer(dweight, device), _answer(dbias, device)
+
+
+def cross_entropy_forward(logits, targets):
+    """Mean cross-entropy over targets != -1: (B, T, V), (B, T) -> loss (Python float; the one number
+    that crosses to the host). Targets are a host batch; n_valid is counted there."""
+    dtype = _float_dtype("cross_entropy_forward", logits)
+    shape = tuple(logits.shape)
+    V = shape[-1]
+    t_host = np.ascontiguousarray(to_host(targets), dtype=np.int64).reshape(-1)
+    if t_host.size and (t_host.min() < -1 or t_host.max() >= V):
+        raise TinyGPTError(f"cross_entropy_forward: targets must be -1 or in [0, {V}), "
+                           f"got [{t_host.min()}, {t_host.max()}]")
+    n_valid = int((t_host >= 0).sum())
+    l2 = to_device(logits).reshape(t_host.size, V)
+    t_dev = cuda.to_device(t_host)
+    N = t_host.size
+    lse = cuda.device_array(N, dtype=dtype)
+    losses = cuda.device_array((N, 1), dtype=dtype)
+    if N:
+        kernel, threads = _row_kernel("cross_entropy_fwd", dtype, V)
+        kernel[N, threads](l2, t_dev, lse, losses)
+        total = float(column_sum(losses).copy_to_host()[0])
+    else:
+        total = 0.0
+    loss = total / max(n_valid, 1)
+    return loss, (l2, t_dev, lse, n_valid, shape, on_device(logits))
+
+
+def cross_entropy_backward(dloss, cache):
+    """scalar dloss -> dlogits (B, T, V), on the device if the logits were."""
+    l2, t_dev, lse, n_valid, shape, device = cache
+    dtype = np.dtype(l2.dtype)
+    dlogits = cuda.device_array(l2.shape, dtype=dtype)
+    if l2.shape[0]:
+        kernel, threads = _row_kernel("cross_entropy_bwd", dtype, l2.shape[1])
+        kernel[l2.shape[0], threads](l2, t_dev, lse, dtype.type(float(dloss) / max(n_valid, 1)), dlogits)
+    return _answer(dlogits.reshape(*shape), device)
+
+
+# --- embedding ------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _embedding_kernels(dtype_name):
+    @cuda.jit
+    def forward(idx, wte, wpe, out):
+        # thread per output element: out[n, c] = wte[idx[n], c] + wpe[n % T, c]
+        i = cuda.grid(1)
+        N, C = out.shape
+        T = idx.shape[1]
+        if i < N * C:
+            n = i // C
+            c = i % C
+            out[n, c] = wte[idx[n // T, n % T], c] + wpe[n % T, c]
+
+    @cuda.jit
+    def backward_wte(idx, dout, dwte):
+        # repeated tokens add into the same row: atomic adds make the scatter safe
+        i = cuda.grid(1)
+        N, C = dout.shape
+        T = idx.shape[1]
+        if i < N * C:
+            n = i // C
+            c = i % C
+            cuda.atomic.add(dwte, (idx[n // T, n % T], c), dout[n, c])
+
+    @cuda.jit
+    def backward_wpe(dout, dwpe, B, T):
+        # thread per (t, c): sum over the batch
+        i = cuda.grid(1)
+        C = dout.shape[1]
+        if i < T * C:
+            t = i // C
+            c = i % C
+            s = dout[t, c]
+            for b in range(1, B):
+                s += dout[b * T + t, c]
+            dwpe[t, c] = s
+
+    return forward, backward_wte, backward_wpe
+
+
+def embedding_forward(idx, wte, wpe):
+    """(B, T) int -> (B, T, C) = wte[idx] + wpe[:T]. idx is a host batch (it is small)."""
+    device = on_device(wte)
+    dtype = _float_dtype("embedding_forward", wte)
+    idx = np.asarray(to_host(idx))
+    if idx.ndim != 2 or idx.dtype.kind not in "iu":
+        raise TinyGPTError(f"embedding_forward: idx must be a (B, T) integer array, got {idx.dtype} "
+                           f"{idx.shape}")
+    B, T = idx.shape
+    V, C = wte.shape
+    if T > wpe.shape[0]:
+        raise TinyGPTError(f"embedding_forward: sequence length {T} exceeds block_size {wpe.shape[0]}")
+    if idx.size and (idx.min() < 0 or idx.max() >= V):
+        raise TinyGPTError(f"embedding_forward: token ids must be in [0, {V}), "
+                           f"got [{idx.min()}, {idx.max()}]")
+    idx_d = cuda.to_device(np.ascontiguousarray(idx, dtype=np.int64))
+    out = cuda.device_array((B * T, C), dtype=dtype)
+    if out.size:
+        forward = _embedding_kernels(dtype.name)[0]
+        _launch_1d(forward, out.size, idx_d, to_device(wte), to_device(wpe), out)
+    return _answer(out.reshape(B, T, C), device), (idx_d, tuple(wte.shape), tuple(wpe.shape), dtype)
+
+
+def embedding_backward(dout, cache):
+    """(B, T, C) -> dwte (V, C), dwpe (block_size, C)."""
+    idx_d, wte_shape, wpe_shape, dtype = cache
+    device = on_device(dout)
+    B, T = idx_d.shape
+    C = wte_shape[1]
+    dout2 = to_device(dout).reshape(B * T, C)
+    _, backward_wte, backward_wpe = _embedding_kernels(dtype.name)
+    dwte = zeros(wte_shape, dtype)
+    dwpe = zeros(wpe_shape, dtype)
+    if dout2.size:
+        _launch_1d(backward_wte, dout2.size, idx_d, dout2, dwte)
+        _launch_1d(backward_wpe, T * C, dout2, dwpe, B, T)
+    return _answer(dwte, device), _answer(dwpe, device)
+
+
+def _numba_type(dtype):
+    from numba import float32, float64
+
+    return float32 if np.dtype(dtype) == np.float32 else float64
