@@ -1,0 +1,157 @@
+"""Checkpoints: exact round trip, atomic publication (a crash at every step of a save), corruption."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from tinygpt import checkpoint
+from tinygpt.checkpoint import load_checkpoint, load_model, save_checkpoint
+from tinygpt.errors import TinyGPTError
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.optim import AdamW
+from tinygpt.tokenizer import CharTokenizer
+
+TOKENIZER = CharTokenizer.train("abcdefgh \n")
+
+
+def _model(bias=False, seed=0):
+    return GPT(GPTConfig(vocab_size=TOKENIZER.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8,
+                         bias=bias), seed=seed)
+
+
+def _trained(bias=False, steps=2):
+    model = _model(bias)
+    opt = AdamW(model.params, lr=1e-2)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        idx = rng.integers(0, TOKENIZER.vocab_size, (2, 8))
+        model.forward(idx, np.roll(idx, -1, axis=1))
+        opt.step(model.backward())
+    return model, opt
+
+
+def _save(out, model, opt, step):
+    rng_state = np.random.default_rng(step).bit_generator.state
+    state = {"step": step, "best_val_loss": 1.5, "sampler_rng": rng_state}
+    return save_checkpoint(out, model, TOKENIZER, opt, {"max_iters": 10, "note": "x"}, state)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_round_trip_is_exact(tmp_path, bias):
+    model, opt = _trained(bias)
+    _save(tmp_path, model, opt, 7)
+    ckpt = load_checkpoint(tmp_path)
+    assert set(ckpt.model.params) == set(model.params)  # bias=False stays bias-free
+    for name, p in model.params.items():
+        np.testing.assert_array_equal(ckpt.model.params[name], p)
+    assert ckpt.model.config == model.config
+    assert ckpt.tokenizer.decode(ckpt.tokenizer.encode("abc h")) == "abc h"
+    assert ckpt.train_config == {"max_iters": 10, "note": "x"}
+    assert ckpt.state["step"] == 7 and ckpt.state["best_val_loss"] == 1.5
+    assert ckpt.state["sampler_rng"] == np.random.default_rng(7).bit_generator.state
+    restored = AdamW(ckpt.model.params, lr=1e-2)
+    restored.load_state_dict(ckpt.optimizer_state)
+    assert restored.step_count == opt.step_count == 2
+    for name in model.params:
+        np.testing.assert_array_equal(restored.exp_avg_sq[name], opt.exp_avg_sq[name])
+    m, tok = load_model(tmp_path)
+    np.testing.assert_array_equal(m.params["wte.weight"], model.params["wte.weight"])
+
+
+def test_layout_pointer_and_cleanup(tmp_path):
+    model, opt = _trained()
+    first = _save(tmp_path, model, opt, 1)
+    second = _save(tmp_path, model, opt, 2)
+    assert os.readlink(tmp_path / "latest") == os.path.join("checkpoints", "step-00000002")
+    assert not first.exists() and second.is_dir()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000002"]
+    for name in checkpoint.CHECKPOINT_FILES:  # DIR reads like a model directory
+        assert (tmp_path / name).is_file()
+    assert json.loads((tmp_path / "state.json").read_text())["step"] == 2
+
+
+def test_transformers_loads_the_output_directory(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model, opt = _trained(bias=True)
+    _save(tmp_path, model, opt, 3)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    idx = np.array([[1, 2, 3, 4, 5, 0]])
+    model.eval()
+    logits, _ = model.forward(idx)
+    with torch.no_grad():
+        expected = hf(torch.tensor(idx)).logits.numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+# Every operation of a save that a crash could fall between: each fsync, rename, symlink and delete.
+_CRASH_POINTS = [(checkpoint, "_fsync_path"), (os, "rename"), (os, "replace"), (os, "symlink"),
+                 (os, "unlink"), (shutil, "rmtree")]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork to crash a process mid-save")
+def test_crash_at_every_point_of_a_save_leaves_old_or_new_checkpoint(tmp_path, monkeypatch):
+    model, opt = _trained()
+    _save(tmp_path, model, opt, 1)
+    crash_at = 0
+    while True:
+        crash_at += 1
+        pid = os.fork()
+        if pid == 0:  # child: save step 2, dying abruptly (no cleanup, no finally) at operation crash_at
+            count = [0]
+            for owner, name in _CRASH_POINTS:
+                original = getattr(owner, name)
+
+                def crashing(*args, _original=original, _count=count, _at=crash_at, **kwargs):
+                    _count[0] += 1
+                    if _count[0] == _at:
+                        os._exit(17)
+                    return _original(*args, **kwargs)
+
+                monkeypatch.setattr(owner, name, crashing)
+            try:
+                _save(tmp_path, model, opt, 2)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        crashed = os.waitstatus_to_exitcode(status) == 17
+        step = load_checkpoint(tmp_path).state["step"]  # must load, whatever the crash point
+        assert step in (1, 2)
+        if not crashed:
+            break
+        if step == 2:  # the crash came after publication: reset to the old checkpoint and go on
+            _save(tmp_path, model, opt, 1)
+    assert crash_at > 10  # the save really passed through many crash points
+    assert load_checkpoint(tmp_path).state["step"] == 2
+    _save(tmp_path, model, opt, 3)  # leftovers of the crashes are cleaned up by the next save
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000003"]
+
+
+def test_missing_and_corrupt_checkpoints_raise(tmp_path):
+    with pytest.raises(TinyGPTError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope")
+    with pytest.raises(TinyGPTError, match="no checkpoint"):
+        load_checkpoint(tmp_path)
+    model, opt = _trained()
+    path = _save(tmp_path, model, opt, 4)
+
+    weights = path / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(TinyGPTError, match="corrupt.*model.safetensors"):
+        load_checkpoint(tmp_path)
+    weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # same size, one bit flipped
+    with pytest.raises(TinyGPTError, match="corrupt"):
+        load_model(tmp_path)
+    weights.write_bytes(good)
+    load_checkpoint(tmp_path)
+
+    (path / "state.json").write_text("{not json")
+    with pytest.raises(TinyGPTError, match="corrupt.*state.json"):
+        load_checkpoint(tmp_path)
+    shutil.rmtree(path)
+    with pytest.raises(TinyGPTError, match="missing directory"):
+        load_checkpoint(tmp_path)
