@@ -32,6 +32,7 @@ from tinygpt.tokenizer import (
     BPETokenizer,
     CharTokenizer,
     apply_merges,
+    apply_merges_linked,
     load_tokenizer,
     show_tokens,
 )
@@ -93,6 +94,12 @@ def shakespeare():
     if not SHAKESPEARE.is_file():
         pytest.skip(f"{SHAKESPEARE} not present")
     return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def shakespeare_4096(shakespeare):
+    """The one shakespeare-size training run of this file."""
+    return BPETokenizer.train(shakespeare, vocab_size=4096)
 
 
 def cl100k_pat_str() -> str:
@@ -205,6 +212,23 @@ def test_decode_replaces_invalid_utf8_and_decode_bytes_keeps_it(gpt2):
     assert gpt2.decode(ids[:1]) == "\ufffd"
     assert gpt2.decode_bytes(ids) == "你".encode()
     assert gpt2.decode(np.array(ids)) == "你"  # NumPy arrays of ids are accepted
+
+
+@pytest.mark.parametrize("alphabet", ["abcdefghijklmnopqrstuvwxyz", "ab", "你好世界中文字的一是不了人我在有"])
+def test_long_chunks_match_tiktoken(gpt2, tiktoken_gpt2, alphabet):
+    """A chunk of thousands of letters (no spaces) takes the O(n log n) linked-list merge."""
+    rng = random.Random(len(alphabet))
+    text = "".join(rng.choice(alphabet) for _ in range(3000)) + " and " + "x" * 5000
+    assert max(len(c.encode()) for c in gpt2.split(text)) > tokenizer_module._LONG_CHUNK
+    assert gpt2.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=60))
+def test_linked_list_merges_equal_reference(gpt2, trained, data):
+    for tok in (gpt2, trained):
+        ids = [tok.byte_ids[b] for b in data]
+        assert apply_merges_linked(ids, tok.ranks) == apply_merges(ids, tok.ranks)
 
 
 def test_compiled_batch_merges_equal_reference(gpt2):
@@ -334,11 +358,11 @@ def test_merges_never_duplicate_a_token():
     assert len(set(tok.token_bytes)) == tok.vocab_size
 
 
-def test_train_on_shakespeare_within_2_percent_of_hf_tokens(shakespeare):
+def test_train_on_shakespeare_within_2_percent_of_hf_tokens(shakespeare, shakespeare_4096):
     tokenizers = pytest.importorskip("tokenizers")
     from tokenizers import models, pre_tokenizers, trainers
 
-    tok = BPETokenizer.train(shakespeare, vocab_size=4096)
+    tok = shakespeare_4096
     ids = tok.encode(shakespeare)
     assert tok.decode(ids) == shakespeare
     hf = tokenizers.Tokenizer(models.BPE())
@@ -417,8 +441,8 @@ def test_trained_tokenizer_exports_to_tiktoken_and_hf(trained, tmp_path):
     assert load_tokenizer(tmp_path).merges == trained.merges  # a directory with the file pair
 
 
-def test_shakespeare_tokenizer_exports_to_tiktoken_and_hf(shakespeare, tmp_path):
-    tok = BPETokenizer.train(shakespeare, vocab_size=1024)
+def test_shakespeare_tokenizer_exports_to_tiktoken_and_hf(shakespeare, shakespeare_4096, tmp_path):
+    tok = shakespeare_4096
     encoder_json, vocab_bpe = tok.save_gpt2_files(tmp_path)
     ids = tok.encode(shakespeare)
     assert _tiktoken_from_files(encoder_json, vocab_bpe, {}).encode_ordinary(shakespeare) == ids

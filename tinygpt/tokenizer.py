@@ -88,6 +88,8 @@ _CHUNK_CACHE_LIMIT = 1 << 17
 # From this many new chunks in one encode call, merges run in the compiled kernel (its dispatch and the
 # array conversions cost more than they save on a few chunks).
 _COMPILED_MIN_CHUNKS = 64
+# Chunks longer than this many bytes are merged by apply_merges_linked (O(n log n), not quadratic).
+_LONG_CHUNK = 256
 
 
 def resolve_split_pattern(pattern: str) -> tuple[str | None, str]:
@@ -181,6 +183,50 @@ def apply_merges(ids: list[int], ranks: dict[tuple[int, int], int]) -> list[int]
     return ids
 
 
+def apply_merges_linked(ids: list[int], ranks: dict[tuple[int, int], int]) -> list[int]:
+    """``apply_merges`` in O(n log n), for long chunks (``apply_merges`` rescans all pairs per merge).
+
+    A 20k-letter chunk with no space (a base64 blob, a DNA string) takes thousands of distinct merges;
+    rescanning 20k pairs for each is quadratic (tens of seconds). Here the tokens form a linked list and
+    a heap holds (rank, position) of every adjacent pair that is a merge: pop the lowest rank, leftmost
+    first, skip it if the pair at that position has changed since it was pushed, merge, and push the
+    two pairs the merge creates with its neighbours. Same order of merges, so the same ids.
+    """
+    n = len(ids)
+    tokens = list(ids)
+    next_pos = list(range(1, n + 1))  # n = end of list
+    prev_pos = list(range(-1, n - 1))  # -1 = start
+    heap = [(ranks[pair], i) for i, pair in enumerate(zip(tokens, tokens[1:])) if pair in ranks]
+    heapq.heapify(heap)
+    while heap:
+        rank, i = heapq.heappop(heap)
+        j = next_pos[i]
+        if tokens[i] < 0 or j >= n or ranks.get((tokens[i], tokens[j])) != rank:
+            continue  # outdated: token i was merged away, or its pair changed
+        tokens[i], tokens[j] = rank, -1  # -1 marks a token merged into its left neighbour
+        k = next_pos[i] = next_pos[j]
+        if k < n:
+            prev_pos[k] = i
+        p = prev_pos[i]
+        if p >= 0 and (tokens[p], rank) in ranks:
+            heapq.heappush(heap, (ranks[(tokens[p], rank)], p))
+        if k < n and (rank, tokens[k]) in ranks:
+            heapq.heappush(heap, (ranks[(rank, tokens[k])], i))
+    return [t for t in tokens if t >= 0]
+
+
+def _merge_table_csr(merges: list[tuple[int, int]], vocab_size: int):
+    """The merges as arrays for the compiled kernel: (row_start (V+1,), right (M,), merged_id (M,)).
+
+    Sorted by (left, right): the merges with left token a are rows row_start[a]..row_start[a+1].
+    """
+    pairs = np.array(merges, dtype=np.int64).reshape(-1, 2)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    left, right = pairs[order, 0], pairs[order, 1]
+    row_start = np.searchsorted(left, np.arange(vocab_size + 1)).astype(np.int64)
+    return row_start, right.copy(), (order + 256).astype(np.int64)
+
+
 @cache
 def _compiled_merge_kernel():
     """``apply_merges`` for many chunks at once, compiled with Numba; None if Numba is missing.
@@ -194,25 +240,31 @@ def _compiled_merge_kernel():
         return None
 
     @numba.njit(cache=True)
-    def apply_merges_many(ids, starts, pair_keys, pair_ids):
-        # ids: all chunks' byte ids back to back, chunk c = ids[starts[c]:starts[c+1]]; pair_keys sorted
-        # (a << 32 | b), pair_ids the token each pair merges into. Same rule as apply_merges: find the
-        # adjacent pair with the lowest merged id, merge all its occurrences left to right, repeat.
+    def apply_merges_many(ids, starts, row_start, right, merged_id):
+        # ids: all chunks' byte ids back to back, chunk c = ids[starts[c]:starts[c+1]]. The merges as a
+        # sparse table (CSR): the merges whose left token is a are right[row_start[a]:row_start[a+1]]
+        # (sorted) -> merged_id[...]. Same rule as apply_merges: find the adjacent pair with the lowest
+        # merged id, merge all its occurrences left to right, repeat.
         out = np.empty_like(ids)
         out_starts = np.zeros_like(starts)
-        n_keys = pair_keys.shape[0]
+        buf = np.empty(max(1, np.max(starts[1:] - starts[:-1])), dtype=ids.dtype)
         pos = 0
         for c in range(starts.shape[0] - 1):
             n = starts[c + 1] - starts[c]
-            buf = ids[starts[c] : starts[c + 1]].copy()
+            buf[:n] = ids[starts[c] : starts[c + 1]]
             while n >= 2:
                 best = -1
                 for i in range(n - 1):
-                    key = (buf[i] << 32) | buf[i + 1]
-                    j = np.searchsorted(pair_keys, key)
-                    if j < n_keys and pair_keys[j] == key and (best < 0 or pair_ids[j] < best):
-                        best = pair_ids[j]
-                        a, b = buf[i], buf[i + 1]
+                    lo, hi = row_start[buf[i]], row_start[buf[i] + 1]
+                    while lo < hi:  # binary search for buf[i + 1] among the row's right tokens
+                        mid = (lo + hi) >> 1
+                        if right[mid] < buf[i + 1]:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    if lo < row_start[buf[i] + 1] and right[lo] == buf[i + 1]:
+                        if best < 0 or merged_id[lo] < best:
+                            best, a, b = merged_id[lo], buf[i], buf[i + 1]
                 if best < 0:
                     break
                 m, i = 0, 0
@@ -293,7 +345,7 @@ class BPETokenizer:
         self.special_tokens: dict[str, int] = dict(sorted(special_tokens.items(), key=lambda kv: kv[1]))
         self.token_bytes.extend(s.encode("utf-8") for s in self.special_tokens)
         self._chunk_cache: dict[str, list[int]] = {}
-        self._merge_table: tuple[np.ndarray, np.ndarray] | None = None  # built on first compiled use
+        self._merge_table: tuple[np.ndarray, ...] | None = None  # built on first compiled use
 
     @property
     def vocab_size(self) -> int:
@@ -365,24 +417,33 @@ class BPETokenizer:
         return list(chain.from_iterable(map(cache.__getitem__, chunks)))
 
     def _encode_chunks(self, chunks: list[str]) -> list[list[int]]:
-        """Apply the merges to each chunk: ``apply_merges`` one by one, or, for many chunks, the
-        compiled ``_apply_merges_compiled`` (same rule, same ids; ~20x faster per chunk)."""
-        byte_ids = self.byte_ids
+        """Apply the merges to each chunk. Three implementations of the same rule, the same ids:
+        ``apply_merges`` (the reference) for a few chunks, the compiled ``_compiled_merge_kernel`` for
+        many (~20x faster per chunk), ``apply_merges_linked`` for long chunks (not quadratic)."""
+        byte_ids, ranks = self.byte_ids, self.ranks
         encoded = [_utf8(chunk) for chunk in chunks]
-        if len(chunks) < _COMPILED_MIN_CHUNKS or (kernel := _compiled_merge_kernel()) is None:
-            return [apply_merges([byte_ids[b] for b in chunk], self.ranks) for chunk in encoded]
+        out: list[list[int]] = [[] for _ in encoded]
+        short = []
+        for i, chunk in enumerate(encoded):
+            if len(chunk) > _LONG_CHUNK:
+                out[i] = apply_merges_linked([byte_ids[b] for b in chunk], ranks)
+            else:
+                short.append(i)
+        if len(short) < _COMPILED_MIN_CHUNKS or (kernel := _compiled_merge_kernel()) is None:
+            for i in short:
+                out[i] = apply_merges([byte_ids[b] for b in encoded[i]], ranks)
+            return out
         if self._merge_table is None:
-            # Merges as a sorted array of pair keys (a << 32 | b) and the ids they make, for binary search.
-            keys = np.array([(a << 32) | b for a, b in self.merges], dtype=np.int64)
-            order = np.argsort(keys)
-            self._merge_table = (keys[order], (np.arange(len(keys), dtype=np.int64) + 256)[order])
-        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        starts = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=starts[1:])
-        flat = np.asarray(byte_ids, dtype=np.int64)[np.frombuffer(b"".join(encoded), dtype=np.uint8)]
-        out, out_starts = kernel(flat, starts, *self._merge_table)
-        out, out_starts = out.tolist(), out_starts.tolist()
-        return [out[out_starts[i] : out_starts[i + 1]] for i in range(len(encoded))]
+            self._merge_table = _merge_table_csr(self.merges, self.vocab_size)
+        short_bytes = [encoded[i] for i in short]
+        starts = np.zeros(len(short_bytes) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, short_bytes), dtype=np.int64, count=len(short_bytes)), out=starts[1:])
+        flat = np.asarray(byte_ids, dtype=np.int64)[np.frombuffer(b"".join(short_bytes), dtype=np.uint8)]
+        merged, merged_starts = kernel(flat, starts, *self._merge_table)
+        merged, merged_starts = merged.tolist(), merged_starts.tolist()
+        for k, i in enumerate(short):
+            out[i] = merged[merged_starts[k] : merged_starts[k + 1]]
+        return out
 
     def decode_bytes(self, ids) -> bytes:
         """ids -> the bytes they stand for (a token may hold part of a multi-byte character)."""
