@@ -272,3 +272,28 @@ def test_cpu_kernels_reject_bad_input_with_one_line_errors():
         cpu.cross_entropy_forward(np.zeros((1, 2, 3), np.float32), np.array([[0, 3]]))
     with pytest.raises(TinyGPTError, match="float32 or float64"):
         cpu.gelu_forward(np.zeros(3, np.int64))
+
+
+# --- the whole model ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_model_on_numba_backend_equals_numpy_backend(dropout):
+    from tinygpt.model import GPT, GPTConfig
+
+    config = GPTConfig(vocab_size=29, block_size=16, n_layer=2, n_head=3, n_embd=24, dropout=dropout)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 29, (3, 13))
+    targets = rng.integers(0, 29, (3, 13))
+    targets[0, :3] = -1
+    results = {}
+    for backend in ("numpy", "numba"):
+        model = GPT(config, seed=1, backend=backend)  # same seed: same weights and dropout masks
+        logits, loss = model.forward(idx, targets)
+        results[backend] = (logits, loss, model.backward())
+    (logits, loss, grads), (ref_logits, ref_loss, ref_grads) = results["numba"], results["numpy"]
+    assert relative_error(logits, ref_logits) < 1e-4
+    assert abs(loss - ref_loss) < 1e-4 * abs(ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        assert relative_error(grads[name], ref_grads[name]) < 1e-4, name

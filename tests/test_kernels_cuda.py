@@ -200,6 +200,26 @@ else:
         assert K.on_device(s)
         close(s, 2 * out.copy_to_host(), np.float32)
 
+    @pytest.mark.parametrize("dropout", [0.0, 0.2])
+    def test_model_on_cuda_backend_equals_numpy_backend(dropout):
+        from tinygpt.model import GPT, GPTConfig
+
+        config = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=dropout)
+        rng = np.random.default_rng(0)
+        idx = rng.integers(0, 11, (2, 7))
+        targets = rng.integers(0, 11, (2, 7))
+        targets[1, :2] = -1
+        results = {}
+        for backend in ("numpy", "cuda"):
+            model = GPT(config, seed=1, backend=backend)
+            logits, loss = model.forward(idx, targets)
+            results[backend] = (logits, loss, model.backward())
+        (logits, loss, grads), (ref_logits, ref_loss, ref_grads) = results["cuda"], results["numpy"]
+        assert relative_error(logits, ref_logits) < 1e-4
+        assert abs(loss - ref_loss) < 1e-4 * abs(ref_loss)
+        for name in ref_grads:
+            assert relative_error(grads[name], ref_grads[name]) < 1e-4, name
+
     def test_bad_input_is_a_clear_error():
         from tinygpt.errors import TinyGPTError
 
