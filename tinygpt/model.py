@@ -200,7 +200,8 @@ class GPT:
         self.ops = get_layer_ops(backend)
         self.params = init_params(config, seed, dtype)
         self.training = True
-        self._rng = np.random.default_rng([seed, 1])  # dropout masks; separate from the init stream
+        # dropout masks come from here (separate from the init stream); reseed it for reproducible masks
+        self.dropout_rng = np.random.default_rng([seed, 1])
         self._tape = None  # the caches of the last forward with targets, consumed by backward
 
     # --- modes and sizes --------------------------------------------------------------------------
@@ -272,7 +273,7 @@ class GPT:
         self._tape = None  # a new forward invalidates the old caches (and frees them before we allocate)
         ops, p, cfg = self.ops, self.params, self.config
         p_drop = cfg.dropout if self.training else 0.0
-        rng = self._rng
+        rng = self.dropout_rng
         tape = []  # one entry per layer call, in order; backward pops them in reverse
 
         def dropout(x):

@@ -1,0 +1,349 @@
+"""The whole model: config checks, GPT-2 init, float64 gradient check, modes, bad input, checkpoints."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tinygpt.errors import TinyGPTError
+from tinygpt.gradcheck import numerical_gradient, relative_error
+from tinygpt.model import GPT, GPTConfig, param_shapes
+
+TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
+
+
+def randomise(model, seed=0):
+    """Non-trivial biases and LayerNorm affines (init makes them 0 and 1, which hides bugs)."""
+    rng = np.random.default_rng(seed)
+    for name, p in model.params.items():
+        if p.ndim == 1:
+            p[...] = (rng.standard_normal(p.shape) * 0.5 + (1.0 if name.endswith("weight") else 0.0)).astype(
+                p.dtype
+            )
+        else:
+            p[...] = (rng.standard_normal(p.shape) * 0.3).astype(p.dtype)
+    return model
+
+
+def batch(config, B=3, T=None, seed=0):
+    rng = np.random.default_rng(seed)
+    T = T or config.block_size
+    return rng.integers(0, config.vocab_size, (B, T)), rng.integers(0, config.vocab_size, (B, T))
+
+
+# --- config -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"n_embd": 10, "n_head": 3}, "divisible"),
+        ({"vocab_size": 0}, "vocab_size"),
+        ({"n_layer": -1}, "n_layer"),
+        ({"block_size": 2.5}, "block_size"),
+        ({"n_head": True}, "n_head"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"bias": "yes"}, "bias"),
+    ],
+)
+def test_config_validation(change, message):
+    with pytest.raises(TinyGPTError, match=message):
+        GPTConfig(**{**TINY, **change})
+
+
+def test_config_round_trip_and_bad_dicts():
+    config = GPTConfig(**TINY, dropout=0.1, bias=False)
+    assert GPTConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(TinyGPTError, match="unknown.*n_ctx"):
+        GPTConfig.from_dict({**TINY, "n_ctx": 5})
+    with pytest.raises(TinyGPTError, match="missing: n_embd"):
+        GPTConfig.from_dict({k: v for k, v in TINY.items() if k != "n_embd"})
+
+
+# --- parameters and initialisation ------------------------------------------------------------------
+
+
+def test_gpt2_small_names_shapes_and_count():
+    shapes = param_shapes(GPTConfig(50257, 1024, 12, 12, 768))
+    assert shapes["wte.weight"] == (50257, 768)
+    assert shapes["h.11.attn.c_attn.weight"] == (768, 2304)
+    assert shapes["h.0.mlp.c_proj.weight"] == (3072, 768)
+    assert "lm_head.weight" not in shapes
+    assert sum(math.prod(s) for s in shapes.values()) == 124_439_808  # GPT-2 small, as published
+
+
+def test_gpt2_initialisation():
+    config = GPTConfig(vocab_size=500, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    model = GPT(config, seed=3)
+    p = model.params
+    assert p["wte.weight"].dtype == np.float32
+    assert p["wte.weight"].std() == pytest.approx(0.02, rel=0.02)
+    assert p["h.1.attn.c_attn.weight"].std() == pytest.approx(0.02, rel=0.03)
+    residual = 0.02 / math.sqrt(2 * 4)
+    assert p["h.2.attn.c_proj.weight"].std() == pytest.approx(residual, rel=0.03)
+    assert p["h.3.mlp.c_proj.weight"].std() == pytest.approx(residual, rel=0.03)
+    np.testing.assert_array_equal(p["h.0.ln_1.weight"], 1.0)
+    np.testing.assert_array_equal(p["ln_f.weight"], 1.0)
+    np.testing.assert_array_equal(p["h.0.mlp.c_fc.bias"], 0.0)
+    assert model.num_params() == sum(a.size for a in p.values())
+    assert model.num_params(non_embedding=True) == model.num_params() - 500 * 128 - 64 * 128
+    np.testing.assert_array_equal(GPT(config, seed=3).params["wpe.weight"], p["wpe.weight"])  # seeded
+    assert not np.array_equal(GPT(config, seed=4).params["wpe.weight"], p["wpe.weight"])
+
+
+def test_loss_at_init_is_log_vocab():
+    """GPT-2 init gives near-uniform predictions: loss ~ log(V)."""
+    config = GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=4, n_embd=64)
+    _, loss = GPT(config).forward(*batch(config, B=4))
+    assert loss == pytest.approx(math.log(65), abs=0.05)
+
+
+def test_flops_per_token_is_6n_plus_attention():
+    config = GPTConfig(vocab_size=101, block_size=16, n_layer=3, n_head=2, n_embd=12)
+    model = GPT(config)
+    C, T = 12, 16
+    weights = [
+        w for name, w in model.params.items() if name.endswith("weight") and w.ndim == 2 and "wpe" not in name
+    ]
+    matmul_macs = sum(w.size for w in weights)  # every 2-D weight but wpe multiplies once per token
+    biases_and_norms = sum(p.size for name, p in model.params.items() if p.ndim == 1)
+    attention = 3 * 2 * 2 * C * T  # q k^T and att v: 2 C T multiply-adds each per token, x3 for backward
+    assert model.flops_per_token() == 6 * (matmul_macs + biases_and_norms) + config.n_layer * attention
+
+
+# --- gradients --------------------------------------------------------------------------------------
+
+
+def model_gradcheck(model, idx, targets, names, max_entries=12, seed=0, before_forward=lambda: None):
+    """Central differences of the loss for a sample of entries of each named parameter."""
+    before_forward()
+    model.forward(idx, targets)
+    grads = model.backward()
+    rng = np.random.default_rng(seed)
+
+    def loss():
+        before_forward()
+        return model.forward(idx, targets)[1]
+
+    errors = {}
+    for name in names:
+        p = model.params[name]
+        entries = rng.choice(p.size, size=min(max_entries, p.size), replace=False)
+        numerical = numerical_gradient(loss, p, entries)
+        errors[name] = relative_error(grads[name].reshape(-1)[entries], numerical)
+    return errors
+
+
+CHECKED = ["wte.weight", "wpe.weight", "h.0.ln_1.weight", "h.0.ln_1.bias", "h.0.attn.c_attn.weight",
+           "h.0.attn.c_attn.bias", "h.1.attn.c_proj.weight", "h.1.ln_2.bias", "h.1.mlp.c_fc.weight",
+           "h.1.mlp.c_proj.bias", "ln_f.weight", "ln_f.bias"]  # fmt: skip
+
+
+def test_whole_model_gradcheck_float64():
+    config = GPTConfig(**TINY)
+    model = randomise(GPT(config, dtype=np.float64))
+    idx, targets = batch(config, B=2, T=7)  # T < block_size: wpe rows 7.. get zero gradient
+    idx[0, :4] = 5  # repeated ids: their embedding gradients must add up
+    targets[1, 2:4] = -1  # ignored targets
+    errors = model_gradcheck(model, idx, targets, CHECKED)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_every_parameter_gets_a_gradient_of_its_shape():
+    config = GPTConfig(**TINY)
+    model = randomise(GPT(config, dtype=np.float64))
+    idx, targets = batch(config, B=2, T=5)
+    model.forward(idx, targets)
+    grads = model.backward()
+    assert list(grads) == list(model.params)
+    for name, g in grads.items():
+        assert g.shape == model.params[name].shape and g.dtype == np.float64, name
+    np.testing.assert_array_equal(grads["wpe.weight"][5:], 0.0)  # positions never used
+    assert np.abs(grads["wpe.weight"][:5]).min() > 0
+
+
+def test_tied_head_gradient_reaches_tokens_never_seen():
+    """A token absent from the input still gets gradient through the LM head (wte is the output layer)."""
+    config = GPTConfig(**TINY)
+    model = randomise(GPT(config, dtype=np.float64))
+    idx = np.zeros((1, 4), dtype=np.int64)  # only token 0 in the input
+    model.forward(idx, np.ones((1, 4), dtype=np.int64))
+    dwte = model.backward()["wte.weight"]
+    assert np.abs(dwte[1:]).min() > 0
+
+
+def test_gradcheck_with_dropout_and_no_bias():
+    config = GPTConfig(**{**TINY, "dropout": 0.2, "bias": False})
+    model = randomise(GPT(config, dtype=np.float64))
+    assert "h.0.ln_1.bias" not in model.params
+    idx, targets = batch(config, B=2, T=6, seed=1)
+
+    def reseed():  # the same dropout masks for every forward
+        model.dropout_rng = np.random.default_rng(42)
+
+    names = ["wte.weight", "wpe.weight", "h.0.attn.c_attn.weight", "h.1.mlp.c_fc.weight", "ln_f.weight"]
+    errors = model_gradcheck(model, idx, targets, names, before_forward=reseed)
+    assert max(errors.values()) < 1e-6, errors
+
+
+# --- modes, dtypes, bad input -----------------------------------------------------------------------
+
+
+def test_dropout_only_in_training_mode():
+    config = GPTConfig(**{**TINY, "dropout": 0.3})
+    model = randomise(GPT(config))
+    idx, _ = batch(config)
+    assert model.training
+    a, _ = model.forward(idx)
+    b, _ = model.forward(idx)
+    assert not np.array_equal(a, b)  # fresh masks each call
+    model.eval()
+    assert not model.training
+    c, _ = model.forward(idx)
+    d, _ = model.forward(idx)
+    np.testing.assert_array_equal(c, d)
+    plain = GPT(GPTConfig(**TINY))
+    plain.params = model.params
+    np.testing.assert_array_equal(plain.forward(idx)[0], c)
+    assert model.train() is model and model.training
+
+
+def test_float32_stays_float32():
+    config = GPTConfig(**TINY)
+    model = GPT(config)
+    logits, loss = model.forward(*batch(config))
+    assert logits.dtype == np.float32 and isinstance(loss, float)
+    assert {g.dtype for g in model.backward().values()} == {np.dtype(np.float32)}
+
+
+def test_float32_matches_float64():
+    config = GPTConfig(**TINY)
+    m64 = randomise(GPT(config, dtype=np.float64))
+    m32 = GPT(config)
+    m32.params = {k: v.astype(np.float32) for k, v in m64.params.items()}
+    idx, targets = batch(config)
+    l64, loss64 = m64.forward(idx, targets)
+    l32, loss32 = m32.forward(idx, targets)
+    assert relative_error(l32, l64) < 1e-5
+    assert loss32 == pytest.approx(loss64, rel=1e-5)
+    g64, g32 = m64.backward(), m32.backward()
+    assert max(relative_error(g32[k], g64[k]) for k in g64) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "idx, message",
+    [
+        (np.zeros((2, 3), dtype=np.float32), "integer"),
+        (np.zeros((2, 3), dtype=bool), "integer"),
+        (np.zeros(3, dtype=np.int64), "shape"),
+        (np.zeros((1, 2, 3), dtype=np.int64), "shape"),
+        (np.zeros((1, 9), dtype=np.int64), "block_size"),
+        (np.full((1, 2), 11), "outside the vocabulary"),
+        (np.full((1, 2), -1), "outside the vocabulary"),
+        (np.zeros((0, 2), dtype=np.int64), "empty"),
+    ],
+)
+def test_bad_idx(idx, message):
+    with pytest.raises(TinyGPTError, match=message):
+        GPT(GPTConfig(**TINY)).forward(idx)
+
+
+def test_bad_targets_and_backward_order():
+    model = GPT(GPTConfig(**TINY))
+    idx = np.zeros((2, 3), dtype=np.int64)
+    with pytest.raises(TinyGPTError, match="targets.*outside"):
+        model.forward(idx, np.full((2, 3), -2))
+    with pytest.raises(TinyGPTError, match="does not match"):
+        model.forward(idx, np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(TinyGPTError, match="backward"):
+        GPT(GPTConfig(**TINY)).backward()  # before any forward
+    model.forward(idx)  # no targets: nothing to differentiate
+    with pytest.raises(TinyGPTError, match="backward"):
+        model.backward()
+    model.forward(idx, np.full((2, 3), -1))  # all ignored is fine: zero loss, zero gradient
+    assert all(not g.any() for g in model.backward().values())
+    with pytest.raises(TinyGPTError, match="backward"):
+        model.backward()  # twice
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(TinyGPTError, match="dtype"):
+        GPT(GPTConfig(**TINY), dtype=np.float16)
+    with pytest.raises(TinyGPTError, match="GPTConfig"):
+        GPT(TINY)
+    with pytest.raises(TinyGPTError):
+        GPT(GPTConfig(**TINY), backend="no-such-backend")
+
+
+def test_numba_backend_matches_numpy():
+    pytest.importorskip("numba")
+    config = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    ref = randomise(GPT(config))
+    fast = GPT(config, backend="numba")
+    fast.params = {k: v.copy() for k, v in ref.params.items()}
+    idx, targets = batch(config, B=2)
+    (l_ref, loss_ref), (l_fast, loss_fast) = ref.forward(idx, targets), fast.forward(idx, targets)
+    assert relative_error(l_fast, l_ref) < 1e-5 and loss_fast == pytest.approx(loss_ref, rel=1e-5)
+    g_ref, g_fast = ref.backward(), fast.backward()
+    assert max(relative_error(g_fast[k], g_ref[k]) for k in g_ref) < 1e-4
+
+
+# --- generation and checkpoints ---------------------------------------------------------------------
+
+
+def test_generate_greedy_matches_repeated_forward():
+    config = GPTConfig(**TINY)
+    model = randomise(GPT(config)).eval()
+    prompt = np.array([[1, 2, 3]])
+    out = model.generate(prompt, 4, temperature=0)
+    assert out.shape == (1, 7)
+    seq = prompt
+    for _ in range(4):
+        logits, _ = model.forward(seq)
+        seq = np.concatenate([seq, logits[:, -1:].argmax(-1)], axis=1)
+    np.testing.assert_array_equal(out, seq)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_save_and_load_round_trip(tmp_path, bias):
+    config = GPTConfig(**{**TINY, "bias": bias, "dropout": 0.1})
+    model = randomise(GPT(config, dtype=np.float64)).eval()
+    model.save_pretrained(tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    assert hf["model_type"] == "gpt2" and hf["n_layer"] == 2 and hf["n_positions"] == 8
+    loaded = GPT.from_pretrained(tmp_path, dtype=np.float64).eval()
+    assert loaded.config.dropout == 0.1 and loaded.config.bias  # GPT-2's format always has biases
+    idx, _ = batch(config)
+    np.testing.assert_array_equal(loaded.forward(idx)[0], model.forward(idx)[0])
+    assert GPT.from_pretrained(tmp_path, dropout=0.0).config.dropout == 0.0
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(TinyGPTError, match="no model directory"):
+        GPT.from_pretrained(tmp_path / "absent")
+    with pytest.raises(TinyGPTError, match="config.json"):
+        GPT.from_pretrained(tmp_path)
+    GPT(GPTConfig(**TINY)).save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    good = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**good, "activation_function": "relu"}))
+    with pytest.raises(TinyGPTError, match="activation_function"):
+        GPT.from_pretrained(tmp_path)
+    config_path.write_text(json.dumps({**good, "n_embd": 16}))
+    with pytest.raises(TinyGPTError, match="shape"):
+        GPT.from_pretrained(tmp_path)
+    config_path.write_text(json.dumps({**good, "n_layer": 3}))
+    with pytest.raises(TinyGPTError, match="missing h.2"):
+        GPT.from_pretrained(tmp_path)
+    config_path.write_text("{not json")
+    with pytest.raises(TinyGPTError, match="JSON"):
+        GPT.from_pretrained(tmp_path)
+    config_path.write_text(json.dumps(good))
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(TinyGPTError, match="cannot read"):
+        GPT.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(TinyGPTError, match="no model.safetensors"):
+        GPT.from_pretrained(tmp_path)
