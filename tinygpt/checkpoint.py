@@ -246,9 +246,13 @@ def load_model(out_dir: str | os.PathLike, backend: str = "numpy", dtype=np.floa
     return ckpt.model, ckpt.tokenizer
 
 
-def load_checkpoint(out_dir: str | os.PathLike, backend: str = "numpy", dtype=np.float32,
+def load_checkpoint(out_dir: str | os.PathLike, backend: str | None = None, dtype=np.float32,
                     with_optimizer: bool = True) -> Checkpoint:
-    """The current checkpoint of ``out_dir``, verified; missing or corrupt -> TinyGPTError."""
+    """The current checkpoint of ``out_dir``, verified; missing or corrupt -> TinyGPTError.
+
+    ``backend=None`` uses the backend the run was trained with (backends agree only to rounding, so an
+    exact resume must keep it), or "numpy" for a checkpoint that does not record one.
+    """
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -258,6 +262,8 @@ def load_checkpoint(out_dir: str | os.PathLike, backend: str = "numpy", dtype=np
     state = _verify(path)
     config = _read_json(path / "config.json")
     train_config = config.get("tinygpt_training", {})
+    if backend is None:
+        backend = train_config.get("backend", "numpy") if isinstance(train_config, dict) else "numpy"
     try:
         model = _load_gpt(path, config, dtype, backend)
     except TinyGPTError as exc:

@@ -237,8 +237,8 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 
 
 def _dropout_rng(model):
-    """The model's dropout Generator (GPT keeps it in ``_rng``); saved and restored for exact resume."""
-    rng = getattr(model, "_rng", None)
+    """The model's dropout Generator (``GPT.dropout_rng``); saved and restored for exact resume."""
+    rng = getattr(model, "dropout_rng", None)
     return rng if isinstance(rng, np.random.Generator) else None
 
 
@@ -261,7 +261,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
     metrics_path = out / "metrics.jsonl"
     ckpt = None
     if resume:
-        ckpt = load_checkpoint(out, backend=(overrides or {}).get("backend", cfg.backend))
+        ckpt = load_checkpoint(out, backend=(overrides or {}).get("backend"))  # None: the run's own
         saved = dict(ckpt.train_config)
         for name in FROZEN_ON_RESUME:
             if overrides and name in overrides and overrides[name] != saved.get(name):
@@ -306,7 +306,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
         state.update({k: ckpt.state[k] for k in state if k in ckpt.state})
         sampler_rng = rng_from_state(ckpt.state["sampler_rng"])
         if ckpt.state.get("dropout_rng") and _dropout_rng(model) is not None:
-            model._rng = rng_from_state(ckpt.state["dropout_rng"])
+            model.dropout_rng = rng_from_state(ckpt.state["dropout_rng"])
         _truncate_metrics(metrics_path, state["step"])
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -333,7 +333,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
         state["step"] = step
         state["elapsed"] = elapsed_before + time.perf_counter() - run_start
         tok_s = tokens_per_step * steps_timed / train_time if train_time > 0 else None
-        row = {"step": step, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
+        row = {"step": step, "train_loss": train_loss, "val_loss": val_loss,
                "lr": lr, "tokens_per_sec": round(tok_s, 1) if tok_s else None,
                "elapsed": round(state["elapsed"], 3), "tokens": state["tokens_seen"]}
         _append_jsonl(metrics_path, row)  # before the checkpoint: resume truncates rows past its step

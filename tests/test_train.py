@@ -1,0 +1,304 @@
+"""The training loop and its commands: exact resume, SIGKILL at random moments, divergence, eval, plot,
+configs, and bad input (one line on stderr, exit 2)."""
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinygpt import train as training
+from tinygpt.checkpoint import load_checkpoint
+from tinygpt.cli import main
+from tinygpt.errors import TinyGPTError
+from tinygpt.model import GPT
+
+TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\n"
+        "It is the east, and Juliet is the sun.\n\n"
+        "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n\n") * 12
+
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+        "--eval-iters", "2", "--warmup-iters", "2", "--backend", "numpy", "--quiet"]
+WALL_CLOCK = ("tokens_per_sec", "elapsed")  # measurements, not results
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "input.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def _rows(out):
+    rows = training.read_metrics(Path(out) / "metrics.jsonl")
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in rows]
+
+
+def _config(corpus, out, **kw):
+    values = {"data": str(corpus), "out": str(out), "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16,
+              "batch_size": 4, "eval_iters": 2, "warmup_iters": 2, "backend": "numpy", **kw}
+    return training.make_config(values)
+
+
+def test_training_lowers_the_loss_and_writes_metrics(corpus, tmp_path):
+    cfg = _config(corpus, tmp_path / "run", max_iters=60, eval_interval=20, learning_rate=1e-2,
+                  min_lr=1e-3, bias=True)
+    summary = training.train(cfg, quiet=True)
+    rows = training.read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 20, 40, 60]
+    for row in rows:
+        assert {"step", "train_loss", "val_loss", "lr", "tokens_per_sec", "elapsed"} <= set(row)
+    assert rows[0]["val_loss"] == pytest.approx(math.log(len(set(TEXT))), abs=0.15)  # uniform at init
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.8
+    assert rows[-1]["tokens_per_sec"] > 0 and rows[-1]["tokens"] == 60 * 4 * 16
+    assert summary["val_loss"] == rows[-1]["val_loss"] and summary["step"] == 60
+    assert (tmp_path / "run" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.state["step"] == 60 and ckpt.state["best_val_loss"] == min(r["val_loss"] for r in rows)
+    assert ckpt.train_config["lr_decay_iters"] == 60  # resolved once, saved for resume
+
+
+def test_stopped_and_resumed_run_writes_exactly_the_uninterrupted_metrics(corpus, tmp_path):
+    # dropout and gradient accumulation on, so the dropout RNG and micro-batching must resume exactly too
+    kw = {"dropout": 0.1, "grad_accum_steps": 2, "eval_interval": 3, "lr_decay_iters": 9}
+    training.train(_config(corpus, tmp_path / "full", max_iters=9, **kw), quiet=True)
+    training.train(_config(corpus, tmp_path / "part", max_iters=6, **kw), quiet=True)
+    training.train(training.TrainConfig(out=str(tmp_path / "part")), resume=True, quiet=True,
+                   overrides={"max_iters": 9})
+    assert _rows(tmp_path / "part") == _rows(tmp_path / "full")
+    assert [r["step"] for r in _rows(tmp_path / "full")] == [0, 3, 6, 9]
+    full, part = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
+    for name, p in full.model.params.items():
+        np.testing.assert_array_equal(part.model.params[name], p, err_msg=name)
+    assert part.state["sampler_rng"] == full.state["sampler_rng"]
+
+
+def test_resume_refuses_to_change_the_model_shape(corpus, tmp_path):
+    training.train(_config(corpus, tmp_path / "run", max_iters=2, eval_interval=2), quiet=True)
+    with pytest.raises(TinyGPTError, match="cannot change --n-layer"):
+        training.train(training.TrainConfig(out=str(tmp_path / "run")), resume=True, quiet=True,
+                       overrides={"n_layer": 2})
+    with pytest.raises(TinyGPTError, match="already holds a checkpoint"):
+        training.train(_config(corpus, tmp_path / "run", max_iters=2), quiet=True)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(corpus, tmp_path, monkeypatch):
+    forward = GPT.forward
+    calls = {"train": 0}
+
+    def exploding_forward(self, idx, targets=None):
+        logits, loss = forward(self, idx, targets)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] == 7:  # the 7th training step
+                return logits, float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", exploding_forward)
+    with pytest.raises(TinyGPTError, match=r"loss is nan at step 7.*last good checkpoint \(step 6\)"):
+        training.train(_config(corpus, tmp_path / "run", max_iters=10, eval_interval=2), quiet=True)
+    assert load_checkpoint(tmp_path / "run").state["step"] == 6
+    assert [r["step"] for r in training.read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0, 2, 4, 6]
+
+
+# A child process whose checkpoint writes are slowed down (each fsync sleeps), so that random kills
+# often land in the middle of a save.
+_SLOW_SAVES = """
+import sys, time
+import tinygpt.checkpoint as ckpt
+fsync = ckpt._fsync_path
+ckpt._fsync_path = lambda path: (time.sleep(0.01), fsync(path))
+from tinygpt.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(corpus, tmp_path):
+    def train_args(out):
+        return ["train", "--data", str(corpus), "--out", str(out), *TINY, "--dropout", "0.1",
+                "--max-iters", "60", "--eval-interval", "1", "--lr-decay-iters", "60"]
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "TINYGPT_CACHE": os.environ["TINYGPT_CACHE"], "OMP_NUM_THREADS": "1"}
+    rng = random.Random(1234)
+    steps, mid_save = [], 0
+    for life in range(6):
+        before = os.readlink(out / "latest") if (out / "latest").is_symlink() else None
+        cmd = [sys.executable, "-c", _SLOW_SAVES, *train_args(out), *(["--resume"] if life else [])]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # wait until this process has published a checkpoint of its own (it is in its training loop) ...
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (out / "latest").is_symlink() and os.readlink(out / "latest") != before:
+                break
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))  # ... then kill it at a random moment
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        stderr = proc.stderr.read().decode()
+        assert "Traceback" not in stderr, stderr
+        # a save was under way if a temporary or an unpublished step directory is left over
+        mid_save += len(list((out / "checkpoints").iterdir())) > 1
+        steps.append(load_checkpoint(out).state["step"])  # must always load
+    assert steps == sorted(steps) and steps[0] > 0, steps  # progress, never backwards
+    assert mid_save > 0  # at least one kill landed inside a checkpoint write
+    # Finish the run and compare with one never interrupted: the same metrics, row for row.
+    assert main(["train", "--resume", "--out", str(out), "--quiet"]) == 0
+    assert main(train_args(tmp_path / "clean")) == 0
+    assert _rows(out) == _rows(tmp_path / "clean")
+    assert [r["step"] for r in _rows(out)] == list(range(61))
+
+
+def test_cli_eval_prints_loss_perplexity_and_bits_per_byte(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "4",
+                 "--eval-interval", "4"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--out", str(out), "--backend", "numpy", "--batch-size", "5"]) == 0
+    printed = capsys.readouterr().out
+    loss = float(printed.split("loss ")[1].split()[0])
+    ppl = float(printed.split("perplexity ")[1].split()[0])
+    bpb = float(printed.split("bits per byte ")[1].split()[0])
+    assert ppl == pytest.approx(math.exp(loss), rel=1e-3)
+    assert bpb == pytest.approx(loss / math.log(2), rel=1e-3)  # ASCII: one byte per character
+
+    # the same number computed independently: every val window, mean cross-entropy
+    result = training.evaluate(out, backend="numpy")
+    model, tok = load_checkpoint(out).model, load_checkpoint(out).tokenizer
+    model.eval()
+    ids = np.array(tok.encode(TEXT))
+    val = ids[int(round(0.9 * len(ids))):]
+    n = (len(val) - 1) // 16
+    x = np.stack([val[i * 16 : i * 16 + 16] for i in range(n)])
+    y = np.stack([val[i * 16 + 1 : i * 16 + 17] for i in range(n)])
+    assert result["loss"] == pytest.approx(model.forward(x, y)[1], rel=1e-5)
+    assert result["tokens"] == y.size == int(printed.split(": ")[1].split()[0].replace(",", ""))
+
+
+def test_cli_plot_and_default_corpus(tmp_path, monkeypatch, capsys):
+    # `tinygpt train` without --data trains on the default corpus (here a stand-in, no network)
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    stand_in = tmp_path / "shakespeare.txt"
+    stand_in.write_text(TEXT)
+    import tinygpt.data
+
+    monkeypatch.setattr(tinygpt.data, "default_corpus_path", lambda: stand_in)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY, "--max-iters", "3", "--eval-interval", "1"]) == 0
+    assert load_checkpoint(out).train_config["data"] == str(stand_in)
+    (out / "loss.png").unlink()
+    capsys.readouterr()
+    assert main(["plot", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "loss.png")
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_shipped_configs():
+    assert {"default", "shakespeare_char"} <= set(training.shipped_configs())
+    sc = training.make_config(training.read_config_file("shakespeare_char"))
+    nanogpt_cpu = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12,
+                   "learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 100, "beta2": 0.99,
+                   "max_iters": 2000, "lr_decay_iters": 2000, "dropout": 0.0, "eval_iters": 20,
+                   "tokenizer": "char", "grad_clip": 1.0, "weight_decay": 0.1}
+    assert {k: getattr(sc, k) for k in nanogpt_cpu} == nanogpt_cpu
+    default = training.make_config(training.read_config_file("default"))
+    assert default.data is None and default.tokenizer == "char"
+
+
+# --- bad input: one line on stderr, exit status 2, no traceback -----------------------------------------
+
+
+def _one_line_error(capsys, argv):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_bad_data_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "binary.txt").write_bytes(b"\x00\xff\xfe abc")
+    (tmp_path / "short.txt").write_text("abc")
+    cases = {str(tmp_path / "missing.txt"): "not found", str(tmp_path / "empty.txt"): "empty",
+             str(tmp_path): "directory", str(tmp_path / "binary.txt"): "UTF-8",
+             str(tmp_path / "short.txt"): "too small"}
+    for path, message in cases.items():
+        line = _one_line_error(capsys, ["train", "--data", path, "--out", str(tmp_path / "o"), *TINY])
+        assert message in line
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n-embd", "30", "--n-head", "4"], "divisible"),
+    (["--n-layer", "0"], "--n-layer must be a positive integer"),
+    (["--batch-size", "-3"], "--batch-size must be a positive integer"),
+    (["--block-size", "0"], "--block-size"),
+    (["--max-iters", "0"], "--max-iters"),
+    (["--learning-rate", "-1"], "--learning-rate must be positive"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--learning-rate", "abc"], "invalid float value"),
+    (["--n-layer", "2.5"], "invalid int value"),
+    (["--bias", "maybe"], "invalid boolean"),
+    (["--tokenizer", "words"], "invalid choice"),
+    (["--tokenizer", "bpe"], "--vocab-size"),
+    (["--no-such-option"], "unrecognized arguments"),
+    (["--config", "no_such_config"], "neither a file nor a shipped config"),
+])
+def test_bad_settings(tmp_path, capsys, flags, message, monkeypatch):
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "in.txt").write_text(TEXT)
+    line = _one_line_error(capsys, ["train", "--data", str(tmp_path / "in.txt"), "--out", str(tmp_path / "o"),
+                                    "--backend", "numpy", *flags])
+    assert message in line
+
+
+def test_bad_config_files(tmp_path, capsys):
+    (tmp_path / "typo.toml").write_text("n_layers = 4\n")
+    line = _one_line_error(capsys, ["train", "--config", str(tmp_path / "typo.toml")])
+    assert "unknown setting 'n_layers'" in line
+    (tmp_path / "broken.toml").write_text("n_layer = = 4\n")
+    assert "not valid TOML" in _one_line_error(capsys, ["train", "--config", str(tmp_path / "broken.toml")])
+    (tmp_path / "types.toml").write_text('n_layer = "four"\n')
+    assert "--n-layer" in _one_line_error(capsys, ["train", "--config", str(tmp_path / "types.toml")])
+
+
+def test_missing_or_corrupt_checkpoint_for_resume_and_eval(corpus, tmp_path, capsys):
+    missing = str(tmp_path / "missing")
+    assert "does not exist" in _one_line_error(capsys, ["train", "--resume", "--out", missing])
+    assert "does not exist" in _one_line_error(capsys, ["eval", "--out", missing])
+    (tmp_path / "empty").mkdir()
+    assert "no checkpoint" in _one_line_error(capsys, ["eval", "--out", str(tmp_path / "empty")])
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "1"]) == 0
+    weights = out / "model.safetensors"
+    weights.resolve().write_bytes(weights.read_bytes()[:100])
+    assert "corrupt" in _one_line_error(capsys, ["train", "--resume", "--out", str(out)])
+    assert "corrupt" in _one_line_error(capsys, ["eval", "--out", str(out), "--backend", "numpy"])
+    # and as a real process: no traceback on stderr, exit status 2
+    proc = subprocess.run([sys.executable, "-m", "tinygpt.cli", "eval", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "corrupt" in proc.stderr
+    assert "no metrics" in _one_line_error(capsys, ["plot", str(tmp_path / "empty")])
+
+
+def test_config_values_are_checked_when_set_from_python():
+    with pytest.raises(TinyGPTError, match="unknown setting"):
+        training.make_config({"nlayer": 3})
+    with pytest.raises(TinyGPTError, match="--lr-decay-iters"):
+        training.make_config({"warmup_iters": 100, "lr_decay_iters": 50})
+    assert training.make_config({"learning_rate": 1}).learning_rate == 1.0  # TOML ints are fine as floats
+    assert json.loads(json.dumps(training.make_config({}).to_dict()))["n_layer"] == 4
