@@ -332,20 +332,43 @@ def test_train_learns_most_frequent_pair_first_and_breaks_ties_by_smallest_pair(
     assert tok.token_bytes[256:258] == [b"aa", b"ab"]
 
 
-def test_train_matches_naive_recount_bpe():
-    """The incremental trainer gives the merges of the textbook loop that recounts every pair each step."""
-    text = training_corpus()[:5000]
+def naive_bpe_merges(text: str, n_merges: int) -> list[tuple[int, int]]:
+    """The textbook loop: recount every pair of every chunk at each step (minbpe-style, slow)."""
     words = [list(c.encode()) for c in regex.findall(GPT2_SPLIT_PATTERN, text)]
-    merges = []
-    for step in range(120):
+    token_bytes = [bytes([b]) for b in range(256)]
+    merges, banned = [], set()
+    while len(merges) < n_merges:
         counts = {}
         for w in words:
             for p in zip(w, w[1:]):
                 counts[p] = counts.get(p, 0) + 1
-        pair = min(counts, key=lambda p: (-counts[p], p))
+        candidates = [p for p in counts if p not in banned]
+        if not candidates:
+            break
+        pair = min(candidates, key=lambda p: (-counts[p], p))  # highest count, then smallest pair
+        if token_bytes[pair[0]] + token_bytes[pair[1]] in token_bytes:
+            banned.add(pair)  # would duplicate an existing token
+            continue
+        words = [tokenizer_module.merge_pair(w, pair, 256 + len(merges)) for w in words]
+        token_bytes.append(token_bytes[pair[0]] + token_bytes[pair[1]])
         merges.append(pair)
-        words = [tokenizer_module.merge_pair(w, pair, 256 + step) for w in words]
-    assert BPETokenizer.train(text, vocab_size=256 + 120).merges == merges
+    return merges
+
+
+def test_train_matches_naive_recount_bpe():
+    """The incremental trainer gives the merges of the textbook loop that recounts every pair each step."""
+    text = training_corpus()[:5000]
+    assert BPETokenizer.train(text, vocab_size=256 + 120).merges == naive_bpe_merges(text, 120)
+
+
+TINY_ALPHABET = list("aab  bcd\n.é")
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(TINY_ALPHABET), max_size=120), n_merges=st.integers(1, 40))
+def test_train_matches_naive_recount_bpe_on_random_text(text, n_merges):
+    # A tiny alphabet makes back-to-back sites ("abab"), runs ("aaaa") and duplicate tokens common.
+    assert BPETokenizer.train(text, vocab_size=256 + n_merges).merges == naive_bpe_merges(text, n_merges)
 
 
 def test_train_stops_when_text_has_no_more_pairs():
@@ -416,15 +439,13 @@ def _hf_from_files(encoder_json, vocab_bpe):
     return hf
 
 
-def _tiktoken_from_files(encoder_json, vocab_bpe, special_tokens):
+def _tiktoken_from_files(encoder_json, vocab_bpe, special_tokens, pat_str=GPT2_SPLIT_PATTERN):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TIKTOKEN_CACHE_DIR", "")
         ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
             vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(encoder_json), clobber_one_byte_tokens=True
         )
-    return tiktoken.Encoding(
-        name="trained", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=special_tokens
-    )
+    return tiktoken.Encoding("trained", pat_str=pat_str, mergeable_ranks=ranks, special_tokens=special_tokens)
 
 
 def test_trained_tokenizer_exports_to_tiktoken_and_hf(trained, tmp_path):
@@ -439,6 +460,19 @@ def test_trained_tokenizer_exports_to_tiktoken_and_hf(trained, tmp_path):
     reloaded = BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)
     assert reloaded.merges == trained.merges and reloaded.special_tokens == trained.special_tokens
     assert load_tokenizer(tmp_path).merges == trained.merges  # a directory with the file pair
+
+
+def test_gpt4_pattern_tokenizer_exports_to_tiktoken_with_cl100k_pat_str(tmp_path):
+    tok = BPETokenizer.train(training_corpus(), vocab_size=500, pattern="gpt4")
+    assert tok.pattern_name == "gpt4" and load_tokenizer_round_trip(tok, tmp_path).pattern_name == "gpt4"
+    tk = _tiktoken_from_files(*tok.save_gpt2_files(tmp_path), {}, pat_str=cl100k_pat_str())
+    for text in [training_corpus(), generated_text(1000, seed=5), *SAMPLES.values()]:
+        assert tok.encode(text) == tk.encode_ordinary(text)
+
+
+def load_tokenizer_round_trip(tok, tmp_path):
+    tok.save(tmp_path / "round_trip.json")
+    return load_tokenizer(tmp_path / "round_trip.json")
 
 
 def test_shakespeare_tokenizer_exports_to_tiktoken_and_hf(shakespeare, shakespeare_4096, tmp_path):
@@ -558,7 +592,16 @@ def test_bad_encode_decode_input(gpt2):
          "byte_ids"),
         ('{"type": "bpe", "pattern": "gpt2", "special_tokens": {"<s>": 5}, "byte_ids": null, "merges": []}',
          "special token ids must be 256"),
+        ('{"type": "bpe", "pattern": "gpt2", "special_tokens": 5, "byte_ids": null, "merges": []}',
+         "bad or missing field"),
+        ('{"type": "bpe", "pattern": "gpt2", "special_tokens": {}, "byte_ids": ["x"], "merges": []}',
+         "bad or missing field"),
+        ('{"type": "bpe", "pattern": "nope", "special_tokens": {}, "byte_ids": null, "merges": []}',
+         "unknown split pattern name"),
+        ('{"type": "bpe", "pattern": "gpt2", "special_tokens": {}, "byte_ids": null, "merges": [7]}',
+         "bad or missing field"),
         ('{"type": "char", "chars": ""}', "non-empty list"),
+        ('{"type": "char", "chars": "aa"}', "distinct"),
         ("[1, 2]", "not a tokenizer file"),
     ],
 )

@@ -528,8 +528,10 @@ class BPETokenizer:
             merges = [tuple(m) for m in d["merges"]]
             specials, byte_ids = d["special_tokens"], d["byte_ids"]
             return cls(merges, pattern=d["pattern"], special_tokens=specials, byte_ids=byte_ids)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise TinyGPTError(f"corrupt BPE tokenizer: bad or missing field ({exc})") from None
+        except TinyGPTError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise TinyGPTError(f"corrupt BPE tokenizer: bad or missing field ({exc!r})") from None
 
     def save(self, path) -> None:
         """One JSON file: pattern, special tokens, byte ids, then one merge per line with its token.
@@ -672,16 +674,17 @@ def _learn_merges(chunk_counts: dict[str, int], n_merges: int) -> list[tuple[int
     heapq.heapify(heap)
     token_bytes = [bytes([b]) for b in range(256)]
     known_bytes = set(token_bytes)
+    banned: set[tuple[int, int]] = set()  # pairs whose merged bytes are already a token
     merges: list[tuple[int, int]] = []
     heappop, heappush = heapq.heappop, heapq.heappush  # local names: this loop is the hot path
     while len(merges) < n_merges and heap:
         neg_count, pair = heappop(heap)
-        if pair_counts.get(pair) != -neg_count:
+        if pair_counts.get(pair) != -neg_count or pair in banned:
             continue  # outdated entry: the pair's count changed (a newer entry holds it) or it was merged
         a, b = pair
         merged = token_bytes[a] + token_bytes[b]
         if merged in known_bytes:
-            del pair_counts[pair]  # never merge into a token that already exists
+            banned.add(pair)
             continue
         new_id = 256 + len(merges)
         merges.append(pair)
@@ -689,23 +692,35 @@ def _learn_merges(chunk_counts: dict[str, int], n_merges: int) -> list[tuple[int
         known_bytes.add(merged)
         del pair_counts[pair]
 
-        # Rewrite the words holding (a, b); collect each pair's net count change over all of them.
+        # Rewrite the words holding (a, b), collecting each neighbouring pair's net count change.
+        # At a merge site x a b y (freq f): (x, a) and (b, y) lose f, (x, ab) and (ab, y) gain f.
+        # Back-to-back sites "a b a b" share the middle pair: (b, a) is lost once, as the left pair
+        # of the second site, and (ab, ab) gained once.
         delta: dict[tuple[int, int], int] = defaultdict(int)
         for w in words_with.pop(pair):
             word = words[w]
-            new_word = merge_pair(word, pair, new_id)
-            if len(new_word) == len(word):
-                continue  # this word lost the pair to an earlier merge
-            freq = freqs[w]
-            # Subtracting all old pairs and adding all new ones nets to exactly the changes around the
-            # merge sites (words are short: ~5 tokens), and handles overlaps like "a a a" for free.
-            for p in zip(word, word[1:]):
-                delta[p] -= freq
-            for p in zip(new_word, new_word[1:]):
-                delta[p] += freq
-                if new_id in p:
-                    words_with[p].add(w)
-            words[w] = new_word
+            n, freq = len(word), freqs[w]
+            new_word: list[int] = []
+            i = 0
+            while i < n:
+                if i + 1 < n and word[i] == a and word[i + 1] == b:
+                    if new_word:  # left neighbour x (the previous site's new token if back-to-back)
+                        x = new_word[-1]
+                        delta[(b if x == new_id else x, a)] -= freq
+                        delta[(x, new_id)] += freq
+                        words_with[(x, new_id)].add(w)
+                    next_is_site = i + 3 < n and word[i + 2] == a and word[i + 3] == b
+                    if i + 2 < n and not next_is_site:  # right neighbour y
+                        y = word[i + 2]
+                        delta[(b, y)] -= freq
+                        delta[(new_id, y)] += freq
+                        words_with[(new_id, y)].add(w)
+                    new_word.append(new_id)
+                    i += 2
+                else:
+                    new_word.append(word[i])
+                    i += 1
+            words[w] = new_word  # unchanged if an earlier merge took the pair from this word
         delta.pop(pair, None)
         for p, d in delta.items():
             if d:
@@ -807,6 +822,8 @@ def load_tokenizer(spec) -> BPETokenizer | CharTokenizer:
     """
     if spec == "gpt2":
         return BPETokenizer.gpt2()
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TinyGPTError(f"a tokenizer spec is 'gpt2' or a path, got {type(spec).__name__}")
     path = Path(spec)
     if path.is_dir():
         if (path / "tokenizer.json").is_file():
