@@ -555,3 +555,14 @@ def test_cli_errors_have_no_traceback(tmp_path):
         )  # fmt: skip
         assert proc.returncode == 2
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bench_generate_runs_and_agrees_with_transformers(capsys):
+    from tinygpt.cli import main
+
+    rc = main(["bench", "generate", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--vocab-size", "97",
+               "--block-size", "32", "--prompt-len", "4", "--new-tokens", "6", "--repeats", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "KV cache tokens/s" in out and "recompute tokens/s" in out and "cache speed-up" in out
+    assert "identical to transformers': 100.0% of 6" in out
