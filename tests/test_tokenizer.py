@@ -267,6 +267,17 @@ def test_special_tokens_of_a_trained_tokenizer():
         assert tok.decode(tok.encode(text, allowed_special=allowed)) == text
 
 
+def test_special_token_strings_in_training_text_are_not_learned_from():
+    doc = "the cat sat on the mat. " * 20
+    corpus = (doc + "<|endoftext|>") * 30
+    with_specials = BPETokenizer.train(corpus, vocab_size=300, special_tokens=["<|endoftext|>"])
+    ordinary = BPETokenizer.train(corpus, vocab_size=299)
+    assert not any(b"|" in t for t in with_specials.token_bytes[256:-1])  # none from the separator
+    assert any(b"|" in t for t in ordinary.token_bytes[256:])  # but without specials it is ordinary text
+    ids = with_specials.encode(doc + "<|endoftext|>", allowed_special="all")
+    assert ids[-1] == with_specials.special_tokens["<|endoftext|>"]
+
+
 def test_longest_special_token_wins():
     tok = BPETokenizer([], special_tokens={"<a>": 256, "<a><b>": 257})
     assert tok.encode("<a><b><a>", allowed_special="all") == [257, 256]

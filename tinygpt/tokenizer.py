@@ -76,6 +76,8 @@ _ASCII_SPLIT_PATTERNS = {
 
 ENDOFTEXT = "<|endoftext|>"
 
+_SKIPPING_PATTERN = "the split pattern skips some characters of the text; it must match all of it"
+
 # sha256 of OpenAI's GPT-2 files (the values tiktoken checks its downloads against).
 GPT2_FILES_SHA256 = {
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
@@ -407,7 +409,7 @@ class BPETokenizer:
         """
         chunks = self.split(text)
         if self.pattern_name is None and sum(map(len, chunks)) != len(text):
-            raise TinyGPTError("the split pattern skips some characters of the text; it must match all of it")
+            raise TinyGPTError(_SKIPPING_PATTERN)
         cache = self._chunk_cache
         if len(cache) > _CHUNK_CACHE_LIMIT:
             cache.clear()
@@ -483,6 +485,8 @@ class BPETokenizer:
         Ties break deterministically: highest count first, then the smallest pair (a, b) of ids. A
         pair whose merged bytes already exist as a token (possible via another merge path) is never
         merged, so all tokens are distinct. Training stops early if the text runs out of pairs.
+        Occurrences of the special tokens in ``text`` (say ``<|endoftext|>`` between documents) are
+        cut out before counting, as HF tokenizers does: no merge is learned from them.
 
         >>> BPETokenizer.train("aaab " * 10, vocab_size=258).merges  # (a,a) x20, then a tie at 10:
         [(97, 97), (97, 98)]
@@ -501,13 +505,21 @@ class BPETokenizer:
             raise TinyGPTError(
                 f"vocab_size must be an int >= 256 + {len(special_tokens)} special tokens, got {vocab_size!r}"
             )
-        pattern_name, pattern_regex = resolve_split_pattern(pattern)
-        chunk_counts = Counter(regex.findall(pattern_regex, text))
-        if sum(len(c) * n for c, n in chunk_counts.items()) != len(text):
-            raise TinyGPTError("the split pattern skips some characters of the text; it must match all of it")
+        splitter = cls([], pattern=pattern)
+        # Special-token strings in the text (document separators) are cut out, not learned from.
+        pieces = [text]
+        if special_tokens:
+            alternatives = "|".join(regex.escape(s) for s in sorted(special_tokens, key=len, reverse=True))
+            pieces = regex.split(alternatives, text)
+        chunk_counts: Counter[str] = Counter()
+        for piece in pieces:
+            chunks = splitter.split(piece)
+            if sum(map(len, chunks)) != len(piece):
+                raise TinyGPTError(_SKIPPING_PATTERN)
+            chunk_counts.update(chunks)
         merges = _learn_merges(chunk_counts, vocab_size - 256 - len(special_tokens))
         specials = {s: 256 + len(merges) + i for i, s in enumerate(special_tokens)}
-        return cls(merges, pattern=pattern_name or pattern_regex, special_tokens=specials)
+        return cls(merges, pattern=splitter.pattern_name or splitter.pattern, special_tokens=specials)
 
     # --- files ---
 
