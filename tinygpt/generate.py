@@ -247,67 +247,70 @@ def _cached_attention(qkv, kv, pos, n_head):
     return y.transpose(0, 2, 1, 3).reshape(B, T, C)
 
 
+def _transformer(params, config, x, attention):
+    """The residual stream through every block, then ln_f: x (B, T, C) -> (B, T, C), x updated in place.
+
+    ``attention(i, qkv)`` is layer i's causal self-attention, (B, T, 3C) -> (B, T, C): the only part in
+    which the cached and the uncached forward passes differ.
+    """
+    for i in range(config.n_layer):
+        p = f"h.{i}."
+        h, _ = layernorm_forward(x, params[p + "ln_1.weight"], params.get(p + "ln_1.bias"))
+        qkv, _ = linear_forward(h, params[p + "attn.c_attn.weight"], params.get(p + "attn.c_attn.bias"))
+        y, _ = linear_forward(
+            attention(i, qkv), params[p + "attn.c_proj.weight"], params.get(p + "attn.c_proj.bias")
+        )
+        x += y  # residual, in place: x is ours
+        h, _ = layernorm_forward(x, params[p + "ln_2.weight"], params.get(p + "ln_2.bias"))
+        h, _ = linear_forward(h, params[p + "mlp.c_fc.weight"], params.get(p + "mlp.c_fc.bias"))  # (B, T, 4C)
+        h, _ = gelu_forward(h)
+        h, _ = linear_forward(h, params[p + "mlp.c_proj.weight"], params.get(p + "mlp.c_proj.bias"))
+        x += h
+    return x
+
+
+def _last_logits(params, x, lm_head=None):
+    """ln_f and the tied LM head on the last position only: x (B, T, C) -> logits (B, V).
+
+    Generation needs the next-token scores alone; the other T-1 rows of the (T, C) @ (C, V) head would be
+    wasted work, by far the largest matmul of the model.
+    """
+    x_last, _ = layernorm_forward(x[:, -1, :], params["ln_f.weight"], params.get("ln_f.bias"))  # (B, C)
+    return x_last @ (params["wte.weight"].T if lm_head is None else lm_head)  # (B, C) @ (C, V)
+
+
 def forward_cached(params, config, idx, kv_cache, pos, lm_head=None):
     """Run T new tokens at positions pos..pos+T-1 through the model, reading and extending the KV cache.
 
     idx (B, T) int, kv_cache from ``new_kv_cache`` holding positions 0..pos-1 -> logits (B, V) of the LAST
-    new token only (the next-token scores; the other T-1 rows of the LM head would be wasted work).
-    Prefill is ``pos=0`` with the whole prompt; a decode step is ``pos=t`` with one token.
-    ``lm_head`` is the (C, V) unembedding, ``wte.T`` (a view) when None.
+    new token (the next-token scores). Prefill is ``pos=0`` with the whole prompt; a decode step is
+    ``pos=t`` with one token. ``lm_head`` is the (C, V) unembedding, ``wte.T`` (a view) when None.
     """
     B, T = idx.shape
     if pos + T > config.block_size:
         raise TinyGPTError(f"positions up to {pos + T} exceed block_size {config.block_size}")
-    wte = params["wte.weight"]
-    x = wte[idx]  # (B, T, C)
-    x += params["wpe.weight"][pos : pos + T]  # absolute positions of the new tokens
-    for i in range(config.n_layer):
-        p = f"h.{i}."
-        h, _ = layernorm_forward(x, params[p + "ln_1.weight"], params.get(p + "ln_1.bias"))
-        qkv = h @ params[p + "attn.c_attn.weight"]  # (B, T, C) @ (C, 3C)
-        if (b := params.get(p + "attn.c_attn.bias")) is not None:
-            qkv += b
-        y = _cached_attention(qkv, kv_cache[i], pos, config.n_head)  # (B, T, C)
-        y = y @ params[p + "attn.c_proj.weight"]
-        if (b := params.get(p + "attn.c_proj.bias")) is not None:
-            y += b
-        x += y  # residual, in place: x is ours
-        h, _ = layernorm_forward(x, params[p + "ln_2.weight"], params.get(p + "ln_2.bias"))
-        h = h @ params[p + "mlp.c_fc.weight"]  # (B, T, 4C)
-        if (b := params.get(p + "mlp.c_fc.bias")) is not None:
-            h += b
-        h, _ = gelu_forward(h)
-        h = h @ params[p + "mlp.c_proj.weight"]  # (B, T, C)
-        if (b := params.get(p + "mlp.c_proj.bias")) is not None:
-            h += b
-        x += h
-    x_last, _ = layernorm_forward(x[:, -1, :], params["ln_f.weight"], params.get("ln_f.bias"))  # (B, C)
-    return x_last @ (wte.T if lm_head is None else lm_head)  # (B, C) @ (C, V) -> (B, V)
+    x = params["wte.weight"][idx]  # (B, T, C)
+    x += params["wpe.weight"][pos : pos + T]  # the absolute positions of the new tokens
+
+    def attention(i, qkv):
+        return _cached_attention(qkv, kv_cache[i], pos, config.n_head)
+
+    return _last_logits(params, _transformer(params, config, x, attention), lm_head)
 
 
 def forward_uncached(params, config, idx):
     """The reference: the full forward pass of ``tinygpt.layers`` over idx, nothing cached.
 
-    idx (B, T) int with T <= block_size -> logits (B, V) of the last position. This is exactly the
-    training model's computation (embedding, pre-LN blocks with full causal attention, ln_f, tied LM head),
-    so generating with ``use_cache=False`` checks the KV cache against it.
+    idx (B, T) int with T <= block_size -> logits (B, V) of the last position. Full causal attention over
+    the whole window (``layers.attention_forward``, the training model's), so generating with
+    ``use_cache=False`` checks the KV cache against it.
     """
-    wte = params["wte.weight"]
-    x, _ = embedding_forward(idx, wte, params["wpe.weight"])  # (B, T, C)
-    for i in range(config.n_layer):
-        p = f"h.{i}."
-        h, _ = layernorm_forward(x, params[p + "ln_1.weight"], params.get(p + "ln_1.bias"))
-        qkv, _ = linear_forward(h, params[p + "attn.c_attn.weight"], params.get(p + "attn.c_attn.bias"))
-        y, _ = attention_forward(qkv, config.n_head)
-        y, _ = linear_forward(y, params[p + "attn.c_proj.weight"], params.get(p + "attn.c_proj.bias"))
-        x = x + y
-        h, _ = layernorm_forward(x, params[p + "ln_2.weight"], params.get(p + "ln_2.bias"))
-        h, _ = linear_forward(h, params[p + "mlp.c_fc.weight"], params.get(p + "mlp.c_fc.bias"))
-        h, _ = gelu_forward(h)
-        h, _ = linear_forward(h, params[p + "mlp.c_proj.weight"], params.get(p + "mlp.c_proj.bias"))
-        x = x + h
-    x_last, _ = layernorm_forward(x[:, -1, :], params["ln_f.weight"], params.get("ln_f.bias"))
-    return x_last @ wte.T  # (B, V)
+    x, _ = embedding_forward(idx, params["wte.weight"], params["wpe.weight"])  # (B, T, C)
+
+    def attention(i, qkv):
+        return attention_forward(qkv, config.n_head)[0]
+
+    return _last_logits(params, _transformer(params, config, x, attention))
 
 
 def _lm_head_weight(wte, n_steps):
