@@ -705,3 +705,22 @@ def test_cli_train_bad_vocab_size_and_corrupt_file(tmp_path):
     bad.write_text("{", encoding="utf-8")
     proc = run_cli("encode", "--tokenizer", bad, "x")
     assert proc.returncode == 2 and "corrupt tokenizer file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_tokenizer_runs_on_a_small_corpus(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(training_corpus(), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinygpt.cli", "bench", "tokenizer", "--data", str(corpus),
+         "--vocab-size", "400", "--repeats", "1"],
+        capture_output=True, text=True, encoding="utf-8", timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "GPT-2 ids identical in all three: True" in proc.stdout
+    assert "tokens of the corpus, trained tokenizer" in proc.stdout
+    assert "trained vocab: tinygpt 400, HF 400" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinygpt.cli", "bench", "tokenizer", "--data", str(tmp_path / "missing.txt")],
+        capture_output=True, text=True, encoding="utf-8", timeout=300,
+    )
+    assert proc.returncode == 2 and "corpus not found" in proc.stderr and "Traceback" not in proc.stderr
