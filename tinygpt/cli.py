@@ -237,14 +237,15 @@ def _add_sample(sub):
         "model.safetensors and the tokenizer's vocab.json + merges.txt (without them: GPT-2's tokenizer)",
     )  # fmt: skip
     prompt = p.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", default="", help="text to continue (default: none, the start token)")
+    prompt.add_argument("--prompt", default="", metavar="TEXT", help="text to continue (default: none)")
     prompt.add_argument("--prompt-file", metavar="F", help="continue the text of this UTF-8 file, as is")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per sample (200)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, 0 = greedy (1.0)")
-    p.add_argument("--top-k", type=int, default=None, help="sample from the K most likely tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with mass >= P")
-    p.add_argument("--num-samples", type=int, default=1, help="independent samples to generate (1)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: fresh randomness)")
+    add = p.add_argument
+    add("--max-new-tokens", type=int, default=200, metavar="N", help="tokens per sample (200)")
+    add("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)")
+    add("--top-k", type=int, default=None, metavar="K", help="keep the K most likely tokens (0 = off)")
+    add("--top-p", type=float, default=None, metavar="P", help="nucleus: smallest set of mass >= P (1 = off)")
+    add("--num-samples", type=int, default=1, metavar="N", help="samples to generate (1)")
+    add("--seed", type=int, default=None, metavar="S", help="sampler seed (default: fresh randomness)")
     p.add_argument("--stop-at-eos", action="store_true", help="end a sample at <|endoftext|> (GPT-2's)")
     p.add_argument(
         "--backend", choices=_BACKEND_CHOICES, default="numpy",
