@@ -168,3 +168,20 @@ def test_lr_schedule_shape():
 def test_lr_always_between_zero_and_peak(step, warmup, decay):
     lr = lr_at(step, 6e-4, warmup, max(decay, warmup), 6e-5)
     assert 0.0 < lr <= 6e-4 + 1e-15
+
+
+def test_fused_kernel_gives_the_same_updates():
+    from tinygpt.kernels import get_ops
+
+    rng = np.random.default_rng(5)
+    a = _params(rng, np.float32)
+    b = {k: v.copy() for k, v in a.items()}
+    opt_a = AdamW(a, lr=3e-3, weight_decay=0.2)
+    opt_b = AdamW(b, lr=3e-3, weight_decay=0.2, kernel=get_ops("numba").adamw_update)
+    for _ in range(20):
+        grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in a.items()}
+        opt_a.step(grads)
+        opt_b.step(grads)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert not np.array_equal(a["ln_f.weight"], _params(np.random.default_rng(5), np.float32)["ln_f.weight"])

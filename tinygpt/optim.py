@@ -32,10 +32,15 @@ class AdamW:
     The arithmetic follows ``torch.optim.AdamW`` term by term, so both produce the same updates (a test
     checks this over many steps). Every operation writes into ``p``, ``m``, ``v`` or one reusable scratch
     buffer, so a step allocates nothing.
+
+    ``kernel`` optionally replaces the NumPy arithmetic of :meth:`step` with a fused function of the
+    signature of ``tinygpt.kernels``' ``adamw_update(param, grad, m, v, lr, beta1, beta2, eps,
+    weight_decay, bias_corr1, bias_corr2)``, e.g. ``get_ops("numba").adamw_update``: one parallel pass per
+    tensor instead of a dozen NumPy passes. The state (and so checkpoints) is the same either way.
     """
 
     def __init__(self, params: dict[str, np.ndarray], lr: float, betas: tuple[float, float] = (0.9, 0.95),
-                 eps: float = 1e-8, weight_decay: float = 0.1):
+                 eps: float = 1e-8, weight_decay: float = 0.1, kernel=None):
         if not lr >= 0.0:
             raise TinyGPTError(f"learning rate must be >= 0, got {lr}")
         if not all(0.0 <= b < 1.0 for b in betas):
@@ -49,6 +54,7 @@ class AdamW:
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
+        self.kernel = kernel
         self.step_count = 0
         self.exp_avg = {name: np.zeros_like(p) for name, p in params.items()}  # m
         self.exp_avg_sq = {name: np.zeros_like(p) for name, p in params.items()}  # v
@@ -69,6 +75,11 @@ class AdamW:
         for name, p in self.params.items():
             g = grads[name]
             m, v = self.exp_avg[name], self.exp_avg_sq[name]
+            if self.kernel is not None:
+                decay = self.weight_decay if self.decays[name] else 0.0
+                self.kernel(p, np.ascontiguousarray(g, dtype=p.dtype), m, v, lr, b1, b2, self.eps, decay,
+                            bias_correction1, bias_correction2)
+                continue
             tmp = self._scratch[: p.size].reshape(p.shape)
             if self.decays[name] and self.weight_decay:
                 p *= 1.0 - lr * self.weight_decay

@@ -296,8 +296,10 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
                                dropout=cfg.dropout, bias=cfg.bias)
         model = GPT(gpt_config, seed=cfg.seed, backend=cfg.backend)
     model.train()
+    # With the numba backend, AdamW runs as one fused parallel pass per tensor (same math, same state).
+    kernel = model.ops.adamw_update if getattr(model.ops, "name", "numpy") == "numba" else None
     optimizer = AdamW(model.params, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                      weight_decay=cfg.weight_decay)
+                      weight_decay=cfg.weight_decay, kernel=kernel)
     sampler_rng = np.random.default_rng([cfg.seed, 2])  # (GPT uses seed for init, [seed, 1] for dropout)
     state = {"step": 0, "best_val_loss": None, "elapsed": 0.0, "tokens_seen": 0}
     if ckpt is not None:
