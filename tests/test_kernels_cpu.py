@@ -63,6 +63,8 @@ def test_numba_backend_swaps_in_cpu_kernels_and_keeps_blas_matmul():
     assert ops.attention_forward is cpu.attention_forward
     assert ops.attention_backward is cpu.attention_backward
     assert ops.linear_forward is layers.linear_forward  # matmuls stay on BLAS
+    assert ops.gelu_forward is layers.gelu_forward  # NumPy's SIMD tanh beats Numba's scalar libm call
+    assert ops.adamw_update is cpu.adamw_update
 
 
 def test_unknown_backend_is_a_clear_error():

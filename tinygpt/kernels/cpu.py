@@ -5,22 +5,29 @@ forward/backward pair shares its own cache format (so a forward from here must b
 from here, which ``tinygpt.kernels.get_ops("numba")`` guarantees). Matmuls stay on BLAS: the NumPy
 ``linear_*`` functions are already one ``@`` each, and no hand loop beats OpenBLAS there.
 
-Where the wins come from (measure them with ``tinygpt bench train --backend numpy,numba``):
+Where the wins come from (measure them with ``tinygpt bench kernels --device cpu``):
 
 - **Causal attention** per (batch, head) in parallel (``prange``), touching only the lower triangle
   ``j <= i`` of the T x T score matrix: half the arithmetic, no ``-inf`` mask array, no separate
-  max / exp / sum / divide passes over a (B, H, T, T) temporary.
-- **LayerNorm, GELU, cross-entropy**: one or two passes over each row instead of NumPy's chain of
-  element-wise temporaries; the cross-entropy never builds a (B, T, V) probability array in the forward
-  pass, and the backward writes its one (B, T, V) output in a single pass.
-- **AdamW**: one pass over each parameter instead of ~10 NumPy temporaries.
+  max / exp / sum / divide passes over a (B, H, T, T) temporary. NumPy's batched BLAS computes the full
+  square but at BLAS speed, so single-threaded the two are even; the win is that 48 independent
+  (batch, head) problems parallelise perfectly, where BLAS threads split each small 256 x 64 product.
+- **LayerNorm**: statistics and output in two passes over each row instead of NumPy's chain of temporaries.
+- **Embedding backward**: a column-parallel scatter-add instead of ``np.add.at`` (about 6x).
+- **AdamW**: one pass over each parameter instead of ~10 NumPy temporaries (about 5x).
 
-The kernels are ``@njit(parallel=True, cache=True, fastmath=False)``: ``fastmath=False`` keeps IEEE
-semantics so results match the NumPy reference to rounding; we get SIMD anyway by writing the inner loops
-as ``y[j] += a * x[j]`` over a contiguous axis (an "axpy"), which LLVM vectorises without reassociating a
-sum. Reductions (means, log-sum-exps) accumulate in float64 even for float32 inputs, which costs nothing
-visible here and keeps float32 results within ~1e-6 of the reference. ``cache=True`` writes the compiled
-machine code next to this file (``__pycache__``), so only the very first run pays the JIT compile.
+And where they do not: GELU and cross-entropy are here too, equal to the reference, but the ``numba``
+backend does not use them. Their cost is tanh / exp, which NumPy evaluates with SIMD code while Numba
+(without Intel's SVML library) calls the scalar libm function once per element: 1.5-2.6x slower.
+
+The kernels are ``@njit(parallel=True, cache=True, fastmath=False)``: IEEE semantics, so results match the
+NumPy reference to rounding. We get SIMD anyway where the inner loop is ``y[j] += a * x[j]`` over a
+contiguous axis (an "axpy"). A dot product, though, is a SUM, which IEEE order forbids vectorising; the two
+attention kernels therefore allow re-association and fused multiply-add only (``fastmath={"reassoc",
+"contract"}``, no finite-math assumptions), which makes their backward 2x faster and changes results by
+summation order alone, as BLAS does. Other reductions (means, log-sum-exps) accumulate in float64 even for
+float32 inputs, keeping float32 results within ~1e-6 of the reference. ``cache=True`` writes the compiled
+machine code to ``__pycache__``, so only the first run pays the JIT compile (see the README for timings).
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ from numba import njit, prange
 from tinygpt.errors import TinyGPTError
 
 _JIT = dict(parallel=True, cache=True, fastmath=False)
+# Attention's dot products are sums over the head size; IEEE order forbids SIMD for a sum, so these two
+# kernels allow re-association (and fused multiply-add) only: no "finite math" or other fast-math
+# assumptions. The result differs from the reference by summation order alone, as BLAS's does.
+_JIT_REASSOC = dict(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 
 
 def _n_chunks(n_rows: int) -> int:
@@ -246,59 +257,53 @@ def gelu_backward(dout, cache):
 # --- causal self-attention ------------------------------------------------------------------------
 
 
-@njit(**_JIT)
+@njit(**_JIT_REASSOC)
 def _attention_forward_kernel(qkv, n_head, keep, use_dropout, out, probs):
     # For each (batch, head), for each query row i, only keys j <= i exist (causal):
-    #   s_j = (q_i . k_j) / sqrt(hs),  p_j = exp(s_j - max s) / sum exp(...),  y_i = sum_j p_j v_j
+    #   s_j = (q_i . k_j) / sqrt(hs),  p_j = exp(s_j - max s) / sum exp(...),  y_i = sum_j a_j v_j
+    # with a = p (times the dropout keep mask when training with dropout).
     # probs[b, h, i, :i+1] keeps p (needed by the backward); its upper triangle is never written or read.
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
     scale = qkv.dtype.type(1.0 / math.sqrt(hs))
+    zero = qkv.dtype.type(0)
     for bh in prange(B * n_head):
         b = bh // n_head
         h = bh % n_head
-        q0 = h * hs
-        k0 = C + h * hs
-        v0 = 2 * C + h * hs
-        # k transposed to (hs, T) and v as (T, hs), both contiguous, so the inner loops below run along
-        # contiguous memory: s[j] += q[d] * kT[d, j] and y[d] += p_j * v[j, d] are axpys LLVM vectorises.
-        kT = np.empty((hs, T), dtype=qkv.dtype)
-        v = np.empty((T, hs), dtype=qkv.dtype)
-        for j in range(T):
-            for d in range(hs):
-                kT[d, j] = qkv[b, j, k0 + d]
-                v[j, d] = qkv[b, j, v0 + d]
+        # this head's q, k, v as contiguous (T, hs) copies: the dot products below then run along
+        # contiguous memory and vectorise
+        q = np.ascontiguousarray(qkv[b, :, h * hs:(h + 1) * hs])
+        k = np.ascontiguousarray(qkv[b, :, C + h * hs:C + (h + 1) * hs])
+        v = np.ascontiguousarray(qkv[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs])
         y = np.empty(hs, dtype=qkv.dtype)
         for i in range(T):
             p = probs[b, h, i]
-            for j in range(i + 1):
-                p[j] = 0.0
-            for d in range(hs):
-                qd = qkv[b, i, q0 + d] * scale
-                for j in range(i + 1):
-                    p[j] += qd * kT[d, j]
-            m = p[0]
-            for j in range(1, i + 1):
-                m = max(m, p[j])
+            m = -np.inf
+            for j in range(i + 1):  # the causal skip: keys after i are never touched
+                s = zero
+                for d in range(hs):
+                    s += q[i, d] * k[j, d]
+                s *= scale
+                p[j] = s
+                m = max(m, s)
             total = 0.0
             for j in range(i + 1):
                 e = math.exp(p[j] - m)
                 p[j] = e
                 total += e
-            inv = 1.0 / total
+            inv = qkv.dtype.type(1.0 / total)
             for d in range(hs):
-                y[d] = 0.0
+                y[d] = zero
             for j in range(i + 1):
-                p[j] = p[j] * inv
+                p[j] *= inv
                 a = p[j] * keep[b, h, i, j] if use_dropout else p[j]
                 for d in range(hs):
                     y[d] += a * v[j, d]
-            for d in range(hs):
-                out[b, i, q0 + d] = y[d]
+            out[b, i, h * hs:(h + 1) * hs] = y
 
 
-@njit(**_JIT)
+@njit(**_JIT_REASSOC)
 def _attention_backward_kernel(dout, qkv, probs, n_head, keep, use_dropout, dqkv):
     # With a_ij = p_ij * keep_ij (keep = 1 without dropout), y_i = sum_j a_ij v_j, p_i = softmax(s_i):
     #   dv_j += a_ij dy_i,   dp_ij = keep_ij (dy_i . v_j),
@@ -309,55 +314,41 @@ def _attention_backward_kernel(dout, qkv, probs, n_head, keep, use_dropout, dqkv
     C = C3 // 3
     hs = C // n_head
     scale = qkv.dtype.type(1.0 / math.sqrt(hs))
+    zero = qkv.dtype.type(0)
     for bh in prange(B * n_head):
         b = bh // n_head
         h = bh % n_head
-        q0 = h * hs
-        k0 = C + h * hs
-        v0 = 2 * C + h * hs
-        q = np.empty((T, hs), dtype=qkv.dtype)
-        k = np.empty((T, hs), dtype=qkv.dtype)
-        vT = np.empty((hs, T), dtype=qkv.dtype)
-        for j in range(T):
-            for d in range(hs):
-                q[j, d] = qkv[b, j, q0 + d]
-                k[j, d] = qkv[b, j, k0 + d]
-                vT[d, j] = qkv[b, j, v0 + d]
+        q = np.ascontiguousarray(qkv[b, :, h * hs:(h + 1) * hs])
+        k = np.ascontiguousarray(qkv[b, :, C + h * hs:C + (h + 1) * hs])
+        v = np.ascontiguousarray(qkv[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs])
+        dy = np.ascontiguousarray(dout[b, :, h * hs:(h + 1) * hs])
         dq = np.zeros((T, hs), dtype=qkv.dtype)
         dk = np.zeros((T, hs), dtype=qkv.dtype)
         dv = np.zeros((T, hs), dtype=qkv.dtype)
-        dy = np.empty(hs, dtype=qkv.dtype)
         dp = np.empty(T, dtype=qkv.dtype)
         for i in range(T):
             p = probs[b, h, i]
-            for d in range(hs):
-                dy[d] = dout[b, i, q0 + d]
+            row_dot = zero
             for j in range(i + 1):
-                dp[j] = 0.0
-            for d in range(hs):
-                g = dy[d]
-                for j in range(i + 1):
-                    dp[j] += g * vT[d, j]
-            for j in range(i + 1):
+                s = zero
+                for d in range(hs):
+                    s += dy[i, d] * v[j, d]
                 a = p[j]
                 if use_dropout:
                     a = a * keep[b, h, i, j]
-                    dp[j] = dp[j] * keep[b, h, i, j]
+                    s = s * keep[b, h, i, j]
+                dp[j] = s
+                row_dot += p[j] * s
                 for d in range(hs):
-                    dv[j, d] += a * dy[d]
-            row_dot = 0.0
-            for j in range(i + 1):
-                row_dot += p[j] * dp[j]
+                    dv[j, d] += a * dy[i, d]
             for j in range(i + 1):
                 ds = p[j] * (dp[j] - row_dot) * scale
                 for d in range(hs):
                     dq[i, d] += ds * k[j, d]
                     dk[j, d] += ds * q[i, d]
-        for t in range(T):
-            for d in range(hs):
-                dqkv[b, t, q0 + d] = dq[t, d]
-                dqkv[b, t, k0 + d] = dk[t, d]
-                dqkv[b, t, v0 + d] = dv[t, d]
+        dqkv[b, :, h * hs:(h + 1) * hs] = dq
+        dqkv[b, :, C + h * hs:C + (h + 1) * hs] = dk
+        dqkv[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs] = dv
 
 
 def attention_forward(qkv, n_head, dropout=0.0, rng=None):
