@@ -279,6 +279,18 @@ def test_distribution_equals_reference(rows, temperature, top_k, top_p):
         np.testing.assert_array_equal(sample_next(logits, None, 0.0, top_k, top_p), logits.argmax(-1))
 
 
+@pytest.mark.parametrize("scale", [0.05, 4.0])  # a flat distribution (nucleus > 256 tokens) and a peaked one
+def test_top_p_on_a_large_vocabulary_equals_reference(scale):
+    logits = np.random.default_rng(1).normal(size=(2, 3000)) * scale
+    for top_k, top_p in [(None, 0.3), (None, 0.9), (1000, 0.9), (40, 0.5)]:
+        probs = next_token_probs(logits, 1.0, top_k, top_p)
+        expected = np.stack([_reference_probs(r, 1.0, top_k, top_p) for r in logits])
+        np.testing.assert_allclose(probs, expected, rtol=1e-9, atol=1e-15)
+        assert ((probs == 0) == (expected == 0)).all()
+    nucleus = np.count_nonzero(next_token_probs(logits, 1.0, None, 0.9)[0])
+    assert (nucleus > 256) == (scale < 1)  # both of top_p_filter's paths are exercised
+
+
 def test_filters_match_transformers_logits_warpers():
     from transformers.generation import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 

@@ -59,6 +59,8 @@ __all__ = [
 # Below this many decode steps the (C, V) copy of wte for the LM head costs more than it saves (see
 # _lm_head_weight): the copy takes about 60 steps' worth of the time it saves per step.
 _LM_HEAD_COPY_MIN_STEPS = 64
+# top_p_filter sorts only this many of the most likely tokens first (all of them if these hold < p).
+_TOP_P_CANDIDATES = 256
 
 
 # --- sampling: pure functions on (B, V) logits -----------------------------------------------------
@@ -141,12 +143,32 @@ def top_p_filter(logits, p):
     logits = np.asarray(logits)
     if p is None or p >= 1.0:
         return logits
-    sorted_logits = -np.sort(-logits, axis=-1)  # (..., V) descending
-    probs = softmax(sorted_logits.astype(np.float64))  # float64: the running sum decides the cut
-    mass_before = np.cumsum(probs, axis=-1) - probs  # (..., V) probability of the tokens before each
-    n_keep = np.count_nonzero(mass_before < p, axis=-1)[..., None]  # (..., 1), >= 1 since mass_before[0] = 0
-    threshold = np.take_along_axis(sorted_logits, n_keep - 1, axis=-1)  # (..., 1) smallest logit kept
-    return np.where(logits < threshold, -np.inf, logits).astype(logits.dtype, copy=False)
+    rows = logits.reshape(-1, logits.shape[-1])  # (N, V)
+    thresholds = np.array([_nucleus_threshold(row, p) for row in rows], dtype=logits.dtype)
+    thresholds = thresholds.reshape(*logits.shape[:-1], 1)  # (..., 1) smallest logit kept, per row
+    return np.where(logits < thresholds, -np.inf, logits).astype(logits.dtype, copy=False)
+
+
+def _nucleus_threshold(row, p):
+    """The smallest logit in the nucleus of one row (V,) of logits: see ``top_p_filter``."""
+    finite = row[row > -np.inf]  # tokens already masked (by top-k) have probability 0: never in the nucleus
+    n = len(finite)
+    shift = finite.max()
+    # exp in the logits' dtype (float32's is ~10x faster than float64's), sums in float64: the running sum
+    # of probabilities decides the cut
+    denominator = np.exp(finite - shift).sum(dtype=np.float64)  # softmax's sum
+    # The nucleus is usually a few dozen tokens of GPT-2's 50257, and sorting costs n log n; so first sort
+    # only the m largest (np.partition finds them in O(n)). If they hold >= p the cut is among them;
+    # otherwise (a flat distribution) sort everything.
+    for m in (_TOP_P_CANDIDATES, n):
+        candidates = np.partition(finite, n - m)[n - m :] if m < n // 2 else finite
+        candidates = -np.sort(-candidates)  # (m,) descending
+        probs = np.exp(candidates - shift).astype(np.float64) / denominator
+        mass = np.cumsum(probs)  # mass[i]: probability of the i + 1 most likely tokens
+        if len(candidates) == n or mass[-1] >= p:
+            break
+    n_keep = np.count_nonzero(mass - probs < p)  # token i is in when the tokens before it hold < p; >= 1
+    return candidates[n_keep - 1]
 
 
 def softmax(logits):
@@ -173,22 +195,25 @@ def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
 def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
     """Draw one token per row: logits (B, V) -> ids (B,) int64.
 
-    temperature 0 is greedy: the argmax, no random number drawn. Otherwise one uniform draw u per row picks
-    the token whose cumulative-probability interval contains u (inverse-CDF sampling), so a given
-    ``rng`` state gives the same tokens whatever the vocabulary order of equal-probability tokens, and a
-    token of probability 0 can never be drawn.
+    temperature 0 is greedy: the argmax, no random number drawn. Otherwise inverse-CDF sampling: one
+    uniform draw u per row, and the token whose interval of the cumulative distribution contains u. A token
+    of probability 0 has an empty interval and is never drawn; and every step consumes exactly B numbers
+    of ``rng`` whatever the filters, so two runs (cached or not) stay in step.
     """
     validate_sampling(temperature, top_k, top_p)
     logits = np.asarray(logits)
     if temperature == 0:
         return np.argmax(logits, axis=-1).astype(np.int64)
-    probs = next_token_probs(logits, temperature, top_k, top_p)
-    cdf = np.cumsum(probs, axis=-1, dtype=np.float64)  # (B, V) non-decreasing
-    u = rng.random(logits.shape[0]) * cdf[:, -1]  # (B,) in [0, total)
-    ids = np.count_nonzero(cdf <= u[:, None], axis=-1)  # first index with cdf > u: a token with prob > 0
-    # u * total can round up to total itself; fall back to the last token that has probability
-    last_possible = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)
-    return np.minimum(ids, last_possible).astype(np.int64)
+    probs = next_token_probs(logits, temperature, top_k, top_p)  # (B, V)
+    u = rng.random(probs.shape[0])  # (B,) uniform in [0, 1)
+    ids = np.empty(len(u), dtype=np.int64)
+    for b in range(len(u)):
+        # Only the support: after top-k/top-p a few dozen tokens, so the float64 running sum is short.
+        support = np.flatnonzero(probs[b])  # the tokens with probability > 0, in vocabulary order
+        cdf = probs[b, support].astype(np.float64).cumsum()  # non-decreasing, cdf[-1] ~ 1
+        i = np.searchsorted(cdf, u[b] * cdf[-1], side="right")  # first cdf > u: u falls in token i's interval
+        ids[b] = support[min(i, len(support) - 1)]  # u * cdf[-1] can round up to cdf[-1] itself
+    return ids
 
 
 # --- the forward pass for inference -----------------------------------------------------------------
