@@ -97,6 +97,21 @@ def test_cuda_backend_without_gpu_names_the_cause():
     assert "\n" not in line  # one line, the driver's message folded in
 
 
+def test_bench_kernels_without_gpu_is_a_one_line_error():
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    code = (
+        "import sys\nfrom tinygpt.kernels import has_real_gpu\n"
+        "if has_real_gpu():\n    print('GPU')\n    sys.exit(0)\n"
+        "from tinygpt.cli import main\nsys.exit(main(['bench', 'kernels']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if out.stdout.startswith("GPU"):
+        pytest.skip("this machine has a real GPU")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("tinygpt: error: bench kernels needs an NVIDIA GPU")
+    assert out.stderr.count("\n") == 1
+
+
 # --- each kernel against the reference ------------------------------------------------------------
 
 
