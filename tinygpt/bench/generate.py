@@ -10,9 +10,10 @@ params dict. Each side continues the same random 16-token prompt by 200 greedy t
 
 tokens/s = new tokens / wall time of the whole call (prompt prefill included, on both sides). Runs of the
 two sides alternate (ours, theirs, ours, ...) so that other load on the machine slows both alike; the
-figure is the median run. The table also checks that both sides produced the same tokens, and measures
-recomputation (``use_cache=False`` on both sides: the full forward of the context for every token) to
-give the speed-up the cache buys at this length.
+figure is the median run. Further rows: sampling (temperature 0.8, top-k 200, top-p 0.95 on both sides;
+the filters cost a few passes over the vocabulary per token) and recomputation (``use_cache=False`` on
+both sides: the full forward of the context for every token), which gives the speed-up the cache buys at
+this length. The last line checks that both sides produced the same greedy tokens.
 """
 
 from __future__ import annotations
@@ -117,9 +118,12 @@ def run(args):
     prompt = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch_size, args.prompt_len))
     new = args.new_tokens
 
-    def ours(n=None, use_cache=True):
-        out = generate(params, config, prompt, n or new, temperature=0, use_cache=use_cache)
-        return out[:, -(n or new) :]
+    sampling = dict(temperature=0.8, top_k=200, top_p=0.95)  # a typical sampling setting, for both sides
+
+    def ours(n=None, use_cache=True, sample=False):
+        n = n or new
+        kwargs = dict(sampling, seed=0) if sample else dict(temperature=0)
+        return generate(params, config, prompt, n, use_cache=use_cache, **kwargs)[:, -n:]
 
     sides = {"tinygpt": ours}
     if peer:
@@ -127,38 +131,45 @@ def run(args):
         torch.set_num_threads(threads)
         prompt_t = torch.from_numpy(prompt)
 
-        def theirs(n=None, use_cache=True):
+        def theirs(n=None, use_cache=True, sample=False):
+            n = n or new
+            kwargs = dict(sampling, do_sample=True) if sample else dict(do_sample=False)
             with torch.no_grad():
-                out = hf_model.generate(
-                    prompt_t, max_new_tokens=n or new, do_sample=False, use_cache=use_cache, pad_token_id=0
-                )
-            return out[:, -(n or new) :].numpy()
+                out = hf_model.generate(prompt_t, max_new_tokens=n, use_cache=use_cache, pad_token_id=0,
+                                        **kwargs)  # fmt: skip
+            return out[:, -n:].numpy()
 
         sides["transformers"] = theirs
 
-    print(f"greedy decoding: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, "
-          f"vocabulary {config.vocab_size}, block {config.block_size}; batch {args.batch_size}, "
-          f"{args.prompt_len}-token prompt, {new} new tokens; float32; {threads} thread(s) on each side")
-    print(f"tokens/s = new tokens / whole call (prefill included); median of {args.repeats} alternating runs")
-    cached = _runs(sides, args.repeats)
-    rows = [("KV cache", {name: new * args.batch_size / s for name, (s, _) in cached.items()})]
+    print(f"decoding: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, vocabulary "
+          f"{config.vocab_size}, block {config.block_size}; batch {args.batch_size}, {args.prompt_len}-token "
+          f"prompt, {new} new tokens; float32; {threads} thread(s) on each side")
+    print(f"tokens/s = new tokens / whole call (prefill included); median of {args.repeats} alternating "
+          "runs; sampled = temperature 0.8, top-k 200, top-p 0.95")
+
+    def tokens_per_s(results):
+        return {name: new * args.batch_size / seconds for name, (seconds, _) in results.items()}
+
+    greedy = _runs(sides, args.repeats)
+    rows = [("KV cache, greedy", tokens_per_s(greedy))]
+    sampled = {name: (lambda n, fn=fn: fn(n, sample=True)) for name, fn in sides.items()}
+    rows.append(("KV cache, sampled", tokens_per_s(_runs(sampled, args.repeats))))
     if not args.no_recompute:
         uncached = {name: (lambda n, fn=fn: fn(n, use_cache=False)) for name, fn in sides.items()}
-        recompute = _runs(uncached, 1)
-        rows.append(("recompute", {name: new * args.batch_size / s for name, (s, _) in recompute.items()}))
+        rows.append(("recompute, greedy", tokens_per_s(_runs(uncached, 1))))
 
-    header = f"{'':<22} {'tinygpt':>10} {'transformers':>13} {'ratio':>7}"
+    header = f"{'tokens/s':<22} {'tinygpt':>10} {'transformers':>13} {'ratio':>7}"
     print(header)
     print("-" * len(header))
     for label, tps in rows:
         theirs_tps = tps.get("transformers")
         peer_text = f"{theirs_tps:>13.1f}" if theirs_tps else f"{'-':>13}"
         ratio = f"{tps['tinygpt'] / theirs_tps:>6.2f}x" if theirs_tps else f"{'-':>7}"
-        print(f"{label + ' tokens/s':<22} {tps['tinygpt']:>10.1f} {peer_text} {ratio}")
-    if len(rows) == 2:
-        speedups = {name: rows[0][1][name] / rows[1][1][name] for name in rows[0][1]}
+        print(f"{label:<22} {tps['tinygpt']:>10.1f} {peer_text} {ratio}")
+    if not args.no_recompute:
+        speedups = {name: rows[0][1][name] / rows[2][1][name] for name in rows[0][1]}
         peer_text = f"{speedups['transformers']:>12.1f}x" if "transformers" in speedups else f"{'-':>13}"
         print(f"{'cache speed-up':<22} {speedups['tinygpt']:>9.1f}x {peer_text}")
     if peer:
-        same = np.mean(cached["tinygpt"][1] == cached["transformers"][1])
+        same = np.mean(greedy["tinygpt"][1] == greedy["transformers"][1])
         print(f"greedy tokens identical to transformers': {same:.1%} of {new * args.batch_size}")
