@@ -1,0 +1,257 @@
+"""``tinygpt bench train``: training-step tokens/s of tinygpt against PyTorch eager, side by side.
+
+Both sides train the same GPT-2 architecture (PyTorch side: transformers' ``GPT2LMHeadModel``, dropout 0,
+its default SDPA attention, ``torch.set_num_threads`` equal to our BLAS threads) on the same random
+batch. A step is forward + backward, plus an AdamW update on both sides when ``tinygpt.optim.AdamW``
+exists; the table says which. Steps of the two sides are interleaved (ours, theirs, ours, ...) so that
+other load on the machine slows both alike; the figure is the median step.
+
+MFU (model FLOPs utilisation) divides the model's FLOPs per second (``GPT.flops_per_token``: 6N plus
+attention) by the float32 matmul GFLOP/s that NumPy reaches on this machine, measured in the same run.
+
+The memory probe runs one training step of each side in a fresh subprocess and reports the peak resident
+set size (``resource.getrusage``), and how much the step added above the model and optimizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from tinygpt.errors import TinyGPTError
+
+# name -> (n_layer, n_head, n_embd, block_size T, batch B); vocabulary 65 (shakespeare_char) for both
+CONFIGS = {
+    "small": (4, 4, 128, 64, 12),  # nanoGPT's shakespeare_char CPU config
+    "medium": (6, 6, 384, 256, 8),  # nanoGPT's shakespeare_char GPU config, at batch 8
+}
+VOCAB_SIZE = 65
+
+
+def add_arguments(parser):
+    parser.add_argument(
+        "--backend", default="numpy", help="tinygpt backend(s), comma-separated (default numpy)"
+    )
+    parser.add_argument(
+        "--configs", default="small,medium", help=f"comma-separated, from {', '.join(CONFIGS)}"
+    )
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per side and config (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--no-peer", action="store_true", help="skip PyTorch (tinygpt figures only)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS probe")
+    parser.add_argument("--memory-config", default="medium", help="peak-RSS probe config (default medium)")
+    parser.add_argument("--no-optimizer", action="store_true", help="time forward + backward only")
+
+
+def _threads() -> int:
+    """The BLAS thread count NumPy uses: OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, else the usable cores."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _import_torch():
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise TinyGPTError(
+            f"the PyTorch side needs torch and transformers ({exc.name} is missing); use --no-peer"
+        ) from None
+    transformers.logging.set_verbosity_error()
+    return torch, transformers
+
+
+def _have_adamw() -> bool:
+    try:
+        from tinygpt.optim import AdamW  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 3) -> float:
+    """Best float32 GFLOP/s of NumPy's (n, n) @ (n, n) over ``repeats`` tries: the MFU denominator."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    np.matmul(a, b, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+# --- the two sides: each a (step function, tokens per step) ---------------------------------------
+
+
+def tinygpt_step(config_name: str, backend: str, with_optimizer: bool):
+    from tinygpt.model import GPT, GPTConfig
+
+    L, H, C, T, B = CONFIGS[config_name]
+    model = GPT(GPTConfig(VOCAB_SIZE, T, L, H, C, dropout=0.0), seed=0, backend=backend)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, VOCAB_SIZE, (B, T))
+    targets = rng.integers(0, VOCAB_SIZE, (B, T))
+    optimizer = None
+    if with_optimizer:
+        from tinygpt.optim import AdamW
+
+        optimizer = AdamW(model.params, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+
+    def step():
+        model.forward(idx, targets)
+        grads = model.backward()
+        if optimizer is not None:
+            optimizer.step(grads)
+
+    return step, model
+
+
+def torch_step(config_name: str, threads: int, with_optimizer: bool):
+    torch, transformers = _import_torch()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    L, H, C, T, B = CONFIGS[config_name]
+    hf_config = transformers.GPT2Config(
+        vocab_size=VOCAB_SIZE, n_positions=T, n_layer=L, n_head=H, n_embd=C,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
+    )  # fmt: skip
+    model = transformers.GPT2LMHeadModel(hf_config).train()
+    rng = np.random.default_rng(0)
+    idx = torch.from_numpy(rng.integers(0, VOCAB_SIZE, (B, T)))
+    targets = torch.from_numpy(rng.integers(0, VOCAB_SIZE, (B, T)))
+    optimizer = None
+    if with_optimizer:
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1
+        )
+
+    def step():
+        logits = model(idx).logits
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, VOCAB_SIZE), targets.view(-1))
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+        model.zero_grad(set_to_none=True)
+
+    return step, model
+
+
+def _interleaved_medians(steps: dict, n_steps: int, n_warmup: int) -> dict:
+    """Median seconds per step of each side, timing them in turn so background load hits all alike."""
+    for step in steps.values():
+        for _ in range(n_warmup):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(n_steps):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+# --- peak memory of one training step, in a fresh process ----------------------------------------
+
+
+def _probe_main(argv):
+    """Entry point of the probe subprocess: build one side, run one step, print max RSS before and after."""
+    import resource
+
+    side, config_name, backend, threads, with_optimizer = argv
+    if side == "tinygpt":
+        step, _ = tinygpt_step(config_name, backend, with_optimizer == "1")
+    else:
+        step, _ = torch_step(config_name, int(threads), with_optimizer == "1")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"before_kb": before, "peak_kb": after}))
+
+
+_PROBE = "import sys; from tinygpt.bench.train import _probe_main; _probe_main(sys.argv[1:])"
+
+
+def peak_rss(side: str, config_name: str, backend: str, threads: int, with_optimizer: bool) -> dict:
+    """{"before_kb", "peak_kb"}: max RSS after building the model, and after one training step."""
+    args = [side, config_name, backend, str(threads), "1" if with_optimizer else "0"]
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TinyGPTError(f"memory probe for {side} failed: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def run(args):
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in [*names, args.memory_config] if c not in CONFIGS]
+    if unknown or not names:
+        raise TinyGPTError(
+            f"unknown config {', '.join(unknown) or '(none)'}; choose from {', '.join(CONFIGS)}"
+        )
+    if args.steps < 1 or args.warmup < 0:
+        raise TinyGPTError("--steps must be >= 1 and --warmup >= 0")
+    from tinygpt.model import get_layer_ops
+
+    for backend in backends:
+        get_layer_ops(backend)  # fail early, with the backend's own message
+    threads = _threads()
+    with_optimizer = _have_adamw() and not args.no_optimizer
+    what = "forward + backward + AdamW" if with_optimizer else "forward + backward (no AdamW)"
+    peer = not args.no_peer
+    if peer:
+        _import_torch()
+
+    peak = matmul_gflops()
+    print(f"training step = {what}; float32; {threads} thread(s); vocabulary {VOCAB_SIZE}; "
+          f"steps interleaved, median of {args.steps}")  # fmt: skip
+    print(f"NumPy float32 matmul (2048^3): {peak:.0f} GFLOP/s (the MFU denominator)")
+    header = f"{'config':<24} {'side':<20} {'tokens/s':>10} {'ms/step':>9} {'MFU':>6} {'vs PyTorch':>11}"
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        L, H, C, T, B = CONFIGS[name]
+        label = f"{L}L/{H}H/{C}d/T{T}/B{B}"
+        steps = {}
+        model = None
+        for backend in backends:
+            steps[f"tinygpt ({backend})"], model = tinygpt_step(name, backend, with_optimizer)
+        if peer:
+            steps["PyTorch eager"], _ = torch_step(name, threads, with_optimizer)
+        seconds = _interleaved_medians(steps, args.steps, args.warmup)
+        flops_per_token = model.flops_per_token(T)
+        for side, s in seconds.items():
+            tokens_per_s = B * T / s
+            mfu = flops_per_token * tokens_per_s / (peak * 1e9)
+            ratio = f"{seconds['PyTorch eager'] / s:.2f}x" if peer else "-"
+            print(f"{label:<24} {side:<20} {tokens_per_s:>10,.0f} {s * 1e3:>9.1f} {mfu:>6.1%} {ratio:>11}")
+    if not args.no_memory:
+        name = args.memory_config
+        L, H, C, T, B = CONFIGS[name]
+        print(f"\npeak RSS of one training step at {L}L/{C}d/T{T}/B{B} (fresh process each):")
+        sides = [("tinygpt", b) for b in backends] + ([("torch", "numpy")] if peer else [])
+        for side, backend in sides:
+            rss = peak_rss(side, name, backend, threads, with_optimizer)
+            label = f"tinygpt ({backend})" if side == "tinygpt" else "PyTorch eager"
+            print(f"  {label:<20} peak {rss['peak_kb'] / 1024:7.0f} MiB   step added "
+                  f"{(rss['peak_kb'] - rss['before_kb']) / 1024:6.0f} MiB")  # fmt: skip
+        per_token = L * (16 * C + H * T) + 2 * C + VOCAB_SIZE
+        print(f"  activations kept for backward (model.py's count): {per_token * 4 / 1024:.0f} KiB/token, "
+              f"{per_token * 4 * B * T / 2**20:.0f} MiB per step")  # fmt: skip
+    return 0
