@@ -176,44 +176,41 @@ def gelu_forward(x):
 
     x (...,) -> out (...,), same shape. Example: gelu(0) = 0, gelu(1) = 0.8412, gelu(-1) = -0.1588.
     """
-    t = x * x
-    t *= _GELU_A
-    t += 1.0
-    t *= x
-    t *= _GELU_K  # u = k (x + a x^3), built in one buffer: each in-place step saves a temporary
-    np.tanh(t, out=t)
-    t += 1.0
-    t *= x
-    t *= 0.5
-    return t, x  # the cache is the input alone; backward recomputes tanh
+    out = x * x
+    out *= _GELU_K * _GELU_A
+    out += _GELU_K
+    out *= x  # u = k (x + a x^3) = x (k + k a x^2), built in one buffer: no temporaries
+    np.tanh(out, out=out)
+    out += 1.0
+    out *= x
+    out *= 0.5
+    return out, x  # the cache is the input alone; backward recomputes tanh rather than keep a copy
 
 
 def gelu_backward(dout, cache):
     """dout (...,) -> dx (...,).
 
-    With u = k (x + a x^3) and t = tanh(u)::
+    With u = k (x + a x^3), t = tanh(u) and 1 - t^2 = (1 - t)(1 + t)::
 
         d gelu / dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 a x^2)
+                    = 0.5 (1 + t) (1 + (1 - t) x k (1 + 3 a x^2))
     """
     x = cache
     x2 = x * x
-    t = x2 * _GELU_A
-    t += 1.0
+    t = x2 * (_GELU_K * _GELU_A)
+    t += _GELU_K
     t *= x
-    t *= _GELU_K
     np.tanh(t, out=t)  # t = tanh(u)
-    # x2 becomes 0.5 x k (1 + 3 a x^2)
-    x2 *= 3.0 * _GELU_A
-    x2 += 1.0
-    x2 *= x
-    x2 *= 0.5 * _GELU_K
-    dx = t * t
-    np.subtract(1.0, dx, out=dx)  # 1 - t^2
+    x2 *= 3.0 * _GELU_K * _GELU_A
+    x2 += _GELU_K
+    x2 *= x  # x2 now holds x k (1 + 3 a x^2)
+    dx = 1.0 - t
     dx *= x2
+    dx += 1.0
     t += 1.0
-    t *= 0.5
-    dx += t
+    dx *= t
     dx *= dout
+    dx *= 0.5
     return dx
 
 
