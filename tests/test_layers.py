@@ -66,22 +66,25 @@ def test_gelu_gradcheck():
     assert_gradcheck(layers.gelu_forward, layers.gelu_backward, {"x": x}, TOL)
 
 
-def test_attention_gradcheck():
+@pytest.mark.parametrize("query_block", [64, 2, 3])  # one block; several; several with a ragged last
+def test_attention_gradcheck(query_block):
     rng = rng_for(5)
-    qkv = rng.standard_normal((2, 5, 3 * 8))
-    assert_gradcheck(
-        layers.attention_forward, layers.attention_backward, {"qkv": qkv}, TOL, kwargs={"n_head": 2}
-    )
+    qkv = rng.standard_normal((2, 7, 3 * 8))
+    kwargs = {"n_head": 2, "query_block": query_block}
+    assert_gradcheck(layers.attention_forward, layers.attention_backward, {"qkv": qkv}, TOL, kwargs=kwargs)
 
 
 def test_attention_with_dropout_gradcheck():
     qkv = rng_for(6).standard_normal((2, 6, 3 * 8))
 
     def forward(qkv):  # a fresh, identically seeded rng: the same dropout mask on every call
-        return layers.attention_forward(qkv, n_head=2, dropout=0.3, rng=np.random.default_rng(7))
+        return layers.attention_forward(
+            qkv, n_head=2, dropout=0.3, rng=np.random.default_rng(7), query_block=4
+        )
 
     out, cache = forward(qkv)
-    assert cache[3] is not None and not cache[3].all()  # some probabilities really are dropped
+    keeps = cache[3]
+    assert len(keeps) == 2 and not all(keep.all() for keep in keeps)  # some probabilities really are dropped
     assert_gradcheck(forward, layers.attention_backward, {"qkv": qkv}, TOL)
 
 
@@ -156,27 +159,36 @@ def naive_attention(qkv, n_head):
     return out
 
 
-def test_attention_matches_naive_loops_and_masks_the_future_exactly():
-    qkv = rng_for(12).standard_normal((2, 6, 3 * 12))
-    out, cache = layers.attention_forward(qkv, n_head=3)
+@pytest.mark.parametrize("query_block", [64, 4])
+def test_attention_matches_naive_loops_and_masks_the_future_exactly(query_block):
+    T = 10
+    qkv = rng_for(12).standard_normal((2, T, 3 * 12))
+    out, cache = layers.attention_forward(qkv, n_head=3, query_block=query_block)
     np.testing.assert_allclose(out, naive_attention(qkv, 3), rtol=1e-12, atol=1e-12)
-    att = cache[2]
-    upper = np.triu(np.ones((6, 6), dtype=bool), k=1)
-    assert (att[..., upper] == 0.0).all()  # exactly zero, not merely small
-    np.testing.assert_allclose(att.sum(-1), 1.0)
+    blocks = cache[2]
+    assert len(blocks) == -(-T // query_block)
+    att = np.full((2, 3, T, T), np.nan)  # the blocks never compute keys right of themselves
+    for i, block in enumerate(blocks):
+        t0 = i * query_block
+        att[:, :, t0 : t0 + block.shape[2], : block.shape[3]] = block
+    upper = np.triu(np.ones((T, T), dtype=bool), k=1)
+    computed = att[..., upper]
+    assert (computed[~np.isnan(computed)] == 0.0).all()  # exactly zero, not merely small
+    assert not np.isnan(att[..., ~upper]).any()  # every causal entry computed
+    np.testing.assert_allclose(np.nansum(att, -1), 1.0)
 
 
 @settings(max_examples=20, deadline=None)
-@given(T=st.integers(2, 8), t_cut=st.integers(1, 7), seed=st.integers(0, 2**16))
-def test_attention_is_causal(T, t_cut, seed):
+@given(T=st.integers(2, 8), t_cut=st.integers(1, 7), block=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_attention_is_causal(T, t_cut, block, seed):
     """Changing tokens at positions >= t_cut never changes the outputs before t_cut."""
     t_cut = min(t_cut, T - 1)
     rng = rng_for(seed)
     qkv = rng.standard_normal((1, T, 3 * 4))
     changed = qkv.copy()
     changed[:, t_cut:] = rng.standard_normal((1, T - t_cut, 12)) * 100
-    a, _ = layers.attention_forward(qkv, n_head=2)
-    b, _ = layers.attention_forward(changed, n_head=2)
+    a, _ = layers.attention_forward(qkv, n_head=2, query_block=block)
+    b, _ = layers.attention_forward(changed, n_head=2, query_block=block)
     np.testing.assert_array_equal(a[:, :t_cut], b[:, :t_cut])
 
 

@@ -253,7 +253,7 @@ def _causal_mask(T, dtype):
     return mask
 
 
-def attention_forward(qkv, n_head, dropout=0.0, rng=None):
+def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=64):
     """Causal multi-head self-attention on the fused projection: ``softmax(q k^T / sqrt(hs) + mask) v``.
 
     qkv (B, T, 3C) -> out (B, T, C), heads merged back side by side (the input of ``attn.c_proj``).
@@ -263,8 +263,13 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None):
     exactly zero. ``dropout`` drops attention probabilities (training only); it needs ``rng``, a
     ``numpy.random.Generator``.
 
-    The cache keeps qkv (which the c_attn projection made anyway), the probabilities (B, H, T, T) and,
-    with dropout, the boolean keep-mask.
+    Queries go in blocks of ``query_block`` rows: the queries t0..t1-1 can only see keys 0..t1-1, so the
+    block's scores are (t1-t0, t1) instead of (t1-t0, T). The keys right of the block, all masked, are never
+    computed: with T = 4 blocks that skips 3/8 of the matmul and softmax work (flash attention's trick,
+    without the fusion). Within a block the usual -inf mask handles the diagonal.
+
+    The cache keeps qkv (which the c_attn projection made anyway), each block's probabilities
+    (B, H, t1-t0, t1) and, with dropout, the boolean keep-masks.
     """
     B, T, C3 = qkv.shape
     C = C3 // 3
@@ -276,20 +281,26 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None):
     # (B, T, 3, H, hs) -> (3, B, H, T, hs): views, no copy; matmul reads the strided rows directly
     q, k, v = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)
     k_scaled = k * (1.0 / math.sqrt(hs))  # (B, H, T, hs): scaling k costs T*hs, scaling the scores T*T
-    att = q @ k_scaled.swapaxes(-1, -2)  # (B, H, T, T) scores q.k / sqrt(hs)
-    att += _causal_mask(T, att.dtype)  # -inf on the future
-    att -= att.max(axis=-1, keepdims=True)  # max-subtracted softmax: exp never overflows
-    np.exp(att, out=att)  # in place: the scores are not needed again
-    att /= att.sum(axis=-1, keepdims=True)  # (B, H, T, T) probabilities; each row sums to 1
-    keep = None
-    att_used = att
-    if dropout:
-        keep = rng.random(att.shape, dtype=np.float32) >= dropout
-        att_used = att * keep
-        att_used *= 1.0 / (1.0 - dropout)
-    y = att_used @ v  # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
-    out = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # merge heads: (B, T, H, hs) -> (B, T, C)
-    cache = (qkv, n_head, att, keep, dropout)
+    mask = _causal_mask(T, qkv.dtype)
+    y = np.empty((B, T, n_head, hs), dtype=qkv.dtype)  # (B, T, H, hs) is (B, T, C) with heads side by side
+    y_heads = y.transpose(0, 2, 1, 3)  # (B, H, T, hs) view the blocks write into
+    probs, keeps = [], []
+    for t0 in range(0, T, query_block):
+        t1 = min(t0 + query_block, T)
+        att = q[:, :, t0:t1] @ k_scaled[:, :, :t1].swapaxes(-1, -2)  # (B, H, bt, t1) scores q.k / sqrt(hs)
+        att += mask[t0:t1, :t1]  # -inf on the future
+        att -= att.max(axis=-1, keepdims=True)  # max-subtracted softmax: exp never overflows
+        np.exp(att, out=att)  # in place: the scores are not needed again
+        att /= att.sum(axis=-1, keepdims=True)  # probabilities; each row sums to 1
+        probs.append(att)
+        if dropout:
+            keep = rng.random(att.shape, dtype=np.float32) >= dropout
+            keeps.append(keep)
+            att = att * keep
+            att *= 1.0 / (1.0 - dropout)
+        np.matmul(att, v[:, :, :t1], out=y_heads[:, :, t0:t1])  # (B, H, bt, t1) @ (B, H, t1, hs)
+    out = y.reshape(B, T, C)  # merge heads: a free reshape, y is contiguous
+    cache = (qkv, n_head, probs, keeps if dropout else None, dropout, query_block)
     return out, cache
 
 
@@ -302,34 +313,35 @@ def attention_backward(dout, cache):
         dS = P * (dP - rowsum(dP * P))                          softmax backward
         dq = dS k / sqrt(hs)      dk = dS^T q / sqrt(hs)
 
-    Masked entries have P = 0, so dS is 0 there: no gradient flows to the future.
+    Masked entries have P = 0, so dS is 0 there: no gradient flows to the future. Block by block as in
+    the forward pass; every query block adds to dk and dv of the keys it saw.
     """
-    qkv, n_head, att, keep, dropout = cache
+    qkv, n_head, probs, keeps, dropout, query_block = cache
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
     scale = 1.0 / math.sqrt(hs)
     q, k, v = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)
     dy = dout.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)  # (B, H, T, hs)
-    dqkv = np.empty_like(qkv)
+    dqkv = np.zeros_like(qkv)  # zeros: dk and dv accumulate over query blocks
     dq, dk, dv = dqkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # views into dqkv
-    datt = dy @ v.swapaxes(-1, -2)  # (B, H, T, T)
-    if keep is None:
-        np.matmul(att.swapaxes(-1, -2), dy, out=dv)  # written straight into dqkv
-    else:
-        att_used = att * keep
-        att_used *= 1.0 / (1.0 - dropout)
-        np.matmul(att_used.swapaxes(-1, -2), dy, out=dv)
-        del att_used
-        datt *= keep
-        datt *= 1.0 / (1.0 - dropout)
-    # softmax backward, in place on datt: dS = P * (dP - sum_s dP * P)
-    row_dot = np.einsum("bhts,bhts->bht", datt, att)[..., None]  # (B, H, T, 1), no (B, H, T, T) temporary
-    datt -= row_dot
-    datt *= att
-    np.matmul(datt, k, out=dq)  # (B, H, T, T) @ (B, H, T, hs)
+    for i, t0 in enumerate(range(0, T, query_block)):
+        t1 = min(t0 + query_block, T)
+        att, dy_block = probs[i], dy[:, :, t0:t1]
+        datt = dy_block @ v[:, :, :t1].swapaxes(-1, -2)  # (B, H, bt, t1)
+        att_used = att
+        if keeps is not None:
+            att_used = att * keeps[i]
+            att_used *= 1.0 / (1.0 - dropout)
+            datt *= keeps[i]
+            datt *= 1.0 / (1.0 - dropout)
+        dv[:, :, :t1] += att_used.swapaxes(-1, -2) @ dy_block
+        # softmax backward, in place on datt: dS = P * (dP - sum_s dP * P)
+        datt -= np.einsum("bhts,bhts->bht", datt, att)[..., None]  # row sums without a (.., T) temporary
+        datt *= att
+        np.matmul(datt, k[:, :, :t1], out=dq[:, :, t0:t1])  # written straight into dqkv
+        dk[:, :, :t1] += datt.swapaxes(-1, -2) @ q[:, :, t0:t1]
     dq *= scale
-    np.matmul(datt.swapaxes(-1, -2), q, out=dk)
     dk *= scale
     return dqkv
 

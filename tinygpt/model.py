@@ -34,16 +34,18 @@ Example::
 Activation memory. Training keeps, per token and per block, the arrays backward needs (float32, 4 bytes
 each; C = n_embd, H = n_head, T = sequence length)::
 
-    ln_1 and ln_2 inputs (the residual stream)   2C     c_attn input (ln_1 output)     C
-    qkv (the attention input)                   3C     attention probabilities        H*T
-    c_proj input (attention output)              C     c_fc input (ln_2 output)       C
-    GELU input (c_fc output)                    4C     MLP c_proj input (GELU output) 4C
+    ln_1 and ln_2 inputs (the residual stream)   2C     c_attn input (ln_1 output)      C
+    qkv (the attention input)                   3C     attention probabilities    ~5/8 H*T
+    c_proj input (attention output)              C     c_fc input (ln_2 output)        C
+    GELU input (c_fc output)                    4C     MLP c_proj input (GELU output)  4C
     LayerNorm mean and rstd                       4    dropout keep-masks (if p > 0)   bytes: H*T + 3C
 
-i.e. 16C + H*T floats per token per block, plus 2C + V for the final LayerNorm and the logits (and V more
-while backward forms dlogits). At 6 blocks, C = 384, H = 6, T = 256 that is 6 * (6144 + 1536) + 833 =
-46,913 floats = 188 KB per token, 384 MB for a batch of 8 x 256 tokens. ``tinygpt bench train`` measures
-the peak RSS of such a step. Evaluation without targets keeps nothing.
+i.e. about 16C + H*T' floats per token per block, where T' is the average number of keys a query's
+block computes (T for T <= 64; (64 + 128 + 192 + 256) / 4 = 160 at T = 256, see ``attention_forward``),
+plus 2C + V for the final LayerNorm and the logits (and V more while backward forms dlogits). At 6 blocks,
+C = 384, H = 6, T = 256 that is 6 * (6144 + 960) + 833 = 43,457 floats = 170 KiB per token, 340 MiB for a
+batch of 8 x 256 tokens (``activation_floats_per_token``); ``tinygpt bench train`` measures the peak RSS
+of such a step. Evaluation without targets keeps nothing.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ import numpy as np
 
 from tinygpt.errors import TinyGPTError
 
-__all__ = ["GPTConfig", "GPT", "get_layer_ops"]
+__all__ = ["GPTConfig", "GPT", "get_layer_ops", "activation_floats_per_token"]
 
 LAYERNORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
 
@@ -118,6 +120,16 @@ class GPTConfig:
         if missing:
             raise TinyGPTError(f"model config is missing: {', '.join(missing)}")
         return cls(**d)
+
+
+def activation_floats_per_token(config: GPTConfig, seq_len: int, query_block: int = 64) -> float:
+    """Floats a training forward keeps for backward, per token (the count in this module's docstring)."""
+    C, H, T = config.n_embd, config.n_head, seq_len
+    keys = [min(t0 + query_block, T) for t0 in range(0, T, query_block)]  # keys each query block computes
+    rows = [min(query_block, T - t0) for t0 in range(0, T, query_block)]
+    mean_keys = sum(r * k for r, k in zip(rows, keys)) / T
+    per_block = 2 * C + C + 3 * C + H * mean_keys + C + C + 4 * C + 4 * C + 4
+    return config.n_layer * per_block + 2 * C + config.vocab_size
 
 
 def get_layer_ops(backend: str = "numpy") -> SimpleNamespace:

@@ -207,7 +207,7 @@ def run(args):
         )
     if args.steps < 1 or args.warmup < 0:
         raise TinyGPTError("--steps must be >= 1 and --warmup >= 0")
-    from tinygpt.model import get_layer_ops
+    from tinygpt.model import GPTConfig, activation_floats_per_token, get_layer_ops
 
     for backend in backends:
         get_layer_ops(backend)  # fail early, with the backend's own message
@@ -251,7 +251,7 @@ def run(args):
             label = f"tinygpt ({backend})" if side == "tinygpt" else "PyTorch eager"
             print(f"  {label:<20} peak {rss['peak_kb'] / 1024:7.0f} MiB   step added "
                   f"{(rss['peak_kb'] - rss['before_kb']) / 1024:6.0f} MiB")  # fmt: skip
-        per_token = L * (16 * C + H * T) + 2 * C + VOCAB_SIZE
+        per_token = activation_floats_per_token(GPTConfig(VOCAB_SIZE, T, L, H, C), T)
         print(f"  activations kept for backward (model.py's count): {per_token * 4 / 1024:.0f} KiB/token, "
               f"{per_token * 4 * B * T / 2**20:.0f} MiB per step")  # fmt: skip
     return 0
