@@ -248,9 +248,7 @@ def dropout_backward(dout, cache):
 
 def _causal_mask(T, dtype):
     """(T, T) additive mask: 0 where key s <= query t, -inf above the diagonal, so exp gives exactly 0."""
-    mask = np.zeros((T, T), dtype=dtype)
-    mask[np.triu_indices(T, k=1)] = -np.inf
-    return mask
+    return np.triu(np.full((T, T), -np.inf, dtype=dtype), k=1)  # triu zeroes everything below diagonal 1
 
 
 def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=64):
