@@ -314,3 +314,22 @@ def test_model_on_numba_backend_equals_numpy_backend(dropout):
     assert grads.keys() == ref_grads.keys()
     for name in grads:
         assert relative_error(grads[name], ref_grads[name]) < 1e-4, name
+
+
+def test_device_helpers_on_cpu_backends_match_numpy():
+    from tinygpt.kernels import HELPER_NAMES
+
+    rng = np.random.default_rng(2)
+    x, wte = rng.standard_normal((2, 3, 4)), rng.standard_normal((5, 4))
+    for backend in ("numpy", "numba"):
+        ops = get_ops(backend)
+        assert all(callable(getattr(ops, name)) for name in HELPER_NAMES)
+        assert ops.sum_squares(x) == pytest.approx(float((x**2).sum()))
+        logits, cache = ops.lm_head_forward(x, wte)
+        assert np.allclose(logits, x @ wte.T)
+        dlogits = rng.standard_normal(logits.shape)
+        dx, dwte = ops.lm_head_backward(dlogits, cache)
+        ref_dx, ref_dwte, _ = layers.linear_backward(dlogits, layers.linear_forward(x, wte.T, None)[1])
+        assert relative_error(dx, ref_dx) < 1e-12 and relative_error(dwte, ref_dwte.T) < 1e-12
+        a = x.copy()
+        assert ops.add_inplace(a, x) is a and np.array_equal(a, 2 * x)

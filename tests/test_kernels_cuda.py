@@ -220,6 +220,20 @@ else:
         for name in ref_grads:
             assert relative_error(grads[name], ref_grads[name]) < 1e-4, name
 
+    def test_device_helpers_match_numpy():
+        rng = np.random.default_rng(10)
+        x, wte = rng.standard_normal((2, 3, 4)), rng.standard_normal((5, 4))
+        ops = get_ops("cuda")
+        assert ops.sum_squares(x) == pytest.approx(float((x**2).sum()), rel=1e-12)
+        assert ops.sum_squares(rng.standard_normal(300)) > 0
+        logits, cache = ops.lm_head_forward(K.to_device(x), K.to_device(wte))
+        close(logits, x @ wte.T, np.float64, "logits")
+        dlogits = rng.standard_normal(logits.shape)
+        dx, dwte = ops.lm_head_backward(K.to_device(dlogits), cache)
+        close(dx, dlogits @ wte, np.float64, "dx")
+        close(dwte, dlogits.reshape(-1, 5).T @ x.reshape(-1, 4), np.float64, "dwte")
+        assert K.on_device(ops.zeros_like(K.to_device(x)))
+
     def test_bad_input_is_a_clear_error():
         from tinygpt.errors import TinyGPTError
 

@@ -23,6 +23,13 @@ Backends:
 
 Only one thing crosses this seam: the functions. The namespace also carries ``name`` (the resolved backend,
 so ``get_ops("auto").name`` says what was picked).
+
+Device-resident training. With host arrays the "cuda" backend copies every op's inputs in and outputs out
+(correct, used by the tests). To keep a whole step on the GPU a model keeps its parameters as device
+arrays (``ops.to_device``) and avoids the few NumPy idioms a device array lacks, through the helpers of
+``HELPER_NAMES``, which every backend has: ``ops.add`` / ``ops.add_inplace`` for residuals and gradient
+sums, ``ops.lm_head_forward`` / ``ops.lm_head_backward`` for the tied output layer (instead of
+``wte.T``), ``ops.zeros_like`` for optimizer state and ``ops.sum_squares`` for gradient clipping.
 """
 
 from __future__ import annotations
@@ -93,6 +100,56 @@ def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, bias_co
     param -= (lr / bias_corr1) * m / denom
 
 
+# Helpers a model needs to keep a training step on one device (see "Device-resident training" below).
+# For the NumPy and Numba backends they are the obvious NumPy one-liners; tinygpt.kernels.cuda has its own.
+HELPER_NAMES = ("to_device", "to_host", "add", "add_inplace", "zeros_like", "sum_squares",
+                "lm_head_forward", "lm_head_backward")
+
+
+def to_device(a):
+    """CPU backends: arrays already live where the compute is."""
+    return a
+
+
+def to_host(a):
+    return a
+
+
+def add(a, b):
+    """a + b, a new array (a residual connection)."""
+    return a + b
+
+
+def add_inplace(a, b):
+    """a += b, returning a (accumulating a gradient)."""
+    a += b
+    return a
+
+
+def zeros_like(a):
+    return np.zeros_like(a)
+
+
+def sum_squares(a) -> float:
+    """sum(a**2) as a Python float (for the global gradient norm)."""
+    flat = a.reshape(-1)
+    return float(np.dot(flat, flat))
+
+
+def lm_head_forward(x, wte):
+    """Tied output layer: x (..., C) @ wte.T -> logits (..., V), without materialising wte.T."""
+    return x @ wte.T, (x, wte)
+
+
+def lm_head_backward(dlogits, cache):
+    """dlogits (..., V) -> dx (..., C) = dlogits @ wte, dwte (V, C) = dlogits^T x (summed over rows)."""
+    x, wte = cache
+    V, C = wte.shape
+    dx = dlogits @ wte  # (..., V) @ (V, C)
+    dwte = dlogits.reshape(-1, V).T @ x.reshape(-1, C)  # (V, N) @ (N, C)
+    return dx, dwte
+
+
 def cuda_unavailable_reason() -> str | None:
     """Why the "cuda" backend cannot run here (one line), or None when it can (real GPU or simulator)."""
     try:
@@ -149,12 +206,13 @@ def get_ops(backend: str = "numpy") -> types.SimpleNamespace:
             raise TinyGPTError(f"backend 'cuda' is unavailable: {reason}")
         from tinygpt.kernels import cuda as module
 
-        functions = {op: getattr(module, op) for op in OP_NAMES}
+        functions = {op: getattr(module, op) for op in OP_NAMES + HELPER_NAMES}
     else:
         from tinygpt import layers
 
         functions = {op: getattr(layers, op) for op in OP_NAMES if op != "adamw_update"}
         functions["adamw_update"] = adamw_update
+        functions.update({name: globals()[name] for name in HELPER_NAMES})
         if name == "numba":
             from tinygpt.kernels import cpu
 

@@ -49,6 +49,7 @@ __all__ = [
     "cross_entropy_backward", "adamw_update",
     # device-resident helpers (not layers, but what a model needs to keep a step on the GPU)
     "to_device", "to_host", "on_device", "matmul", "add", "add_inplace", "zeros", "column_sum",
+    "zeros_like", "sum_squares", "lm_head_forward", "lm_head_backward",
 ]
 
 ELEMENTWISE_THREADS = 256  # threads per block of the one-thread-per-element kernels
@@ -715,6 +716,47 @@ def add_inplace(a, b):
     if a.size:
         _launch_elementwise("add", a.size, _flat(a), _flat(b), _flat(a), dtype=a.dtype)
     return a
+
+
+def zeros_like(a):
+    """A zero device array with a's shape and dtype."""
+    return zeros(tuple(a.shape), np.dtype(a.dtype))
+
+
+def sum_squares(a) -> float:
+    """sum(a**2) as a Python float: squares on the device, a two-stage column sum, one number back."""
+    a = to_device(a)
+    n = a.size
+    if n == 0:
+        return 0.0
+    squares = cuda.device_array(n, dtype=a.dtype)
+    flat = _flat(a)
+    _launch_elementwise("mul", n, flat, flat, squares, dtype=a.dtype)
+    width = next(w for w in (256, 128, 64, 32, 16, 8, 4, 2, 1) if n % w == 0)  # a 2-D view for column_sum
+    per_column = column_sum(squares.reshape(n // width, width))  # (width,)
+    return float(column_sum(per_column.reshape(width, 1)).copy_to_host()[0])
+
+
+def lm_head_forward(x, wte):
+    """Tied output layer: x (..., C) @ wte.T -> (..., V) as a transposed-B GEMM (no wte.T copy)."""
+    device = on_device(x)
+    shape = tuple(x.shape)
+    V, C = wte.shape
+    x2 = to_device(x).reshape(int(np.prod(shape[:-1])), C)
+    wte = to_device(wte)
+    logits = matmul(x2, wte, trans_b=True)  # (N, C) @ (V, C)^T
+    return _answer(logits.reshape(*shape[:-1], V), device), (x2, wte, shape)
+
+
+def lm_head_backward(dlogits, cache):
+    """dlogits (..., V) -> dx (..., C) = dlogits @ wte, dwte (V, C) = dlogits^T @ x."""
+    x2, wte, shape = cache
+    device = on_device(dlogits)
+    V = wte.shape[0]
+    d2 = to_device(dlogits).reshape(x2.shape[0], V)
+    dx = matmul(d2, wte)  # (N, V) @ (V, C)
+    dwte = matmul(d2, x2, trans_a=True)  # (V, N) @ (N, C)
+    return _answer(dx.reshape(*shape), device), _answer(dwte, device)
 
 
 def dropout_forward(x, p, rng):
