@@ -268,6 +268,18 @@ def test_bad_targets_and_backward_order():
         model.backward()  # twice
 
 
+def test_params_argument_is_checked_and_shared():
+    config = GPTConfig(**TINY)
+    params = GPT(config, seed=5).params
+    model = GPT(config, params=params)
+    assert model.params["wte.weight"] is params["wte.weight"]  # already float32: shared, not copied
+    assert GPT(config, dtype=np.float64, params=params).params["wte.weight"].dtype == np.float64
+    with pytest.raises(TinyGPTError, match="missing or unexpected ln_f.bias"):
+        GPT(config, params={k: v for k, v in params.items() if k != "ln_f.bias"})
+    with pytest.raises(TinyGPTError, match="shape"):
+        GPT(config, params={**params, "ln_f.bias": np.zeros(3)})
+
+
 def test_bad_constructor_arguments():
     with pytest.raises(TinyGPTError, match="dtype"):
         GPT(GPTConfig(**TINY), dtype=np.float16)

@@ -200,7 +200,10 @@ class GPT:
     model is in training mode (dropout on if ``config.dropout`` > 0); ``eval()`` turns dropout off.
     """
 
-    def __init__(self, config: GPTConfig, seed: int = 0, dtype=np.float32, backend: str = "numpy"):
+    def __init__(
+        self, config: GPTConfig, seed: int = 0, dtype=np.float32, backend: str = "numpy", params=None
+    ):
+        """``params``: use these arrays (name -> array, made ``dtype``) instead of a fresh GPT-2 init."""
         if not isinstance(config, GPTConfig):
             raise TinyGPTError(f"GPT needs a GPTConfig, got {type(config).__name__}")
         dtype = np.dtype(dtype)
@@ -210,7 +213,10 @@ class GPT:
         self.dtype = dtype
         self.backend = backend
         self.ops = get_layer_ops(backend)
-        self.params = init_params(config, seed, dtype)
+        if params is None:
+            self.params = init_params(config, seed, dtype)
+        else:
+            self.params = _checked_params(params, config, dtype)
         self.training = True
         # dropout masks come from here (separate from the init stream); reseed it for reproducible masks
         self.dropout_rng = np.random.default_rng([seed, 1])
@@ -423,7 +429,6 @@ class GPT:
         config = _config_from_hf(hf, config_path, dropout)
         tensors = _read_safetensors(path)
 
-        model = cls(config, seed=0, dtype=dtype, backend=backend)
         expected = param_shapes(config)
         loaded = {}
         head = None
@@ -449,9 +454,7 @@ class GPT:
             raise TinyGPTError(
                 "lm_head.weight differs from wte.weight: only a tied output layer is supported"
             )
-        for name, array in loaded.items():
-            model.params[name] = np.ascontiguousarray(array, dtype=model.dtype)
-        return model
+        return cls(config, dtype=dtype, backend=backend, params=loaded)
 
     def save_pretrained(self, path) -> None:
         """Write ``config.json`` and ``model.safetensors`` that ``GPT2LMHeadModel.from_pretrained`` loads.
@@ -473,6 +476,25 @@ class GPT:
             json.dump(_config_to_hf(cfg), f, indent=2)
             f.write("\n")
         save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+
+
+def _checked_params(params, config: GPTConfig, dtype) -> dict[str, np.ndarray]:
+    """``params`` checked against the config's names and shapes, as contiguous ``dtype`` arrays.
+
+    Arrays that already are contiguous ``dtype`` are shared, not copied (a checkpoint loads without a copy).
+    """
+    expected = param_shapes(config)
+    if not isinstance(params, dict) or set(params) != set(expected):
+        got = set(params) if isinstance(params, dict) else set()
+        problems = sorted(set(expected) - got)[:2] + sorted(got - set(expected))[:2]
+        raise TinyGPTError(f"params do not match the config: missing or unexpected {', '.join(problems)}")
+    out = {}
+    for name, shape in expected.items():  # checkpoint order
+        array = np.ascontiguousarray(params[name], dtype=dtype)
+        if array.shape != shape:
+            raise TinyGPTError(f"params[{name!r}] has shape {array.shape}, expected {shape}")
+        out[name] = array
+    return out
 
 
 # --- transformers' config.json and safetensors files ----------------------------------------------------
