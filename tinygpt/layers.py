@@ -263,7 +263,7 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=64):
 
     Queries go in blocks of ``query_block`` rows: the queries t0..t1-1 can only see keys 0..t1-1, so the
     block's scores are (t1-t0, t1) instead of (t1-t0, T). The keys right of the block, all masked, are never
-    computed: with T = 4 blocks that skips 3/8 of the matmul and softmax work (flash attention's trick,
+    computed: with 4 blocks (T = 256) that skips 3/8 of the matmul and softmax work (flash attention's trick,
     without the fusion). Within a block the usual -inf mask handles the diagonal.
 
     The cache keeps qkv (which the c_attn projection made anyway), each block's probabilities
