@@ -289,10 +289,42 @@ class GPT:
             if targets.shape != idx.shape:
                 raise TinyGPTError(f"targets shape {targets.shape} does not match idx shape {idx.shape}")
         self._tape = None  # a new forward invalidates the old caches (and frees them before we allocate)
+        tape = []  # one entry per layer call, in order; backward pops them in reverse
+        x = self._body_forward(idx, tape)
+        logits, c_head = self.ops.linear_forward(x, self.params["wte.weight"].T, None)  # tied LM head
+        tape.append(c_head)
+        if targets is None:
+            return logits, None
+        loss, c_loss = self.ops.cross_entropy_forward(logits, targets)
+        tape.append(c_loss)
+        self._tape = tape
+        return logits, loss
+
+    def forward_hidden(self, idx):
+        """idx (B, T) int -> h (B, T, C): the final LayerNorm's output, the features the LM head reads.
+
+        For task heads (``tinygpt.finetune``): the caches are kept for one ``backward_hidden(dh)``.
+        """
+        idx = self._check_ids(idx, "idx")
+        self._tape = None
+        tape = []
+        h = self._body_forward(idx, tape)
+        self._tape = ("hidden", tape)  # tagged: backward() must not consume a tape without the LM head
+        return h
+
+    def backward_hidden(self, dhidden) -> dict[str, np.ndarray]:
+        """dh (B, T, C), the gradient of some loss w.r.t. ``forward_hidden``'s output -> grads of params."""
+        if not (isinstance(self._tape, tuple) and self._tape[0] == "hidden"):
+            raise TinyGPTError("backward_hidden() needs a forward_hidden(idx) first (once per forward)")
+        tape, self._tape = self._tape[1], None
+        dhidden = np.asarray(dhidden, dtype=self.dtype)
+        return self._body_backward(dhidden, tape)
+
+    def _body_forward(self, idx, tape: list) -> np.ndarray:
+        """Embeddings, blocks and the final LayerNorm: idx (B, T) -> (B, T, C); caches appended to tape."""
         ops, p, cfg = self.ops, self.params, self.config
         p_drop = cfg.dropout if self.training else 0.0
         rng = self.dropout_rng
-        tape = []  # one entry per layer call, in order; backward pops them in reverse
 
         def dropout(x):
             out, cache = ops.dropout_forward(x, p_drop, rng)
@@ -321,20 +353,23 @@ class GPT:
             m += x
             x = m
         x, c_lnf = ops.layernorm_forward(x, p["ln_f.weight"], p.get("ln_f.bias"), LAYERNORM_EPS)
-        logits, c_head = ops.linear_forward(x, p["wte.weight"].T, None)  # (B,T,C) @ (C,V): tied LM head
-        tape += [c_lnf, c_head]
-        if targets is None:
-            return logits, None
-        loss, c_loss = ops.cross_entropy_forward(logits, targets)
-        tape.append(c_loss)
-        self._tape = tape
-        return logits, loss
+        tape.append(c_lnf)
+        return x
 
     def backward(self) -> dict[str, np.ndarray]:
         """Gradients of the last forward's loss: a dict with the keys and shapes of ``params``."""
-        if self._tape is None:
+        if self._tape is None or isinstance(self._tape, tuple):
             raise TinyGPTError("backward() needs a forward(idx, targets) first (once per forward)")
         tape, self._tape = self._tape, None  # consumed: a second backward would need a new forward
+        dlogits = self.ops.cross_entropy_backward(1.0, tape.pop())
+        dx, dwte_head_t, _ = self.ops.linear_backward(dlogits, tape.pop())  # dW of the head is (C, V)
+        del dlogits
+        grads = self._body_backward(dx, tape)
+        grads["wte.weight"] += dwte_head_t.T  # tied weights: the embedding's and the LM head's gradients add
+        return grads
+
+    def _body_backward(self, dx, tape: list) -> dict[str, np.ndarray]:
+        """dx (B, T, C) at the final LayerNorm's output -> grads of all params (wte: as embedding only)."""
         ops, p, cfg = self.ops, self.params, self.config
         grads = {}
 
@@ -342,9 +377,6 @@ class GPT:
             if grad is not None and name in p:
                 grads[name] = grad
 
-        dlogits = ops.cross_entropy_backward(1.0, tape.pop())
-        dx, dwte_head_t, _ = ops.linear_backward(dlogits, tape.pop())  # dW of the head is (C, V)
-        del dlogits
         dx, dw, db = ops.layernorm_backward(dx, tape.pop())
         put("ln_f.weight", dw)
         put("ln_f.bias", db)
@@ -382,7 +414,6 @@ class GPT:
             dx = dx + da
         dx = ops.dropout_backward(dx, tape.pop())
         dwte, dwpe = ops.embedding_backward(dx, tape.pop())
-        dwte += dwte_head_t.T  # tied weights: the embedding's and the LM head's gradients add up
         grads["wte.weight"] = dwte
         grads["wpe.weight"] = dwpe
         return {name: grads[name] for name in p}  # params' order
