@@ -12,9 +12,9 @@ Backends:
 
 ``"numpy"``  the readable reference, ``tinygpt.layers``; AdamW is ``adamw_update`` below.
 ``"numba"``  ``tinygpt.layers`` with the fused, parallel CPU kernels of ``tinygpt.kernels.cpu`` swapped in
-             where they beat NumPy (attention, LayerNorm, embedding, AdamW: ``NUMBA_OVERRIDES``); matmuls
-             stay on BLAS. Each forward/backward pair comes from the same module, so caches always match
-             their backward.
+             where they beat NumPy (attention, LayerNorm, GELU, embedding, AdamW: ``NUMBA_OVERRIDES``);
+             matmuls stay on BLAS. Each forward/backward pair comes from the same module, so caches always
+             match their backward.
 ``"cuda"``   ``tinygpt.kernels.cuda``: numba ``cuda.jit`` kernels (tiled SGEMM, flash-style attention,
              element-wise ops). Needs an NVIDIA GPU, or ``NUMBA_ENABLE_CUDASIM=1`` (the slow simulator).
 ``"auto"``   ``"cuda"`` when a real GPU is present, else ``"numba"``. Numba is a hard dependency, and the
@@ -63,15 +63,17 @@ OP_NAMES = (
 )
 
 # The functions tinygpt.kernels.cpu replaces; the rest of the "numba" backend is tinygpt.layers.
-# cpu.py also has GELU and cross-entropy kernels (tested, equal to the reference), but they are NOT swapped
-# in: both are dominated by tanh / exp, which NumPy evaluates with SIMD while Numba (no Intel SVML) calls
-# the scalar libm function per element, and measured 1.5-2.6x slower than NumPy (`tinygpt bench kernels
-# --device cpu`). The seam only takes a kernel where it wins.
+# cpu.py also has a cross-entropy kernel (tested, equal to the reference), but it is NOT swapped in: its
+# cost is exp, which NumPy evaluates with SIMD while Numba (no Intel SVML) calls the scalar libm function
+# per element; it measured slower than NumPy (`tinygpt bench kernels --device cpu`). The seam only takes a
+# kernel where it wins.
 NUMBA_OVERRIDES = (
     "embedding_forward",
     "embedding_backward",
     "layernorm_forward",
     "layernorm_backward",
+    "gelu_forward",
+    "gelu_backward",
     "attention_forward",
     "attention_backward",
     "adamw_update",
