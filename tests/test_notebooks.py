@@ -60,9 +60,10 @@ def test_notebook_is_committed_with_outputs(name):
     )
     assert not [out for cell in code for out in cell.outputs if out.output_type == "error"]
     assert _images(nb) >= 1, f"{name} is committed without its figures"
-    assert any(cell.cell_type == "markdown" and "$" in cell.source for cell in nb.cells), (
-        f"{name} has no LaTeX math in its markdown"
-    )
+    markdown = [cell.source for cell in nb.cells if cell.cell_type == "markdown"]
+    assert any("$" in source for source in markdown), f"{name} has no LaTeX math in its markdown"
+    titles = [line for source in markdown for line in source.splitlines() if line.startswith("# ")]
+    assert len(titles) == 1, f"{name} should have one '# ' title, has {len(titles)}: {titles[:3]}"
 
 
 def test_notebooks_stay_small():
