@@ -300,16 +300,18 @@ class GPT:
         self._tape = tape
         return logits, loss
 
-    def forward_hidden(self, idx):
+    def forward_hidden(self, idx, keep_caches: bool = True):
         """idx (B, T) int -> h (B, T, C): the final LayerNorm's output, the features the LM head reads.
 
-        For task heads (``tinygpt.finetune``): the caches are kept for one ``backward_hidden(dh)``.
+        For task heads (``tinygpt.finetune``): with ``keep_caches`` the caches are kept for one
+        ``backward_hidden(dh)``; without (inference), nothing is kept.
         """
         idx = self._check_ids(idx, "idx")
         self._tape = None
         tape = []
         h = self._body_forward(idx, tape)
-        self._tape = ("hidden", tape)  # tagged: backward() must not consume a tape without the LM head
+        if keep_caches:
+            self._tape = ("hidden", tape)  # tagged: backward() must not consume a tape without the LM head
         return h
 
     def backward_hidden(self, dhidden) -> dict[str, np.ndarray]:
