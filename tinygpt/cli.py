@@ -169,7 +169,11 @@ def _run_train(args):
 
 
 def _run_eval(args):
+    from tinygpt.finetune import is_classifier_dir
     from tinygpt.train import evaluate
+
+    if is_classifier_dir(args.out):  # a `tinygpt finetune` classifier: accuracy + confusion matrix
+        return _run_classifier_eval(args)
 
     result = evaluate(args.out, data=args.data, split=args.split, batch_size=args.batch_size,
                       backend=args.backend, max_batches=args.max_batches)
@@ -328,6 +332,114 @@ def _run_sample(args):
         out.flush()
 
 
+# --- finetune / predict (issue 8) ------------------------------------------------------------------
+
+
+def _add_finetune(sub):
+    p = sub.add_parser(
+        "finetune", help="fine-tune a GPT into a text classifier (labelled .jsonl or .csv)",
+        description="Fine-tune a pre-trained GPT (--init-from a tinygpt run, or --pretrained a transformers "
+        "GPT-2 directory) into a classifier: a linear head on the final hidden state of each text's last "
+        "token, trained with cross-entropy. Without either, the same model is trained from scratch on the "
+        "labels only. Texts longer than the model's block_size keep their first block_size tokens.",
+    )  # fmt: skip
+    p.add_argument("--task", choices=("classify",), default="classify", help="the task (classify)")
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help=".jsonl or .csv rows with text and label (and optionally split: train/val)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory: checkpoint, metrics.jsonl")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--init-from", metavar="DIR", help="a tinygpt training output directory")
+    start.add_argument("--pretrained", metavar="HF_DIR", help="a local transformers GPT-2 directory")
+    p.add_argument("--freeze-body", action="store_true", help="train only the head; the GPT stays as loaded")
+    p.add_argument("--labels", metavar="A,B,...", help="class names in this order (default: sorted)")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
+                   help="stratified validation share when the rows have no split field (0.1)")
+    add = p.add_argument
+    add("--epochs", type=int, default=3, metavar="N", help="passes over the training split (3)")
+    add("--max-iters", type=int, metavar="N", help="optimizer steps in total (overrides --epochs)")
+    add("--batch-size", type=int, default=16, metavar="N", help="texts per step (16)")
+    add("--learning-rate", type=float, default=3e-4, metavar="X", help="peak learning rate (3e-4)")
+    add("--warmup-iters", type=int, default=20, metavar="N", help="linear warmup steps, then cosine (20)")
+    add("--weight-decay", type=float, default=0.01, metavar="X", help="AdamW weight decay (0.01)")
+    add("--grad-clip", type=float, default=1.0, metavar="X", help="global gradient-norm clip (1.0; 0 = off)")
+    add("--dropout", type=float, metavar="X", help="dropout while fine-tuning (default: the model's)")
+    add("--eval-interval", type=int, default=50, metavar="N", help="evaluate and checkpoint every N steps")
+    add("--seed", type=int, default=1337, metavar="N", help="seed of the split, the head and the batches")
+    add("--backend", choices=_BACKEND_CHOICES, default="auto", help="layer implementations (auto)")
+    add("--quiet", action="store_true", help="no log lines")
+    scratch = p.add_argument_group("a model from scratch (neither --init-from nor --pretrained)")
+    scratch.add_argument("--tokenizer", choices=("char", "gpt2"), default="char",
+                         help="char (the data's characters) or gpt2")
+    for flag, default in (("n-layer", 4), ("n-head", 4), ("n-embd", 128), ("block-size", 128)):
+        scratch.add_argument(f"--{flag}", type=int, default=default, metavar="N", help=f"({default})")
+    p.set_defaults(func=_run_finetune)
+
+    pr = sub.add_parser("predict", help="label probabilities of texts under a fine-tuned classifier")
+    pr.add_argument("--out", required=True, metavar="DIR", help="a `tinygpt finetune` output directory")
+    pr.add_argument("text", nargs="*", help="texts to classify; none or '-' reads one text from stdin")
+    pr.add_argument("--backend", choices=_BACKEND_CHOICES, default="numpy")
+    pr.set_defaults(func=_run_predict)
+
+
+def _run_finetune(args):
+    from tinygpt.finetune import FinetuneConfig, finetune_classifier
+
+    labels = None
+    if args.labels is not None:
+        labels = [name.strip() for name in args.labels.split(",")]
+        if all(name.lstrip("-").isdigit() for name in labels):
+            labels = [int(name) for name in labels]  # integer labels in a .jsonl file
+    cfg = FinetuneConfig(
+        data=args.data, out=args.out, init_from=args.init_from, pretrained=args.pretrained,
+        freeze_body=args.freeze_body, labels=labels, val_fraction=args.val_fraction, seed=args.seed,
+        backend=args.backend, epochs=args.epochs, max_iters=args.max_iters, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, warmup_iters=args.warmup_iters, weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip, eval_interval=args.eval_interval, dropout=args.dropout,
+        tokenizer=args.tokenizer, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+        block_size=args.block_size,
+    )  # fmt: skip
+    finetune_classifier(cfg, quiet=args.quiet)
+
+
+def _run_predict(args):
+    import numpy as np
+
+    from tinygpt.finetune import load_classifier, predict_proba
+
+    texts = args.text
+    if not texts or texts == ["-"]:
+        texts = [_tokenizer_read_utf8("-").rstrip("\n")]
+    clf = load_classifier(args.out, backend=args.backend)
+    probs = predict_proba(clf, texts)
+    width = max(len(str(label)) for label in clf.labels)
+    for i, (text, row) in enumerate(zip(texts, probs)):
+        if len(texts) > 1:
+            print(("" if i == 0 else "\n") + (text if len(text) <= 70 else text[:67] + "..."))
+        for k in np.argsort(-row, kind="stable"):
+            print(f"{str(clf.labels[k]):<{width}}  {row[k]:.4f}")
+
+
+def _run_classifier_eval(args):
+    from pathlib import Path
+
+    from tinygpt.finetune import evaluate_classifier, plot_confusion_matrix
+
+    result = evaluate_classifier(args.out, data=args.data, split=args.split, batch_size=args.batch_size,
+                                 backend=args.backend, max_batches=args.max_batches)
+    labels, matrix = [str(label) for label in result["labels"]], result["confusion"]
+    print(f"{result['split']} split of {result['data']}: {result['n']:,} texts")
+    print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
+          f"(majority class: {result['majority_accuracy']:.4f})")
+    width = max(max(len(name) for name in labels), 6)
+    print("confusion matrix (rows: true, columns: predicted)")
+    print(" " * width + "".join(f"  {name:>{width}}" for name in labels))
+    for name, row in zip(labels, matrix):
+        print(f"{name:>{width}}" + "".join(f"  {count:>{width}}" for count in row))
+    png = plot_confusion_matrix(matrix, labels, Path(args.out) / f"confusion_{result['split']}.png",
+                                title=f"{result['split']} accuracy {result['accuracy']:.3f}")
+    print(f"figure: {png}")
+
+
 # --- bench ----------------------------------------------------------------------------------------
 
 # Each benchmark lives in tinygpt/bench/<name>.py with ``add_arguments(parser)`` and ``run(args)``; it
@@ -368,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer(sub)
     _add_training(sub)
     _add_sample(sub)
+    _add_finetune(sub)
     _add_bench(sub)
     return parser
 

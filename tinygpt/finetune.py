@@ -1,0 +1,710 @@
+"""Fine-tuning: a pre-trained GPT turned into a sequence classifier, forward and backward by hand.
+
+GPT-1's second stage (Radford et al. 2018, section 3.2): keep the pre-trained transformer, read its final
+hidden state at the last token of each input, and learn a linear layer from it to the labels with the same
+cross-entropy loss as pre-training::
+
+    h = GPT body(idx)                        (B, T, C)   final LayerNorm's output (``GPT.forward_hidden``)
+    z = h[b, lengths[b] - 1]                 (B, C)      the LAST REAL token of each sequence
+    logits = z @ W + b                       (B, K)      W (C, K), b (K,): the classification head
+    loss = mean_b -log softmax(logits[b])[label[b]]
+
+Why the last token: attention is causal, so position t sees tokens 0..t and only the last real token has
+read the whole text. Sequences of a batch are padded on the RIGHT with ``PAD_ID`` up to the longest one;
+a padded position comes after every real token, so causality alone keeps it out of the pooled state (no
+attention mask needed), and the pooling never reads it. The logits of a text therefore do not depend on
+what it is batched with (a test checks this).
+
+Backward walks the same path: the cross-entropy and the Linear layer give dz (B, C); the pooling puts dz
+back at (b, lengths[b] - 1) of an all-zero dh (B, T, C); ``GPT.backward_hidden(dh)`` takes it through the
+body. With ``freeze_body`` only W and b train: the body is a fixed feature extractor, so its features
+are computed once (eval mode) and the head is a softmax regression on them.
+
+Texts longer than ``block_size`` tokens are TRUNCATED to their FIRST ``block_size`` tokens (the right end
+is dropped, as ``transformers``' tokenizers do by default); the run reports how many were.
+
+Labelled data (``read_labelled``): JSON Lines (``.jsonl``: one object per line) or CSV with a header, each
+row a ``text`` and a ``label`` (all strings or all integers), and optionally ``split`` ("train" / "val")
+to fix the split, e.g. to hold out whole plays. Without ``split``, the validation set is a stratified
+``val_fraction`` of each class, drawn by a seeded generator (the same split for the same file and seed).
+
+An output directory holds a checkpoint in the layout of ``tinygpt.checkpoint`` (written atomically by
+``save_checkpoint``): ``model.safetensors`` carries the body under GPT-2's names plus ``classifier.weight``
+(C, K) and ``classifier.bias`` (K,), and ``config.json`` a ``tinygpt_classifier`` entry with the label
+names. ``tinygpt.checkpoint.load_model`` still reads the body as a language model; :func:`load_classifier`
+reads all of it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tinygpt import layers
+from tinygpt.errors import TinyGPTError
+
+__all__ = [
+    "PAD_ID", "FinetuneConfig", "Classifier", "read_labelled", "label_vocabulary", "split_indices",
+    "encode_texts", "pad_batch", "last_token_pool_forward", "last_token_pool_backward", "init_head",
+    "head_loss_forward", "head_loss_backward", "classifier_forward", "classifier_backward",
+    "finetune_classifier", "load_classifier", "is_classifier_dir", "predict_proba", "evaluate_classifier",
+    "confusion_matrix", "plot_confusion_matrix",
+]
+
+PAD_ID = 0  # any id in the vocabulary works: right padding is never seen by a real token (causal attention)
+HEAD_WEIGHT, HEAD_BIAS = "classifier.weight", "classifier.bias"
+
+
+# --- labelled data -----------------------------------------------------------------------------------
+
+
+def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
+    """``(texts, labels, splits)`` of a ``.jsonl`` or ``.csv`` file with ``text`` and ``label`` fields.
+
+    ``splits[i]`` is the row's ``split`` field ("train" or "val") or None. Labels are all str or all int
+    (CSV labels are str); anything else -> TinyGPTError naming the row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TinyGPTError(f"labelled data file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".csv"):
+        raise TinyGPTError(f"{path}: labelled data must be .jsonl or .csv, got {suffix or 'no extension'!r}")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TinyGPTError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    rows = []  # (row number as a person counts it, dict)
+    if suffix == ".jsonl":
+        for number, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise TinyGPTError(f"{path}:{number}: not valid JSON ({exc})") from None
+            if not isinstance(row, dict):
+                raise TinyGPTError(f"{path}:{number}: expected a JSON object with text and label")
+            rows.append((number, row))
+    else:
+        reader = csv.DictReader(raw.splitlines(keepends=True))
+        if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
+            raise TinyGPTError(f"{path}: the CSV header must name the columns text and label, got "
+                               f"{reader.fieldnames}")
+        rows = [(number, row) for number, row in enumerate(reader, 2)]  # line 1 is the header
+    if not rows:
+        raise TinyGPTError(f"{path} holds no rows")
+    texts, labels, splits = [], [], []
+    for number, row in rows:
+        where = f"{path}:{number}"
+        text, label, split = row.get("text"), row.get("label"), row.get("split")
+        if not isinstance(text, str):
+            raise TinyGPTError(f"{where}: missing text" if text is None else
+                               f"{where}: text must be a string, got {type(text).__name__}")
+        if not text:
+            raise TinyGPTError(f"{where}: empty text")
+        if label is None or label == "":
+            raise TinyGPTError(f"{where}: missing label")
+        if isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise TinyGPTError(f"{where}: a label must be a string or an integer, got {label!r}")
+        if split in ("", None):
+            split = None
+        elif split not in ("train", "val"):
+            raise TinyGPTError(f"{where}: split must be train or val, got {split!r}")
+        texts.append(text)
+        labels.append(label)
+        splits.append(split)
+    kinds = {type(label) for label in labels}
+    if len(kinds) > 1:
+        first_int = next(i for i, label in enumerate(labels) if isinstance(label, int))
+        first_str = next(i for i, label in enumerate(labels) if isinstance(label, str))
+        raise TinyGPTError(f"{path}: labels of mixed types: {labels[first_int]!r} (integer, row "
+                           f"{rows[first_int][0]}) and {labels[first_str]!r} (string, row "
+                           f"{rows[first_str][0]})")
+    if len({s is None for s in splits}) > 1:
+        raise TinyGPTError(f"{path}: either every row has a split field or none does")
+    return texts, labels, splits
+
+
+def label_vocabulary(labels: list, names: list | None = None) -> tuple[list, np.ndarray]:
+    """``(names, ids)``: the class names (sorted, or as given) and each row's class index (N,) int64.
+
+    Every class must have at least one example and there must be at least two classes.
+    Example: ``label_vocabulary(["b", "a", "b"]) -> (["a", "b"], array([1, 0, 1]))``.
+    """
+    present = sorted(set(labels))
+    if names is None:
+        names = present
+    else:
+        names = list(names)
+        if len(set(names)) != len(names):
+            raise TinyGPTError(f"the label list {names} repeats a label")
+        unknown = [label for label in present if label not in names]
+        if unknown:
+            raise TinyGPTError(f"label {unknown[0]!r} is not among the given labels {names}")
+        empty = [name for name in names if name not in present]
+        if empty:
+            raise TinyGPTError(f"class {empty[0]!r} has no examples in the data")
+    if len(names) < 2:
+        raise TinyGPTError(f"classification needs at least two classes; the data has only {names}")
+    index = {name: i for i, name in enumerate(names)}
+    return names, np.array([index[label] for label in labels], dtype=np.int64)
+
+
+def split_indices(label_ids: np.ndarray, splits: list, val_fraction: float, seed: int,
+                  n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(train, val)``: the rows' own ``split`` fields, else a stratified seeded split.
+
+    Stratified: each class gives ``round(val_fraction * n)`` of its n rows (at least 1 when n >= 2, never
+    all of them) to validation, so both sides see every class in its proportion. Every class must keep at
+    least one training example.
+    """
+    n = len(label_ids)
+    if splits and splits[0] is not None:
+        is_val = np.array([s == "val" for s in splits])
+    else:
+        if not 0.0 <= val_fraction < 1.0:
+            raise TinyGPTError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        rng = np.random.default_rng([seed, 5])
+        is_val = np.zeros(n, dtype=bool)
+        for k in range(n_classes):
+            rows = np.flatnonzero(label_ids == k)
+            n_val = int(round(val_fraction * len(rows)))
+            if val_fraction > 0 and len(rows) >= 2:
+                n_val = min(max(n_val, 1), len(rows) - 1)
+            is_val[rng.permutation(rows)[:n_val]] = True
+    train, val = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    missing = sorted(set(range(n_classes)) - set(label_ids[train].tolist()))
+    if missing:
+        raise TinyGPTError(f"class number {missing[0]} has no training examples (all of its rows are in "
+                           "the validation split)")
+    return train, val
+
+
+def encode_texts(tokenizer, texts: list[str], block_size: int, vocab_size: int,
+                 where: str = "data") -> tuple[list[np.ndarray], int]:
+    """Token ids of each text, truncated to its FIRST ``block_size`` tokens; and how many were truncated.
+
+    A text the tokenizer cannot encode (a character model without the text's characters) or that encodes
+    to ids outside the model's vocabulary raises TinyGPTError naming the row.
+    """
+    seqs, truncated = [], 0
+    for i, text in enumerate(texts):
+        try:
+            ids = tokenizer.encode(text)
+        except TinyGPTError as exc:
+            raise TinyGPTError(f"{where}, text {i + 1}: the model's tokenizer cannot encode it ({exc}); "
+                               "fine-tune from a model whose vocabulary covers the data") from None
+        if not ids:
+            raise TinyGPTError(f"{where}, text {i + 1}: encodes to no tokens")
+        if max(ids) >= vocab_size:
+            raise TinyGPTError(f"{where}, text {i + 1}: token id {max(ids)} is outside the model's "
+                               f"vocabulary of {vocab_size}")
+        if len(ids) > block_size:
+            ids, truncated = ids[:block_size], truncated + 1
+        seqs.append(np.asarray(ids, dtype=np.int64))
+    return seqs, truncated
+
+
+def pad_batch(seqs: list[np.ndarray], pad_id: int = PAD_ID) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad sequences to the longest: -> idx (B, T_max) int64, lengths (B,) int64.
+
+    Example: ``pad_batch([[5, 6, 7], [8]]) -> ([[5, 6, 7], [8, 0, 0]], [3, 1])``.
+    """
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    idx = np.full((len(seqs), int(lengths.max())), pad_id, dtype=np.int64)
+    for b, s in enumerate(seqs):
+        idx[b, : len(s)] = s
+    return idx, lengths
+
+
+# --- the head, forward and backward by hand -------------------------------------------------------------
+
+
+def last_token_pool_forward(hidden: np.ndarray, lengths: np.ndarray):
+    """hidden (B, T, C), lengths (B,) int in [1, T] -> pooled (B, C) = hidden[b, lengths[b] - 1], cache."""
+    B, T, _ = hidden.shape
+    lengths = np.asarray(lengths)
+    if lengths.shape != (B,) or lengths.min() < 1 or lengths.max() > T:
+        raise TinyGPTError(f"lengths must be (B,) = ({B},) integers in [1, {T}], got {lengths}")
+    last = lengths - 1
+    return hidden[np.arange(B), last], (hidden.shape, last)
+
+
+def last_token_pool_backward(dpooled: np.ndarray, cache) -> np.ndarray:
+    """dpooled (B, C) -> dhidden (B, T, C): zero everywhere but the pooled positions (padding gets 0)."""
+    shape, last = cache
+    dhidden = np.zeros(shape, dtype=dpooled.dtype)
+    dhidden[np.arange(shape[0]), last] = dpooled  # one position per row: no accumulation needed
+    return dhidden
+
+
+def init_head(n_embd: int, n_classes: int, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
+    """The head's parameters: weight (C, K) ~ N(0, 0.02) as GPT-2's other weights, bias (K,) = 0."""
+    rng = np.random.default_rng([seed, 4])
+    return {HEAD_WEIGHT: (rng.standard_normal((n_embd, n_classes)) * 0.02).astype(dtype),
+            HEAD_BIAS: np.zeros(n_classes, dtype=dtype)}
+
+
+def head_loss_forward(pooled, weight, bias, labels=None):
+    """pooled (B, C) @ weight (C, K) + bias (K,) -> logits (B, K); with labels (B,) int the mean CE loss.
+
+    Returns ``(logits, loss or None, cache)``. The cross-entropy is layers' (B, T, V) one with T = 1.
+    """
+    logits, c_lin = layers.linear_forward(pooled, weight, bias)
+    if labels is None:
+        return logits, None, None
+    loss, c_ce = layers.cross_entropy_forward(logits[:, None, :], np.asarray(labels)[:, None])
+    return logits, loss, (c_lin, c_ce)
+
+
+def head_loss_backward(dloss, cache):
+    """-> dpooled (B, C), dweight (C, K), dbias (K,) of ``dloss * loss``."""
+    c_lin, c_ce = cache
+    dlogits = layers.cross_entropy_backward(dloss, c_ce)[:, 0, :]  # (B, 1, K) -> (B, K)
+    return layers.linear_backward(dlogits, c_lin)
+
+
+def classifier_forward(model, head: dict, idx, lengths, labels=None):
+    """The whole classifier: idx (B, T), lengths (B,) -> logits (B, K), loss (or None), cache.
+
+    With labels the body's caches are kept (in ``model``) for one :func:`classifier_backward`.
+    """
+    hidden = model.forward_hidden(idx)  # (B, T, C)
+    pooled, c_pool = last_token_pool_forward(hidden, lengths)
+    logits, loss, c_head = head_loss_forward(pooled, head[HEAD_WEIGHT], head.get(HEAD_BIAS), labels)
+    return logits, loss, (model, c_pool, c_head)
+
+
+def classifier_backward(cache) -> dict[str, np.ndarray]:
+    """Gradients of the last ``classifier_forward`` loss: the body's params and the head's, in one dict."""
+    model, c_pool, c_head = cache
+    dpooled, dweight, dbias = head_loss_backward(1.0, c_head)
+    grads = model.backward_hidden(last_token_pool_backward(dpooled, c_pool))
+    grads[HEAD_WEIGHT] = dweight
+    if dbias is not None:
+        grads[HEAD_BIAS] = dbias
+    return grads
+
+
+# --- batched inference --------------------------------------------------------------------------------
+
+
+def _batches_by_length(seqs, batch_size):
+    """Index batches with similar lengths together (less padding computed); order restored by callers."""
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pooled_features(model, seqs, batch_size: int = 64) -> np.ndarray:
+    """The pooled last-token hidden state of every sequence, in eval mode: (N, C)."""
+    was_training = model.training
+    model.eval()
+    try:
+        features = np.empty((len(seqs), model.config.n_embd), dtype=model.dtype)
+        for rows in _batches_by_length(seqs, batch_size):
+            idx, lengths = pad_batch([seqs[i] for i in rows])
+            hidden = model.forward_hidden(idx, keep_caches=False)
+            features[rows] = last_token_pool_forward(hidden, lengths)[0]
+    finally:
+        model.train(was_training)
+    return features
+
+
+def _softmax(logits):
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _scores(features, head, label_ids=None):
+    """(probabilities (N, K), mean loss or None, accuracy or None) of the head on pooled features."""
+    logits, loss, _ = head_loss_forward(features, head[HEAD_WEIGHT], head.get(HEAD_BIAS), label_ids)
+    probs = _softmax(logits.astype(np.float64))
+    if label_ids is None:
+        return probs, None, None
+    return probs, float(loss), float(np.mean(probs.argmax(axis=1) == label_ids))
+
+
+# --- fine-tuning run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class FinetuneConfig:
+    """Every setting of ``tinygpt finetune --task classify`` (defaults suit a small character model)."""
+
+    data: str = ""
+    out: str = "out-classify"
+    init_from: str | None = None  # a tinygpt training output directory
+    pretrained: str | None = None  # a transformers GPT-2 directory
+    freeze_body: bool = False
+    labels: list | None = None  # class names in this order (default: sorted labels of the data)
+    val_fraction: float = 0.1
+    seed: int = 1337
+    backend: str = "auto"
+    epochs: int = 3
+    max_iters: int | None = None  # overrides epochs
+    batch_size: int = 16
+    learning_rate: float = 3e-4
+    min_lr: float | None = None  # None: learning_rate / 10
+    warmup_iters: int = 20
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_interval: int = 50
+    dropout: float | None = None  # None: the checkpoint's
+    # a model from scratch (neither init_from nor pretrained): its shape and tokenizer
+    tokenizer: str = "char"
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128
+    bias: bool = False
+
+    def validate(self) -> FinetuneConfig:
+        if not self.data:
+            raise TinyGPTError("--data FILE.jsonl|csv is required")
+        if self.init_from and self.pretrained:
+            raise TinyGPTError("give --init-from or --pretrained, not both")
+        for name in ("epochs", "batch_size", "eval_interval", "n_layer", "n_head", "n_embd", "block_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise TinyGPTError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.max_iters is not None and (not isinstance(self.max_iters, int) or self.max_iters <= 0):
+            raise TinyGPTError(f"--max-iters must be a positive integer, got {self.max_iters!r}")
+        if not isinstance(self.warmup_iters, int) or self.warmup_iters < 0:
+            raise TinyGPTError(f"--warmup-iters must be >= 0, got {self.warmup_iters!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
+                and self.learning_rate > 0):
+            raise TinyGPTError(f"--learning-rate must be a positive number, got {self.learning_rate!r}")
+        for name in ("weight_decay", "grad_clip"):
+            if not getattr(self, name) >= 0:
+                raise TinyGPTError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise TinyGPTError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.tokenizer not in ("char", "gpt2"):
+            raise TinyGPTError(f"--tokenizer must be char or gpt2 for a model from scratch, got "
+                               f"{self.tokenizer!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class _ClassifierForSaving:
+    """What ``tinygpt.checkpoint.save_checkpoint`` needs of a model (params, config, save_pretrained),
+    writing the body in GPT-2's format plus the head tensors and the label names."""
+
+    def __init__(self, model, head, labels, info):
+        self.params, self.config, self._model, self._head = model.params, model.config, model, head
+        self._meta = {"labels": list(labels), "pooling": "last", "truncation": "first block_size tokens",
+                      "pad_id": PAD_ID, **info}
+
+    def save_pretrained(self, path):
+        from safetensors.numpy import load_file, save_file
+
+        self._model.save_pretrained(path)
+        path = Path(path)
+        tensors = load_file(str(path / "model.safetensors"))
+        tensors.update({name: np.ascontiguousarray(a) for name, a in self._head.items()})
+        save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+        config = json.loads((path / "config.json").read_text())
+        config["tinygpt_classifier"] = self._meta
+        (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _load_body(cfg: FinetuneConfig, texts: list[str]):
+    """(model, tokenizer, where it came from) for the run: a checkpoint, a GPT-2 dir, or a fresh model."""
+    from tinygpt.model import GPT, GPTConfig
+    from tinygpt.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
+
+    if cfg.init_from:
+        from tinygpt.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(cfg.init_from, backend=cfg.backend, with_optimizer=False)
+        return ckpt.model, ckpt.tokenizer, f"checkpoint {cfg.init_from} (step {ckpt.state.get('step')})"
+    if cfg.pretrained:
+        model = GPT.from_pretrained(cfg.pretrained, backend=cfg.backend)
+        path = Path(cfg.pretrained)
+        for encoder_json, vocab_bpe in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+            if (path / encoder_json).is_file() and (path / vocab_bpe).is_file():
+                return model, BPETokenizer.from_gpt2_files(path / encoder_json, path / vocab_bpe), str(path)
+        return model, BPETokenizer.gpt2(), f"{path} (with GPT-2's tokenizer)"
+    tokenizer = CharTokenizer.train("".join(texts)) if cfg.tokenizer == "char" else load_tokenizer("gpt2")
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                       n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout or 0.0, bias=cfg.bias)
+    return GPT(config, seed=cfg.seed, backend=cfg.backend), tokenizer, "a fresh random initialisation"
+
+
+def finetune_classifier(cfg: FinetuneConfig, quiet: bool = False) -> dict:
+    """Fine-tune (or, without init_from / pretrained, train from scratch) a classifier into ``cfg.out``.
+
+    Every ``eval_interval`` steps and at the end: one metrics.jsonl row (step, epoch, train loss and
+    accuracy as running means over the steps since the last row, val loss and accuracy on the whole
+    validation split, lr) and an atomic checkpoint of the current weights. Returns a summary dict.
+    """
+    from tinygpt.checkpoint import checkpoint_path, save_checkpoint
+    from tinygpt.optim import AdamW, clip_grad_norm, lr_at
+
+    cfg.validate()
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise TinyGPTError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and checkpoint_path(out) is not None:
+        raise TinyGPTError(f"{out} already holds a checkpoint: choose another --out")
+
+    def say(message):
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    texts, raw_labels, splits = read_labelled(cfg.data)
+    names, label_ids = label_vocabulary(raw_labels, cfg.labels)
+    train_rows, val_rows = split_indices(label_ids, splits, cfg.val_fraction, cfg.seed, len(names))
+    model, tokenizer, source = _load_body(cfg, texts)
+    if cfg.dropout is not None:
+        model.config.dropout = float(cfg.dropout)
+    seqs, n_truncated = encode_texts(tokenizer, texts, model.config.block_size, model.config.vocab_size,
+                                     where=str(cfg.data))
+    train_seqs = [seqs[i] for i in train_rows]
+    val_seqs = [seqs[i] for i in val_rows]
+    y_train, y_val = label_ids[train_rows], label_ids[val_rows]
+    head = init_head(model.config.n_embd, len(names), cfg.seed, model.dtype)
+    trainable = dict(head) if cfg.freeze_body else {**model.params, **head}
+    optimizer = AdamW(trainable, lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    max_iters = cfg.max_iters or cfg.epochs * steps_per_epoch
+    min_lr = cfg.learning_rate / 10 if cfg.min_lr is None else cfg.min_lr
+    warmup = min(cfg.warmup_iters, max_iters)
+    say(f"fine-tuning {'the head only (body frozen)' if cfg.freeze_body else 'every parameter'} of a "
+        f"{model.num_params():,}-parameter GPT from {source}: {len(names)} classes {names}, "
+        f"{len(train_rows)} train / {len(val_rows)} val texts, {max_iters} steps of {cfg.batch_size}")
+    if n_truncated:
+        say(f"note: {n_truncated} of {len(texts)} texts are longer than block_size "
+            f"{model.config.block_size} tokens and were truncated to their first {model.config.block_size}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    if metrics_path.exists():
+        metrics_path.unlink()
+    # With a frozen body its features never change: compute them once, then train a softmax regression.
+    frozen_train = pooled_features(model, train_seqs) if cfg.freeze_body else None
+    frozen_val = pooled_features(model, val_seqs) if cfg.freeze_body and len(val_rows) else None
+    info = {"data": str(cfg.data), "val_fraction": cfg.val_fraction, "seed": cfg.seed,
+            "freeze_body": cfg.freeze_body, "source": source}
+    record = {**cfg.to_dict(), "task": "classify", "labels": names}
+    rng = np.random.default_rng([cfg.seed, 6])
+    start = time.perf_counter()
+    running = {"loss": 0.0, "correct": 0, "seen": 0}
+    epoch_order, position = rng.permutation(len(train_rows)), 0
+    best_val_acc = None
+
+    def evaluate_and_save(step, epoch, lr):
+        nonlocal best_val_acc
+        row = {"step": step, "epoch": round(epoch, 3)}
+        if running["seen"]:
+            row["train_loss"] = running["loss"] / running["seen"]
+            row["train_acc"] = running["correct"] / running["seen"]
+        if len(val_rows):
+            features = frozen_val if cfg.freeze_body else pooled_features(model, val_seqs)
+            _, row["val_loss"], row["val_acc"] = _scores(features, head, y_val)
+            best_val_acc = max(best_val_acc or 0.0, row["val_acc"])
+        row.update({"lr": lr, "elapsed": round(time.perf_counter() - start, 3)})
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        save_checkpoint(out, _ClassifierForSaving(model, head, names, info), tokenizer, None, record,
+                        {"step": step, "val_acc": row.get("val_acc"), "val_loss": row.get("val_loss")})
+        shown = ", ".join(f"{k} {row[k]:.4f}" for k in ("train_loss", "train_acc", "val_loss", "val_acc")
+                          if k in row)
+        say(f"step {step} (epoch {epoch:.2f}): {shown}")
+        running.update(loss=0.0, correct=0, seen=0)
+        return row
+
+    row = evaluate_and_save(0, 0.0, lr_at(0, cfg.learning_rate, warmup, max_iters, min_lr))
+    model.train()
+    for step in range(max_iters):
+        if position >= len(epoch_order):
+            epoch_order, position = rng.permutation(len(train_rows)), 0
+        batch = epoch_order[position : position + cfg.batch_size]
+        position += len(batch)
+        lr = lr_at(step, cfg.learning_rate, warmup, max_iters, min_lr)
+        if cfg.freeze_body:
+            logits, loss, c_head = head_loss_forward(frozen_train[batch], head[HEAD_WEIGHT], head[HEAD_BIAS],
+                                                     y_train[batch])
+            _, dweight, dbias = head_loss_backward(1.0, c_head)
+            grads = {HEAD_WEIGHT: dweight, HEAD_BIAS: dbias}
+        else:
+            idx, lengths = pad_batch([train_seqs[i] for i in batch])
+            logits, loss, cache = classifier_forward(model, head, idx, lengths, y_train[batch])
+            grads = classifier_backward(cache)
+        if not math.isfinite(loss):
+            raise TinyGPTError(f"fine-tuning diverged: the loss is {loss} at step {step + 1}; "
+                               "try a lower --learning-rate")
+        clip_grad_norm(grads, cfg.grad_clip)
+        optimizer.step(grads, lr=lr)
+        running["loss"] += float(loss) * len(batch)
+        running["correct"] += int(np.sum(logits.argmax(axis=1) == y_train[batch]))
+        running["seen"] += len(batch)
+        done = step + 1
+        if done % cfg.eval_interval == 0 or done == max_iters:
+            row = evaluate_and_save(done, done / steps_per_epoch,
+                                    lr_at(done, cfg.learning_rate, warmup, max_iters, min_lr))
+            model.train()
+    elapsed = time.perf_counter() - start
+    summary = {"out": str(out), "step": max_iters, "val_acc": row.get("val_acc"),
+               "val_loss": row.get("val_loss"), "best_val_acc": best_val_acc, "elapsed": elapsed,
+               "labels": names, "train_size": len(train_rows), "val_size": len(val_rows),
+               "truncated": n_truncated}
+    if not quiet:
+        acc = f"{summary['val_acc']:.4f}" if summary["val_acc"] is not None else "n/a (no val split)"
+        print(f"done: {max_iters} steps in {elapsed:.1f} s; val accuracy {acc}; checkpoint in {out}")
+    return summary
+
+
+# --- using a fine-tuned classifier --------------------------------------------------------------------
+
+
+@dataclass
+class Classifier:
+    """A loaded classifier: the GPT body, its tokenizer, the head and the label names."""
+
+    model: object
+    tokenizer: object
+    head: dict
+    labels: list
+    meta: dict  # config.json's tinygpt_classifier entry
+    train_config: dict
+
+
+def is_classifier_dir(out_dir) -> bool:
+    """True when ``out_dir``'s current checkpoint is a classifier (its config has tinygpt_classifier)."""
+    from tinygpt.checkpoint import checkpoint_path
+
+    try:
+        path = checkpoint_path(out_dir)
+        return path is not None and "tinygpt_classifier" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def load_classifier(out_dir, backend: str = "numpy") -> Classifier:
+    """The classifier saved in ``out_dir`` by :func:`finetune_classifier` (verified like any checkpoint)."""
+    from safetensors.numpy import load_file
+
+    from tinygpt.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(out_dir, backend=backend, with_optimizer=False)
+    config = json.loads((ckpt.path / "config.json").read_text())
+    meta = config.get("tinygpt_classifier")
+    if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list):
+        raise TinyGPTError(f"{out_dir} holds a language model, not a classifier (train one with "
+                           "`tinygpt finetune --task classify`)")
+    tensors = load_file(str(ckpt.path / "model.safetensors"))
+    if HEAD_WEIGHT not in tensors:
+        raise TinyGPTError(f"corrupt classifier checkpoint in {ckpt.path}: no {HEAD_WEIGHT}")
+    head = {name: np.ascontiguousarray(tensors[name], dtype=ckpt.model.dtype)
+            for name in (HEAD_WEIGHT, HEAD_BIAS) if name in tensors}
+    if head[HEAD_WEIGHT].shape != (ckpt.model.config.n_embd, len(meta["labels"])):
+        raise TinyGPTError(f"corrupt classifier checkpoint in {ckpt.path}: {HEAD_WEIGHT} has shape "
+                           f"{head[HEAD_WEIGHT].shape} for {len(meta['labels'])} labels")
+    return Classifier(ckpt.model, ckpt.tokenizer, head, meta["labels"], meta, ckpt.train_config)
+
+
+def predict_proba(clf: Classifier, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Label probabilities (N, K) of texts (truncated like the training texts)."""
+    cfg = clf.model.config
+    seqs, _ = encode_texts(clf.tokenizer, texts, cfg.block_size, cfg.vocab_size, where="input")
+    return _scores(pooled_features(clf.model, seqs, batch_size), clf.head)[0]
+
+
+def confusion_matrix(true_ids: np.ndarray, pred_ids: np.ndarray, n_classes: int) -> np.ndarray:
+    """(K, K) counts: row = true class, column = predicted class."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (true_ids, pred_ids), 1)
+    return matrix
+
+
+def evaluate_classifier(out_dir, data: str | None = None, split: str = "val", batch_size: int = 64,
+                        backend: str = "numpy", max_batches: int | None = None) -> dict:
+    """Loss, accuracy and confusion matrix of a classifier on a split of labelled data.
+
+    ``data`` defaults to the file it was fine-tuned on; the split is recomputed exactly as in training
+    (same rows with the same val_fraction and seed, or the file's own split fields).
+    """
+    if split not in ("train", "val", "all"):
+        raise TinyGPTError(f"unknown split {split!r}: choose train, val or all")
+    clf = load_classifier(out_dir, backend=backend)
+    path = data or clf.meta.get("data")
+    texts, raw_labels, splits = read_labelled(path)
+    unknown = sorted({label for label in raw_labels if label not in clf.labels}, key=str)
+    if unknown:
+        raise TinyGPTError(f"{path}: label {unknown[0]!r} is not one of the classifier's {clf.labels}")
+    index = {name: i for i, name in enumerate(clf.labels)}
+    label_ids = np.array([index[label] for label in raw_labels], dtype=np.int64)
+    if split == "all":
+        rows = np.arange(len(texts))
+    else:
+        train_rows, val_rows = _split_for_eval(label_ids, splits, clf, len(clf.labels))
+        rows = val_rows if split == "val" else train_rows
+    if max_batches is not None:
+        rows = rows[: max_batches * batch_size]
+    if not len(rows):
+        raise TinyGPTError(f"the {split} split of {path} is empty")
+    cfg = clf.model.config
+    seqs, truncated = encode_texts(clf.tokenizer, [texts[i] for i in rows], cfg.block_size, cfg.vocab_size,
+                                   where=str(path))
+    probs, loss, acc = _scores(pooled_features(clf.model, seqs, batch_size), clf.head, label_ids[rows])
+    pred = probs.argmax(axis=1)
+    return {"data": str(path), "split": split, "n": len(rows), "loss": loss, "accuracy": acc,
+            "labels": clf.labels, "confusion": confusion_matrix(label_ids[rows], pred, len(clf.labels)),
+            "truncated": truncated,
+            "majority_accuracy": float(np.max(np.bincount(label_ids[rows], minlength=len(clf.labels))))
+            / len(rows)}
+
+
+def _split_for_eval(label_ids, splits, clf, n_classes):
+    try:
+        return split_indices(label_ids, splits, clf.meta.get("val_fraction", 0.1), clf.meta.get("seed", 0),
+                             n_classes)
+    except TinyGPTError:  # a class without training rows in this file: the validation side is still valid
+        is_val = np.array([s == "val" for s in splits]) if splits and splits[0] else None
+        if is_val is None:
+            raise
+        return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, labels: list, path, title: str = "") -> Path:
+    """A PNG of the confusion matrix (rows: true class, columns: predicted), counts in the cells."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.2 * len(labels) + 2.5, 1.1 * len(labels) + 1.8), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = range(len(labels))
+    ax.set_xticks(ticks, [str(label) for label in labels], rotation=30, ha="right")
+    ax.set_yticks(ticks, [str(label) for label in labels])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for i in ticks:
+        for j in ticks:
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                    color="white" if matrix[i, j] > threshold else "black")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+    return path
