@@ -412,7 +412,7 @@ def generate(
         wte = params["wte.weight"]
         lm_head = _lm_head_weight(wte, B * max_new_tokens)
         kv_cache = new_kv_cache(config, B, dtype=wte.dtype)
-        cached = 0  # positions 0..cached-1 of the cache hold out[:, n-cached-1 .. n-2] after each step
+        cached = 0  # at the top of a step, cache positions 0..cached-1 hold tokens out[:, n-1-cached : n-1]
     n = T
     for _ in range(max_new_tokens):
         start = max(0, n - block)  # the context window: the last block_size tokens
