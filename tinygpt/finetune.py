@@ -285,10 +285,10 @@ def classifier_forward(model, head: dict, idx, lengths, labels=None):
     return logits, loss, (model, c_pool, c_head)
 
 
-def classifier_backward(cache) -> dict[str, np.ndarray]:
-    """Gradients of the last ``classifier_forward`` loss: the body's params and the head's, in one dict."""
+def classifier_backward(cache, dloss: float = 1.0) -> dict[str, np.ndarray]:
+    """Gradients of ``dloss * loss`` of the last ``classifier_forward``: the body's and the head's params."""
     model, c_pool, c_head = cache
-    dpooled, dweight, dbias = head_loss_backward(1.0, c_head)
+    dpooled, dweight, dbias = head_loss_backward(dloss, c_head)
     grads = model.backward_hidden(last_token_pool_backward(dpooled, c_pool))
     grads[HEAD_WEIGHT] = dweight
     if dbias is not None:

@@ -1,0 +1,400 @@
+"""Sequence classification: gradient checks of the head, the pooling with padding and the body; frozen
+body; padding invariance; the finetune / predict / eval commands; bad input; the genre-task builder."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinygpt import finetune as ft
+from tinygpt.checkpoint import load_checkpoint, save_checkpoint
+from tinygpt.cli import main
+from tinygpt.errors import TinyGPTError
+from tinygpt.gradcheck import assert_gradcheck, numerical_gradient, relative_error
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.tokenizer import CharTokenizer
+
+COMEDY = ["o merry day ", "sweet love ", "a jest, a jig "]
+TRAGEDY = ["death and blood ", "o woe, o woe ", "the grave "]
+
+
+def _rows(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        words, label = (COMEDY, "comedy") if i % 2 else (TRAGEDY, "tragedy")
+        rows.append({"text": "".join(rng.choice(words) for _ in range(rng.integers(1, 4))).strip(),
+                     "label": label})
+    return rows
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _tiny_model(vocab_size, dtype=np.float64, seed=0, bias=True, n_layer=2, block_size=24):
+    cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=2, n_embd=8,
+                    bias=bias)
+    return GPT(cfg, seed=seed, dtype=dtype, backend="numpy")
+
+
+@pytest.fixture
+def lm_dir(tmp_path):
+    """A tiny character-level language-model checkpoint whose vocabulary covers _rows()."""
+    text = "".join(r["text"] for r in _rows()) + "\n"
+    model = _tiny_model(CharTokenizer.train(text).vocab_size, dtype=np.float32)
+    out = tmp_path / "lm"
+    save_checkpoint(out, model, CharTokenizer.train(text), None, {"backend": "numpy"}, {"step": 7})
+    return out
+
+
+# --- gradient checks (float64, random upstream gradients) --------------------------------------------
+
+
+def test_pooling_gradcheck_with_padding():
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((4, 7, 5))
+    lengths = np.array([7, 1, 4, 2])  # right padding after each length
+    errors = assert_gradcheck(ft.last_token_pool_forward, ft.last_token_pool_backward,
+                              {"hidden": hidden, "lengths": lengths}, tol=1e-8)
+    assert set(errors) == {"hidden"}
+    _, cache = ft.last_token_pool_forward(hidden, lengths)
+    dhidden = ft.last_token_pool_backward(rng.standard_normal((4, 5)), cache)
+    for b, n in enumerate(lengths):  # padding and every earlier position get exactly zero gradient
+        assert not dhidden[b, n:].any() and not dhidden[b, : n - 1].any() and dhidden[b, n - 1].all()
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_head_loss_gradcheck(with_bias):
+    rng = np.random.default_rng(1)
+
+    def forward(pooled, weight, bias, labels):
+        _, loss, cache = ft.head_loss_forward(pooled, weight, bias, labels)
+        return loss, cache
+
+    inputs = {"pooled": rng.standard_normal((6, 5)), "weight": rng.standard_normal((5, 3)),
+              "bias": rng.standard_normal(3) if with_bias else None, "labels": rng.integers(0, 3, 6)}
+    errors = assert_gradcheck(forward, ft.head_loss_backward, inputs, tol=1e-7)
+    assert set(errors) == ({"pooled", "weight", "bias"} if with_bias else {"pooled", "weight"})
+
+
+def test_pooling_and_head_gradcheck_from_the_hidden_state():
+    """hidden (B, T, C) with padding -> pooled -> head -> loss, checked as one function."""
+    rng = np.random.default_rng(2)
+
+    def forward(hidden, weight, bias, lengths, labels):
+        pooled, c_pool = ft.last_token_pool_forward(hidden, lengths)
+        _, loss, c_head = ft.head_loss_forward(pooled, weight, bias, labels)
+        return loss, (c_pool, c_head)
+
+    def backward(dloss, cache):
+        c_pool, c_head = cache
+        dpooled, dweight, dbias = ft.head_loss_backward(dloss, c_head)
+        return ft.last_token_pool_backward(dpooled, c_pool), dweight, dbias
+
+    inputs = {"hidden": rng.standard_normal((3, 6, 4)), "weight": rng.standard_normal((4, 3)),
+              "bias": rng.standard_normal(3), "lengths": np.array([6, 2, 3]), "labels": np.array([2, 0, 1])}
+    assert_gradcheck(forward, backward, inputs, tol=1e-7)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_classifier_gradcheck_through_the_body(bias):
+    """Every body parameter and the head, against central differences, with padded sequences."""
+    rng = np.random.default_rng(3)
+    model = _tiny_model(11, bias=bias).eval()
+    head = ft.init_head(8, 3, seed=1, dtype=np.float64)
+    head[ft.HEAD_WEIGHT] = rng.standard_normal((8, 3))  # not tiny, so the body's gradients are not either
+    head[ft.HEAD_BIAS] = rng.standard_normal(3)
+    idx, lengths = ft.pad_batch([rng.integers(0, 11, n) for n in (6, 2, 4)], pad_id=5)
+    labels = np.array([2, 0, 1])
+    dloss = float(rng.standard_normal())  # a random upstream gradient of the scalar loss
+    _, _, cache = ft.classifier_forward(model, head, idx, lengths, labels)
+    grads = ft.classifier_backward(cache, dloss)
+    assert set(grads) == set(model.params) | set(head)
+
+    def objective():
+        return dloss * ft.classifier_forward(model, head, idx, lengths, labels)[1]
+
+    for name, array in {**model.params, **head}.items():
+        entries = rng.choice(array.size, size=min(array.size, 12), replace=False)
+        numerical = numerical_gradient(objective, array, entries)
+        err = relative_error(grads[name].reshape(-1)[entries], numerical)
+        assert err < 1e-6, f"{name}: relative error {err:.2e}"
+    # the padded positions' token ids get no gradient: wte rows used only as padding stay zero
+    only_padding = set(idx[idx == 5].tolist()) - set(np.concatenate([idx[b, :n] for b, n in
+                                                                      enumerate(lengths)]).tolist())
+    for token in only_padding:
+        assert not grads["wte.weight"][token].any()
+
+
+def test_forward_hidden_is_what_the_lm_head_reads():
+    model = _tiny_model(13).eval()
+    idx = np.random.default_rng(4).integers(0, 13, (2, 5))
+    logits, _ = model.forward(idx)
+    hidden = model.forward_hidden(idx)
+    np.testing.assert_allclose(hidden @ model.params["wte.weight"].T, logits, rtol=1e-12, atol=1e-12)
+    with pytest.raises(TinyGPTError, match="forward"):
+        model.backward()  # a hidden-state tape is not a language-model tape
+    model.forward_hidden(idx, keep_caches=False)
+    with pytest.raises(TinyGPTError, match="forward_hidden"):
+        model.backward_hidden(np.zeros_like(hidden))
+
+
+# --- pooling and padding -----------------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=5), st.integers(0, 2**16))
+def test_pooling_picks_each_last_real_token(lengths, seed):
+    rng = np.random.default_rng(seed)
+    hidden = rng.standard_normal((len(lengths), 9, 3))
+    pooled, _ = ft.last_token_pool_forward(hidden, np.array(lengths))
+    for b, n in enumerate(lengths):
+        np.testing.assert_array_equal(pooled[b], hidden[b, n - 1])
+
+
+def test_padding_does_not_change_the_logits():
+    rng = np.random.default_rng(5)
+    model = _tiny_model(11).eval()
+    head = ft.init_head(8, 4, seed=0, dtype=np.float64)
+    head[ft.HEAD_WEIGHT] = rng.standard_normal((8, 4))
+    seqs = [rng.integers(0, 11, n) for n in (3, 9, 1, 6)]
+    alone = np.concatenate([ft.classifier_forward(model, head, *ft.pad_batch([s]))[0] for s in seqs])
+    for pad_id in (0, 7):
+        together = ft.classifier_forward(model, head, *ft.pad_batch(seqs, pad_id=pad_id))[0]
+        np.testing.assert_allclose(together, alone, rtol=1e-10, atol=1e-12)
+    # and pooling the wrong position would change them: the test can fail
+    idx, lengths = ft.pad_batch(seqs, pad_id=7)
+    wrong = ft.classifier_forward(model, head, idx, np.full(4, idx.shape[1]))[0]
+    assert not np.allclose(wrong, alone)
+
+
+def test_texts_longer_than_block_size_keep_their_first_tokens():
+    tok = CharTokenizer.train("abcdefgh")
+    seqs, truncated = ft.encode_texts(tok, ["abcdefgh", "abc"], block_size=5, vocab_size=8)
+    assert truncated == 1
+    assert tok.decode(seqs[0].tolist()) == "abcde" and tok.decode(seqs[1].tolist()) == "abc"
+
+
+# --- data, labels, split -----------------------------------------------------------------------------
+
+
+def test_read_labelled_jsonl_and_csv_agree(tmp_path):
+    rows = _rows(10)
+    jsonl = _write_jsonl(tmp_path / "d.jsonl", rows)
+    with open(tmp_path / "d.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert ft.read_labelled(jsonl) == ft.read_labelled(tmp_path / "d.csv")
+    texts, labels, splits = ft.read_labelled(jsonl)
+    assert texts == [r["text"] for r in rows] and labels == [r["label"] for r in rows]
+    assert splits == [None] * 10
+
+
+def test_integer_labels_and_label_order():
+    names, ids = ft.label_vocabulary([3, 1, 3, 2])
+    assert names == [1, 2, 3] and ids.tolist() == [2, 0, 2, 1]
+    names, ids = ft.label_vocabulary(["b", "a"], names=["b", "a"])
+    assert names == ["b", "a"] and ids.tolist() == [0, 1]
+
+
+def test_split_is_stratified_and_deterministic():
+    label_ids = np.array([0] * 30 + [1] * 10 + [2] * 2)
+    train, val = ft.split_indices(label_ids, [None] * 42, 0.2, seed=1, n_classes=3)
+    again = ft.split_indices(label_ids, [None] * 42, 0.2, seed=1, n_classes=3)
+    assert train.tolist() == again[0].tolist() and val.tolist() == again[1].tolist()
+    assert np.bincount(label_ids[val], minlength=3).tolist() == [6, 2, 1]
+    assert sorted(train.tolist() + val.tolist()) == list(range(42))
+    other = ft.split_indices(label_ids, [None] * 42, 0.2, seed=2, n_classes=3)[1]
+    assert other.tolist() != val.tolist()
+
+
+# --- fine-tuning runs --------------------------------------------------------------------------------
+
+
+def _config(tmp_path, data, **kw):
+    values = {"data": str(data), "out": str(tmp_path / "clf"), "backend": "numpy", "batch_size": 8,
+              "learning_rate": 3e-3, "warmup_iters": 2, "eval_interval": 10, "max_iters": 30, **kw}
+    return ft.FinetuneConfig(**values)
+
+
+def test_frozen_body_does_not_change_and_the_head_learns(tmp_path, lm_dir):
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    before = load_checkpoint(lm_dir).model.params
+    summary = ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), freeze_body=True,
+                                             learning_rate=3e-2, max_iters=40), quiet=True)
+    clf = ft.load_classifier(tmp_path / "clf")
+    for name, p in before.items():
+        np.testing.assert_array_equal(clf.model.params[name], p, err_msg=name)
+    assert np.abs(clf.head[ft.HEAD_WEIGHT]).max() > 0.1  # moved well away from its N(0, 0.02) init
+    rows = [json.loads(line) for line in (tmp_path / "clf" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[1]["train_loss"] and summary["step"] == 40
+
+
+def test_training_everything_changes_the_body_and_fits_the_labels(tmp_path, lm_dir):
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    before = load_checkpoint(lm_dir).model.params
+    summary = ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), max_iters=60), quiet=True)
+    clf = ft.load_classifier(tmp_path / "clf")
+    changed = [name for name, p in before.items() if not np.array_equal(clf.model.params[name], p)]
+    assert len(changed) == len(before)
+    rows = [json.loads(line) for line in (tmp_path / "clf" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 10, 20, 30, 40, 50, 60]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch"} <= set(rows[-1])
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] and summary["val_acc"] == 1.0
+    # (a body this small mostly reads the last characters: these end as only one class's phrases do)
+    probs = ft.predict_proba(clf, ["o woe, death and blood", "sweet love, o merry day"])
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(axis=1), 1)
+    assert clf.labels == ["comedy", "tragedy"] and probs[0].argmax() == 1 and probs[1].argmax() == 0
+    # the body is still a language model for tinygpt sample / eval
+    assert load_checkpoint(tmp_path / "clf").model.config == clf.model.config
+
+
+def test_from_scratch_builds_a_char_model_of_the_data(tmp_path):
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    ft.finetune_classifier(_config(tmp_path, data, n_layer=1, n_head=2, n_embd=8, block_size=16,
+                                   max_iters=5), quiet=True)
+    clf = ft.load_classifier(tmp_path / "clf")
+    assert clf.model.config.block_size == 16 and clf.meta["source"] == "a fresh random initialisation"
+    assert clf.tokenizer.vocab_size == len(set("".join(r["text"] for r in _rows())))
+
+
+# --- the commands ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_cli_finetune_predict_eval(tmp_path, lm_dir, capsys, fmt):
+    rows = _rows()
+    if fmt == "jsonl":
+        data = _write_jsonl(tmp_path / "d.jsonl", rows)
+    else:
+        data = tmp_path / "d.csv"
+        with open(data, "w", newline="") as f:
+            writer = csv.DictWriter(f, ["label", "text"])
+            writer.writeheader()
+            writer.writerows(rows)
+    out = tmp_path / "clf"
+    assert main(["finetune", "--task", "classify", "--data", str(data), "--init-from", str(lm_dir), "--out",
+                 str(out), "--max-iters", "40", "--eval-interval", "20", "--learning-rate", "3e-3",
+                 "--batch-size", "8", "--backend", "numpy", "--quiet"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    capsys.readouterr()
+    assert main(["predict", "--out", str(out), "the grave, death and blood"]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert lines[0].split()[0] == "tragedy" and lines[1].split()[0] == "comedy"
+    assert sum(float(line.split()[1]) for line in lines[:2]) == pytest.approx(1.0, abs=2e-4)
+    assert main(["eval", "--out", str(out), "--backend", "numpy"]) == 0
+    text = capsys.readouterr().out
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert f"accuracy {last['val_acc']:.4f}  loss {last['val_loss']:.4f}" in text  # the same split and model
+    matrix = text.split("confusion matrix")[1].splitlines()[2:4]
+    counts = [int(n) for line in matrix for n in line.split()[1:]]
+    assert sum(counts) == 4 and "val split" in text and "4 texts" in text
+    assert (out / "confusion_val.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _fails(capsys, argv, *fragments):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("tinygpt: error: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, lm_dir, capsys):
+    def run(rows, *extra, name="d.jsonl"):
+        data = tmp_path / name
+        if isinstance(rows, str):
+            data.write_text(rows)
+        else:
+            _write_jsonl(data, rows)
+        return ["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(tmp_path / "o"),
+                "--backend", "numpy", "--quiet", *extra]
+
+    good = _rows(8)
+    _fails(capsys, run(good + [{"text": "the grave"}]), "d.jsonl:9: missing label")
+    _fails(capsys, run(good + [{"label": "comedy"}]), "d.jsonl:9: missing text")
+    _fails(capsys, run(good + [{"text": "o woe", "label": 1}]), "labels of mixed types")
+    _fails(capsys, run(good, "--labels", "comedy,tragedy,history"), "class 'history' has no examples")
+    _fails(capsys, run([{"text": t["text"], "label": "comedy"} for t in good]), "at least two classes")
+    _fails(capsys, run(good + [{"text": "ZZZ QQQ", "label": "comedy"}]),
+           "text 9", "cannot encode", "'Z' is not in this tokenizer's vocabulary")
+    _fails(capsys, run("text,label\nhello,a\nHELLO,b\n", name="d.csv"), "cannot encode")
+    _fails(capsys, run("label\na\n", name="e.csv"), "must name the columns text and label")
+    _fails(capsys, run("{not json\n"), "d.jsonl:1: not valid JSON")
+    _fails(capsys, run(good, name="d.txt"), "must be .jsonl or .csv")
+    split = [{**r, "split": "val" if r["label"] == "comedy" else "train"} for r in good]
+    _fails(capsys, run(split), "no training examples")
+    _fails(capsys, run([{**r, "split": "test"} for r in good]), "split must be train or val")
+    _fails(capsys, ["finetune", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")],
+           "not found")
+    _fails(capsys, ["predict", "--out", str(lm_dir), "hello"], "language model, not a classifier")
+    _fails(capsys, ["predict", "--out", str(tmp_path / "nothing"), "hello"], "does not exist")
+
+
+# --- the genre task builder ----------------------------------------------------------------------------
+
+
+def _genre_module():
+    path = Path(__file__).resolve().parent.parent / "data" / "make_genre_task.py"
+    spec = importlib.util.spec_from_file_location("make_genre_task", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PLAY = """THE TRAGEDY OF X
+
+DRAMATIS PERSONAE
+KING, a king.
+
+ACT I.
+
+SCENE I. A room.
+
+[Enter KING and QUEEN, with
+attendants.]
+
+KING.
+Now is the winter of our discontent
+Made glorious summer by this sun of York;
+
+Que.
+And all the clouds that lour'd upon our house [Aside.]
+In the deep bosom of the ocean buried.
+
+Exeunt.
+"""
+
+
+def test_dialogue_lines_drop_cast_speakers_and_directions():
+    genre = _genre_module()
+    assert genre.dialogue_lines(PLAY) == [
+        "Now is the winter of our discontent", "Made glorious summer by this sun of York;",
+        "And all the clouds that lour'd upon our house", "In the deep bosom of the ocean buried."]
+    assert genre.passages(["a" * 10, "b" * 10, "c" * 10, "d" * 30], max_chars=21) == [
+        "a" * 10 + "\n" + "b" * 10, "c" * 10]  # lines are never cut; one longer than a passage is skipped
+    assert genre.passages(["a" * 10, "b" * 10, "c" * 9], max_chars=21) == ["a" * 10 + "\n" + "b" * 10]
+
+
+def test_genre_task_holds_out_whole_plays():
+    genre = _genre_module()
+    works = {name: PLAY.replace("York", name) for name in genre.GENRE}
+    works["sonnets"] = "Shall I compare thee to a summer's day?\n"
+    rows, held_out, pretrain = genre.build(works, max_chars=90, per_play=2, seed=0)
+    assert len(held_out) == sum(genre.HELD_OUT_PER_GENRE.values())
+    assert {genre.GENRE[p] for p in held_out} == {"comedy", "tragedy", "history"}
+    for row in rows:
+        assert row["label"] == genre.GENRE[row["play"]]
+        assert row["split"] == ("val" if row["play"] in held_out else "train")
+    for play in held_out:
+        assert play not in pretrain  # the held-out plays' text is not in the pre-training corpus
+    assert "summer's day" in pretrain and "sonnets" not in {r["play"] for r in rows}
