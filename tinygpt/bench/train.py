@@ -10,7 +10,7 @@ MFU (model FLOPs utilisation) divides the model's FLOPs per second (``GPT.flops_
 attention) by the float32 matmul GFLOP/s that NumPy reaches on this machine, measured in the same run.
 
 The memory probe runs one training step of each side in a fresh subprocess and reports the peak resident
-set size (``resource.getrusage``), and how much the step added above the model and optimizer.
+set size (VmHWM) and how much the step added above the built model and optimizer (Linux only).
 """
 
 from __future__ import annotations
@@ -166,26 +166,41 @@ def _interleaved_medians(steps: dict, n_steps: int, n_warmup: int) -> dict:
 # --- peak memory of one training step, in a fresh process ----------------------------------------
 
 
-def _probe_main(argv):
-    """Entry point of the probe subprocess: build one side, run one step, print max RSS before and after."""
-    import resource
+def _status_kb(field: str) -> int:
+    """A ``/proc/self/status`` figure in KiB (VmRSS: resident now, VmHWM: peak resident)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise TinyGPTError(f"/proc/self/status has no {field}")
 
+
+def _probe_main(argv):
+    """Entry point of the probe subprocess: build one side, run one step, print RSS before and peak during.
+
+    The peak is VmHWM of this process's own memory map. (``getrusage``'s ru_maxrss would not do: across
+    fork + exec it keeps the parent's peak, and the parent here holds PyTorch and several models.)
+    """
     side, config_name, backend, threads, with_optimizer = argv
     if side == "tinygpt":
         step, _ = tinygpt_step(config_name, backend, with_optimizer == "1")
     else:
         step, _ = torch_step(config_name, int(threads), with_optimizer == "1")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    before = _status_kb("VmRSS")
+    try:  # reset the peak to the current RSS, so the peak below is this step's (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
     step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"before_kb": before, "peak_kb": after}))
+    print(json.dumps({"before_kb": before, "peak_kb": _status_kb("VmHWM")}))
 
 
 _PROBE = "import sys; from tinygpt.bench.train import _probe_main; _probe_main(sys.argv[1:])"
 
 
 def peak_rss(side: str, config_name: str, backend: str, threads: int, with_optimizer: bool) -> dict:
-    """{"before_kb", "peak_kb"}: max RSS after building the model, and after one training step."""
+    """{"before_kb", "peak_kb"}: RSS with the model and optimizer built, and its peak during one step."""
     args = [side, config_name, backend, str(threads), "1" if with_optimizer else "0"]
     proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True)
     if proc.returncode != 0:
