@@ -398,3 +398,56 @@ def test_genre_task_holds_out_whole_plays():
     for play in held_out:
         assert play not in pretrain  # the held-out plays' text is not in the pre-training corpus
     assert "summer's day" in pretrain and "sonnets" not in {r["play"] for r in rows}
+
+
+# --- language-model fine-tuning: tinygpt train --init-from / --pretrained ----------------------------
+
+
+LM_TEXT = "".join(r["text"] + "\n" for r in _rows(200))
+LM_FLAGS = ["--eval-iters", "2", "--batch-size", "4", "--warmup-iters", "2", "--backend", "numpy", "--quiet"]
+
+
+def test_train_init_from_continues_from_the_checkpoint(tmp_path, monkeypatch):
+    from tinygpt.train import read_metrics
+
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "lm.txt"
+    corpus.write_text(LM_TEXT)
+    base = ["train", "--data", str(corpus), "--block-size", "16", *LM_FLAGS]
+    assert main([*base, "--out", str(tmp_path / "a"), "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+                 "--max-iters", "30", "--eval-interval", "30", "--learning-rate", "1e-2"]) == 0
+    # the shape flags here are ignored: the run takes the initial model's (1 layer, 16 wide)
+    assert main([*base, "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a"), "--n-layer", "3",
+                 "--max-iters", "4", "--eval-interval", "2", "--learning-rate", "1e-4"]) == 0
+    first = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    second = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    # same model, same data, same seed: step 0 of the fine-tuning run evaluates exactly the model it loaded
+    assert second[0]["val_loss"] == first[-1]["val_loss"] < first[0]["val_loss"] - 0.5
+    ckpt = load_checkpoint(tmp_path / "b")
+    assert ckpt.model.config.n_layer == 1 and ckpt.train_config["init_from"] == str(tmp_path / "a")
+    assert ckpt.tokenizer.vocab_size == load_checkpoint(tmp_path / "a").tokenizer.vocab_size
+
+
+def test_train_init_from_bad_input(tmp_path, lm_dir, capsys, monkeypatch):
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    other = tmp_path / "other.txt"
+    other.write_text("QUITE DIFFERENT CHARACTERS\n" * 40)
+    _fails(capsys, ["train", "--data", str(other), "--out", str(tmp_path / "x"), "--init-from", str(lm_dir),
+                    "--block-size", "8", *LM_FLAGS], "cannot encode", "not in this tokenizer's vocabulary")
+    corpus = tmp_path / "lm.txt"
+    corpus.write_text(LM_TEXT)
+    _fails(capsys, ["train", "--data", str(corpus), "--out", str(tmp_path / "x"), "--init-from", str(lm_dir),
+                    "--block-size", "64", *LM_FLAGS], "exceeds the initial model's block_size 24")
+
+
+def test_train_pretrained_gpt2_dir_uses_its_shape_and_gpt2_tokenizer(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    hf = tmp_path / "hf"
+    GPT(GPTConfig(50257, 32, 1, 2, 8), seed=0).save_pretrained(hf)  # a tiny GPT-2-format checkpoint
+    corpus = tmp_path / "lm.txt"
+    corpus.write_text(LM_TEXT)
+    assert main(["train", "--data", str(corpus), "--out", str(tmp_path / "b"), "--pretrained", str(hf),
+                 "--block-size", "8", "--max-iters", "2", "--eval-interval", "2", *LM_FLAGS]) == 0
+    ckpt = load_checkpoint(tmp_path / "b")
+    assert ckpt.model.config.n_embd == 8 and ckpt.model.config.block_size == 32
+    assert ckpt.train_config["tokenizer"] == "gpt2" and ckpt.tokenizer.vocab_size == 50257

@@ -199,6 +199,11 @@ def _add_training(sub):
     p.add_argument("--vocab-size", type=int, metavar="N", help="vocabulary size of a BPE trained on the data")
     p.add_argument("--out", help="output directory: checkpoint, metrics.jsonl, loss.png")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    start = p.add_mutually_exclusive_group()  # LM fine-tuning (issue 8)
+    start.add_argument("--init-from", metavar="DIR", help="fine-tune: start from this run's weights and "
+                       "tokenizer (its shape replaces the model flags)")
+    start.add_argument("--pretrained", metavar="HF_DIR", help="fine-tune: start from a transformers GPT-2 "
+                       "directory")
     p.add_argument("--seed", type=int, metavar="N", help="seed of the initialisation, batches and dropout")
     p.add_argument("--backend", choices=_BACKEND_CHOICES, help="layer implementations (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")

@@ -56,8 +56,8 @@ __all__ = [
     "PAD_ID", "FinetuneConfig", "Classifier", "read_labelled", "label_vocabulary", "split_indices",
     "encode_texts", "pad_batch", "last_token_pool_forward", "last_token_pool_backward", "init_head",
     "head_loss_forward", "head_loss_backward", "classifier_forward", "classifier_backward",
-    "finetune_classifier", "load_classifier", "is_classifier_dir", "predict_proba", "evaluate_classifier",
-    "confusion_matrix", "plot_confusion_matrix",
+    "finetune_classifier", "load_classifier", "load_gpt2_dir", "is_classifier_dir", "predict_proba",
+    "evaluate_classifier", "confusion_matrix", "plot_confusion_matrix",
 ]
 
 PAD_ID = 0  # any id in the vocabulary works: right padding is never seen by a real token (causal attention)
@@ -421,10 +421,24 @@ class _ClassifierForSaving:
         (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+def load_gpt2_dir(path, backend: str = "numpy"):
+    """``(GPT, tokenizer, description)`` of a transformers GPT-2 directory: the model, and the tokenizer
+    files beside it (vocab.json + merges.txt, or encoder.json + vocab.bpe), else GPT-2's own tokenizer."""
+    from tinygpt.model import GPT
+    from tinygpt.tokenizer import BPETokenizer
+
+    model = GPT.from_pretrained(path, backend=backend)
+    path = Path(path)
+    for encoder_json, vocab_bpe in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+        if (path / encoder_json).is_file() and (path / vocab_bpe).is_file():
+            return model, BPETokenizer.from_gpt2_files(path / encoder_json, path / vocab_bpe), str(path)
+    return model, BPETokenizer.gpt2(), f"{path} (with GPT-2's tokenizer)"
+
+
 def _load_body(cfg: FinetuneConfig, texts: list[str]):
     """(model, tokenizer, where it came from) for the run: a checkpoint, a GPT-2 dir, or a fresh model."""
     from tinygpt.model import GPT, GPTConfig
-    from tinygpt.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
+    from tinygpt.tokenizer import CharTokenizer, load_tokenizer
 
     if cfg.init_from:
         from tinygpt.checkpoint import load_checkpoint
@@ -432,12 +446,7 @@ def _load_body(cfg: FinetuneConfig, texts: list[str]):
         ckpt = load_checkpoint(cfg.init_from, backend=cfg.backend, with_optimizer=False)
         return ckpt.model, ckpt.tokenizer, f"checkpoint {cfg.init_from} (step {ckpt.state.get('step')})"
     if cfg.pretrained:
-        model = GPT.from_pretrained(cfg.pretrained, backend=cfg.backend)
-        path = Path(cfg.pretrained)
-        for encoder_json, vocab_bpe in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
-            if (path / encoder_json).is_file() and (path / vocab_bpe).is_file():
-                return model, BPETokenizer.from_gpt2_files(path / encoder_json, path / vocab_bpe), str(path)
-        return model, BPETokenizer.gpt2(), f"{path} (with GPT-2's tokenizer)"
+        return load_gpt2_dir(cfg.pretrained, backend=cfg.backend)
     tokenizer = CharTokenizer.train("".join(texts)) if cfg.tokenizer == "char" else load_tokenizer("gpt2")
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
                        n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout or 0.0, bias=cfg.bias)

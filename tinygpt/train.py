@@ -47,6 +47,8 @@ class TrainConfig:
     tokenizer: str = "char"  # char | bpe (trained on the data) | gpt2
     vocab_size: int | None = None  # BPE only: 256 bytes + merges
     out: str = "out"
+    init_from: str | None = None  # LM fine-tuning: start from this tinygpt run's weights and tokenizer
+    pretrained: str | None = None  # ... or from a transformers GPT-2 directory
     seed: int = 1337
     backend: str = "auto"  # numpy | numba | cuda | auto (cuda with a GPU, else numba)
     # model
@@ -101,6 +103,8 @@ class TrainConfig:
         if self.lr_decay_iters is not None and self.lr_decay_iters < self.warmup_iters:
             raise TinyGPTError(f"--lr-decay-iters ({self.lr_decay_iters}) must be >= --warmup-iters "
                                f"({self.warmup_iters})")
+        if self.init_from and self.pretrained:
+            raise TinyGPTError("give --init-from or --pretrained, not both")
         if self.tokenizer not in TOKENIZER_KINDS:
             raise TinyGPTError(f"unknown tokenizer {self.tokenizer!r}: choose char, bpe or gpt2")
         if self.tokenizer == "bpe" and self.vocab_size is None:
@@ -242,6 +246,38 @@ def _dropout_rng(model):
     return rng if isinstance(rng, np.random.Generator) else None
 
 
+def load_initial_model(cfg: TrainConfig):
+    """``(model, tokenizer)`` to fine-tune from (``cfg.init_from`` or ``cfg.pretrained``); sets cfg's shape.
+
+    The model keeps its own ``block_size`` (its position table); ``cfg.block_size``, the length of the
+    training windows, may be shorter (GPT-2's 1024 is slow on a CPU) but not longer. ``cfg.dropout`` applies.
+    """
+    from tinygpt.tokenizer import CharTokenizer
+
+    if cfg.init_from:
+        from tinygpt.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(cfg.init_from, backend=cfg.backend, with_optimizer=False)
+        model, tokenizer = ckpt.model, ckpt.tokenizer
+        kind = ckpt.train_config.get("tokenizer") if isinstance(ckpt.train_config, dict) else None
+    else:
+        from tinygpt.finetune import load_gpt2_dir
+
+        model, tokenizer, _ = load_gpt2_dir(cfg.pretrained, backend=cfg.backend)
+        kind = None
+    if kind not in TOKENIZER_KINDS:
+        kind = "char" if isinstance(tokenizer, CharTokenizer) else "gpt2" if tokenizer.vocab_size == 50257 \
+            else "bpe"
+    if cfg.block_size > model.config.block_size:
+        raise TinyGPTError(f"--block-size {cfg.block_size} exceeds the initial model's block_size "
+                           f"{model.config.block_size}")
+    model.config.dropout = cfg.dropout
+    mc = model.config
+    cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.bias = mc.n_layer, mc.n_head, mc.n_embd, mc.bias
+    cfg.tokenizer, cfg.vocab_size = kind, (tokenizer.vocab_size if kind == "bpe" else None)
+    return model, tokenizer
+
+
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides: dict | None = None) -> dict:
     """Run (or with ``resume`` continue) training into ``cfg.out``; return a summary dict.
 
@@ -280,16 +316,30 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
         if not quiet:
             tqdm.write(message, file=sys.stderr)
 
+    # LM fine-tuning starts from a trained model: its shape and tokenizer replace the config's
+    init_model, init_tokenizer = (None, None)
+    if ckpt is None and (cfg.init_from or cfg.pretrained):
+        init_model, init_tokenizer = load_initial_model(cfg)
+        say(f"fine-tuning from {cfg.init_from or cfg.pretrained}")
+
     # data
     data_path = _data_path(cfg.data)
-    data = prepare_dataset(data_path, cfg.tokenizer, cfg.vocab_size,
-                           tokenizer=ckpt.tokenizer if ckpt else None)
+    try:
+        data = prepare_dataset(data_path, cfg.tokenizer, cfg.vocab_size,
+                               tokenizer=ckpt.tokenizer if ckpt else init_tokenizer)
+    except TinyGPTError as exc:
+        if init_tokenizer is None:
+            raise
+        raise TinyGPTError(f"the tokenizer of {cfg.init_from or cfg.pretrained} cannot encode {data_path}: "
+                           f"{exc}") from None
     check_split_lengths(data, cfg.block_size)
     tokenizer = data.tokenizer
 
     # model, optimizer, RNGs
     if ckpt is not None:
         model = ckpt.model
+    elif init_model is not None:
+        model = init_model
     else:
         gpt_config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size,
                                n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
