@@ -434,7 +434,7 @@ def _run_classifier_eval(args):
     labels, matrix = [str(label) for label in result["labels"]], result["confusion"]
     print(f"{result['split']} split of {result['data']}: {result['n']:,} texts")
     print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
-          f"(majority class: {result['majority_accuracy']:.4f})")
+          f"(always the most frequent class of this split: {result['majority_accuracy']:.4f})")
     width = max(max(len(name) for name in labels), 6)
     print("confusion matrix (rows: true, columns: predicted)")
     print(" " * width + "".join(f"  {name:>{width}}" for name in labels))

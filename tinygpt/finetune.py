@@ -492,7 +492,8 @@ def finetune_classifier(cfg: FinetuneConfig, quiet: bool = False) -> dict:
     max_iters = cfg.max_iters or cfg.epochs * steps_per_epoch
     min_lr = cfg.learning_rate / 10 if cfg.min_lr is None else cfg.min_lr
     warmup = min(cfg.warmup_iters, max_iters)
-    say(f"fine-tuning {'the head only (body frozen)' if cfg.freeze_body else 'every parameter'} of a "
+    verb = "fine-tuning" if cfg.init_from or cfg.pretrained else "training"
+    say(f"{verb} {'the head only (body frozen)' if cfg.freeze_body else 'every parameter'} of a "
         f"{model.num_params():,}-parameter GPT from {source}: {len(names)} classes {names}, "
         f"{len(train_rows)} train / {len(val_rows)} val texts, {max_iters} steps of {cfg.batch_size}")
     if n_truncated:
