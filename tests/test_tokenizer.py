@@ -724,3 +724,19 @@ def test_bench_tokenizer_runs_on_a_small_corpus(tmp_path):
         capture_output=True, text=True, encoding="utf-8", timeout=300,
     )
     assert proc.returncode == 2 and "corpus not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_decode_accepts_numpy_integer_scalars_and_rejects_floats():
+    import numpy as np
+
+    from tinygpt.errors import TinyGPTError
+    from tinygpt.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.train("hello")
+    ids = tok.encode("hello")
+    assert tok.decode([np.int64(i) for i in ids]) == "hello"
+    assert tok.decode([np.int32(i) for i in ids]) == "hello"
+    with pytest.raises(TinyGPTError, match="ids must be ints"):
+        tok.decode([1.0])
+    with pytest.raises(TinyGPTError, match="ids must be ints"):
+        tok.decode([True])

@@ -907,9 +907,12 @@ def _as_id_list(ids, vocab_size: int) -> list[int]:
     if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
         raise TinyGPTError(f"ids must be a sequence of ints, got {type(ids).__name__}")
     ids = list(ids)
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        bad = next(i for i in ids if not isinstance(i, int) or isinstance(i, bool))
-        raise TinyGPTError(f"ids must be ints, got {bad!r}")
+    if not all(type(i) is int for i in ids):
+        # NumPy integer scalars (e.g. from iterating an array row) are ids too; bools and floats are not
+        bad = next((i for i in ids if not isinstance(i, (int, np.integer)) or isinstance(i, bool)), None)
+        if bad is not None:
+            raise TinyGPTError(f"ids must be ints, got {bad!r}")
+        ids = [int(i) for i in ids]
     if ids and (min(ids) < 0 or max(ids) >= vocab_size):
         bad = next(i for i in ids if not 0 <= i < vocab_size)
         raise TinyGPTError(f"token id {bad} is out of range for a vocabulary of {vocab_size}")
