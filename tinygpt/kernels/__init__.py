@@ -218,5 +218,6 @@ def get_ops(backend: str = "numpy") -> types.SimpleNamespace:
         if name == "numba":
             from tinygpt.kernels import cpu
 
+            cpu.share_cores_with_blas()
             functions.update({op: getattr(cpu, op) for op in NUMBA_OVERRIDES})
     return types.SimpleNamespace(name=name, **functions)
