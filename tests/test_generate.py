@@ -579,3 +579,21 @@ def test_bench_generate_runs_and_agrees_with_transformers(capsys):
     for row in ("KV cache, greedy", "KV cache, sampled", "recompute, greedy", "cache speed-up"):
         assert row in out
     assert "identical to transformers': 100.0% of 6" in out
+
+
+
+def test_cli_sample_defaults_to_the_out_directory_of_tinygpt_train(char_run_dir, tmp_path, monkeypatch,
+                                                                   capsys):  # fmt: skip
+    """README's main job is `tinygpt train && tinygpt sample`: sample reads ./out when no model is named."""
+    import shutil
+
+    directory, model, tokenizer = char_run_dir
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = _run_cli(["sample", "--max-new-tokens", "3"], capsys)
+    assert rc == 2 and "out" in err  # no ./out yet: a one-line error naming it
+    shutil.copytree(directory, tmp_path / "out", symlinks=True)
+    args = ["sample", "--prompt", "the ", "--max-new-tokens", "20", "--temperature", "0"]
+    rc, out, _ = _run_cli(args, capsys)
+    assert rc == 0
+    expected = model.generate(np.array([tokenizer.encode("the ")]), 20, temperature=0)
+    assert out == tokenizer.decode(expected[0].tolist()) + "\n"

@@ -241,8 +241,10 @@ def _add_sample(sub):
         "each sample starts from the tokenizer's start token: a newline for character models, "
         "<|endoftext|> for GPT-2's. Samples are separated by a line of dashes.",
     )  # fmt: skip
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--out", metavar="DIR", help="a training output directory (tinygpt train --out)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument(
+        "--out", metavar="DIR", help="a training output directory (default: out, as tinygpt train)"
+    )
     model.add_argument(
         "--pretrained", metavar="HF_DIR", help="a local transformers GPT-2 directory: config.json, "
         "model.safetensors and the tokenizer's vocab.json + merges.txt (without them: GPT-2's tokenizer)",
@@ -296,10 +298,10 @@ def _run_sample(args):
     if args.prompt_file is not None:
         with open(args.prompt_file, encoding="utf-8") as f:
             prompt = f.read()
-    if args.out is not None:
+    if args.pretrained is None:
         from tinygpt.checkpoint import load_model
 
-        model, tokenizer = load_model(args.out, backend=args.backend)
+        model, tokenizer = load_model(args.out or "out", backend=args.backend)
     else:
         model, tokenizer = _load_pretrained_for_sampling(args.pretrained, args.backend)
     if tokenizer.vocab_size > model.config.vocab_size:
