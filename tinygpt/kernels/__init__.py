@@ -39,28 +39,30 @@ import types
 
 import numpy as np
 
+from tinygpt import layers
 from tinygpt.errors import TinyGPTError
 
 BACKENDS = ("numpy", "numba", "cuda", "auto")
 
+
+def dropout_keep_mask(dtype, shape, dropout, rng):
+    """keep = (u >= p) / (1 - p) with u uniform: the inverted-dropout mask, or None when dropout is off.
+
+    Drawn exactly as ``tinygpt.layers`` draws it (float32 uniforms, same shape, same order), so every backend
+    given the same rng drops the same attention weights.
+    """
+    if not dropout:
+        return None
+    if not 0.0 <= dropout < 1.0:
+        raise TinyGPTError(f"dropout must be in [0, 1), got {dropout}")
+    if rng is None:
+        raise TinyGPTError("attention dropout > 0 needs an rng (np.random.Generator)")
+    keep = (rng.random(shape, dtype=np.float32) >= dropout).astype(dtype)
+    keep *= 1.0 / (1.0 - dropout)
+    return keep
+
 # The layer functions every backend provides (tinygpt.layers.__all__), plus the optimizer kernel.
-OP_NAMES = (
-    "embedding_forward",
-    "embedding_backward",
-    "layernorm_forward",
-    "layernorm_backward",
-    "linear_forward",
-    "linear_backward",
-    "gelu_forward",
-    "gelu_backward",
-    "attention_forward",
-    "attention_backward",
-    "dropout_forward",
-    "dropout_backward",
-    "cross_entropy_forward",
-    "cross_entropy_backward",
-    "adamw_update",
-)
+OP_NAMES = (*layers.__all__, "adamw_update")
 
 # The functions tinygpt.kernels.cpu replaces; the rest of the "numba" backend is tinygpt.layers.
 # cpu.py also has a cross-entropy kernel (tested, equal to the reference), but it is NOT swapped in: its
@@ -210,8 +212,6 @@ def get_ops(backend: str = "numpy") -> types.SimpleNamespace:
 
         functions = {op: getattr(module, op) for op in OP_NAMES + HELPER_NAMES}
     else:
-        from tinygpt import layers
-
         functions = {op: getattr(layers, op) for op in OP_NAMES if op != "adamw_update"}
         functions["adamw_update"] = adamw_update
         functions.update({name: globals()[name] for name in HELPER_NAMES})

@@ -43,6 +43,7 @@ import numpy as np
 from numba import njit, prange
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.kernels import dropout_keep_mask
 
 _JIT = dict(parallel=True, cache=True, fastmath=False)
 # Attention's dot products are sums over the head size; IEEE order forbids SIMD for a sum, so these two
@@ -400,7 +401,7 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None):
     if n_head < 1 or C % n_head != 0:
         raise TinyGPTError(f"attention_forward: n_embd {C} is not divisible by n_head {n_head}")
     qkv = np.ascontiguousarray(qkv)
-    keep = _dropout_keep_mask(qkv.dtype, (B, n_head, T, T), dropout, rng)
+    keep = dropout_keep_mask(qkv.dtype, (B, n_head, T, T), dropout, rng)
     out = np.empty((B, T, C), dtype=qkv.dtype)
     probs = np.empty((B, n_head, T, T), dtype=qkv.dtype)
     use_dropout = keep is not None
@@ -423,19 +424,6 @@ def attention_backward(dout, cache):
 # A (1, 1, 1, 1) stand-in for the keep mask when there is no dropout, so the kernel has one type signature.
 _NO_MASK = {"f": np.ones((1, 1, 1, 1), np.float32), "d": np.ones((1, 1, 1, 1), np.float64)}
 
-
-def _dropout_keep_mask(dtype, shape, dropout, rng):
-    """keep = (u >= p) / (1 - p) with u uniform: the inverted-dropout mask, or None when dropout is off."""
-    if not dropout:
-        return None
-    if not 0.0 <= dropout < 1.0:
-        raise TinyGPTError(f"dropout must be in [0, 1), got {dropout}")
-    if rng is None:
-        raise TinyGPTError("attention dropout > 0 needs an rng (np.random.Generator)")
-    # the same draw as tinygpt.layers (float32 uniforms, same shape, same order) so both backends agree
-    keep = (rng.random(shape, dtype=np.float32) >= dropout).astype(dtype)
-    keep *= 1.0 / (1.0 - dropout)
-    return keep
 
 
 # --- cross-entropy --------------------------------------------------------------------------------

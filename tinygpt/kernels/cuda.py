@@ -41,6 +41,7 @@ import numpy as np
 from numba import cuda
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.kernels import dropout_keep_mask
 
 __all__ = [
     "embedding_forward", "embedding_backward", "layernorm_forward", "layernorm_backward",
@@ -545,7 +546,7 @@ def flash_attention_forward(qkv, n_head, dropout=0.0, rng=None, tiles=None):
     if n_head < 1 or C % n_head != 0:
         raise TinyGPTError(f"attention_forward: n_embd {C} is not divisible by n_head {n_head}")
     D = C // n_head
-    keep = _dropout_keep_mask(dtype, (B, n_head, T, T), dropout, rng)
+    keep = dropout_keep_mask(dtype, (B, n_head, T, T), dropout, rng)
     qkv_d = to_device(qkv)
     keep_d = to_device(keep if keep is not None else np.ones((1, 1, 1, 1), dtype))
     out = cuda.device_array((B, T, C), dtype=dtype)
@@ -580,18 +581,6 @@ def flash_attention_backward(dout, cache):
                                              scale)
     return _answer(dqkv, device)
 
-
-def _dropout_keep_mask(dtype, shape, dropout, rng):
-    """keep = (u >= p) / (1 - p), drawn as tinygpt.layers draws it; None when dropout is off."""
-    if not dropout:
-        return None
-    if not 0.0 <= dropout < 1.0:
-        raise TinyGPTError(f"dropout must be in [0, 1), got {dropout}")
-    if rng is None:
-        raise TinyGPTError("attention dropout > 0 needs an rng (np.random.Generator)")
-    keep = (rng.random(shape, dtype=np.float32) >= dropout).astype(dtype)
-    keep *= 1.0 / (1.0 - dropout)
-    return keep
 
 
 # --- element-wise kernels -------------------------------------------------------------------------
@@ -767,7 +756,7 @@ def dropout_forward(x, p, rng):
         return x, None
     device = on_device(x)
     dtype = _float_dtype("dropout_forward", x)
-    keep = to_device(_dropout_keep_mask(dtype, tuple(x.shape), p, rng))
+    keep = to_device(dropout_keep_mask(dtype, tuple(x.shape), p, rng))
     x = to_device(x)
     out = cuda.device_array(x.shape, dtype=dtype)
     if x.size:
