@@ -256,6 +256,7 @@ def test_bad_data_files(tmp_path, capsys, monkeypatch):
     (["--tokenizer", "bpe"], "--vocab-size"),
     (["--no-such-option"], "unrecognized arguments"),
     (["--config", "no_such_config"], "neither a file nor a shipped config"),
+    (["--seed", "-1"], "--seed must be a non-negative integer"),
 ])
 def test_bad_settings(tmp_path, capsys, flags, message, monkeypatch):
     monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
@@ -273,6 +274,9 @@ def test_bad_config_files(tmp_path, capsys):
     assert "not valid TOML" in _one_line_error(capsys, ["train", "--config", str(tmp_path / "broken.toml")])
     (tmp_path / "types.toml").write_text('n_layer = "four"\n')
     assert "--n-layer" in _one_line_error(capsys, ["train", "--config", str(tmp_path / "types.toml")])
+    for setting, flag in (('seed = "x"', "--seed"), ("data = 5", "--data"), ("init_from = 3", "--init-from")):
+        (tmp_path / "types.toml").write_text(setting + "\n")
+        assert flag in _one_line_error(capsys, ["train", "--config", str(tmp_path / "types.toml")])
 
 
 def test_missing_or_corrupt_checkpoint_for_resume_and_eval(corpus, tmp_path, capsys):

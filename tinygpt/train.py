@@ -86,6 +86,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
                 raise TinyGPTError(f"{_flag(name)} must be a non-negative integer, got {value!r}")
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
+            raise TinyGPTError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("data", "out", "init_from", "pretrained"):
+            value = getattr(self, name)
+            if not isinstance(value, str) and (value is not None or name == "out"):
+                raise TinyGPTError(f"{_flag(name)} must be a path, got {value!r}")
         if self.n_embd % self.n_head:
             raise TinyGPTError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
         for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "dropout", "beta1", "beta2"):
