@@ -130,6 +130,18 @@ def test_crash_at_every_point_of_a_save_leaves_old_or_new_checkpoint(tmp_path, m
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000003"]
 
 
+def test_an_unavailable_backend_is_not_called_a_corrupt_checkpoint(tmp_path):
+    from tinygpt.kernels import cuda_unavailable_reason
+
+    model, opt = _trained()
+    _save(tmp_path, model, opt, 1)
+    with pytest.raises(TinyGPTError, match="^unknown backend 'tpu'"):
+        load_model(tmp_path, backend="tpu")
+    if cuda_unavailable_reason() is not None:
+        with pytest.raises(TinyGPTError, match="^backend 'cuda' is unavailable"):
+            load_model(tmp_path, backend="cuda")
+
+
 def test_missing_and_corrupt_checkpoints_raise(tmp_path):
     with pytest.raises(TinyGPTError, match="does not exist"):
         load_checkpoint(tmp_path / "nope")

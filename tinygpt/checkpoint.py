@@ -256,6 +256,7 @@ def load_checkpoint(out_dir: str | os.PathLike, backend: str | None = None, dtyp
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    from tinygpt.kernels import get_ops
     from tinygpt.tokenizer import load_tokenizer
 
     path = _locate(out_dir)
@@ -264,6 +265,7 @@ def load_checkpoint(out_dir: str | os.PathLike, backend: str | None = None, dtyp
     train_config = config.get("tinygpt_training", {})
     if backend is None:
         backend = train_config.get("backend", "numpy") if isinstance(train_config, dict) else "numpy"
+    get_ops(backend)  # an unknown or unavailable backend is reported as such, not as a corrupt checkpoint
     try:
         model = _load_gpt(path, config, dtype, backend)
     except TinyGPTError as exc:
