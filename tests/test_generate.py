@@ -535,6 +535,7 @@ def test_cli_prompt_file(char_run_dir, tmp_path, capsys):
         (["--prompt", "hello ZEBRA"], "'Z' is not in"),
         (["--max-new-tokens", "-3"], "max-new-tokens"),
         (["--stop-at-eos"], "endoftext"),
+        (["--seed", "-3"], "--seed must be a non-negative integer"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(char_run_dir, capsys, extra, message):

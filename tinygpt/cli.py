@@ -294,6 +294,8 @@ def _run_sample(args):
         raise TinyGPTError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.num_samples < 1:
         raise TinyGPTError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.seed is not None and args.seed < 0:
+        raise TinyGPTError(f"--seed must be a non-negative integer, got {args.seed}")
     prompt = args.prompt
     if args.prompt_file is not None:
         with open(args.prompt_file, encoding="utf-8") as f:

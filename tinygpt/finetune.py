@@ -380,6 +380,8 @@ class FinetuneConfig:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.max_iters is not None and (not isinstance(self.max_iters, int) or self.max_iters <= 0):
             raise TinyGPTError(f"--max-iters must be a positive integer, got {self.max_iters!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise TinyGPTError(f"--seed must be a non-negative integer, got {self.seed!r}")
         if not isinstance(self.warmup_iters, int) or self.warmup_iters < 0:
             raise TinyGPTError(f"--warmup-iters must be >= 0, got {self.warmup_iters!r}")
         if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
