@@ -707,6 +707,21 @@ def test_cli_train_bad_vocab_size_and_corrupt_file(tmp_path):
     assert proc.returncode == 2 and "corrupt tokenizer file" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_cli_train_outputs_that_are_not_writable_are_one_line_errors(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world", encoding="utf-8")
+    (tmp_path / "a_dir").mkdir()
+    for args, message in [
+        (("--out", tmp_path / "t.json", "--gpt2-files", corpus), "not a directory"),  # an existing file
+        (("--out", tmp_path / "a_dir"), "is a directory"),
+        (("--out", corpus / "t.json"), "Not a directory"),
+    ]:
+        proc = run_cli("train", "--input", corpus, "--vocab-size", 300, *args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "c.txt", "t.json"]  # no stray .tmp
+
+
 def test_bench_tokenizer_runs_on_a_small_corpus(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(training_corpus(), encoding="utf-8")

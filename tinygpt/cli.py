@@ -502,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     except TinyGPTError as exc:
         print(f"tinygpt: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+            PermissionError) as exc:
         print(f"tinygpt: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -619,6 +619,8 @@ class BPETokenizer:
         the consumer ours (``self.pattern``); the GPT-2 pattern is what both assume by default.
         """
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise TinyGPTError(f"cannot write GPT-2's files into {directory}: it is not a directory")
         directory.mkdir(parents=True, exist_ok=True)
         to_char = gpt2_bytes_to_unicode()
 
@@ -947,6 +949,12 @@ def _indented_lines(lines: list[str]) -> str:
 def _write_text_atomic(path, text: str) -> None:
     """Write to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
     path = Path(path)
+    if path.is_dir():
+        raise TinyGPTError(f"cannot write {path}: it is a directory")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
