@@ -545,6 +545,14 @@ def test_cli_bad_input_is_one_line_exit_2(char_run_dir, capsys, extra, message):
     assert message in err and len(err.strip().splitlines()) == 1 and err.startswith("tinygpt: error:")
 
 
+def test_cli_prompt_file_that_is_not_utf8_is_one_line_exit_2(char_run_dir, tmp_path, capsys):
+    directory, _, _ = char_run_dir
+    prompt_file = tmp_path / "p.txt"
+    prompt_file.write_bytes(b"caf\xe9")
+    rc, _, err = _run_cli(["sample", "--out", str(directory), "--prompt-file", str(prompt_file)], capsys)
+    assert rc == 2 and "not UTF-8" in err and len(err.strip().splitlines()) == 1
+
+
 def test_cli_missing_or_broken_model_dir(tmp_path, pretrained_dir, capsys):
     rc, _, err = _run_cli(["sample", "--pretrained", str(tmp_path / "nope")], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1

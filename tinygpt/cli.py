@@ -298,8 +298,7 @@ def _run_sample(args):
         raise TinyGPTError(f"--seed must be a non-negative integer, got {args.seed}")
     prompt = args.prompt
     if args.prompt_file is not None:
-        with open(args.prompt_file, encoding="utf-8") as f:
-            prompt = f.read()
+        prompt = _tokenizer_read_utf8(args.prompt_file)  # not UTF-8 -> one-line error
     if args.pretrained is None:
         from tinygpt.checkpoint import load_model
 
