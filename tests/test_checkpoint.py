@@ -167,3 +167,22 @@ def test_missing_and_corrupt_checkpoints_raise(tmp_path):
     shutil.rmtree(path)
     with pytest.raises(TinyGPTError, match="missing directory"):
         load_checkpoint(tmp_path)
+
+
+def test_checkpoint_files_get_the_usual_permissions_not_owner_only(tmp_path):
+    """The staging directory comes from mkdtemp (0700); a published checkpoint must be readable as usual."""
+    import stat
+
+    from tinygpt.checkpoint import checkpoint_path, save_checkpoint
+    from tinygpt.model import GPT, GPTConfig
+    from tinygpt.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer.train("abc\n")
+    model = GPT(GPTConfig(tokenizer.vocab_size, 8, 1, 1, 8), seed=0)
+    save_checkpoint(tmp_path / "run", model, tokenizer, None, {}, {"step": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    ckpt = checkpoint_path(tmp_path / "run")
+    assert stat.S_IMODE(ckpt.stat().st_mode) == 0o777 & ~umask
+    for entry in ckpt.iterdir():
+        assert stat.S_IMODE(entry.stat().st_mode) == 0o666 & ~umask, entry.name

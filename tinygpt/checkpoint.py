@@ -99,6 +99,19 @@ def checkpoint_path(out_dir: str | os.PathLike) -> Path | None:
     return None
 
 
+def _give_usual_permissions(directory: Path) -> None:
+    """Give ``directory`` and its files the modes a plain ``mkdir`` / ``open`` would (0777 / 0666 less umask).
+
+    ``tempfile.mkdtemp`` makes the checkpoint's staging directory owner-only (0700), which would make every
+    published checkpoint unreadable to the other users of a shared run.
+    """
+    umask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for entry in directory.iterdir():
+        os.chmod(entry, 0o666 & ~umask)
+
+
 def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, train_config: dict,
                     state: dict) -> Path:
     """Write a complete checkpoint of step ``state["step"]`` into ``out_dir`` atomically; return its dir.
@@ -140,6 +153,7 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, tra
         full_state = {"format": FORMAT_VERSION, **state, "optimizer": opt_state, "files": files}
         _write_json(tmp / "state.json", full_state)  # last: it vouches for the others
         _fsync_path(tmp / "state.json")
+        _give_usual_permissions(tmp)
         _fsync_path(tmp)
         # 2. publish the directory under its final name (atomic rename)
         if final.exists() and final != current:
