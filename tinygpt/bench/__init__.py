@@ -1,1 +1,35 @@
-"""Benchmarks: each measures tinygpt and its peer side by side in one run (``tinygpt bench NAME``)."""
+"""Benchmarks: each measures tinygpt and its peer side by side in one run (``tinygpt bench NAME``).
+
+The helpers below are shared by the benchmarks that race PyTorch / transformers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tinygpt.errors import TinyGPTError
+
+
+def blas_threads() -> int:
+    """NumPy's OpenBLAS thread count: OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, else the usable cores.
+
+    The PyTorch side is given the same count (``torch.set_num_threads``), so both race on equal terms.
+    """
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def import_torch_peer(side: str = "PyTorch"):
+    """``(torch, transformers)``, quietened; a TinyGPTError naming ``--no-peer`` if either is missing."""
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise TinyGPTError(
+            f"the {side} side needs torch and transformers ({exc.name} is missing); use --no-peer"
+        ) from None
+    transformers.logging.set_verbosity_error()
+    return torch, transformers

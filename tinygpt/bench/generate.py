@@ -18,12 +18,12 @@ this length. The last line checks that both sides produced the same greedy token
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 
 import numpy as np
 
+from tinygpt.bench import blas_threads, import_torch_peer
 from tinygpt.errors import TinyGPTError
 
 
@@ -41,27 +41,6 @@ def add_arguments(parser):
     parser.add_argument("--no-peer", action="store_true", help="skip transformers (tinygpt figures only)")
 
 
-def blas_threads() -> int:
-    """NumPy's OpenBLAS thread count: OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, else the usable cores."""
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _import_peer():
-    try:
-        import torch
-        import transformers
-    except ImportError as exc:
-        raise TinyGPTError(
-            f"the transformers side needs torch and transformers ({exc.name} is missing); use --no-peer"
-        ) from None
-    transformers.logging.set_verbosity_error()
-    return torch, transformers
-
-
 def build_models(config, seed=0, with_peer=True):
     """(params, hf_model or None): the same random GPT-2 weights for both sides.
 
@@ -72,7 +51,7 @@ def build_models(config, seed=0, with_peer=True):
         from tinygpt.model import GPT
 
         return GPT(config, seed=seed).params, None
-    torch, transformers = _import_peer()
+    torch, transformers = import_torch_peer("transformers")
     torch.manual_seed(seed)
     hf_config = transformers.GPT2Config(
         vocab_size=config.vocab_size, n_positions=config.block_size, n_layer=config.n_layer,
@@ -127,7 +106,7 @@ def run(args):
 
     sides = {"tinygpt": ours}
     if peer:
-        torch, _ = _import_peer()
+        torch, _ = import_torch_peer("transformers")
         torch.set_num_threads(threads)
         prompt_t = torch.from_numpy(prompt)
 

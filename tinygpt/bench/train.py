@@ -16,7 +16,6 @@ set size (VmHWM) and how much the step added above the built model and optimizer
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import time
 
 import numpy as np
 
+from tinygpt.bench import blas_threads, import_torch_peer
 from tinygpt.errors import TinyGPTError
 
 # name -> (n_layer, n_head, n_embd, block_size T, batch B); vocabulary 65 (shakespeare_char) for both
@@ -47,27 +47,6 @@ def add_arguments(parser):
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS probe")
     parser.add_argument("--memory-config", default="medium", help="peak-RSS probe config (default medium)")
     parser.add_argument("--no-optimizer", action="store_true", help="time forward + backward only")
-
-
-def _threads() -> int:
-    """The BLAS thread count NumPy uses: OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, else the usable cores."""
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _import_torch():
-    try:
-        import torch
-        import transformers
-    except ImportError as exc:
-        raise TinyGPTError(
-            f"the PyTorch side needs torch and transformers ({exc.name} is missing); use --no-peer"
-        ) from None
-    transformers.logging.set_verbosity_error()
-    return torch, transformers
 
 
 def _have_adamw() -> bool:
@@ -120,7 +99,7 @@ def tinygpt_step(config_name: str, backend: str, with_optimizer: bool):
 
 
 def torch_step(config_name: str, threads: int, with_optimizer: bool):
-    torch, transformers = _import_torch()
+    torch, transformers = import_torch_peer()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     L, H, C, T, B = CONFIGS[config_name]
@@ -226,12 +205,12 @@ def run(args):
 
     for backend in backends:
         get_layer_ops(backend)  # fail early, with the backend's own message
-    threads = _threads()
+    threads = blas_threads()
     with_optimizer = _have_adamw() and not args.no_optimizer
     what = "forward + backward + AdamW" if with_optimizer else "forward + backward (no AdamW)"
     peer = not args.no_peer
     if peer:
-        _import_torch()
+        import_torch_peer()
 
     peak = matmul_gflops()
     print(f"training step = {what}; float32; {threads} thread(s); vocabulary {VOCAB_SIZE}; "
