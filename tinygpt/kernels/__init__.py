@@ -45,6 +45,25 @@ from tinygpt.errors import TinyGPTError
 BACKENDS = ("numpy", "numba", "cuda", "auto")
 
 
+def checked_token_ids(idx, vocab_size: int, block_size: int) -> np.ndarray:
+    """idx as a contiguous (B, T) int64 array, after the checks a compiled kernel cannot make for itself.
+
+    A Numba or CUDA kernel indexing wte with an id outside [0, V) reads or writes outside the array
+    (no bounds checks there), so every backend's embedding validates its ids first.
+    """
+    idx = np.asarray(idx)
+    if idx.ndim != 2 or idx.dtype.kind not in "iu":
+        raise TinyGPTError(f"embedding_forward: idx must be a (B, T) integer array, got {idx.dtype} "
+                           f"{idx.shape}")
+    T = idx.shape[1]
+    if T > block_size:
+        raise TinyGPTError(f"embedding_forward: sequence length {T} exceeds block_size {block_size}")
+    if idx.size and (idx.min() < 0 or idx.max() >= vocab_size):
+        raise TinyGPTError(f"embedding_forward: token ids must be in [0, {vocab_size}), "
+                           f"got [{idx.min()}, {idx.max()}]")
+    return np.ascontiguousarray(idx, dtype=np.int64)
+
+
 def dropout_keep_mask(dtype, shape, dropout, rng):
     """keep = (u >= p) / (1 - p) with u uniform: the inverted-dropout mask, or None when dropout is off.
 

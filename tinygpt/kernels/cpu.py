@@ -43,7 +43,7 @@ import numpy as np
 from numba import njit, prange
 
 from tinygpt.errors import TinyGPTError
-from tinygpt.kernels import dropout_keep_mask
+from tinygpt.kernels import checked_token_ids, dropout_keep_mask
 
 _JIT = dict(parallel=True, cache=True, fastmath=False)
 # Attention's dot products are sums over the head size; IEEE order forbids SIMD for a sum, so these two
@@ -101,19 +101,10 @@ def _embedding_backward_kernel(idx, dout, dwte, dwpe, n_chunks):
 
 def embedding_forward(idx, wte, wpe):
     """Token plus position embedding. (B, T) int -> (B, T, C) = wte[idx] + wpe[:T]."""
-    idx = np.asarray(idx)
-    if idx.ndim != 2 or idx.dtype.kind not in "iu":
-        raise TinyGPTError(f"embedding_forward: idx must be a (B, T) integer array, got {idx.dtype} "
-                           f"{idx.shape}")
     _check_float("embedding_forward", wte, wpe)
+    idx = checked_token_ids(idx, wte.shape[0], wpe.shape[0])
     B, T = idx.shape
     V, C = wte.shape
-    if T > wpe.shape[0]:
-        raise TinyGPTError(f"embedding_forward: sequence length {T} exceeds block_size {wpe.shape[0]}")
-    if idx.size and (idx.min() < 0 or idx.max() >= V):
-        raise TinyGPTError(f"embedding_forward: token ids must be in [0, {V}), "
-                           f"got [{idx.min()}, {idx.max()}]")
-    idx = np.ascontiguousarray(idx, dtype=np.int64)
     out = np.empty((B, T, C), dtype=wte.dtype)
     _embedding_forward_kernel(idx, np.ascontiguousarray(wte), np.ascontiguousarray(wpe), out)
     return out, (idx, wte.shape, wpe.shape)

@@ -41,7 +41,7 @@ import numpy as np
 from numba import cuda
 
 from tinygpt.errors import TinyGPTError
-from tinygpt.kernels import dropout_keep_mask
+from tinygpt.kernels import checked_token_ids, dropout_keep_mask
 
 __all__ = [
     "embedding_forward", "embedding_backward", "layernorm_forward", "layernorm_backward",
@@ -1146,18 +1146,10 @@ def embedding_forward(idx, wte, wpe):
     """(B, T) int -> (B, T, C) = wte[idx] + wpe[:T]. idx is a host batch (it is small)."""
     device = on_device(wte)
     dtype = _float_dtype("embedding_forward", wte)
-    idx = np.asarray(to_host(idx))
-    if idx.ndim != 2 or idx.dtype.kind not in "iu":
-        raise TinyGPTError(f"embedding_forward: idx must be a (B, T) integer array, got {idx.dtype} "
-                           f"{idx.shape}")
+    idx = checked_token_ids(to_host(idx), wte.shape[0], wpe.shape[0])
     B, T = idx.shape
     V, C = wte.shape
-    if T > wpe.shape[0]:
-        raise TinyGPTError(f"embedding_forward: sequence length {T} exceeds block_size {wpe.shape[0]}")
-    if idx.size and (idx.min() < 0 or idx.max() >= V):
-        raise TinyGPTError(f"embedding_forward: token ids must be in [0, {V}), "
-                           f"got [{idx.min()}, {idx.max()}]")
-    idx_d = cuda.to_device(np.ascontiguousarray(idx, dtype=np.int64))
+    idx_d = cuda.to_device(idx)
     out = cuda.device_array((B * T, C), dtype=dtype)
     if out.size:
         forward = _embedding_kernels(dtype.name)[0]
