@@ -341,6 +341,90 @@ def test_bad_input_is_one_line_exit_2(tmp_path, lm_dir, capsys):
     _fails(capsys, ["predict", "--out", str(tmp_path / "nothing"), "hello"], "does not exist")
 
 
+@pytest.mark.parametrize("flags, what", [
+    (["--tokenizer", "gpt2"], "tokenizer"),
+    (["--tokenizer", "char"], "tokenizer"),  # even the checkpoint's own kind: it is not what decides
+    (["--n-layer", "2"], "shape"),
+    (["--block-size", "8"], "shape"),
+])
+@pytest.mark.parametrize("start", ["--init-from", "--pretrained"])
+def test_scratch_settings_with_a_checkpoint_are_refused(tmp_path, lm_dir, capsys, flags, what, start):
+    """--tokenizer and the shape flags build a model from scratch; a checkpoint brings its own."""
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(8))
+    out = tmp_path / "o"
+    err = _fails(capsys, ["finetune", "--data", str(data), start, str(lm_dir), "--out", str(out), *flags,
+                          "--backend", "numpy", "--quiet"],
+                 f"{flags[0]} is for a model from scratch", f"the model's {what} comes from the checkpoint")
+    assert str(lm_dir) in err and start in err
+    assert not out.exists()  # refused before anything was loaded or written
+    with pytest.raises(TinyGPTError, match="--tokenizer is for a model from scratch"):
+        ft.FinetuneConfig(data=str(data), init_from=str(lm_dir), tokenizer="gpt2").validate()
+
+
+def test_scratch_settings_default_only_without_a_checkpoint(tmp_path):
+    cfg = ft.FinetuneConfig(data="d.jsonl").validate()
+    assert (cfg.tokenizer, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.bias) == (
+        "char", 4, 4, 128, 128, False)
+    cfg = ft.FinetuneConfig(data="d.jsonl", init_from="lm").validate()
+    assert cfg.tokenizer is cfg.n_layer is cfg.block_size is None  # the checkpoint's: recorded as such
+    with pytest.raises(TinyGPTError, match="divisible"):
+        ft.FinetuneConfig(data="d.jsonl", n_embd=30, n_head=4).validate()
+
+
+@pytest.mark.parametrize("min_lr, message", [
+    (1e-2, "--min-lr (0.01) must not exceed --learning-rate (0.001)"),
+    (-1e-4, "--min-lr must be a number >= 0"),
+    (float("nan"), "--min-lr must be a number >= 0"),
+])
+def test_min_lr_above_the_learning_rate_is_refused(tmp_path, lm_dir, capsys, min_lr, message):
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(8))
+    out = tmp_path / "o"
+    _fails(capsys, ["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(out),
+                    "--learning-rate", "1e-3", "--min-lr", str(min_lr), "--backend", "numpy", "--quiet"],
+           message)
+    assert not out.exists()
+    with pytest.raises(TinyGPTError, match="--min-lr"):
+        ft.FinetuneConfig(data=str(data), learning_rate=1e-3, min_lr=min_lr).validate()
+
+
+def test_min_lr_is_the_end_of_the_schedule(tmp_path, lm_dir):
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    out = tmp_path / "clf"
+    assert main(["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(out),
+                 "--max-iters", "4", "--eval-interval", "2", "--learning-rate", "2e-3", "--min-lr", "2e-3",
+                 "--warmup-iters", "0", "--backend", "numpy", "--quiet"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([2e-3] * 3)  # min_lr = learning_rate: a constant rate
+
+
+def test_val_fraction_zero_reports_training_metrics_only(tmp_path, lm_dir, capsys):
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    out = tmp_path / "clf"
+    assert main(["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(out),
+                 "--max-iters", "4", "--eval-interval", "2", "--batch-size", "4", "--val-fraction", "0",
+                 "--backend", "numpy"]) == 0
+    captured = capsys.readouterr()
+    assert "16 train / 0 val texts" in captured.err and "no validation split" in captured.err
+    steps = [line for line in captured.err.splitlines() if line.startswith("step ")]
+    assert len(steps) == 3
+    assert steps[0] == "step 0 (epoch 0.00): nothing to evaluate yet (no validation split)"
+    for line in steps[1:]:
+        shown = line.split(": ", 1)[1]
+        assert shown.startswith("train_loss ") and ", train_acc " in shown and "val" not in shown, line
+    assert "nan" not in captured.err.lower() and "val accuracy n/a (no val split)" in captured.out
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert not {"val_loss", "val_acc"} & set(row), row  # absent, not null or NaN
+        assert all(isinstance(v, (int, float)) and np.isfinite(v) for v in row.values()), row
+    assert {"train_loss", "train_acc"} <= set(rows[-1])
+    state = load_checkpoint(out).state
+    assert state["step"] == 4 and "val_acc" not in state and "val_loss" not in state
+    _fails(capsys, ["eval", "--out", str(out), "--backend", "numpy"], "val split", "is empty",
+           "--split train")
+    assert main(["eval", "--out", str(out), "--split", "train", "--backend", "numpy"]) == 0
+    assert "train split" in capsys.readouterr().out
+
+
 # --- the genre task builder ----------------------------------------------------------------------------
 
 

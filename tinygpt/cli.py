@@ -361,12 +361,15 @@ def _add_finetune(sub):
     p.add_argument("--freeze-body", action="store_true", help="train only the head; the GPT stays as loaded")
     p.add_argument("--labels", metavar="A,B,...", help="class names in this order (default: sorted)")
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
-                   help="stratified validation share when the rows have no split field (0.1)")
+                   help="stratified validation share when the rows have no split field (0.1; 0 = no "
+                   "validation split, training metrics only)")
     add = p.add_argument
     add("--epochs", type=int, default=3, metavar="N", help="passes over the training split (3)")
     add("--max-iters", type=int, metavar="N", help="optimizer steps in total (overrides --epochs)")
     add("--batch-size", type=int, default=16, metavar="N", help="texts per step (16)")
     add("--learning-rate", type=float, default=3e-4, metavar="X", help="peak learning rate (3e-4)")
+    add("--min-lr", type=float, metavar="X", help="learning rate at the end of the cosine decay, at most "
+        "--learning-rate (default: --learning-rate / 10)")
     add("--warmup-iters", type=int, default=20, metavar="N", help="linear warmup steps, then cosine (20)")
     add("--weight-decay", type=float, default=0.01, metavar="X", help="AdamW weight decay (0.01)")
     add("--grad-clip", type=float, default=1.0, metavar="X", help="global gradient-norm clip (1.0; 0 = off)")
@@ -375,11 +378,13 @@ def _add_finetune(sub):
     add("--seed", type=int, default=1337, metavar="N", help="seed of the split, the head and the batches")
     add("--backend", choices=_BACKEND_CHOICES, default="auto", help="layer implementations (auto)")
     add("--quiet", action="store_true", help="no log lines")
-    scratch = p.add_argument_group("a model from scratch (neither --init-from nor --pretrained)")
-    scratch.add_argument("--tokenizer", choices=("char", "gpt2"), default="char",
-                         help="char (the data's characters) or gpt2")
+    scratch = p.add_argument_group("a model from scratch (refused with --init-from / --pretrained, whose "
+                                   "checkpoint brings its own tokenizer and shape)")
+    scratch.add_argument("--tokenizer", choices=("char", "gpt2"),
+                         help="char (the data's characters; default) or gpt2")
     for flag, default in (("n-layer", 4), ("n-head", 4), ("n-embd", 128), ("block-size", 128)):
-        scratch.add_argument(f"--{flag}", type=int, default=default, metavar="N", help=f"({default})")
+        # default None: given or not is told apart (finetune.SCRATCH_DEFAULTS fills in these defaults)
+        scratch.add_argument(f"--{flag}", type=int, metavar="N", help=f"({default})")
     p.set_defaults(func=_run_finetune)
 
     pr = sub.add_parser("predict", help="label probabilities of texts under a fine-tuned classifier")
@@ -401,8 +406,9 @@ def _run_finetune(args):
         data=args.data, out=args.out, init_from=args.init_from, pretrained=args.pretrained,
         freeze_body=args.freeze_body, labels=labels, val_fraction=args.val_fraction, seed=args.seed,
         backend=args.backend, epochs=args.epochs, max_iters=args.max_iters, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, warmup_iters=args.warmup_iters, weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip, eval_interval=args.eval_interval, dropout=args.dropout,
+        learning_rate=args.learning_rate, min_lr=args.min_lr, warmup_iters=args.warmup_iters,
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip, eval_interval=args.eval_interval,
+        dropout=args.dropout,
         tokenizer=args.tokenizer, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
         block_size=args.block_size,
     )  # fmt: skip

@@ -26,7 +26,8 @@ is dropped, as ``transformers``' tokenizers do by default); the run reports how 
 Labelled data (``read_labelled``): JSON Lines (``.jsonl``: one object per line) or CSV with a header, each
 row a ``text`` and a ``label`` (all strings or all integers), and optionally ``split`` ("train" / "val")
 to fix the split, e.g. to hold out whole plays. Without ``split``, the validation set is a stratified
-``val_fraction`` of each class, drawn by a seeded generator (the same split for the same file and seed).
+``val_fraction`` of each class, drawn by a seeded generator (the same split for the same file and seed);
+``val_fraction`` 0 means no validation split: the run then reports (and logs) training metrics only.
 
 An output directory holds a checkpoint in the layout of ``tinygpt.checkpoint`` (written atomically by
 ``save_checkpoint``): ``model.safetensors`` carries the body under GPT-2's names plus ``classifier.weight``
@@ -338,6 +339,11 @@ def _scores(features, head, label_ids=None):
 # --- fine-tuning run ----------------------------------------------------------------------------------
 
 
+# The settings of a model from scratch and their defaults (FinetuneConfig's None: not given).
+SCRATCH_DEFAULTS = {"tokenizer": "char", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128,
+                    "bias": False}
+
+
 @dataclass
 class FinetuneConfig:
     """Every setting of ``tinygpt finetune --task classify`` (defaults suit a small character model)."""
@@ -361,21 +367,38 @@ class FinetuneConfig:
     grad_clip: float = 1.0
     eval_interval: int = 50
     dropout: float | None = None  # None: the checkpoint's
-    # a model from scratch (neither init_from nor pretrained): its shape and tokenizer
-    tokenizer: str = "char"
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 128
-    bias: bool = False
+    # a model from scratch (neither init_from nor pretrained): its tokenizer and shape. None = not given:
+    # validate() fills in SCRATCH_DEFAULTS for a model from scratch; with init_from / pretrained they come
+    # from the checkpoint, and giving any of them is an error (it could not be honoured).
+    tokenizer: str | None = None
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    block_size: int | None = None
+    bias: bool | None = None
 
     def validate(self) -> FinetuneConfig:
         if not self.data:
             raise TinyGPTError("--data FILE.jsonl|csv is required")
         if self.init_from and self.pretrained:
             raise TinyGPTError("give --init-from or --pretrained, not both")
+        start = self.init_from or self.pretrained
+        if start:
+            given = [name for name in SCRATCH_DEFAULTS if getattr(self, name) is not None]
+            if given:
+                what = "tokenizer" if given[0] == "tokenizer" else "shape"
+                raise TinyGPTError(
+                    f"--{given[0].replace('_', '-')} is for a model from scratch: with "
+                    f"{'--init-from' if self.init_from else '--pretrained'} the model's {what} comes from "
+                    f"the checkpoint {start}")
+        else:
+            for name, default in SCRATCH_DEFAULTS.items():
+                if getattr(self, name) is None:
+                    setattr(self, name, default)
         for name in ("epochs", "batch_size", "eval_interval", "n_layer", "n_head", "n_embd", "block_size"):
             value = getattr(self, name)
+            if value is None and start and name in SCRATCH_DEFAULTS:
+                continue  # the checkpoint's
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.max_iters is not None and (not isinstance(self.max_iters, int) or self.max_iters <= 0):
@@ -387,14 +410,25 @@ class FinetuneConfig:
         if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
                 and self.learning_rate > 0):
             raise TinyGPTError(f"--learning-rate must be a positive number, got {self.learning_rate!r}")
+        if self.min_lr is not None:
+            if (isinstance(self.min_lr, bool) or not isinstance(self.min_lr, (int, float))
+                    or not math.isfinite(self.min_lr) or self.min_lr < 0):
+                raise TinyGPTError(f"--min-lr must be a number >= 0, got {self.min_lr!r}")
+            if self.min_lr > self.learning_rate:
+                raise TinyGPTError(f"--min-lr ({self.min_lr:g}) must not exceed --learning-rate "
+                                   f"({self.learning_rate:g}): the schedule decays from the peak to it")
         for name in ("weight_decay", "grad_clip"):
             if not getattr(self, name) >= 0:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise TinyGPTError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.tokenizer not in ("char", "gpt2"):
+        if not start and self.tokenizer not in ("char", "gpt2"):
             raise TinyGPTError(f"--tokenizer must be char or gpt2 for a model from scratch, got "
                                f"{self.tokenizer!r}")
+        if not start and not isinstance(self.bias, bool):
+            raise TinyGPTError(f"bias must be true or false, got {self.bias!r}")
+        if not start and self.n_embd % self.n_head:
+            raise TinyGPTError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
         return self
 
     def to_dict(self) -> dict:
@@ -498,6 +532,8 @@ def finetune_classifier(cfg: FinetuneConfig, quiet: bool = False) -> dict:
     say(f"{verb} {'the head only (body frozen)' if cfg.freeze_body else 'every parameter'} of a "
         f"{model.num_params():,}-parameter GPT from {source}: {len(names)} classes {names}, "
         f"{len(train_rows)} train / {len(val_rows)} val texts, {max_iters} steps of {cfg.batch_size}")
+    if not len(val_rows):
+        say("note: no validation split: only the training loss and accuracy are reported")
     if n_truncated:
         say(f"note: {n_truncated} of {len(texts)} texts are longer than block_size "
             f"{model.config.block_size} tokens and were truncated to their first {model.config.block_size}")
@@ -531,11 +567,12 @@ def finetune_classifier(cfg: FinetuneConfig, quiet: bool = False) -> dict:
         row.update({"lr": lr, "elapsed": round(time.perf_counter() - start, 3)})
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        save_checkpoint(out, _ClassifierForSaving(model, head, names, info), tokenizer, None, record,
-                        {"step": step, "val_acc": row.get("val_acc"), "val_loss": row.get("val_loss")})
+        state = {"step": step, **{k: row[k] for k in ("val_acc", "val_loss") if k in row}}
+        save_checkpoint(out, _ClassifierForSaving(model, head, names, info), tokenizer, None, record, state)
         shown = ", ".join(f"{k} {row[k]:.4f}" for k in ("train_loss", "train_acc", "val_loss", "val_acc")
                           if k in row)
-        say(f"step {step} (epoch {epoch:.2f}): {shown}")
+        # step 0 without a validation split has nothing measured yet (train metrics are running means)
+        say(f"step {step} (epoch {epoch:.2f}): {shown or 'nothing to evaluate yet (no validation split)'}")
         running.update(loss=0.0, correct=0, seen=0)
         return row
 
@@ -668,7 +705,8 @@ def evaluate_classifier(out_dir, data: str | None = None, split: str = "val", ba
     if max_batches is not None:
         rows = rows[: max_batches * batch_size]
     if not len(rows):
-        raise TinyGPTError(f"the {split} split of {path} is empty")
+        hint = " (as after fine-tuning with --val-fraction 0): try --split train" if split == "val" else ""
+        raise TinyGPTError(f"the {split} split of {path} is empty{hint}")
     cfg = clf.model.config
     seqs, truncated = encode_texts(clf.tokenizer, [texts[i] for i in rows], cfg.block_size, cfg.vocab_size,
                                    where=str(path))
