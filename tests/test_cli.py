@@ -24,3 +24,22 @@ def test_unknown_option_is_one_line_exit_2():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_train_bpe_then_sample_from_endoftext(tmp_path, monkeypatch, capsys):
+    """`tinygpt train --tokenizer bpe` learns a BPE with <|endoftext|>: a prompt-less sample starts there."""
+    from tinygpt.checkpoint import load_checkpoint
+
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "in.txt"
+    corpus.write_text("ROMEO:\nBut, soft! what light through yonder window breaks?\n\n" * 30)
+    out = tmp_path / "run"
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+            "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1", "--warmup-iters", "1"]
+    assert main(["train", "--data", str(corpus), "--out", str(out), "--tokenizer", "bpe", "--vocab-size",
+                 "300", *tiny, "--backend", "numpy", "--quiet"]) == 0
+    tok = load_checkpoint(out).tokenizer
+    assert tok.special_tokens == {"<|endoftext|>": tok.vocab_size - 1} == {"<|endoftext|>": tok.start_token}
+    capsys.readouterr()
+    assert main(["sample", "--out", str(out), "--max-new-tokens", "8", "--seed", "0", "--stop-at-eos"]) == 0
+    assert capsys.readouterr().out.endswith("\n")

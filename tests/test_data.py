@@ -162,6 +162,38 @@ def test_bpe_tokenizer_is_trained_on_the_data_and_cached(tmp_path):
         data.prepare_dataset(src, "bpe", cache=tmp_path)
 
 
+def test_bpe_trained_on_the_data_has_endoftext_after_its_merges(tmp_path):
+    src = tmp_path / "input.txt"
+    src.write_text(TEXT + "<|endoftext|>" + TEXT)  # the string in the text is ordinary text, not learned
+    ds = data.prepare_dataset(src, "bpe", vocab_size=300, cache=tmp_path)
+    tok = ds.tokenizer
+    assert tok.vocab_size == 300 and len(tok.merges) == 300 - 257
+    assert tok.special_tokens == {"<|endoftext|>": 299} and tok.start_token == 299
+    ids = np.concatenate([ds.train, ds.val]).tolist()
+    assert 299 not in ids and tok.decode(ids) == TEXT + "<|endoftext|>" + TEXT
+    assert tok.encode("<|endoftext|>", allowed_special="all") == [299]
+    merged = {tok.decode_bytes([256 + i]) for i in range(len(tok.merges))}
+    assert not any(b"<|" in m or b"|>" in m for m in merged)  # cut out of the training text
+    # the same tokenizer, with the special, comes back from the cache
+    (cached,) = (tmp_path / "tokenizers").iterdir()
+    assert cached.name.endswith("-bpe300-eot.json")
+    sha = data.sha256_bytes(src.read_bytes())
+    assert data.build_tokenizer("bpe", "unused", sha, 300, cache=tmp_path).to_dict() == tok.to_dict()
+
+
+def test_bpe_cache_entries_without_endoftext_are_not_reused(tmp_path):
+    from tinygpt.tokenizer import BPETokenizer
+
+    sha = data.sha256_bytes(TEXT.encode())
+    folder = tmp_path / "tokenizers"
+    folder.mkdir()
+    old = BPETokenizer.train(TEXT, 300)  # what earlier versions cached: 44 merges, no special token
+    old.save(folder / f"{sha[:16]}-bpe300.json")
+    old.save(folder / f"{sha[:16]}-bpe300-eot.json")  # even under the new name (a hand-made file)
+    tok = data.build_tokenizer("bpe", TEXT, sha, 300, cache=tmp_path)
+    assert tok.special_tokens == {"<|endoftext|>": 299}
+
+
 def test_token_dtype_widens_past_16_bits():
     assert data.token_dtype(65) == np.uint16
     assert data.token_dtype(50257) == np.uint16

