@@ -63,7 +63,7 @@ def test_numba_backend_swaps_in_cpu_kernels_and_keeps_blas_matmul():
     assert ops.attention_forward is cpu.attention_forward
     assert ops.attention_backward is cpu.attention_backward
     assert ops.linear_forward is layers.linear_forward  # matmuls stay on BLAS
-    assert ops.cross_entropy_forward is layers.cross_entropy_forward  # NumPy's SIMD exp wins there
+    assert ops.cross_entropy_forward is cpu.cross_entropy_forward  # with our SIMD exp (_exp) it wins
     assert ops.adamw_update is cpu.adamw_update
 
 
@@ -138,6 +138,68 @@ def test_layernorm_matches_reference(dtype, s):
                 assert_close(g, r, dtype, name, exact=e)
 
 
+def _exp_kernel():
+    from numba import njit
+
+    @njit(error_model="numpy", fastmath={"contract"})
+    def exp_all(x, out):
+        for i in range(x.size):
+            out[i] = cpu._exp(x[i])
+
+    return exp_all
+
+
+def test_simd_exp_is_within_one_ulp_and_keeps_ieee_edges():
+    exp_all = _exp_kernel()
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-88, 89, 200_000), rng.standard_normal(50_000)]).astype(np.float32)
+    out = np.empty_like(x)
+    exp_all(x, out)
+    exact = np.exp(x.astype(np.float64))
+    normal = (exact >= np.finfo(np.float32).tiny) & (exact <= np.finfo(np.float32).max)
+    ulp = np.spacing(exact[normal].astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(out[normal] - exact[normal]) / ulp) < 1.0
+    assert np.all(out[exact < np.finfo(np.float32).tiny] == 0)  # subnormals flushed to zero
+    assert np.all(np.isinf(out[exact > np.finfo(np.float32).max]))
+    edges = np.array([-np.inf, -1e4, 0.0, np.inf, np.nan], np.float32)
+    exp_all(edges, out[:5])
+    np.testing.assert_array_equal(out[:5], [0.0, 0.0, 1.0, np.inf, np.nan])
+    x64 = rng.uniform(-700, 700, 1000)  # float64: math.exp itself
+    out64 = np.empty_like(x64)
+    exp_all(x64, out64)
+    np.testing.assert_array_equal(out64, np.exp(x64))
+
+
+def test_gelu_and_softmax_leave_no_subnormals():
+    # A subnormal operand slows every later multiply (BLAS's too); the reference gives exact zeros there.
+    x = np.array([-60.0, -20.0, -10.0, 0.0, 3.0], np.float32)
+    out, _ = cpu.gelu_forward(x)
+    assert np.all((out == 0) | (np.abs(out) >= np.finfo(np.float32).tiny))
+    qkv = np.zeros((1, 3, 6), np.float32)  # C = 2, one head: q = qkv[..., :2], k = qkv[..., 2:4]
+    qkv[0, :, 0] = 130.0
+    qkv[0, 2, 2] = 1.0  # query 2 scores key 2 at 130 / sqrt(2) = 91.9, keys 0 and 1 at 0: exp(-91.9) is
+    probs = cpu.attention_forward(qkv, 1)[1][3][0]  # subnormal (1.2e-40) in float32
+    ref = layers.attention_forward(qkv, 1)[1][2][0]
+    assert 0 < ref[0, 0, 2, 0] < np.finfo(np.float32).tiny  # the reference keeps the subnormal
+    assert np.all((probs == 0) | (probs >= np.finfo(np.float32).tiny))
+    np.testing.assert_allclose(probs, ref, atol=1e-38)
+
+
+def test_parallel_builds_equal_serial_builds():
+    # NUMBA_NUM_THREADS > 1 runs the parallel build of each kernel: the same source, the same results.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(1000).astype(np.float32)
+    serial, parallel = np.empty_like(x), np.empty_like(x)
+    cpu._gelu_forward_kernel.serial(x, serial)
+    cpu._gelu_forward_kernel.parallel(x, parallel)
+    np.testing.assert_array_equal(serial, parallel)
+    scores = rng.standard_normal((3, 5, 7)).astype(np.float32)
+    a, b = scores.copy(), scores.copy()
+    cpu._causal_softmax_kernel.serial(a, 2)
+    cpu._causal_softmax_kernel.parallel(b, 2)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
 @given(s=shapes)
@@ -153,16 +215,17 @@ def test_gelu_matches_reference(dtype, s):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
-@given(s=shapes, dropout=st.sampled_from([0.0, 0.25]))
-def test_attention_matches_reference(dtype, s, dropout):
+@given(s=shapes, dropout=st.sampled_from([0.0, 0.25]), query_block=st.sampled_from([64, 4, 5]))
+def test_attention_matches_reference(dtype, s, dropout, query_block):
     rng = np.random.default_rng(s["seed"])
     B, T, H = s["B"], s["T"], s["H"]
     C = H * s["hs"]
     qkv = (rng.standard_normal((B, T, 3 * C)) * 2).astype(dtype)
     dout = rng.standard_normal((B, T, C)).astype(dtype)
-    # the same generator state gives the same dropout mask on both backends
-    out, cache = cpu.attention_forward(qkv, H, dropout, np.random.default_rng(7))
-    ref, ref_cache = layers.attention_forward(qkv, H, dropout, np.random.default_rng(7))
+    # the same generator state gives the same dropout masks on both backends, query blocks and all
+    out, cache = cpu.attention_forward(qkv, H, dropout, np.random.default_rng(7), query_block=query_block)
+    ref, ref_cache = layers.attention_forward(qkv, H, dropout, np.random.default_rng(7),
+                                              query_block=query_block)
     assert_close(out, ref, dtype, "out")
     dqkv = cpu.attention_backward(dout, cache)
     assert_close(dqkv, layers.attention_backward(dout, ref_cache), dtype, "dqkv")

@@ -83,11 +83,8 @@ def dropout_keep_mask(dtype, shape, dropout, rng):
 # The layer functions every backend provides (tinygpt.layers.__all__), plus the optimizer kernel.
 OP_NAMES = (*layers.__all__, "adamw_update")
 
-# The functions tinygpt.kernels.cpu replaces; the rest of the "numba" backend is tinygpt.layers.
-# cpu.py also has a cross-entropy kernel (tested, equal to the reference), but it is NOT swapped in: its
-# cost is exp, which NumPy evaluates with SIMD while Numba (no Intel SVML) calls the scalar libm function
-# per element; it measured slower than NumPy (`tinygpt bench kernels --device cpu`). The seam only takes a
-# kernel where it wins.
+# The functions tinygpt.kernels.cpu replaces; the rest of the "numba" backend is tinygpt.layers (the
+# matmuls of linear_*, which are one BLAS call each, and dropout).
 NUMBA_OVERRIDES = (
     "embedding_forward",
     "embedding_backward",
@@ -97,6 +94,8 @@ NUMBA_OVERRIDES = (
     "gelu_backward",
     "attention_forward",
     "attention_backward",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
     "adamw_update",
 )
 

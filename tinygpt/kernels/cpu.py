@@ -1,36 +1,37 @@
-"""Numba CPU kernels: the same functions as ``tinygpt.layers``, fused and parallel where NumPy wastes work.
+"""Numba CPU kernels: the same functions as ``tinygpt.layers``, fused where NumPy wastes passes.
 
 Every public function here has EXACTLY the signature of its ``tinygpt.layers`` namesake, and each
 forward/backward pair shares its own cache format (so a forward from here must be paired with the backward
-from here, which ``tinygpt.kernels.get_ops("numba")`` guarantees). Matmuls stay on BLAS: the NumPy
-``linear_*`` functions are already one ``@`` each, and no hand loop beats OpenBLAS there.
+from here, which ``tinygpt.kernels.get_ops("numba")`` guarantees). Matmuls stay on BLAS, attention's
+included: no hand loop beats OpenBLAS there.
 
 Where the wins come from (measure them with ``tinygpt bench kernels --device cpu``):
 
-- **Causal attention** per (batch, head) in parallel (``prange``), touching only the lower triangle
-  ``j <= i`` of the T x T score matrix: half the arithmetic, no ``-inf`` mask array, no separate
-  max / exp / sum / divide passes over a (B, H, T, T) temporary. NumPy's batched BLAS computes the full
-  square but at BLAS speed, so single-threaded the two are even; the win is that 48 independent
-  (batch, head) problems parallelise perfectly, where BLAS threads split each small 256 x 64 product.
+- **exp in SIMD** (``_exp``): Numba (without Intel's SVML library) turns ``math.exp`` into one scalar libm
+  call per element. For float32 we evaluate exp ourselves in plain arithmetic (range reduction, a
+  polynomial, the power of two written into the float's exponent bits), which LLVM vectorises: about 10x
+  NumPy's own ``np.exp`` here, within 1 ulp. Softmax, GELU and cross-entropy are all exp-bound.
+- **Causal attention**: the per-head q, k, v are made contiguous once, so BLAS multiplies whole (T, hs)
+  matrices (NumPy's reference slices strided views block by block, and BLAS crawls on those); the softmax
+  and its backward are one fused pass each over the lower triangle, in place, with the SIMD exp.
+- **GELU**: one pass forward, one backward, in the sigmoid form ``x * sigmoid(2u)`` (one exp, no tanh);
+  NumPy needs ~10 passes over the (B, T, 4C) array.
 - **LayerNorm**: statistics and output in two passes over each row instead of NumPy's chain of temporaries.
-- **GELU**: one pass forward, one backward, with a tanh written in plain arithmetic (``_tanh``) so the
-  loop vectorises; NumPy needs ~10 passes over the (B, T, 4C) array.
-- **Embedding backward**: a column-parallel scatter-add instead of ``np.add.at`` (about 6x).
+- **Embedding backward**: a column-split scatter-add instead of ``np.add.at`` (about 6x).
 - **AdamW**: one pass over each parameter instead of ~10 NumPy temporaries (about 5x).
+- **Cross-entropy**: one pass per row for the log-sum-exp, one for the gradient, with the SIMD exp.
 
-And where they do not: the cross-entropy kernel is here too, equal to the reference, but the ``numba``
-backend does not use it. Its cost is exp, which NumPy evaluates with SIMD code while Numba (without Intel's
-SVML library) calls the scalar libm function once per element; at GPT-sized vocabularies it loses to NumPy
-(at V = 65 the whole op takes about a millisecond either way). The same was true of GELU until ``_tanh``.
+Threads. By default the kernels run SERIAL (one thread; ``share_cores_with_blas`` explains why BLAS should
+keep the cores), compiled with ``cache=True`` so only the first run pays the JIT. A ``parallel=True`` launch
+costs ~40 microseconds even on one thread, and a step launches ~100 kernels, so the serial build is a
+separate compilation, not a one-thread parallel one. With NUMBA_NUM_THREADS > 1 the same source is
+compiled with ``parallel=True`` (``prange`` splits the outer loop over threads), at first use.
 
-The kernels are ``@njit(parallel=True, cache=True, fastmath=False)``: IEEE semantics, so results match the
-NumPy reference to rounding. We get SIMD anyway where the inner loop is ``y[j] += a * x[j]`` over a
-contiguous axis (an "axpy"). A dot product, though, is a SUM, which IEEE order forbids vectorising; the two
-attention kernels therefore allow re-association and fused multiply-add only (``fastmath={"reassoc",
-"contract"}``, no finite-math assumptions), which makes their backward 2x faster and changes results by
-summation order alone, as BLAS does. Other reductions (means, log-sum-exps) accumulate in float64 even for
-float32 inputs, keeping float32 results within ~1e-6 of the reference. ``cache=True`` writes the compiled
-machine code to ``__pycache__``, so only the first run pays the JIT compile (see the README for timings).
+Numerics. Kernels compute in the storage dtype (float32 for training, float64 for gradient checks: there
+``_exp`` is ``math.exp``). Reductions that only sum (softmax and LayerNorm statistics, log-sum-exp) may
+re-associate (``fastmath={"reassoc", "contract"}``: no finite-math assumptions), which lets LLVM vectorise
+them and changes results by summation order alone, as BLAS's do; LayerNorm and cross-entropy accumulate in
+float64 even for float32 input. Everything matches the NumPy reference to float32 rounding (tests: 1e-5).
 """
 
 from __future__ import annotations
@@ -40,20 +41,48 @@ import os
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from tinygpt.errors import TinyGPTError
 from tinygpt.kernels import checked_token_ids, dropout_keep_mask
 
-_JIT = dict(parallel=True, cache=True, fastmath=False)
-# Attention's dot products are sums over the head size; IEEE order forbids SIMD for a sum, so these two
-# kernels allow re-association (and fused multiply-add) only: no "finite math" or other fast-math
-# assumptions. The result differs from the reference by summation order alone, as BLAS's does.
-_JIT_REASSOC = dict(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+
+class _Kernel:
+    """One kernel source, two builds: serial (default, cached on disk), parallel (NUMBA_NUM_THREADS > 1).
+
+    ``kernel(*args)`` runs the build that matches Numba's thread count. Numba's on-disk cache does not key
+    entries by the ``parallel`` flag, so only the serial build is cached (the parallel one compiles at its
+    first call in a process).
+    """
+
+    def __init__(self, py_func, fastmath):
+        # error_model="numpy": x / 0 gives inf or nan as in NumPy, instead of Python's ZeroDivisionError,
+        # whose check on every division keeps LLVM from vectorising a loop that divides
+        options = dict(fastmath=fastmath, error_model="numpy")
+        self.serial = njit(cache=True, **options)(py_func)
+        self.parallel = njit(parallel=True, cache=False, **options)(py_func)
+        self.__doc__ = py_func.__doc__
+
+    def __call__(self, *args):
+        build = self.parallel if numba.get_num_threads() > 1 else self.serial
+        return build(*args)
+
+
+def _kernel(fastmath=False):
+    """Decorator: a ``_Kernel`` with Numba's ``fastmath`` flags (False: strict IEEE; see below)."""
+    return lambda py_func: _Kernel(py_func, fastmath)
+
+
+# The fast-math flags kernels may use, nothing else (no finite-math or reciprocal assumptions):
+_SUMS = {"reassoc"}  # sums may re-associate, so LLVM can vectorise them (summation order changes, as BLAS's)
+_SUMS_FMA = {"reassoc", "contract"}  # ... and a * b + c may become one fused multiply-add. Not for
+# LayerNorm's backward: g - mean(g) cancels exactly at C = 1 only if both sides round alike.
+_FMA = {"contract"}  # fused multiply-add only (element-wise kernels: no sums to re-associate)
 
 
 def _n_chunks(n_rows: int) -> int:
-    """How many row chunks a parallel reduction splits into: a few per thread, never more than rows."""
+    """How many row chunks a reduction splits into: a few per thread, never more than rows."""
     return max(1, min(n_rows, 4 * numba.get_num_threads()))
 
 
@@ -67,10 +96,66 @@ def _check_float(name: str, *arrays: np.ndarray) -> np.dtype:
     return dtype
 
 
+# --- exp ------------------------------------------------------------------------------------------
+
+_F = np.float32
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.693359375  # ln 2 = _LN2_HI + _LN2_LO; _LN2_HI has only 9 significant bits, so n * _LN2_HI is
+_LN2_LO = -2.12194440e-4  # exact for |n| < 2^15 and the reduction x - n ln 2 loses nothing (Cody & Waite)
+
+
+def _exp(x):
+    """e**x inside kernels: float32 -> ``_exp_float32`` (SIMD), float64 -> ``math.exp`` (see the overload)."""
+    return math.exp(x)
+
+
+@njit(inline="always")
+def _exp_float32(x):
+    """exp for float32 in plain arithmetic, so that loops calling it vectorise (max error < 1 ulp).
+
+    exp(x) = 2^n * exp(r) with n = round(x / ln 2) and r = x - n ln 2 in [-ln2/2, ln2/2]; exp(r) is its
+    Taylor polynomial to degree 7 (the next term, r^8/8! < 3e-8, is below float32's 6e-8 half-ulp); 2^n
+    is built by writing n + 127 into the exponent bits of a float32, so the arithmetic runs on x clamped
+    to [-87.34, 88.72], where 2^n is a normal float. Outside: exp(x) = 0 below -87.33 (exp would be subnormal
+    there: we flush it to zero, an absolute error < 1.2e-38, because subnormal operands make every later
+    multiply, BLAS's included, many times slower) and +inf above 88.72 (float32 overflow, as np.exp).
+    NaN passes through the clamps and the arithmetic.
+    """
+    xc = min(max(x, _F(-87.33654)), _F(88.72284)) if x == x else x  # [ln(min normal), ln(max float32)]
+    n = np.rint(xc * _F(_LOG2E))  # -126..128
+    r = xc - n * _F(_LN2_HI)
+    r = r - n * _F(_LN2_LO)
+    p = _F(1.0 / 5040.0)  # Horner's rule: 1 + r (1 + r (1/2 + r (1/6 + ... r / 7!)))
+    p = _F(1.0 / 720.0) + r * p
+    p = _F(1.0 / 120.0) + r * p
+    p = _F(1.0 / 24.0) + r * p
+    p = _F(1.0 / 6.0) + r * p
+    p = _F(0.5) + r * p
+    p = _F(1.0) + r * p
+    p = _F(1.0) + r * p
+    if n > _F(127.0):  # 2^128 has no float32; 2^127 * 2 keeps exp(88.72) = 3.4e38 finite
+        n = _F(127.0)
+        p = p * _F(2.0)
+    two_to_n = np.int32((np.int32(n) + np.int32(127)) << np.int32(23))  # IEEE-754 bits of 2.0**n
+    e = p * two_to_n.view(np.float32)
+    if x < _F(-87.33654):  # exp(x) is subnormal or 0
+        e = _F(0.0)
+    if x > _F(88.72284):  # float32 overflow
+        e = _F(np.inf)
+    return e
+
+
+@overload(_exp, inline="always")
+def _exp_overload(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: _exp_float32(x)
+    return lambda x: math.exp(x)
+
+
 # --- embedding ------------------------------------------------------------------------------------
 
 
-@njit(**_JIT)
+@_kernel()
 def _embedding_forward_kernel(idx, wte, wpe, out):
     # out[b, t, :] = wte[idx[b, t], :] + wpe[t, :]   one pass, no (B, T, C) temporaries
     B, T = idx.shape
@@ -82,7 +167,7 @@ def _embedding_forward_kernel(idx, wte, wpe, out):
             out[b, t, c] = wte[tok, c] + wpe[t, c]
 
 
-@njit(**_JIT)
+@_kernel()
 def _embedding_backward_kernel(idx, dout, dwte, dwpe, n_chunks):
     # Scatter-add of rows. Tokens repeat, so two threads must never add into the same dwte row at once:
     # we split the work over COLUMN ranges instead of tokens, so each thread owns its columns outright.
@@ -123,7 +208,7 @@ def embedding_backward(dout, cache):
 # --- layernorm ------------------------------------------------------------------------------------
 
 
-@njit(**_JIT)
+@_kernel(_SUMS)
 def _layernorm_forward_kernel(x, weight, bias, eps, out, mean, rstd):
     # Per row: mean = sum(x)/C, var = sum((x-mean)^2)/C (two passes: no cancellation), y = (x-mean)*rstd*w + b
     N, C = x.shape
@@ -143,7 +228,7 @@ def _layernorm_forward_kernel(x, weight, bias, eps, out, mean, rstd):
             out[n, c] = (x[n, c] - m) * r * weight[c] + bias[c]
 
 
-@njit(**_JIT)
+@_kernel(_SUMS)
 def _layernorm_backward_kernel(dout, x, weight, mean, rstd, dx, dw_part, db_part):
     # With xhat = (x - mean) * rstd and g = dout * w (the gradient w.r.t. xhat):
     #   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
@@ -202,64 +287,38 @@ def layernorm_backward(dout, cache):
 
 # --- GELU -----------------------------------------------------------------------------------------
 
-
-@njit(inline="always", cache=True)
-def _tanh(u):
-    """tanh in plain arithmetic (float64, |error| < 1e-14), so that loops calling it vectorise.
-
-    Without Intel's SVML, numba compiles math.tanh to one scalar libm call per element, while NumPy's
-    np.tanh is SIMD code; this version is only multiply, add, divide, min and a select, which LLVM turns
-    into SIMD instructions. With a = min(|u|, 19) (tanh(19) = 1 - 6e-17, i.e. 1 in float64)::
-
-        tanh(a) = 1 - 2 / (exp(2a) + 1),    exp(2a) = exp(a/16)^32
-
-    exp(a/16) (a/16 <= 1.19) is its Taylor series to degree 12, evaluated by Horner's rule; five
-    squarings raise it to the 32nd power.
-    """
-    a = min(abs(u), 19.0)
-    y = a * 0.0625
-    e = 1.0 / 479001600.0  # 1/12!
-    e = 1.0 / 39916800.0 + y * e
-    e = 1.0 / 3628800.0 + y * e
-    e = 1.0 / 362880.0 + y * e
-    e = 1.0 / 40320.0 + y * e
-    e = 1.0 / 5040.0 + y * e
-    e = 1.0 / 720.0 + y * e
-    e = 1.0 / 120.0 + y * e
-    e = 1.0 / 24.0 + y * e
-    e = 1.0 / 6.0 + y * e
-    e = 0.5 + y * e
-    e = 1.0 + y * e
-    e = 1.0 + y * e
-    e = e * e
-    e = e * e
-    e = e * e
-    e = e * e
-    e = e * e
-    t = 1.0 - 2.0 / (e + 1.0)
-    return t if u >= 0.0 else -t
-
-
 _GELU_K = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
 
 
-@njit(**_JIT)
+@_kernel(_FMA)
 def _gelu_forward_kernel(x, out):
-    # gelu(x) = 0.5 x (1 + tanh(k (x + 0.044715 x^3))), k = sqrt(2/pi)  (GPT-2's tanh approximation),
-    # evaluated in float64 whatever the storage type: exact to float32 rounding and still SIMD
+    # gelu(x) = 0.5 x (1 + tanh(u)), u = k (x + a x^3), k = sqrt(2/pi), a = 0.044715 (GPT-2's approximation)
+    # and 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)) = sigmoid(2u), so gelu(x) = x / (1 + exp(-2u)):
+    # one exp, no tanh, and no cancellation in 1 + tanh(u) for negative x. Constants typed as x's dtype,
+    # so float32 stays float32 (a Python float would promote every operation to float64).
+    one = x.dtype.type(1.0)
+    c1 = x.dtype.type(-2.0 * _GELU_K)
+    c3 = x.dtype.type(-2.0 * _GELU_K * _GELU_A)
     for i in prange(x.size):
-        xi = np.float64(x[i])
-        out[i] = 0.5 * xi * (1.0 + _tanh(_GELU_K * (xi + 0.044715 * xi * xi * xi)))
+        xi = x[i]
+        out[i] = xi / (one + _exp(xi * (c1 + c3 * xi * xi)))
 
 
-@njit(**_JIT)
+@_kernel(_FMA)
 def _gelu_backward_kernel(dout, x, dx):
-    # d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 * 0.044715 x^2),  t = tanh(k (x + 0.044715 x^3))
-    # t is recomputed from x rather than cached: cheaper than storing and re-reading a (B, T, 4C) array.
+    # With s = sigmoid(2u): d gelu / dx = s + x * 2 s (1 - s) * du/dx = s (1 + 2 x (1 - s) k (1 + 3 a x^2))
+    # s is recomputed from x rather than cached: cheaper than storing and re-reading a (B, T, 4C) array.
+    one = x.dtype.type(1.0)
+    c1 = x.dtype.type(-2.0 * _GELU_K)
+    c3 = x.dtype.type(-2.0 * _GELU_K * _GELU_A)
+    k2 = x.dtype.type(2.0 * _GELU_K)
+    a3 = x.dtype.type(3.0 * _GELU_A)
     for i in prange(x.size):
-        xi = np.float64(x[i])
-        t = _tanh(_GELU_K * (xi + 0.044715 * xi * xi * xi))
-        dx[i] = dout[i] * (0.5 * (1.0 + t) + 0.5 * xi * (1.0 - t * t) * _GELU_K * (1.0 + 0.134145 * xi * xi))
+        xi = x[i]
+        x2 = xi * xi
+        s = one / (one + _exp(xi * (c1 + c3 * x2)))
+        dx[i] = dout[i] * s * (one + k2 * xi * (one - s) * (one + a3 * x2))
 
 
 def gelu_forward(x):
@@ -274,7 +333,7 @@ def gelu_forward(x):
 def gelu_backward(dout, cache):
     """Any shape -> dx of the same shape."""
     x = cache
-    dout = np.ascontiguousarray(dout)
+    dout = np.ascontiguousarray(dout, dtype=x.dtype)
     dx = np.empty_like(x)
     _gelu_backward_kernel(dout.reshape(-1), x.reshape(-1), dx.reshape(-1))
     return dx
@@ -283,106 +342,74 @@ def gelu_backward(dout, cache):
 # --- causal self-attention ------------------------------------------------------------------------
 
 
-@njit(**_JIT_REASSOC)
-def _attention_forward_kernel(qkv, n_head, keep, use_dropout, out, probs):
-    # For each (batch, head), for each query row i, only keys j <= i exist (causal):
-    #   s_j = (q_i . k_j) / sqrt(hs),  p_j = exp(s_j - max s) / sum exp(...),  y_i = sum_j a_j v_j
-    # with a = p (times the dropout keep mask when training with dropout).
-    # probs[b, h, i, :i+1] keeps p (needed by the backward); its upper triangle is never written or read.
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    hs = C // n_head
-    scale = qkv.dtype.type(1.0 / math.sqrt(hs))
-    zero = qkv.dtype.type(0)
-    for bh in prange(B * n_head):
-        b = bh // n_head
-        h = bh % n_head
-        # this head's q, k, v as contiguous (T, hs) copies: the dot products below then run along
-        # contiguous memory and vectorise
-        q = np.ascontiguousarray(qkv[b, :, h * hs:(h + 1) * hs])
-        k = np.ascontiguousarray(qkv[b, :, C + h * hs:C + (h + 1) * hs])
-        v = np.ascontiguousarray(qkv[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs])
-        y = np.empty(hs, dtype=qkv.dtype)
-        for i in range(T):
-            p = probs[b, h, i]
-            m = -np.inf
-            for j in range(i + 1):  # the causal skip: keys after i are never touched
-                s = zero
-                for d in range(hs):
-                    s += q[i, d] * k[j, d]
-                s *= scale
-                p[j] = s
-                m = max(m, s)
-            total = 0.0
-            for j in range(i + 1):
-                e = math.exp(p[j] - m)
-                p[j] = e
+@_kernel(_SUMS_FMA)
+def _causal_softmax_kernel(scores, t0):
+    # In place on a block of score rows, queries t0, t0+1, ... (row r is query i = t0 + r), keys 0..t1-1:
+    #   p_j = exp(s_j - max s) / sum exp(...) over the keys j <= i,   p_j = 0 for j > i  (the causal mask:
+    # those scores are never read; the zeros make the following BLAS product with v exact)
+    N, R, K = scores.shape
+    zero = scores.dtype.type(0.0)
+    one = scores.dtype.type(1.0)
+    for n in prange(N):
+        for r in range(R):
+            n_keys = min(t0 + r + 1, K)
+            row = scores[n, r]
+            m = row[0]
+            for j in range(1, n_keys):
+                m = max(m, row[j])
+            total = zero
+            for j in range(n_keys):
+                e = _exp(row[j] - m)
+                row[j] = e
                 total += e
-            inv = qkv.dtype.type(1.0 / total)
-            for d in range(hs):
-                y[d] = zero
-            for j in range(i + 1):
-                p[j] *= inv
-                a = p[j] * keep[b, h, i, j] if use_dropout else p[j]
-                for d in range(hs):
-                    y[d] += a * v[j, d]
-            out[b, i, h * hs:(h + 1) * hs] = y
+            inv = one / total
+            for j in range(n_keys):
+                row[j] *= inv
+            for j in range(n_keys, K):
+                row[j] = zero
 
 
-@njit(**_JIT_REASSOC)
-def _attention_backward_kernel(dout, qkv, probs, n_head, keep, use_dropout, dqkv):
-    # With a_ij = p_ij * keep_ij (keep = 1 without dropout), y_i = sum_j a_ij v_j, p_i = softmax(s_i):
-    #   dv_j += a_ij dy_i,   dp_ij = keep_ij (dy_i . v_j),
-    #   ds_ij = p_ij (dp_ij - sum_k p_ik dp_ik)                      (softmax backward)
-    #   dq_i += ds_ij k_j / sqrt(hs),   dk_j += ds_ij q_i / sqrt(hs)
-    # Each (batch, head) owns its own columns of dqkv, so the prange needs no locks.
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    hs = C // n_head
-    scale = qkv.dtype.type(1.0 / math.sqrt(hs))
-    zero = qkv.dtype.type(0)
-    for bh in prange(B * n_head):
-        b = bh // n_head
-        h = bh % n_head
-        q = np.ascontiguousarray(qkv[b, :, h * hs:(h + 1) * hs])
-        k = np.ascontiguousarray(qkv[b, :, C + h * hs:C + (h + 1) * hs])
-        v = np.ascontiguousarray(qkv[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs])
-        dy = np.ascontiguousarray(dout[b, :, h * hs:(h + 1) * hs])
-        dq = np.zeros((T, hs), dtype=qkv.dtype)
-        dk = np.zeros((T, hs), dtype=qkv.dtype)
-        dv = np.zeros((T, hs), dtype=qkv.dtype)
-        dp = np.empty(T, dtype=qkv.dtype)
-        for i in range(T):
-            p = probs[b, h, i]
+@_kernel(_SUMS_FMA)
+def _causal_softmax_backward_kernel(probs, dprobs, keep, use_dropout, t0):
+    # In place on dprobs, the same block layout: with g = dP (times the dropout keep mask, which scaled P
+    # in the forward),  dS_j = p_j (g_j - sum_k p_k g_k)  for j <= i,  0 above the diagonal.
+    N, R, K = probs.shape
+    zero = probs.dtype.type(0.0)
+    for n in prange(N):
+        for r in range(R):
+            n_keys = min(t0 + r + 1, K)
+            p = probs[n, r]
+            g = dprobs[n, r]
+            if use_dropout:
+                mask = keep[n, r]
+                for j in range(n_keys):
+                    g[j] *= mask[j]
             row_dot = zero
-            for j in range(i + 1):
-                s = zero
-                for d in range(hs):
-                    s += dy[i, d] * v[j, d]
-                a = p[j]
-                if use_dropout:
-                    a = a * keep[b, h, i, j]
-                    s = s * keep[b, h, i, j]
-                dp[j] = s
-                row_dot += p[j] * s
-                for d in range(hs):
-                    dv[j, d] += a * dy[i, d]
-            for j in range(i + 1):
-                ds = p[j] * (dp[j] - row_dot) * scale
-                for d in range(hs):
-                    dq[i, d] += ds * k[j, d]
-                    dk[j, d] += ds * q[i, d]
-        dqkv[b, :, h * hs:(h + 1) * hs] = dq
-        dqkv[b, :, C + h * hs:C + (h + 1) * hs] = dk
-        dqkv[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs] = dv
+            for j in range(n_keys):
+                row_dot += p[j] * g[j]
+            for j in range(n_keys):
+                g[j] = p[j] * (g[j] - row_dot)
+            for j in range(n_keys, K):
+                g[j] = zero
 
 
-def attention_forward(qkv, n_head, dropout=0.0, rng=None):
+def _query_blocks(T: int, query_block: int):
+    """(t0, t1) of each block of queries: queries t0..t1-1 see keys 0..t1-1 only."""
+    return [(t0, min(t0 + query_block, T)) for t0 in range(0, T, query_block)]
+
+
+def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=64):
     """Causal multi-head self-attention. qkv (B, T, 3C) from the fused c_attn projection -> (B, T, C).
 
-    ``dropout`` (probability of zeroing an attention weight, training only) needs ``rng``, a
-    ``np.random.Generator``; the keep mask is drawn exactly as ``tinygpt.layers`` draws it, so the same
-    generator state gives the same output on either backend.
+    ``softmax(q k^T / sqrt(hs) + mask) v`` per head, as ``tinygpt.layers.attention_forward`` computes it:
+    query blocks of ``query_block`` rows, each against the keys it can see (the blocks right of the
+    diagonal are never computed). ``dropout`` (probability of zeroing an attention weight, training only)
+    needs ``rng``, a ``np.random.Generator``; the masks are drawn as the reference draws them.
+
+    What differs from the reference: q, k, v are first copied into contiguous (B, H, T, hs) arrays (the
+    reference multiplies strided views of qkv, on which BLAS runs several times slower), and the masked
+    softmax is one fused pass (``_causal_softmax_kernel``) with the SIMD exp. The cache keeps those three
+    copies (the size of qkv, which is not kept), the blocks' probabilities and the dropout masks.
     """
     _check_float("attention_forward", qkv)
     if qkv.ndim != 3 or qkv.shape[2] % 3 != 0:
@@ -391,36 +418,61 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None):
     C = C3 // 3
     if n_head < 1 or C % n_head != 0:
         raise TinyGPTError(f"attention_forward: n_embd {C} is not divisible by n_head {n_head}")
-    qkv = np.ascontiguousarray(qkv)
-    keep = dropout_keep_mask(qkv.dtype, (B, n_head, T, T), dropout, rng)
-    out = np.empty((B, T, C), dtype=qkv.dtype)
-    probs = np.empty((B, n_head, T, T), dtype=qkv.dtype)
-    use_dropout = keep is not None
-    _attention_forward_kernel(qkv, n_head, keep if use_dropout else _NO_MASK[qkv.dtype.char], use_dropout,
-                              out, probs)
-    return out, (qkv, probs, n_head, keep)
+    if dropout and rng is None:
+        raise TinyGPTError("attention dropout > 0 needs an rng (np.random.Generator)")
+    hs = C // n_head
+    # (B, T, 3C) -> (B, T, 3, H, hs) -> three contiguous (B, H, T, hs): BLAS gets whole, dense matrices
+    q, k, v = (np.ascontiguousarray(a) for a in qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4))
+    q *= qkv.dtype.type(1.0 / math.sqrt(hs))  # scale q once (T*hs multiplies) rather than the scores (T*T)
+    y = np.empty((B, n_head, T, hs), dtype=qkv.dtype)
+    probs, keeps = [], []
+    for t0, t1 in _query_blocks(T, query_block):
+        att = q[:, :, t0:t1] @ k[:, :, :t1].swapaxes(-1, -2)  # (B, H, bt, t1) scores
+        _causal_softmax_kernel(att.reshape(B * n_head, t1 - t0, t1), t0)  # in place -> probabilities
+        probs.append(att)
+        keep = dropout_keep_mask(qkv.dtype, att.shape, dropout, rng)  # None without dropout
+        keeps.append(keep)
+        np.matmul(att if keep is None else att * keep, v[:, :, :t1], out=y[:, :, t0:t1])
+    out = np.ascontiguousarray(y.transpose(0, 2, 1, 3)).reshape(B, T, C)  # merge heads side by side
+    return out, (q, k, v, probs, keeps, query_block)
 
 
 def attention_backward(dout, cache):
-    """(B, T, C) -> dqkv (B, T, 3C)."""
-    qkv, probs, n_head, keep = cache
-    dout = np.ascontiguousarray(dout)
-    dqkv = np.empty_like(qkv)
-    use_dropout = keep is not None
-    _attention_backward_kernel(dout, qkv, probs, n_head, keep if use_dropout else _NO_MASK[qkv.dtype.char],
-                               use_dropout, dqkv)
-    return dqkv
+    """(B, T, C) -> dqkv (B, T, 3C).
+
+    Per query block: dv += (P D)^T dy,  dP = dy v^T,  dS = softmax backward (fused kernel),
+    dq = dS k / sqrt(hs),  dk += dS^T q / sqrt(hs)  (q was cached pre-scaled, so dk is a plain product).
+    """
+    q, k, v, probs, keeps, query_block = cache
+    B, H, T, hs = q.shape
+    dy = np.ascontiguousarray(dout.reshape(B, T, H, hs).transpose(0, 2, 1, 3), dtype=q.dtype)  # (B, H, T, hs)
+    dq = np.empty_like(q)
+    dk = np.zeros_like(k)  # dk and dv accumulate over the query blocks that saw each key
+    dv = np.zeros_like(v)
+    for (t0, t1), att, keep in zip(_query_blocks(T, query_block), probs, keeps):
+        dy_block = dy[:, :, t0:t1]
+        dv[:, :, :t1] += (att if keep is None else att * keep).swapaxes(-1, -2) @ dy_block
+        datt = dy_block @ v[:, :, :t1].swapaxes(-1, -2)  # (B, H, bt, t1) dP
+        block = (B * H, t1 - t0, t1)
+        mask = _NO_MASK[q.dtype.char] if keep is None else keep.reshape(block)
+        _causal_softmax_backward_kernel(att.reshape(block), datt.reshape(block), mask, keep is not None, t0)
+        np.matmul(datt, k[:, :, :t1], out=dq[:, :, t0:t1])  # datt is dS now
+        dk[:, :, :t1] += datt.swapaxes(-1, -2) @ q[:, :, t0:t1]
+    dq *= q.dtype.type(1.0 / math.sqrt(hs))
+    dqkv = np.empty((B, T, 3, H, hs), dtype=q.dtype)
+    for i, grad in enumerate((dq, dk, dv)):
+        dqkv[:, :, i] = grad.transpose(0, 2, 1, 3)
+    return dqkv.reshape(B, T, 3 * H * hs)
 
 
-# A (1, 1, 1, 1) stand-in for the keep mask when there is no dropout, so the kernel has one type signature.
-_NO_MASK = {"f": np.ones((1, 1, 1, 1), np.float32), "d": np.ones((1, 1, 1, 1), np.float64)}
-
+# A (1, 1, 1) stand-in for the keep mask when there is no dropout, so the kernel has one type signature.
+_NO_MASK = {"f": np.ones((1, 1, 1), np.float32), "d": np.ones((1, 1, 1), np.float64)}
 
 
 # --- cross-entropy --------------------------------------------------------------------------------
 
 
-@njit(**_JIT)
+@_kernel(_SUMS_FMA)
 def _cross_entropy_forward_kernel(logits, targets, lse, losses):
     # loss_n = logsumexp(logits_n) - logits_n[target_n], computed as m + log(sum exp(l - m)), m = max l.
     # No probability array is built: the backward recomputes exp(l - lse) from the saved lse.
@@ -431,17 +483,18 @@ def _cross_entropy_forward_kernel(logits, targets, lse, losses):
             lse[n] = 0.0
             losses[n] = 0.0
             continue
-        m = logits[n, 0]
+        row = logits[n]
+        m = row[0]
         for j in range(1, V):
-            m = max(m, logits[n, j])
-        total = 0.0
+            m = max(m, row[j])
+        total = 0.0  # float64 accumulator
         for j in range(V):
-            total += math.exp(logits[n, j] - m)
+            total += _exp(row[j] - m)
         lse[n] = m + math.log(total)
-        losses[n] = lse[n] - logits[n, t]
+        losses[n] = lse[n] - row[t]
 
 
-@njit(**_JIT)
+@_kernel(_FMA)
 def _cross_entropy_backward_kernel(logits, targets, lse, scale, dlogits):
     # dloss/dlogits_n = (softmax(logits_n) - onehot(target_n)) * dloss / n_valid; ignored rows get zeros.
     N, V = logits.shape
@@ -451,9 +504,11 @@ def _cross_entropy_backward_kernel(logits, targets, lse, scale, dlogits):
             for j in range(V):
                 dlogits[n, j] = 0.0
             continue
+        row_lse = logits.dtype.type(lse[n])
+        row_scale = logits.dtype.type(scale)
         for j in range(V):
-            dlogits[n, j] = math.exp(logits[n, j] - lse[n]) * scale
-        dlogits[n, t] -= scale
+            dlogits[n, j] = _exp(logits[n, j] - row_lse) * row_scale
+        dlogits[n, t] -= row_scale
 
 
 def cross_entropy_forward(logits, targets):
@@ -492,7 +547,7 @@ def cross_entropy_backward(dloss, cache):
 # --- AdamW ----------------------------------------------------------------------------------------
 
 
-@njit(**_JIT)
+@_kernel()
 def _adamw_kernel(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_corr1, bias_corr2):
     # Decoupled weight decay (Loshchilov & Hutter), in PyTorch's order:
     #   p *= 1 - lr*wd;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
