@@ -65,8 +65,14 @@ class _Kernel:
         self.__doc__ = py_func.__doc__
 
     def __call__(self, *args):
-        build = self.parallel if numba.get_num_threads() > 1 else self.serial
-        return build(*args)
+        # numba.get_num_threads() costs ~15 us a call: asked only when the environment may have raised it
+        if _THREADS_FROM_ENV and numba.get_num_threads() > 1:
+            return self.parallel(*args)
+        return self.serial(*args)
+
+
+# share_cores_with_blas() leaves Numba at one thread unless one of these is set (it reads them alike)
+_THREADS_FROM_ENV = "NUMBA_NUM_THREADS" in os.environ or "NUMBA_THREADING_LAYER" in os.environ
 
 
 def _kernel(fastmath=False):
