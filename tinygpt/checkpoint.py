@@ -116,9 +116,9 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, tra
                     state: dict) -> Path:
     """Write a complete checkpoint of step ``state["step"]`` into ``out_dir`` atomically; return its dir.
 
-    ``model`` is a GPT (``.params``, ``.config``, ``.save_pretrained``), ``optimizer`` an AdamW (or None),
-    ``train_config`` the run's training settings (JSON-able), ``state`` the loop state (JSON-able: step,
-    best_val_loss, RNG states, ...).
+    ``model`` is a GPT (``.config``, ``.save_pretrained``, which writes host copies of GPU weights),
+    ``optimizer`` an AdamW (or None; its ``state_dict`` holds host arrays), ``train_config`` the run's
+    training settings (JSON-able), ``state`` the loop state (JSON-able: step, best_val_loss, RNG states).
     """
     from safetensors.numpy import save_file
 
@@ -237,21 +237,24 @@ def _load_gpt(path: Path, config: dict, dtype, backend: str):
     """The GPT in a checkpoint directory, with exactly the parameters it was trained with."""
     from safetensors.numpy import load_file
 
-    from tinygpt.model import GPT, GPTConfig
+    from tinygpt.model import GPT, GPTConfig, param_shapes
 
     if "tinygpt_model" not in config:  # a plain transformers GPT-2 directory
         return GPT.from_pretrained(path, dtype=dtype, backend=backend)
-    model = GPT(GPTConfig.from_dict(config["tinygpt_model"]), seed=0, dtype=dtype, backend=backend)
+    model_config = GPTConfig.from_dict(config["tinygpt_model"])
     tensors = load_file(str(path / "model.safetensors"))
     tensors = {k.removeprefix("transformer."): v for k, v in tensors.items()}
-    missing = sorted(set(model.params) - set(tensors))
+    expected = param_shapes(model_config)
+    missing = sorted(set(expected) - set(tensors))
     if missing:
         raise TinyGPTError(f"model.safetensors lacks {missing[0]}")
-    for name, p in model.params.items():
-        if tensors[name].shape != p.shape:
-            raise TinyGPTError(f"{name} has shape {tensors[name].shape}, the config says {p.shape}")
-        model.params[name] = np.ascontiguousarray(tensors[name], dtype=model.dtype)
-    return model
+    for name, shape in expected.items():
+        if tensors[name].shape != shape:
+            raise TinyGPTError(f"{name} has shape {tensors[name].shape}, the config says {shape}")
+    # the GPT puts the weights where its backend computes (the GPU for "cuda"); extra tensors such as a
+    # classifier's head are not the GPT's
+    params = {name: tensors[name] for name in expected}
+    return GPT(model_config, seed=0, dtype=dtype, backend=backend, params=params)
 
 
 def load_model(out_dir: str | os.PathLike, backend: str = "numpy", dtype=np.float32):

@@ -133,17 +133,10 @@ def activation_floats_per_token(config: GPTConfig, seq_len: int, query_block: in
 
 
 def get_layer_ops(backend: str = "numpy") -> SimpleNamespace:
-    """The layer functions for ``backend``: ``tinygpt.kernels.get_ops`` when present, else tinygpt.layers."""
+    """The layer functions (and device helpers) for ``backend``: ``tinygpt.kernels.get_ops``."""
     from tinygpt import layers
+    from tinygpt.kernels import get_ops
 
-    try:
-        from tinygpt.kernels import get_ops
-    except ImportError:  # the kernels package without its backend seam: the NumPy reference only
-        if backend not in ("numpy", "auto"):
-            raise TinyGPTError(
-                f"backend {backend!r} is not available (tinygpt.kernels has no get_ops)"
-            ) from None
-        return SimpleNamespace(**{name: getattr(layers, name) for name in layers.__all__})
     ops = SimpleNamespace(**vars(get_ops(backend)))  # our own copy: never mutate the backend's namespace
     for name in ("dropout_forward", "dropout_backward"):  # not every backend has its own dropout
         if not hasattr(ops, name):
@@ -198,6 +191,12 @@ class GPT:
     ``GPT(config, seed=0, dtype=np.float32, backend="numpy")``: ``dtype`` is float32 (training) or float64
     (gradient checks); ``backend`` picks the layer implementations (``tinygpt.kernels.get_ops``). A new
     model is in training mode (dropout on if ``config.dropout`` > 0); ``eval()`` turns dropout off.
+
+    With ``backend="cuda"`` the model lives on the GPU: ``params``, the caches, the gradients ``backward``
+    returns (and the AdamW state made from them) are numba device arrays, so a training step moves only the
+    batch in and the loss out. The glue between layers therefore uses the backend's helpers (``ops.add``,
+    ``ops.add_inplace``, ``ops.lm_head_forward``), which are plain NumPy on the CPU backends;
+    ``host_params()`` gives NumPy copies for saving and sampling.
     """
 
     def __init__(
@@ -214,9 +213,12 @@ class GPT:
         self.backend = backend
         self.ops = get_layer_ops(backend)
         if params is None:
-            self.params = init_params(config, seed, dtype)
+            params = init_params(config, seed, dtype)
         else:
-            self.params = _checked_params(params, config, dtype)
+            params = _checked_params(params, config, dtype)
+        # With the cuda backend the weights move to the GPU here, once, and stay there: every layer then
+        # reads and writes device arrays. On the CPU backends to_device is the identity.
+        self.params = {name: self.ops.to_device(p) for name, p in params.items()}
         self.training = True
         # dropout masks come from here (separate from the init stream); reseed it for reproducible masks
         self.dropout_rng = np.random.default_rng([seed, 1])
@@ -230,6 +232,13 @@ class GPT:
 
     def eval(self) -> GPT:
         return self.train(False)
+
+    def host_params(self) -> dict[str, np.ndarray]:
+        """``params`` as NumPy arrays, for whatever runs on the CPU: saving, sampling, inspecting.
+
+        The CPU backends return their own arrays (no copy); the cuda backend copies each weight off the GPU.
+        """
+        return {name: self.ops.to_host(p) for name, p in self.params.items()}
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (wte counted once although it is also the output layer).
@@ -278,10 +287,11 @@ class GPT:
     # --- forward and backward ---------------------------------------------------------------------
 
     def forward(self, idx, targets=None):
-        """idx (B, T) int -> logits (B, T, V), loss (float, or None without targets).
+        """idx (B, T) int -> logits (B, T, V), loss (Python float, or None without targets).
 
         With targets (B, T) int (-1 = ignore), the caches are kept for one ``backward()``; without, nothing
-        is kept.
+        is kept. idx and targets are host arrays; with the cuda backend the logits stay on the GPU (a
+        device array, ``ops.to_host`` reads it) and only the loss comes back.
         """
         idx = self._check_ids(idx, "idx")
         if targets is not None:
@@ -291,20 +301,21 @@ class GPT:
         self._tape = None  # a new forward invalidates the old caches (and frees them before we allocate)
         tape = []  # one entry per layer call, in order; backward pops them in reverse
         x = self._body_forward(idx, tape)
-        logits, c_head = self.ops.linear_forward(x, self.params["wte.weight"].T, None)  # tied LM head
+        logits, c_head = self.ops.lm_head_forward(x, self.params["wte.weight"])  # x @ wte.T: tied LM head
         tape.append(c_head)
         if targets is None:
             return logits, None
         loss, c_loss = self.ops.cross_entropy_forward(logits, targets)
         tape.append(c_loss)
         self._tape = tape
-        return logits, loss
+        return logits, float(loss)
 
     def forward_hidden(self, idx, keep_caches: bool = True):
         """idx (B, T) int -> h (B, T, C): the final LayerNorm's output, the features the LM head reads.
 
         For task heads (``tinygpt.finetune``): with ``keep_caches`` the caches are kept for one
-        ``backward_hidden(dh)``; without (inference), nothing is kept.
+        ``backward_hidden(dh)``; without (inference), nothing is kept. h is a host (NumPy) array on every
+        backend: the task heads are NumPy code.
         """
         idx = self._check_ids(idx, "idx")
         self._tape = None
@@ -312,14 +323,14 @@ class GPT:
         h = self._body_forward(idx, tape)
         if keep_caches:
             self._tape = ("hidden", tape)  # tagged: backward() must not consume a tape without the LM head
-        return h
+        return self.ops.to_host(h)
 
     def backward_hidden(self, dhidden) -> dict[str, np.ndarray]:
         """dh (B, T, C), the gradient of some loss w.r.t. ``forward_hidden``'s output -> grads of params."""
         if not (isinstance(self._tape, tuple) and self._tape[0] == "hidden"):
             raise TinyGPTError("backward_hidden() needs a forward_hidden(idx) first (once per forward)")
         tape, self._tape = self._tape[1], None
-        dhidden = np.asarray(dhidden, dtype=self.dtype)
+        dhidden = self.ops.to_device(np.asarray(dhidden, dtype=self.dtype))  # the head's gradient, host
         return self._body_backward(dhidden, tape)
 
     def _body_forward(self, idx, tape: list) -> np.ndarray:
@@ -344,16 +355,15 @@ class GPT:
             a, c_proj = ops.linear_forward(a, p[h + "attn.c_proj.weight"], p.get(h + "attn.c_proj.bias"))
             tape += [c_ln1, c_attn, c_att, c_proj]
             a = dropout(a)
-            a += x  # residual, in place: `a` is a fresh array no cache refers to, x stays cached by ln_1
-            x = a
+            # residual x + a, summed into `a` (a fresh array no cache refers to; x is cached by ln_1)
+            x = ops.add_inplace(a, x)
             m, c_ln2 = ops.layernorm_forward(x, p[h + "ln_2.weight"], p.get(h + "ln_2.bias"), LAYERNORM_EPS)
             m, c_fc = ops.linear_forward(m, p[h + "mlp.c_fc.weight"], p.get(h + "mlp.c_fc.bias"))
             m, c_gelu = ops.gelu_forward(m)
             m, c_mproj = ops.linear_forward(m, p[h + "mlp.c_proj.weight"], p.get(h + "mlp.c_proj.bias"))
             tape += [c_ln2, c_fc, c_gelu, c_mproj]
             m = dropout(m)
-            m += x
-            x = m
+            x = ops.add_inplace(m, x)
         x, c_lnf = ops.layernorm_forward(x, p["ln_f.weight"], p.get("ln_f.bias"), LAYERNORM_EPS)
         tape.append(c_lnf)
         return x
@@ -364,10 +374,11 @@ class GPT:
             raise TinyGPTError("backward() needs a forward(idx, targets) first (once per forward)")
         tape, self._tape = self._tape, None  # consumed: a second backward would need a new forward
         dlogits = self.ops.cross_entropy_backward(1.0, tape.pop())
-        dx, dwte_head_t, _ = self.ops.linear_backward(dlogits, tape.pop())  # dW of the head is (C, V)
+        dx, dwte_head = self.ops.lm_head_backward(dlogits, tape.pop())  # dwte_head = dlogits^T x, (V, C)
         del dlogits
         grads = self._body_backward(dx, tape)
-        grads["wte.weight"] += dwte_head_t.T  # tied weights: the embedding's and the LM head's gradients add
+        # tied weights: the embedding's and the LM head's gradients add
+        self.ops.add_inplace(grads["wte.weight"], dwte_head)
         return grads
 
     def _body_backward(self, dx, tape: list) -> dict[str, np.ndarray]:
@@ -398,7 +409,7 @@ class GPT:
             dm, dw, db = ops.layernorm_backward(dm, c_ln2)
             put(h + "ln_2.weight", dw)
             put(h + "ln_2.bias", db)
-            dx = dx + dm  # a new array: dx may be the very array dropout_backward passed through
+            dx = ops.add(dx, dm)  # a new array: dx may be the very array dropout_backward passed through
             # attention branch
             da = ops.dropout_backward(dx, tape.pop())
             c_ln1, c_attn, c_att, c_proj = tape[-4:]
@@ -413,7 +424,7 @@ class GPT:
             da, dw, db = ops.layernorm_backward(da, c_ln1)
             put(h + "ln_1.weight", dw)
             put(h + "ln_1.bias", db)
-            dx = dx + da
+            dx = ops.add(dx, da)
         dx = ops.dropout_backward(dx, tape.pop())
         dwte, dwpe = ops.embedding_backward(dx, tape.pop())
         grads["wte.weight"] = dwte
@@ -428,12 +439,15 @@ class GPT:
     def generate(
         self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, eos_token=None
     ):
-        """Continue ``idx`` (B, T) by up to ``max_new_tokens`` tokens: see ``tinygpt.generate.generate``."""
+        """Continue ``idx`` (B, T) by up to ``max_new_tokens`` tokens: see ``tinygpt.generate.generate``.
+
+        Decoding is the NumPy KV-cache path on every backend, so it reads ``host_params()``.
+        """
         from tinygpt.generate import generate
 
         return generate(
-            self.params, self.config, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            seed=seed, eos_token=eos_token,
+            self.host_params(), self.config, idx, max_new_tokens, temperature=temperature, top_k=top_k,
+            top_p=top_p, seed=seed, eos_token=eos_token,
         )  # fmt: skip
 
     # --- GPT-2 checkpoints (transformers' format) --------------------------------------------------
@@ -499,9 +513,10 @@ class GPT:
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
         cfg = self.config
+        params = self.host_params()
         tensors = {}
         for name, shape in param_shapes(GPTConfig(**{**cfg.to_dict(), "bias": True})).items():
-            array = self.params.get(name)
+            array = params.get(name)
             if array is None:  # bias=False: an exactly equivalent zero bias
                 array = np.zeros(shape, dtype=self.dtype)
             tensors["transformer." + name] = np.ascontiguousarray(array)

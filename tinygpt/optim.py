@@ -3,6 +3,12 @@
 Parameters and gradients are plain ``dict[str, np.ndarray]`` (the model's ``params`` and the ``grads``
 its ``backward`` returns, same keys and shapes). The optimizer updates the parameter arrays IN PLACE,
 so the model sees the new values without any copying back.
+
+GPU arrays. With the cuda backend the parameters and gradients are numba device arrays, which NumPy
+cannot compute on. Each function here looks at the array it is given: a device array is handled by the
+kernels of ``tinygpt.kernels.cuda`` (AdamW state made with ``zeros_like``, the update by ``adamw_update``,
+norms by ``sum_squares``), so the moments stay on the GPU beside the weights; everything else is the
+NumPy code below, unchanged. Only ``state_dict`` brings the moments to the host (for checkpoints).
 """
 
 from __future__ import annotations
@@ -12,6 +18,25 @@ import math
 import numpy as np
 
 from tinygpt.errors import TinyGPTError
+
+
+def _gpu(a):
+    """The cuda kernels module when ``a`` is a numba device array (it has ``copy_to_host``), else None."""
+    if not hasattr(a, "copy_to_host"):
+        return None
+    from tinygpt.kernels import cuda
+
+    return cuda
+
+
+def _host_copy(a) -> np.ndarray:
+    return a.copy_to_host() if _gpu(a) else a.copy()
+
+
+def _zeros_like(p):
+    """Zeros beside ``p``: on the GPU for a device array (no host array is made), else NumPy's."""
+    gpu = _gpu(p)
+    return gpu.zeros_like(p) if gpu else np.zeros_like(p)
 
 
 class AdamW:
@@ -56,11 +81,12 @@ class AdamW:
         self.weight_decay = float(weight_decay)
         self.kernel = kernel
         self.step_count = 0
-        self.exp_avg = {name: np.zeros_like(p) for name, p in params.items()}  # m
-        self.exp_avg_sq = {name: np.zeros_like(p) for name, p in params.items()}  # v
+        self.exp_avg = {name: _zeros_like(p) for name, p in params.items()}  # m
+        self.exp_avg_sq = {name: _zeros_like(p) for name, p in params.items()}  # v
         self.decays = {name: p.ndim >= 2 for name, p in params.items()}
-        largest = max((p.size for p in params.values()), default=0)
-        dtype = np.result_type(*params.values()) if params else np.float32
+        host = [p for p in params.values() if not _gpu(p)]  # the scratch buffer is for NumPy's arithmetic
+        largest = max((p.size for p in host), default=0)
+        dtype = np.result_type(*host) if host else np.float32
         self._scratch = np.empty(largest, dtype=dtype)
 
     def step(self, grads: dict[str, np.ndarray], lr: float | None = None) -> None:
@@ -75,10 +101,13 @@ class AdamW:
         for name, p in self.params.items():
             g = grads[name]
             m, v = self.exp_avg[name], self.exp_avg_sq[name]
-            if self.kernel is not None:
+            gpu = _gpu(p)
+            if gpu is not None or self.kernel is not None:  # one fused pass: the GPU's, or the given kernel
+                kernel = gpu.adamw_update if gpu is not None else self.kernel
+                if _gpu(g) is None:
+                    g = np.ascontiguousarray(g, dtype=p.dtype)
                 decay = self.weight_decay if self.decays[name] else 0.0
-                self.kernel(p, np.ascontiguousarray(g, dtype=p.dtype), m, v, lr, b1, b2, self.eps, decay,
-                            bias_correction1, bias_correction2)
+                kernel(p, g, m, v, lr, b1, b2, self.eps, decay, bias_correction1, bias_correction2)
                 continue
             tmp = self._scratch[: p.size].reshape(p.shape)
             if self.decays[name] and self.weight_decay:
@@ -98,16 +127,22 @@ class AdamW:
             p -= tmp
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: the step count, hyperparameters and both moments."""
+        """Everything needed to continue exactly: the step count, hyperparameters and both moments.
+
+        The moments are NumPy copies, also when they live on the GPU (a checkpoint loads on any backend).
+        """
         return {
             "step": self.step_count, "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
             "weight_decay": self.weight_decay,
-            "exp_avg": {k: a.copy() for k, a in self.exp_avg.items()},
-            "exp_avg_sq": {k: a.copy() for k, a in self.exp_avg_sq.items()},
+            "exp_avg": {k: _host_copy(a) for k, a in self.exp_avg.items()},
+            "exp_avg_sq": {k: _host_copy(a) for k, a in self.exp_avg_sq.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` output; shapes and names must match the parameters."""
+        """Restore :meth:`state_dict` output (host arrays); shapes and names must match the parameters.
+
+        Moments of parameters on the GPU are copied there.
+        """
         try:
             for key in ("exp_avg", "exp_avg_sq"):
                 moments = state[key]
@@ -118,7 +153,7 @@ class AdamW:
                                        f"unexpected {extra}")
                 for name, p in self.params.items():
                     shape = np.shape(moments[name])
-                    if shape != p.shape:
+                    if shape != tuple(p.shape):
                         raise TinyGPTError(f"optimizer state {key}.{name} has shape {shape}, "
                                            f"the parameter has {p.shape}")
             self.step_count = int(state["step"])
@@ -131,16 +166,33 @@ class AdamW:
                 raise
             raise TinyGPTError(f"corrupt optimizer state: {exc!r}") from None
         for name, p in self.params.items():
-            self.exp_avg[name] = np.array(state["exp_avg"][name], dtype=p.dtype)
-            self.exp_avg_sq[name] = np.array(state["exp_avg_sq"][name], dtype=p.dtype)
+            m = np.array(state["exp_avg"][name], dtype=p.dtype)
+            v = np.array(state["exp_avg_sq"][name], dtype=p.dtype)
+            gpu = _gpu(p)
+            self.exp_avg[name] = gpu.to_device(m) if gpu else m
+            self.exp_avg_sq[name] = gpu.to_device(v) if gpu else v
+
+
+def scale_grads(grads: dict, factor: float) -> None:
+    """``g *= factor`` for every gradient, IN PLACE (on the GPU for device arrays)."""
+    for g in grads.values():
+        gpu = _gpu(g)
+        if gpu is not None:
+            gpu.scale_inplace(g, factor)
+        else:
+            g *= factor
 
 
 def grad_norm(grads: dict[str, np.ndarray]) -> float:
     """The global L2 norm of all gradients together: ``sqrt(sum over every entry of g^2)``."""
     total = 0.0
     for g in grads.values():
-        flat = g.reshape(-1)
-        total += float(np.dot(flat, flat))
+        gpu = _gpu(g)
+        if gpu is not None:
+            total += gpu.sum_squares(g)  # squared and summed on the GPU; one number comes back
+        else:
+            flat = g.reshape(-1)
+            total += float(np.dot(flat, flat))
     return math.sqrt(total)
 
 
@@ -156,8 +208,7 @@ def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     if max_norm > 0 and math.isfinite(norm):
         scale = max_norm / (norm + 1e-6)
         if scale < 1.0:
-            for g in grads.values():
-                g *= scale
+            scale_grads(grads, scale)
     return norm
 
 

@@ -17,6 +17,10 @@ and the dropout RNG state. Evaluation draws its batches from its own fixed-seed 
 batches at every evaluation, which also makes the curve less noisy), so it never perturbs the training
 stream. Restoring all of that, a run stopped at step k and resumed writes exactly the metrics rows of the
 uninterrupted run (``tokens_per_sec`` and ``elapsed`` aside, they are wall-clock measurements).
+
+On a GPU (``--backend cuda``) the weights, gradients, AdamW moments and activations stay in GPU memory for
+the whole run: per step the batch goes in and the loss (with the gradient norm, for clipping) comes out.
+Only a checkpoint copies the weights and moments to the host (``save_pretrained``, ``state_dict``).
 """
 
 from __future__ import annotations
@@ -300,7 +304,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
     from tinygpt.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
     from tinygpt.data import check_split_lengths, get_batch, prepare_dataset, rng_from_state, rng_state
     from tinygpt.model import GPT, GPTConfig
-    from tinygpt.optim import AdamW, clip_grad_norm, lr_at
+    from tinygpt.optim import AdamW, clip_grad_norm, lr_at, scale_grads
 
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -441,13 +445,13 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
                                        "try a lower --learning-rate")
                 loss_sum += loss
                 micro = model.backward()
-                if cfg.grad_accum_steps == 1:
+                if grads is None:
                     grads = micro
-                elif grads is None:  # average over micro-batches: the gradient of the mean loss
-                    grads = {k: g / cfg.grad_accum_steps for k, g in micro.items()}
-                else:
+                else:  # gradient accumulation: sum the micro-batches' gradients (on the device, if there)
                     for k, g in micro.items():
-                        grads[k] += g / cfg.grad_accum_steps
+                        model.ops.add_inplace(grads[k], g)
+            if cfg.grad_accum_steps > 1:  # their mean is the gradient of the mean loss
+                scale_grads(grads, 1.0 / cfg.grad_accum_steps)
             norm = clip_grad_norm(grads, cfg.grad_clip)
             if not math.isfinite(norm):
                 raise TinyGPTError(f"training diverged: the gradient norm is {norm} at step {step + 1}; "

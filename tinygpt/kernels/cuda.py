@@ -28,7 +28,7 @@ The kernels, in reading order:
                            through shared memory, softmax computed online (running max and sum), so the
                            T x T matrix never exists in global memory; the forward saves each row's
                            log-sum-exp and the backward recomputes the probabilities from it.
-``layernorm``, ``gelu``, ``cross_entropy``, ``embedding``, ``adamw``, ``add``, ``column_sum``:
+``layernorm``, ``gelu``, ``cross_entropy``, ``embedding``, ``adamw``, ``add``, ``scale``, ``column_sum``:
                            one thread per element, or one block per row with a shared-memory tree reduction.
 """
 
@@ -49,8 +49,8 @@ __all__ = [
     "attention_backward", "dropout_forward", "dropout_backward", "cross_entropy_forward",
     "cross_entropy_backward", "adamw_update",
     # device-resident helpers (not layers, but what a model needs to keep a step on the GPU)
-    "to_device", "to_host", "on_device", "matmul", "add", "add_inplace", "zeros", "column_sum",
-    "zeros_like", "sum_squares", "lm_head_forward", "lm_head_backward",
+    "to_device", "to_host", "on_device", "matmul", "add", "add_inplace", "scale_inplace", "zeros",
+    "column_sum", "zeros_like", "sum_squares", "lm_head_forward", "lm_head_backward",
 ]
 
 ELEMENTWISE_THREADS = 256  # threads per block of the one-thread-per-element kernels
@@ -588,7 +588,7 @@ def flash_attention_backward(dout, cache):
 
 @functools.cache
 def _elementwise_kernels(dtype_name):
-    """GELU forward/backward, add, scale-by-mask and the AdamW update: one thread per element."""
+    """GELU forward/backward, add, multiply, scale and the AdamW update: one thread per element."""
     dtype = np.dtype(dtype_name)
     K = dtype.type(math.sqrt(2.0 / math.pi))
     A = dtype.type(0.044715)
@@ -626,6 +626,12 @@ def _elementwise_kernels(dtype_name):
             out[i] = a[i] * b[i]
 
     @cuda.jit
+    def scale(a, factor):
+        i = cuda.grid(1)
+        if i < a.size:
+            a[i] *= factor
+
+    @cuda.jit
     def adamw(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_corr1, bias_corr2):
         # p *= 1 - lr wd;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
         # p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)      (the hyperparameters arrive in p's dtype)
@@ -639,7 +645,8 @@ def _elementwise_kernels(dtype_name):
             p[i] = p[i] * (ONE - lr * weight_decay) - (lr / bias_corr1) * mi / (
                 math.sqrt(vi) / math.sqrt(bias_corr2) + eps)
 
-    return {"gelu_fwd": gelu_fwd, "gelu_bwd": gelu_bwd, "add": add, "mul": mul, "adamw": adamw}
+    return {"gelu_fwd": gelu_fwd, "gelu_bwd": gelu_bwd, "add": add, "mul": mul, "scale": scale,
+            "adamw": adamw}
 
 
 def _launch_elementwise(name, n, *args, dtype):
@@ -698,12 +705,26 @@ def add(a, b):
 
 
 def add_inplace(a, b):
-    """a += b on the device (accumulating gradients, e.g. the tied wte); a must be a device array."""
-    if not on_device(a) or a.shape != b.shape:
-        raise TinyGPTError("add_inplace: a must be a device array with b's shape")
+    """a += b, returning a (accumulating gradients, e.g. the tied wte): on the device when a is there."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise TinyGPTError(f"add_inplace: shapes differ: {a.shape} and {b.shape}")
+    if not on_device(a):  # a host array (a model whose params were set to NumPy arrays): NumPy adds
+        a += to_host(b)
+        return a
     b = to_device(b)
     if a.size:
         _launch_elementwise("add", a.size, _flat(a), _flat(b), _flat(a), dtype=a.dtype)
+    return a
+
+
+def scale_inplace(a, factor):
+    """a *= factor, returning a (gradient clipping, averaging micro-batches): on the device when a is."""
+    if not on_device(a):
+        a *= factor
+        return a
+    if a.size:
+        dtype = np.dtype(a.dtype)
+        _launch_elementwise("scale", a.size, _flat(a), dtype.type(factor), dtype=dtype)
     return a
 
 
