@@ -1,7 +1,8 @@
 """GPT-2, forward and backward by hand: ``GPTConfig`` and ``GPT``.
 
-The model is a dict of NumPy arrays named exactly as in OpenAI's GPT-2 checkpoints (as published by
-Hugging Face, minus the ``transformer.`` prefix), so GPT-2 weights load with no renaming or transposing::
+The model is a dict of NumPy arrays (GPU arrays with the cuda backend, see ``GPT``) named exactly as in
+OpenAI's GPT-2 checkpoints (as published by Hugging Face, minus the ``transformer.`` prefix), so GPT-2
+weights load with no renaming or transposing::
 
     wte.weight (V, C)                   wpe.weight (block_size, C)
     h.{i}.ln_1.weight, .bias (C,)       h.{i}.attn.c_attn.weight (C, 3C), .bias (3C,)
