@@ -248,6 +248,8 @@ def test_bad_data_files(tmp_path, capsys, monkeypatch):
     (["--block-size", "0"], "--block-size"),
     (["--max-iters", "0"], "--max-iters"),
     (["--learning-rate", "-1"], "--learning-rate must be positive"),
+    (["--learning-rate", "1e-3", "--min-lr", "1e-2"], "--min-lr (0.01) must not exceed --learning-rate"),
+    (["--learning-rate", "5e-5"], "with a low --learning-rate give --min-lr too"),
     (["--dropout", "1.5"], "--dropout"),
     (["--learning-rate", "abc"], "invalid float value"),
     (["--n-layer", "2.5"], "invalid int value"),

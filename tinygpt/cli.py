@@ -333,7 +333,7 @@ def _run_sample(args):
             out.write(decoder.push(new_ids[0]))
             out.flush()
 
-        generate(model.params, model.config, np.array([ids]), args.max_new_tokens,
+        generate(model.host_params(), model.config, np.array([ids]), args.max_new_tokens,
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=rng, eos_token=eos,
                  on_token=show)  # fmt: skip
         out.write(decoder.flush() + "\n")

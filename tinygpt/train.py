@@ -107,6 +107,9 @@ class TrainConfig:
         for name in ("min_lr", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise TinyGPTError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.min_lr > self.learning_rate:  # the "decay" would raise the rate
+            raise TinyGPTError(f"--min-lr ({self.min_lr:g}) must not exceed --learning-rate "
+                               f"({self.learning_rate:g}); with a low --learning-rate give --min-lr too")
         for name in ("dropout", "beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise TinyGPTError(f"{_flag(name)} must be in [0, 1), got {getattr(self, name)}")

@@ -160,15 +160,18 @@ def sum_squares(a) -> float:
 
 def lm_head_forward(x, wte):
     """Tied output layer: x (..., C) @ wte.T -> logits (..., V), without materialising wte.T."""
-    return x @ wte.T, (x, wte)
+    V, C = wte.shape
+    logits = x.reshape(-1, C) @ wte.T  # one 2-D BLAS call: (N, C) @ (C, V), not a loop over the batch
+    return logits.reshape(*x.shape[:-1], V), (x, wte)
 
 
 def lm_head_backward(dlogits, cache):
     """dlogits (..., V) -> dx (..., C) = dlogits @ wte, dwte (V, C) = dlogits^T x (summed over rows)."""
     x, wte = cache
     V, C = wte.shape
-    dx = dlogits @ wte  # (..., V) @ (V, C)
-    dwte = dlogits.reshape(-1, V).T @ x.reshape(-1, C)  # (V, N) @ (N, C)
+    dlogits2d = dlogits.reshape(-1, V)
+    dx = (dlogits2d @ wte).reshape(x.shape)  # (N, V) @ (V, C)
+    dwte = dlogits2d.T @ x.reshape(-1, C)  # (V, N) @ (N, C)
     return dx, dwte
 
 
