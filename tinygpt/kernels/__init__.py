@@ -11,10 +11,11 @@ through ``self.ops = get_ops(backend)``, so swapping the backend never touches t
 Backends:
 
 ``"numpy"``  the readable reference, ``tinygpt.layers``; AdamW is ``adamw_update`` below.
-``"numba"``  ``tinygpt.layers`` with the fused, parallel CPU kernels of ``tinygpt.kernels.cpu`` swapped in
-             where they beat NumPy (attention, LayerNorm, GELU, embedding, AdamW: ``NUMBA_OVERRIDES``);
-             matmuls stay on BLAS. Each forward/backward pair comes from the same module, so caches always
-             match their backward.
+``"numba"``  ``tinygpt.layers`` with the fused CPU kernels of ``tinygpt.kernels.cpu`` swapped in where
+             they beat NumPy (attention's softmax, LayerNorm, GELU, cross-entropy, embedding, AdamW:
+             ``NUMBA_OVERRIDES``); matmuls stay on BLAS. Serial builds unless NUMBA_NUM_THREADS says
+             otherwise (``cpu.share_cores_with_blas``). Each forward/backward pair comes from the same
+             module, so caches always match their backward.
 ``"cuda"``   ``tinygpt.kernels.cuda``: numba ``cuda.jit`` kernels (tiled SGEMM, flash-style attention,
              element-wise ops). Needs an NVIDIA GPU, or ``NUMBA_ENABLE_CUDASIM=1`` (the slow simulator).
 ``"auto"``   ``"cuda"`` when a real GPU is present, else ``"numba"``. Numba is a hard dependency, and the
@@ -24,12 +25,13 @@ Backends:
 Only one thing crosses this seam: the functions. The namespace also carries ``name`` (the resolved backend,
 so ``get_ops("auto").name`` says what was picked).
 
-Device-resident training. With host arrays the "cuda" backend copies every op's inputs in and outputs out
-(correct, used by the tests). To keep a whole step on the GPU a model keeps its parameters as device
-arrays (``ops.to_device``) and avoids the few NumPy idioms a device array lacks, through the helpers of
-``HELPER_NAMES``, which every backend has: ``ops.add`` / ``ops.add_inplace`` for residuals and gradient
-sums, ``ops.lm_head_forward`` / ``ops.lm_head_backward`` for the tied output layer (instead of
-``wte.T``), ``ops.zeros_like`` for optimizer state and ``ops.sum_squares`` for gradient clipping.
+Device-resident training. Given host arrays, the "cuda" ops copy their inputs in and outputs out (correct,
+used by the kernel tests); ``GPT(backend="cuda")`` instead keeps its parameters as device arrays
+(``ops.to_device``), so a whole step stays on the GPU, and avoids the few NumPy idioms a device array
+lacks through the helpers of ``HELPER_NAMES``, which every backend has: ``ops.add`` / ``ops.add_inplace``
+for residuals and gradient sums, ``ops.lm_head_forward`` / ``ops.lm_head_backward`` for the tied output
+layer (instead of ``wte.T``), ``ops.zeros_like`` for optimizer state and ``ops.sum_squares`` for gradient
+clipping.
 """
 
 from __future__ import annotations

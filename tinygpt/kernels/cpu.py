@@ -601,9 +601,10 @@ def share_cores_with_blas() -> int:
     spinning for a while, and Numba's default OpenMP pool spins too, so the two pools fight for the same
     cores: on 2 cores a 4L/128d step took 299 ms with Numba's default pool against 75 ms with one kernel
     thread on the non-spinning "workqueue" layer (numpy backend: 83 ms; ``tinygpt bench train --configs
-    small``). With one thread the kernels still win by fusion: no temporaries, half of causal attention
-    skipped. Setting NUMBA_NUM_THREADS or NUMBA_THREADING_LAYER yourself (e.g. with OPENBLAS_NUM_THREADS=1)
-    keeps Numba's choices. Both settings apply from the first parallel launch on, in the calling thread.
+    small``), and two workqueue threads measured no faster than one (50 vs 44 ms a step, 2026-11-23). With
+    one thread the kernels still win by fusion and SIMD, and run their serial builds (see ``_Kernel``).
+    Setting NUMBA_NUM_THREADS or NUMBA_THREADING_LAYER yourself (e.g. with OPENBLAS_NUM_THREADS=1) keeps
+    Numba's choices and the parallel builds. Both apply from the first parallel launch on, in this thread.
     """
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "workqueue"
