@@ -175,42 +175,47 @@ def gelu_forward(x):
     """GELU, GPT-2's tanh approximation: ``0.5 x (1 + tanh(k (x + a x^3)))``, k = sqrt(2/pi), a = 0.044715.
 
     x (...,) -> out (...,), same shape. Example: gelu(0) = 0, gelu(1) = 0.8412, gelu(-1) = -0.1588.
+
+    Computed as ``x * sigmoid(2u) = x / (1 + exp(-2u))`` with u = k (x + a x^3): the same function, since
+    0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)), but one exp instead of a tanh (about half its cost in NumPy)
+    and no cancellation in 1 + tanh(u) for negative x.
     """
     out = x * x
-    out *= _GELU_K * _GELU_A
-    out += _GELU_K
-    out *= x  # u = k (x + a x^3) = x (k + k a x^2), built in one buffer: no temporaries
-    np.tanh(out, out=out)
+    out *= -2.0 * _GELU_K * _GELU_A
+    out -= 2.0 * _GELU_K
+    out *= x  # -2u = x (-2k - 2k a x^2), built in one buffer: no temporaries
+    with np.errstate(over="ignore"):  # exp(-2u) = inf for x below about -10 gives gelu = x / inf = -0: right
+        np.exp(out, out=out)
     out += 1.0
-    out *= x
-    out *= 0.5
-    return out, x  # the cache is the input alone; backward recomputes tanh rather than keep a copy
+    np.divide(x, out, out=out)  # x / (1 + exp(-2u))
+    return out, x  # the cache is the input alone; backward recomputes the sigmoid rather than keep a copy
 
 
 def gelu_backward(dout, cache):
     """dout (...,) -> dx (...,).
 
-    With u = k (x + a x^3), t = tanh(u) and 1 - t^2 = (1 - t)(1 + t)::
+    With s = sigmoid(2u) = 0.5 (1 + tanh(u)), ds/du = 2 s (1 - s) and du/dx = k (1 + 3 a x^2)::
 
-        d gelu / dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 a x^2)
-                    = 0.5 (1 + t) (1 + (1 - t) x k (1 + 3 a x^2))
+        d gelu / dx = s + x * 2 s (1 - s) * k (1 + 3 a x^2) = s (1 + 2 k x (1 - s) (1 + 3 a x^2))
     """
     x = cache
     x2 = x * x
-    t = x2 * (_GELU_K * _GELU_A)
-    t += _GELU_K
-    t *= x
-    np.tanh(t, out=t)  # t = tanh(u)
-    x2 *= 3.0 * _GELU_K * _GELU_A
-    x2 += _GELU_K
-    x2 *= x  # x2 now holds x k (1 + 3 a x^2)
-    dx = 1.0 - t
+    s = x2 * (-2.0 * _GELU_K * _GELU_A)
+    s -= 2.0 * _GELU_K
+    s *= x  # -2u
+    with np.errstate(over="ignore"):  # inf for very negative x: s = 1 / inf = 0, as it should be
+        np.exp(s, out=s)
+    s += 1.0
+    np.reciprocal(s, out=s)  # s = sigmoid(2u)
+    x2 *= 3.0 * _GELU_A
+    x2 += 1.0
+    x2 *= x
+    x2 *= 2.0 * _GELU_K  # x2 now holds 2 k x (1 + 3 a x^2)
+    dx = 1.0 - s
     dx *= x2
     dx += 1.0
-    t += 1.0
-    dx *= t
+    dx *= s
     dx *= dout
-    dx *= 0.5
     return dx
 
 
