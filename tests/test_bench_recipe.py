@@ -21,10 +21,11 @@ def test_bench_recipe_runs_both_sides(tmp_path, capsys, monkeypatch):
     rows = [line.split() for line in out.splitlines() if line.startswith(("tinygpt (", "PyTorch,"))]
     assert [r[0] for r in rows] == ["tinygpt", "PyTorch,"]
     for r in rows:
-        step, train_loss, val_loss = int(r[-4]), float(r[-3]), float(r[-2])
+        step, train_loss, val_loss, val_whole = int(r[-5]), float(r[-4]), float(r[-3]), float(r[-2])
         assert step == 6
-        assert math.isfinite(train_loss) and math.isfinite(val_loss)
+        assert all(math.isfinite(v) for v in (train_loss, val_loss, val_whole))
         assert val_loss < math.log(len(set(TEXT))) + 0.5  # both start near log(vocab) and do not diverge
+        assert abs(val_whole - val_loss) < 0.2  # the same model on more of the same split
     assert rows[1][-1] == "1.00x"  # the peer against itself
 
 
@@ -37,3 +38,34 @@ def test_bench_recipe_bad_input(capsys, argv, message):
     assert main(["bench", "recipe", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_peer_model_is_ours_but_for_gelu(monkeypatch):
+    # The PyTorch side's model, loaded with our weights, gives our loss: the two sides train one architecture.
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from tinygpt.bench.recipe import _nanogpt_style_model
+    from tinygpt.model import GPT, GPTConfig
+
+    gelu = torch.nn.functional.gelu
+    monkeypatch.setattr(torch.nn.functional, "gelu", lambda x: gelu(x, approximate="tanh"))  # GPT-2's GELU
+    config = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, bias=False)
+    ours = GPT(config, seed=3, dtype=np.float64)
+    peer = _nanogpt_style_model(torch, 11, 8, 2, 2, 8, bias=False).double()
+    renames = {"blocks.": "h.", "attn_c_proj": "attn.c_proj", "c_attn": "attn.c_attn",
+               "mlp_c_proj": "mlp.c_proj", "c_fc": "mlp.c_fc"}
+    loaded = set()
+    with torch.no_grad():
+        for name, p in peer.named_parameters():
+            for old, new in renames.items():
+                name = name.replace(old, new)
+            value = ours.params[name]  # Linear weights are (out, in) in PyTorch, (in, out) in GPT-2's Conv1D
+            p.copy_(torch.from_numpy(value.T.copy() if value.ndim == 2 and not name.startswith("wt") and
+                                     not name.startswith("wp") else value))
+            loaded.add(name)
+    assert loaded == set(ours.params)
+    rng = np.random.default_rng(0)
+    idx, targets = rng.integers(0, 11, (3, 8)), rng.integers(0, 11, (3, 8))
+    _, loss = ours.forward(idx, targets)
+    assert peer(torch.from_numpy(idx), torch.from_numpy(targets)).item() == pytest.approx(loss, rel=1e-12)

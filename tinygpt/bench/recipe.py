@@ -56,15 +56,16 @@ def _settings(args) -> dict:
 
 def tinygpt_run(settings: dict, out_dir: str) -> dict:
     """``tinygpt train`` with these settings into ``out_dir``: wall seconds and the last evaluation."""
-    from tinygpt.train import make_config, read_metrics, train
+    from tinygpt.train import evaluate, make_config, read_metrics, train
 
     cfg = make_config({**settings, "out": out_dir})
     start = time.perf_counter()
     train(cfg, quiet=True)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start  # the whole-split evaluation below is not timed
     last = read_metrics(Path(out_dir) / "metrics.jsonl")[-1]
+    whole = evaluate(out_dir, data=settings["data"], split="val", backend=settings["backend"])
     return {"seconds": seconds, "step": last["step"], "train_loss": last["train_loss"],
-            "val_loss": last["val_loss"]}  # fmt: skip
+            "val_loss": last["val_loss"], "val_loss_whole": whole["loss"]}  # fmt: skip
 
 
 def _nanogpt_style_model(torch, vocab_size, block_size, n_layer, n_head, n_embd, bias):
@@ -121,6 +122,7 @@ def nanogpt_style_run(settings: dict, out_dir: str, threads: int) -> dict:
         import torch
     except ImportError:
         raise TinyGPTError("the peer side needs PyTorch (pip install torch); use --no-peer") from None
+    from tinygpt.data import iter_eval_windows
     from tinygpt.optim import lr_at
 
     s = settings
@@ -176,8 +178,17 @@ def nanogpt_style_run(settings: dict, out_dir: str, threads: int) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return {"seconds": time.perf_counter() - start, "step": last["step"], "train_loss": last["train"],
-            "val_loss": last["val"]}  # fmt: skip
+    seconds = time.perf_counter() - start
+
+    # The final model on every non-overlapping window of the val split, as tinygpt eval measures ours
+    model.eval()
+    val_windows = iter_eval_windows(splits["val"].numpy(), T, 32)
+    with torch.no_grad():
+        nats = sum(float(model(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (x, y)))) * y.size
+                   for x, y in val_windows)
+    n_targets = ((len(splits["val"]) - 1) // T) * T
+    return {"seconds": seconds, "step": last["step"], "train_loss": last["train"], "val_loss": last["val"],
+            "val_loss_whole": nats / n_targets}  # fmt: skip
 
 
 def run(args):
@@ -202,12 +213,15 @@ def run(args):
             (Path(tmp) / "torch").mkdir()
             rows.append(("PyTorch, nanoGPT's loop", nanogpt_style_run(settings, str(Path(tmp) / "torch"),
                                                                       threads)))
-    header = f"{'side':<26} {'wall s':>8} {'step':>6} {'train loss':>11} {'val loss':>9} {'time vs peer':>13}"
+    header = (f"{'side':<26} {'wall s':>8} {'step':>6} {'train loss':>11} {'val loss':>9} "
+              f"{'val (whole)':>12} {'time vs peer':>13}")  # fmt: skip
     print(header)
     print("-" * len(header))
     peer_seconds = rows[-1][1]["seconds"] if len(rows) > 1 else None
     for side, r in rows:
         ratio = f"{r['seconds'] / peer_seconds:.2f}x" if peer_seconds else "-"
         print(f"{side:<26} {r['seconds']:>8.1f} {r['step']:>6} {r['train_loss']:>11.4f} "
-              f"{r['val_loss']:>9.4f} {ratio:>13}")  # fmt: skip
+              f"{r['val_loss']:>9.4f} {r['val_loss_whole']:>12.4f} {ratio:>13}")  # fmt: skip
+    print("train and val loss: the mean over eval_iters random batches, as nanoGPT reports them (each side "
+          "draws its own); val (whole): the final model on every non-overlapping window of the val split")
     return 0
