@@ -348,7 +348,7 @@ else:
         assert [r["step"] for r in rows] == [r["step"] for r in ref_rows] == [0, 1]
         for row, ref_row in zip(rows, ref_rows):
             for key in ("train_loss", "val_loss"):
-                assert row[key] == pytest.approx(ref_row[key], rel=1e-5), key
+                assert row[key] == pytest.approx(ref_row[key], rel=1e-5), (key, row["step"])
         assert ckpt.train_config["backend"] == "cuda"
         for name, p in ref_ckpt.model.params.items():
             assert relative_error(ckpt.model.params[name], p) < 1e-4, name
