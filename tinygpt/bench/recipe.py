@@ -8,8 +8,10 @@ tied LM head, GPT-2 init with the scaled residual projections, optional biases) 
 clipping, ``estimate_loss`` over ``eval_iters`` random batches of each split every ``eval_interval``
 steps, a checkpoint when the val loss improves). Both sides read the preset (``--config``, default
 ``shakespeare_char``: nanoGPT's CPU command line), tokenize the text per character, split it 90/10 and
-train from scratch; the table gives each side's wall time (data preparation included) and its final
-train and val loss.
+train from scratch; the table gives each side's wall time (data preparation included), its final
+train and val loss as nanoGPT reports them (means over ``eval_iters`` random batches, which move by a few
+hundredths with the batches drawn), and its final model's loss on the whole val split (every
+non-overlapping window, as ``tinygpt eval`` measures; not timed), which does not.
 
 Run it on the tiny-shakespeare file that nanoGPT's published figures use::
 
