@@ -185,10 +185,11 @@ def nanogpt_style_run(settings: dict, out_dir: str, threads: int) -> dict:
     # The final model on every non-overlapping window of the val split, as tinygpt eval measures ours
     model.eval()
     val_windows = iter_eval_windows(splits["val"].numpy(), T, 32)
+    nats, n_targets = 0.0, 0
     with torch.no_grad():
-        nats = sum(float(model(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (x, y)))) * y.size
-                   for x, y in val_windows)
-    n_targets = ((len(splits["val"]) - 1) // T) * T
+        for x, y in val_windows:
+            nats += float(model(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (x, y)))) * y.size
+            n_targets += y.size
     return {"seconds": seconds, "step": last["step"], "train_loss": last["train"], "val_loss": last["val"],
             "val_loss_whole": nats / n_targets}  # fmt: skip
 
