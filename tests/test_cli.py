@@ -26,6 +26,14 @@ def test_unknown_option_is_one_line_exit_2():
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_python_dash_m_tinygpt_is_the_command():
+    """`python -m tinygpt` (for a checkout on PYTHONPATH with no console script) runs the same CLI."""
+    proc = subprocess.run([sys.executable, "-m", "tinygpt", "bench", "kernels", "--repeats", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr == "tinygpt: error: --repeats must be at least 1\n"
+
+
 def test_train_bpe_then_sample_from_endoftext(tmp_path, monkeypatch, capsys):
     """`tinygpt train --tokenizer bpe` learns a BPE with <|endoftext|>: a prompt-less sample starts there."""
     from tinygpt.checkpoint import load_checkpoint
