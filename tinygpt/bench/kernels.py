@@ -144,14 +144,15 @@ def bench_attention(torch, cuda, K, repeats, B=8, H=12, T=1024, D=64):
            ("pass", "tinygpt", "SDPA", "ratio"), rows)
 
 
-def bench_train_gpu(torch, cuda, K, repeats, batch):
+def bench_train_gpu(torch, cuda, K, repeats, batch, shape=(6, 6, 384, 256, 65)):
+    """Training tokens/s; ``shape`` is (n_layer, n_head, n_embd, T, vocab): 6L/384d, shakespeare_char."""
     import transformers
 
     from tinygpt.model import GPT, GPTConfig
     from tinygpt.optim import AdamW
 
     transformers.logging.set_verbosity_error()
-    L, H, C, T, V = 6, 6, 384, 256, 65
+    L, H, C, T, V = shape
     rng = np.random.default_rng(0)
     idx = rng.integers(0, V, (batch, T))
     targets = rng.integers(0, V, (batch, T))
