@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -39,6 +40,96 @@ if not CHILD:
         assert out.returncode == 0, report
         passed = re.search(r"(\d+) passed", out.stdout)
         assert passed and int(passed.group(1)) >= 20, report  # the child really ran the kernel tests
+
+    def _kernel_signatures(dtype_name):
+        """(name, kernel, argument types, most threads per block) for every kernel, as
+        ``tinygpt.kernels.cuda`` launches it."""
+        from numba import types
+
+        from tinygpt.kernels import cuda as K
+
+        f = types.float32 if dtype_name == "float32" else types.float64
+        i64, flag = types.int64, types.boolean
+
+        def a(nd, dtype=f):
+            return types.Array(dtype, nd, "C")
+
+        one_per_element = K.ELEMENTWISE_THREADS
+        found = [("fill", K._fill_kernel(dtype_name), (a(1), types.float64), one_per_element)]
+        for tile in [K.gemm_config(4096, 4096), K.gemm_config(256, 256), K.gemm_config(8, 8)]:
+            for trans_a in (False, True):
+                for trans_b in (False, True):
+                    for bias in (False, True):
+                        kernel = K.gemm_kernel(*tile, trans_a, trans_b, bias, dtype_name)
+                        found.append((f"gemm{tile}{trans_a:d}{trans_b:d}{bias:d}", kernel,
+                                      (a(2), a(2), a(1), a(2), i64, i64, i64), kernel.threads))
+        for D, T in [(64, 1024), (128, 1024), (4, 6)]:
+            BR, BC = K.attention_tiles(T, D, np.dtype(dtype_name).itemsize)
+            found += [
+                (f"attention_forward D{D}", K.attention_forward_kernel(D, BR, BC, dtype_name),
+                 (a(3), a(4), flag, a(3), a(3), i64, i64, f), BR),
+                (f"attention_delta D{D}", K.attention_delta_kernel(D, dtype_name),
+                 (a(3), a(3), a(3), i64, i64), one_per_element),
+                (f"attention_dkdv D{D}", K.attention_dkdv_kernel(D, BR, BC, dtype_name),
+                 (a(3), a(3), a(3), a(3), a(4), flag, a(3), i64, i64, f), BC),
+                (f"attention_dq D{D}", K.attention_dq_kernel(D, BR, BC, dtype_name),
+                 (a(3), a(3), a(3), a(3), a(4), flag, a(3), i64, i64, f), BR),
+            ]
+        elementwise = K._elementwise_kernels(dtype_name)
+        found += [(name, elementwise[name], signature, one_per_element) for name, signature in [
+            ("gelu_fwd", (a(1), a(1))), ("gelu_bwd", (a(1), a(1), a(1))), ("add", (a(1), a(1), a(1))),
+            ("mul", (a(1), a(1), a(1))), ("scale", (a(1), f)), ("adamw", (a(1),) * 4 + (f,) * 7)]]
+        for threads in (K.ROW_THREADS, 8):
+            rows = K._row_kernels(threads, dtype_name)
+            found += [(f"{name}/{threads}", rows[name], signature, threads) for name, signature in [
+                ("layernorm_fwd", (a(2), a(1), a(1), flag, f, a(2), a(1), a(1))),
+                ("layernorm_bwd_dx", (a(2), a(2), a(1), a(1), a(1), a(2))),
+                ("layernorm_bwd_dw_partial", (a(2), a(2), a(1), a(1), a(2), a(2), i64)),
+                ("column_sum_partial", (a(2), a(2), i64)),
+                ("cross_entropy_fwd", (a(2), a(1, types.int64), a(1), a(2))),
+                ("cross_entropy_bwd", (a(2), a(1, types.int64), a(1), f, a(2)))]]
+        forward, backward_wte, backward_wpe = K._embedding_kernels(dtype_name)
+        found += [("embedding_forward", forward, (a(2, types.int64), a(2), a(2), a(2)), one_per_element),
+                  ("embedding_backward_wte", backward_wte, (a(2, types.int64), a(2), a(2)), one_per_element),
+                  ("embedding_backward_wpe", backward_wpe, (a(2), a(2), i64, i64), one_per_element)]
+        return found
+
+    @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+    def test_every_kernel_compiles_for_a_real_gpu(dtype_name, monkeypatch, tmp_path):
+        # The simulator runs kernels as Python, so it never compiles them: a kernel the CUDA compiler
+        # rejects passes every simulator test and fails on the first real GPU. Here each kernel is compiled
+        # to PTX for a Hopper GPU (sm_90) with the types its launch passes, then assembled by ptxas, with no
+        # GPU and no driver, wherever a CUDA toolkit is installed. It caught two kernels the simulator had
+        # passed for weeks: numba >= 0.66 rejects the builtin two-argument min/max in kernels
+        # (numba/numba#10753), and dK/dV's Q and dY tiles took 64 KB of shared memory, over the 48 KB a
+        # block may declare, for float64 or heads of 128.
+        from numba import cuda
+        from numba.cuda.cudadrv import nvvm
+
+        try:
+            nvvm.NVVM()
+        except Exception as exc:  # no libNVVM: nothing can compile for a GPU on this machine
+            pytest.skip(f"no CUDA toolkit here to compile with ({str(exc).splitlines()[0]})")
+        import numba.cuda.dispatcher
+
+        class Hopper:  # device functions ask the current device for its compute capability: there is none
+            compute_capability = (9, 0)
+
+        monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device", lambda: Hopper, raising=False)
+        ptxas = shutil.which("ptxas") or next(
+            (p for p in ("/usr/local/cuda/bin/ptxas",) if os.path.exists(p)), None)
+        for name, kernel, signature, threads in _kernel_signatures(dtype_name):
+            ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
+            assert ".entry" in ptx, name
+            if ptxas:  # assembling checks what PTX cannot: shared memory (48 KB) and registers per block
+                path = tmp_path / "kernel.ptx"
+                path.write_text(ptx)
+                cubin = tmp_path / "kernel.cubin"
+                done = subprocess.run([ptxas, "-v", "-arch=sm_90", str(path), "-o", str(cubin)],
+                                      capture_output=True, text=True)
+                assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
+                registers = int(re.search(r"Used (\d+) registers", done.stderr).group(1))
+                assert registers * threads <= 65536, f"{name}: {registers} registers x {threads} threads"
 
 else:
     from tinygpt import layers

@@ -112,6 +112,23 @@ def _fill_kernel(dtype_name):
     return fill
 
 
+# --- min / max inside kernels ---------------------------------------------------------------------
+
+
+@cuda.jit(device=True)
+def _min(a, b):
+    """Python's two-argument ``min`` (b if b < a else a) for kernels. numba >= 0.66 builds the builtin
+    min/max from a ``*args`` overload that its CUDA target fails to compile (numba/numba#10753), and the
+    simulator, which never compiles, cannot notice: every kernel uses these two instead."""
+    return b if b < a else a
+
+
+@cuda.jit(device=True)
+def _max(a, b):
+    """Python's two-argument ``max`` (b if b > a else a) for kernels; see ``_min``."""
+    return b if b > a else a
+
+
 # --- SGEMM: shared-memory tiles + 2-D register blocking -------------------------------------------
 
 
@@ -257,13 +274,22 @@ def matmul(a, b, trans_a=False, trans_b=False, bias=None, tile=None):
 # --- flash-style causal attention -----------------------------------------------------------------
 
 
-def attention_tiles(T: int, head_size: int) -> tuple[int, int]:
-    """(BR, BC): query rows per block (one thread each) and keys per shared-memory tile."""
+SHARED_BYTES = 48 * 1024  # static shared memory a block may declare on every CUDA GPU
+
+
+def attention_tiles(T: int, head_size: int, itemsize: int = 4) -> tuple[int, int]:
+    """(BR, BC): query rows per block (one thread each) and keys per shared-memory tile.
+
+    Each attention kernel keeps two tiles of ``head_size``-wide rows in shared memory (K and V, or Q and
+    dY, plus two numbers a row in dK/dV's): the tiles shrink until those fit in 48 KB, so float32 heads of
+    64 get 64-row tiles, and float64 heads of 64 or float32 heads of 128 get 32.
+    """
     br = 64
     while br > 4 and br // 2 >= T:  # short sequences: do not launch mostly idle threads
         br //= 2
-    bc = br if head_size <= 64 else min(br, 32)  # two (BC, hs) tiles must fit in 48 KB of shared memory
-    return br, bc
+    while br > 1 and br * (2 * head_size + 2) * itemsize > SHARED_BYTES:
+        br //= 2
+    return br, br
 
 
 @functools.cache
@@ -306,7 +332,7 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
                 acc[d] = ZERO
         m = NEG_INF
         denom = ZERO
-        key_end = min(T, (tile + 1) * BR)  # the last row of this tile sees keys < key_end
+        key_end = _min(T, (tile + 1) * BR)  # the last row of this tile sees keys < key_end
         for k0 in range(0, key_end, BC):
             for e in range(r, BC * D, BR):  # the block loads the K and V tiles together
                 c = e // D
@@ -324,7 +350,7 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
                         for d in range(D):
                             dot += q[d] * Ks[c, d]
                         s[c] = dot
-                        m_new = max(m_new, dot)
+                        m_new = _max(m_new, dot)
                 alpha = math.exp(m - m_new)  # rescales what was summed under the old max (0 at the start)
                 denom *= alpha
                 for d in range(D):
@@ -487,7 +513,7 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
                 dq[d] = ZERO
             row_lse = lse[b, h, row]
             row_delta = delta[b, h, row]
-        key_end = min(T, (tile + 1) * BR)
+        key_end = _min(T, (tile + 1) * BR)
         for k0 in range(0, key_end, BC):
             for e in range(r, BC * D, BR):
                 c = e // D
@@ -551,7 +577,7 @@ def flash_attention_forward(qkv, n_head, dropout=0.0, rng=None, tiles=None):
     keep_d = to_device(keep if keep is not None else np.ones((1, 1, 1, 1), dtype))
     out = cuda.device_array((B, T, C), dtype=dtype)
     lse = cuda.device_array((B, n_head, T), dtype=dtype)
-    BR, BC = tiles or attention_tiles(T, D)
+    BR, BC = tiles or attention_tiles(T, D, dtype.itemsize)
     if T and B:
         kernel = attention_forward_kernel(D, BR, BC, dtype.name)
         kernel[(_blocks(T, BR), B * n_head), BR](qkv_d, keep_d, keep is not None, out, lse, T, n_head,
@@ -847,7 +873,7 @@ def _block_max(buf, value):
     stride = cuda.blockDim.x // 2
     while stride > 0:
         if t < stride:
-            buf[t] = max(buf[t], buf[t + stride])
+            buf[t] = _max(buf[t], buf[t + stride])
         cuda.syncthreads()
         stride //= 2
     total = buf[0]
@@ -919,7 +945,7 @@ def _row_kernels(THREADS, dtype_name):
         if c < C:
             dw = ZERO
             db = ZERO
-            for n in range(chunk * rows_per_chunk, min(N, (chunk + 1) * rows_per_chunk)):
+            for n in range(chunk * rows_per_chunk, _min(N, (chunk + 1) * rows_per_chunk)):
                 dw += dout[n, c] * (x[n, c] - mean[n]) * rstd[n]
                 db += dout[n, c]
             dw_part[chunk, c] = dw
@@ -932,7 +958,7 @@ def _row_kernels(THREADS, dtype_name):
         N, C = a.shape
         if c < C:
             s = ZERO
-            for n in range(chunk * rows_per_chunk, min(N, (chunk + 1) * rows_per_chunk)):
+            for n in range(chunk * rows_per_chunk, _min(N, (chunk + 1) * rows_per_chunk)):
                 s += a[n, c]
             part[chunk, c] = s
 
@@ -946,7 +972,7 @@ def _row_kernels(THREADS, dtype_name):
         target = targets[n]
         m = NEG_INF
         for j in range(t, V, THREADS):
-            m = max(m, logits[n, j])
+            m = _max(m, logits[n, j])
         m = _block_max(buf, m)
         s = ZERO
         for j in range(t, V, THREADS):
