@@ -100,7 +100,7 @@ if not CHILD:
         # rejects passes every simulator test and fails on the first real GPU. Here each kernel is compiled
         # to PTX for a Hopper GPU (sm_90) with the types its launch passes, then assembled by ptxas, with no
         # GPU and no driver, wherever a CUDA toolkit is installed. It caught two kernels the simulator had
-        # passed for weeks: numba >= 0.66 rejects the builtin two-argument min/max in kernels
+        # passed: numba >= 0.66 rejects the builtin two-argument min/max in kernels
         # (numba/numba#10753), and dK/dV's Q and dY tiles took 64 KB of shared memory, over the 48 KB a
         # block may declare, for float64 or heads of 128.
         from numba import cuda
