@@ -64,10 +64,12 @@ if not CHILD:
                         found.append((f"gemm{tile}{trans_a:d}{trans_b:d}{bias:d}", kernel,
                                       (a(2), a(2), a(1), a(2), i64, i64, i64), kernel.threads))
         for D, T in [(64, 1024), (128, 1024), (4, 6)]:
-            BR, BC = K.attention_tiles(T, D, np.dtype(dtype_name).itemsize)
+            itemsize = f.bitwidth // 8
+            forward = K.attention_forward_kernel(D, *K.attention_forward_tiles(T, D, itemsize), dtype_name)
+            BR, BC = K.attention_tiles(T, D, itemsize)
             found += [
-                (f"attention_forward D{D}", K.attention_forward_kernel(D, BR, BC, dtype_name),
-                 (a(3), a(4), flag, a(3), a(3), i64, i64, f), BR),
+                (f"attention_forward D{D}", forward, (a(3), a(4), flag, a(3), a(3), i64, i64, f),
+                 forward.threads),
                 (f"attention_delta D{D}", K.attention_delta_kernel(D, dtype_name),
                  (a(3), a(3), a(3), i64, i64), one_per_element),
                 (f"attention_dkdv D{D}", K.attention_dkdv_kernel(D, BR, BC, dtype_name),

@@ -278,11 +278,11 @@ SHARED_BYTES = 48 * 1024  # static shared memory a block may declare on every CU
 
 
 def attention_tiles(T: int, head_size: int, itemsize: int = 4) -> tuple[int, int]:
-    """(BR, BC): query rows per block (one thread each) and keys per shared-memory tile.
+    """(BR, BC) of the backward kernels: query rows and keys per tile (one thread per row or key).
 
-    Each attention kernel keeps two tiles of ``head_size``-wide rows in shared memory (K and V, or Q and
-    dY, plus two numbers a row in dK/dV's): the tiles shrink until those fit in 48 KB, so float32 heads of
-    64 get 64-row tiles, and float64 heads of 64 or float32 heads of 128 get 32.
+    Each keeps two tiles of ``head_size``-wide rows in shared memory (K and V, or Q and dY, plus two
+    numbers a row in dK/dV's): the tiles shrink until those fit in 48 KB, so float32 heads of 64 get
+    64-row tiles, and float64 heads of 64 or float32 heads of 128 get 32.
     """
     br = 64
     while br > 4 and br // 2 >= T:  # short sequences: do not launch mostly idle threads
@@ -292,24 +292,58 @@ def attention_tiles(T: int, head_size: int, itemsize: int = 4) -> tuple[int, int
     return br, br
 
 
+def attention_forward_tiles(T: int, head_size: int, itemsize: int = 4) -> tuple[int, int]:
+    """(BR, BC) of the forward kernel: query rows and keys per tile, both powers of two.
+
+    Its block keeps a (BR, D) Q tile, a (BC, D) K-or-V tile and the (BR, BC) scores in shared memory:
+    64 x 32 for float32 heads of 64 (33.5 KB), halved until they fit in 48 KB.
+    """
+    br = 64
+    while br > 4 and br // 2 >= T:  # short sequences: do not launch mostly idle threads
+        br //= 2
+    bc = max(1, br // 2)
+    while br > 1 and (br * head_size + bc * head_size + br * bc + 3 * br) * itemsize > SHARED_BYTES:
+        br = max(1, br // 2)
+        bc = max(1, bc // 2)
+    return br, bc
+
+
+def attention_forward_threads(BR: int, BC: int) -> tuple[int, int]:
+    """(TM, TN): the register block of a forward thread, TM query rows x TN keys of each score tile, so
+    that the block has (BR / TM) x (BC / TN) threads, 16 x 16 at most."""
+    return max(1, BR // 16), max(1, BC // 16)
+
+
 @functools.cache
 def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
-    """Causal attention forward for head size D: one block per (query tile, batch*head), one thread per row.
+    """Causal attention forward for head size D: one block per (query tile, batch*head), GEMM-style.
 
-    Thread ``r`` owns query row ``i = tile*BR + r``. It walks the key tiles that row can see (keys <= the
-    tile's last row; later tiles are skipped outright: the causal half of the work never runs), with the
-    block copying each (BC, D) tile of K and V into shared memory. Online softmax keeps, per row, the
-    running max m, the running sum l of exp(s - m), and acc = sum exp(s - m) v; a new tile with max m'
-    rescales both by exp(m - m') first, so the end result is exactly softmax(s) v::
+    The block's (BR/TM) x (BC/TN) threads form a grid; thread (ty, tx) owns TM query rows (ty*TM..) and,
+    per key tile, TN keys of the scores and TD = ceil(D / (BC/TN)) columns of the output. The Q tile is
+    loaded once (pre-scaled); the block then walks the key tiles the rows can see (causal: tiles right
+    of the diagonal never run), three steps each, like two small GEMMs with a softmax between them::
 
-        out_i = acc / l,     lse_i = m + log(l)    (saved: the backward recomputes p = exp(s - lse))
+        S = Q K^T          each thread a TM x TN block in registers, from the Q and K tiles in shared
+                           memory (TM + TN loads feed TM * TN multiply-adds); masked S = -inf above the
+                           diagonal; written to shared memory
+        online softmax     one thread per row: new max m' = max(m, max_j S_ij), alpha = exp(m - m'),
+                           P_ij = exp(S_ij - m'), l = alpha l + sum_j P_ij  (dropout's keep mask scales P
+                           after it is summed into l, as in the reference)
+        O = alpha O + P V  each thread a TM x TD block of O in registers, V loaded into K's buffer
 
-    With dropout, ``keep[b, h, i, j]`` (0 or 1/(1-p)) multiplies p in acc but not in l, as in the reference.
+    so that at the end O / l = softmax(S) V exactly, and lse = m + log l is saved for the backward. Nothing
+    of size T x T is ever written to global memory.
     """
     dtype = np.dtype(dtype_name)
     nb_type = _numba_type(dtype)
     ZERO = dtype.type(0)
+    ONE = dtype.type(1)
     NEG_INF = dtype.type(-np.inf)
+    TM, TN = attention_forward_threads(BR, BC)
+    GY, GX = BR // TM, BC // TN  # the thread grid
+    TD = (D + GX - 1) // GX  # output columns per thread
+    THREADS = GY * GX
+    KV_SIZE = BC * D  # a shared array's shape must be a constant, not an expression in the kernel
 
     @cuda.jit
     def attention_forward(qkv, keep, use_dropout, out, lse, T, n_head, scale):
@@ -318,59 +352,118 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
         b = bh // n_head
         h = bh % n_head
         C = n_head * D
-        r = cuda.threadIdx.x
-        row = tile * BR + r
-        Ks = cuda.shared.array((BC, D), nb_type)
-        Vs = cuda.shared.array((BC, D), nb_type)
-        q = cuda.local.array(D, nb_type)
-        acc = cuda.local.array(D, nb_type)
-        s = cuda.local.array(BC, nb_type)
-        active = row < T
-        if active:
-            for d in range(D):
-                q[d] = qkv[b, row, h * D + d] * scale
-                acc[d] = ZERO
-        m = NEG_INF
-        denom = ZERO
-        key_end = _min(T, (tile + 1) * BR)  # the last row of this tile sees keys < key_end
+        tid = cuda.threadIdx.x
+        ty = tid // GX
+        tx = tid % GX
+        row0 = tile * BR
+        Qs = cuda.shared.array((D, BR), nb_type)  # Q^T: a thread's TM rows are adjacent for each d
+        KVs = cuda.shared.array(KV_SIZE, nb_type)  # K^T as (D, BC), then V as (BC, D)
+        Ps = cuda.shared.array((BC, BR), nb_type)  # scores, then probabilities, transposed like Qs
+        m_s = cuda.shared.array(BR, nb_type)  # running max of each row
+        l_s = cuda.shared.array(BR, nb_type)  # running sum of exp(S - max)
+        alpha_s = cuda.shared.array(BR, nb_type)  # this tile's rescaling of each row
+        acc = cuda.local.array((TM, TD), nb_type)
+        q_reg = cuda.local.array(TM, nb_type)
+        k_reg = cuda.local.array(TN, nb_type)
+        s_reg = cuda.local.array((TM, TN), nb_type)
+        v_reg = cuda.local.array(TD, nb_type)
+        for i in range(TM):
+            for j in range(TD):
+                acc[i, j] = ZERO
+        for e in range(tid, BR * D, THREADS):  # consecutive threads read consecutive d: coalesced
+            r = e // D
+            d = e % D
+            row = row0 + r
+            Qs[d, r] = qkv[b, row, h * D + d] * scale if row < T else ZERO
+        for r in range(tid, BR, THREADS):
+            m_s[r] = NEG_INF
+            l_s[r] = ZERO
+        key_end = _min(T, row0 + BR)  # the tile's last row sees keys < key_end
         for k0 in range(0, key_end, BC):
-            for e in range(r, BC * D, BR):  # the block loads the K and V tiles together
+            for e in range(tid, BC * D, THREADS):
                 c = e // D
                 d = e % D
                 key = k0 + c
-                if key < T:
-                    Ks[c, d] = qkv[b, key, C + h * D + d]
-                    Vs[c, d] = qkv[b, key, 2 * C + h * D + d]
+                KVs[d * BC + c] = qkv[b, key, C + h * D + d] if key < T else ZERO
             cuda.syncthreads()
-            if active and k0 <= row:
-                m_new = m
-                for c in range(BC):
-                    if k0 + c <= row:
-                        dot = ZERO
-                        for d in range(D):
-                            dot += q[d] * Ks[c, d]
-                        s[c] = dot
-                        m_new = _max(m_new, dot)
-                alpha = math.exp(m - m_new)  # rescales what was summed under the old max (0 at the start)
-                denom *= alpha
-                for d in range(D):
-                    acc[d] *= alpha
-                for c in range(BC):
-                    if k0 + c <= row:
-                        p = math.exp(s[c] - m_new)
-                        denom += p
-                        if use_dropout:
-                            p *= keep[b, h, row, k0 + c]
-                        for d in range(D):
-                            acc[d] += p * Vs[c, d]
-                m = m_new
-            cuda.syncthreads()  # done with this K/V tile before the next load
-        if active:
-            inv = 1 / denom
+            # S = Q K^T, this thread's TM x TN block
+            for i in range(TM):
+                for j in range(TN):
+                    s_reg[i, j] = ZERO
             for d in range(D):
-                out[b, row, h * D + d] = acc[d] * inv
-            lse[b, h, row] = m + math.log(denom)
+                for i in range(TM):
+                    q_reg[i] = Qs[d, ty * TM + i]
+                for j in range(TN):
+                    k_reg[j] = KVs[d * BC + tx * TN + j]
+                for i in range(TM):
+                    for j in range(TN):
+                        s_reg[i, j] += q_reg[i] * k_reg[j]
+            for i in range(TM):
+                row = row0 + ty * TM + i
+                for j in range(TN):
+                    key = k0 + tx * TN + j
+                    Ps[tx * TN + j, ty * TM + i] = s_reg[i, j] if key <= row and key < T else NEG_INF
+            cuda.syncthreads()
+            # online softmax, one thread per row
+            for r in range(tid, BR, THREADS):
+                row = row0 + r
+                m_old = m_s[r]
+                m_new = m_old
+                for c in range(BC):
+                    m_new = _max(m_new, Ps[c, r])
+                alpha = ONE
+                total = ZERO
+                if m_new != NEG_INF:  # else no key of this row yet: nothing to rescale or add
+                    alpha = math.exp(m_old - m_new)
+                    for c in range(BC):
+                        p = math.exp(Ps[c, r] - m_new)  # exp(-inf) = 0 for masked keys
+                        total += p
+                        if use_dropout and p != ZERO and row < T:
+                            p *= keep[b, h, row, k0 + c]
+                        Ps[c, r] = p
+                else:
+                    for c in range(BC):
+                        Ps[c, r] = ZERO
+                m_s[r] = m_new
+                l_s[r] = l_s[r] * alpha + total
+                alpha_s[r] = alpha
+            # V replaces K in the shared buffer (K was last read before the sync above)
+            for e in range(tid, BC * D, THREADS):
+                c = e // D
+                d = e % D
+                key = k0 + c
+                KVs[c * D + d] = qkv[b, key, 2 * C + h * D + d] if key < T else ZERO
+            cuda.syncthreads()
+            # O = alpha O + P V, this thread's TM x TD block
+            for i in range(TM):
+                alpha = alpha_s[ty * TM + i]
+                for j in range(TD):
+                    acc[i, j] *= alpha
+            for c in range(BC):
+                for i in range(TM):
+                    q_reg[i] = Ps[c, ty * TM + i]
+                for j in range(TD):
+                    col = tx * TD + j
+                    v_reg[j] = KVs[c * D + col] if col < D else ZERO
+                for i in range(TM):
+                    for j in range(TD):
+                        acc[i, j] += q_reg[i] * v_reg[j]
+            cuda.syncthreads()  # done with P and V before the next tile overwrites them
+        for i in range(TM):
+            r = ty * TM + i
+            row = row0 + r
+            if row < T:
+                inv = ONE / l_s[r]
+                for j in range(TD):
+                    col = tx * TD + j
+                    if col < D:
+                        out[b, row, h * D + col] = acc[i, j] * inv
+        for r in range(tid, BR, THREADS):
+            row = row0 + r
+            if row < T:
+                lse[b, h, row] = m_s[r] + math.log(l_s[r])
 
+    attention_forward.threads = THREADS
     return attention_forward
 
 
@@ -562,7 +655,8 @@ def attention_backward(dout, cache):
 
 
 def flash_attention_forward(qkv, n_head, dropout=0.0, rng=None, tiles=None):
-    """``attention_forward`` with the (BR, BC) tile sizes chosen by hand (default ``attention_tiles``)."""
+    """``attention_forward`` with the (BR, BC) tile sizes chosen by hand, for the forward and the backward
+    kernels alike (default: ``attention_forward_tiles`` and ``attention_tiles``)."""
     device = on_device(qkv)
     dtype = _float_dtype("attention_forward", qkv)
     if len(qkv.shape) != 3 or qkv.shape[2] % 3 != 0:
@@ -577,12 +671,14 @@ def flash_attention_forward(qkv, n_head, dropout=0.0, rng=None, tiles=None):
     keep_d = to_device(keep if keep is not None else np.ones((1, 1, 1, 1), dtype))
     out = cuda.device_array((B, T, C), dtype=dtype)
     lse = cuda.device_array((B, n_head, T), dtype=dtype)
-    BR, BC = tiles or attention_tiles(T, D, dtype.itemsize)
+    BR, BC = tiles or attention_forward_tiles(T, D, dtype.itemsize)
     if T and B:
         kernel = attention_forward_kernel(D, BR, BC, dtype.name)
-        kernel[(_blocks(T, BR), B * n_head), BR](qkv_d, keep_d, keep is not None, out, lse, T, n_head,
-                                                 dtype.type(1.0 / math.sqrt(D)))
-    cache = (qkv_d, out, lse, n_head, keep_d, keep is not None, (BR, BC))
+        kernel[(_blocks(T, BR), B * n_head), kernel.threads](qkv_d, keep_d, keep is not None, out, lse, T,
+                                                             n_head, dtype.type(1.0 / math.sqrt(D)))
+    # the backward's kernels have tiles of their own (the forward passes only lse on)
+    backward_tiles = tiles or attention_tiles(T, D, dtype.itemsize)
+    cache = (qkv_d, out, lse, n_head, keep_d, keep is not None, backward_tiles)
     return _answer(out, device), cache
 
 
