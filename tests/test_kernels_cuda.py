@@ -72,10 +72,10 @@ if not CHILD:
                  forward.threads),
                 (f"attention_delta D{D}", K.attention_delta_kernel(D, dtype_name),
                  (a(3), a(3), a(3), i64, i64), one_per_element),
-                (f"attention_dkdv D{D}", K.attention_dkdv_kernel(D, BR, BC, dtype_name),
-                 (a(3), a(3), a(3), a(3), a(4), flag, a(3), i64, i64, f), BC),
-                (f"attention_dq D{D}", K.attention_dq_kernel(D, BR, BC, dtype_name),
-                 (a(3), a(3), a(3), a(3), a(4), flag, a(3), i64, i64, f), BR),
+                (f"attention_dkdv D{D}", dkdv := K.attention_dkdv_kernel(D, BR, BC, dtype_name),
+                 (a(3), a(3), a(3), a(3), a(4), flag, a(3), i64, i64, f), dkdv.threads),
+                (f"attention_dq D{D}", dq := K.attention_dq_kernel(D, BR, BC, dtype_name),
+                 (a(3), a(3), a(3), a(3), a(4), flag, a(3), i64, i64, f), dq.threads),
             ]
         elementwise = K._elementwise_kernels(dtype_name)
         found += [(name, elementwise[name], signature, one_per_element) for name, signature in [

@@ -278,16 +278,15 @@ SHARED_BYTES = 48 * 1024  # static shared memory a block may declare on every CU
 
 
 def attention_tiles(T: int, head_size: int, itemsize: int = 4) -> tuple[int, int]:
-    """(BR, BC) of the backward kernels: query rows and keys per tile (one thread per row or key).
+    """(BR, BC) of the backward kernels: query rows and keys per tile.
 
-    Each keeps two tiles of ``head_size``-wide rows in shared memory (K and V, or Q and dY, plus two
-    numbers a row in dK/dV's): the tiles shrink until those fit in 48 KB, so float32 heads of 64 get
-    64-row tiles, and float64 heads of 64 or float32 heads of 128 get 32.
+    Each keeps Q, dY, K and V tiles of ``head_size``-wide rows and two (BR, BC) tiles (p and ds) in
+    shared memory: 32 x 32 for float32 heads of 64 (40 KB), halved until they fit in 48 KB.
     """
-    br = 64
+    br = 32
     while br > 4 and br // 2 >= T:  # short sequences: do not launch mostly idle threads
         br //= 2
-    while br > 1 and br * (2 * head_size + 2) * itemsize > SHARED_BYTES:
+    while br > 1 and (4 * br * head_size + 2 * br * br + 2 * br) * itemsize > SHARED_BYTES:
         br //= 2
     return br, br
 
@@ -487,23 +486,36 @@ def attention_delta_kernel(D, dtype_name="float32"):
     return attention_delta
 
 
+def _backward_grid(BR: int, BC: int) -> tuple[int, int]:
+    """(GY, GX): the thread grid of the backward kernels, rows (queries) x columns (keys), 16 x 16 at most."""
+    return min(16, BR), min(16, BC)
+
+
 @functools.cache
 def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
-    """dK, dV: one block per (key tile, batch*head), one thread per key row, query tiles streamed.
+    """dK, dV: one block per (key tile of BC keys, batch*head), the query tiles at or below it streamed.
 
-    Thread ``c`` owns key j. For each query row i >= j it recomputes p_ij = exp(q_i.k_j * scale - lse_i)
-    (no T x T matrix was stored) and accumulates in registers::
+    For each query tile the block recomputes, GEMM-style (thread (ty, tx) a TM x TN block of each, from
+    Q, dY, K and V tiles in shared memory), the scores and dP, then (a = p * keep; keep = 1 without
+    dropout)::
 
-        dv_j += a_ij dy_i                  a = p * keep (keep = 1 without dropout)
+        p_ij = exp(scale q_i.k_j - lse_i)      (no T x T matrix was stored: lse is the forward's)
         dp_ij = keep_ij (dy_i . v_j)
-        ds_ij = p_ij (dp_ij - delta_i)     delta_i = sum_k p_ik dp_ik = dy_i . out_i   (precomputed)
-        dk_j += ds_ij q_i scale
+        ds_ij = p_ij (dp_ij - delta_i)         delta_i = sum_j p_ij dp_ij = dy_i . out_i  (precomputed)
+
+    and, with a and ds in shared memory, accumulates in registers (each thread TC keys x TD columns)::
+
+        dv_j += sum_i a_ij dy_i,     dk_j += scale sum_i ds_ij q_i
 
     A key tile only meets query tiles at or below it: the causal skip again, now on the backward.
     """
     dtype = np.dtype(dtype_name)
     nb_type = _numba_type(dtype)
     ZERO = dtype.type(0)
+    GY, GX = _backward_grid(BR, BC)
+    TM, TN = BR // GY, BC // GX  # scores per thread
+    TC, TD = (BC + GY - 1) // GY, (D + GX - 1) // GX  # dK / dV keys and columns per thread
+    THREADS = GY * GX
 
     @cuda.jit
     def attention_dkdv(qkv, dout, lse, delta, keep, use_dropout, dqkv, T, n_head, scale):
@@ -512,75 +524,130 @@ def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
         b = bh // n_head
         h = bh % n_head
         C = n_head * D
-        c = cuda.threadIdx.x
-        key = tile * BC + c
-        Qs = cuda.shared.array((BR, D), nb_type)
-        dYs = cuda.shared.array((BR, D), nb_type)
+        tid = cuda.threadIdx.x
+        ty = tid // GX
+        tx = tid % GX
+        key0 = tile * BC
+        Ks = cuda.shared.array((D, BC), nb_type)  # K^T, V^T, Q^T, dY^T: a thread's rows or keys are
+        Vs = cuda.shared.array((D, BC), nb_type)  # adjacent for each d
+        Qs = cuda.shared.array((D, BR), nb_type)
+        dYs = cuda.shared.array((D, BR), nb_type)
+        As = cuda.shared.array((BR, BC), nb_type)  # a = p * keep
+        dSs = cuda.shared.array((BR, BC), nb_type)  # scale * ds
         lse_s = cuda.shared.array(BR, nb_type)
         delta_s = cuda.shared.array(BR, nb_type)
-        k = cuda.local.array(D, nb_type)
-        v = cuda.local.array(D, nb_type)
-        dk = cuda.local.array(D, nb_type)
-        dv = cuda.local.array(D, nb_type)
-        active = key < T
-        if active:
-            for d in range(D):
-                k[d] = qkv[b, key, C + h * D + d]
-                v[d] = qkv[b, key, 2 * C + h * D + d]
-                dk[d] = ZERO
-                dv[d] = ZERO
-        q_start = (tile * BC // BR) * BR  # the first query tile holding a row >= this tile's first key
+        dk = cuda.local.array((TC, TD), nb_type)
+        dv = cuda.local.array((TC, TD), nb_type)
+        s = cuda.local.array((TM, TN), nb_type)
+        dp = cuda.local.array((TM, TN), nb_type)
+        q_reg = cuda.local.array(TM, nb_type)
+        dy_reg = cuda.local.array(TM, nb_type)
+        k_reg = cuda.local.array(TN, nb_type)
+        v_reg = cuda.local.array(TN, nb_type)
+        a_reg = cuda.local.array(TC, nb_type)
+        ds_reg = cuda.local.array(TC, nb_type)
+        dyc_reg = cuda.local.array(TD, nb_type)
+        qc_reg = cuda.local.array(TD, nb_type)
+        for i in range(TC):
+            for j in range(TD):
+                dk[i, j] = ZERO
+                dv[i, j] = ZERO
+        for e in range(tid, BC * D, THREADS):
+            c = e // D
+            d = e % D
+            key = key0 + c
+            Ks[d, c] = qkv[b, key, C + h * D + d] if key < T else ZERO
+            Vs[d, c] = qkv[b, key, 2 * C + h * D + d] if key < T else ZERO
+        q_start = (key0 // BR) * BR  # the first query tile holding a row >= this tile's first key
         for i0 in range(q_start, T, BR):
-            for e in range(c, BR * D, BC):
-                rr = e // D
+            for e in range(tid, BR * D, THREADS):
+                r = e // D
                 d = e % D
-                row = i0 + rr
-                if row < T:
-                    Qs[rr, d] = qkv[b, row, h * D + d]
-                    dYs[rr, d] = dout[b, row, h * D + d]
-            for rr in range(c, BR, BC):
-                if i0 + rr < T:
-                    lse_s[rr] = lse[b, h, i0 + rr]
-                    delta_s[rr] = delta[b, h, i0 + rr]
+                row = i0 + r
+                Qs[d, r] = qkv[b, row, h * D + d] if row < T else ZERO
+                dYs[d, r] = dout[b, row, h * D + d] if row < T else ZERO
+            for r in range(tid, BR, THREADS):
+                row = i0 + r
+                lse_s[r] = lse[b, h, row] if row < T else ZERO
+                delta_s[r] = delta[b, h, row] if row < T else ZERO
             cuda.syncthreads()
-            if active:
-                for rr in range(BR):
-                    row = i0 + rr
-                    if row < T and row >= key:
-                        dot = ZERO
-                        dpv = ZERO
-                        for d in range(D):
-                            dot += Qs[rr, d] * k[d]
-                            dpv += dYs[rr, d] * v[d]
-                        p = math.exp(dot * scale - lse_s[rr])
+            for i in range(TM):
+                for j in range(TN):
+                    s[i, j] = ZERO
+                    dp[i, j] = ZERO
+            for d in range(D):  # S = Q K^T and dP = dY V^T together: Q's and dY's loads serve both
+                for i in range(TM):
+                    q_reg[i] = Qs[d, ty * TM + i]
+                    dy_reg[i] = dYs[d, ty * TM + i]
+                for j in range(TN):
+                    k_reg[j] = Ks[d, tx * TN + j]
+                    v_reg[j] = Vs[d, tx * TN + j]
+                for i in range(TM):
+                    for j in range(TN):
+                        s[i, j] += q_reg[i] * k_reg[j]
+                        dp[i, j] += dy_reg[i] * v_reg[j]
+            for i in range(TM):
+                r = ty * TM + i
+                row = i0 + r
+                for j in range(TN):
+                    c = tx * TN + j
+                    key = key0 + c
+                    a = ZERO
+                    ds = ZERO
+                    if row < T and key <= row:
+                        p = math.exp(s[i, j] * scale - lse_s[r])
                         a = p
+                        g = dp[i, j]
                         if use_dropout:
                             a = p * keep[b, h, row, key]
-                            dpv *= keep[b, h, row, key]
-                        ds = p * (dpv - delta_s[rr]) * scale
-                        for d in range(D):
-                            dv[d] += a * dYs[rr, d]
-                            dk[d] += ds * Qs[rr, d]
+                            g *= keep[b, h, row, key]
+                        ds = p * (g - delta_s[r]) * scale
+                    As[r, c] = a
+                    dSs[r, c] = ds
             cuda.syncthreads()
-        if active:
-            for d in range(D):
-                dqkv[b, key, C + h * D + d] = dk[d]
-                dqkv[b, key, 2 * C + h * D + d] = dv[d]
+            for r in range(BR):  # dV += A^T dY, dK += dS^T Q: this thread's TC keys x TD columns
+                for i in range(TC):
+                    c = ty * TC + i
+                    a_reg[i] = As[r, c] if c < BC else ZERO
+                    ds_reg[i] = dSs[r, c] if c < BC else ZERO
+                for j in range(TD):
+                    col = tx * TD + j
+                    dyc_reg[j] = dYs[col, r] if col < D else ZERO
+                    qc_reg[j] = Qs[col, r] if col < D else ZERO
+                for i in range(TC):
+                    for j in range(TD):
+                        dv[i, j] += a_reg[i] * dyc_reg[j]
+                        dk[i, j] += ds_reg[i] * qc_reg[j]
+            cuda.syncthreads()  # done with this query tile before the next one is loaded
+        for i in range(TC):
+            c = ty * TC + i
+            key = key0 + c
+            if c < BC and key < T:
+                for j in range(TD):
+                    col = tx * TD + j
+                    if col < D:
+                        dqkv[b, key, C + h * D + col] = dk[i, j]
+                        dqkv[b, key, 2 * C + h * D + col] = dv[i, j]
 
+    attention_dkdv.threads = THREADS
     return attention_dkdv
 
 
 @functools.cache
 def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
-    """dQ: one block per (query tile, batch*head), one thread per query row, key tiles streamed.
+    """dQ: one block per (query tile, batch*head), the key tiles it can see streamed.
 
-    ``dq_i = scale * sum_{j <= i} ds_ij k_j`` with ds recomputed exactly as in ``attention_dkdv_kernel``.
-    Splitting dQ from dK/dV costs one more recomputation of p but needs no atomic adds, and the result is
-    deterministic.
+    ``dq_i = scale sum_{j <= i} ds_ij k_j`` with ds recomputed exactly as in ``attention_dkdv_kernel``
+    (same thread grid), then dQ += dS K register-blocked (each thread TM rows x TD columns). Splitting dQ
+    from dK/dV costs one more recomputation of p but needs no atomic adds, and the result is deterministic.
     """
     dtype = np.dtype(dtype_name)
     nb_type = _numba_type(dtype)
     ZERO = dtype.type(0)
+    GY, GX = _backward_grid(BR, BC)
+    TM, TN = BR // GY, BC // GX
+    TD = (D + GX - 1) // GX
+    THREADS = GY * GX
 
     @cuda.jit
     def attention_dq(qkv, dout, lse, delta, keep, use_dropout, dqkv, T, n_head, scale):
@@ -589,53 +656,96 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
         b = bh // n_head
         h = bh % n_head
         C = n_head * D
-        r = cuda.threadIdx.x
-        row = tile * BR + r
-        Ks = cuda.shared.array((BC, D), nb_type)
-        Vs = cuda.shared.array((BC, D), nb_type)
-        q = cuda.local.array(D, nb_type)
-        dy = cuda.local.array(D, nb_type)
-        dq = cuda.local.array(D, nb_type)
-        active = row < T
-        row_lse = ZERO
-        row_delta = ZERO
-        if active:
-            for d in range(D):
-                q[d] = qkv[b, row, h * D + d]
-                dy[d] = dout[b, row, h * D + d]
-                dq[d] = ZERO
-            row_lse = lse[b, h, row]
-            row_delta = delta[b, h, row]
-        key_end = _min(T, (tile + 1) * BR)
+        tid = cuda.threadIdx.x
+        ty = tid // GX
+        tx = tid % GX
+        row0 = tile * BR
+        Qs = cuda.shared.array((D, BR), nb_type)
+        dYs = cuda.shared.array((D, BR), nb_type)
+        Ks = cuda.shared.array((D, BC), nb_type)
+        Vs = cuda.shared.array((D, BC), nb_type)
+        dSs = cuda.shared.array((BC, BR), nb_type)  # scale * ds, transposed: a thread's rows adjacent
+        lse_s = cuda.shared.array(BR, nb_type)
+        delta_s = cuda.shared.array(BR, nb_type)
+        dq = cuda.local.array((TM, TD), nb_type)
+        s = cuda.local.array((TM, TN), nb_type)
+        dp = cuda.local.array((TM, TN), nb_type)
+        q_reg = cuda.local.array(TM, nb_type)
+        dy_reg = cuda.local.array(TM, nb_type)
+        k_reg = cuda.local.array(TN, nb_type)
+        v_reg = cuda.local.array(TN, nb_type)
+        kc_reg = cuda.local.array(TD, nb_type)
+        for i in range(TM):
+            for j in range(TD):
+                dq[i, j] = ZERO
+        for e in range(tid, BR * D, THREADS):
+            r = e // D
+            d = e % D
+            row = row0 + r
+            Qs[d, r] = qkv[b, row, h * D + d] if row < T else ZERO
+            dYs[d, r] = dout[b, row, h * D + d] if row < T else ZERO
+        for r in range(tid, BR, THREADS):
+            row = row0 + r
+            lse_s[r] = lse[b, h, row] if row < T else ZERO
+            delta_s[r] = delta[b, h, row] if row < T else ZERO
+        key_end = _min(T, row0 + BR)
         for k0 in range(0, key_end, BC):
-            for e in range(r, BC * D, BR):
+            for e in range(tid, BC * D, THREADS):
                 c = e // D
                 d = e % D
                 key = k0 + c
-                if key < T:
-                    Ks[c, d] = qkv[b, key, C + h * D + d]
-                    Vs[c, d] = qkv[b, key, 2 * C + h * D + d]
+                Ks[d, c] = qkv[b, key, C + h * D + d] if key < T else ZERO
+                Vs[d, c] = qkv[b, key, 2 * C + h * D + d] if key < T else ZERO
             cuda.syncthreads()
-            if active:
-                for c in range(BC):
-                    key = k0 + c
-                    if key <= row:
-                        dot = ZERO
-                        dpv = ZERO
-                        for d in range(D):
-                            dot += q[d] * Ks[c, d]
-                            dpv += dy[d] * Vs[c, d]
-                        p = math.exp(dot * scale - row_lse)
-                        if use_dropout:
-                            dpv *= keep[b, h, row, key]
-                        ds = p * (dpv - row_delta) * scale
-                        for d in range(D):
-                            dq[d] += ds * Ks[c, d]
-            cuda.syncthreads()
-        if active:
+            for i in range(TM):
+                for j in range(TN):
+                    s[i, j] = ZERO
+                    dp[i, j] = ZERO
             for d in range(D):
-                dqkv[b, row, h * D + d] = dq[d]
+                for i in range(TM):
+                    q_reg[i] = Qs[d, ty * TM + i]
+                    dy_reg[i] = dYs[d, ty * TM + i]
+                for j in range(TN):
+                    k_reg[j] = Ks[d, tx * TN + j]
+                    v_reg[j] = Vs[d, tx * TN + j]
+                for i in range(TM):
+                    for j in range(TN):
+                        s[i, j] += q_reg[i] * k_reg[j]
+                        dp[i, j] += dy_reg[i] * v_reg[j]
+            for i in range(TM):
+                r = ty * TM + i
+                row = row0 + r
+                for j in range(TN):
+                    c = tx * TN + j
+                    key = k0 + c
+                    ds = ZERO
+                    if row < T and key <= row:
+                        p = math.exp(s[i, j] * scale - lse_s[r])
+                        g = dp[i, j]
+                        if use_dropout:
+                            g *= keep[b, h, row, key]
+                        ds = p * (g - delta_s[r]) * scale
+                    dSs[c, r] = ds
+            cuda.syncthreads()
+            for c in range(BC):  # dQ += dS K: this thread's TM rows x TD columns
+                for i in range(TM):
+                    q_reg[i] = dSs[c, ty * TM + i]
+                for j in range(TD):
+                    col = tx * TD + j
+                    kc_reg[j] = Ks[col, c] if col < D else ZERO
+                for i in range(TM):
+                    for j in range(TD):
+                        dq[i, j] += q_reg[i] * kc_reg[j]
+            cuda.syncthreads()  # done with K, V and dS before the next key tile
+        for i in range(TM):
+            row = row0 + ty * TM + i
+            if row < T:
+                for j in range(TD):
+                    col = tx * TD + j
+                    if col < D:
+                        dqkv[b, row, h * D + col] = dq[i, j]
 
+    attention_dq.threads = THREADS
     return attention_dq
 
 
@@ -696,11 +806,11 @@ def flash_attention_backward(dout, cache):
     if T and B:
         _launch_1d(attention_delta_kernel(D, dtype.name), delta.size, dout, out, delta, T, n_head)
         dkdv = attention_dkdv_kernel(D, BR, BC, dtype.name)
-        dkdv[(_blocks(T, BC), B * n_head), BC](qkv, dout, lse, delta, keep, use_dropout, dqkv, T, n_head,
-                                               scale)
+        dkdv[(_blocks(T, BC), B * n_head), dkdv.threads](qkv, dout, lse, delta, keep, use_dropout, dqkv, T,
+                                                         n_head, scale)
         dq = attention_dq_kernel(D, BR, BC, dtype.name)
-        dq[(_blocks(T, BR), B * n_head), BR](qkv, dout, lse, delta, keep, use_dropout, dqkv, T, n_head,
-                                             scale)
+        dq[(_blocks(T, BR), B * n_head), dq.threads](qkv, dout, lse, delta, keep, use_dropout, dqkv, T,
+                                                     n_head, scale)
     return _answer(dqkv, device)
 
 
