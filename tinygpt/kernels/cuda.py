@@ -136,16 +136,19 @@ def _max(a, b):
 def gemm_kernel(BM, BN, BK, TM, TN, trans_a, trans_b, has_bias, dtype_name="float32"):
     """Kernel for ``c (M, N) = op(a) (M, K) @ op(b) (K, N) + bias (N,)``; launch with ``gemm_launch``.
 
-    One block computes a BM x BN tile of C with (BM/TM) * (BN/TN) threads; thread (ty, tx) owns the TM x TN
-    sub-block at rows ty*TM.., columns tx*TN... The K axis is walked BK at a time: the block copies a
-    BM x BK slice of op(A) and a BK x BN slice of op(B) into shared memory (zeros past the matrix edges, so
-    any M, N, K works), then every thread does BK rank-1 updates of its register block::
+    One block computes a BM x BN tile of C with (BM/TM) * (BN/TN) threads; thread (ty, tx) owns TM x TN
+    values of it: rows ty*TM + i, columns tx + j*(BN/TN). The K axis is walked BK at a time: the block
+    copies a BM x BK slice of op(A) and a BK x BN slice of op(B) into shared memory (zeros past the matrix
+    edges, so any M, N, K works), then every thread does BK rank-1 updates of its register block::
 
-        acc[i, j] += As[k, ty*TM + i] * Bs[k, tx*TN + j]      i < TM, j < TN, k < BK
+        acc[i, j] += As[k, ty*TM + i] * Bs[k, tx + j*(BN/TN)]      i < TM, j < TN, k < BK
 
     Loading TM + TN values from shared memory feeds TM * TN multiply-adds (8x8: 16 loads, 64 FMAs), which
     is what lifts the kernel from shared-memory bound (one load per FMA) towards the arithmetic peak.
-    ``As`` is stored transposed (k-major) so the TM values a thread reads are adjacent.
+    ``As`` is stored transposed (k-major) so the TM values a thread reads are adjacent. A thread's columns
+    are strided rather than adjacent so that the 16 threads of a warp that differ in tx read 16 adjacent
+    words of Bs (16 different banks; adjacent blocks of 8 would put four threads on each bank) and write
+    adjacent columns of C (coalesced stores).
 
     ``trans_a``: a is stored (K, M) and op(a) = a.T; ``trans_b``: b is stored (N, K) and op(b) = b.T.
     """
@@ -206,7 +209,7 @@ def gemm_kernel(BM, BN, BK, TM, TN, trans_a, trans_b, has_bias, dtype_name="floa
                 for i in range(TM):
                     reg_m[i] = As[k, ty * TM + i]
                 for j in range(TN):
-                    reg_n[j] = Bs[k, tx * TN + j]
+                    reg_n[j] = Bs[k, tx + j * cols_of_threads]
                 for i in range(TM):
                     for j in range(TN):
                         acc[i, j] += reg_m[i] * reg_n[j]
@@ -215,7 +218,7 @@ def gemm_kernel(BM, BN, BK, TM, TN, trans_a, trans_b, has_bias, dtype_name="floa
             r = row0 + ty * TM + i
             if r < M:
                 for j in range(TN):
-                    col = col0 + tx * TN + j
+                    col = col0 + tx + j * cols_of_threads
                     if col < N:
                         value = acc[i, j]
                         if has_bias:
@@ -276,6 +279,11 @@ def matmul(a, b, trans_a=False, trans_b=False, bias=None, tile=None):
 
 SHARED_BYTES = 48 * 1024  # static shared memory a block may declare on every CUDA GPU
 
+# _PADDING: shared memory is 32 banks of 4 bytes; the 16 threads of a warp that read 16 different rows of a
+# tile at the same column hit one bank 16 times in turn when the row length is a multiple of 32 words. One
+# extra (never read) element per row shifts each row by a bank, so those reads spread over the banks. The
+# attention kernels pad the tiles they read down a column (``BR_PAD = BR + 1``).
+
 
 def attention_tiles(T: int, head_size: int, itemsize: int = 4) -> tuple[int, int]:
     """(BR, BC) of the backward kernels: query rows and keys per tile.
@@ -286,7 +294,7 @@ def attention_tiles(T: int, head_size: int, itemsize: int = 4) -> tuple[int, int
     br = 32
     while br > 4 and br // 2 >= T:  # short sequences: do not launch mostly idle threads
         br //= 2
-    while br > 1 and (4 * br * head_size + 2 * br * br + 2 * br) * itemsize > SHARED_BYTES:
+    while br > 1 and (4 * br * head_size + 2 * head_size + 2 * br * br + 2 * br) * itemsize > SHARED_BYTES:
         br //= 2
     return br, br
 
@@ -301,7 +309,7 @@ def attention_forward_tiles(T: int, head_size: int, itemsize: int = 4) -> tuple[
     while br > 4 and br // 2 >= T:  # short sequences: do not launch mostly idle threads
         br //= 2
     bc = max(1, br // 2)
-    while br > 1 and (br * head_size + bc * head_size + br * bc + 3 * br) * itemsize > SHARED_BYTES:
+    while br > 1 and (br * head_size + bc * head_size + bc * (br + 1) + 3 * br) * itemsize > SHARED_BYTES:
         br = max(1, br // 2)
         bc = max(1, bc // 2)
     return br, bc
@@ -343,6 +351,7 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
     TD = (D + GX - 1) // GX  # output columns per thread
     THREADS = GY * GX
     KV_SIZE = BC * D  # a shared array's shape must be a constant, not an expression in the kernel
+    BR_PAD = BR + 1  # see _PADDING
 
     @cuda.jit
     def attention_forward(qkv, keep, use_dropout, out, lse, T, n_head, scale):
@@ -357,7 +366,7 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
         row0 = tile * BR
         Qs = cuda.shared.array((D, BR), nb_type)  # Q^T: a thread's TM rows are adjacent for each d
         KVs = cuda.shared.array(KV_SIZE, nb_type)  # K^T as (D, BC), then V as (BC, D)
-        Ps = cuda.shared.array((BC, BR), nb_type)  # scores, then probabilities, transposed like Qs
+        Ps = cuda.shared.array((BC, BR_PAD), nb_type)  # scores, then probabilities, transposed like Qs
         m_s = cuda.shared.array(BR, nb_type)  # running max of each row
         l_s = cuda.shared.array(BR, nb_type)  # running sum of exp(S - max)
         alpha_s = cuda.shared.array(BR, nb_type)  # this tile's rescaling of each row
@@ -393,15 +402,15 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
                 for i in range(TM):
                     q_reg[i] = Qs[d, ty * TM + i]
                 for j in range(TN):
-                    k_reg[j] = KVs[d * BC + tx * TN + j]
+                    k_reg[j] = KVs[d * BC + tx + j * GX]
                 for i in range(TM):
                     for j in range(TN):
                         s_reg[i, j] += q_reg[i] * k_reg[j]
             for i in range(TM):
                 row = row0 + ty * TM + i
                 for j in range(TN):
-                    key = k0 + tx * TN + j
-                    Ps[tx * TN + j, ty * TM + i] = s_reg[i, j] if key <= row and key < T else NEG_INF
+                    key = k0 + tx + j * GX
+                    Ps[tx + j * GX, ty * TM + i] = s_reg[i, j] if key <= row and key < T else NEG_INF
             cuda.syncthreads()
             # online softmax, one thread per row
             for r in range(tid, BR, THREADS):
@@ -442,7 +451,7 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
                 for i in range(TM):
                     q_reg[i] = Ps[c, ty * TM + i]
                 for j in range(TD):
-                    col = tx * TD + j
+                    col = tx + j * GX
                     v_reg[j] = KVs[c * D + col] if col < D else ZERO
                 for i in range(TM):
                     for j in range(TD):
@@ -454,7 +463,7 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
             if row < T:
                 inv = ONE / l_s[r]
                 for j in range(TD):
-                    col = tx * TD + j
+                    col = tx + j * GX
                     if col < D:
                         out[b, row, h * D + col] = acc[i, j] * inv
         for r in range(tid, BR, THREADS):
@@ -516,6 +525,7 @@ def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
     TM, TN = BR // GY, BC // GX  # scores per thread
     TC, TD = (BC + GY - 1) // GY, (D + GX - 1) // GX  # dK / dV keys and columns per thread
     THREADS = GY * GX
+    BR_PAD = BR + 1  # see _PADDING
 
     @cuda.jit
     def attention_dkdv(qkv, dout, lse, delta, keep, use_dropout, dqkv, T, n_head, scale):
@@ -530,8 +540,8 @@ def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
         key0 = tile * BC
         Ks = cuda.shared.array((D, BC), nb_type)  # K^T, V^T, Q^T, dY^T: a thread's rows or keys are
         Vs = cuda.shared.array((D, BC), nb_type)  # adjacent for each d
-        Qs = cuda.shared.array((D, BR), nb_type)
-        dYs = cuda.shared.array((D, BR), nb_type)
+        Qs = cuda.shared.array((D, BR_PAD), nb_type)
+        dYs = cuda.shared.array((D, BR_PAD), nb_type)
         As = cuda.shared.array((BR, BC), nb_type)  # a = p * keep
         dSs = cuda.shared.array((BR, BC), nb_type)  # scale * ds
         lse_s = cuda.shared.array(BR, nb_type)
@@ -580,8 +590,8 @@ def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
                     q_reg[i] = Qs[d, ty * TM + i]
                     dy_reg[i] = dYs[d, ty * TM + i]
                 for j in range(TN):
-                    k_reg[j] = Ks[d, tx * TN + j]
-                    v_reg[j] = Vs[d, tx * TN + j]
+                    k_reg[j] = Ks[d, tx + j * GX]
+                    v_reg[j] = Vs[d, tx + j * GX]
                 for i in range(TM):
                     for j in range(TN):
                         s[i, j] += q_reg[i] * k_reg[j]
@@ -590,7 +600,7 @@ def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
                 r = ty * TM + i
                 row = i0 + r
                 for j in range(TN):
-                    c = tx * TN + j
+                    c = tx + j * GX
                     key = key0 + c
                     a = ZERO
                     ds = ZERO
@@ -611,7 +621,7 @@ def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
                     a_reg[i] = As[r, c] if c < BC else ZERO
                     ds_reg[i] = dSs[r, c] if c < BC else ZERO
                 for j in range(TD):
-                    col = tx * TD + j
+                    col = tx + j * GX
                     dyc_reg[j] = dYs[col, r] if col < D else ZERO
                     qc_reg[j] = Qs[col, r] if col < D else ZERO
                 for i in range(TC):
@@ -624,7 +634,7 @@ def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
             key = key0 + c
             if c < BC and key < T:
                 for j in range(TD):
-                    col = tx * TD + j
+                    col = tx + j * GX
                     if col < D:
                         dqkv[b, key, C + h * D + col] = dk[i, j]
                         dqkv[b, key, 2 * C + h * D + col] = dv[i, j]
@@ -648,6 +658,7 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
     TM, TN = BR // GY, BC // GX
     TD = (D + GX - 1) // GX
     THREADS = GY * GX
+    BR_PAD, BC_PAD = BR + 1, BC + 1  # see _PADDING
 
     @cuda.jit
     def attention_dq(qkv, dout, lse, delta, keep, use_dropout, dqkv, T, n_head, scale):
@@ -662,9 +673,9 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
         row0 = tile * BR
         Qs = cuda.shared.array((D, BR), nb_type)
         dYs = cuda.shared.array((D, BR), nb_type)
-        Ks = cuda.shared.array((D, BC), nb_type)
+        Ks = cuda.shared.array((D, BC_PAD), nb_type)
         Vs = cuda.shared.array((D, BC), nb_type)
-        dSs = cuda.shared.array((BC, BR), nb_type)  # scale * ds, transposed: a thread's rows adjacent
+        dSs = cuda.shared.array((BC, BR_PAD), nb_type)  # scale * ds, transposed: a thread's rows adjacent
         lse_s = cuda.shared.array(BR, nb_type)
         delta_s = cuda.shared.array(BR, nb_type)
         dq = cuda.local.array((TM, TD), nb_type)
@@ -706,8 +717,8 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
                     q_reg[i] = Qs[d, ty * TM + i]
                     dy_reg[i] = dYs[d, ty * TM + i]
                 for j in range(TN):
-                    k_reg[j] = Ks[d, tx * TN + j]
-                    v_reg[j] = Vs[d, tx * TN + j]
+                    k_reg[j] = Ks[d, tx + j * GX]
+                    v_reg[j] = Vs[d, tx + j * GX]
                 for i in range(TM):
                     for j in range(TN):
                         s[i, j] += q_reg[i] * k_reg[j]
@@ -716,7 +727,7 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
                 r = ty * TM + i
                 row = row0 + r
                 for j in range(TN):
-                    c = tx * TN + j
+                    c = tx + j * GX
                     key = k0 + c
                     ds = ZERO
                     if row < T and key <= row:
@@ -731,7 +742,7 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
                 for i in range(TM):
                     q_reg[i] = dSs[c, ty * TM + i]
                 for j in range(TD):
-                    col = tx * TD + j
+                    col = tx + j * GX
                     kc_reg[j] = Ks[col, c] if col < D else ZERO
                 for i in range(TM):
                     for j in range(TD):
@@ -741,7 +752,7 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
             row = row0 + ty * TM + i
             if row < T:
                 for j in range(TD):
-                    col = tx * TD + j
+                    col = tx + j * GX
                     if col < D:
                         dqkv[b, row, h * D + col] = dq[i, j]
 
