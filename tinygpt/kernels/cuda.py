@@ -501,6 +501,56 @@ def _backward_grid(BR: int, BC: int) -> tuple[int, int]:
 
 
 @functools.cache
+def _attention_backward_steps(D, BR, BC, dtype_name):
+    """The two steps dK/dV's and dQ's kernels share, as device functions of their tile shapes."""
+    dtype = np.dtype(dtype_name)
+    nb_type = _numba_type(dtype)
+    ZERO = dtype.type(0)
+    GY, GX = _backward_grid(BR, BC)
+    TM, TN = BR // GY, BC // GX
+    THREADS = GY * GX
+
+    @cuda.jit(device=True)
+    def load_query_tile(qkv, dout, lse, delta, Qs, dYs, lse_s, delta_s, b, h, row0, T, tid):
+        # Q^T and dY^T (D, BR) and each row's lse and delta; zeros past T
+        for e in range(tid, BR * D, THREADS):
+            r = e // D
+            d = e % D
+            row = row0 + r
+            Qs[d, r] = qkv[b, row, h * D + d] if row < T else ZERO
+            dYs[d, r] = dout[b, row, h * D + d] if row < T else ZERO
+        for r in range(tid, BR, THREADS):
+            row = row0 + r
+            lse_s[r] = lse[b, h, row] if row < T else ZERO
+            delta_s[r] = delta[b, h, row] if row < T else ZERO
+
+    @cuda.jit(device=True)
+    def scores_and_dp(Qs, dYs, Ks, Vs, ty, tx, s, dp):
+        # S = Q K^T and dP = dY V^T, this thread's TM x TN block of each: Q's and dY's loads serve both
+        q_reg = cuda.local.array(TM, nb_type)
+        dy_reg = cuda.local.array(TM, nb_type)
+        k_reg = cuda.local.array(TN, nb_type)
+        v_reg = cuda.local.array(TN, nb_type)
+        for i in range(TM):
+            for j in range(TN):
+                s[i, j] = ZERO
+                dp[i, j] = ZERO
+        for d in range(D):
+            for i in range(TM):
+                q_reg[i] = Qs[d, ty * TM + i]
+                dy_reg[i] = dYs[d, ty * TM + i]
+            for j in range(TN):
+                k_reg[j] = Ks[d, tx + j * GX]
+                v_reg[j] = Vs[d, tx + j * GX]
+            for i in range(TM):
+                for j in range(TN):
+                    s[i, j] += q_reg[i] * k_reg[j]
+                    dp[i, j] += dy_reg[i] * v_reg[j]
+
+    return load_query_tile, scores_and_dp
+
+
+@functools.cache
 def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
     """dK, dV: one block per (key tile of BC keys, batch*head), the query tiles at or below it streamed.
 
@@ -526,6 +576,7 @@ def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
     TC, TD = (BC + GY - 1) // GY, (D + GX - 1) // GX  # dK / dV keys and columns per thread
     THREADS = GY * GX
     BR_PAD = BR + 1  # see _PADDING
+    load_query_tile, scores_and_dp = _attention_backward_steps(D, BR, BC, dtype_name)
 
     @cuda.jit
     def attention_dkdv(qkv, dout, lse, delta, keep, use_dropout, dqkv, T, n_head, scale):
@@ -550,10 +601,6 @@ def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
         dv = cuda.local.array((TC, TD), nb_type)
         s = cuda.local.array((TM, TN), nb_type)
         dp = cuda.local.array((TM, TN), nb_type)
-        q_reg = cuda.local.array(TM, nb_type)
-        dy_reg = cuda.local.array(TM, nb_type)
-        k_reg = cuda.local.array(TN, nb_type)
-        v_reg = cuda.local.array(TN, nb_type)
         a_reg = cuda.local.array(TC, nb_type)
         ds_reg = cuda.local.array(TC, nb_type)
         dyc_reg = cuda.local.array(TD, nb_type)
@@ -570,32 +617,9 @@ def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
             Vs[d, c] = qkv[b, key, 2 * C + h * D + d] if key < T else ZERO
         q_start = (key0 // BR) * BR  # the first query tile holding a row >= this tile's first key
         for i0 in range(q_start, T, BR):
-            for e in range(tid, BR * D, THREADS):
-                r = e // D
-                d = e % D
-                row = i0 + r
-                Qs[d, r] = qkv[b, row, h * D + d] if row < T else ZERO
-                dYs[d, r] = dout[b, row, h * D + d] if row < T else ZERO
-            for r in range(tid, BR, THREADS):
-                row = i0 + r
-                lse_s[r] = lse[b, h, row] if row < T else ZERO
-                delta_s[r] = delta[b, h, row] if row < T else ZERO
+            load_query_tile(qkv, dout, lse, delta, Qs, dYs, lse_s, delta_s, b, h, i0, T, tid)
             cuda.syncthreads()
-            for i in range(TM):
-                for j in range(TN):
-                    s[i, j] = ZERO
-                    dp[i, j] = ZERO
-            for d in range(D):  # S = Q K^T and dP = dY V^T together: Q's and dY's loads serve both
-                for i in range(TM):
-                    q_reg[i] = Qs[d, ty * TM + i]
-                    dy_reg[i] = dYs[d, ty * TM + i]
-                for j in range(TN):
-                    k_reg[j] = Ks[d, tx + j * GX]
-                    v_reg[j] = Vs[d, tx + j * GX]
-                for i in range(TM):
-                    for j in range(TN):
-                        s[i, j] += q_reg[i] * k_reg[j]
-                        dp[i, j] += dy_reg[i] * v_reg[j]
+            scores_and_dp(Qs, dYs, Ks, Vs, ty, tx, s, dp)
             for i in range(TM):
                 r = ty * TM + i
                 row = i0 + r
@@ -659,6 +683,7 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
     TD = (D + GX - 1) // GX
     THREADS = GY * GX
     BR_PAD, BC_PAD = BR + 1, BC + 1  # see _PADDING
+    load_query_tile, scores_and_dp = _attention_backward_steps(D, BR, BC, dtype_name)
 
     @cuda.jit
     def attention_dq(qkv, dout, lse, delta, keep, use_dropout, dqkv, T, n_head, scale):
@@ -681,24 +706,12 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
         dq = cuda.local.array((TM, TD), nb_type)
         s = cuda.local.array((TM, TN), nb_type)
         dp = cuda.local.array((TM, TN), nb_type)
-        q_reg = cuda.local.array(TM, nb_type)
-        dy_reg = cuda.local.array(TM, nb_type)
-        k_reg = cuda.local.array(TN, nb_type)
-        v_reg = cuda.local.array(TN, nb_type)
+        ds_reg = cuda.local.array(TM, nb_type)
         kc_reg = cuda.local.array(TD, nb_type)
         for i in range(TM):
             for j in range(TD):
                 dq[i, j] = ZERO
-        for e in range(tid, BR * D, THREADS):
-            r = e // D
-            d = e % D
-            row = row0 + r
-            Qs[d, r] = qkv[b, row, h * D + d] if row < T else ZERO
-            dYs[d, r] = dout[b, row, h * D + d] if row < T else ZERO
-        for r in range(tid, BR, THREADS):
-            row = row0 + r
-            lse_s[r] = lse[b, h, row] if row < T else ZERO
-            delta_s[r] = delta[b, h, row] if row < T else ZERO
+        load_query_tile(qkv, dout, lse, delta, Qs, dYs, lse_s, delta_s, b, h, row0, T, tid)
         key_end = _min(T, row0 + BR)
         for k0 in range(0, key_end, BC):
             for e in range(tid, BC * D, THREADS):
@@ -708,21 +721,7 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
                 Ks[d, c] = qkv[b, key, C + h * D + d] if key < T else ZERO
                 Vs[d, c] = qkv[b, key, 2 * C + h * D + d] if key < T else ZERO
             cuda.syncthreads()
-            for i in range(TM):
-                for j in range(TN):
-                    s[i, j] = ZERO
-                    dp[i, j] = ZERO
-            for d in range(D):
-                for i in range(TM):
-                    q_reg[i] = Qs[d, ty * TM + i]
-                    dy_reg[i] = dYs[d, ty * TM + i]
-                for j in range(TN):
-                    k_reg[j] = Ks[d, tx + j * GX]
-                    v_reg[j] = Vs[d, tx + j * GX]
-                for i in range(TM):
-                    for j in range(TN):
-                        s[i, j] += q_reg[i] * k_reg[j]
-                        dp[i, j] += dy_reg[i] * v_reg[j]
+            scores_and_dp(Qs, dYs, Ks, Vs, ty, tx, s, dp)
             for i in range(TM):
                 r = ty * TM + i
                 row = row0 + r
@@ -740,13 +739,13 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
             cuda.syncthreads()
             for c in range(BC):  # dQ += dS K: this thread's TM rows x TD columns
                 for i in range(TM):
-                    q_reg[i] = dSs[c, ty * TM + i]
+                    ds_reg[i] = dSs[c, ty * TM + i]
                 for j in range(TD):
                     col = tx + j * GX
                     kc_reg[j] = Ks[col, c] if col < D else ZERO
                 for i in range(TM):
                     for j in range(TD):
-                        dq[i, j] += q_reg[i] * kc_reg[j]
+                        dq[i, j] += ds_reg[i] * kc_reg[j]
             cuda.syncthreads()  # done with K, V and dS before the next key tile
         for i in range(TM):
             row = row0 + ty * TM + i
