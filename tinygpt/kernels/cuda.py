@@ -325,8 +325,9 @@ def attention_forward_threads(BR: int, BC: int) -> tuple[int, int]:
 def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
     """Causal attention forward for head size D: one block per (query tile, batch*head), GEMM-style.
 
-    The block's (BR/TM) x (BC/TN) threads form a grid; thread (ty, tx) owns TM query rows (ty*TM..) and,
-    per key tile, TN keys of the scores and TD = ceil(D / (BC/TN)) columns of the output. The Q tile is
+    The block's GY x GX = (BR/TM) x (BC/TN) threads form a grid; thread (ty, tx) owns TM query rows
+    (ty*TM + i) and, per key tile, TN keys of the scores and TD = ceil(D / GX) columns of the output, both
+    strided by GX (tx + j*GX: a warp reads adjacent words, see ``gemm_kernel``). The Q tile is
     loaded once (pre-scaled); the block then walks the key tiles the rows can see (causal: tiles right
     of the diagonal never run), three steps each, like two small GEMMs with a softmax between them::
 
