@@ -156,6 +156,9 @@ def gemm_kernel(BM, BN, BK, TM, TN, trans_a, trans_b, has_bias, dtype_name="floa
         raise TinyGPTError(f"gemm tile {BM}x{BN} is not a multiple of the register block {TM}x{TN}")
     threads = (BM // TM) * (BN // TN)
     cols_of_threads = BN // TN
+    # Rows of the shared tiles padded by 4 words: a warp's stores of a (M, K) or (N, K) operand go to 8
+    # consecutive k of 4 rows, which without the pad (BM, BN multiples of 32) land on 4 banks only
+    BM_PAD, BN_PAD = BM + 4, BN + 4
     dtype = np.dtype(dtype_name)
     ZERO = dtype.type(0)
     nb_type = _numba_type(dtype)
@@ -167,8 +170,8 @@ def gemm_kernel(BM, BN, BK, TM, TN, trans_a, trans_b, has_bias, dtype_name="floa
         col0 = cuda.blockIdx.x * BN
         ty = tid // cols_of_threads
         tx = tid % cols_of_threads
-        As = cuda.shared.array((BK, BM), nb_type)
-        Bs = cuda.shared.array((BK, BN), nb_type)
+        As = cuda.shared.array((BK, BM_PAD), nb_type)
+        Bs = cuda.shared.array((BK, BN_PAD), nb_type)
         acc = cuda.local.array((TM, TN), nb_type)
         reg_m = cuda.local.array(TM, nb_type)
         reg_n = cuda.local.array(TN, nb_type)
