@@ -135,6 +135,7 @@ if not CHILD:
 
 else:
     from tinygpt import layers
+    from tinygpt.errors import TinyGPTError
     from tinygpt.gradcheck import relative_error
     from tinygpt.kernels import cuda as K
     from tinygpt.kernels import get_ops, has_real_gpu
@@ -235,6 +236,27 @@ else:
         close(out, ref, dtype, "out")
         dqkv = K.flash_attention_backward(dout, cache)
         close(dqkv, layers.attention_backward(dout, ref_cache), dtype, "dqkv")
+
+    def test_dropout_past_one_query_block_drops_what_the_reference_drops():
+        # The reference draws each block of layers.QUERY_BLOCK queries' mask in turn; the kernels take the
+        # whole (B, H, T, T) mask, which must hold the same draws in the same places past the first block
+        rng = np.random.default_rng(6)
+        B, T, H, hs = 1, layers.QUERY_BLOCK + 2, 1, 2
+        qkv = rng.standard_normal((B, T, 3 * H * hs))
+        dout = rng.standard_normal((B, T, H * hs))
+        out, cache = K.flash_attention_forward(qkv, H, 0.3, np.random.default_rng(7), tiles=(16, 16))
+        ref, ref_cache = layers.attention_forward(qkv, H, 0.3, np.random.default_rng(7))
+        close(out, ref, np.float64, "out")
+        close(K.flash_attention_backward(dout, cache), layers.attention_backward(dout, ref_cache), np.float64)
+
+    @pytest.mark.parametrize("tiles, message", [((24, 8), "BR must be a power of two"),
+                                                ((8, 6), "BC must be a power of two"),
+                                                ((128, 128), "bytes of shared memory")])
+    def test_hand_picked_attention_tiles_are_checked(tiles, message):
+        # tiles the thread grids do not divide would leave scores unwritten; too big ones cannot launch
+        qkv = np.zeros((1, 4, 3 * 64), np.float32)
+        with pytest.raises(TinyGPTError, match=message):
+            K.flash_attention_forward(qkv, 1, tiles=tiles)
 
     def test_attention_op_single_query_and_default_tiles():
         rng = np.random.default_rng(4)
@@ -374,8 +396,6 @@ else:
         assert K.on_device(ops.zeros_like(K.to_device(x)))
 
     def test_bad_input_is_a_clear_error():
-        from tinygpt.errors import TinyGPTError
-
         with pytest.raises(TinyGPTError, match="inner sizes"):
             K.matmul(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32))
         with pytest.raises(TinyGPTError, match="divisible"):

@@ -256,7 +256,12 @@ def _causal_mask(T, dtype):
     return np.triu(np.full((T, T), -np.inf, dtype=dtype), k=1)  # triu zeroes everything below diagonal 1
 
 
-def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=64):
+# Queries per block of attention_forward (see there): the scores of 64 rows at a time. Dropout masks are
+# drawn one block at a time, so every backend that drops attention weights draws in these blocks too.
+QUERY_BLOCK = 64
+
+
+def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=QUERY_BLOCK):
     """Causal multi-head self-attention on the fused projection: ``softmax(q k^T / sqrt(hs) + mask) v``.
 
     qkv (B, T, 3C) -> out (B, T, C), heads merged back side by side (the input of ``attn.c_proj``).

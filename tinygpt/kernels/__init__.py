@@ -82,6 +82,21 @@ def dropout_keep_mask(dtype, shape, dropout, rng):
     keep *= 1.0 / (1.0 - dropout)
     return keep
 
+
+def attention_keep_mask(dtype, B, H, T, dropout, rng):
+    """Causal attention's whole (B, H, T, T) keep mask, for kernels that take it in one piece, drawn as
+    ``tinygpt.layers.attention_forward`` draws its own: one (B, H, t1 - t0, t1) mask per block of
+    ``layers.QUERY_BLOCK`` queries, in order (entries right of a block, keys its queries never see, are 0).
+    So the same rng drops the same weights on every backend. None when dropout is off.
+    """
+    if not dropout:
+        return None
+    keep = np.zeros((B, H, T, T), dtype)
+    for t0 in range(0, T, layers.QUERY_BLOCK):
+        t1 = min(t0 + layers.QUERY_BLOCK, T)
+        keep[:, :, t0:t1, :t1] = dropout_keep_mask(dtype, (B, H, t1 - t0, t1), dropout, rng)
+    return keep
+
 # The layer functions every backend provides (tinygpt.layers.__all__), plus the optimizer kernel.
 OP_NAMES = (*layers.__all__, "adamw_update")
 

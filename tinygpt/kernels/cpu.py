@@ -44,6 +44,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from tinygpt import layers
 from tinygpt.errors import TinyGPTError
 from tinygpt.kernels import checked_token_ids, dropout_keep_mask
 
@@ -404,7 +405,7 @@ def _query_blocks(T: int, query_block: int):
     return [(t0, min(t0 + query_block, T)) for t0 in range(0, T, query_block)]
 
 
-def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=64):
+def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=layers.QUERY_BLOCK):
     """Causal multi-head self-attention. qkv (B, T, 3C) from the fused c_attn projection -> (B, T, C).
 
     ``softmax(q k^T / sqrt(hs) + mask) v`` per head, as ``tinygpt.layers.attention_forward`` computes it:

@@ -41,7 +41,7 @@ import numpy as np
 from numba import cuda
 
 from tinygpt.errors import TinyGPTError
-from tinygpt.kernels import checked_token_ids, dropout_keep_mask
+from tinygpt.kernels import attention_keep_mask, checked_token_ids, dropout_keep_mask
 
 __all__ = [
     "embedding_forward", "embedding_backward", "layernorm_forward", "layernorm_backward",
@@ -281,6 +281,7 @@ def matmul(a, b, trans_a=False, trans_b=False, bias=None, tile=None):
 
 
 SHARED_BYTES = 48 * 1024  # static shared memory a block may declare on every CUDA GPU
+MAX_GRID_Y = 65535  # blocks along a grid's y (and z) axis
 
 # _PADDING: shared memory is 32 banks of 4 bytes; the 16 threads of a warp that read 16 different rows of a
 # tile at the same column hit one bank 16 times in turn when the row length is a multiple of 32 words. One
@@ -288,16 +289,31 @@ SHARED_BYTES = 48 * 1024  # static shared memory a block may declare on every CU
 # attention kernels pad the tiles they read down a column (``BR_PAD = BR + 1``).
 
 
+def forward_shared_bytes(BR: int, BC: int, D: int, itemsize: int) -> int:
+    """Shared memory of ``attention_forward_kernel``: Q^T (D, BR), K^T (D, BC + 1) whose buffer then holds
+    V (BC, D), the scores (BC, BR + 1) and three numbers a row."""
+    return (D * BR + D * (BC + 1) + BC * (BR + 1) + 3 * BR) * itemsize
+
+
+def backward_shared_bytes(BR: int, BC: int, D: int, itemsize: int) -> int:
+    """Shared memory of the larger backward kernel: dK/dV's K^T and V^T (D, BC), Q^T and dY^T (D, BR + 1),
+    a and ds (BR, BC), or dQ's Q^T and dY^T (D, BR), K^T and V^T (D, BC + 1), ds (BC, BR + 1); plus lse
+    and delta."""
+    dkdv = 2 * D * BC + 2 * D * (BR + 1) + 2 * BR * BC
+    dq = 2 * D * BR + 2 * D * (BC + 1) + BC * (BR + 1)
+    return (max(dkdv, dq) + 2 * BR) * itemsize
+
+
 def attention_tiles(T: int, head_size: int, itemsize: int = 4) -> tuple[int, int]:
     """(BR, BC) of the backward kernels: query rows and keys per tile.
 
     Each keeps Q, dY, K and V tiles of ``head_size``-wide rows and two (BR, BC) tiles (p and ds) in
-    shared memory: 32 x 32 for float32 heads of 64 (40 KB), halved until they fit in 48 KB.
+    shared memory: 32 x 32 for float32 heads of 64 (41 KB), halved until they fit in 48 KB.
     """
     br = 32
     while br > 4 and br // 2 >= T:  # short sequences: do not launch mostly idle threads
         br //= 2
-    while br > 1 and (4 * br * head_size + 2 * head_size + 2 * br * br + 2 * br) * itemsize > SHARED_BYTES:
+    while br > 1 and backward_shared_bytes(br, br, head_size, itemsize) > SHARED_BYTES:
         br //= 2
     return br, br
 
@@ -306,16 +322,27 @@ def attention_forward_tiles(T: int, head_size: int, itemsize: int = 4) -> tuple[
     """(BR, BC) of the forward kernel: query rows and keys per tile, both powers of two.
 
     Its block keeps a (BR, D) Q tile, a (BC, D) K-or-V tile and the (BR, BC) scores in shared memory:
-    64 x 32 for float32 heads of 64 (33.5 KB), halved until they fit in 48 KB.
+    64 x 32 for float32 heads of 64 (34 KB), halved until they fit in 48 KB.
     """
     br = 64
     while br > 4 and br // 2 >= T:  # short sequences: do not launch mostly idle threads
         br //= 2
     bc = max(1, br // 2)
-    while br > 1 and (br * head_size + bc * head_size + bc * (br + 1) + 3 * br) * itemsize > SHARED_BYTES:
+    while br > 1 and forward_shared_bytes(br, bc, head_size, itemsize) > SHARED_BYTES:
         br = max(1, br // 2)
         bc = max(1, bc // 2)
     return br, bc
+
+
+def _check_attention_tiles(BR, BC, D, itemsize):
+    """Hand-picked tiles must be powers of two (the thread grids divide them evenly only then) and fit."""
+    for name, size in (("BR", BR), ("BC", BC)):
+        if not (isinstance(size, (int, np.integer)) and size >= 1 and size & (size - 1) == 0):
+            raise TinyGPTError(f"attention tiles: {name} must be a power of two, got {size!r}")
+    need = max(forward_shared_bytes(BR, BC, D, itemsize), backward_shared_bytes(BR, BC, D, itemsize))
+    if need > SHARED_BYTES:
+        raise TinyGPTError(f"attention tiles ({BR}, {BC}) at head size {D} need {need} bytes of shared "
+                           f"memory, over the {SHARED_BYTES} a block may use")
 
 
 def attention_forward_threads(BR: int, BC: int) -> tuple[int, int]:
@@ -354,8 +381,8 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
     GY, GX = BR // TM, BC // TN  # the thread grid
     TD = (D + GX - 1) // GX  # output columns per thread
     THREADS = GY * GX
-    KV_SIZE = BC * D  # a shared array's shape must be a constant, not an expression in the kernel
-    BR_PAD = BR + 1  # see _PADDING
+    BR_PAD, BC_PAD = BR + 1, BC + 1  # see _PADDING
+    KV_SIZE = D * BC_PAD  # K^T (D, BC_PAD), then V (BC, D) in the same buffer: shapes must be constants
 
     @cuda.jit
     def attention_forward(qkv, keep, use_dropout, out, lse, T, n_head, scale):
@@ -369,7 +396,7 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
         tx = tid % GX
         row0 = tile * BR
         Qs = cuda.shared.array((D, BR), nb_type)  # Q^T: a thread's TM rows are adjacent for each d
-        KVs = cuda.shared.array(KV_SIZE, nb_type)  # K^T as (D, BC), then V as (BC, D)
+        KVs = cuda.shared.array(KV_SIZE, nb_type)  # K^T as (D, BC + 1), then V as (BC, D)
         Ps = cuda.shared.array((BC, BR_PAD), nb_type)  # scores, then probabilities, transposed like Qs
         m_s = cuda.shared.array(BR, nb_type)  # running max of each row
         l_s = cuda.shared.array(BR, nb_type)  # running sum of exp(S - max)
@@ -396,7 +423,7 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
                 c = e // D
                 d = e % D
                 key = k0 + c
-                KVs[d * BC + c] = qkv[b, key, C + h * D + d] if key < T else ZERO
+                KVs[d * BC_PAD + c] = qkv[b, key, C + h * D + d] if key < T else ZERO
             cuda.syncthreads()
             # S = Q K^T, this thread's TM x TN block
             for i in range(TM):
@@ -406,7 +433,7 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
                 for i in range(TM):
                     q_reg[i] = Qs[d, ty * TM + i]
                 for j in range(TN):
-                    k_reg[j] = KVs[d * BC + tx + j * GX]
+                    k_reg[j] = KVs[d * BC_PAD + tx + j * GX]
                 for i in range(TM):
                     for j in range(TN):
                         s_reg[i, j] += q_reg[i] * k_reg[j]
@@ -703,7 +730,7 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
         Qs = cuda.shared.array((D, BR), nb_type)
         dYs = cuda.shared.array((D, BR), nb_type)
         Ks = cuda.shared.array((D, BC_PAD), nb_type)
-        Vs = cuda.shared.array((D, BC), nb_type)
+        Vs = cuda.shared.array((D, BC_PAD), nb_type)
         dSs = cuda.shared.array((BC, BR_PAD), nb_type)  # scale * ds, transposed: a thread's rows adjacent
         lse_s = cuda.shared.array(BR, nb_type)
         delta_s = cuda.shared.array(BR, nb_type)
@@ -790,7 +817,12 @@ def flash_attention_forward(qkv, n_head, dropout=0.0, rng=None, tiles=None):
     if n_head < 1 or C % n_head != 0:
         raise TinyGPTError(f"attention_forward: n_embd {C} is not divisible by n_head {n_head}")
     D = C // n_head
-    keep = dropout_keep_mask(dtype, (B, n_head, T, T), dropout, rng)
+    if B * n_head > MAX_GRID_Y:
+        raise TinyGPTError(f"attention_forward: batch x heads = {B * n_head}, over the {MAX_GRID_Y} blocks "
+                           "a CUDA grid may have along y")
+    if tiles is not None:
+        _check_attention_tiles(*tiles, D, dtype.itemsize)
+    keep = attention_keep_mask(dtype, B, n_head, T, dropout, rng)
     qkv_d = to_device(qkv)
     keep_d = to_device(keep if keep is not None else np.ones((1, 1, 1, 1), dtype))
     out = cuda.device_array((B, T, C), dtype=dtype)
