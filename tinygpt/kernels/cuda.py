@@ -345,10 +345,10 @@ def _check_attention_tiles(BR, BC, D, itemsize):
                            f"memory, over the {SHARED_BYTES} a block may use")
 
 
-def attention_forward_threads(BR: int, BC: int) -> tuple[int, int]:
-    """(TM, TN): the register block of a forward thread, TM query rows x TN keys of each score tile, so
-    that the block has (BR / TM) x (BC / TN) threads, 16 x 16 at most."""
-    return max(1, BR // 16), max(1, BC // 16)
+def _attention_grid(BR: int, BC: int) -> tuple[int, int]:
+    """(GY, GX): the thread grid of every attention kernel, query rows x keys, 16 x 16 at most; with
+    power-of-two tiles each thread then owns TM = BR / GY rows and TN = BC / GX keys of a score tile."""
+    return min(16, BR), min(16, BC)
 
 
 @functools.cache
@@ -377,8 +377,8 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
     ZERO = dtype.type(0)
     ONE = dtype.type(1)
     NEG_INF = dtype.type(-np.inf)
-    TM, TN = attention_forward_threads(BR, BC)
-    GY, GX = BR // TM, BC // TN  # the thread grid
+    GY, GX = _attention_grid(BR, BC)
+    TM, TN = BR // GY, BC // GX
     TD = (D + GX - 1) // GX  # output columns per thread
     THREADS = GY * GX
     BR_PAD, BC_PAD = BR + 1, BC + 1  # see _PADDING
@@ -526,18 +526,13 @@ def attention_delta_kernel(D, dtype_name="float32"):
     return attention_delta
 
 
-def _backward_grid(BR: int, BC: int) -> tuple[int, int]:
-    """(GY, GX): the thread grid of the backward kernels, rows (queries) x columns (keys), 16 x 16 at most."""
-    return min(16, BR), min(16, BC)
-
-
 @functools.cache
 def _attention_backward_steps(D, BR, BC, dtype_name):
     """The two steps dK/dV's and dQ's kernels share, as device functions of their tile shapes."""
     dtype = np.dtype(dtype_name)
     nb_type = _numba_type(dtype)
     ZERO = dtype.type(0)
-    GY, GX = _backward_grid(BR, BC)
+    GY, GX = _attention_grid(BR, BC)
     TM, TN = BR // GY, BC // GX
     THREADS = GY * GX
 
@@ -602,7 +597,7 @@ def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
     dtype = np.dtype(dtype_name)
     nb_type = _numba_type(dtype)
     ZERO = dtype.type(0)
-    GY, GX = _backward_grid(BR, BC)
+    GY, GX = _attention_grid(BR, BC)
     TM, TN = BR // GY, BC // GX  # scores per thread
     TC, TD = (BC + GY - 1) // GY, (D + GX - 1) // GX  # dK / dV keys and columns per thread
     THREADS = GY * GX
@@ -709,7 +704,7 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
     dtype = np.dtype(dtype_name)
     nb_type = _numba_type(dtype)
     ZERO = dtype.type(0)
-    GY, GX = _backward_grid(BR, BC)
+    GY, GX = _attention_grid(BR, BC)
     TM, TN = BR // GY, BC // GX
     TD = (D + GX - 1) // GX
     THREADS = GY * GX
