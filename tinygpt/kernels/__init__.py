@@ -97,6 +97,7 @@ def attention_keep_mask(dtype, B, H, T, dropout, rng):
         keep[:, :, t0:t1, :t1] = dropout_keep_mask(dtype, (B, H, t1 - t0, t1), dropout, rng)
     return keep
 
+
 # The layer functions every backend provides (tinygpt.layers.__all__), plus the optimizer kernel.
 OP_NAMES = (*layers.__all__, "adamw_update")
 
