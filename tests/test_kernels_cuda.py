@@ -96,6 +96,10 @@ if not CHILD:
                   ("embedding_backward_wpe", backward_wpe, (a(2), a(2), i64, i64), one_per_element)]
         return found
 
+    # PTX instructions that compute in float64 (converting a float64 argument, as fill does, is not one)
+    _FLOAT64_ARITHMETIC = re.compile(
+        r"^\s*((?:add|sub|mul|div|fma|sqrt|rsqrt|rcp|neg|abs|min|max|setp|ex2|lg2)[\w.]*\.f64)\b", re.M)
+
     @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
     def test_every_kernel_compiles_for_a_real_gpu(dtype_name, monkeypatch, tmp_path):
         # The simulator runs kernels as Python, so it never compiles them: a kernel the CUDA compiler
@@ -104,7 +108,8 @@ if not CHILD:
         # GPU and no driver, wherever a CUDA toolkit is installed. It caught two kernels the simulator had
         # passed: numba >= 0.66 rejects the builtin two-argument min/max in kernels
         # (numba/numba#10753), and dK/dV's Q and dY tiles took 64 KB of shared memory, over the 48 KB a
-        # block may declare, for float64 or heads of 128.
+        # block may declare, for float64 or heads of 128. In float32 kernels it also looks for float64
+        # arithmetic in the PTX: LayerNorm's mean and rstd were float64, from dividing by an int64 width.
         import numba.cuda.dispatcher
         from numba import config, cuda
 
@@ -128,6 +133,9 @@ if not CHILD:
         for name, kernel, signature, threads in _kernel_signatures(dtype_name):
             ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
             assert ".entry" in ptx, name
+            if dtype_name == "float32":  # no arithmetic promoted to float64 (an int divisor, a literal)
+                promoted = sorted(set(_FLOAT64_ARITHMETIC.findall(ptx)))
+                assert not promoted, f"{name}: float64 arithmetic in a float32 kernel: {promoted}"
             if ptxas:  # assembling checks what PTX cannot: shared memory (48 KB) and registers per block
                 path = tmp_path / "kernel.ptx"
                 path.write_text(ptx)

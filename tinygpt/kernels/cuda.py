@@ -1143,16 +1143,17 @@ def _row_kernels(THREADS, dtype_name):
         n = cuda.blockIdx.x
         t = cuda.threadIdx.x
         C = x.shape[1]
+        n_cols = nb_type(C)  # an int64 divisor would promote mu, and all that follows, to float64
         buf = cuda.shared.array(THREADS, nb_type)
         s = ZERO
         for c in range(t, C, THREADS):
             s += x[n, c]
-        mu = _block_sum(buf, s) / C
+        mu = _block_sum(buf, s) / n_cols
         s = ZERO
         for c in range(t, C, THREADS):
             d = x[n, c] - mu
             s += d * d
-        r = ONE / math.sqrt(_block_sum(buf, s) / C + eps)
+        r = ONE / math.sqrt(_block_sum(buf, s) / n_cols + eps)
         for c in range(t, C, THREADS):
             y = (x[n, c] - mu) * r * w[c]
             if has_bias:
@@ -1177,8 +1178,8 @@ def _row_kernels(THREADS, dtype_name):
             g = dout[n, c] * w[c]
             g_sum += g
             gx_sum += g * (x[n, c] - mu) * r
-        g_mean = _block_sum(buf, g_sum) / C
-        gx_mean = _block_sum(buf, gx_sum) / C
+        g_mean = _block_sum(buf, g_sum) / nb_type(C)  # a float divisor: int64 would promote to float64
+        gx_mean = _block_sum(buf, gx_sum) / nb_type(C)
         for c in range(t, C, THREADS):
             xhat = (x[n, c] - mu) * r
             dx[n, c] = r * (dout[n, c] * w[c] - g_mean - xhat * gx_mean)
