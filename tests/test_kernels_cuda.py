@@ -145,6 +145,9 @@ if not CHILD:
                 assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
                 registers = int(re.search(r"Used (\d+) registers", done.stderr).group(1))
                 assert registers * threads <= 65536, f"{name}: {registers} registers x {threads} threads"
+                # local memory is DRAM behind the caches: a stack array or a spilled register in a hot
+                # loop (the first attention kernels had both) costs more than the tiling saves
+                assert "0 bytes stack frame, 0 bytes spill stores" in done.stderr, f"{name}: {done.stderr}"
 
 else:
     from tinygpt import layers
