@@ -150,11 +150,28 @@ if not CHILD:
                 assert "0 bytes stack frame, 0 bytes spill stores" in done.stderr, f"{name}: {done.stderr}"
 
 else:
+    from numba import cuda
+
     from tinygpt import layers
     from tinygpt.errors import TinyGPTError
     from tinygpt.gradcheck import relative_error
     from tinygpt.kernels import cuda as K
     from tinygpt.kernels import get_ops, has_real_gpu
+
+    # Two kernels that index at -1 in thread 0: NumPy wraps around, a GPU reads out of bounds. (Globals: the
+    # simulator swaps the `cuda` a kernel uses for its fake only in the kernel's module globals.)
+    def _shift(src, out):
+        buf = cuda.shared.array(4, np.float32)
+        i = cuda.threadIdx.x
+        buf[i] = src[i - 1]
+        out[i] = buf[i]
+
+    def _shift_shared(src, out):
+        buf = cuda.shared.array(4, np.float32)
+        i = cuda.threadIdx.x
+        buf[i] = src[i]
+        cuda.syncthreads()
+        out[i] = buf[i - 1]
 
     def _make_simulated_shared_arrays_thread_safe():
         """Serialise the simulator's ``cuda.shared.array``, which is a check-then-set on a dict.
@@ -187,16 +204,62 @@ else:
                 dtype = numpy_support.as_dtype(dtype)
             with lock:
                 if key not in self._allocations:
-                    self._allocations[key] = np.empty(shape, dtype)
+                    self._allocations[key] = np.empty(shape, dtype).view(_NonNegativeIndexArray)
                 return self._allocations[key]
 
         kernelapi.FakeCUDAShared.array = array
+
+    class _NonNegativeIndexArray(np.ndarray):
+        """A simulated shared or local array that rejects negative indices (see below)."""
+
+        def __getitem__(self, idx):
+            _check_kernel_index(idx)
+            return np.ndarray.__getitem__(self, idx)
+
+        def __setitem__(self, idx, value):
+            _check_kernel_index(idx)
+            np.ndarray.__setitem__(self, idx, value)
+
+    def _check_kernel_index(idx):
+        for i in idx if isinstance(idx, tuple) else (idx,):
+            if isinstance(i, (int, np.integer)) and i < 0:
+                raise IndexError(f"negative index {idx} in a kernel: the simulator wraps it around (NumPy), "
+                                 "a GPU reads or writes outside the array")
+
+    def _make_simulated_indices_strict():
+        """Make the simulator fail where a GPU would read or write out of bounds at a negative index.
+
+        The simulator indexes NumPy arrays, which raise past the end but wrap a negative index around to
+        the end: a kernel computing index -1 on a ragged edge passes every simulator test and reads
+        garbage on a GPU. Device arrays, shared and local arrays all reject negative indices here.
+        """
+        from numba.cuda.simulator import kernelapi
+        from numba.cuda.simulator.cudadrv import devicearray
+
+        fake = devicearray.FakeCUDAArray
+        get, set_ = fake.__getitem__, fake.__setitem__
+
+        def getitem(self, idx):
+            _check_kernel_index(idx)
+            return get(self, idx)
+
+        def setitem(self, idx, value):
+            _check_kernel_index(idx)
+            return set_(self, idx, value)
+
+        fake.__getitem__, fake.__setitem__ = getitem, setitem
+        make_local = kernelapi.FakeCUDALocal.array
+        kernelapi.FakeCUDALocal.array = lambda self, shape, dtype: make_local(self, shape, dtype).view(
+            _NonNegativeIndexArray)
+        # shared arrays: made so by _make_simulated_shared_arrays_thread_safe (a wrapper here would move
+        # the caller's line, by which the simulator tells a kernel's shared arrays apart)
 
     if not has_real_gpu():
         # The simulator's main thread busy-polls its CUDA threads (syncthreads), so every hand-over of the
         # GIL waits out the switch interval: 0.5 ms instead of the default 5 ms runs these tests ~3x faster.
         sys.setswitchinterval(5e-4)
         _make_simulated_shared_arrays_thread_safe()
+        _make_simulated_indices_strict()
 
     TOL = {np.float32: 1e-5, np.float64: 1e-12}
     DTYPES = [np.float32, np.float64]
@@ -410,6 +473,13 @@ else:
         close(dx, dlogits @ wte, np.float64, "dx")
         close(dwte, dlogits.reshape(-1, 5).T @ x.reshape(-1, 4), np.float64, "dwte")
         assert K.on_device(ops.zeros_like(K.to_device(x)))
+
+    @pytest.mark.skipif(has_real_gpu(), reason="checks the simulator's strict indexing")
+    def test_simulator_rejects_negative_indices_as_a_gpu_would():
+        src, out = K.to_device(np.arange(4, dtype=np.float32)), K.to_device(np.zeros(4, np.float32))
+        for kernel in (cuda.jit(_shift), cuda.jit(_shift_shared)):
+            with pytest.raises(IndexError, match="negative index"):
+                kernel[1, 4](src, out)
 
     def test_bad_input_is_a_clear_error():
         with pytest.raises(TinyGPTError, match="inner sizes"):
