@@ -91,3 +91,23 @@ def test_save_pretrained_loads_into_transformers(hf_dir, tmp_path, caplog):
         hf_logits = hf.eval()(torch.from_numpy(idx)).logits.numpy()
     assert relative_error(hf_logits, model.forward(idx)[0]) < 1e-5
     torch.testing.assert_close(hf.lm_head.weight, hf.transformer.wte.weight)  # still tied
+
+
+def test_bfloat16_checkpoint_loads_widened_exactly(tmp_path):
+    # NumPy has no bfloat16, so safetensors' NumPy loader refuses such files; fine-tuned GPT-2s are often
+    # saved that way. tinygpt widens them to float32 (exact: bf16 is float32's upper half), as torch does.
+    from safetensors.numpy import load_file
+    from safetensors.torch import save_file
+
+    from tinygpt.model import GPTConfig
+
+    config = GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    GPT(config, seed=0).save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    bf16 = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in tensors.items()}
+    save_file(bf16, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    loaded = GPT.from_pretrained(tmp_path)
+    assert len(loaded.params) == len(bf16)
+    for name, tensor in bf16.items():
+        ours = loaded.params[name.removeprefix("transformer.")]
+        np.testing.assert_array_equal(ours, tensor.float().numpy(), err_msg=name)

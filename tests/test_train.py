@@ -18,7 +18,7 @@ from tinygpt import train as training
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.cli import main
 from tinygpt.errors import TinyGPTError
-from tinygpt.model import GPT
+from tinygpt.model import GPT, GPTConfig
 
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\n"
         "It is the east, and Juliet is the sun.\n\n"
@@ -206,9 +206,10 @@ def test_shipped_configs():
     sc = training.make_config(training.read_config_file("shakespeare_char"))
     nanogpt_cpu = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12,
                    "learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 100, "beta2": 0.99,
-                   "max_iters": 2000, "lr_decay_iters": 2000, "dropout": 0.0, "eval_iters": 20,
+                   "max_iters": 2000, "dropout": 0.0, "eval_iters": 20,
                    "tokenizer": "char", "grad_clip": 1.0, "weight_decay": 0.1}
     assert {k: getattr(sc, k) for k in nanogpt_cpu} == nanogpt_cpu
+    assert sc.lr_decay_iters is None  # = max_iters (nanoGPT's 2000), and follows a --max-iters override
     default = training.make_config(training.read_config_file("default"))
     assert default.data is None and default.tokenizer == "char"
 
@@ -308,3 +309,123 @@ def test_config_values_are_checked_when_set_from_python():
         training.make_config({"warmup_iters": 100, "lr_decay_iters": 50})
     assert training.make_config({"learning_rate": 1}).learning_rate == 1.0  # TOML ints are fine as floats
     assert json.loads(json.dumps(training.make_config({}).to_dict()))["n_layer"] == 4
+
+
+def _hashes(directory):
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(directory).rglob("*"))
+            if p.is_file() and not p.is_symlink()}
+
+
+def test_a_new_run_never_replaces_files_it_did_not_write(corpus, tmp_path, capsys):
+    # A transformers model directory, a folder of the user's own called checkpoints/, their own notes in
+    # metrics.jsonl: a run into any of them would have replaced or deleted those files. Refused, untouched.
+    hf = tmp_path / "hf"
+    GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16)).save_pretrained(hf)
+    mine = tmp_path / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "checkpoints" / "notes.txt").write_text("keep me")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "metrics.jsonl").write_text("my notes\n")
+    for out, what in [(hf, "model.safetensors"), (mine, "notes.txt"), (notes, "metrics.jsonl")]:
+        before = _hashes(out)
+        message = _one_line_error(capsys, ["train", "--data", str(corpus), "--out", str(out), *TINY,
+                                           "--max-iters", "1"])
+        assert what in message and "did not write" in message
+        assert _hashes(out) == before and not (out / "latest").exists()
+    # a directory left by a tinygpt run that stopped before its first checkpoint is still fine to reuse
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "1"]) == 0
+    (out / "latest").unlink()
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors", "state.json"):
+        (out / name).unlink()
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "1"]) == 0
+
+
+def test_resume_takes_the_run_directory_not_a_checkpoint_inside_it(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "2",
+                 "--eval-interval", "2"]) == 0
+    before = _hashes(out / "latest")
+    message = _one_line_error(capsys, ["train", "--resume", "--out", str(out / "latest"), "--max-iters", "4",
+                                       "--quiet"])
+    assert "not a training run" in message
+    assert _hashes(out / "latest") == before and not (out / "latest" / "metrics.jsonl").exists()
+
+
+def test_checkpoint_write_errors_are_one_line_and_keep_the_previous_checkpoint(corpus, tmp_path, capsys,
+                                                                              monkeypatch):
+    import safetensors.numpy
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "2",
+                 "--eval-interval", "2"]) == 0
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", disk_full)
+    message = _one_line_error(capsys, ["train", "--resume", "--out", str(out), "--max-iters", "4", "--quiet"])
+    assert "No space left on device" in message and "previous checkpoint is intact" in message
+    monkeypatch.undo()
+    assert load_checkpoint(out).state["step"] == 2
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # no temporary left
+
+
+def test_default_lr_decay_follows_max_iters_and_short_runs_resume(corpus, tmp_path):
+    # the shipped presets leave lr_decay_iters unset: --max-iters 4 decays to min_lr at step 4
+    values = {**training.read_config_file("default"), "data": str(corpus), "out": str(tmp_path / "a"),
+              "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "batch_size": 4, "eval_iters": 1,
+              "warmup_iters": 2, "max_iters": 4, "eval_interval": 4, "backend": "numpy"}
+    training.train(training.make_config(values), quiet=True)
+    rows = training.read_metrics(tmp_path / "a" / "metrics.jsonl")
+    assert rows[-1]["step"] == 4 and rows[-1]["lr"] == pytest.approx(values["min_lr"])
+    # a run shorter than its warmup resolves the decay to the warmup, so its saved config still resumes
+    cfg = _config(corpus, tmp_path / "b", warmup_iters=10, max_iters=2, eval_interval=2)
+    training.train(cfg, quiet=True)
+    assert load_checkpoint(tmp_path / "b").train_config["lr_decay_iters"] == 10
+    training.train(_config(corpus, tmp_path / "b"), resume=True, quiet=True, overrides={"max_iters": 4})
+    assert load_checkpoint(tmp_path / "b").state["step"] == 4
+
+
+def test_corrupt_state_json_and_bad_eval_batches_are_one_line_errors(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "1"]) == 0
+    assert "--max-batches" in _one_line_error(capsys, ["eval", "--out", str(out), "--max-batches", "0"])
+    state_path = (out / "state.json").resolve()
+    good = json.loads(state_path.read_text())
+
+    def resume_with(state):
+        # state.json has no checksum of its own; write it as a damaged or hand-edited file would be
+        state_path.write_text(json.dumps(state))
+        return _one_line_error(capsys, ["train", "--resume", "--out", str(out), "--max-iters", "2",
+                                        "--quiet"])
+
+    assert "bit generator" in resume_with({**good, "sampler_rng": {"bit_generator": "seed"}})
+    assert "RNG state" in resume_with({k: v for k, v in good.items() if k != "sampler_rng"})
+    assert "valid step" in resume_with({**good, "step": "3"})
+    assert "JSON object" in resume_with([1, 2])
+    state_path.write_text(json.dumps(good))
+    assert main(["train", "--resume", "--out", str(out), "--max-iters", "2", "--quiet"]) == 0
+
+
+def test_seed_sets_the_dropout_masks_when_fine_tuning(corpus, tmp_path):
+    base = tmp_path / "base"
+    training.train(_config(corpus, base, max_iters=1), quiet=True)
+    draws = []
+    for seed in (1, 2, 1):
+        cfg = _config(corpus, tmp_path / f"ft{len(draws)}", init_from=str(base), dropout=0.1, seed=seed)
+        model, _ = training.load_initial_model(cfg)
+        draws.append(model.dropout_rng.random(3))
+    assert not np.array_equal(draws[0], draws[1]) and np.array_equal(draws[0], draws[2])
+
+
+def test_resume_from_another_working_directory(corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(corpus.parent)
+    training.train(_config("input.txt", tmp_path / "run", max_iters=1), quiet=True)
+    monkeypatch.chdir(tmp_path / "run")
+    training.train(_config("input.txt", tmp_path / "run"), resume=True, quiet=True,
+                   overrides={"max_iters": 2})
+    assert load_checkpoint(tmp_path / "run").state["step"] == 2

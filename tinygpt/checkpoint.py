@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -99,6 +100,33 @@ def checkpoint_path(out_dir: str | os.PathLike) -> Path | None:
     return None
 
 
+_OUR_CHECKPOINT_ENTRY = re.compile(r"(\.tmp-)?step-\d{8}.*")  # what save_checkpoint puts in checkpoints/
+
+
+def check_new_run_dir(out_dir: str | os.PathLike) -> None:
+    """Refuse an output directory whose files a new run would replace or delete (raise TinyGPTError).
+
+    A run writes links named like the checkpoint's five files into ``out_dir`` and, after each save, deletes
+    every other entry of ``out_dir/checkpoints``: in a directory that already holds a transformers model or
+    a folder of its own called ``checkpoints``, that would destroy the user's files. Links (ours) and
+    entries a crashed tinygpt save left behind are fine.
+    """
+    out_dir = Path(out_dir)
+    for name in CHECKPOINT_FILES:
+        path = out_dir / name
+        if path.exists() and not path.is_symlink():
+            raise TinyGPTError(f"{out_dir} already holds a {name} that tinygpt did not write; choose another "
+                               "--out (nothing was changed)")
+    ckpt_root = out_dir / CHECKPOINTS
+    if ckpt_root.is_symlink() or (ckpt_root.exists() and not ckpt_root.is_dir()):
+        raise TinyGPTError(f"{ckpt_root} is not a directory tinygpt made; choose another --out")
+    if ckpt_root.is_dir():
+        foreign = [e.name for e in ckpt_root.iterdir() if not _OUR_CHECKPOINT_ENTRY.fullmatch(e.name)]
+        if foreign:
+            raise TinyGPTError(f"{ckpt_root} holds {foreign[0]!r}, which tinygpt did not write (each save "
+                               "deletes the other entries there); choose another --out")
+
+
 def _give_usual_permissions(directory: Path) -> None:
     """Give ``directory`` and its files the modes a plain ``mkdir`` / ``open`` would (0777 / 0666 less umask).
 
@@ -120,14 +148,21 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, tra
     ``optimizer`` an AdamW (or None; its ``state_dict`` holds host arrays), ``train_config`` the run's
     training settings (JSON-able), ``state`` the loop state (JSON-able: step, best_val_loss, RNG states).
     """
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
     out_dir = Path(out_dir)
     step = int(state["step"])
-    ckpt_root = out_dir / CHECKPOINTS
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     current = checkpoint_path(out_dir)
-    final = ckpt_root / f"step-{step:08d}"
+    if current is None:  # the first save into out_dir: make sure it replaces nothing of the user's
+        check_new_run_dir(out_dir)
+    ckpt_root = out_dir / CHECKPOINTS
+    try:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TinyGPTError(f"cannot create {ckpt_root}: {exc.strerror or exc}") from exc
+    # absolute, as checkpoint_path's answer is: a relative out_dir must still recognise the live checkpoint
+    final = ckpt_root.resolve() / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".tmp-step-{step:08d}-"))
     try:
         # 1. every file into a private temporary directory
@@ -163,8 +198,11 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, tra
             final = ckpt_root / f"step-{step:08d}-{os.getpid()}-{tmp.name[-6:]}"
         os.rename(tmp, final)
         _fsync_path(ckpt_root)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (OSError, SafetensorError)):  # a full disk, a file-size limit, an I/O error
+            raise TinyGPTError(f"could not write the checkpoint of step {step} into {ckpt_root} ({exc}); "
+                               "the previous checkpoint is intact") from exc
         raise
     # 3. swap the pointer (atomic): from here on readers see the new checkpoint
     _symlink_atomically(os.path.join(CHECKPOINTS, final.name), out_dir / LATEST)
@@ -221,6 +259,8 @@ def _locate(out_dir: str | os.PathLike) -> Path:
 def _verify(path: Path) -> dict:
     """Read state.json and check every file it vouches for: present, right size, right sha256."""
     state = _read_json(path / "state.json")
+    if not isinstance(state, dict):
+        raise TinyGPTError(f"corrupt checkpoint: {path / 'state.json'} is not a JSON object")
     files = state.get("files")
     if not isinstance(files, dict) or set(files) != set(CHECKPOINT_FILES[:-1]):
         raise TinyGPTError(f"corrupt checkpoint: {path / 'state.json'} lacks the file list")
@@ -228,8 +268,15 @@ def _verify(path: Path) -> dict:
         file = path / name
         if not file.is_file():
             raise TinyGPTError(f"corrupt checkpoint: {file} is missing")
-        if file.stat().st_size != expected.get("bytes") or _sha256(file) != expected.get("sha256"):
+        if not isinstance(expected, dict) or file.stat().st_size != expected.get("bytes") \
+                or _sha256(file) != expected.get("sha256"):
             raise TinyGPTError(f"corrupt checkpoint: {file} does not match its recorded size/sha256")
+    # state.json itself carries no checksum: check what resuming reads from it
+    if not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise TinyGPTError(f"corrupt checkpoint: {path / 'state.json'} has no valid step")
+    for key in ("sampler_rng", "dropout_rng"):
+        if key in state and state[key] is not None and not isinstance(state[key], dict):
+            raise TinyGPTError(f"corrupt checkpoint: {path / 'state.json'} has a malformed {key}")
     return state
 
 

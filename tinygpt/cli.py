@@ -508,15 +508,15 @@ def main(argv: list[str] | None = None) -> int:
     except TinyGPTError as exc:
         print(f"tinygpt: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-            PermissionError) as exc:
-        print(f"tinygpt: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        return 0
+    except OSError as exc:  # a missing file, a permission, a full disk: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"tinygpt: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tinygpt: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
     return int(result or 0)
 
 

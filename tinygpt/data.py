@@ -371,7 +371,7 @@ def rng_from_state(state: dict) -> np.random.Generator:
     """A Generator restored from :func:`rng_state` output, continuing the same stream."""
     name = state.get("bit_generator", "PCG64") if isinstance(state, dict) else None
     bit_generator_cls = getattr(np.random, str(name), None)
-    if bit_generator_cls is None:
+    if not (isinstance(bit_generator_cls, type) and issubclass(bit_generator_cls, np.random.BitGenerator)):
         raise TinyGPTError(f"unknown bit generator in saved RNG state: {name!r}")
     bit_generator = bit_generator_cls()
     try:

@@ -474,6 +474,8 @@ class GPT:
                 hf = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise TinyGPTError(f"{config_path} is not valid JSON: {exc}") from None
+        if not isinstance(hf, dict):
+            raise TinyGPTError(f"{config_path} is not a JSON object (expected a transformers GPT-2 config)")
         config = _config_from_hf(hf, config_path, dropout)
         tensors = _read_safetensors(path)
 
@@ -627,6 +629,43 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     for file in files:
         try:
             tensors.update(load_file(file))
+        except TypeError:  # NumPy has no bfloat16 ("data type 'bfloat16' not understood")
+            tensors.update(_read_safetensors_widening_bfloat16(file))
         except (SafetensorError, OSError) as exc:
             raise TinyGPTError(f"cannot read {file}: {exc}") from None
     return tensors
+
+
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
+                       "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _read_safetensors_widening_bfloat16(file: str) -> dict[str, np.ndarray]:
+    """A safetensors file read by hand, bfloat16 tensors widened to float32 (exactly: bf16 is f32's top half).
+
+    The format is an 8-byte little-endian header length, a JSON header (name -> dtype, shape, byte offsets
+    into the data that follows), then the raw tensors. A bfloat16 value is the upper 16 bits of a float32,
+    so widening is a 16-bit shift: ``uint32(bits) << 16`` viewed as float32.
+    """
+    try:
+        with open(file, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+        data = np.memmap(file, dtype=np.uint8, mode="r", offset=8 + header_len)
+        tensors = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            raw = data[start:end]
+            if info["dtype"] == "BF16":
+                array = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+            elif info["dtype"] in _SAFETENSORS_DTYPES:
+                array = raw.view(_SAFETENSORS_DTYPES[info["dtype"]]).copy()
+            else:
+                raise TinyGPTError(f"cannot read {file}: tensor {name!r} has dtype {info['dtype']}, which "
+                                   "tinygpt does not load")
+            tensors[name] = array.reshape(info["shape"])
+        return tensors
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TinyGPTError(f"cannot read {file}: {exc}") from None

@@ -223,6 +223,23 @@ def mean_loss(model, batches) -> float:
 # --- the training loop -------------------------------------------------------------------------------
 
 
+def _check_metrics_are_ours(out: Path) -> None:
+    """A new run in ``out`` replaces metrics.jsonl and loss.png: only if an earlier tinygpt run wrote them."""
+    metrics, plot = out / "metrics.jsonl", out / "loss.png"
+    if not metrics.exists() and not plot.exists():
+        return
+    try:
+        with open(metrics) as f:
+            first = json.loads(f.readline() or "{}")
+        ours = isinstance(first, dict) and (not first or {"step", "train_loss"} <= first.keys())
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        name = "metrics.jsonl" if metrics.exists() else "loss.png"
+        raise TinyGPTError(f"{out} already holds a {name} that tinygpt did not write; choose another --out "
+                           "(nothing was changed)")
+
+
 def _append_jsonl(path: Path, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -290,6 +307,8 @@ def load_initial_model(cfg: TrainConfig):
         raise TinyGPTError(f"--block-size {cfg.block_size} exceeds the initial model's block_size "
                            f"{model.config.block_size}")
     model.config.dropout = cfg.dropout
+    # a loaded model was built with seed 0: its dropout masks must follow --seed as a new model's do
+    model.dropout_rng = np.random.default_rng([cfg.seed, 1])
     mc = model.config
     cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.bias = mc.n_layer, mc.n_head, mc.n_embd, mc.bias
     cfg.tokenizer, cfg.vocab_size = kind, (tokenizer.vocab_size if kind == "bpe" else None)
@@ -304,6 +323,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
     """
     from tqdm.auto import tqdm
 
+    from tinygpt import checkpoint as ckpt_io
     from tinygpt.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
     from tinygpt.data import check_split_lengths, get_batch, prepare_dataset, rng_from_state, rng_state
     from tinygpt.model import GPT, GPTConfig
@@ -315,6 +335,9 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
     metrics_path = out / "metrics.jsonl"
     ckpt = None
     if resume:
+        if not (out / ckpt_io.LATEST).is_symlink() and (out / "state.json").is_file():
+            raise TinyGPTError(f"{out} is a checkpoint, not a training run: --resume takes the run's "
+                               f"directory (the one with the {ckpt_io.LATEST!r} link), which it writes into")
         ckpt = load_checkpoint(out, backend=(overrides or {}).get("backend"))  # None: the run's own
         saved = dict(ckpt.train_config)
         for name in FROZEN_ON_RESUME:
@@ -326,9 +349,13 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
     elif out.is_dir() and checkpoint_path(out) is not None:
         raise TinyGPTError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose "
                            "another --out")
+    elif out.is_dir():
+        ckpt_io.check_new_run_dir(out)  # before any training: a run must not replace files it did not write
+        _check_metrics_are_ours(out)
     cfg.validate()
-    if cfg.lr_decay_iters is None:
-        cfg.lr_decay_iters = cfg.max_iters  # resolved once, saved, so a resumed run keeps the same schedule
+    if cfg.lr_decay_iters is None:  # resolved once, saved, so a resumed run keeps the same schedule;
+        # never below warmup_iters (a run shorter than its warmup), which the saved config must satisfy
+        cfg.lr_decay_iters = max(cfg.max_iters, cfg.warmup_iters)
 
     def say(message):
         if not quiet:
@@ -374,6 +401,9 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
         optimizer.load_state_dict(ckpt.optimizer_state)
         optimizer.betas, optimizer.weight_decay = (cfg.beta1, cfg.beta2), cfg.weight_decay  # flags may change
         state.update({k: ckpt.state[k] for k in state if k in ckpt.state})
+        if "sampler_rng" not in ckpt.state:
+            raise TinyGPTError(f"corrupt checkpoint: {ckpt.path / 'state.json'} lacks the sampler's RNG "
+                               "state, which resuming needs")
         sampler_rng = rng_from_state(ckpt.state["sampler_rng"])
         if ckpt.state.get("dropout_rng") and _dropout_rng(model) is not None:
             model.dropout_rng = rng_from_state(ckpt.state["dropout_rng"])
@@ -388,7 +418,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
         "val": fixed_eval_batches(data.val, cfg.eval_iters, cfg.batch_size, cfg.block_size, cfg.seed),
     }
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps
-    config_record = {**cfg.to_dict(), "data": str(data_path)}
+    config_record = {**cfg.to_dict(), "data": str(data_path.resolve())}  # resumable from any directory
     run_start = time.perf_counter()
     elapsed_before = float(state["elapsed"])
     train_time = 0.0  # seconds spent in training steps since the last evaluation
@@ -546,6 +576,8 @@ def evaluate(out_dir: str | os.PathLike, data: str | None = None, split: str = "
         raise TinyGPTError(f"unknown split {split!r}: choose train or val")
     if batch_size <= 0:
         raise TinyGPTError(f"--batch-size must be positive, got {batch_size}")
+    if max_batches is not None and max_batches < 1:
+        raise TinyGPTError(f"--max-batches must be at least 1, got {max_batches}")
     ckpt = load_checkpoint(out_dir, backend=backend, with_optimizer=False)
     model, tokenizer = ckpt.model, ckpt.tokenizer
     data_path = Path(data) if data else _data_path(ckpt.train_config.get("data"))
