@@ -186,3 +186,18 @@ def test_checkpoint_files_get_the_usual_permissions_not_owner_only(tmp_path):
     assert stat.S_IMODE(ckpt.stat().st_mode) == 0o777 & ~umask
     for entry in ckpt.iterdir():
         assert stat.S_IMODE(entry.stat().st_mode) == 0o666 & ~umask, entry.name
+
+
+def test_resaving_the_live_step_with_a_relative_dir_never_removes_it_first(tmp_path, monkeypatch):
+    model, opt = _trained()
+    monkeypatch.chdir(tmp_path)
+    _save("run", model, opt, 1)
+
+    def killed(*args):
+        raise KeyboardInterrupt  # as if the process died at the rename
+
+    monkeypatch.setattr(checkpoint.os, "rename", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _save("run", model, opt, 1)  # the same step again: must publish beside the live one, not over it
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "run").state["step"] == 1
