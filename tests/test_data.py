@@ -150,6 +150,17 @@ def test_damaged_cache_is_rebuilt(tmp_path):
     np.testing.assert_array_equal(again.val, val)
 
 
+def test_cached_tokens_follow_the_val_fraction_asked(tmp_path):
+    src = tmp_path / "input.txt"
+    src.write_text(TEXT)
+    default = data.prepare_dataset(src, "char", cache=tmp_path)
+    half = data.prepare_dataset(src, "char", cache=tmp_path, val_fraction=0.5)  # same text and tokenizer
+    n = len(default.train) + len(default.val)
+    assert len(half.train) == round(n * 0.5) and len(half.val) == n - round(n * 0.5)
+    with pytest.raises(TinyGPTError, match="val_fraction"):
+        data.prepare_dataset(src, "char", cache=tmp_path, val_fraction=1.5)
+
+
 def test_bpe_tokenizer_is_trained_on_the_data_and_cached(tmp_path):
     src = tmp_path / "input.txt"
     src.write_text(TEXT)

@@ -323,6 +323,33 @@ def test_custom_regex_pattern_and_one_that_skips_text():
         BPETokenizer([], pattern=r"[a-z]+").encode("ab cd")
 
 
+def test_pattern_with_capturing_groups_is_refused():
+    # regex's findall returns the groups, not the chunks: such a pattern split wrongly (or crashed)
+    with pytest.raises(TinyGPTError, match="capturing groups"):
+        BPETokenizer.train("abcd", vocab_size=258, pattern=r"(.)(.)|.")
+    tok = BPETokenizer.train("abcd", vocab_size=258, pattern=r"(?:.)(?:.)|.")
+    assert tok.split("abcde") == ["ab", "cd", "e"]
+
+
+def test_bad_special_tokens_are_refused():
+    with pytest.raises(TinyGPTError, match="lone surrogate"):
+        BPETokenizer.train("abc abc", vocab_size=258, special_tokens=["\udcff"])
+    # a special with an ordinary token's bytes would share its key in encoder.json: the export broke
+    with pytest.raises(TinyGPTError, match="bytes of an ordinary token"):
+        BPETokenizer.train("abc abc", vocab_size=258, special_tokens=["a"])
+    with pytest.raises(TinyGPTError, match="bytes of an ordinary token"):
+        BPETokenizer([(97, 98)], special_tokens={"ab": 257})
+
+
+def test_gpt2_files_with_a_special_token_that_is_not_utf8_are_corrupt(gpt2, tmp_path):
+    encoder_json, vocab_bpe = gpt2.save_gpt2_files(tmp_path)
+    encoder = json.loads(encoder_json.read_text())
+    encoder["ÿÿ"] = len(encoder)  # bytes FF FF: not UTF-8, so not a special token's text
+    encoder_json.write_text(json.dumps(encoder))
+    with pytest.raises(TinyGPTError, match="corrupt encoder.json"):
+        BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)
+
+
 # --- training -------------------------------------------------------------------------------------
 
 
@@ -683,6 +710,8 @@ def test_cli_gpt2_and_special_tokens():
     [
         (("encode", "--tokenizer", "no/such/tok.json", "x"), "not found"),
         (("decode", "--tokenizer", "gpt2", "12", "x3"), "must be integers"),
+        (("decode", "--tokenizer", "gpt2", "²"), "must be integers"),  # was a StopIteration traceback
+        (("decode", "--tokenizer", "gpt2", "1_0"), "must be integers"),  # int() takes it: id 10
         (("decode", "--tokenizer", "gpt2", "99999"), "out of range"),
         (("train", "--input", "no_such_file.txt", "--vocab-size", "300", "--out", "t.json"), "No such file"),
         (("encode", "--tokenizer"), "expected one argument"),

@@ -257,6 +257,7 @@ def test_bad_data_files(tmp_path, capsys, monkeypatch):
     (["--bias", "maybe"], "invalid boolean"),
     (["--tokenizer", "words"], "invalid choice"),
     (["--tokenizer", "bpe"], "--vocab-size"),
+    (["--vocab-size", "512"], "--vocab-size applies to --tokenizer bpe only"),  # was silently ignored
     (["--no-such-option"], "unrecognized arguments"),
     (["--config", "no_such_config"], "neither a file nor a shipped config"),
     (["--seed", "-1"], "--seed must be a non-negative integer"),

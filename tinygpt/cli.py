@@ -8,6 +8,7 @@ and imports the module that does the work only when the command runs, so ``tinyg
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from tinygpt.errors import TinyGPTError
@@ -107,11 +108,10 @@ def _tokenizer_decode(args):
 
     tok = load_tokenizer(args.tokenizer)
     words = _tokenizer_read_utf8("-").split() if args.ids == ["-"] else args.ids
-    try:
-        ids = [int(w) for w in words]
-    except ValueError:
-        bad = next(w for w in words if not w.lstrip("-").isdigit())
-        raise TinyGPTError(f"token ids must be integers, got {bad!r}") from None
+    bad = next((w for w in words if not re.fullmatch(r"-?[0-9]+", w)), None)  # not int(): it takes "1_0", "٣"
+    if bad is not None:
+        raise TinyGPTError(f"token ids must be integers, got {bad!r}")
+    ids = [int(w) for w in words]
     _tokenizer_write_utf8(tok.decode(ids))
 
 

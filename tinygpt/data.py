@@ -271,11 +271,17 @@ class TokenData:
     text_path: Path
 
 
-def _valid_cache(folder: Path, text_sha256: str, fingerprint: str) -> dict | None:
+def _n_train(n_tokens: int, val_fraction: float) -> int:
+    return int(round(n_tokens * (1.0 - val_fraction)))
+
+
+def _valid_cache(folder: Path, text_sha256: str, fingerprint: str, val_fraction: float) -> dict | None:
     try:
         meta = json.loads((folder / "meta.json").read_text())
         dtype = np.dtype(meta["dtype"])
+        n_tokens = meta["train_tokens"] + meta["val_tokens"]
         ok = (meta.get("text_sha256") == text_sha256 and meta.get("tokenizer_sha256") == fingerprint
+              and meta["train_tokens"] == _n_train(n_tokens, val_fraction)  # split as asked this time
               and (folder / "train.bin").stat().st_size == meta["train_tokens"] * dtype.itemsize
               and (folder / "val.bin").stat().st_size == meta["val_tokens"] * dtype.itemsize)
         return meta if ok else None
@@ -293,6 +299,8 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
     split, so validation text is text the model never saw (not shuffled lines of the same scene).
     The cache lives in ``<cache>/tokens/<text sha256[:16]>-<tokenizer sha256[:16]>/``.
     """
+    if not 0.0 <= val_fraction < 1.0:
+        raise TinyGPTError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     text_path = Path(text_path)
     text = read_text(text_path)
     text_sha256 = sha256_bytes(text.encode("utf-8"))
@@ -301,11 +309,11 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
     fingerprint = tokenizer_fingerprint(tokenizer)
     root = Path(cache) if cache is not None else cache_dir()
     folder = root / "tokens" / f"{text_sha256[:16]}-{fingerprint[:16]}"
-    meta = _valid_cache(folder, text_sha256, fingerprint)
+    meta = _valid_cache(folder, text_sha256, fingerprint, val_fraction)
     if meta is None:
         ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
         dtype = token_dtype(tokenizer.vocab_size)
-        n_train = int(round(len(ids) * (1.0 - val_fraction)))
+        n_train = _n_train(len(ids), val_fraction)
         folder.mkdir(parents=True, exist_ok=True)
         _atomic_write_bytes(folder / "train.bin", ids[:n_train].astype(dtype).tobytes())
         _atomic_write_bytes(folder / "val.bin", ids[n_train:].astype(dtype).tobytes())

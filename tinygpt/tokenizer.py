@@ -107,9 +107,11 @@ def resolve_split_pattern(pattern: str) -> tuple[str | None, str]:
     if regex.fullmatch(r"[\w\-]+", pattern):
         raise TinyGPTError(f"unknown split pattern name {pattern!r}: use 'gpt2', 'gpt4' or a regex string")
     try:
-        regex.compile(pattern)
+        compiled = regex.compile(pattern)
     except regex.error as exc:
         raise TinyGPTError(f"split pattern is not a valid regex: {exc}") from None
+    if compiled.groups:  # findall would return the groups, not the chunks: make them non-capturing
+        raise TinyGPTError(f"split pattern {pattern!r} has capturing groups; write them as (?:...)")
     return None, pattern
 
 
@@ -345,7 +347,11 @@ class BPETokenizer:
         if not all(isinstance(s, str) and s for s in special_tokens):
             raise TinyGPTError("special tokens must be non-empty strings")
         self.special_tokens: dict[str, int] = dict(sorted(special_tokens.items(), key=lambda kv: kv[1]))
-        self.token_bytes.extend(s.encode("utf-8") for s in self.special_tokens)
+        ordinary = set(self.token_bytes)
+        for s in self.special_tokens:
+            if _utf8(s) in ordinary:  # GPT-2's encoder.json keys tokens by their bytes: they must differ
+                raise TinyGPTError(f"special token {s!r} has the bytes of an ordinary token; choose another")
+        self.token_bytes.extend(_utf8(s) for s in self.special_tokens)
         self._chunk_cache: dict[str, list[int]] = {}
         self._merge_table: tuple[np.ndarray, ...] | None = None  # built on first compiled use
 
@@ -604,7 +610,11 @@ class BPETokenizer:
             if not all(c in char_to_byte for c in s):
                 raise TinyGPTError(f"corrupt encoder.json {encoder_json}: token {s!r} is not byte-level text")
         # GPT-2's files store special tokens as plain text; ours too, which is the same for ASCII ones.
-        specials = {bytes(char_to_byte[c] for c in s).decode("utf-8"): i for s, i in specials.items()}
+        try:
+            specials = {bytes(char_to_byte[c] for c in s).decode("utf-8"): i for s, i in specials.items()}
+        except UnicodeDecodeError as exc:
+            raise TinyGPTError(f"corrupt encoder.json {encoder_json}: a special token is not UTF-8 ({exc})") \
+                from None
         if len(encoder) != n_base + len(specials):
             raise TinyGPTError(f"corrupt encoder.json {encoder_json}: {len(encoder)} ids for {n_base} tokens")
         return cls(merges, pattern="gpt2", special_tokens=specials, byte_ids=byte_ids)

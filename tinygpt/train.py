@@ -122,6 +122,9 @@ class TrainConfig:
             raise TinyGPTError(f"unknown tokenizer {self.tokenizer!r}: choose char, bpe or gpt2")
         if self.tokenizer == "bpe" and self.vocab_size is None:
             raise TinyGPTError("--tokenizer bpe needs --vocab-size N (more than 256)")
+        if self.vocab_size is not None and self.tokenizer != "bpe":
+            raise TinyGPTError(f"--vocab-size applies to --tokenizer bpe only (the {self.tokenizer} "
+                               "tokenizer's vocabulary is fixed by its text or files)")
         if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size <= 256):
             raise TinyGPTError(f"--vocab-size must be an integer above 256, got {self.vocab_size!r}")
         if not isinstance(self.bias, bool):
