@@ -51,3 +51,19 @@ def test_train_bpe_then_sample_from_endoftext(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["sample", "--out", str(out), "--max-new-tokens", "8", "--seed", "0", "--stop-at-eos"]) == 0
     assert capsys.readouterr().out.endswith("\n")
+
+
+@pytest.mark.parametrize("error, message", [
+    (MemoryError(), "out of memory"),
+    (OSError(28, "No space left on device"), "No space left on device"),  # not only missing files
+])
+def test_memory_and_disk_errors_are_one_line_exit_2(monkeypatch, capsys, error, message):
+    import tinygpt.cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(tinygpt.cli, "_tokenizer_decode", fail)
+    assert main(["tokenizer", "decode", "--tokenizer", "gpt2", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("tinygpt: error: ") and message in err, err

@@ -539,3 +539,18 @@ def test_train_pretrained_gpt2_dir_uses_its_shape_and_gpt2_tokenizer(tmp_path, m
     ckpt = load_checkpoint(tmp_path / "b")
     assert ckpt.model.config.n_embd == 8 and ckpt.model.config.block_size == 32
     assert ckpt.train_config["tokenizer"] == "gpt2" and ckpt.tokenizer.vocab_size == 50257
+
+
+def test_numeric_label_names_match_csv_and_jsonl_labels(tmp_path, capsys):
+    # --labels 1,0 arrives as text: a .csv's labels are text too, a .jsonl's may be integers
+    assert ft.label_vocabulary(["1", "0", "1"], names=["1", "0"])[1].tolist() == [0, 1, 0]
+    assert ft.label_vocabulary([1, 0, 1], names=["1", "0"])[0] == [1, 0]
+    data = tmp_path / "n.csv"
+    data.write_text("text,label\nthe fox,1\nlazy dog,0\nthe quick,1\ndog lazy,0\nthe fox,1\nlazy dog,0\n")
+    assert main(["finetune", "--data", str(data), "--out", str(tmp_path / "clf"), "--labels", "1,0",
+                 "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+                 "--max-iters", "1", "--backend", "numpy", "--quiet"]) == 0
+    assert ft.load_classifier(tmp_path / "clf").labels == ["1", "0"]
+    _fails(capsys, ["eval", "--out", str(tmp_path / "clf"), "--batch-size", "0"], "--batch-size")
+    with pytest.raises(TinyGPTError, match="batch-size"):  # -1 ran no batch and scored uninitialised memory
+        ft.predict_proba(ft.load_classifier(tmp_path / "clf"), ["the fox"], batch_size=-1)

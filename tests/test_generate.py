@@ -606,3 +606,27 @@ def test_cli_sample_defaults_to_the_out_directory_of_tinygpt_train(char_run_dir,
     assert rc == 0
     expected = model.generate(np.array([tokenizer.encode("the ")]), 20, temperature=0)
     assert out == tokenizer.decode(expected[0].tolist()) + "\n"
+
+
+def test_vocab_limit_never_draws_the_padding_ids(peaked_params):
+    # a model padded past its tokenizer (nanoGPT's 50304 for GPT-2's 50257): the padding ids have no text
+    limit = VOCAB // 2
+    out = generate(peaked_params, CONFIG, _prompts(3, 4), 60, temperature=2.0, seed=0, vocab_limit=limit)
+    new = out[:, 4:]
+    assert new.max() < limit and len(np.unique(new)) > 3
+    same = generate(peaked_params, CONFIG, _prompts(3, 4), 20, seed=0, vocab_limit=VOCAB)
+    assert np.array_equal(same, generate(peaked_params, CONFIG, _prompts(3, 4), 20, seed=0))
+    for bad in (0, VOCAB + 1, 2.5):
+        with pytest.raises(TinyGPTError, match="vocab_limit"):
+            generate(peaked_params, CONFIG, _prompts(1, 4), 2, vocab_limit=bad)
+
+
+def test_output_grows_as_tokens_come(peaked_params):
+    # more tokens than the first allocation (1,024), and the same stream as a shorter run with the seed
+    long = generate(peaked_params, CONFIG, _prompts(2, 3), 1500, seed=7)
+    short = generate(peaked_params, CONFIG, _prompts(2, 3), 1000, seed=7)
+    assert long.shape == (2, 1503) and np.array_equal(long[:, :1003], short)
+    # a run that eos ends early never allocates what max_new_tokens would have needed (8 TB here)
+    first = int(generate(peaked_params, CONFIG, _prompts(1, 3), 1, temperature=0)[0, -1])
+    out = generate(peaked_params, CONFIG, _prompts(1, 3), 10**12, temperature=0, eos_token=first)
+    assert out.shape == (1, 4)

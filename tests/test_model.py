@@ -359,3 +359,9 @@ def test_from_pretrained_errors(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(TinyGPTError, match="no model.safetensors"):
         GPT.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": []}))
+    with pytest.raises(TinyGPTError, match="not a valid safetensors index"):
+        GPT.from_pretrained(tmp_path)
+    config_path.write_text("[1, 2]")
+    with pytest.raises(TinyGPTError, match="not a JSON object"):
+        GPT.from_pretrained(tmp_path)

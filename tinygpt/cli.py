@@ -319,6 +319,8 @@ def _run_sample(args):
         ids = [tokenizer.start_token]
     else:
         raise TinyGPTError("this tokenizer has no start token: give a --prompt")
+    # a model padded past its tokenizer (nanoGPT-style 50304) must not draw the padding ids: they have no text
+    vocab_limit = tokenizer.vocab_size if tokenizer.vocab_size < model.config.vocab_size else None
     rng = np.random.default_rng(args.seed)  # one stream for all samples: sample i depends on the seed alone
     out = sys.stdout
     for i in range(args.num_samples):
@@ -335,7 +337,7 @@ def _run_sample(args):
 
         generate(model.host_params(), model.config, np.array([ids]), args.max_new_tokens,
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=rng, eos_token=eos,
-                 on_token=show)  # fmt: skip
+                 on_token=show, vocab_limit=vocab_limit)  # fmt: skip
         out.write(decoder.flush() + "\n")
         out.flush()
 
@@ -399,9 +401,8 @@ def _run_finetune(args):
 
     labels = None
     if args.labels is not None:
-        labels = [name.strip() for name in args.labels.split(",")]
-        if all(name.lstrip("-").isdigit() for name in labels):
-            labels = [int(name) for name in labels]  # integer labels in a .jsonl file
+        labels = [name.strip() for name in args.labels.split(",")]  # as text: finetune matches them to
+        # the data's labels, which are strings in a .csv and may be integers in a .jsonl
     cfg = FinetuneConfig(
         data=args.data, out=args.out, init_from=args.init_from, pretrained=args.pretrained,
         freeze_body=args.freeze_body, labels=labels, val_fraction=args.val_fraction, seed=args.seed,
@@ -513,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a missing file, a permission, a full disk: one line, not a traceback
         where = f": {exc.filename}" if exc.filename else ""
         print(f"tinygpt: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:  # e.g. a size that asks for terabytes
+        print(f"tinygpt: error: out of memory ({exc or 'the request is too large'})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tinygpt: interrupted", file=sys.stderr)

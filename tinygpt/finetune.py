@@ -43,6 +43,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -147,6 +148,9 @@ def label_vocabulary(labels: list, names: list | None = None) -> tuple[list, np.
         names = present
     else:
         names = list(names)
+        integer_text = all(isinstance(n, str) and re.fullmatch(r"-?[0-9]+", n.strip()) for n in names)
+        if present and all(isinstance(label, int) for label in present) and integer_text:
+            names = [int(n) for n in names]  # given as text (the CLI), the data's are integers (a .jsonl)
         if len(set(names)) != len(names):
             raise TinyGPTError(f"the label list {names} repeats a label")
         unknown = [label for label in present if label not in names]
@@ -302,6 +306,8 @@ def classifier_backward(cache, dloss: float = 1.0) -> dict[str, np.ndarray]:
 
 def _batches_by_length(seqs, batch_size):
     """Index batches with similar lengths together (less padding computed); order restored by callers."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise TinyGPTError(f"--batch-size must be a positive integer, got {batch_size!r}")
     order = np.argsort([len(s) for s in seqs], kind="stable")
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
@@ -689,6 +695,9 @@ def evaluate_classifier(out_dir, data: str | None = None, split: str = "val", ba
     """
     if split not in ("train", "val", "all"):
         raise TinyGPTError(f"unknown split {split!r}: choose train, val or all")
+    _batches_by_length([], batch_size)  # checks batch_size before anything loads
+    if max_batches is not None and max_batches < 1:
+        raise TinyGPTError(f"--max-batches must be at least 1, got {max_batches}")
     clf = load_classifier(out_dir, backend=backend)
     path = data or clf.meta.get("data")
     texts, raw_labels, splits = read_labelled(path)

@@ -377,6 +377,7 @@ def generate(
     eos_token=None,
     on_token=None,
     use_cache=True,
+    vocab_limit=None,
 ):
     """Continue B prompts of equal length by up to ``max_new_tokens`` tokens each.
 
@@ -390,6 +391,8 @@ def generate(
     - ``on_token(ids)`` is called after every step with the (B,) new tokens, for streaming.
     - ``use_cache=False`` recomputes the full forward (``forward_uncached``) for every token: the reference
       the KV cache must match, and the baseline of its speed-up.
+    - ``vocab_limit``: sample only ids below it, for a model whose vocabulary was padded past its
+      tokenizer's (nanoGPT pads GPT-2's 50,257 to 50,304 for speed): the padding ids have no text.
 
     Prompts longer than ``block_size`` are cropped to their last block_size tokens, as is the context once
     it outgrows block_size (see the module docstring for how the cache follows).
@@ -401,11 +404,16 @@ def generate(
     idx = _check_idx(idx, config.vocab_size)
     if eos_token is not None and not (_is_int(eos_token) and 0 <= eos_token < config.vocab_size):
         raise TinyGPTError(f"eos_token {eos_token} is not a token id in [0, {config.vocab_size})")
+    if vocab_limit is not None and not (_is_int(vocab_limit) and 0 < vocab_limit <= config.vocab_size):
+        raise TinyGPTError(f"vocab_limit must be an integer in [1, {config.vocab_size}], got {vocab_limit!r}")
+    if eos_token is not None and vocab_limit is not None and eos_token >= vocab_limit:
+        raise TinyGPTError(f"eos_token {eos_token} is at or past vocab_limit {vocab_limit}")
     rng = np.random.default_rng(seed)  # a Generator passes through unchanged
 
     B, T = idx.shape
     block = config.block_size
-    out = np.empty((B, T + max_new_tokens), dtype=np.int64)
+    # the output grows as tokens come (a huge max_new_tokens that eos ends early must not be allocated)
+    out = np.empty((B, T + min(max_new_tokens, 1024)), dtype=np.int64)
     out[:, :T] = idx
     finished = np.zeros(B, dtype=bool)
     if use_cache:
@@ -424,10 +432,15 @@ def generate(
         else:  # the prompt, or a window that slid: (re)fill the cache for the whole window
             logits = forward_cached(params, config, out[:, start:n], kv_cache, 0, lm_head)
             cached = n - start
+        if vocab_limit is not None:
+            logits = logits[:, :vocab_limit]
         next_ids = sample_next(logits, rng, temperature, top_k, top_p)  # (B,)
         if eos_token is not None:
             next_ids[finished] = eos_token  # finished rows are padded with eos
             finished |= next_ids == eos_token
+        if n == out.shape[1]:  # full: double the room, up to what max_new_tokens can still need
+            room = min(out.shape[1], T + max_new_tokens - n)
+            out = np.concatenate([out, np.empty((B, room), dtype=np.int64)], axis=1)
         out[:, n] = next_ids
         n += 1
         if on_token is not None:

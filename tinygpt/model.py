@@ -438,7 +438,8 @@ class GPT:
     # --- generation -------------------------------------------------------------------------------
 
     def generate(
-        self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, eos_token=None
+        self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, eos_token=None,
+        vocab_limit=None,
     ):
         """Continue ``idx`` (B, T) by up to ``max_new_tokens`` tokens: see ``tinygpt.generate.generate``.
 
@@ -448,7 +449,7 @@ class GPT:
 
         return generate(
             self.host_params(), self.config, idx, max_new_tokens, temperature=temperature, top_k=top_k,
-            top_p=top_p, seed=seed, eos_token=eos_token,
+            top_p=top_p, seed=seed, eos_token=eos_token, vocab_limit=vocab_limit,
         )  # fmt: skip
 
     # --- GPT-2 checkpoints (transformers' format) --------------------------------------------------
@@ -620,6 +621,8 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
         try:
             with open(index, encoding="utf-8") as f:
                 weight_map = json.load(f)["weight_map"]
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError("weight_map must map tensor names to file names")
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise TinyGPTError(f"{index} is not a valid safetensors index: {exc}") from None
         files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
