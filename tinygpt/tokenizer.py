@@ -44,6 +44,7 @@ import numpy as np
 import regex
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import write_atomic
 
 # --- split patterns -------------------------------------------------------------------------------
 
@@ -957,14 +958,8 @@ def _indented_lines(lines: list[str]) -> str:
 
 
 def _write_text_atomic(path, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+    """Write UTF-8 text so that a crash never leaves half a file (``tinygpt.files.write_atomic``)."""
     path = Path(path)
     if path.is_dir():
         raise TinyGPTError(f"cannot write {path}: it is a directory")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode("utf-8"))

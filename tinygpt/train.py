@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import write_atomic
 
 TOKENIZER_KINDS = ("char", "bpe", "gpt2")
 
@@ -268,9 +269,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 def _truncate_metrics(path: Path, last_step: int) -> None:
     """Keep the rows up to the checkpoint we resume from; rows written after it will be written again."""
     rows = [r for r in read_metrics(path) if r.get("step", math.inf) <= last_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows).encode())  # fsynced: never left empty
 
 
 def _dropout_rng(model):

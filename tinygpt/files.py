@@ -1,0 +1,29 @@
+"""Writing a file so that a crash, a full disk or a kill never leaves half of it, nor a stray temporary."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path``: a uniquely named temporary file beside it, fsynced, then renamed over it.
+
+    The rename is atomic, so readers see the old file or the new one. The temporary's name is fresh (a
+    user's ``PATH.tmp`` is never touched) and it is removed if anything fails before the rename.
+    """
+    path = Path(path)
+    if not path.parent.exists():  # (a parent that is a file fails below, as "Not a directory")
+        path.parent.mkdir(parents=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
