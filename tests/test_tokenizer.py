@@ -341,6 +341,16 @@ def test_bad_special_tokens_are_refused():
         BPETokenizer([(97, 98)], special_tokens={"ab": 257})
 
 
+def test_token_ids_in_a_loaded_file_must_be_ints():
+    # JSON's 256.0 and true compare equal to 256 and 1: they loaded, and encode printed "256.0"
+    with pytest.raises(TinyGPTError, match="special token ids"):
+        BPETokenizer([], special_tokens={"<s>": 256.0})
+    with pytest.raises(TinyGPTError, match="merge 0"):
+        BPETokenizer([(True, False)])
+    with pytest.raises(TinyGPTError, match="byte_ids"):
+        BPETokenizer([], byte_ids=[float(i) for i in range(256)])
+
+
 def test_gpt2_files_with_a_special_token_that_is_not_utf8_are_corrupt(gpt2, tmp_path):
     encoder_json, vocab_bpe = gpt2.save_gpt2_files(tmp_path)
     encoder = json.loads(encoder_json.read_text())
@@ -633,7 +643,7 @@ def test_bad_encode_decode_input(gpt2):
         ('{"type": "bpe", "pattern": "gpt2", "special_tokens": 5, "byte_ids": null, "merges": []}',
          "bad or missing field"),
         ('{"type": "bpe", "pattern": "gpt2", "special_tokens": {}, "byte_ids": ["x"], "merges": []}',
-         "bad or missing field"),
+         "byte_ids must give each of the 256 bytes"),
         ('{"type": "bpe", "pattern": "nope", "special_tokens": {}, "byte_ids": null, "merges": []}',
          "unknown split pattern name"),
         ('{"type": "bpe", "pattern": "gpt2", "special_tokens": {}, "byte_ids": null, "merges": [7]}',

@@ -86,6 +86,9 @@ def test_resume_refuses_to_change_the_model_shape(corpus, tmp_path):
     with pytest.raises(TinyGPTError, match="cannot change --n-layer"):
         training.train(training.TrainConfig(out=str(tmp_path / "run")), resume=True, quiet=True,
                        overrides={"n_layer": 2})
+    with pytest.raises(TinyGPTError, match="cannot change --seed"):  # it draws the fixed eval batches
+        training.train(training.TrainConfig(out=str(tmp_path / "run")), resume=True, quiet=True,
+                       overrides={"seed": 5})
     with pytest.raises(TinyGPTError, match="already holds a checkpoint"):
         training.train(_config(corpus, tmp_path / "run", max_iters=2), quiet=True)
 

@@ -319,8 +319,8 @@ class BPETokenizer:
         self._split_regex = regex.compile(self.pattern)
         ascii_pattern = _ASCII_SPLIT_PATTERNS.get(self.pattern_name)
         self._ascii_split_regex = re.compile(ascii_pattern) if ascii_pattern else None
-        self.byte_ids = list(range(256)) if byte_ids is None else [int(i) for i in byte_ids]
-        if sorted(self.byte_ids) != list(range(256)):
+        self.byte_ids = list(range(256)) if byte_ids is None else list(byte_ids)
+        if not all(_is_id(i) for i in self.byte_ids) or sorted(self.byte_ids) != list(range(256)):
             raise TinyGPTError("byte_ids must give each of the 256 bytes a distinct id in 0..255")
 
         # token_bytes[id] = the bytes the token stands for; ranks[(a, b)] = id of the merged token.
@@ -330,7 +330,7 @@ class BPETokenizer:
         self.merges: list[tuple[int, int]] = []
         self.ranks: dict[tuple[int, int], int] = {}
         for i, pair in enumerate(merges):
-            if len(pair) != 2 or not all(isinstance(t, int) and 0 <= t < 256 + i for t in pair):
+            if len(pair) != 2 or not all(_is_id(t) and 0 <= t < 256 + i for t in pair):
                 raise TinyGPTError(f"merge {i} must be a pair of earlier ids (< {256 + i}), got {pair!r}")
             a, b = pair
             if (a, b) in self.ranks:
@@ -343,7 +343,8 @@ class BPETokenizer:
 
         special_tokens = dict(special_tokens or {})
         n_base = len(self.token_bytes)
-        if sorted(special_tokens.values()) != list(range(n_base, n_base + len(special_tokens))):
+        if not all(_is_id(i) for i in special_tokens.values()) \
+                or sorted(special_tokens.values()) != list(range(n_base, n_base + len(special_tokens))):
             raise TinyGPTError(f"special token ids must be {n_base}, {n_base + 1}, ... (after the merges)")
         if not all(isinstance(s, str) and s for s in special_tokens):
             raise TinyGPTError("special tokens must be non-empty strings")
@@ -903,6 +904,11 @@ def _visible_char(c: str) -> str:
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+def _is_id(value) -> bool:
+    """An int token id (a loaded file's 256.0 or true is not one, though they compare equal)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _utf8(text: str) -> bytes:

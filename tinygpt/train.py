@@ -138,7 +138,10 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Settings that fix the model's shape or vocabulary: a resumed run must keep them.
-FROZEN_ON_RESUME = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", "tokenizer", "vocab_size")
+# settings a resumed run must keep: the model's shape and tokenizer, and the seed (the fixed evaluation
+# batches are drawn from it: another seed would evaluate on other text mid-run)
+FROZEN_ON_RESUME = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", "tokenizer", "vocab_size",
+                    "seed")
 
 
 def _flag(name: str) -> str:
