@@ -411,3 +411,28 @@ def test_device_helpers_on_cpu_backends_match_numpy():
         assert relative_error(dx, ref_dx) < 1e-12 and relative_error(dwte, ref_dwte.T) < 1e-12
         a = x.copy()
         assert ops.add_inplace(a, x) is a and np.array_equal(a, 2 * x)
+
+
+def test_attention_leaves_its_input_alone_even_at_one_token():
+    # at B = T = 1 the q slice of qkv is contiguous, so ascontiguousarray returned a view and scaling q
+    # wrote into the caller's array (and a read-only qkv raised)
+    qkv = np.random.default_rng(0).standard_normal((1, 1, 12)).astype(np.float32)
+    before = qkv.copy()
+    qkv.flags.writeable = False
+    out, _ = cpu.attention_forward(qkv, 2)
+    np.testing.assert_array_equal(qkv, before)
+    np.testing.assert_allclose(out, layers.attention_forward(before, 2)[0], rtol=1e-6)
+
+
+def test_bench_kernels_cpu_cases_run_and_time_what_training_runs():
+    pytest.importorskip("torch")
+    from tinygpt.bench import kernels as bench
+
+    cases, torch_cases = bench.cpu_op_cases(B=2, T=5, C=12, H=2, V=7)
+    peer = torch_cases()
+    for name, make in cases.items():
+        for backend in ("numpy", "numba"):
+            make(get_ops(backend))()
+        peer[name]()
+    assert bench._adamw(get_ops("numba"), np.zeros((2, 2), np.float32)).kernel is not None  # the fused step
+    assert bench._adamw(get_ops("numpy"), np.zeros((2, 2), np.float32)).kernel is None

@@ -87,7 +87,9 @@ def tinygpt_step(config_name: str, backend: str, with_optimizer: bool):
     if with_optimizer:
         from tinygpt.optim import AdamW
 
-        optimizer = AdamW(model.params, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+        # the optimizer `tinygpt train` builds: with the numba backend, AdamW runs the fused kernel
+        kernel = model.ops.adamw_update if getattr(model.ops, "name", "numpy") == "numba" else None
+        optimizer = AdamW(model.params, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, kernel=kernel)
 
     def step():
         model.forward(idx, targets)
@@ -157,6 +159,8 @@ def _status_kb(field: str) -> int:
 def _probe_main(argv):
     """Entry point of the probe subprocess: build one side, run one step, print RSS before and peak during.
 
+    One warm-up step runs first, so the measured step is a steady-state one: compiled kernels loaded
+    (numba's JIT cache stays resident), the optimizer's moments made (both sides create them lazily).
     The peak is VmHWM of this process's own memory map. (``getrusage``'s ru_maxrss would not do: across
     fork + exec it keeps the parent's peak, and the parent here holds PyTorch and several models.)
     """
@@ -165,6 +169,7 @@ def _probe_main(argv):
         step, _ = tinygpt_step(config_name, backend, with_optimizer == "1")
     else:
         step, _ = torch_step(config_name, int(threads), with_optimizer == "1")
+    step()  # warm-up
     before = _status_kb("VmRSS")
     try:  # reset the peak to the current RSS, so the peak below is this step's (Linux >= 4.0)
         with open("/proc/self/clear_refs", "w") as f:

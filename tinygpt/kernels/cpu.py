@@ -430,6 +430,8 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=layers.QUE
     hs = C // n_head
     # (B, T, 3C) -> (B, T, 3, H, hs) -> three contiguous (B, H, T, hs): BLAS gets whole, dense matrices
     q, k, v = (np.ascontiguousarray(a) for a in qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4))
+    if np.shares_memory(q, qkv):  # at B = T = 1 the slice is contiguous already: a view, not a copy
+        q = q.copy()
     q *= qkv.dtype.type(1.0 / math.sqrt(hs))  # scale q once (T*hs multiplies) rather than the scores (T*T)
     y = np.empty((B, n_head, T, hs), dtype=qkv.dtype)
     probs, keeps = [], []
