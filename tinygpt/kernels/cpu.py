@@ -607,8 +607,9 @@ def share_cores_with_blas() -> int:
     thread on the non-spinning "workqueue" layer (numpy backend: 83 ms; ``tinygpt bench train --configs
     small``), and two workqueue threads measured no faster than one (50 vs 44 ms a step, 2026-11-23). With
     one thread the kernels still win by fusion and SIMD, and run their serial builds (see ``_Kernel``).
-    Setting NUMBA_NUM_THREADS or NUMBA_THREADING_LAYER yourself (e.g. with OPENBLAS_NUM_THREADS=1) keeps
-    Numba's choices and the parallel builds. Both apply from the first parallel launch on, in this thread.
+    Setting NUMBA_NUM_THREADS > 1 yourself (e.g. with OPENBLAS_NUM_THREADS=1) gets the parallel builds on
+    that many threads; NUMBA_THREADING_LAYER, set, is kept (alone it leaves one thread, so the serial
+    builds). Both apply from the first parallel launch on, in this thread.
     """
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "workqueue"
