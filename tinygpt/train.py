@@ -137,8 +137,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-# Settings that fix the model's shape or vocabulary: a resumed run must keep them.
-# settings a resumed run must keep: the model's shape and tokenizer, and the seed (the fixed evaluation
+# Settings a resumed run must keep: the model's shape and tokenizer, and the seed (the fixed evaluation
 # batches are drawn from it: another seed would evaluate on other text mid-run)
 FROZEN_ON_RESUME = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", "tokenizer", "vocab_size",
                     "seed")
@@ -328,8 +327,13 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
     """
     from tqdm.auto import tqdm
 
-    from tinygpt import checkpoint as ckpt_io
-    from tinygpt.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+    from tinygpt.checkpoint import (
+        LATEST,
+        check_new_run_dir,
+        checkpoint_path,
+        load_checkpoint,
+        save_checkpoint,
+    )
     from tinygpt.data import check_split_lengths, get_batch, prepare_dataset, rng_from_state, rng_state
     from tinygpt.model import GPT, GPTConfig
     from tinygpt.optim import AdamW, clip_grad_norm, lr_at, scale_grads
@@ -340,9 +344,9 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
     metrics_path = out / "metrics.jsonl"
     ckpt = None
     if resume:
-        if not (out / ckpt_io.LATEST).is_symlink() and (out / "state.json").is_file():
+        if not (out / LATEST).is_symlink() and (out / "state.json").is_file():
             raise TinyGPTError(f"{out} is a checkpoint, not a training run: --resume takes the run's "
-                               f"directory (the one with the {ckpt_io.LATEST!r} link), which it writes into")
+                               f"directory (the one with the {LATEST!r} link), which it writes into")
         ckpt = load_checkpoint(out, backend=(overrides or {}).get("backend"))  # None: the run's own
         saved = dict(ckpt.train_config)
         for name in FROZEN_ON_RESUME:
@@ -355,7 +359,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
         raise TinyGPTError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose "
                            "another --out")
     elif out.is_dir():
-        ckpt_io.check_new_run_dir(out)  # before any training: a run must not replace files it did not write
+        check_new_run_dir(out)  # before any training: a run must not replace files it did not write
         _check_metrics_are_ours(out)
     cfg.validate()
     if cfg.lr_decay_iters is None:  # resolved once, saved, so a resumed run keeps the same schedule;
