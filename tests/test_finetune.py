@@ -522,7 +522,8 @@ def test_train_init_from_bad_input(tmp_path, lm_dir, capsys, monkeypatch):
     corpus = tmp_path / "lm.txt"
     corpus.write_text(LM_TEXT)
     _fails(capsys, ["train", "--data", str(corpus), "--out", str(tmp_path / "x"), "--init-from", str(lm_dir),
-                    "--block-size", "64", *LM_FLAGS], "exceeds the initial model's block_size 24")
+                    "--block-size", "64", *LM_FLAGS], "exceeds the initial model's block_size 24",
+           "pass --block-size 24 or less")
     # a tinygpt run directory given as --pretrained: GPT-2's tokenizer would not fit its 37-odd-token model
     _fails(capsys, ["train", "--data", str(corpus), "--out", str(tmp_path / "x"), "--pretrained", str(lm_dir),
                     "--block-size", "8", *LM_FLAGS], "use --init-from")

@@ -308,8 +308,9 @@ def load_initial_model(cfg: TrainConfig):
         kind = "char" if isinstance(tokenizer, CharTokenizer) else "gpt2" if tokenizer.vocab_size == 50257 \
             else "bpe"
     if cfg.block_size > model.config.block_size:
-        raise TinyGPTError(f"--block-size {cfg.block_size} exceeds the initial model's block_size "
-                           f"{model.config.block_size}")
+        raise TinyGPTError(f"--block-size {cfg.block_size} (the preset's unless you gave it) exceeds the "
+                           f"initial model's block_size {model.config.block_size}: pass --block-size "
+                           f"{model.config.block_size} or less")
     model.config.dropout = cfg.dropout
     # a loaded model was built with seed 0: its dropout masks must follow --seed as a new model's do
     model.dropout_rng = np.random.default_rng([cfg.seed, 1])
