@@ -336,6 +336,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
         save_checkpoint,
     )
     from tinygpt.data import check_split_lengths, get_batch, prepare_dataset, rng_from_state, rng_state
+    from tinygpt.kernels import fused_adamw
     from tinygpt.model import GPT, GPTConfig
     from tinygpt.optim import AdamW, clip_grad_norm, lr_at, scale_grads
 
@@ -402,7 +403,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
         model = GPT(gpt_config, seed=cfg.seed, backend=cfg.backend)
     model.train()
     # With the numba backend, AdamW runs as one fused parallel pass per tensor (same math, same state).
-    kernel = model.ops.adamw_update if getattr(model.ops, "name", "numpy") == "numba" else None
+    kernel = fused_adamw(model.ops)
     optimizer = AdamW(model.params, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                       weight_decay=cfg.weight_decay, kernel=kernel)
     sampler_rng = np.random.default_rng([cfg.seed, 2])  # (GPT uses seed for init, [seed, 1] for dropout)

@@ -188,10 +188,11 @@ def bench_train_gpu(torch, cuda, K, repeats, batch, shape=(6, 6, 384, 256, 65)):
 
 def _adamw(ops, param):
     """The AdamW training builds for a backend: the fused kernel with numba, NumPy's in-place step else."""
+    from tinygpt.kernels import fused_adamw
     from tinygpt.optim import AdamW
 
-    kernel = ops.adamw_update if getattr(ops, "name", "numpy") == "numba" else None
-    return AdamW({"p": param}, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, kernel=kernel)
+    return AdamW({"p": param}, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
+                 kernel=fused_adamw(ops))
 
 
 def cpu_op_cases(B=8, T=256, C=384, H=6, V=65):

@@ -85,11 +85,12 @@ def tinygpt_step(config_name: str, backend: str, with_optimizer: bool):
     targets = rng.integers(0, VOCAB_SIZE, (B, T))
     optimizer = None
     if with_optimizer:
+        from tinygpt.kernels import fused_adamw
         from tinygpt.optim import AdamW
 
         # the optimizer `tinygpt train` builds: with the numba backend, AdamW runs the fused kernel
-        kernel = model.ops.adamw_update if getattr(model.ops, "name", "numpy") == "numba" else None
-        optimizer = AdamW(model.params, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, kernel=kernel)
+        optimizer = AdamW(model.params, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1,
+                          kernel=fused_adamw(model.ops))
 
     def step():
         model.forward(idx, targets)

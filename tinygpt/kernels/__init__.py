@@ -140,6 +140,12 @@ def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, bias_co
     param -= (lr / bias_corr1) * m / denom
 
 
+def fused_adamw(ops):
+    """The update ``optim.AdamW(kernel=...)`` should run for a backend's model: numba's fused one-pass kernel,
+    else None (AdamW's own in-place NumPy step, faster than the reference above, which allocates)."""
+    return ops.adamw_update if getattr(ops, "name", "numpy") == "numba" else None
+
+
 # Helpers a model needs to keep a training step on one device (see "Device-resident training" below).
 # For the NumPy and Numba backends they are the obvious NumPy one-liners; tinygpt.kernels.cuda has its own.
 HELPER_NAMES = ("to_device", "to_host", "add", "add_inplace", "zeros_like", "sum_squares",
