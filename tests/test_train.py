@@ -433,3 +433,42 @@ def test_resume_from_another_working_directory(corpus, tmp_path, monkeypatch):
     training.train(_config("input.txt", tmp_path / "run"), resume=True, quiet=True,
                    overrides={"max_iters": 2})
     assert load_checkpoint(tmp_path / "run").state["step"] == 2
+
+
+_FAULTS_PROBE = """
+import resource, sys
+import numpy as np
+if sys.argv[1] == "retain":
+    from tinygpt.train import retain_freed_memory
+    assert retain_freed_memory()
+def step():  # a training step's pattern: many large temporaries alive at once, then all freed
+    arrays = [np.ones(2**19, np.float32) for _ in range(16)]  # 16 x 2 MiB
+    del arrays
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.confstr("CS_GNU_LIBC_VERSION") is None,
+                    reason="glibc's mallopt")
+def test_retain_freed_memory_stops_steps_from_page_faulting_their_temporaries_back_in():
+    # in subprocesses: the setting is process-wide. Without it glibc hands the 32 MiB back every "step"
+    # and the next one faults all 8,192 pages in again (the control shows the probe can tell)
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _FAULTS_PROBE, mode], capture_output=True, text=True,
+                             check=True)
+        return int(out.stdout.strip())
+
+    assert faults("default") > 10 * 4096
+    assert faults("retain") < 1000
+
+
+def test_the_train_command_retains_freed_memory(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(training, "retain_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(training, "train", lambda *a, **k: None)
+    assert main(["train", "--out", str(tmp_path / "run"), *TINY]) in (0, None)
+    assert calls == [1]

@@ -158,6 +158,7 @@ _BACKEND_CHOICES = ("numpy", "numba", "cuda", "auto")
 def _run_train(args):
     from tinygpt import train
 
+    train.retain_freed_memory()  # steps reuse their freed activations instead of page-faulting fresh ones
     overrides = {name: getattr(args, name) for name in train.FIELDS if getattr(args, name, None) is not None}
     if args.resume:
         if args.config:
@@ -401,7 +402,9 @@ def _add_finetune(sub):
 
 def _run_finetune(args):
     from tinygpt.finetune import FinetuneConfig, finetune_classifier
+    from tinygpt.train import retain_freed_memory
 
+    retain_freed_memory()  # as for `tinygpt train`
     labels = None
     if args.labels is not None:
         labels = [name.strip() for name in args.labels.split(",")]  # as text: finetune matches them to
