@@ -351,10 +351,35 @@ def test_token_ids_in_a_loaded_file_must_be_ints():
         BPETokenizer([], byte_ids=[float(i) for i in range(256)])
 
 
-def test_gpt2_files_with_a_special_token_that_is_not_utf8_are_corrupt(gpt2, tmp_path):
+def test_gpt2_files_keep_special_tokens_in_plain_text_as_hf_looks_them_up(tmp_path):
+    # byte-level text would write "<|finĠdeĠtexte|>": HF tokenizers' add_special_tokens then missed it in
+    # the vocabulary and gave it a new id, and GPT-2's own file has "<|endoftext|>" in plain text
+    specials = ["<|endoftext|>", "<|fin de texte|>", "<|終|>", "ÿÿ"]
+    tok = BPETokenizer.train(training_corpus(), vocab_size=400, special_tokens=specials)
+    encoder_json, vocab_bpe = tok.save_gpt2_files(tmp_path)
+    encoder = json.loads(encoder_json.read_text(encoding="utf-8"))
+    assert {s: encoder[s] for s in specials} == tok.special_tokens
+    hf = _hf_from_files(encoder_json, vocab_bpe)
+    hf.add_special_tokens(specials)
+    assert [hf.token_to_id(s) for s in specials] == [tok.special_tokens[s] for s in specials]
+    text = "O Romeo<|fin de texte|>wherefore<|終|> art ÿÿthou<|endoftext|>"
+    assert hf.encode(text).ids == tok.encode(text, allowed_special="all")
+    reloaded = BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)
+    assert reloaded.special_tokens == tok.special_tokens
+    assert reloaded.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
+
+
+def test_a_special_token_spelled_like_an_ordinary_tokens_byte_level_text_cannot_be_exported(tmp_path):
+    tok = BPETokenizer([], special_tokens={"Ġ": 256})  # byte 0x20 (space) is written "Ġ" in encoder.json
+    with pytest.raises(TinyGPTError, match="spelled like an ordinary token"):
+        tok.save_gpt2_files(tmp_path)
+    assert not (tmp_path / "encoder.json").exists()
+
+
+def test_gpt2_files_with_a_non_integer_special_id_are_corrupt(gpt2, tmp_path):
     encoder_json, vocab_bpe = gpt2.save_gpt2_files(tmp_path)
     encoder = json.loads(encoder_json.read_text())
-    encoder["ÿÿ"] = len(encoder)  # bytes FF FF: not UTF-8, so not a special token's text
+    encoder["<|pad|>"] = float(len(encoder))  # 50257.0: not an id
     encoder_json.write_text(json.dumps(encoder))
     with pytest.raises(TinyGPTError, match="corrupt encoder.json"):
         BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)

@@ -590,7 +590,6 @@ class BPETokenizer:
         if not isinstance(encoder, dict):
             raise TinyGPTError(f"corrupt encoder.json {encoder_json}: expected a JSON object of token -> id")
         merge_lines = _read_text(vocab_bpe).split("\n")
-        char_to_byte = {c: b for b, c in enumerate(gpt2_bytes_to_unicode())}
         try:
             byte_ids = [encoder[c] for c in gpt2_bytes_to_unicode()]
             merges = []
@@ -607,16 +606,10 @@ class BPETokenizer:
                 raise
             raise TinyGPTError(f"corrupt GPT-2 files {encoder_json}, {vocab_bpe}: {exc!r}") from None
         n_base = 256 + len(merges)
-        specials = {s: i for s, i in encoder.items() if isinstance(i, int) and i >= n_base}
-        for s in specials:
-            if not all(c in char_to_byte for c in s):
-                raise TinyGPTError(f"corrupt encoder.json {encoder_json}: token {s!r} is not byte-level text")
-        # GPT-2's files store special tokens as plain text; ours too, which is the same for ASCII ones.
-        try:
-            specials = {bytes(char_to_byte[c] for c in s).decode("utf-8"): i for s, i in specials.items()}
-        except UnicodeDecodeError as exc:
-            raise TinyGPTError(f"corrupt encoder.json {encoder_json}: a special token is not UTF-8 ({exc})") \
-                from None
+        # Special tokens are stored as plain text, not byte-level text: GPT-2's "<|endoftext|>" is, and HF
+        # tokenizers looks an added special token up by its plain text (a byte-level "<|endĠofĠtext|>"
+        # would get a new id there). The ids beyond the merges must be exactly the specials.
+        specials = {s: i for s, i in encoder.items() if _is_id(i) and i >= n_base}
         if len(encoder) != n_base + len(specials):
             raise TinyGPTError(f"corrupt encoder.json {encoder_json}: {len(encoder)} ids for {n_base} tokens")
         return cls(merges, pattern="gpt2", special_tokens=specials, byte_ids=byte_ids)
@@ -640,7 +633,12 @@ class BPETokenizer:
             return "".join(to_char[b] for b in token)
 
         encoder = {as_text(t): i for i, t in enumerate(self.token_bytes[: 256 + len(self.merges)])}
-        encoder.update({as_text(s.encode("utf-8")): i for s, i in self.special_tokens.items()})
+        # special tokens in plain text, as GPT-2's file has "<|endoftext|>" (see from_gpt2_files)
+        clashes = sorted(s for s in self.special_tokens if s in encoder)
+        if clashes:
+            raise TinyGPTError(f"cannot write GPT-2's files: special token {clashes[0]!r} is spelled like an "
+                               "ordinary token's byte-level text there")
+        encoder.update(self.special_tokens)
         encoder_path, vocab_path = directory / "encoder.json", directory / "vocab.bpe"
         _write_text_atomic(encoder_path, json.dumps(encoder, ensure_ascii=False))
         token_text = [as_text(t) for t in self.token_bytes]
