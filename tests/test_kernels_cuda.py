@@ -156,7 +156,7 @@ else:
     from tinygpt.errors import TinyGPTError
     from tinygpt.gradcheck import relative_error
     from tinygpt.kernels import cuda as K
-    from tinygpt.kernels import get_ops, has_real_gpu
+    from tinygpt.kernels import get_ops, has_real_gpu, simulator
 
     # Two kernels that index at -1 in thread 0: NumPy wraps around, a GPU reads out of bounds. (Globals: the
     # simulator swaps the `cuda` a kernel uses for its fake only in the kernel's module globals.)
@@ -173,93 +173,12 @@ else:
         cuda.syncthreads()
         out[i] = buf[i - 1]
 
-    def _make_simulated_shared_arrays_thread_safe():
-        """Serialise the simulator's ``cuda.shared.array``, which is a check-then-set on a dict.
-
-        numba 0.68's simulator (and numba-cuda's, 2026) keys a block's shared arrays by the calling source
-        line: the first thread to reach the line finds no entry and stores a new array, the others get that
-        one. Nothing locks the two steps, so a thread preempted between them (the GIL changes hands every
-        switch interval) leaves a second thread to store a second array: the block's threads then write
-        into different "shared" arrays and reductions read garbage. With a GIL release forced into that
-        window (a sleep in the allocation) a LayerNorm launch fails every time, and passes with this lock.
-        It is the likely cause of the one unexplained failure of the cuda training-loop test seen in CI
-        (a wrong loss, not an error), rare because the window is a few bytecodes wide. Same keys as the
-        simulator's (file, line of the caller), under a lock.
-        """
-        import threading
-
-        from numba.core import types
-        from numba.cuda.simulator import kernelapi
-        from numba.np import numpy_support
-
-        lock = threading.Lock()
-        original = kernelapi.FakeCUDAShared.array
-
-        def array(self, shape, dtype):
-            if shape == 0:  # dynamic shared memory: one preallocated buffer, nothing to race on
-                return original(self, shape, dtype)
-            caller = sys._getframe(1)
-            key = (caller.f_code.co_filename, caller.f_lineno)
-            if isinstance(dtype, types.Type):
-                dtype = numpy_support.as_dtype(dtype)
-            with lock:
-                if key not in self._allocations:
-                    self._allocations[key] = np.empty(shape, dtype).view(_NonNegativeIndexArray)
-                return self._allocations[key]
-
-        kernelapi.FakeCUDAShared.array = array
-
-    class _NonNegativeIndexArray(np.ndarray):
-        """A simulated shared or local array that rejects negative indices (see below)."""
-
-        def __getitem__(self, idx):
-            _check_kernel_index(idx)
-            return np.ndarray.__getitem__(self, idx)
-
-        def __setitem__(self, idx, value):
-            _check_kernel_index(idx)
-            np.ndarray.__setitem__(self, idx, value)
-
-    def _check_kernel_index(idx):
-        for i in idx if isinstance(idx, tuple) else (idx,):
-            if isinstance(i, (int, np.integer)) and i < 0:
-                raise IndexError(f"negative index {idx} in a kernel: the simulator wraps it around (NumPy), "
-                                 "a GPU reads or writes outside the array")
-
-    def _make_simulated_indices_strict():
-        """Make the simulator fail where a GPU would read or write out of bounds at a negative index.
-
-        The simulator indexes NumPy arrays, which raise past the end but wrap a negative index around to
-        the end: a kernel computing index -1 on a ragged edge passes every simulator test and reads
-        garbage on a GPU. Device arrays, shared and local arrays all reject negative indices here.
-        """
-        from numba.cuda.simulator import kernelapi
-        from numba.cuda.simulator.cudadrv import devicearray
-
-        fake = devicearray.FakeCUDAArray
-        get, set_ = fake.__getitem__, fake.__setitem__
-
-        def getitem(self, idx):
-            _check_kernel_index(idx)
-            return get(self, idx)
-
-        def setitem(self, idx, value):
-            _check_kernel_index(idx)
-            return set_(self, idx, value)
-
-        fake.__getitem__, fake.__setitem__ = getitem, setitem
-        make_local = kernelapi.FakeCUDALocal.array
-        kernelapi.FakeCUDALocal.array = lambda self, shape, dtype: make_local(self, shape, dtype).view(
-            _NonNegativeIndexArray)
-        # shared arrays: made so by _make_simulated_shared_arrays_thread_safe (a wrapper here would move
-        # the caller's line, by which the simulator tells a kernel's shared arrays apart)
-
     if not has_real_gpu():
         # The simulator's main thread busy-polls its CUDA threads (syncthreads), so every hand-over of the
         # GIL waits out the switch interval: 0.5 ms instead of the default 5 ms runs these tests ~3x faster.
         sys.setswitchinterval(5e-4)
-        _make_simulated_shared_arrays_thread_safe()
-        _make_simulated_indices_strict()
+        # importing tinygpt.kernels.cuda has made shared arrays thread-safe; strict indexing is for tests
+        simulator.make_indices_strict()
 
     TOL = {np.float32: 1e-5, np.float64: 1e-12}
     DTYPES = [np.float32, np.float64]
@@ -480,6 +399,35 @@ else:
         for kernel in (cuda.jit(_shift), cuda.jit(_shift_shared)):
             with pytest.raises(IndexError, match="negative index"):
                 kernel[1, 4](src, out)
+
+    @pytest.mark.skipif(has_real_gpu(), reason="checks a mend to the simulator")
+    def test_simulated_shared_arrays_stay_shared_when_threads_race_to_make_them(monkeypatch):
+        # A sleep in np.empty hands the GIL over inside the simulator's check-then-set of a block's shared
+        # array: unlocked (the control), the block's threads get different arrays and LayerNorm's
+        # reductions read garbage; with tinygpt.kernels.simulator's lock, the result is right.
+        import time
+
+        from numba.cuda.simulator import kernelapi
+
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2, 2, 40)).astype(np.float32)
+        w, b = rng.standard_normal(40).astype(np.float32), rng.standard_normal(40).astype(np.float32)
+        expected = layers.layernorm_forward(x, w, b)[0]
+        real_empty = np.empty
+
+        def slow_empty(*args, **kwargs):
+            time.sleep(0.002)
+            return real_empty(*args, **kwargs)
+
+        monkeypatch.setattr(np, "empty", slow_empty)
+        locked = K.to_host(K.layernorm_forward(x, w, b)[0])
+        monkeypatch.setattr(kernelapi.FakeCUDAShared, "array", kernelapi.FakeCUDAShared.array.unlocked)
+        try:
+            corrupted = not np.allclose(K.to_host(K.layernorm_forward(x, w, b)[0]), expected, atol=1e-3)
+        except ValueError:  # the garbage reached a square root ("math domain error")
+            corrupted = True
+        assert relative_error(locked, expected) < 1e-5
+        assert corrupted
 
     def test_bad_input_is_a_clear_error():
         with pytest.raises(TinyGPTError, match="inner sizes"):

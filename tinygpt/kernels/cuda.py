@@ -41,7 +41,11 @@ import numpy as np
 from numba import cuda
 
 from tinygpt.errors import TinyGPTError
-from tinygpt.kernels import attention_keep_mask, checked_token_ids, dropout_keep_mask
+from tinygpt.kernels import _simulator_enabled, attention_keep_mask, checked_token_ids, dropout_keep_mask
+from tinygpt.kernels.simulator import make_shared_arrays_thread_safe
+
+if _simulator_enabled():  # the simulator's shared arrays race without it (see tinygpt.kernels.simulator)
+    make_shared_arrays_thread_safe()
 
 __all__ = [
     "embedding_forward", "embedding_backward", "layernorm_forward", "layernorm_backward",
