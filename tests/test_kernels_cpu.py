@@ -367,6 +367,33 @@ def test_cpu_kernels_reject_bad_input_with_one_line_errors():
         cpu.cross_entropy_forward(np.zeros((1, 2, 3), np.float32), np.array([[0, 3]]))
     with pytest.raises(TinyGPTError, match="float32 or float64"):
         cpu.gelu_forward(np.zeros(3, np.int64))
+    with pytest.raises(TinyGPTError, match="targets must be integers"):  # not truncated to 1
+        cpu.cross_entropy_forward(np.zeros((1, 1, 3), np.float32), np.array([[1.9]]))
+
+
+def test_cpu_kernels_refuse_shapes_they_would_index_past():
+    # The compiled kernels have no bounds checks: each of these read or wrote memory outside an array
+    # (a LayerNorm output changed with whatever lay past `weight`; embedding_backward wrote into token 1)
+    x = np.ones((1, 1, 8), np.float32)
+    with pytest.raises(TinyGPTError, match="weight has shape"):
+        cpu.layernorm_forward(x, np.ones(4, np.float32), None)
+    with pytest.raises(TinyGPTError, match="bias has shape"):
+        cpu.layernorm_forward(x, np.ones(8, np.float32), np.ones(9, np.float32))
+    _, cache = cpu.layernorm_forward(x, np.ones(8, np.float32), None)
+    with pytest.raises(TinyGPTError, match="dout has shape"):
+        cpu.layernorm_backward(np.ones((1, 8, 1), np.float32), cache)
+    _, cache = cpu.gelu_forward(x)
+    with pytest.raises(TinyGPTError, match="dout has shape"):
+        cpu.gelu_backward(np.ones(3, np.float32), cache)
+    wte = np.zeros((5, 8), np.float32)
+    with pytest.raises(TinyGPTError, match="wpe has shape"):
+        cpu.embedding_forward(np.array([[0]]), wte, np.zeros((4, 2), np.float32))
+    _, cache = cpu.embedding_forward(np.array([[0]]), wte, np.zeros((4, 8), np.float32))
+    with pytest.raises(TinyGPTError, match="dout has shape"):
+        cpu.embedding_backward(np.ones((1, 1, 16), np.float32), cache)
+    _, cache = cpu.attention_forward(np.ones((1, 2, 12), np.float32), n_head=2)
+    with pytest.raises(TinyGPTError, match="dout has shape"):
+        cpu.attention_backward(np.ones((1, 2, 8), np.float32), cache)
 
 
 # --- the whole model ------------------------------------------------------------------------------

@@ -437,6 +437,14 @@ else:
         with pytest.raises(TinyGPTError, match="device array"):
             p = np.zeros(3, np.float32)
             K.adamw_update(p, p, p, p, 1e-3, 0.9, 0.95, 1e-8, 0.0, 0.1, 0.05)
+        # shapes a kernel would index past (on a GPU, silently)
+        x = np.ones((1, 2, 8), np.float32)
+        with pytest.raises(TinyGPTError, match="weight has shape"):
+            K.layernorm_forward(x, np.ones(4, np.float32), None)
+        with pytest.raises(TinyGPTError, match="dout has shape"):
+            K.gelu_backward(np.ones(3, np.float32), K.gelu_forward(x)[1])
+        with pytest.raises(TinyGPTError, match="wpe has shape"):
+            K.embedding_forward(np.array([[0]]), np.zeros((5, 8), np.float32), np.zeros((4, 2), np.float32))
 
     # --- device-resident training ----------------------------------------------------------------
 

@@ -47,6 +47,13 @@ from tinygpt.errors import TinyGPTError
 BACKENDS = ("numpy", "numba", "cuda", "auto")
 
 
+def check_shape(name: str, what: str, array, expected: tuple) -> None:
+    """TinyGPTError unless ``array.shape == expected``. Compiled kernels index by the shapes they are told,
+    without bounds checks: an array of another shape would be read or written outside its memory."""
+    if tuple(array.shape) != tuple(expected):
+        raise TinyGPTError(f"{name}: {what} has shape {tuple(array.shape)}, expected {tuple(expected)}")
+
+
 def checked_token_ids(idx, vocab_size: int, block_size: int) -> np.ndarray:
     """idx as a contiguous (B, T) int64 array, after the checks a compiled kernel cannot make for itself.
 

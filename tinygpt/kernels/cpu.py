@@ -47,7 +47,7 @@ from numba.extending import overload
 
 from tinygpt import layers
 from tinygpt.errors import TinyGPTError
-from tinygpt.kernels import checked_token_ids, dropout_keep_mask
+from tinygpt.kernels import check_shape, checked_token_ids, dropout_keep_mask
 
 
 class _Kernel:
@@ -195,6 +195,9 @@ def _embedding_backward_kernel(idx, dout, dwte, dwpe, n_chunks):
 def embedding_forward(idx, wte, wpe):
     """Token plus position embedding. (B, T) int -> (B, T, C) = wte[idx] + wpe[:T]."""
     _check_float("embedding_forward", wte, wpe)
+    if wte.ndim != 2:
+        raise TinyGPTError(f"embedding_forward: wte must be (V, C), got shape {wte.shape}")
+    check_shape("embedding_forward", "wpe", wpe, (wpe.shape[0], wte.shape[1]))
     idx = checked_token_ids(idx, wte.shape[0], wpe.shape[0])
     B, T = idx.shape
     V, C = wte.shape
@@ -206,6 +209,7 @@ def embedding_forward(idx, wte, wpe):
 def embedding_backward(dout, cache):
     """(B, T, C) -> dwte (V, C), dwpe (block_size, C); a token seen k times gets k rows added."""
     idx, wte_shape, wpe_shape = cache
+    check_shape("embedding_backward", "dout", dout, (*idx.shape, wte_shape[1]))
     dout = np.ascontiguousarray(dout)
     dwte = np.zeros(wte_shape, dtype=dout.dtype)
     dwpe = np.zeros(wpe_shape, dtype=dout.dtype)
@@ -268,6 +272,9 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
     """(..., C) -> (..., C): (x - mean) / sqrt(var + eps) * weight + bias over the last axis."""
     _check_float("layernorm_forward", x, weight, bias)
     C = x.shape[-1]
+    check_shape("layernorm_forward", "weight", weight, (C,))
+    if bias is not None:
+        check_shape("layernorm_forward", "bias", bias, (C,))
     x2 = np.ascontiguousarray(x).reshape(-1, C)
     N = x2.shape[0]
     out = np.empty_like(x2)
@@ -282,6 +289,7 @@ def layernorm_backward(dout, cache):
     """(..., C) -> dx (..., C), dweight (C,), dbias (C,) or None when the forward had no bias."""
     x2, weight, has_bias, mean, rstd, shape = cache
     N, C = x2.shape
+    check_shape("layernorm_backward", "dout", dout, shape)
     dout2 = np.ascontiguousarray(dout).reshape(N, C)
     dx = np.empty_like(x2)
     n_chunks = _n_chunks(N)
@@ -341,6 +349,7 @@ def gelu_forward(x):
 def gelu_backward(dout, cache):
     """Any shape -> dx of the same shape."""
     x = cache
+    check_shape("gelu_backward", "dout", dout, x.shape)
     dout = np.ascontiguousarray(dout, dtype=x.dtype)
     dx = np.empty_like(x)
     _gelu_backward_kernel(dout.reshape(-1), x.reshape(-1), dx.reshape(-1))
@@ -455,6 +464,7 @@ def attention_backward(dout, cache):
     """
     q, k, v, probs, keeps, query_block = cache
     B, H, T, hs = q.shape
+    check_shape("attention_backward", "dout", dout, (B, T, H * hs))
     dy = np.ascontiguousarray(dout.reshape(B, T, H, hs).transpose(0, 2, 1, 3), dtype=q.dtype)  # (B, H, T, hs)
     dq = np.empty_like(q)
     dk = np.zeros_like(k)  # dk and dv accumulate over the query blocks that saw each key
@@ -529,6 +539,8 @@ def cross_entropy_forward(logits, targets):
     _check_float("cross_entropy_forward", logits)
     V = logits.shape[-1]
     targets = np.asarray(targets)
+    if targets.size and not np.issubdtype(targets.dtype, np.integer):
+        raise TinyGPTError(f"cross_entropy_forward: targets must be integers, got {targets.dtype}")
     if targets.shape != logits.shape[:-1]:
         raise TinyGPTError(f"cross_entropy_forward: targets shape {targets.shape} does not match "
                            f"logits {logits.shape[:-1]}")

@@ -41,7 +41,13 @@ import numpy as np
 from numba import cuda
 
 from tinygpt.errors import TinyGPTError
-from tinygpt.kernels import _simulator_enabled, attention_keep_mask, checked_token_ids, dropout_keep_mask
+from tinygpt.kernels import (
+    _simulator_enabled,
+    attention_keep_mask,
+    check_shape,
+    checked_token_ids,
+    dropout_keep_mask,
+)
 from tinygpt.kernels.simulator import make_shared_arrays_thread_safe
 
 if _simulator_enabled():  # the simulator's shared arrays race without it (see tinygpt.kernels.simulator)
@@ -840,6 +846,7 @@ def flash_attention_forward(qkv, n_head, dropout=0.0, rng=None, tiles=None):
 def flash_attention_backward(dout, cache):
     """``attention_backward`` with the forward's tile sizes."""
     qkv, out, lse, n_head, keep, use_dropout, (BR, BC) = cache
+    check_shape("attention_backward", "dout", dout, out.shape)
     device = on_device(dout)
     dout = to_device(dout)
     B, T, C3 = qkv.shape
@@ -961,6 +968,7 @@ def gelu_forward(x):
 
 def gelu_backward(dout, cache):
     x = cache
+    check_shape("gelu_backward", "dout", dout, x.shape)
     device = on_device(dout)
     dout = to_device(dout)
     dx = cuda.device_array(x.shape, dtype=x.dtype)
@@ -1301,6 +1309,9 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
     dtype = _float_dtype("layernorm_forward", x)
     shape = tuple(x.shape)
     C = shape[-1]
+    check_shape("layernorm_forward", "weight", weight, (C,))
+    if bias is not None:
+        check_shape("layernorm_forward", "bias", bias, (C,))
     x2 = to_device(x).reshape(int(np.prod(shape[:-1])), C)
     weight = to_device(weight)
     bias_d = to_device(bias) if bias is not None else weight  # any array: has_bias=False never reads it
@@ -1318,6 +1329,7 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
 def layernorm_backward(dout, cache):
     """(..., C) -> dx, dweight (C,), dbias (C,) or None."""
     x2, weight, has_bias, mean, rstd, shape = cache
+    check_shape("layernorm_backward", "dout", dout, shape)
     device = on_device(dout)
     dtype = np.dtype(x2.dtype)
     N, C = x2.shape
@@ -1445,6 +1457,9 @@ def embedding_forward(idx, wte, wpe):
     """(B, T) int -> (B, T, C) = wte[idx] + wpe[:T]. idx is a host batch (it is small)."""
     device = on_device(wte)
     dtype = _float_dtype("embedding_forward", wte)
+    if len(wte.shape) != 2:
+        raise TinyGPTError(f"embedding_forward: wte must be (V, C), got shape {tuple(wte.shape)}")
+    check_shape("embedding_forward", "wpe", wpe, (wpe.shape[0], wte.shape[1]))
     idx = checked_token_ids(to_host(idx), wte.shape[0], wpe.shape[0])
     B, T = idx.shape
     V, C = wte.shape
@@ -1459,6 +1474,7 @@ def embedding_forward(idx, wte, wpe):
 def embedding_backward(dout, cache):
     """(B, T, C) -> dwte (V, C), dwpe (block_size, C)."""
     idx_d, wte_shape, wpe_shape, dtype = cache
+    check_shape("embedding_backward", "dout", dout, (*idx_d.shape, wte_shape[1]))
     device = on_device(dout)
     B, T = idx_d.shape
     C = wte_shape[1]
