@@ -229,6 +229,29 @@ def test_cross_entropy_value_and_all_ignored():
     np.testing.assert_array_equal(layers.cross_entropy_backward(1.0, cache), 0.0)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_cross_entropy_edges_agree_across_backends(backend):
+    from tinygpt.kernels import get_ops
+
+    ops = get_ops(backend)
+    # an ignored row gets exactly zero gradient even where its logits are inf (0 * nan was nan)
+    logits = np.array([[[np.inf, 0.0, 1.0], [0.0, 1.0, 2.0]]], np.float32)
+    loss, cache = ops.cross_entropy_forward(logits, np.array([[-1, 2]]))
+    dlogits = ops.cross_entropy_backward(1.0, cache)
+    np.testing.assert_array_equal(dlogits[0, 0], 0.0)
+    assert np.isfinite(loss) and np.all(np.isfinite(dlogits))
+    # float32 losses of 3e37 each: their mean is finite, their float32 sum was not
+    big = np.zeros((1, 16, 2), np.float32)
+    big[..., 0] = 3e37
+    loss, _ = ops.cross_entropy_forward(big, np.ones((1, 16), int))
+    assert loss == pytest.approx(3e37, rel=1e-6)
+    # targets NumPy would wrap (-2), broadcast ((1,) for (1, 1)) or truncate (1.9)
+    for targets, message in ((np.array([[-2]]), "-1 or in"), (np.array([1]), "shape"),
+                             (np.array([[1.9]]), "integers")):
+        with pytest.raises(TinyGPTError, match=message):
+            ops.cross_entropy_forward(np.zeros((1, 1, 3), np.float32), targets)
+
+
 def test_cross_entropy_matches_torch():
     torch = pytest.importorskip("torch")
     rng = rng_for(13)
@@ -278,3 +301,6 @@ def test_attention_bad_width_and_missing_rng():
         layers.attention_forward(np.zeros((1, 2, 10)), n_head=2)
     with pytest.raises(TinyGPTError, match="rng"):
         layers.attention_forward(np.zeros((1, 2, 12)), n_head=2, dropout=0.1)
+    for p in (1.5, -0.1, 1.0):  # 1.5 gave all zeros, -0.1 scaled every output by 1/1.1
+        with pytest.raises(TinyGPTError, match="dropout probability"):
+            layers.attention_forward(np.zeros((1, 2, 12)), n_head=2, dropout=p, rng=np.random.default_rng(0))

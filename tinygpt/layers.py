@@ -283,6 +283,8 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=QUERY_BLOC
     C = C3 // 3
     if C3 % 3 or C % n_head:
         raise TinyGPTError(f"attention input width {C3} is not 3 * n_embd with n_embd divisible by {n_head}")
+    if not 0.0 <= dropout < 1.0:
+        raise TinyGPTError(f"dropout probability must be in [0, 1), got {dropout}")
     if dropout and rng is None:
         raise TinyGPTError("attention dropout > 0 needs an rng (numpy.random.Generator)")
     hs = C // n_head
@@ -357,6 +359,24 @@ def attention_backward(dout, cache):
 # --- softmax cross-entropy -------------------------------------------------------------------------
 
 
+def checked_targets(targets, logits_shape) -> np.ndarray:
+    """targets as a flat int64 array, after checking them against logits of ``logits_shape`` (..., V):
+    the same leading shape, integers, each -1 (ignored) or in [0, V). (NumPy would wrap a -2 around to
+    V - 2, and a compiled kernel would read outside the row.)"""
+    targets = np.asarray(targets)
+    V = logits_shape[-1]
+    if targets.shape != tuple(logits_shape[:-1]):
+        raise TinyGPTError(f"cross_entropy_forward: targets shape {targets.shape} does not match "
+                           f"logits {tuple(logits_shape[:-1])}")
+    if targets.size and targets.dtype.kind not in "iu":
+        raise TinyGPTError(f"cross_entropy_forward: targets must be integers, got {targets.dtype}")
+    t = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
+    if t.size and (t.min() < -1 or t.max() >= V):
+        raise TinyGPTError(f"cross_entropy_forward: targets must be -1 or in [0, {V}), "
+                           f"got [{t.min()}, {t.max()}]")
+    return t
+
+
 def cross_entropy_forward(logits, targets):
     """Mean softmax cross-entropy over the tokens whose target is not -1.
 
@@ -368,7 +388,7 @@ def cross_entropy_forward(logits, targets):
     """
     V = logits.shape[-1]
     z = logits.reshape(-1, V)  # (N, V) with N = B*T
-    t = targets.reshape(-1)  # (N,)
+    t = checked_targets(targets, logits.shape)  # (N,)
     valid = t != -1
     n_valid = int(valid.sum())
     m = z.max(axis=-1, keepdims=True)  # (N, 1)
@@ -378,8 +398,8 @@ def cross_entropy_forward(logits, targets):
     del e
     picked = z[np.arange(z.shape[0]), np.where(valid, t, 0)]  # (N,) logit of the target
     losses = np.where(valid, lse - picked, 0.0)
-    loss = float(losses.sum()) / max(n_valid, 1)
-    cache = (logits, targets, lse, n_valid)
+    loss = float(losses.sum(dtype=np.float64)) / max(n_valid, 1)  # float64: N float32 losses can overflow
+    cache = (logits, t, lse, n_valid)
     return loss, cache
 
 
@@ -388,14 +408,13 @@ def cross_entropy_backward(dloss, cache):
 
     Rows whose target is -1 get exactly zero gradient.
     """
-    logits, targets, lse, n_valid = cache
+    logits, t, lse, n_valid = cache
     V = logits.shape[-1]
     dlogits = logits.reshape(-1, V) - lse[:, None].astype(logits.dtype)  # (N, V) log-probabilities
     np.exp(dlogits, out=dlogits)  # softmax probabilities, in place
-    t = targets.reshape(-1)
     valid = t != -1
     rows = np.flatnonzero(valid)
     dlogits[rows, t[rows]] -= 1.0
-    row_scale = valid.astype(logits.dtype) * (float(dloss) / max(n_valid, 1))  # (N,) zero for ignored rows
-    dlogits *= row_scale[:, None]
+    dlogits[~valid] = 0.0  # set, not multiplied by 0: an inf logit there made inf - inf = nan
+    dlogits *= logits.dtype.type(float(dloss) / max(n_valid, 1))
     return dlogits.reshape(logits.shape)

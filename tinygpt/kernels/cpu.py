@@ -538,18 +538,8 @@ def cross_entropy_forward(logits, targets):
     """
     _check_float("cross_entropy_forward", logits)
     V = logits.shape[-1]
-    targets = np.asarray(targets)
-    if targets.size and not np.issubdtype(targets.dtype, np.integer):
-        raise TinyGPTError(f"cross_entropy_forward: targets must be integers, got {targets.dtype}")
-    if targets.shape != logits.shape[:-1]:
-        raise TinyGPTError(f"cross_entropy_forward: targets shape {targets.shape} does not match "
-                           f"logits {logits.shape[:-1]}")
-    t = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
-    valid = t >= 0
-    n_valid = int(valid.sum())
-    if t.size and (t.min() < -1 or t.max() >= V):
-        raise TinyGPTError(f"cross_entropy_forward: targets must be -1 or in [0, {V}), "
-                           f"got [{t.min()}, {t.max()}]")
+    t = layers.checked_targets(targets, logits.shape)
+    n_valid = int((t >= 0).sum())
     l2 = np.ascontiguousarray(logits).reshape(-1, V)
     lse = np.empty(l2.shape[0], dtype=np.float64)
     losses = np.empty(l2.shape[0], dtype=np.float64)

@@ -40,6 +40,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from tinygpt import layers
 from tinygpt.errors import TinyGPTError
 from tinygpt.kernels import (
     _simulator_enabled,
@@ -1379,10 +1380,7 @@ def cross_entropy_forward(logits, targets):
     dtype = _float_dtype("cross_entropy_forward", logits)
     shape = tuple(logits.shape)
     V = shape[-1]
-    t_host = np.ascontiguousarray(to_host(targets), dtype=np.int64).reshape(-1)
-    if t_host.size and (t_host.min() < -1 or t_host.max() >= V):
-        raise TinyGPTError(f"cross_entropy_forward: targets must be -1 or in [0, {V}), "
-                           f"got [{t_host.min()}, {t_host.max()}]")
+    t_host = layers.checked_targets(to_host(targets), shape)
     n_valid = int((t_host >= 0).sum())
     l2 = to_device(logits).reshape(t_host.size, V)
     t_dev = cuda.to_device(t_host)
