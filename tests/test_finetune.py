@@ -146,6 +146,17 @@ def test_forward_hidden_is_what_the_lm_head_reads():
         model.backward_hidden(np.zeros_like(hidden))
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_backward_hidden_refuses_a_gradient_of_another_shape_and_keeps_the_tape(backend):
+    config = GPTConfig(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=4)
+    model = GPT(config, seed=0, backend=backend)
+    hidden = model.forward_hidden(np.zeros((2, 3), int))
+    for wrong in (np.ones((1, 6, 4)), np.ones((2, 3, 5))):  # numba took (1, 6, 4) and returned gradients
+        with pytest.raises(TinyGPTError, match=r"dhidden has shape .* expected \(B, T, C\) = \(2, 3, 4\)"):
+            model.backward_hidden(wrong)
+    assert set(model.backward_hidden(np.ones_like(hidden))) == set(model.params)
+
+
 # --- pooling and padding -----------------------------------------------------------------------------
 
 

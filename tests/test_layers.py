@@ -41,6 +41,15 @@ def test_embedding_gradient_accumulates_repeated_ids():
     np.testing.assert_array_equal(dwpe[3:], 0.0)
 
 
+def test_gradcheck_takes_transposed_inputs():
+    # its private copies kept a Fortran-ordered input's order, which it could not perturb in place
+    rng = np.random.default_rng(0)
+    x, weight = rng.standard_normal((2, 3, 4)), rng.standard_normal((5, 4)).T  # weight (4, 5), F-ordered
+    errors = assert_gradcheck(layers.linear_forward, layers.linear_backward,
+                              {"x": x, "weight": weight, "bias": rng.standard_normal(5)})
+    assert errors["weight"] < 1e-7
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_layernorm_gradcheck(with_bias):
     rng = rng_for(2)

@@ -95,8 +95,10 @@ def gradcheck(forward, backward, inputs: dict, eps=1e-6, seed=0, wrt=None, max_e
     for name in wrt:
         if name not in float_names:
             raise TinyGPTError(f"cannot check {name!r}: not a floating-point array among the inputs")
-    # private copies: perturbing them must not touch the caller's arrays
-    values = {name: (np.array(v, copy=True) if name in float_names else v) for name, v in inputs.items()}
+    # private C-ordered copies: perturbing them must not touch the caller's arrays (and a transposed input,
+    # copied in its own Fortran order, could not be perturbed through a flat view)
+    values = {name: (np.array(v, copy=True, order="C") if name in float_names else v)
+              for name, v in inputs.items()}
     rng = np.random.default_rng(seed)
 
     out, cache = forward(**values, **kwargs)

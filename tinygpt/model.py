@@ -323,15 +323,20 @@ class GPT:
         tape = []
         h = self._body_forward(idx, tape)
         if keep_caches:
-            self._tape = ("hidden", tape)  # tagged: backward() must not consume a tape without the LM head
+            self._tape = ("hidden", tape, tuple(h.shape))  # tagged: backward() must not consume it
         return self.ops.to_host(h)
 
     def backward_hidden(self, dhidden) -> dict[str, np.ndarray]:
         """dh (B, T, C), the gradient of some loss w.r.t. ``forward_hidden``'s output -> grads of params."""
         if not (isinstance(self._tape, tuple) and self._tape[0] == "hidden"):
             raise TinyGPTError("backward_hidden() needs a forward_hidden(idx) first (once per forward)")
-        tape, self._tape = self._tape[1], None
-        dhidden = self.ops.to_device(np.asarray(dhidden, dtype=self.dtype))  # the head's gradient, host
+        _, tape, shape = self._tape
+        dhidden = np.asarray(dhidden, dtype=self.dtype)  # the head's gradient, on the host
+        if dhidden.shape != shape:
+            raise TinyGPTError(f"backward_hidden: dhidden has shape {dhidden.shape}, expected (B, T, C) = "
+                               f"{shape}, the shape of forward_hidden's output")
+        self._tape = None
+        dhidden = self.ops.to_device(dhidden)
         return self._body_backward(dhidden, tape)
 
     def _body_forward(self, idx, tape: list) -> np.ndarray:
