@@ -1,6 +1,7 @@
 """Generation: KV cache against transformers and against recomputation, sampling filters, streaming, CLI."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -449,6 +450,19 @@ def test_cli_pretrained_greedy_matches_transformers(pretrained_dir, gpt2_tokeniz
         expected = hf.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=0)
     assert out == prompt + gpt2_tokenizer.decode(expected[0, len(ids) :].tolist()) + "\n"
     assert err == ""
+
+
+def test_cli_sample_writes_utf8_whatever_stdout_encoding_says(pretrained_dir, gpt2_tokenizer):
+    # with PYTHONIOENCODING=ascii (or a cp1252 console) it died with a UnicodeEncodeError traceback
+    directory, _ = pretrained_dir
+    prompt = "Héllo 🤖"
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    args = ["sample", "--pretrained", str(directory), "--prompt", prompt, "--max-new-tokens", "8",
+            "--temperature", "0"]
+    done = subprocess.run([sys.executable, "-m", "tinygpt", *args], capture_output=True, env=env)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    text = done.stdout.decode("utf-8")
+    assert text.startswith(prompt) and text.endswith("\n") and done.stderr == b""
 
 
 def test_cli_pretrained_sampling_is_seeded(pretrained_dir, gpt2_tokenizer, capsys):

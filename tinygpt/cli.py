@@ -65,10 +65,17 @@ def _tokenizer_read_utf8(path: str) -> str:
         raise TinyGPTError(f"{'stdin' if path == '-' else path} is not UTF-8 text ({exc.reason})") from None
 
 
-def _tokenizer_write_utf8(text: str) -> None:
+def _write_utf8(text: str) -> None:
+    """Write to stdout in UTF-8 whatever its encoding: tokens are any Unicode, and a cp1252 or ASCII
+    stdout (a Windows console, PYTHONIOENCODING, some pipes) raised UnicodeEncodeError mid-sample."""
+    buffer = getattr(sys.stdout, "buffer", None)
     sys.stdout.flush()
-    sys.stdout.buffer.write(text.encode("utf-8"))
-    sys.stdout.buffer.flush()
+    if buffer is None:  # a text-only stream (e.g. redirected in a notebook): it takes str
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    buffer.write(text.encode("utf-8"))
+    buffer.flush()
 
 
 def _tokenizer_train(args):
@@ -100,7 +107,7 @@ def _tokenizer_encode(args):
     ids = tok.encode(text, allowed_special="all" if args.allow_special else "none")
     if args.show:
         shown = show_tokens(tok, ids, color=sys.stdout.isatty())
-        _tokenizer_write_utf8(shown if shown.endswith("\n") else shown + "\n")
+        _write_utf8(shown if shown.endswith("\n") else shown + "\n")
         print(f"{len(ids)} tokens, {len(text)} characters")
     else:
         print(" ".join(map(str, ids)))
@@ -115,7 +122,7 @@ def _tokenizer_decode(args):
     if bad is not None:
         raise TinyGPTError(f"token ids must be integers, got {bad!r}")
     ids = [int(w) for w in words]
-    _tokenizer_write_utf8(tok.decode(ids))
+    _write_utf8(tok.decode(ids))
 
 
 # --- train / eval / plot (issue 4) ----------------------------------------------------------------
@@ -326,24 +333,19 @@ def _run_sample(args):
     # a model padded past its tokenizer (nanoGPT-style 50304) must not draw the padding ids: they have no text
     vocab_limit = tokenizer.vocab_size if tokenizer.vocab_size < model.config.vocab_size else None
     rng = np.random.default_rng(args.seed)  # one stream for all samples: sample i depends on the seed alone
-    out = sys.stdout
     for i in range(args.num_samples):
-        if i:
-            out.write(_SAMPLE_SEPARATOR + "\n")
-        out.write(prompt)
+        _write_utf8((_SAMPLE_SEPARATOR + "\n" if i else "") + prompt)
         decoder = StreamDecoder(tokenizer)
 
         def show(new_ids, decoder=decoder):
             if eos is not None and new_ids[0] == eos:
                 return  # the sample ends here; the stop token itself is not text
-            out.write(decoder.push(new_ids[0]))
-            out.flush()
+            _write_utf8(decoder.push(new_ids[0]))
 
         generate(model.host_params(), model.config, np.array([ids]), args.max_new_tokens,
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=rng, eos_token=eos,
                  on_token=show, vocab_limit=vocab_limit)  # fmt: skip
-        out.write(decoder.flush() + "\n")
-        out.flush()
+        _write_utf8(decoder.flush() + "\n")
 
 
 # --- finetune / predict (issue 8) ------------------------------------------------------------------
