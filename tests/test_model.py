@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -332,6 +333,24 @@ def test_save_and_load_round_trip(tmp_path, bias):
     assert GPT.from_pretrained(tmp_path, dropout=0.0).config.dropout == 0.0
 
 
+def test_a_failed_save_pretrained_leaves_the_previous_model_whole(tmp_path, monkeypatch):
+    # it wrote the new config.json first, then failed on the weights: the pair no longer loaded
+    import safetensors.numpy
+
+    GPT(GPTConfig(**TINY), seed=0).save_pretrained(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        GPT(GPTConfig(**{**TINY, "n_layer": 3}), seed=1).save_pretrained(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # and no temporaries left
+    assert GPT.from_pretrained(tmp_path).config.n_layer == TINY["n_layer"]
+
+
 def test_from_pretrained_errors(tmp_path):
     with pytest.raises(TinyGPTError, match="no model directory"):
         GPT.from_pretrained(tmp_path / "absent")
@@ -349,6 +368,13 @@ def test_from_pretrained_errors(tmp_path):
     config_path.write_text(json.dumps({**good, "n_layer": 3}))
     with pytest.raises(TinyGPTError, match="missing h.2"):
         GPT.from_pretrained(tmp_path)
+    for bad, message in (({"resid_pdrop": None}, "resid_pdrop must be a number"),  # these three were
+                         ({"resid_pdrop": "0.1x"}, "resid_pdrop must be a number"),  # tracebacks
+                         ({"n_embd": None, "n_inner": 64}, "n_embd must be an integer"),
+                         ({"vocab_size": "50257"}, "vocab_size must be an integer")):
+        config_path.write_text(json.dumps({**good, **bad}))
+        with pytest.raises(TinyGPTError, match=message):
+            GPT.from_pretrained(tmp_path)
     config_path.write_text("{not json")
     with pytest.raises(TinyGPTError, match="JSON"):
         GPT.from_pretrained(tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -13,14 +14,27 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     The rename is atomic, so readers see the old file or the new one. The temporary's name is fresh (a
     user's ``PATH.tmp`` is never touched) and it is removed if anything fails before the rename.
     """
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """``with atomic_path(path) as tmp:`` write the file at ``tmp`` (a fresh name beside ``path``); when the
+    block ends without an error it is fsynced and renamed over ``path``, else removed.
+
+    For writers that want a file name rather than bytes (``safetensors.numpy.save_file`` streams a model
+    out without a second copy in memory). Nest two to replace a pair of files only once both are written.
+    """
     path = Path(path)
     if not path.parent.exists():  # (a parent that is a file fails below, as "Not a directory")
         path.parent.mkdir(parents=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -55,11 +55,13 @@ import json
 import math
 import os
 from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import atomic_path
 
 __all__ = ["GPTConfig", "GPT", "get_layer_ops", "activation_floats_per_token"]
 
@@ -515,7 +517,8 @@ class GPT:
     def save_pretrained(self, path) -> None:
         """Write ``config.json`` and ``model.safetensors`` that ``GPT2LMHeadModel.from_pretrained`` loads.
 
-        A model without biases is saved with zero biases (GPT-2's format always has them).
+        Each file is written whole or not at all (``tinygpt.files.atomic_path``). A model without biases
+        is saved with zero biases (GPT-2's format always has them).
         """
         from safetensors.numpy import save_file
 
@@ -529,10 +532,13 @@ class GPT:
             if array is None:  # bias=False: an exactly equivalent zero bias
                 array = np.zeros(shape, dtype=self.dtype)
             tensors["transformer." + name] = np.ascontiguousarray(array)
-        with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(_config_to_hf(cfg), f, indent=2)
-            f.write("\n")
-        save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        config_text = json.dumps(_config_to_hf(cfg), indent=2) + "\n"
+        # both files written in full before either replaces its old self: a failed save (a full disk)
+        # leaves the previous model whole, not a new config.json beside the old weights
+        with atomic_path(os.path.join(path, "model.safetensors")) as weights_tmp, \
+                atomic_path(os.path.join(path, "config.json")) as config_tmp:
+            save_file(tensors, weights_tmp, metadata={"format": "pt"})
+            Path(config_tmp).write_text(config_text, encoding="utf-8")
 
 
 def _checked_params(params, config: GPTConfig, dtype) -> dict[str, np.ndarray]:
@@ -597,18 +603,25 @@ def _config_from_hf(hf: dict, where: str, dropout: float | None) -> GPTConfig:
     for key, allowed in unsupported.items():
         if key in hf and hf[key] not in allowed:
             raise TinyGPTError(f"{where}: {key} = {hf[key]!r} is not supported (GPT-2 has {allowed[0]!r})")
-    if hf.get("n_inner") not in (None, 4 * hf.get("n_embd", 0)):
-        raise TinyGPTError(f"{where}: n_inner = {hf['n_inner']} is not supported (the MLP is 4 * n_embd)")
-    missing = [key for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if key not in hf]
+    sizes = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+    missing = [key for key in sizes if key not in hf]
     if missing:
         raise TinyGPTError(f"{where} is missing {', '.join(missing)}")
+    for key in sizes:
+        if not isinstance(hf[key], int) or isinstance(hf[key], bool):
+            raise TinyGPTError(f"{where}: {key} must be an integer, got {hf[key]!r}")
+    if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+        raise TinyGPTError(f"{where}: n_inner = {hf['n_inner']!r} is not supported (the MLP is 4 * n_embd)")
+    resid_pdrop = hf.get("resid_pdrop", 0.0)
+    if not isinstance(resid_pdrop, (int, float)) or isinstance(resid_pdrop, bool):
+        raise TinyGPTError(f"{where}: resid_pdrop must be a number, got {resid_pdrop!r}")
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=hf["n_positions"],
         n_layer=hf["n_layer"],
         n_head=hf["n_head"],
         n_embd=hf["n_embd"],
-        dropout=float(hf.get("resid_pdrop", 0.0)) if dropout is None else dropout,
+        dropout=float(resid_pdrop) if dropout is None else dropout,
         bias=True,
     )
 
