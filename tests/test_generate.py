@@ -213,6 +213,9 @@ def test_zero_new_tokens_returns_the_prompt(params64):
         (dict(idx=np.full((1, 3), VOCAB)), "token ids"),
         (dict(idx=np.zeros((1, 3))), "integer"),
         (dict(eos_token=VOCAB), "eos_token"),
+        (dict(idx=[[1, 2], [3]]), "rows differ in length"),  # these three raised NumPy's own errors
+        (dict(seed=-1), "seed"),
+        (dict(seed=1.5), "seed"),
     ],
 )
 def test_bad_arguments_raise(params64, kwargs, message):
@@ -394,6 +397,27 @@ def test_stream_decoder_equals_decode_for_any_split(data, cuts):
     decoder = StreamDecoder(tokenizer)
     text = "".join(decoder.push(ids[a:b]) for a, b in zip(bounds, bounds[1:])) + decoder.flush()
     assert text == tokenizer.decode(ids) == data.decode("utf-8", errors="replace")
+
+
+def test_stream_decoder_refuses_what_decode_refuses(gpt2_tokenizer):
+    decoder = StreamDecoder(gpt2_tokenizer)
+    for bad in (1.7, "5", True, [1.7, 2.2]):  # int() turned the first three into ids
+        with pytest.raises(TinyGPTError, match="ids must be"):
+            decoder.push(bad)
+    assert decoder.push(np.array([[31373]])) == "hello"  # an array of any shape is flattened, as before
+
+
+def test_sampling_filters_take_integer_logits():
+    logits = np.array([[1, 3, 2]])
+    np.testing.assert_allclose(apply_temperature(logits, 0.5), [[-4.0, 0.0, -2.0]])
+    np.testing.assert_array_equal(top_k_filter(logits, 2), [[-np.inf, 3.0, 2.0]])  # was int64's minimum
+    np.testing.assert_allclose(next_token_probs(logits), next_token_probs(logits.astype(float)))
+
+
+def test_params_whose_positions_do_not_fit_the_config_raise(params64):
+    config = GPTConfig(**{**CONFIG.to_dict(), "block_size": CONFIG.block_size + 1})
+    with pytest.raises(TinyGPTError, match="wpe.weight"):
+        generate(params64, config, _prompts(1, 3), 2)
 
 
 def test_stream_decoder_with_char_tokenizer():

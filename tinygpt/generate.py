@@ -88,6 +88,12 @@ def validate_sampling(temperature=1.0, top_k=None, top_p=None):
             raise TinyGPTError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
 
 
+def _float_logits(logits) -> np.ndarray:
+    """logits as a float array: integer logits (a hand-made example) would cut -inf and 1/T to integers."""
+    logits = np.asarray(logits)
+    return logits if logits.dtype.kind == "f" else logits.astype(np.float64)
+
+
 def apply_temperature(logits, temperature):
     """Divide logits by the temperature: (..., V) -> (..., V), a new array.
 
@@ -100,7 +106,7 @@ def apply_temperature(logits, temperature):
     [0.27, 0.73] at T = 1).
     """
     validate_sampling(temperature)
-    logits = np.asarray(logits)
+    logits = _float_logits(logits)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     if temperature == 0:
         best = np.argmax(logits, axis=-1)[..., None]
@@ -121,7 +127,7 @@ def top_k_filter(logits, k):
     Example: ``top_k_filter([[1., 3., 2.]], 2) -> [[-inf, 3., 2.]]``.
     """
     validate_sampling(top_k=k)
-    logits = np.asarray(logits)
+    logits = _float_logits(logits)
     V = logits.shape[-1]
     if not k or k >= V:
         return logits
@@ -140,7 +146,7 @@ def top_p_filter(logits, p):
     Example: probabilities [0.5, 0.3, 0.2] with p = 0.7 keep the first two (0.5 < 0.7, then 0.8 >= 0.7).
     """
     validate_sampling(top_p=p)
-    logits = np.asarray(logits)
+    logits = _float_logits(logits)
     if p is None or p >= 1.0:
         return logits
     rows = logits.reshape(-1, logits.shape[-1])  # (N, V)
@@ -173,7 +179,7 @@ def _nucleus_threshold(row, p):
 
 def softmax(logits):
     """Softmax over the last axis, max-subtracted so exp never overflows; -inf logits get probability 0."""
-    logits = np.asarray(logits)
+    logits = _float_logits(logits)
     e = np.exp(logits - logits.max(axis=-1, keepdims=True))
     e /= e.sum(axis=-1, keepdims=True)
     return e
@@ -229,10 +235,13 @@ def _check_params(params, config):
         raise TinyGPTError(f"params lack {len(missing)} GPT-2 weights, e.g. {missing[0]!r}")
     if config.n_embd % config.n_head:
         raise TinyGPTError(f"n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
-    wte = params["wte.weight"]
-    if wte.shape != (config.vocab_size, config.n_embd):
+    wte_shape, wpe_shape = np.shape(params["wte.weight"]), np.shape(params["wpe.weight"])
+    if wte_shape != (config.vocab_size, config.n_embd):
         expected = (config.vocab_size, config.n_embd)
-        raise TinyGPTError(f"wte.weight has shape {wte.shape}, the config says {expected}")
+        raise TinyGPTError(f"wte.weight has shape {wte_shape}, the config says {expected}")
+    if len(wpe_shape) != 2 or wpe_shape[0] < config.block_size or wpe_shape[1] != config.n_embd:
+        raise TinyGPTError(f"wpe.weight has shape {wpe_shape}: too few positions or the wrong width for "
+                           f"block_size {config.block_size}, n_embd {config.n_embd}")
 
 
 def new_kv_cache(config, batch_size, dtype=np.float32):
@@ -353,7 +362,10 @@ def _lm_head_weight(wte, n_steps):
 
 
 def _check_idx(idx, vocab_size):
-    idx = np.asarray(idx)
+    try:
+        idx = np.asarray(idx)
+    except ValueError:  # ragged rows
+        raise TinyGPTError("idx must be a (B, T) array of token ids; its rows differ in length") from None
     if idx.ndim == 1:
         idx = idx[None, :]
     if idx.ndim != 2 or idx.shape[1] == 0 or idx.shape[0] == 0:
@@ -408,6 +420,8 @@ def generate(
         raise TinyGPTError(f"vocab_limit must be an integer in [1, {config.vocab_size}], got {vocab_limit!r}")
     if eos_token is not None and vocab_limit is not None and eos_token >= vocab_limit:
         raise TinyGPTError(f"eos_token {eos_token} is at or past vocab_limit {vocab_limit}")
+    if not (seed is None or isinstance(seed, np.random.Generator) or (_is_int(seed) and seed >= 0)):
+        raise TinyGPTError(f"seed must be an integer >= 0, a numpy.random.Generator or None, got {seed!r}")
     rng = np.random.default_rng(seed)  # a Generator passes through unchanged
 
     B, T = idx.shape
@@ -474,10 +488,10 @@ class StreamDecoder:
     def push(self, ids):
         """Add one id or a sequence of ids; return the newly completed text (possibly "")."""
         if isinstance(ids, numbers.Integral):
-            ids = [int(ids)]
-        else:
-            ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-        return self._utf8.decode(self.tokenizer.decode_bytes(ids))
+            ids = [ids]  # (a bool is Integral too: decode_bytes refuses it, as decode does)
+        elif isinstance(ids, np.ndarray):
+            ids = ids.reshape(-1)
+        return self._utf8.decode(self.tokenizer.decode_bytes(ids))  # validates the ids as decode does
 
     def flush(self):
         """End the stream: return what is still held back (U+FFFD for an unfinished character)."""
