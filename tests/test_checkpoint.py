@@ -201,3 +201,20 @@ def test_resaving_the_live_step_with_a_relative_dir_never_removes_it_first(tmp_p
         _save("run", model, opt, 1)  # the same step again: must publish beside the live one, not over it
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "run").state["step"] == 1
+
+
+def test_atomic_writes_get_the_mode_open_would_give_or_keep_the_old_one(tmp_path):
+    # mkstemp's 0600 leaked into tokenizer files, save_pretrained's weights, token caches, metrics.jsonl
+    import stat
+
+    from tinygpt.files import current_umask, write_atomic
+    from tinygpt.model import GPT, GPTConfig
+
+    write_atomic(tmp_path / "new.txt", b"x")
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o666 & ~current_umask()
+    (tmp_path / "new.txt").chmod(0o640)
+    write_atomic(tmp_path / "new.txt", b"y")
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o640
+    GPT(GPTConfig(11, 8, 1, 1, 8), seed=0).save_pretrained(tmp_path / "model")
+    for entry in (tmp_path / "model").iterdir():
+        assert stat.S_IMODE(entry.stat().st_mode) == 0o666 & ~current_umask(), entry.name

@@ -791,7 +791,12 @@ def test_cli_train_outputs_that_are_not_writable_are_one_line_errors(tmp_path):
         proc = run_cli("train", "--input", corpus, "--vocab-size", 300, *args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "c.txt", "t.json"]  # no stray .tmp
+    # nothing written (the first case wrote --out before failing on --gpt2-files) and no stray .tmp
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "c.txt"]
+    keep = tmp_path / "keep.json"
+    keep.write_text("my precious file")
+    proc = run_cli("train", "--input", corpus, "--vocab-size", 300, "--out", keep, "--gpt2-files", corpus)
+    assert proc.returncode == 2 and keep.read_text() == "my precious file"
 
 
 def test_bench_tokenizer_runs_on_a_small_corpus(tmp_path):

@@ -18,6 +18,7 @@ from tinygpt import train as training
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.cli import main
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import current_umask
 from tinygpt.model import GPT, GPTConfig
 
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\n"
@@ -202,6 +203,17 @@ def test_cli_plot_and_default_corpus(tmp_path, monkeypatch, capsys):
     assert main(["plot", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out / "loss.png")
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    # bad --output: one line naming the user's path, no stray temporary (it left .adir.tmp.png behind)
+    (tmp_path / "adir").mkdir()
+    for bad, message in ((tmp_path / "adir", "is a directory"), (tmp_path / "loss.xyz", "'xyz' image")):
+        before = set(tmp_path.iterdir())
+        assert main(["plot", str(out), "--output", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert set(tmp_path.iterdir()) == before
+    assert main(["plot", str(out), "--output", str(tmp_path / "loss.svg")]) == 0
+    assert b"<svg" in (tmp_path / "loss.svg").read_bytes()[:500]
+    assert (tmp_path / "loss.svg").stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not mkstemp's 0600
 
 
 def test_shipped_configs():
@@ -279,6 +291,9 @@ def test_bad_config_files(tmp_path, capsys):
     assert "unknown setting 'n_layers'" in line
     (tmp_path / "broken.toml").write_text("n_layer = = 4\n")
     assert "not valid TOML" in _one_line_error(capsys, ["train", "--config", str(tmp_path / "broken.toml")])
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe bad")  # a traceback (UnicodeDecodeError) before
+    line = _one_line_error(capsys, ["train", "--config", str(tmp_path / "binary.txt")])
+    assert "not a UTF-8 text file" in line
     (tmp_path / "types.toml").write_text('n_layer = "four"\n')
     assert "--n-layer" in _one_line_error(capsys, ["train", "--config", str(tmp_path / "types.toml")])
     for setting, flag in (('seed = "x"', "--seed"), ("data = 5", "--data"), ("init_from = 3", "--init-from")):

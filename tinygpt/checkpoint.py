@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import current_umask
 
 CHECKPOINT_FILES = (
     "model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors", "state.json"
@@ -133,8 +134,7 @@ def _give_usual_permissions(directory: Path) -> None:
     ``tempfile.mkdtemp`` makes the checkpoint's staging directory owner-only (0700), which would make every
     published checkpoint unreadable to the other users of a shared run.
     """
-    umask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(umask)
+    umask = current_umask()
     os.chmod(directory, 0o777 & ~umask)
     for entry in directory.iterdir():
         os.chmod(entry, 0o666 & ~umask)

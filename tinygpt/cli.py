@@ -85,13 +85,15 @@ def _tokenizer_train(args):
 
     if args.input != "-" and os.path.exists(args.out) and os.path.samefile(args.input, args.out):
         raise TinyGPTError(f"--out {args.out} is the --input text: it would be overwritten")
+    if args.gpt2_files and os.path.exists(args.gpt2_files) and not os.path.isdir(args.gpt2_files):
+        raise TinyGPTError(f"--gpt2-files {args.gpt2_files} is not a directory")
     text = _tokenizer_read_utf8(args.input)
     start = time.perf_counter()
     tok = BPETokenizer.train(text, args.vocab_size, pattern=args.pattern, special_tokens=args.special_tokens)
     seconds = time.perf_counter() - start
-    tok.save(args.out)
-    if args.gpt2_files:
+    if args.gpt2_files:  # first: if it fails, --out (perhaps an older tokenizer) is left as it was
         tok.save_gpt2_files(args.gpt2_files)
+    tok.save(args.out)
     n_tokens = len(tok.encode(text))
     print(
         f"trained vocab {tok.vocab_size} ({len(tok.merges)} merges) in {seconds:.2f} s; {args.input}: "

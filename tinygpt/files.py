@@ -19,6 +19,13 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: it is put straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """``with atomic_path(path) as tmp:`` write the file at ``tmp`` (a fresh name beside ``path``); when the
@@ -36,6 +43,9 @@ def atomic_path(path: str | os.PathLike):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp's file is owner-only (0600); the result gets the mode a plain open() would give it
+        # (0666 less the umask), or keeps the mode of the file it replaces
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -26,6 +26,7 @@ Only a checkpoint copies the weights and moments to the host (``save_pretrained`
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -204,7 +205,11 @@ def read_config_file(spec: str) -> dict:
         if not path.is_file():
             raise TinyGPTError(f"config {spec!r} is neither a file nor a shipped config "
                                f"({', '.join(shipped_configs())})")
-        text, where = path.read_text(), str(path)
+        try:
+            text, where = path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as exc:
+            raise TinyGPTError(f"{path} is not a UTF-8 text file, so not a TOML config ({exc.reason})") \
+                from None
     try:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -580,6 +585,8 @@ def plot_metrics(out_dir: str | os.PathLike, path: str | os.PathLike | None = No
     if not rows:
         raise TinyGPTError(f"{metrics} holds no metrics rows")
     path = Path(path) if path is not None else out_dir / "loss.png"
+    if path.is_dir():
+        raise TinyGPTError(f"cannot write the plot to {path}: it is a directory")
     # Figure + Agg canvas directly (not pyplot): no global backend or figure state is touched.
     fig = Figure(figsize=(7, 4.2), dpi=110)
     FigureCanvasAgg(fig)
@@ -593,9 +600,12 @@ def plot_metrics(out_dir: str | os.PathLike, path: str | os.PathLike | None = No
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    image_format = path.suffix[1:].lower() or "png"
+    if image_format not in fig.canvas.get_supported_filetypes():
+        raise TinyGPTError(f"cannot write a {image_format!r} image; name the file .png, .svg or .pdf")
+    image = io.BytesIO()
+    fig.savefig(image, format=image_format)
+    write_atomic(path, image.getvalue())  # whole or absent, and no temporary left behind on failure
     return path
 
 
