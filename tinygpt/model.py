@@ -44,7 +44,7 @@ each; C = n_embd, H = n_head, T = sequence length)::
 i.e. about 16C + H*T' floats per token per block, where T' is the average number of keys a query's
 block computes (T for T <= 64; (64 + 128 + 192 + 256) / 4 = 160 at T = 256, see ``attention_forward``),
 plus 2C + V for the final LayerNorm and the logits (and V more while backward forms dlogits). At 6 blocks,
-C = 384, H = 6, T = 256 that is 6 * (6144 + 960) + 833 = 43,457 floats = 170 KiB per token, 340 MiB for a
+C = 384, H = 6, T = 256 that is 6 * (6144 + 960 + 4) + 833 = 43,481 floats = 170 KiB per token, 340 MiB for a
 batch of 8 x 256 tokens (``activation_floats_per_token``); ``tinygpt bench train`` measures the peak RSS
 of such a step. Evaluation without targets keeps nothing.
 """
