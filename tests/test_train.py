@@ -113,6 +113,40 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(corpus, tm
     assert [r["step"] for r in training.read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0, 2, 4, 6]
 
 
+def test_weights_broken_by_the_update_before_an_evaluation_are_not_checkpointed(corpus, tmp_path,
+                                                                                 monkeypatch):
+    # The update of step 4 makes the weights nan; step 4 is an eval step, so the next check would have
+    # come at step 5, after a nan checkpoint had replaced the good one of step 2 and a NaN row was written
+    from tinygpt.optim import AdamW
+
+    step = AdamW.step
+    calls = {"n": 0}
+
+    def breaking_step(self, grads, lr=None):
+        step(self, grads, lr=lr)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            for p in self.params.values():
+                p[...] = np.nan
+
+    monkeypatch.setattr(AdamW, "step", breaking_step)
+    with pytest.raises(TinyGPTError, match=r"train loss is nan at step 4.*last good checkpoint \(step 2\)"):
+        training.train(_config(corpus, tmp_path / "run", max_iters=10, eval_interval=2), quiet=True)
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.state["step"] == 2 and all(np.isfinite(p).all() for p in ckpt.model.params.values())
+    rows = training.read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 2] and all(math.isfinite(r["val_loss"]) for r in rows)
+
+
+def test_resume_refuses_a_new_starting_point(corpus, tmp_path):
+    training.train(_config(corpus, tmp_path / "run", max_iters=2), quiet=True)
+    for name in ("init_from", "pretrained"):  # it was ignored, saved, and broke the next resume
+        with pytest.raises(TinyGPTError, match="cannot be combined with --resume"):
+            training.train(training.TrainConfig(out=str(tmp_path / "run")), resume=True,
+                           overrides={name: str(tmp_path / "elsewhere"), "max_iters": 4})
+    assert load_checkpoint(tmp_path / "run").train_config.get("init_from") in (None, "")
+
+
 # A child process whose checkpoint writes are slowed down (each fsync sleeps), so that random kills
 # often land in the middle of a save.
 _SLOW_SAVES = """

@@ -385,6 +385,9 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
         if not (out / LATEST).is_symlink() and (out / "state.json").is_file():
             raise TinyGPTError(f"{out} is a checkpoint, not a training run: --resume takes the run's "
                                f"directory (the one with the {LATEST!r} link), which it writes into")
+        for name in ("init_from", "pretrained"):  # a resumed run continues its own weights
+            if overrides and overrides.get(name):
+                raise TinyGPTError(f"{_flag(name)} starts a new run; it cannot be combined with --resume")
         ckpt = load_checkpoint(out, backend=(overrides or {}).get("backend"))  # None: the run's own
         saved = dict(ckpt.train_config)
         for name in FROZEN_ON_RESUME:
@@ -471,10 +474,17 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
     train_time = 0.0  # seconds spent in training steps since the last evaluation
     steps_timed = 0
 
+    def diverged(what, value, step):
+        return TinyGPTError(f"training diverged: {what} is {value} at step {step}; the last good checkpoint "
+                            f"(step {last_saved}) is kept in {out}; try a lower --learning-rate")
+
     def evaluate_and_checkpoint(step, lr):
         nonlocal train_time, steps_timed
         train_loss = mean_loss(model, eval_sets["train"])
         val_loss = mean_loss(model, eval_sets["val"])
+        for name, value in (("the train loss", train_loss), ("the val loss", val_loss)):
+            if not math.isfinite(value):  # the last update broke the weights: save nothing of them
+                raise diverged(name, value, step)
         if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
             state["best_val_loss"] = val_loss
         state["step"] = step
@@ -498,6 +508,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
         return lr_at(step, cfg.learning_rate, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr)
 
     step = int(state["step"])
+    last_saved = step
     if ckpt is None:
         say(f"training {model.num_params():,} parameters on {data.meta['train_tokens']:,} tokens of "
             f"{data_path.name} ({cfg.tokenizer} tokenizer, vocab {tokenizer.vocab_size}); writing {out}")
@@ -506,10 +517,13 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
         say(f"{out} is already at step {step} >= --max-iters {cfg.max_iters}; nothing to do")
     else:
         say(f"resuming {out} at step {step} of {cfg.max_iters}")
-    last_saved = step
 
     bar = tqdm(total=cfg.max_iters, initial=step, disable=quiet, unit="step", dynamic_ncols=True,
                file=sys.stderr, smoothing=0.1)
+    # a diverging run overflows to inf / nan, which the checks above turn into one clear error: NumPy's
+    # RuntimeWarnings on the way there would only bury it
+    errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+    errstate.__enter__()
     try:
         while step < cfg.max_iters:
             t0 = time.perf_counter()
@@ -520,9 +534,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
                 x, y = get_batch(data.train, cfg.batch_size, cfg.block_size, sampler_rng)
                 _, loss = model.forward(x, y)
                 if not math.isfinite(loss):
-                    raise TinyGPTError(f"training diverged: the loss is {loss} at step {step + 1}; the last "
-                                       f"good checkpoint (step {last_saved}) is kept in {out}; "
-                                       "try a lower --learning-rate")
+                    raise diverged("the loss", loss, step + 1)
                 loss_sum += loss
                 micro = model.backward()
                 if grads is None:
@@ -534,9 +546,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
                 scale_grads(grads, 1.0 / cfg.grad_accum_steps)
             norm = clip_grad_norm(grads, cfg.grad_clip)
             if not math.isfinite(norm):
-                raise TinyGPTError(f"training diverged: the gradient norm is {norm} at step {step + 1}; "
-                                   f"the last good checkpoint (step {last_saved}) is kept in {out}; "
-                                   "try a lower --learning-rate")
+                raise diverged("the gradient norm", norm, step + 1)
             optimizer.step(grads, lr=lr)
             step += 1
             state["tokens_seen"] += tokens_per_step
@@ -551,6 +561,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
                 evaluate_and_checkpoint(step, lr_for(step))
                 last_saved = step
     finally:
+        errstate.__exit__(None, None, None)
         bar.close()
 
     png = None
