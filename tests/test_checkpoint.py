@@ -218,3 +218,30 @@ def test_atomic_writes_get_the_mode_open_would_give_or_keep_the_old_one(tmp_path
     GPT(GPTConfig(11, 8, 1, 1, 8), seed=0).save_pretrained(tmp_path / "model")
     for entry in (tmp_path / "model").iterdir():
         assert stat.S_IMODE(entry.stat().st_mode) == 0o666 & ~current_umask(), entry.name
+
+
+def test_a_reader_racing_a_save_gets_the_old_or_the_new_checkpoint_not_an_error(tmp_path, monkeypatch):
+    # A run publishes step 2 and deletes step 1 while a reader is between verifying step 1 and loading it:
+    # the reader reported "corrupt checkpoint" (5 in 8,000 loads beside a training run)
+    import tinygpt.checkpoint as ck
+    from tinygpt.model import GPT, GPTConfig
+    from tinygpt.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer.train("abc\n")
+    model = GPT(GPTConfig(tokenizer.vocab_size, 8, 1, 1, 8), seed=0)
+    ck.save_checkpoint(tmp_path / "run", model, tokenizer, None, {}, {"step": 1})
+    verify = ck._verify
+    saves = []
+
+    def verify_then_lose_the_race(path):
+        state = verify(path)
+        if not saves:
+            saves.append(ck.save_checkpoint(tmp_path / "run", model, tokenizer, None, {}, {"step": 2}))
+        return state
+
+    monkeypatch.setattr(ck, "_verify", verify_then_lose_the_race)
+    assert ck.load_checkpoint(tmp_path / "run").state["step"] == 2
+    # nothing published meanwhile: a missing file is still the one-line corrupt-checkpoint error
+    (ck.checkpoint_path(tmp_path / "run") / "tokenizer.json").unlink()
+    with pytest.raises(TinyGPTError, match="corrupt checkpoint"):
+        ck.load_checkpoint(tmp_path / "run")

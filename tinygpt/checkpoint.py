@@ -316,7 +316,24 @@ def load_checkpoint(out_dir: str | os.PathLike, backend: str | None = None, dtyp
 
     ``backend=None`` uses the backend the run was trained with (backends agree only to rounding, so an
     exact resume must keep it), or "numpy" for a checkpoint that does not record one.
+
+    A run that is still training publishes a new checkpoint and then deletes the old one, possibly while
+    this reads it: a read that fails after ``latest`` has moved on is retried on the new checkpoint, so a
+    reader sees the old one or the new one, never a false "corrupt checkpoint".
     """
+    for attempt in range(5):
+        before = checkpoint_path(out_dir) if Path(out_dir).is_dir() else None
+        try:
+            return _load_checkpoint_once(out_dir, backend, dtype, with_optimizer)
+        except (TinyGPTError, OSError) as exc:  # (OSError: a file deleted between its checks and its read)
+            if attempt < 4 and before is not None and checkpoint_path(out_dir) != before:
+                continue  # a newer checkpoint was published meanwhile: read that one
+            if isinstance(exc, TinyGPTError):
+                raise  # corrupt indeed
+            raise TinyGPTError(f"corrupt checkpoint in {out_dir}: {exc}") from None
+
+
+def _load_checkpoint_once(out_dir, backend, dtype, with_optimizer) -> Checkpoint:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
