@@ -147,6 +147,31 @@ def test_resume_refuses_a_new_starting_point(corpus, tmp_path):
     assert load_checkpoint(tmp_path / "run").train_config.get("init_from") in (None, "")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_a_second_run_into_the_same_directory_fails_at_once(corpus, tmp_path):
+    # two runs into one --out interleaved their metrics rows and deleted each other's staging
+    code = ("import sys, time; from pathlib import Path; from tinygpt.train import _exclusive_run_dir\n"
+            "with _exclusive_run_dir(Path(sys.argv[1]), create=True):\n"
+            "    print('locked', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(TinyGPTError, match="being written by another tinygpt run"):
+            training.train(_config(corpus, tmp_path / "run", max_iters=2), quiet=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    training.train(_config(corpus, tmp_path / "run", max_iters=2), quiet=True)  # free again
+    assert load_checkpoint(tmp_path / "run").state["step"] == 2
+
+
+def test_a_new_run_that_fails_before_writing_leaves_no_directory(tmp_path):
+    with pytest.raises(TinyGPTError):
+        training.train(_config(tmp_path / "no-such-corpus.txt", tmp_path / "run", max_iters=2), quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
 # A child process whose checkpoint writes are slowed down (each fsync sleeps), so that random kills
 # often land in the middle of a save.
 _SLOW_SAVES = """
