@@ -245,3 +245,27 @@ def test_a_reader_racing_a_save_gets_the_old_or_the_new_checkpoint_not_an_error(
     (ck.checkpoint_path(tmp_path / "run") / "tokenizer.json").unlink()
     with pytest.raises(TinyGPTError, match="corrupt checkpoint"):
         ck.load_checkpoint(tmp_path / "run")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.update(elapsed="x"), "invalid elapsed"),  # each of these was a traceback on resume
+    (lambda s: s.update(tokens_seen=None), "invalid tokens_seen"),
+    (lambda s: s.update(best_val_loss="a"), "invalid best_val_loss"),
+    (lambda s: s["optimizer"].update(step=-3), "invalid optimizer step"),
+    (lambda s: s.update(format=99), "format 99"),  # a newer tinygpt's checkpoint was read as ours
+])
+def test_state_json_with_values_resuming_cannot_use_is_refused(tmp_path, edit, message):
+    import tinygpt.checkpoint as ck
+    from tinygpt.model import GPT, GPTConfig
+    from tinygpt.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer.train("abc\n")
+    ck.save_checkpoint(tmp_path / "run", GPT(GPTConfig(tokenizer.vocab_size, 8, 1, 1, 8), seed=0), tokenizer,
+                       None, {}, {"step": 1, "elapsed": 1.0, "tokens_seen": 8, "best_val_loss": 2.0})
+    state_path = ck.checkpoint_path(tmp_path / "run") / "state.json"
+    state = json.loads(state_path.read_text())
+    state.setdefault("optimizer", {})
+    edit(state)
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(TinyGPTError, match=message):
+        ck.load_checkpoint(tmp_path / "run")

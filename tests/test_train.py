@@ -546,3 +546,11 @@ def test_the_train_command_retains_freed_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "train", lambda *a, **k: None)
     assert main(["train", "--out", str(tmp_path / "run"), *TINY]) in (0, None)
     assert calls == [1]
+
+
+def test_read_metrics_skips_lines_that_are_not_rows(tmp_path):
+    # a hand-edited `5` or `"x"` line was a TypeError in plot and an AttributeError on resume
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "val_loss": 3.0}\n5\n"x"\n{"val_loss": 1}\n'
+                    '{"step": 2, "val_loss": 2.5}\n{"st')
+    assert [r["step"] for r in training.read_metrics(path)] == [0, 2]

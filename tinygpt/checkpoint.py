@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -272,12 +273,32 @@ def _verify(path: Path) -> dict:
                 or _sha256(file) != expected.get("sha256"):
             raise TinyGPTError(f"corrupt checkpoint: {file} does not match its recorded size/sha256")
     # state.json itself carries no checksum: check what resuming reads from it
-    if not isinstance(state.get("step"), int) or state["step"] < 0:
-        raise TinyGPTError(f"corrupt checkpoint: {path / 'state.json'} has no valid step")
+    where = path / "state.json"
+    if state.get("format", FORMAT_VERSION) != FORMAT_VERSION:
+        raise TinyGPTError(f"{where} is checkpoint format {state['format']!r}; this tinygpt reads format "
+                           f"{FORMAT_VERSION}")
+    if not _is_count(state.get("step")):
+        raise TinyGPTError(f"corrupt checkpoint: {where} has no valid step")
     for key in ("sampler_rng", "dropout_rng"):
         if key in state and state[key] is not None and not isinstance(state[key], dict):
-            raise TinyGPTError(f"corrupt checkpoint: {path / 'state.json'} has a malformed {key}")
+            raise TinyGPTError(f"corrupt checkpoint: {where} has a malformed {key}")
+    checks = {"tokens_seen": _is_count, "elapsed": lambda v: _is_number(v) and v >= 0,
+              "best_val_loss": lambda v: v is None or _is_number(v)}
+    for key, valid in checks.items():
+        if key in state and not valid(state[key]):
+            raise TinyGPTError(f"corrupt checkpoint: {where} has an invalid {key} ({state[key]!r})")
+    optimizer = state.get("optimizer", {})
+    if not isinstance(optimizer, dict) or not _is_count(optimizer.get("step", 0)):
+        raise TinyGPTError(f"corrupt checkpoint: {where} has an invalid optimizer step")
     return state
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _load_gpt(path: Path, config: dict, dtype, backend: str):

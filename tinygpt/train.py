@@ -299,9 +299,11 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
         return rows
     for line in lines:
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
             continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):  # (not a hand-edited stray value)
+            rows.append(row)
     return rows
 
 
