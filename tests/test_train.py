@@ -172,6 +172,20 @@ def test_a_new_run_that_fails_before_writing_leaves_no_directory(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_resume_warns_when_it_cannot_be_exact(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT)
+    training.train(_config(corpus, tmp_path / "run", max_iters=2), quiet=True)
+    capsys.readouterr()
+    resume = dict(cfg=training.TrainConfig(out=str(tmp_path / "run")), resume=True, quiet=True)
+    training.train(**resume, overrides={"max_iters": 3})
+    assert capsys.readouterr().err == ""  # same text, same settings: silent
+    corpus.write_text(TEXT[::-1])  # it resumed on the edited corpus without a word
+    training.train(**resume, overrides={"max_iters": 4, "eval_iters": 3})
+    err = capsys.readouterr().err
+    assert "text of" in err and "changed since the run started" in err and "--eval-iters changed" in err
+
+
 # A child process whose checkpoint writes are slowed down (each fsync sleeps), so that random kills
 # often land in the middle of a save.
 _SLOW_SAVES = """

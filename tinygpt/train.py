@@ -176,6 +176,22 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 * 1024 * 1024)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def _warn_if_resume_is_not_exact(saved: dict, now: dict) -> None:
+    """One line on stderr (even with --quiet) for each change that makes a resumed run differ from the
+    uninterrupted one; they are allowed, but the curve in metrics.jsonl is then not one run's."""
+    notes = []
+    if saved.get("data_sha256") not in (None, now["data_sha256"]):
+        notes.append(f"the text of {now['data']} changed since the run started: training and validation "
+                     "batches now come from other text")
+    for name, effect in (("batch_size", "the fixed evaluation batches change"),
+                         ("eval_iters", "the fixed evaluation batches change"),
+                         ("backend", "backends agree only to rounding")):
+        if name in saved and saved[name] != now[name]:
+            notes.append(f"{_flag(name)} changed from {saved[name]!r} to {now[name]!r}: {effect}")
+    for note in notes:
+        print(f"tinygpt: warning: {note}; the resumed run is not the uninterrupted one", file=sys.stderr)
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -507,7 +523,12 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         "val": fixed_eval_batches(data.val, cfg.eval_iters, cfg.batch_size, cfg.block_size, cfg.seed),
     }
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps
-    config_record = {**cfg.to_dict(), "data": str(data_path.resolve())}  # resumable from any directory
+    # the data path absolute (resumable from any directory) and its text's sha256 (a resume can tell if
+    # the corpus changed)
+    config_record = {**cfg.to_dict(), "data": str(data_path.resolve()),
+                     "data_sha256": data.meta["text_sha256"]}
+    if ckpt is not None:
+        _warn_if_resume_is_not_exact(ckpt.train_config, config_record)
     run_start = time.perf_counter()
     elapsed_before = float(state["elapsed"])
     train_time = 0.0  # seconds spent in training steps since the last evaluation
