@@ -433,6 +433,8 @@ def test_a_new_run_never_replaces_files_it_did_not_write(corpus, tmp_path, capsy
     (out / "latest").unlink()
     for name in ("model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors", "state.json"):
         (out / name).unlink()
+    for published in (out / "checkpoints").iterdir():  # what a crash mid-save leaves: staging only
+        published.rename(published.with_name(".tmp-" + published.name + "-abc123"))
     assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "1"]) == 0
 
 
@@ -568,3 +570,14 @@ def test_read_metrics_skips_lines_that_are_not_rows(tmp_path):
     path.write_text('{"step": 0, "val_loss": 3.0}\n5\n"x"\n{"val_loss": 1}\n'
                     '{"step": 2, "val_loss": 2.5}\n{"st')
     assert [r["step"] for r in training.read_metrics(path)] == [0, 2]
+
+
+def test_a_new_run_keeps_an_earlier_checkpoint_whose_latest_link_is_gone(corpus, tmp_path, capsys):
+    training.train(_config(corpus, tmp_path / "run", max_iters=2), quiet=True)
+    (tmp_path / "run" / "latest").unlink()
+    saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    # the new run deleted it at its first save, and metrics.jsonl with it
+    with pytest.raises(TinyGPTError, match=r"holds the checkpoint checkpoints/step-00000002.*ln -s"):
+        training.train(_config(corpus, tmp_path / "run", max_iters=2), quiet=True)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == saved
+    assert (tmp_path / "run" / "metrics.jsonl").exists()

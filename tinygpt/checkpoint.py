@@ -127,6 +127,15 @@ def check_new_run_dir(out_dir: str | os.PathLike) -> None:
         if foreign:
             raise TinyGPTError(f"{ckpt_root} holds {foreign[0]!r}, which tinygpt did not write (each save "
                                "deletes the other entries there); choose another --out")
+        # a published checkpoint of an earlier run whose `latest` link is gone: the first save would
+        # delete it (staging leftovers, named .tmp-step-..., are fair game)
+        earlier = sorted(e.name for e in ckpt_root.iterdir() if (e / "state.json").is_file()
+                         and not e.name.startswith(".tmp-"))
+        if earlier:
+            raise TinyGPTError(f"{out_dir} holds the checkpoint {CHECKPOINTS}/{earlier[-1]} of an earlier "
+                               f"run but no {LATEST!r} link: to resume it, restore the link (ln -s "
+                               f"{CHECKPOINTS}/{earlier[-1]} {out_dir / LATEST}) and pass --resume; "
+                               "else choose another --out")
 
 
 def _give_usual_permissions(directory: Path) -> None:
