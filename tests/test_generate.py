@@ -192,6 +192,25 @@ def test_eos_in_every_row_stops_early(peaked_params):
     np.testing.assert_array_equal(out[0, 4:], reference[: stop + 1])  # up to and with the eos, no more
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_past_block_size_samples_from_the_models_last_block(use_cache):
+    # Past block_size the cached and uncached paths were only compared with each other: a context window
+    # one token short in both passed. The reference here is model.forward on the last block_size tokens,
+    # sampled with the same generator; weights scaled up so that every context token moves the logits.
+    config = GPTConfig(vocab_size=23, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    model = GPT(config, seed=3, dtype=np.float64)
+    model.params = {k: v * 20.0 if v.ndim == 2 else v for k, v in model.params.items()}
+    model.eval()
+    seq = np.array([[1, 2, 3]])
+    n_new = 4 * config.block_size
+    out = generate(model.params, config, seq, n_new, seed=np.random.default_rng(0), use_cache=use_cache)
+    rng = np.random.default_rng(0)
+    for _ in range(n_new):
+        logits, _ = model.forward(seq[:, -config.block_size:])
+        seq = np.concatenate([seq, sample_next(logits[:, -1], rng)[:, None]], axis=1)
+    np.testing.assert_array_equal(out, seq)
+
+
 def test_zero_new_tokens_returns_the_prompt(params64):
     idx = _prompts(2, 3)
     np.testing.assert_array_equal(generate(params64, CONFIG, idx, 0), idx)

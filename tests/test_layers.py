@@ -254,6 +254,12 @@ def test_cross_entropy_edges_agree_across_backends(backend):
     big[..., 0] = 3e37
     loss, _ = ops.cross_entropy_forward(big, np.ones((1, 16), int))
     assert loss == pytest.approx(3e37, rel=1e-6)
+    # a dominant logit in any column, the last included: the row max must see every column
+    for col in range(3):
+        dominant = np.zeros((1, 1, 3), np.float32)
+        dominant[..., col] = 100.0
+        loss, _ = ops.cross_entropy_forward(dominant, np.array([[(col + 1) % 3]]))
+        assert loss == pytest.approx(100.0, rel=1e-6)
     # targets NumPy would wrap (-2), broadcast ((1,) for (1, 1)) or truncate (1.9)
     for targets, message in ((np.array([[-2]]), "-1 or in"), (np.array([1]), "shape"),
                              (np.array([[1.9]]), "integers")):

@@ -211,6 +211,32 @@ def test_dropout_only_in_training_mode():
     assert model.train() is model and model.training
 
 
+def test_dropout_sits_where_gpt2_has_it():
+    # GPT-2 drops the embedding sum, the attention probabilities, and each residual branch (attention's
+    # and the MLP's) before it is added back: 1 + 2 * n_layer dropout calls and n_layer attention calls
+    # with p, per training forward. (Removing any one of them passed every other test.)
+    config = GPTConfig(**{**TINY, "dropout": 0.3})
+    model = GPT(config)
+    calls = {"dropout": [], "attention": []}
+    dropout_forward, attention_forward = model.ops.dropout_forward, model.ops.attention_forward
+
+    def counted_dropout(x, p, rng):
+        calls["dropout"].append(p)
+        return dropout_forward(x, p, rng)
+
+    def counted_attention(qkv, n_head, dropout=0.0, rng=None):
+        calls["attention"].append(dropout)
+        return attention_forward(qkv, n_head, dropout, rng)
+
+    model.ops.dropout_forward, model.ops.attention_forward = counted_dropout, counted_attention
+    model.forward(*batch(config))
+    assert calls == {"dropout": [0.3] * (1 + 2 * config.n_layer), "attention": [0.3] * config.n_layer}
+    model.backward()
+    calls = {"dropout": [], "attention": []}
+    model.eval().forward(*batch(config))
+    assert set(calls["dropout"]) <= {0.0} and calls["attention"] == [0.0] * config.n_layer
+
+
 def test_float32_stays_float32():
     config = GPTConfig(**TINY)
     model = GPT(config)
