@@ -186,6 +186,49 @@ def test_resume_warns_when_it_cannot_be_exact(tmp_path, capsys):
     assert "text of" in err and "changed since the run started" in err and "--eval-iters changed" in err
 
 
+def test_train_takes_the_steps_a_hand_written_loop_takes(corpus, tmp_path, monkeypatch):
+    # nanoGPT's loop written out: average the micro-batches' gradients, clip, AdamW at the scheduled lr.
+    # (Resume and backend tests compare train() with itself; summing instead of averaging, not clipping,
+    # or ignoring the schedule passed them all.)
+    import tinygpt.optim
+    from tinygpt.data import get_batch, prepare_dataset
+    from tinygpt.optim import AdamW, clip_grad_norm, lr_at
+
+    cfg = _config(corpus, tmp_path / "run", max_iters=3, eval_interval=3, grad_accum_steps=2, grad_clip=0.05,
+                  warmup_iters=1, lr_decay_iters=3, learning_rate=3e-2, min_lr=1e-3, seed=7)
+    norms_seen = []  # what train() clips: Adam barely notices a gradient scaled by 2 (summed micro-batches),
+    real_clip = tinygpt.optim.clip_grad_norm  # so the gradient's norm is checked, before clipping
+
+    def recording_clip(grads, max_norm):
+        norms_seen.append(real_clip(grads, max_norm))
+        return norms_seen[-1]
+
+    monkeypatch.setattr(tinygpt.optim, "clip_grad_norm", recording_clip)
+    training.train(cfg, quiet=True)
+    monkeypatch.undo()
+    trained = load_checkpoint(tmp_path / "run").model.params
+
+    data = prepare_dataset(corpus, "char")
+    config = GPTConfig(vocab_size=data.tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                       bias=cfg.bias)
+    model = GPT(config, seed=7)
+    optimizer = AdamW(model.params, lr=3e-2, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng([7, 2])  # the batch sampler's stream, as train() seeds it
+    norms = []
+    for step in range(3):
+        grads = {}
+        for _ in range(2):
+            model.forward(*get_batch(data.train, 4, 16, rng))
+            for name, g in model.backward().items():
+                grads[name] = grads.get(name, 0) + g / 2
+        norms.append(clip_grad_norm(grads, 0.05))
+        optimizer.step(grads, lr=lr_at(step, 3e-2, 1, 3, 1e-3))
+    np.testing.assert_allclose(norms_seen, norms, rtol=1e-5)
+    assert min(norms) > 0.05  # the clip was active at every step, so dropping it would show
+    for name, value in model.params.items():
+        np.testing.assert_allclose(trained[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 # A child process whose checkpoint writes are slowed down (each fsync sleeps), so that random kills
 # often land in the middle of a save.
 _SLOW_SAVES = """
