@@ -687,3 +687,44 @@ def test_output_grows_as_tokens_come(peaked_params):
     first = int(generate(peaked_params, CONFIG, _prompts(1, 3), 1, temperature=0)[0, -1])
     out = generate(peaked_params, CONFIG, _prompts(1, 3), 10**12, temperature=0, eos_token=first)
     assert out.shape == (1, 4)
+
+
+@pytest.fixture(scope="module")
+def padded_bpe_run_dir(tmp_path_factory):
+    """A BPE run whose model's vocabulary is padded 8 past its tokenizer's (as nanoGPT pads GPT-2's to
+    50304), the padding rows of wte made large: sampling them is what vocab_limit must prevent. The row
+    of <|endoftext|> lines up with ln_f's bias, so that --stop-at-eos has something to stop at."""
+    from tinygpt.checkpoint import save_checkpoint
+
+    tokenizer = BPETokenizer.train("the quick brown fox jumps over the lazy dog. " * 20, vocab_size=280,
+                                   special_tokens=["<|endoftext|>"])
+    eot = tokenizer.special_tokens["<|endoftext|>"]
+    config = GPTConfig(vocab_size=tokenizer.vocab_size + 8, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    model = GPT(config, seed=4)
+    wte = model.params["wte.weight"]
+    wte *= 5.0
+    wte[tokenizer.vocab_size:] *= 100.0
+    direction = np.zeros(config.n_embd, np.float32)
+    direction[0] = 1.0
+    model.params["ln_f.bias"] = direction
+    wte[eot] = direction  # with seed 11, <|endoftext|> comes 21st
+    directory = tmp_path_factory.mktemp("padded-bpe-run")
+    save_checkpoint(directory, model, tokenizer, None, {}, {"step": 0})
+    return directory, model, tokenizer, eot
+
+
+@pytest.mark.parametrize("stop_at_eos", [False, True])
+def test_cli_sample_is_generate_from_the_start_token_within_the_tokenizers_vocabulary(padded_bpe_run_dir,
+                                                                                    capsys, stop_at_eos):
+    # The CLI could start from id 0 instead of <|endoftext|>, ignore --stop-at-eos, or draw padding ids
+    # (an exit-2 decode error) without a failing test: it must equal generate() with those arguments.
+    directory, model, tokenizer, eot = padded_bpe_run_dir
+    args = ["sample", "--out", str(directory), "--max-new-tokens", "40", "--seed", "11"]
+    rc, out, err = _run_cli(args + (["--stop-at-eos"] if stop_at_eos else []), capsys)
+    assert rc == 0, err
+    new = generate(model.params, model.config, np.array([[eot]]), 40, seed=np.random.default_rng(11),
+                   eos_token=eot if stop_at_eos else None, vocab_limit=tokenizer.vocab_size)[0, 1:].tolist()
+    assert eot in new  # else --stop-at-eos would not be tested
+    if stop_at_eos:
+        new = new[: new.index(eot)]
+    assert out == tokenizer.decode(new) + "\n"
