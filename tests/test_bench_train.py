@@ -17,7 +17,13 @@ def test_bench_train_prints_a_row_per_side(capsys, monkeypatch):
     assert "GFLOP/s" in out
     rows = [line for line in out.splitlines() if line.startswith("4L/4H/128d/T64/B12")]
     assert [r.split()[1] for r in rows] == ["tinygpt", "PyTorch"]
-    assert rows[1].split()[-1] == "1.00x"  # the peer against itself
+    # each figure consistent with the others: tokens/s = B*T / (ms/step), and ours "vs PyTorch" is PyTorch's
+    # step time over ours (the peer's own 1.00x is a tautology, not checked)
+    (ours_tok, ours_ms, ours_ratio), (peer_tok, peer_ms, _) = [
+        (float(r.split()[3].replace(",", "")), float(r.split()[4]), r.split()[-1]) for r in rows]
+    for tokens, ms in ((ours_tok, ours_ms), (peer_tok, peer_ms)):
+        assert tokens == pytest.approx(12 * 64 * 1000 / ms, rel=0.01)
+    assert float(ours_ratio.rstrip("x")) == pytest.approx(peer_ms / ours_ms, abs=0.01 + 0.1 / ours_ms)
 
 
 def test_bench_train_without_peer_with_memory_probe(capsys):

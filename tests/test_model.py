@@ -317,7 +317,6 @@ def test_bad_constructor_arguments():
 
 
 def test_numba_backend_matches_numpy():
-    pytest.importorskip("numba")
     config = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=4, n_embd=32)
     ref = randomise(GPT(config))
     fast = GPT(config, backend="numba")
