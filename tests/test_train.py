@@ -607,6 +607,18 @@ def test_the_train_command_retains_freed_memory(tmp_path, monkeypatch):
     assert calls == [1]
 
 
+def test_a_dangling_latest_link_and_an_empty_out_are_clear_errors(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "1"]) == 0
+    for step_dir in (out / "checkpoints").iterdir():
+        step_dir.rename(tmp_path / step_dir.name)  # latest now points nowhere
+    # it said "pass --resume", and --resume said "missing directory": no way forward
+    line = _one_line_error(capsys, ["train", "--data", str(corpus), "--out", str(out), *TINY])
+    assert "points to a missing checkpoint: remove that link" in line
+    assert "empty string" in _one_line_error(capsys, ["train", "--data", str(corpus), "--out", "", *TINY])
+    assert "empty string" in _one_line_error(capsys, ["train", "--resume", "--out", ""])  # it resumed ./out
+
+
 def test_read_metrics_skips_lines_that_are_not_rows(tmp_path):
     # a hand-edited `5` or `"x"` line was a TypeError in plot and an AttributeError on resume
     path = tmp_path / "metrics.jsonl"

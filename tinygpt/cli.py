@@ -170,6 +170,8 @@ def _run_train(args):
 
     train.retain_freed_memory()  # steps reuse their freed activations instead of page-faulting fresh ones
     overrides = {name: getattr(args, name) for name in train.FIELDS if getattr(args, name, None) is not None}
+    if overrides.get("out") is not None and not overrides["out"].strip():
+        raise TinyGPTError("--out must name a directory, got an empty string")
     if args.resume:
         if args.config:
             raise TinyGPTError("--config cannot be combined with --resume: the run's saved config is used "

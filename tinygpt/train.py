@@ -99,6 +99,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, str) and (value is not None or name == "out"):
                 raise TinyGPTError(f"{_flag(name)} must be a path, got {value!r}")
+        if not self.out.strip():  # "" trained into the working directory, but resumed ./out
+            raise TinyGPTError("--out must name a directory, got an empty string")
         if self.n_embd % self.n_head:
             raise TinyGPTError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
         for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "dropout", "beta1", "beta2"):
@@ -452,6 +454,9 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         cfg = make_config({**{k: v for k, v in saved.items() if k in FIELDS}, **(overrides or {}),
                            "out": str(out)})
     elif out.is_dir() and checkpoint_path(out) is not None:
+        if not checkpoint_path(out).is_dir():  # a dangling link: --resume cannot continue it either
+            raise TinyGPTError(f"{out / LATEST} points to a missing checkpoint: remove that link to start a "
+                               "new run there, or choose another --out")
         raise TinyGPTError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose "
                            "another --out")
     elif out.is_dir():
