@@ -566,3 +566,65 @@ def test_numeric_label_names_match_csv_and_jsonl_labels(tmp_path, capsys):
     _fails(capsys, ["eval", "--out", str(tmp_path / "clf"), "--batch-size", "0"], "--batch-size")
     with pytest.raises(TinyGPTError, match="batch-size"):  # -1 ran no batch and scored uninitialised memory
         ft.predict_proba(ft.load_classifier(tmp_path / "clf"), ["the fox"], batch_size=-1)
+
+
+def test_labelled_files_as_editors_and_spreadsheets_write_them(tmp_path):
+    # A BOM (Excel's "CSV UTF-8"), and line separators inside texts, which JSON and CSV both allow raw:
+    # str.splitlines cut the JSONL row at U+2028 and the CSV record at a form feed or U+0085
+    texts = ["a\u2028b", "page\x0cbreak", "next\x85line", "two\nlines", "plain"]
+    rows = [{"text": t, "label": "x" if i % 2 else "y"} for i, t in enumerate(texts)]
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("\ufeff" + "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows),
+                     encoding="utf-8", newline="")
+    assert ft.read_labelled(jsonl)[0] == texts
+    table = tmp_path / "d.csv"
+    with open(table, "w", encoding="utf-8-sig", newline="") as f:
+        writer = csv.DictWriter(f, ["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert ft.read_labelled(table)[:2] == (texts, [r["label"] for r in rows])
+    # an error names the line the record is on, after a quoted field of two lines
+    (tmp_path / "bad.csv").write_text('text,label\n"two\nlines",pos\nbad,neg\ngood\n')
+    with pytest.raises(TinyGPTError, match=r"bad.csv:5: missing label"):
+        ft.read_labelled(tmp_path / "bad.csv")
+
+
+def test_finetune_never_replaces_what_it_did_not_write(tmp_path, lm_dir, capsys):
+    data = _write_jsonl(tmp_path / "metrics.jsonl", _rows())  # the data file IS out/metrics.jsonl
+    before = data.read_bytes()
+    _fails(capsys, ["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(tmp_path),
+                    "--max-iters", "2", "--backend", "numpy", "--quiet"], "did not write")
+    assert data.read_bytes() == before  # it was deleted and replaced by the metrics
+    _fails(capsys, ["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", "",
+                    "--max-iters", "2", "--backend", "numpy", "--quiet"], "empty string")
+
+
+def test_eval_of_a_held_out_file_scores_all_of_it_and_predict_takes_crlf(tmp_path, lm_dir, capsys):
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    out = tmp_path / "clf"
+    assert main(["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(out),
+                 "--max-iters", "4", "--backend", "numpy", "--quiet"]) == 0
+    test_file = _write_jsonl(tmp_path / "test.jsonl", _rows(30, seed=5))
+    capsys.readouterr()
+    assert main(["eval", "--out", str(out), "--data", str(test_file), "--backend", "numpy"]) == 0
+    assert "all split of" in capsys.readouterr().out  # it scored the 10% a val split of it would be
+    assert main(["eval", "--out", str(out), "--data", str(test_file), "--split", "val"]) == 0
+    assert "val split" in capsys.readouterr().out
+    # eval without --data finds the training file from anywhere (the path is saved absolute)
+    clf = ft.load_classifier(out)
+    assert Path(clf.meta["data"]).is_absolute()
+
+
+def test_predict_from_stdin_drops_a_crlf_line_end(tmp_path, lm_dir, capsys, monkeypatch):
+    import io
+
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    out = tmp_path / "clf"
+    assert main(["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(out),
+                 "--max-iters", "2", "--backend", "numpy", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--out", str(out), "sweet love"]) == 0
+    as_argument = capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"sweet love\r\n")))
+    assert main(["predict", "--out", str(out), "-"]) == 0
+    assert capsys.readouterr().out == as_argument

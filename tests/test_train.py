@@ -150,8 +150,8 @@ def test_resume_refuses_a_new_starting_point(corpus, tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="flock")
 def test_a_second_run_into_the_same_directory_fails_at_once(corpus, tmp_path):
     # two runs into one --out interleaved their metrics rows and deleted each other's staging
-    code = ("import sys, time; from pathlib import Path; from tinygpt.train import _exclusive_run_dir\n"
-            "with _exclusive_run_dir(Path(sys.argv[1]), create=True):\n"
+    code = ("import sys, time; from pathlib import Path; from tinygpt.checkpoint import exclusive_run_dir\n"
+            "with exclusive_run_dir(Path(sys.argv[1]), create=True):\n"
             "    print('locked', flush=True); time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], stdout=subprocess.PIPE,
                               text=True)

@@ -27,6 +27,7 @@ truncated copy, a disk error) is reported as a corrupt checkpoint rather than lo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -136,6 +137,38 @@ def check_new_run_dir(out_dir: str | os.PathLike) -> None:
                                f"run but no {LATEST!r} link: to resume it, restore the link (ln -s "
                                f"{CHECKPOINTS}/{earlier[-1]} {out_dir / LATEST}) and pass --resume; "
                                "else choose another --out")
+
+
+@contextlib.contextmanager
+def exclusive_run_dir(out: Path, create: bool):
+    """Hold an exclusive lock on a run directory (``flock`` on the directory itself, so no lock file
+    appears in it) while a training or fine-tuning run writes it; ``create`` makes a missing one (removed
+    again if the run fails before writing anything). Two runs into one --out used to interleave their
+    metrics rows and delete each other's checkpoint staging. Where there is no ``fcntl`` (Windows), no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    created = False
+    if create and not out.exists():
+        out.mkdir(parents=True)
+        created = True
+    if fcntl is None or not out.is_dir():
+        yield  # (a missing or non-directory --out is reported by _train, in its words)
+        return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TinyGPTError(f"{out} is being written by another tinygpt run; wait for it to finish or "
+                               "choose another --out") from None
+        yield
+    finally:
+        os.close(fd)  # (closing releases the lock)
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a run that failed before writing anything leaves no empty directory behind
 
 
 def _give_usual_permissions(directory: Path) -> None:

@@ -189,9 +189,12 @@ def _run_eval(args):
     from tinygpt.train import evaluate
 
     if is_classifier_dir(args.out):  # a `tinygpt finetune` classifier: accuracy + confusion matrix
+        if args.split is None:
+            args.split = "all" if args.data else "val"
         return _run_classifier_eval(args)
-
-    result = evaluate(args.out, data=args.data, split=args.split, batch_size=args.batch_size,
+    if args.split == "all":
+        raise TinyGPTError("--split all is for classifiers; a language model is evaluated on val or train")
+    result = evaluate(args.out, data=args.data, split=args.split or "val", batch_size=args.batch_size,
                       backend=args.backend, max_batches=args.max_batches)
     print(f"{result['split']} split of {result['data']}: {result['tokens']:,} tokens, model at step "
           f"{result['step']}")
@@ -232,7 +235,9 @@ def _add_training(sub):
     e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a trained model")
     e.add_argument("--out", default="out", help="the training output directory (default: out)")
     e.add_argument("--data", help="text file (default: the one the model was trained on)")
-    e.add_argument("--split", choices=("val", "train"), default="val", help="which 10%%/90%% split (val)")
+    e.add_argument("--split", choices=("val", "train", "all"),
+                   help="which split: val (default) or train, the 10%%/90%% split as in training; all (a "
+                        "classifier's default with --data: a held-out test file is scored whole)")
     e.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
     e.add_argument("--max-batches", type=int, help="stop after this many batches")
     e.add_argument("--backend", choices=_BACKEND_CHOICES, default="auto")
@@ -436,7 +441,7 @@ def _run_predict(args):
 
     texts = args.text
     if not texts or texts == ["-"]:
-        texts = [_tokenizer_read_utf8("-").rstrip("\n")]
+        texts = [_tokenizer_read_utf8("-").rstrip("\r\n")]  # the line end, CRLF included
     clf = load_classifier(args.out, backend=args.backend)
     probs = predict_proba(clf, texts)
     width = max(len(str(label)) for label in clf.labels)

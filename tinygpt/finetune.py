@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -82,12 +83,14 @@ def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
     if suffix not in (".jsonl", ".csv"):
         raise TinyGPTError(f"{path}: labelled data must be .jsonl or .csv, got {suffix or 'no extension'!r}")
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_bytes().decode("utf-8-sig")  # (-sig: a leading BOM, as Excel writes, is dropped)
     except UnicodeDecodeError as exc:
         raise TinyGPTError(f"{path} is not UTF-8 text (byte {exc.start})") from None
     rows = []  # (row number as a person counts it, dict)
     if suffix == ".jsonl":
-        for number, line in enumerate(raw.splitlines(), 1):
+        # lines end at \n only (a \r before it is JSON whitespace): str.splitlines would also cut at
+        # U+2028, U+0085 or a form feed, which JSON strings may hold raw
+        for number, line in enumerate(raw.split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -98,11 +101,13 @@ def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
                 raise TinyGPTError(f"{path}:{number}: expected a JSON object with text and label")
             rows.append((number, row))
     else:
-        reader = csv.DictReader(raw.splitlines(keepends=True))
+        # the csv module splits the records itself (newline="" semantics): a quoted field may hold line
+        # breaks of any kind; reader.line_num is the line a record ends on
+        reader = csv.DictReader(io.StringIO(raw, newline=""))
         if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
             raise TinyGPTError(f"{path}: the CSV header must name the columns text and label, got "
                                f"{reader.fieldnames}")
-        rows = [(number, row) for number, row in enumerate(reader, 2)]  # line 1 is the header
+        rows = [(reader.line_num, row) for row in reader]
     if not rows:
         raise TinyGPTError(f"{path} holds no rows")
     texts, labels, splits = [], [], []
@@ -166,7 +171,7 @@ def label_vocabulary(labels: list, names: list | None = None) -> tuple[list, np.
 
 
 def split_indices(label_ids: np.ndarray, splits: list, val_fraction: float, seed: int,
-                  n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+                  n_classes: int, names: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Row indices ``(train, val)``: the rows' own ``split`` fields, else a stratified seeded split.
 
     Stratified: each class gives ``round(val_fraction * n)`` of its n rows (at least 1 when n >= 2, never
@@ -190,8 +195,8 @@ def split_indices(label_ids: np.ndarray, splits: list, val_fraction: float, seed
     train, val = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     missing = sorted(set(range(n_classes)) - set(label_ids[train].tolist()))
     if missing:
-        raise TinyGPTError(f"class number {missing[0]} has no training examples (all of its rows are in "
-                           "the validation split)")
+        which = f"label {names[missing[0]]!r}" if names else f"class number {missing[0]}"
+        raise TinyGPTError(f"{which} has no training examples (all of its rows are in the validation split)")
     return train, val
 
 
@@ -386,6 +391,8 @@ class FinetuneConfig:
     def validate(self) -> FinetuneConfig:
         if not self.data:
             raise TinyGPTError("--data FILE.jsonl|csv is required")
+        if not str(self.out).strip():  # Path("") is the working directory
+            raise TinyGPTError("--out must name a directory, got an empty string")
         if self.init_from and self.pretrained:
             raise TinyGPTError("give --init-from or --pretrained, not both")
         start = self.init_from or self.pretrained
@@ -495,22 +502,48 @@ def _load_body(cfg: FinetuneConfig, texts: list[str]):
     return GPT(config, seed=cfg.seed, backend=cfg.backend), tokenizer, "a fresh random initialisation"
 
 
+def _check_metrics_are_ours(metrics: Path) -> None:
+    """A metrics.jsonl a fine-tuning run may replace: one whose first row is a fine-tuning row."""
+    if not metrics.exists():
+        return
+    try:
+        with open(metrics, encoding="utf-8") as f:
+            first = json.loads(f.readline() or "{}")
+        ours = isinstance(first, dict) and {"step", "epoch"} <= first.keys()
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise TinyGPTError(f"{metrics.parent} already holds a metrics.jsonl that tinygpt finetune did not "
+                           "write; choose another --out (nothing was changed)")
+
+
 def finetune_classifier(cfg: FinetuneConfig, quiet: bool = False) -> dict:
     """Fine-tune (or, without init_from / pretrained, train from scratch) a classifier into ``cfg.out``.
 
     Every ``eval_interval`` steps and at the end: one metrics.jsonl row (step, epoch, train loss and
     accuracy as running means over the steps since the last row, val loss and accuracy on the whole
     validation split, lr) and an atomic checkpoint of the current weights. Returns a summary dict.
+    One run at a time writes a directory, and never one holding files it did not write.
     """
-    from tinygpt.checkpoint import checkpoint_path, save_checkpoint
-    from tinygpt.optim import AdamW, clip_grad_norm, lr_at
+    from tinygpt.checkpoint import exclusive_run_dir
 
     cfg.validate()
+    with exclusive_run_dir(Path(cfg.out), create=True):
+        return _finetune_classifier(cfg, quiet)
+
+
+def _finetune_classifier(cfg: FinetuneConfig, quiet: bool) -> dict:
+    from tinygpt.checkpoint import check_new_run_dir, checkpoint_path, save_checkpoint
+    from tinygpt.optim import AdamW, clip_grad_norm, lr_at
+
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise TinyGPTError(f"--out {out} exists and is not a directory")
     if out.is_dir() and checkpoint_path(out) is not None:
         raise TinyGPTError(f"{out} already holds a checkpoint: choose another --out")
+    if out.is_dir():  # before anything is written: never replace or delete what tinygpt did not write
+        check_new_run_dir(out)
+        _check_metrics_are_ours(out / "metrics.jsonl")
 
     def say(message):
         if not quiet:
@@ -518,7 +551,7 @@ def finetune_classifier(cfg: FinetuneConfig, quiet: bool = False) -> dict:
 
     texts, raw_labels, splits = read_labelled(cfg.data)
     names, label_ids = label_vocabulary(raw_labels, cfg.labels)
-    train_rows, val_rows = split_indices(label_ids, splits, cfg.val_fraction, cfg.seed, len(names))
+    train_rows, val_rows = split_indices(label_ids, splits, cfg.val_fraction, cfg.seed, len(names), names)
     model, tokenizer, source = _load_body(cfg, texts)
     if cfg.dropout is not None:
         model.config.dropout = float(cfg.dropout)
@@ -551,7 +584,7 @@ def finetune_classifier(cfg: FinetuneConfig, quiet: bool = False) -> dict:
     # With a frozen body its features never change: compute them once, then train a softmax regression.
     frozen_train = pooled_features(model, train_seqs) if cfg.freeze_body else None
     frozen_val = pooled_features(model, val_seqs) if cfg.freeze_body and len(val_rows) else None
-    info = {"data": str(cfg.data), "val_fraction": cfg.val_fraction, "seed": cfg.seed,
+    info = {"data": str(Path(cfg.data).resolve()), "val_fraction": cfg.val_fraction, "seed": cfg.seed,
             "freeze_body": cfg.freeze_body, "source": source}
     record = {**cfg.to_dict(), "task": "classify", "labels": names}
     rng = np.random.default_rng([cfg.seed, 6])
@@ -701,6 +734,9 @@ def evaluate_classifier(out_dir, data: str | None = None, split: str = "val", ba
     clf = load_classifier(out_dir, backend=backend)
     path = data or clf.meta.get("data")
     texts, raw_labels, splits = read_labelled(path)
+    if all(isinstance(name, int) for name in clf.labels):  # a CSV's labels are text: "0" is the label 0
+        raw_labels = [int(label) if isinstance(label, str) and re.fullmatch(r"-?\d+", label.strip())
+                      else label for label in raw_labels]
     unknown = sorted({label for label in raw_labels if label not in clf.labels}, key=str)
     if unknown:
         raise TinyGPTError(f"{path}: label {unknown[0]!r} is not one of the classifier's {clf.labels}")
@@ -731,7 +767,7 @@ def evaluate_classifier(out_dir, data: str | None = None, split: str = "val", ba
 def _split_for_eval(label_ids, splits, clf, n_classes):
     try:
         return split_indices(label_ids, splits, clf.meta.get("val_fraction", 0.1), clf.meta.get("seed", 0),
-                             n_classes)
+                             n_classes, clf.labels)
     except TinyGPTError:  # a class without training rows in this file: the validation side is still valid
         is_val = np.array([s == "val" for s in splits]) if splits and splits[0] else None
         if is_val is None:

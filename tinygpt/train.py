@@ -25,7 +25,6 @@ Only a checkpoint copies the weights and moments to the host (``save_pretrained`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
@@ -384,38 +383,10 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
     parts of it; ``cfg`` is then ignored except for ``cfg.out``. One run at a time writes a directory: a
     second one started into it (before or after the first has saved anything) fails at once.
     """
-    with _exclusive_run_dir(Path(cfg.out), create=not resume):
+    from tinygpt.checkpoint import exclusive_run_dir
+
+    with exclusive_run_dir(Path(cfg.out), create=not resume):
         return _train(cfg, resume, quiet, overrides)
-
-
-@contextlib.contextmanager
-def _exclusive_run_dir(out: Path, create: bool):
-    """Hold an exclusive lock on the run directory (``flock`` on the directory itself, so no lock file
-    appears in it) while training writes it. Two runs into one --out used to interleave their metrics
-    rows and delete each other's checkpoint staging. Where there is no ``fcntl`` (Windows), no lock."""
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None
-    created = False
-    if create and not out.exists():
-        out.mkdir(parents=True)
-        created = True
-    if fcntl is None or not out.is_dir():
-        yield  # (a missing or non-directory --out is reported by _train, in its words)
-        return
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TinyGPTError(f"{out} is being written by another tinygpt run; wait for it to finish or "
-                               "choose another --out") from None
-        yield
-    finally:
-        os.close(fd)  # (closing releases the lock)
-        if created and not any(out.iterdir()):
-            out.rmdir()  # a run that failed before writing anything leaves no empty directory behind
 
 
 def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) -> dict:
