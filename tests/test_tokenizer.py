@@ -832,3 +832,49 @@ def test_decode_accepts_numpy_integer_scalars_and_rejects_floats():
         tok.decode([1.0])
     with pytest.raises(TinyGPTError, match="ids must be ints"):
         tok.decode([True])
+
+
+def test_gpt2_files_with_a_truncated_vocab_bpe_are_corrupt_not_thousands_of_specials(tmp_path):
+    # the ids past the merges loaded as 49,001 "special tokens" and the tokenizer encoded wrongly
+    encoder_json, vocab_bpe = tmp_path / "encoder.json", tmp_path / "vocab.bpe"
+    encoder_json.write_bytes((GPT2_DATA / "encoder.json").read_bytes())
+    lines = (GPT2_DATA / "vocab.bpe").read_text(encoding="utf-8").split("\n")
+    for kept in (lines[:1001], lines[:1], lines[:-20]):  # 1000 merges, none, all but the last few
+        vocab_bpe.write_text("\n".join(kept) + "\n", encoding="utf-8")
+        with pytest.raises(TinyGPTError, match="ids past them.*truncated"):
+            BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)
+
+
+def test_allowed_special_of_the_wrong_type_is_a_clear_error(trained):
+    for bad in (None, 0):
+        with pytest.raises(TinyGPTError, match="allowed_special must be"):
+            trained.encode("x", allowed_special=bad)
+
+
+def test_deeply_nested_tokenizer_json_is_corrupt_not_a_traceback(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(TinyGPTError, match="nested too deeply"):
+        load_tokenizer(path)
+
+
+def test_cli_train_never_exports_over_its_input_or_out(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    corpus = folder / "vocab.bpe"  # the input text sits where the export would write
+    corpus.write_text("hello world " * 50, encoding="utf-8")
+    before = corpus.read_bytes()
+    for args in (("--input", corpus, "--out", tmp_path / "t.json"),
+                 ("--input", tmp_path / "c.txt", "--out", folder / "encoder.json")):
+        (tmp_path / "c.txt").write_text("hello world " * 50, encoding="utf-8")
+        proc = run_cli("train", *args, "--vocab-size", 270, "--gpt2-files", folder)
+        assert proc.returncode == 2 and "it would be overwritten" in proc.stderr
+    assert corpus.read_bytes() == before and not (folder / "encoder.json").exists()
+
+
+def test_cli_export_of_a_gpt4_pattern_tokenizer_warns_that_the_files_carry_no_pattern(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("(hello) 1234567 " * 40, encoding="utf-8")
+    proc = run_cli("train", "--input", corpus, "--vocab-size", 270, "--pattern", "gpt4", "--out",
+                   tmp_path / "t.json", "--gpt2-files", tmp_path / "g")
+    assert proc.returncode == 0 and "holds no split pattern" in proc.stderr

@@ -87,12 +87,22 @@ def _tokenizer_train(args):
         raise TinyGPTError(f"--out {args.out} is the --input text: it would be overwritten")
     if args.gpt2_files and os.path.exists(args.gpt2_files) and not os.path.isdir(args.gpt2_files):
         raise TinyGPTError(f"--gpt2-files {args.gpt2_files} is not a directory")
+    if args.gpt2_files:  # the export writes these two: never over the input text or the --out file
+        exported = {os.path.abspath(os.path.join(args.gpt2_files, n)) for n in ("encoder.json", "vocab.bpe")}
+        for flag, path in (("--input", args.input), ("--out", args.out)):
+            if path != "-" and os.path.abspath(path) in exported:
+                raise TinyGPTError(f"{flag} {path} is a file --gpt2-files {args.gpt2_files} writes; it would "
+                                   "be overwritten")
     text = _tokenizer_read_utf8(args.input)
     start = time.perf_counter()
     tok = BPETokenizer.train(text, args.vocab_size, pattern=args.pattern, special_tokens=args.special_tokens)
     seconds = time.perf_counter() - start
     if args.gpt2_files:  # first: if it fails, --out (perhaps an older tokenizer) is left as it was
         tok.save_gpt2_files(args.gpt2_files)
+        if tok.pattern_name != "gpt2":  # GPT-2's two files have no place for the split pattern
+            print(f"tinygpt: warning: {args.gpt2_files} holds no split pattern and loads with GPT-2's; this "
+                  f"tokenizer splits with {tok.pattern_name or 'a custom pattern'}, so give that pattern to "
+                  "whatever loads the files (tiktoken's pat_str, HF's pre-tokenizer)", file=sys.stderr)
     tok.save(args.out)
     n_tokens = len(tok.encode(text))
     print(

@@ -400,6 +400,7 @@ class BPETokenizer:
                 return set(self.special_tokens)
             if allowed_special == "none":
                 return set()
+        if isinstance(allowed_special, (str, bytes)) or not hasattr(allowed_special, "__iter__"):
             raise TinyGPTError(
                 f"allowed_special must be 'none', 'all' or a set of special tokens, got {allowed_special!r}"
             )
@@ -610,6 +611,17 @@ class BPETokenizer:
         # tokenizers looks an added special token up by its plain text (a byte-level "<|endĠofĠtext|>"
         # would get a new id there). The ids beyond the merges must be exactly the specials.
         specials = {s: i for s, i in encoder.items() if _is_id(i) and i >= n_base}
+        # A vocab.bpe cut short leaves encoder.json's later merge tokens past the merges, where they would
+        # load as thousands of "special tokens". Refuse more of them than any real file has, or several
+        # that are mostly spelled like a merge of two earlier tokens (a special token rarely is: one odd
+        # special such as "ÿÿ" still loads).
+        merge_like = [s for s, i in specials.items() if _spelled_as_a_merge(s, i, encoder)]
+        mostly_merges = len(merge_like) >= 2 and 2 * len(merge_like) > len(specials)
+        if len(specials) > _MAX_SPECIAL_TOKENS or mostly_merges:
+            example = f" ({merge_like[0]!r} is spelled like a merge)" if merge_like else ""
+            raise TinyGPTError(f"corrupt GPT-2 files: {vocab_bpe} has {len(merges)} merges but "
+                               f"{encoder_json} has {len(specials)} ids past them{example}; is vocab.bpe "
+                               "truncated?")
         if len(encoder) != n_base + len(specials):
             raise TinyGPTError(f"corrupt encoder.json {encoder_json}: {len(encoder)} ids for {n_base} tokens")
         return cls(merges, pattern="gpt2", special_tokens=specials, byte_ids=byte_ids)
@@ -948,6 +960,15 @@ def _read_text(path) -> str:
         raise TinyGPTError(f"corrupt tokenizer file {path}: not UTF-8 text") from None
 
 
+_MAX_SPECIAL_TOKENS = 1024  # GPT-2's files have one; a cut vocab.bpe leaves thousands
+
+
+def _spelled_as_a_merge(text: str, token_id: int, encoder: dict) -> bool:
+    """True if ``text`` splits into two tokens of ``encoder`` with smaller ids, as a merge's token does."""
+    return any(encoder.get(text[:k], token_id) < token_id and encoder.get(text[k:], token_id) < token_id
+               for k in range(1, len(text)))
+
+
 def _read_json(path):
     text = _read_text(path)
     try:
@@ -955,6 +976,8 @@ def _read_json(path):
     except json.JSONDecodeError as exc:
         msg = f"{exc.msg} at line {exc.lineno}"
         raise TinyGPTError(f"corrupt tokenizer file {path}: bad JSON ({msg})") from None
+    except RecursionError:  # nesting deeper than the parser's stack: not a tokenizer either
+        raise TinyGPTError(f"corrupt tokenizer file {path}: JSON nested too deeply") from None
 
 
 def _indented_lines(lines: list[str]) -> str:
