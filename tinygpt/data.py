@@ -265,7 +265,10 @@ def _valid_cache(folder: Path, text_sha256: str, fingerprint: str, val_fraction:
         ok = (meta.get("text_sha256") == text_sha256 and meta.get("tokenizer_sha256") == fingerprint
               and meta["train_tokens"] == _n_train(n_tokens, val_fraction)  # split as asked this time
               and (folder / "train.bin").stat().st_size == meta["train_tokens"] * dtype.itemsize
-              and (folder / "val.bin").stat().st_size == meta["val_tokens"] * dtype.itemsize)
+              and (folder / "val.bin").stat().st_size == meta["val_tokens"] * dtype.itemsize
+              # and their contents: a damaged file of the right size would train on wrong ids silently
+              and sha256_file(folder / "train.bin") == meta.get("train_sha256")
+              and sha256_file(folder / "val.bin") == meta.get("val_sha256"))
         return meta if ok else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -297,8 +300,9 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
         dtype = token_dtype(tokenizer.vocab_size)
         n_train = _n_train(len(ids), val_fraction)
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / "train.bin", ids[:n_train].astype(dtype).tobytes())
-        write_atomic(folder / "val.bin", ids[n_train:].astype(dtype).tobytes())
+        train_bytes, val_bytes = ids[:n_train].astype(dtype).tobytes(), ids[n_train:].astype(dtype).tobytes()
+        write_atomic(folder / "train.bin", train_bytes)
+        write_atomic(folder / "val.bin", val_bytes)
         meta = {
             "source": str(text_path.resolve()),
             "text_sha256": text_sha256,
@@ -308,6 +312,8 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
             "train_tokens": n_train,
             "val_tokens": int(len(ids) - n_train),
             "text_bytes": len(text.encode("utf-8")),
+            "train_sha256": sha256_bytes(train_bytes),
+            "val_sha256": sha256_bytes(val_bytes),
         }
         # meta.json last: its presence (with matching sizes) is what marks the cache entry complete.
         write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())
