@@ -854,7 +854,8 @@ def load_tokenizer(spec) -> BPETokenizer | CharTokenizer:
     """``"gpt2"`` -> GPT-2's tokenizer; a path -> the tokenizer saved there.
 
     A directory is read as a training output dir (its ``tokenizer.json``) or as GPT-2's file pair
-    (``encoder.json`` + ``vocab.bpe``).
+    (``encoder.json`` + ``vocab.bpe``, or HF's names for them, ``vocab.json`` + ``merges.txt``, as in a
+    transformers GPT-2 directory, whose own ``tokenizer.json`` is HF's format, not ours).
     """
     if spec == "gpt2":
         return BPETokenizer.gpt2()
@@ -862,12 +863,20 @@ def load_tokenizer(spec) -> BPETokenizer | CharTokenizer:
         raise TinyGPTError(f"a tokenizer spec is 'gpt2' or a path, got {type(spec).__name__}")
     path = Path(spec)
     if path.is_dir():
-        if (path / "tokenizer.json").is_file():
+        names = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))  # GPT-2's, HF's
+        pairs = [(path / a, path / b) for a, b in names]
+        pair = next(((a, b) for a, b in pairs if a.is_file() and b.is_file()), None)
+        ours = (path / "tokenizer.json").is_file()
+        if ours and pair is not None:  # beside a GPT-2 pair, a tokenizer.json may be HF's: ours has a type
+            d = _read_json(path / "tokenizer.json")
+            ours = isinstance(d, dict) and d.get("type") in ("bpe", "char")
+        if ours:
             path = path / "tokenizer.json"
-        elif (path / "encoder.json").is_file() and (path / "vocab.bpe").is_file():
-            return BPETokenizer.from_gpt2_files(path / "encoder.json", path / "vocab.bpe")
+        elif pair is not None:
+            return BPETokenizer.from_gpt2_files(*pair)
         else:
-            raise TinyGPTError(f"no tokenizer.json (or encoder.json + vocab.bpe) in directory {path}")
+            raise TinyGPTError(f"no tokenizer.json (or encoder.json + vocab.bpe, or vocab.json + merges.txt) "
+                               f"in directory {path}")
     d = _read_json(path)
     kind = d.get("type") if isinstance(d, dict) else None
     if kind == "bpe":
