@@ -878,3 +878,17 @@ def test_cli_export_of_a_gpt4_pattern_tokenizer_warns_that_the_files_carry_no_pa
     proc = run_cli("train", "--input", corpus, "--vocab-size", 270, "--pattern", "gpt4", "--out",
                    tmp_path / "t.json", "--gpt2-files", tmp_path / "g")
     assert proc.returncode == 0 and "holds no split pattern" in proc.stderr
+
+
+def test_load_tokenizer_reads_a_transformers_gpt2_directory(gpt2, tmp_path):
+    # vocab.json + merges.txt beside HF's own tokenizer.json: refused before ("no tokenizer.json ...")
+    encoder_json, vocab_bpe = gpt2.save_gpt2_files(tmp_path / "export")
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "vocab.json").write_bytes(encoder_json.read_bytes())
+    (hf_dir / "merges.txt").write_bytes(vocab_bpe.read_bytes())
+    (hf_dir / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE"}}')
+    text = "Hello, world! Ünïcödé 🤖"
+    assert load_tokenizer(hf_dir).encode(text) == gpt2.encode(text)
+    (hf_dir / "tokenizer.json").unlink()
+    assert load_tokenizer(hf_dir).encode(text) == gpt2.encode(text)
