@@ -892,3 +892,20 @@ def test_load_tokenizer_reads_a_transformers_gpt2_directory(gpt2, tmp_path):
     assert load_tokenizer(hf_dir).encode(text) == gpt2.encode(text)
     (hf_dir / "tokenizer.json").unlink()
     assert load_tokenizer(hf_dir).encode(text) == gpt2.encode(text)
+
+
+def test_gpt2_files_exported_before_specials_were_plain_text_still_load(tmp_path):
+    # tinygpt's exports before 2026-12-01 wrote special tokens as byte-level text ("<|endĠofĠtext|>")
+    specials = ["<|end of text|>", "<|é|>"]
+    tok = BPETokenizer.train("hello world, the end of text. " * 50, 300, special_tokens=specials)
+    encoder_json, vocab_bpe = tok.save_gpt2_files(tmp_path)
+    encoder = json.loads(encoder_json.read_text(encoding="utf-8"))
+    to_char = tokenizer_module.gpt2_bytes_to_unicode()
+    for s in specials:
+        encoder["".join(to_char[b] for b in s.encode("utf-8"))] = encoder.pop(s)
+    assert "<|endĠofĠtext|>" in encoder and "<|Ã©|>" in encoder
+    encoder_json.write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
+    loaded = BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)
+    assert loaded.special_tokens == tok.special_tokens
+    assert loaded.encode("a<|end of text|>", allowed_special="all") == tok.encode("a<|end of text|>",
+                                                                                 allowed_special="all")

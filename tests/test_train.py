@@ -168,8 +168,26 @@ def test_a_second_run_into_the_same_directory_fails_at_once(corpus, tmp_path):
 
 def test_a_new_run_that_fails_before_writing_leaves_no_directory(tmp_path):
     with pytest.raises(TinyGPTError):
-        training.train(_config(tmp_path / "no-such-corpus.txt", tmp_path / "run", max_iters=2), quiet=True)
-    assert not (tmp_path / "run").exists()
+        training.train(_config(tmp_path / "no-such-corpus.txt", tmp_path / "a" / "b" / "run", max_iters=2),
+                       quiet=True)
+    assert list(tmp_path.iterdir()) == []  # nor the parents it made (a/b was left behind)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_a_run_that_loses_the_lock_leaves_the_winners_directory_alone(tmp_path, monkeypatch):
+    # Run A makes --out, run B locks it first: A's cleanup removed B's (still empty) directory
+    import fcntl
+
+    from tinygpt.checkpoint import exclusive_run_dir
+
+    def held_by_another_run(fd, operation):
+        raise BlockingIOError
+
+    monkeypatch.setattr(fcntl, "flock", held_by_another_run)
+    with pytest.raises(TinyGPTError, match="another tinygpt run"):
+        with exclusive_run_dir(tmp_path / "out", create=True):
+            pass
+    assert (tmp_path / "out").is_dir()
 
 
 def test_resume_warns_when_it_cannot_be_exact(tmp_path, capsys):

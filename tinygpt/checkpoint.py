@@ -150,25 +150,33 @@ def exclusive_run_dir(out: Path, create: bool):
         import fcntl
     except ImportError:
         fcntl = None
-    created = False
+    created = []  # the directories made here, deepest first: removed again if the run writes nothing
     if create and not out.exists():
+        missing = out
+        while not missing.exists():
+            created.append(missing)
+            missing = missing.parent
         out.mkdir(parents=True)
-        created = True
     if fcntl is None or not out.is_dir():
         yield  # (a missing or non-directory --out is reported by _train, in its words)
         return
     fd = os.open(out, os.O_RDONLY)
+    locked = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise TinyGPTError(f"{out} is being written by another tinygpt run; wait for it to finish or "
                                "choose another --out") from None
+        locked = True
         yield
     finally:
+        if locked:  # (never clean up a directory that another run holds)
+            for directory in created:
+                if any(directory.iterdir()):
+                    break
+                directory.rmdir()
         os.close(fd)  # (closing releases the lock)
-        if created and not any(out.iterdir()):
-            out.rmdir()  # a run that failed before writing anything leaves no empty directory behind
 
 
 def _give_usual_permissions(directory: Path) -> None:

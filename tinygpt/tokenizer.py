@@ -610,7 +610,7 @@ class BPETokenizer:
         # Special tokens are stored as plain text, not byte-level text: GPT-2's "<|endoftext|>" is, and HF
         # tokenizers looks an added special token up by its plain text (a byte-level "<|endĠofĠtext|>"
         # would get a new id there). The ids beyond the merges must be exactly the specials.
-        specials = {s: i for s, i in encoder.items() if _is_id(i) and i >= n_base}
+        specials = {s: i for s, i in encoder.items() if _is_id(i) and i >= n_base}  # keys as written
         # A vocab.bpe cut short leaves encoder.json's later merge tokens past the merges, where they would
         # load as thousands of "special tokens". Refuse more of them than any real file has, or several
         # that are mostly spelled like a merge of two earlier tokens (a special token rarely is: one odd
@@ -622,6 +622,8 @@ class BPETokenizer:
             raise TinyGPTError(f"corrupt GPT-2 files: {vocab_bpe} has {len(merges)} merges but "
                                f"{encoder_json} has {len(specials)} ids past them{example}; is vocab.bpe "
                                "truncated?")
+        char_to_byte = {c: b for b, c in enumerate(gpt2_bytes_to_unicode())}
+        specials = {_special_token_text(s, char_to_byte): i for s, i in specials.items()}
         if len(encoder) != n_base + len(specials):
             raise TinyGPTError(f"corrupt encoder.json {encoder_json}: {len(encoder)} ids for {n_base} tokens")
         return cls(merges, pattern="gpt2", special_tokens=specials, byte_ids=byte_ids)
@@ -967,6 +969,19 @@ def _read_text(path) -> str:
         raise TinyGPTError(f"expected a tokenizer file, got a directory: {path}") from None
     except UnicodeDecodeError:
         raise TinyGPTError(f"corrupt tokenizer file {path}: not UTF-8 text") from None
+
+
+def _special_token_text(key: str, char_to_byte: dict) -> str:
+    """A special token's text from its encoder.json key: plain text, as GPT-2 writes "<|endoftext|>" and
+    tinygpt does since 2026-12-01. tinygpt's earlier exports wrote byte-level text ("<|endĠofĠtext|>"):
+    a key that can only be that (every character in the byte-level alphabet, one of them not printable
+    ASCII, and its bytes valid UTF-8) is read back as such."""
+    if all(c in char_to_byte for c in key) and any(not "!" <= c <= "~" for c in key):
+        try:
+            return bytes(char_to_byte[c] for c in key).decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return key
 
 
 _MAX_SPECIAL_TOKENS = 1024  # GPT-2's files have one; a cut vocab.bpe leaves thousands
