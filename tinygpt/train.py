@@ -558,9 +558,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
                file=sys.stderr, smoothing=0.1)
     # a diverging run overflows to inf / nan, which the checks above turn into one clear error: NumPy's
     # RuntimeWarnings on the way there would only bury it
-    errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
-    errstate.__enter__()
-    try:
+    with bar, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         while step < cfg.max_iters:
             t0 = time.perf_counter()
             lr = lr_for(step)
@@ -596,9 +594,6 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
             if step % cfg.eval_interval == 0 or step == cfg.max_iters:
                 evaluate_and_checkpoint(step, lr_for(step))
                 last_saved = step
-    finally:
-        errstate.__exit__(None, None, None)
-        bar.close()
 
     png = None
     try:
