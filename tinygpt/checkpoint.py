@@ -139,6 +139,25 @@ def check_new_run_dir(out_dir: str | os.PathLike) -> None:
                                "else choose another --out")
 
 
+def check_metrics_are_ours(out_dir: Path, first_row_keys: set, with_plot: bool = True) -> None:
+    """A new run replaces ``metrics.jsonl`` (and, ``with_plot``, ``loss.png``): only if an earlier run of its
+    kind wrote them, which the first row's keys tell (``{"step", "train_loss"}`` for train, ``{"step",
+    "epoch"}`` for finetune); else TinyGPTError. Even the run's own --data file could sit there."""
+    metrics, plot = out_dir / "metrics.jsonl", out_dir / "loss.png"
+    if not metrics.exists() and not (with_plot and plot.exists()):
+        return
+    try:
+        with open(metrics, encoding="utf-8") as f:
+            first = json.loads(f.readline() or "{}")
+        ours = isinstance(first, dict) and (not first or first_row_keys <= first.keys())
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        name = "metrics.jsonl" if metrics.exists() else "loss.png"
+        raise TinyGPTError(f"{out_dir} already holds a {name} that tinygpt did not write; choose another "
+                           "--out (nothing was changed)")
+
+
 @contextlib.contextmanager
 def exclusive_run_dir(out: Path, create: bool):
     """Hold an exclusive lock on a run directory (``flock`` on the directory itself, so no lock file

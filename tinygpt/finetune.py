@@ -502,21 +502,6 @@ def _load_body(cfg: FinetuneConfig, texts: list[str]):
     return GPT(config, seed=cfg.seed, backend=cfg.backend), tokenizer, "a fresh random initialisation"
 
 
-def _check_metrics_are_ours(metrics: Path) -> None:
-    """A metrics.jsonl a fine-tuning run may replace: one whose first row is a fine-tuning row."""
-    if not metrics.exists():
-        return
-    try:
-        with open(metrics, encoding="utf-8") as f:
-            first = json.loads(f.readline() or "{}")
-        ours = isinstance(first, dict) and {"step", "epoch"} <= first.keys()
-    except (OSError, ValueError):
-        ours = False
-    if not ours:
-        raise TinyGPTError(f"{metrics.parent} already holds a metrics.jsonl that tinygpt finetune did not "
-                           "write; choose another --out (nothing was changed)")
-
-
 def finetune_classifier(cfg: FinetuneConfig, quiet: bool = False) -> dict:
     """Fine-tune (or, without init_from / pretrained, train from scratch) a classifier into ``cfg.out``.
 
@@ -533,7 +518,7 @@ def finetune_classifier(cfg: FinetuneConfig, quiet: bool = False) -> dict:
 
 
 def _finetune_classifier(cfg: FinetuneConfig, quiet: bool) -> dict:
-    from tinygpt.checkpoint import check_new_run_dir, checkpoint_path, save_checkpoint
+    from tinygpt.checkpoint import check_metrics_are_ours, check_new_run_dir, checkpoint_path, save_checkpoint
     from tinygpt.optim import AdamW, clip_grad_norm, lr_at
 
     out = Path(cfg.out)
@@ -543,7 +528,7 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool) -> dict:
         raise TinyGPTError(f"{out} already holds a checkpoint: choose another --out")
     if out.is_dir():  # before anything is written: never replace or delete what tinygpt did not write
         check_new_run_dir(out)
-        _check_metrics_are_ours(out / "metrics.jsonl")
+        check_metrics_are_ours(out, {"step", "epoch"}, with_plot=False)  # (finetune draws no loss.png)
 
     def say(message):
         if not quiet:

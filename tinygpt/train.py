@@ -283,23 +283,6 @@ def mean_loss(model, batches) -> float:
 # --- the training loop -------------------------------------------------------------------------------
 
 
-def _check_metrics_are_ours(out: Path) -> None:
-    """A new run in ``out`` replaces metrics.jsonl and loss.png: only if an earlier tinygpt run wrote them."""
-    metrics, plot = out / "metrics.jsonl", out / "loss.png"
-    if not metrics.exists() and not plot.exists():
-        return
-    try:
-        with open(metrics) as f:
-            first = json.loads(f.readline() or "{}")
-        ours = isinstance(first, dict) and (not first or {"step", "train_loss"} <= first.keys())
-    except (OSError, ValueError):
-        ours = False
-    if not ours:
-        name = "metrics.jsonl" if metrics.exists() else "loss.png"
-        raise TinyGPTError(f"{out} already holds a {name} that tinygpt did not write; choose another --out "
-                           "(nothing was changed)")
-
-
 def _append_jsonl(path: Path, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -394,6 +377,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
 
     from tinygpt.checkpoint import (
         LATEST,
+        check_metrics_are_ours,
         check_new_run_dir,
         checkpoint_path,
         load_checkpoint,
@@ -432,7 +416,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
                            "another --out")
     elif out.is_dir():
         check_new_run_dir(out)  # before any training: a run must not replace files it did not write
-        _check_metrics_are_ours(out)
+        check_metrics_are_ours(out, {"step", "train_loss"})
     cfg.validate()
     if cfg.lr_decay_iters is None:  # resolved once, saved, so a resumed run keeps the same schedule;
         # never below warmup_iters (a run shorter than its warmup), which the saved config must satisfy
