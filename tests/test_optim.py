@@ -120,6 +120,40 @@ def test_load_state_dict_rejects_mismatched_state():
         opt.load_state_dict({"step": 1, "exp_avg": {}, "exp_avg_sq": {}})
 
 
+def test_state_dict_is_a_snapshot_and_load_state_dict_copies():
+    """state_dict's moments are copies (as documented), so they do not move when the optimizer steps on,
+    and an optimizer that loaded a state does not write into the caller's arrays: sharing them either
+    way would silently change a state the caller holds."""
+    rng = np.random.default_rng(4)
+    params = _params(rng, np.float32)
+    grads = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+             for _ in range(2)]
+    opt = AdamW(params, lr=1e-2)
+    opt.step(grads[0])
+    state = opt.state_dict()
+    saved = {key: {k: a.copy() for k, a in state[key].items()} for key in ("exp_avg", "exp_avg_sq")}
+    opt.step(grads[1])
+    for key in saved:
+        for k, a in saved[key].items():
+            np.testing.assert_array_equal(state[key][k], a, err_msg=f"state_dict()[{key!r}][{k!r}] moved")
+
+    other = AdamW({k: v.copy() for k, v in params.items()}, lr=1e-2)
+    other.load_state_dict(state)
+    other.step(grads[1])
+    for key in saved:
+        for k, a in saved[key].items():
+            np.testing.assert_array_equal(state[key][k], a, err_msg=f"load_state_dict wrote into {key}.{k}")
+
+
+def test_load_state_dict_restores_the_saved_hyperparameters():
+    """A resumed optimizer continues with the hyperparameters it was saved with, not its constructor's."""
+    params = {"w": np.ones((2, 3))}
+    saved = AdamW(params, lr=3e-4, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.25).state_dict()
+    opt = AdamW({"w": np.ones((2, 3))}, lr=1.0, betas=(0.5, 0.6), eps=1e-3, weight_decay=0.0)
+    opt.load_state_dict(saved)
+    assert (opt.lr, opt.betas, opt.eps, opt.weight_decay) == (3e-4, (0.8, 0.9), 1e-6, 0.25)
+
+
 @pytest.mark.parametrize(
     "bad", [{"lr": -1.0}, {"betas": (0.9, 1.0)}, {"weight_decay": -0.1}, {"lr": math.nan}]
 )
@@ -153,6 +187,17 @@ def test_clip_disabled_returns_norm_and_keeps_grads():
     np.testing.assert_array_equal(grads["a"], [3.0, 4.0])
     assert clip_grad_norm(grads, 1.0) == pytest.approx(5.0)
     np.testing.assert_allclose(np.linalg.norm(grads["a"]), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_clip_leaves_non_finite_gradients_alone(bad):
+    """A non-finite norm is returned and the gradients are not touched: scaling by max_norm / inf = 0 would
+    zero them (and turn inf into nan), hiding the overflow the caller is about to report."""
+    grads = {"a": np.array([3.0, bad]), "b": np.array([4.0])}
+    norm = clip_grad_norm(grads, 1.0)
+    assert not math.isfinite(norm)
+    np.testing.assert_array_equal(grads["a"], [3.0, bad])
+    np.testing.assert_array_equal(grads["b"], [4.0])
 
 
 def test_lr_schedule_shape():
