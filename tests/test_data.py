@@ -154,6 +154,10 @@ def test_damaged_cache_is_rebuilt(tmp_path):
     damaged = train[::-1].copy()
     (folder / "train.bin").write_bytes(damaged.astype(train.dtype).tobytes())
     np.testing.assert_array_equal(data.prepare_dataset(src, "char", cache=tmp_path).train, train)
+    # the same for val.bin, whose checksum is a separate check
+    val = np.array(data.prepare_dataset(src, "char", cache=tmp_path).val)
+    (folder / "val.bin").write_bytes(val[::-1].astype(val.dtype).tobytes())
+    np.testing.assert_array_equal(data.prepare_dataset(src, "char", cache=tmp_path).val, val)
 
 
 def test_cached_tokens_follow_the_val_fraction_asked(tmp_path):
@@ -165,6 +169,32 @@ def test_cached_tokens_follow_the_val_fraction_asked(tmp_path):
     assert len(half.train) == round(n * 0.5) and len(half.val) == n - round(n * 0.5)
     with pytest.raises(TinyGPTError, match="val_fraction"):
         data.prepare_dataset(src, "char", cache=tmp_path, val_fraction=1.5)
+
+
+@pytest.mark.parametrize("n, val_fraction, n_train",
+                         [(13, 0.1, 12), (17, 0.1, 15), (7, 0.5, 4), (10, 0.25, 8)])
+def test_train_split_is_the_nearest_whole_number_of_tokens(tmp_path, n, val_fraction, n_train):
+    """The train split is round(n * (1 - val_fraction)) tokens, worked out by hand here:
+    13 * 0.9 = 11.7 -> 12, 17 * 0.9 = 15.3 -> 15, 7 * 0.5 = 3.5 -> 4, 10 * 0.75 = 7.5 -> 8.
+    Truncating (int(), as nanoGPT does) gives one token less for the first, third and fourth."""
+    src = tmp_path / "input.txt"
+    src.write_text("abcdefghijklmnopq"[:n])
+    ds = data.prepare_dataset(src, "char", cache=tmp_path, val_fraction=val_fraction)
+    assert (len(ds.train), len(ds.val)) == (n_train, n - n_train)
+
+
+def test_split_lengths_need_one_window_plus_its_shifted_target(tmp_path):
+    """A split of block_size + 1 tokens holds exactly one (x, y) window; block_size tokens hold none."""
+    def splits(n_train, n_val):
+        return data.TokenData(np.zeros(n_train, np.uint16), np.zeros(n_val, np.uint16), None, {},
+                              tmp_path / "input.txt")
+
+    data.check_split_lengths(splits(9, 9), block_size=8)
+    data.get_batch(np.zeros(9, np.uint16), 1, 8, np.random.default_rng(0))  # which get_batch can draw
+    with pytest.raises(TinyGPTError, match="train split has 8 tokens.*at least 9"):
+        data.check_split_lengths(splits(8, 9), block_size=8)
+    with pytest.raises(TinyGPTError, match="val split has 8 tokens.*at least 9"):
+        data.check_split_lengths(splits(9, 8), block_size=8)
 
 
 def test_bpe_tokenizer_is_trained_on_the_data_and_cached(tmp_path):
@@ -263,6 +293,13 @@ def test_eval_windows_predict_every_target_once():
     np.testing.assert_array_equal(ys, np.arange(1, 21))  # 4 windows of 5; the short tail is dropped
     for x, y in windows:
         np.testing.assert_array_equal(x + 1, y)
+    # 20 tokens of block 5: the fourth window would need target 20, past the end. Three windows, not an
+    # IndexError (len // block_size windows is one too many whenever len is a multiple of block_size).
+    windows = list(data.iter_eval_windows(np.arange(20, dtype=np.uint16), block_size=5, batch_size=2))
+    np.testing.assert_array_equal(np.concatenate([y for _, y in windows]).ravel(), np.arange(1, 16))
+    # exactly one window's worth (block_size + 1 tokens) is one window
+    ((x, y),) = data.iter_eval_windows(np.arange(6, dtype=np.uint16), block_size=5, batch_size=4)
+    np.testing.assert_array_equal(x, [np.arange(5)])
 
 
 def test_write_atomic_leaves_no_half_file_nor_temporary(tmp_path, monkeypatch):
