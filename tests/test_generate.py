@@ -192,6 +192,24 @@ def test_eos_in_every_row_stops_early(peaked_params):
     np.testing.assert_array_equal(out[0, 4:], reference[: stop + 1])  # up to and with the eos, no more
 
 
+def test_a_row_that_samples_eos_is_padded_with_it_while_the_others_go_on(peaked_params):
+    """After its eos a row holds only eos. The greedy eos tests above cannot see the padding (their rows
+    repeat one token, eos included), so here rows are sampled: rows are independent and every step draws
+    one number per row, so the run with eos_token is the run without it, each row cut at its first eos."""
+    idx = _prompts(3, 4, seed=8)
+    reference = generate(peaked_params, CONFIG, idx, 16, temperature=3.0, seed=0)[:, 4:]
+    eos = int(reference[0, 2])
+    out = generate(peaked_params, CONFIG, idx, 16, temperature=3.0, seed=0, eos_token=eos)[:, 4:]
+    firsts = [np.flatnonzero(row == eos) for row in reference]
+    n = 16 if any(len(f) == 0 for f in firsts) else max(f[0] for f in firsts) + 1
+    expected = reference[:, :n].copy()
+    for row, f in zip(expected, firsts):
+        if len(f):
+            row[f[0] + 1 :] = eos
+    assert (reference[0, firsts[0][0] : n] != eos).any()  # without padding row 0 would differ
+    np.testing.assert_array_equal(out, expected)
+
+
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_generation_past_block_size_samples_from_the_models_last_block(use_cache):
     # Past block_size the cached and uncached paths were only compared with each other: a context window
