@@ -92,6 +92,30 @@ _CRASH_POINTS = [(checkpoint, "_fsync_path"), (os, "rename"), (os, "replace"), (
                  (os, "unlink"), (shutil, "rmtree")]
 
 
+def _save_crashing_at(out, model, opt, step, crash_at, monkeypatch):
+    """Save ``step`` in a forked child that dies abruptly (no cleanup, no finally) at its ``crash_at``-th
+    operation of _CRASH_POINTS; True if it died there, False if the save completed first."""
+    pid = os.fork()
+    if pid == 0:  # child
+        count = [0]
+        for owner, name in _CRASH_POINTS:
+            original = getattr(owner, name)
+
+            def crashing(*args, _original=original, _count=count, _at=crash_at, **kwargs):
+                _count[0] += 1
+                if _count[0] == _at:
+                    os._exit(17)
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(owner, name, crashing)
+        try:
+            _save(out, model, opt, step)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 17
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork to crash a process mid-save")
 def test_crash_at_every_point_of_a_save_leaves_old_or_new_checkpoint(tmp_path, monkeypatch):
     model, opt = _trained()
@@ -99,25 +123,7 @@ def test_crash_at_every_point_of_a_save_leaves_old_or_new_checkpoint(tmp_path, m
     crash_at = 0
     while True:
         crash_at += 1
-        pid = os.fork()
-        if pid == 0:  # child: save step 2, dying abruptly (no cleanup, no finally) at operation crash_at
-            count = [0]
-            for owner, name in _CRASH_POINTS:
-                original = getattr(owner, name)
-
-                def crashing(*args, _original=original, _count=count, _at=crash_at, **kwargs):
-                    _count[0] += 1
-                    if _count[0] == _at:
-                        os._exit(17)
-                    return _original(*args, **kwargs)
-
-                monkeypatch.setattr(owner, name, crashing)
-            try:
-                _save(tmp_path, model, opt, 2)
-            finally:
-                os._exit(0)
-        _, status = os.waitpid(pid, 0)
-        crashed = os.waitstatus_to_exitcode(status) == 17
+        crashed = _save_crashing_at(tmp_path, model, opt, 2, crash_at, monkeypatch)
         step = load_checkpoint(tmp_path).state["step"]  # must load, whatever the crash point
         assert step in (1, 2)
         if not crashed:
@@ -128,6 +134,28 @@ def test_crash_at_every_point_of_a_save_leaves_old_or_new_checkpoint(tmp_path, m
     assert load_checkpoint(tmp_path).state["step"] == 2
     _save(tmp_path, model, opt, 3)  # leftovers of the crashes are cleaned up by the next save
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000003"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork to crash a process mid-save")
+def test_a_crash_at_each_operation_of_one_save_leaves_old_or_new_checkpoint(tmp_path, monkeypatch):
+    """The test above carries each crash's leftovers into the next save, whose extra deletes shift the
+    count, so some operations are never the crash point: a `latest` swapped by unlink + symlink (not one
+    atomic rename) passed it. Here every save starts from a copy of the same directory, so each operation
+    of that one save is the crash point exactly once."""
+    model, opt = _trained()
+    template, run = tmp_path / "template", tmp_path / "run"
+    _save(template, model, opt, 1)
+    crash_at = 0
+    while True:
+        crash_at += 1
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(template, run, symlinks=True)
+        crashed = _save_crashing_at(run, model, opt, 2, crash_at, monkeypatch)
+        assert load_checkpoint(run).state["step"] in (1, 2), f"crash at operation {crash_at}"
+        if not crashed:
+            break
+    assert crash_at > 10
+    assert load_checkpoint(run).state["step"] == 2
 
 
 def test_an_unavailable_backend_is_not_called_a_corrupt_checkpoint(tmp_path):
@@ -186,6 +214,40 @@ def test_checkpoint_files_get_the_usual_permissions_not_owner_only(tmp_path):
     assert stat.S_IMODE(ckpt.stat().st_mode) == 0o777 & ~umask
     for entry in ckpt.iterdir():
         assert stat.S_IMODE(entry.stat().st_mode) == 0o666 & ~umask, entry.name
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o077])
+def test_checkpoint_permissions_follow_the_umask(tmp_path, umask):
+    """The modes come from the umask (a group-writable 002 on a shared machine, a private 077), not fixed
+    0755/0644 values, which the usual umask 022 alone cannot tell apart."""
+    import stat
+
+    model, opt = _trained()
+    old = os.umask(umask)
+    try:
+        path = _save(tmp_path / "run", model, opt, 1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
+    for entry in path.iterdir():
+        assert stat.S_IMODE(entry.stat().st_mode) == 0o666 & ~umask, entry.name
+
+
+def test_a_save_that_cannot_write_is_one_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """A full disk mid-save is a TinyGPTError saying the previous checkpoint is intact (not an OSError
+    traceback), and the staging directory is removed."""
+    model, opt = _trained()
+    _save(tmp_path, model, opt, 1)
+
+    def disk_full(path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(TOKENIZER, "save", disk_full)
+    with pytest.raises(TinyGPTError, match="step 2.*No space left.*previous checkpoint is intact"):
+        _save(tmp_path, model, opt, 2)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path).state["step"] == 1
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]
 
 
 def test_resaving_the_live_step_with_a_relative_dir_never_removes_it_first(tmp_path, monkeypatch):
@@ -253,6 +315,8 @@ def test_a_reader_racing_a_save_gets_the_old_or_the_new_checkpoint_not_an_error(
     (lambda s: s.update(best_val_loss="a"), "invalid best_val_loss"),
     (lambda s: s["optimizer"].update(step=-3), "invalid optimizer step"),
     (lambda s: s.update(format=99), "format 99"),  # a newer tinygpt's checkpoint was read as ours
+    (lambda s: s.update(sampler_rng="PCG64"), "malformed sampler_rng"),  # not a bit generator state
+    (lambda s: s.update(dropout_rng=[1, 2]), "malformed dropout_rng"),
 ])
 def test_state_json_with_values_resuming_cannot_use_is_refused(tmp_path, edit, message):
     import tinygpt.checkpoint as ck
