@@ -595,6 +595,27 @@ def test_char_tokenizer(tmp_path):
         tok.decode([tok.vocab_size])
 
 
+def test_char_tokenizer_start_token_is_the_newline_not_always_id_0():
+    """Unprompted sampling starts at "\\n": its id, which is not 0 when a character sorts before it."""
+    tok = CharTokenizer.train("a\tb\nc")  # "\t" (U+0009) sorts before "\n" (U+000A)
+    assert tok.chars[:2] == ["\t", "\n"]
+    assert tok.start_token == 1 == tok.encode("\n")[0]
+    assert CharTokenizer.train("\x00\x01 xyz\n").start_token == 2
+
+
+def test_chunk_memo_is_emptied_when_full(monkeypatch):
+    """The chunk -> ids memo is bounded: a long stream of distinct words (numbers, names) must not grow it
+    without end, and encoding stays right across the clears."""
+    monkeypatch.setattr(tokenizer_module, "_CHUNK_CACHE_LIMIT", 8)
+    tok = BPETokenizer.train("the cat sat on the mat " * 5, vocab_size=270)
+    sizes = []
+    for i in range(200):
+        text = f" w{i}x the"  # chunks " w", "<digits>", "x", " the": at most 4 new ones per call
+        assert tok.decode(tok.encode(text)) == text
+        sizes.append(len(tok._chunk_cache))
+    assert max(sizes) <= 8 + 4  # cleared once past 8, then one call adds at most 4
+
+
 def test_load_tokenizer_from_a_run_directory(trained, tmp_path):
     trained.save(tmp_path / "tokenizer.json")
     assert load_tokenizer(str(tmp_path)).merges == trained.merges
