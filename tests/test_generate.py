@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -359,9 +360,12 @@ def test_filter_examples():
     assert top_k_filter(logits, 0) is logits and top_p_filter(logits, 1.0) is logits  # off
 
 
-def test_tiny_temperature_is_greedy_without_nan():
+@pytest.mark.parametrize("temperature", [1e-30, 1e-46, 1e-300])  # the last two are 0 in float32
+def test_tiny_temperature_is_greedy_without_nan(temperature):
     logits = np.array([[1.0, 3.0, 2.9, -1.0]], dtype=np.float32)
-    probs = next_token_probs(logits, temperature=1e-30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0 / 0 = nan for the row max, with a RuntimeWarning, before
+        probs = next_token_probs(logits, temperature=temperature)
     np.testing.assert_array_equal(probs, [[0, 1, 0, 0]])
     np.testing.assert_array_equal(next_token_probs(logits, temperature=0.0), [[0, 1, 0, 0]])
 
@@ -618,6 +622,16 @@ def test_cli_bad_input_is_one_line_exit_2(char_run_dir, capsys, extra, message):
     rc, out, err = _run_cli(["sample", "--out", str(directory), *extra], capsys)
     assert rc == 2
     assert message in err and len(err.strip().splitlines()) == 1 and err.startswith("tinygpt: error:")
+
+
+def test_cli_temperature_below_float32s_smallest_is_greedy(char_run_dir, capsys):
+    """--temperature 1e-300 is 0 in float32: it sampled from NaN probabilities (garbage text, numpy
+    warnings on stderr); the limit T -> 0 is greedy."""
+    directory, _, _ = char_run_dir
+    args = ["sample", "--out", str(directory), "--prompt", "the ", "--max-new-tokens", "10", "--seed", "0"]
+    greedy = _run_cli([*args, "--temperature", "0"], capsys)
+    assert greedy[0] == 0 and greedy[2] == ""
+    assert _run_cli([*args, "--temperature", "1e-300"], capsys) == greedy
 
 
 def test_cli_prompt_file_that_is_not_utf8_is_one_line_exit_2(char_run_dir, tmp_path, capsys):

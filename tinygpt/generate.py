@@ -113,8 +113,12 @@ def apply_temperature(logits, temperature):
         greedy = np.full_like(shifted, -np.inf)
         np.put_along_axis(greedy, best, 0.0, axis=-1)
         return greedy
+    divisor = shifted.dtype.type(temperature)
+    if divisor == 0:  # T under the dtype's smallest number (float32: 1.4e-45) rounds to 0, and 0 / 0 would
+        # make the row max NaN: this is T -> 0's limit, every logit below the row max at -inf
+        return np.where(shifted < 0, -np.inf, 0.0).astype(shifted.dtype)
     with np.errstate(over="ignore"):  # -large / tiny T -> -inf is the intended result
-        shifted /= temperature
+        shifted /= divisor
     return shifted
 
 
