@@ -659,6 +659,33 @@ def test_read_metrics_skips_lines_that_are_not_rows(tmp_path):
     assert [r["step"] for r in training.read_metrics(path)] == [0, 2]
 
 
+def test_metrics_with_bytes_that_are_not_utf8_or_losses_that_are_not_numbers(corpus, tmp_path, capsys):
+    # a line of non-UTF-8 bytes (a damaged disk, an editor) was a UnicodeDecodeError traceback in plot and
+    # in --resume; a hand-edited null or "x" loss was a TypeError / ValueError traceback in plot
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "2",
+                 "--eval-interval", "1"]) == 0
+    metrics = out / "metrics.jsonl"
+    with open(metrics, "ab") as f:
+        f.write(b'\xff\xfe{"step": 9}\n')
+    assert [r["step"] for r in training.read_metrics(metrics)] == [0, 1, 2]
+    capsys.readouterr()
+    assert main(["plot", str(out)]) == 0, capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(out), "--max-iters", "3", "--quiet"]) == 0
+    assert [r["step"] for r in training.read_metrics(metrics)] == [0, 1, 2, 3]
+    for value in ("null", '"x"', "[1]", "{}", "true"):
+        (tmp_path / "hand").mkdir(exist_ok=True)
+        (tmp_path / "hand" / "metrics.jsonl").write_text(f'{{"step": 0, "train_loss": {value}, "val_loss": '
+                                                         f'{value}}}\n{{"step": 1, "train_loss": 2.0}}\n')
+        capsys.readouterr()
+        assert main(["plot", str(tmp_path / "hand")]) == 0, (value, capsys.readouterr().err)
+    # steps are counts: a bool, a negative or a 400-digit "step" (an OverflowError in plot) is no row
+    (tmp_path / "hand" / "metrics.jsonl").write_text(
+        '{"step": true}\n{"step": -1}\n{"step": 1%s}\n{"step": 0, "train_loss": 1.0}\n' % ("0" * 400))
+    assert [r["step"] for r in training.read_metrics(tmp_path / "hand" / "metrics.jsonl")] == [0]
+    assert main(["plot", str(tmp_path / "hand")]) == 0, capsys.readouterr().err
+
+
 def test_a_new_run_keeps_an_earlier_checkpoint_whose_latest_link_is_gone(corpus, tmp_path, capsys):
     training.train(_config(corpus, tmp_path / "run", max_iters=2), quiet=True)
     (tmp_path / "run" / "latest").unlink()

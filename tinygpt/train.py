@@ -291,18 +291,20 @@ def _append_jsonl(path: Path, row: dict) -> None:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Rows of a metrics.jsonl file (a torn last line, from a crash mid-write, is ignored)."""
+    """Rows of a metrics.jsonl file (a torn last line, from a crash mid-write, is ignored, as is any line
+    that is not a row: not JSON, not UTF-8, not an object with a step count)."""
     rows = []
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_bytes().splitlines()  # bytes: a line that is not UTF-8 is one bad line
     except FileNotFoundError:
         return rows
     for line in lines:
         try:
             row = json.loads(line)
-        except ValueError:
+        except ValueError:  # (UnicodeDecodeError included)
             continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):  # (not a hand-edited stray value)
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool) and 0 <= step < 2**63:  # (not hand-edited)
             rows.append(row)
     return rows
 
@@ -621,11 +623,16 @@ def plot_metrics(out_dir: str | os.PathLike, path: str | os.PathLike | None = No
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     steps = [r["step"] for r in rows]
+
+    def loss(row, key):  # a missing or hand-edited value (null, "x") is a gap in the curve
+        value = row.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
     for key, label in (("train_loss", "train"), ("val_loss", "val")):
-        ax.plot(steps, [r.get(key, math.nan) for r in rows], marker="o", markersize=3, label=label)
+        ax.plot(steps, [loss(r, key) for r in rows], marker="o", markersize=3, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss (nats / token)")
-    ax.set_title(f"{out_dir.name}: final val loss {rows[-1].get('val_loss', math.nan):.4f}")
+    ax.set_title(f"{out_dir.name}: final val loss {loss(rows[-1], 'val_loss'):.4f}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
