@@ -540,6 +540,18 @@ def test_train_init_from_bad_input(tmp_path, lm_dir, capsys, monkeypatch):
                     "--block-size", "8", *LM_FLAGS], "use --init-from")
 
 
+def test_train_resume_refuses_a_classifier_run(tmp_path, lm_dir, capsys):
+    # it failed on the classifier's settings instead: "--min-lr must be a finite number, got None"
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    out = tmp_path / "clf"
+    assert main(["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(out),
+                 "--max-iters", "1", "--batch-size", "4", "--backend", "numpy", "--quiet"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    _fails(capsys, ["train", "--resume", "--out", str(out), "--max-iters", "3"],
+           f"{out} holds a classifier", "tinygpt finetune")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_train_pretrained_gpt2_dir_uses_its_shape_and_gpt2_tokenizer(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
     hf = tmp_path / "hf"

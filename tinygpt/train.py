@@ -399,6 +399,11 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         if not (out / LATEST).is_symlink() and (out / "state.json").is_file():
             raise TinyGPTError(f"{out} is a checkpoint, not a training run: --resume takes the run's "
                                f"directory (the one with the {LATEST!r} link), which it writes into")
+        from tinygpt.finetune import is_classifier_dir
+
+        if is_classifier_dir(out):  # its saved settings are a classifier's, not a language model's
+            raise TinyGPTError(f"{out} holds a classifier from `tinygpt finetune`, not a `tinygpt train` "
+                               "run, so --resume cannot continue it")
         for name in ("init_from", "pretrained"):  # a resumed run continues its own weights
             if overrides and overrides.get(name):
                 raise TinyGPTError(f"{_flag(name)} starts a new run; it cannot be combined with --resume")
