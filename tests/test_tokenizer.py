@@ -839,6 +839,21 @@ def test_bench_tokenizer_runs_on_a_small_corpus(tmp_path):
     assert proc.returncode == 2 and "corpus not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"caf\xe9 au lait", "not UTF-8"),  # a UnicodeDecodeError traceback before
+    (b"", "empty"),  # a ZeroDivisionError traceback, after the whole benchmark had run
+    (b" \n\n", "empty"),
+])
+def test_bench_tokenizer_bad_corpus_is_one_line_exit_2(tmp_path, capsys, content, message):
+    from tinygpt.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(content)
+    assert main(["bench", "tokenizer", "--data", str(corpus), "--repeats", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinygpt: error: ") and err.count("\n") == 1 and message in err, err
+
+
 def test_decode_accepts_numpy_integer_scalars_and_rejects_floats():
     import numpy as np
 

@@ -83,13 +83,14 @@ def _hf_trainer(tokenizers, vocab_size):
 
 
 def run(args):
+    from tinygpt.data import read_text
     from tinygpt.tokenizer import GPT2_SPLIT_PATTERN, BPETokenizer, gpt2_files
 
     tiktoken, tokenizers = _import_peers()
     path = Path(args.data) if args.data else default_data()
     if not path.is_file():
         raise TinyGPTError(f"corpus not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)  # an empty or non-UTF-8 file: one line, before any timing
     n_bytes = len(text.encode("utf-8"))
     if args.repeats < 1:
         raise TinyGPTError(f"--repeats must be >= 1, got {args.repeats}")
