@@ -119,6 +119,20 @@ def test_bench_kernels_without_gpu_is_a_one_line_error():
     assert out.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--sizes", "0"], "--sizes must be positive integers, got '0'"),  # a ValueError traceback on a GPU
+    (["--sizes", "1024,-5"], "--sizes must be positive integers, got '1024,-5'"),
+    (["--sizes", ","], "--sizes must be positive integers, got ','"),
+    (["--train-batch", "0"], "--train-batch must be at least 1, got 0"),  # after the SGEMM and attention runs
+])
+def test_bench_kernels_bad_sizes_are_refused_before_any_device_work(capsys, flags, message):
+    from tinygpt.cli import main
+
+    for device in ("cuda", "cpu"):
+        assert main(["bench", "kernels", "--device", device, *flags]) == 2
+        assert capsys.readouterr().err == f"tinygpt: error: {message}\n"
+
+
 # --- each kernel against the reference ------------------------------------------------------------
 
 

@@ -307,15 +307,19 @@ def bench_compile_times():
 def run(args):
     if args.repeats < 1:
         raise TinyGPTError("--repeats must be at least 1")
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        raise TinyGPTError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from None
+    if not sizes or min(sizes) < 1:  # (checked with either device: a bad value is refused, not ignored)
+        raise TinyGPTError(f"--sizes must be positive integers, got {args.sizes!r}")
+    if args.train_batch < 1:
+        raise TinyGPTError(f"--train-batch must be at least 1, got {args.train_batch}")
     if args.device == "cpu":
         bench_cpu(args.repeats)
         if args.compile_times:
             bench_compile_times()
         return 0
-    try:
-        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    except ValueError:
-        raise TinyGPTError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from None
     torch, cuda, K = _gpu_sides()
     print(f"device: {torch.cuda.get_device_name()}")
     bench_gemm(torch, cuda, K, sizes, args.repeats)
