@@ -67,3 +67,4 @@ def test_memory_and_disk_errors_are_one_line_exit_2(monkeypatch, capsys, error, 
     assert main(["tokenizer", "decode", "--tokenizer", "gpt2", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("tinygpt: error: ") and message in err, err
+    assert "()" not in err  # a bare MemoryError() printed "out of memory ()"

@@ -544,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tinygpt: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except MemoryError as exc:  # e.g. a size that asks for terabytes
-        print(f"tinygpt: error: out of memory ({exc or 'the request is too large'})", file=sys.stderr)
+        print(f"tinygpt: error: out of memory ({str(exc) or 'the request is too large'})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tinygpt: interrupted", file=sys.stderr)
