@@ -393,6 +393,11 @@ def test_from_pretrained_errors(tmp_path):
     config_path.write_text(json.dumps({**good, "n_layer": 3}))
     with pytest.raises(TinyGPTError, match="missing h.2"):
         GPT.from_pretrained(tmp_path)
+    # a corrupt n_layer of 2**40 listed 2**40 layers' parameter names first: all the memory, then OOM
+    config_path.write_text(json.dumps({**good, "n_layer": 2**40}))
+    with pytest.raises(TinyGPTError, match=r"missing h\.2 \(config.json has n_layer = 1099511627776; the "
+                                           r"weights hold 2 layers\)"):
+        GPT.from_pretrained(tmp_path)
     for bad, message in (({"resid_pdrop": None}, "resid_pdrop must be a number"),  # these three were
                          ({"resid_pdrop": "0.1x"}, "resid_pdrop must be a number"),  # tracebacks
                          ({"n_embd": None, "n_inner": 64}, "n_embd must be an integer"),

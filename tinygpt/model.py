@@ -54,6 +54,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -486,6 +487,14 @@ class GPT:
             raise TinyGPTError(f"{config_path} is not a JSON object (expected a transformers GPT-2 config)")
         config = _config_from_hf(hf, config_path, dropout)
         tensors = _read_safetensors(path)
+        # n_layer against the weights before param_shapes lists every layer's names: a corrupt n_layer of
+        # 2**40 would take all the memory there
+        layer_of = (re.match(r"(?:transformer\.)?h\.(\d+)\.", key) for key in tensors)
+        layers = {int(match[1]) for match in layer_of if match}
+        if config.n_layer > len(layers):
+            absent = min(set(range(len(layers) + 1)) - layers)
+            raise TinyGPTError(f"checkpoint at {path} is missing h.{absent} (config.json has n_layer = "
+                               f"{config.n_layer}; the weights hold {len(layers)} layers)")
 
         expected = param_shapes(config)
         loaded = {}
