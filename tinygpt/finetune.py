@@ -472,7 +472,9 @@ class _ClassifierForSaving:
 
 def load_gpt2_dir(path, backend: str = "numpy"):
     """``(GPT, tokenizer, description)`` of a transformers GPT-2 directory: the model, and the tokenizer
-    files beside it (vocab.json + merges.txt, or encoder.json + vocab.bpe), else GPT-2's own tokenizer."""
+    files beside it (vocab.json + merges.txt, or encoder.json + vocab.bpe), else GPT-2's own tokenizer
+    (the description then says so). A tokenizer with more ids than the model is refused: that is what a
+    tinygpt run directory (no GPT-2 files, a small vocabulary) looks like here."""
     from tinygpt.model import GPT
     from tinygpt.tokenizer import BPETokenizer
 
@@ -480,8 +482,16 @@ def load_gpt2_dir(path, backend: str = "numpy"):
     path = Path(path)
     for encoder_json, vocab_bpe in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
         if (path / encoder_json).is_file() and (path / vocab_bpe).is_file():
-            return model, BPETokenizer.from_gpt2_files(path / encoder_json, path / vocab_bpe), str(path)
-    return model, BPETokenizer.gpt2(), f"{path} (with GPT-2's tokenizer)"
+            tokenizer = BPETokenizer.from_gpt2_files(path / encoder_json, path / vocab_bpe)
+            description = str(path)
+            break
+    else:
+        tokenizer, description = BPETokenizer.gpt2(), f"{path} (with GPT-2's tokenizer)"
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise TinyGPTError(f"{description}: its tokenizer has {tokenizer.vocab_size} tokens but the model "
+                           f"only {model.config.vocab_size}; for a tinygpt training directory use "
+                           "--init-from (train, finetune) or --out (sample)")
+    return model, tokenizer, description
 
 
 def _load_body(cfg: FinetuneConfig, texts: list[str]):

@@ -338,13 +338,8 @@ def load_initial_model(cfg: TrainConfig):
     else:
         from tinygpt.finetune import load_gpt2_dir
 
-        model, tokenizer, _ = load_gpt2_dir(cfg.pretrained, backend=cfg.backend)
+        model, tokenizer, _ = load_gpt2_dir(cfg.pretrained, backend=cfg.backend)  # (a tinygpt run: refused)
         kind = None
-        if tokenizer.vocab_size > model.config.vocab_size:  # e.g. a tinygpt run dir: no GPT-2 files
-            raise TinyGPTError(
-                f"{cfg.pretrained}: its tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                f"{model.config.vocab_size}; for a tinygpt training directory use --init-from"
-            )
     if kind not in TOKENIZER_KINDS:
         kind = "char" if isinstance(tokenizer, CharTokenizer) else "gpt2" if tokenizer.vocab_size == 50257 \
             else "bpe"
