@@ -197,6 +197,18 @@ def test_missing_and_corrupt_checkpoints_raise(tmp_path):
         load_checkpoint(tmp_path)
 
 
+def test_a_transformers_directory_where_a_run_is_expected_says_what_it_is(tmp_path, capsys):
+    # `sample --out`, `eval --out`, `--init-from` of a GPT-2 directory said "train one first"
+    from tinygpt.cli import main
+
+    GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)).save_pretrained(tmp_path)
+    with pytest.raises(TinyGPTError, match="looks like a transformers GPT-2 directory.*--pretrained"):
+        load_checkpoint(tmp_path)
+    assert main(["sample", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--pretrained" in err, err
+
+
 def test_checkpoint_files_get_the_usual_permissions_not_owner_only(tmp_path):
     """The staging directory comes from mkdtemp (0700); a published checkpoint must be readable as usual."""
     import stat

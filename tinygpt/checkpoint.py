@@ -320,6 +320,10 @@ def _locate(out_dir: str | os.PathLike) -> Path:
         raise TinyGPTError(f"no checkpoint: {out_dir} is not a directory")
     path = checkpoint_path(out_dir)
     if path is None:
+        if (out_dir / "config.json").is_file():  # a model, but not a tinygpt run
+            raise TinyGPTError(f"no checkpoint in {out_dir} (no 'latest' link or state.json): it looks like "
+                               "a transformers GPT-2 directory, which train, finetune and sample take as "
+                               "--pretrained")
         raise TinyGPTError(f"no checkpoint in {out_dir} (no 'latest' link or state.json); train one first")
     if not path.is_dir():
         raise TinyGPTError(f"corrupt checkpoint: {out_dir / LATEST} points to a missing directory")
