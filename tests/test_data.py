@@ -336,3 +336,18 @@ def test_write_atomic_leaves_no_half_file_nor_temporary(tmp_path, monkeypatch):
         files.write_atomic(path, b"two")
     assert path.read_bytes() == b"one"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.json", "tok.json.tmp"]
+
+
+def test_an_output_in_a_place_that_cannot_hold_it_is_named_not_its_temporary(tmp_path, capsys):
+    # "Not a directory: .../in.txt/.x.json.k2j4_8.tmp" named a temporary file the user never gave
+    from tinygpt import files
+    from tinygpt.cli import main
+
+    text = tmp_path / "in.txt"
+    text.write_text("hello world\n")
+    with pytest.raises(NotADirectoryError) as exc:
+        files.write_atomic(text / "x.json", b"{}")
+    assert exc.value.filename == str(text / "x.json")
+    assert main(["tokenizer", "train", "--input", str(text), "--vocab-size", "257", "--out",
+                 str(text / "x.json")]) == 2
+    assert capsys.readouterr().err == f"tinygpt: error: Not a directory: {text / 'x.json'}\n"

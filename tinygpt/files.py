@@ -37,7 +37,10 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     if not path.parent.exists():  # (a parent that is a file fails below, as "Not a directory")
         path.parent.mkdir(parents=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # (the error names the file asked for, not a temporary the caller never saw)
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
     try:
         yield tmp
