@@ -326,6 +326,8 @@ def test_a_reader_racing_a_save_gets_the_old_or_the_new_checkpoint_not_an_error(
     (lambda s: s.update(tokens_seen=None), "invalid tokens_seen"),
     (lambda s: s.update(best_val_loss="a"), "invalid best_val_loss"),
     (lambda s: s["optimizer"].update(step=-3), "invalid optimizer step"),
+    (lambda s: s["optimizer"].update(eps=-1), "invalid optimizer eps"),  # resumed with it: AdamW's eps
+    (lambda s: s["optimizer"].update(eps=float("nan")), "invalid optimizer eps"),
     (lambda s: s.update(format=99), "format 99"),  # a newer tinygpt's checkpoint was read as ours
     (lambda s: s.update(sampler_rng="PCG64"), "malformed sampler_rng"),  # not a bit generator state
     (lambda s: s.update(dropout_rng=[1, 2]), "malformed dropout_rng"),

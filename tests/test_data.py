@@ -302,6 +302,11 @@ def test_sampler_rng_state_round_trips_through_json():
         np.testing.assert_array_equal(y, y2)
     with pytest.raises(TinyGPTError):
         data.rng_from_state({"bit_generator": "NoSuchGenerator"})
+    # numbers out of the generator's range (a hand-edited state.json) were OverflowError tracebacks on resume
+    for key, value in (("state", {"state": -1, "inc": 1}), ("uinteger", -1), ("uinteger", 10**30),
+                       ("has_uint32", 10**30)):
+        with pytest.raises(TinyGPTError, match="corrupt saved RNG state"):
+            data.rng_from_state({**saved, key: value})
 
 
 def test_eval_windows_predict_every_target_once():

@@ -378,7 +378,7 @@ def rng_from_state(state: dict) -> np.random.Generator:
     bit_generator = bit_generator_cls()
     try:
         bit_generator.state = state
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:  # (Overflow: a number out of uint range)
         raise TinyGPTError(f"corrupt saved RNG state: {exc}") from None
     return np.random.Generator(bit_generator)
 
