@@ -628,6 +628,13 @@ def test_eval_of_a_held_out_file_scores_all_of_it_and_predict_takes_crlf(tmp_pat
     # eval without --data finds the training file from anywhere (the path is saved absolute)
     clf = ft.load_classifier(out)
     assert Path(clf.meta["data"]).is_absolute()
+    # text the classifier's tokenizer cannot read: the advice was "fine-tune from a model whose vocabulary
+    # covers the data", to someone running predict or eval
+    _write_jsonl(test_file, [{"text": "ZEBRA", "label": "comedy"}])
+    for argv in (["predict", "--out", str(out), "ZEBRA"],
+                 ["eval", "--out", str(out), "--data", str(test_file)]):
+        err = _fails(capsys, argv, "text 1", "cannot encode", "'Z' is not in this tokenizer's vocabulary")
+        assert "fine-tune" not in err, err
 
 
 def test_predict_from_stdin_drops_a_crlf_line_end(tmp_path, lm_dir, capsys, monkeypatch):

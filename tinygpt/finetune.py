@@ -200,20 +200,24 @@ def split_indices(label_ids: np.ndarray, splits: list, val_fraction: float, seed
     return train, val
 
 
+_FINE_TUNING_ADVICE = "; fine-tune from a model whose vocabulary covers the data"
+
+
 def encode_texts(tokenizer, texts: list[str], block_size: int, vocab_size: int,
-                 where: str = "data") -> tuple[list[np.ndarray], int]:
+                 where: str = "data", advice: str = _FINE_TUNING_ADVICE) -> tuple[list[np.ndarray], int]:
     """Token ids of each text, truncated to its FIRST ``block_size`` tokens; and how many were truncated.
 
     A text the tokenizer cannot encode (a character model without the text's characters) or that encodes
-    to ids outside the model's vocabulary raises TinyGPTError naming the row.
+    to ids outside the model's vocabulary raises TinyGPTError naming the row (``advice`` follows when the
+    tokenizer cannot encode it: how to fine-tune instead; "" where a trained classifier reads the text).
     """
     seqs, truncated = [], 0
     for i, text in enumerate(texts):
         try:
             ids = tokenizer.encode(text)
         except TinyGPTError as exc:
-            raise TinyGPTError(f"{where}, text {i + 1}: the model's tokenizer cannot encode it ({exc}); "
-                               "fine-tune from a model whose vocabulary covers the data") from None
+            raise TinyGPTError(f"{where}, text {i + 1}: the model's tokenizer cannot encode it ({exc})"
+                               f"{advice}") from None
         if not ids:
             raise TinyGPTError(f"{where}, text {i + 1}: encodes to no tokens")
         if max(ids) >= vocab_size:
@@ -703,7 +707,7 @@ def load_classifier(out_dir, backend: str = "numpy") -> Classifier:
 def predict_proba(clf: Classifier, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Label probabilities (N, K) of texts (truncated like the training texts)."""
     cfg = clf.model.config
-    seqs, _ = encode_texts(clf.tokenizer, texts, cfg.block_size, cfg.vocab_size, where="input")
+    seqs, _ = encode_texts(clf.tokenizer, texts, cfg.block_size, cfg.vocab_size, where="input", advice="")
     return _scores(pooled_features(clf.model, seqs, batch_size), clf.head)[0]
 
 
@@ -749,7 +753,7 @@ def evaluate_classifier(out_dir, data: str | None = None, split: str = "val", ba
         raise TinyGPTError(f"the {split} split of {path} is empty{hint}")
     cfg = clf.model.config
     seqs, truncated = encode_texts(clf.tokenizer, [texts[i] for i in rows], cfg.block_size, cfg.vocab_size,
-                                   where=str(path))
+                                   where=str(path), advice="")
     probs, loss, acc = _scores(pooled_features(clf.model, seqs, batch_size), clf.head, label_ids[rows])
     pred = probs.argmax(axis=1)
     return {"data": str(path), "split": split, "n": len(rows), "loss": loss, "accuracy": acc,
