@@ -651,6 +651,26 @@ def test_a_dangling_latest_link_and_an_empty_out_are_clear_errors(corpus, tmp_pa
     assert "empty string" in _one_line_error(capsys, ["train", "--resume", "--out", ""])  # it resumed ./out
 
 
+def test_evaluation_batches_take_no_memory_however_many(tmp_path):
+    # every batch was drawn up front and kept: --eval-iters 10000000 grew until the OOM killer came
+    import tracemalloc
+
+    from tinygpt.data import get_batch
+
+    tokens = np.arange(1000, dtype=np.uint16)
+    tracemalloc.start()
+    batches = training.fixed_eval_batches(tokens, 20_000, 4, 16, seed=7)
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert held < 1 << 20, held  # it held 20,000 batches: about 20 MB
+    assert len(batches) == 20_000
+    rng = np.random.default_rng([7, 3])  # the batches drawn from the split's fixed seed, at every evaluation
+    for (x, y), (x2, y2) in zip(list(batches)[:3], list(batches)[:3]):
+        x3, y3 = get_batch(tokens, 4, 16, rng)
+        for a, b in ((x, x2), (x, x3), (y, y2), (y, y3)):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_read_metrics_skips_lines_that_are_not_rows(tmp_path):
     # a hand-edited `5` or `"x"` line was a TypeError in plot and an AttributeError on resume
     path = tmp_path / "metrics.jsonl"

@@ -260,12 +260,30 @@ def _data_path(cfg_data: str | None, say=None) -> Path:
     return Path(cfg_data) if cfg_data else default_corpus_path(say=say)
 
 
-def fixed_eval_batches(tokens: np.ndarray, n_batches: int, batch_size: int, block_size: int, seed: int):
-    """The ``n_batches`` evaluation batches of one split: drawn once from a fixed seed, reused every eval."""
-    from tinygpt.data import get_batch
+class FixedEvalBatches:
+    """The ``n_batches`` evaluation batches of one split, the same ones at every evaluation: each pass draws
+    them again from the same fixed seed, so they take no memory however many there are (held as a list,
+    ``--eval-iters 10000000`` grew until the OOM killer came). Iterate it; ``len`` is ``n_batches``."""
 
-    rng = np.random.default_rng([seed, 3])
-    return [get_batch(tokens, batch_size, block_size, rng) for _ in range(n_batches)]
+    def __init__(self, tokens: np.ndarray, n_batches: int, batch_size: int, block_size: int, seed: int):
+        self.tokens, self.n_batches = tokens, n_batches
+        self.batch_size, self.block_size, self.seed = batch_size, block_size, seed
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self):
+        from tinygpt.data import get_batch
+
+        rng = np.random.default_rng([self.seed, 3])
+        for _ in range(self.n_batches):
+            yield get_batch(self.tokens, self.batch_size, self.block_size, rng)
+
+
+def fixed_eval_batches(tokens: np.ndarray, n_batches: int, batch_size: int, block_size: int,
+                       seed: int) -> FixedEvalBatches:
+    """The ``n_batches`` evaluation batches of one split: drawn from a fixed seed, the same every eval."""
+    return FixedEvalBatches(tokens, n_batches, batch_size, block_size, seed)
 
 
 def mean_loss(model, batches) -> float:
