@@ -9,7 +9,7 @@ import pytest
 
 from tinygpt.errors import TinyGPTError
 from tinygpt.gradcheck import numerical_gradient, relative_error
-from tinygpt.model import GPT, GPTConfig, param_shapes
+from tinygpt.model import GPT, GPTConfig, param_count, param_shapes
 
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
 
@@ -314,6 +314,16 @@ def test_bad_constructor_arguments():
         GPT(TINY)
     with pytest.raises(TinyGPTError):
         GPT(GPTConfig(**TINY), backend="no-such-backend")
+
+
+def test_a_model_whose_weights_alone_exceed_the_memory_is_refused_before_any_allocation():
+    # --n-layer 10**12 (train, finetune, bench generate) allocated layer after layer up to the OOM killer
+    huge = GPTConfig(**{**TINY, "n_layer": 10**12})
+    with pytest.raises(TinyGPTError, match=r"parameters needs [\d,.]+ GiB .* this machine has [\d,.]+ GiB"):
+        GPT(huge)
+    for bias in (True, False):
+        config = GPTConfig(**{**TINY, "bias": bias})
+        assert param_count(config) == GPT(config).num_params()
 
 
 def test_numba_backend_matches_numpy():

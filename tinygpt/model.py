@@ -168,6 +168,28 @@ def param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def param_count(config: GPTConfig) -> int:
+    """The number of parameters ``param_shapes(config)`` lists, counted without listing them."""
+    V, T, C, L = config.vocab_size, config.block_size, config.n_embd, config.n_layer
+    per_layer = 12 * C * C + 2 * C + (11 * C if config.bias else 0)  # 4 matmuls, 2 LayerNorm gains, biases
+    return V * C + T * C + L * per_layer + C + (C if config.bias else 0)
+
+
+def _check_weights_fit_in_memory(config: GPTConfig, dtype: np.dtype) -> None:
+    """TinyGPTError when the weights alone would not fit in this machine's memory (a --n-layer of 10**12
+    is allocated layer by layer, each small allocation succeeding, until the OOM killer ends it)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no check
+        return
+    n = param_count(config)
+    if n * dtype.itemsize > memory:
+        raise TinyGPTError(f"a GPT of {n:,} parameters needs {n * dtype.itemsize / 2**30:,.1f} GiB for its "
+                           f"{dtype} weights alone; this machine has {memory / 2**30:,.1f} GiB (n_layer "
+                           f"{config.n_layer}, n_embd {config.n_embd}, vocab_size {config.vocab_size}, "
+                           f"block_size {config.block_size})")
+
+
 def init_params(config: GPTConfig, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
     """GPT-2 initialisation: weights N(0, 0.02), biases 0, LayerNorm weight 1.
 
@@ -175,6 +197,7 @@ def init_params(config: GPTConfig, seed: int = 0, dtype=np.float32) -> dict[str,
     0.02 / sqrt(2 n_layer): each block adds two such terms, so without the scaling the residual stream's
     variance would grow with depth (GPT-2 paper, section 2.3).
     """
+    _check_weights_fit_in_memory(config, np.dtype(dtype))
     rng = np.random.default_rng(seed)
     residual_std = 0.02 / math.sqrt(2 * config.n_layer)
     params = {}
