@@ -356,3 +356,25 @@ def test_an_output_in_a_place_that_cannot_hold_it_is_named_not_its_temporary(tmp
     assert main(["tokenizer", "train", "--input", str(text), "--vocab-size", "257", "--out",
                  str(text / "x.json")]) == 2
     assert capsys.readouterr().err == f"tinygpt: error: Not a directory: {text / 'x.json'}\n"
+
+
+@pytest.mark.parametrize("flag", ["--out", "--gpt2-files"])
+def test_tokenizer_train_refuses_an_output_it_cannot_write_before_training(tmp_path, monkeypatch, capsys,
+                                                                          flag):
+    # it trained first (minutes on a large corpus) and only then found it could not save the result
+    from tinygpt import files
+    from tinygpt.cli import main
+    from tinygpt.tokenizer import BPETokenizer
+
+    text = tmp_path / "in.txt"
+    text.write_text("hello world\n")
+    trained = []
+    monkeypatch.setattr(BPETokenizer, "train", classmethod(lambda cls, *a, **k: trained.append(1)))
+    bad = text / "sub" / "x"  # under a file: no directory can be made there
+    args = {"--out": str(tmp_path / "tok.json"), flag: str(bad)}
+    argv = ["tokenizer", "train", "--input", str(text), "--vocab-size", "257"]
+    assert main(argv + [part for item in args.items() for part in item]) == 2
+    assert "Not a directory" in capsys.readouterr().err and not trained
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]  # the probe left nothing behind
+    files.check_writable(tmp_path / "new" / "deeper" / "tok.json")  # a missing directory is no error
+    assert not (tmp_path / "new").exists()

@@ -81,6 +81,7 @@ def _write_utf8(text: str) -> None:
 def _tokenizer_train(args):
     import time
 
+    from tinygpt.files import check_writable
     from tinygpt.tokenizer import BPETokenizer
 
     if args.input != "-" and os.path.exists(args.out) and os.path.samefile(args.input, args.out):
@@ -93,6 +94,8 @@ def _tokenizer_train(args):
             if path != "-" and os.path.abspath(path) in exported:
                 raise TinyGPTError(f"{flag} {path} is a file --gpt2-files {args.gpt2_files} writes; it would "
                                    "be overwritten")
+    for path in [args.out] + ([os.path.join(args.gpt2_files, "encoder.json")] if args.gpt2_files else []):
+        check_writable(path)  # an output it cannot write is refused before training, not after
     text = _tokenizer_read_utf8(args.input)
     start = time.perf_counter()
     tok = BPETokenizer.train(text, args.vocab_size, pattern=args.pattern, special_tokens=args.special_tokens)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -24,6 +25,24 @@ def current_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise now the OSError that writing ``path`` later would raise (naming ``path``), so that a command
+    refuses an output it cannot write before its long work, not after. Leaves nothing behind: the probe is
+    an anonymous temporary file in the directory that would hold ``path`` (or its nearest existing parent,
+    which the write would create the rest under)."""
+    path = Path(path).absolute()
+    directory = path.parent
+    while not directory.exists():
+        directory = directory.parent
+    try:
+        if not directory.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
 
 
 @contextlib.contextmanager
