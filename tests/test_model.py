@@ -305,6 +305,9 @@ def test_params_argument_is_checked_and_shared():
         GPT(config, params={k: v for k, v in params.items() if k != "ln_f.bias"})
     with pytest.raises(TinyGPTError, match="shape"):
         GPT(config, params={**params, "ln_f.bias": np.zeros(3)})
+    # guards: a weight the config has no place for dropped silently (h.2 of a deeper model, an lm_head)
+    with pytest.raises(TinyGPTError, match="missing or unexpected h.2.ln_1.weight"):
+        GPT(config, params={**params, "h.2.ln_1.weight": np.ones(TINY["n_embd"])})
 
 
 def test_bad_constructor_arguments():
@@ -401,7 +404,8 @@ def test_from_pretrained_errors(tmp_path):
     with pytest.raises(TinyGPTError, match="shape"):
         GPT.from_pretrained(tmp_path)
     config_path.write_text(json.dumps({**good, "n_layer": 3}))
-    with pytest.raises(TinyGPTError, match="missing h.2"):
+    # (the layer count is checked first, so the message says why: not a list of h.2's missing tensors)
+    with pytest.raises(TinyGPTError, match=r"missing h\.2 \(config.json has n_layer = 3; the weights hold 2"):
         GPT.from_pretrained(tmp_path)
     # a corrupt n_layer of 2**40 listed 2**40 layers' parameter names first: all the memory, then OOM
     config_path.write_text(json.dumps({**good, "n_layer": 2**40}))
@@ -431,3 +435,107 @@ def test_from_pretrained_errors(tmp_path):
     config_path.write_text("[1, 2]")
     with pytest.raises(TinyGPTError, match="not a JSON object"):
         GPT.from_pretrained(tmp_path)
+
+
+def test_sharded_checkpoint_loads_every_shard(tmp_path):
+    # guards: a sharded checkpoint (model.safetensors.index.json) read only partly, e.g. the first shard
+    from safetensors.numpy import load_file, save_file
+
+    model = randomise(GPT(GPTConfig(**TINY)))
+    model.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    weight_map = {}
+    for file, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(tmp_path / file))
+        weight_map.update(dict.fromkeys(keys, file))
+    index = {"metadata": {}, "weight_map": weight_map}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    loaded = GPT.from_pretrained(tmp_path)
+    assert set(loaded.params) == set(model.params)
+    for name, p in model.params.items():
+        np.testing.assert_array_equal(loaded.params[name], p, err_msg=name)
+
+
+def test_legacy_buffers_are_skipped_and_only_a_tied_lm_head_is_accepted(tmp_path):
+    # guards: older transformers checkpoints carry attn.bias / attn.masked_bias buffers (not parameters) and
+    # lm_head.weight; the buffers must be skipped, and an lm_head that differs from wte must be refused, not
+    # silently replaced by wte (the model's output layer would differ from the checkpoint's)
+    from safetensors.numpy import load_file, save_file
+
+    model = randomise(GPT(GPTConfig(**TINY)))
+    model.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    T = TINY["block_size"]
+    for i in range(TINY["n_layer"]):
+        tensors[f"transformer.h.{i}.attn.bias"] = np.tril(np.ones((T, T), np.float32))[None, None]
+        tensors[f"transformer.h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
+    tensors["lm_head.weight"] = tensors["transformer.wte.weight"].copy()
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    loaded = GPT.from_pretrained(tmp_path)
+    for name, p in model.params.items():
+        np.testing.assert_array_equal(loaded.params[name], p, err_msg=name)
+    tensors["lm_head.weight"][0, 0] += 1.0
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(TinyGPTError, match="lm_head.weight differs"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_half_precision_tensors_are_widened_by_value(tmp_path):
+    # guards: float16 tensors read as raw 16-bit integers (or bits) instead of their values, in a file that
+    # also holds bfloat16 (then tinygpt reads the file by hand); the expected values come from torch
+    torch = pytest.importorskip("torch")
+    from safetensors.numpy import load_file
+    from safetensors.torch import save_file
+
+    randomise(GPT(GPTConfig(**TINY))).save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    half = {k: torch.from_numpy(v).to(torch.bfloat16 if v.ndim == 2 else torch.float16)
+            for k, v in tensors.items()}
+    save_file(half, str(tmp_path / "model.safetensors"))
+    loaded = GPT.from_pretrained(tmp_path)
+    for key, tensor in half.items():
+        np.testing.assert_array_equal(loaded.params[key.removeprefix("transformer.")], tensor.float().numpy(),
+                                      err_msg=key)
+
+
+@pytest.mark.parametrize("change, loads", [
+    ({"scale_attn_by_inverse_layer_idx": True}, False),
+    ({"reorder_and_upcast_attn": True}, False),
+    ({"tie_word_embeddings": False}, False),
+    ({"layer_norm_epsilon": 1e-6}, False),
+    ({"n_inner": 4 * TINY["n_embd"]}, True),  # transformers writes the MLP width out in some configs
+    ({"activation_function": "gelu_pytorch_tanh"}, True),
+])
+def test_from_pretrained_refuses_what_it_would_compute_differently(tmp_path, change, loads):
+    # guards: a transformers option that changes the computation (attention scaling by layer, another
+    # LayerNorm eps, an untied head) accepted and silently ignored; or an explicit but standard one refused
+    GPT(GPTConfig(**TINY)).save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **change}))
+    if loads:
+        assert GPT.from_pretrained(tmp_path).config == GPTConfig(**TINY)
+    else:
+        with pytest.raises(TinyGPTError, match=next(iter(change))):
+            GPT.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("vocab_size, eot", [(50256, None), (50257, 50256), (50304, 50256)])
+def test_config_json_names_eot_only_when_the_vocabulary_has_it(tmp_path, vocab_size, eot):
+    # guards: an off-by-one that writes bos/eos 50256 for a vocabulary of 50256 ids (0..50255)
+    config = GPTConfig(vocab_size=vocab_size, block_size=4, n_layer=1, n_head=1, n_embd=4)
+    GPT(config).save_pretrained(tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    assert hf["bos_token_id"] == eot and hf["eos_token_id"] == eot
+
+
+def test_dropout_comes_from_resid_pdrop(tmp_path):
+    # guards: the one dropout tinygpt has read from another of transformers' three (as documented:
+    # resid_pdrop), which differ in configs that were not written by tinygpt
+    GPT(GPTConfig(**TINY)).save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    pdrops = {"resid_pdrop": 0.1, "attn_pdrop": 0.2, "embd_pdrop": 0.3}
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **pdrops}))
+    assert GPT.from_pretrained(tmp_path).config.dropout == 0.1
