@@ -85,6 +85,14 @@ def test_auto_and_available_backends():
     assert get_ops("auto").name == resolve_backend("auto")
 
 
+def test_auto_never_picks_the_cuda_simulator(monkeypatch):
+    # guards: "auto" resolving to "cuda" whenever get_ops("cuda") can run, the simulator included (which
+    # runs the kernels in Python, thousands of times slower than "numba"); only a real GPU means "cuda"
+    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
+    assert "cuda" in available_backends() and not has_real_gpu()
+    assert resolve_backend("auto") == "numba"
+
+
 def test_cuda_backend_without_gpu_names_the_cause():
     # A fresh interpreter without the simulator: what a user on a laptop sees.
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
@@ -371,12 +379,18 @@ def test_cpu_kernels_reject_bad_input_with_one_line_errors():
     wte, wpe = np.zeros((5, 4), np.float32), np.zeros((3, 4), np.float32)
     with pytest.raises(TinyGPTError, match="token ids"):
         cpu.embedding_forward(np.array([[0, 5]]), wte, wpe)
+    # (and below 0: Numba wraps a negative index, so -1 would read wte's last row; -1 ignores only TARGETS)
+    with pytest.raises(TinyGPTError, match=r"token ids must be in \[0, 5\), got \[-1, 0\]"):
+        cpu.embedding_forward(np.array([[0, -1]]), wte, wpe)
     with pytest.raises(TinyGPTError, match="block_size"):
         cpu.embedding_forward(np.zeros((1, 4), int), wte, wpe)
     with pytest.raises(TinyGPTError, match="divisible"):
         cpu.attention_forward(np.zeros((1, 2, 12), np.float32), n_head=5)
     with pytest.raises(TinyGPTError, match="rng"):
         cpu.attention_forward(np.zeros((1, 2, 12), np.float32), n_head=2, dropout=0.1)
+    # guards: dropout 1 let through to the keep mask, whose scale 1 / (1 - p) then divides by zero
+    with pytest.raises(TinyGPTError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        cpu.attention_forward(np.zeros((1, 2, 12), np.float32), 2, dropout=1.0, rng=np.random.default_rng(0))
     with pytest.raises(TinyGPTError, match="targets"):
         cpu.cross_entropy_forward(np.zeros((1, 2, 3), np.float32), np.array([[0, 3]]))
     with pytest.raises(TinyGPTError, match="float32 or float64"):
