@@ -227,6 +227,22 @@ def test_split_is_stratified_and_deterministic():
     assert other.tolist() != val.tolist()
 
 
+
+def test_split_fields_put_each_row_where_the_file_says():
+    # guards: the file's own split fields read the wrong way round (train rows validated on, and vice versa)
+    label_ids = np.array([0, 1, 0, 1, 0, 1])
+    splits = ["train", "val", "train", "train", "val", "train"]
+    train, val = ft.split_indices(label_ids, splits, 0.1, seed=0, n_classes=2)
+    assert train.tolist() == [0, 2, 3, 5] and val.tolist() == [1, 4]
+
+def test_split_keeps_a_training_example_of_every_class_at_a_high_val_fraction():
+    # guards: the clamp that keeps one training row per class lost (round(0.9 * 2) = 2 rows of class 0
+    # would all go to validation, and the run would stop with "no training examples")
+    label_ids = np.array([0, 0] + [1] * 10)
+    train, val = ft.split_indices(label_ids, [None] * 12, 0.9, seed=0, n_classes=2)
+    assert np.bincount(label_ids[val], minlength=2).tolist() == [1, 9]
+    assert np.bincount(label_ids[train], minlength=2).tolist() == [1, 1]
+
 # --- fine-tuning runs --------------------------------------------------------------------------------
 
 
@@ -650,3 +666,95 @@ def test_predict_from_stdin_drops_a_crlf_line_end(tmp_path, lm_dir, capsys, monk
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"sweet love\r\n")))
     assert main(["predict", "--out", str(out), "-"]) == 0
     assert capsys.readouterr().out == as_argument
+
+
+def test_confusion_matrix_rows_are_true_classes_columns_predictions():
+    # guards: the matrix transposed (rows = predictions), invisible when every prediction is right
+    matrix = ft.confusion_matrix(np.array([0, 0, 1, 2, 2]), np.array([1, 0, 2, 2, 2]), 3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 0, 1], [0, 0, 2]]
+
+
+def test_pooled_features_come_back_in_the_input_order():
+    # guards: batching by length (sorted) without putting each feature back at its own row
+    model = _tiny_model(11).eval()
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(0, 11, n) for n in (7, 2, 9, 1, 5, 3)]
+    features = ft.pooled_features(model, seqs, batch_size=2)
+    for i, s in enumerate(seqs):
+        np.testing.assert_allclose(features[i], model.forward_hidden(s[None], keep_caches=False)[0, -1],
+                                   rtol=1e-10, atol=1e-12, err_msg=f"text {i}")
+
+
+def test_eval_with_a_given_label_order_scores_what_predict_predicts(tmp_path, lm_dir):
+    # guards: evaluate_classifier mapping the file's labels to class ids in another order (sorted) than the
+    # classifier's own label list, which --labels sets; the expected scores come from predict_proba
+    rows = _rows()
+    data = _write_jsonl(tmp_path / "d.jsonl", rows)
+    ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), freeze_body=True, max_iters=10,
+                                   learning_rate=3e-2, labels=["tragedy", "comedy"]), quiet=True)
+    clf = ft.load_classifier(tmp_path / "clf")
+    assert clf.labels == ["tragedy", "comedy"]
+    predicted = ft.predict_proba(clf, [r["text"] for r in rows]).argmax(axis=1)
+    true = np.array([clf.labels.index(r["label"]) for r in rows])
+    result = ft.evaluate_classifier(tmp_path / "clf", split="all")
+    assert result["accuracy"] == pytest.approx(np.mean(predicted == true))
+    assert result["confusion"].tolist() == [[np.sum((true == i) & (predicted == j)) for j in (0, 1)]
+                                            for i in (0, 1)]
+
+
+def test_pooling_refuses_an_empty_sequence():
+    # guards: a length of 0 accepted: its "last token" index -1 would pool the padding at the far end
+    hidden = np.zeros((2, 4, 3))
+    with pytest.raises(TinyGPTError, match="lengths"):
+        ft.last_token_pool_forward(hidden, np.array([0, 2]))
+
+
+@pytest.mark.parametrize("dropout, expected", [(0.0, 0.0), (None, 0.25), (0.1, 0.1)])
+def test_dropout_setting_overrides_the_checkpoint_even_when_zero(tmp_path, dropout, expected):
+    # guards: --dropout 0 treated as "not given" (falsy): the checkpoint's dropout stays on in fine-tuning
+    text = "".join(r["text"] for r in _rows()) + "\n"
+    tok = CharTokenizer.train(text)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=24, n_layer=1, n_head=2, n_embd=8, dropout=0.25)
+    model = GPT(config)
+    save_checkpoint(tmp_path / "lm", model, tok, None, {"backend": "numpy"}, {"step": 1})
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(12))
+    cfg = _config(tmp_path, data, init_from=str(tmp_path / "lm"), max_iters=1, dropout=dropout)
+    ft.finetune_classifier(cfg, quiet=True)
+    assert ft.load_classifier(tmp_path / "clf").model.config.dropout == expected
+
+
+def test_encoding_refuses_the_first_id_past_the_vocabulary():
+    # guards: an off-by-one letting id == vocab_size through (wte has rows 0..vocab_size - 1)
+    tok = CharTokenizer.train("abc")  # a = 0, b = 1, c = 2
+    seqs, _ = ft.encode_texts(tok, ["ab", "ba"], block_size=5, vocab_size=2)
+    assert [s.tolist() for s in seqs] == [[0, 1], [1, 0]]
+    with pytest.raises(TinyGPTError, match="text 2: token id 2 is outside the model's vocabulary of 2"):
+        ft.encode_texts(tok, ["ab", "c"], block_size=5, vocab_size=2)
+
+
+def test_pooled_features_are_computed_without_dropout_and_keep_the_mode():
+    # guards: features for inference and for a frozen body computed in training mode (dropout on)
+    config = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.5)
+    model = GPT(config, seed=0, dtype=np.float64)
+    seqs = [np.array([1, 2, 3]), np.array([4, 5])]
+    features = ft.pooled_features(model, seqs)
+    assert model.training  # put back as it was
+    model.eval()
+    for i, s in enumerate(seqs):
+        np.testing.assert_allclose(features[i], model.forward_hidden(s[None], keep_caches=False)[0, -1],
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_eval_max_batches_and_majority_baseline_count_the_rows_scored(tmp_path, lm_dir):
+    # guards: --max-batches counting rows instead of batches, and the majority baseline taken from the
+    # rarest class instead of the most frequent one (expected values counted by hand from the labels below)
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    cfg = _config(tmp_path, data, init_from=str(lm_dir), freeze_body=True, max_iters=1)
+    ft.finetune_classifier(cfg, quiet=True)
+    labels = ["comedy", "comedy", "tragedy", "comedy", "comedy", "tragedy"] + ["tragedy"] * 4
+    test_file = _write_jsonl(tmp_path / "t.jsonl", [{"text": "sweet love", "label": lab} for lab in labels])
+    first = ft.evaluate_classifier(tmp_path / "clf", str(test_file), split="all", batch_size=3, max_batches=2)
+    assert first["n"] == 6 and first["majority_accuracy"] == pytest.approx(4 / 6)
+    assert first["confusion"].sum() == 6
+    whole = ft.evaluate_classifier(tmp_path / "clf", str(test_file), split="all", batch_size=3)
+    assert whole["n"] == 10 and whole["majority_accuracy"] == pytest.approx(6 / 10)
