@@ -88,8 +88,10 @@ def test_auto_and_available_backends():
 def test_auto_never_picks_the_cuda_simulator(monkeypatch):
     # guards: "auto" resolving to "cuda" whenever get_ops("cuda") can run, the simulator included (which
     # runs the kernels in Python, thousands of times slower than "numba"); only a real GPU means "cuda"
+    if has_real_gpu():
+        pytest.skip("this machine has a real GPU, where 'auto' rightly picks cuda")
     monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
-    assert "cuda" in available_backends() and not has_real_gpu()
+    assert "cuda" in available_backends()
     assert resolve_backend("auto") == "numba"
 
 
