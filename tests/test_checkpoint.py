@@ -73,6 +73,28 @@ def test_layout_pointer_and_cleanup(tmp_path):
     assert json.loads((tmp_path / "state.json").read_text())["step"] == 2
 
 
+def test_later_saves_delete_only_their_own_entries(tmp_path):
+    # A resumed run's saves must not destroy what the user put beside the checkpoints since the first save:
+    # a note in checkpoints/, a copy of a checkpoint under their own name, a real file where a link was.
+    model, opt = _trained()
+    _save(tmp_path, model, opt, 1)
+    ckpt_root = tmp_path / "checkpoints"
+    (ckpt_root / "NOTES.txt").write_text("lr 3e-4 was too high")
+    shutil.copytree(ckpt_root / "step-00000001", ckpt_root / "keep-step-1")
+    shutil.copytree(ckpt_root / "step-00000001", ckpt_root / "step-00000001-best")
+    (tmp_path / "tokenizer.json").unlink()
+    (tmp_path / "tokenizer.json").write_text("mine")
+    # what a crashed save leaves behind, which the next save does clean up
+    (ckpt_root / ".tmp-step-00000002-ab_cd3fg").mkdir()
+    (ckpt_root / "step-00000002-4242-xy_z12").mkdir()
+    _save(tmp_path, model, opt, 3)
+    assert sorted(p.name for p in ckpt_root.iterdir()) == [
+        "NOTES.txt", "keep-step-1", "step-00000001-best", "step-00000003"]
+    assert (ckpt_root / "NOTES.txt").read_text() == "lr 3e-4 was too high"
+    assert (tmp_path / "tokenizer.json").read_text() == "mine"
+    assert load_checkpoint(tmp_path).state["step"] == 3
+
+
 def test_transformers_loads_the_output_directory(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

@@ -19,10 +19,11 @@ atomic as a set (a crash between two renames mixes steps). Instead each checkpoi
 fresh temporary directory, every file and the directory are fsynced, the directory is renamed to
 ``step-N`` (atomic), and then the ``latest`` symlink is swapped in one ``rename(2)`` (atomic on POSIX):
 before the swap readers see the old checkpoint, after it the new one. Only then are older step
-directories deleted. A crash at any instant leaves ``latest`` pointing at a complete directory; stray
-temporary or older directories are cleaned up by the next save. ``state.json`` is written last and
-records each file's size and sha256, which :func:`load_checkpoint` verifies, so damage done later (a
-truncated copy, a disk error) is reported as a corrupt checkpoint rather than loaded.
+directories deleted (only names this module writes: anything else the user puts there stays). A crash
+at any instant leaves ``latest`` pointing at a complete directory; stray temporary or older directories
+are cleaned up by the next save. ``state.json`` is written last and records each file's size and sha256,
+which :func:`load_checkpoint` verifies, so damage done later (a truncated copy, a disk error) is reported
+as a corrupt checkpoint rather than loaded.
 """
 
 from __future__ import annotations
@@ -103,16 +104,19 @@ def checkpoint_path(out_dir: str | os.PathLike) -> Path | None:
     return None
 
 
-_OUR_CHECKPOINT_ENTRY = re.compile(r"(\.tmp-)?step-\d{8}.*")  # what save_checkpoint puts in checkpoints/
+# What save_checkpoint puts in checkpoints/: step-N, a re-save of the live step (step-N-PID-XXXXXX) and
+# staging directories (.tmp-step-N-XXXXXXXX, mkdtemp's suffix). Only these are ever deleted.
+_OUR_CHECKPOINT_ENTRY = re.compile(r"step-\d{8,}(-\d+-\w{6})?|\.tmp-step-\d{8,}-\w+")
 
 
 def check_new_run_dir(out_dir: str | os.PathLike) -> None:
     """Refuse an output directory whose files a new run would replace or delete (raise TinyGPTError).
 
     A run writes links named like the checkpoint's five files into ``out_dir`` and, after each save, deletes
-    every other entry of ``out_dir/checkpoints``: in a directory that already holds a transformers model or
-    a folder of its own called ``checkpoints``, that would destroy the user's files. Links (ours) and
-    entries a crashed tinygpt save left behind are fine.
+    the older ``step-N`` directories of ``out_dir/checkpoints``: in a directory that already holds a
+    transformers model or a folder of its own called ``checkpoints``, the user's files would be replaced,
+    deleted or mixed with ours. Links (ours) and entries a crashed tinygpt save left behind are fine. (Once
+    the run exists, later saves leave alone whatever else the user puts there.)
     """
     out_dir = Path(out_dir)
     for name in CHECKPOINT_FILES:
@@ -126,8 +130,8 @@ def check_new_run_dir(out_dir: str | os.PathLike) -> None:
     if ckpt_root.is_dir():
         foreign = [e.name for e in ckpt_root.iterdir() if not _OUR_CHECKPOINT_ENTRY.fullmatch(e.name)]
         if foreign:
-            raise TinyGPTError(f"{ckpt_root} holds {foreign[0]!r}, which tinygpt did not write (each save "
-                               "deletes the other entries there); choose another --out")
+            raise TinyGPTError(f"{ckpt_root} holds {foreign[0]!r}, which tinygpt did not write (a run keeps "
+                               "its own checkpoints there); choose another --out")
         # a published checkpoint of an earlier run whose `latest` link is gone: the first save would
         # delete it (staging leftovers, named .tmp-step-..., are fair game)
         earlier = sorted(e.name for e in ckpt_root.iterdir() if (e / "state.json").is_file()
@@ -278,14 +282,13 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, tra
     _symlink_atomically(os.path.join(CHECKPOINTS, final.name), out_dir / LATEST)
     for name in CHECKPOINT_FILES:  # convenience links, identical every time
         link = out_dir / name
-        if not link.is_symlink():
-            if link.exists():
-                link.unlink()
+        if not link.is_symlink() and not link.exists():  # a file the user put there since is theirs: kept
             _symlink_atomically(os.path.join(LATEST, name), link)
     _fsync_path(out_dir)
-    # 4. only now delete older checkpoints and any temporary directories a crash left behind
+    # 4. only now delete older checkpoints and any temporary directories a crash left behind; anything else
+    # in checkpoints/ (a user's note, a copy they made under another name) is not ours to delete
     for entry in ckpt_root.iterdir():
-        if entry.name != final.name:
+        if entry.name != final.name and _OUR_CHECKPOINT_ENTRY.fullmatch(entry.name):
             shutil.rmtree(entry, ignore_errors=True)
     return final
 
