@@ -90,6 +90,8 @@ if not CHILD:
                 ("column_sum_partial", (a(2), a(2), i64)),
                 ("cross_entropy_fwd", (a(2), a(1, types.int64), a(1), a(2))),
                 ("cross_entropy_bwd", (a(2), a(1, types.int64), a(1), f, a(2)))]]
+        found.append(("sum_squares_partial", K._sum_squares_kernel(dtype_name),
+                      (a(1), a(1, types.float64), i64), K.SUM_SQUARES_THREADS))
         forward, backward_wte, backward_wpe = K._embedding_kernels(dtype_name)
         found += [("embedding_forward", forward, (a(2, types.int64), a(2), a(2), a(2)), one_per_element),
                   ("embedding_backward_wte", backward_wte, (a(2, types.int64), a(2), a(2)), one_per_element),
@@ -99,6 +101,8 @@ if not CHILD:
     # PTX instructions that compute in float64 (converting a float64 argument, as fill does, is not one)
     _FLOAT64_ARITHMETIC = re.compile(
         r"^\s*((?:add|sub|mul|div|fma|sqrt|rsqrt|rcp|neg|abs|min|max|setp|ex2|lg2)[\w.]*\.f64)\b", re.M)
+
+    _FLOAT64_ON_PURPOSE = {"sum_squares_partial"}
 
     @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
     def test_every_kernel_compiles_for_a_real_gpu(dtype_name, monkeypatch, tmp_path):
@@ -133,7 +137,9 @@ if not CHILD:
         for name, kernel, signature, threads in _kernel_signatures(dtype_name):
             ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
             assert ".entry" in ptx, name
-            if dtype_name == "float32":  # no arithmetic promoted to float64 (an int divisor, a literal)
+            # no arithmetic promoted to float64 (an int divisor, a literal), except in the gradient norm's
+            # sum of squares, which sums in float64 on purpose
+            if dtype_name == "float32" and name not in _FLOAT64_ON_PURPOSE:
                 promoted = sorted(set(_FLOAT64_ARITHMETIC.findall(ptx)))
                 assert not promoted, f"{name}: float64 arithmetic in a float32 kernel: {promoted}"
             if ptxas:  # assembling checks what PTX cannot: shared memory (48 KB) and registers per block
@@ -378,6 +384,33 @@ else:
         assert abs(loss - ref_loss) < 1e-4 * abs(ref_loss)
         for name in ref_grads:
             assert relative_error(grads[name], ref_grads[name]) < 1e-4, name
+
+    def test_sum_squares_total_sums_every_array_in_float64_with_one_copy_back(monkeypatch):
+        # the squared global gradient norm: arrays of every size (empty, one element, more than the
+        # blocks x threads one launch covers, so threads stride), float32 and float64 together
+        monkeypatch.setattr(K, "SUM_SQUARES_BLOCKS", 2)  # 2 blocks of 32 threads (the simulator is slow)
+        monkeypatch.setattr(K, "SUM_SQUARES_THREADS", 32)
+        rng = np.random.default_rng(11)
+        arrays = [rng.standard_normal(n).astype(dtype) * 100 for n, dtype in
+                  [(0, np.float32), (1, np.float64), (300, np.float32), (130, np.float32), (7, np.float64)]]
+        arrays[3] = arrays[3].reshape(13, 10)  # any shape: summed flat
+        expected = sum(float(np.sum(a.astype(np.float64) ** 2)) for a in arrays)
+        on_device = [K.to_device(a) for a in arrays]
+        copies = []
+        device_array_type = type(on_device[2])
+        copy_to_host = device_array_type.copy_to_host
+        monkeypatch.setattr(device_array_type, "copy_to_host",
+                            lambda self, *a, **k: copies.append(self.shape) or copy_to_host(self, *a, **k))
+        total = K.sum_squares_total(on_device)
+        assert total == pytest.approx(expected, rel=1e-13)  # float64 sums: float32 ones are off by ~1e-7
+        assert len(copies) == 1  # each copy back waits for the GPU: one for all arrays, not one per array
+        assert K.sum_squares_total([]) == 0.0 and K.sum_squares_total(on_device[:1]) == 0.0
+        assert K.sum_squares_total(on_device) == total  # no atomics: the same bits every time
+        from tinygpt.optim import grad_norm
+
+        copies.clear()
+        assert grad_norm(dict(enumerate(on_device))) == pytest.approx(expected**0.5, rel=1e-13)
+        assert len(copies) == 1
 
     def test_device_helpers_match_numpy():
         rng = np.random.default_rng(10)

@@ -7,7 +7,7 @@ so the model sees the new values without any copying back.
 GPU arrays. With the cuda backend the parameters and gradients are numba device arrays, which NumPy
 cannot compute on. Each function here looks at the array it is given: a device array is handled by the
 kernels of ``tinygpt.kernels.cuda`` (AdamW state made with ``zeros_like``, the update by ``adamw_update``,
-norms by ``sum_squares``), so the moments stay on the GPU beside the weights; everything else is the
+norms by ``sum_squares_total``), so the moments stay on the GPU beside the weights; everything else is the
 NumPy code below, unchanged. Only ``state_dict`` brings the moments to the host (for checkpoints).
 """
 
@@ -186,13 +186,16 @@ def scale_grads(grads: dict, factor: float) -> None:
 def grad_norm(grads: dict[str, np.ndarray]) -> float:
     """The global L2 norm of all gradients together: ``sqrt(sum over every entry of g^2)``."""
     total = 0.0
+    on_gpu = []
     for g in grads.values():
         gpu = _gpu(g)
         if gpu is not None:
-            total += gpu.sum_squares(g)  # squared and summed on the GPU; one number comes back
+            on_gpu.append(g)
         else:
             flat = g.reshape(-1)
             total += float(np.dot(flat, flat))
+    if on_gpu:  # squared and summed on the GPU, all arrays at once: one number comes back, one wait
+        total += _gpu(on_gpu[0]).sum_squares_total(on_gpu)
     return math.sqrt(total)
 
 

@@ -61,7 +61,7 @@ __all__ = [
     "cross_entropy_backward", "adamw_update",
     # device-resident helpers (not layers, but what a model needs to keep a step on the GPU)
     "to_device", "to_host", "on_device", "matmul", "add", "add_inplace", "scale_inplace", "zeros",
-    "column_sum", "zeros_like", "sum_squares", "lm_head_forward", "lm_head_backward",
+    "column_sum", "zeros_like", "sum_squares", "sum_squares_total", "lm_head_forward", "lm_head_backward",
 ]
 
 ELEMENTWISE_THREADS = 256  # threads per block of the one-thread-per-element kernels
@@ -1019,18 +1019,55 @@ def zeros_like(a):
     return zeros(tuple(a.shape), np.dtype(a.dtype))
 
 
-def sum_squares(a) -> float:
-    """sum(a**2) as a Python float: squares on the device, a two-stage column sum, one number back."""
-    a = to_device(a)
-    n = a.size
-    if n == 0:
+SUM_SQUARES_BLOCKS = 32  # most blocks one array's sum of squares gets (each then strides over the array)
+SUM_SQUARES_THREADS = 256  # threads per block there (a power of two: tree sum)
+
+
+@functools.cache
+def _sum_squares_kernel(dtype_name, threads=SUM_SQUARES_THREADS):
+    F64 = _numba_type(np.dtype(np.float64))  # the sum is float64 whatever x's dtype (a deliberate exception)
+
+    @cuda.jit
+    def sum_squares_partial(x, partials, offset):
+        # Block b of this launch: sum of x[i]^2 over its threads' strided elements, in float64 (a gradient
+        # norm sums millions of squares), into partials[offset + b]. No atomics: the blocks' sums are added
+        # on the host in a fixed order, so the norm (and so clipping) is the same bit for bit every run.
+        buf = cuda.shared.array(threads, F64)
+        acc = 0.0
+        for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            xi = float(x[i])
+            acc += xi * xi
+        total = _block_sum(buf, acc)
+        if cuda.threadIdx.x == 0:
+            partials[offset + cuda.blockIdx.x] = total
+
+    return sum_squares_partial
+
+
+def sum_squares_total(arrays) -> float:
+    """sum over all ``arrays`` of sum(a**2), as a Python float: a gradient's squared global norm.
+
+    One launch per array, each writing a few per-block partial sums into one shared buffer, and ONE copy to
+    the host at the end (not one per array: each copy waits for the GPU to finish everything queued).
+    """
+    arrays = [to_device(a) for a in arrays]
+    arrays = [a for a in arrays if a.size]
+    if not arrays:
         return 0.0
-    squares = cuda.device_array(n, dtype=a.dtype)
-    flat = _flat(a)
-    _launch_elementwise("mul", n, flat, flat, squares, dtype=a.dtype)
-    width = next(w for w in (256, 128, 64, 32, 16, 8, 4, 2, 1) if n % w == 0)  # a 2-D view for column_sum
-    per_column = column_sum(squares.reshape(n // width, width))  # (width,)
-    return float(column_sum(per_column.reshape(width, 1)).copy_to_host()[0])
+    threads = SUM_SQUARES_THREADS
+    n_blocks = [min(SUM_SQUARES_BLOCKS, _blocks(a.size, threads)) for a in arrays]
+    partials = cuda.device_array(sum(n_blocks), dtype=np.float64)
+    offset = 0
+    for a, blocks in zip(arrays, n_blocks):
+        kernel = _sum_squares_kernel(_float_dtype("sum_squares", a).name, threads)
+        kernel[blocks, threads](_flat(a), partials, offset)
+        offset += blocks
+    return float(partials.copy_to_host().sum())
+
+
+def sum_squares(a) -> float:
+    """sum(a**2) as a Python float (``sum_squares_total`` of one array)."""
+    return sum_squares_total([a])
 
 
 def lm_head_forward(x, wte):
