@@ -580,6 +580,24 @@ def test_corrupt_state_json_and_bad_eval_batches_are_one_line_errors(corpus, tmp
     assert main(["train", "--resume", "--out", str(out), "--max-iters", "2", "--quiet"]) == 0
 
 
+@pytest.mark.parametrize("flag", [["--n-layer", "2"], ["--n-head", "4"], ["--n-embd", "32"],
+                                  ["--bias", "false"], ["--tokenizer", "bpe"], ["--vocab-size", "300"]])
+def test_fine_tuning_refuses_shape_flags_the_checkpoint_would_override(corpus, tmp_path, capsys, flag):
+    # the checkpoint's shape and tokenizer are used: a model flag given with --init-from would be ignored
+    base = tmp_path / "base"
+    if not base.exists():
+        assert main(["train", "--data", str(corpus), "--out", str(base), *TINY, "--max-iters", "1"]) == 0
+    ft = tmp_path / "ft"
+    short = ["--block-size", "8", "--batch-size", "2", "--eval-iters", "1", "--backend", "numpy", "--quiet"]
+    message = _one_line_error(capsys, ["train", "--data", str(corpus), "--init-from", str(base), "--out",
+                                       str(ft), *flag, *short, "--max-iters", "1"])
+    assert f"{flag[0]} is for a model from scratch" in message and "--init-from" in message
+    assert not ft.exists()
+    # without it (and with a shorter --block-size, which only sets the training windows) fine-tuning runs
+    assert main(["train", "--data", str(corpus), "--init-from", str(base), "--out", str(ft), *short,
+                 "--max-iters", "1"]) == 0
+
+
 def test_seed_sets_the_dropout_masks_when_fine_tuning(corpus, tmp_path):
     base = tmp_path / "base"
     training.train(_config(corpus, base, max_iters=1), quiet=True)

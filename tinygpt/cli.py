@@ -193,8 +193,18 @@ def _run_train(args):
         cfg = train.TrainConfig(out=out)
         train.train(cfg, resume=True, quiet=args.quiet, overrides=overrides)
     else:
+        start = next((f"--{name.replace('_', '-')}" for name in ("init_from", "pretrained")
+                      if overrides.get(name)), None)
+        given = [f"--{name.replace('_', '-')}" for name in _SHAPE_FROM_CHECKPOINT if name in overrides]
+        if start and given:  # the checkpoint's shape and tokenizer win: a flag for them would be ignored
+            raise TinyGPTError(f"{given[0]} is for a model from scratch: with {start} the checkpoint's shape "
+                               "and tokenizer are used (--block-size may shorten the training windows)")
         values = {**train.read_config_file(args.config or "default"), **overrides}
         train.train(train.make_config(values), quiet=args.quiet)
+
+
+# what `train --init-from / --pretrained` takes from the checkpoint (a preset's values for them are ignored)
+_SHAPE_FROM_CHECKPOINT = ("n_layer", "n_head", "n_embd", "bias", "tokenizer", "vocab_size")
 
 
 def _run_eval(args):
@@ -233,7 +243,8 @@ def _add_training(sub):
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     start = p.add_mutually_exclusive_group()  # LM fine-tuning (issue 8)
     start.add_argument("--init-from", metavar="DIR", help="fine-tune: start from this run's weights and "
-                       "tokenizer (its shape replaces the model flags)")
+                       "tokenizer (its shape: --n-layer, --n-head, --n-embd, --bias, --tokenizer and "
+                       "--vocab-size are refused)")
     start.add_argument("--pretrained", metavar="HF_DIR", help="fine-tune: start from a transformers GPT-2 "
                        "directory")
     p.add_argument("--seed", type=int, metavar="N", help="seed of the initialisation, batches and dropout")
