@@ -531,8 +531,8 @@ def test_train_init_from_continues_from_the_checkpoint(tmp_path, monkeypatch):
     base = ["train", "--data", str(corpus), "--block-size", "16", *LM_FLAGS]
     assert main([*base, "--out", str(tmp_path / "a"), "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
                  "--max-iters", "30", "--eval-interval", "30", "--learning-rate", "1e-2"]) == 0
-    # the shape flags here are ignored: the run takes the initial model's (1 layer, 16 wide)
-    assert main([*base, "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a"), "--n-layer", "3",
+    # the run takes the initial model's shape (1 layer, 16 wide; shape flags are refused with --init-from)
+    assert main([*base, "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a"),
                  "--max-iters", "4", "--eval-interval", "2", "--learning-rate", "1e-4"]) == 0
     first = read_metrics(tmp_path / "a" / "metrics.jsonl")
     second = read_metrics(tmp_path / "b" / "metrics.jsonl")
