@@ -429,6 +429,41 @@ def test_cpu_kernels_refuse_shapes_they_would_index_past():
 # --- the whole model ------------------------------------------------------------------------------
 
 
+def test_compiled_dropout_bits_equal_the_reference_bits():
+    from numba import njit
+
+    from tinygpt.kernels import make_dropout_bits
+
+    bits = make_dropout_bits(njit)
+    key = layers.draw_dropout_key(np.random.default_rng(4))
+    index = np.concatenate([np.arange(50, dtype=np.uint64),
+                            np.random.default_rng(5).integers(0, 2**63, 200, dtype=np.uint64)])
+    compiled = [int(bits(np.uint64(key), i)) for i in index]
+    assert compiled == layers.dropout_bits(key, index).tolist()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_matches_the_reference_and_keeps_no_mask(dtype):
+    x = np.random.default_rng(6).standard_normal((3, 17, 8)).astype(dtype)
+    out, cache = cpu.dropout_forward(x, 0.3, np.random.default_rng(2))
+    ref, ref_cache = layers.dropout_forward(x, 0.3, np.random.default_rng(2))
+    np.testing.assert_array_equal(out == 0, ref == 0)  # the same entries dropped
+    np.testing.assert_allclose(out, ref, rtol=1e-6 if dtype == np.float32 else 1e-15)
+    assert not any(isinstance(c, np.ndarray) and c.size > 1 for c in cache)  # a key, not a mask
+    dout = np.random.default_rng(7).standard_normal(x.shape).astype(dtype)
+    np.testing.assert_allclose(cpu.dropout_backward(dout, cache), layers.dropout_backward(dout, ref_cache),
+                               rtol=1e-6 if dtype == np.float32 else 1e-15)
+    assert cpu.dropout_forward(x, 0.0, None) == (x, None)
+    with pytest.raises(TinyGPTError, match="dropout probability"):
+        cpu.dropout_forward(x, 1.0, np.random.default_rng(0))
+    with pytest.raises(TinyGPTError, match="dout has shape"):
+        cpu.dropout_backward(dout[:, :3], cache)
+    # dropped or not, a nan stays nan (0 * nan), as in the reference's x * keep
+    bad = np.full(x.shape, np.nan, dtype)
+    assert np.isnan(cpu.dropout_forward(bad, 0.5, np.random.default_rng(2))[0]).all()
+    assert np.isnan(layers.dropout_forward(bad, 0.5, np.random.default_rng(2))[0]).all()
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_model_on_numba_backend_equals_numpy_backend(dropout):
     from tinygpt.model import GPT, GPTConfig

@@ -49,7 +49,7 @@ if not CHILD:
         from tinygpt.kernels import cuda as K
 
         f = types.float32 if dtype_name == "float32" else types.float64
-        i64, flag = types.int64, types.boolean
+        i64, u64, flag = types.int64, types.uint64, types.boolean
 
         def a(nd, dtype=f):
             return types.Array(dtype, nd, "C")
@@ -68,14 +68,14 @@ if not CHILD:
             forward = K.attention_forward_kernel(D, *K.attention_forward_tiles(T, D, itemsize), dtype_name)
             BR, BC = K.attention_tiles(T, D, itemsize)
             found += [
-                (f"attention_forward D{D}", forward, (a(3), a(4), flag, a(3), a(3), i64, i64, f),
+                (f"attention_forward D{D}", forward, (a(3), u64, u64, f, flag, a(3), a(3), i64, i64, f),
                  forward.threads),
                 (f"attention_delta D{D}", K.attention_delta_kernel(D, dtype_name),
                  (a(3), a(3), a(3), i64, i64), one_per_element),
                 (f"attention_dkdv D{D}", dkdv := K.attention_dkdv_kernel(D, BR, BC, dtype_name),
-                 (a(3), a(3), a(3), a(3), a(4), flag, a(3), i64, i64, f), dkdv.threads),
+                 (a(3), a(3), a(3), a(3), u64, u64, f, flag, a(3), i64, i64, f), dkdv.threads),
                 (f"attention_dq D{D}", dq := K.attention_dq_kernel(D, BR, BC, dtype_name),
-                 (a(3), a(3), a(3), a(3), a(4), flag, a(3), i64, i64, f), dq.threads),
+                 (a(3), a(3), a(3), a(3), u64, u64, f, flag, a(3), i64, i64, f), dq.threads),
             ]
         elementwise = K._elementwise_kernels(dtype_name)
         found += [(name, elementwise[name], signature, one_per_element) for name, signature in [
@@ -90,6 +90,8 @@ if not CHILD:
                 ("column_sum_partial", (a(2), a(2), i64)),
                 ("cross_entropy_fwd", (a(2), a(1, types.int64), a(1), a(2))),
                 ("cross_entropy_bwd", (a(2), a(1, types.int64), a(1), f, a(2)))]]
+        found.append(("dropout_mul", K._dropout_kernel(dtype_name), (a(1), a(1), u64, u64, f),
+                      one_per_element))
         found.append(("sum_squares_partial", K._sum_squares_kernel(dtype_name),
                       (a(1), a(1, types.float64), i64), K.SUM_SQUARES_THREADS))
         forward, backward_wte, backward_wpe = K._embedding_kernels(dtype_name)
@@ -241,9 +243,10 @@ else:
         dqkv = K.flash_attention_backward(dout, cache)
         close(dqkv, layers.attention_backward(dout, ref_cache), dtype, "dqkv")
 
-    def test_dropout_past_one_query_block_drops_what_the_reference_drops():
-        # The reference draws each block of layers.QUERY_BLOCK queries' mask in turn; the kernels take the
-        # whole (B, H, T, T) mask, which must hold the same draws in the same places past the first block
+    def test_dropout_past_one_query_block_drops_what_the_reference_drops_and_stores_no_mask():
+        # The reference computes its mask a block of layers.QUERY_BLOCK queries at a time; the kernels
+        # recompute each weight's keep decision from (key, entry) in their own tiles, past the first block
+        # too, and keep no mask at all (the entry numbers' b and h terms: test_flash_attention_matches_...)
         rng = np.random.default_rng(6)
         B, T, H, hs = 1, layers.QUERY_BLOCK + 2, 1, 2
         qkv = rng.standard_normal((B, T, 3 * H * hs))
@@ -252,6 +255,10 @@ else:
         ref, ref_cache = layers.attention_forward(qkv, H, 0.3, np.random.default_rng(7))
         close(out, ref, np.float64, "out")
         close(K.flash_attention_backward(dout, cache), layers.attention_backward(dout, ref_cache), np.float64)
+        cached = [c for c in cache if K.on_device(c) or isinstance(c, np.ndarray)]
+        assert max(c.size for c in cached) == qkv.size < B * H * T * T  # qkv, out, lse: O(T), never O(T^2)
+        _, dropout_cache = K.dropout_forward(qkv, 0.3, np.random.default_rng(1))
+        assert not any(K.on_device(c) or isinstance(c, np.ndarray) for c in dropout_cache)  # a key, no mask
 
     @pytest.mark.parametrize("tiles, message", [((24, 8), "BR must be a power of two"),
                                                 ((8, 6), "BC must be a power of two"),
@@ -333,6 +340,10 @@ else:
         ref, ref_cache = layers.dropout_forward(x, 0.4, np.random.default_rng(1))
         close(out, ref, np.float32, "dropout out")
         close(K.dropout_backward(x, cache), layers.dropout_backward(x, ref_cache), np.float32, "dropout dx")
+        with pytest.raises(TinyGPTError, match="dout has shape"):
+            K.dropout_backward(x[:, :2], cache)
+        assert np.isnan(K.dropout_forward(np.full(x.shape, np.nan, np.float32), 0.5,
+                                          np.random.default_rng(1))[0]).all()  # nan * 0 is nan, as in NumPy
 
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_adamw_kernel_matches_reference_on_device(dtype):

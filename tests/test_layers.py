@@ -109,6 +109,54 @@ def test_dropout_gradcheck_and_mask():
     assert_gradcheck(forward, layers.dropout_backward, {"x": x}, TOL)
 
 
+def _lowbias32(x: int) -> int:
+    """lowbias32 in Python's unbounded ints, masked by hand: an independent statement of the mixer."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_dropout_bits_are_lowbias32_of_the_index_halves_and_key():
+    values = rng_for(20).integers(0, 2**32, 2000, dtype=np.uint64)
+    assert layers.hash32(values.astype(np.uint32)).tolist() == [_lowbias32(int(v)) for v in values]
+    assert layers.hash32(np.array([0, 1, 2], np.uint32)).tolist() == [0, 1753845952, 3507691905]
+    key = layers.draw_dropout_key(np.random.default_rng(3))
+    index = np.array([0, 1, 2**32 - 1, 2**32, 2**32 + 5, 3 * 2**40 + 7], np.uint64)  # both halves count
+    expected = [_lowbias32(_lowbias32((i & 0xFFFFFFFF) ^ _lowbias32((i >> 32) ^ key)) ^ key)
+                for i in map(int, index)]
+    assert layers.dropout_bits(key, index).tolist() == expected
+    assert len(set(expected)) == len(expected)
+
+
+def test_dropout_masks_keep_one_minus_p_independently_of_the_position_and_the_key():
+    index = np.arange(1_000_000, dtype=np.uint64)
+    keys = [layers.draw_dropout_key(np.random.default_rng(seed)) for seed in (1, 2)]
+    for p in (0.1, 0.5):
+        kept = layers.dropout_keep(keys[0], index, p)
+        sigma = math.sqrt(p * (1 - p) / index.size)
+        assert abs(kept.mean() - (1 - p)) < 5 * sigma
+        # neighbours and other keys: agreement as for independent draws, p^2 + (1 - p)^2
+        for other in (kept[1:], layers.dropout_keep(keys[1], index, p)[:-1]):
+            agree = (kept[:-1] == other).mean()
+            assert abs(agree - (p * p + (1 - p) ** 2)) < 10 * sigma
+    bits = layers.dropout_bits(keys[0], index).astype(np.float64) / 2**32
+    assert abs(np.corrcoef(bits[:-1], bits[1:])[0, 1]) < 0.005
+    assert layers.dropout_threshold(0.0) == 0 and layers.dropout_threshold(0.25) == 2**30
+
+
+def test_attention_dropout_keeps_the_same_weights_whatever_the_query_blocks():
+    # each weight's fate is a function of (key, b, h, t, s): kernels with other tiles drop the same ones
+    qkv = rng_for(21).standard_normal((2, 9, 3 * 8))
+    outs = [layers.attention_forward(qkv, 2, 0.4, np.random.default_rng(5), query_block=qb)[0]
+            for qb in (2, 4, 64)]
+    no_dropout = layers.attention_forward(qkv, 2)[0]
+    assert not np.allclose(outs[0], no_dropout)
+    for out in outs[1:]:
+        np.testing.assert_allclose(out, outs[0], rtol=1e-12, atol=1e-12)
+
+
 def test_dropout_zero_is_identity_and_bad_p_raises():
     x = np.ones(3)
     out, cache = layers.dropout_forward(x, 0.0, None)

@@ -220,19 +220,68 @@ def gelu_backward(dout, cache):
 
 
 # --- dropout ---------------------------------------------------------------------------------------
+#
+# Dropout masks come from a counter-based generator: entry number ``index`` of a mask is kept iff
+# dropout_bits(key, index) >= p * 2^32, with one ``key`` drawn from the rng per call. Any entry can then be
+# recomputed anywhere, in any order, from (key, index) alone: a GPU kernel drops attention weights with no
+# (T, T) mask in memory (flash attention does the same with Philox), and every backend drops exactly the
+# entries this reference drops.
+
+
+def hash32(x):
+    """A 32-bit integer mixer ("lowbias32", from Chris Wellons' hash prospector), on uint32 arrays.
+
+    A bijection of [0, 2^32) in which flipping any input bit flips each output bit with probability ~1/2;
+    uint32 products wrap around mod 2^32, which is the arithmetic the mixer is defined in. Example:
+    ``hash32(np.array([0, 1, 2], np.uint32))`` -> ``[0, 1753845952, 3507691905]``.
+    """
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def draw_dropout_key(rng) -> int:
+    """The per-call key of a dropout mask: a 32-bit seed from ``rng``, already mixed (one draw per call)."""
+    return int(hash32(np.array([rng.integers(0, 2**32)], np.uint32))[0])
+
+
+def dropout_bits(key: int, index):
+    """32 random bits for each mask entry number in ``index`` (a uint64 array) under ``key``.
+
+    The high and low halves of the index are mixed in turn, each time with the key, so neighbouring entries
+    and different keys give unrelated bits: ``hash32(hash32(lo ^ hash32(hi ^ key)) ^ key)``.
+    """
+    key = np.uint32(key)
+    hi = hash32((index >> np.uint64(32)).astype(np.uint32) ^ key)
+    lo = index.astype(np.uint32)  # the low 32 bits (astype wraps)
+    return hash32(hash32(lo ^ hi) ^ key)
+
+
+def dropout_threshold(p: float) -> int:
+    """Entries whose bits are >= this are kept: probability 1 - p, to 2^-32."""
+    return min(math.ceil(p * 2**32), 2**32)
+
+
+def dropout_keep(key: int, index, p: float):
+    """Boolean keep-mask, the shape of ``index``: True with probability 1 - p, the same on every backend."""
+    return dropout_bits(key, index) >= np.uint64(dropout_threshold(p))
 
 
 def dropout_forward(x, p, rng):
     """Inverted dropout: zero each entry with probability p, scale survivors by 1 / (1 - p).
 
     x (...,) -> out (...,). The expectation is unchanged, so eval mode is the identity. ``rng`` is a
-    ``numpy.random.Generator``; the boolean keep-mask is cached (1 byte per entry) for backward.
+    ``numpy.random.Generator`` (one key drawn from it; entry i of x is kept by ``dropout_keep(key, i, p)``);
+    the boolean keep-mask is cached (1 byte per entry) for backward.
     """
     if not 0.0 <= p < 1.0:
         raise TinyGPTError(f"dropout probability must be in [0, 1), got {p}")
     if p == 0.0:
         return x, None
-    keep = rng.random(x.shape, dtype=np.float32) >= p
+    key = draw_dropout_key(rng)
+    keep = dropout_keep(key, np.arange(x.size, dtype=np.uint64).reshape(x.shape), p)
     out = x * keep
     out *= 1.0 / (1.0 - p)
     return out, (keep, p)
@@ -256,9 +305,19 @@ def _causal_mask(T, dtype):
     return np.triu(np.full((T, T), -np.inf, dtype=dtype), k=1)  # triu zeroes everything below diagonal 1
 
 
-# Queries per block of attention_forward (see there): the scores of 64 rows at a time. Dropout masks are
-# drawn one block at a time, so every backend that drops attention weights draws in these blocks too.
+# Queries per block of attention_forward (see there): the scores of 64 rows at a time.
 QUERY_BLOCK = 64
+
+
+def attention_dropout_index(B, H, T, t0, t1):
+    """Entry numbers of the attention weights of queries t0..t1-1 and keys 0..t1-1, as a (B, H, t1-t0, t1)
+    uint64 array: weight (b, h, t, s) is entry ((b H + h) T + t) T + s of a (B, H, T, T) mask. Its
+    ``dropout_keep`` is the same whatever the blocks, so kernels with other tiles drop the same weights."""
+    b = np.arange(B, dtype=np.uint64)[:, None, None, None]
+    h = np.arange(H, dtype=np.uint64)[None, :, None, None]
+    t = np.arange(t0, t1, dtype=np.uint64)[:, None]
+    s = np.arange(t1, dtype=np.uint64)
+    return ((b * np.uint64(H) + h) * np.uint64(T) + t) * np.uint64(T) + s
 
 
 def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=QUERY_BLOCK):
@@ -269,7 +328,8 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=QUERY_BLOC
     qkv is ``[q | k | v]`` along the last axis, each C wide and split into H heads of size hs = C / H.
     Query t attends to keys s <= t only: the mask adds -inf above the diagonal, so those probabilities are
     exactly zero. ``dropout`` drops attention probabilities (training only); it needs ``rng``, a
-    ``numpy.random.Generator``.
+    ``numpy.random.Generator``, from which one key is drawn (weight (b, h, t, s) is kept by
+    ``dropout_keep(key, attention_dropout_index(...), dropout)``).
 
     Queries go in blocks of ``query_block`` rows: the queries t0..t1-1 can only see keys 0..t1-1, so the
     block's scores are (t1-t0, t1) instead of (t1-t0, T). The keys right of the block, all masked, are never
@@ -295,6 +355,7 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=QUERY_BLOC
     y = np.empty((B, T, n_head, hs), dtype=qkv.dtype)  # (B, T, H, hs) is (B, T, C) with heads side by side
     y_heads = y.transpose(0, 2, 1, 3)  # (B, H, T, hs) view the blocks write into
     probs, keeps = [], []
+    key = draw_dropout_key(rng) if dropout else None  # one key for the whole (B, H, T, T) mask
     for t0 in range(0, T, query_block):
         t1 = min(t0 + query_block, T)
         att = q[:, :, t0:t1] @ k_scaled[:, :, :t1].swapaxes(-1, -2)  # (B, H, bt, t1) scores q.k / sqrt(hs)
@@ -304,7 +365,7 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=QUERY_BLOC
         att /= att.sum(axis=-1, keepdims=True)  # probabilities; each row sums to 1
         probs.append(att)
         if dropout:
-            keep = rng.random(att.shape, dtype=np.float32) >= dropout
+            keep = dropout_keep(key, attention_dropout_index(B, n_head, T, t0, t1), dropout)
             keeps.append(keep)
             att = att * keep
             att *= 1.0 / (1.0 - dropout)

@@ -12,7 +12,7 @@ Backends:
 
 ``"numpy"``  the readable reference, ``tinygpt.layers``; AdamW is ``adamw_update`` below.
 ``"numba"``  ``tinygpt.layers`` with the fused CPU kernels of ``tinygpt.kernels.cpu`` swapped in where
-             they beat NumPy (attention's softmax, LayerNorm, GELU, cross-entropy, embedding, AdamW:
+             they beat NumPy (attention's softmax, LayerNorm, GELU, cross-entropy, embedding, dropout, AdamW:
              ``NUMBA_OVERRIDES``); matmuls stay on BLAS. Serial builds unless NUMBA_NUM_THREADS says
              otherwise (``cpu.share_cores_with_blas``). Each forward/backward pair comes from the same
              module, so caches always match their backward.
@@ -73,43 +73,44 @@ def checked_token_ids(idx, vocab_size: int, block_size: int) -> np.ndarray:
     return np.ascontiguousarray(idx, dtype=np.int64)
 
 
-def dropout_keep_mask(dtype, shape, dropout, rng):
-    """keep = (u >= p) / (1 - p) with u uniform: the inverted-dropout mask, or None when dropout is off.
-
-    Drawn exactly as ``tinygpt.layers`` draws it (float32 uniforms, same shape, same order), so every backend
-    given the same rng drops the same attention weights.
-    """
-    if not dropout:
-        return None
+def check_dropout(dropout, rng) -> None:
+    """TinyGPTError unless ``dropout`` is in [0, 1) and, when > 0, there is an rng to draw the key from."""
     if not 0.0 <= dropout < 1.0:
         raise TinyGPTError(f"dropout must be in [0, 1), got {dropout}")
-    if rng is None:
+    if dropout and rng is None:
         raise TinyGPTError("attention dropout > 0 needs an rng (np.random.Generator)")
-    keep = (rng.random(shape, dtype=np.float32) >= dropout).astype(dtype)
-    keep *= 1.0 / (1.0 - dropout)
-    return keep
 
 
-def attention_keep_mask(dtype, B, H, T, dropout, rng):
-    """Causal attention's whole (B, H, T, T) keep mask, for kernels that take it in one piece, drawn as
-    ``tinygpt.layers.attention_forward`` draws its own: one (B, H, t1 - t0, t1) mask per block of
-    ``layers.QUERY_BLOCK`` queries, in order (entries right of a block, keys its queries never see, are 0).
-    So the same rng drops the same weights on every backend. None when dropout is off.
-    """
-    if not dropout:
-        return None
-    keep = np.zeros((B, H, T, T), dtype)
-    for t0 in range(0, T, layers.QUERY_BLOCK):
-        t1 = min(t0 + layers.QUERY_BLOCK, T)
-        keep[:, :, t0:t1, :t1] = dropout_keep_mask(dtype, (B, H, t1 - t0, t1), dropout, rng)
-    return keep
+def make_dropout_bits(jit):
+    """``dropout_bits(key, index)`` on scalars for compiled kernels: ``jit`` is ``numba.njit`` or
+    ``cuda.jit(device=True)``. The same bits as ``tinygpt.layers.dropout_bits`` (which works on uint32
+    arrays): here every value is a uint64 holding 32 bits, masked after each product (< 2^64, so nothing
+    overflows, in a kernel or in the CUDA simulator's NumPy scalars). ``key`` and ``index`` are uint64."""
+    M32 = np.uint64(0xFFFFFFFF)
+    S15, S16, S32 = np.uint64(15), np.uint64(16), np.uint64(32)
+    MUL1, MUL2 = np.uint64(0x7FEB352D), np.uint64(0x846CA68B)
+
+    @jit
+    def hash32(x):
+        x = x ^ (x >> S16)
+        x = (x * MUL1) & M32
+        x = x ^ (x >> S15)
+        x = (x * MUL2) & M32
+        return x ^ (x >> S16)
+
+    @jit
+    def dropout_bits(key, index):
+        hi = hash32((index >> S32) ^ key)
+        return hash32(hash32((index & M32) ^ hi) ^ key)
+
+    return dropout_bits
 
 
 # The layer functions every backend provides (tinygpt.layers.__all__), plus the optimizer kernel.
 OP_NAMES = (*layers.__all__, "adamw_update")
 
 # The functions tinygpt.kernels.cpu replaces; the rest of the "numba" backend is tinygpt.layers (the
-# matmuls of linear_*, which are one BLAS call each, and dropout).
+# matmuls of linear_*, which are one BLAS call each).
 NUMBA_OVERRIDES = (
     "embedding_forward",
     "embedding_backward",
@@ -119,6 +120,8 @@ NUMBA_OVERRIDES = (
     "gelu_backward",
     "attention_forward",
     "attention_backward",
+    "dropout_forward",
+    "dropout_backward",
     "cross_entropy_forward",
     "cross_entropy_backward",
     "adamw_update",

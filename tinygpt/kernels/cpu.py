@@ -21,6 +21,8 @@ Where the wins come from (measure them with ``tinygpt bench kernels --device cpu
 - **AdamW**: one pass over each parameter instead of several NumPy passes (2.6x the in-place NumPy step at
   10.7M parameters, ``tinygpt bench kernels --device cpu``).
 - **Cross-entropy**: one pass per row for the log-sum-exp, one for the gradient, with the SIMD exp.
+- **Dropout**: the reference's hashed mask computed in the kernel that applies it, one pass, no mask
+  stored (the backward recomputes it from the key); attention's masks likewise, a block at a time.
 
 Threads. By default the kernels run SERIAL (one thread; ``share_cores_with_blas`` explains why BLAS should
 keep the cores), compiled with ``cache=True`` so only the first run pays the JIT. A ``parallel=True`` launch
@@ -47,7 +49,7 @@ from numba.extending import overload
 
 from tinygpt import layers
 from tinygpt.errors import TinyGPTError
-from tinygpt.kernels import check_shape, checked_token_ids, dropout_keep_mask
+from tinygpt.kernels import check_dropout, check_shape, checked_token_ids, make_dropout_bits
 
 
 class _Kernel:
@@ -410,6 +412,63 @@ def _causal_softmax_backward_kernel(probs, dprobs, keep, use_dropout, t0):
                 g[j] = zero
 
 
+# --- dropout: masks from the counter-based hash of tinygpt.layers, computed in the kernel ------------
+
+_dropout_bits = make_dropout_bits(njit(cache=True))  # the bits of layers.dropout_bits, on scalars
+
+
+@_kernel()
+def _dropout_kernel(x, out, key, threshold, scale):
+    # out_i = x_i * keep_i, keep_i = 1 / (1 - p) where dropout_bits(key, i) >= threshold, else 0: the
+    # reference's inverted dropout (a product even when dropped, so nan and inf stay nan as there), with
+    # the mask recomputed from (key, i) instead of drawn, stored and read back
+    for i in prange(x.size):
+        keep = scale if _dropout_bits(key, np.uint64(i)) >= threshold else x.dtype.type(0.0)
+        out[i] = x[i] * keep
+
+
+def dropout_forward(x, p, rng):
+    """``tinygpt.layers.dropout_forward``'s mask and result in one pass, keeping no mask: the cache is the
+    key, from which the backward recomputes it (the reference caches a byte per entry)."""
+    if not 0.0 <= p < 1.0:
+        raise TinyGPTError(f"dropout probability must be in [0, 1), got {p}")
+    if p == 0.0:
+        return x, None
+    _check_float("dropout_forward", x)
+    key, threshold = np.uint64(layers.draw_dropout_key(rng)), np.uint64(layers.dropout_threshold(p))
+    scale = x.dtype.type(1.0 / (1.0 - p))
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    _dropout_kernel(x.reshape(-1), out.reshape(-1), key, threshold, scale)
+    return out, (key, threshold, scale, x.shape)
+
+
+def dropout_backward(dout, cache):
+    """dout (...,) -> dx (...,): the forward's mask (recomputed from its key) and scale."""
+    if cache is None:
+        return dout
+    key, threshold, scale, shape = cache
+    check_shape("dropout_backward", "dout", dout, shape)
+    _check_float("dropout_backward", dout)
+    dout = np.ascontiguousarray(dout)
+    dx = np.empty_like(dout)
+    _dropout_kernel(dout.reshape(-1), dx.reshape(-1), key, threshold, dout.dtype.type(scale))
+    return dx
+
+
+@_kernel()
+def _attention_keep_kernel(keep, key, threshold, scale, T, t0):
+    # keep (B*H, bt, t1): weight (n = b H + h, query t0 + r, key j) is mask entry ((n T + t0 + r) T + j),
+    # kept (1 / (1 - p)) or dropped (0) as layers.attention_forward decides for it
+    N, R, K = keep.shape
+    zero = keep.dtype.type(0.0)
+    for n in prange(N):
+        for r in range(R):
+            row = (n * T + t0 + r) * T
+            for j in range(K):
+                keep[n, r, j] = scale if _dropout_bits(key, np.uint64(row + j)) >= threshold else zero
+
+
 def _query_blocks(T: int, query_block: int):
     """(t0, t1) of each block of queries: queries t0..t1-1 see keys 0..t1-1 only."""
     return [(t0, min(t0 + query_block, T)) for t0 in range(0, T, query_block)]
@@ -421,7 +480,8 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=layers.QUE
     ``softmax(q k^T / sqrt(hs) + mask) v`` per head, as ``tinygpt.layers.attention_forward`` computes it:
     query blocks of ``query_block`` rows, each against the keys it can see (the blocks right of the
     diagonal are never computed). ``dropout`` (probability of zeroing an attention weight, training only)
-    needs ``rng``, a ``np.random.Generator``; the masks are drawn as the reference draws them.
+    needs ``rng``, a ``np.random.Generator``; one key is drawn from it and each block's mask computed
+    from it (``_attention_keep_kernel``) exactly as the reference computes its own.
 
     What differs from the reference: q, k, v are first copied into contiguous (B, H, T, hs) arrays (the
     reference multiplies strided views of qkv, on which BLAS runs several times slower), and the masked
@@ -435,8 +495,7 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=layers.QUE
     C = C3 // 3
     if n_head < 1 or C % n_head != 0:
         raise TinyGPTError(f"attention_forward: n_embd {C} is not divisible by n_head {n_head}")
-    if dropout and rng is None:
-        raise TinyGPTError("attention dropout > 0 needs an rng (np.random.Generator)")
+    check_dropout(dropout, rng)
     hs = C // n_head
     # (B, T, 3C) -> (B, T, 3, H, hs) -> three contiguous (B, H, T, hs): BLAS gets whole, dense matrices
     q, k, v = (np.ascontiguousarray(a) for a in qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4))
@@ -445,11 +504,17 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=layers.QUE
     q *= qkv.dtype.type(1.0 / math.sqrt(hs))  # scale q once (T*hs multiplies) rather than the scores (T*T)
     y = np.empty((B, n_head, T, hs), dtype=qkv.dtype)
     probs, keeps = [], []
+    if dropout:  # one key for the whole mask, as the reference draws it
+        key, threshold = np.uint64(layers.draw_dropout_key(rng)), np.uint64(layers.dropout_threshold(dropout))
     for t0, t1 in _query_blocks(T, query_block):
         att = q[:, :, t0:t1] @ k[:, :, :t1].swapaxes(-1, -2)  # (B, H, bt, t1) scores
         _causal_softmax_kernel(att.reshape(B * n_head, t1 - t0, t1), t0)  # in place -> probabilities
         probs.append(att)
-        keep = dropout_keep_mask(qkv.dtype, att.shape, dropout, rng)  # None without dropout
+        keep = None
+        if dropout:  # the block's keep mask / (1 - p), entries right of the diagonal included (never used)
+            keep = np.empty_like(att)
+            _attention_keep_kernel(keep.reshape(B * n_head, t1 - t0, t1), key, threshold,
+                                   qkv.dtype.type(1.0 / (1.0 - dropout)), T, t0)
         keeps.append(keep)
         np.matmul(att if keep is None else att * keep, v[:, :, :t1], out=y[:, :, t0:t1])
     out = np.ascontiguousarray(y.transpose(0, 2, 1, 3)).reshape(B, T, C)  # merge heads side by side

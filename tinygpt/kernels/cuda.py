@@ -44,10 +44,10 @@ from tinygpt import layers
 from tinygpt.errors import TinyGPTError
 from tinygpt.kernels import (
     _simulator_enabled,
-    attention_keep_mask,
+    check_dropout,
     check_shape,
     checked_token_ids,
-    dropout_keep_mask,
+    make_dropout_bits,
 )
 from tinygpt.kernels.simulator import make_shared_arrays_thread_safe
 
@@ -138,6 +138,10 @@ def _min(a, b):
 def _max(a, b):
     """Python's two-argument ``max`` (b if b > a else a) for kernels; see ``_min``."""
     return b if b > a else a
+
+
+# dropout's keep decisions: tinygpt.layers.dropout_bits on scalars, for the attention and dropout kernels
+_dropout_bits = make_dropout_bits(cuda.jit(device=True))
 
 
 # --- SGEMM: shared-memory tiles + 2-D register blocking -------------------------------------------
@@ -376,8 +380,9 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
                            memory (TM + TN loads feed TM * TN multiply-adds); masked S = -inf above the
                            diagonal; written to shared memory
         online softmax     one thread per row: new max m' = max(m, max_j S_ij), alpha = exp(m - m'),
-                           P_ij = exp(S_ij - m'), l = alpha l + sum_j P_ij  (dropout's keep mask scales P
-                           after it is summed into l, as in the reference)
+                           P_ij = exp(S_ij - m'), l = alpha l + sum_j P_ij  (dropout's keep decision,
+                           recomputed from the hash, scales P after it is summed into l, as in the
+                           reference)
         O = alpha O + P V  each thread a TM x TD block of O in registers, V loaded into K's buffer
 
     so that at the end O / l = softmax(S) V exactly, and lse = m + log l is saved for the backward. Nothing
@@ -396,7 +401,7 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
     KV_SIZE = D * BC_PAD  # K^T (D, BC_PAD), then V (BC, D) in the same buffer: shapes must be constants
 
     @cuda.jit
-    def attention_forward(qkv, keep, use_dropout, out, lse, T, n_head, scale):
+    def attention_forward(qkv, drop_key, threshold, keep_scale, use_dropout, out, lse, T, n_head, scale):
         tile = cuda.blockIdx.x
         bh = cuda.blockIdx.y
         b = bh // n_head
@@ -468,8 +473,9 @@ def attention_forward_kernel(D, BR, BC, dtype_name="float32"):
                     for c in range(BC):
                         p = math.exp(Ps[c, r] - m_new)  # exp(-inf) = 0 for masked keys
                         total += p
-                        if use_dropout and p != ZERO and row < T:
-                            p *= keep[b, h, row, k0 + c]
+                        if use_dropout and p != ZERO and row < T:  # the reference's mask entry
+                            entry = np.uint64((bh * T + row) * T + k0 + c)
+                            p = p * keep_scale if _dropout_bits(drop_key, entry) >= threshold else ZERO
                         Ps[c, r] = p
                 else:
                     for c in range(BC):
@@ -592,8 +598,8 @@ def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
     """dK, dV: one block per (key tile of BC keys, batch*head), the query tiles at or below it streamed.
 
     For each query tile the block recomputes, GEMM-style (thread (ty, tx) a TM x TN block of each, from
-    Q, dY, K and V tiles in shared memory), the scores and dP, then (a = p * keep; keep = 1 without
-    dropout)::
+    Q, dY, K and V tiles in shared memory), the scores and dP, then (a = p * keep, where keep_ij is 0 or
+    1 / (1 - p) recomputed from the dropout hash, 1 without dropout)::
 
         p_ij = exp(scale q_i.k_j - lse_i)      (no T x T matrix was stored: lse is the forward's)
         dp_ij = keep_ij (dy_i . v_j)
@@ -616,7 +622,8 @@ def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
     load_query_tile, scores_and_dp = _attention_backward_steps(D, BR, BC, dtype_name)
 
     @cuda.jit
-    def attention_dkdv(qkv, dout, lse, delta, keep, use_dropout, dqkv, T, n_head, scale):
+    def attention_dkdv(qkv, dout, lse, delta, drop_key, threshold, keep_scale, use_dropout, dqkv, T, n_head,
+                       scale):
         tile = cuda.blockIdx.x
         bh = cuda.blockIdx.y
         b = bh // n_head
@@ -669,9 +676,11 @@ def attention_dkdv_kernel(D, BR, BC, dtype_name="float32"):
                         p = math.exp(s[i, j] * scale - lse_s[r])
                         a = p
                         g = dp[i, j]
-                        if use_dropout:
-                            a = p * keep[b, h, row, key]
-                            g *= keep[b, h, row, key]
+                        if use_dropout:  # the forward's mask entry, recomputed
+                            entry = np.uint64((bh * T + row) * T + key)
+                            kept = keep_scale if _dropout_bits(drop_key, entry) >= threshold else ZERO
+                            a = p * kept
+                            g *= kept
                         ds = p * (g - delta_s[r]) * scale
                     As[r, c] = a
                     dSs[r, c] = ds
@@ -723,7 +732,8 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
     load_query_tile, scores_and_dp = _attention_backward_steps(D, BR, BC, dtype_name)
 
     @cuda.jit
-    def attention_dq(qkv, dout, lse, delta, keep, use_dropout, dqkv, T, n_head, scale):
+    def attention_dq(qkv, dout, lse, delta, drop_key, threshold, keep_scale, use_dropout, dqkv, T, n_head,
+                     scale):
         tile = cuda.blockIdx.x
         bh = cuda.blockIdx.y
         b = bh // n_head
@@ -770,7 +780,11 @@ def attention_dq_kernel(D, BR, BC, dtype_name="float32"):
                         p = math.exp(s[i, j] * scale - lse_s[r])
                         g = dp[i, j]
                         if use_dropout:
-                            g *= keep[b, h, row, key]
+                            entry = np.uint64((bh * T + row) * T + key)
+                            if _dropout_bits(drop_key, entry) >= threshold:
+                                g *= keep_scale
+                            else:
+                                g = ZERO
                         ds = p * (g - delta_s[r]) * scale
                     dSs[c, r] = ds
             cuda.syncthreads()
@@ -800,8 +814,9 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None):
     """Causal multi-head self-attention. qkv (B, T, 3C) -> (B, T, C); flash-style, see the kernels above.
 
     The cache holds qkv, the output and the per-row log-sum-exp (B, H, T): O(T), not O(T^2). Dropout
-    (training) draws its keep mask on the host exactly as ``tinygpt.layers`` does, so both backends agree
-    for the same ``rng``; that mask is the one (B, H, T, T) array this path copies to the GPU.
+    (training) draws one key from ``rng`` as ``tinygpt.layers`` does, and each thread recomputes the keep
+    decision of the weights it touches from (key, entry) with the reference's hash, in the forward and both
+    backward kernels: the same weights dropped as on every backend, and no (B, H, T, T) mask anywhere.
     """
     return flash_attention_forward(qkv, n_head, dropout, rng)
 
@@ -828,25 +843,28 @@ def flash_attention_forward(qkv, n_head, dropout=0.0, rng=None, tiles=None):
                            "a CUDA grid may have along y")
     if tiles is not None:
         _check_attention_tiles(*tiles, D, dtype.itemsize)
-    keep = attention_keep_mask(dtype, B, n_head, T, dropout, rng)
+    check_dropout(dropout, rng)
+    # one key for the whole mask, as the reference draws it; without dropout the kernels never read it
+    drop_key = np.uint64(layers.draw_dropout_key(rng) if dropout else 0)
+    drop = (drop_key, np.uint64(layers.dropout_threshold(dropout)), dtype.type(1.0 / (1.0 - dropout)),
+            bool(dropout))
     qkv_d = to_device(qkv)
-    keep_d = to_device(keep if keep is not None else np.ones((1, 1, 1, 1), dtype))
     out = cuda.device_array((B, T, C), dtype=dtype)
     lse = cuda.device_array((B, n_head, T), dtype=dtype)
     BR, BC = tiles or attention_forward_tiles(T, D, dtype.itemsize)
     if T and B:
         kernel = attention_forward_kernel(D, BR, BC, dtype.name)
-        kernel[(_blocks(T, BR), B * n_head), kernel.threads](qkv_d, keep_d, keep is not None, out, lse, T,
-                                                             n_head, dtype.type(1.0 / math.sqrt(D)))
+        kernel[(_blocks(T, BR), B * n_head), kernel.threads](qkv_d, *drop, out, lse, T, n_head,
+                                                             dtype.type(1.0 / math.sqrt(D)))
     # the backward's kernels have tiles of their own (the forward passes only lse on)
     backward_tiles = tiles or attention_tiles(T, D, dtype.itemsize)
-    cache = (qkv_d, out, lse, n_head, keep_d, keep is not None, backward_tiles)
+    cache = (qkv_d, out, lse, n_head, drop, backward_tiles)
     return _answer(out, device), cache
 
 
 def flash_attention_backward(dout, cache):
     """``attention_backward`` with the forward's tile sizes."""
-    qkv, out, lse, n_head, keep, use_dropout, (BR, BC) = cache
+    qkv, out, lse, n_head, drop, (BR, BC) = cache
     check_shape("attention_backward", "dout", dout, out.shape)
     device = on_device(dout)
     dout = to_device(dout)
@@ -859,11 +877,9 @@ def flash_attention_backward(dout, cache):
     if T and B:
         _launch_1d(attention_delta_kernel(D, dtype.name), delta.size, dout, out, delta, T, n_head)
         dkdv = attention_dkdv_kernel(D, BR, BC, dtype.name)
-        dkdv[(_blocks(T, BC), B * n_head), dkdv.threads](qkv, dout, lse, delta, keep, use_dropout, dqkv, T,
-                                                         n_head, scale)
+        dkdv[(_blocks(T, BC), B * n_head), dkdv.threads](qkv, dout, lse, delta, *drop, dqkv, T, n_head, scale)
         dq = attention_dq_kernel(D, BR, BC, dtype.name)
-        dq[(_blocks(T, BR), B * n_head), dq.threads](qkv, dout, lse, delta, keep, use_dropout, dqkv, T,
-                                                     n_head, scale)
+        dq[(_blocks(T, BR), B * n_head), dq.threads](qkv, dout, lse, delta, *drop, dqkv, T, n_head, scale)
     return _answer(dqkv, device)
 
 
@@ -1092,31 +1108,52 @@ def lm_head_backward(dlogits, cache):
     return _answer(dx.reshape(*shape), device), _answer(dwte, device)
 
 
+@functools.cache
+def _dropout_kernel(dtype_name):
+    ZERO = np.dtype(dtype_name).type(0)
+
+    @cuda.jit
+    def dropout_mul(x, out, key, threshold, scale):
+        # out_i = x_i * keep_i, keep_i = 1 / (1 - p) where dropout_bits(key, i) >= threshold, else 0 (a
+        # product even when dropped: nan stays nan, as in the reference): the mask is recomputed from
+        # (key, i) by each thread, never drawn on the host, copied or stored
+        i = cuda.grid(1)
+        if i < x.size:
+            out[i] = x[i] * (scale if _dropout_bits(key, np.uint64(i)) >= threshold else ZERO)
+
+    return dropout_mul
+
+
 def dropout_forward(x, p, rng):
-    """Inverted dropout with the reference's mask draw (host rng), applied on the device."""
+    """Inverted dropout, the reference's mask (one key drawn from ``rng``) computed on the device; the
+    cache is the key, not a mask."""
     if not 0.0 <= p < 1.0:
         raise TinyGPTError(f"dropout probability must be in [0, 1), got {p}")
     if p == 0.0:
         return x, None
     device = on_device(x)
     dtype = _float_dtype("dropout_forward", x)
-    keep = to_device(dropout_keep_mask(dtype, tuple(x.shape), p, rng))
+    key, threshold = np.uint64(layers.draw_dropout_key(rng)), np.uint64(layers.dropout_threshold(p))
+    scale = dtype.type(1.0 / (1.0 - p))
     x = to_device(x)
     out = cuda.device_array(x.shape, dtype=dtype)
     if x.size:
-        _launch_elementwise("mul", x.size, _flat(x), _flat(keep), _flat(out), dtype=dtype)
-    return _answer(out, device), keep
+        _launch_1d(_dropout_kernel(dtype.name), x.size, _flat(x), _flat(out), key, threshold, scale)
+    return _answer(out, device), (key, threshold, scale, tuple(x.shape))
 
 
 def dropout_backward(dout, cache):
     if cache is None:
         return dout
-    keep = cache
+    key, threshold, scale, shape = cache
+    check_shape("dropout_backward", "dout", dout, shape)
     device = on_device(dout)
     dout = to_device(dout)
-    dx = cuda.device_array(keep.shape, dtype=keep.dtype)
-    if keep.size:
-        _launch_elementwise("mul", keep.size, _flat(dout), _flat(keep), _flat(dx), dtype=keep.dtype)
+    dtype = _float_dtype("dropout_backward", dout)
+    dx = cuda.device_array(dout.shape, dtype=dtype)
+    if dout.size:
+        _launch_1d(_dropout_kernel(dtype.name), dout.size, _flat(dout), _flat(dx), key, threshold,
+                   dtype.type(scale))
     return _answer(dx, device)
 
 
