@@ -40,6 +40,7 @@ def test_bench_train_without_peer_with_memory_probe(capsys):
     [
         (["--configs", "huge"], "unknown config huge"),
         (["--steps", "0"], "--steps"),
+        (["--isolate", "-1"], "--isolate must be >= 0"),
         (["--backend", "no-such-backend"], "no-such-backend"),
     ],
 )
@@ -47,3 +48,18 @@ def test_bench_train_bad_arguments(capsys, argv, message):
     assert main(["bench", "train", "--no-peer", "--no-memory", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_train_isolated_runs_each_side_in_its_own_processes(capsys):
+    argv = ["--configs", "small", "--steps", "1", "--warmup", "0", "--no-peer", "--no-memory",
+            "--isolate", "2", "--backend", "numpy,numba"]
+    assert main(["bench", "train", *argv]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("each side alone in a fresh process, median of 2 rounds' medians of 1" in ln for ln in lines)
+    for side in ("numpy", "numba"):
+        row = next(ln for ln in lines if ln.startswith("4L/4H/128d/T64/B12 ") and f"({side})" in ln)
+        rounds = next(ln for ln in lines if ln.strip().startswith(f"tinygpt ({side}) rounds"))
+        times = [float(t.replace(",", "")) for t in rounds.split(":")[1].split(",")]
+        assert len(times) == 2 and all(t > 0 for t in times)
+        # the row's ms/step is the median of the rounds (of two: their mean)
+        assert float(row.split()[4]) == pytest.approx(sum(times) / 2, abs=1.0)

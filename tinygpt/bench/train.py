@@ -4,10 +4,13 @@ Both sides train the same GPT-2 architecture (PyTorch side: transformers' ``GPT2
 its default SDPA attention, ``torch.set_num_threads`` equal to our BLAS threads) on the same random
 batch. A step is forward + backward, plus an AdamW update on both sides when ``tinygpt.optim.AdamW``
 exists; the table says which. Steps of the two sides are interleaved (ours, theirs, ours, ...) so that
-other load on the machine slows both alike; the figure is the median step. Both run with freed memory kept
-for reuse (``tinygpt.train.retain_freed_memory``, as ``tinygpt train`` runs): a process-wide setting, and
-neutral to the ratio here (four A/B pairs at 6L/384d, 2026-12-01: 1.32x, 1.24x, 1.19x, 1.13x with it,
-1.33x, 1.24x, 1.23x, 1.23x without).
+other load on the machine slows both alike; the figure is the median step. ``--isolate N`` instead runs
+each side alone in a fresh process, N rounds in alternating order, and reports the median of the rounds'
+medians: no side then shares the process (or its thread pools, still spinning from the other side's last
+call) with the other, at the price of the process-to-process drift that interleaving cancels. Both run
+with freed memory kept for reuse (``tinygpt.train.retain_freed_memory``, as ``tinygpt train`` runs): a
+process-wide setting, and neutral to the ratio here (four A/B pairs at 6L/384d, 2026-12-01: 1.32x, 1.24x,
+1.19x, 1.13x with it, 1.33x, 1.24x, 1.23x, 1.23x without).
 
 MFU (model FLOPs utilisation) divides the model's FLOPs per second (``GPT.flops_per_token``: 6N plus
 attention) by the float32 matmul GFLOP/s that NumPy reaches on this machine, measured in the same run.
@@ -50,6 +53,9 @@ def add_arguments(parser):
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS probe")
     parser.add_argument("--memory-config", default="medium", help="peak-RSS probe config (default medium)")
     parser.add_argument("--no-optimizer", action="store_true", help="time forward + backward only")
+    parser.add_argument("--isolate", type=int, default=0, metavar="N",
+                        help="each side alone in a fresh process, N rounds in alternating order, instead of "
+                             "interleaving the sides in this one")
 
 
 def _have_adamw() -> bool:
@@ -190,6 +196,44 @@ def _probe_main(argv):
 _PROBE = "import sys; from tinygpt.bench.train import _probe_main; _probe_main(sys.argv[1:])"
 
 
+def _timing_main(argv):
+    """Entry point of an ``--isolate`` subprocess: build one side, print the median of its timed steps."""
+    side, config_name, backend, threads, with_optimizer, n_steps, n_warmup = argv
+    from tinygpt.train import retain_freed_memory
+
+    retain_freed_memory()  # as the in-process bench and `tinygpt train`
+    if side == "tinygpt":
+        step, _ = tinygpt_step(config_name, backend, with_optimizer == "1")
+    else:
+        step, _ = torch_step(config_name, int(threads), with_optimizer == "1")
+    median = _interleaved_medians({side: step}, int(n_steps), int(n_warmup))[side]
+    print(json.dumps({"median_s": median}))
+
+
+_TIMING = "import sys; from tinygpt.bench.train import _timing_main; _timing_main(sys.argv[1:])"
+
+
+def _isolated_medians(sides: dict, config_name: str, threads: int, with_optimizer: bool, n_steps: int,
+                      n_warmup: int, rounds: int) -> tuple[dict, dict]:
+    """({label: median over rounds of each process's median step}, {label: [each round's median]}).
+
+    ``sides`` maps a label to (side, backend). Round r runs every side once, each in a fresh process, in
+    the order of ``sides`` on even rounds and reversed on odd ones."""
+    per_round = {label: [] for label in sides}
+    order = list(sides)
+    for r in range(rounds):
+        for label in order if r % 2 == 0 else order[::-1]:
+            side, backend = sides[label]
+            args = [side, config_name, backend, str(threads), "1" if with_optimizer else "0", str(n_steps),
+                    str(n_warmup)]
+            proc = subprocess.run([sys.executable, "-c", _TIMING, *args], capture_output=True, text=True)
+            if proc.returncode != 0:
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise TinyGPTError(f"timing process for {label} failed: {last}")
+            per_round[label].append(json.loads(proc.stdout.strip().splitlines()[-1])["median_s"])
+    return {label: statistics.median(t) for label, t in per_round.items()}, per_round
+
+
 def peak_rss(side: str, config_name: str, backend: str, threads: int, with_optimizer: bool) -> dict:
     """{"before_kb", "peak_kb"}: RSS with the model and optimizer built, and its peak during one step."""
     args = [side, config_name, backend, str(threads), "1" if with_optimizer else "0"]
@@ -213,6 +257,8 @@ def run(args):
         )
     if args.steps < 1 or args.warmup < 0:
         raise TinyGPTError("--steps must be >= 1 and --warmup >= 0")
+    if args.isolate < 0:
+        raise TinyGPTError(f"--isolate must be >= 0 (0: interleave in this process), got {args.isolate}")
     from tinygpt.model import GPTConfig, activation_floats_per_token, get_layer_ops
     from tinygpt.train import retain_freed_memory
 
@@ -227,8 +273,9 @@ def run(args):
         import_torch_peer()
 
     peak = matmul_gflops()
-    print(f"training step = {what}; float32; {threads} thread(s); vocabulary {VOCAB_SIZE}; "
-          f"steps interleaved, median of {args.steps}")  # fmt: skip
+    how = (f"each side alone in a fresh process, median of {args.isolate} rounds' medians of {args.steps}"
+           if args.isolate else f"steps interleaved, median of {args.steps}")
+    print(f"training step = {what}; float32; {threads} thread(s); vocabulary {VOCAB_SIZE}; {how}")
     print(f"NumPy float32 matmul (2048^3): {peak:.0f} GFLOP/s (the MFU denominator)")
     header = f"{'config':<24} {'side':<20} {'tokens/s':>10} {'ms/step':>9} {'MFU':>6} {'vs PyTorch':>11}"
     print(header)
@@ -236,19 +283,32 @@ def run(args):
     for name in names:
         L, H, C, T, B = CONFIGS[name]
         label = f"{L}L/{H}H/{C}d/T{T}/B{B}"
-        steps = {}
-        model = None
-        for backend in backends:
-            steps[f"tinygpt ({backend})"], model = tinygpt_step(name, backend, with_optimizer)
-        if peer:
-            steps["PyTorch eager"], _ = torch_step(name, threads, with_optimizer)
-        seconds = _interleaved_medians(steps, args.steps, args.warmup)
+        per_round = None
+        if args.isolate:
+            from tinygpt.model import GPT
+
+            sides = {f"tinygpt ({b})": ("tinygpt", b) for b in backends}
+            if peer:
+                sides["PyTorch eager"] = ("torch", "numpy")
+            seconds, per_round = _isolated_medians(sides, name, threads, with_optimizer, args.steps,
+                                                   args.warmup, args.isolate)
+            model = GPT(GPTConfig(VOCAB_SIZE, T, L, H, C))  # for its FLOP count only
+        else:
+            steps = {}
+            for backend in backends:
+                steps[f"tinygpt ({backend})"], model = tinygpt_step(name, backend, with_optimizer)
+            if peer:
+                steps["PyTorch eager"], _ = torch_step(name, threads, with_optimizer)
+            seconds = _interleaved_medians(steps, args.steps, args.warmup)
         flops_per_token = model.flops_per_token(T)
         for side, s in seconds.items():
             tokens_per_s = B * T / s
             mfu = flops_per_token * tokens_per_s / (peak * 1e9)
             ratio = f"{seconds['PyTorch eager'] / s:.2f}x" if peer else "-"
             print(f"{label:<24} {side:<20} {tokens_per_s:>10,.0f} {s * 1e3:>9.1f} {mfu:>6.1%} {ratio:>11}")
+        if per_round:
+            for side, times in per_round.items():
+                print(f"  {side} rounds (ms/step): {', '.join(f'{t * 1e3:,.0f}' for t in times)}")
     if not args.no_memory:
         name = args.memory_config
         L, H, C, T, B = CONFIGS[name]
