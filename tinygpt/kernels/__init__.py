@@ -81,6 +81,14 @@ def check_dropout(dropout, rng) -> None:
         raise TinyGPTError("attention dropout > 0 needs an rng (np.random.Generator)")
 
 
+def dropout_kernel_args(dtype, p, rng) -> tuple:
+    """(key, threshold, scale) as compiled dropout kernels take them: the per-call key drawn from ``rng``
+    as ``tinygpt.layers`` draws it (none drawn when p is 0: key 0, never read) and the threshold, both
+    uint64, and 1 / (1 - p) in ``dtype``."""
+    key = layers.draw_dropout_key(rng) if p else 0
+    return np.uint64(key), np.uint64(layers.dropout_threshold(p)), np.dtype(dtype).type(1.0 / (1.0 - p))
+
+
 def make_dropout_bits(jit):
     """``dropout_bits(key, index)`` on scalars for compiled kernels: ``jit`` is ``numba.njit`` or
     ``cuda.jit(device=True)``. The same bits as ``tinygpt.layers.dropout_bits`` (which works on uint32

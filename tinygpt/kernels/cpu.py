@@ -49,7 +49,13 @@ from numba.extending import overload
 
 from tinygpt import layers
 from tinygpt.errors import TinyGPTError
-from tinygpt.kernels import check_dropout, check_shape, checked_token_ids, make_dropout_bits
+from tinygpt.kernels import (
+    check_dropout,
+    check_shape,
+    checked_token_ids,
+    dropout_kernel_args,
+    make_dropout_bits,
+)
 
 
 class _Kernel:
@@ -435,8 +441,7 @@ def dropout_forward(x, p, rng):
     if p == 0.0:
         return x, None
     _check_float("dropout_forward", x)
-    key, threshold = np.uint64(layers.draw_dropout_key(rng)), np.uint64(layers.dropout_threshold(p))
-    scale = x.dtype.type(1.0 / (1.0 - p))
+    key, threshold, scale = dropout_kernel_args(x.dtype, p, rng)
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
     _dropout_kernel(x.reshape(-1), out.reshape(-1), key, threshold, scale)
@@ -504,8 +509,7 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=layers.QUE
     q *= qkv.dtype.type(1.0 / math.sqrt(hs))  # scale q once (T*hs multiplies) rather than the scores (T*T)
     y = np.empty((B, n_head, T, hs), dtype=qkv.dtype)
     probs, keeps = [], []
-    if dropout:  # one key for the whole mask, as the reference draws it
-        key, threshold = np.uint64(layers.draw_dropout_key(rng)), np.uint64(layers.dropout_threshold(dropout))
+    key, threshold, keep_scale = dropout_kernel_args(qkv.dtype, dropout, rng)  # one key for the whole mask
     for t0, t1 in _query_blocks(T, query_block):
         att = q[:, :, t0:t1] @ k[:, :, :t1].swapaxes(-1, -2)  # (B, H, bt, t1) scores
         _causal_softmax_kernel(att.reshape(B * n_head, t1 - t0, t1), t0)  # in place -> probabilities
@@ -513,8 +517,7 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=layers.QUE
         keep = None
         if dropout:  # the block's keep mask / (1 - p), entries right of the diagonal included (never used)
             keep = np.empty_like(att)
-            _attention_keep_kernel(keep.reshape(B * n_head, t1 - t0, t1), key, threshold,
-                                   qkv.dtype.type(1.0 / (1.0 - dropout)), T, t0)
+            _attention_keep_kernel(keep.reshape(B * n_head, t1 - t0, t1), key, threshold, keep_scale, T, t0)
         keeps.append(keep)
         np.matmul(att if keep is None else att * keep, v[:, :, :t1], out=y[:, :, t0:t1])
     out = np.ascontiguousarray(y.transpose(0, 2, 1, 3)).reshape(B, T, C)  # merge heads side by side

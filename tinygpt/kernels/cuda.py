@@ -47,6 +47,7 @@ from tinygpt.kernels import (
     check_dropout,
     check_shape,
     checked_token_ids,
+    dropout_kernel_args,
     make_dropout_bits,
 )
 from tinygpt.kernels.simulator import make_shared_arrays_thread_safe
@@ -845,9 +846,7 @@ def flash_attention_forward(qkv, n_head, dropout=0.0, rng=None, tiles=None):
         _check_attention_tiles(*tiles, D, dtype.itemsize)
     check_dropout(dropout, rng)
     # one key for the whole mask, as the reference draws it; without dropout the kernels never read it
-    drop_key = np.uint64(layers.draw_dropout_key(rng) if dropout else 0)
-    drop = (drop_key, np.uint64(layers.dropout_threshold(dropout)), dtype.type(1.0 / (1.0 - dropout)),
-            bool(dropout))
+    drop = (*dropout_kernel_args(dtype, dropout, rng), bool(dropout))  # (key, threshold, scale, use_dropout)
     qkv_d = to_device(qkv)
     out = cuda.device_array((B, T, C), dtype=dtype)
     lse = cuda.device_array((B, n_head, T), dtype=dtype)
@@ -1133,8 +1132,7 @@ def dropout_forward(x, p, rng):
         return x, None
     device = on_device(x)
     dtype = _float_dtype("dropout_forward", x)
-    key, threshold = np.uint64(layers.draw_dropout_key(rng)), np.uint64(layers.dropout_threshold(p))
-    scale = dtype.type(1.0 / (1.0 - p))
+    key, threshold, scale = dropout_kernel_args(dtype, p, rng)
     x = to_device(x)
     out = cuda.device_array(x.shape, dtype=dtype)
     if x.size:
