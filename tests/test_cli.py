@@ -68,3 +68,13 @@ def test_memory_and_disk_errors_are_one_line_exit_2(monkeypatch, capsys, error, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("tinygpt: error: ") and message in err, err
     assert "()" not in err  # a bare MemoryError() printed "out of memory ()"
+
+
+def test_a_device_as_input_is_refused_not_read_forever(tmp_path, capsys):
+    # /dev/zero has no end: reading it whole filled memory instead of answering
+    out = tmp_path / "tok.json"
+    assert main(["tokenizer", "train", "--input", "/dev/zero", "--vocab-size", "300", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == "tinygpt: error: input is a device, not a text file: /dev/zero\n" and not out.exists()
+    assert main(["train", "--data", "/dev/zero", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == "tinygpt: error: data path is a device, not a text file: /dev/zero\n"

@@ -123,6 +123,9 @@ def test_read_text_errors(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"abc\xff\xfe")
     with pytest.raises(TinyGPTError, match="UTF-8"):
         data.read_text(tmp_path / "bin.txt")
+    # /dev/zero never ends: read_bytes() would fill memory instead of answering
+    with pytest.raises(TinyGPTError, match="device"):
+        data.read_text("/dev/zero")
 
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20

@@ -58,6 +58,10 @@ def _add_tokenizer(sub):
 def _tokenizer_read_utf8(path: str) -> str:
     from pathlib import Path
 
+    from .data import refuse_device
+
+    if path != "-":
+        refuse_device(path, "input")
     data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     try:
         return data.decode("utf-8")

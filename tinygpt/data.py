@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import tarfile
@@ -177,6 +178,18 @@ def default_corpus_path(cache: str | os.PathLike | None = None, say=None) -> Pat
 # --- text -> tokenizer -> cached .bin token files -----------------------------------------------------
 
 
+def refuse_device(path: str | os.PathLike, what: str) -> None:
+    """Refuse a character or block device (``/dev/zero``, ``/dev/urandom``, a disk): reading one to its end
+    never finishes, or fills memory first. A pipe or FIFO (``<(cat a b)``, ``/dev/stdin`` from a pipe)
+    ends, so it is allowed."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # (the read that follows reports it, naming the file)
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        raise TinyGPTError(f"{what} is a device, not a text file: {path}")
+
+
 def read_text(path: str | os.PathLike) -> str:
     """The UTF-8 text of a data file, with clear errors for missing, unreadable, empty or binary files."""
     path = Path(path)
@@ -184,6 +197,7 @@ def read_text(path: str | os.PathLike) -> str:
         raise TinyGPTError(f"data file not found: {path}")
     if path.is_dir():
         raise TinyGPTError(f"data path is a directory, not a text file: {path}")
+    refuse_device(path, "data path")
     try:
         raw = path.read_bytes()
     except OSError as exc:
