@@ -266,6 +266,9 @@ def test_attention_matches_reference(dtype, s, dropout, query_block):
     ref, ref_cache = layers.attention_forward(qkv, H, dropout, np.random.default_rng(7),
                                               query_block=query_block)
     assert_close(out, ref, dtype, "out")
+    # the cache holds the dropout key, not a mask the size of the probabilities: backward recomputes it
+    mask_key = cache[4]
+    assert mask_key is None if not dropout else all(np.ndim(c) == 0 for c in mask_key)
     dqkv = cpu.attention_backward(dout, cache)
     assert_close(dqkv, layers.attention_backward(dout, ref_cache), dtype, "dqkv")
 

@@ -491,7 +491,9 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=layers.QUE
     What differs from the reference: q, k, v are first copied into contiguous (B, H, T, hs) arrays (the
     reference multiplies strided views of qkv, on which BLAS runs several times slower), and the masked
     softmax is one fused pass (``_causal_softmax_kernel``) with the SIMD exp. The cache keeps those three
-    copies (the size of qkv, which is not kept), the blocks' probabilities and the dropout masks.
+    copies (the size of qkv, which is not kept) and the blocks' probabilities; with dropout, only the key:
+    backward recomputes each block's mask from it (one more pass of the hash, ~1.6 ms a layer at
+    6L/384d, where caching the masks held as much memory as the probabilities, ~8 MB a layer).
     """
     _check_float("attention_forward", qkv)
     if qkv.ndim != 3 or qkv.shape[2] % 3 != 0:
@@ -508,20 +510,28 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=layers.QUE
         q = q.copy()
     q *= qkv.dtype.type(1.0 / math.sqrt(hs))  # scale q once (T*hs multiplies) rather than the scores (T*T)
     y = np.empty((B, n_head, T, hs), dtype=qkv.dtype)
-    probs, keeps = [], []
-    key, threshold, keep_scale = dropout_kernel_args(qkv.dtype, dropout, rng)  # one key for the whole mask
+    probs = []
+    mask_key = dropout_kernel_args(qkv.dtype, dropout, rng) if dropout else None  # one key, whole mask
     for t0, t1 in _query_blocks(T, query_block):
         att = q[:, :, t0:t1] @ k[:, :, :t1].swapaxes(-1, -2)  # (B, H, bt, t1) scores
         _causal_softmax_kernel(att.reshape(B * n_head, t1 - t0, t1), t0)  # in place -> probabilities
         probs.append(att)
-        keep = None
-        if dropout:  # the block's keep mask / (1 - p), entries right of the diagonal included (never used)
-            keep = np.empty_like(att)
-            _attention_keep_kernel(keep.reshape(B * n_head, t1 - t0, t1), key, threshold, keep_scale, T, t0)
-        keeps.append(keep)
+        keep = _attention_keep(mask_key, att.shape, T, t0)
         np.matmul(att if keep is None else att * keep, v[:, :, :t1], out=y[:, :, t0:t1])
     out = np.ascontiguousarray(y.transpose(0, 2, 1, 3)).reshape(B, T, C)  # merge heads side by side
-    return out, (q, k, v, probs, keeps, query_block)
+    return out, (q, k, v, probs, mask_key, query_block)
+
+
+def _attention_keep(mask_key, shape, T, t0):
+    """The keep mask / (1 - p) of the query block starting at t0, shape (B, H, bt, t1), from the key
+    (None without dropout). Entries right of the diagonal are computed too, and never used."""
+    if mask_key is None:
+        return None
+    key, threshold, keep_scale = mask_key
+    B, H, bt, t1 = shape
+    keep = np.empty(shape, dtype=type(keep_scale))
+    _attention_keep_kernel(keep.reshape(B * H, bt, t1), key, threshold, keep_scale, T, t0)
+    return keep
 
 
 def attention_backward(dout, cache):
@@ -530,14 +540,15 @@ def attention_backward(dout, cache):
     Per query block: dv += (P D)^T dy,  dP = dy v^T,  dS = softmax backward (fused kernel),
     dq = dS k / sqrt(hs),  dk += dS^T q / sqrt(hs)  (q was cached pre-scaled, so dk is a plain product).
     """
-    q, k, v, probs, keeps, query_block = cache
+    q, k, v, probs, mask_key, query_block = cache
     B, H, T, hs = q.shape
     check_shape("attention_backward", "dout", dout, (B, T, H * hs))
     dy = np.ascontiguousarray(dout.reshape(B, T, H, hs).transpose(0, 2, 1, 3), dtype=q.dtype)  # (B, H, T, hs)
     dq = np.empty_like(q)
     dk = np.zeros_like(k)  # dk and dv accumulate over the query blocks that saw each key
     dv = np.zeros_like(v)
-    for (t0, t1), att, keep in zip(_query_blocks(T, query_block), probs, keeps):
+    for (t0, t1), att in zip(_query_blocks(T, query_block), probs):
+        keep = _attention_keep(mask_key, att.shape, T, t0)  # the forward's mask, recomputed
         dy_block = dy[:, :, t0:t1]
         dv[:, :, :t1] += (att if keep is None else att * keep).swapaxes(-1, -2) @ dy_block
         datt = dy_block @ v[:, :, :t1].swapaxes(-1, -2)  # (B, H, bt, t1) dP
