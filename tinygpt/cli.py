@@ -98,8 +98,13 @@ def _tokenizer_train(args):
             if path != "-" and os.path.abspath(path) in exported:
                 raise TinyGPTError(f"{flag} {path} is a file --gpt2-files {args.gpt2_files} writes; it would "
                                    "be overwritten")
-    for path in [args.out] + ([os.path.join(args.gpt2_files, "encoder.json")] if args.gpt2_files else []):
-        check_writable(path)  # an output it cannot write is refused before training, not after
+    outputs = [args.out] + [os.path.join(args.gpt2_files, n) for n in ("encoder.json", "vocab.bpe")
+                            if args.gpt2_files]
+    for path in outputs:  # an output it cannot write is refused before training, not after: a directory
+        # there was found only when saving, once the export had replaced the files beside it
+        if os.path.isdir(path):
+            raise TinyGPTError(f"cannot write {path}: it is a directory")
+        check_writable(path)
     text = _tokenizer_read_utf8(args.input)
     start = time.perf_counter()
     tok = BPETokenizer.train(text, args.vocab_size, pattern=args.pattern, special_tokens=args.special_tokens)
@@ -189,6 +194,8 @@ def _run_train(args):
     overrides = {name: getattr(args, name) for name in train.FIELDS if getattr(args, name, None) is not None}
     if overrides.get("out") is not None and not overrides["out"].strip():
         raise TinyGPTError("--out must name a directory, got an empty string")
+    if args.config is not None and not args.config.strip():  # not the default preset in its place
+        raise TinyGPTError("--config must name a preset or a file, got an empty string")
     if args.resume:
         if args.config:
             raise TinyGPTError("--config cannot be combined with --resume: the run's saved config is used "
@@ -215,6 +222,8 @@ def _run_eval(args):
     from tinygpt.finetune import is_classifier_dir
     from tinygpt.train import evaluate
 
+    if args.data is not None and not args.data.strip():  # not the model's own data in its place
+        raise TinyGPTError("--data must name a file, got an empty string")
     if is_classifier_dir(args.out):  # a `tinygpt finetune` classifier: accuracy + confusion matrix
         if args.split is None:
             args.split = "all" if args.data else "val"
@@ -341,6 +350,8 @@ def _run_sample(args):
         raise TinyGPTError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.seed is not None and args.seed < 0:
         raise TinyGPTError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.out is not None and not args.out.strip():  # not ./out in its place
+        raise TinyGPTError("--out must name a directory, got an empty string")
     prompt = args.prompt
     if args.prompt_file is not None:
         prompt = _tokenizer_read_utf8(args.prompt_file)  # not UTF-8 -> one-line error

@@ -397,6 +397,10 @@ class FinetuneConfig:
             raise TinyGPTError("--data FILE.jsonl|csv is required")
         if not str(self.out).strip():  # Path("") is the working directory
             raise TinyGPTError("--out must name a directory, got an empty string")
+        for name in ("init_from", "pretrained"):  # "" would be read as not given: a model from scratch
+            value = getattr(self, name)
+            if value is not None and not str(value).strip():
+                raise TinyGPTError(f"--{name.replace('_', '-')} must name a directory, got an empty string")
         if self.init_from and self.pretrained:
             raise TinyGPTError("give --init-from or --pretrained, not both")
         start = self.init_from or self.pretrained

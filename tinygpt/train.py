@@ -98,6 +98,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, str) and (value is not None or name == "out"):
                 raise TinyGPTError(f"{_flag(name)} must be a path, got {value!r}")
+            if name != "out" and value is not None and not value.strip():  # "" read as not given:
+                # `--data "$UNSET"` trained on the default corpus, `--init-from ""` from scratch
+                raise TinyGPTError(f"{_flag(name)} must name a path, got an empty string")
         if not self.out.strip():  # "" trained into the working directory, but resumed ./out
             raise TinyGPTError("--out must name a directory, got an empty string")
         if self.n_embd % self.n_head:
