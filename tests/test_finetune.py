@@ -723,6 +723,21 @@ def test_dropout_setting_overrides_the_checkpoint_even_when_zero(tmp_path, dropo
     assert ft.load_classifier(tmp_path / "clf").model.config.dropout == expected
 
 
+def test_seed_sets_the_dropout_masks_of_a_loaded_body(tmp_path, lm_dir):
+    # guards: a checkpoint's body is built with seed 0, so with --init-from / --pretrained every --seed
+    # drew the same dropout masks (a model from scratch, and `tinygpt train --init-from`, follow --seed)
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(12))
+    texts = [r["text"] for r in _rows(12)]
+    draws = []
+    for seed in (1, 2, 1):
+        cfg = _config(tmp_path, data, init_from=str(lm_dir), dropout=0.1, seed=seed).validate()
+        model, _, _ = ft._load_body(cfg, texts)
+        draws.append(model.dropout_rng.random(3))
+    assert not np.array_equal(draws[0], draws[1]) and np.array_equal(draws[0], draws[2])
+    scratch = ft._load_body(_config(tmp_path, data, seed=1).validate(), texts)[0]  # as a fresh GPT seeds it
+    np.testing.assert_array_equal(scratch.dropout_rng.random(3), draws[0])
+
+
 def test_encoding_refuses_the_first_id_past_the_vocabulary():
     # guards: an off-by-one letting id == vocab_size through (wte has rows 0..vocab_size - 1)
     tok = CharTokenizer.train("abc")  # a = 0, b = 1, c = 2

@@ -428,7 +428,8 @@ def _add_finetune(sub):
     add("--grad-clip", type=float, default=1.0, metavar="X", help="global gradient-norm clip (1.0; 0 = off)")
     add("--dropout", type=float, metavar="X", help="dropout while fine-tuning (default: the model's)")
     add("--eval-interval", type=int, default=50, metavar="N", help="evaluate and checkpoint every N steps")
-    add("--seed", type=int, default=1337, metavar="N", help="seed of the split, the head and the batches")
+    add("--seed", type=int, default=1337, metavar="N",
+        help="seed of the split, the head, the batches and dropout")
     add("--backend", choices=_BACKEND_CHOICES, default="auto", help="layer implementations (auto)")
     add("--quiet", action="store_true", help="no log lines")
     scratch = p.add_argument_group("a model from scratch (refused with --init-from / --pretrained, whose "

@@ -507,13 +507,18 @@ def _load_body(cfg: FinetuneConfig, texts: list[str]):
     from tinygpt.model import GPT, GPTConfig
     from tinygpt.tokenizer import CharTokenizer, load_tokenizer
 
-    if cfg.init_from:
-        from tinygpt.checkpoint import load_checkpoint
+    if cfg.init_from or cfg.pretrained:
+        if cfg.init_from:
+            from tinygpt.checkpoint import load_checkpoint
 
-        ckpt = load_checkpoint(cfg.init_from, backend=cfg.backend, with_optimizer=False)
-        return ckpt.model, ckpt.tokenizer, f"checkpoint {cfg.init_from} (step {ckpt.state.get('step')})"
-    if cfg.pretrained:
-        return load_gpt2_dir(cfg.pretrained, backend=cfg.backend)
+            ckpt = load_checkpoint(cfg.init_from, backend=cfg.backend, with_optimizer=False)
+            model, tokenizer = ckpt.model, ckpt.tokenizer
+            source = f"checkpoint {cfg.init_from} (step {ckpt.state.get('step')})"
+        else:
+            model, tokenizer, source = load_gpt2_dir(cfg.pretrained, backend=cfg.backend)
+        # a loaded model was built with seed 0: its dropout masks must follow --seed as a new model's do
+        model.dropout_rng = np.random.default_rng([cfg.seed, 1])
+        return model, tokenizer, source
     tokenizer = CharTokenizer.train("".join(texts)) if cfg.tokenizer == "char" else load_tokenizer("gpt2")
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
                        n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout or 0.0, bias=cfg.bias)
