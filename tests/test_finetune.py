@@ -359,6 +359,9 @@ def test_bad_input_is_one_line_exit_2(tmp_path, lm_dir, capsys):
     _fails(capsys, run("{not json\n"), "d.jsonl:1: not valid JSON")
     _fails(capsys, run(good, name="d.txt"), "must be .jsonl or .csv")
     _fails(capsys, run(good, "--seed", "-1"), "--seed must be a non-negative integer")
+    # it ran, diverged and advised "try a lower --learning-rate"
+    _fails(capsys, run(good, "--weight-decay", "inf"), "--weight-decay must be a finite number >= 0, got inf")
+    _fails(capsys, run(good, "--grad-clip", "nan"), "--grad-clip must be a finite number >= 0, got nan")
     split = [{**r, "split": "val" if r["label"] == "comedy" else "train"} for r in good]
     _fails(capsys, run(split), "no training examples")
     _fails(capsys, run([{**r, "split": "test"} for r in good]), "split must be train or val")

@@ -370,6 +370,14 @@ def test_tiny_temperature_is_greedy_without_nan(temperature):
     np.testing.assert_array_equal(next_token_probs(logits, temperature=0.0), [[0, 1, 0, 0]])
 
 
+def test_huge_temperature_is_uniform_without_a_warning():
+    logits = np.array([[1.0, 3.0, -np.inf, -1.0]], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 1e39 past float32's largest: "overflow encountered in cast", before
+        probs = next_token_probs(logits, temperature=1e39)
+    np.testing.assert_allclose(probs, [[1 / 3, 1 / 3, 0, 1 / 3]], rtol=1e-6)
+
+
 def test_sample_next_draws_from_the_distribution():
     logits = np.log([0.1, 0.4, 1.0, 0.25, 0.2, 0.05])
     logits[2] = -np.inf  # token 2 has probability 0

@@ -438,9 +438,11 @@ class FinetuneConfig:
             if self.min_lr > self.learning_rate:
                 raise TinyGPTError(f"--min-lr ({self.min_lr:g}) must not exceed --learning-rate "
                                    f"({self.learning_rate:g}): the schedule decays from the peak to it")
-        for name in ("weight_decay", "grad_clip"):
-            if not getattr(self, name) >= 0:
-                raise TinyGPTError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip"):  # finite too: inf decay ran and then blamed the
+            # learning rate ("fine-tuning diverged"), as train refuses it
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise TinyGPTError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise TinyGPTError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not start and self.tokenizer not in ("char", "gpt2"):

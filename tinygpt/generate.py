@@ -113,7 +113,11 @@ def apply_temperature(logits, temperature):
         greedy = np.full_like(shifted, -np.inf)
         np.put_along_axis(greedy, best, 0.0, axis=-1)
         return greedy
-    divisor = shifted.dtype.type(temperature)
+    with np.errstate(over="ignore"):  # (T past float32's largest rounds to inf: handled below)
+        divisor = shifted.dtype.type(temperature)
+    if np.isinf(divisor):  # the limit T -> inf: uniform over the tokens still possible; x / inf gave
+        # -inf / inf = NaN for a token already at -inf, with an "overflow in cast" warning first
+        return np.where(shifted == -np.inf, -np.inf, 0.0).astype(shifted.dtype)
     if divisor == 0:  # T under the dtype's smallest number (float32: 1.4e-45) rounds to 0, and 0 / 0 would
         # make the row max NaN: this is T -> 0's limit, every logit below the row max at -inf
         return np.where(shifted < 0, -np.inf, 0.0).astype(shifted.dtype)
