@@ -608,6 +608,11 @@ else:
         bench.bench_train_gpu(torch, cuda, K, repeats=1, batch=1, shape=(1, 2, 8, 4, 11))
         out = capsys.readouterr().out
         assert "SGEMM" in out and "causal attention" in out and "training step tokens/s" in out
+        # the step's profile by op, each op synchronised: the GEMMs and the attention kernels among them
+        assert "tinygpt cuda step by op" in out, out
+        ops = {line.split()[0]: line.split()[1] for line in out.split("step by op")[1].splitlines()[2:]}
+        assert ops["linear_forward"] == "4" and ops["attention_backward"] == "1", out
+        assert "optimizer.step" in ops and "other" in ops, out
         gemm_diffs = re.findall(r"^\s*(?:5|16)\s+\S+\s+\S+\s+\S+\s+(\S+)$", out, re.M)
         attention_diff = re.findall(r"max\|diff\| fwd (\S+)\)", out)
         assert len(gemm_diffs) == 2 and len(attention_diff) == 1, out

@@ -518,6 +518,7 @@ BENCHMARKS = {
     "train": "training-step tokens/s against PyTorch eager",
     "generate": "KV-cached decoding tokens/s against transformers' generate",
     "kernels": "CUDA SGEMM and attention against cuBLAS and SDPA (needs a GPU)",
+    "profile": "where one training step's time goes, op by op (a diagnostic: tinygpt only)",
     "recipe": "a whole preset training run against nanoGPT's training loop in PyTorch",
 }
 

@@ -181,6 +181,11 @@ def bench_train_gpu(torch, cuda, K, repeats, batch, shape=(6, 6, 384, 256, 65)):
              f"{t['torch'] / t['ours']:.2f}")]
     _table(f"training step tokens/s, {L}L/{C}d, T {T}, B {batch} (device-resident on both sides)",
            ("step", "tinygpt cuda", "PyTorch eager", "ratio"), rows)
+    # where our step's time goes (each op waited for, so launch latency shows): what to speed up next
+    from tinygpt.bench.profile import print_profile, profile_step
+
+    print_profile(*profile_step(ours, model, optimizer, repeats, cuda.synchronize),
+                  f"\ntinygpt cuda step by op, {L}L/{C}d, T {T}, B {batch}")
 
 
 # --- CPU ------------------------------------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""``tinygpt bench profile``: the per-op timing wrapper counts what a step calls and puts everything back;
+the command prints a row per op (tiny settings); no timings asserted."""
+
+import numpy as np
+import pytest
+
+from tinygpt.bench.profile import OPTIMIZER_ROW, OTHER_ROW, OpTimes, profile_step, timed_ops
+from tinygpt.cli import main
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.optim import AdamW
+
+
+def _tiny(n_layer=2):
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=n_layer, n_head=2, n_embd=8), backend="numpy")
+    optimizer = AdamW(model.params, lr=1e-3)
+    rng = np.random.default_rng(0)
+    idx, targets = rng.integers(0, 11, (2, 8)), rng.integers(0, 11, (2, 8))
+
+    def step():
+        model.forward(idx, targets)
+        optimizer.step(model.backward())
+
+    return model, optimizer, step
+
+
+def test_timed_ops_count_every_call_of_a_step_and_wait_around_each():
+    model, _, step = _tiny(n_layer=3)
+    times, syncs = OpTimes(), []
+    original = model.ops
+    model.ops = timed_ops(original, times, sync=lambda: syncs.append(1))
+    step()
+    # per block: 2 LayerNorms, 4 linears (c_attn, c_proj, c_fc, mlp c_proj), 1 GELU, 1 attention; + ln_f
+    assert times.calls["linear_forward"] == times.calls["linear_backward"] == 12
+    assert times.calls["gelu_forward"] == times.calls["attention_backward"] == 3
+    assert times.calls["layernorm_forward"] == 7 and times.calls["embedding_forward"] == 1
+    assert len(syncs) == 2 * sum(times.calls.values())  # one wait before and one after every call
+    assert set(times.seconds) == set(times.calls) and all(s >= 0 for s in times.seconds.values())
+    assert model.ops.name == original.name  # non-callables are carried over as they are
+
+
+def test_profile_step_rows_add_up_and_leave_model_and_optimizer_as_they_were():
+    model, optimizer, step = _tiny()
+    ops = model.ops
+    rows, plain, profiled = profile_step(step, model, optimizer, steps=2)
+    assert model.ops is ops and "step" not in vars(optimizer)  # the timed wrappers are gone
+    names = [row[0] for row in rows]
+    assert names[-1] == OTHER_ROW and OPTIMIZER_ROW in names and "attention_forward" in names
+    assert dict((name, calls) for name, calls, _ in rows)[OPTIMIZER_ROW] == 1  # per step
+    assert sum(seconds for _, _, seconds in rows) == pytest.approx(profiled)
+    assert [s for _, _, s in rows[:-1]] == sorted((s for _, _, s in rows[:-1]), reverse=True)
+    assert plain > 0
+    before = {name: p.copy() for name, p in model.params.items()}
+    step()  # the restored step still trains, through the real optimizer
+    assert any(not np.array_equal(before[name], p) for name, p in model.params.items())
+
+
+def test_bench_profile_prints_a_row_per_op(capsys):
+    assert main(["bench", "profile", "--backend", "numpy", "--config", "small", "--steps", "1",
+                 "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "4L/4H/128d, T 64, B 12, vocab 65, backend numpy" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert rows["linear_forward"][1] == "16" and rows["gelu_backward"][1] == "4"
+    shares = [float(line.split()[-1].rstrip("%")) for line in out.splitlines()[2:]]
+    assert sum(shares) == pytest.approx(100, abs=0.1 * len(shares))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
+    (["--batch", "0"], "--batch must be at least 1, got 0"),
+    (["--config", "huge"], "unknown config 'huge'; choose from small, medium"),
+    (["--backend", "tpu"], "backend"),
+])
+def test_bench_profile_bad_input_is_one_line_exit_2(capsys, argv, message):
+    assert main(["bench", "profile", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("tinygpt: error: ") and message in err, err
