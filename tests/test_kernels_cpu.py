@@ -85,14 +85,18 @@ def test_auto_and_available_backends():
     assert get_ops("auto").name == resolve_backend("auto")
 
 
-def test_auto_never_picks_the_cuda_simulator(monkeypatch):
+def test_auto_never_picks_the_cuda_simulator():
     # guards: "auto" resolving to "cuda" whenever get_ops("cuda") can run, the simulator included (which
-    # runs the kernels in Python, thousands of times slower than "numba"); only a real GPU means "cuda"
+    # runs the kernels in Python, thousands of times slower than "numba"); only a real GPU means "cuda".
+    # A fresh interpreter: numba picks the simulator when numba.cuda is first imported, never later.
     if has_real_gpu():
         pytest.skip("this machine has a real GPU, where 'auto' rightly picks cuda")
-    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
-    assert "cuda" in available_backends()
-    assert resolve_backend("auto") == "numba"
+    code = ("from tinygpt.kernels import available_backends, resolve_backend\n"
+            "print(available_backends(), resolve_backend('auto'))\n")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['numpy', 'numba', 'cuda'] numba"
 
 
 def test_cuda_backend_without_gpu_names_the_cause():
@@ -112,6 +116,30 @@ def test_cuda_backend_without_gpu_names_the_cause():
     assert line.startswith("ERR backend 'cuda' is unavailable")
     assert "numba.cuda.is_available() is False" in line
     assert "\n" not in line  # one line, the driver's message folded in
+
+
+def test_simulator_switched_on_after_numba_was_imported_is_a_one_line_error():
+    # NUMBA_ENABLE_CUDASIM=1 set after numba.cuda was imported changes nothing: numba.cuda stays the real
+    # target (the notebook's own cell says "before numba is first imported"). The seam used to believe the
+    # variable, so get_ops("cuda") succeeded and the first kernel launch died in numba's multi-line
+    # CudaSupportError instead.
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    code = (
+        "import os\nfrom numba import cuda\n"
+        "os.environ['NUMBA_ENABLE_CUDASIM'] = '1'\n"
+        "from tinygpt.kernels import available_backends, get_ops, has_real_gpu\n"
+        "from tinygpt.errors import TinyGPTError\n"
+        "if has_real_gpu():\n    print('GPU')\nelse:\n"
+        "    print(available_backends())\n"
+        "    try:\n        get_ops('cuda')\n    except TinyGPTError as e:\n        print('ERR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    if out.stdout.startswith("GPU"):
+        pytest.skip("this machine has a real GPU, so backend 'cuda' is available")
+    assert out.stdout.startswith("['numpy', 'numba']\nERR backend 'cuda' is unavailable"), out.stdout
+    assert "NUMBA_ENABLE_CUDASIM=1 was set too late" in out.stdout
+    assert out.stdout.count("\n") == 2  # the error is one line
 
 
 def test_bench_kernels_without_gpu_is_a_one_line_error():

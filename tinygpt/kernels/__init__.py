@@ -223,9 +223,7 @@ def cuda_unavailable_reason() -> str | None:
         from numba import cuda
     except ImportError as exc:  # numba built without its CUDA target and no numba-cuda installed
         return f"numba's CUDA target cannot be imported ({exc})"
-    if _simulator_enabled():
-        return None
-    if cuda.is_available():
+    if cuda.is_available():  # a real GPU, or numba.cuda is the simulator (always "available")
         return None
     try:
         cuda.current_context()  # raises with the driver's own message
@@ -233,13 +231,21 @@ def cuda_unavailable_reason() -> str | None:
         message = " ".join(str(exc).split())
     else:  # pragma: no cover - is_available() said no, yet a context came up
         message = "numba.cuda.is_available() is False"
-    return f"no usable NVIDIA GPU: numba.cuda.is_available() is False ({message})"
+    reason = f"no usable NVIDIA GPU: numba.cuda.is_available() is False ({message})"
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # asked for, but too late to take effect
+        reason += ("; NUMBA_ENABLE_CUDASIM=1 was set too late: numba had read its environment on import and "
+                   "loaded the real CUDA target; set it before numba is first imported")
+    return reason
 
 
 def _simulator_enabled() -> bool:
-    from numba import config
+    """True when ``numba.cuda`` IS the simulator. numba chooses once, when numba.cuda is first imported, from
+    NUMBA_ENABLE_CUDASIM as numba.config read it; the variable set later (which numba.config picks up when its
+    compiler reloads it) switches nothing, so neither is asked: numba.cuda's ``__init__`` star-imports
+    ``simulator_init`` or ``device_init``, and its ``is_available`` says which."""
+    from numba import cuda
 
-    return bool(getattr(config, "ENABLE_CUDASIM", 0)) or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    return cuda.is_available.__module__ == f"{cuda.__name__}.simulator_init"
 
 
 def has_real_gpu() -> bool:
