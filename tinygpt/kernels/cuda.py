@@ -893,25 +893,32 @@ def _elementwise_kernels(dtype_name):
     K = dtype.type(math.sqrt(2.0 / math.pi))
     A = dtype.type(0.044715)
     A3 = dtype.type(3.0 * 0.044715)
-    HALF = dtype.type(0.5)
     ONE = dtype.type(1.0)
+
+    # GELU as the reference writes it: 0.5 x (1 + tanh(u)) = x s, s = sigmoid(2u) = 1 / (1 + exp(-2u)),
+    # u = k (x + a x^3). The tanh form cancels in 1 + tanh(u) for x below about -4 (gelu(-5) came out
+    # -2.98e-7 against -2.29e-7). Past EXP_MAX, exp(-2u) would overflow (inf on a GPU, a warning in the
+    # simulator): s is 0 there to the dtype's precision, and gelu = x * 0 = -0, as the reference's x / inf.
+    TWO, ZERO = dtype.type(2.0), dtype.type(0.0)
+    EXP_MAX = dtype.type(88.72 if dtype == np.float32 else 709.78)  # just under log(the largest float)
 
     @cuda.jit
     def gelu_fwd(x, out):
-        # 0.5 x (1 + tanh(k (x + a x^3)))
         i = cuda.grid(1)
         if i < x.size:
             xi = x[i]
-            out[i] = HALF * xi * (ONE + math.tanh(K * (xi + A * xi * xi * xi)))
+            z = -TWO * K * (xi + A * xi * xi * xi)  # -2u
+            out[i] = xi * ZERO if z > EXP_MAX else xi / (ONE + math.exp(z))
 
     @cuda.jit
     def gelu_bwd(dout, x, dx):
-        # 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3a x^2),  t = tanh(k (x + a x^3))
+        # d gelu / dx = s (1 + 2 k x (1 - s) (1 + 3 a x^2))
         i = cuda.grid(1)
         if i < x.size:
             xi = x[i]
-            t = math.tanh(K * (xi + A * xi * xi * xi))
-            dx[i] = dout[i] * (HALF * (ONE + t) + HALF * xi * (ONE - t * t) * K * (ONE + A3 * xi * xi))
+            z = -TWO * K * (xi + A * xi * xi * xi)
+            s = ZERO if z > EXP_MAX else ONE / (ONE + math.exp(z))
+            dx[i] = dout[i] * (s * (ONE + TWO * K * xi * (ONE - s) * (ONE + A3 * xi * xi)))
 
     @cuda.jit
     def add(a, b, out):
