@@ -45,9 +45,17 @@ def test_profile_step_rows_add_up_and_leave_model_and_optimizer_as_they_were():
     assert model.ops is ops and "step" not in vars(optimizer)  # the timed wrappers are gone
     names = [row[0] for row in rows]
     assert names[-1] == OTHER_ROW and OPTIMIZER_ROW in names and "attention_forward" in names
-    assert dict((name, calls) for name, calls, _ in rows)[OPTIMIZER_ROW] == 1  # per step
-    assert sum(seconds for _, _, seconds in rows) == pytest.approx(profiled)
-    assert [s for _, _, s in rows[:-1]] == sorted((s for _, _, s in rows[:-1]), reverse=True)
+    assert {name: calls for name, calls, _, _ in rows}[OPTIMIZER_ROW] == 1  # per step
+    assert sum(seconds for _, _, seconds, _ in rows) == pytest.approx(profiled)
+    assert [s for _, _, s, _ in rows[:-1]] == sorted((s for _, _, s, _ in rows[:-1]), reverse=True)
+    # GFLOP/s for the linear layers only: 2 x rows x in x out per forward, twice that per backward
+    rates = {name: (seconds, gflops) for name, _, seconds, gflops in rows if gflops is not None}
+    assert set(rates) == {"linear_forward", "linear_backward"}
+    # 2 layers of c_attn (8 -> 24), attn c_proj (8 -> 8), c_fc (8 -> 32), mlp c_proj (32 -> 8), B T = 16 rows
+    per_step = 2 * 16 * 2 * (8 * 24 + 8 * 8 + 8 * 32 + 32 * 8)
+    seconds, gflops = rates["linear_forward"]
+    assert gflops == pytest.approx(per_step / seconds / 1e9)
+    assert rates["linear_backward"][1] == pytest.approx(2 * per_step / rates["linear_backward"][0] / 1e9)
     assert plain > 0
     before = {name: p.copy() for name, p in model.params.items()}
     step()  # the restored step still trains, through the real optimizer
@@ -61,7 +69,9 @@ def test_bench_profile_prints_a_row_per_op(capsys):
     assert "4L/4H/128d, T 64, B 12, vocab 65, backend numpy" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
     assert rows["linear_forward"][1] == "16" and rows["gelu_backward"][1] == "4"
-    shares = [float(line.split()[-1].rstrip("%")) for line in out.splitlines()[2:]]
+    assert "NumPy float32 matmul, 2048 x 2048" in out and len(rows["linear_backward"]) == 5
+    table = [line for line in out.splitlines()[2:] if "%" in line]
+    shares = [float(next(w for w in line.split() if w.endswith("%")).rstrip("%")) for line in table]
     assert sum(shares) == pytest.approx(100, abs=0.1 * len(shares))
 
 

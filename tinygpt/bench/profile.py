@@ -34,11 +34,13 @@ def add_arguments(parser):
 
 
 class OpTimes:
-    """Seconds and calls per op name, summed over the calls made while it is attached to a model."""
+    """Seconds and calls per op name, summed over the calls made while it is attached to a model, and the
+    floating-point operations of the linear layers' matmuls (``linear_forward``: 2 rows in out each)."""
 
     def __init__(self):
         self.seconds = defaultdict(float)
         self.calls = defaultdict(int)
+        self.linear_flops = 0.0
 
 
 def timed(name: str, fn, times: OpTimes, sync=lambda: None):
@@ -53,6 +55,8 @@ def timed(name: str, fn, times: OpTimes, sync=lambda: None):
         sync()
         times.seconds[name] += time.perf_counter() - start
         times.calls[name] += 1
+        if name == "linear_forward":  # x (..., in) @ weight (in, out): 2 rows in out = 2 x.size out
+            times.linear_flops += 2.0 * args[0].size * args[1].shape[1]
         return result
 
     return run
@@ -72,8 +76,9 @@ def profile_step(step, model, optimizer, steps: int, sync=lambda: None) -> tuple
     """Time ``steps`` plain steps, then as many with the ops timed. ``step()`` runs forward, backward and
     ``optimizer.step``; the optimizer's time is caught by timing its ``step`` method the same way.
 
-    Returns (rows, plain median s, profiled median s); rows are (name, calls per step, s per step), the
-    slowest first, ending with "other" (the profiled step's time outside every timed call)."""
+    Returns (rows, plain median s, profiled mean s); rows are (name, calls per step, s per step, GFLOP/s
+    or None), the slowest first, ending with "other" (the profiled step's time outside every timed call).
+    GFLOP/s is given for the linear layers: the forward's matmul, and the backward's two (dx and dW)."""
 
     def timed_steps():
         durations = []
@@ -95,9 +100,11 @@ def profile_step(step, model, optimizer, steps: int, sync=lambda: None) -> tuple
     finally:
         model.ops = ops
         del optimizer.step  # (the instance attribute: the class's method is back)
-    rows = sorted(((name, times.calls[name] / steps, seconds / steps)
+    flops = {"linear_forward": times.linear_flops, "linear_backward": 2 * times.linear_flops}
+    rows = sorted(((name, times.calls[name] / steps, seconds / steps,
+                    flops[name] / seconds / 1e9 if name in flops and seconds > 0 else None)
                    for name, seconds in times.seconds.items()), key=lambda row: -row[2])
-    rows.append((OTHER_ROW, None, (total - sum(times.seconds.values())) / steps))
+    rows.append((OTHER_ROW, None, (total - sum(times.seconds.values())) / steps, None))
     return rows, plain, total / steps
 
 
@@ -141,6 +148,10 @@ def run(args):
     rows, plain, profiled = profile_step(step, model, optimizer, args.steps, sync)
     print_profile(rows, plain, profiled,
                   f"training step, {L}L/{H}H/{C}d, T {T}, B {B}, vocab {VOCAB_SIZE}, backend {backend}")
+    if backend != "cuda":  # what the linear layers' GFLOP/s compare with, on the same BLAS
+        from tinygpt.bench.train import matmul_gflops
+
+        print(f"NumPy float32 matmul, 2048 x 2048: {matmul_gflops():.0f} GFLOP/s (best of 3)")
     return 0
 
 
@@ -148,7 +159,8 @@ def print_profile(rows, plain: float, profiled: float, title: str) -> None:
     """``profile_step``'s result as a table under ``title``."""
     print(f"{title}: {plain * 1e3:,.1f} ms a step plain, {profiled * 1e3:,.1f} ms with every op timed")
     width = max(len(row[0]) for row in rows)
-    print(f"{'op':<{width}}  {'calls':>6}  {'ms/step':>9}  {'share':>6}")
-    for name, calls, seconds in rows:
+    print(f"{'op':<{width}}  {'calls':>6}  {'ms/step':>9}  {'share':>6}  {'GFLOP/s':>8}")
+    for name, calls, seconds, gflops in rows:
         count = "" if calls is None else f"{calls:.0f}"
-        print(f"{name:<{width}}  {count:>6}  {seconds * 1e3:>9.2f}  {seconds / profiled:>6.1%}")
+        rate = "" if gflops is None else f"{gflops:.1f}"
+        print(f"{name:<{width}}  {count:>6}  {seconds * 1e3:>9.2f}  {seconds / profiled:>6.1%}  {rate:>8}")
