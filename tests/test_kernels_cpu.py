@@ -99,34 +99,11 @@ def test_auto_never_picks_the_cuda_simulator():
     assert out.stdout.strip() == "['numpy', 'numba', 'cuda'] numba"
 
 
-def test_cuda_backend_without_gpu_names_the_cause():
-    # A fresh interpreter without the simulator: what a user on a laptop sees.
+def _ask_for_cuda_in_a_fresh_interpreter(prelude: str = "") -> list[str]:
+    """The lines a fresh interpreter (simulator off) prints when, after ``prelude``, it lists the available
+    backends and asks for "cuda": ``[available backends, "ERR " + the error]``. Skips on a real GPU."""
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    code = (
-        "from tinygpt.kernels import get_ops, has_real_gpu\n"
-        "from tinygpt.errors import TinyGPTError\n"
-        "if has_real_gpu():\n    print('GPU')\nelse:\n"
-        "    try:\n        get_ops('cuda')\n    except TinyGPTError as e:\n        print('ERR', e)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    if out.stdout.startswith("GPU"):
-        pytest.skip("this machine has a real GPU, so backend 'cuda' is available")
-    line = out.stdout.strip()
-    assert line.startswith("ERR backend 'cuda' is unavailable")
-    assert "numba.cuda.is_available() is False" in line
-    assert "\n" not in line  # one line, the driver's message folded in
-
-
-def test_simulator_switched_on_after_numba_was_imported_is_a_one_line_error():
-    # NUMBA_ENABLE_CUDASIM=1 set after numba.cuda was imported changes nothing: numba.cuda stays the real
-    # target (the notebook's own cell says "before numba is first imported"). The seam used to believe the
-    # variable, so get_ops("cuda") succeeded and the first kernel launch died in numba's multi-line
-    # CudaSupportError instead.
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    code = (
-        "import os\nfrom numba import cuda\n"
-        "os.environ['NUMBA_ENABLE_CUDASIM'] = '1'\n"
+    code = prelude + (
         "from tinygpt.kernels import available_backends, get_ops, has_real_gpu\n"
         "from tinygpt.errors import TinyGPTError\n"
         "if has_real_gpu():\n    print('GPU')\nelse:\n"
@@ -137,9 +114,26 @@ def test_simulator_switched_on_after_numba_was_imported_is_a_one_line_error():
     assert out.returncode == 0, out.stderr
     if out.stdout.startswith("GPU"):
         pytest.skip("this machine has a real GPU, so backend 'cuda' is available")
-    assert out.stdout.startswith("['numpy', 'numba']\nERR backend 'cuda' is unavailable"), out.stdout
-    assert "NUMBA_ENABLE_CUDASIM=1 was set too late" in out.stdout
-    assert out.stdout.count("\n") == 2  # the error is one line
+    return out.stdout.splitlines()
+
+
+def test_cuda_backend_without_gpu_names_the_cause():
+    # what a user on a laptop sees
+    backends, line = _ask_for_cuda_in_a_fresh_interpreter()  # (two lines: the error is one line)
+    assert backends == "['numpy', 'numba']"
+    assert line.startswith("ERR backend 'cuda' is unavailable")
+    assert "numba.cuda.is_available() is False" in line  # the driver's message folded in
+
+
+def test_simulator_switched_on_after_numba_was_imported_is_a_one_line_error():
+    # NUMBA_ENABLE_CUDASIM=1 set after numba.cuda was imported changes nothing: numba.cuda stays the real
+    # target (the notebook's own cell says "before numba is first imported"). The seam used to believe the
+    # variable, so get_ops("cuda") succeeded and the first kernel launch died in numba's multi-line
+    # CudaSupportError instead.
+    late = "import os\nfrom numba import cuda\nos.environ['NUMBA_ENABLE_CUDASIM'] = '1'\n"
+    backends, line = _ask_for_cuda_in_a_fresh_interpreter(late)
+    assert backends == "['numpy', 'numba']" and line.startswith("ERR backend 'cuda' is unavailable")
+    assert "NUMBA_ENABLE_CUDASIM=1 was set too late" in line
 
 
 def test_bench_kernels_without_gpu_is_a_one_line_error():
