@@ -269,6 +269,14 @@ else:
         with pytest.raises(TinyGPTError, match=message):
             K.flash_attention_forward(qkv, 1, tiles=tiles)
 
+    @pytest.mark.parametrize("dtype, head_size", [(np.float32, 2048), (np.float64, 1024)])
+    def test_a_head_too_wide_for_any_tile_is_a_one_line_error(dtype, head_size):
+        # even one-row tiles overflow shared memory: the launch failed in the driver ("too many resources")
+        qkv = np.zeros((1, 1, 3 * head_size), dtype)
+        with pytest.raises(TinyGPTError, match=f"head size {head_size} is too large .* over the 49152"):
+            K.attention_forward(qkv, 1)
+        K.attention_forward(qkv[:, :, : 3 * (head_size - 1)], 1)  # one less fits: one-row tiles
+
     def test_attention_op_single_query_and_default_tiles():
         rng = np.random.default_rng(4)
         for T in (1, 6):

@@ -844,6 +844,11 @@ def flash_attention_forward(qkv, n_head, dropout=0.0, rng=None, tiles=None):
                            "a CUDA grid may have along y")
     if tiles is not None:
         _check_attention_tiles(*tiles, D, dtype.itemsize)
+    elif (need := backward_shared_bytes(1, 1, D, dtype.itemsize)) > SHARED_BYTES:  # not even one-row
+        # tiles fit (head size 2048 in float32, 1024 in float64): the launch would fail in the driver
+        raise TinyGPTError(f"attention_forward: head size {D} is too large for the CUDA attention kernels: "
+                           f"{dtype.name} tiles of one row need {need} bytes of shared memory, over the "
+                           f"{SHARED_BYTES} a block may use")
     check_dropout(dropout, rng)
     # one key for the whole mask, as the reference draws it; without dropout the kernels never read it
     drop = (*dropout_kernel_args(dtype, dropout, rng), bool(dropout))  # (key, threshold, scale, use_dropout)
