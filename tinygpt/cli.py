@@ -2,7 +2,8 @@
 
 Errors from bad input (``TinyGPTError``, missing files) are printed as one line on stderr and the
 command exits with status 2, never with a traceback. Each command's section below builds its parser
-and imports the module that does the work only when the command runs, so ``tinygpt --help`` is quick.
+and imports the module that does the work only when the command runs (a benchmark's module is imported to
+declare its flags, and imports its peer libraries only when run), so ``tinygpt --help`` is quick.
 """
 
 from __future__ import annotations
@@ -517,7 +518,8 @@ BENCHMARKS = {
     "tokenizer": "training and encoding against HF tokenizers and tiktoken",
     "train": "training-step tokens/s against PyTorch eager",
     "generate": "KV-cached decoding tokens/s against transformers' generate",
-    "kernels": "CUDA SGEMM and attention against cuBLAS and SDPA (needs a GPU)",
+    "kernels": "CUDA SGEMM and attention against cuBLAS and SDPA (needs a GPU); --device cpu: Numba "
+               "vs NumPy, PyTorch",
     "profile": "where one training step's time goes, op by op (a diagnostic: tinygpt only)",
     "recipe": "a whole preset training run against nanoGPT's training loop in PyTorch",
 }

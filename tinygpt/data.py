@@ -5,7 +5,7 @@ The pipeline, as nanoGPT's ``prepare.py`` + ``get_batch`` do it::
     text file --tokenizer--> ids --90/10 split--> train.bin, val.bin (+ meta.json)   # cached, reused
     train.bin --get_batch--> x (B, T), y (B, T)   with y[b, t] = x[b, t + 1]
 
-Token ids are stored as raw little-endian ``uint16`` when the vocabulary fits (< 65536 ids, e.g. GPT-2's
+Token ids are stored as raw little-endian ``uint16`` when the vocabulary fits (<= 65536 ids, e.g. GPT-2's
 50257) and ``uint32`` otherwise, so a ``.bin`` file is just ``np.memmap(path, dtype)``: no header, the
 length is the file size divided by the item size. ``meta.json`` next to it records the dtype, the token
 counts, the sha256 of the source text and a fingerprint of the tokenizer; the cache is reused only when
