@@ -5,7 +5,8 @@ Layout of an output directory ``DIR``::
     DIR/
       checkpoints/step-00000250/      one complete checkpoint, never modified once written:
         model.safetensors             weights, GPT-2 names ("wte.weight", "h.0.attn.c_attn.weight", ...)
-        config.json                   model config (transformers' GPT-2 format) + "tinygpt_training" config
+        config.json                   model config (transformers' GPT-2 format) + "tinygpt_model" and
+                                      "tinygpt_training" configs
         tokenizer.json                tokenizer.save()
         optimizer.safetensors         AdamW moments: "exp_avg.<name>", "exp_avg_sq.<name>"
         state.json                    step, best val loss, RNG states, optimizer step, file checksums

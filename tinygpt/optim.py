@@ -60,7 +60,7 @@ class AdamW:
 
     ``kernel`` optionally replaces the NumPy arithmetic of :meth:`step` with a fused function of the
     signature of ``tinygpt.kernels``' ``adamw_update(param, grad, m, v, lr, beta1, beta2, eps,
-    weight_decay, bias_corr1, bias_corr2)``, e.g. ``get_ops("numba").adamw_update``: one parallel pass per
+    weight_decay, bias_corr1, bias_corr2)``, e.g. ``get_ops("numba").adamw_update``: one fused pass per
     tensor instead of a dozen NumPy passes. The state (and so checkpoints) is the same either way.
     """
 

@@ -479,7 +479,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
                                dropout=cfg.dropout, bias=cfg.bias)
         model = GPT(gpt_config, seed=cfg.seed, backend=cfg.backend)
     model.train()
-    # With the numba backend, AdamW runs as one fused parallel pass per tensor (same math, same state).
+    # With the numba backend, AdamW runs as one fused pass per tensor (same math, same state).
     kernel = fused_adamw(model.ops)
     optimizer = AdamW(model.params, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                       weight_decay=cfg.weight_decay, kernel=kernel)
