@@ -109,10 +109,8 @@ def profile_step(step, model, optimizer, steps: int, sync=lambda: None) -> tuple
 
 
 def run(args):
-    from tinygpt.bench.train import CONFIGS, VOCAB_SIZE
-    from tinygpt.kernels import fused_adamw, resolve_backend
-    from tinygpt.model import GPT, GPTConfig
-    from tinygpt.optim import AdamW
+    from tinygpt.bench.train import CONFIGS, VOCAB_SIZE, tinygpt_training
+    from tinygpt.kernels import resolve_backend
     from tinygpt.train import retain_freed_memory
 
     if args.config not in CONFIGS:
@@ -125,18 +123,12 @@ def run(args):
     L, H, C, T, B = CONFIGS[args.config]
     B = args.batch or B
     retain_freed_memory()  # as `tinygpt train` and `bench train` run
-    model = GPT(GPTConfig(VOCAB_SIZE, T, L, H, C, dropout=0.0), seed=0, backend=backend)
-    optimizer = AdamW(model.params, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1,
-                      kernel=fused_adamw(model.ops))
+    model, optimizer, idx, targets = tinygpt_training(args.config, backend, True, B)
     sync = lambda: None  # noqa: E731
     if backend == "cuda":
         from numba import cuda
 
         sync = cuda.synchronize
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    idx, targets = rng.integers(0, VOCAB_SIZE, (B, T)), rng.integers(0, VOCAB_SIZE, (B, T))
 
     def step():
         model.forward(idx, targets)

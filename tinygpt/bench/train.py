@@ -84,10 +84,13 @@ def matmul_gflops(n: int = 2048, repeats: int = 3) -> float:
 # --- the two sides: each a (step function, tokens per step) ---------------------------------------
 
 
-def tinygpt_step(config_name: str, backend: str, with_optimizer: bool):
+def tinygpt_training(config_name: str, backend: str, with_optimizer: bool, batch_size: int | None = None):
+    """(model, optimizer or None, idx, targets): a fresh model of ``config_name`` (batch: the config's, or
+    ``batch_size``) and the optimizer `tinygpt train` builds for it, on one random batch."""
     from tinygpt.model import GPT, GPTConfig
 
     L, H, C, T, B = CONFIGS[config_name]
+    B = batch_size or B
     model = GPT(GPTConfig(VOCAB_SIZE, T, L, H, C, dropout=0.0), seed=0, backend=backend)
     rng = np.random.default_rng(0)
     idx = rng.integers(0, VOCAB_SIZE, (B, T))
@@ -100,6 +103,11 @@ def tinygpt_step(config_name: str, backend: str, with_optimizer: bool):
         # the optimizer `tinygpt train` builds: with the numba backend, AdamW runs the fused kernel
         optimizer = AdamW(model.params, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1,
                           kernel=fused_adamw(model.ops))
+    return model, optimizer, idx, targets
+
+
+def tinygpt_step(config_name: str, backend: str, with_optimizer: bool):
+    model, optimizer, idx, targets = tinygpt_training(config_name, backend, with_optimizer)
 
     def step():
         model.forward(idx, targets)
@@ -308,7 +316,7 @@ def run(args):
             print(f"{label:<24} {side:<20} {tokens_per_s:>10,.0f} {s * 1e3:>9.1f} {mfu:>6.1%} {ratio:>11}")
         if per_round:
             for side, times in per_round.items():
-                print(f"  {side} rounds (ms/step): {', '.join(f'{t * 1e3:,.0f}' for t in times)}")
+                print(f"  {side} rounds (ms/step): {' / '.join(f'{t * 1e3:,.0f}' for t in times)}")
     if not args.no_memory:
         name = args.memory_config
         L, H, C, T, B = CONFIGS[name]
