@@ -55,8 +55,10 @@ def test_round_trip_is_exact(tmp_path, bias):
     restored = AdamW(ckpt.model.params, lr=1e-2)
     restored.load_state_dict(ckpt.optimizer_state)
     assert restored.step_count == opt.step_count == 2
-    for name in model.params:
-        np.testing.assert_array_equal(restored.exp_avg_sq[name], opt.exp_avg_sq[name])
+    for name in model.params:  # both moments, each under its own name (not zeros, not swapped)
+        assert opt.exp_avg[name].any() and not np.array_equal(opt.exp_avg[name], opt.exp_avg_sq[name])
+        np.testing.assert_array_equal(restored.exp_avg[name], opt.exp_avg[name], err_msg=name)
+        np.testing.assert_array_equal(restored.exp_avg_sq[name], opt.exp_avg_sq[name], err_msg=name)
     m, tok = load_model(tmp_path)
     np.testing.assert_array_equal(m.params["wte.weight"], model.params["wte.weight"])
 

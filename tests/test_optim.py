@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tinygpt.errors import TinyGPTError
@@ -178,7 +178,32 @@ def test_clip_grad_norm_matches_torch(scale, max_norm, seed):
     assert norm == pytest.approx(expected_norm, rel=1e-12)
     for g, t in zip(grads.values(), tensors):
         np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-12)
-    assert grad_norm(grads) <= max(max_norm, norm) * (1 + 1e-9)
+    assert grad_norm(grads) <= max_norm * (1 + 1e-9)  # clipped, or already within max_norm
+
+
+@pytest.mark.parametrize("over", [0.999, 1.001, 1.25, 1.9, 3.0])
+def test_clip_just_over_or_under_max_norm(over):
+    """Gradients whose norm is ``over`` times max_norm: above it every one is scaled by
+    max_norm / (norm + 1e-6) (torch's factor), below it none is touched. The hypothesis test above rarely
+    draws norms within a factor 2 of max_norm, where clipping only when far over passed it."""
+    torch = _torch()
+    rng = np.random.default_rng(3)
+    grads = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)}
+    unit = math.sqrt(sum(float((g**2).sum()) for g in grads.values()))
+    max_norm = 2.0
+    grads = {k: g * (over * max_norm / unit) for k, g in grads.items()}  # global norm = over * max_norm
+    before = {k: g.copy() for k, g in grads.items()}
+    tensors = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads.values()]
+    for t, g in zip(tensors, grads.values()):
+        t.grad = torch.tensor(g.copy())
+    torch.nn.utils.clip_grad_norm_(tensors, max_norm)
+    norm = clip_grad_norm(grads, max_norm)
+    assert norm == pytest.approx(over * max_norm, rel=1e-12)
+    factor = max_norm / (over * max_norm + 1e-6) if over > 1 else 1.0
+    for (k, g), t in zip(grads.items(), tensors):
+        np.testing.assert_allclose(g, before[k] * factor, rtol=1e-12, err_msg=k)
+        np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-12, err_msg=k)
+    assert grad_norm(grads) == pytest.approx(min(over, 1.0) * max_norm, rel=1e-6)
 
 
 def test_clip_disabled_returns_norm_and_keeps_grads():
@@ -211,6 +236,24 @@ def test_lr_schedule_shape():
     assert all(a < b for a, b in zip(lrs[:100], lrs[1:101]))  # warmup rises
     assert all(a >= b for a, b in zip(lrs[100:2000], lrs[101:2001]))  # decay never rises
     assert min(lrs[100:]) == pytest.approx(1e-4) and max(lrs) == pytest.approx(1e-3)
+
+
+@example(warmup=7, extra=0)  # a run no longer than its warmup (train resolves lr_decay_iters to warmup_iters)
+@example(warmup=0, extra=0)
+@settings(max_examples=40, deadline=None)
+@given(warmup=st.integers(0, 500), extra=st.integers(0, 5000))
+def test_lr_schedule_reaches_min_lr_at_lr_decay_iters(warmup, extra):
+    """At step lr_decay_iters the cosine has run its course, r = 1, cos(pi) = -1: exactly min_lr, also when
+    lr_decay_iters == warmup_iters (no decay span: the schedule drops straight to min_lr). The step before
+    is still above min_lr, and the first step past the warmup is the peak when there is a decay span."""
+    decay = warmup + extra
+    kw = {"learning_rate": 6e-4, "warmup_iters": warmup, "lr_decay_iters": decay, "min_lr": 6e-5}
+    assert lr_at(decay, **kw) == pytest.approx(6e-5, rel=1e-12)
+    assert lr_at(decay + 1, **kw) == 6e-5
+    if decay > 0:
+        assert lr_at(decay - 1, **kw) > 6e-5
+    if extra > 0:
+        assert lr_at(warmup, **kw) == pytest.approx(6e-4, rel=1e-12)
 
 
 @settings(max_examples=60, deadline=None)
