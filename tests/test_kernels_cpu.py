@@ -553,3 +553,22 @@ def test_bench_kernels_cpu_cases_run_and_time_what_training_runs():
         peer[name]()
     assert bench._adamw(get_ops("numba"), np.zeros((2, 2), np.float32)).kernel is not None  # the fused step
     assert bench._adamw(get_ops("numpy"), np.zeros((2, 2), np.float32)).kernel is None
+
+
+def test_bench_kernels_sections_run_even_after_one_fails(capsys):
+    # a lent GPU's few minutes: one section's crash must not cost the others' figures
+    from tinygpt.bench.kernels import run_sections
+
+    ran = []
+
+    def boom():
+        ran.append("SGEMM")
+        raise RuntimeError("CUDA_ERROR_LAUNCH_FAILED")
+
+    with pytest.raises(TinyGPTError, match=r"^bench kernels: SGEMM failed; the other sections' figures"):
+        run_sections({"SGEMM": boom, "attention": lambda: ran.append("attention"),
+                      "training": lambda: ran.append("training")})
+    assert ran == ["SGEMM", "attention", "training"]
+    err = capsys.readouterr().err
+    assert "RuntimeError: CUDA_ERROR_LAUNCH_FAILED" in err and "the SGEMM section failed" in err
+    run_sections({"attention": lambda: None})  # none failed: no error

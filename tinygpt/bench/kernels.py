@@ -327,7 +327,28 @@ def run(args):
         return 0
     torch, cuda, K = _gpu_sides()
     print(f"device: {torch.cuda.get_device_name()}")
-    bench_gemm(torch, cuda, K, sizes, args.repeats)
-    bench_attention(torch, cuda, K, args.repeats)
-    bench_train_gpu(torch, cuda, K, args.repeats, args.train_batch)
+    run_sections({
+        "SGEMM": lambda: bench_gemm(torch, cuda, K, sizes, args.repeats),
+        "attention": lambda: bench_attention(torch, cuda, K, args.repeats),
+        "training": lambda: bench_train_gpu(torch, cuda, K, args.repeats, args.train_batch),
+    })
     return 0
+
+
+def run_sections(sections: dict) -> None:
+    """Run each section even if one before it failed: a GPU is lent for minutes at a time, and one
+    section's crash must not cost the others' figures. A failure prints its traceback to stderr; at the end
+    a TinyGPTError names the sections that failed (exit status 2)."""
+    import traceback
+
+    failed = []
+    for name, section in sections.items():
+        try:
+            section()
+        except Exception:  # (KeyboardInterrupt still stops the run)
+            traceback.print_exc()
+            print(f"bench kernels: the {name} section failed (traceback above); going on", file=sys.stderr)
+            failed.append(name)
+    if failed:
+        raise TinyGPTError(f"bench kernels: {', '.join(failed)} failed; the other sections' figures are "
+                           "above")
