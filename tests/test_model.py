@@ -189,6 +189,32 @@ def test_gradcheck_with_dropout_and_no_bias():
     assert max(errors.values()) < 1e-6, errors
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("dtype, dropout", [(np.float64, 0.0), (np.float64, 0.25), (np.float32, 0.25)])
+def test_recompute_gives_the_same_bits_and_keeps_only_block_inputs(backend, dtype, dropout):
+    # activation recomputation: backward replays each block forward from its input (and the dropout stream
+    # where the block began), so loss and every gradient are the same bits as keeping the caches
+    from tinygpt.model import _BlockStart
+
+    config = GPTConfig(**{**TINY, "dropout": dropout})
+    plain = randomise(GPT(config, dtype=dtype, backend=backend))
+    checkpointed = GPT(config, dtype=dtype, backend=backend, params=plain.params)
+    checkpointed.recompute = True
+    idx, targets = batch(config, B=2, T=7, seed=3)
+    for _ in range(2):  # twice: the model's own dropout stream advances alike in both
+        loss, loss_r = plain.forward(idx, targets)[1], checkpointed.forward(idx, targets)[1]
+        assert loss_r == loss
+        tape = checkpointed._tape
+        # per block one _BlockStart instead of ten caches: embedding, its dropout, blocks, ln_f, head, loss
+        assert len(tape) == 2 + config.n_layer + 3
+        assert sum(isinstance(entry, _BlockStart) for entry in tape) == config.n_layer
+        grads, grads_r = plain.backward(), checkpointed.backward()
+        for name in grads:
+            np.testing.assert_array_equal(grads_r[name], grads[name], err_msg=name)
+    # the replays drew from copies: the model's stream is where a plain model's is
+    assert checkpointed.dropout_rng.random() == plain.dropout_rng.random()
+
+
 # --- modes, dtypes, bad input -----------------------------------------------------------------------
 
 

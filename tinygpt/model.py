@@ -51,6 +51,7 @@ of such a step. Evaluation without targets keeps nothing.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -249,6 +250,8 @@ class GPT:
         self.training = True
         # dropout masks come from here (separate from the init stream); reseed it for reproducible masks
         self.dropout_rng = np.random.default_rng([seed, 1])
+        # activation recomputation ("gradient checkpointing"): see _body_forward
+        self.recompute = False
         self._tape = None  # the caches of the last forward with targets, consumed by backward
 
     # --- modes and sizes --------------------------------------------------------------------------
@@ -366,39 +369,56 @@ class GPT:
         return self._body_backward(dhidden, tape)
 
     def _body_forward(self, idx, tape: list) -> np.ndarray:
-        """Embeddings, blocks and the final LayerNorm: idx (B, T) -> (B, T, C); caches appended to tape."""
+        """Embeddings, blocks and the final LayerNorm: idx (B, T) -> (B, T, C); caches appended to tape.
+
+        With ``self.recompute`` (activation recomputation, "gradient checkpointing"), a block keeps none of
+        its caches: the tape holds its input and where the dropout stream stood (``_BlockStart``), and
+        backward runs the block forward again from them just before its own backward. A block's activations
+        then exist one block at a time (about 16C + H*T' floats per token each, see the module docstring)
+        for one more forward pass of compute; the gradients are the same bits, dropout included, since
+        the replay draws the same dropout keys.
+        """
         ops, p, cfg = self.ops, self.params, self.config
         p_drop = cfg.dropout if self.training else 0.0
         rng = self.dropout_rng
-
-        def dropout(x):
-            out, cache = ops.dropout_forward(x, p_drop, rng)
-            tape.append(cache)
-            return out
-
         x, cache = ops.embedding_forward(idx, p["wte.weight"], p["wpe.weight"])
         tape.append(cache)
-        x = dropout(x)
+        x = self._dropout(x, p_drop, rng, tape)
         for i in range(cfg.n_layer):
-            h = f"h.{i}."
-            a, c_ln1 = ops.layernorm_forward(x, p[h + "ln_1.weight"], p.get(h + "ln_1.bias"), LAYERNORM_EPS)
-            a, c_attn = ops.linear_forward(a, p[h + "attn.c_attn.weight"], p.get(h + "attn.c_attn.bias"))
-            a, c_att = ops.attention_forward(a, cfg.n_head, p_drop, rng)
-            a, c_proj = ops.linear_forward(a, p[h + "attn.c_proj.weight"], p.get(h + "attn.c_proj.bias"))
-            tape += [c_ln1, c_attn, c_att, c_proj]
-            a = dropout(a)
-            # residual x + a, summed into `a` (a fresh array no cache refers to; x is cached by ln_1)
-            x = ops.add_inplace(a, x)
-            m, c_ln2 = ops.layernorm_forward(x, p[h + "ln_2.weight"], p.get(h + "ln_2.bias"), LAYERNORM_EPS)
-            m, c_fc = ops.linear_forward(m, p[h + "mlp.c_fc.weight"], p.get(h + "mlp.c_fc.bias"))
-            m, c_gelu = ops.gelu_forward(m)
-            m, c_mproj = ops.linear_forward(m, p[h + "mlp.c_proj.weight"], p.get(h + "mlp.c_proj.bias"))
-            tape += [c_ln2, c_fc, c_gelu, c_mproj]
-            m = dropout(m)
-            x = ops.add_inplace(m, x)
+            if self.recompute:
+                start = _BlockStart(x, copy.deepcopy(rng), p_drop)  # (a Generator is small to copy)
+                x = self._block_forward(i, x, p_drop, rng, [])  # its caches are freed as it returns
+                tape.append(start)
+            else:
+                x = self._block_forward(i, x, p_drop, rng, tape)
         x, c_lnf = ops.layernorm_forward(x, p["ln_f.weight"], p.get("ln_f.bias"), LAYERNORM_EPS)
         tape.append(c_lnf)
         return x
+
+    def _dropout(self, x, p_drop, rng, tape):
+        out, cache = self.ops.dropout_forward(x, p_drop, rng)
+        tape.append(cache)
+        return out
+
+    def _block_forward(self, i: int, x, p_drop: float, rng, tape: list):
+        """Block i: x (B, T, C) -> (B, T, C); its ten caches go on tape in the order backward pops them."""
+        ops, p, cfg = self.ops, self.params, self.config
+        h = f"h.{i}."
+        a, c_ln1 = ops.layernorm_forward(x, p[h + "ln_1.weight"], p.get(h + "ln_1.bias"), LAYERNORM_EPS)
+        a, c_attn = ops.linear_forward(a, p[h + "attn.c_attn.weight"], p.get(h + "attn.c_attn.bias"))
+        a, c_att = ops.attention_forward(a, cfg.n_head, p_drop, rng)
+        a, c_proj = ops.linear_forward(a, p[h + "attn.c_proj.weight"], p.get(h + "attn.c_proj.bias"))
+        tape += [c_ln1, c_attn, c_att, c_proj]
+        a = self._dropout(a, p_drop, rng, tape)
+        # residual x + a, summed into `a` (a fresh array no cache refers to; x is cached by ln_1)
+        x = ops.add_inplace(a, x)
+        m, c_ln2 = ops.layernorm_forward(x, p[h + "ln_2.weight"], p.get(h + "ln_2.bias"), LAYERNORM_EPS)
+        m, c_fc = ops.linear_forward(m, p[h + "mlp.c_fc.weight"], p.get(h + "mlp.c_fc.bias"))
+        m, c_gelu = ops.gelu_forward(m)
+        m, c_mproj = ops.linear_forward(m, p[h + "mlp.c_proj.weight"], p.get(h + "mlp.c_proj.bias"))
+        tape += [c_ln2, c_fc, c_gelu, c_mproj]
+        m = self._dropout(m, p_drop, rng, tape)
+        return ops.add_inplace(m, x)
 
     def backward(self) -> dict[str, np.ndarray]:
         """Gradients of the last forward's loss: a dict with the keys and shapes of ``params``."""
@@ -427,6 +447,9 @@ class GPT:
         put("ln_f.bias", db)
         for i in reversed(range(cfg.n_layer)):
             h = f"h.{i}."
+            if isinstance(tape[-1], _BlockStart):  # recomputation: run the block again for its caches
+                start = tape.pop()
+                self._block_forward(i, start.x, start.p_drop, start.rng, tape)
             # MLP branch: x_out = x_mid + drop(mlp(ln_2(x_mid))), so dx_mid = dx_out + (branch gradient)
             dm = ops.dropout_backward(dx, tape.pop())
             c_ln2, c_fc, c_gelu, c_mproj = tape[-4:]
@@ -571,6 +594,16 @@ class GPT:
                 atomic_path(os.path.join(path, "config.json")) as config_tmp:
             save_file(tensors, weights_tmp, metadata={"format": "pt"})
             Path(config_tmp).write_text(config_text, encoding="utf-8")
+
+
+@dataclass
+class _BlockStart:
+    """What a recomputed block keeps on the tape: its input, the dropout Generator as it stood when the
+    block began (a copy: replaying draws the same keys and leaves the model's stream alone) and p."""
+
+    x: object
+    rng: np.random.Generator
+    p_drop: float
 
 
 def _checked_params(params, config: GPTConfig, dtype) -> dict[str, np.ndarray]:
