@@ -82,6 +82,30 @@ def test_stopped_and_resumed_run_writes_exactly_the_uninterrupted_metrics(corpus
     assert part.state["sampler_rng"] == full.state["sampler_rng"]
 
 
+def test_recompute_trains_the_same_run_replaying_every_block(corpus, tmp_path, monkeypatch):
+    # --recompute trades memory for compute only: the same metrics and weights, each block run twice a step
+    from tinygpt.model import GPT
+
+    calls = []
+    block_forward = GPT._block_forward
+    monkeypatch.setattr(GPT, "_block_forward", lambda self, *a: calls.append(1) or block_forward(self, *a))
+    kw = {"dropout": 0.1, "grad_accum_steps": 2, "eval_interval": 3, "max_iters": 6}
+    runs = {}
+    for recompute in (False, True):
+        calls.clear()
+        out = tmp_path / str(recompute)
+        training.train(_config(corpus, out, recompute=recompute, **kw), quiet=True)
+        runs[recompute] = _rows(out), load_checkpoint(out), len(calls)
+    (rows, ckpt, n_plain), (rows_r, ckpt_r, n_recompute) = runs[False], runs[True]
+    assert [{k: v for k, v in r.items() if k not in ("tokens_per_sec", "elapsed")} for r in rows_r] == [
+        {k: v for k, v in r.items() if k not in ("tokens_per_sec", "elapsed")} for r in rows]
+    for name, p in ckpt.model.params.items():
+        np.testing.assert_array_equal(ckpt_r.model.params[name], p, err_msg=name)
+    n_layer = ckpt.model.config.n_layer
+    assert n_recompute - n_plain == 6 * 2 * n_layer  # one replay per block, micro-batch and step
+    assert ckpt_r.train_config["recompute"] is True
+
+
 def test_resume_refuses_to_change_the_model_shape(corpus, tmp_path):
     training.train(_config(corpus, tmp_path / "run", max_iters=2, eval_interval=2), quiet=True)
     with pytest.raises(TinyGPTError, match="cannot change --n-layer"):

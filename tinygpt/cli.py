@@ -182,6 +182,8 @@ _TRAIN_HYPERPARAMETERS = (
     ("weight-decay", float, "AdamW decoupled weight decay (2-D weights only)"),
     ("grad-clip", float, "clip the global gradient norm to this (0 disables)"),
     ("grad-accum-steps", int, "micro-batches per optimizer step (gradient accumulation)"),
+    ("recompute", _parse_bool, "activation recomputation (gradient checkpointing): keep block inputs only, "
+                               "rerun the blocks in backward; less memory, more compute (true/false)"),
     ("eval-interval", int, "evaluate, log and checkpoint every N steps"),
     ("eval-iters", int, "batches per split in each evaluation"),
 )

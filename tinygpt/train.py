@@ -76,6 +76,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0  # 0 disables
     grad_accum_steps: int = 1
+    recompute: bool = False  # activation recomputation: less memory for one more forward (GPT.recompute)
     # evaluation
     eval_interval: int = 250
     eval_iters: int = 20
@@ -134,8 +135,9 @@ class TrainConfig:
                                "tokenizer's vocabulary is fixed by its text or files)")
         if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size <= 256):
             raise TinyGPTError(f"--vocab-size must be an integer above 256, got {self.vocab_size!r}")
-        if not isinstance(self.bias, bool):
-            raise TinyGPTError(f"--bias must be true or false, got {self.bias!r}")
+        for name in ("bias", "recompute"):
+            if not isinstance(getattr(self, name), bool):
+                raise TinyGPTError(f"{_flag(name)} must be true or false, got {getattr(self, name)!r}")
         return self
 
     def to_dict(self) -> dict:
@@ -479,6 +481,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
                                dropout=cfg.dropout, bias=cfg.bias)
         model = GPT(gpt_config, seed=cfg.seed, backend=cfg.backend)
     model.train()
+    model.recompute = cfg.recompute  # (a memory-for-compute trade only: the same gradients either way)
     # With the numba backend, AdamW runs as one fused pass per tensor (same math, same state).
     kernel = fused_adamw(model.ops)
     optimizer = AdamW(model.params, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
