@@ -26,6 +26,24 @@ def test_bench_train_prints_a_row_per_side(capsys, monkeypatch):
     assert float(ours_ratio.rstrip("x")) == pytest.approx(peer_ms / ours_ms, abs=0.01 + 0.1 / ours_ms)
 
 
+def test_bench_train_recompute_on_both_sides(capsys, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    argv = ["--configs", "small", "--steps", "1", "--warmup", "0", "--memory-config", "small", "--recompute"]
+    assert main(["bench", "train", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "activation recomputation on both sides" in out
+    assert [ln.split()[1] for ln in out.splitlines() if ln.startswith("4L/4H/128d/T64/B12")] == ["tinygpt",
+                                                                                                "PyTorch"]
+    # kept for backward: the 4 blocks' inputs (C = 128 floats a token each) and ONE block's caches
+    # (16 C + H T' + 4 = 2,308 floats, T' = 64 keys), plus ln_f's and the logits' 2 C + V = 321:
+    # 512 + 2,308 + 321 = 3,141 floats = 12.3 KiB a token (without: 4 * 2,308 + 321 = 9,553, 37 KiB)
+    kept = next(ln for ln in out.splitlines() if "activations kept for backward" in ln)
+    assert "12 KiB/token" in kept, kept
+    assert "PyTorch eager        peak" in out
+
+
 def test_bench_train_without_peer_with_memory_probe(capsys):
     argv = ["--configs", "small", "--steps", "1", "--warmup", "0", "--no-peer", "--memory-config", "small"]
     code = main(["bench", "train", *argv])

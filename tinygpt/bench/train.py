@@ -53,6 +53,9 @@ def add_arguments(parser):
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS probe")
     parser.add_argument("--memory-config", default="medium", help="peak-RSS probe config (default medium)")
     parser.add_argument("--no-optimizer", action="store_true", help="time forward + backward only")
+    parser.add_argument("--recompute", action="store_true",
+                        help="activation recomputation on both sides (tinygpt's GPT.recompute, transformers' "
+                             "activation checkpointing): the time and memory of the trade")
     parser.add_argument("--isolate", type=int, default=0, metavar="N",
                         help="each side alone in a fresh process, N rounds in alternating order, instead of "
                              "interleaving the sides in this one")
@@ -84,14 +87,17 @@ def matmul_gflops(n: int = 2048, repeats: int = 3) -> float:
 # --- the two sides: each a (step function, tokens per step) ---------------------------------------
 
 
-def tinygpt_training(config_name: str, backend: str, with_optimizer: bool, batch_size: int | None = None):
+def tinygpt_training(config_name: str, backend: str, with_optimizer: bool, batch_size: int | None = None,
+                     recompute: bool = False):
     """(model, optimizer or None, idx, targets): a fresh model of ``config_name`` (batch: the config's, or
-    ``batch_size``) and the optimizer `tinygpt train` builds for it, on one random batch."""
+    ``batch_size``; activation recomputation with ``recompute``) and the optimizer `tinygpt train` builds
+    for it, on one random batch."""
     from tinygpt.model import GPT, GPTConfig
 
     L, H, C, T, B = CONFIGS[config_name]
     B = batch_size or B
     model = GPT(GPTConfig(VOCAB_SIZE, T, L, H, C, dropout=0.0), seed=0, backend=backend)
+    model.recompute = recompute
     rng = np.random.default_rng(0)
     idx = rng.integers(0, VOCAB_SIZE, (B, T))
     targets = rng.integers(0, VOCAB_SIZE, (B, T))
@@ -106,8 +112,9 @@ def tinygpt_training(config_name: str, backend: str, with_optimizer: bool, batch
     return model, optimizer, idx, targets
 
 
-def tinygpt_step(config_name: str, backend: str, with_optimizer: bool):
-    model, optimizer, idx, targets = tinygpt_training(config_name, backend, with_optimizer)
+def tinygpt_step(config_name: str, backend: str, with_optimizer: bool, recompute: bool = False):
+    model, optimizer, idx, targets = tinygpt_training(config_name, backend, with_optimizer,
+                                                      recompute=recompute)
 
     def step():
         model.forward(idx, targets)
@@ -118,7 +125,7 @@ def tinygpt_step(config_name: str, backend: str, with_optimizer: bool):
     return step, model
 
 
-def torch_step(config_name: str, threads: int, with_optimizer: bool):
+def torch_step(config_name: str, threads: int, with_optimizer: bool, recompute: bool = False):
     torch, transformers = import_torch_peer()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -128,6 +135,9 @@ def torch_step(config_name: str, threads: int, with_optimizer: bool):
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
     )  # fmt: skip
     model = transformers.GPT2LMHeadModel(hf_config).train()
+    if recompute:  # transformers' activation recomputation, the peer of GPT.recompute (renamed in v5)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
     rng = np.random.default_rng(0)
     idx = torch.from_numpy(rng.integers(0, VOCAB_SIZE, (B, T)))
     targets = torch.from_numpy(rng.integers(0, VOCAB_SIZE, (B, T)))
@@ -185,11 +195,8 @@ def _probe_main(argv):
     before the step too, and "step added" would read ~0. (Its peak with it, 2026-12-01: tinygpt numba
     677 against 676 MiB, PyTorch 1,357 against 1,278 MiB.)
     """
-    side, config_name, backend, threads, with_optimizer = argv
-    if side == "tinygpt":
-        step, _ = tinygpt_step(config_name, backend, with_optimizer == "1")
-    else:
-        step, _ = torch_step(config_name, int(threads), with_optimizer == "1")
+    side, config_name, backend, threads, with_optimizer, recompute = argv
+    step = _side_step(side, config_name, backend, threads, with_optimizer, recompute)
     step()  # warm-up
     before = _status_kb("VmRSS")
     try:  # reset the peak to the current RSS, so the peak below is this step's (Linux >= 4.0)
@@ -204,16 +211,25 @@ def _probe_main(argv):
 _PROBE = "import sys; from tinygpt.bench.train import _probe_main; _probe_main(sys.argv[1:])"
 
 
+def _flag(value: bool) -> str:
+    """A bool as a subprocess argument ("1" / "0")."""
+    return "1" if value else "0"
+
+
+def _side_step(side, config_name, backend, threads, with_optimizer, recompute):
+    """A subprocess's step function, from its string arguments."""
+    if side == "tinygpt":
+        return tinygpt_step(config_name, backend, with_optimizer == "1", recompute == "1")[0]
+    return torch_step(config_name, int(threads), with_optimizer == "1", recompute == "1")[0]
+
+
 def _timing_main(argv):
     """Entry point of an ``--isolate`` subprocess: build one side, print the median of its timed steps."""
-    side, config_name, backend, threads, with_optimizer, n_steps, n_warmup = argv
+    side, config_name, backend, threads, with_optimizer, recompute, n_steps, n_warmup = argv
     from tinygpt.train import retain_freed_memory
 
     retain_freed_memory()  # as the in-process bench and `tinygpt train`
-    if side == "tinygpt":
-        step, _ = tinygpt_step(config_name, backend, with_optimizer == "1")
-    else:
-        step, _ = torch_step(config_name, int(threads), with_optimizer == "1")
+    step = _side_step(side, config_name, backend, threads, with_optimizer, recompute)
     median = _interleaved_medians({side: step}, int(n_steps), int(n_warmup))[side]
     print(json.dumps({"median_s": median}))
 
@@ -221,8 +237,8 @@ def _timing_main(argv):
 _TIMING = "import sys; from tinygpt.bench.train import _timing_main; _timing_main(sys.argv[1:])"
 
 
-def _isolated_medians(sides: dict, config_name: str, threads: int, with_optimizer: bool, n_steps: int,
-                      n_warmup: int, rounds: int) -> tuple[dict, dict]:
+def _isolated_medians(sides: dict, config_name: str, threads: int, with_optimizer: bool, recompute: bool,
+                      n_steps: int, n_warmup: int, rounds: int) -> tuple[dict, dict]:
     """({label: median over rounds of each process's median step}, {label: [each round's median]}).
 
     ``sides`` maps a label to (side, backend). Round r runs every side once, each in a fresh process, in
@@ -232,8 +248,8 @@ def _isolated_medians(sides: dict, config_name: str, threads: int, with_optimize
     for r in range(rounds):
         for label in order if r % 2 == 0 else order[::-1]:
             side, backend = sides[label]
-            args = [side, config_name, backend, str(threads), "1" if with_optimizer else "0", str(n_steps),
-                    str(n_warmup)]
+            args = [side, config_name, backend, str(threads), _flag(with_optimizer), _flag(recompute),
+                    str(n_steps), str(n_warmup)]
             proc = subprocess.run([sys.executable, "-c", _TIMING, *args], capture_output=True, text=True)
             if proc.returncode != 0:
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -242,9 +258,10 @@ def _isolated_medians(sides: dict, config_name: str, threads: int, with_optimize
     return {label: statistics.median(t) for label, t in per_round.items()}, per_round
 
 
-def peak_rss(side: str, config_name: str, backend: str, threads: int, with_optimizer: bool) -> dict:
+def peak_rss(side: str, config_name: str, backend: str, threads: int, with_optimizer: bool,
+             recompute: bool = False) -> dict:
     """{"before_kb", "peak_kb"}: RSS with the model and optimizer built, and its peak during one step."""
-    args = [side, config_name, backend, str(threads), "1" if with_optimizer else "0"]
+    args = [side, config_name, backend, str(threads), _flag(with_optimizer), _flag(recompute)]
     proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -276,6 +293,8 @@ def run(args):
     threads = blas_threads()
     with_optimizer = _have_adamw() and not args.no_optimizer
     what = "forward + backward + AdamW" if with_optimizer else "forward + backward (no AdamW)"
+    if args.recompute:
+        what += ", activation recomputation on both sides (transformers: activation checkpointing)"
     peer = not args.no_peer
     if peer:
         import_torch_peer()
@@ -298,15 +317,16 @@ def run(args):
             sides = {f"tinygpt ({b})": ("tinygpt", b) for b in backends}
             if peer:
                 sides["PyTorch eager"] = ("torch", "numpy")
-            seconds, per_round = _isolated_medians(sides, name, threads, with_optimizer, args.steps,
-                                                   args.warmup, args.isolate)
+            seconds, per_round = _isolated_medians(sides, name, threads, with_optimizer, args.recompute,
+                                                   args.steps, args.warmup, args.isolate)
             model = GPT(GPTConfig(VOCAB_SIZE, T, L, H, C))  # for its FLOP count only
         else:
             steps = {}
             for backend in backends:
-                steps[f"tinygpt ({backend})"], model = tinygpt_step(name, backend, with_optimizer)
+                steps[f"tinygpt ({backend})"], model = tinygpt_step(name, backend, with_optimizer,
+                                                                    args.recompute)
             if peer:
-                steps["PyTorch eager"], _ = torch_step(name, threads, with_optimizer)
+                steps["PyTorch eager"], _ = torch_step(name, threads, with_optimizer, args.recompute)
             seconds = _interleaved_medians(steps, args.steps, args.warmup)
         flops_per_token = model.flops_per_token(T)
         for side, s in seconds.items():
@@ -323,11 +343,12 @@ def run(args):
         print(f"\npeak RSS of one training step at {L}L/{C}d/T{T}/B{B} (fresh process each):")
         sides = [("tinygpt", b) for b in backends] + ([("torch", "numpy")] if peer else [])
         for side, backend in sides:
-            rss = peak_rss(side, name, backend, threads, with_optimizer)
+            rss = peak_rss(side, name, backend, threads, with_optimizer, args.recompute)
             label = f"tinygpt ({backend})" if side == "tinygpt" else "PyTorch eager"
             print(f"  {label:<20} peak {rss['peak_kb'] / 1024:7.0f} MiB   step added "
                   f"{(rss['peak_kb'] - rss['before_kb']) / 1024:6.0f} MiB")  # fmt: skip
-        per_token = activation_floats_per_token(GPTConfig(VOCAB_SIZE, T, L, H, C), T)
+        per_token = activation_floats_per_token(GPTConfig(VOCAB_SIZE, T, L, H, C), T,
+                                                recompute=args.recompute)
         print(f"  activations kept for backward (model.py's count): {per_token * 4 / 1024:.0f} KiB/token, "
               f"{per_token * 4 * B * T / 2**20:.0f} MiB per step")  # fmt: skip
     return 0
