@@ -284,6 +284,31 @@ def test_training_everything_changes_the_body_and_fits_the_labels(tmp_path, lm_d
     assert load_checkpoint(tmp_path / "clf").model.config == clf.model.config
 
 
+def test_recompute_fine_tunes_to_the_same_classifier(tmp_path, lm_dir, monkeypatch):
+    # activation recomputation through forward_hidden / backward_hidden: the same weights, dropout on
+    from tinygpt.model import GPT
+
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    replays = []
+    block_forward = GPT._block_forward
+    monkeypatch.setattr(GPT, "_block_forward", lambda self, *a: replays.append(1) or block_forward(self, *a))
+    heads, params, calls = [], [], []
+    for recompute in (False, True):
+        replays.clear()
+        out = tmp_path / f"clf{recompute}"
+        ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), out=str(out), max_iters=4,
+                                       dropout=0.1, recompute=recompute), quiet=True)
+        clf = ft.load_classifier(out)
+        heads.append(clf.head)
+        params.append(clf.model.params)
+        calls.append(len(replays))
+    for name in heads[0]:
+        np.testing.assert_array_equal(heads[1][name], heads[0][name], err_msg=name)
+    for name in params[0]:
+        np.testing.assert_array_equal(params[1][name], params[0][name], err_msg=name)
+    assert calls[1] > calls[0]  # the blocks really were replayed
+
+
 def test_from_scratch_builds_a_char_model_of_the_data(tmp_path):
     data = _write_jsonl(tmp_path / "d.jsonl", _rows())
     ft.finetune_classifier(_config(tmp_path, data, n_layer=1, n_head=2, n_embd=8, block_size=16,

@@ -430,6 +430,8 @@ def _add_finetune(sub):
     add("--weight-decay", type=float, default=0.01, metavar="X", help="AdamW weight decay (0.01)")
     add("--grad-clip", type=float, default=1.0, metavar="X", help="global gradient-norm clip (1.0; 0 = off)")
     add("--dropout", type=float, metavar="X", help="dropout while fine-tuning (default: the model's)")
+    add("--recompute", action="store_true", help="activation recomputation (gradient checkpointing): less "
+        "memory for one more forward of the body, the same result")
     add("--eval-interval", type=int, default=50, metavar="N", help="evaluate and checkpoint every N steps")
     add("--seed", type=int, default=1337, metavar="N",
         help="seed of the split, the head, the batches and dropout")
@@ -466,7 +468,7 @@ def _run_finetune(args):
         backend=args.backend, epochs=args.epochs, max_iters=args.max_iters, batch_size=args.batch_size,
         learning_rate=args.learning_rate, min_lr=args.min_lr, warmup_iters=args.warmup_iters,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, eval_interval=args.eval_interval,
-        dropout=args.dropout,
+        dropout=args.dropout, recompute=args.recompute,
         tokenizer=args.tokenizer, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
         block_size=args.block_size,
     )  # fmt: skip

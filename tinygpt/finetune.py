@@ -382,6 +382,7 @@ class FinetuneConfig:
     grad_clip: float = 1.0
     eval_interval: int = 50
     dropout: float | None = None  # None: the checkpoint's
+    recompute: bool = False  # activation recomputation (GPT.recompute): less memory, the same gradients
     # a model from scratch (neither init_from nor pretrained): its tokenizer and shape. None = not given:
     # validate() fills in SCRATCH_DEFAULTS for a model from scratch; with init_from / pretrained they come
     # from the checkpoint, and giving any of them is an error (it could not be honoured).
@@ -565,6 +566,7 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool) -> dict:
     model, tokenizer, source = _load_body(cfg, texts)
     if cfg.dropout is not None:
         model.config.dropout = float(cfg.dropout)
+    model.recompute = bool(cfg.recompute)
     seqs, n_truncated = encode_texts(tokenizer, texts, model.config.block_size, model.config.vocab_size,
                                      where=str(cfg.data))
     train_seqs = [seqs[i] for i in train_rows]
