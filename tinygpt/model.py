@@ -471,6 +471,7 @@ class GPT:
             dm, dw, db = ops.layernorm_backward(dm, c_ln2)
             put(h + "ln_2.weight", dw)
             put(h + "ln_2.bias", db)
+            del c_ln2, c_fc, c_gelu, c_mproj  # freed now, not when the next block's replay is on top
             dx = ops.add(dx, dm)  # a new array: dx may be the very array dropout_backward passed through
             # attention branch
             da = ops.dropout_backward(dx, tape.pop())
@@ -486,6 +487,7 @@ class GPT:
             da, dw, db = ops.layernorm_backward(da, c_ln1)
             put(h + "ln_1.weight", dw)
             put(h + "ln_1.bias", db)
+            del c_ln1, c_attn, c_att, c_proj
             dx = ops.add(dx, da)
         dx = ops.dropout_backward(dx, tape.pop())
         dwte, dwpe = ops.embedding_backward(dx, tape.pop())
