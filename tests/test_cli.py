@@ -116,3 +116,14 @@ def test_an_empty_path_is_an_error_not_the_default_it_stands_in_for(tmp_path, mo
         assert err.count("\n") == 1 and err.startswith(f"tinygpt: error: {flag} "), err
         assert "empty string" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "d.jsonl", "in.txt", "out"]
+
+
+def test_bare_boolean_train_flags_mean_true():
+    # `train --recompute` failed with "expected one argument", where finetune and bench take it bare
+    from tinygpt.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["train", "--recompute"]).recompute is True
+    assert parse(["train", "--recompute", "false"]).recompute is False
+    assert parse(["train", "--bias"]).bias is True
+    assert parse(["train"]).recompute is None  # not given: the config's value

@@ -269,7 +269,9 @@ def _add_training(sub):
     hyper = p.add_argument_group("hyperparameters (nanoGPT's names; default: the config's value)")
     for flag, kind, help_text in _TRAIN_HYPERPARAMETERS:
         metavar = {int: "N", float: "X"}.get(kind, "BOOL")
-        hyper.add_argument(f"--{flag}", type=kind, metavar=metavar, help=help_text)
+        # a bare boolean flag means true (`--recompute`, as finetune and bench spell it); `--bias false` too
+        bare = {"nargs": "?", "const": True} if kind is _parse_bool else {}
+        hyper.add_argument(f"--{flag}", type=kind, metavar=metavar, help=help_text, **bare)
     p.set_defaults(func=_run_train)
 
     e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a trained model")

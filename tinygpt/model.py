@@ -47,8 +47,8 @@ plus 2C + V for the final LayerNorm and the logits (and V more while backward fo
 C = 384, H = 6, T = 256 that is 6 * (6144 + 960 + 4) + 833 = 43,481 floats = 170 KiB per token, 340 MiB for a
 batch of 8 x 256 tokens (``activation_floats_per_token``); ``tinygpt bench train`` measures the peak RSS
 of such a step. Evaluation without targets keeps nothing. With ``GPT.recompute`` a block keeps only its
-input (C floats) and backward rebuilds one block's caches at a time: 6 * 384 + 7,108 + 833 = 10,245 floats,
-40 KiB per token there.
+input (C floats) and backward rebuilds one block's caches at a time (its input among them): at the peak
+5 * 384 + 7,108 + 833 = 9,861 floats, 39 KiB per token there.
 """
 
 from __future__ import annotations
@@ -133,14 +133,14 @@ def activation_floats_per_token(config: GPTConfig, seq_len: int, query_block: in
                                 recompute: bool = False) -> float:
     """Floats a training forward keeps for backward, per token (the count in this module's docstring).
 
-    With ``recompute`` (``GPT.recompute``): each block's input (C), plus one block's caches, rebuilt one
-    block at a time in backward."""
+    With ``recompute`` (``GPT.recompute``): the blocks' inputs (C each), and at the peak one block's caches,
+    rebuilt one block at a time in backward (that block's input is among them: ln_1 caches it)."""
     C, H, T = config.n_embd, config.n_head, seq_len
     keys = [min(t0 + query_block, T) for t0 in range(0, T, query_block)]  # keys each query block computes
     rows = [min(query_block, T - t0) for t0 in range(0, T, query_block)]
     mean_keys = sum(r * k for r, k in zip(rows, keys)) / T
     per_block = 2 * C + C + 3 * C + H * mean_keys + C + C + 4 * C + 4 * C + 4
-    blocks = config.n_layer * C + per_block if recompute else config.n_layer * per_block
+    blocks = (config.n_layer - 1) * C + per_block if recompute else config.n_layer * per_block
     return blocks + 2 * C + config.vocab_size
 
 

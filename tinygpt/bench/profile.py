@@ -35,12 +35,12 @@ def add_arguments(parser):
 
 class OpTimes:
     """Seconds and calls per op name, summed over the calls made while it is attached to a model, and the
-    floating-point operations of the linear layers' matmuls (``linear_forward``: 2 rows in out each)."""
+    floating-point operations of the linear layers' matmuls (forward: 2 rows in out; backward: twice)."""
 
     def __init__(self):
         self.seconds = defaultdict(float)
         self.calls = defaultdict(int)
-        self.linear_flops = 0.0
+        self.linear_flops = {"linear_forward": 0.0, "linear_backward": 0.0}
 
 
 def timed(name: str, fn, times: OpTimes, sync=lambda: None):
@@ -56,7 +56,10 @@ def timed(name: str, fn, times: OpTimes, sync=lambda: None):
         times.seconds[name] += time.perf_counter() - start
         times.calls[name] += 1
         if name == "linear_forward":  # x (..., in) @ weight (in, out): 2 rows in out = 2 x.size out
-            times.linear_flops += 2.0 * args[0].size * args[1].shape[1]
+            times.linear_flops[name] += 2.0 * args[0].size * args[1].shape[1]
+        elif name == "linear_backward":  # dx (..., in) and dweight (in, out): two products of that size
+            dx, dweight = result[0], result[1]
+            times.linear_flops[name] += 4.0 * dx.size * dweight.shape[1]
         return result
 
     return run
@@ -92,15 +95,18 @@ def profile_step(step, model, optimizer, steps: int, sync=lambda: None) -> tuple
 
     plain = statistics.median(timed_steps())
     times = OpTimes()
-    ops, optimizer_step = model.ops, optimizer.step
+    ops, optimizer_step, own_step = model.ops, optimizer.step, vars(optimizer).get("step")
     model.ops = timed_ops(ops, times, sync)
     optimizer.step = timed(OPTIMIZER_ROW, optimizer_step, times, sync)  # (its kernel is not a timed op)
     try:
         total = sum(timed_steps())
     finally:
         model.ops = ops
-        del optimizer.step  # (the instance attribute: the class's method is back)
-    flops = {"linear_forward": times.linear_flops, "linear_backward": 2 * times.linear_flops}
+        if own_step is None:
+            del optimizer.step  # (the instance attribute: the class's method is back)
+        else:
+            optimizer.step = own_step
+    flops = times.linear_flops
     rows = sorted(((name, times.calls[name] / steps, seconds / steps,
                     flops[name] / seconds / 1e9 if name in flops and seconds > 0 else None)
                    for name, seconds in times.seconds.items()), key=lambda row: -row[2])
