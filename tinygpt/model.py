@@ -457,6 +457,7 @@ class GPT:
             if isinstance(tape[-1], _BlockStart):  # recomputation: run the block again for its caches
                 start = tape.pop()
                 self._block_forward(i, start.x, start.p_drop, start.rng, tape)
+                del start  # (its input lives on in ln_1's cache until this block's backward is done)
             # MLP branch: x_out = x_mid + drop(mlp(ln_2(x_mid))), so dx_mid = dx_out + (branch gradient)
             dm = ops.dropout_backward(dx, tape.pop())
             c_ln2, c_fc, c_gelu, c_mproj = tape[-4:]
