@@ -75,6 +75,17 @@ def test_bench_profile_prints_a_row_per_op(capsys):
     assert sum(shares) == pytest.approx(100, abs=0.1 * len(shares))
 
 
+def test_bench_profile_with_recompute_counts_the_replayed_forwards(capsys):
+    assert main(["bench", "profile", "--backend", "numpy", "--config", "small", "--steps", "1",
+                 "--warmup", "0", "--recompute"]) == 0
+    out = capsys.readouterr().out
+    assert "backend numpy, activation recomputation" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    # every block's forward runs twice (forward, then its replay in backward); its backward once
+    assert rows["linear_forward"][1] == "32" and rows["gelu_forward"][1] == "8"
+    assert rows["linear_backward"][1] == "16"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "0"], "--steps must be at least 1, got 0"),
     (["--warmup", "-1"], "--warmup must be at least 0, got -1"),

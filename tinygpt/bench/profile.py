@@ -31,6 +31,8 @@ def add_arguments(parser):
     parser.add_argument("--batch", type=int, help="sequences per step (default: the config's)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps, plain and profiled (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--recompute", action="store_true",
+                        help="activation recomputation (GPT.recompute): where its extra forward goes")
 
 
 class OpTimes:
@@ -129,7 +131,7 @@ def run(args):
     L, H, C, T, B = CONFIGS[args.config]
     B = args.batch or B
     retain_freed_memory()  # as `tinygpt train` and `bench train` run
-    model, optimizer, idx, targets = tinygpt_training(args.config, backend, True, B)
+    model, optimizer, idx, targets = tinygpt_training(args.config, backend, True, B, recompute=args.recompute)
     sync = lambda: None  # noqa: E731
     if backend == "cuda":
         from numba import cuda
@@ -145,7 +147,8 @@ def run(args):
     sync()
     rows, plain, profiled = profile_step(step, model, optimizer, args.steps, sync)
     print_profile(rows, plain, profiled,
-                  f"training step, {L}L/{H}H/{C}d, T {T}, B {B}, vocab {VOCAB_SIZE}, backend {backend}")
+                  f"training step, {L}L/{H}H/{C}d, T {T}, B {B}, vocab {VOCAB_SIZE}, backend {backend}"
+                  + (", activation recomputation" if args.recompute else ""))
     if backend != "cuda":  # what the linear layers' GFLOP/s compare with, on the same BLAS
         from tinygpt.bench.train import matmul_gflops
 
