@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinygpt.errors import TinyGPTError
 from tinygpt.gradcheck import numerical_gradient, relative_error
@@ -246,6 +248,22 @@ def test_recompute_frees_each_block_s_caches_before_replaying_the_one_below(back
 
     monkeypatch.setattr(GPT, "_block_forward", replay)
     model.backward()
+
+
+@settings(max_examples=15, deadline=None)
+@given(n_layer=st.integers(1, 3), n_head=st.sampled_from([1, 2, 3]), T=st.integers(1, 9), B=st.integers(1, 3),
+       dropout=st.sampled_from([0.0, 0.5]), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_recompute_is_bit_exact_for_any_shape(n_layer, n_head, T, B, dropout, bias, seed):
+    # the property behind --recompute, over shapes (one token, one block, odd heads), with or without bias
+    config = GPTConfig(vocab_size=13, block_size=9, n_layer=n_layer, n_head=n_head, n_embd=4 * n_head,
+                       dropout=dropout, bias=bias)
+    plain = randomise(GPT(config, seed=seed, dtype=np.float64), seed)
+    checkpointed = GPT(config, seed=seed, dtype=np.float64, params=plain.params)
+    checkpointed.recompute = True
+    idx, targets = batch(config, B=B, T=T, seed=seed)
+    assert checkpointed.forward(idx, targets)[1] == plain.forward(idx, targets)[1]
+    grads, grads_r = plain.backward(), checkpointed.backward()
+    assert all(np.array_equal(grads_r[name], grads[name]) for name in grads)
 
 
 # --- modes, dtypes, bad input -----------------------------------------------------------------------
