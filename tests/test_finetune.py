@@ -392,6 +392,11 @@ def test_bad_input_is_one_line_exit_2(tmp_path, lm_dir, capsys):
     _fails(capsys, run([{**r, "split": "test"} for r in good]), "split must be train or val")
     _fails(capsys, ["finetune", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")],
            "not found")
+    # a device or a directory is named as such, not "not found"
+    _fails(capsys, ["finetune", "--data", "/dev/zero", "--out", str(tmp_path / "o")],
+           "labelled data path is a device, not a text file: /dev/zero")
+    _fails(capsys, ["finetune", "--data", str(tmp_path), "--out", str(tmp_path / "o")],
+           "labelled data path is a directory")
     _fails(capsys, ["predict", "--out", str(lm_dir), "hello"], "language model, not a classifier")
     # a tinygpt run as --pretrained: it was "d.jsonl, text 1: token id 8818 is outside the model's vocabulary"
     _fails(capsys, ["finetune", "--data", str(_write_jsonl(tmp_path / "g.jsonl", good)), "--pretrained",

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from tinygpt import layers
+from tinygpt.data import refuse_device
 from tinygpt.errors import TinyGPTError
 
 __all__ = [
@@ -77,6 +78,9 @@ def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
     (CSV labels are str); anything else -> TinyGPTError naming the row.
     """
     path = Path(path)
+    if path.is_dir():
+        raise TinyGPTError(f"labelled data path is a directory, not a file: {path}")
+    refuse_device(path, "labelled data path")  # (it read "not found" for /dev/zero)
     if not path.is_file():
         raise TinyGPTError(f"labelled data file not found: {path}")
     suffix = path.suffix.lower()
