@@ -514,6 +514,16 @@ def test_from_pretrained_errors(tmp_path):
         GPT.from_pretrained(tmp_path)
 
 
+def test_a_safetensors_index_that_is_not_utf8_is_one_error(tmp_path):
+    # guards: a binary (not UTF-8) model.safetensors.index.json raised UnicodeDecodeError, a traceback from
+    # the CLI, where a truncated one (bad JSON) or a non-UTF-8 config.json is a one-line TinyGPTError
+    GPT(GPTConfig(**TINY)).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "model.safetensors.index.json").write_bytes(b"\xff\xfe\x00{garbage")
+    with pytest.raises(TinyGPTError, match="not a valid safetensors index"):
+        GPT.from_pretrained(tmp_path)
+
+
 def test_sharded_checkpoint_loads_every_shard(tmp_path):
     # guards: a sharded checkpoint (model.safetensors.index.json) read only partly, e.g. the first shard
     from safetensors.numpy import load_file, save_file

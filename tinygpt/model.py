@@ -716,7 +716,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
                 weight_map = json.load(f)["weight_map"]
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise TypeError("weight_map must map tensor names to file names")
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:  # (ValueError: bad JSON, or bytes not UTF-8)
             raise TinyGPTError(f"{index} is not a valid safetensors index: {exc}") from None
         files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
     else:
