@@ -221,6 +221,21 @@ def test_missing_and_corrupt_checkpoints_raise(tmp_path):
         load_checkpoint(tmp_path)
 
 
+def test_a_latest_link_that_loops_is_a_corrupt_checkpoint_not_a_traceback(tmp_path, capsys):
+    # Path.resolve() raised RuntimeError("Symlink loop") (Python < 3.13): a traceback from `sample --out`
+    from tinygpt.cli import main
+
+    model, opt = _trained()
+    _save(tmp_path, model, opt, 1)
+    (tmp_path / "latest").unlink()
+    (tmp_path / "latest").symlink_to("latest")
+    with pytest.raises(TinyGPTError, match="corrupt checkpoint"):
+        load_checkpoint(tmp_path)
+    assert main(["sample", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinygpt: error: corrupt checkpoint") and err.count("\n") == 1, err
+
+
 def test_a_transformers_directory_where_a_run_is_expected_says_what_it_is(tmp_path, capsys):
     # `sample --out`, `eval --out`, `--init-from` of a GPT-2 directory said "train one first"
     from tinygpt.cli import main

@@ -99,7 +99,10 @@ def checkpoint_path(out_dir: str | os.PathLike) -> Path | None:
     out_dir = Path(out_dir)
     latest = out_dir / LATEST
     if latest.is_symlink() or latest.exists():
-        return latest.resolve()
+        try:
+            return latest.resolve()
+        except (RuntimeError, OSError):  # a link that loops (Python < 3.13 raises; _locate calls it corrupt)
+            return latest
     if (out_dir / "state.json").is_file() and not (out_dir / "state.json").is_symlink():
         return out_dir
     return None
