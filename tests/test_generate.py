@@ -692,6 +692,7 @@ def test_bench_generate_runs_and_agrees_with_transformers(capsys):
     for row in ("KV cache, greedy", "KV cache, sampled", "recompute, greedy", "cache speed-up"):
         assert row in out
     assert "identical to transformers': 100.0% of 6" in out
+    assert "recompute row: one run" in out  # the header says which rows are medians
 
 
 

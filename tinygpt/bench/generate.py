@@ -124,7 +124,7 @@ def run(args):
           f"{config.vocab_size}, block {config.block_size}; batch {args.batch_size}, {args.prompt_len}-token "
           f"prompt, {new} new tokens; float32; {threads} thread(s) on each side")
     print(f"tokens/s = new tokens / whole call (prefill included); median of {args.repeats} alternating "
-          "runs; sampled = temperature 0.8, top-k 200, top-p 0.95")
+          "runs (the slow recompute row: one run); sampled = temperature 0.8, top-k 200, top-p 0.95")
 
     def tokens_per_s(results):
         return {name: new * args.batch_size / seconds for name, (seconds, _) in results.items()}
