@@ -99,8 +99,9 @@ def apply_temperature(logits, temperature):
 
     softmax(l / T): T < 1 sharpens the distribution, T > 1 flattens it, T = 1 leaves it. We compute
     ``(l - max(l)) / T`` instead: softmax ignores a per-row shift, and with the row max at 0 a tiny T gives
-    -inf (probability 0) rather than inf - inf = nan. T = 0 is the limit T -> 0: greedy, a point mass on the
-    first row maximum (the rest -inf), as ``np.argmax`` picks it.
+    -inf (probability 0) rather than inf - inf = nan. T = 0 is greedy: a point mass on the first row
+    maximum (the rest -inf), as ``np.argmax`` picks it. That is the limit T -> 0 when the maximum is unique;
+    with exact ties, a tiny T > 0 spreads evenly over the tied tokens, T = 0 takes the first.
 
     Example: ``apply_temperature([[1., 2.]], 0.5) -> [[-2., 0.]]`` (softmax [0.12, 0.88] instead of
     [0.27, 0.73] at T = 1).
