@@ -771,6 +771,7 @@ def test_cli_gpt2_and_special_tokens():
         (("decode", "--tokenizer", "gpt2", "99999"), "out of range"),
         (("train", "--input", "no_such_file.txt", "--vocab-size", "300", "--out", "t.json"), "No such file"),
         (("encode", "--tokenizer"), "expected one argument"),
+        (("encode", "--tokenizer", "/dev/null", "x"), "is a device"),  # was "bad JSON"; /dev/zero: forever
     ],
 )
 def test_cli_errors_are_one_line_exit_2(args, message):
@@ -968,3 +969,14 @@ def test_gpt2_files_exported_before_specials_were_plain_text_still_load(tmp_path
     assert loaded.special_tokens == tok.special_tokens
     assert loaded.encode("a<|end of text|>", allowed_special="all") == tok.encode("a<|end of text|>",
                                                                                  allowed_special="all")
+
+
+def test_a_device_as_a_tokenizer_file_is_refused_not_read_forever():
+    # /dev/zero was read until memory ran out; /dev/null read as "corrupt tokenizer file: bad JSON"
+    for device in ("/dev/null", "/dev/zero"):  # /dev/null first: a regression fails there, not out of memory
+        if not Path(device).exists():
+            pytest.skip(f"no {device} here")
+        with pytest.raises(TinyGPTError, match="is a device"):
+            load_tokenizer(device)
+        with pytest.raises(TinyGPTError, match="is a device"):
+            BPETokenizer.from_gpt2_files(device, device)

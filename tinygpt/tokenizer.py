@@ -961,7 +961,10 @@ def _as_id_list(ids, vocab_size: int) -> list[int]:
 
 
 def _read_text(path) -> str:
+    from tinygpt.data import refuse_device
+
     path = Path(path)
+    refuse_device(path, "tokenizer file")  # /dev/zero would be read until memory runs out
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
