@@ -906,9 +906,10 @@ def test_gpt2_files_with_a_truncated_vocab_bpe_are_corrupt_not_thousands_of_spec
 
 
 def test_allowed_special_of_the_wrong_type_is_a_clear_error(trained):
-    for bad in (None, 0):
-        with pytest.raises(TinyGPTError, match="allowed_special must be"):
-            trained.encode("x", allowed_special=bad)
+    for tok in (trained, CharTokenizer.train("x")):  # the character tokenizer raised TypeError for None, 0
+        for bad in (None, 0, "some"):  # and read "some" as the special tokens ['e', 'm', 'o', 's']
+            with pytest.raises(TinyGPTError, match="allowed_special must be"):
+                tok.encode("x", allowed_special=bad)
 
 
 def test_deeply_nested_tokenizer_json_is_corrupt_not_a_traceback(tmp_path):

@@ -818,7 +818,13 @@ class CharTokenizer:
         """str -> ids; ``allowed_special`` is accepted for the common interface (there are no specials)."""
         if not isinstance(text, str):
             raise TinyGPTError(f"encode expects a str, got {type(text).__name__}")
-        if allowed_special not in ("none", "all") and set(allowed_special):
+        if isinstance(allowed_special, str) and allowed_special in ("none", "all"):
+            pass
+        elif isinstance(allowed_special, (str, bytes)) or not hasattr(allowed_special, "__iter__"):
+            raise TinyGPTError(
+                f"allowed_special must be 'none', 'all' or a set of special tokens, got {allowed_special!r}"
+            )
+        elif set(allowed_special):
             raise TinyGPTError(f"a character tokenizer has no special tokens: {sorted(allowed_special)}")
         ids = self._ids
         try:
