@@ -981,3 +981,28 @@ def test_a_device_as_a_tokenizer_file_is_refused_not_read_forever():
             load_tokenizer(device)
         with pytest.raises(TinyGPTError, match="is a device"):
             BPETokenizer.from_gpt2_files(device, device)
+
+
+def test_gpt2_files_export_replaces_the_pair_or_neither(trained, tmp_path, monkeypatch):
+    # encoder.json was replaced, then writing vocab.bpe failed: a new encoder.json beside the old vocab.bpe
+    (tmp_path / "encoder.json").write_text("my encoder")
+    (tmp_path / "vocab.bpe").mkdir()
+    with pytest.raises(TinyGPTError, match="is a directory"):
+        trained.save_gpt2_files(tmp_path)
+    assert (tmp_path / "encoder.json").read_text() == "my encoder"
+    (tmp_path / "vocab.bpe").rmdir()
+    (tmp_path / "vocab.bpe").write_text("my merges")
+    real_replace = tokenizer_module.os.replace
+
+    def replace(src, dst):  # a disk that fails on the second file
+        if Path(dst).name == "vocab.bpe":
+            raise OSError(28, "No space left on device", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(tokenizer_module.os, "replace", replace)
+    with pytest.raises(OSError, match="No space"):
+        trained.save_gpt2_files(tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / "encoder.json").read_text() == "my encoder"
+    assert (tmp_path / "vocab.bpe").read_text() == "my merges"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.json", "vocab.bpe"]  # no temporaries

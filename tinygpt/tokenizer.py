@@ -44,7 +44,7 @@ import numpy as np
 import regex
 
 from tinygpt.errors import TinyGPTError
-from tinygpt.files import write_atomic
+from tinygpt.files import atomic_path, write_atomic
 
 # --- split patterns -------------------------------------------------------------------------------
 
@@ -654,10 +654,15 @@ class BPETokenizer:
                                "ordinary token's byte-level text there")
         encoder.update(self.special_tokens)
         encoder_path, vocab_path = directory / "encoder.json", directory / "vocab.bpe"
-        _write_text_atomic(encoder_path, json.dumps(encoder, ensure_ascii=False))
         token_text = [as_text(t) for t in self.token_bytes]
         merge_lines = [f"{token_text[a]} {token_text[b]}\n" for a, b in self.merges]
-        _write_text_atomic(vocab_path, "#version: 0.2\n" + "".join(merge_lines))
+        for path in (encoder_path, vocab_path):
+            if path.is_dir():
+                raise TinyGPTError(f"cannot write {path}: it is a directory")
+        # both written, then both renamed into place: a failure on the second leaves the first as it was
+        with atomic_path(encoder_path) as encoder_tmp, atomic_path(vocab_path) as vocab_tmp:
+            Path(encoder_tmp).write_bytes(json.dumps(encoder, ensure_ascii=False).encode("utf-8"))
+            Path(vocab_tmp).write_bytes(("#version: 0.2\n" + "".join(merge_lines)).encode("utf-8"))
         return encoder_path, vocab_path
 
     @classmethod
