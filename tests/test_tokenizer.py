@@ -878,6 +878,18 @@ def test_bench_tokenizer_bad_corpus_is_one_line_exit_2(tmp_path, capsys, content
     assert err.startswith("tinygpt: error: ") and err.count("\n") == 1 and message in err, err
 
 
+def test_bench_tokenizer_names_a_directory_or_device_corpus_as_such(tmp_path, capsys):
+    from tinygpt.cli import main
+
+    # both read "corpus not found", though they are there
+    for corpus, message in ((tmp_path, "is a directory"), (Path("/dev/zero"), "is a device")):
+        if not corpus.exists():
+            continue
+        assert main(["bench", "tokenizer", "--data", str(corpus), "--repeats", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "not found" not in err, err
+
+
 def test_decode_accepts_numpy_integer_scalars_and_rejects_floats():
     import numpy as np
 

@@ -88,9 +88,9 @@ def run(args):
 
     tiktoken, tokenizers = _import_peers()
     path = Path(args.data) if args.data else default_data()
-    if not path.is_file():
+    if not path.exists():
         raise TinyGPTError(f"corpus not found: {path}")
-    text = read_text(path)  # an empty or non-UTF-8 file: one line, before any timing
+    text = read_text(path)  # a directory, a device, an empty or non-UTF-8 file: one line, before any timing
     n_bytes = len(text.encode("utf-8"))
     if args.repeats < 1:
         raise TinyGPTError(f"--repeats must be >= 1, got {args.repeats}")
