@@ -945,6 +945,21 @@ def test_cli_train_never_exports_over_its_input_or_out(tmp_path):
     assert corpus.read_bytes() == before and not (folder / "encoder.json").exists()
 
 
+def test_cli_train_never_exports_over_its_input_reached_through_a_link(tmp_path, capsys):
+    from tinygpt.cli import main
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (tmp_path / "link").symlink_to(folder)  # the same folder by another path: it trained, then replaced it
+    corpus = folder / "vocab.bpe"
+    corpus.write_text("hello world " * 50, encoding="utf-8")
+    args = ["tokenizer", "train", "--input", str(tmp_path / "link" / "vocab.bpe"), "--vocab-size", "270",
+            "--out", str(tmp_path / "t.json"), "--gpt2-files", str(folder)]
+    assert main(args) == 2 and "it would be overwritten" in capsys.readouterr().err
+    assert corpus.read_text(encoding="utf-8") == "hello world " * 50
+    assert not (folder / "encoder.json").exists()
+
+
 def test_cli_export_of_a_gpt4_pattern_tokenizer_warns_that_the_files_carry_no_pattern(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("(hello) 1234567 " * 40, encoding="utf-8")

@@ -94,9 +94,10 @@ def _tokenizer_train(args):
     if args.gpt2_files and os.path.exists(args.gpt2_files) and not os.path.isdir(args.gpt2_files):
         raise TinyGPTError(f"--gpt2-files {args.gpt2_files} is not a directory")
     if args.gpt2_files:  # the export writes these two: never over the input text or the --out file
-        exported = {os.path.abspath(os.path.join(args.gpt2_files, n)) for n in ("encoder.json", "vocab.bpe")}
+        # (real paths: the same file reached through a symlinked folder is the same file)
+        exported = {os.path.realpath(os.path.join(args.gpt2_files, n)) for n in ("encoder.json", "vocab.bpe")}
         for flag, path in (("--input", args.input), ("--out", args.out)):
-            if path != "-" and os.path.abspath(path) in exported:
+            if path != "-" and os.path.realpath(path) in exported:
                 raise TinyGPTError(f"{flag} {path} is a file --gpt2-files {args.gpt2_files} writes; it would "
                                    "be overwritten")
     outputs = [args.out] + [os.path.join(args.gpt2_files, n) for n in ("encoder.json", "vocab.bpe")
