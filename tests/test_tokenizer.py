@@ -332,8 +332,8 @@ def test_pattern_with_capturing_groups_is_refused():
 
 
 def test_bad_special_tokens_are_refused():
-    with pytest.raises(TinyGPTError, match="lone surrogate"):
-        BPETokenizer.train("abc abc", vocab_size=258, special_tokens=["\udcff"])
+    with pytest.raises(TinyGPTError, match="lone surrogate U\\+D800"):
+        BPETokenizer.train("abc abc", vocab_size=258, special_tokens=["\ud800"])
     # a special with an ordinary token's bytes would share its key in encoder.json: the export broke
     with pytest.raises(TinyGPTError, match="bytes of an ordinary token"):
         BPETokenizer.train("abc abc", vocab_size=258, special_tokens=["a"])
@@ -753,6 +753,16 @@ def test_cli_train_encode_decode(tmp_path):
     proc = run_cli("encode", "--tokenizer", out, "--show", stdin=text)  # text from stdin
     assert proc.returncode == 0 and proc.stdout.startswith("T|h|ou|·lo|v|est|·the|·king|")
     assert proc.stdout.count("|") == len(ids) - 1 and f"{len(ids)} tokens" in proc.stdout
+
+
+def test_cli_text_in_another_encoding_is_named_as_such():
+    # Python reads argv's undecodable bytes as U+DC80..U+DCFF: the error names the byte, not a "surrogate"
+    proc = subprocess.run([sys.executable, "-m", "tinygpt.cli", "tokenizer", "encode", "--tokenizer", "gpt2",
+                           b"ab\xffc"], capture_output=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == b""
+    expected = ("tinygpt: error: text is not valid UTF-8: byte 0xFF (read as U+DCFF), "
+                "as from a command-line argument in another encoding")
+    assert proc.stderr.decode().strip() == expected
 
 
 def test_cli_gpt2_and_special_tokens():

@@ -948,8 +948,11 @@ def _utf8(text: str) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        c = exc.object[exc.start]
-        raise TinyGPTError(f"text holds a lone surrogate U+{ord(c):04X}, which UTF-8 cannot encode") from None
+        c = ord(exc.object[exc.start])
+        if 0xDC80 <= c <= 0xDCFF:  # Python's stand-in for an undecodable byte of argv or a file name
+            raise TinyGPTError(f"text is not valid UTF-8: byte 0x{c - 0xDC00:02X} (read as U+{c:04X}), "
+                               "as from a command-line argument in another encoding") from None
+        raise TinyGPTError(f"text holds a lone surrogate U+{c:04X}, which UTF-8 cannot encode") from None
 
 
 def _as_id_list(ids, vocab_size: int) -> list[int]:
