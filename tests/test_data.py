@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import subprocess
 import tarfile
 
@@ -381,3 +382,29 @@ def test_tokenizer_train_refuses_an_output_it_cannot_write_before_training(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]  # the probe left nothing behind
     files.check_writable(tmp_path / "new" / "deeper" / "tok.json")  # a missing directory is no error
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_an_output_that_is_a_pipe_or_a_device_is_written_into_not_replaced(tmp_path, capsys):
+    # `tinygpt plot out --output /dev/null` (or /dev/stdout, or a named pipe) renamed a regular file over the
+    # device: as root /dev/null became a PNG for every process on the machine, and a pipe's reader waited
+    # forever on a FIFO that was no longer there; as a user it was "Permission denied: /dev/null"
+    import stat
+
+    from tinygpt import files
+
+    fifo = tmp_path / "plot.png"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # (a reader, so that opening it to write returns)
+    try:
+        files.write_atomic(fifo, b"the image")
+        assert os.read(reader, 100) == b"the image"
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
+    files.check_writable(fifo)  # (no probe file beside it needed)
+    if os.geteuid() == 0:  # a copy of /dev/null's device node (only root can make one)
+        null = tmp_path / "null"
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        files.write_atomic(null, b"discarded")
+        assert stat.S_ISCHR(os.stat(null).st_mode)

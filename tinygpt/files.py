@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,8 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path``: a uniquely named temporary file beside it, fsynced, then renamed over it.
 
     The rename is atomic, so readers see the old file or the new one. The temporary's name is fresh (a
-    user's ``PATH.tmp`` is never touched) and it is removed if anything fails before the rename.
+    user's ``PATH.tmp`` is never touched) and it is removed if anything fails before the rename. A pipe or
+    character device (``/dev/null``, ``/dev/stdout``, a FIFO) is written into, not replaced.
     """
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -33,6 +35,10 @@ def check_writable(path: str | os.PathLike) -> None:
     an anonymous temporary file in the directory that would hold ``path`` (or its nearest existing parent,
     which the write would create the rest under)."""
     path = Path(path).absolute()
+    if _is_stream(path):  # written into, not beside (see atomic_path)
+        if not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return
     directory = path.parent
     while not directory.exists():
         directory = directory.parent
@@ -52,8 +58,15 @@ def atomic_path(path: str | os.PathLike):
 
     For writers that want a file name rather than bytes (``safetensors.numpy.save_file`` streams a model
     out without a second copy in memory). Nest two to replace a pair of files only once both are written.
+
+    A pipe or character device (``/dev/null``, ``/dev/stdout``, a FIFO) is not a file to replace: renaming a
+    file over it would swap the device for a regular file (as root, ``/dev/null`` for every process), so
+    ``tmp`` is the path itself and the writer writes into it.
     """
     path = Path(path)
+    if _is_stream(path):
+        yield str(path)
+        return
     if not path.parent.exists():  # (a parent that is a file fails below, as "Not a directory")
         path.parent.mkdir(parents=True)
     try:
@@ -73,3 +86,12 @@ def atomic_path(path: str | os.PathLike):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _is_stream(path: Path) -> bool:
+    """Whether ``path`` (followed through links) is a FIFO or a character device."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
