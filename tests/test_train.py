@@ -757,3 +757,14 @@ def test_a_new_run_keeps_an_earlier_checkpoint_whose_latest_link_is_gone(corpus,
         training.train(_config(corpus, tmp_path / "run", max_iters=2), quiet=True)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == saved
     assert (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_numpy_integers_are_accepted_as_settings_and_the_run_saves(corpus, tmp_path):
+    # validate() accepts NumPy integers (a notebook's `for n in np.arange(...)`), but the run then died at its
+    # first checkpoint with "TypeError: Object of type int64 is not JSON serializable", a metrics row written
+    cfg = _config(corpus, tmp_path / "run", max_iters=np.int64(2), eval_interval=np.int32(1),
+                  batch_size=np.int64(2), seed=np.uint8(3), lr_decay_iters=np.int64(2))
+    training.train(cfg, quiet=True)
+    saved = load_checkpoint(tmp_path / "run").train_config
+    assert (saved["max_iters"], saved["eval_interval"], saved["batch_size"], saved["seed"]) == (2, 1, 2, 3)
+    assert [r["tokens"] for r in training.read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0, 32, 64]

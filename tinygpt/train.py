@@ -82,7 +82,7 @@ class TrainConfig:
     eval_iters: int = 20
 
     def validate(self) -> TrainConfig:
-        """Raise TinyGPTError naming the first bad setting; return self."""
+        """Raise TinyGPTError naming the first bad setting (NumPy integers become ints); return self."""
         positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_iters",
                     "grad_accum_steps", "eval_interval", "eval_iters")
         for name in positive:
@@ -95,6 +95,9 @@ class TrainConfig:
                 raise TinyGPTError(f"{_flag(name)} must be a non-negative integer, got {value!r}")
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
             raise TinyGPTError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        for name in positive + ("warmup_iters", "lr_decay_iters", "seed"):  # NumPy integers as Python ints:
+            if isinstance(getattr(self, name), np.integer):  # they are saved as JSON, which takes no int64
+                setattr(self, name, int(getattr(self, name)))
         for name in ("data", "out", "init_from", "pretrained"):
             value = getattr(self, name)
             if not isinstance(value, str) and (value is not None or name == "out"):
