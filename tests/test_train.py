@@ -162,6 +162,17 @@ def test_weights_broken_by_the_update_before_an_evaluation_are_not_checkpointed(
     assert [r["step"] for r in rows] == [0, 2] and all(math.isfinite(r["val_loss"]) for r in rows)
 
 
+def test_starting_weights_with_no_finite_loss_are_not_called_a_divergence(corpus, tmp_path, monkeypatch):
+    # the first evaluation comes before any update: there is no checkpoint to keep, no learning rate to lower
+    monkeypatch.setattr(training, "mean_loss", lambda model, batches: float("nan"))
+    with pytest.raises(TinyGPTError) as info:
+        training.train(_config(corpus, tmp_path / "run", max_iters=4, eval_interval=2), quiet=True)
+    message = str(info.value)
+    assert "at step 0, before any update" in message and "nothing was saved" in message
+    assert "checkpoint (step" not in message and "learning-rate" not in message
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_resume_refuses_a_new_starting_point(corpus, tmp_path):
     training.train(_config(corpus, tmp_path / "run", max_iters=2), quiet=True)
     for name in ("init_from", "pretrained"):  # it was ignored, saved, and broke the next resume

@@ -526,6 +526,9 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
     steps_timed = 0
 
     def diverged(what, value, step):
+        if last_saved is None:  # a new run's first evaluation: no update ran, no learning rate is to blame
+            return TinyGPTError(f"{what} is {value} at step 0, before any update: the starting weights give "
+                                f"no finite loss; nothing was saved in {out}")
         return TinyGPTError(f"training diverged: {what} is {value} at step {step}; the last good checkpoint "
                             f"(step {last_saved}) is kept in {out}; try a lower --learning-rate")
 
@@ -559,7 +562,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         return lr_at(step, cfg.learning_rate, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr)
 
     step = int(state["step"])
-    last_saved = step
+    last_saved = step if ckpt is not None else None  # the step of the checkpoint in `out`, None: none yet
     if ckpt is None:
         say(f"training {model.num_params():,} parameters on {data.meta['train_tokens']:,} tokens of "
             f"{data_path.name} ({cfg.tokenizer} tokenizer, vocab {tokenizer.vocab_size}); writing {out}")
