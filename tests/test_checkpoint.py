@@ -236,6 +236,29 @@ def test_a_latest_link_that_loops_is_a_corrupt_checkpoint_not_a_traceback(tmp_pa
     assert err.startswith("tinygpt: error: corrupt checkpoint") and err.count("\n") == 1, err
 
 
+def test_a_run_copied_with_its_latest_link_followed_is_refused_before_anything_is_written(tmp_path, capsys):
+    # `cp -rL run copy`: `latest` becomes a real directory. Reading works; a save used to publish its
+    # step directory and then fail to swap the link in over the directory (and a resume did so every time)
+    import shutil
+
+    model, opt = _trained()
+    _save(tmp_path / "run", model, opt, 1)
+    shutil.copytree(tmp_path / "run", tmp_path / "copy", symlinks=False)
+    copy = tmp_path / "copy"
+    assert (copy / "latest").is_dir() and not (copy / "latest").is_symlink()
+    assert load_checkpoint(copy).state["step"] == 1
+    before = sorted(str(p.relative_to(copy)) for p in copy.rglob("*"))
+    with pytest.raises(TinyGPTError, match="is a directory, not the link.*nothing was changed"):
+        _save(copy, model, opt, 2)
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*")) == before
+    from tinygpt.cli import main
+
+    rc = main(["train", "--resume", "--out", str(copy), "--max-iters", "3", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a training run" in err and err.count("\n") == 1  # refused before training
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*")) == before
+
+
 def test_a_transformers_directory_where_a_run_is_expected_says_what_it_is(tmp_path, capsys):
     # `sample --out`, `eval --out`, `--init-from` of a GPT-2 directory said "train one first"
     from tinygpt.cli import main

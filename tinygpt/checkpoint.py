@@ -147,6 +147,23 @@ def check_new_run_dir(out_dir: str | os.PathLike) -> None:
                                "else choose another --out")
 
 
+def check_latest_is_a_link(out_dir: str | os.PathLike) -> None:
+    """Refuse (TinyGPTError) a run directory whose ``latest`` is a real directory or file, not our link.
+
+    A run copied with ``cp -rL`` (or an archiver that follows links) reads fine, but a save cannot swap a
+    link in over a directory: it used to publish its new checkpoint and then fail, on every save of a
+    resumed run, after the training time was spent (``tinygpt train --resume`` refuses such a copy before
+    training: its top-level files are real files, so it reads as a checkpoint, not a run).
+    """
+    latest = Path(out_dir) / LATEST
+    if latest.exists() and not latest.is_symlink():
+        kind = "directory" if latest.is_dir() else "file"
+        raise TinyGPTError(f"{latest} is a {kind}, not the link tinygpt keeps to the current checkpoint (a "
+                           f"copy that followed links?), so no new checkpoint can be published: make it a "
+                           f"link again (rm -r {latest} && ln -s {CHECKPOINTS}/step-N {latest}) or use "
+                           "another --out (nothing was changed)")
+
+
 def check_metrics_are_ours(out_dir: Path, first_row_keys: set, with_plot: bool = True) -> None:
     """A new run replaces ``metrics.jsonl`` (and, ``with_plot``, ``loss.png``): only if an earlier run of its
     kind wrote them, which the first row's keys tell (``{"step", "train_loss"}`` for train, ``{"step",
@@ -231,6 +248,7 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, tra
 
     out_dir = Path(out_dir)
     step = int(state["step"])
+    check_latest_is_a_link(out_dir)
     current = checkpoint_path(out_dir)
     if current is None:  # the first save into out_dir: make sure it replaces nothing of the user's
         check_new_run_dir(out_dir)
