@@ -806,3 +806,18 @@ def test_eval_max_batches_and_majority_baseline_count_the_rows_scored(tmp_path, 
     assert first["confusion"].sum() == 6
     whole = ft.evaluate_classifier(tmp_path / "clf", str(test_file), split="all", batch_size=3)
     assert whole["n"] == 10 and whole["majority_accuracy"] == pytest.approx(6 / 10)
+
+
+def test_a_csv_text_longer_than_the_csv_modules_field_limit_is_read(tmp_path, lm_dir, capsys):
+    # guards: a text over 131,072 characters (csv's default field limit) in a .csv was a traceback
+    # (_csv.Error: field larger than field limit); a .jsonl read it. It is truncated like any long text.
+    long_text = "o merry day " * 12_000  # 144,000 characters
+    rows = [{"text": long_text, "label": "comedy"}] + _rows(8)
+    data = tmp_path / "d.csv"
+    with open(data, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert ft.read_labelled(data)[0][0] == long_text
+    assert main(["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(tmp_path / "o"),
+                 "--max-iters", "1", "--backend", "numpy", "--quiet"]) == 0

@@ -106,12 +106,19 @@ def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
             rows.append((number, row))
     else:
         # the csv module splits the records itself (newline="" semantics): a quoted field may hold line
-        # breaks of any kind; reader.line_num is the line a record ends on
-        reader = csv.DictReader(io.StringIO(raw, newline=""))
-        if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
-            raise TinyGPTError(f"{path}: the CSV header must name the columns text and label, got "
-                               f"{reader.fieldnames}")
-        rows = [(reader.line_num, row) for row in reader]
+        # breaks of any kind; reader.line_num is the line a record ends on. No field is longer than the
+        # file: the csv module's default limit (131,072 characters) made a long text a traceback
+        limit = csv.field_size_limit(max(csv.field_size_limit(), len(raw)))
+        try:
+            reader = csv.DictReader(io.StringIO(raw, newline=""))
+            if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
+                raise TinyGPTError(f"{path}: the CSV header must name the columns text and label, got "
+                                   f"{reader.fieldnames}")
+            rows = [(reader.line_num, row) for row in reader]
+        except csv.Error as exc:
+            raise TinyGPTError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+        finally:
+            csv.field_size_limit(limit)
     if not rows:
         raise TinyGPTError(f"{path} holds no rows")
     texts, labels, splits = [], [], []
