@@ -821,3 +821,14 @@ def test_a_csv_text_longer_than_the_csv_modules_field_limit_is_read(tmp_path, lm
     assert ft.read_labelled(data)[0][0] == long_text
     assert main(["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(tmp_path / "o"),
                  "--max-iters", "1", "--backend", "numpy", "--quiet"]) == 0
+
+
+def test_a_csv_record_with_more_fields_than_the_header_is_refused(tmp_path, capsys):
+    # guards: an unquoted comma in a text split it, silently: text "o merry", label " sweet love" (the
+    # real label was dropped as an extra field) trained as a class of its own
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nthe grave,tragedy\no merry, sweet love,comedy\no woe,tragedy\n")
+    with pytest.raises(TinyGPTError, match=r"d.csv:3: 3 fields for the header's 2 \(text, label\)"):
+        ft.read_labelled(data)
+    _fails(capsys, ["finetune", "--data", str(data), "--out", str(tmp_path / "o")], "d.csv:3", "quote")
+    assert not (tmp_path / "o").exists()

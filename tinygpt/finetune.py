@@ -114,7 +114,14 @@ def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
             if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
                 raise TinyGPTError(f"{path}: the CSV header must name the columns text and label, got "
                                    f"{reader.fieldnames}")
-            rows = [(reader.line_num, row) for row in reader]
+            for row in reader:
+                extra = row.pop(None, None)  # fields past the header's: an unquoted comma in a text
+                if extra is not None:
+                    raise TinyGPTError(
+                        f"{path}:{reader.line_num}: {len(reader.fieldnames) + len(extra)} fields for the "
+                        f"header's {len(reader.fieldnames)} ({', '.join(reader.fieldnames)}); quote a text "
+                        'that holds a comma ("like, this")')
+                rows.append((reader.line_num, row))
         except csv.Error as exc:
             raise TinyGPTError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
         finally:
