@@ -832,3 +832,11 @@ def test_a_csv_record_with_more_fields_than_the_header_is_refused(tmp_path, caps
         ft.read_labelled(data)
     _fails(capsys, ["finetune", "--data", str(data), "--out", str(tmp_path / "o")], "d.csv:3", "quote")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
+    # guards: "text,label,label" (say a gold label and a guess) trained silently on the LAST label column
+    data = tmp_path / "d.csv"
+    data.write_text("text,label,label\nthe grave,tragedy,comedy\no merry day,comedy,tragedy\n")
+    with pytest.raises(TinyGPTError, match="d.csv: the CSV header names the column 'label' twice"):
+        ft.read_labelled(data)

@@ -114,6 +114,9 @@ def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
             if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
                 raise TinyGPTError(f"{path}: the CSV header must name the columns text and label, got "
                                    f"{reader.fieldnames}")
+            twice = [name for name in ("text", "label", "split") if reader.fieldnames.count(name) > 1]
+            if twice:  # (a dict keeps the last one's value: the other column would be ignored silently)
+                raise TinyGPTError(f"{path}: the CSV header names the column {twice[0]!r} twice")
             for row in reader:
                 extra = row.pop(None, None)  # fields past the header's: an unquoted comma in a text
                 if extra is not None:
