@@ -840,3 +840,17 @@ def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
     data.write_text("text,label,label\nthe grave,tragedy,comedy\no merry day,comedy,tragedy\n")
     with pytest.raises(TinyGPTError, match="d.csv: the CSV header names the column 'label' twice"):
         ft.read_labelled(data)
+
+
+def test_eval_val_split_of_a_file_without_some_class(tmp_path, lm_dir):
+    # guards: a file with no row of a class (here: no tragedy) stopped `eval --split val` with "label
+    # 'tragedy' has no training examples (all of its rows are in the validation split)": it has no rows
+    # at all, and the split of the rows it has is well defined
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), freeze_body=True, max_iters=1),
+                           quiet=True)
+    comedies = _write_jsonl(tmp_path / "t.jsonl", [r for r in _rows(40, seed=3) if r["label"] == "comedy"])
+    result = ft.evaluate_classifier(tmp_path / "clf", str(comedies), split="val")
+    assert result["n"] == 2 and result["confusion"][1].sum() == 0  # round(0.1 * 20) comedies
+    train = ft.evaluate_classifier(tmp_path / "clf", str(comedies), split="train")
+    assert train["n"] == 18

@@ -196,8 +196,9 @@ def split_indices(label_ids: np.ndarray, splits: list, val_fraction: float, seed
     """Row indices ``(train, val)``: the rows' own ``split`` fields, else a stratified seeded split.
 
     Stratified: each class gives ``round(val_fraction * n)`` of its n rows (at least 1 when n >= 2, never
-    all of them) to validation, so both sides see every class in its proportion. Every class must keep at
-    least one training example.
+    all of them) to validation, so both sides see every class in its proportion. Every class with rows must
+    keep at least one training example (a class with none, as in a test file scored by ``eval``, is absent
+    from both sides).
     """
     n = len(label_ids)
     if splits and splits[0] is not None:
@@ -214,7 +215,7 @@ def split_indices(label_ids: np.ndarray, splits: list, val_fraction: float, seed
                 n_val = min(max(n_val, 1), len(rows) - 1)
             is_val[rng.permutation(rows)[:n_val]] = True
     train, val = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-    missing = sorted(set(range(n_classes)) - set(label_ids[train].tolist()))
+    missing = sorted(set(label_ids.tolist()) - set(label_ids[train].tolist()))
     if missing:
         which = f"label {names[missing[0]]!r}" if names else f"class number {missing[0]}"
         raise TinyGPTError(f"{which} has no training examples (all of its rows are in the validation split)")
