@@ -61,6 +61,7 @@ def test_bench_train_without_peer_with_memory_probe(capsys):
         (["--steps", "0"], "--steps"),
         (["--isolate", "-1"], "--isolate must be >= 0"),
         (["--backend", "no-such-backend"], "no-such-backend"),
+        (["--backend", ","], "--backend names no backend"),  # an UnboundLocalError traceback
     ],
 )
 def test_bench_train_bad_arguments(capsys, argv, message):

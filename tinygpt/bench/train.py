@@ -280,6 +280,9 @@ def run(args):
         raise TinyGPTError(
             f"unknown config {', '.join(unknown) or '(none)'}; choose from {', '.join(CONFIGS)}"
         )
+    if not backends:  # (the FLOP count is taken from a tinygpt model: there would be none)
+        raise TinyGPTError(f"--backend names no backend ({args.backend!r}): give numpy, numba, cuda or auto, "
+                           "comma-separated")
     if args.steps < 1 or args.warmup < 0:
         raise TinyGPTError("--steps must be >= 1 and --warmup >= 0")
     if args.isolate < 0:
