@@ -71,3 +71,21 @@ def test_peer_model_is_ours_but_for_gelu(monkeypatch):
     idx, targets = rng.integers(0, 11, (3, 8)), rng.integers(0, 11, (3, 8))
     _, loss = ours.forward(idx, targets)
     assert peer(torch.from_numpy(idx), torch.from_numpy(targets)).item() == pytest.approx(loss, rel=1e-12)
+
+
+@pytest.mark.parametrize("setting, flag", [("dropout = 0.2", "dropout"),
+                                           ("grad_accum_steps = 4", "grad_accum_steps")])
+def test_bench_recipe_refuses_settings_the_peer_would_not_follow(tmp_path, capsys, monkeypatch, setting,
+                                                                 flag):
+    # guards: the PyTorch side has no dropout and takes one batch a step, so a preset with dropout (nanoGPT's
+    # GPU recipe has 0.2) or gradient accumulation raced a different training against ours, silently
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "tiny.txt"
+    data.write_text(TEXT)
+    config = tmp_path / "c.toml"
+    config.write_text(f"n_layer = 1\nn_head = 2\nn_embd = 8\nblock_size = 8\nbatch_size = 2\n{setting}\n")
+    argv = ["bench", "recipe", "--data", str(data), "--config", str(config), "--max-iters", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0] and "--no-peer" in err[0], err
+    assert main([*argv, "--no-peer"]) == 0  # ours alone: nothing to compare

@@ -8,10 +8,11 @@ tied LM head, GPT-2 init with the scaled residual projections, optional biases) 
 clipping, ``estimate_loss`` over ``eval_iters`` random batches of each split every ``eval_interval``
 steps, a checkpoint when the val loss improves). Both sides read the preset (``--config``, default
 ``shakespeare_char``: nanoGPT's CPU command line), tokenize the text per character, split it 90/10 and
-train from scratch; the table gives each side's wall time (data preparation included), its final
-train and val loss as nanoGPT reports them (means over ``eval_iters`` random batches, which move by a few
-hundredths with the batches drawn), and its final model's loss on the whole val split (every
-non-overlapping window, as ``tinygpt eval`` measures; not timed), which does not.
+train from scratch (a config with dropout, gradient accumulation or a starting checkpoint is refused
+unless ``--no-peer``: the peer's loop has none of them); the table gives each side's wall time (data
+preparation included), its final train and val loss as nanoGPT reports them (means over ``eval_iters``
+random batches, which move by a few hundredths with the batches drawn), and its final model's loss on the
+whole val split (every non-overlapping window, as ``tinygpt eval`` measures; not timed), which does not.
 
 Run it on the tiny-shakespeare file that nanoGPT's published figures use::
 
@@ -202,6 +203,12 @@ def run(args):
         if value is not None and value < 1:
             raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     settings = _settings(args)
+    # what the PyTorch side does not do: racing it would compare two different trainings
+    unmatched = [f"{name} = {settings[name]!r}" for name, plain in (("dropout", 0.0), ("grad_accum_steps", 1),
+                 ("init_from", None), ("pretrained", None)) if settings[name] != plain]
+    if unmatched and not args.no_peer:
+        raise TinyGPTError(f"{args.config}: {', '.join(unmatched)} is not in the PyTorch side's loop (no "
+                           "dropout, one batch a step, from scratch): set it off, or use --no-peer")
     threads = blas_threads()
     s = settings
     print(f"recipe {args.config}: {s['n_layer']}L/{s['n_head']}H/{s['n_embd']}d, block {s['block_size']}, "
