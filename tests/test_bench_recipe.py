@@ -89,3 +89,24 @@ def test_bench_recipe_refuses_settings_the_peer_would_not_follow(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and flag in err[0] and "--no-peer" in err[0], err
     assert main([*argv, "--no-peer"]) == 0  # ours alone: nothing to compare
+
+
+def test_peer_reads_the_data_file_as_ours_does(tmp_path, monkeypatch):
+    # guards: the peer read the file with newline translation (Path.read_text), so on a CRLF file (as many
+    # Project Gutenberg texts are) it trained on other characters than ours (no "\r": one token fewer a line,
+    # a smaller vocabulary) and its losses were not comparable
+    pytest.importorskip("torch")
+    import argparse
+
+    from tinygpt.bench import recipe
+
+    data = tmp_path / "crlf.txt"
+    data.write_bytes(TEXT.replace("\n", "\r\n").encode())
+    vocab = []
+    build = recipe._nanogpt_style_model
+    monkeypatch.setattr(recipe, "_nanogpt_style_model",
+                        lambda torch, v, *a: vocab.append(v) or build(torch, v, *a))
+    args = argparse.Namespace(data=str(data), config="shakespeare_char", max_iters=1, eval_interval=1, seed=0)
+    settings = {**recipe._settings(args), "eval_iters": 1, "n_layer": 1, "n_embd": 8, "n_head": 2}
+    recipe.nanogpt_style_run(settings, str(tmp_path), threads=1)
+    assert vocab == [len(set(TEXT + "\r"))]

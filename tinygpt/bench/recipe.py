@@ -125,14 +125,14 @@ def nanogpt_style_run(settings: dict, out_dir: str, threads: int) -> dict:
         import torch
     except ImportError:
         raise TinyGPTError("the peer side needs PyTorch (pip install torch); use --no-peer") from None
-    from tinygpt.data import iter_eval_windows
+    from tinygpt.data import iter_eval_windows, read_text
     from tinygpt.optim import lr_at
 
     s = settings
     start = time.perf_counter()
     torch.set_num_threads(threads)
     torch.manual_seed(s["seed"])
-    text = Path(s["data"]).read_text(encoding="utf-8")
+    text = read_text(s["data"])  # as ours reads it: no newline translation ("\r\n" stays two characters)
     chars = sorted(set(text))
     lookup = {c: i for i, c in enumerate(chars)}  # nanoGPT's prepare.py: sorted characters
     ids = torch.from_numpy(np.fromiter((lookup[c] for c in text), dtype=np.int64, count=len(text)))
