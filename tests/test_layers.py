@@ -264,6 +264,30 @@ def test_layernorm_normalises_any_row(shift, scale, seed):
     np.testing.assert_allclose(out.var(-1), v / (v + 1e-5), rtol=1e-6)  # eps shrinks the variance slightly
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_layernorm_of_a_constant_float32_row_is_its_bias(backend):
+    # x - mean is exactly 0 for a constant row, so the output is the bias whatever the weight (a float32 row
+    # summed in float64 gives its mean exactly). The float32 reference took the mean with a float32 sum, a
+    # few ulps off: 1000.1 repeated 768 times normalised to +-0.019 * weight, 333333.3 to +-1 * weight (as
+    # if the row had unit variance); the numba kernel and torch give the bias
+    from tinygpt.kernels import get_ops
+
+    ops = get_ops(backend)
+    rng = rng_for(15)
+    dtype = np.float32
+    for C in (768, 7):
+        w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+        for value in (0.1, 1000.1, 30000.7, 333333.3, -2.5e6):
+            x = np.full((2, C), value, dtype)
+            out, cache = ops.layernorm_forward(x, w, b)
+            np.testing.assert_array_equal(out, np.broadcast_to(b, x.shape), err_msg=f"{value} x {C}")
+            dout = rng.standard_normal(x.shape).astype(dtype)  # xhat = 0: dx = rstd (g - mean(g))
+            g = (dout * w).astype(np.float64)
+            expected = (g - g.mean(-1, keepdims=True)) / np.sqrt(1e-5)
+            np.testing.assert_allclose(ops.layernorm_backward(dout, cache)[0], expected, rtol=1e-4,
+                                       atol=1e-4 * np.abs(expected).max(), err_msg=f"{value} x {C}")
+
+
 @settings(max_examples=25, deadline=None)
 @given(offset=st.floats(-1e4, 1e4), seed=st.integers(0, 2**16))
 def test_cross_entropy_is_shift_invariant_and_finite(offset, seed):

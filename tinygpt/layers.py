@@ -95,7 +95,9 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
     The cache keeps x (already alive as the residual stream) and two numbers per row, mean and
     rstd = 1 / sqrt(var + eps); backward rebuilds xhat = (x - mean) * rstd from them.
     """
-    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    # (..., 1), summed in float64 whatever x's dtype: a float32 sum is a few ulps off, and for a (nearly)
+    # constant row those ulps are all of x - mean (1000.1 repeated 768 times normalised to +-0.019)
+    mean = x.mean(axis=-1, keepdims=True, dtype=np.float64).astype(x.dtype, copy=False)
     xc = x - mean  # (..., C) centred; this array becomes the output
     var = np.einsum("...c,...c->...", xc, xc)[..., None] / x.shape[-1]  # (..., 1) biased variance, no temp
     rstd = 1.0 / np.sqrt(var + eps)  # (..., 1)
