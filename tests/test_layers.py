@@ -41,6 +41,23 @@ def test_embedding_gradient_accumulates_repeated_ids():
     np.testing.assert_array_equal(dwpe[3:], 0.0)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_embedding_refuses_ids_it_would_wrap_or_index_past(backend):
+    # guards: the NumPy reference indexed wte[-1] (the last token's row, silently: -1 only ignores TARGETS),
+    # and failed on id V, on T > block_size or on float ids with NumPy's IndexError / ValueError, where the
+    # numba kernel says what is wrong in one TinyGPTError
+    from tinygpt.kernels import get_ops
+
+    ops = get_ops(backend)
+    wte, wpe = np.zeros((5, 4), np.float32), np.zeros((3, 4), np.float32)
+    for idx, message in ((np.array([[0, -1]]), r"token ids must be in \[0, 5\), got \[-1, 0\]"),
+                         (np.array([[0, 5]]), r"token ids must be in \[0, 5\), got \[0, 5\]"),
+                         (np.zeros((1, 4), int), "exceeds block_size 3"),
+                         (np.array([[1.0]]), "integer array"), (np.array([0, 1]), "integer array")):
+        with pytest.raises(TinyGPTError, match=message):
+            ops.embedding_forward(idx, wte, wpe)
+
+
 def test_gradcheck_takes_transposed_inputs():
     # its private copies kept a Fortran-ordered input's order, which it could not perturb in place
     rng = np.random.default_rng(0)

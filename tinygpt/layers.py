@@ -62,6 +62,9 @@ def embedding_forward(idx, wte, wpe):
     Example: with ``wte = [[1, 0], [0, 1]]`` and ``wpe = [[10, 10], [20, 20]]``, ``idx = [[1, 1]]`` gives
     ``[[[10, 11], [20, 21]]]``.
     """
+    from tinygpt.kernels import checked_token_ids  # (tinygpt.kernels imports this module)
+
+    idx = checked_token_ids(idx, wte.shape[0], wpe.shape[0])  # -1 would silently read wte's last row
     T = idx.shape[1]
     out = wte[idx]  # (B, T, C) a fresh array: one row of wte per token
     out += wpe[:T]  # (T, C) broadcast over the batch; in place, out is ours
