@@ -404,6 +404,9 @@ def test_every_layer_preserves_float32():
 def test_attention_bad_width_and_missing_rng():
     with pytest.raises(TinyGPTError, match="n_embd"):
         layers.attention_forward(np.zeros((1, 2, 10)), n_head=2)
+    for n_head in (0, -2):  # guards: ZeroDivisionError (0) and a reshape's ValueError (-2) from the check
+        with pytest.raises(TinyGPTError, match="n_embd"):
+            layers.attention_forward(np.zeros((1, 2, 12)), n_head=n_head)
     with pytest.raises(TinyGPTError, match="rng"):
         layers.attention_forward(np.zeros((1, 2, 12)), n_head=2, dropout=0.1)
     for p in (1.5, -0.1, 1.0):  # 1.5 gave all zeros, -0.1 scaled every output by 1/1.1

@@ -346,7 +346,7 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=QUERY_BLOC
     """
     B, T, C3 = qkv.shape
     C = C3 // 3
-    if C3 % 3 or C % n_head:
+    if C3 % 3 or n_head < 1 or C % n_head:
         raise TinyGPTError(f"attention input width {C3} is not 3 * n_embd with n_embd divisible by {n_head}")
     if not 0.0 <= dropout < 1.0:
         raise TinyGPTError(f"dropout probability must be in [0, 1), got {dropout}")
