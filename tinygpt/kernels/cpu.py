@@ -16,7 +16,8 @@ Where the wins come from (measure them with ``tinygpt bench kernels --device cpu
   and its backward are one fused pass each over the lower triangle, in place, with the SIMD exp.
 - **GELU**: one pass forward, one backward, in the sigmoid form ``x * sigmoid(2u)`` (one exp, no tanh);
   NumPy needs ~10 passes over the (B, T, 4C) array.
-- **LayerNorm**: statistics and output in two passes over each row instead of NumPy's chain of temporaries.
+- **LayerNorm**: three passes over each row (mean, variance, output), while it is in cache, instead of
+  NumPy's chain of temporaries.
 - **Embedding backward**: a column-split scatter-add instead of ``np.add.at`` (about 6x).
 - **AdamW**: one pass over each parameter instead of several NumPy passes (2.6x the in-place NumPy step at
   10.7M parameters, ``tinygpt bench kernels --device cpu``).
