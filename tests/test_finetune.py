@@ -627,6 +627,10 @@ def test_numeric_label_names_match_csv_and_jsonl_labels(tmp_path, capsys):
                  "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
                  "--max-iters", "1", "--backend", "numpy", "--quiet"]) == 0
     assert ft.load_classifier(tmp_path / "clf").labels == ["1", "0"]
+    # a .jsonl of the same task, with its labels as JSON integers, is scored by that classifier
+    _write_jsonl(tmp_path / "n.jsonl", [{"text": "the fox", "label": 1}, {"text": "lazy dog", "label": 0}])
+    result = ft.evaluate_classifier(tmp_path / "clf", data=str(tmp_path / "n.jsonl"), split="all")
+    assert result["confusion"].sum() == 2 and result["labels"] == ["1", "0"]
     _fails(capsys, ["eval", "--out", str(tmp_path / "clf"), "--batch-size", "0"], "--batch-size")
     with pytest.raises(TinyGPTError, match="batch-size"):  # -1 ran no batch and scored uninitialised memory
         ft.predict_proba(ft.load_classifier(tmp_path / "clf"), ["the fox"], batch_size=-1)

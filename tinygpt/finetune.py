@@ -771,6 +771,9 @@ def evaluate_classifier(out_dir, data: str | None = None, split: str = "val", ba
     if all(isinstance(name, int) for name in clf.labels):  # a CSV's labels are text: "0" is the label 0
         raw_labels = [int(label) if isinstance(label, str) and re.fullmatch(r"-?\d+", label.strip())
                       else label for label in raw_labels]
+    elif all(isinstance(name, str) for name in clf.labels):  # ... and a JSONL's 0 is a CSV's label "0"
+        raw_labels = [str(label) if isinstance(label, int) and not isinstance(label, bool) else label
+                      for label in raw_labels]
     unknown = sorted({label for label in raw_labels if label not in clf.labels}, key=str)
     if unknown:
         raise TinyGPTError(f"{path}: label {unknown[0]!r} is not one of the classifier's {clf.labels}")
