@@ -93,6 +93,18 @@ def test_save_pretrained_loads_into_transformers(hf_dir, tmp_path, caplog):
     torch.testing.assert_close(hf.lm_head.weight, hf.transformer.wte.weight)  # still tied
 
 
+def test_a_float64_model_saves_as_float64_for_transformers(hf_dir, tmp_path):
+    # config.json said "float32" beside float64 tensors: dtype="auto" loaded them narrowed
+    model = GPT.from_pretrained(hf_dir, dtype=np.float64).eval()
+    model.save_pretrained(tmp_path)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path, dtype="auto")
+    assert hf.transformer.wte.weight.dtype == torch.float64
+    idx, _ = data()
+    with torch.no_grad():
+        hf_logits = hf.eval()(torch.from_numpy(idx)).logits.numpy()
+    assert relative_error(hf_logits, model.forward(idx)[0]) < 1e-12
+
+
 def test_bfloat16_checkpoint_loads_widened_exactly(tmp_path):
     # NumPy has no bfloat16, so safetensors' NumPy loader refuses such files; fine-tuned GPT-2s are often
     # saved that way. tinygpt widens them to float32 (exact: bf16 is float32's upper half), as torch does.

@@ -597,7 +597,7 @@ class GPT:
             if array is None:  # bias=False: an exactly equivalent zero bias
                 array = np.zeros(shape, dtype=self.dtype)
             tensors["transformer." + name] = np.ascontiguousarray(array)
-        config_text = json.dumps(_config_to_hf(cfg), indent=2) + "\n"
+        config_text = json.dumps(_config_to_hf(cfg, np.dtype(self.dtype).name), indent=2) + "\n"
         # both files written in full before either replaces its old self: a failed save (a full disk)
         # leaves the previous model whole, not a new config.json beside the old weights
         with atomic_path(os.path.join(path, "model.safetensors")) as weights_tmp, \
@@ -638,7 +638,7 @@ def _checked_params(params, config: GPTConfig, dtype) -> dict[str, np.ndarray]:
 # --- transformers' config.json and safetensors files ----------------------------------------------------
 
 
-def _config_to_hf(cfg: GPTConfig) -> dict:
+def _config_to_hf(cfg: GPTConfig, dtype: str = "float32") -> dict:
     eot = 50256 if cfg.vocab_size > 50256 else None  # GPT-2's <|endoftext|>, when the vocabulary has it
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -660,7 +660,7 @@ def _config_to_hf(cfg: GPTConfig) -> dict:
         "tie_word_embeddings": True,
         "bos_token_id": eot,
         "eos_token_id": eot,
-        "torch_dtype": "float32",
+        "torch_dtype": dtype,  # the weights' own: transformers' dtype="auto" loads them as saved
     }
 
 
