@@ -26,6 +26,23 @@ def test_bench_train_prints_a_row_per_side(capsys, monkeypatch):
     assert float(ours_ratio.rstrip("x")) == pytest.approx(peer_ms / ours_ms, abs=0.01 + 0.1 / ours_ms)
 
 
+def test_the_peer_decays_what_ours_decays():
+    # torch's AdamW(model.parameters(), weight_decay=0.1) decayed the biases and LayerNorm weights too
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tinygpt.bench.train import torch_adamw
+    from tinygpt.model import GPT, GPTConfig
+
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=11, n_positions=8, n_layer=2,
+                                                              n_head=2, n_embd=8))
+    decayed, kept = torch_adamw(torch, hf).param_groups
+    ours = GPT(GPTConfig(11, 8, 2, 2, 8), seed=0)
+    n_decayed = sum(p.size for p in ours.params.values() if p.ndim >= 2)
+    assert decayed["weight_decay"] == 0.1 and kept["weight_decay"] == 0.0
+    assert sum(p.numel() for p in decayed["params"]) == n_decayed
+    assert sum(p.numel() for p in kept["params"]) == ours.num_params() - n_decayed
+
+
 def test_bench_train_recompute_on_both_sides(capsys, monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")

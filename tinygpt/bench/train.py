@@ -125,6 +125,15 @@ def tinygpt_step(config_name: str, backend: str, with_optimizer: bool, recompute
     return step, model
 
 
+def torch_adamw(torch, model):
+    """The peer's AdamW, set as ours: decay 0.1 on the 2-D weights only (as tinygpt's AdamW, and nanoGPT's,
+    apply it; torch's default decays biases and LayerNorm weights too), lr 1e-3, betas (0.9, 0.99)."""
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # fmt: skip
+    return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), eps=1e-8)
+
+
 def torch_step(config_name: str, threads: int, with_optimizer: bool, recompute: bool = False):
     torch, transformers = import_torch_peer()
     torch.set_num_threads(threads)
@@ -133,6 +142,7 @@ def torch_step(config_name: str, threads: int, with_optimizer: bool, recompute: 
     hf_config = transformers.GPT2Config(
         vocab_size=VOCAB_SIZE, n_positions=T, n_layer=L, n_head=H, n_embd=C,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
+        use_cache=False,  # training: no key/value cache to build and return, as on our side
     )  # fmt: skip
     model = transformers.GPT2LMHeadModel(hf_config).train()
     if recompute:  # transformers' activation recomputation, the peer of GPT.recompute (renamed in v5)
@@ -143,9 +153,7 @@ def torch_step(config_name: str, threads: int, with_optimizer: bool, recompute: 
     targets = torch.from_numpy(rng.integers(0, VOCAB_SIZE, (B, T)))
     optimizer = None
     if with_optimizer:
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1
-        )
+        optimizer = torch_adamw(torch, model)
 
     def step():
         logits = model(idx).logits
