@@ -517,6 +517,14 @@ else:
             K.gelu_backward(np.ones(3, np.float32), K.gelu_forward(x)[1])
         with pytest.raises(TinyGPTError, match="wpe has shape"):
             K.embedding_forward(np.array([[0]]), np.zeros((5, 8), np.float32), np.zeros((4, 2), np.float32))
+        # the GEMM's epilogue reads bias[col] for every output column: a short bias was read past its end
+        # (IndexError here, garbage on a GPU), a long one used silently, where NumPy refuses to broadcast
+        w = np.ones((8, 5), np.float32)
+        for bias in (np.ones(4, np.float32), np.ones(6, np.float32)):
+            with pytest.raises(TinyGPTError, match="bias has shape"):
+                K.linear_forward(x, w, bias)
+            with pytest.raises(TinyGPTError, match="bias has shape"):
+                K.matmul(x[0], w, bias=bias)
 
     # --- device-resident training ----------------------------------------------------------------
 

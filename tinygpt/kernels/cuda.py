@@ -281,6 +281,8 @@ def matmul(a, b, trans_a=False, trans_b=False, bias=None, tile=None):
     Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
     if K != Kb:
         raise TinyGPTError(f"matmul: inner sizes differ: op(a) is {M}x{K}, op(b) is {Kb}x{N}")
+    if bias is not None:  # the epilogue reads bias[col] for each of the N columns
+        check_shape("matmul", "bias", bias, (N,))
     a, b, bias = to_device(a), to_device(b), to_device(bias)
     c = cuda.device_array((M, N), dtype=dtype)
     if M and N:
