@@ -349,6 +349,22 @@ else:
         for g, r in zip(K.embedding_backward(dout, cache), layers.embedding_backward(dout, ref_cache)):
             close(g, r, dtype, "emb grad")
 
+    def test_zero_rows_give_zero_weight_and_bias_gradients():
+        # a batch of no rows: the reference's (and numba's) gradients are sums over nothing, zeros; the
+        # column sums' chunking divided by its zero rows per chunk (ZeroDivisionError)
+        rng = np.random.default_rng(12)
+        x, dout = np.zeros((0, 3, 4), np.float32), np.zeros((0, 3, 4), np.float32)
+        w, b = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+        close(K.column_sum(np.zeros((0, 4))), np.zeros(4), np.float64)
+        ref = layers.layernorm_backward(dout, layers.layernorm_forward(x, w, b)[1])
+        for g, r in zip(K.layernorm_backward(dout, K.layernorm_forward(x, w, b)[1]), ref):
+            np.testing.assert_array_equal(K.to_host(g), r)
+        W = rng.standard_normal((4, 5)).astype(np.float32)
+        dlin = np.zeros((0, 3, 5), np.float32)
+        ref = layers.linear_backward(dlin, layers.linear_forward(x, W, b[:1].repeat(5))[1])
+        for g, r in zip(K.linear_backward(dlin, K.linear_forward(x, W, b[:1].repeat(5))[1]), ref):
+            np.testing.assert_array_equal(K.to_host(g), r)
+
     def test_column_sum_two_stages_and_dropout():
         rng = np.random.default_rng(7)
         a = rng.standard_normal((300, 5))  # 300 rows: several row chunks, then a second pass

@@ -1370,7 +1370,7 @@ def _row_kernel(name, dtype, width):
 def _chunking(n_rows: int) -> tuple[int, int]:
     """(rows per chunk, chunks) for two-stage column sums: enough chunks to fill the GPU, >= 32 rows each."""
     chunks = max(1, min(256, n_rows // 32))
-    rows = (n_rows + chunks - 1) // chunks
+    rows = max(1, (n_rows + chunks - 1) // chunks)  # >= 1: no rows is one chunk, summing to zeros
     return rows, _blocks(n_rows, rows)
 
 
@@ -1428,8 +1428,8 @@ def layernorm_backward(dout, cache):
     if N:
         kernel, threads = _row_kernel("layernorm_bwd_dx", dtype, C)
         kernel[N, threads](dout2, x2, weight, mean, rstd, dx)
-        kernel, threads = _row_kernel("layernorm_bwd_dw_partial", dtype, C)
-        kernel[(_blocks(C, threads), chunks), threads](dout2, x2, mean, rstd, dw_part, db_part, rows)
+    kernel, threads = _row_kernel("layernorm_bwd_dw_partial", dtype, C)  # (no rows: writes the zeros)
+    kernel[(_blocks(C, threads), chunks), threads](dout2, x2, mean, rstd, dw_part, db_part, rows)
     dweight = column_sum(dw_part)
     dbias = column_sum(db_part) if has_bias else None
     return _answer(dx.reshape(*shape), device), _answer(dweight, device), _answer(dbias, device)
