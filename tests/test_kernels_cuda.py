@@ -219,6 +219,10 @@ else:
         M, N, Kd = shape
         a, b = rng.standard_normal((M, Kd)), rng.standard_normal((Kd, N))
         close(K.matmul(a, b), a @ b, np.float64)
+        # no inner dimension: op(a) op(b) is zeros, plus the bias (which the zeros shortcut left out)
+        bias = rng.standard_normal(N)
+        close(K.matmul(a[:, :0], b[:0], bias=bias), np.zeros((M, N)) + bias, np.float64)
+        close(K.matmul(a[:, :0], b[:0]), np.zeros((M, N)), np.float64)
 
     def test_gemm_full_size_tile_on_a_small_ragged_matrix():
         # the 128 x 128, 8 x 8 register-blocked configuration used at scale, one (mostly empty) block

@@ -286,7 +286,7 @@ def matmul(a, b, trans_a=False, trans_b=False, bias=None, tile=None):
     a, b, bias = to_device(a), to_device(b), to_device(bias)
     c = cuda.device_array((M, N), dtype=dtype)
     if M and N:
-        if K == 0:
+        if K == 0 and bias is None:  # (with a bias, the kernel's K loop is empty and its epilogue adds it)
             c = zeros((M, N), dtype)
         else:
             kernel = gemm_kernel(*(tile or gemm_config(M, N)), bool(trans_a), bool(trans_b), bias is not None,
