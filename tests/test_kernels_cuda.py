@@ -224,6 +224,24 @@ else:
         close(K.matmul(a[:, :0], b[:0], bias=bias), np.zeros((M, N)) + bias, np.float64)
         close(K.matmul(a[:, :0], b[:0]), np.zeros((M, N)), np.float64)
 
+    def test_gemm_row_tiles_past_the_grid_y_limit_are_a_clear_error():
+        # row tiles go on the grid's y axis (65535 blocks at most): 128-row tiles of 8.4M rows (a (B*T, C)
+        # activation of 13 GB in float32 at C 384) failed in the driver; a kernel that records its launch
+        # stands in for the real one (the simulator would run all 65536 blocks)
+        launches = []
+
+        class Recorder:
+            tile, threads = (128, 128, 8, 8, 8), 256
+
+            def __getitem__(self, config):
+                return lambda *args: launches.append(config)
+
+        a = b = c = K.to_device(np.zeros((1, 1), np.float32))
+        K.gemm_launch(Recorder(), a, b, c, 65535 * 128, 1, 1)
+        assert launches == [((1, 65535), 256)]
+        with pytest.raises(TinyGPTError, match="over the 65535 blocks"):
+            K.gemm_launch(Recorder(), a, b, c, 65535 * 128 + 1, 1, 1)
+
     def test_gemm_full_size_tile_on_a_small_ragged_matrix():
         # the 128 x 128, 8 x 8 register-blocked configuration used at scale, one (mostly empty) block
         rng = np.random.default_rng(2)

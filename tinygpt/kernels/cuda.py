@@ -263,6 +263,9 @@ def gemm_launch(kernel, a, b, c, M, N, K, bias=None):
     """Launch a ``gemm_kernel`` over the C tiles (grid x: column tiles, y: row tiles)."""
     BM, BN = kernel.tile[0], kernel.tile[1]
     grid = (_blocks(N, BN), _blocks(M, BM))
+    if grid[1] > MAX_GRID_Y:  # the launch would fail in the driver ("invalid argument")
+        raise TinyGPTError(f"matmul: {M} rows make {grid[1]} row tiles of {BM}, over the {MAX_GRID_Y} "
+                           "blocks a CUDA grid may have along y")
     # without a bias any 1-D array of the dtype fills the slot (has_bias=False compiles the read away)
     kernel[grid, kernel.threads](a, b, _flat(c) if bias is None else bias, c, M, N, K)
 
