@@ -655,6 +655,11 @@ def test_labelled_files_as_editors_and_spreadsheets_write_them(tmp_path):
     (tmp_path / "bad.csv").write_text('text,label\n"two\nlines",pos\nbad,neg\ngood\n')
     with pytest.raises(TinyGPTError, match=r"bad.csv:5: missing label"):
         ft.read_labelled(tmp_path / "bad.csv")
+    # a quote never closed swallowed the rest of the file into one text ("missing label" at its end)
+    (tmp_path / "open.csv").write_text('text,label\nfine,pos\n"abc,pos\nx,neg\ny,pos\n')
+    with pytest.raises(TinyGPTError, match=r"open.csv:\d+: not valid CSV .*quoted field after line 2 is "
+                                           "never closed"):
+        ft.read_labelled(tmp_path / "open.csv")
 
 
 def test_finetune_never_replaces_what_it_did_not_write(tmp_path, lm_dir, capsys):

@@ -110,7 +110,8 @@ def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
         # file: the csv module's default limit (131,072 characters) made a long text a traceback
         limit = csv.field_size_limit(max(csv.field_size_limit(), len(raw)))
         try:
-            reader = csv.DictReader(io.StringIO(raw, newline=""))
+            # strict: a quote left open is an error, not a field swallowing the rest of the file
+            reader = csv.DictReader(io.StringIO(raw, newline=""), strict=True)
             if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
                 raise TinyGPTError(f"{path}: the CSV header must name the columns text and label, got "
                                    f"{reader.fieldnames}")
@@ -126,7 +127,10 @@ def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
                         'that holds a comma ("like, this")')
                 rows.append((reader.line_num, row))
         except csv.Error as exc:
-            raise TinyGPTError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+            after = rows[-1][0] if rows else 1  # the line the last whole record (or the header) ended on
+            hint = (f": a quoted field after line {after} is never closed" if "end of data" in str(exc)
+                    else "")
+            raise TinyGPTError(f"{path}:{reader.line_num}: not valid CSV ({exc}){hint}") from None
         finally:
             csv.field_size_limit(limit)
     if not rows:
