@@ -127,3 +127,17 @@ def test_bare_boolean_train_flags_mean_true():
     assert parse(["train", "--recompute", "false"]).recompute is False
     assert parse(["train", "--bias"]).bias is True
     assert parse(["train"]).recompute is None  # not given: the config's value
+
+
+def test_a_closed_stdin_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    # `tinygpt ... <&-`: Python's sys.stdin is None, and reading it raised AttributeError with a traceback
+    monkeypatch.setattr(sys, "stdin", None)
+    out = tmp_path / "tok.json"
+    for argv in (["tokenizer", "encode", "--tokenizer", "gpt2"],
+                 ["tokenizer", "decode", "--tokenizer", "gpt2"],
+                 ["tokenizer", "train", "--input", "-", "--vocab-size", "300", "--out", str(out)],
+                 ["sample", "--out", str(tmp_path / "run"), "--prompt-file", "-"],
+                 ["predict", "--out", str(tmp_path / "clf")]):
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().err == "tinygpt: error: cannot read stdin: it is closed\n", argv
+    assert not out.exists()

@@ -63,6 +63,8 @@ def _tokenizer_read_utf8(path: str) -> str:
 
     if path != "-":
         refuse_device(path, "input")
+    elif sys.stdin is None:  # started with stdin closed (`<&-`): Python gives None, not a stream
+        raise TinyGPTError("cannot read stdin: it is closed")
     data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     try:
         return data.decode("utf-8")
