@@ -141,3 +141,12 @@ def test_a_closed_stdin_is_a_one_line_error(tmp_path, monkeypatch, capsys):
         assert main(argv) == 2, argv
         assert capsys.readouterr().err == "tinygpt: error: cannot read stdin: it is closed\n", argv
     assert not out.exists()
+
+
+def test_a_closed_stdout_is_not_a_traceback(monkeypatch, capsys):
+    # `tinygpt ... >&-`: sys.stdout is None; print() drops its text, _write_utf8 raised AttributeError
+    monkeypatch.setattr(sys, "stdout", None)
+    for argv in (["tokenizer", "decode", "--tokenizer", "gpt2", "40"],
+                 ["tokenizer", "encode", "--tokenizer", "gpt2", "--show", "hi"]):
+        assert main(argv) == 0, argv
+        assert capsys.readouterr().err == "", argv

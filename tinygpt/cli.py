@@ -75,6 +75,8 @@ def _tokenizer_read_utf8(path: str) -> str:
 def _write_utf8(text: str) -> None:
     """Write to stdout in UTF-8 whatever its encoding: tokens are any Unicode, and a cp1252 or ASCII
     stdout (a Windows console, PYTHONIOENCODING, some pipes) raised UnicodeEncodeError mid-sample."""
+    if sys.stdout is None:  # started with stdout closed (`>&-`): dropped, as print() drops it
+        return
     buffer = getattr(sys.stdout, "buffer", None)
     sys.stdout.flush()
     if buffer is None:  # a text-only stream (e.g. redirected in a notebook): it takes str
@@ -134,7 +136,7 @@ def _tokenizer_encode(args):
     text = _tokenizer_read_utf8("-") if args.text == "-" else args.text
     ids = tok.encode(text, allowed_special="all" if args.allow_special else "none")
     if args.show:
-        shown = show_tokens(tok, ids, color=sys.stdout.isatty())
+        shown = show_tokens(tok, ids, color=sys.stdout is not None and sys.stdout.isatty())
         _write_utf8(shown if shown.endswith("\n") else shown + "\n")
         print(f"{len(ids)} tokens, {len(text)} characters")
     else:
