@@ -162,6 +162,24 @@ def test_weights_broken_by_the_update_before_an_evaluation_are_not_checkpointed(
     assert [r["step"] for r in rows] == [0, 2] and all(math.isfinite(r["val_loss"]) for r in rows)
 
 
+def test_a_divergence_after_the_step_0_checkpoint_says_it_is_kept(corpus, tmp_path, monkeypatch):
+    # the first update breaks the weights: the step-0 checkpoint is kept, and the learning rate is to blame
+    # (it said "at step 0, before any update ... nothing was saved", beside the saved step-0 checkpoint)
+    from tinygpt.optim import AdamW
+
+    step = AdamW.step
+
+    def breaking_step(self, grads, lr=None):
+        step(self, grads, lr=lr)
+        for p in self.params.values():
+            p[...] = np.nan
+
+    monkeypatch.setattr(AdamW, "step", breaking_step)
+    with pytest.raises(TinyGPTError, match=r"loss is nan at step 2.*good checkpoint \(step 0\)"):
+        training.train(_config(corpus, tmp_path / "run", max_iters=4, eval_interval=2), quiet=True)
+    assert load_checkpoint(tmp_path / "run").state["step"] == 0
+
+
 def test_starting_weights_with_no_finite_loss_are_not_called_a_divergence(corpus, tmp_path, monkeypatch):
     # the first evaluation comes before any update: there is no checkpoint to keep, no learning rate to lower
     monkeypatch.setattr(training, "mean_loss", lambda model, batches: float("nan"))

@@ -567,6 +567,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         say(f"training {model.num_params():,} parameters on {data.meta['train_tokens']:,} tokens of "
             f"{data_path.name} ({cfg.tokenizer} tokenizer, vocab {tokenizer.vocab_size}); writing {out}")
         evaluate_and_checkpoint(0, lr_for(0))
+        last_saved = 0
     elif step >= cfg.max_iters:
         say(f"{out} is already at step {step} >= --max-iters {cfg.max_iters}; nothing to do")
     else:
