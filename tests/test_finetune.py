@@ -716,6 +716,22 @@ def test_confusion_matrix_rows_are_true_classes_columns_predictions():
     assert matrix.tolist() == [[1, 1, 0], [0, 0, 1], [0, 0, 2]]
 
 
+def test_confusion_matrix_png_is_written_atomically(tmp_path):
+    # it went through a fixed-name temporary beside the PNG: a user's file of that name was replaced, and
+    # when the PNG could not be written (a directory there) the temporary stayed in the run directory
+    matrix, labels = np.array([[2, 1], [0, 3]]), ["a", "b"]
+    keep = tmp_path / ".confusion_val.png.tmp.png"
+    keep.write_text("not ours")
+    png = ft.plot_confusion_matrix(matrix, labels, tmp_path / "confusion_val.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert keep.read_text() == "not ours"
+    (tmp_path / "confusion_train.png").mkdir()
+    with pytest.raises(TinyGPTError, match="it is a directory"):
+        ft.plot_confusion_matrix(matrix, labels, tmp_path / "confusion_train.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".confusion_val.png.tmp.png", "confusion_train.png",
+                                                          "confusion_val.png"]
+
+
 def test_pooled_features_come_back_in_the_input_order():
     # guards: batching by length (sorted) without putting each feature back at its own row
     model = _tiny_model(11).eval()

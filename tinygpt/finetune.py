@@ -43,7 +43,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -55,6 +54,7 @@ import numpy as np
 from tinygpt import layers
 from tinygpt.data import refuse_device
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import write_atomic
 
 __all__ = [
     "PAD_ID", "FinetuneConfig", "Classifier", "read_labelled", "label_vocabulary", "split_indices",
@@ -840,7 +840,9 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: list, path, title: str = "
         ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    if path.is_dir():
+        raise TinyGPTError(f"cannot write the confusion matrix to {path}: it is a directory")
+    image = io.BytesIO()
+    fig.savefig(image, format="png")
+    write_atomic(path, image.getvalue())  # whole or absent, and no temporary left behind on failure
     return path
