@@ -374,6 +374,16 @@ def test_cli_eval_prints_loss_perplexity_and_bits_per_byte(corpus, tmp_path, cap
     assert result["tokens"] == y.size == int(printed.split(": ")[1].split()[0].replace(",", ""))
 
 
+def test_plot_of_a_run_directory_with_an_unusual_name(tmp_path):
+    # its name is the plot's title: a non-UTF-8 byte (surrogate-escaped) and a pair of $ (read as mathtext)
+    # made matplotlib raise, a traceback of `tinygpt plot` and of `tinygpt train` once training had finished
+    for name in ("run\udcff", "run $\\bad$"):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "metrics.jsonl").write_text('{"step": 0, "train_loss": 3.5, "val_loss": 3.6}\n')
+        assert training.plot_metrics(out).read_bytes()[:4] == b"\x89PNG"
+
+
 def test_cli_plot_and_default_corpus(tmp_path, monkeypatch, capsys):
     # `tinygpt train` without --data trains on the default corpus (here a stand-in, no network)
     monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))

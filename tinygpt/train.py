@@ -665,7 +665,10 @@ def plot_metrics(out_dir: str | os.PathLike, path: str | os.PathLike | None = No
         ax.plot(steps, [loss(r, key) for r in rows], marker="o", markersize=3, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss (nats / token)")
-    ax.set_title(f"{out_dir.name}: final val loss {loss(rows[-1], 'val_loss'):.4f}")
+    # the directory's name as text: a byte that is not UTF-8 (a surrogate) and a pair of $ (mathtext) made
+    # matplotlib raise, after the training it plots had finished
+    name = os.fsencode(out_dir.name).decode("utf-8", "replace")
+    ax.set_title(f"{name}: final val loss {loss(rows[-1], 'val_loss'):.4f}", parse_math=False)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
