@@ -209,6 +209,15 @@ def test_read_labelled_jsonl_and_csv_agree(tmp_path):
     assert splits == [None] * 10
 
 
+def test_a_label_with_a_lone_surrogate_is_refused(tmp_path):
+    # JSON's "\ud800" is valid JSON but no text: fine-tuning took it, then predict and eval, printing it,
+    # raised UnicodeEncodeError with a traceback
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "label": "ok"}\n{"text": "b", "label": "\\ud800"}\n')
+    with pytest.raises(TinyGPTError, match=r"d.jsonl:2: the label '\\ud800' holds a lone surrogate"):
+        ft.read_labelled(path)
+
+
 def test_integer_labels_and_label_order():
     names, ids = ft.label_vocabulary([3, 1, 3, 2])
     assert names == [1, 2, 3] and ids.tolist() == [2, 0, 2, 1]

@@ -148,6 +148,12 @@ def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
             raise TinyGPTError(f"{where}: missing label")
         if isinstance(label, bool) or not isinstance(label, (str, int)):
             raise TinyGPTError(f"{where}: a label must be a string or an integer, got {label!r}")
+        if isinstance(label, str):  # JSON's "\ud800" is a string with no UTF-8 to print or save it as
+            try:
+                label.encode("utf-8")
+            except UnicodeEncodeError:
+                raise TinyGPTError(f"{where}: the label {label!r} holds a lone surrogate, which UTF-8 cannot "
+                                   "encode") from None
         if split in ("", None):
             split = None
         elif split not in ("train", "val"):
