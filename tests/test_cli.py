@@ -108,6 +108,9 @@ def test_an_empty_path_is_an_error_not_the_default_it_stands_in_for(tmp_path, mo
         (["train", "--config", "", "--data", str(corpus), "--out", "run4", *tiny], "--config"),
         (["eval", "--out", "out", "--data", "", "--backend", "numpy"], "--data"),
         (["sample", "--out", " ", "--max-new-tokens", "2", "--seed", "0"], "--out"),
+        # the export silently skipped, exit 0
+        (["tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", "t.json",
+          "--gpt2-files", ""], "--gpt2-files"),
         (["finetune", "--data", str(labelled), "--init-from", "", "--out", "clf", "--max-iters", "1",
           "--backend", "numpy", "--quiet"], "--init-from"),
     ]:

@@ -93,6 +93,8 @@ def _tokenizer_train(args):
     from tinygpt.files import check_writable
     from tinygpt.tokenizer import BPETokenizer
 
+    if args.gpt2_files is not None and not args.gpt2_files.strip():  # not "no export" in its place
+        raise TinyGPTError("--gpt2-files must name a directory, got an empty string")
     if args.input != "-" and os.path.exists(args.out) and os.path.samefile(args.input, args.out):
         raise TinyGPTError(f"--out {args.out} is the --input text: it would be overwritten")
     if args.gpt2_files and os.path.exists(args.gpt2_files) and not os.path.isdir(args.gpt2_files):
