@@ -55,6 +55,9 @@ def test_train_bpe_then_sample_from_endoftext(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("error, message", [
     (MemoryError(), "out of memory"),
+    # NumPy's ValueError for a size past the address space
+    (ValueError("array is too big; `arr.size * arr.dtype.itemsize` is larger than the maximum possible"),
+     "out of memory (the request is too large"),
     (OSError(28, "No space left on device"), "No space left on device"),  # not only missing files
 ])
 def test_memory_and_disk_errors_are_one_line_exit_2(monkeypatch, capsys, error, message):
@@ -68,6 +71,32 @@ def test_memory_and_disk_errors_are_one_line_exit_2(monkeypatch, capsys, error, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("tinygpt: error: ") and message in err, err
     assert "()" not in err  # a bare MemoryError() printed "out of memory ()"
+
+
+def test_other_value_errors_are_not_called_out_of_memory(monkeypatch):
+    import tinygpt.cli
+
+    def fail(args):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(tinygpt.cli, "_tokenizer_decode", fail)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["tokenizer", "decode", "--tokenizer", "gpt2", "1"])
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--batch-size", str(2**64)], "--batch-size"),
+    (["sample", "--max-new-tokens", str(2**64)], "--max-new-tokens"),
+    (["train", "--seed", str(-(2**63) - 1)], "--seed"),
+    (["bench", "generate", "--batch-size", str(2**64)], "--batch-size"),  # the bench modules' flags too
+])
+def test_integers_past_int64_are_one_line_usage_errors(capsys, argv, flag):
+    # NumPy raised "Maximum allowed dimension exceeded" (or an OverflowError) from deep inside, a traceback
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert f"argument {flag}: " in err and "outside the 64-bit integer range" in err
 
 
 def test_a_device_as_input_is_refused_not_read_forever(tmp_path, capsys):

@@ -16,8 +16,22 @@ import sys
 from tinygpt.errors import TinyGPTError
 
 
+def _int64(text: str) -> int:
+    """``int`` for the command line's integer flags, within int64: NumPy sizes, seeds and counts past it
+    raised NumPy's and other libraries' errors deep inside, as tracebacks."""
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text.strip()} is outside the 64-bit integer range")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line: ``tinygpt: error: ...``, exit 2."""
+    """An ArgumentParser whose usage errors are one line: ``tinygpt: error: ...``, exit 2; every integer
+    flag (``type=int``, here and in the bench modules) is parsed by ``_int64``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("type", int, _int64)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -571,6 +585,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# NumPy raises ValueError, not MemoryError, for an array whose size overflows the address space
+_TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -587,6 +605,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except MemoryError as exc:  # e.g. a size that asks for terabytes
         print(f"tinygpt: error: out of memory ({str(exc) or 'the request is too large'})", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # NumPy's words for a size past the address space (a MemoryError in spirit)
+        if not any(words in str(exc) for words in _TOO_BIG):
+            raise
+        print(f"tinygpt: error: out of memory (the request is too large: {exc})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tinygpt: interrupted", file=sys.stderr)
