@@ -17,8 +17,10 @@ and the dropout RNG state. Evaluation draws its batches from its own fixed-seed 
 batches at every evaluation, which also makes the curve less noisy), so it never perturbs the training
 stream. Restoring all of that, a run killed at step k and resumed writes exactly the weights and metrics
 rows of the uninterrupted run (``tokens_per_sec`` and ``elapsed`` aside, they are wall-clock measurements).
-A run that ended at a ``max_iters`` between two evaluations has the same weights at each step, plus the
-row of its own final evaluation (and so, maybe, another ``best_val_loss``).
+A run that ended at a ``max_iters`` and is resumed with a higher one has the same weights at each step only
+if it was given the uninterrupted run's ``lr_decay_iters`` (the default is its own ``max_iters``), plus the
+row of its own final evaluation if that fell between two evaluations (and so, maybe, another
+``best_val_loss``).
 
 On a GPU (``--backend cuda``) the weights, gradients, AdamW moments and activations stay in GPU memory for
 the whole run: per step the batch goes in and the loss (with the gradient norm, for clipping) comes out.
