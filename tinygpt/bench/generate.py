@@ -12,8 +12,9 @@ tokens/s = new tokens / wall time of the whole call (prompt prefill included, on
 two sides alternate (ours, theirs, ours, ...) so that other load on the machine slows both alike; the
 figure is the median run. Further rows: sampling (temperature 0.8, top-k 200, top-p 0.95 on both sides;
 the filters cost a few passes over the vocabulary per token) and recomputation (``use_cache=False`` on
-both sides: the full forward of the context for every token), which gives the speed-up the cache buys at
-this length. The last line checks that both sides produced the same greedy tokens.
+both sides, one run each, not a median: the full forward of the context for every token), which gives the
+speed-up the cache buys at this length. The last line checks that both sides produced the same greedy
+tokens.
 """
 
 from __future__ import annotations
