@@ -2,13 +2,13 @@
 
 nanoGPT itself is not a package we can install here, so the peer is nanoGPT's recipe rebuilt in plain
 PyTorch in this file (``nanogpt_style_run``): the same architecture as nanoGPT's ``model.py`` (pre-LN
-blocks, fused c_attn, ``F.scaled_dot_product_attention(is_causal=True)``, exact-erf GELU as ``nn.GELU()``,
-tied LM head, GPT-2 init with the scaled residual projections, optional biases) and the same loop as its
-``train.py`` (AdamW with weight decay on 2-D tensors only, warmup + cosine learning rate, gradient
-clipping, ``estimate_loss`` over ``eval_iters`` random batches of each split every ``eval_interval``
-steps, a checkpoint when the val loss improves). Both sides read the preset (``--config``, default
-``shakespeare_char``: nanoGPT's CPU command line), tokenize the text per character, split it 90/10 and
-train from scratch (a config with dropout, gradient accumulation or a starting checkpoint is refused
+blocks, fused c_attn, ``F.scaled_dot_product_attention(is_causal=True)``, exact-erf GELU (``F.gelu``, as
+nanoGPT's ``nn.GELU()``), tied LM head, GPT-2 init with the scaled residual projections, optional biases)
+and the same loop as its ``train.py`` (AdamW with weight decay on 2-D tensors only, warmup + cosine learning
+rate, gradient clipping, ``estimate_loss`` over ``eval_iters`` random batches of each split every
+``eval_interval`` steps, a checkpoint when the val loss improves). Both sides read the preset (``--config``,
+default ``shakespeare_char``: nanoGPT's CPU command line), tokenize the text per character, split it 90/10
+and train from scratch (a config with dropout, gradient accumulation or a starting checkpoint is refused
 unless ``--no-peer``: the peer's loop has none of them); the table gives each side's wall time (data
 preparation included), its final train and val loss as nanoGPT reports them (means over ``eval_iters``
 random batches, which move by a few hundredths with the batches drawn), and its final model's loss on the
