@@ -741,6 +741,14 @@ def test_confusion_matrix_png_is_written_atomically(tmp_path):
                                                           "confusion_val.png"]
 
 
+def test_confusion_matrix_of_labels_with_dollar_signs(tmp_path):
+    # guards: the labels are tick labels, and matplotlib read a pair of $ as mathtext: price levels "$$" and
+    # "$$$$" (or "$\\bad$") raised ValueError at savefig, a traceback from `tinygpt eval` after it had scored
+    labels = ["$", "$$", "$$$", "$$$$", "$\\bad$"]
+    png = ft.plot_confusion_matrix(np.eye(5, dtype=int), labels, tmp_path / "confusion_val.png", title="val")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_pooled_features_come_back_in_the_input_order():
     # guards: batching by length (sorted) without putting each feature back at its own row
     model = _tiny_model(11).eval()

@@ -833,8 +833,9 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: list, path, title: str = "
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ticks = range(len(labels))
-    ax.set_xticks(ticks, [str(label) for label in labels], rotation=30, ha="right")
-    ax.set_yticks(ticks, [str(label) for label in labels])
+    # the labels are the user's text: "$$" (a price level) is not mathtext, whose parser raised on it
+    ax.set_xticks(ticks, [str(label) for label in labels], rotation=30, ha="right", parse_math=False)
+    ax.set_yticks(ticks, [str(label) for label in labels], parse_math=False)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     threshold = matrix.max() / 2 if matrix.size else 0
