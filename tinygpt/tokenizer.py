@@ -381,7 +381,7 @@ class BPETokenizer:
         """
         if not isinstance(text, str):
             raise TinyGPTError(f"encode expects a str, got {type(text).__name__}")
-        allowed = self._allowed_specials(allowed_special)
+        allowed = _allowed_specials(allowed_special, self.special_tokens)
         if not allowed:
             return self._encode_ordinary(text)
         # Longest first, so that of two specials where one is a prefix of the other the longer one wins.
@@ -393,22 +393,6 @@ class BPETokenizer:
             elif part:
                 ids.extend(self._encode_ordinary(part))
         return ids
-
-    def _allowed_specials(self, allowed_special) -> set[str]:
-        if isinstance(allowed_special, str):
-            if allowed_special == "all":
-                return set(self.special_tokens)
-            if allowed_special == "none":
-                return set()
-        if isinstance(allowed_special, (str, bytes)) or not hasattr(allowed_special, "__iter__"):
-            raise TinyGPTError(
-                f"allowed_special must be 'none', 'all' or a set of special tokens, got {allowed_special!r}"
-            )
-        allowed = set(allowed_special)
-        unknown = allowed - set(self.special_tokens)
-        if unknown:
-            raise TinyGPTError(f"not special tokens of this tokenizer: {sorted(unknown)}")
-        return allowed
 
     def _encode_ordinary(self, text: str) -> list[int]:
         """Split, then look each chunk up in a chunk -> ids memo, filling in the chunks not seen before.
@@ -823,14 +807,7 @@ class CharTokenizer:
         """str -> ids; ``allowed_special`` is accepted for the common interface (there are no specials)."""
         if not isinstance(text, str):
             raise TinyGPTError(f"encode expects a str, got {type(text).__name__}")
-        if isinstance(allowed_special, str) and allowed_special in ("none", "all"):
-            pass
-        elif isinstance(allowed_special, (str, bytes)) or not hasattr(allowed_special, "__iter__"):
-            raise TinyGPTError(
-                f"allowed_special must be 'none', 'all' or a set of special tokens, got {allowed_special!r}"
-            )
-        elif set(allowed_special):
-            raise TinyGPTError(f"a character tokenizer has no special tokens: {sorted(allowed_special)}")
+        _allowed_specials(allowed_special, {})  # (it has none: only the empty set passes)
         ids = self._ids
         try:
             return [ids[c] for c in text]
@@ -972,6 +949,24 @@ def _as_id_list(ids, vocab_size: int) -> list[int]:
         bad = next(i for i in ids if not 0 <= i < vocab_size)
         raise TinyGPTError(f"token id {bad} is out of range for a vocabulary of {vocab_size}")
     return ids
+
+
+def _allowed_specials(allowed_special, special_tokens: dict) -> set[str]:
+    """The special tokens ``encode(text, allowed_special)`` matches: "all", "none" or a set of them."""
+    if isinstance(allowed_special, str):
+        if allowed_special == "all":
+            return set(special_tokens)
+        if allowed_special == "none":
+            return set()
+    if isinstance(allowed_special, (str, bytes)) or not hasattr(allowed_special, "__iter__"):
+        raise TinyGPTError(
+            f"allowed_special must be 'none', 'all' or a set of special tokens, got {allowed_special!r}"
+        )
+    allowed = set(allowed_special)
+    unknown = allowed - set(special_tokens)
+    if unknown:
+        raise TinyGPTError(f"not special tokens of this tokenizer: {sorted(unknown)}")
+    return allowed
 
 
 def _read_text(path) -> str:
