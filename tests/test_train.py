@@ -798,6 +798,15 @@ def test_a_new_run_keeps_an_earlier_checkpoint_whose_latest_link_is_gone(corpus,
     assert (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_a_closed_stderr_does_not_stop_training(corpus, tmp_path, monkeypatch, capsys):
+    # `tinygpt train 2>&-`: sys.stderr is None, and the progress bar's first write raised AttributeError (exit
+    # 1, no message to be seen) before any step; the messages, as print's, go to stdout instead
+    monkeypatch.setattr(sys, "stderr", None)
+    training.train(_config(corpus, tmp_path / "run", max_iters=2, eval_interval=2), quiet=False)
+    assert load_checkpoint(tmp_path / "run").state["step"] == 2
+    assert "step 2: train loss" in capsys.readouterr().out
+
+
 def test_numpy_integers_are_accepted_as_settings_and_the_run_saves(corpus, tmp_path):
     # validate() accepts NumPy integers (a notebook's `for n in np.arange(...)`), but the run then died at its
     # first checkpoint with "TypeError: Object of type int64 is not JSON serializable", a metrics row written
