@@ -384,6 +384,23 @@ def test_tokenizer_train_refuses_an_output_it_cannot_write_before_training(tmp_p
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="no /dev/fd")
+def test_an_output_named_by_its_file_descriptor_is_written_into(tmp_path):
+    # `--output /dev/stdout > plot.png` (or /dev/fd/N): a link to the descriptor, here of a regular file, so
+    # not a pipe or a device: the temporary went beside it, in /proc (FileNotFoundError), or in /dev as root,
+    # renamed over the machine's /dev/stdout link
+    from tinygpt import files
+
+    target = tmp_path / "plot.png"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        files.check_writable(f"/dev/fd/{fd}")
+        files.write_atomic(f"/dev/fd/{fd}", b"the image")
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == b"the image" and sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
 def test_an_output_that_is_a_pipe_or_a_device_is_written_into_not_replaced(tmp_path, capsys):
     # `tinygpt plot out --output /dev/null` (or /dev/stdout, or a named pipe) renamed a regular file over the

@@ -89,9 +89,15 @@ def atomic_path(path: str | os.PathLike):
 
 
 def _is_stream(path: Path) -> bool:
-    """Whether ``path`` (followed through links) is a FIFO or a character device."""
+    """Whether ``path`` is written into, not replaced: a FIFO or a character device (followed through links),
+    or any file named in /dev or /proc. ``/dev/stdout`` or ``/dev/fd/N`` redirected to a regular file
+    (``--output /dev/stdout > plot.png``) is a link to the descriptor: a rename replaced the link (as root,
+    /dev/stdout for every process), or failed in /proc ("No such file or directory: /dev/fd/3")."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return False
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        return True
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    return folder == "/dev" or folder.startswith("/proc/")
