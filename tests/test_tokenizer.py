@@ -765,6 +765,26 @@ def test_cli_text_in_another_encoding_is_named_as_such():
     assert proc.stderr.decode().strip() == expected
 
 
+def test_cli_train_interrupted_after_training_saves_nothing(tmp_path, monkeypatch, capsys):
+    # Ctrl-C while the summary line re-encoded the corpus (seconds on a large one) came after the save:
+    # "interrupted", with the new tokenizer already written over --out
+    from tinygpt.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(training_corpus(), encoding="utf-8")
+    out = tmp_path / "tok.json"
+    out.write_text("an older tokenizer")
+
+    def interrupted(self, text, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BPETokenizer, "encode", interrupted)
+    assert main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", str(out),
+                 "--gpt2-files", str(tmp_path / "g")]) == 130
+    assert capsys.readouterr().err == "tinygpt: interrupted\n"
+    assert out.read_text() == "an older tokenizer" and not (tmp_path / "g").exists()
+
+
 def test_cli_gpt2_and_special_tokens():
     proc = run_cli("encode", "--tokenizer", "gpt2", "--allow-special", "hi<|endoftext|>")
     assert proc.returncode == 0 and proc.stdout.split() == ["5303", "50256"]

@@ -131,6 +131,9 @@ def _tokenizer_train(args):
     start = time.perf_counter()
     tok = BPETokenizer.train(text, args.vocab_size, pattern=args.pattern, special_tokens=args.special_tokens)
     seconds = time.perf_counter() - start
+    # the summary's count before anything is saved (seconds on a large corpus): a Ctrl-C then leaves the
+    # outputs as they were, as its "interrupted" says, not saved behind the user's back
+    n_tokens = len(tok.encode(text))
     if args.gpt2_files:  # first: if it fails, --out (perhaps an older tokenizer) is left as it was
         tok.save_gpt2_files(args.gpt2_files)
         if tok.pattern_name != "gpt2":  # GPT-2's two files have no place for the split pattern
@@ -138,7 +141,6 @@ def _tokenizer_train(args):
                   f"tokenizer splits with {tok.pattern_name or 'a custom pattern'}, so give that pattern to "
                   "whatever loads the files (tiktoken's pat_str, HF's pre-tokenizer)", file=sys.stderr)
     tok.save(args.out)
-    n_tokens = len(tok.encode(text))
     print(
         f"trained vocab {tok.vocab_size} ({len(tok.merges)} merges) in {seconds:.2f} s; {args.input}: "
         f"{len(text.encode('utf-8'))} bytes -> {n_tokens} tokens; saved {args.out}"
