@@ -33,3 +33,11 @@ def import_torch_peer(side: str = "PyTorch"):
         ) from None
     transformers.logging.set_verbosity_error()
     return torch, transformers
+
+
+def decay_matrices_only(params, weight_decay: float) -> list[dict]:
+    """torch.optim param groups that decay the 2-D weights only, as tinygpt's AdamW (and nanoGPT) do:
+    torch's own default decays biases and LayerNorm weights too."""
+    params = list(params)
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]

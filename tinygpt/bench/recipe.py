@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygpt.bench import blas_threads
+from tinygpt.bench import blas_threads, decay_matrices_only
 from tinygpt.errors import TinyGPTError
 
 
@@ -149,9 +149,8 @@ def nanogpt_style_run(settings: dict, out_dir: str, threads: int) -> dict:
 
     model = _nanogpt_style_model(torch, len(chars), T, s["n_layer"], s["n_head"], s["n_embd"], s["bias"])
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": s["weight_decay"]},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # fmt: skip
-    optimizer = torch.optim.AdamW(groups, lr=s["learning_rate"], betas=(s["beta1"], s["beta2"]))
+    optimizer = torch.optim.AdamW(decay_matrices_only(params, s["weight_decay"]), lr=s["learning_rate"],
+                                  betas=(s["beta1"], s["beta2"]))
     decay_iters = s["lr_decay_iters"] if s["lr_decay_iters"] is not None else s["max_iters"]
 
     @torch.no_grad()

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from tinygpt.bench import blas_threads, import_torch_peer
+from tinygpt.bench import blas_threads, decay_matrices_only, import_torch_peer
 from tinygpt.errors import TinyGPTError
 
 # name -> (n_layer, n_head, n_embd, block_size T, batch B); vocabulary 65 (shakespeare_char) for both
@@ -130,9 +130,7 @@ def tinygpt_step(config_name: str, backend: str, with_optimizer: bool, recompute
 def torch_adamw(torch, model):
     """The peer's AdamW, set as ours: decay 0.1 on the 2-D weights only (as tinygpt's AdamW, and nanoGPT's,
     apply it; torch's default decays biases and LayerNorm weights too), lr 1e-3, betas (0.9, 0.99)."""
-    params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # fmt: skip
+    groups = decay_matrices_only(model.parameters(), 0.1)
     return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), eps=1e-8)
 
 
