@@ -278,3 +278,15 @@ def test_fused_kernel_gives_the_same_updates():
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
     assert not np.array_equal(a["ln_f.weight"], _params(np.random.default_rng(5), np.float32)["ln_f.weight"])
+
+
+def test_step_refuses_missing_or_misshapen_grads_before_updating_anything():
+    params = {"w": np.ones((2, 3)), "b": np.zeros(3)}
+    opt = AdamW(params, lr=0.1)
+    b = np.ones(3)
+    for grads in ({"w": np.ones((2, 3))}, {"w": np.ones(1), "b": b}, {"w": np.ones((3, 2)), "b": b}):
+        with pytest.raises(TinyGPTError, match="AdamW.step"):
+            opt.step(grads)
+    assert opt.step_count == 0
+    np.testing.assert_array_equal(params["w"], np.ones((2, 3)))
+    np.testing.assert_array_equal(params["b"], np.zeros(3))

@@ -92,6 +92,15 @@ class AdamW:
     def step(self, grads: dict[str, np.ndarray], lr: float | None = None) -> None:
         """One update of every parameter from ``grads`` (same keys); ``lr`` overrides ``self.lr``."""
         lr = self.lr if lr is None else float(lr)
+        # every gradient checked before any parameter moves: a missing one failed half-way through the
+        # update (KeyError), and a (1,)-shaped one was broadcast over its whole parameter
+        missing = [name for name in self.params if name not in grads]
+        if missing:
+            raise TinyGPTError(f"AdamW.step: grads lack {len(missing)} parameter(s), e.g. {missing[0]!r}")
+        for name, p in self.params.items():
+            if np.shape(grads[name]) != tuple(p.shape):
+                raise TinyGPTError(f"AdamW.step: grads[{name!r}] has shape {np.shape(grads[name])}, "
+                                   f"the parameter has {tuple(p.shape)}")
         self.step_count += 1
         b1, b2 = self.betas
         bias_correction1 = 1.0 - b1**self.step_count
