@@ -425,3 +425,21 @@ def test_an_output_that_is_a_pipe_or_a_device_is_written_into_not_replaced(tmp_p
         os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
         files.write_atomic(null, b"discarded")
         assert stat.S_ISCHR(os.stat(null).st_mode)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((np.arange(50), 2, 0, "rng"), "block_size"),   # was a (2, 0) batch
+    ((np.arange(50), 2, -3, "rng"), "block_size"),  # was a (2, 0) batch
+    ((np.arange(50), 0, 4, "rng"), "batch_size"),   # was a (0, 4) batch
+    ((np.arange(50), 2, 4.0, "rng"), "block_size"),  # IndexError
+    ((np.arange(50), 2, 4, 0), "rng"),  # AttributeError
+    ((np.arange(50).reshape(5, 10), 2, 4, "rng"), "tokens"),  # a (2, 4, 10) batch
+    ((np.arange(50) + 0.5, 2, 4, "rng"), "tokens"),  # cut to integers
+])
+def test_get_batch_refuses_bad_arguments_in_one_line(args, message):
+    tokens, batch, block, rng = args
+    rng = np.random.default_rng(0) if rng == "rng" else rng
+    with pytest.raises(TinyGPTError, match=message):
+        data.get_batch(tokens, batch, block, rng)
+    x, y = data.get_batch(list(range(50)), np.int64(2), 4, np.random.default_rng(0))  # a list works too
+    assert x.shape == y.shape == (2, 4)

@@ -369,6 +369,15 @@ def get_batch(tokens: np.ndarray, batch_size: int, block_size: int,
     The only randomness is ``rng`` (a ``np.random.Generator``): saving ``rng.bit_generator.state`` and
     restoring it later reproduces the same batches, which is how a resumed run continues exactly.
     """
+    for name, value in (("batch_size", batch_size), ("block_size", block_size)):  # 0, -3: (B, 0) batches
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise TinyGPTError(f"get_batch: {name} must be a positive integer, got {value!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise TinyGPTError(f"get_batch: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    tokens = np.asarray(tokens)  # (a memmap is not copied)
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+        raise TinyGPTError(f"get_batch: tokens must be a 1-D array of token ids, got {tokens.dtype} "
+                           f"{tokens.shape}")
     n_starts = len(tokens) - block_size  # last valid start leaves room for the shifted target
     if n_starts < 1:
         raise TinyGPTError(f"{len(tokens)} tokens are too few for block size {block_size}")
