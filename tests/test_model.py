@@ -394,6 +394,10 @@ def test_bad_constructor_arguments():
         GPT(TINY)
     with pytest.raises(TinyGPTError):
         GPT(GPTConfig(**TINY), backend="no-such-backend")
+    for seed in (None, -1, 1.5, "0", True):  # None, -1, 1.5, "0": TypeError or ValueError from NumPy
+        with pytest.raises(TinyGPTError, match="seed"):
+            GPT(GPTConfig(**TINY), seed=seed)
+    assert GPT(GPTConfig(**TINY), seed=np.int64(3)).params["wte.weight"].shape == (11, 8)
 
 
 def test_a_model_whose_weights_alone_exceed_the_memory_is_refused_before_any_allocation():

@@ -240,6 +240,9 @@ class GPT:
         """``params``: use these arrays (name -> array, made ``dtype``) instead of a fresh GPT-2 init."""
         if not isinstance(config, GPTConfig):
             raise TinyGPTError(f"GPT needs a GPTConfig, got {type(config).__name__}")
+        # (None, -1 or 1.5 reached NumPy's SeedSequence: a TypeError or ValueError from inside it)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise TinyGPTError(f"seed must be a non-negative integer, got {seed!r}")
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise TinyGPTError(f"dtype must be float32 or float64, got {dtype}")
