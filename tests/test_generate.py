@@ -776,3 +776,14 @@ def test_cli_sample_is_generate_from_the_start_token_within_the_tokenizers_vocab
     if stop_at_eos:
         new = new[: new.index(eot)]
     assert out == tokenizer.decode(new) + "\n"
+
+
+def test_sample_next_refuses_logits_that_are_not_b_by_v_and_a_missing_rng():
+    rng = np.random.default_rng(0)
+    for logits in (np.array([1.0, 3.0, 2.0]), np.ones((2, 2, 3)), np.zeros((1, 0))):  # IndexError, ValueError
+        with pytest.raises(TinyGPTError, match=r"\(B, V\)"):
+            sample_next(logits, rng)
+    for bad_rng in (None, 0):  # AttributeError: 'NoneType' / 'int' object has no attribute 'random'
+        with pytest.raises(TinyGPTError, match="rng"):
+            sample_next(np.array([[1.0, 3.0]]), bad_rng)
+    assert sample_next(np.array([[1.0, 3.0]]), None, temperature=0).tolist() == [1]  # greedy needs no rng

@@ -217,8 +217,12 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
     """
     validate_sampling(temperature, top_k, top_p)
     logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[1] == 0:  # (V,) logits drew V tokens and ended in an IndexError
+        raise TinyGPTError(f"sample_next: logits must have shape (B, V) with V >= 1, got {logits.shape}")
     if temperature == 0:
         return np.argmax(logits, axis=-1).astype(np.int64)
+    if not isinstance(rng, np.random.Generator):  # (greedy draws nothing: it needs none)
+        raise TinyGPTError(f"sample_next: rng must be a numpy.random.Generator, got {type(rng).__name__}")
     probs = next_token_probs(logits, temperature, top_k, top_p)  # (B, V)
     u = rng.random(probs.shape[0])  # (B,) uniform in [0, 1)
     ids = np.empty(len(u), dtype=np.int64)
