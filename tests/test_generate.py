@@ -787,3 +787,16 @@ def test_sample_next_refuses_logits_that_are_not_b_by_v_and_a_missing_rng():
         with pytest.raises(TinyGPTError, match="rng"):
             sample_next(np.array([[1.0, 3.0]]), bad_rng)
     assert sample_next(np.array([[1.0, 3.0]]), None, temperature=0).tolist() == [1]  # greedy needs no rng
+
+
+def test_forward_cached_checks_ids_and_pos_as_the_uncached_path_does():
+    config = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    params = GPT(config).params
+    for idx in (np.array([[-1]]), np.array([[11]])):  # -1 read wte's last row; 11 was an IndexError
+        with pytest.raises(TinyGPTError, match="token ids"):
+            forward_cached(params, config, idx, new_kv_cache(config, 1), 0)
+    for pos in (-1, 1.0):  # a NumPy broadcast ValueError, a TypeError
+        with pytest.raises(TinyGPTError, match="pos"):
+            forward_cached(params, config, np.array([[1]]), new_kv_cache(config, 1), pos)
+    np.testing.assert_allclose(forward_cached(params, config, [[1, 2]], new_kv_cache(config, 1), 0),
+                               forward_uncached(params, config, np.array([[1, 2]])), rtol=1e-5, atol=1e-6)

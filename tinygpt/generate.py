@@ -333,7 +333,13 @@ def forward_cached(params, config, idx, kv_cache, pos, lm_head=None):
     new token (the next-token scores). Prefill is ``pos=0`` with the whole prompt; a decode step is
     ``pos=t`` with one token. ``lm_head`` is the (C, V) unembedding, ``wte.T`` (a view) when None.
     """
+    from tinygpt.kernels import checked_token_ids
+
+    # as the uncached path's embedding_forward checks them: an id of -1 read wte's last row
+    idx = checked_token_ids(idx, config.vocab_size, config.block_size)
     B, T = idx.shape
+    if not _is_int(pos) or pos < 0:
+        raise TinyGPTError(f"forward_cached: pos must be an integer >= 0, got {pos!r}")
     if pos + T > config.block_size:
         raise TinyGPTError(f"positions up to {pos + T} exceed block_size {config.block_size}")
     x = params["wte.weight"][idx]  # (B, T, C)
