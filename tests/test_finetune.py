@@ -725,6 +725,14 @@ def test_confusion_matrix_rows_are_true_classes_columns_predictions():
     assert matrix.tolist() == [[1, 1, 0], [0, 0, 1], [0, 0, 2]]
 
 
+def test_confusion_matrix_refuses_ids_outside_the_classes():
+    for true, pred in (([0, -1], [0, 0]), ([0, 0], [2, 0]), ([0.0, 1.0], [0, 1]), ([0, 1], [0])):
+        # -1 was counted as class 1; 2 and the floats were IndexErrors; the short pred a ValueError
+        with pytest.raises(TinyGPTError, match="confusion_matrix"):
+            ft.confusion_matrix(np.array(true), np.array(pred), 2)
+    assert ft.confusion_matrix(np.array([], np.int64), np.array([], np.int64), 2).sum() == 0
+
+
 def test_confusion_matrix_png_is_written_atomically(tmp_path):
     # it went through a fixed-name temporary beside the PNG: a user's file of that name was replaced, and
     # when the PNG could not be written (a directory there) the temporary stayed in the run directory

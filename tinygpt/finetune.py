@@ -758,6 +758,14 @@ def predict_proba(clf: Classifier, texts: list[str], batch_size: int = 64) -> np
 
 def confusion_matrix(true_ids: np.ndarray, pred_ids: np.ndarray, n_classes: int) -> np.ndarray:
     """(K, K) counts: row = true class, column = predicted class."""
+    true_ids, pred_ids = np.asarray(true_ids), np.asarray(pred_ids)
+    for name, ids in (("true_ids", true_ids), ("pred_ids", pred_ids)):  # a -1 was counted as class K - 1
+        if ids.shape != true_ids.shape or ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise TinyGPTError(f"confusion_matrix: {name} must be a 1-D integer array of the length of "
+                               f"true_ids, got {ids.dtype} {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= n_classes):
+            raise TinyGPTError(f"confusion_matrix: {name} must be class ids in [0, {n_classes}), got "
+                               f"[{ids.min()}, {ids.max()}]")
     matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(matrix, (true_ids, pred_ids), 1)
     return matrix
