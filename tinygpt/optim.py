@@ -92,6 +92,8 @@ class AdamW:
     def step(self, grads: dict[str, np.ndarray], lr: float | None = None) -> None:
         """One update of every parameter from ``grads`` (same keys); ``lr`` overrides ``self.lr``."""
         lr = self.lr if lr is None else float(lr)
+        if not lr >= 0.0:  # the constructor's rule: a nan or negative rate from a schedule moved every weight
+            raise TinyGPTError(f"AdamW.step: learning rate must be >= 0, got {lr}")
         # every gradient checked before any parameter moves: a missing one failed half-way through the
         # update (KeyError), and a (1,)-shaped one was broadcast over its whole parameter
         missing = [name for name in self.params if name not in grads]
