@@ -293,3 +293,10 @@ def test_step_refuses_missing_or_misshapen_grads_before_updating_anything():
     assert opt.step_count == 0
     np.testing.assert_array_equal(params["w"], np.ones((2, 3)))
     np.testing.assert_array_equal(params["b"], np.zeros(3))
+
+
+def test_clip_grad_norm_refuses_a_nan_max_norm():
+    grads = {"w": np.full(4, 10.0)}
+    with pytest.raises(TinyGPTError, match="max_norm is nan"):
+        clip_grad_norm(grads, float("nan"))
+    np.testing.assert_array_equal(grads["w"], np.full(4, 10.0))

@@ -218,6 +218,8 @@ def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     ``max_norm <= 0`` disables clipping (the norm is still returned, e.g. for logging). A non-finite
     norm is returned unchanged and the gradients are left alone, so the caller can report it.
     """
+    if math.isnan(max_norm):  # (nan > 0 is False: it read as "clipping off", silently)
+        raise TinyGPTError("clip_grad_norm: max_norm is nan; give a number (<= 0 disables clipping)")
     norm = grad_norm(grads)
     if max_norm > 0 and math.isfinite(norm):
         scale = max_norm / (norm + 1e-6)
