@@ -26,9 +26,12 @@ def test_bench_recipe_runs_both_sides(tmp_path, capsys, monkeypatch):
         assert all(math.isfinite(v) for v in (train_loss, val_loss, val_whole))
         assert val_loss < math.log(len(set(TEXT))) + 0.5  # both start near log(vocab) and do not diverge
         assert abs(val_whole - val_loss) < 0.2  # the same model on more of the same split
-    # ours "time vs peer" is our wall time over the peer's, as printed (0.1 s resolution)
+    # ours "time vs peer" is our wall time over the peer's. The times print rounded to 0.1 s and the ratio
+    # to 0.01, so the printed times' ratio is off by up to 0.05 / peer + 0.05 ours / peer^2, plus 0.005 (a
+    # cold JIT cache, as in a fresh clone, makes ours several times the peer's: 13.4 s against 5.9 s once)
     ours_s, peer_s = float(rows[0][-6]), float(rows[1][-6])
-    assert float(rows[0][-1].rstrip("x")) == pytest.approx(ours_s / peer_s, abs=0.01 + 0.1 / peer_s)
+    slack = 0.005 + 0.05 / peer_s + 0.05 * ours_s / peer_s**2 + 1e-9
+    assert float(rows[0][-1].rstrip("x")) == pytest.approx(ours_s / peer_s, abs=slack)
 
 
 @pytest.mark.parametrize("argv, message", [
