@@ -347,6 +347,7 @@ def test_float32_matches_float64():
         (np.full((1, 2), 11), "outside the vocabulary"),
         (np.full((1, 2), -1), "outside the vocabulary"),
         (np.zeros((0, 2), dtype=np.int64), "empty"),
+        ([[1, 2], [3]], "rows differ in length"),  # a ragged list was NumPy's "inhomogeneous shape"
     ],
 )
 def test_bad_idx(idx, message):

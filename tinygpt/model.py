@@ -306,7 +306,10 @@ class GPT:
     # --- input checks -----------------------------------------------------------------------------
 
     def _check_ids(self, ids, what: str, allow_ignore: bool = False) -> np.ndarray:
-        ids = np.asarray(ids)
+        try:
+            ids = np.asarray(ids)
+        except ValueError:  # a ragged list of rows: NumPy's "inhomogeneous shape" ValueError
+            raise TinyGPTError(f"{what} must be a (batch, time) array; its rows differ in length") from None
         if ids.dtype == np.bool_ or not np.issubdtype(ids.dtype, np.integer):
             raise TinyGPTError(f"{what} must hold integer token ids, got dtype {ids.dtype}")
         if ids.ndim != 2:
