@@ -300,3 +300,19 @@ def test_clip_grad_norm_refuses_a_nan_max_norm():
     with pytest.raises(TinyGPTError, match="max_norm is nan"):
         clip_grad_norm(grads, float("nan"))
     np.testing.assert_array_equal(grads["w"], np.full(4, 10.0))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lr": "a"}, "lr must be a number"),
+    ({"lr": None}, "lr must be a number"),
+    ({"lr": 0.1, "betas": 0.9}, "betas must be a pair"),
+    ({"lr": 0.1, "betas": (0.9,)}, "betas must be a pair"),
+    ({"lr": 0.1, "eps": "1e-8"}, "eps must be a number"),
+    ({"lr": 0.1, "weight_decay": True}, "weight_decay must be a number"),
+])
+def test_adamw_arguments_of_the_wrong_kind_are_one_line_errors(kwargs, message):
+    # they were a TypeError, an IndexError or an AttributeError from inside the constructor
+    with pytest.raises(TinyGPTError, match=message):
+        AdamW({"w": np.ones(3)}, **kwargs)
+    with pytest.raises(TinyGPTError, match="params must be a dict"):
+        AdamW([np.ones(3)], lr=0.1)

@@ -39,6 +39,11 @@ def _zeros_like(p):
     return gpu.zeros_like(p) if gpu else np.zeros_like(p)
 
 
+def _is_number(x) -> bool:
+    """A real number: an int or float, Python's or NumPy's (a bool is not one here)."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
 class AdamW:
     """Adam with decoupled weight decay (Loshchilov & Hutter), the optimizer GPT-2/3 were trained with.
 
@@ -66,6 +71,13 @@ class AdamW:
 
     def __init__(self, params: dict[str, np.ndarray], lr: float, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.1, kernel=None):
+        if not isinstance(params, dict):
+            raise TinyGPTError(f"AdamW: params must be a dict of name -> array, got {type(params).__name__}")
+        for name, value in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+            if not _is_number(value):
+                raise TinyGPTError(f"AdamW: {name} must be a number, got {value!r}")
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(map(_is_number, betas))):
+            raise TinyGPTError(f"AdamW: betas must be a pair of numbers (beta1, beta2), got {betas!r}")
         if not lr >= 0.0:
             raise TinyGPTError(f"learning rate must be >= 0, got {lr}")
         if not all(0.0 <= b < 1.0 for b in betas):
