@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.errors import TinyGPTError, is_int
 from tinygpt.files import write_atomic
 
 VAL_FRACTION = 0.1
@@ -370,7 +370,7 @@ def get_batch(tokens: np.ndarray, batch_size: int, block_size: int,
     restoring it later reproduces the same batches, which is how a resumed run continues exactly.
     """
     for name, value in (("batch_size", batch_size), ("block_size", block_size)):  # 0, -3: (B, 0) batches
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if not is_int(value) or value < 1:
             raise TinyGPTError(f"get_batch: {name} must be a positive integer, got {value!r}")
     if not isinstance(rng, np.random.Generator):
         raise TinyGPTError(f"get_batch: rng must be a numpy.random.Generator, got {type(rng).__name__}")

@@ -1,4 +1,4 @@
-"""The one exception type tinygpt raises for bad input.
+"""The one exception type tinygpt raises for bad input, and the integer test its checks share.
 
 Every user-facing problem (a bad argument, a missing or corrupt file, an unknown name) raises
 ``TinyGPTError`` with a one-line message that names the problem. It subclasses ``ValueError`` so callers
@@ -7,5 +7,14 @@ exit status 2, with no traceback.
 """
 
 
+import numbers
+
+
 class TinyGPTError(ValueError):
     """Bad input: the message says what is wrong and, where it helps, how to fix it."""
+
+
+def is_int(value) -> bool:
+    """An integer, Python's or NumPy's (``np.integer`` is a ``numbers.Integral``); not a bool, which
+    compares equal to 1 but is a flag, not a count, nor a float such as 2.0 (a loaded file's 256.0)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -53,7 +53,7 @@ import numpy as np
 
 from tinygpt import layers
 from tinygpt.data import refuse_device
-from tinygpt.errors import TinyGPTError
+from tinygpt.errors import TinyGPTError, is_int
 from tinygpt.files import write_atomic
 
 __all__ = [
@@ -347,7 +347,7 @@ def classifier_backward(cache, dloss: float = 1.0) -> dict[str, np.ndarray]:
 
 def _batches_by_length(seqs, batch_size):
     """Index batches with similar lengths together (less padding computed); order restored by callers."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise TinyGPTError(f"--batch-size must be a positive integer, got {batch_size!r}")
     order = np.argsort([len(s) for s in seqs], kind="stable")
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

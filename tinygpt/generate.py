@@ -32,7 +32,7 @@ import numbers
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.errors import TinyGPTError, is_int
 from tinygpt.layers import (
     attention_forward,
     embedding_forward,
@@ -66,10 +66,6 @@ _TOP_P_CANDIDATES = 256
 # --- sampling: pure functions on (B, V) logits -----------------------------------------------------
 
 
-def _is_int(x):
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
 def validate_sampling(temperature=1.0, top_k=None, top_p=None):
     """Raise TinyGPTError unless temperature >= 0 (finite), top_k is None or an int >= 0, 0 < top_p <= 1."""
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
@@ -77,7 +73,7 @@ def validate_sampling(temperature=1.0, top_k=None, top_p=None):
     if not (math.isfinite(temperature) and temperature >= 0):
         raise TinyGPTError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None:
-        if not _is_int(top_k):
+        if not is_int(top_k):
             raise TinyGPTError(f"top_k must be an integer >= 0 (0 or None = off), got {top_k!r}")
         if top_k < 0:
             raise TinyGPTError(f"top_k must be >= 0 (0 or None = off), got {top_k}")
@@ -338,7 +334,7 @@ def forward_cached(params, config, idx, kv_cache, pos, lm_head=None):
     # as the uncached path's embedding_forward checks them: an id of -1 read wte's last row
     idx = checked_token_ids(idx, config.vocab_size, config.block_size)
     B, T = idx.shape
-    if not _is_int(pos) or pos < 0:
+    if not is_int(pos) or pos < 0:
         raise TinyGPTError(f"forward_cached: pos must be an integer >= 0, got {pos!r}")
     if pos + T > config.block_size:
         raise TinyGPTError(f"positions up to {pos + T} exceed block_size {config.block_size}")
@@ -429,17 +425,17 @@ def generate(
     it outgrows block_size (see the module docstring for how the cache follows).
     """
     validate_sampling(temperature, top_k, top_p)
-    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
         raise TinyGPTError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     _check_params(params, config)
     idx = _check_idx(idx, config.vocab_size)
-    if eos_token is not None and not (_is_int(eos_token) and 0 <= eos_token < config.vocab_size):
+    if eos_token is not None and not (is_int(eos_token) and 0 <= eos_token < config.vocab_size):
         raise TinyGPTError(f"eos_token {eos_token} is not a token id in [0, {config.vocab_size})")
-    if vocab_limit is not None and not (_is_int(vocab_limit) and 0 < vocab_limit <= config.vocab_size):
+    if vocab_limit is not None and not (is_int(vocab_limit) and 0 < vocab_limit <= config.vocab_size):
         raise TinyGPTError(f"vocab_limit must be an integer in [1, {config.vocab_size}], got {vocab_limit!r}")
     if eos_token is not None and vocab_limit is not None and eos_token >= vocab_limit:
         raise TinyGPTError(f"eos_token {eos_token} is at or past vocab_limit {vocab_limit}")
-    if not (seed is None or isinstance(seed, np.random.Generator) or (_is_int(seed) and seed >= 0)):
+    if not (seed is None or isinstance(seed, np.random.Generator) or (is_int(seed) and seed >= 0)):
         raise TinyGPTError(f"seed must be an integer >= 0, a numpy.random.Generator or None, got {seed!r}")
     rng = np.random.default_rng(seed)  # a Generator passes through unchanged
 

@@ -64,7 +64,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.errors import TinyGPTError, is_int
 from tinygpt.files import atomic_path
 
 __all__ = ["GPTConfig", "GPT", "get_layer_ops", "activation_floats_per_token"]
@@ -92,7 +92,7 @@ class GPTConfig:
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise TinyGPTError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
             setattr(self, name, int(value))
         if self.n_embd % self.n_head:
@@ -241,7 +241,7 @@ class GPT:
         if not isinstance(config, GPTConfig):
             raise TinyGPTError(f"GPT needs a GPTConfig, got {type(config).__name__}")
         # (None, -1 or 1.5 reached NumPy's SeedSequence: a TypeError or ValueError from inside it)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise TinyGPTError(f"seed must be a non-negative integer, got {seed!r}")
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import regex
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.errors import TinyGPTError, is_int
 from tinygpt.files import atomic_path, write_atomic
 
 # --- split patterns -------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ class BPETokenizer:
         ascii_pattern = _ASCII_SPLIT_PATTERNS.get(self.pattern_name)
         self._ascii_split_regex = re.compile(ascii_pattern) if ascii_pattern else None
         self.byte_ids = list(range(256)) if byte_ids is None else list(byte_ids)
-        if not all(_is_id(i) for i in self.byte_ids) or sorted(self.byte_ids) != list(range(256)):
+        if not all(is_int(i) for i in self.byte_ids) or sorted(self.byte_ids) != list(range(256)):
             raise TinyGPTError("byte_ids must give each of the 256 bytes a distinct id in 0..255")
 
         # token_bytes[id] = the bytes the token stands for; ranks[(a, b)] = id of the merged token.
@@ -330,7 +330,7 @@ class BPETokenizer:
         self.merges: list[tuple[int, int]] = []
         self.ranks: dict[tuple[int, int], int] = {}
         for i, pair in enumerate(merges):
-            if len(pair) != 2 or not all(_is_id(t) and 0 <= t < 256 + i for t in pair):
+            if len(pair) != 2 or not all(is_int(t) and 0 <= t < 256 + i for t in pair):
                 raise TinyGPTError(f"merge {i} must be a pair of earlier ids (< {256 + i}), got {pair!r}")
             a, b = pair
             if (a, b) in self.ranks:
@@ -343,7 +343,7 @@ class BPETokenizer:
 
         special_tokens = dict(special_tokens or {})
         n_base = len(self.token_bytes)
-        if not all(_is_id(i) for i in special_tokens.values()) \
+        if not all(is_int(i) for i in special_tokens.values()) \
                 or sorted(special_tokens.values()) != list(range(n_base, n_base + len(special_tokens))):
             raise TinyGPTError(f"special token ids must be {n_base}, {n_base + 1}, ... (after the merges)")
         if not all(isinstance(s, str) and s for s in special_tokens):
@@ -594,7 +594,7 @@ class BPETokenizer:
         # Special tokens are stored as plain text, not byte-level text: GPT-2's "<|endoftext|>" is, and HF
         # tokenizers looks an added special token up by its plain text (a byte-level "<|endĠofĠtext|>"
         # would get a new id there). The ids beyond the merges must be exactly the specials.
-        specials = {s: i for s, i in encoder.items() if _is_id(i) and i >= n_base}  # keys as written
+        specials = {s: i for s, i in encoder.items() if is_int(i) and i >= n_base}  # keys as written
         # A vocab.bpe cut short leaves encoder.json's later merge tokens past the merges, where they would
         # load as thousands of "special tokens". Refuse more of them than any real file has, or several
         # that are mostly spelled like a merge of two earlier tokens (a special token rarely is: one odd
@@ -914,11 +914,6 @@ def _visible_char(c: str) -> str:
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def _is_id(value) -> bool:
-    """An int token id (a loaded file's 256.0 or true is not one, though they compare equal)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _utf8(text: str) -> bytes:
