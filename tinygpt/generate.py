@@ -33,6 +33,7 @@ import numbers
 import numpy as np
 
 from tinygpt.errors import TinyGPTError, is_int
+from tinygpt.kernels import checked_token_ids
 from tinygpt.layers import (
     attention_forward,
     embedding_forward,
@@ -329,8 +330,6 @@ def forward_cached(params, config, idx, kv_cache, pos, lm_head=None):
     new token (the next-token scores). Prefill is ``pos=0`` with the whole prompt; a decode step is
     ``pos=t`` with one token. ``lm_head`` is the (C, V) unembedding, ``wte.T`` (a view) when None.
     """
-    from tinygpt.kernels import checked_token_ids
-
     # as the uncached path's embedding_forward checks them: an id of -1 read wte's last row
     idx = checked_token_ids(idx, config.vocab_size, config.block_size)
     B, T = idx.shape
