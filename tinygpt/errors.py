@@ -1,4 +1,4 @@
-"""The one exception type tinygpt raises for bad input, and the integer test its checks share.
+"""The one exception type tinygpt raises for bad input, and the number tests its checks share.
 
 Every user-facing problem (a bad argument, a missing or corrupt file, an unknown name) raises
 ``TinyGPTError`` with a one-line message that names the problem. It subclasses ``ValueError`` so callers
@@ -18,3 +18,8 @@ def is_int(value) -> bool:
     """An integer, Python's or NumPy's (``np.integer`` is a ``numbers.Integral``); not a bool, which
     compares equal to 1 but is a flag, not a count, nor a float such as 2.0 (a loaded file's 256.0)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A real number, Python's or NumPy's (``numbers.Real``); not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

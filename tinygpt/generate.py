@@ -32,7 +32,7 @@ import numbers
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError, is_int
+from tinygpt.errors import TinyGPTError, is_int, is_number
 from tinygpt.kernels import checked_token_ids
 from tinygpt.layers import (
     attention_forward,
@@ -69,7 +69,7 @@ _TOP_P_CANDIDATES = 256
 
 def validate_sampling(temperature=1.0, top_k=None, top_p=None):
     """Raise TinyGPTError unless temperature >= 0 (finite), top_k is None or an int >= 0, 0 < top_p <= 1."""
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+    if not is_number(temperature):
         raise TinyGPTError(f"temperature must be a number >= 0, got {temperature!r}")
     if not (math.isfinite(temperature) and temperature >= 0):
         raise TinyGPTError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
@@ -79,7 +79,7 @@ def validate_sampling(temperature=1.0, top_k=None, top_p=None):
         if top_k < 0:
             raise TinyGPTError(f"top_k must be >= 0 (0 or None = off), got {top_k}")
     if top_p is not None:
-        if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real):
+        if not is_number(top_p):
             raise TinyGPTError(f"top_p must be a number in (0, 1], got {top_p!r}")
         if not 0.0 < top_p <= 1.0:
             raise TinyGPTError(f"top_p must be in (0, 1] (1 = off), got {top_p}")

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.errors import TinyGPTError, is_number
 
 
 def _gpu(a):
@@ -37,11 +37,6 @@ def _zeros_like(p):
     """Zeros beside ``p``: on the GPU for a device array (no host array is made), else NumPy's."""
     gpu = _gpu(p)
     return gpu.zeros_like(p) if gpu else np.zeros_like(p)
-
-
-def _is_number(x) -> bool:
-    """A real number: an int or float, Python's or NumPy's (a bool is not one here)."""
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
 class AdamW:
@@ -74,9 +69,9 @@ class AdamW:
         if not isinstance(params, dict):
             raise TinyGPTError(f"AdamW: params must be a dict of name -> array, got {type(params).__name__}")
         for name, value in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
-            if not _is_number(value):
+            if not is_number(value):
                 raise TinyGPTError(f"AdamW: {name} must be a number, got {value!r}")
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(map(_is_number, betas))):
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(map(is_number, betas))):
             raise TinyGPTError(f"AdamW: betas must be a pair of numbers (beta1, beta2), got {betas!r}")
         if not lr >= 0.0:
             raise TinyGPTError(f"learning rate must be >= 0, got {lr}")
