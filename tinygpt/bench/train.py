@@ -4,15 +4,15 @@ Both sides train the same GPT-2 architecture (PyTorch side: transformers' ``GPT2
 default SDPA attention, ``torch.set_num_threads`` equal to our BLAS threads) on the same random batch. A step
 is forward + backward, plus an AdamW update on both sides when ``tinygpt.optim.AdamW`` exists; the table says
 which (the peer's: ``torch.optim.AdamW`` with its CPU default, one tensor at a time, as nanoGPT runs it on a
-CPU; its ``fused=True`` took 6.0 ms a step at 10.7M parameters against 26.2 ms for the default, 2026-12-02,
-where our fused kernel took 13.1 ms on 2026-12-01). Steps of the two sides are interleaved (ours, theirs,
-ours, ...) so that other load on the machine slows both alike; the figure is the median step. ``--isolate N``
-instead runs each side alone in a fresh process, N rounds in alternating order, and reports the median of the
-rounds' medians: no side then shares the process (or its thread pools, still spinning from the other side's
-last call) with the other, at the price of the process-to-process drift that interleaving cancels. Both run
-with freed memory kept for reuse (``tinygpt.train.retain_freed_memory``, as ``tinygpt train`` runs): a
-process-wide setting, and neutral to the ratio here (four A/B pairs at 6L/384d, 2026-12-01: 1.32x, 1.24x,
-1.19x, 1.13x with it, 1.33x, 1.24x, 1.23x, 1.23x without).
+CPU; its ``fused=True`` took 6.0 ms a step at 10.7M parameters against 26.2 ms for the default (2026-12-02, a
+script not kept), where our fused kernel took 13.1 ms on 2026-12-01). Steps of the two sides are interleaved
+(ours, theirs, ours, ...) so that other load on the machine slows both alike; the figure is the median step.
+``--isolate N`` instead runs each side alone in a fresh process, N rounds in alternating order, and reports
+the median of the rounds' medians: no side then shares the process (or its thread pools, still spinning from
+the other side's last call) with the other, at the price of the process-to-process drift that interleaving
+cancels. Both run with freed memory kept for reuse (``tinygpt.train.retain_freed_memory``, as ``tinygpt
+train`` runs): a process-wide setting, and neutral to the ratio here (four A/B pairs at 6L/384d, 2026-12-01:
+1.32x, 1.24x, 1.19x, 1.13x with it, 1.33x, 1.24x, 1.23x, 1.23x without).
 
 MFU (model FLOPs utilisation) divides the model's FLOPs per second (``GPT.flops_per_token``: 6N plus
 attention) by the float32 matmul GFLOP/s that NumPy reaches on this machine, measured in the same run.
