@@ -77,6 +77,8 @@ def test_layernorm_gradcheck(with_bias):
         layers.layernorm_forward, layers.layernorm_backward, {"x": x, "weight": w, "bias": b}, TOL
     )
     assert set(errors) == ({"x", "weight", "bias"} if with_bias else {"x", "weight"})
+    dbias = layers.layernorm_backward(x, layers.layernorm_forward(x, w, b)[1])[2]
+    assert (dbias is None) == (not with_bias)  # no bias, no gradient: not a (C,) sum nobody asked for
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
@@ -85,6 +87,9 @@ def test_linear_gradcheck(with_bias):
     x, w = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5))
     b = rng.standard_normal(5) if with_bias else None
     assert_gradcheck(layers.linear_forward, layers.linear_backward, {"x": x, "weight": w, "bias": b}, TOL)
+    out, cache = layers.linear_forward(x, w, b)
+    dbias = layers.linear_backward(out, cache)[2]
+    assert (dbias is None) == (not with_bias)  # no bias, no gradient: not an (out,) sum nobody asked for
 
 
 def test_gelu_gradcheck():
@@ -163,6 +168,30 @@ def test_dropout_masks_keep_one_minus_p_independently_of_the_position_and_the_ke
     assert layers.dropout_threshold(0.0) == 0 and layers.dropout_threshold(0.25) == 2**30
 
 
+def test_dropout_keeps_an_entry_iff_its_bits_reach_p_times_2_to_the_32():
+    # the rule every backend implements: kept iff bits >= p * 2^32, compared exactly (bits and p * 2^32 are
+    # exact in float64); p set right at, just below and just above entry 0's bits b tests the boundary
+    key = layers.draw_dropout_key(rng_for(22))
+    index = np.arange(4096, dtype=np.uint64)
+    bits = layers.dropout_bits(key, index)
+    b = int(bits[0])
+    for p, kept in ((b / 2**32, True), ((b - 0.5) / 2**32, True), ((b + 0.5) / 2**32, False)):
+        keep = layers.dropout_keep(key, index, p)
+        assert bool(keep[0]) is kept, p
+        np.testing.assert_array_equal(keep, bits.astype(np.float64) >= p * 2.0**32)
+
+
+def test_attention_dropout_index_numbers_the_full_mask_in_c_order():
+    # weight (b, h, t, s) is entry ((b H + h) T + t) T + s of a (B, H, T, T) mask: the compiled kernels
+    # number it so too, so a different (still block-independent) numbering would drop different weights
+    B, H, T = 2, 3, 7
+    full = np.arange(B * H * T * T, dtype=np.uint64).reshape(B, H, T, T)
+    for t0, t1 in ((0, 7), (0, 3), (3, 6), (6, 7)):
+        index = layers.attention_dropout_index(B, H, T, t0, t1)
+        assert index.dtype == np.uint64
+        np.testing.assert_array_equal(index, full[:, :, t0:t1, :t1])
+
+
 def test_attention_dropout_keeps_the_same_weights_whatever_the_query_blocks():
     # each weight's fate is a function of (key, b, h, t, s): kernels with other tiles drop the same ones
     qkv = rng_for(21).standard_normal((2, 9, 3 * 8))
@@ -178,8 +207,9 @@ def test_dropout_zero_is_identity_and_bad_p_raises():
     x = np.ones(3)
     out, cache = layers.dropout_forward(x, 0.0, None)
     assert out is x and cache is None
-    with pytest.raises(TinyGPTError, match="dropout"):
-        layers.dropout_forward(x, 1.0, rng_for())
+    for p in (1.0, 1.5, -0.1):  # -0.1 failed in np.uint64 of a negative threshold, not with this message
+        with pytest.raises(TinyGPTError, match=r"dropout probability must be in \[0, 1\)"):
+            layers.dropout_forward(x, p, rng_for())
 
 
 def test_cross_entropy_gradcheck_with_ignored_targets():
@@ -250,6 +280,15 @@ def test_attention_matches_naive_loops_and_masks_the_future_exactly(query_block)
     assert (computed[~np.isnan(computed)] == 0.0).all()  # exactly zero, not merely small
     assert not np.isnan(att[..., ~upper]).any()  # every causal entry computed
     np.testing.assert_allclose(np.nansum(att, -1), 1.0)
+
+
+def test_attention_softmax_survives_huge_scores():
+    # scores in the thousands: exp overflows unless the row max is subtracted first (inf / inf = nan)
+    qkv = rng_for(16).standard_normal((2, 6, 3 * 8)) * 30
+    out, cache = layers.attention_forward(qkv, n_head=2, query_block=4)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, naive_attention(qkv, 2), rtol=1e-10, atol=1e-10)
+    assert np.isfinite(layers.attention_backward(np.ones_like(out), cache)).all()
 
 
 @settings(max_examples=20, deadline=None)
@@ -325,6 +364,9 @@ def test_cross_entropy_value_and_all_ignored():
     loss, cache = layers.cross_entropy_forward(np.ones((1, 2, 3)), np.full((1, 2), -1))
     assert loss == 0.0
     np.testing.assert_array_equal(layers.cross_entropy_backward(1.0, cache), 0.0)
+    # no tokens at all: loss 0, also for an empty float array (np.zeros((1, 0)) has no values to truncate)
+    loss, cache = layers.cross_entropy_forward(np.ones((1, 0, 3)), np.zeros((1, 0)))
+    assert loss == 0.0 and layers.cross_entropy_backward(1.0, cache).shape == (1, 0, 3)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
@@ -350,8 +392,10 @@ def test_cross_entropy_edges_agree_across_backends(backend):
         dominant[..., col] = 100.0
         loss, _ = ops.cross_entropy_forward(dominant, np.array([[(col + 1) % 3]]))
         assert loss == pytest.approx(100.0, rel=1e-6)
-    # targets NumPy would wrap (-2), broadcast ((1,) for (1, 1)) or truncate (1.9)
-    for targets, message in ((np.array([[-2]]), "-1 or in"), (np.array([1]), "shape"),
+    # targets NumPy would wrap (-2), index past (V = 3: the numba kernel would read outside the row),
+    # broadcast ((1,) for (1, 1)) or truncate (1.9)
+    for targets, message in ((np.array([[-2]]), "-1 or in"), (np.array([[3]]), r"in \[0, 3\), got \[3, 3\]"),
+                             (np.array([1]), "shape"),
                              (np.array([[1.9]]), "integers")):
         with pytest.raises(TinyGPTError, match=message):
             ops.cross_entropy_forward(np.zeros((1, 1, 3), np.float32), targets)
