@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tinygpt import layers
 from tinygpt.errors import TinyGPTError
-from tinygpt.gradcheck import assert_gradcheck, gradcheck, relative_error
+from tinygpt.gradcheck import assert_gradcheck, gradcheck, numerical_gradient, relative_error
 
 TOL = 1e-6  # a correct float64 backward lands near 1e-9; a wrong one near 1e-1
 
@@ -102,7 +102,9 @@ def test_attention_gradcheck(query_block):
     rng = rng_for(5)
     qkv = rng.standard_normal((2, 7, 3 * 8))
     kwargs = {"n_head": 2, "query_block": query_block}
-    assert_gradcheck(layers.attention_forward, layers.attention_backward, {"qkv": qkv}, TOL, kwargs=kwargs)
+    errors = assert_gradcheck(layers.attention_forward, layers.attention_backward, {"qkv": qkv}, TOL,
+                              kwargs=kwargs)
+    assert errors["qkv"] < 1e-8  # gradcheck's default eps = 1e-6 gives 3e-10 here; eps = 1e-3 gave 1e-7
 
 
 def test_attention_with_dropout_gradcheck():
@@ -239,6 +241,89 @@ def test_gradcheck_rejects_float32_and_catches_a_wrong_backward():
 
     with pytest.raises(AssertionError, match="gradient check failed"):
         assert_gradcheck(layers.gelu_forward, wrong_backward, {"x": x}, TOL)
+
+
+def test_gradcheck_default_tol_catches_a_small_relative_error():
+    # a backward 1e-4 off (a dropped eps, a float32 constant) is a bug a float64 check must flag
+    x = rng_for(17).standard_normal((3, 4))
+
+    def slightly_wrong(dout, cache):
+        return layers.gelu_backward(dout, cache) * (1 + 1e-4)
+
+    with pytest.raises(AssertionError, match="gradient check failed"):
+        assert_gradcheck(layers.gelu_forward, slightly_wrong, {"x": x})
+
+
+def test_gradcheck_uses_a_random_upstream_gradient():
+    # dout all ones would pass a backward that sends each entry's gradient to the wrong place
+    x = rng_for(18).standard_normal(6)
+
+    def permuting_backward(dout, cache):
+        return 2.0 * cache * dout[::-1]
+
+    with pytest.raises(AssertionError, match="gradient check failed"):
+        assert_gradcheck(lambda x: (x * x, x), permuting_backward, {"x": x})
+
+
+def test_gradcheck_flags_a_nan_gradient():
+    x = rng_for(19).standard_normal(4)
+    with pytest.raises(AssertionError, match="x: nan"):  # nan > tol is False: the check is `not err <= tol`
+        assert_gradcheck(layers.gelu_forward, lambda dout, cache: np.full_like(cache, np.nan), {"x": x})
+
+
+def test_gradcheck_refuses_a_backward_that_does_not_fit_the_inputs():
+    # each of these passed silently (zip truncated, a flat gradient reshaped) or failed with another error
+    rng = rng_for(23)
+    inputs = {"x": rng.standard_normal((2, 3)), "weight": rng.standard_normal((3, 4)), "bias": None}
+
+    def dropped(dout, cache):  # no slot for the None bias
+        return layers.linear_backward(dout, cache)[:2]
+
+    def flat(dout, cache):  # the right numbers, the wrong shape
+        dx, dweight, dbias = layers.linear_backward(dout, cache)
+        return dx.reshape(-1), dweight, dbias
+
+    def none_for_x(dout, cache):
+        return None, *layers.linear_backward(dout, cache)[1:]
+
+    for backward, message in ((dropped, "backward returned 2 gradients for 3 float/None inputs"),
+                              (flat, r"gradient of 'x' has shape \(6,\), input has \(2, 3\)"),
+                              (none_for_x, "backward returned None for 'x'")):
+        with pytest.raises(TinyGPTError, match=message):
+            gradcheck(layers.linear_forward, backward, inputs)
+    for name in ("bias", "w"):  # None, and not an input at all
+        with pytest.raises(TinyGPTError, match=f"cannot check '{name}': not a floating-point array"):
+            gradcheck(layers.linear_forward, layers.linear_backward, inputs, wrt=[name])
+
+
+def test_gradcheck_never_writes_to_the_callers_arrays():
+    # it perturbs private copies: a read-only input (a memory-mapped checkpoint) works and stays as it was
+    rng = rng_for(24)
+    x, w = rng.standard_normal((2, 3)), rng.standard_normal((3, 4))
+    before = x.copy()
+    x.flags.writeable = False
+    assert_gradcheck(layers.linear_forward, layers.linear_backward, {"x": x, "weight": w, "bias": None})
+    np.testing.assert_array_equal(x, before)
+
+
+def test_numerical_gradient_restores_x_and_refuses_a_strided_array():
+    x = rng_for(25).standard_normal((3, 4))
+    before = x.copy()
+    grad = numerical_gradient(lambda: float(np.sum(x**3)), x, [0, 5, 11])
+    np.testing.assert_allclose(grad, 3 * before.reshape(-1)[[0, 5, 11]] ** 2, rtol=1e-8)
+    np.testing.assert_array_equal(x, before)  # bit for bit: each entry is put back, not re-derived
+    # a transposed view reshapes to a copy: perturbing that would leave f unchanged and give 0 silently
+    with pytest.raises(TinyGPTError, match="contiguous array"):
+        numerical_gradient(lambda: float(np.sum(x**3)), x.T, [0])
+
+
+def test_relative_error_is_scaled_by_the_larger_tensor_and_checks_shapes():
+    assert relative_error([1.0, 2.0], [1.0, 3.0]) == pytest.approx(1 / 3)
+    # symmetric: a zero analytic gradient against a non-zero estimate is an error of 1, not of 1e30
+    assert relative_error([0.0, 0.0], [0.0, 1e-3]) == relative_error([0.0, 1e-3], [0.0, 0.0]) == 1.0
+    assert relative_error(np.zeros((2, 0)), np.zeros((2, 0))) == 0.0  # nothing to compare, no max of nothing
+    with pytest.raises(TinyGPTError, match=r"shapes \(3,\) and \(3, 1\)"):  # would broadcast to (3, 3)
+        relative_error(np.zeros(3), np.zeros((3, 1)))
 
 
 # --- forward values against straightforward references -------------------------------------------
