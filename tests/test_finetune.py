@@ -4,6 +4,7 @@ body; padding invariance; the finetune / predict / eval commands; bad input; the
 import csv
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -904,3 +905,66 @@ def test_eval_val_split_of_a_file_without_some_class(tmp_path, lm_dir):
     assert result["n"] == 2 and result["confusion"][1].sum() == 0  # round(0.1 * 20) comedies
     train = ft.evaluate_classifier(tmp_path / "clf", str(comedies), split="train")
     assert train["n"] == 18
+
+
+# --- mutation review: contracts of the data readers, the split and the encoding ------------------------
+
+
+@pytest.mark.parametrize("name, content, message", [
+    # an empty CSV field is a missing label, not a class named ""
+    ("d.csv", "text,label\nthe grave,tragedy\no merry day,\n", "d.csv:3: missing label"),
+    # JSON true is a Python int: it would have become the class 1
+    ("d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": true}\n',
+     "d.jsonl:2: a label must be a string or an integer, got True"),
+    ("d.jsonl", '{"text": "a", "label": "x"}\n{"text": "", "label": "y"}\n', "d.jsonl:2: empty text"),
+    # a row without a split field would silently have been a training row
+    ("d.jsonl", '{"text": "a", "label": "x", "split": "val"}\n{"text": "b", "label": "y"}\n',
+     "d.jsonl: either every row has a split field or none does"),
+], ids=["empty-csv-label", "boolean-label", "empty-text", "split-field-on-some-rows"])
+def test_read_labelled_refuses_a_bad_row_naming_it(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(TinyGPTError, match=re.escape(message)):
+        ft.read_labelled(tmp_path / name)
+
+
+def test_an_empty_csv_split_column_means_no_split(tmp_path):
+    # guards: "" read as a split name ("split must be train or val, got ''") for a column left blank
+    (tmp_path / "d.csv").write_text("text,label,split\nthe grave,tragedy,\no merry day,comedy,\n")
+    assert ft.read_labelled(tmp_path / "d.csv") == (["the grave", "o merry day"], ["tragedy", "comedy"],
+                                                    [None, None])
+
+
+def test_a_given_label_list_must_name_each_label_once():
+    # a repeat mapped both rows' "a" to its last index, silently; a label left out was a KeyError
+    with pytest.raises(TinyGPTError, match=re.escape("the label list ['a', 'b', 'a'] repeats a label")):
+        ft.label_vocabulary(["a", "b"], names=["a", "b", "a"])
+    with pytest.raises(TinyGPTError, match=re.escape("label 'c' is not among the given labels ['a', 'b']")):
+        ft.label_vocabulary(["a", "b", "c"], names=["a", "b"])
+
+
+def test_split_takes_the_rounded_share_of_each_class():
+    # round(0.4 * 4) = 2 and round(0.4 * 7) = 3 (truncating would give 1 and 2), counted by hand
+    label_ids = np.array([0] * 4 + [1] * 7)
+    train, val = ft.split_indices(label_ids, [None] * 11, 0.4, seed=0, n_classes=2)
+    assert np.bincount(label_ids[val], minlength=2).tolist() == [2, 3]
+    assert np.bincount(label_ids[train], minlength=2).tolist() == [2, 4]
+
+
+def test_split_refuses_a_val_fraction_of_one():
+    # 1.0 would have been clamped to all rows but one per class, a split nobody asked for
+    with pytest.raises(TinyGPTError, match=re.escape("--val-fraction must be in [0, 1), got 1.0")):
+        ft.split_indices(np.array([0, 0, 1, 1]), [None] * 4, 1.0, seed=0, n_classes=2)
+
+
+def test_only_texts_longer_than_block_size_count_as_truncated():
+    # guards: a text of exactly block_size tokens counted (and reported) as truncated
+    tok = CharTokenizer.train("abcdefgh")
+    seqs, truncated = ft.encode_texts(tok, ["abcde", "abcdef", "abc"], block_size=5, vocab_size=8)
+    assert truncated == 1 and [len(s) for s in seqs] == [5, 5, 3]
+
+
+def test_a_text_that_encodes_to_no_tokens_is_refused():
+    # `tinygpt predict --out DIR ""` reached max([]): a ValueError traceback
+    tok = CharTokenizer.train("abc")
+    with pytest.raises(TinyGPTError, match="input, text 2: encodes to no tokens"):
+        ft.encode_texts(tok, ["ab", ""], block_size=5, vocab_size=3, where="input")
