@@ -253,6 +253,15 @@ def test_split_keeps_a_training_example_of_every_class_at_a_high_val_fraction():
     assert np.bincount(label_ids[val], minlength=2).tolist() == [1, 9]
     assert np.bincount(label_ids[train], minlength=2).tolist() == [1, 1]
 
+
+def test_split_keeps_the_only_row_of_a_class_for_training():
+    # guards: round(0.6 * 1) = 1 put a one-row class wholly in validation, and the run stopped with
+    # "label 'rare' has no training examples", a split the stratification had drawn itself
+    label_ids = np.array([0] + [1] * 10)
+    train, val = ft.split_indices(label_ids, [None] * 11, 0.6, seed=0, n_classes=2, names=["rare", "common"])
+    assert np.bincount(label_ids[val], minlength=2).tolist() == [0, 6]
+    assert np.bincount(label_ids[train], minlength=2).tolist() == [1, 4]
+
 # --- fine-tuning runs --------------------------------------------------------------------------------
 
 

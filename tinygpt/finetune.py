@@ -222,7 +222,10 @@ def split_indices(label_ids: np.ndarray, splits: list, val_fraction: float, seed
             rows = np.flatnonzero(label_ids == k)
             n_val = int(round(val_fraction * len(rows)))
             if val_fraction > 0 and len(rows) >= 2:
-                n_val = min(max(n_val, 1), len(rows) - 1)
+                n_val = max(n_val, 1)
+            # never all of them, a class of one row included: above a val_fraction of 0.5 its only row
+            # went to validation and the run stopped with "no training examples", a split it drew itself
+            n_val = min(n_val, max(len(rows) - 1, 0))
             is_val[rng.permutation(rows)[:n_val]] = True
     train, val = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     missing = sorted(set(label_ids.tolist()) - set(label_ids[train].tolist()))
