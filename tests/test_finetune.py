@@ -977,3 +977,78 @@ def test_a_text_that_encodes_to_no_tokens_is_refused():
     tok = CharTokenizer.train("abc")
     with pytest.raises(TinyGPTError, match="input, text 2: encodes to no tokens"):
         ft.encode_texts(tok, ["ab", ""], block_size=5, vocab_size=3, where="input")
+
+
+# --- mutation review: the head, inference and loading ---------------------------------------------------
+
+
+def test_init_head_is_normal_with_std_0_02_and_a_zero_bias():
+    # the docstring's GPT-2 initialisation; 16,384 draws put the sample std within 1% of 0.02
+    head = ft.init_head(256, 64, seed=3)
+    weight, bias = head[ft.HEAD_WEIGHT], head[ft.HEAD_BIAS]
+    assert weight.shape == (256, 64) and bias.shape == (64,) and weight.dtype == bias.dtype == np.float32
+    assert weight.std() == pytest.approx(0.02, rel=0.03) and abs(weight.mean()) < 1e-3
+    assert not bias.any()
+    np.testing.assert_array_equal(ft.init_head(256, 64, seed=3)[ft.HEAD_WEIGHT], weight)
+    assert not np.array_equal(ft.init_head(256, 64, seed=4)[ft.HEAD_WEIGHT], weight)
+
+
+def test_predict_proba_of_large_logits_is_finite():
+    # guards: the softmax without its max subtracted: exp(800) overflows and the probabilities were NaN.
+    # Logits (800, 801) for every text give (1, e) / (1 + e).
+    tok = CharTokenizer.train("abc")
+    head = {ft.HEAD_WEIGHT: np.zeros((8, 2)), ft.HEAD_BIAS: np.array([800.0, 801.0])}
+    clf = ft.Classifier(_tiny_model(tok.vocab_size).eval(), tok, head, ["x", "y"], {}, {})
+    probs = ft.predict_proba(clf, ["abc", "b"])
+    np.testing.assert_allclose(probs, [[1 / (1 + np.e), np.e / (1 + np.e)]] * 2, rtol=1e-12)
+
+
+def test_pooled_features_leave_a_model_in_eval_mode_in_eval_mode():
+    # guards: the mode put back as training whatever it was (the other way round from the test above)
+    model = _tiny_model(11).eval()
+    ft.pooled_features(model, [np.array([1, 2, 3])])
+    assert not model.training
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"dropout": 1.0}, "--dropout must be in [0, 1), got 1.0"),  # every activation dropped
+    ({"max_iters": 0}, "--max-iters must be a positive integer, got 0"),  # was read as "not given"
+], ids=["dropout-1", "max-iters-0"])
+def test_config_refuses_out_of_range_settings(setting, message):
+    with pytest.raises(TinyGPTError, match=re.escape(message)):
+        ft.FinetuneConfig(data="d.jsonl", **setting).validate()
+
+
+def test_load_classifier_refuses_a_head_of_another_width_than_its_labels(tmp_path):
+    # a head of 2 columns saved with 3 label names: predict would have named classes it never scores
+    tok = CharTokenizer.train("abc")
+    model = _tiny_model(tok.vocab_size, dtype=np.float32)
+    head = ft.init_head(8, 2)
+    save_checkpoint(tmp_path / "clf", ft._ClassifierForSaving(model, head, ["a", "b", "c"], {}), tok, None,
+                    {"backend": "numpy"}, {"step": 0})
+    with pytest.raises(TinyGPTError, match=re.escape("classifier.weight has shape (8, 2) for 3 labels")):
+        ft.load_classifier(tmp_path / "clf")
+
+
+def test_eval_refuses_max_batches_zero_before_loading():
+    with pytest.raises(TinyGPTError, match=re.escape("--max-batches must be at least 1, got 0")):
+        ft.evaluate_classifier("no-such-dir", max_batches=0)
+
+
+def test_a_classifier_of_integer_labels_scores_a_csv_file(tmp_path, lm_dir):
+    # guards: a CSV's labels are text: "1" is the label 1 of a classifier fine-tuned on a .jsonl's integers
+    # (the other way round is checked above); the scores must be those of the same rows as a .jsonl
+    rows = [{"text": r["text"], "label": int(r["label"] == "comedy")} for r in _rows()]
+    data = _write_jsonl(tmp_path / "d.jsonl", rows)
+    ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), freeze_body=True, max_iters=2),
+                           quiet=True)
+    table = tmp_path / "t.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    as_csv = ft.evaluate_classifier(tmp_path / "clf", str(table), split="all")
+    as_jsonl = ft.evaluate_classifier(tmp_path / "clf", str(data), split="all")
+    assert as_csv["labels"] == [0, 1] and as_csv["n"] == 48
+    assert as_csv["confusion"].tolist() == as_jsonl["confusion"].tolist()
+    assert as_csv["loss"] == as_jsonl["loss"]
