@@ -1052,3 +1052,91 @@ def test_a_classifier_of_integer_labels_scores_a_csv_file(tmp_path, lm_dir):
     assert as_csv["labels"] == [0, 1] and as_csv["n"] == 48
     assert as_csv["confusion"].tolist() == as_jsonl["confusion"].tolist()
     assert as_csv["loss"] == as_jsonl["loss"]
+
+
+# --- mutation review: the training run's bookkeeping ------------------------------------------------------
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_metrics_are_the_mean_over_the_texts_seen(tmp_path, lm_dir):
+    # guards: the running loss summed per batch, not per text (the last batch of 44 texts in 8s holds 4),
+    # and not reset after a row. With a learning rate of 1e-12 the head stays at its initialisation, so
+    # the two rows of one epoch (24 texts, then 20) average to the initial head's loss and accuracy on
+    # every text, computed here by hand.
+    rows = _rows(44)
+    data = _write_jsonl(tmp_path / "d.jsonl", rows)
+    ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), freeze_body=True, val_fraction=0.0,
+                                   learning_rate=1e-12, max_iters=6, eval_interval=3), quiet=True)
+    ckpt = load_checkpoint(lm_dir)
+    ids = [ckpt.tokenizer.encode(r["text"])[:24] for r in rows]  # block_size 24: the first 24 tokens
+    features = np.stack([ckpt.model.eval().forward_hidden(np.array([i]), keep_caches=False)[0, -1]
+                         for i in ids])
+    head = ft.init_head(8, 2, seed=1337)
+    logits = features.astype(np.float64) @ head[ft.HEAD_WEIGHT] + head[ft.HEAD_BIAS]
+    labels = np.array([r["label"] == "tragedy" for r in rows], dtype=int)  # classes sorted: comedy, tragedy
+    log_z = np.log(np.exp(logits).sum(axis=1))
+    first, second = _metrics(tmp_path / "clf")[1:]
+    assert (first["step"], first["epoch"], second["step"], second["epoch"]) == (3, 0.5, 6, 1.0)
+    epoch = {k: (24 * first[k] + 20 * second[k]) / 44 for k in ("train_loss", "train_acc")}
+    assert epoch["train_loss"] == pytest.approx(np.mean(log_z - logits[np.arange(44), labels]), rel=1e-5)
+    assert epoch["train_acc"] == pytest.approx(np.mean(logits.argmax(axis=1) == labels))
+
+
+def test_the_last_step_is_evaluated_and_the_schedule_ends_at_a_tenth_of_the_rate(tmp_path, lm_dir):
+    # 5 steps, every 2: the 5th is evaluated and checkpointed too. The default min_lr is learning_rate / 10,
+    # and a warmup longer than the run is cut to it, so the schedule still ends at min_lr (lr_at(5) with
+    # an uncut warmup of 10 is 2e-3 * 6 / 11)
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    summary = ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), freeze_body=True,
+                                             max_iters=5, eval_interval=2, warmup_iters=10,
+                                             learning_rate=2e-3), quiet=True)
+    rows = _metrics(tmp_path / "clf")
+    assert [r["step"] for r in rows] == [0, 2, 4, 5] and summary["step"] == 5
+    assert rows[-1]["lr"] == pytest.approx(2e-4)
+    assert load_checkpoint(tmp_path / "clf").state["step"] == 5
+
+
+def test_best_val_acc_is_the_best_of_the_evaluations(tmp_path, lm_dir, monkeypatch):
+    # guards: best_val_acc taken as the last (or the first) evaluation's; the validation scores are
+    # scripted so that the best is neither
+    scripted = iter([0.5, 0.9, 0.7])
+    scores = ft._scores
+    monkeypatch.setattr(ft, "_scores", lambda *a: scores(*a)[:2] + (next(scripted),))
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    summary = ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), freeze_body=True,
+                                             max_iters=4, eval_interval=2), quiet=True)
+    assert [r["val_acc"] for r in _metrics(tmp_path / "clf")] == [0.5, 0.9, 0.7]
+    assert summary["val_acc"] == 0.7 and summary["best_val_acc"] == 0.9
+
+
+def test_weight_decay_shrinks_the_head_weight_by_lr_times_decay(tmp_path, lm_dir):
+    # AdamW decays before its step, and one step's gradient does not depend on the decay: after one step
+    # at the peak rate, the runs with and without decay differ by exactly -lr * wd * (initial weight);
+    # the bias (1-D) does not decay
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    heads = []
+    for decay in (0.0, 0.5):
+        out = tmp_path / f"clf{decay}"
+        ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), out=str(out), freeze_body=True,
+                                       max_iters=1, warmup_iters=0, learning_rate=1e-2, weight_decay=decay),
+                               quiet=True)
+        heads.append(ft.load_classifier(out).head)
+    initial = ft.init_head(8, 2, seed=1337)[ft.HEAD_WEIGHT]
+    np.testing.assert_allclose(heads[1][ft.HEAD_WEIGHT] - heads[0][ft.HEAD_WEIGHT], -1e-2 * 0.5 * initial,
+                               rtol=1e-4, atol=1e-9)
+    np.testing.assert_array_equal(heads[1][ft.HEAD_BIAS], heads[0][ft.HEAD_BIAS])
+
+
+def test_a_new_run_replaces_the_metrics_of_an_earlier_one(tmp_path, lm_dir):
+    # an earlier run that stopped before its first checkpoint left its metrics rows: they were appended to
+    out = tmp_path / "clf"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 0, "epoch": 0.0, "val_acc": 0.25}\n'
+                                       '{"step": 10, "epoch": 1.0, "val_acc": 0.5}\n')
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), freeze_body=True, max_iters=2,
+                                   eval_interval=2), quiet=True)
+    assert [r["step"] for r in _metrics(out)] == [0, 2]
