@@ -1140,3 +1140,30 @@ def test_a_new_run_replaces_the_metrics_of_an_earlier_one(tmp_path, lm_dir):
     ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), freeze_body=True, max_iters=2,
                                    eval_interval=2), quiet=True)
     assert [r["step"] for r in _metrics(out)] == [0, 2]
+
+
+# --- mutation review: the commands pass their flags on and print what they computed ---------------------
+
+
+def test_cli_finetune_flags_reach_the_run_and_eval_prints_rows_as_true_classes(tmp_path, lm_dir, capsys):
+    # guards: --freeze-body, --dropout or the spaces of --labels "tragedy, comedy" lost between the command
+    # line and the run; and eval's printed matrix transposed (the PNG and the result were right)
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    out = tmp_path / "clf"
+    assert main(["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(out),
+                 "--freeze-body", "--labels", "tragedy, comedy", "--dropout", "0.2", "--max-iters", "2",
+                 "--learning-rate", "3e-2", "--backend", "numpy", "--quiet"]) == 0
+    clf = ft.load_classifier(out)
+    assert clf.labels == ["tragedy", "comedy"] and clf.model.config.dropout == 0.2
+    for name, p in load_checkpoint(lm_dir).model.params.items():
+        np.testing.assert_array_equal(clf.model.params[name], p, err_msg=name)
+    # one text 10 times: a single predicted column, 7 tragedies and 3 comedies in the rows
+    test_file = _write_jsonl(tmp_path / "t.jsonl", [{"text": "sweet love", "label": label}
+                                                    for label in ["tragedy"] * 7 + ["comedy"] * 3])
+    capsys.readouterr()
+    assert main(["eval", "--out", str(out), "--data", str(test_file), "--backend", "numpy"]) == 0
+    lines = capsys.readouterr().out.split("confusion matrix")[1].splitlines()[2:4]
+    printed = {line.split()[0]: [int(n) for n in line.split()[1:]] for line in lines}
+    assert sum(printed["tragedy"]) == 7 and sum(printed["comedy"]) == 3
+    result = ft.evaluate_classifier(out, str(test_file), split="all")
+    assert [printed["tragedy"], printed["comedy"]] == result["confusion"].tolist()
