@@ -724,9 +724,10 @@ def test_predict_from_stdin_drops_a_crlf_line_end(tmp_path, lm_dir, capsys, monk
     capsys.readouterr()
     assert main(["predict", "--out", str(out), "sweet love"]) == 0
     as_argument = capsys.readouterr().out
-    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"sweet love\r\n")))
-    assert main(["predict", "--out", str(out), "-"]) == 0
-    assert capsys.readouterr().out == as_argument
+    for text_arguments in (["-"], []):  # no text at all reads stdin too (it printed nothing)
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"sweet love\r\n")))
+        assert main(["predict", "--out", str(out), *text_arguments]) == 0
+        assert capsys.readouterr().out == as_argument
 
 
 def test_confusion_matrix_rows_are_true_classes_columns_predictions():
@@ -1030,9 +1031,13 @@ def test_load_classifier_refuses_a_head_of_another_width_than_its_labels(tmp_pat
         ft.load_classifier(tmp_path / "clf")
 
 
-def test_eval_refuses_max_batches_zero_before_loading():
-    with pytest.raises(TinyGPTError, match=re.escape("--max-batches must be at least 1, got 0")):
-        ft.evaluate_classifier("no-such-dir", max_batches=0)
+@pytest.mark.parametrize("setting, message", [
+    ({"max_batches": 0}, "--max-batches must be at least 1, got 0"),
+    ({"split": "test"}, "unknown split 'test': choose train, val or all"),  # scored the train split
+], ids=["max-batches-0", "split-test"])
+def test_eval_refuses_bad_arguments_before_loading(setting, message):
+    with pytest.raises(TinyGPTError, match=re.escape(message)):
+        ft.evaluate_classifier("no-such-dir", **setting)
 
 
 def test_a_classifier_of_integer_labels_scores_a_csv_file(tmp_path, lm_dir):
