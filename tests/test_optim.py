@@ -120,6 +120,21 @@ def test_load_state_dict_rejects_mismatched_state():
         opt.load_state_dict({"step": 1, "exp_avg": {}, "exp_avg_sq": {}})
 
 
+def test_load_state_dict_rejects_extra_moments_and_a_misshapen_second_moment():
+    # the names must match both ways, and exp_avg_sq is checked as exp_avg is (a (3, 2) v loaded silently
+    # and broadcast, or failed, at the next step)
+    params = {"w": np.zeros((2, 2), np.float32)}
+    opt = AdamW(params, lr=1e-3)
+    state = opt.state_dict()
+    state["exp_avg"]["other"] = np.zeros(3, np.float32)
+    with pytest.raises(TinyGPTError, match=r"missing \[\], unexpected \['other'\]"):
+        opt.load_state_dict(state)
+    state = opt.state_dict()
+    state["exp_avg_sq"]["w"] = np.zeros((3, 2), np.float32)
+    with pytest.raises(TinyGPTError, match=r"exp_avg_sq\.w has shape \(3, 2\)"):
+        opt.load_state_dict(state)
+
+
 def test_state_dict_is_a_snapshot_and_load_state_dict_copies():
     """state_dict's moments are copies (as documented), so they do not move when the optimizer steps on,
     and an optimizer that loaded a state does not write into the caller's arrays: sharing them either
@@ -155,7 +170,7 @@ def test_load_state_dict_restores_the_saved_hyperparameters():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"lr": -1.0}, {"betas": (0.9, 1.0)}, {"weight_decay": -0.1}, {"lr": math.nan}]
+    "bad", [{"lr": -1.0}, {"betas": (0.9, 1.0)}, {"weight_decay": -0.1}, {"lr": math.nan}, {"eps": -1e-8}]
 )
 def test_bad_hyperparameters_raise(bad):
     kwargs = {"lr": 1e-3, **bad}
@@ -295,6 +310,20 @@ def test_step_refuses_missing_or_misshapen_grads_before_updating_anything():
     np.testing.assert_array_equal(params["b"], np.zeros(3))
 
 
+def test_a_zero_learning_rate_moves_no_weight_but_advances_the_moments():
+    # lr = 0 is allowed (the constructor's ">= 0"): a schedule with min_lr = 0 ends on it, step by step
+    params = {"w": np.array([[1.0, -2.0]]), "b": np.array([0.5])}
+    opt = AdamW(params, lr=0.0, weight_decay=0.1)
+    grads = {"w": np.array([[0.3, -0.4]]), "b": np.array([2.0])}
+    opt.step(grads)
+    opt.step(grads, lr=0.0)
+    assert opt.step_count == 2
+    np.testing.assert_array_equal(params["w"], [[1.0, -2.0]])  # no decay either: lr * wd = 0
+    np.testing.assert_array_equal(params["b"], [0.5])
+    np.testing.assert_allclose(opt.exp_avg["w"], (1 - 0.9**2) * grads["w"], rtol=1e-12)
+    np.testing.assert_allclose(opt.exp_avg_sq["b"], (1 - 0.95**2) * grads["b"] ** 2, rtol=1e-12)
+
+
 def test_clip_grad_norm_refuses_a_nan_max_norm():
     grads = {"w": np.full(4, 10.0)}
     with pytest.raises(TinyGPTError, match="max_norm is nan"):
@@ -307,6 +336,7 @@ def test_clip_grad_norm_refuses_a_nan_max_norm():
     ({"lr": None}, "lr must be a number"),
     ({"lr": 0.1, "betas": 0.9}, "betas must be a pair"),
     ({"lr": 0.1, "betas": (0.9,)}, "betas must be a pair"),
+    ({"lr": 0.1, "betas": (0.9, 0.95, 0.99)}, "betas must be a pair"),
     ({"lr": 0.1, "eps": "1e-8"}, "eps must be a number"),
     ({"lr": 0.1, "weight_decay": True}, "weight_decay must be a number"),
 ])
