@@ -194,6 +194,16 @@ def test_an_unavailable_backend_is_not_called_a_corrupt_checkpoint(tmp_path):
             load_model(tmp_path, backend="cuda")
 
 
+def test_load_checkpoint_uses_the_backend_the_run_was_trained_with(tmp_path):
+    # backends agree only to rounding: an exact resume must keep the run's own unless told otherwise
+    model, opt = _trained()
+    save_checkpoint(tmp_path / "numba", model, TOKENIZER, opt, {"backend": "numba"}, {"step": 1})
+    save_checkpoint(tmp_path / "unrecorded", model, TOKENIZER, opt, {}, {"step": 1})
+    assert load_checkpoint(tmp_path / "numba").model.backend == "numba"
+    assert load_checkpoint(tmp_path / "numba", backend="numpy").model.backend == "numpy"
+    assert load_checkpoint(tmp_path / "unrecorded").model.backend == "numpy"
+
+
 def test_missing_and_corrupt_checkpoints_raise(tmp_path):
     with pytest.raises(TinyGPTError, match="does not exist"):
         load_checkpoint(tmp_path / "nope")
@@ -393,6 +403,7 @@ def test_a_reader_racing_a_save_gets_the_old_or_the_new_checkpoint_not_an_error(
     (lambda s: s.update(format=99), "format 99"),  # a newer tinygpt's checkpoint was read as ours
     (lambda s: s.update(sampler_rng="PCG64"), "malformed sampler_rng"),  # not a bit generator state
     (lambda s: s.update(dropout_rng=[1, 2]), "malformed dropout_rng"),
+    (lambda s: s["files"].pop("tokenizer.json"), "lacks the file list"),  # that file went unverified
 ])
 def test_state_json_with_values_resuming_cannot_use_is_refused(tmp_path, edit, message):
     import tinygpt.checkpoint as ck
@@ -409,3 +420,14 @@ def test_state_json_with_values_resuming_cannot_use_is_refused(tmp_path, edit, m
     state_path.write_text(json.dumps(state))
     with pytest.raises(TinyGPTError, match=message):
         ck.load_checkpoint(tmp_path / "run")
+
+
+def test_a_new_run_replaces_only_metrics_a_run_of_its_kind_wrote(tmp_path):
+    # JSON rows are not enough: a fine-tuning run's rows (or another tool's) are not a training run's
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 0, "epoch": 1, "val_acc": 0.5}\n')
+    with pytest.raises(TinyGPTError, match="already holds a metrics.jsonl that tinygpt did not write"):
+        checkpoint.check_metrics_are_ours(tmp_path, {"step", "train_loss"})
+    checkpoint.check_metrics_are_ours(tmp_path, {"step", "epoch"})
+    metrics.write_text('{"step": 0, "train_loss": 3.1, "val_loss": 3.2}\n')
+    checkpoint.check_metrics_are_ours(tmp_path, {"step", "train_loss"})
