@@ -76,6 +76,7 @@ def test_stopped_and_resumed_run_writes_exactly_the_uninterrupted_metrics(corpus
                    overrides={"max_iters": 9})
     assert _rows(tmp_path / "part") == _rows(tmp_path / "full")
     assert [r["step"] for r in _rows(tmp_path / "full")] == [0, 3, 6, 9]
+    assert [r["tokens"] for r in _rows(tmp_path / "full")] == [0, 384, 768, 1152]  # B * T * 2 micro-batches
     full, part = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
     for name, p in full.model.params.items():
         np.testing.assert_array_equal(part.model.params[name], p, err_msg=name)
@@ -116,6 +117,59 @@ def test_resume_refuses_to_change_the_model_shape(corpus, tmp_path):
                        overrides={"seed": 5})
     with pytest.raises(TinyGPTError, match="already holds a checkpoint"):
         training.train(_config(corpus, tmp_path / "run", max_iters=2), quiet=True)
+
+
+def test_resume_applies_new_weight_decay_and_betas(corpus, tmp_path):
+    # they are not frozen on resume: the restored optimizer state must not bring the saved ones back
+    training.train(_config(corpus, tmp_path / "run", max_iters=2, eval_interval=2), quiet=True)
+    training.train(training.TrainConfig(out=str(tmp_path / "run")), resume=True, quiet=True,
+                   overrides={"max_iters": 3, "weight_decay": 0.5, "beta2": 0.9})
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.state["step"] == 3
+    assert (ckpt.state["optimizer"]["weight_decay"], ckpt.state["optimizer"]["betas"]) == (0.5, [0.9, 0.9])
+
+
+def test_resume_drops_metrics_rows_written_after_its_checkpoint(corpus, tmp_path):
+    # a crash between a row's append and its checkpoint leaves a row the resumed run writes again
+    out = tmp_path / "run"
+    training.train(_config(corpus, out, max_iters=2, eval_interval=2), quiet=True)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 4, "train_loss": 99.0, "val_loss": 99.0}) + "\n")
+    training.train(training.TrainConfig(out=str(out)), resume=True, quiet=True, overrides={"max_iters": 4})
+    rows = training.read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 2, 4] and rows[-1]["train_loss"] != 99.0
+
+
+def test_mean_loss_averages_the_batches_in_eval_mode_and_restores_the_mode():
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.5), seed=0)
+    rng = np.random.default_rng(0)
+    batches = [(rng.integers(0, 11, (2, 8)), rng.integers(0, 11, (2, 8))) for _ in range(3)]
+    expected = np.mean([model.eval().forward(x, y)[1] for x, y in batches])  # no dropout
+    for training_mode in (True, False):
+        model.train(training_mode)
+        assert training.mean_loss(model, batches) == pytest.approx(expected, rel=1e-12)
+        assert model.training is training_mode
+
+
+def test_a_non_finite_gradient_norm_stops_with_the_step_and_keeps_the_checkpoint(corpus, tmp_path,
+                                                                                 monkeypatch):
+    # the loss is finite, the gradient is not: clipping leaves it alone, so train() must stop before AdamW
+    # turns the weights into nan (which surfaced a step later, as "the loss is nan")
+    backward = GPT.backward
+    calls = {"n": 0}
+
+    def overflowing_backward(self):
+        grads = backward(self)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            grads["wte.weight"][0, 0] = np.inf
+        return grads
+
+    monkeypatch.setattr(GPT, "backward", overflowing_backward)
+    with pytest.raises(TinyGPTError, match=r"gradient norm is inf at step 3.*good checkpoint \(step 2\)"):
+        training.train(_config(corpus, tmp_path / "run", max_iters=4, eval_interval=2), quiet=True)
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.state["step"] == 2 and all(np.isfinite(p).all() for p in ckpt.model.params.values())
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(corpus, tmp_path, monkeypatch):
@@ -372,6 +426,32 @@ def test_cli_eval_prints_loss_perplexity_and_bits_per_byte(corpus, tmp_path, cap
     y = np.stack([val[i * 16 + 1 : i * 16 + 17] for i in range(n)])
     assert result["loss"] == pytest.approx(model.forward(x, y)[1], rel=1e-5)
     assert result["tokens"] == y.size == int(printed.split(": ")[1].split()[0].replace(",", ""))
+    # batches of 5, 5 and 1 windows: the mean is over tokens, not over batches
+    assert training.evaluate(out, backend="numpy", batch_size=5)["loss"] == pytest.approx(result["loss"],
+                                                                                         rel=1e-5)
+    first = training.evaluate(out, backend="numpy", batch_size=2, max_batches=1)
+    assert first["tokens"] == 2 * 16
+    assert first["loss"] == pytest.approx(model.forward(x[:2], y[:2])[1], rel=1e-5)
+
+
+def test_eval_bits_per_byte_counts_the_bytes_of_the_predicted_tokens(tmp_path, monkeypatch):
+    # characters of 1, 2 and 3 UTF-8 bytes; per token loss and bits per byte differ by the byte count
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    text = "Ça va? Très bien, merci — à demain! Voilà 5 €.\n" * 40
+    corpus = tmp_path / "utf8.txt"
+    corpus.write_text(text, encoding="utf-8")
+    training.train(_config(corpus, tmp_path / "run", max_iters=1), quiet=True)
+    result = training.evaluate(tmp_path / "run", backend="numpy")
+    tok = load_checkpoint(tmp_path / "run").tokenizer
+    ids = np.array(tok.encode(text))
+    val = ids[int(round(0.9 * len(ids))):]
+    n = (len(val) - 1) // 16
+    targets = [val[i * 16 + 1 : i * 16 + 17] for i in range(n)]
+    n_bytes = sum(len(tok.decode(list(t)).encode("utf-8")) for t in targets)
+    inputs_bytes = sum(len(tok.decode(list(val[i * 16 : i * 16 + 16])).encode("utf-8")) for i in range(n))
+    assert n_bytes not in (inputs_bytes, n * 16)  # counting the inputs', or a byte a token, would show
+    nats = result["loss"] * result["tokens"]
+    assert result["bits_per_byte"] == pytest.approx(nats / math.log(2) / n_bytes, rel=1e-12)
 
 
 def test_plot_of_a_run_directory_with_an_unusual_name(tmp_path):
@@ -524,6 +604,10 @@ def test_config_values_are_checked_when_set_from_python():
     with pytest.raises(TinyGPTError, match="--lr-decay-iters"):
         training.make_config({"warmup_iters": 100, "lr_decay_iters": 50})
     assert training.make_config({"learning_rate": 1}).learning_rate == 1.0  # TOML ints are fine as floats
+    assert training.make_config({"warmup_iters": 0, "lr_decay_iters": 0}).warmup_iters == 0  # no warmup
+    assert training.make_config({"learning_rate": 3e-4, "min_lr": 3e-4}).min_lr == 3e-4  # a constant rate
+    with pytest.raises(TinyGPTError, match="--warmup-iters must be a non-negative integer, got -1"):
+        training.make_config({"warmup_iters": -1})
     assert json.loads(json.dumps(training.make_config({}).to_dict()))["n_layer"] == 4
 
 
