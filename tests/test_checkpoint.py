@@ -63,6 +63,16 @@ def test_round_trip_is_exact(tmp_path, bias):
     np.testing.assert_array_equal(m.params["wte.weight"], model.params["wte.weight"])
 
 
+def test_an_optimizer_with_eps_zero_loads_back(tmp_path):
+    # AdamW takes eps >= 0, as torch's does: the checkpoint it writes must not then be called corrupt
+    model = _model()
+    opt = AdamW(model.params, lr=1e-2, eps=0.0)
+    _save(tmp_path, model, opt, 1)
+    restored = AdamW(model.params, lr=1e-2)
+    restored.load_state_dict(load_checkpoint(tmp_path).optimizer_state)
+    assert restored.eps == 0.0
+
+
 def test_layout_pointer_and_cleanup(tmp_path):
     model, opt = _trained()
     first = _save(tmp_path, model, opt, 1)

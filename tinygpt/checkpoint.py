@@ -388,7 +388,8 @@ def _verify(path: Path) -> dict:
     optimizer = state.get("optimizer", {})
     if not isinstance(optimizer, dict) or not _is_count(optimizer.get("step", 0)):
         raise TinyGPTError(f"corrupt checkpoint: {where} has an invalid optimizer step")
-    if "eps" in optimizer and not (_is_number(optimizer["eps"]) and optimizer["eps"] > 0):  # (AdamW keeps it)
+    # AdamW's own rule, eps >= 0 (as torch's): an AdamW(eps=0) run must load back what it saved
+    if "eps" in optimizer and not (_is_number(optimizer["eps"]) and optimizer["eps"] >= 0):
         raise TinyGPTError(f"corrupt checkpoint: {where} has an invalid optimizer eps ({optimizer['eps']!r})")
     return state
 
