@@ -417,6 +417,12 @@ def test_adamw_kernel_rejects_what_it_cannot_update_in_place():
         cpu.adamw_update(p.T, p.T, p.T, p.T, 1e-3, 0.9, 0.95, 1e-8, 0.0, 0.1, 0.05)
     with pytest.raises(TinyGPTError, match="shape"):
         cpu.adamw_update(p, p[:2], p, p, 1e-3, 0.9, 0.95, 1e-8, 0.0, 0.1, 0.05)
+    frozen = p.copy()
+    frozen.flags.writeable = False  # else Numba's own multi-line typing error ("readonly array")
+    with pytest.raises(TinyGPTError, match="param must be a writeable C-contiguous array"):
+        cpu.adamw_update(frozen, p, p.copy(), p.copy(), 1e-3, 0.9, 0.95, 1e-8, 0.0, 0.1, 0.05)
+    with pytest.raises(TinyGPTError, match="grad must be C-contiguous with the param's dtype"):
+        cpu.adamw_update(p, p.astype(np.float64), p.copy(), p.copy(), 1e-3, 0.9, 0.95, 1e-8, 0.0, 0.1, 0.05)
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -429,19 +435,38 @@ def test_cpu_kernels_reject_bad_input_with_one_line_errors():
     # (and below 0: Numba wraps a negative index, so -1 would read wte's last row; -1 ignores only TARGETS)
     with pytest.raises(TinyGPTError, match=r"token ids must be in \[0, 5\), got \[-1, 0\]"):
         cpu.embedding_forward(np.array([[0, -1]]), wte, wpe)
+    assert cpu.embedding_forward(np.zeros((1, 3), int), wte, wpe)[0].shape == (1, 3, 4)  # T = block_size
     with pytest.raises(TinyGPTError, match="block_size"):
         cpu.embedding_forward(np.zeros((1, 4), int), wte, wpe)
+    with pytest.raises(TinyGPTError, match=r"wte must be \(V, C\), got shape \(5, 4, 1\)"):
+        cpu.embedding_forward(np.array([[0]]), wte[..., None], wpe)
     with pytest.raises(TinyGPTError, match="divisible"):
         cpu.attention_forward(np.zeros((1, 2, 12), np.float32), n_head=5)
+    with pytest.raises(TinyGPTError, match="n_embd 4 is not divisible by n_head 0"):  # not ZeroDivisionError
+        cpu.attention_forward(np.zeros((1, 2, 12), np.float32), n_head=0)
+    with pytest.raises(TinyGPTError, match=r"qkv must be \(B, T, 3C\), got shape \(1, 2, 10\)"):
+        cpu.attention_forward(np.zeros((1, 2, 10), np.float32), n_head=1)
     with pytest.raises(TinyGPTError, match="rng"):
         cpu.attention_forward(np.zeros((1, 2, 12), np.float32), n_head=2, dropout=0.1)
     # guards: dropout 1 let through to the keep mask, whose scale 1 / (1 - p) then divides by zero
     with pytest.raises(TinyGPTError, match=r"dropout must be in \[0, 1\), got 1.0"):
         cpu.attention_forward(np.zeros((1, 2, 12), np.float32), 2, dropout=1.0, rng=np.random.default_rng(0))
+    with pytest.raises(TinyGPTError, match=r"dropout must be in \[0, 1\), got -0.1"):
+        cpu.attention_forward(np.zeros((1, 2, 12), np.float32), 2, dropout=-0.1, rng=np.random.default_rng(0))
     with pytest.raises(TinyGPTError, match="targets"):
         cpu.cross_entropy_forward(np.zeros((1, 2, 3), np.float32), np.array([[0, 3]]))
     with pytest.raises(TinyGPTError, match="float32 or float64"):
         cpu.gelu_forward(np.zeros(3, np.int64))
+    # an integer array would run: dropout's scale 1 / (1 - p) cast to int64 is 1, the gradient truncated
+    with pytest.raises(TinyGPTError, match="dropout_forward: numba kernels take float32 or float64 arrays"):
+        cpu.dropout_forward(np.ones((2, 3), np.int64), 0.5, np.random.default_rng(0))
+    _, cache = cpu.dropout_forward(np.ones((2, 3), np.float32), 0.5, np.random.default_rng(0))
+    with pytest.raises(TinyGPTError, match="dropout_backward: numba kernels take float32 or float64 arrays"):
+        cpu.dropout_backward(np.ones((2, 3), np.int64), cache)
+    with pytest.raises(TinyGPTError, match="cross_entropy_forward: numba kernels take float32 or float64"):
+        cpu.cross_entropy_forward(np.zeros((1, 2, 3), np.int64), np.array([[0, 1]]))
+    with pytest.raises(TinyGPTError, match="layernorm_forward: mixed dtypes float32 and float64"):
+        cpu.layernorm_forward(np.ones((1, 2, 4), np.float32), np.ones(4), None)
     with pytest.raises(TinyGPTError, match="targets must be integers"):  # not truncated to 1
         cpu.cross_entropy_forward(np.zeros((1, 1, 3), np.float32), np.array([[1.9]]))
 
