@@ -218,6 +218,38 @@ def test_layernorm_matches_reference(dtype, s):
                 assert_close(g, r, dtype, name, exact=e, scale=sc)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layernorm_uses_the_eps_it_is_given(dtype):
+    # every other test ran the default eps, which a kernel ignoring its argument matches; at eps = 0.1, about
+    # these rows' variance, eps moves every output
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((2, 3, 8)) * 0.3).astype(dtype)
+    w, b = rng.standard_normal(8).astype(dtype), rng.standard_normal(8).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    out, cache = cpu.layernorm_forward(x, w, b, eps=0.1)
+    ref, ref_cache = layers.layernorm_forward(x, w, b, eps=0.1)
+    assert_close(out, ref, dtype, "out")
+    for name, g, r in zip(("dx", "dweight", "dbias"), cpu.layernorm_backward(dout, cache),
+                          layers.layernorm_backward(dout, ref_cache)):
+        assert_close(g, r, dtype, name)
+
+
+def test_float32_layernorm_of_rows_far_from_zero_keeps_float64_statistics():
+    # mean and rstd stay float64 from forward to backward: 1000.1 +- 0.01 in float32 normalises to float32
+    # rounding (the reference, whose mean is rounded to float32, is 1e-3 off; a float32 mean cache was too)
+    rng = np.random.default_rng(12)
+    x = (1000.1 + 0.01 * rng.standard_normal((3, 5, 64))).astype(np.float32)
+    w, b = rng.standard_normal(64).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    out, cache = cpu.layernorm_forward(x, w, b)
+    exact, exact_cache = layers.layernorm_forward(*(a.astype(np.float64) for a in (x, w, b)))
+    assert relative_error(out, exact) < TOL[np.float32]
+    grads = cpu.layernorm_backward(dout, cache)
+    for name, g, e in zip(("dx", "dweight", "dbias"), grads,
+                          layers.layernorm_backward(dout.astype(np.float64), exact_cache)):
+        assert relative_error(g, e) < TOL[np.float32], name
+
+
 def _exp_kernel():
     from numba import njit
 
@@ -331,6 +363,25 @@ def test_cross_entropy_matches_reference(dtype, s):
     assert abs(loss - ref) <= TOL[dtype] * max(1.0, abs(ref))
     assert_close(cpu.cross_entropy_backward(dloss, cache), layers.cross_entropy_backward(dloss, ref_cache),
                  dtype, "dlogits")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_of_logits_far_apart_or_far_from_zero(dtype):
+    # log-sum-exp subtracts each row's max: a logit 1000 below the rest must not overflow exp (in either
+    # dtype) and shifting every logit by 1e4 changes nothing, the loss accumulated in float64 (exact here, to
+    # float32 rounding, where a float32 log-sum-exp is 1e-4 off)
+    rng = np.random.default_rng(11)
+    logits = (rng.standard_normal((2, 3, 7)) * 4).astype(dtype)
+    targets = np.array([[0, 3, -1], [6, 0, 2]])
+    shifted = logits + dtype(1e4)
+    exact = layers.cross_entropy_forward(shifted.astype(np.float64), targets)[0]
+    assert abs(cpu.cross_entropy_forward(shifted, targets)[0] - exact) <= TOL[dtype] * exact
+    logits[..., 0] -= 1000
+    loss, cache = cpu.cross_entropy_forward(logits, targets)
+    ref, ref_cache = layers.cross_entropy_forward(logits, targets)
+    assert math.isfinite(loss) and abs(loss - ref) <= TOL[dtype] * abs(ref)
+    assert_close(cpu.cross_entropy_backward(1.0, cache), layers.cross_entropy_backward(1.0, ref_cache), dtype,
+                 "dlogits")
 
 
 def test_cross_entropy_all_ignored_is_zero_not_nan():
