@@ -585,6 +585,61 @@ def test_dropout_matches_the_reference_and_keeps_no_mask(dtype):
     assert np.isnan(layers.dropout_forward(bad, 0.5, np.random.default_rng(2))[0]).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_keeps_an_entry_whose_bits_equal_the_threshold(dtype):
+    # an entry is kept when its bits are >= the threshold (layers.dropout_keep): p chosen so that entry 0's
+    # bits ARE the threshold checks the boundary, which a random p hits once in 2^32
+    key = layers.draw_dropout_key(np.random.default_rng(2))
+    bits = int(layers.dropout_bits(key, np.zeros(1, np.uint64))[0])
+    p = bits / 2**32
+    assert 0 < p < 1 and layers.dropout_threshold(p) == bits
+    x = np.ones((1, 4), dtype)
+    out, cache = cpu.dropout_forward(x, p, np.random.default_rng(2))
+    assert out[0, 0] == dtype(1 / (1 - p))
+    np.testing.assert_array_equal(out == 0, layers.dropout_forward(x, p, np.random.default_rng(2))[0] == 0)
+    assert cpu.dropout_backward(x, cache)[0, 0] == dtype(1 / (1 - p))
+    # attention weight (batch 0, head 0, query 0, key 0) is mask entry 0: one token attends to itself, kept
+    qkv = np.random.default_rng(0).standard_normal((1, 1, 6)).astype(dtype)
+    out, _ = cpu.attention_forward(qkv, 1, p, np.random.default_rng(2))
+    np.testing.assert_allclose(out[0, 0], qkv[0, 0, 4:] / (1 - p), rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernels_take_non_contiguous_views(dtype):
+    # reshape(-1) of a transposed or strided view is a copy: a kernel writing its output through one would
+    # leave the result unwritten, so each kernel makes its arrays contiguous first
+    rng = np.random.default_rng(10)
+
+    def view(shape):  # a (a, b, c) view that is neither C- nor F-contiguous
+        a, b, c = shape
+        return rng.standard_normal((c, 2 * b, a)).astype(dtype).transpose(2, 1, 0)[:, ::2]
+
+    x, dout = view((3, 5, 8)), view((3, 5, 8))
+    assert not x.flags.c_contiguous and not x.flags.f_contiguous
+    out, cache = cpu.gelu_forward(x)
+    ref, ref_cache = layers.gelu_forward(x)
+    assert_close(out, ref, dtype, "gelu")
+    assert_close(cpu.gelu_backward(dout, cache), layers.gelu_backward(dout, ref_cache), dtype, "gelu dx")
+    out, cache = cpu.dropout_forward(x, 0.3, np.random.default_rng(2))
+    ref, ref_cache = layers.dropout_forward(x, 0.3, np.random.default_rng(2))
+    assert_close(out, ref, dtype, "dropout")
+    assert_close(cpu.dropout_backward(dout, cache), layers.dropout_backward(dout, ref_cache), dtype,
+                 "dropout dx")
+    w, b = rng.standard_normal(8).astype(dtype), rng.standard_normal(8).astype(dtype)
+    out, cache = cpu.layernorm_forward(x, w, b)
+    ref, ref_cache = layers.layernorm_forward(x, w, b)
+    assert_close(out, ref, dtype, "layernorm")
+    for name, g, r in zip(("dx", "dweight", "dbias"), cpu.layernorm_backward(dout, cache),
+                          layers.layernorm_backward(dout, ref_cache)):
+        assert_close(g, r, dtype, f"layernorm {name}")
+    targets = rng.integers(0, 8, (3, 5))
+    (loss, cache), (ref, ref_cache) = (f(x, targets) for f in (cpu.cross_entropy_forward,
+                                                               layers.cross_entropy_forward))
+    assert abs(loss - ref) <= TOL[dtype] * ref
+    assert_close(cpu.cross_entropy_backward(1.0, cache), layers.cross_entropy_backward(1.0, ref_cache), dtype,
+                 "dlogits")
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_model_on_numba_backend_equals_numpy_backend(dropout):
     from tinygpt.model import GPT, GPTConfig
