@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tinygpt.errors import TinyGPTError
 from tinygpt.gradcheck import numerical_gradient, relative_error
-from tinygpt.model import GPT, GPTConfig, param_count, param_shapes
+from tinygpt.model import GPT, GPTConfig, activation_floats_per_token, param_count, param_shapes
 
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
 
@@ -114,6 +114,34 @@ def test_flops_per_token_is_6n_plus_attention():
     biases_and_norms = sum(p.size for name, p in model.params.items() if p.ndim == 1)
     attention = 3 * 2 * 2 * C * T  # q k^T and att v: 2 C T multiply-adds each per token, x3 for backward
     assert model.flops_per_token() == 6 * (matmul_macs + biases_and_norms) + config.n_layer * attention
+
+
+def test_activation_floats_per_token_is_the_docstring_s_count_and_what_the_tape_keeps():
+    # the module docstring's example (6 blocks, C = 384, H = 6, T = 256 and V = 65), plain and recomputed
+    config = GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384)
+    assert activation_floats_per_token(config, 256) == 43_481
+    assert activation_floats_per_token(config, 256, recompute=True) == 9_861
+
+    def kept_per_token(config, T, B=2):  # distinct float arrays on the tape of a forward with targets
+        model = GPT(config)
+        model.forward(*batch(config, B=B, T=T))
+        params, bases, stack = {id(p) for p in model.params.values()}, {}, [model._tape]
+        while stack:
+            entry = stack.pop()
+            if isinstance(entry, (tuple, list)):
+                stack.extend(entry)
+            elif isinstance(entry, np.ndarray) and entry.dtype.kind == "f" and id(entry) not in params:
+                base = entry if entry.base is None else entry.base
+                bases[id(base)] = base
+        return sum(a.size for a in bases.values()) / (B * T)
+
+    # one more block keeps exactly the count's per-block floats (130: three query blocks, the last short)
+    for T in (5, 64, 130):
+        shallow, deep = (GPTConfig(vocab_size=11, block_size=T, n_layer=n, n_head=2, n_embd=8)
+                         for n in (2, 3))
+        measured = kept_per_token(deep, T) - kept_per_token(shallow, T)
+        expected = activation_floats_per_token(deep, T) - activation_floats_per_token(shallow, T)
+        assert measured == pytest.approx(expected, rel=1e-12), T
 
 
 # --- gradients --------------------------------------------------------------------------------------
