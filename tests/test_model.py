@@ -48,6 +48,8 @@ def batch(config, B=3, T=None, seed=0):
         ({"n_head": True}, "n_head"),
         ({"dropout": 1.0}, "dropout"),
         ({"dropout": -0.1}, "dropout"),
+        ({"dropout": False}, "dropout must be a number"),  # a flag, not a probability (False read as 0.0)
+        ({"dropout": "0.1"}, "dropout must be a number"),
         ({"bias": "yes"}, "bias"),
     ],
 )
@@ -437,6 +439,18 @@ def test_a_model_whose_weights_alone_exceed_the_memory_is_refused_before_any_all
     for bias in (True, False):
         config = GPTConfig(**{**TINY, "bias": bias})
         assert param_count(config) == GPT(config).num_params()
+
+
+def test_the_memory_check_counts_the_bytes_of_the_weights_dtype(monkeypatch):
+    # float32 weights (4 bytes a parameter) fit in 6 bytes a parameter, float64 ones (8) do not
+    import os
+
+    config = GPTConfig(**TINY)
+    pages = {"SC_PAGE_SIZE": 2, "SC_PHYS_PAGES": 3 * param_count(config)}  # 6 bytes a parameter
+    monkeypatch.setattr(os, "sysconf", pages.__getitem__)
+    GPT(config)
+    with pytest.raises(TinyGPTError, match="float64 weights alone"):
+        GPT(config, dtype=np.float64)
 
 
 def test_numba_backend_matches_numpy():
