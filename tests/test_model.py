@@ -488,6 +488,11 @@ def test_save_and_load_round_trip(tmp_path, bias):
     model.save_pretrained(tmp_path)
     hf = json.loads((tmp_path / "config.json").read_text())
     assert hf["model_type"] == "gpt2" and hf["n_layer"] == 2 and hf["n_positions"] == 8
+    # transformers' dtype="auto" loads the weights as torch_dtype says: it must be the file's own dtype
+    from safetensors.numpy import load_file
+
+    assert hf["torch_dtype"] == "float64"
+    assert {a.dtype for a in load_file(tmp_path / "model.safetensors").values()} == {np.dtype(np.float64)}
     loaded = GPT.from_pretrained(tmp_path, dtype=np.float64).eval()
     assert loaded.config.dropout == 0.1 and loaded.config.bias  # GPT-2's format always has biases
     idx, _ = batch(config)
@@ -593,6 +598,36 @@ def test_sharded_checkpoint_loads_every_shard(tmp_path):
         np.testing.assert_array_equal(loaded.params[name], p, err_msg=name)
 
 
+def test_a_checkpoint_without_the_transformer_prefix_loads(tmp_path):
+    # GPT2Model (no LM head) saves its keys without "transformer.": the layer count must see them too
+    from safetensors.numpy import load_file, save_file
+
+    model = randomise(GPT(GPTConfig(**TINY)))
+    model.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    bare = {k.removeprefix("transformer."): v for k, v in tensors.items()}
+    save_file(bare, str(tmp_path / "model.safetensors"))
+    loaded = GPT.from_pretrained(tmp_path)
+    for name, p in model.params.items():
+        np.testing.assert_array_equal(loaded.params[name], p, err_msg=name)
+
+
+def test_a_checkpoint_missing_tensors_names_them(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    GPT(GPTConfig(**TINY)).save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["transformer.ln_f.bias"]
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(TinyGPTError, match=r"checkpoint at .* is missing ln_f\.bias$"):
+        GPT.from_pretrained(tmp_path)
+    for name in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"):
+        del tensors[f"transformer.h.0.{name}"]
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(TinyGPTError, match=r"is missing h\.0\.ln_1\.weight, h\.0\.ln_1\.bias, "
+                                           r"h\.0\.ln_2\.weight \(and 2 more\)$"):
+        GPT.from_pretrained(tmp_path)
+
 def test_legacy_buffers_are_skipped_and_only_a_tied_lm_head_is_accepted(tmp_path):
     # guards: older transformers checkpoints carry attn.bias / attn.masked_bias buffers (not parameters) and
     # lm_head.weight; the buffers must be skipped, and an lm_head that differs from wte must be refused, not
@@ -636,6 +671,7 @@ def test_half_precision_tensors_are_widened_by_value(tmp_path):
 
 
 @pytest.mark.parametrize("change, loads", [
+    ({"model_type": "gpt_neo"}, False),  # another architecture whose names and sizes happen to fit
     ({"scale_attn_by_inverse_layer_idx": True}, False),
     ({"reorder_and_upcast_attn": True}, False),
     ({"tie_word_embeddings": False}, False),
