@@ -83,14 +83,15 @@ def _prompts(batch, length, seed=0):
 # --- the model: cached decoding equals transformers and recomputation -------------------------------
 
 
-def test_prefill_and_decode_logits_match_transformers(hf_model, params64):
+@pytest.mark.parametrize("prefill", [1, 2, 5])  # 2: the shortest prefill that needs the causal mask
+def test_prefill_and_decode_logits_match_transformers(hf_model, params64, prefill):
     idx = _prompts(2, 9)
     with torch.no_grad():
         expected = hf_model(torch.tensor(idx)).logits.numpy()  # (B, T, V)
     cache = new_kv_cache(CONFIG, 2, np.float64)
-    prefill = forward_cached(params64, CONFIG, idx[:, :5], cache, 0)
-    np.testing.assert_allclose(prefill, expected[:, 4], rtol=0, atol=1e-12)
-    for t in range(5, 9):  # one token at a time against the cache
+    logits = forward_cached(params64, CONFIG, idx[:, :prefill], cache, 0)
+    np.testing.assert_allclose(logits, expected[:, prefill - 1], rtol=0, atol=1e-12)
+    for t in range(prefill, 9):  # one token at a time against the cache
         step = forward_cached(params64, CONFIG, idx[:, t : t + 1], cache, t)
         np.testing.assert_allclose(step, expected[:, t], rtol=0, atol=1e-12)
     np.testing.assert_allclose(forward_uncached(params64, CONFIG, idx), expected[:, -1], rtol=0, atol=1e-12)
@@ -111,6 +112,22 @@ def test_greedy_tokens_match_transformers_generate(hf_model, dtype):
         hf_model.double()
     assert ours.shape == expected.shape == (3, BLOCK)
     np.testing.assert_array_equal(ours, expected)
+
+
+def test_cached_attention_is_max_subtracted_like_the_uncached_one(params64):
+    # c_attn scaled up until attention scores pass exp's range (~709 in float64): a softmax that does not
+    # subtract the row max gives inf / inf = nan there
+    params = {**params64}
+    for i in range(CONFIG.n_layer):
+        params[f"h.{i}.attn.c_attn.weight"] = params64[f"h.{i}.attn.c_attn.weight"] * 300.0
+    idx = _prompts(2, 9, seed=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (the overflow in exp warned first)
+        cache = new_kv_cache(CONFIG, 2, np.float64)
+        prefill = forward_cached(params, CONFIG, idx[:, :8], cache, 0)
+        step = forward_cached(params, CONFIG, idx[:, 8:], cache, 8)
+    np.testing.assert_allclose(prefill, forward_uncached(params, CONFIG, idx[:, :8]), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(step, forward_uncached(params, CONFIG, idx), rtol=1e-9, atol=1e-9)
 
 
 def test_cached_equals_uncached_greedy_past_block_size(params64, peaked_params):
