@@ -181,6 +181,15 @@ def test_model_generate_delegates_to_generate():
         model.generate(idx, 10, temperature=0.8, top_k=5, seed=1),
         generate(model.params, model.config, idx, 10, temperature=0.8, top_k=5, seed=1),
     )
+    # every option reaches generate (top_p, eos_token and vocab_limit were never passed here): each one
+    # changes these tokens, and the model's tokens are generate's
+    options = dict(temperature=1.5, top_k=30, top_p=0.6, seed=1, vocab_limit=VOCAB - 20)
+    options["eos_token"] = int(generate(model.params, CONFIG, idx, 16, **options)[0, 6])
+    expected = generate(model.params, CONFIG, idx, 16, **options)
+    np.testing.assert_array_equal(model.generate(idx, 16, **options), expected)
+    for name in ("temperature", "top_k", "top_p", "eos_token", "vocab_limit"):
+        without = {k: v for k, v in options.items() if k != name}
+        assert not np.array_equal(generate(model.params, CONFIG, idx, 16, **without), expected), name
 
 
 def test_eos_stops_a_row_and_pads_it(peaked_params):
@@ -250,6 +259,13 @@ def test_generation_past_block_size_samples_from_the_models_last_block(use_cache
 def test_zero_new_tokens_returns_the_prompt(params64):
     idx = _prompts(2, 3)
     np.testing.assert_array_equal(generate(params64, CONFIG, idx, 0), idx)
+
+
+def test_a_1d_prompt_is_a_batch_of_one(peaked_params):
+    idx = _prompts(1, 5, seed=13)
+    out = generate(peaked_params, CONFIG, idx[0], 6, seed=2)
+    np.testing.assert_array_equal(out, generate(peaked_params, CONFIG, idx, 6, seed=2))
+    assert out.shape == (1, 11)
 
 
 @pytest.mark.parametrize(
@@ -484,6 +500,21 @@ def test_params_whose_positions_do_not_fit_the_config_raise(params64):
     config = GPTConfig(**{**CONFIG.to_dict(), "block_size": CONFIG.block_size + 1})
     with pytest.raises(TinyGPTError, match="wpe.weight"):
         generate(params64, config, _prompts(1, 3), 2)
+    # a vocabulary the config does not have: logits one id wider than the tokens the config allows
+    config = GPTConfig(**{**CONFIG.to_dict(), "vocab_size": VOCAB - 1})
+    message = rf"wte.weight has shape \({VOCAB}, 32\), the config says \({VOCAB - 1}, 32\)"
+    with pytest.raises(TinyGPTError, match=message):
+        generate(params64, config, _prompts(1, 3), 2)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_params_with_more_positions_than_block_size_use_the_first_ones(peaked_params, use_cache):
+    # a context cropped below the checkpoint's (wpe has 24 rows, the config 16): only too few are refused
+    config = GPTConfig(**{**CONFIG.to_dict(), "block_size": 16})
+    cropped = {**peaked_params, "wpe.weight": peaked_params["wpe.weight"][:16]}
+    out = generate(peaked_params, config, _prompts(2, 5), 30, seed=3, use_cache=use_cache)
+    expected = generate(cropped, config, _prompts(2, 5), 30, seed=3, use_cache=use_cache)
+    np.testing.assert_array_equal(out, expected)
 
 
 def test_stream_decoder_with_char_tokenizer():
@@ -741,6 +772,9 @@ def test_vocab_limit_never_draws_the_padding_ids(peaked_params):
     for bad in (0, VOCAB + 1, 2.5):
         with pytest.raises(TinyGPTError, match="vocab_limit"):
             generate(peaked_params, CONFIG, _prompts(1, 4), 2, vocab_limit=bad)
+    # an eos the limit excludes can never be drawn: the run would never stop early
+    with pytest.raises(TinyGPTError, match=f"eos_token {limit} is at or past vocab_limit {limit}"):
+        generate(peaked_params, CONFIG, _prompts(1, 4), 2, eos_token=limit, vocab_limit=limit)
 
 
 def test_output_grows_as_tokens_come(peaked_params):
