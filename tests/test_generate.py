@@ -25,6 +25,7 @@ from tinygpt.generate import (
     new_kv_cache,
     next_token_probs,
     sample_next,
+    softmax,
     top_k_filter,
     top_p_filter,
 )
@@ -391,6 +392,13 @@ def test_filter_examples():
     np.testing.assert_array_equal(np.isfinite(top_p_filter(logits, 0.5)), [[True, False, False]])
     np.testing.assert_array_equal(np.isfinite(top_p_filter(logits, 0.51)), [[True, True, False]])
     assert top_k_filter(logits, 0) is logits and top_p_filter(logits, 1.0) is logits  # off
+    # T = 0: the first row maximum at 0 (as for T > 0), the rest -inf
+    greedy = apply_temperature([[1.0, 3.0, 3.0, 2.0]], 0)
+    np.testing.assert_array_equal(greedy, [[-np.inf, 0.0, -np.inf, -np.inf]])
+    # softmax is max-subtracted: logits past exp's range (709) are fine, -inf is probability 0
+    e = np.e
+    probs = softmax([[1000.0, 999.0, -np.inf]])
+    np.testing.assert_allclose(probs, [[e / (e + 1), 1 / (e + 1), 0.0]], rtol=1e-12)
 
 
 @pytest.mark.parametrize("temperature", [1e-30, 1e-46, 1e-300])  # the last two are 0 in float32
@@ -838,6 +846,8 @@ def test_sample_next_refuses_logits_that_are_not_b_by_v_and_a_missing_rng():
         with pytest.raises(TinyGPTError, match="rng"):
             sample_next(np.array([[1.0, 3.0]]), bad_rng)
     assert sample_next(np.array([[1.0, 3.0]]), None, temperature=0).tolist() == [1]  # greedy needs no rng
+    for temperature in (0.0, 1.0):  # ids (B,) int64, greedy or sampled
+        assert sample_next(np.array([[1.0, 3.0]] * 2), rng, temperature).dtype == np.int64
 
 
 def test_forward_cached_checks_ids_and_pos_as_the_uncached_path_does():
