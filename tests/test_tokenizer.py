@@ -231,6 +231,15 @@ def test_linked_list_merges_equal_reference(gpt2, trained, data):
         assert apply_merges_linked(ids, tok.ranks) == apply_merges(ids, tok.ranks)
 
 
+def test_linked_list_merges_equal_reference_on_every_word_of_a_text(gpt2, trained):
+    # random bytes seldom make a merge whose new token then merges with the chunk's first token; words do
+    text = training_corpus() + "".join(SAMPLES.values())
+    for tok in (gpt2, trained):
+        for chunk in set(tok.split(text)):
+            ids = [tok.byte_ids[b] for b in chunk.encode()]
+            assert apply_merges_linked(ids, tok.ranks) == apply_merges(ids, tok.ranks), chunk
+
+
 def test_compiled_batch_merges_equal_reference(gpt2):
     chunks = [c for c in dict.fromkeys(gpt2.split(generated_text(500, seed=2)))]
     assert len(chunks) >= tokenizer_module._COMPILED_MIN_CHUNKS
@@ -341,6 +350,19 @@ def test_bad_special_tokens_are_refused():
         BPETokenizer([(97, 98)], special_tokens={"ab": 257})
 
 
+def test_merges_that_cannot_make_distinct_tokens_are_refused():
+    # a merge of the token it makes: its bytes are not known yet
+    with pytest.raises(TinyGPTError, match=r"merge 0 must be a pair of earlier ids \(< 256\), got \(256, 97"):
+        BPETokenizer([(256, 97)])
+    with pytest.raises(TinyGPTError, match=r"merge 1 must be a pair of earlier ids \(< 257\), got \(97, 257"):
+        BPETokenizer([(97, 98), (97, 257)])
+    with pytest.raises(TinyGPTError, match=r"merge 1 repeats the pair \(97, 98\)"):
+        BPETokenizer([(97, 98), (97, 98)])
+    # "abc" twice: (ab)c and a(bc)
+    with pytest.raises(TinyGPTError, match="two merges make tokens with the same bytes"):
+        BPETokenizer([(97, 98), (256, 99), (98, 99), (97, 258)])
+
+
 def test_token_ids_in_a_loaded_file_must_be_ints():
     # JSON's 256.0 and true compare equal to 256 and 1: they loaded, and encode printed "256.0"
     with pytest.raises(TinyGPTError, match="special token ids"):
@@ -374,6 +396,37 @@ def test_a_special_token_spelled_like_an_ordinary_tokens_byte_level_text_cannot_
     with pytest.raises(TinyGPTError, match="spelled like an ordinary token"):
         tok.save_gpt2_files(tmp_path)
     assert not (tmp_path / "encoder.json").exists()
+
+
+def test_gpt2_files_whose_merge_makes_another_id_are_corrupt(trained, tmp_path):
+    # encoder.json's ids of merge 0's and merge 1's tokens swapped: each vocab.bpe line must make id 256 + i
+    encoder_json, vocab_bpe = trained.save_gpt2_files(tmp_path)
+    encoder = json.loads(encoder_json.read_text(encoding="utf-8"))
+    by_id = {i: s for s, i in encoder.items()}
+    encoder[by_id[256]], encoder[by_id[257]] = 257, 256
+    encoder_json.write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
+    first_merge = vocab_bpe.read_text(encoding="utf-8").split("\n")[1]
+    with pytest.raises(TinyGPTError, match=f"merge {first_merge!r} must make id 256"):
+        BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)
+
+
+def test_gpt2_files_with_one_special_token_spelled_like_a_merge_still_load(tmp_path):
+    # "ÿÿ" is two "ÿ" byte tokens side by side, as a merge's token is: one such special is no truncation
+    tok = BPETokenizer.train("hello world " * 20, vocab_size=270, special_tokens=["ÿÿ"])
+    loaded = BPETokenizer.from_gpt2_files(*tok.save_gpt2_files(tmp_path))
+    assert loaded.special_tokens == tok.special_tokens == {"ÿÿ": 256 + len(tok.merges)}
+    assert loaded.merges == tok.merges and len(tok.merges) > 0
+
+
+def test_gpt2_files_with_more_special_tokens_than_any_real_file_are_corrupt(tmp_path):
+    # none of these is spelled like a merge; past 1024 ids beyond the merges is a cut vocab.bpe all the same
+    specials = {f"<|s{i}|>": 256 + i for i in range(1025)}
+    files = BPETokenizer([], special_tokens=specials).save_gpt2_files(tmp_path / "too_many")
+    with pytest.raises(TinyGPTError, match="0 merges but .* has 1025 ids past them; is vocab.bpe truncated"):
+        BPETokenizer.from_gpt2_files(*files)
+    del specials["<|s1024|>"]
+    files = BPETokenizer([], special_tokens=specials).save_gpt2_files(tmp_path / "most")
+    assert BPETokenizer.from_gpt2_files(*files).special_tokens == specials
 
 
 def test_gpt2_files_with_a_non_integer_special_id_are_corrupt(gpt2, tmp_path):
@@ -442,6 +495,13 @@ TINY_ALPHABET = list("aab  bcd\n.é")
 def test_train_matches_naive_recount_bpe_on_random_text(text, n_merges):
     # A tiny alphabet makes back-to-back sites ("abab"), runs ("aaaa") and duplicate tokens common.
     assert BPETokenizer.train(text, vocab_size=256 + n_merges).merges == naive_bpe_merges(text, n_merges)
+
+
+def test_train_to_a_vocab_of_only_bytes_and_specials_learns_no_merges():
+    tok = BPETokenizer.train("abc abc", vocab_size=256)
+    assert tok.merges == [] and tok.vocab_size == 256 and tok.encode("ab") == [97, 98]
+    tok = BPETokenizer.train("abc abc", vocab_size=258, special_tokens=["<a>", "<b>"])
+    assert tok.merges == [] and tok.special_tokens == {"<a>": 256, "<b>": 257}
 
 
 def test_train_stops_when_text_has_no_more_pairs():
