@@ -1014,7 +1014,9 @@ def test_pooled_features_leave_a_model_in_eval_mode_in_eval_mode():
 @pytest.mark.parametrize("setting, message", [
     ({"dropout": 1.0}, "--dropout must be in [0, 1), got 1.0"),  # every activation dropped
     ({"max_iters": 0}, "--max-iters must be a positive integer, got 0"),  # was read as "not given"
-], ids=["dropout-1", "max-iters-0"])
+    ({"val_fraction": 5}, "--val-fraction must be in [0, 1), got 5"),  # data with split fields drew none
+    ({"val_fraction": -0.1}, "--val-fraction must be in [0, 1), got -0.1"),
+], ids=["dropout-1", "max-iters-0", "val-fraction-5", "val-fraction-negative"])
 def test_config_refuses_out_of_range_settings(setting, message):
     with pytest.raises(TinyGPTError, match=re.escape(message)):
         ft.FinetuneConfig(data="d.jsonl", **setting).validate()

@@ -53,7 +53,7 @@ import numpy as np
 
 from tinygpt import layers
 from tinygpt.data import refuse_device
-from tinygpt.errors import TinyGPTError, is_int
+from tinygpt.errors import TinyGPTError, is_int, is_number
 from tinygpt.files import write_atomic
 
 __all__ = [
@@ -479,6 +479,10 @@ class FinetuneConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        # checked here too, not only where the split is drawn: a file with split fields never draws one,
+        # and --val-fraction 5 was then accepted without a word
+        if not (is_number(self.val_fraction) and 0.0 <= self.val_fraction < 1.0):
+            raise TinyGPTError(f"--val-fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise TinyGPTError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not start and self.tokenizer not in ("char", "gpt2"):
