@@ -1,5 +1,6 @@
 """The command line: help on every command, one-line errors with exit status 2."""
 
+import io
 import subprocess
 import sys
 
@@ -59,6 +60,7 @@ def test_train_bpe_then_sample_from_endoftext(tmp_path, monkeypatch, capsys):
     (ValueError("array is too big; `arr.size * arr.dtype.itemsize` is larger than the maximum possible"),
      "out of memory (the request is too large"),
     (OSError(28, "No space left on device"), "No space left on device"),  # not only missing files
+    (OSError(2, "No such file or directory", "corpus.txt"), "No such file or directory: corpus.txt\n"),
 ])
 def test_memory_and_disk_errors_are_one_line_exit_2(monkeypatch, capsys, error, message):
     import tinygpt.cli
@@ -159,6 +161,9 @@ def test_bare_boolean_train_flags_mean_true():
     assert parse(["train", "--recompute", "false"]).recompute is False
     assert parse(["train", "--bias"]).bias is True
     assert parse(["train"]).recompute is None  # not given: the config's value
+    for text, value in (("true", True), ("1", True), ("Yes", True), ("on", True), ("false", False),
+                        ("0", False), ("no", False), (" OFF ", False)):
+        assert parse(["train", "--bias", text]).bias is value, text
 
 
 def test_a_closed_stdin_is_a_one_line_error(tmp_path, monkeypatch, capsys):
@@ -182,3 +187,122 @@ def test_a_closed_stdout_is_not_a_traceback(monkeypatch, capsys):
                  ["tokenizer", "encode", "--tokenizer", "gpt2", "--show", "hi"]):
         assert main(argv) == 0, argv
         assert capsys.readouterr().err == "", argv
+
+
+def test_a_reader_that_went_away_is_not_an_error(monkeypatch, capsys):
+    # `tinygpt sample ... | head -1`: the pipe closed under the writer, which is how the user stops it
+    import tinygpt.cli
+
+    def fail(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(tinygpt.cli, "_tokenizer_decode", fail)
+    assert main(["tokenizer", "decode", "--tokenizer", "gpt2", "1"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_integers_at_the_ends_of_the_int64_range_are_taken(capsys):
+    from tinygpt.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["train", "--seed", str(2**63 - 1)]).seed == 2**63 - 1
+    assert parse(["train", "--seed", str(-(2**63))]).seed == -(2**63)
+    for text in (str(2**63), str(-(2**63) - 1)):  # one past either end
+        with pytest.raises(SystemExit):
+            parse(["train", "--seed", text])
+        assert f"argument --seed: {text} is outside the 64-bit integer range" in capsys.readouterr().err
+
+
+def test_text_that_is_not_utf8_is_named_by_its_file_or_as_stdin(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"caf\xe9 au lait")
+    assert main(["tokenizer", "train", "--input", str(bad), "--vocab-size", "300", "--out",
+                 str(tmp_path / "t.json")]) == 2
+    assert capsys.readouterr().err == f"tinygpt: error: {bad} is not UTF-8 text (invalid continuation byte)\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9")))
+    assert main(["tokenizer", "encode", "--tokenizer", "gpt2"]) == 2
+    assert capsys.readouterr().err == "tinygpt: error: stdin is not UTF-8 text (unexpected end of data)\n"
+
+
+def test_a_stdout_without_a_byte_buffer_gets_the_text(monkeypatch):
+    # a text-only stream (a notebook's redirect, io.StringIO) has no .buffer: the text is written as str
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", stream)
+    assert main(["tokenizer", "decode", "--tokenizer", "gpt2", "40", "1842"]) == 0
+    assert stream.getvalue() == "I love"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--resume", "--config", "default"], "--config cannot be combined with --resume"),
+    (["train", "--pretrained", "hf", "--n-layer", "2"], "is for a model from scratch: with --pretrained"),
+    (["eval", "--split", "all"], "--split all is for classifiers"),
+    (["sample", "--num-samples", "0"], "--num-samples must be >= 1, got 0"),
+    (["sample", "--temperature", "-1"], "temperature"),  # checked before the model load, not "no ./out"
+])
+def test_bad_or_conflicting_flags_are_refused_before_any_work(tmp_path, monkeypatch, capsys, argv,
+                                                                 message):
+    monkeypatch.chdir(tmp_path)  # no ./out, no hf/: only the flags can be the error
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "in.txt").write_text("ROMEO:\nBut, soft! what light through yonder window breaks?\n" * 30)
+    assert main([*argv, "--data", "in.txt"] if argv[0] == "train" else argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinygpt: error: ") and err.count("\n") == 1 and message in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["in.txt"]
+
+
+def test_train_gives_the_preset_then_the_flags_to_the_training_run(tmp_path, monkeypatch):
+    # the flags win over the preset, and a flag set to 0 or false (falsy, but given) is still a flag
+    from tinygpt import train
+
+    monkeypatch.chdir(tmp_path)
+    runs = []
+    monkeypatch.setattr(train, "train", lambda cfg, **kwargs: runs.append((cfg, kwargs)))
+    monkeypatch.setattr(train, "retain_freed_memory", lambda: True)
+    assert main(["train", "--config", "shakespeare_char", "--max-iters", "7", "--seed", "0", "--dropout", "0",
+                 "--grad-clip", "0", "--bias", "false", "--backend", "numpy"]) == 0
+    (cfg, kwargs), = runs
+    assert (cfg.out, cfg.max_iters, cfg.eval_interval) == ("out-shakespeare-char", 7, 250)  # preset's out
+    assert (cfg.seed, cfg.dropout, cfg.grad_clip, cfg.bias, cfg.backend) == (0, 0.0, 0.0, False, "numpy")
+    assert kwargs == {"quiet": False}
+
+
+def test_bench_module_that_imports_a_missing_library_at_load_is_an_error_not_a_hidden_command(monkeypatch):
+    # a benchmark imports its peers (torch, transformers) when run, so a missing one cannot hide `tinygpt
+    # bench`; a tinygpt.bench module itself missing (a trimmed install) leaves its command out
+    import importlib
+
+    from tinygpt.cli import build_parser
+
+    real = importlib.import_module
+
+    def missing(name, module):
+        def import_module(wanted, *args):
+            if wanted == module:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return real(wanted, *args)
+        return import_module
+
+    monkeypatch.setattr(importlib, "import_module", missing("tinygpt.bench.recipe", "tinygpt.bench.recipe"))
+    assert build_parser().parse_args(["bench", "generate"]).bench_command == "generate"
+    monkeypatch.setattr(importlib, "import_module", missing("torch", "tinygpt.bench.recipe"))
+    with pytest.raises(ModuleNotFoundError, match="torch"):
+        build_parser()
+
+
+def test_bad_input_errors_are_value_errors_and_the_number_checks(tmp_path):
+    import numpy as np
+
+    from tinygpt.errors import TinyGPTError, is_int, is_number
+    from tinygpt.train import make_config
+
+    with pytest.raises(ValueError, match="--n-layer"):  # callers that catch ValueError keep working
+        make_config({"n_layer": 0})
+    assert issubclass(TinyGPTError, ValueError)
+    for value in (3, np.int64(3), np.uint8(3), -1):
+        assert is_int(value) and is_number(value), repr(value)
+    for value in (True, np.bool_(True), 2.0, np.float32(2.0), "2", None):
+        assert not is_int(value), repr(value)
+    for value in (2.5, np.float32(2.5), np.float64("inf")):
+        assert is_number(value), repr(value)
+    for value in (False, "2.5", None, 1j):
+        assert not is_number(value), repr(value)
