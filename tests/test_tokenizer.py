@@ -812,7 +812,8 @@ def test_cli_train_encode_decode(tmp_path):
     assert proc.stdout == text
     proc = run_cli("encode", "--tokenizer", out, "--show", stdin=text)  # text from stdin
     assert proc.returncode == 0 and proc.stdout.startswith("T|h|ou|·lo|v|est|·the|·king|")
-    assert proc.stdout.count("|") == len(ids) - 1 and f"{len(ids)} tokens" in proc.stdout
+    assert proc.stdout.count("|") == len(ids) - 1
+    assert f"{len(ids)} tokens, {len(text)} characters" in proc.stdout  # characters, not UTF-8 bytes
 
 
 def test_cli_text_in_another_encoding_is_named_as_such():
@@ -845,6 +846,24 @@ def test_cli_train_interrupted_after_training_saves_nothing(tmp_path, monkeypatc
     assert out.read_text() == "an older tokenizer" and not (tmp_path / "g").exists()
 
 
+def test_cli_train_takes_its_special_tokens_and_reports_bytes_and_tokens(tmp_path, capsys):
+    from tinygpt.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    text = "héllo wörld, 你好! " * 30  # characters of 1, 2 and 3 bytes: bytes are not characters
+    corpus.write_text(text, encoding="utf-8")
+    out = tmp_path / "tok.json"
+    for specials, expected in ((["<|a|>", "<|b|>"], {"<|a|>": 268, "<|b|>": 269}), ([], {})):
+        assert main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "270", "--out", str(out),
+                     "--special-tokens", *specials]) == 0
+        tok = load_tokenizer(out)
+        assert tok.vocab_size == 270 and tok.special_tokens == expected
+        printed = capsys.readouterr().out
+        assert printed.startswith(f"trained vocab 270 ({len(tok.merges)} merges) in ")
+        assert printed.endswith(f"; {corpus}: {len(text.encode('utf-8'))} bytes -> {len(tok.encode(text))} "
+                                f"tokens; saved {out}\n")
+
+
 def test_cli_gpt2_and_special_tokens():
     proc = run_cli("encode", "--tokenizer", "gpt2", "--allow-special", "hi<|endoftext|>")
     assert proc.returncode == 0 and proc.stdout.split() == ["5303", "50256"]
@@ -859,6 +878,7 @@ def test_cli_gpt2_and_special_tokens():
         (("decode", "--tokenizer", "gpt2", "²"), "must be integers"),  # was a StopIteration traceback
         (("decode", "--tokenizer", "gpt2", "1_0"), "must be integers"),  # int() takes it: id 10
         (("decode", "--tokenizer", "gpt2", "99999"), "out of range"),
+        (("decode", "--tokenizer", "gpt2", "-1"), "token id -1 is out of range"),  # an integer, not "must be"
         (("train", "--input", "no_such_file.txt", "--vocab-size", "300", "--out", "t.json"), "No such file"),
         (("encode", "--tokenizer"), "expected one argument"),
         (("encode", "--tokenizer", "/dev/null", "x"), "is a device"),  # was "bad JSON"; /dev/zero: forever
