@@ -688,6 +688,42 @@ def test_cli_bad_input_is_one_line_exit_2(char_run_dir, capsys, extra, message):
     assert message in err and len(err.strip().splitlines()) == 1 and err.startswith("tinygpt: error:")
 
 
+def test_cli_zero_new_tokens_prints_each_sample_as_its_prompt(char_run_dir, capsys):
+    directory, _, _ = char_run_dir
+    rc, out, err = _run_cli(["sample", "--out", str(directory), "--prompt", "the ", "--max-new-tokens", "0",
+                             "--num-samples", "2"], capsys)  # fmt: skip
+    assert rc == 0 and out == "the \n---------------\nthe \n", err
+
+
+def test_cli_sample_loads_the_model_with_the_backend_asked_for(char_run_dir, monkeypatch, capsys):
+    import tinygpt.checkpoint
+
+    directory, _, _ = char_run_dir
+    asked, load_model = [], tinygpt.checkpoint.load_model
+
+    def recording(out_dir, backend="numpy", **kwargs):
+        asked.append(backend)
+        return load_model(out_dir, backend="numpy", **kwargs)  # (NumPy's is enough to sample from)
+
+    monkeypatch.setattr(tinygpt.checkpoint, "load_model", recording)
+    rc, _, err = _run_cli(["sample", "--out", str(directory), "--max-new-tokens", "2", "--backend", "numba"],
+                          capsys)  # fmt: skip
+    assert rc == 0 and asked == ["numba"], err
+
+
+def test_cli_sample_refuses_a_tokenizer_larger_than_its_model(tmp_path, capsys):
+    # ids the model can never produce: the run's tokenizer and model do not belong together
+    from tinygpt.checkpoint import save_checkpoint
+
+    tokenizer = CharTokenizer.train("hello world\nthe quick brown fox\n")
+    config = GPTConfig(vocab_size=tokenizer.vocab_size - 3, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    save_checkpoint(tmp_path / "run", GPT(config), tokenizer, None, {}, {"step": 0})
+    rc, out, err = _run_cli(["sample", "--out", str(tmp_path / "run"), "--max-new-tokens", "3"], capsys)
+    assert rc == 2 and out == ""
+    n = tokenizer.vocab_size
+    assert err == f"tinygpt: error: the tokenizer has {n} tokens, the model only {n - 3}\n"
+
+
 def test_cli_temperature_below_float32s_smallest_is_greedy(char_run_dir, capsys):
     """--temperature 1e-300 is 0 in float32: it sampled from NaN probabilities (garbage text, numpy
     warnings on stderr); the limit T -> 0 is greedy."""

@@ -432,6 +432,14 @@ def test_cli_eval_prints_loss_perplexity_and_bits_per_byte(corpus, tmp_path, cap
     first = training.evaluate(out, backend="numpy", batch_size=2, max_batches=1)
     assert first["tokens"] == 2 * 16
     assert first["loss"] == pytest.approx(model.forward(x[:2], y[:2])[1], rel=1e-5)
+    # --split, --batch-size and --max-batches reach evaluate(): the first two windows of the training split
+    assert main(["eval", "--out", str(out), "--backend", "numpy", "--split", "train", "--batch-size", "2",
+                 "--max-batches", "1"]) == 0
+    printed = capsys.readouterr().out
+    train = ids[: int(round(0.9 * len(ids)))]
+    x, y = np.stack([train[:16], train[16:32]]), np.stack([train[1:17], train[17:33]])
+    assert printed.startswith(f"train split of {corpus}: 32 tokens, model at step 4\n")
+    assert float(printed.split("loss ")[1].split()[0]) == pytest.approx(model.forward(x, y)[1], abs=1e-4)
 
 
 def test_eval_bits_per_byte_counts_the_bytes_of_the_predicted_tokens(tmp_path, monkeypatch):
