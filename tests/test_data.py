@@ -4,6 +4,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -437,6 +438,35 @@ def test_write_atomic_leaves_no_half_file_nor_temporary(tmp_path, monkeypatch):
         files.write_atomic(path, b"two")
     assert path.read_bytes() == b"one"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.json", "tok.json.tmp"]
+    monkeypatch.undo()
+    files.write_atomic(tmp_path / "new" / "deeper" / "tok.json", b"three")  # the missing folders are made
+    assert (tmp_path / "new" / "deeper" / "tok.json").read_bytes() == b"three"
+
+
+def test_an_interrupted_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    # Ctrl-C is a BaseException, not an Exception: the half-written temporary must go all the same
+    from tinygpt import files
+
+    path = tmp_path / "tok.json"
+    path.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with files.atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"half")
+            raise KeyboardInterrupt
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["tok.json"]
+
+
+def test_current_umask_reads_the_umask_and_leaves_it_as_it_was(tmp_path):
+    from tinygpt import files
+
+    before = os.umask(0o027)
+    try:
+        assert files.current_umask() == 0o027 and files.current_umask() == 0o027
+        files.write_atomic(tmp_path / "new.txt", b"x")
+        assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(before)
 
 
 def test_an_output_in_a_place_that_cannot_hold_it_is_named_not_its_temporary(tmp_path, capsys):
@@ -491,6 +521,29 @@ def test_an_output_named_by_its_file_descriptor_is_written_into(tmp_path):
     finally:
         os.close(fd)
     assert target.read_bytes() == b"the image" and sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
+
+
+def test_dev_stdout_redirected_to_a_file_is_written_into(tmp_path):
+    # `--output /dev/stdout > plot.png`: a link to a regular file, so only its folder, /dev, says to write
+    # into it (a rename over it would replace the machine's /dev/stdout as root). Asked in a child whose
+    # stdout is a file; the check alone, so that a wrong answer replaces nothing
+    probe = ("import sys; from pathlib import Path; from tinygpt.files import _is_stream\n"
+             "sys.stderr.write(str(_is_stream(Path('/dev/stdout'))))")
+    with open(tmp_path / "plot.png", "wb") as stdout:
+        done = subprocess.run([sys.executable, "-c", probe], stdout=stdout, stderr=subprocess.PIPE, text=True)
+    assert done.stderr == "True"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_it_may_not_write_is_refused_before_the_work(tmp_path, monkeypatch):
+    from tinygpt import files
+
+    fifo = tmp_path / "plot.png"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(files.os, "access", lambda path, mode: False)  # (root may write any file)
+    with pytest.raises(PermissionError) as exc:
+        files.check_writable(fifo)
+    assert exc.value.filename == str(fifo)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
