@@ -202,7 +202,8 @@ else:
 
     @pytest.mark.parametrize("trans_a", [False, True])
     @pytest.mark.parametrize("trans_b", [False, True])
-    @pytest.mark.parametrize("tile", [(8, 8, 4, 2, 2), (16, 8, 4, 4, 2)])
+    # square, taller than wide and wider than tall tiles: the grid counts row tiles by BM, column tiles by BN
+    @pytest.mark.parametrize("tile", [(8, 8, 4, 2, 2), (16, 8, 4, 4, 2), (8, 16, 4, 2, 4)])
     def test_gemm_every_transpose_ragged_shapes(trans_a, trans_b, tile):
         rng = np.random.default_rng(0)
         M, N, Kd = 17, 23, 9  # none a multiple of any tile: every edge is bounds-checked
@@ -309,6 +310,26 @@ else:
             close(out, ref, np.float32, "out")
             close(K.attention_backward(dout, cache), layers.attention_backward(dout, ref_cache), np.float32)
 
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_flash_attention_where_every_score_is_far_below_zero(dtype):
+        # The running max starts at -inf, not 0: from 0, exp(score - 0) underflows to 0 for every key of
+        # such a row (l = 0, out = nan, lse = -inf), where the max-subtracted softmax is exact. Scores of
+        # -2c^2 + c/16 * (a few eighths), exact in both dtypes: about -128 for float32 (exp underflows
+        # below -104) and -1150 for float64 (below -745); the kernels and the reference differ only in
+        # their exps, and in the float32 lse the backward reads back (a unit in its last place: 8e-6)
+        c = 8.0 if dtype == np.float32 else 24.0
+        rng = np.random.default_rng(13)
+        B, T, H, hs = 1, 11, 1, 4
+        q = np.full((B, T, hs), c)
+        k = -c + rng.integers(-4, 5, (B, T, hs)) / 8
+        v = rng.standard_normal((B, T, hs))
+        qkv = np.concatenate([q, k, v], axis=-1).astype(dtype)
+        dout = rng.standard_normal((B, T, H * hs)).astype(dtype)
+        out, cache = K.flash_attention_forward(qkv, H, tiles=(4, 4))  # three key tiles: rescaled online
+        ref, ref_cache = layers.attention_forward(qkv, H)
+        close(out, ref, dtype, "out")
+        close(K.flash_attention_backward(dout, cache), layers.attention_backward(dout, ref_cache), dtype)
+
     # --- element-wise and row kernels ------------------------------------------------------------
 
     @pytest.mark.parametrize("dtype", DTYPES)
@@ -370,6 +391,17 @@ else:
         close(out, ref, dtype, "emb out")
         for g, r in zip(K.embedding_backward(dout, cache), layers.embedding_backward(dout, ref_cache)):
             close(g, r, dtype, "emb grad")
+
+    def test_cross_entropy_of_logits_far_below_zero_and_of_class_zero():
+        # the row max starts at -inf (from 0, every exp(logit - 0) underflows: log 0); class 0 is a target
+        # like any other, only -1 is ignored. float64: float32 logits near -1000 keep 4 digits of a loss.
+        rng = np.random.default_rng(14)
+        logits = rng.standard_normal((2, 3, 13)) - 1000.0  # 13 columns, 16 threads: 3 see no column
+        targets = np.array([[0, 12, 0], [-1, 5, 0]])
+        loss, cache = K.cross_entropy_forward(logits, targets)
+        ref, ref_cache = layers.cross_entropy_forward(logits, targets)
+        assert abs(loss - ref) < TOL[np.float64] * abs(ref)
+        close(K.cross_entropy_backward(1.0, cache), layers.cross_entropy_backward(1.0, ref_cache), np.float64)
 
     def test_zero_rows_give_zero_weight_and_bias_gradients():
         # a batch of no rows: the reference's (and numba's) gradients are sums over nothing, zeros; the
