@@ -284,6 +284,7 @@ else:
         assert not any(K.on_device(c) or isinstance(c, np.ndarray) for c in dropout_cache)  # a key, no mask
 
     @pytest.mark.parametrize("tiles, message", [((24, 8), "BR must be a power of two"),
+                                                ((0, 4), "BR must be a power of two, got 0"),
                                                 ((8, 6), "BC must be a power of two"),
                                                 ((128, 128), "bytes of shared memory")])
     def test_hand_picked_attention_tiles_are_checked(tiles, message):
@@ -576,6 +577,15 @@ else:
             K.matmul(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32))
         with pytest.raises(TinyGPTError, match="divisible"):
             K.attention_forward(np.zeros((1, 2, 12), np.float32), 5)
+        # n_head 0: a one-line error, not ZeroDivisionError
+        with pytest.raises(TinyGPTError, match="n_embd 4 is not divisible by n_head 0"):
+            K.attention_forward(np.zeros((1, 2, 12), np.float32), 0)
+        with pytest.raises(TinyGPTError, match=r"qkv must be \(B, T, 3C\), got shape \(1, 2, 10\)"):
+            K.attention_forward(np.zeros((1, 2, 10), np.float32), 1)
+        # one block per (batch, head) along the grid's y axis, 65535 at most (T = 0: nothing launches)
+        assert K.attention_forward(np.zeros((65535, 0, 3), np.float32), 1)[0].shape == (65535, 0, 1)
+        with pytest.raises(TinyGPTError, match="batch x heads = 65536, over the 65535 blocks"):
+            K.attention_forward(np.zeros((32768, 0, 6), np.float32), 2)
         with pytest.raises(TinyGPTError, match="device array"):
             p = np.zeros(3, np.float32)
             K.adamw_update(p, p, p, p, 1e-3, 0.9, 0.95, 1e-8, 0.0, 0.1, 0.05)
