@@ -166,7 +166,7 @@ else:
     from tinygpt.kernels import cuda as K
     from tinygpt.kernels import get_ops, has_real_gpu, simulator
 
-    # Two kernels that index at -1 in thread 0: NumPy wraps around, a GPU reads out of bounds. (Globals: the
+    # Kernels that index at -1 in thread 0: NumPy wraps around, a GPU reads out of bounds. (Globals: the
     # simulator swaps the `cuda` a kernel uses for its fake only in the kernel's module globals.)
     def _shift(src, out):
         buf = cuda.shared.array(4, np.float32)
@@ -179,6 +179,19 @@ else:
         i = cuda.threadIdx.x
         buf[i] = src[i]
         cuda.syncthreads()
+        out[i] = buf[i - 1]
+
+    def _shift_shared_2d(src, out):  # the index is a tuple, (0, -1), as in every tile of the kernels
+        buf = cuda.shared.array((1, 4), np.float32)
+        i = cuda.threadIdx.x
+        buf[0, i] = src[i]
+        cuda.syncthreads()
+        out[i] = buf[0, i - 1]
+
+    def _shift_local(src, out):
+        buf = cuda.local.array(4, np.float32)
+        i = cuda.threadIdx.x
+        buf[i] = src[i]
         out[i] = buf[i - 1]
 
     if not has_real_gpu():
@@ -539,7 +552,8 @@ else:
     @pytest.mark.skipif(has_real_gpu(), reason="checks the simulator's strict indexing")
     def test_simulator_rejects_negative_indices_as_a_gpu_would():
         src, out = K.to_device(np.arange(4, dtype=np.float32)), K.to_device(np.zeros(4, np.float32))
-        for kernel in (cuda.jit(_shift), cuda.jit(_shift_shared)):
+        for kernel in (cuda.jit(_shift), cuda.jit(_shift_shared), cuda.jit(_shift_shared_2d),
+                       cuda.jit(_shift_local)):
             with pytest.raises(IndexError, match="negative index"):
                 kernel[1, 4](src, out)
 
