@@ -113,3 +113,53 @@ def test_peer_reads_the_data_file_as_ours_does(tmp_path, monkeypatch):
     settings = {**recipe._settings(args), "eval_iters": 1, "n_layer": 1, "n_embd": 8, "n_head": 2}
     recipe.nanogpt_style_run(settings, str(tmp_path), threads=1)
     assert vocab == [len(set(TEXT + "\r"))]
+
+
+def test_peer_loop_is_nanogpts_on_our_val_split_and_schedule(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import argparse
+
+    import numpy as np
+
+    import tinygpt.data
+    from tinygpt.bench import recipe
+    from tinygpt.optim import lr_at
+
+    data = tmp_path / "tiny.txt"
+    data.write_text((TEXT * 2)[:3243])  # 0.9 x 3,243 = 2,918.7, which int() and round() split apart
+    args = argparse.Namespace(data=str(data), config="shakespeare_char", max_iters=4, eval_interval=2, seed=0)
+    settings = {**recipe._settings(args), "eval_iters": 2, "n_layer": 1, "n_embd": 8, "n_head": 2,
+                "block_size": 8, "batch_size": 3, "warmup_iters": 1}
+    calls, updates, clips, evaluated = [], [], [], []
+    build = recipe._nanogpt_style_model
+
+    def recorded_model(*a):
+        model = build(*a)
+        forward = model.forward
+        model.forward = lambda x, y: calls.append((model.training, x, y)) or forward(x, y)
+        return model
+
+    class RecordedAdamW(torch.optim.AdamW):
+        def step(self, *a, **k):
+            updates.append([(g["lr"], g["betas"], g["weight_decay"]) for g in self.param_groups])
+            return super().step(*a, **k)
+
+    clip, windows = torch.nn.utils.clip_grad_norm_, tinygpt.data.iter_eval_windows
+    monkeypatch.setattr(recipe, "_nanogpt_style_model", recorded_model)
+    monkeypatch.setattr(torch.optim, "AdamW", RecordedAdamW)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda p, norm: clips.append(norm) or clip(p, norm))
+    monkeypatch.setattr(tinygpt.data, "iter_eval_windows",
+                        lambda tokens, *a: evaluated.append(np.array(tokens)) or windows(tokens, *a))
+    result = recipe.nanogpt_style_run(settings, str(tmp_path), threads=1)
+
+    assert result["step"] == 4 and len([c for c in calls if c[0]]) == 4  # one batch a step
+    # every batch (training, the random eval batches, the whole-split windows): targets are inputs shifted
+    assert all(torch.equal(x[:, 1:], y[:, :-1]) for _, x, y in calls)
+    # the schedule `tinygpt train` follows (warmup 1, cosine to step 4), AdamW as ours, clipped at 1.0
+    assert [u[0][0] for u in updates] == pytest.approx([lr_at(i, 1e-3, 1, 4, 1e-4) for i in range(4)])
+    assert all(u == [(u[0][0], (0.9, 0.99), 0.1), (u[0][0], (0.9, 0.99), 0.0)] for u in updates)
+    assert clips == [1.0] * 4
+    # val (whole) on the very split ours is measured on (it took int(0.9 n) where ours rounds: one token off)
+    ours = tinygpt.data.prepare_dataset(data, "char", cache=tmp_path / "cache").val
+    assert len(evaluated) == 1 and np.array_equal(evaluated[0], ours)
