@@ -45,6 +45,14 @@ def test_bench_recipe_bad_input(capsys, argv, message):
     assert len(err) == 1 and message in err[0]
 
 
+def _ours_name(peer_name):
+    """Our params-dict name of a parameter of the peer's model."""
+    for old, new in {"blocks.": "h.", "attn_c_proj": "attn.c_proj", "c_attn": "attn.c_attn",
+                     "mlp_c_proj": "mlp.c_proj", "c_fc": "mlp.c_fc"}.items():
+        peer_name = peer_name.replace(old, new)
+    return peer_name
+
+
 def test_peer_model_is_ours_but_for_gelu(monkeypatch):
     # The PyTorch side's model, loaded with our weights, gives our loss: the two sides train one architecture.
     torch = pytest.importorskip("torch")
@@ -58,13 +66,10 @@ def test_peer_model_is_ours_but_for_gelu(monkeypatch):
     config = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, bias=False)
     ours = GPT(config, seed=3, dtype=np.float64)
     peer = _nanogpt_style_model(torch, 11, 8, 2, 2, 8, bias=False).double()
-    renames = {"blocks.": "h.", "attn_c_proj": "attn.c_proj", "c_attn": "attn.c_attn",
-               "mlp_c_proj": "mlp.c_proj", "c_fc": "mlp.c_fc"}
     loaded = set()
     with torch.no_grad():
         for name, p in peer.named_parameters():
-            for old, new in renames.items():
-                name = name.replace(old, new)
+            name = _ours_name(name)
             value = ours.params[name]  # Linear weights are (out, in) in PyTorch, (in, out) in GPT-2's Conv1D
             p.copy_(torch.from_numpy(value.T.copy() if value.ndim == 2 and not name.startswith("wt") and
                                      not name.startswith("wp") else value))
@@ -113,6 +118,56 @@ def test_peer_reads_the_data_file_as_ours_does(tmp_path, monkeypatch):
     settings = {**recipe._settings(args), "eval_iters": 1, "n_layer": 1, "n_embd": 8, "n_head": 2}
     recipe.nanogpt_style_run(settings, str(tmp_path), threads=1)
     assert vocab == [len(set(TEXT + "\r"))]
+
+
+def test_settings_shrink_the_schedule_with_max_iters(tmp_path):
+    import argparse
+
+    from tinygpt.bench import recipe
+
+    data = str(tmp_path / "tiny.txt")
+    args = argparse.Namespace(data=data, config="shakespeare_char", max_iters=50, eval_interval=None, seed=7)
+    s = recipe._settings(args)
+    # the cosine ends with the shorter run, and the warmup (the preset's 100) is at most a tenth of it
+    assert (s["max_iters"], s["lr_decay_iters"], s["warmup_iters"]) == (50, 50, 5)
+    assert (s["data"], s["tokenizer"], s["seed"], s["eval_interval"]) == (data, "char", 7, 250)
+    s = recipe._settings(argparse.Namespace(data=data, config="shakespeare_char", max_iters=None,
+                                            eval_interval=10, seed=1337))
+    assert (s["max_iters"], s["lr_decay_iters"], s["warmup_iters"]) == (2000, None, 100)
+    assert s["eval_interval"] == 10
+
+
+@pytest.mark.parametrize("setting, flag", [('init_from = "out"', "init_from"),
+                                           ('pretrained = "gpt2"', "pretrained")])
+def test_bench_recipe_refuses_to_race_a_fine_tuning(tmp_path, capsys, setting, flag):
+    # the PyTorch side always trains from scratch: a fine-tuning preset would race two different runs
+    data = tmp_path / "tiny.txt"
+    data.write_text(TEXT)
+    config = tmp_path / "c.toml"
+    config.write_text(f"n_layer = 1\nn_head = 2\nn_embd = 8\nblock_size = 8\n{setting}\n")
+    assert main(["bench", "recipe", "--data", str(data), "--config", str(config), "--max-iters", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0] and "--no-peer" in err[0], err
+
+
+def test_peer_init_is_gpt2s_as_ours_is():
+    # ours is initialised by tinygpt, the peer by its own code: both GPT-2's N(0, 0.02), the residual
+    # projections N(0, 0.02 / sqrt(2 n_layer)), LayerNorm weights 1 and biases 0
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from tinygpt.bench.recipe import _nanogpt_style_model
+    from tinygpt.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    peer = _nanogpt_style_model(torch, 50, 16, 2, 2, 64, bias=True)
+    ours = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=64, bias=True), seed=0)
+    for name, p in peer.named_parameters():
+        value, p = ours.params[_ours_name(name)], p.detach().numpy()
+        if value.std() == 0:
+            assert np.array_equal(p, value), name  # the ones and the zeros, exactly
+        else:
+            assert p.std() == pytest.approx(value.std(), rel=0.15), name
 
 
 def test_peer_loop_is_nanogpts_on_our_val_split_and_schedule(tmp_path, monkeypatch):
