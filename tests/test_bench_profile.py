@@ -1,10 +1,12 @@
 """``tinygpt bench profile``: the per-op timing wrapper counts what a step calls and puts everything back;
 the command prints a row per op (tiny settings); no timings asserted."""
 
+import types
+
 import numpy as np
 import pytest
 
-from tinygpt.bench.profile import OPTIMIZER_ROW, OTHER_ROW, OpTimes, profile_step, timed_ops
+from tinygpt.bench.profile import OPTIMIZER_ROW, OTHER_ROW, OpTimes, print_profile, profile_step, timed_ops
 from tinygpt.cli import main
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.optim import AdamW
@@ -97,3 +99,68 @@ def test_bench_profile_bad_input_is_one_line_exit_2(capsys, argv, message):
     assert main(["bench", "profile", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("tinygpt: error: ") and message in err, err
+
+
+def test_profile_step_figures_on_an_injected_clock(monkeypatch):
+    # a step of 1 s in the op, 0.25 s in the optimizer and 0.5 s between them; plain steps of 3, 1, 2 s
+    from tinygpt.bench import profile
+
+    now = [0.0]
+    monkeypatch.setattr(profile, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    plain = iter([3.0, 1.0, 2.0])
+
+    def op():
+        now[0] += 1.0
+
+    class Optimizer:
+        def step(self):
+            now[0] += 0.25
+
+    model, optimizer = types.SimpleNamespace(ops=types.SimpleNamespace(matmul=op, name="fake")), Optimizer()
+
+    def step():
+        if model.ops.matmul is op:  # not timed yet: a plain step
+            now[0] += next(plain)
+            return
+        model.ops.matmul()
+        now[0] += 0.5
+        optimizer.step()
+
+    rows, plain_s, profiled_s = profile_step(step, model, optimizer, steps=3)
+    assert plain_s == 2.0  # the median plain step
+    assert profiled_s == pytest.approx(1.75)  # the mean profiled step
+    # calls and seconds per step, slowest first, then what is left
+    assert rows == [("matmul", 1.0, pytest.approx(1.0), None),
+                    (OPTIMIZER_ROW, 1.0, pytest.approx(0.25), None),
+                    (OTHER_ROW, None, pytest.approx(0.5), None)]
+
+
+def test_print_profile_table(capsys):
+    rows = [("linear_forward", 16.0, 0.003, 12.345), (OPTIMIZER_ROW, 1.0, 0.0015, None),
+            (OTHER_ROW, None, 0.0005, None)]
+    print_profile(rows, plain=0.004, profiled=0.005, title="step")
+    assert capsys.readouterr().out.splitlines() == [
+        "step: 4.0 ms a step plain, 5.0 ms with every op timed",
+        "op                               calls    ms/step   share   GFLOP/s",
+        "linear_forward                      16       3.00   60.0%      12.3",
+        "optimizer.step (AdamW)               1       1.50   30.0%          ",
+        "other (Python between the ops)               0.50   10.0%          ",
+    ]
+
+
+def test_bench_profile_steps_the_batch_it_is_given(capsys, monkeypatch):
+    from tinygpt.bench import train
+
+    monkeypatch.setattr(train, "matmul_gflops", lambda: 1.0)  # (the 2048^3 product: not what is checked)
+    sizes = []
+    training = train.tinygpt_training
+
+    def recorded_training(*a, **k):
+        built = training(*a, **k)
+        sizes.append(built[2].shape)  # idx
+        return built
+
+    monkeypatch.setattr(train, "tinygpt_training", recorded_training)
+    assert main(["bench", "profile", "--backend", "numpy", "--config", "small", "--batch", "2",
+                 "--steps", "1", "--warmup", "0"]) == 0
+    assert "4L/4H/128d, T 64, B 2, vocab 65" in capsys.readouterr().out and sizes == [(2, 64)]
