@@ -897,3 +897,72 @@ def test_forward_cached_checks_ids_and_pos_as_the_uncached_path_does():
             forward_cached(params, config, np.array([[1]]), new_kv_cache(config, 1), pos)
     np.testing.assert_allclose(forward_cached(params, config, [[1, 2]], new_kv_cache(config, 1), 0),
                                forward_uncached(params, config, np.array([[1, 2]])), rtol=1e-5, atol=1e-6)
+
+
+def _bench_generate_injected(monkeypatch, seconds):
+    """``bench generate`` with no model run: ``seconds[i]`` is the i-th row's {side: median seconds}; the
+    peer's greedy tokens differ from ours in one place."""
+    import types
+
+    from tinygpt.bench import generate as bench
+
+    fake_torch = types.SimpleNamespace(set_num_threads=lambda n: None, from_numpy=lambda a: a)
+    monkeypatch.setattr(bench, "import_torch_peer", lambda side: (fake_torch, None))
+    monkeypatch.setattr(bench, "build_models",
+                        lambda config, with_peer: (None, object() if with_peer else None))
+    runs = []
+
+    def fake_runs(sides, repeats):
+        runs.append((list(sides), repeats))
+        tokens = {"tinygpt": np.zeros((2, 10), np.int64), "transformers": np.zeros((2, 10), np.int64)}
+        tokens["transformers"][1, 3] = 1
+        return {name: (seconds[len(runs) - 1][name], tokens[name]) for name in sides}
+
+    monkeypatch.setattr(bench, "_runs", fake_runs)
+    return runs
+
+
+BENCH_GENERATE_TINY = ["bench", "generate", "--n-layer", "1", "--n-head", "2", "--n-embd", "8",
+                       "--vocab-size", "11", "--block-size", "32", "--prompt-len", "4"]
+
+
+def test_bench_generate_table_is_the_arithmetic_of_its_timings(monkeypatch, capsys):
+    from tinygpt.cli import main
+
+    runs = _bench_generate_injected(monkeypatch, [{"tinygpt": 0.5, "transformers": 1.0},
+                                                  {"tinygpt": 1.0, "transformers": 4.0},
+                                                  {"tinygpt": 5.0, "transformers": 4.0}])
+    assert main([*BENCH_GENERATE_TINY, "--new-tokens", "10", "--batch-size", "2", "--repeats", "3"]) == 0
+    assert runs == [(["tinygpt", "transformers"], 3)] * 2 + [(["tinygpt", "transformers"], 1)]
+    lines = capsys.readouterr().out.splitlines()
+
+    def row(label):
+        return next(ln for ln in lines if ln.startswith(label))[len(label):].split()
+
+    # tokens/s = 10 new tokens x batch 2 / seconds; the ratio is ours over theirs
+    assert row("KV cache, greedy") == ["40.0", "20.0", "2.00x"]
+    assert row("KV cache, sampled") == ["20.0", "5.0", "4.00x"]
+    assert row("recompute, greedy") == ["4.0", "5.0", "0.80x"]
+    assert row("cache speed-up") == ["10.0x", "4.0x"]  # cached tokens/s over recomputed, each side's own
+    assert "greedy tokens identical to transformers': 95.0% of 20" in lines
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--new-tokens", "29"], "--prompt-len + --new-tokens must fit in --block-size"),
+    (["--new-tokens", "28", "--batch-size", "0"], "--batch-size"),
+    (["--new-tokens", "0"], "--new-tokens"),
+])
+def test_bench_generate_bad_lengths_are_refused(monkeypatch, capsys, argv, message):
+    from tinygpt.cli import main
+
+    _bench_generate_injected(monkeypatch, [])
+    assert main([*BENCH_GENERATE_TINY, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinygpt: error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_bench_generate_takes_a_context_filled_to_the_block_size(monkeypatch, capsys):
+    from tinygpt.cli import main
+
+    _bench_generate_injected(monkeypatch, [{"tinygpt": 1.0, "transformers": 1.0}] * 3)
+    assert main([*BENCH_GENERATE_TINY, "--new-tokens", "28", "--repeats", "1"]) == 0  # 4 + 28 = 32
