@@ -725,3 +725,88 @@ def test_bench_kernels_sections_run_even_after_one_fails(capsys):
     err = capsys.readouterr().err
     assert "RuntimeError: CUDA_ERROR_LAUNCH_FAILED" in err and "the SGEMM section failed" in err
     run_sections({"attention": lambda: None})  # none failed: no error
+
+
+def test_bench_kernels_medians_warm_up_each_side_then_alternate(monkeypatch):
+    import types
+
+    from tinygpt.bench import kernels as bench
+
+    now, calls, syncs = [0.0], [], []
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    durations = {"ours": iter([50.0, 1.0, 5.0, 2.0]), "peer": iter([50.0, 3.0, 3.0, 9.0])}  # warm-up first
+
+    def side(name):
+        def fn():
+            calls.append(name)
+            now[0] += next(durations[name])
+        return fn
+
+    t = bench._medians({"ours": side("ours"), "peer": side("peer")}, 3, sync=lambda: syncs.append(len(calls)))
+    assert t == {"ours": 2.0, "peer": 3.0}  # the medians, the warm-up's 50 s left out
+    assert calls == ["ours", "peer"] * 4
+    assert syncs == [2, 3, 4, 5, 6, 7, 8]  # once after the warm-ups, then after every timed call
+
+
+def test_bench_kernels_cpu_table_is_the_arithmetic_of_its_timings(monkeypatch, capsys):
+    torch = pytest.importorskip("torch")
+    from tinygpt.bench import blas_threads
+    from tinygpt.bench import kernels as bench
+
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    cases = bench.cpu_op_cases
+    monkeypatch.setattr(bench, "cpu_op_cases", lambda: cases(B=2, T=5, C=12, H=2, V=7))  # (nothing runs)
+    timed = []
+    seconds = {"numba": 0.001, "numpy": 0.004, "torch": 0.002}
+    monkeypatch.setattr(bench, "_medians", lambda sides, repeats: timed.append((list(sides), repeats)) or
+                        {name: seconds[name] for name in sides})
+    bench.bench_cpu(repeats=7)
+    assert threads == [blas_threads()]  # torch gets the threads our BLAS has
+    # per op: ours (numba, numpy) interleaved, torch in its own loop
+    assert timed == [(["numba", "numpy"], 7), (["torch"], 7)] * 5
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines()[3:]]
+    assert [r[0] for r in rows] == ["attention", "layernorm", "gelu", "cross_entropy", "adamw"]
+    assert all(r[1:] == ["1.00", "4.00", "2.00", "4.00", "2.00"] for r in rows)  # ms, then x / numba
+
+
+def test_bench_kernels_cpu_peer_computes_what_ours_computes(monkeypatch):
+    # each torch case runs our op's computation (GPT-2's tanh GELU, our fused qkv layout, ...) on our inputs
+    import types
+
+    torch = pytest.importorskip("torch")
+    from tinygpt.bench import kernels as bench
+
+    F, peer_out, ours_out = torch.nn.functional, {}, {}
+    def recording(fname, key):
+        real = getattr(F, fname)
+
+        def recorded(*a, **k):
+            peer_out[key] = out = real(*a, **k)
+            return out
+        return recorded
+
+    for fname, key in (("gelu", "gelu"), ("layer_norm", "layernorm"), ("cross_entropy", "cross_entropy"),
+                       ("scaled_dot_product_attention", "attention")):
+        monkeypatch.setattr(F, fname, recording(fname, key))
+    ops = get_ops("numpy")
+
+    def recorded_op(name):
+        def run(*a, **k):
+            out = getattr(ops, name)(*a, **k)
+            ours_out[name.removesuffix("_forward")] = out[0]
+            return out
+        return run
+
+    recording_ops = types.SimpleNamespace(**{**vars(ops), **{name: recorded_op(name) for name in vars(ops)
+                                                              if name.endswith("_forward")}})
+    B, T, C, H, V = 2, 5, 12, 2, 7
+    cases, torch_cases = bench.cpu_op_cases(B=B, T=T, C=C, H=H, V=V)
+    peer = torch_cases()
+    for name in ("attention", "layernorm", "gelu", "cross_entropy"):
+        cases[name](recording_ops)()
+        peer[name]()
+    peer_out["attention"] = peer_out["attention"].transpose(1, 2).reshape(B, T, C)  # (B, H, T, hs) -> ours
+    for name, ours in ours_out.items():
+        np.testing.assert_allclose(peer_out[name].detach().numpy(), ours, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert set(ours_out) == {"attention", "layernorm", "gelu", "cross_entropy"}
