@@ -1143,3 +1143,51 @@ def test_gpt2_files_export_replaces_the_pair_or_neither(trained, tmp_path, monke
     assert (tmp_path / "encoder.json").read_text() == "my encoder"
     assert (tmp_path / "vocab.bpe").read_text() == "my merges"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.json", "vocab.bpe"]  # no temporaries
+
+
+def test_bench_tokenizer_table_is_the_arithmetic_of_its_timings(tmp_path, capsys, monkeypatch):
+    from tinygpt.bench import tokenizer as bench
+    from tinygpt.cli import main
+
+    text = "the king's heart speaks; thou lovest the night.\n" * 20
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    seconds = iter([{"ours": 2.0, "hf": 4.0, "hf_lines": 1.0},
+                    {"ours": 0.5, "tiktoken": 0.25, "hf": 1.0, "ours_warm": 0.125}])
+    runs, cleared = [], []
+
+    def alternate(fns, repeats):  # each side run once, untimed: the figures are the injected seconds
+        runs.append((list(fns), repeats))
+        for fn in fns.values():
+            fn()
+        return next(seconds)
+
+    monkeypatch.setattr(bench, "_alternate", alternate)
+    clear = BPETokenizer.clear_cache
+    monkeypatch.setattr(BPETokenizer, "clear_cache", lambda self: cleared.append(1) or clear(self))
+    assert main(["bench", "tokenizer", "--data", str(corpus), "--vocab-size", "300", "--repeats", "4"]) == 0
+    assert runs == [(["ours", "hf", "hf_lines"], 4), (["ours", "tiktoken", "hf", "ours_warm"], 4)]
+    assert cleared == [1]  # the cold encode (only it) starts from an empty chunk memo
+    lines = capsys.readouterr().out.splitlines()
+
+    def row(label):
+        return next(ln for ln in lines if ln.startswith(label))[len(label):].split()
+
+    mb = len(text) / 1e6  # MB of the corpus (ASCII)
+    assert row("train BPE, seconds (HF: whole text)")[:3] == ["2.000", "4.000", "0.500x"]
+    assert row("train BPE, seconds (HF: lines, all cores)")[:3] == ["2.000", "1.000", "2.000x"]
+    assert row("GPT-2 encode MB/s vs tiktoken")[:3] == [f"{mb / 0.5:.3f}", f"{mb / 0.25:.3f}", "0.500x"]
+    assert row("GPT-2 encode MB/s vs HF tokenizers")[:3] == [f"{mb / 0.5:.3f}", f"{mb / 1.0:.3f}", "2.000x"]
+    assert row("GPT-2 encode MB/s, memo warm, vs tiktoken")[2] == "2.000x"
+    ours, peer, ratio = row("tokens of the corpus, trained tokenizer")[:3]
+    assert float(ratio.rstrip("x")) == pytest.approx(int(ours) / int(peer), abs=5e-4)
+    assert any("GPT-2 ids identical in all three: True" in ln for ln in lines)
+
+
+def test_bench_tokenizer_repeats_below_one_is_one_line_exit_2(tmp_path, capsys):
+    from tinygpt.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text\n", encoding="utf-8")
+    assert main(["bench", "tokenizer", "--data", str(corpus), "--repeats", "0"]) == 2
+    assert capsys.readouterr().err == "tinygpt: error: --repeats must be >= 1, got 0\n"
