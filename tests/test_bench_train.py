@@ -52,6 +52,50 @@ def test_the_peer_decays_what_ours_decays():
     assert sum(p.numel() for p in kept["params"]) == ours.num_params() - n_decayed
 
 
+def test_the_gpu_training_peer_is_set_up_as_bench_trains_peer(monkeypatch):
+    # bench kernels' GPU training race ran transformers' defaults (a key/value cache built every step, GPT-2's
+    # bos/eos ids) and torch's AdamW decaying every tensor; it builds its peer as bench train now does. No GPU
+    # here: our side is stubbed, the peer is built on the CPU, and its optimizer stops the run once built.
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tinygpt import model as model_module
+    from tinygpt import optim
+    from tinygpt.bench import kernels
+
+    class Built(Exception):
+        pass
+
+    seen = {}
+
+    class PeerOnTheCPU(transformers.GPT2LMHeadModel):
+        def cuda(self):  # the CPU stands in for the GPU
+            return self
+
+    def peer_model(config):
+        seen["config"] = config
+        return PeerOnTheCPU(config)
+
+    def peer_adamw(groups, **kwargs):
+        seen["groups"], seen["kwargs"] = groups, kwargs
+        raise Built
+
+    monkeypatch.setattr(model_module, "GPT", lambda *args, **kwargs: types.SimpleNamespace(params={}))
+    monkeypatch.setattr(optim, "AdamW", lambda *args, **kwargs: None)
+    # (transformers' lazy module keeps its own attributes: a stand-in module carries the recording class)
+    monkeypatch.setitem(sys.modules, "transformers", types.SimpleNamespace(
+        GPT2LMHeadModel=peer_model, GPT2Config=transformers.GPT2Config, logging=transformers.logging))
+    monkeypatch.setattr(torch.optim, "AdamW", peer_adamw)
+    with pytest.raises(Built):
+        kernels.bench_train_gpu(torch, None, None, 1, 2, shape=(2, 2, 8, 16, 11))
+    config = seen["config"]
+    assert config.use_cache is False and config.bos_token_id is None and config.eos_token_id is None
+    assert config.resid_pdrop == config.embd_pdrop == config.attn_pdrop == 0.0
+    decayed, kept = seen["groups"]
+    assert decayed["weight_decay"] == 0.1 and kept["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() < 2 for p in kept["params"])
+    assert seen["kwargs"] == {"lr": 1e-4, "betas": (0.9, 0.95)}  # ours: AdamW(lr=1e-4), betas (0.9, 0.95)
+
+
 def test_bench_train_recompute_on_both_sides(capsys, monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")

@@ -41,3 +41,14 @@ def decay_matrices_only(params, weight_decay: float) -> list[dict]:
     params = list(params)
     return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def training_peer_config(transformers, vocab_size: int, n_positions: int, n_layer: int, n_head: int,
+                         n_embd: int):
+    """The transformers GPT-2 config of a training peer, set as our training model is: no dropout, no
+    key/value cache built and returned at each step, no bos/eos ids (a character vocabulary has none)."""
+    return transformers.GPT2Config(
+        vocab_size=vocab_size, n_positions=n_positions, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
+        use_cache=False,
+    )  # fmt: skip

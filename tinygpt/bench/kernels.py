@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from tinygpt.bench import decay_matrices_only, training_peer_config
 from tinygpt.errors import TinyGPTError
 
 
@@ -163,10 +164,10 @@ def bench_train_gpu(torch, cuda, K, repeats, batch, shape=(6, 6, 384, 256, 65)):
         model.forward(idx, targets)
         optimizer.step(model.backward())
 
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=V, n_positions=T, n_layer=L, n_head=H, n_embd=C, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0)).cuda().train()
-    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    # the peer as bench train sets it: no key/value cache built while training, and AdamW decaying the
+    # 2-D weights only, as ours does (torch's default decays biases and LayerNorm weights too)
+    hf = transformers.GPT2LMHeadModel(training_peer_config(transformers, V, T, L, H, C)).cuda().train()
+    hf_opt = torch.optim.AdamW(decay_matrices_only(hf.parameters(), 0.1), lr=1e-4, betas=(0.9, 0.95))
     t_idx, t_tgt = torch.from_numpy(idx).cuda(), torch.from_numpy(targets).cuda()
 
     def eager():

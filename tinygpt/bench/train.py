@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from tinygpt.bench import blas_threads, decay_matrices_only, import_torch_peer
+from tinygpt.bench import blas_threads, decay_matrices_only, import_torch_peer, training_peer_config
 from tinygpt.errors import TinyGPTError
 
 # name -> (n_layer, n_head, n_embd, block_size T, batch B); vocabulary 65 (shakespeare_char) for both
@@ -139,11 +139,7 @@ def torch_step(config_name: str, threads: int, with_optimizer: bool, recompute: 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     L, H, C, T, B = CONFIGS[config_name]
-    hf_config = transformers.GPT2Config(
-        vocab_size=VOCAB_SIZE, n_positions=T, n_layer=L, n_head=H, n_embd=C,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
-        use_cache=False,  # training: no key/value cache to build and return, as on our side
-    )  # fmt: skip
+    hf_config = training_peer_config(transformers, VOCAB_SIZE, T, L, H, C)
     model = transformers.GPT2LMHeadModel(hf_config).train()
     if recompute:  # transformers' activation recomputation, the peer of GPT.recompute (renamed in v5)
         enable = getattr(model, "activation_checkpointing_enable", None)
