@@ -579,12 +579,18 @@ else:
         monkeypatch.setattr(np, "empty", slow_empty)
         locked = K.to_host(K.layernorm_forward(x, w, b)[0])
         monkeypatch.setattr(kernelapi.FakeCUDAShared, "array", kernelapi.FakeCUDAShared.array.unlocked)
-        try:
-            corrupted = not np.allclose(K.to_host(K.layernorm_forward(x, w, b)[0]), expected, atol=1e-3)
-        except ValueError:  # the garbage reached a square root ("math domain error")
-            corrupted = True
+
+        def unlocked_run_is_corrupted():
+            try:
+                return not np.allclose(K.to_host(K.layernorm_forward(x, w, b)[0]), expected, atol=1e-3)
+            except ValueError:  # the garbage reached a square root ("math domain error")
+                return True
+
         assert relative_error(locked, expected) < 1e-5
-        assert corrupted
+        # the control must race, and on a loaded machine one run's threads may happen not to (a failure of
+        # this file that did not come back, seen with many test runs sharing two cores, may have been
+        # this), so it gets three tries
+        assert any(unlocked_run_is_corrupted() for _ in range(3))
 
     def test_bad_input_is_a_clear_error():
         with pytest.raises(TinyGPTError, match="inner sizes"):
