@@ -164,27 +164,13 @@ def test_bench_train_isolated_runs_each_side_in_its_own_processes(capsys):
 # --- the arithmetic, the processes and the fairness, on injected timings (mutation review) -------------
 
 
-def _clock(monkeypatch, module):
-    """``module.time.perf_counter`` replaced by a clock that moves only when the test moves it."""
-    now = [0.0]
-    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
-    return now
-
-
-def test_interleaved_medians_warm_up_then_alternate_the_sides_and_take_the_median(monkeypatch):
-    now = _clock(monkeypatch, train)
-    calls = []
-    durations = {"ours": iter([100.0, 1.0, 2.0, 9.0]), "peer": iter([100.0, 4.0, 4.0, 1.0])}  # warm-up first
-
-    def side(name):
-        def step():
-            calls.append(name)
-            now[0] += next(durations[name])
-        return step
-
-    medians = train._interleaved_medians({"ours": side("ours"), "peer": side("peer")}, n_steps=3, n_warmup=1)
+def test_interleaved_medians_warm_up_then_alternate_the_sides_and_take_the_median(fake_clock):
+    fake_clock.install(train)
+    sides = {"ours": fake_clock.side("ours", [100.0, 1.0, 2.0, 9.0]),  # the warm-up first
+             "peer": fake_clock.side("peer", [100.0, 4.0, 4.0, 1.0])}
+    medians = train._interleaved_medians(sides, n_steps=3, n_warmup=1)
     assert medians == {"ours": 2.0, "peer": 4.0}  # the medians (the means are 4 and 3), warm-up left out
-    assert calls == ["ours", "peer"] * 4  # in turn, so that background load slows both alike
+    assert fake_clock.calls == ["ours", "peer"] * 4  # in turn, so that background load slows both alike
 
 
 def test_matmul_gflops_is_2_n_cubed_over_the_best_of_the_repeats(monkeypatch):

@@ -727,24 +727,16 @@ def test_bench_kernels_sections_run_even_after_one_fails(capsys):
     run_sections({"attention": lambda: None})  # none failed: no error
 
 
-def test_bench_kernels_medians_warm_up_each_side_then_alternate(monkeypatch):
-    import types
-
+def test_bench_kernels_medians_warm_up_each_side_then_alternate(fake_clock):
     from tinygpt.bench import kernels as bench
 
-    now, calls, syncs = [0.0], [], []
-    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
-    durations = {"ours": iter([50.0, 1.0, 5.0, 2.0]), "peer": iter([50.0, 3.0, 3.0, 9.0])}  # warm-up first
-
-    def side(name):
-        def fn():
-            calls.append(name)
-            now[0] += next(durations[name])
-        return fn
-
-    t = bench._medians({"ours": side("ours"), "peer": side("peer")}, 3, sync=lambda: syncs.append(len(calls)))
+    fake_clock.install(bench)
+    syncs = []
+    sides = {"ours": fake_clock.side("ours", [50.0, 1.0, 5.0, 2.0]),  # the warm-up first
+             "peer": fake_clock.side("peer", [50.0, 3.0, 3.0, 9.0])}
+    t = bench._medians(sides, 3, sync=lambda: syncs.append(len(fake_clock.calls)))
     assert t == {"ours": 2.0, "peer": 3.0}  # the medians, the warm-up's 50 s left out
-    assert calls == ["ours", "peer"] * 4
+    assert fake_clock.calls == ["ours", "peer"] * 4
     assert syncs == [2, 3, 4, 5, 6, 7, 8]  # once after the warm-ups, then after every timed call
 
 
