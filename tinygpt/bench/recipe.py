@@ -125,7 +125,7 @@ def nanogpt_style_run(settings: dict, out_dir: str, threads: int) -> dict:
         import torch
     except ImportError:
         raise TinyGPTError("the peer side needs PyTorch (pip install torch); use --no-peer") from None
-    from tinygpt.data import VAL_FRACTION, _n_train, iter_eval_windows, read_text
+    from tinygpt.data import VAL_FRACTION, iter_eval_windows, read_text, train_split_size
     from tinygpt.optim import lr_at
 
     s = settings
@@ -138,7 +138,7 @@ def nanogpt_style_run(settings: dict, out_dir: str, threads: int) -> dict:
     ids = torch.from_numpy(np.fromiter((lookup[c] for c in text), dtype=np.int64, count=len(text)))
     # ours' 90/10 cut (it rounds: nanoGPT's int(0.9 n) can cut one token earlier, and the val split's windows
     # would then all be other windows than the ones ours is measured on)
-    n_train = _n_train(len(ids), VAL_FRACTION)
+    n_train = train_split_size(len(ids), VAL_FRACTION)
     splits = {"train": ids[:n_train], "val": ids[n_train:]}
     B, T = s["batch_size"], s["block_size"]
 
