@@ -625,6 +625,21 @@ else:
                 K.linear_forward(x, w, bias)
             with pytest.raises(TinyGPTError, match="bias has shape"):
                 K.matmul(x[0], w, bias=bias)
+        # the element-wise kernels run over a's size and read b at the same flat index
+        with pytest.raises(TinyGPTError, match=r"add: shapes differ: \(2, 3\) and \(3, 2\)"):
+            K.add(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32))
+        with pytest.raises(TinyGPTError, match=r"add_inplace: shapes differ: \(6,\) and \(5,\)"):
+            K.add_inplace(K.to_device(np.ones(6, np.float32)), np.ones(5, np.float32))
+        with pytest.raises(TinyGPTError, match=r"matmul takes 2-D arrays, got \(1, 2, 8\) and \(8, 5\)"):
+            K.matmul(x, w)
+        with pytest.raises(TinyGPTError, match=r"dropout probability must be in \[0, 1\), got 1.0"):
+            K.dropout_forward(x, 1.0, np.random.default_rng(0))
+        # AdamW's kernel runs over param's size: each of m, v and grad must match it
+        p3, p4 = K.to_device(np.zeros(3, np.float32)), K.to_device(np.zeros(4, np.float32))
+        for args, message in (((p3, p3, p4, p3), "m shape"), ((p3, p3, p3, p4), "v shape"),
+                              ((p3, np.zeros(4, np.float32), p3, p3), "grad shape")):
+            with pytest.raises(TinyGPTError, match=f"adamw_update: {message} \\(4,\\) does not match param"):
+                K.adamw_update(*args, 1e-3, 0.9, 0.95, 1e-8, 0.0, 0.1, 0.05)
 
     # --- device-resident training ----------------------------------------------------------------
 
