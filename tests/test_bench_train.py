@@ -107,9 +107,9 @@ def test_bench_train_recompute_on_both_sides(capsys, monkeypatch):
     assert [ln.split()[1] for ln in out.splitlines() if ln.startswith("4L/4H/128d/T64/B12")] == ["tinygpt",
                                                                                                 "PyTorch"]
     # kept for backward, at the peak: the other 3 blocks' inputs (C = 128 floats a token each) and ONE
-    # block's caches (16 C + H T' + 4 = 2,308 floats, T' = 64 keys; its own input among them), plus ln_f's
-    # and the logits' 2 C + V = 321: 384 + 2,308 + 321 = 3,013 floats = 11.8 KiB a token (without:
-    # 4 * 2,308 + 321 = 9,553, 37 KiB)
+    # block's caches (16 C + H T' + 4 = 2,308 floats, T' = 64 keys; its own input among them), plus ln_f's,
+    # the logits' and the loss's 2 C + V + 3 = 324: 384 + 2,308 + 324 = 3,016 floats = 11.8 KiB a token
+    # (without: 4 * 2,308 + 324 = 9,556, 37 KiB)
     kept = next(ln for ln in out.splitlines() if "activations kept for backward" in ln)
     assert "12 KiB/token" in kept, kept
     assert "PyTorch eager        peak" in out
