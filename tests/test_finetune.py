@@ -19,6 +19,7 @@ from tinygpt.errors import TinyGPTError
 from tinygpt.gradcheck import assert_gradcheck, numerical_gradient, relative_error
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.tokenizer import CharTokenizer
+from tinygpt.train import read_metrics
 
 COMEDY = ["o merry day ", "sweet love ", "a jest, a jig "]
 TRAGEDY = ["death and blood ", "o woe, o woe ", "the grave "]
@@ -575,7 +576,6 @@ LM_FLAGS = ["--eval-iters", "2", "--batch-size", "4", "--warmup-iters", "2", "--
 
 
 def test_train_init_from_continues_from_the_checkpoint(tmp_path, monkeypatch):
-    from tinygpt.train import read_metrics
 
     monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "lm.txt"
@@ -1064,10 +1064,6 @@ def test_a_classifier_of_integer_labels_scores_a_csv_file(tmp_path, lm_dir):
 # --- mutation review: the training run's bookkeeping ------------------------------------------------------
 
 
-def _metrics(out):
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_train_metrics_are_the_mean_over_the_texts_seen(tmp_path, lm_dir):
     # guards: the running loss summed per batch, not per text (the last batch of 44 texts in 8s holds 4),
     # and not reset after a row. With a learning rate of 1e-12 the head stays at its initialisation, so
@@ -1085,7 +1081,7 @@ def test_train_metrics_are_the_mean_over_the_texts_seen(tmp_path, lm_dir):
     logits = features.astype(np.float64) @ head[ft.HEAD_WEIGHT] + head[ft.HEAD_BIAS]
     labels = np.array([r["label"] == "tragedy" for r in rows], dtype=int)  # classes sorted: comedy, tragedy
     log_z = np.log(np.exp(logits).sum(axis=1))
-    first, second = _metrics(tmp_path / "clf")[1:]
+    first, second = read_metrics(tmp_path / "clf" / "metrics.jsonl")[1:]
     assert (first["step"], first["epoch"], second["step"], second["epoch"]) == (3, 0.5, 6, 1.0)
     epoch = {k: (24 * first[k] + 20 * second[k]) / 44 for k in ("train_loss", "train_acc")}
     assert epoch["train_loss"] == pytest.approx(np.mean(log_z - logits[np.arange(44), labels]), rel=1e-5)
@@ -1100,7 +1096,7 @@ def test_the_last_step_is_evaluated_and_the_schedule_ends_at_a_tenth_of_the_rate
     summary = ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), freeze_body=True,
                                              max_iters=5, eval_interval=2, warmup_iters=10,
                                              learning_rate=2e-3), quiet=True)
-    rows = _metrics(tmp_path / "clf")
+    rows = read_metrics(tmp_path / "clf" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 2, 4, 5] and summary["step"] == 5
     assert rows[-1]["lr"] == pytest.approx(2e-4)
     assert load_checkpoint(tmp_path / "clf").state["step"] == 5
@@ -1115,7 +1111,7 @@ def test_best_val_acc_is_the_best_of_the_evaluations(tmp_path, lm_dir, monkeypat
     data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
     summary = ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), freeze_body=True,
                                              max_iters=4, eval_interval=2), quiet=True)
-    assert [r["val_acc"] for r in _metrics(tmp_path / "clf")] == [0.5, 0.9, 0.7]
+    assert [r["val_acc"] for r in read_metrics(tmp_path / "clf" / "metrics.jsonl")] == [0.5, 0.9, 0.7]
     assert summary["val_acc"] == 0.7 and summary["best_val_acc"] == 0.9
 
 
@@ -1146,7 +1142,7 @@ def test_a_new_run_replaces_the_metrics_of_an_earlier_one(tmp_path, lm_dir):
     data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
     ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), freeze_body=True, max_iters=2,
                                    eval_interval=2), quiet=True)
-    assert [r["step"] for r in _metrics(out)] == [0, 2]
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 2]
 
 
 # --- mutation review: the commands pass their flags on and print what they computed ---------------------
