@@ -6,7 +6,6 @@ tested on built-in text.
 """
 
 import ast
-import doctest
 import importlib.util
 import inspect
 import json
@@ -774,10 +773,6 @@ def test_corrupt_gpt2_files(tmp_path):
         BPETokenizer.from_gpt2_files(tmp_path / "encoder.json", tmp_path / "vocab.bpe")
     with pytest.raises(TinyGPTError, match="not found"):
         BPETokenizer.from_gpt2_files(tmp_path / "missing.json", tmp_path / "vocab.bpe")
-
-
-def test_docstring_examples():
-    assert doctest.testmod(tokenizer_module).failed == 0
 
 
 # --- CLI ------------------------------------------------------------------------------------------
