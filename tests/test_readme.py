@@ -1,11 +1,17 @@
 """What the README states that can be checked without measuring: the performance table's ratios are the
-quotients of the figures they quote."""
+quotients of the figures they quote, and every ``tinygpt`` command the docs show parses as written."""
 
 import re
+import shlex
 from pathlib import Path
+
+import pytest
+
+from tinygpt import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCS = {name: (ROOT / name).read_text(encoding="utf-8") for name in ("README.md", "data/README.md")}
 
 
 def without_asides(cell: str) -> str:
@@ -43,3 +49,51 @@ def test_performance_ratios_are_the_quotients_of_the_figures_they_quote():
             assert f"{a / b:.{decimals}f}" == shown, f"{what.strip()}: {a:g} / {b:g} = {a / b:.4f}"
         checked += 1
     assert checked >= 10  # every row with one figure per side and ratio: a changed table must not skip them
+
+
+def first_alternatives(command: str) -> str:
+    """``[A | B]`` -> ``A``, ``[A]`` -> ``A``: an optional part is kept, with its first alternative."""
+    return re.sub(r"\[([^\]]*)\]", lambda optional: optional.group(1).split(" | ")[0], command)
+
+
+def commands(text: str) -> list[str]:
+    """Every ``tinygpt ...`` command of a document: the shell lines of its code blocks (fenced or indented,
+    split at pipes and ``&&``) and its inline code spans, where ``A | B`` offers alternatives (the first is
+    taken) and ``[...]`` an optional part (kept)."""
+    found = []
+    shell = re.findall(r"^```bash\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    shell += re.findall(r"^    (tinygpt .*)$", text, re.MULTILINE)
+    for block in shell:
+        for line in block.splitlines():
+            line = line.split(" #", 1)[0]
+            found += [first_alternatives(part.strip()) for part in re.split(r"\s(?:\||&&)\s", line)]
+    for span in re.findall(r"`([^`]+)`", re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)):
+        span = " ".join(span.split())  # a span may wrap onto the next line
+        span = first_alternatives(span)
+        if " --" in span:  # an invocation; without flags, the name of a command ("`tinygpt finetune` uses")
+            found.append(span.split(" | ")[0])
+    return [c for c in found if c.startswith("tinygpt ")]
+
+
+@pytest.fixture
+def exact_parser(monkeypatch):
+    """The CLI's parser, taking only whole flag names: the command line accepts "--repeat" for "--repeats",
+    but a document that shows it would show a flag that does not exist."""
+    init = cli._Parser.__init__
+    monkeypatch.setattr(cli._Parser, "__init__", lambda self, *args, **kwargs: init(
+        self, *args, **{**kwargs, "allow_abbrev": False}))
+    return cli.build_parser()
+
+
+@pytest.mark.parametrize("doc", sorted(DOCS))
+def test_every_command_in_the_docs_parses(doc, exact_parser):
+    shown = commands(DOCS[doc])
+    assert len(shown) >= {"README.md": 30, "data/README.md": 2}[doc]  # the parsing below must find them
+    for command in shown:
+        # "a|b" offers values ("--pattern gpt2|gpt4", "--data FILE.jsonl|csv"): try the first
+        # and "N" stands for a number ("--isolate N")
+        argv = ["3" if word == "N" else word.split("|")[0] for word in shlex.split(command)[1:]]
+        try:
+            exact_parser.parse_args(argv)
+        except SystemExit as exc:
+            pytest.fail(f"{doc}: `{command}` does not parse (exit {exc.code})")
