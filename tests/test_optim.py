@@ -278,6 +278,17 @@ def test_lr_always_between_zero_and_peak(step, warmup, decay):
     assert 0.0 < lr <= 6e-4 + 1e-15
 
 
+def test_lr_at_refuses_a_negative_step_or_warmup():
+    kw = {"learning_rate": 1e-3, "lr_decay_iters": 100, "min_lr": 1e-4}
+    with pytest.raises(TinyGPTError, match=r"^lr_at: step must be >= 0, got -5$"):
+        lr_at(-5, warmup_iters=0, **kw)  # was -4e-3, a negative rate
+    with pytest.raises(TinyGPTError, match=r"^lr_at: warmup_iters must be >= 0, got -1$"):
+        lr_at(0, warmup_iters=-1, **kw)  # was 9.8e-4: a cosine begun before step 0, below the peak
+    # lr_decay_iters below warmup_iters is no decay span, as lr_decay_iters == warmup_iters
+    assert ([lr_at(s, 1e-3, 10, 3, 1e-4) for s in range(15)]
+            == [lr_at(s, 1e-3, 10, 10, 1e-4) for s in range(15)])
+
+
 def test_fused_kernel_gives_the_same_updates():
     from tinygpt.kernels import get_ops
 

@@ -247,7 +247,15 @@ def lr_at(step: int, learning_rate: float, warmup_iters: int, lr_decay_iters: in
 
     Example with lr=1e-3, min_lr=1e-4, warmup 100, decay 2000: step 0 -> 9.9e-6, step 100 -> 1e-3,
     step 1050 -> 5.5e-4 (half way down), step 2000 -> 1e-4.
+
+    ``lr_decay_iters <= warmup_iters`` has no decay span: the rate drops to ``min_lr`` right after the warmup.
     """
+    # a negative step made a negative rate; a negative warmup a cosine that starts before step 0 (below the
+    # peak), or a division by zero at warmup_iters -1
+    if step < 0:
+        raise TinyGPTError(f"lr_at: step must be >= 0, got {step}")
+    if warmup_iters < 0:
+        raise TinyGPTError(f"lr_at: warmup_iters must be >= 0, got {warmup_iters}")
     if step < warmup_iters:
         return learning_rate * (step + 1) / (warmup_iters + 1)
     if step > lr_decay_iters:
