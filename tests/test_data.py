@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -420,6 +421,21 @@ def test_eval_windows_predict_every_target_once():
     # exactly one window's worth (block_size + 1 tokens) is one window
     ((x, y),) = data.iter_eval_windows(np.arange(6, dtype=np.uint16), block_size=5, batch_size=4)
     np.testing.assert_array_equal(x, [np.arange(5)])
+
+
+def test_eval_windows_refuse_sizes_that_give_no_window():
+    tokens = np.arange(20, dtype=np.uint16)
+    # batch_size 0 was range()'s ValueError, block_size 0 a ZeroDivisionError, negatives an empty loop
+    for kw, bad in (({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+                    ({"batch_size": -2}, "batch_size must be a positive integer, got -2"),
+                    ({"batch_size": 2.5}, "batch_size must be a positive integer, got 2.5"),
+                    ({"block_size": 0}, "block_size must be a positive integer, got 0"),
+                    ({"block_size": -1}, "block_size must be a positive integer, got -1")):
+        with pytest.raises(TinyGPTError, match=re.escape(f"iter_eval_windows: {bad}")):
+            list(data.iter_eval_windows(tokens, **{"block_size": 5, "batch_size": 3, **kw}))
+    # fewer tokens than one window: an error, as get_batch's, not an evaluation of nothing
+    with pytest.raises(TinyGPTError, match="^5 tokens are too few for block size 5$"):
+        list(data.iter_eval_windows(tokens[:5], block_size=5, batch_size=3))
 
 
 def test_write_atomic_leaves_no_half_file_nor_temporary(tmp_path, monkeypatch):

@@ -415,8 +415,15 @@ def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int):
     """Every non-overlapping window of a split, batched: yields ``x, y`` (b, T) covering each target once.
 
     Used to measure a model on a whole split deterministically (``tinygpt eval``). The tail shorter than
-    a full window is dropped, as most evaluation loops do.
+    a full window is dropped, as most evaluation loops do. Fewer than ``block_size + 1`` tokens (not one
+    window) is an error, as in ``get_batch``, not an empty loop.
     """
+    for name, value in (("batch_size", batch_size), ("block_size", block_size)):  # 0: a ValueError from
+        # range() or a ZeroDivisionError; -3: no windows at all, silently
+        if not is_int(value) or value < 1:
+            raise TinyGPTError(f"iter_eval_windows: {name} must be a positive integer, got {value!r}")
+    if len(tokens) < block_size + 1:
+        raise TinyGPTError(f"{len(tokens)} tokens are too few for block size {block_size}")
     n_windows = (len(tokens) - 1) // block_size
     for first in range(0, n_windows, batch_size):
         count = min(batch_size, n_windows - first)
