@@ -504,6 +504,22 @@ def test_sampling_filters_take_integer_logits():
     np.testing.assert_allclose(next_token_probs(logits), next_token_probs(logits.astype(float)))
 
 
+def test_sampling_filters_refuse_logits_without_a_vocabulary_axis():
+    # a 0-d array: top-k and top-p raised IndexError, softmax gave 1.0 and temperature 0.0
+    for logits in (np.float32(2.0), np.array(2.0), np.zeros((2, 0))):
+        for function in (lambda x: top_k_filter(x, 1), lambda x: top_k_filter(x, None),
+                         lambda x: top_p_filter(x, 0.5), softmax, lambda x: apply_temperature(x, 0.5),
+                         lambda x: next_token_probs(x, 1.0, 1, 0.5)):
+            with pytest.raises(TinyGPTError, match=r"logits must have shape \(\.\.\., V\) with V >= 1, got "):
+                function(logits)
+    # k 0 (off) and k past V keep every logit, as transformers' top_k 0 and its min(top_k, V)
+    for k in (0, None, 3, 50):
+        np.testing.assert_array_equal(top_k_filter([[1.0, 3.0, 2.0]], k), [[1.0, 3.0, 2.0]])
+    for k, p in ((-1, None), (1.0, None), (None, 0.0), (None, 1.5)):
+        with pytest.raises(TinyGPTError, match="top_k must be|top_p must be"):
+            next_token_probs([[1.0, 3.0, 2.0]], 1.0, k, p)
+
+
 def test_params_whose_positions_do_not_fit_the_config_raise(params64):
     config = GPTConfig(**{**CONFIG.to_dict(), "block_size": CONFIG.block_size + 1})
     with pytest.raises(TinyGPTError, match="wpe.weight"):

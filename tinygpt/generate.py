@@ -88,6 +88,9 @@ def validate_sampling(temperature=1.0, top_k=None, top_p=None):
 def _float_logits(logits) -> np.ndarray:
     """logits as a float array: integer logits (a hand-made example) would cut -inf and 1/T to integers."""
     logits = np.asarray(logits)
+    if logits.ndim == 0 or logits.shape[-1] == 0:  # no vocabulary axis: top-k/top-p's IndexError,
+        # while softmax of a 0-d array gave 1.0 and temperature 0.0 without a word
+        raise TinyGPTError(f"logits must have shape (..., V) with V >= 1, got {logits.shape}")
     return logits if logits.dtype.kind == "f" else logits.astype(np.float64)
 
 
