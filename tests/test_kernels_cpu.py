@@ -585,6 +585,15 @@ def test_dropout_matches_the_reference_and_keeps_no_mask(dtype):
     assert np.isnan(layers.dropout_forward(bad, 0.5, np.random.default_rng(2))[0]).all()
 
 
+def test_dropout_takes_a_numpy_probability_as_the_reference_does():
+    # a np.float16 p overflowed p * 2^32 in dropout_kernel_args (OverflowError), and rounded the scale
+    x = np.random.default_rng(6).standard_normal((3, 17, 8))
+    for p in (np.float16(0.1), np.float32(0.3)):
+        out, cache = cpu.dropout_forward(x, p, np.random.default_rng(2))
+        np.testing.assert_array_equal(out, layers.dropout_forward(x, float(p), np.random.default_rng(2))[0])
+        np.testing.assert_array_equal(cpu.dropout_backward(x, cache), out)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dropout_keeps_an_entry_whose_bits_equal_the_threshold(dtype):
     # an entry is kept when its bits are >= the threshold (layers.dropout_keep): p chosen so that entry 0's

@@ -214,6 +214,22 @@ def test_dropout_zero_is_identity_and_bad_p_raises():
             layers.dropout_forward(x, p, rng_for())
 
 
+def test_dropout_takes_a_probability_of_any_real_number_type():
+    """A NumPy or Fraction p is the float it equals: a np.float16 p overflowed p * 2^32 (OverflowError) and
+    a np.float32 p computed the scale 1 / (1 - p) in float32 for float64 activations."""
+    from fractions import Fraction
+
+    x = rng_for(3).standard_normal((4, 64))
+    qkv = rng_for(4).standard_normal((2, 5, 3 * 8))
+    for p in (np.float16(0.1), np.float32(0.1), Fraction(1, 3)):
+        out, cache = layers.dropout_forward(x, p, rng_for(5))
+        expected, _ = layers.dropout_forward(x, float(p), rng_for(5))
+        np.testing.assert_array_equal(out, expected)
+        np.testing.assert_array_equal(layers.dropout_backward(x, cache), out)
+        att = layers.attention_forward(qkv, 2, p, rng_for(6))[0]
+        np.testing.assert_array_equal(att, layers.attention_forward(qkv, 2, float(p), rng_for(6))[0])
+
+
 def test_cross_entropy_gradcheck_with_ignored_targets():
     rng = rng_for(10)
     logits = rng.standard_normal((2, 4, 7)) * 2

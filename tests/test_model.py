@@ -320,6 +320,16 @@ def test_dropout_only_in_training_mode():
     assert model.train() is model and model.training
 
 
+def test_config_takes_a_numpy_dropout():
+    # np.float32 is no Python float: GPTConfig refused it ("must be a number"); it is kept as a float
+    for p in (np.float32(0.25), np.float16(0.25), np.float64(0.25)):
+        config = GPTConfig(**{**TINY, "dropout": p})
+        assert type(config.dropout) is float and config.dropout == 0.25
+    for bad in (True, "0.1", None):
+        with pytest.raises(TinyGPTError, match="GPTConfig.dropout must be a number"):
+            GPTConfig(**{**TINY, "dropout": bad})
+
+
 def test_dropout_sits_where_gpt2_has_it():
     # GPT-2 drops the embedding sum, the attention probabilities, and each residual branch (attention's
     # and the MLP's) before it is added back: 1 + 2 * n_layer dropout calls and n_layer attention calls

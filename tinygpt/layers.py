@@ -283,6 +283,7 @@ def dropout_forward(x, p, rng):
     """
     if not 0.0 <= p < 1.0:
         raise TinyGPTError(f"dropout probability must be in [0, 1), got {p}")
+    p = float(p)  # any real number type; a np.float16 p overflowed p * 2^32 and rounded 1 / (1 - p)
     if p == 0.0:
         return x, None
     key = draw_dropout_key(rng)
@@ -352,6 +353,7 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=QUERY_BLOC
         raise TinyGPTError(f"dropout probability must be in [0, 1), got {dropout}")
     if dropout and rng is None:
         raise TinyGPTError("attention dropout > 0 needs an rng (numpy.random.Generator)")
+    dropout = float(dropout)  # (as in dropout_forward)
     hs = C // n_head
     # (B, T, 3, H, hs) -> (3, B, H, T, hs): views, no copy; matmul reads the strided rows directly
     q, k, v = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)

@@ -65,7 +65,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError, is_int
+from tinygpt.errors import TinyGPTError, is_int, is_number
 from tinygpt.files import atomic_path
 
 __all__ = ["GPTConfig", "GPT", "get_layer_ops", "activation_floats_per_token"]
@@ -100,7 +100,7 @@ class GPTConfig:
             raise TinyGPTError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+        if not is_number(self.dropout):  # (NumPy's too: np.float32 is no Python float)
             raise TinyGPTError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise TinyGPTError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")

@@ -84,7 +84,9 @@ def check_dropout(dropout, rng) -> None:
 def dropout_kernel_args(dtype, p, rng) -> tuple:
     """(key, threshold, scale) as compiled dropout kernels take them: the per-call key drawn from ``rng``
     as ``tinygpt.layers`` draws it (none drawn when p is 0: key 0, never read) and the threshold, both
-    uint64, and 1 / (1 - p) in ``dtype``."""
+    uint64, and 1 / (1 - p) in ``dtype``. A ``p`` of any real number type is taken as a float (a
+    np.float16 p overflowed p * 2^32 and rounded the scale to 3 digits)."""
+    p = float(p)
     key = layers.draw_dropout_key(rng) if p else 0
     return np.uint64(key), np.uint64(layers.dropout_threshold(p)), np.dtype(dtype).type(1.0 / (1.0 - p))
 
