@@ -617,6 +617,15 @@ def test_config_values_are_checked_when_set_from_python():
     with pytest.raises(TinyGPTError, match="--warmup-iters must be a non-negative integer, got -1"):
         training.make_config({"warmup_iters": -1})
     assert json.loads(json.dumps(training.make_config({}).to_dict()))["n_layer"] == 4
+    # NumPy floats are numbers (np.float32 was refused: "--dropout must be a finite number, got
+    # np.float32(0.25)"), saved as Python floats like NumPy integers as ints
+    cfg = training.make_config({"dropout": np.float32(0.25), "learning_rate": np.float32(0.5),
+                                "min_lr": np.float16(0.125), "beta2": np.float64(0.5)})
+    saved = json.loads(json.dumps(cfg.to_dict()))
+    assert [saved[k] for k in ("dropout", "learning_rate", "min_lr", "beta2")] == [0.25, 0.5, 0.125, 0.5]
+    for bad in ("0.1", None, True):
+        with pytest.raises(TinyGPTError, match="--dropout must be a finite number"):
+            training.make_config({"dropout": bad})
 
 
 def _hashes(directory):

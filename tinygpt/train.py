@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.errors import TinyGPTError, is_number
 from tinygpt.files import write_atomic
 
 TOKENIZER_KINDS = ("char", "bpe", "gpt2")
@@ -115,8 +115,10 @@ class TrainConfig:
             raise TinyGPTError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
         for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "dropout", "beta1", "beta2"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_number(value) or not math.isfinite(value):
                 raise TinyGPTError(f"{_flag(name)} must be a finite number, got {value!r}")
+            if not isinstance(value, (int, float)):  # as the integers above: a np.float32 (refused as not
+                setattr(self, name, float(value))  # a number before) would not go into the saved JSON
         if not self.learning_rate > 0:
             raise TinyGPTError(f"--learning-rate must be positive, got {self.learning_rate}")
         for name in ("min_lr", "weight_decay", "grad_clip"):
