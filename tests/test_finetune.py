@@ -1034,9 +1034,11 @@ def test_load_classifier_refuses_a_head_of_another_width_than_its_labels(tmp_pat
 
 
 @pytest.mark.parametrize("setting, message", [
-    ({"max_batches": 0}, "--max-batches must be at least 1, got 0"),
+    ({"max_batches": 0}, "--max-batches must be an integer >= 1, got 0"),
+    ({"max_batches": 1.5}, "--max-batches must be an integer >= 1, got 1.5"),  # ran 2 batches
+    ({"batch_size": 2.5}, "--batch-size must be a positive integer, got 2.5"),
     ({"split": "test"}, "unknown split 'test': choose train, val or all"),  # scored the train split
-], ids=["max-batches-0", "split-test"])
+], ids=["max-batches-0", "max-batches-1.5", "batch-size-2.5", "split-test"])
 def test_eval_refuses_bad_arguments_before_loading(setting, message):
     with pytest.raises(TinyGPTError, match=re.escape(message)):
         ft.evaluate_classifier("no-such-dir", **setting)

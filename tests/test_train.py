@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -440,6 +441,19 @@ def test_cli_eval_prints_loss_perplexity_and_bits_per_byte(corpus, tmp_path, cap
     x, y = np.stack([train[:16], train[16:32]]), np.stack([train[1:17], train[17:33]])
     assert printed.startswith(f"train split of {corpus}: 32 tokens, model at step 4\n")
     assert float(printed.split("loss ")[1].split()[0]) == pytest.approx(model.forward(x, y)[1], abs=1e-4)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"batch_size": 0}, "--batch-size must be a positive integer, got 0"),
+    ({"batch_size": 2.5}, "--batch-size must be a positive integer, got 2.5"),  # a TypeError from range()
+    ({"batch_size": "4"}, "--batch-size must be a positive integer, got '4'"),  # a TypeError from <=
+    ({"batch_size": True}, "--batch-size must be a positive integer, got True"),  # batches of 1
+    ({"max_batches": 0}, "--max-batches must be an integer >= 1, got 0"),
+    ({"max_batches": 1.5}, "--max-batches must be an integer >= 1, got 1.5"),  # ran 2 batches
+])
+def test_eval_refuses_a_batch_setting_that_is_not_a_positive_integer_before_loading(setting, message):
+    with pytest.raises(TinyGPTError, match=f"^{re.escape(message)}$"):
+        training.evaluate("no-such-dir", **setting)
 
 
 def test_eval_bits_per_byte_counts_the_bytes_of_the_predicted_tokens(tmp_path, monkeypatch):

@@ -788,8 +788,8 @@ def evaluate_classifier(out_dir, data: str | None = None, split: str = "val", ba
     if split not in ("train", "val", "all"):
         raise TinyGPTError(f"unknown split {split!r}: choose train, val or all")
     _batches_by_length([], batch_size)  # checks batch_size before anything loads
-    if max_batches is not None and max_batches < 1:
-        raise TinyGPTError(f"--max-batches must be at least 1, got {max_batches}")
+    if max_batches is not None and (not is_int(max_batches) or max_batches < 1):  # (1.5 ran 2 batches)
+        raise TinyGPTError(f"--max-batches must be an integer >= 1, got {max_batches!r}")
     clf = load_classifier(out_dir, backend=backend)
     path = data or clf.meta.get("data")
     texts, raw_labels, splits = read_labelled(path)

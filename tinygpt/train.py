@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError, is_number
+from tinygpt.errors import TinyGPTError, is_int, is_number
 from tinygpt.files import write_atomic
 
 TOKENIZER_KINDS = ("char", "bpe", "gpt2")
@@ -703,10 +703,12 @@ def evaluate(out_dir: str | os.PathLike, data: str | None = None, split: str = "
 
     if split not in ("train", "val"):
         raise TinyGPTError(f"unknown split {split!r}: choose train or val")
-    if batch_size <= 0:
-        raise TinyGPTError(f"--batch-size must be positive, got {batch_size}")
-    if max_batches is not None and max_batches < 1:
-        raise TinyGPTError(f"--max-batches must be at least 1, got {max_batches}")
+    # integers, checked before the (slow) load: 2.5 was a TypeError from range(), "4" from the comparison,
+    # and a max_batches of 1.5 ran 2 batches
+    if not is_int(batch_size) or batch_size <= 0:
+        raise TinyGPTError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if max_batches is not None and (not is_int(max_batches) or max_batches < 1):
+        raise TinyGPTError(f"--max-batches must be an integer >= 1, got {max_batches!r}")
     ckpt = load_checkpoint(out_dir, backend=backend, with_optimizer=False)
     model, tokenizer = ckpt.model, ckpt.tokenizer
     data_path = Path(data) if data else _data_path(ckpt.train_config.get("data"))
