@@ -441,3 +441,25 @@ def test_a_new_run_replaces_only_metrics_a_run_of_its_kind_wrote(tmp_path):
     checkpoint.check_metrics_are_ours(tmp_path, {"step", "epoch"})
     metrics.write_text('{"step": 0, "train_loss": 3.1, "val_loss": 3.2}\n')
     checkpoint.check_metrics_are_ours(tmp_path, {"step", "train_loss"})
+
+
+def test_a_tokenizer_larger_than_its_model_is_refused_at_save_and_at_load(tmp_path, monkeypatch):
+    # ids the model has no embedding row for failed only later, at the first such id (and only `sample`
+    # checked); now the save writes nothing and the load names the checkpoint
+    n = TOKENIZER.vocab_size
+    small = GPT(GPTConfig(vocab_size=n - 3, block_size=8, n_layer=1, n_head=1, n_embd=8), seed=0)
+    too_many = f"the tokenizer has {n} tokens, the model only {n - 3}$"
+    with pytest.raises(TinyGPTError, match=f"^cannot save a checkpoint into .*: {too_many}"):
+        save_checkpoint(tmp_path / "run", small, TOKENIZER, None, {}, {"step": 1})
+    assert not (tmp_path / "run").exists()
+    # one written without the check (an older tinygpt's, a hand-made one) is refused when it is loaded
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "check_tokenizer_fits", lambda *args: None)
+        save_checkpoint(tmp_path / "run", small, TOKENIZER, None, {}, {"step": 1})
+    for load in (load_checkpoint, load_model):
+        with pytest.raises(TinyGPTError, match=f"^corrupt checkpoint in .*step-00000001: {too_many}"):
+            load(tmp_path / "run")
+    # a model padded past its tokenizer (nanoGPT's 50304 for GPT-2's 50257) is fine
+    padded = GPT(GPTConfig(vocab_size=n + 5, block_size=8, n_layer=1, n_head=1, n_embd=8), seed=0)
+    save_checkpoint(tmp_path / "padded", padded, TOKENIZER, None, {}, {"step": 1})
+    assert load_model(tmp_path / "padded")[0].config.vocab_size == n + 5

@@ -235,6 +235,15 @@ def _give_usual_permissions(directory: Path) -> None:
         os.chmod(entry, 0o666 & ~umask)
 
 
+def check_tokenizer_fits(tokenizer, vocab_size: int, where: str) -> None:
+    """TinyGPTError unless every id of ``tokenizer`` has a row in a model of ``vocab_size`` tokens: a larger
+    tokenizer's ids failed only later, at the first one the model has no embedding for. A model padded past
+    its tokenizer (nanoGPT's 50304 for GPT-2's 50257) is fine."""
+    if tokenizer.vocab_size > vocab_size:
+        raise TinyGPTError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens, the model only "
+                           f"{vocab_size}")
+
+
 def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, train_config: dict,
                     state: dict) -> Path:
     """Write a complete checkpoint of step ``state["step"]`` into ``out_dir`` atomically; return its dir.
@@ -248,6 +257,7 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, tra
 
     out_dir = Path(out_dir)
     step = int(state["step"])
+    check_tokenizer_fits(tokenizer, model.config.vocab_size, f"cannot save a checkpoint into {out_dir}")
     check_latest_is_a_link(out_dir)
     current = checkpoint_path(out_dir)
     if current is None:  # the first save into out_dir: make sure it replaces nothing of the user's
@@ -479,6 +489,7 @@ def _load_checkpoint_once(out_dir, backend, dtype, with_optimizer) -> Checkpoint
         tokenizer = load_tokenizer(str(path / "tokenizer.json"))
     except (OSError, ValueError, KeyError) as exc:
         raise TinyGPTError(f"corrupt checkpoint: cannot load {path / 'tokenizer.json'} ({exc})") from None
+    check_tokenizer_fits(tokenizer, model.config.vocab_size, f"corrupt checkpoint in {path}")
     optimizer_state = dict(state.get("optimizer", {}))
     if with_optimizer:
         try:

@@ -389,9 +389,7 @@ def _run_sample(args):
         model, tokenizer = load_model(args.out or "out", backend=args.backend)
     else:
         model, tokenizer = _load_pretrained_for_sampling(args.pretrained, args.backend)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise TinyGPTError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model only "
-                           f"{model.config.vocab_size}")  # fmt: skip
+    # (a tokenizer larger than its model is refused by both loads: load_checkpoint, load_gpt2_dir)
     eos = None
     if args.stop_at_eos:
         eos = getattr(tokenizer, "special_tokens", {}).get("<|endoftext|>")
