@@ -306,3 +306,46 @@ def test_bad_input_errors_are_value_errors_and_the_number_checks(tmp_path):
         assert is_number(value), repr(value)
     for value in (False, "2.5", None, 1j):
         assert not is_number(value), repr(value)
+
+
+def test_json_and_toml_nested_past_the_parsers_stack_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    """'[' * 100000 made json (and tomllib) raise RecursionError: a traceback and exit status 1 where
+    every other damaged file is a one-line error (tinygpt.files.loads_json)."""
+    from pathlib import Path
+
+    from tinygpt.files import loads_json
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    deep = "[" * 100_000
+    with pytest.raises(ValueError, match="^JSON nested too deeply$"):
+        loads_json(deep.encode())
+    Path("in.txt").write_text("ROMEO:\nBut, soft! what light through yonder window breaks?\n" * 30)
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+            "--max-iters", "1", "--eval-interval", "1", "--eval-iters", "1", "--warmup-iters", "0",
+            "--backend", "numpy", "--quiet"]
+    assert main(["train", "--data", "in.txt", "--out", "run", *tiny]) == 0
+    Path("rows.jsonl").write_text('{"text": "a", "label": "x"}\n' + deep + "\n")
+    Path("deep.toml").write_text(f"max_iters = {deep}\n")
+    Path("hf").mkdir()
+    Path("hf/config.json").write_text(deep)
+    Path("other").mkdir()
+    Path("other/metrics.jsonl").write_text(deep + "\n")
+    with open("run/metrics.jsonl", "a") as f:  # a row that is not a row: skipped, as any other
+        f.write(deep + "\n")
+    assert main(["plot", "run"]) == 0
+    assert main(["train", "--resume", "--out", "run", "--max-iters", "2", "--quiet"]) == 0
+    Path("run/state.json").resolve().write_text(deep)
+    capsys.readouterr()
+    for argv, message in [
+            (["finetune", "--task", "classify", "--data", "rows.jsonl", "--out", "ft", "--backend", "numpy"],
+             "rows.jsonl:2: not valid JSON (JSON nested too deeply)"),
+            (["train", "--config", "deep.toml", "--data", "in.txt", "--out", "t"],
+             "deep.toml is not valid TOML: nested too deeply"),
+            (["sample", "--pretrained", "hf"], "config.json is not valid JSON: JSON nested too deeply"),
+            (["train", "--data", "in.txt", "--out", "other", *tiny], "metrics.jsonl that tinygpt did not"),
+            (["eval", "--out", "run", "--backend", "numpy"], "cannot read state.json in"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("tinygpt: error: ") and err.count("\n") == 1 and message in err, err

@@ -248,6 +248,9 @@ def test_damaged_cache_is_rebuilt(tmp_path):
     val = np.array(data.prepare_dataset(src, "char", cache=tmp_path).val)
     (folder / "val.bin").write_bytes(val[::-1].astype(val.dtype).tobytes())
     np.testing.assert_array_equal(data.prepare_dataset(src, "char", cache=tmp_path).val, val)
+    # a meta.json nested past the JSON parser's stack (a RecursionError, not a ValueError) is damage too
+    (folder / "meta.json").write_text("[" * 100_000)
+    np.testing.assert_array_equal(data.prepare_dataset(src, "char", cache=tmp_path).val, val)
 
 
 def test_cached_tokens_follow_the_val_fraction_asked(tmp_path):

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from tinygpt.errors import TinyGPTError
-from tinygpt.files import current_umask
+from tinygpt.files import current_umask, loads_json
 
 CHECKPOINT_FILES = (
     "model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors", "state.json"
@@ -173,7 +173,7 @@ def check_metrics_are_ours(out_dir: Path, first_row_keys: set, with_plot: bool =
         return
     try:
         with open(metrics, encoding="utf-8") as f:
-            first = json.loads(f.readline() or "{}")
+            first = loads_json(f.readline() or "{}")
         ours = isinstance(first, dict) and (not first or first_row_keys <= first.keys())
     except (OSError, ValueError):
         ours = False
@@ -339,7 +339,7 @@ class Checkpoint:
 
 def _read_json(path: Path) -> dict:
     try:
-        obj = json.loads(path.read_text())
+        obj = loads_json(path.read_text())
     except (OSError, ValueError) as exc:
         raise TinyGPTError(f"corrupt checkpoint: cannot read {path.name} in {path.parent} ({exc})") from None
     if not isinstance(obj, dict):

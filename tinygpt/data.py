@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from tinygpt.errors import TinyGPTError, is_int
-from tinygpt.files import write_atomic
+from tinygpt.files import loads_json, write_atomic
 
 VAL_FRACTION = 0.1
 # The special tokens of a BPE trained on the data (``--tokenizer bpe``): GPT-2's, ids after the merges.
@@ -284,7 +284,7 @@ def train_split_size(n_tokens: int, val_fraction: float) -> int:
 
 def _valid_cache(folder: Path, text_sha256: str, fingerprint: str, val_fraction: float) -> dict | None:
     try:
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = loads_json((folder / "meta.json").read_text())
         dtype = np.dtype(meta["dtype"])
         n_tokens = meta["train_tokens"] + meta["val_tokens"]
         ok = (meta.get("text_sha256") == text_sha256 and meta.get("tokenizer_sha256") == fingerprint

@@ -54,7 +54,7 @@ import numpy as np
 from tinygpt import layers
 from tinygpt.data import refuse_device
 from tinygpt.errors import TinyGPTError, is_int, is_number
-from tinygpt.files import write_atomic
+from tinygpt.files import loads_json, write_atomic
 
 __all__ = [
     "PAD_ID", "FinetuneConfig", "Classifier", "read_labelled", "label_vocabulary", "split_indices",
@@ -98,7 +98,7 @@ def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = loads_json(line)
             except ValueError as exc:
                 raise TinyGPTError(f"{path}:{number}: not valid JSON ({exc})") from None
             if not isinstance(row, dict):
@@ -728,7 +728,7 @@ def is_classifier_dir(out_dir) -> bool:
 
     try:
         path = checkpoint_path(out_dir)
-        return path is not None and "tinygpt_classifier" in json.loads((path / "config.json").read_text())
+        return path is not None and "tinygpt_classifier" in loads_json((path / "config.json").read_text())
     except (OSError, ValueError):
         return False
 

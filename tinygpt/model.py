@@ -66,7 +66,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from tinygpt.errors import TinyGPTError, is_int, is_number
-from tinygpt.files import atomic_path
+from tinygpt.files import atomic_path, loads_json
 
 __all__ = ["GPTConfig", "GPT", "get_layer_ops", "activation_floats_per_token"]
 
@@ -543,8 +543,8 @@ class GPT:
             raise TinyGPTError(f"{path} has no config.json (expected a transformers GPT-2 directory)")
         try:
             with open(config_path, encoding="utf-8") as f:
-                hf = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                hf = loads_json(f.read())
+        except ValueError as exc:  # (bad JSON, nested too deeply, or bytes not UTF-8)
             raise TinyGPTError(f"{config_path} is not valid JSON: {exc}") from None
         if not isinstance(hf, dict):
             raise TinyGPTError(f"{config_path} is not a JSON object (expected a transformers GPT-2 config)")
@@ -720,7 +720,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     elif os.path.isfile(index):
         try:
             with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
+                weight_map = loads_json(f.read())["weight_map"]
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise TypeError("weight_map must map tensor names to file names")
         except (ValueError, KeyError, TypeError) as exc:  # (ValueError: bad JSON, or bytes not UTF-8)
@@ -753,7 +753,7 @@ def _read_safetensors_widening_bfloat16(file: str) -> dict[str, np.ndarray]:
     try:
         with open(file, "rb") as f:
             header_len = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(header_len))
+            header = loads_json(f.read(header_len))
         data = np.memmap(file, dtype=np.uint8, mode="r", offset=8 + header_len)
         tensors = {}
         for name, info in header.items():

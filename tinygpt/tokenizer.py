@@ -44,7 +44,7 @@ import numpy as np
 import regex
 
 from tinygpt.errors import TinyGPTError, is_int
-from tinygpt.files import atomic_path, write_atomic
+from tinygpt.files import atomic_path, loads_json, write_atomic
 
 # --- split patterns -------------------------------------------------------------------------------
 
@@ -1004,12 +1004,12 @@ def _spelled_as_a_merge(text: str, token_id: int, encoder: dict) -> bool:
 def _read_json(path):
     text = _read_text(path)
     try:
-        return json.loads(text)
+        return loads_json(text)
     except json.JSONDecodeError as exc:
         msg = f"{exc.msg} at line {exc.lineno}"
         raise TinyGPTError(f"corrupt tokenizer file {path}: bad JSON ({msg})") from None
-    except RecursionError:  # nesting deeper than the parser's stack: not a tokenizer either
-        raise TinyGPTError(f"corrupt tokenizer file {path}: JSON nested too deeply") from None
+    except ValueError as exc:  # nesting deeper than the parser's stack: not a tokenizer either
+        raise TinyGPTError(f"corrupt tokenizer file {path}: {exc}") from None
 
 
 def _indented_lines(lines: list[str]) -> str:

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from tinygpt.errors import TinyGPTError, is_int, is_number
-from tinygpt.files import write_atomic
+from tinygpt.files import loads_json, write_atomic
 
 TOKENIZER_KINDS = ("char", "bpe", "gpt2")
 
@@ -246,6 +246,8 @@ def read_config_file(spec: str) -> dict:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TinyGPTError(f"{where} is not valid TOML: {exc}") from None
+    except RecursionError:  # arrays nested deeper than the parser's stack (tinygpt.files.loads_json's case)
+        raise TinyGPTError(f"{where} is not valid TOML: nested too deeply") from None
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise TinyGPTError(f"{where}: unknown setting {unknown[0]!r}")
@@ -332,7 +334,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
         return rows
     for line in lines:
         try:
-            row = json.loads(line)
+            row = loads_json(line)
         except ValueError:  # (UnicodeDecodeError included)
             continue
         step = row.get("step") if isinstance(row, dict) else None
