@@ -1016,7 +1016,10 @@ def test_pooled_features_leave_a_model_in_eval_mode_in_eval_mode():
     ({"max_iters": 0}, "--max-iters must be a positive integer, got 0"),  # was read as "not given"
     ({"val_fraction": 5}, "--val-fraction must be in [0, 1), got 5"),  # data with split fields drew none
     ({"val_fraction": -0.1}, "--val-fraction must be in [0, 1), got -0.1"),
-], ids=["dropout-1", "max-iters-0", "val-fraction-5", "val-fraction-negative"])
+    # AdamW multiplies the weights by 1 - lr * wd: 1e6 ran to a nan "blamed" on the learning rate
+    ({"weight_decay": 1e6}, "--weight-decay (1e+06) times --learning-rate (0.0003) must be < 1"),
+    ({"weight_decay": 100, "learning_rate": 0.01}, "--weight-decay (100) times --learning-rate (0.01) must"),
+], ids=["dropout-1", "max-iters-0", "val-fraction-5", "val-fraction-negative", "decay-1e6", "decay-lr-1"])
 def test_config_refuses_out_of_range_settings(setting, message):
     with pytest.raises(TinyGPTError, match=re.escape(message)):
         ft.FinetuneConfig(data="d.jsonl", **setting).validate()

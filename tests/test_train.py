@@ -640,6 +640,12 @@ def test_config_values_are_checked_when_set_from_python():
     for bad in ("0.1", None, True):
         with pytest.raises(TinyGPTError, match="--dropout must be a finite number"):
             training.make_config({"dropout": bad})
+    # AdamW multiplies each matrix by 1 - lr * wd a step: at lr * wd >= 1 it is zeroed or flipped, and
+    # the run diverged; just below is allowed (finetune checks the same, tinygpt.optim)
+    with pytest.raises(TinyGPTError, match=re.escape("--weight-decay (1000) times --learning-rate (0.001) "
+                                                     "must be < 1")):
+        training.make_config({"weight_decay": 1000, "learning_rate": 1e-3})
+    assert training.make_config({"weight_decay": 999, "learning_rate": 1e-3}).weight_decay == 999
 
 
 def _hashes(directory):

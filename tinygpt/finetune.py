@@ -55,6 +55,7 @@ from tinygpt import layers
 from tinygpt.data import refuse_device
 from tinygpt.errors import TinyGPTError, is_int, is_number
 from tinygpt.files import loads_json, write_atomic
+from tinygpt.optim import check_decay_fits_rate
 
 __all__ = [
     "PAD_ID", "FinetuneConfig", "Classifier", "read_labelled", "label_vocabulary", "split_indices",
@@ -479,6 +480,7 @@ class FinetuneConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        check_decay_fits_rate(self.learning_rate, self.weight_decay)  # (train's rule too)
         # checked here too, not only where the split is drawn: a file with split fields never draws one,
         # and --val-fraction 5 was then accepted without a word
         if not (is_number(self.val_fraction) and 0.0 <= self.val_fraction < 1.0):

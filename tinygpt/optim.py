@@ -191,6 +191,16 @@ class AdamW:
             self.exp_avg_sq[name] = gpu.to_device(v) if gpu else v
 
 
+def check_decay_fits_rate(learning_rate: float, weight_decay: float) -> None:
+    """The settings of a run (train's and finetune's, so the message names their flags) that AdamW cannot
+    follow: it multiplies each decayed weight by ``1 - lr * weight_decay`` every step, and at lr * wd >= 1
+    that zeroes or flips the sign of every matrix (a run then diverged, blamed on the learning rate). The
+    schedule never goes above the peak ``learning_rate``, so the peak is the one to check."""
+    if learning_rate * weight_decay >= 1:
+        raise TinyGPTError(f"--weight-decay ({weight_decay:g}) times --learning-rate ({learning_rate:g}) "
+                           "must be < 1: each step multiplies the weights by 1 - their product")
+
+
 def scale_grads(grads: dict, factor: float) -> None:
     """``g *= factor`` for every gradient, IN PLACE (on the GPU for device arrays)."""
     for g in grads.values():

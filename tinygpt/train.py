@@ -44,6 +44,7 @@ import numpy as np
 
 from tinygpt.errors import TinyGPTError, is_int, is_number
 from tinygpt.files import loads_json, write_atomic
+from tinygpt.optim import check_decay_fits_rate
 
 TOKENIZER_KINDS = ("char", "bpe", "gpt2")
 
@@ -127,6 +128,7 @@ class TrainConfig:
         if self.min_lr > self.learning_rate:  # the "decay" would raise the rate
             raise TinyGPTError(f"--min-lr ({self.min_lr:g}) must not exceed --learning-rate "
                                f"({self.learning_rate:g}); with a low --learning-rate give --min-lr too")
+        check_decay_fits_rate(self.learning_rate, self.weight_decay)
         for name in ("dropout", "beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise TinyGPTError(f"{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
