@@ -88,8 +88,8 @@ if not CHILD:
                 ("layernorm_bwd_dx", (a(2), a(2), a(1), a(1), a(1), a(2))),
                 ("layernorm_bwd_dw_partial", (a(2), a(2), a(1), a(1), a(2), a(2), i64)),
                 ("column_sum_partial", (a(2), a(2), i64)),
-                ("cross_entropy_fwd", (a(2), a(1, types.int64), a(1), a(2))),
-                ("cross_entropy_bwd", (a(2), a(1, types.int64), a(1), f, a(2)))]]
+                ("cross_entropy_fwd", (a(2), a(1, types.int64), a(1), a(1), a(2))),
+                ("cross_entropy_bwd", (a(2), a(1, types.int64), a(1), a(1), f, a(2)))]]
         found.append(("dropout_mul", K._dropout_kernel(dtype_name), (a(1), a(1), u64, u64, f),
                       one_per_element))
         found.append(("sum_squares_partial", K._sum_squares_kernel(dtype_name),
@@ -416,6 +416,26 @@ else:
         ref, ref_cache = layers.cross_entropy_forward(logits, targets)
         assert abs(loss - ref) < TOL[np.float64] * abs(ref)
         close(K.cross_entropy_backward(1.0, cache), layers.cross_entropy_backward(1.0, ref_cache), np.float64)
+
+    def test_cross_entropy_of_huge_logits_keeps_its_log_term():
+        # float32 logits near 1e4, and 3 maxima tied at 1e30: the cache held lse = max + log(sum exp) in
+        # float32, which rounds the log term to the size of the max (5e-4 near 1e4: each probability
+        # exp(logit - lse) was 1e-4 off; all of it at 1e30: each tied maximum got probability 1, not 1/3, and
+        # the loss lse - logit was 0, not log 3). Truth: the float64 reference on the same float32 logits.
+        rng = np.random.default_rng(15)
+        V = 9
+        near = rng.standard_normal((2, 3, V)) * 3 + 1e4
+        tied = rng.standard_normal((2, 3, V))
+        tied[..., ::4] = 1e30  # columns 0, 4 and 8
+        tied_targets = np.array([[0, 4, 8], [8, -1, 0]])
+        for logits, targets in ((near, rng.integers(0, V, (2, 3))), (tied, tied_targets)):
+            logits = logits.astype(np.float32)
+            exact, exact_cache = layers.cross_entropy_forward(logits.astype(np.float64), targets)
+            exact_grad = layers.cross_entropy_backward(1.0, exact_cache)
+            loss, cache = K.cross_entropy_forward(logits, targets)
+            assert abs(loss - exact) <= 1e-6 * max(1.0, abs(exact)), (loss, exact)
+            dlogits = K.cross_entropy_backward(1.0, cache)
+            assert np.abs(dlogits - exact_grad).max() <= 1e-6 * np.abs(exact_grad).max()
 
     def test_zero_rows_give_zero_weight_and_bias_gradients():
         # a batch of no rows: the reference's (and numba's) gradients are sums over nothing, zeros; the

@@ -515,6 +515,42 @@ def test_cross_entropy_matches_torch():
     assert relative_error(layers.cross_entropy_backward(1.0, cache), tl.grad.numpy()) < 1e-12
 
 
+def huge_logit_rows(rng, V=50):
+    """(name, float32 logits (1, 4, V), targets (1, 4)) whose log-sum-exp is far larger than its log term."""
+    near = rng.standard_normal((1, 4, V)) * 3
+    yield "near 1e4", near + 1e4, rng.integers(0, V, (1, 4))
+    yield "near -1e4", near - 1e4, rng.integers(0, V, (1, 4))
+    tied = rng.standard_normal((1, 4, V))
+    tied[..., ::7] = 1e30  # 8 tied maxima: each has probability 1/8, and a target among them loses log 8
+    yield "tied at 1e30", tied, np.array([[0, 7, 21, 49]])
+    mixed = rng.standard_normal((1, 4, V)) * 1e-30
+    mixed[..., 3], mixed[..., 5] = 1e4, 1e4 - 0.5
+    yield "1e4 beside 1e-30", mixed, np.array([[5, 3, 5, 0]])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_cross_entropy_of_huge_logits_is_as_exact_as_torch_float32(backend):
+    # The cache held lse = max + log(sum exp(logit - max)) in float32, and backward took the probabilities
+    # as exp(logit - lse). Near 1e4 float32 holds lse to 5e-4, so every probability was ~1e-4 off (torch
+    # float32: 3e-8); at 1e30 the log term vanished from lse and each of 8 tied maxima got probability 1,
+    # not 1/8, and the reference's loss (lse - logit) was 0, not log 8; near 1e4 it was 4e-5 off (torch:
+    # 5e-8). Now every float32 figure is within 1e-6 of torch's float64 result on the same logits.
+    torch = pytest.importorskip("torch")
+    from tinygpt.kernels import get_ops
+
+    ops = get_ops(backend)
+    for name, logits, targets in huge_logit_rows(rng_for(21)):
+        logits = logits.astype(np.float32)
+        exact_logits = torch.tensor(logits[0], dtype=torch.float64, requires_grad=True)
+        exact = torch.nn.functional.cross_entropy(exact_logits, torch.tensor(targets[0]))
+        exact.backward()
+        exact_grad = exact_logits.grad.numpy()
+        loss, cache = ops.cross_entropy_forward(logits, targets)
+        dlogits = ops.cross_entropy_backward(1.0, cache)[0]
+        assert abs(loss - exact.item()) <= 1e-6 * max(1.0, abs(exact.item())), (name, loss, exact.item())
+        assert np.abs(dlogits - exact_grad).max() <= 1e-6 * np.abs(exact_grad).max(), name
+
+
 # --- dtype: float32 stays float32 ------------------------------------------------------------------
 
 

@@ -450,9 +450,13 @@ def cross_entropy_forward(logits, targets):
 
     logits (B, T, V), targets (B, T) int in [0, V) or -1 (ignored) -> loss (Python float)
 
-    loss_i = logsumexp(logits_i) - logits_i[target_i], with logsumexp(z) = m + log(sum exp(z - m)) and
-    m = max(z), so exp never overflows. Example: logits [0, 0] and target 1 give log 2 = 0.6931.
-    If every target is -1 the loss is 0 (and so is its gradient), not NaN.
+    loss_i = logsumexp(logits_i) - logits_i[target_i] = log(s_i) - (logits_i[target_i] - m_i), with
+    m_i = max(logits_i) and s_i = sum exp(logits_i - m_i) >= 1, so exp never overflows. The cache keeps m
+    and s apart rather than their log-sum-exp m + log(s): rounded to the logits' dtype that sum loses log(s)
+    to the size of m (float32 holds 1e4 to 5e-4, so the probabilities exp(logit - lse) of logits near 1e4
+    were 1e-4 off, 4000x torch's error, and at 1e30 log(s) vanished: tied logits each got probability 1).
+    Example: logits [0, 0] and target 1 give log 2 = 0.6931. If every target is -1 the loss is 0 (and so
+    is its gradient), not NaN.
     """
     V = logits.shape[-1]
     z = logits.reshape(-1, V)  # (N, V) with N = B*T
@@ -462,27 +466,29 @@ def cross_entropy_forward(logits, targets):
     m = z.max(axis=-1, keepdims=True)  # (N, 1)
     e = z - m
     np.exp(e, out=e)
-    lse = (m + np.log(e.sum(axis=-1, keepdims=True)))[:, 0]  # (N,) log-sum-exp
+    s = e.sum(axis=-1, keepdims=True)  # (N, 1) sum of exp(z - m)
     del e
     picked = z[np.arange(z.shape[0]), np.where(valid, t, 0)]  # (N,) logit of the target
-    losses = np.where(valid, lse - picked, 0.0)
+    losses = np.where(valid, np.log(s[:, 0]) - (picked - m[:, 0]), 0.0)  # logit - max: no huge terms
     loss = float(losses.sum(dtype=np.float64)) / max(n_valid, 1)  # float64: N float32 losses can overflow
-    cache = (logits, t, lse, n_valid)
+    cache = (logits, t, m, s, n_valid)
     return loss, cache
 
 
 def cross_entropy_backward(dloss, cache):
     """dloss (scalar) -> dlogits (B, T, V) = dloss * (softmax(logits) - onehot(target)) / n_valid.
 
-    Rows whose target is -1 get exactly zero gradient.
+    softmax = exp(logits - m) / s from the forward's row max m and sum s, the row's 1 / s folded into the
+    one scaling pass. Rows whose target is -1 get exactly zero gradient.
     """
-    logits, t, lse, n_valid = cache
+    logits, t, m, s, n_valid = cache
     V = logits.shape[-1]
-    dlogits = logits.reshape(-1, V) - lse[:, None].astype(logits.dtype)  # (N, V) log-probabilities
-    np.exp(dlogits, out=dlogits)  # softmax probabilities, in place
+    scale = float(dloss) / max(n_valid, 1)
+    dlogits = logits.reshape(-1, V) - m  # (N, V) logits minus their row max, all <= 0
+    np.exp(dlogits, out=dlogits)  # in place: s times the softmax probabilities
+    dlogits *= (scale / s).astype(logits.dtype, copy=False)  # (N, 1): the probabilities times dloss / n_valid
     valid = t != -1
     rows = np.flatnonzero(valid)
-    dlogits[rows, t[rows]] -= 1.0
+    dlogits[rows, t[rows]] -= logits.dtype.type(scale)
     dlogits[~valid] = 0.0  # set, not multiplied by 0: an inf logit there made inf - inf = nan
-    dlogits *= logits.dtype.type(float(dloss) / max(n_valid, 1))
     return dlogits.reshape(logits.shape)

@@ -43,13 +43,13 @@ each; C = n_embd, H = n_head, T = sequence length)::
 
 i.e. about 16C + H*T' floats per token per block, where T' is the average number of keys a query's
 block computes (T for T <= 64; (64 + 128 + 192 + 256) / 4 = 160 at T = 256, see ``attention_forward``),
-plus 2C + V + 3 for the final LayerNorm (its input and output, mean and rstd), the logits and the loss's
-log-sum-exp (and V more while backward forms dlogits). At 6 blocks, C = 384, H = 6, T = 256 that is
-6 * (6144 + 960 + 4) + 836 = 43,484 floats = 170 KiB per token, 340 MiB for a batch of 8 x 256 tokens
-(``activation_floats_per_token``); ``tinygpt bench train`` measures the peak RSS of such a step. Evaluation
-without targets keeps nothing. With ``GPT.recompute`` a block keeps only its input (C floats) and backward
-rebuilds one block's caches at a time (its input among them): at the peak 5 * 384 + 7,108 + 836 = 9,864
-floats, 39 KiB per token there.
+plus 2C + V + 4 for the final LayerNorm (its input and output, mean and rstd), the logits and the loss's
+row max and sum of exps (and V more while backward forms dlogits). At 6 blocks, C = 384, H = 6, T = 256
+that is 6 * (6144 + 960 + 4) + 837 = 43,485 floats = 170 KiB per token, 340 MiB for a batch of 8 x 256
+tokens (``activation_floats_per_token``); ``tinygpt bench train`` measures the peak RSS of such a step.
+Evaluation without targets keeps nothing. With ``GPT.recompute`` a block keeps only its input (C floats) and
+backward rebuilds one block's caches at a time (its input among them): at the peak 5 * 384 + 7,108 + 837 =
+9,865 floats, 39 KiB per token there.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def activation_floats_per_token(config: GPTConfig, seq_len: int, query_block: in
     mean_keys = sum(r * k for r, k in zip(rows, keys)) / T
     per_block = 2 * C + C + 3 * C + H * mean_keys + C + C + 4 * C + 4 * C + 4
     blocks = (config.n_layer - 1) * C + per_block if recompute else config.n_layer * per_block
-    return blocks + 2 * C + 2 + config.vocab_size + 1  # ln_f: input, output, mean, rstd; logits; lse
+    return blocks + 2 * C + 2 + config.vocab_size + 2  # ln_f: input, output, mean, rstd; logits; row max, sum
 
 
 def get_layer_ops(backend: str = "numpy") -> SimpleNamespace:

@@ -573,14 +573,16 @@ _NO_MASK = {"f": np.ones((1, 1, 1), np.float32), "d": np.ones((1, 1, 1), np.floa
 
 
 @_kernel(_SUMS_FMA)
-def _cross_entropy_forward_kernel(logits, targets, lse, losses):
-    # loss_n = logsumexp(logits_n) - logits_n[target_n], computed as m + log(sum exp(l - m)), m = max l.
-    # No probability array is built: the backward recomputes exp(l - lse) from the saved lse.
+def _cross_entropy_forward_kernel(logits, targets, row_max, row_sum, losses):
+    # loss_n = logsumexp(logits_n) - logits_n[target_n] = log(s) - (logits_n[target_n] - m), m = max l,
+    # s = sum exp(l - m). No probability array is built: the backward recomputes exp(l - m) / s from the
+    # saved m and s, kept apart (m + log(s) in one number loses log(s) to the size of m, see layers).
     N, V = logits.shape
     for n in prange(N):
         t = targets[n]
         if t < 0:  # ignored position
-            lse[n] = 0.0
+            row_max[n] = 0.0
+            row_sum[n] = 1.0
             losses[n] = 0.0
             continue
         row = logits[n]
@@ -590,13 +592,15 @@ def _cross_entropy_forward_kernel(logits, targets, lse, losses):
         total = 0.0  # float64 accumulator
         for j in range(V):
             total += _exp(row[j] - m)
-        lse[n] = m + math.log(total)
-        losses[n] = lse[n] - row[t]
+        row_max[n] = m
+        row_sum[n] = total
+        losses[n] = math.log(total) - (np.float64(row[t]) - np.float64(m))
 
 
 @_kernel(_FMA)
-def _cross_entropy_backward_kernel(logits, targets, lse, scale, dlogits):
-    # dloss/dlogits_n = (softmax(logits_n) - onehot(target_n)) * dloss / n_valid; ignored rows get zeros.
+def _cross_entropy_backward_kernel(logits, targets, row_max, row_sum, scale, dlogits):
+    # dloss/dlogits_n = (softmax(logits_n) - onehot(target_n)) * dloss / n_valid, softmax = exp(l - m) / s;
+    # ignored rows get zeros.
     N, V = logits.shape
     for n in prange(N):
         t = targets[n]
@@ -604,11 +608,11 @@ def _cross_entropy_backward_kernel(logits, targets, lse, scale, dlogits):
             for j in range(V):
                 dlogits[n, j] = 0.0
             continue
-        row_lse = logits.dtype.type(lse[n])
-        row_scale = logits.dtype.type(scale)
+        m = logits.dtype.type(row_max[n])  # exact: m is one of the row's logits
+        row_scale = logits.dtype.type(scale / row_sum[n])  # the softmax's 1 / s and dloss / n_valid at once
         for j in range(V):
-            dlogits[n, j] = _exp(logits[n, j] - row_lse) * row_scale
-        dlogits[n, t] -= row_scale
+            dlogits[n, j] = _exp(logits[n, j] - m) * row_scale
+        dlogits[n, t] -= logits.dtype.type(scale)
 
 
 def cross_entropy_forward(logits, targets):
@@ -621,18 +625,19 @@ def cross_entropy_forward(logits, targets):
     t = layers.checked_targets(targets, logits.shape)
     n_valid = int((t >= 0).sum())
     l2 = np.ascontiguousarray(logits).reshape(-1, V)
-    lse = np.empty(l2.shape[0], dtype=np.float64)
+    row_max = np.empty(l2.shape[0], dtype=np.float64)
+    row_sum = np.empty(l2.shape[0], dtype=np.float64)
     losses = np.empty(l2.shape[0], dtype=np.float64)
-    _cross_entropy_forward_kernel(l2, t, lse, losses)
+    _cross_entropy_forward_kernel(l2, t, row_max, row_sum, losses)
     loss = float(losses.sum()) / max(n_valid, 1)
-    return loss, (l2, t, lse, n_valid, logits.shape)
+    return loss, (l2, t, row_max, row_sum, n_valid, logits.shape)
 
 
 def cross_entropy_backward(dloss, cache):
     """scalar dloss -> dlogits (B, T, V)."""
-    l2, t, lse, n_valid, shape = cache
+    l2, t, row_max, row_sum, n_valid, shape = cache
     dlogits = np.empty_like(l2)
-    _cross_entropy_backward_kernel(l2, t, lse, float(dloss) / max(n_valid, 1), dlogits)
+    _cross_entropy_backward_kernel(l2, t, row_max, row_sum, float(dloss) / max(n_valid, 1), dlogits)
     return dlogits.reshape(shape)
 
 

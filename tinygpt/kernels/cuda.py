@@ -1313,8 +1313,9 @@ def _row_kernels(THREADS, dtype_name):
             part[chunk, c] = s
 
     @cuda.jit
-    def cross_entropy_fwd(logits, targets, lse, losses):
-        # one block per row: lse = m + log(sum exp(l - m)), loss = lse - l[target]; target -1 -> 0
+    def cross_entropy_fwd(logits, targets, row_max, row_sum, losses):
+        # one block per row: m = max l, s = sum exp(l - m), loss = log(s) - (l[target] - m); target -1 -> 0.
+        # m and s are kept apart for the backward: m + log(s) rounds log(s) away at large logits
         n = cuda.blockIdx.x
         t = cuda.threadIdx.x
         V = logits.shape[1]
@@ -1329,22 +1330,24 @@ def _row_kernels(THREADS, dtype_name):
             s += math.exp(logits[n, j] - m)
         s = _block_sum(buf, s)
         if t == 0:
-            row_lse = m + math.log(s)
-            lse[n] = row_lse
-            losses[n, 0] = row_lse - logits[n, target] if target >= 0 else ZERO
+            row_max[n] = m
+            row_sum[n] = s
+            losses[n, 0] = math.log(s) - (logits[n, target] - m) if target >= 0 else ZERO
 
     @cuda.jit
-    def cross_entropy_bwd(logits, targets, lse, scale, dlogits):
-        # (softmax - onehot) * dloss / n_valid; ignored rows get zeros
+    def cross_entropy_bwd(logits, targets, row_max, row_sum, scale, dlogits):
+        # (softmax - onehot) * dloss / n_valid with softmax = exp(l - m) / s; ignored rows get zeros
         n = cuda.blockIdx.x
         t = cuda.threadIdx.x
         V = logits.shape[1]
         target = targets[n]
+        m = row_max[n]
+        row_scale = scale / row_sum[n]  # the softmax's 1 / s and dloss / n_valid in one factor
         for j in range(t, V, THREADS):
             if target < 0:
                 dlogits[n, j] = ZERO
             else:
-                g = math.exp(logits[n, j] - lse[n]) * scale
+                g = math.exp(logits[n, j] - m) * row_scale
                 if j == target:
                     g -= scale
                 dlogits[n, j] = g
@@ -1474,26 +1477,28 @@ def cross_entropy_forward(logits, targets):
     l2 = to_device(logits).reshape(t_host.size, V)
     t_dev = cuda.to_device(t_host)
     N = t_host.size
-    lse = cuda.device_array(N, dtype=dtype)
+    row_max = cuda.device_array(N, dtype=dtype)
+    row_sum = cuda.device_array(N, dtype=dtype)
     losses = cuda.device_array((N, 1), dtype=dtype)
     if N:
         kernel, threads = _row_kernel("cross_entropy_fwd", dtype, V)
-        kernel[N, threads](l2, t_dev, lse, losses)
+        kernel[N, threads](l2, t_dev, row_max, row_sum, losses)
         total = float(column_sum(losses).copy_to_host()[0])
     else:
         total = 0.0
     loss = total / max(n_valid, 1)
-    return loss, (l2, t_dev, lse, n_valid, shape, on_device(logits))
+    return loss, (l2, t_dev, row_max, row_sum, n_valid, shape, on_device(logits))
 
 
 def cross_entropy_backward(dloss, cache):
     """scalar dloss -> dlogits (B, T, V), on the device if the logits were."""
-    l2, t_dev, lse, n_valid, shape, device = cache
+    l2, t_dev, row_max, row_sum, n_valid, shape, device = cache
     dtype = np.dtype(l2.dtype)
     dlogits = cuda.device_array(l2.shape, dtype=dtype)
     if l2.shape[0]:
         kernel, threads = _row_kernel("cross_entropy_bwd", dtype, l2.shape[1])
-        kernel[l2.shape[0], threads](l2, t_dev, lse, dtype.type(float(dloss) / max(n_valid, 1)), dlogits)
+        kernel[l2.shape[0], threads](l2, t_dev, row_max, row_sum, dtype.type(float(dloss) / max(n_valid, 1)),
+                                     dlogits)
     return _answer(dlogits.reshape(*shape), device)
 
 
