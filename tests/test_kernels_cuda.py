@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -384,6 +385,17 @@ else:
                 assert (g is None) == (r is None)
                 if r is not None:
                     close(g, r, dtype, "linear grad")
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_gelu_gradient_far_out_is_one_or_zero(dtype):
+        # the backward's 2 k x (1 + 3 a x^2) overflowed past |x| ~ 6e12 in float32, and (1 - s) * inf made
+        # the gradient NaN where it is exactly 1 or 0 (torch's is, up to 1.8e19)
+        far = np.array([-np.inf, -1e30, -1e14, -1e4, 1e4, 1e14, 1e30, np.inf], dtype)
+        # x^3 overflows, as on a GPU; the simulator warns (np.errstate, per thread, misses its threads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            dx = K.gelu_backward(np.ones_like(far), K.gelu_forward(far)[1])
+        np.testing.assert_array_equal(dx, [0, 0, 0, 0, 1, 1, 1, 1])
 
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_cross_entropy_and_embedding_match_reference(dtype):

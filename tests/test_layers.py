@@ -411,6 +411,32 @@ def test_gelu_values():
     np.testing.assert_allclose(out, [0.0, 0.841192, -0.158808, 2.996363], atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_gelu_of_huge_inputs_matches_torch_float32(backend):
+    # backward's factor 2 k x (1 + 3 a x^2) overflowed to inf from |x| ~ 6e12 in float32, and
+    # (1 - s) * inf = 0 * inf made the gradient NaN where torch's is 1 (x > 0) or 0 (x < 0): at -1e14 on
+    # every backend, at +1e14 in the reference (a diverging run's first NaN came from there). Torch's own
+    # x^2 overflows past 1.8e19 (NaN); there, and at +-inf, the gradient is its limit, 1 or 0.
+    torch = pytest.importorskip("torch")
+    from tinygpt.kernels import get_ops
+
+    ops = get_ops(backend)
+    x = np.array([20, 1e4, 1e6, 1e13, 1e14, 1e18], np.float32)
+    x = np.concatenate([-x[::-1], x])
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.gelu(xt, approximate="tanh")
+    yt.backward(torch.ones_like(yt))
+    beyond = np.array([-np.inf, -1e30, -1e20, 1e20, 1e30, np.inf], np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # the forward's x^3 overflows, gelu(-inf) is NaN
+        out, cache = ops.gelu_forward(x)
+        dx = ops.gelu_backward(np.ones_like(x), cache)
+        dx_beyond = ops.gelu_backward(np.ones_like(beyond), ops.gelu_forward(beyond)[1])
+    np.testing.assert_array_equal(out, yt.detach().numpy())
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
+    np.testing.assert_array_equal(dx_beyond, [0, 0, 0, 1, 1, 1])
+    assert np.isnan(ops.gelu_backward(np.ones(1, np.float32), ops.gelu_forward(np.float32([np.nan]))[1]))
+
+
 @settings(max_examples=25, deadline=None)
 @given(shift=st.floats(-1e4, 1e4), scale=st.floats(1e-2, 1e3), seed=st.integers(0, 2**16))
 def test_layernorm_normalises_any_row(shift, scale, seed):

@@ -175,6 +175,12 @@ def linear_backward(dout, cache):
 _GELU_K = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
 
+# Past |x| = 1e4 gelu's derivative is exactly 1 (x > 0) or 0 (x < 0) in float32 and float64 alike: s is
+# 1 or 0 there, exp(-2u) having underflowed or overflowed. So backward clips x to this and computes the
+# same derivative, while 2 k x (1 + 3 a x^2) stays finite (2e11): unclipped it overflowed to inf from
+# |x| ~ 6e12 in float32 and 0 * inf made the gradient NaN, where torch's is 1 or 0 up to 1.8e19.
+GELU_GRAD_CLIP = 1e4
+
 
 def gelu_forward(x):
     """GELU, GPT-2's tanh approximation: ``0.5 x (1 + tanh(k (x + a x^3)))``, k = sqrt(2/pi), a = 0.044715.
@@ -202,8 +208,10 @@ def gelu_backward(dout, cache):
     With s = sigmoid(2u) = 0.5 (1 + tanh(u)), ds/du = 2 s (1 - s) and du/dx = k (1 + 3 a x^2)::
 
         d gelu / dx = s + x * 2 s (1 - s) * k (1 + 3 a x^2) = s (1 + 2 k x (1 - s) (1 + 3 a x^2))
+
+    x is first clipped to +-GELU_GRAD_CLIP, where the derivative is already exactly 1 or 0 (see there).
     """
-    x = cache
+    x = np.clip(cache, -GELU_GRAD_CLIP, GELU_GRAD_CLIP)  # a new array (NaN stays NaN), reused for dx below
     x2 = x * x
     s = x2 * (-2.0 * _GELU_K * _GELU_A)
     s -= 2.0 * _GELU_K
@@ -216,7 +224,7 @@ def gelu_backward(dout, cache):
     x2 += 1.0
     x2 *= x
     x2 *= 2.0 * _GELU_K  # x2 now holds 2 k x (1 + 3 a x^2)
-    dx = 1.0 - s
+    dx = np.subtract(1.0, s, out=x)  # into x's buffer: x is not needed any more
     dx *= x2
     dx += 1.0
     dx *= s

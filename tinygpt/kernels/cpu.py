@@ -334,16 +334,19 @@ def _gelu_forward_kernel(x, out):
 def _gelu_backward_kernel(dout, x, dx):
     # With s = sigmoid(2u): d gelu / dx = s + x * 2 s (1 - s) * du/dx = s (1 + 2 x (1 - s) k (1 + 3 a x^2))
     # s is recomputed from x rather than cached: cheaper than storing and re-reading a (B, T, 4C) array.
+    # The polynomial takes x clipped to +-GELU_GRAD_CLIP, where s (1 - s) is already exactly 0: unclipped
+    # it overflowed past |x| ~ 6e12 (float32), and 0 * inf made the gradient NaN (layers.GELU_GRAD_CLIP).
     one = x.dtype.type(1.0)
     c1 = x.dtype.type(-2.0 * _GELU_K)
     c3 = x.dtype.type(-2.0 * _GELU_K * _GELU_A)
     k2 = x.dtype.type(2.0 * _GELU_K)
     a3 = x.dtype.type(3.0 * _GELU_A)
+    clip = x.dtype.type(layers.GELU_GRAD_CLIP)
     for i in prange(x.size):
         xi = x[i]
-        x2 = xi * xi
-        s = one / (one + _exp(xi * (c1 + c3 * x2)))
-        dx[i] = dout[i] * s * (one + k2 * xi * (one - s) * (one + a3 * x2))
+        s = one / (one + _exp(xi * (c1 + c3 * xi * xi)))  # from x itself: NaN stays NaN
+        xc = min(max(xi, -clip), clip)
+        dx[i] = dout[i] * s * (one + k2 * xc * (one - s) * (one + a3 * xc * xc))
 
 
 def gelu_forward(x):

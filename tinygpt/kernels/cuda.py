@@ -911,6 +911,7 @@ def _elementwise_kernels(dtype_name):
     # simulator): s is 0 there to the dtype's precision, and gelu = x * 0 = -0, as the reference's x / inf.
     TWO, ZERO = dtype.type(2.0), dtype.type(0.0)
     EXP_MAX = dtype.type(88.72 if dtype == np.float32 else 709.78)  # just under log(the largest float)
+    CLIP = dtype.type(layers.GELU_GRAD_CLIP)  # see there: past it gelu's derivative is exactly 1 or 0
 
     @cuda.jit
     def gelu_fwd(x, out):
@@ -922,13 +923,15 @@ def _elementwise_kernels(dtype_name):
 
     @cuda.jit
     def gelu_bwd(dout, x, dx):
-        # d gelu / dx = s (1 + 2 k x (1 - s) (1 + 3 a x^2))
+        # d gelu / dx = s (1 + 2 k x (1 - s) (1 + 3 a x^2)), the polynomial's x clipped to +-CLIP, where
+        # s (1 - s) is already exactly 0 (unclipped: inf past |x| ~ 6e12 in float32, and 0 * inf = NaN)
         i = cuda.grid(1)
         if i < x.size:
             xi = x[i]
             z = -TWO * K * (xi + A * xi * xi * xi)
             s = ZERO if z > EXP_MAX else ONE / (ONE + math.exp(z))
-            dx[i] = dout[i] * (s * (ONE + TWO * K * xi * (ONE - s) * (ONE + A3 * xi * xi)))
+            xc = _min(_max(xi, -CLIP), CLIP)
+            dx[i] = dout[i] * (s * (ONE + TWO * K * xc * (ONE - s) * (ONE + A3 * xc * xc)))
 
     @cuda.jit
     def add(a, b, out):
