@@ -1244,7 +1244,10 @@ def _row_kernels(THREADS, dtype_name):
 
     @cuda.jit
     def layernorm_fwd(x, w, bias, has_bias, eps, out, mean, rstd):
-        # one block per row: mean, then variance of (x - mean) (two passes: no cancellation)
+        # one block per row: a first mean mu, then the sums of d = x - mu and d^2 (two passes: no
+        # cancellation). The float32 sum puts mu a few ulps of x off the mean, which for a (nearly) constant
+        # row is all of x - mean (1000.1 repeated 768 times normalised to +-0.019 * weight, not to 0): so
+        # mu is corrected by mean(d), and var = mean(d^2) - mean(d)^2 (the corrected two-pass algorithm)
         n = cuda.blockIdx.x
         t = cuda.threadIdx.x
         C = x.shape[1]
@@ -1255,10 +1258,15 @@ def _row_kernels(THREADS, dtype_name):
             s += x[n, c]
         mu = _block_sum(buf, s) / n_cols
         s = ZERO
+        s2 = ZERO
         for c in range(t, C, THREADS):
             d = x[n, c] - mu
-            s += d * d
-        r = ONE / math.sqrt(_block_sum(buf, s) / n_cols + eps)
+            s += d
+            s2 += d * d
+        shift = _block_sum(buf, s) / n_cols
+        var = _block_sum(buf, s2) / n_cols - shift * shift
+        mu += shift
+        r = ONE / math.sqrt(_max(var, ZERO) + eps)  # (var rounds to a hair below 0 for a constant row)
         for c in range(t, C, THREADS):
             y = (x[n, c] - mu) * r * w[c]
             if has_bias:
