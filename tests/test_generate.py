@@ -909,6 +909,25 @@ def test_sample_next_refuses_logits_that_are_not_b_by_v_and_a_missing_rng():
         assert sample_next(np.array([[1.0, 3.0]] * 2), rng, temperature).dtype == np.int64
 
 
+def test_rows_with_no_finite_maximum_are_refused_as_transformers_refuses_them():
+    # softmax of a row holding a NaN or +inf logit, or all -inf, is NaN: sample_next silently drew the last
+    # id (searchsorted on a NaN cdf) and top-p failed with NumPy's "zero-size array" ValueError, where
+    # transformers' torch.multinomial refuses the row. Greedy stays the argmax, as transformers' greedy.
+    for row in ([np.nan, 1.0, 2.0], [np.inf, 1.0, 2.0], [-np.inf] * 3):
+        logits = np.array([[0.0, 1.0, 2.0], row], np.float32)
+        for temperature, top_k, top_p in ((1.0, None, None), (1.0, None, 0.5), (0.5, 2, None),
+                                          (1e-46, None, None), (1e39, None, None), (0.0, None, None)):
+            with pytest.raises(TinyGPTError, match=r"row 1 have no finite maximum \((nan|inf|-inf)\)"):
+                next_token_probs(logits, temperature, top_k, top_p)
+            if temperature:
+                with pytest.raises(TinyGPTError, match="row 1 have no finite maximum"):
+                    sample_next(logits, np.random.default_rng(0), temperature, top_k, top_p)
+        assert sample_next(logits, None, temperature=0).tolist() == [2, int(np.argmax(logits[1]))]
+    # a row with some -inf logits (what top-k leaves) is a distribution like any other
+    probs = next_token_probs(np.array([[-np.inf, 0.0, -np.inf, 0.0]], np.float32), 1e-8)
+    np.testing.assert_array_equal(probs, [[0, 0.5, 0, 0.5]])
+
+
 def test_forward_cached_checks_ids_and_pos_as_the_uncached_path_does():
     config = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
     params = GPT(config).params

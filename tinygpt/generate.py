@@ -198,9 +198,17 @@ def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
     """The distribution ``sample_next`` draws from: temperature, then top-k, then top-p, then softmax.
 
     logits (..., V) -> probabilities (..., V), each row summing to 1, exactly 0 where a filter masked a
-    token. Top-k runs before top-p (as in transformers), so top-p's nucleus is taken from the top k.
+    token. Top-k runs before top-p (as in transformers), so top-p's nucleus is taken from the top k. A row
+    with no finite maximum (a NaN or +inf logit, or every logit -inf) is refused with a TinyGPTError.
     """
     validate_sampling(temperature, top_k, top_p)
+    logits = _float_logits(logits)
+    row_max = logits.max(axis=-1).reshape(-1)  # NaN if the row has one
+    if not np.isfinite(row_max).all():  # softmax would be NaN: sample_next drew the last id, top-p raised
+        # NumPy's "zero-size array" ValueError; transformers' multinomial refuses such rows too
+        row = int(np.flatnonzero(~np.isfinite(row_max))[0])
+        raise TinyGPTError(f"the logits of row {row} have no finite maximum ({row_max[row]}): a NaN or +inf "
+                           "logit, or every logit -inf, leaves no distribution to sample from")
     logits = apply_temperature(logits, temperature)
     logits = top_k_filter(logits, top_k)
     logits = top_p_filter(logits, top_p)
