@@ -397,6 +397,20 @@ def test_a_special_token_spelled_like_an_ordinary_tokens_byte_level_text_cannot_
     assert not (tmp_path / "encoder.json").exists()
 
 
+def test_a_special_token_that_would_load_back_as_another_cannot_be_exported(tmp_path):
+    # "Â¡" is all byte-level characters (bytes C2 A1, the UTF-8 of "¡"): from_gpt2_files reads such a key
+    # as an older export's byte-level text, so the file pair loaded back with the special token "¡"
+    for special in ("Â¡", "<|Ġ|>"):  # ("Ġ" is the space: "<| |>")
+        tok = BPETokenizer.train("hello world " * 20, vocab_size=270, special_tokens=[special])
+        expected = "¡" if special == "Â¡" else "<| |>"
+        with pytest.raises(TinyGPTError, match=f"special token '{special}' would load back as '{expected}'"):
+            tok.save_gpt2_files(tmp_path)
+        assert not (tmp_path / "encoder.json").exists()
+    # plain text with non-ASCII characters that cannot be byte-level text still exports and loads back
+    tok = BPETokenizer.train("hello world " * 20, vocab_size=270, special_tokens=["<|café|>"])
+    assert BPETokenizer.from_gpt2_files(*tok.save_gpt2_files(tmp_path)).special_tokens == tok.special_tokens
+
+
 def test_gpt2_files_whose_merge_makes_another_id_are_corrupt(trained, tmp_path):
     # encoder.json's ids of merge 0's and merge 1's tokens swapped: each vocab.bpe line must make id 256 + i
     encoder_json, vocab_bpe = trained.save_gpt2_files(tmp_path)

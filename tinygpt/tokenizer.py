@@ -636,6 +636,15 @@ class BPETokenizer:
         if clashes:
             raise TinyGPTError(f"cannot write GPT-2's files: special token {clashes[0]!r} is spelled like an "
                                "ordinary token's byte-level text there")
+        # from_gpt2_files reads a key that can only be byte-level text (older exports wrote specials so) as
+        # such: "Â¡" would load back as "¡", another special token, silently
+        char_to_byte = {c: b for b, c in enumerate(to_char)}
+        misread = {s: _special_token_text(s, char_to_byte) for s in self.special_tokens}
+        misread = {s: t for s, t in misread.items() if t != s}
+        if misread:
+            s, t = min(misread.items())
+            raise TinyGPTError(f"cannot write GPT-2's files: special token {s!r} would load back as {t!r} "
+                               "(it reads as the byte-level text older exports wrote); choose another")
         encoder.update(self.special_tokens)
         encoder_path, vocab_path = directory / "encoder.json", directory / "vocab.bpe"
         token_text = [as_text(t) for t in self.token_bytes]
