@@ -20,7 +20,7 @@ import regex
 import tiktoken
 import tiktoken.load
 import tiktoken_ext.openai_public
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import tinygpt.tokenizer as tokenizer_module
@@ -627,6 +627,157 @@ def test_shakespeare_tokenizer_exports_to_tiktoken_and_hf(shakespeare, shakespea
     ids = tok.encode(shakespeare)
     assert _tiktoken_from_files(encoder_json, vocab_bpe, {}).encode_ordinary(shakespeare) == ids
     assert _hf_from_files(encoder_json, vocab_bpe).encode(shakespeare).ids == ids
+
+
+# --- properties of randomly trained tokenizers ----------------------------------------------------
+
+# Few characters, several of them multi-byte, so a small random corpus still learns merges inside a
+# character's bytes, across contractions and digits, and around the special tokens' "<", "|" and ">".
+CORPUS_ALPHABET = list("aab  b\n.é'st0你😀!<|>")
+# No special token of the pool is a prefix of another: which of two such tiktoken matches is unspecified.
+SPECIAL_POOL = ["<|endoftext|>", "<s>", "<t><s>", "<|im|>"]
+# Any text: arbitrary code points, runs of the corpus alphabet and special-token strings, in any order.
+TEXT_WITH_SPECIALS = st.lists(
+    st.one_of(st.text(), st.text(alphabet=st.sampled_from(CORPUS_ALPHABET)), st.sampled_from(SPECIAL_POOL)),
+    max_size=8,
+).map("".join)
+# Text in which no special token can start (none holds a "<").
+ORDINARY_TEXT = st.one_of(
+    st.text(alphabet=st.characters(exclude_characters="<", exclude_categories=["Cs"])),  # (Cs: surrogates)
+    st.text(alphabet=st.sampled_from([c for c in CORPUS_ALPHABET if c != "<"])),
+)
+# Special-token spellings near the edges of GPT-2's files: digits and letters that are byte tokens and
+# merges ("00" is "0" + "0"), and byte-level characters ("Ġ" is the space, "Â¡" the UTF-8 bytes of "¡").
+SPECIAL_SPELLINGS = st.text(alphabet=st.sampled_from(list("<|>0aĠÂ¡")), min_size=1, max_size=4)
+
+
+@st.composite
+def trained_tokenizers(draw):
+    """(tokenizer, text): BPE trained on a random small corpus (up to 60 merges, up to 3 special tokens),
+    and a text to encode: any text (TEXT_WITH_SPECIALS) around a piece of the corpus and a jumble of its
+    words. The corpus is a few words repeated, so their pairs recur and merges build up whole words
+    as on real text; its sizes come from a seed (hypothesis draws small sizes far more often than large)."""
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+    words = ["".join(rng.choices(CORPUS_ALPHABET, k=rng.randint(1, 8))) for _ in range(rng.randint(1, 8))]
+    corpus = " ".join(rng.choices(words, k=rng.randint(0, 80)))
+    specials = draw(st.lists(st.sampled_from(SPECIAL_POOL), unique=True, max_size=3))
+    pattern = draw(st.sampled_from(["gpt2", "gpt4"]))
+    vocab_size = 256 + rng.randint(0, 60) + len(specials)
+    tok = BPETokenizer.train(corpus, vocab_size, pattern=pattern, special_tokens=specials)
+    start = rng.randint(0, len(corpus))
+    piece = corpus[start : rng.randint(start, len(corpus))]
+    # and its words and runs of a character jumbled together: pairs in orders the corpus never had, where
+    # the order in which the merges apply decides the ids ("aaa": [aa, a], not [a, aa])
+    pieces = [rng.choice(words) if rng.random() < 0.5 else rng.choice(CORPUS_ALPHABET) * rng.randint(1, 5)
+              for _ in range(rng.randint(0, 40))]
+    jumble = "".join(pieces)
+    return tok, draw(TEXT_WITH_SPECIALS) + piece + jumble + draw(TEXT_WITH_SPECIALS)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tok_text=trained_tokenizers(), data=st.data())
+def test_trained_tokenizer_round_trips_any_text_whatever_specials_are_allowed(tok_text, data):
+    """decode(encode(text, allowed_special)) == text for "none", "all" and any subset; the ids are in the
+    vocabulary, and a special token's id appears only when that special token is allowed."""
+    tok, text = tok_text
+    subset = data.draw(st.sets(st.sampled_from(sorted(tok.special_tokens)))) if tok.special_tokens else set()
+    for allowed in ("none", "all", subset):
+        ids = tok.encode(text, allowed_special=allowed)
+        assert tok.decode(ids) == text
+        assert tok.decode_bytes(ids) == text.encode("utf-8")
+        assert all(0 <= i < tok.vocab_size for i in ids)
+        names = set() if allowed == "none" else set(tok.special_tokens) if allowed == "all" else allowed
+        assert set(ids) & set(tok.special_tokens.values()) <= {tok.special_tokens[s] for s in names}
+
+
+@settings(max_examples=60, deadline=None)
+@given(tok_text=trained_tokenizers(), first=ORDINARY_TEXT, data=st.data())
+def test_allowed_special_tokens_cut_the_text_into_pieces_encoded_alone(tok_text, first, data):
+    """encode(o0 + s1 + o1 + ..., "all") == encode(o0) + [id(s1)] + encode(o1) + ...: a special token is its
+    own id and no merge crosses it (tiktoken's rule), also for two special tokens side by side."""
+    tok, _ = tok_text
+    specials = sorted(tok.special_tokens)
+    rest = []
+    if specials:
+        rest = data.draw(st.lists(st.tuples(st.sampled_from(specials), ORDINARY_TEXT), max_size=4))
+    text = first + "".join(s + o for s, o in rest)
+    expected = tok.encode(first)
+    for s, o in rest:
+        expected += [tok.special_tokens[s], *tok.encode(o)]
+    assert tok.encode(text, allowed_special="all") == expected
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(words=st.lists(st.text(min_size=1, max_size=10), min_size=64, max_size=100, unique=True),
+       long=st.text(alphabet=st.sampled_from(list("abé你")), min_size=257, max_size=300))
+def test_encode_is_the_merges_of_each_chunk_alone_on_every_path(gpt2, trained, words, long):
+    """encode(text) == apply_merges (the reference) on each pre-split chunk, concatenated, on the other two
+    paths: from a cold memo the chunks of 64 distinct words go through the compiled kernel, a letter run
+    over 256 bytes through the linked-list merge."""
+    text = " ".join(words) + " " + long
+    for tok in (gpt2, trained):
+        tok.clear_cache()  # every chunk new: the encode below merges them all, on whichever path
+        ids = tok.encode(text)
+        expected = [i for chunk in tok.split(text)
+                    for i in apply_merges([tok.byte_ids[b] for b in chunk.encode()], tok.ranks)]
+        assert ids == expected
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tok_text=trained_tokenizers())
+def test_saved_and_reloaded_tokenizers_give_the_same_ids(tok_text, tmp_path):
+    """save/load, to_dict/from_dict through JSON and GPT-2's file pair (which carries no split pattern:
+    GPT-2's is assumed) each give back the same tokenizer: the same merges, byte ids, special tokens and
+    pre-split, and the same ids for any text."""
+    tok, text = tok_text
+    tok.save(tmp_path / "tok.json")
+    reloaded = [BPETokenizer.load(tmp_path / "tok.json"),
+                BPETokenizer.from_dict(json.loads(json.dumps(tok.to_dict())))]
+    if tok.pattern_name == "gpt2":
+        reloaded.append(BPETokenizer.from_gpt2_files(*tok.save_gpt2_files(tmp_path)))
+    for other in reloaded:
+        assert other.merges == tok.merges and other.byte_ids == tok.byte_ids
+        assert other.special_tokens == tok.special_tokens
+        assert other.split(text) == tok.split(text)
+        for allowed in ("none", "all"):
+            assert other.encode(text, allowed_special=allowed) == tok.encode(text, allowed_special=allowed)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(specials=st.lists(st.one_of(st.text(min_size=1, max_size=4), SPECIAL_SPELLINGS), unique=True,
+                         max_size=3), text=st.text())
+@example(specials=["Â¡"], text="")  # loaded back as "¡" before save_gpt2_files refused it
+def test_gpt2_files_never_load_back_another_tokenizer_whatever_the_special_tokens(specials, text, tmp_path):
+    """For special tokens of any spelling, GPT-2's file pair is refused (a one-line TinyGPTError when
+    training, writing or reading it) or loads back the same tokenizer: never, silently, another one."""
+    try:
+        corpus = "hello world, 0 0 01 " * 5
+        tok = BPETokenizer.train(corpus, vocab_size=280 + len(specials), special_tokens=specials)
+        loaded = BPETokenizer.from_gpt2_files(*tok.save_gpt2_files(tmp_path))
+    except TinyGPTError:
+        return
+    assert (loaded.merges, loaded.special_tokens) == (tok.merges, tok.special_tokens)
+    text = text.join(specials)
+    assert loaded.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tok_text=trained_tokenizers())
+def test_exported_gpt2_files_loaded_by_tiktoken_give_the_same_ids(tok_text, tmp_path):
+    """tiktoken reading our encoder.json and vocab.bpe (with our split pattern) encodes any text to our ids,
+    special tokens allowed or not: tiktoken merges by the rank of a pair's bytes, we by the merge list, and
+    the two agree on a tokenizer BPE training made."""
+    tok, text = tok_text
+    encoder_json, vocab_bpe = tok.save_gpt2_files(tmp_path)
+    # tiktoken's loader takes only GPT-2's own special tokens from encoder.json: give it the merges alone
+    encoder = json.loads(encoder_json.read_text(encoding="utf-8"))
+    ordinary = {t: i for t, i in encoder.items() if i < 256 + len(tok.merges)}
+    encoder_json.write_text(json.dumps(ordinary, ensure_ascii=False), encoding="utf-8")
+    pat_str = cl100k_pat_str() if tok.pattern_name == "gpt4" else GPT2_SPLIT_PATTERN
+    tk = _tiktoken_from_files(encoder_json, vocab_bpe, tok.special_tokens, pat_str=pat_str)
+    assert tk.encode_ordinary(text) == tok.encode(text)
+    ids = tok.encode(text, allowed_special="all")
+    assert tk.encode(text, allowed_special="all", disallowed_special=()) == ids
 
 
 def test_gpt2_files_are_checked_by_sha256(tmp_path, monkeypatch):
