@@ -10,7 +10,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tinygpt import data
@@ -439,6 +439,45 @@ def test_eval_windows_refuse_sizes_that_give_no_window():
     # fewer tokens than one window: an error, as get_batch's, not an evaluation of nothing
     with pytest.raises(TinyGPTError, match="^5 tokens are too few for block size 5$"):
         list(data.iter_eval_windows(tokens[:5], block_size=5, batch_size=3))
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(0, 200), block=st.integers(1, 30), batch=st.integers(1, 8))
+def test_eval_windows_tile_the_split_without_overlap_for_any_sizes(n, block, batch):
+    """iter_eval_windows over n > T tokens: (n - 1) // T windows, in order, back to back (window w is tokens
+    w T .. w T + T - 1), each y its x shifted by one, so every target but a tail shorter than a window is
+    predicted exactly once; the batches are full but the last."""
+    tokens = np.arange(n, dtype=np.uint32)  # a token's value is its position
+    if n <= block:  # not one window with its targets: refused, as get_batch refuses it
+        with pytest.raises(TinyGPTError, match="too few for block size"):
+            list(data.iter_eval_windows(tokens, block, batch))
+        return
+    windows = list(data.iter_eval_windows(tokens, block, batch))
+    n_windows = (n - 1) // block
+    assert [len(x) for x, _ in windows] == [min(batch, n_windows - w) for w in range(0, n_windows, batch)]
+    xs, ys = np.concatenate([x for x, _ in windows]), np.concatenate([y for _, y in windows])
+    assert xs.dtype == ys.dtype == np.int64
+    np.testing.assert_array_equal(xs.ravel(), np.arange(n_windows * block))
+    np.testing.assert_array_equal(ys, xs + 1)
+    assert ys.max() <= n - 1  # every target is a token of the split
+    assert (n - 1) - n_windows * block < block  # the targets left out: fewer than one more window
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(2, 300), block=st.integers(1, 40), batch=st.integers(1, 9), seed=st.integers(0, 2**32))
+def test_get_batch_windows_are_in_range_and_deterministic_per_seed(n, block, batch, seed):
+    """get_batch: each row is the window tokens[i : i + T] at a start i in [0, n - T - 1] (so its target
+    tokens[i + T] exists), y is x shifted by one, and a Generator of the same seed draws the same batch."""
+    assume(n > block)
+    tokens = np.arange(n, dtype=np.uint16)  # a token's value is its position
+    x, y = data.get_batch(tokens, batch, block, np.random.default_rng(seed))
+    starts = x[:, 0]
+    assert ((0 <= starts) & (starts <= n - block - 1)).all()
+    np.testing.assert_array_equal(x, starts[:, None] + np.arange(block))
+    np.testing.assert_array_equal(y, x + 1)
+    x2, y2 = data.get_batch(tokens, batch, block, np.random.default_rng(seed))
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(y2, y)
 
 
 def test_write_atomic_leaves_no_half_file_nor_temporary(tmp_path, monkeypatch):
