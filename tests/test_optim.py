@@ -68,6 +68,40 @@ def test_adamw_matches_torch_float32():
         np.testing.assert_allclose(p, tparams[k].detach().numpy(), rtol=2e-5, atol=2e-6, err_msg=k)
 
 
+@settings(max_examples=25, deadline=None)
+@given(lr=st.floats(0.0, 0.1), beta1=st.sampled_from([0.0, 0.5, 0.9]),
+       beta2=st.sampled_from([0.0, 0.9, 0.99]), eps=st.sampled_from([1e-12, 1e-8, 1e-3]),
+       weight_decay=st.floats(0.0, 1.0), steps=st.integers(1, 4), fused=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_adamw_matches_torch_for_any_hyperparameters(lr, beta1, beta2, eps, weight_decay, steps, fused, seed):
+    """For any lr (0 too), betas (0 too: no averaging), eps and weight decay, a few AdamW steps of ours, the
+    NumPy arithmetic or the fused Numba kernel, give torch.optim.AdamW's parameters and moments (float64)."""
+    torch = _torch()
+    rng = np.random.default_rng(seed)
+    params = _params(rng, np.float64)
+    tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
+    groups = [{"params": [t for t in tparams.values() if t.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [t for t in tparams.values() if t.ndim < 2], "weight_decay": 0.0}]
+    topt = torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), eps=eps, foreach=False)
+    kernel = None
+    if fused:
+        from tinygpt.kernels import get_ops
+
+        kernel = get_ops("numba").adamw_update
+    opt = AdamW(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, kernel=kernel)
+    for _ in range(steps):
+        grads = {k: rng.standard_normal(v.shape) * 10.0 ** rng.integers(-3, 2) for k, v in params.items()}
+        for k, t in tparams.items():
+            t.grad = torch.tensor(grads[k].copy())
+        topt.step()
+        opt.step(grads)
+    for k, t in tparams.items():
+        state = topt.state[t]
+        np.testing.assert_allclose(params[k], t.detach().numpy(), rtol=1e-10, atol=1e-12, err_msg=k)
+        for ours, theirs in ((opt.exp_avg[k], state["exp_avg"]), (opt.exp_avg_sq[k], state["exp_avg_sq"])):
+            np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-10, atol=1e-14, err_msg=k)
+
+
 def test_adamw_updates_in_place_and_decays_only_matrices():
     rng = np.random.default_rng(0)
     params = _params(rng, np.float32)
@@ -196,6 +230,30 @@ def test_clip_grad_norm_matches_torch(scale, max_norm, seed):
     assert grad_norm(grads) <= max_norm * (1 + 1e-9)  # clipped, or already within max_norm
 
 
+@settings(max_examples=40, deadline=None)
+@given(shapes=st.lists(st.lists(st.integers(0, 4), max_size=3).map(tuple), min_size=1, max_size=5),
+       scale=st.floats(1e-3, 1e3), max_norm=st.floats(0.01, 100.0),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_clip_grad_norm_shortens_every_gradient_by_one_factor(shapes, scale, max_norm, dtype, seed):
+    """For gradients of any shapes (empty and 0-d ones too) and either float dtype: the returned norm is
+    the global norm before clipping, the norm after is at most max_norm, and every gradient is its old
+    self times one common factor in (0, 1], 1 when the norm was within max_norm: the direction of the
+    whole update is kept."""
+    rng = np.random.default_rng(seed)
+    # (np.asarray: a 0-d gradient is an array, updated in place, not a NumPy scalar)
+    grads = {f"g{i}": np.asarray(rng.standard_normal(s) * scale, dtype=dtype) for i, s in enumerate(shapes)}
+    before = {k: g.astype(np.float64) for k, g in grads.items()}
+    norm_before = math.sqrt(sum(float((g**2).sum()) for g in before.values()))
+    norm = clip_grad_norm(grads, max_norm)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    assert norm == pytest.approx(norm_before, rel=rtol, abs=1e-30)
+    assert all(g.dtype == dtype and g.shape == before[k].shape for k, g in grads.items())
+    assert grad_norm(grads) <= max_norm * (1 + rtol)
+    factor = min(1.0, max_norm / (norm_before + 1e-6))
+    for k, g in grads.items():
+        np.testing.assert_allclose(g, before[k] * factor, rtol=rtol, atol=0, err_msg=k)
+
+
 @pytest.mark.parametrize("over", [0.999, 1.001, 1.25, 1.9, 3.0])
 def test_clip_just_over_or_under_max_norm(over):
     """Gradients whose norm is ``over`` times max_norm: above it every one is scaled by
@@ -269,6 +327,28 @@ def test_lr_schedule_reaches_min_lr_at_lr_decay_iters(warmup, extra):
         assert lr_at(decay - 1, **kw) > 6e-5
     if extra > 0:
         assert lr_at(warmup, **kw) == pytest.approx(6e-4, rel=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(lr=st.floats(1e-6, 1.0), min_fraction=st.floats(0.0, 1.0), warmup=st.integers(0, 300),
+       extra=st.integers(0, 2000))
+def test_lr_schedule_rises_in_equal_steps_then_never_rises_and_stays_in_range(lr, min_fraction, warmup,
+                                                                               extra):
+    """For any peak lr >= min_lr >= 0: the warmup climbs in equal steps of lr / (warmup + 1) and the
+    first step after it is one more such step, to the peak (no jump where the warmup hands over to the
+    cosine); from there on the rate never rises and stays within [min_lr, lr]."""
+    min_lr = lr * min_fraction
+    decay = warmup + extra
+    lrs = [lr_at(s, lr, warmup, decay, min_lr) for s in range(decay + 3)]
+    rise = lr / (warmup + 1)
+    for s in range(warmup):
+        assert lrs[s] == pytest.approx(rise * (s + 1), rel=1e-12)
+    if extra > 0:
+        assert lrs[warmup] == pytest.approx(lr, rel=1e-12)
+    after = lrs[warmup:]
+    assert all(a >= b for a, b in zip(after, after[1:]))
+    assert all(min_lr * (1 - 1e-12) <= x <= lr * (1 + 1e-12) for x in after)
+    assert after[-1] == min_lr
 
 
 @settings(max_examples=60, deadline=None)
