@@ -477,6 +477,62 @@ def test_numba_backend_matches_numpy():
     assert max(relative_error(g_fast[k], g_ref[k]) for k in g_ref) < 1e-4
 
 
+# small configurations of every kind: one layer or three, one head or three, odd widths, with or without bias
+small_configs = st.builds(
+    lambda n_layer, n_head, head_size, bias: GPTConfig(vocab_size=13, block_size=9, n_layer=n_layer,
+                                                       n_head=n_head, n_embd=n_head * head_size, bias=bias),
+    st.integers(1, 3), st.integers(1, 3), st.integers(2, 5), st.booleans())  # (a width of 1 normalises to 0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(config=small_configs, backend=st.sampled_from(["numpy", "numba"]), T=st.integers(2, 9),
+       t=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_logits_never_depend_on_later_tokens(config, backend, T, t, seed):
+    """Changing the tokens at positions >= t leaves the logits at every position < t unchanged (the model
+    is causal end to end, not only its attention), on both CPU backends."""
+    t = min(t, T - 1)
+    model = randomise(GPT(config, dtype=np.float64, backend=backend), seed).eval()
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, config.vocab_size, (2, T))
+    changed = idx.copy()
+    changed[:, t:] = (idx[:, t:] + rng.integers(1, config.vocab_size, (2, T - t))) % config.vocab_size
+    before, _ = model.forward(idx)
+    after, _ = model.forward(changed)
+    np.testing.assert_allclose(after[:, :t], before[:, :t], rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(config=small_configs, backend=st.sampled_from(["numpy", "numba"]), B=st.integers(2, 4),
+       T=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_each_row_of_a_batch_is_computed_alone(config, backend, B, T, seed):
+    """The logits of row b of a batch are those of row b run alone: no layer mixes the rows."""
+    model = randomise(GPT(config, dtype=np.float64, backend=backend), seed).eval()
+    idx = np.random.default_rng(seed).integers(0, config.vocab_size, (B, T))
+    logits, _ = model.forward(idx)
+    for b in range(B):
+        np.testing.assert_allclose(model.forward(idx[b : b + 1])[0][0], logits[b], rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(config=small_configs, dropout=st.sampled_from([0.0, 0.3]), B=st.integers(1, 3), T=st.integers(1, 9),
+       ignore=st.booleans(), seed=st.integers(0, 2**16))
+def test_numba_backend_matches_numpy_for_any_shape(config, dropout, B, T, ignore, seed):
+    """The numba backend's logits, loss and every gradient equal the numpy backend's (float64, so to
+    rounding) for any small shape, with the same dropout masks and ignored (-1) targets."""
+    config = GPTConfig(**{**config.to_dict(), "dropout": dropout})
+    ref = randomise(GPT(config, seed=seed, dtype=np.float64), seed)
+    fast = GPT(config, seed=seed, dtype=np.float64, backend="numba", params=ref.params)
+    idx, targets = batch(config, B=B, T=T, seed=seed)
+    if ignore:
+        targets[:, ::2] = -1
+    (logits_ref, loss_ref), (logits_fast, loss_fast) = ref.forward(idx, targets), fast.forward(idx, targets)
+    np.testing.assert_allclose(logits_fast, logits_ref, rtol=1e-9, atol=1e-9)
+    assert loss_fast == pytest.approx(loss_ref, rel=1e-9)
+    grads_ref, grads_fast = ref.backward(), fast.backward()
+    for name in grads_ref:
+        np.testing.assert_allclose(grads_fast[name], grads_ref[name], rtol=1e-7, atol=1e-9, err_msg=name)
+
+
 # --- generation and checkpoints ---------------------------------------------------------------------
 
 
