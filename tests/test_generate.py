@@ -148,6 +148,65 @@ def test_cached_equals_uncached_seeded_sampling(peaked_params):
     np.testing.assert_array_equal(cached, uncached)
 
 
+# small configurations of every kind: one layer or three, one head or three, odd widths, with or without bias
+small_configs = st.builds(
+    lambda n_layer, n_head, head_size, bias: GPTConfig(vocab_size=17, block_size=7, n_layer=n_layer,
+                                                       n_head=n_head, n_embd=n_head * head_size, bias=bias),
+    st.integers(1, 3), st.integers(1, 3), st.integers(2, 5), st.booleans())
+
+
+def _random_model(config, seed):
+    """A float64 GPT in eval mode with weights far from init's: biases and LayerNorm affines not 0 and 1,
+    logits of size ~1 (init's are ~0.01, nearly uniform: a filter would then cut little)."""
+    rng = np.random.default_rng(seed)
+    model = GPT(config, seed=seed, dtype=np.float64)
+    for name, p in model.params.items():
+        gain = p.ndim == 1 and name.endswith("weight")  # a LayerNorm's weight: about 1
+        p[...] = rng.standard_normal(p.shape) * (0.5 if p.ndim == 1 else 0.4) + gain
+    return model.eval()
+
+
+@settings(max_examples=20, deadline=None)
+@given(config=small_configs, B=st.integers(1, 3), T=st.integers(1, 7), cuts=st.lists(st.integers(1, 6)),
+       seed=st.integers(0, 2**16))
+def test_kv_cache_in_chunks_of_any_sizes_gives_the_full_forwards_logits(config, B, T, cuts, seed):
+    """A sequence fed through forward_cached in chunks of any sizes (a prefill, then pieces of one token or
+    several at positions > 0) gives, for each chunk, the logits GPT.forward gives at its last position."""
+    model = _random_model(config, seed)
+    idx = np.random.default_rng(seed).integers(0, config.vocab_size, (B, T))
+    full, _ = model.forward(idx)  # (B, T, V)
+    cache = new_kv_cache(config, B, np.float64)
+    bounds = sorted({0, T, *(c for c in cuts if c < T)})
+    for start, end in zip(bounds, bounds[1:]):
+        logits = forward_cached(model.params, config, idx[:, start:end], cache, start)
+        np.testing.assert_allclose(logits, full[:, end - 1], rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=20, deadline=None)
+@given(config=small_configs, B=st.integers(1, 3), T=st.integers(1, 10), extra=st.integers(0, 6),
+       temperature=st.sampled_from([0.0, 0.5, 1.0, 2.0]), top_k=st.sampled_from([None, 1, 3]),
+       top_p=st.sampled_from([None, 0.5, 0.9]), vocab_limit=st.sampled_from([None, 1, 9, 17]),
+       use_cache=st.booleans(), seed=st.integers(0, 2**16))
+def test_generate_samples_from_the_models_last_block_for_any_settings(config, B, T, extra, temperature, top_k,
+                                                                      top_p, vocab_limit, use_cache, seed):
+    """generate, cached or not, for any prompt length and sampling settings, is: the prompt, then each
+    token drawn by sample_next (same generator) from GPT.forward's last logits on the last block_size
+    tokens, cut to vocab_limit (every new id below it). Every run goes past block_size, where the window
+    slides and the cache is refilled: the prompt (longer than block_size or not) and extra tokens more."""
+    n_new = max(0, config.block_size + 1 - T) + extra
+    model = _random_model(config, seed)
+    prompt = np.random.default_rng(seed).integers(0, config.vocab_size, (B, T))
+    settings_ = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    out = generate(model.params, config, prompt, n_new, seed=np.random.default_rng(seed),
+                   vocab_limit=vocab_limit, use_cache=use_cache, **settings_)
+    rng, seq = np.random.default_rng(seed), prompt
+    for _ in range(n_new):
+        logits = model.forward(seq[:, -config.block_size :])[0][:, -1, :vocab_limit]
+        seq = np.concatenate([seq, sample_next(logits, rng, **settings_)[:, None]], axis=1)
+    np.testing.assert_array_equal(out, seq)
+    assert (out[:, T:] < (vocab_limit or config.vocab_size)).all()
+
+
 def test_prompt_longer_than_block_size_is_cropped(peaked_params):
     idx = _prompts(1, BLOCK + 10, seed=4)
     out = generate(peaked_params, CONFIG, idx, 5, temperature=0)
