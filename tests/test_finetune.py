@@ -1019,10 +1019,31 @@ def test_pooled_features_leave_a_model_in_eval_mode_in_eval_mode():
     # AdamW multiplies the weights by 1 - lr * wd: 1e6 ran to a nan "blamed" on the learning rate
     ({"weight_decay": 1e6}, "--weight-decay (1e+06) times --learning-rate (0.0003) must be < 1"),
     ({"weight_decay": 100, "learning_rate": 0.01}, "--weight-decay (100) times --learning-rate (0.01) must"),
-], ids=["dropout-1", "max-iters-0", "val-fraction-5", "val-fraction-negative", "decay-1e6", "decay-lr-1"])
+    # a flag is no count (True ran as 1 warm-up step, or 1 iteration), as TrainConfig refuses it
+    ({"warmup_iters": True}, "--warmup-iters must be a non-negative integer, got True"),
+    ({"max_iters": True}, "--max-iters must be a positive integer, got True"),
+    ({"dropout": "0.1"}, "--dropout must be in [0, 1), got '0.1'"),  # was a TypeError from the comparison
+], ids=["dropout-1", "max-iters-0", "val-fraction-5", "val-fraction-negative", "decay-1e6", "decay-lr-1",
+        "warmup-true", "max-iters-true", "dropout-str"])
 def test_config_refuses_out_of_range_settings(setting, message):
     with pytest.raises(TinyGPTError, match=re.escape(message)):
         ft.FinetuneConfig(data="d.jsonl", **setting).validate()
+
+
+def test_config_takes_numpy_numbers_as_train_does_and_saves_them_as_json():
+    # guards: np.float32 rates and NumPy integer counts were refused ("--learning-rate must be a positive
+    # number, got np.float32(0.5)", "--warmup-iters must be >= 0, got np.int64(3)") where TrainConfig takes
+    # them; a np.float32 dropout or val_fraction passed as it was, into a record JSON cannot hold
+    numpy = {"learning_rate": np.float32(0.5), "min_lr": np.float16(0.125), "weight_decay": np.float32(0.25),
+             "grad_clip": np.float32(1.5), "val_fraction": np.float32(0.25), "dropout": np.float32(0.25),
+             "warmup_iters": np.int64(3), "max_iters": np.int32(7), "epochs": np.int64(2),
+             "batch_size": np.int64(4), "eval_interval": np.uint8(5), "seed": np.int64(9),
+             "n_layer": np.int64(2)}
+    cfg = ft.FinetuneConfig(data="d.jsonl", **numpy).validate()
+    for name, value in numpy.items():
+        kind = int if isinstance(value, np.integer) else float
+        assert type(getattr(cfg, name)) is kind and getattr(cfg, name) == value, name
+    assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()
 
 
 def test_load_classifier_refuses_a_head_of_another_width_than_its_labels(tmp_path):

@@ -453,24 +453,25 @@ class FinetuneConfig:
             for name, default in SCRATCH_DEFAULTS.items():
                 if getattr(self, name) is None:
                     setattr(self, name, default)
+        # is_int / is_number as TrainConfig checks: NumPy's numbers too (np.int64, np.float32 were refused),
+        # never a bool (--warmup-iters True and --max-iters True ran as 1)
         for name in ("epochs", "batch_size", "eval_interval", "n_layer", "n_head", "n_embd", "block_size"):
             value = getattr(self, name)
             if value is None and start and name in SCRATCH_DEFAULTS:
                 continue  # the checkpoint's
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.max_iters is not None and (not isinstance(self.max_iters, int) or self.max_iters <= 0):
+        if self.max_iters is not None and (not is_int(self.max_iters) or self.max_iters <= 0):
             raise TinyGPTError(f"--max-iters must be a positive integer, got {self.max_iters!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise TinyGPTError(f"--seed must be a non-negative integer, got {self.seed!r}")
-        if not isinstance(self.warmup_iters, int) or self.warmup_iters < 0:
-            raise TinyGPTError(f"--warmup-iters must be >= 0, got {self.warmup_iters!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
+        if not is_int(self.warmup_iters) or self.warmup_iters < 0:
+            raise TinyGPTError(f"--warmup-iters must be a non-negative integer, got {self.warmup_iters!r}")
+        if not (is_number(self.learning_rate) and math.isfinite(self.learning_rate)
                 and self.learning_rate > 0):
             raise TinyGPTError(f"--learning-rate must be a positive number, got {self.learning_rate!r}")
         if self.min_lr is not None:
-            if (isinstance(self.min_lr, bool) or not isinstance(self.min_lr, (int, float))
-                    or not math.isfinite(self.min_lr) or self.min_lr < 0):
+            if not is_number(self.min_lr) or not math.isfinite(self.min_lr) or self.min_lr < 0:
                 raise TinyGPTError(f"--min-lr must be a number >= 0, got {self.min_lr!r}")
             if self.min_lr > self.learning_rate:
                 raise TinyGPTError(f"--min-lr ({self.min_lr:g}) must not exceed --learning-rate "
@@ -478,15 +479,23 @@ class FinetuneConfig:
         for name in ("weight_decay", "grad_clip"):  # finite too: inf decay ran and then blamed the
             # learning rate ("fine-tuning diverged"), as train refuses it
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            if not is_number(value) or not 0 <= value < math.inf:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         check_decay_fits_rate(self.learning_rate, self.weight_decay)  # (train's rule too)
         # checked here too, not only where the split is drawn: a file with split fields never draws one,
         # and --val-fraction 5 was then accepted without a word
         if not (is_number(self.val_fraction) and 0.0 <= self.val_fraction < 1.0):
             raise TinyGPTError(f"--val-fraction must be in [0, 1), got {self.val_fraction!r}")
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise TinyGPTError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.dropout is not None and not (is_number(self.dropout) and 0.0 <= self.dropout < 1.0):
+            raise TinyGPTError(f"--dropout must be in [0, 1), got {self.dropout!r}")  # ("0.1": a TypeError)
+        for name in ("epochs", "max_iters", "batch_size", "eval_interval", "n_layer", "n_head", "n_embd",
+                     "block_size", "seed", "warmup_iters"):  # NumPy integers as Python ints, NumPy floats as
+            if isinstance(getattr(self, name), np.integer):  # floats: the run's record is saved as JSON,
+                setattr(self, name, int(getattr(self, name)))  # which takes neither np.int64 nor np.float32
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "val_fraction", "dropout"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (int, float)):
+                setattr(self, name, float(value))
         if not start and self.tokenizer not in ("char", "gpt2"):
             raise TinyGPTError(f"--tokenizer must be char or gpt2 for a model from scratch, got "
                                f"{self.tokenizer!r}")
