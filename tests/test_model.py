@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -328,6 +329,21 @@ def test_config_takes_a_numpy_dropout():
     for bad in (True, "0.1", None):
         with pytest.raises(TinyGPTError, match="GPTConfig.dropout must be a number"):
             GPTConfig(**{**TINY, "dropout": bad})
+
+
+def test_dropout_set_on_a_built_model_is_checked_as_in_the_constructor():
+    # guards: GPTConfig checked dropout only when built, and train and finetune set it on a loaded model:
+    # "0.1" or None set so was a TypeError ('<=' not supported) from the first training forward pass
+    model = GPT(GPTConfig(**TINY), seed=0)
+    idx = np.zeros((1, 4), dtype=np.int64)
+    for bad in ("0.1", None, True, 1.0):
+        message = "in [0, 1), got 1.0" if isinstance(bad, float) else f"a number in [0, 1), got {bad!r}"
+        with pytest.raises(TinyGPTError, match=re.escape(f"GPTConfig.dropout must be {message}")):
+            model.config.dropout = bad
+        assert model.config.dropout == TINY.get("dropout", 0.0)  # left as it was
+    model.config.dropout = np.float32(0.25)
+    assert type(model.config.dropout) is float and model.config.dropout == 0.25
+    model.forward(idx, idx)  # trains with it
 
 
 def test_dropout_sits_where_gpt2_has_it():

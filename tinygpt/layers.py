@@ -287,7 +287,8 @@ def dropout_forward(x, p, rng):
 
     x (...,) -> out (...,). The expectation is unchanged, so eval mode is the identity. ``rng`` is a
     ``numpy.random.Generator`` (one key drawn from it; entry i of x is kept by ``dropout_keep(key, i, p)``);
-    the boolean keep-mask is cached (1 byte per entry) for backward.
+    the boolean keep-mask is cached (1 byte per entry) for backward. ``p`` is a real number (Python's or
+    NumPy's): only its range is checked here, on the hot path; ``GPTConfig`` checks the model's is a number.
     """
     if not 0.0 <= p < 1.0:
         raise TinyGPTError(f"dropout probability must be in [0, 1), got {p}")

@@ -100,14 +100,21 @@ class GPTConfig:
             raise TinyGPTError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
-        if not is_number(self.dropout):  # (NumPy's too: np.float32 is no Python float)
-            raise TinyGPTError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise TinyGPTError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
-        self.dropout = float(self.dropout)
         if not isinstance(self.bias, (bool, np.bool_)):
             raise TinyGPTError(f"GPTConfig.bias must be true or false, got {self.bias!r}")
         self.bias = bool(self.bias)
+
+    def __setattr__(self, name, value):
+        # dropout is checked on every assignment, not only in __init__: it is the one setting changed on a
+        # built model (train and finetune set theirs on a loaded one), and "0.1" or None set so was a
+        # TypeError from the dropout layers, which check only the range (they are on the hot path)
+        if name == "dropout":
+            if not is_number(value):  # (NumPy's too: np.float32 is no Python float)
+                raise TinyGPTError(f"GPTConfig.dropout must be a number in [0, 1), got {value!r}")
+            if not 0.0 <= value < 1.0:
+                raise TinyGPTError(f"GPTConfig.dropout must be in [0, 1), got {value}")
+            value = float(value)
+        super().__setattr__(name, value)
 
     @property
     def head_size(self) -> int:
