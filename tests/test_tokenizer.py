@@ -434,12 +434,32 @@ def test_gpt2_files_with_one_special_token_spelled_like_a_merge_still_load(tmp_p
 def test_gpt2_files_with_more_special_tokens_than_any_real_file_are_corrupt(tmp_path):
     # none of these is spelled like a merge; past 1024 ids beyond the merges is a cut vocab.bpe all the same
     specials = {f"<|s{i}|>": 256 + i for i in range(1025)}
-    files = BPETokenizer([], special_tokens=specials).save_gpt2_files(tmp_path / "too_many")
+    last = specials.pop("<|s1024|>")
+    encoder_json, vocab_bpe = BPETokenizer([], special_tokens=specials).save_gpt2_files(tmp_path)
+    assert BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe).special_tokens == specials
+    encoder = json.loads(encoder_json.read_text(encoding="utf-8"))  # one more, by hand: save_gpt2_files
+    encoder["<|s1024|>"] = last  # refuses to write it (the next test)
+    encoder_json.write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
     with pytest.raises(TinyGPTError, match="0 merges but .* has 1025 ids past them; is vocab.bpe truncated"):
-        BPETokenizer.from_gpt2_files(*files)
-    del specials["<|s1024|>"]
-    files = BPETokenizer([], special_tokens=specials).save_gpt2_files(tmp_path / "most")
-    assert BPETokenizer.from_gpt2_files(*files).special_tokens == specials
+        BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)
+
+
+@pytest.mark.parametrize("specials, message", [
+    ([f"<|s{i}|>" for i in range(1025)], "1025 special tokens, more than the 1024 from_gpt2_files takes"),
+    (["00", "01"], "2 of the 2 special tokens ('00', '01') are spelled like a merge of two tokens before"),
+    (["<|a|>", "00", "01", "ab"], "3 of the 4 special tokens ('00', '01', 'ab') are spelled like a merge"),
+], ids=["1025", "two-merge-like", "mostly-merge-like"])
+def test_special_tokens_that_would_load_back_as_a_truncated_vocab_bpe_cannot_be_exported(
+        specials, message, tmp_path):
+    # guards: they were written without complaint, and our own export then failed to load with "corrupt
+    # GPT-2 files: ... is vocab.bpe truncated?"
+    tok = BPETokenizer.train("hello world " * 20, vocab_size=270 + len(specials), special_tokens=specials)
+    with pytest.raises(TinyGPTError, match=regex.escape(f"cannot write GPT-2's files: {message}")):
+        tok.save_gpt2_files(tmp_path)
+    assert not (tmp_path / "encoder.json").exists() and not (tmp_path / "vocab.bpe").exists()
+    # one spelled like a merge among as many that are not still exports and loads back (as "ÿÿ" above)
+    tok = BPETokenizer.train("hello world " * 20, vocab_size=272, special_tokens=["00", "<|a|>"])
+    assert BPETokenizer.from_gpt2_files(*tok.save_gpt2_files(tmp_path)).special_tokens == tok.special_tokens
 
 
 def test_gpt2_files_with_a_non_integer_special_id_are_corrupt(gpt2, tmp_path):
@@ -747,15 +767,18 @@ def test_saved_and_reloaded_tokenizers_give_the_same_ids(tok_text, tmp_path):
 @given(specials=st.lists(st.one_of(st.text(min_size=1, max_size=4), SPECIAL_SPELLINGS), unique=True,
                          max_size=3), text=st.text())
 @example(specials=["Â¡"], text="")  # loaded back as "¡" before save_gpt2_files refused it
+@example(specials=["00", "01"], text="")  # written, then refused at load as a truncated vocab.bpe
 def test_gpt2_files_never_load_back_another_tokenizer_whatever_the_special_tokens(specials, text, tmp_path):
     """For special tokens of any spelling, GPT-2's file pair is refused (a one-line TinyGPTError when
-    training, writing or reading it) or loads back the same tokenizer: never, silently, another one."""
+    training or writing it) or loads back the same tokenizer: never, silently, another one, and never
+    written only to be refused by its reader."""
     try:
         corpus = "hello world, 0 0 01 " * 5
         tok = BPETokenizer.train(corpus, vocab_size=280 + len(specials), special_tokens=specials)
-        loaded = BPETokenizer.from_gpt2_files(*tok.save_gpt2_files(tmp_path))
+        files = tok.save_gpt2_files(tmp_path)
     except TinyGPTError:
         return
+    loaded = BPETokenizer.from_gpt2_files(*files)
     assert (loaded.merges, loaded.special_tokens) == (tok.merges, tok.special_tokens)
     text = text.join(specials)
     assert loaded.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")

@@ -595,13 +595,8 @@ class BPETokenizer:
         # tokenizers looks an added special token up by its plain text (a byte-level "<|endĠofĠtext|>"
         # would get a new id there). The ids beyond the merges must be exactly the specials.
         specials = {s: i for s, i in encoder.items() if is_int(i) and i >= n_base}  # keys as written
-        # A vocab.bpe cut short leaves encoder.json's later merge tokens past the merges, where they would
-        # load as thousands of "special tokens". Refuse more of them than any real file has, or several
-        # that are mostly spelled like a merge of two earlier tokens (a special token rarely is: one odd
-        # special such as "ÿÿ" still loads).
-        merge_like = [s for s, i in specials.items() if _spelled_as_a_merge(s, i, encoder)]
-        mostly_merges = len(merge_like) >= 2 and 2 * len(merge_like) > len(specials)
-        if len(specials) > _MAX_SPECIAL_TOKENS or mostly_merges:
+        truncated, merge_like = _looks_truncated(specials, encoder)
+        if truncated:
             example = f" ({merge_like[0]!r} is spelled like a merge)" if merge_like else ""
             raise TinyGPTError(f"corrupt GPT-2 files: {vocab_bpe} has {len(merges)} merges but "
                                f"{encoder_json} has {len(specials)} ids past them{example}; is vocab.bpe "
@@ -631,20 +626,8 @@ class BPETokenizer:
             return "".join(to_char[b] for b in token)
 
         encoder = {as_text(t): i for i, t in enumerate(self.token_bytes[: 256 + len(self.merges)])}
+        check_gpt2_special_tokens(self.special_tokens, encoder)  # (nothing written if refused)
         # special tokens in plain text, as GPT-2's file has "<|endoftext|>" (see from_gpt2_files)
-        clashes = sorted(s for s in self.special_tokens if s in encoder)
-        if clashes:
-            raise TinyGPTError(f"cannot write GPT-2's files: special token {clashes[0]!r} is spelled like an "
-                               "ordinary token's byte-level text there")
-        # from_gpt2_files reads a key that can only be byte-level text (older exports wrote specials so) as
-        # such: "Â¡" would load back as "¡", another special token, silently
-        char_to_byte = {c: b for b, c in enumerate(to_char)}
-        misread = {s: _special_token_text(s, char_to_byte) for s in self.special_tokens}
-        misread = {s: t for s, t in misread.items() if t != s}
-        if misread:
-            s, t = min(misread.items())
-            raise TinyGPTError(f"cannot write GPT-2's files: special token {s!r} would load back as {t!r} "
-                               "(it reads as the byte-level text older exports wrote); choose another")
         encoder.update(self.special_tokens)
         encoder_path, vocab_path = directory / "encoder.json", directory / "vocab.bpe"
         token_text = [as_text(t) for t in self.token_bytes]
@@ -1008,6 +991,49 @@ def _spelled_as_a_merge(text: str, token_id: int, encoder: dict) -> bool:
     """True if ``text`` splits into two tokens of ``encoder`` with smaller ids, as a merge's token does."""
     return any(encoder.get(text[:k], token_id) < token_id and encoder.get(text[k:], token_id) < token_id
                for k in range(1, len(text)))
+
+
+def check_gpt2_special_tokens(special_tokens: dict, encoder: dict) -> None:
+    """TinyGPTError unless ``BPETokenizer.from_gpt2_files`` would load ``special_tokens`` (text -> id) back
+    as they are from the files ``save_gpt2_files`` writes: ``encoder`` is the ordinary tokens' byte-level
+    text -> id written beside them (every id below the specials'). The specials are written in plain text,
+    as GPT-2's "<|endoftext|>" is."""
+    clashes = sorted(s for s in special_tokens if s in encoder)
+    if clashes:
+        raise TinyGPTError(f"cannot write GPT-2's files: special token {clashes[0]!r} is spelled like an "
+                           "ordinary token's byte-level text there")
+    # from_gpt2_files reads a key that can only be byte-level text (older exports wrote specials so) as
+    # such: "Â¡" would load back as "¡", another special token, silently
+    char_to_byte = {c: b for b, c in enumerate(gpt2_bytes_to_unicode())}
+    misread = {s: _special_token_text(s, char_to_byte) for s in special_tokens}
+    misread = {s: t for s, t in misread.items() if t != s}
+    if misread:
+        s, t = min(misread.items())
+        raise TinyGPTError(f"cannot write GPT-2's files: special token {s!r} would load back as {t!r} "
+                           "(it reads as the byte-level text older exports wrote); choose another")
+    # and from_gpt2_files would take them for the ids a cut vocab.bpe leaves past its merges, blaming the
+    # file ("is vocab.bpe truncated?") when it was ours as written
+    truncated, merge_like = _looks_truncated(special_tokens, {**encoder, **special_tokens})
+    if truncated and len(special_tokens) > _MAX_SPECIAL_TOKENS:
+        raise TinyGPTError(f"cannot write GPT-2's files: {len(special_tokens)} special tokens, more than the "
+                           f"{_MAX_SPECIAL_TOKENS} from_gpt2_files takes (more ids past the merges are how a "
+                           "truncated vocab.bpe looks)")
+    if truncated:
+        raise TinyGPTError(f"cannot write GPT-2's files: {len(merge_like)} of the {len(special_tokens)} "
+                           f"special tokens ({', '.join(map(repr, merge_like[:3]))}) are spelled like a "
+                           "merge of two tokens before them, which from_gpt2_files takes for a truncated "
+                           "vocab.bpe; choose others")
+
+
+def _looks_truncated(specials: dict, encoder: dict) -> tuple[bool, list[str]]:
+    """Whether ``specials`` (encoder.json's keys past the merges -> ids; ``encoder`` the whole file) look
+    like what a vocab.bpe cut short leaves: its later merge tokens past the merges, where they would load as
+    thousands of "special tokens". That is more of them than any real file has, or several that are mostly
+    spelled like a merge of two earlier tokens (a special token rarely is: one odd special such as "ÿÿ"
+    still loads). Also returns those spelled so, in order."""
+    merge_like = [s for s, i in specials.items() if _spelled_as_a_merge(s, i, encoder)]
+    mostly_merges = len(merge_like) >= 2 and 2 * len(merge_like) > len(specials)
+    return len(specials) > _MAX_SPECIAL_TOKENS or mostly_merges, merge_like
 
 
 def _read_json(path):
