@@ -1137,6 +1137,32 @@ def test_cli_train_refuses_an_out_directory_before_training_or_exporting(tmp_pat
     assert (export / "encoder.json").read_text() == "my encoder" and not (tmp_path / "t2.json").exists()
 
 
+@pytest.mark.parametrize("specials, message", [
+    (["00", "01"], "2 of the 2 special tokens ('00', '01') are spelled like a merge"),
+    (["Â¡"], "special token 'Â¡' would load back as '¡'"),
+    (["<|a|>", "Ġ"], "special token 'Ġ' is spelled like an ordinary token's byte-level text"),
+    ([f"<|s{i}|>" for i in range(1025)], "1025 special tokens, more than the 1024"),
+], ids=["merge-like", "misread", "byte-clash", "1025"])
+def test_cli_train_refuses_special_tokens_gpt2_files_cannot_carry_before_training(
+        specials, message, tmp_path, monkeypatch, capsys):
+    # guards: the export refused them only after the training, which can take minutes on a large corpus
+    from tinygpt.cli import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained before refusing the special tokens")
+
+    monkeypatch.setattr(BPETokenizer, "train", never)
+    corpus, out, export = tmp_path / "c.txt", tmp_path / "tok.json", tmp_path / "export"
+    corpus.write_text("hello world " * 20, encoding="utf-8")
+    out.write_text("an older tokenizer")
+    assert main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "2000", "--out", str(out),
+                 "--gpt2-files", str(export), "--special-tokens", *specials]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinygpt: error: cannot write GPT-2's files: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+    assert out.read_text() == "an older tokenizer" and not export.exists()
+
+
 def test_bench_tokenizer_runs_on_a_small_corpus(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(training_corpus(), encoding="utf-8")

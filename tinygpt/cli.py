@@ -105,7 +105,7 @@ def _tokenizer_train(args):
     import time
 
     from tinygpt.files import check_writable
-    from tinygpt.tokenizer import BPETokenizer
+    from tinygpt.tokenizer import BPETokenizer, check_gpt2_special_tokens
 
     if args.gpt2_files is not None and not args.gpt2_files.strip():  # not "no export" in its place
         raise TinyGPTError("--gpt2-files must name a directory, got an empty string")
@@ -127,6 +127,9 @@ def _tokenizer_train(args):
         if os.path.isdir(path):
             raise TinyGPTError(f"cannot write {path}: it is a directory")
         check_writable(path)
+    if args.gpt2_files:  # special tokens the export would refuse, refused now, not after the training (ids
+        # in their order after the merges: only the byte tokens are known before them)
+        check_gpt2_special_tokens({s: 256 + i for i, s in enumerate(args.special_tokens)})
     text = _tokenizer_read_utf8(args.input)
     start = time.perf_counter()
     tok = BPETokenizer.train(text, args.vocab_size, pattern=args.pattern, special_tokens=args.special_tokens)

@@ -993,11 +993,19 @@ def _spelled_as_a_merge(text: str, token_id: int, encoder: dict) -> bool:
                for k in range(1, len(text)))
 
 
-def check_gpt2_special_tokens(special_tokens: dict, encoder: dict) -> None:
+def check_gpt2_special_tokens(special_tokens: dict, encoder: dict | None = None) -> None:
     """TinyGPTError unless ``BPETokenizer.from_gpt2_files`` would load ``special_tokens`` (text -> id) back
     as they are from the files ``save_gpt2_files`` writes: ``encoder`` is the ordinary tokens' byte-level
     text -> id written beside them (every id below the specials'). The specials are written in plain text,
-    as GPT-2's "<|endoftext|>" is."""
+    as GPT-2's "<|endoftext|>" is.
+
+    Without ``encoder``, the check before training (``tinygpt tokenizer train --gpt2-files`` makes it then,
+    not after a long run): only the 256 byte tokens are known. Training only adds merges, all with ids
+    below the specials', so what is refused then is refused after it too; after it a special can also be
+    refused for a merge's spelling.
+    """
+    if encoder is None:
+        encoder = {c: b for b, c in enumerate(gpt2_bytes_to_unicode())}
     clashes = sorted(s for s in special_tokens if s in encoder)
     if clashes:
         raise TinyGPTError(f"cannot write GPT-2's files: special token {clashes[0]!r} is spelled like an "
