@@ -390,18 +390,21 @@ else:
         # x - mean is exactly 0 for a constant row, so the output is the bias whatever the weight (as on the
         # other backends, and torch). The float32 tree sum put the mean a few ulps off: a row of 1000.1 (6 or
         # 768 of them) normalised to +-0.019 * weight, of 30000.7 to +-0.53 * weight; mean(x - mu) corrects it
+        # (one row per value, all in one launch per width: the simulator's time goes by blocks, i.e. rows)
         rng = np.random.default_rng(16)
+        values = (0.1, 7.7, 1000.1, 30000.7, 333333.3, -2.5e6)
         for C in (6, 7, 48):
             w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
-            for value in (0.1, 7.7, 1000.1, 30000.7, 333333.3, -2.5e6):
-                x = np.full((2, C), value, np.float32)
-                out, cache = K.layernorm_forward(x, w, b)
-                np.testing.assert_array_equal(out, np.broadcast_to(b, x.shape), err_msg=f"{value} x {C}")
-                dout = rng.standard_normal(x.shape).astype(np.float32)  # xhat = 0: dx = rstd (g - mean(g))
-                g = (dout * w).astype(np.float64)
-                expected = (g - g.mean(-1, keepdims=True)) / np.sqrt(1e-5)
-                np.testing.assert_allclose(K.layernorm_backward(dout, cache)[0], expected, rtol=1e-4,
-                                           atol=1e-4 * np.abs(expected).max(), err_msg=f"{value} x {C}")
+            x = np.repeat(np.array(values, np.float32)[:, None], C, axis=1)  # (6, C): row i is values[i]
+            out, cache = K.layernorm_forward(x, w, b)
+            dout = rng.standard_normal(x.shape).astype(np.float32)  # xhat = 0: dx = rstd (g - mean(g))
+            g = (dout * w).astype(np.float64)
+            expected = (g - g.mean(-1, keepdims=True)) / np.sqrt(1e-5)
+            dx = K.layernorm_backward(dout, cache)[0]
+            for row, value in enumerate(values):
+                np.testing.assert_array_equal(out[row], b, err_msg=f"{value} x {C}")
+                np.testing.assert_allclose(dx[row], expected[row], rtol=1e-4,
+                                           atol=1e-4 * np.abs(expected[row]).max(), err_msg=f"{value} x {C}")
 
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_gelu_gradient_far_out_is_one_or_zero(dtype):
