@@ -503,7 +503,7 @@ def test_cross_entropy_edges_agree_across_backends(backend):
     ops = get_ops(backend)
     # an ignored row gets exactly zero gradient even where its logits are inf (0 * nan was nan)
     logits = np.array([[[np.inf, 0.0, 1.0], [0.0, 1.0, 2.0]]], np.float32)
-    with np.errstate(invalid="ignore"):  # inf - inf in the ignored row's log-sum-exp (its loss is unused)
+    with np.errstate(invalid="ignore"):  # inf - inf: the ignored row's logits minus their max (unused)
         loss, cache = ops.cross_entropy_forward(logits, np.array([[-1, 2]]))
         dlogits = ops.cross_entropy_backward(1.0, cache)
     np.testing.assert_array_equal(dlogits[0, 0], 0.0)

@@ -21,7 +21,8 @@ Where the wins come from (measure them with ``tinygpt bench kernels --device cpu
 - **Embedding backward**: a column-split scatter-add instead of ``np.add.at`` (about 6x).
 - **AdamW**: one pass over each parameter instead of several NumPy passes (2.6x the in-place NumPy step at
   10.7M parameters, ``tinygpt bench kernels --device cpu``).
-- **Cross-entropy**: one pass per row for the log-sum-exp, one for the gradient, with the SIMD exp.
+- **Cross-entropy**: per row a pass for its max and one for its sum of exps (both kept for the backward),
+  one for the gradient, with the SIMD exp.
 - **Dropout**: the reference's hashed mask computed in the kernel that applies it, one pass, no mask
   stored (the backward recomputes it from the key); attention's masks likewise, a block at a time.
 
@@ -32,10 +33,11 @@ separate compilation, not a one-thread parallel one. With NUMBA_NUM_THREADS > 1 
 compiled with ``parallel=True`` (``prange`` splits the outer loop over threads), at first use.
 
 Numerics. Kernels compute in the storage dtype (float32 for training, float64 for gradient checks: there
-``_exp`` is ``math.exp``). Reductions that only sum (softmax and LayerNorm statistics, log-sum-exp) may
-re-associate (``fastmath={"reassoc", "contract"}``: no finite-math assumptions), which lets LLVM vectorise
-them and changes results by summation order alone, as BLAS's do; LayerNorm and cross-entropy accumulate in
-float64 even for float32 input. Everything matches the NumPy reference to float32 rounding (tests: 1e-5).
+``_exp`` is ``math.exp``). Reductions that only sum (softmax and LayerNorm statistics, cross-entropy's
+sum of exps) may re-associate (``fastmath={"reassoc", "contract"}``: no finite-math assumptions), which
+lets LLVM vectorise them and changes results by summation order alone, as BLAS's do; LayerNorm and
+cross-entropy accumulate in float64 even for float32 input. Everything matches the NumPy reference to
+float32 rounding (tests: 1e-5).
 """
 
 from __future__ import annotations
