@@ -363,6 +363,14 @@ def check_split_lengths(data: TokenData, block_size: int) -> None:
 # --- batches -----------------------------------------------------------------------------------------
 
 
+def _check_window_sizes(where: str, batch_size, block_size) -> None:
+    """TinyGPTError unless both are positive integers: 0 or -3 made (B, 0) batches in ``get_batch``, and in
+    ``iter_eval_windows`` a ValueError from range(), a ZeroDivisionError or no windows at all, silently."""
+    for name, value in (("batch_size", batch_size), ("block_size", block_size)):
+        if not is_int(value) or value < 1:
+            raise TinyGPTError(f"{where}: {name} must be a positive integer, got {value!r}")
+
+
 def get_batch(tokens: np.ndarray, batch_size: int, block_size: int,
               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random batch of ``batch_size`` windows: ``x`` (B, T) and the next-token targets ``y`` (B, T).
@@ -374,9 +382,7 @@ def get_batch(tokens: np.ndarray, batch_size: int, block_size: int,
     The only randomness is ``rng`` (a ``np.random.Generator``): saving ``rng.bit_generator.state`` and
     restoring it later reproduces the same batches, which is how a resumed run continues exactly.
     """
-    for name, value in (("batch_size", batch_size), ("block_size", block_size)):  # 0, -3: (B, 0) batches
-        if not is_int(value) or value < 1:
-            raise TinyGPTError(f"get_batch: {name} must be a positive integer, got {value!r}")
+    _check_window_sizes("get_batch", batch_size, block_size)
     if not isinstance(rng, np.random.Generator):
         raise TinyGPTError(f"get_batch: rng must be a numpy.random.Generator, got {type(rng).__name__}")
     tokens = np.asarray(tokens)  # (a memmap is not copied)
@@ -418,10 +424,7 @@ def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int):
     a full window is dropped, as most evaluation loops do. Fewer than ``block_size + 1`` tokens (not one
     window) is an error, as in ``get_batch``, not an empty loop.
     """
-    for name, value in (("batch_size", batch_size), ("block_size", block_size)):  # 0: a ValueError from
-        # range() or a ZeroDivisionError; -3: no windows at all, silently
-        if not is_int(value) or value < 1:
-            raise TinyGPTError(f"iter_eval_windows: {name} must be a positive integer, got {value!r}")
+    _check_window_sizes("iter_eval_windows", batch_size, block_size)
     if len(tokens) < block_size + 1:
         raise TinyGPTError(f"{len(tokens)} tokens are too few for block size {block_size}")
     n_windows = (len(tokens) - 1) // block_size
