@@ -1,0 +1,281 @@
+"""PyTorch's ``pytorch_model.bin`` read without torch (``tinygpt.torchfile``): both of ``torch.save``'s
+layouts give torch's own values, and a file that is damaged, holds anything but tensors, or would run code
+is one TinyGPTError, with nothing run."""
+
+import collections
+import io
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from tinygpt.errors import TinyGPTError
+from tinygpt.torchfile import read_state_dict
+
+torch = pytest.importorskip("torch")
+
+# torch.save's two layouts: the zip archive (PyTorch >= 1.6) and the legacy stream of pickles
+LAYOUTS = {"zip": True, "legacy": False}
+
+
+def save(obj, path, layout):
+    torch.save(obj, path, _use_new_zipfile_serialization=LAYOUTS[layout])
+
+
+def as_numpy(tensor):
+    return tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_dtype_comes_back_with_torchs_values(tmp_path, layout):
+    # guards: half-precision tensors read as their 16-bit patterns, bfloat16 refused or widened wrongly,
+    # float64 narrowed; bfloat16 becomes float32 exactly, the rest keep their dtype
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "f32": torch.randn(3, 5, generator=g), "f64": torch.randn(4, dtype=torch.float64, generator=g),
+        "f16": torch.randn(2, 3, generator=g).half(), "bf16": torch.randn(3, 4, generator=g).bfloat16(),
+        "i64": torch.arange(-3, 4), "i32": torch.arange(5, dtype=torch.int32),
+        "i16": torch.arange(5, dtype=torch.int16), "i8": torch.arange(-2, 3, dtype=torch.int8),
+        "u8": torch.tril(torch.ones(4, 4, dtype=torch.uint8)), "bool": torch.tril(torch.ones(3, 3)).bool(),
+    }  # fmt: skip
+    save(state, tmp_path / "w.bin", layout)
+    loaded = read_state_dict(tmp_path / "w.bin")
+    assert list(loaded) == list(state)  # the file's order
+    for name, tensor in state.items():
+        expected = as_numpy(tensor)
+        assert loaded[name].dtype == expected.dtype, name
+        np.testing.assert_array_equal(loaded[name], expected, err_msg=name)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_views_of_one_storage_honour_offset_and_strides(tmp_path, layout):
+    # guards: a view read from the start of its storage, or as if contiguous: a transposed matrix saved as
+    # is, a row (offset), a column (stride), a step, a broadcast (stride 0), a scalar, an empty slice, all
+    # views of one storage; and a bfloat16 / float16 view; every array a contiguous copy of its own
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 4, generator=g)
+    state = {
+        "whole": a, "transposed": a.t(), "row": a[2], "column": a[:, 1], "every_other": a[1::2, ::3],
+        "broadcast": a[3:4].expand(5, 4), "scalar": a[1, 1], "empty": a[:0],
+        "f16_transposed": torch.randn(3, 5, generator=g).half().t(),
+        "bf16_strided": torch.randn(5, 3, generator=g).bfloat16()[::2, 1:],
+    }  # fmt: skip
+    save(state, tmp_path / "w.bin", layout)
+    loaded = read_state_dict(tmp_path / "w.bin")
+    for name, tensor in state.items():
+        assert loaded[name].shape == tuple(tensor.shape), name
+        np.testing.assert_array_equal(loaded[name], as_numpy(tensor), err_msg=name)
+        assert loaded[name].flags.c_contiguous and loaded[name].flags.writeable, name
+    loaded["whole"][0, 0] = 123.0  # copies, not views of one buffer
+    assert loaded["transposed"][0, 0] != 123.0 and loaded["scalar"] != 123.0
+
+
+def test_a_big_endian_zip_is_read_in_its_byte_order(tmp_path):
+    # the byteorder record says how the storages' bytes lie; a "big" file (written on a big-endian
+    # machine) read as little-endian gives garbage. The file is made here by rewriting a little-endian one,
+    # and torch's own load of it is the reference.
+    g = torch.Generator().manual_seed(0)
+    state = {"f32": torch.randn(2, 3, generator=g), "f16": torch.randn(4, generator=g).half(),
+             "bf16": torch.randn(3, generator=g).bfloat16(), "i64": torch.arange(-2, 2)}
+    torch.save(state, tmp_path / "little.bin")
+    itemsize = [t.element_size() for t in state.values()]  # storage keys "0", "1", ...: the dict's order
+    with zipfile.ZipFile(tmp_path / "little.bin") as src, zipfile.ZipFile(tmp_path / "big.bin", "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.endswith("/byteorder"):
+                data = b"big"
+            elif "/data/" in name:
+                size = itemsize[int(name.rsplit("/", 1)[1])]
+                data = np.frombuffer(data, f"<u{size}").astype(f">u{size}").tobytes()
+            dst.writestr(name, data)
+    reference = torch.load(tmp_path / "big.bin")
+    loaded = read_state_dict(tmp_path / "big.bin")
+    for name, tensor in state.items():
+        torch.testing.assert_close(reference[name], tensor)
+        np.testing.assert_array_equal(loaded[name], as_numpy(tensor), err_msg=name)
+        assert loaded[name].dtype.isnative
+
+
+# --- what is refused -----------------------------------------------------------------------------------
+
+
+class RunsCode:
+    """Pickles as a call of os.system: what a malicious .bin does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class Evals:
+    def __reduce__(self):
+        return eval, ("__import__('os').getcwd()",)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path, layout):
+    marker = tmp_path / "it_ran"
+    save({"wte.weight": torch.zeros(2), "x": RunsCode(marker)}, tmp_path / "evil.bin", layout)
+    torch.load(tmp_path / "evil.bin", weights_only=False)  # the payload is real: an unrestricted load runs it
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(TinyGPTError, match=r"cannot read .*evil\.bin: refused to load posix\.system from"):
+        read_state_dict(tmp_path / "evil.bin")
+    assert not marker.exists()
+    save({"x": Evals()}, tmp_path / "evil.bin", layout)
+    with pytest.raises(TinyGPTError, match=r"refused to load __builtin__\.eval"):  # (protocol 2's name)
+        read_state_dict(tmp_path / "evil.bin")
+
+
+def test_a_bare_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    # not a torch.save file at all: the first thing read is a pickle all the same
+    marker = tmp_path / "it_ran"
+    (tmp_path / "evil.bin").write_bytes(pickle.dumps(RunsCode(marker), protocol=2))
+    with pytest.raises(TinyGPTError, match=r"refused to load posix\.system"):
+        read_state_dict(tmp_path / "evil.bin")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_what_is_not_a_dict_of_tensors_is_refused(tmp_path, layout):
+    path = tmp_path / "w.bin"
+    for obj, message in (
+        ({"model": {"w": torch.zeros(2)}}, r"not a dict of tensors: 'model' holds a dict \(a training "),
+        ({"w": torch.zeros(2), "step": 3}, "not a dict of tensors: 'step' holds int"),
+        ([torch.zeros(2)], "the pickle holds a list, not a dict of tensors"),
+        (torch.nn.Linear(2, 2), r"refused to load torch\.nn\.modules\.linear\.Linear"),  # torch.save(model)
+        ({"w": torch.zeros(2, dtype=torch.complex64)}, r"torch\.ComplexFloatStorage .*a dtype tinygpt"),
+        ({"w": torch._neg_view(torch.ones(2))}, r"metadata \{'neg': True\}"),  # values are minus the bytes
+    ):
+        save(obj, path, layout)
+        with pytest.raises(TinyGPTError, match=message):
+            read_state_dict(path)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_truncated_and_foreign_files_are_one_error(tmp_path, layout):
+    save({"a": torch.ones(1000), "b": torch.ones(10)}, tmp_path / "w.bin", layout)
+    whole = (tmp_path / "w.bin").read_bytes()
+    # cut inside the second storage's bytes, inside its element count, inside the pickle
+    cuts = {len(whole) - 20: "cut short|truncated", len(whole) - 44: "element count|truncated",
+            80: "corrupt pickle|truncated"}
+    for cut, message in cuts.items():
+        (tmp_path / "cut.bin").write_bytes(whole[:cut])
+        with pytest.raises(TinyGPTError, match=rf"cannot read .*cut\.bin: .*({message})"):
+            read_state_dict(tmp_path / "cut.bin")
+    (tmp_path / "text.bin").write_text("version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer
+    with pytest.raises(TinyGPTError, match="neither a zip archive nor a legacy torch.save file"):
+        read_state_dict(tmp_path / "text.bin")
+    with pytest.raises(TinyGPTError, match="No such file"):
+        read_state_dict(tmp_path / "absent.bin")
+
+
+class Storage:
+    """Pickles as the persistent id torch gives a storage (see write_zip)."""
+
+    def __init__(self, key, numel, kind="FloatStorage"):
+        self.key, self.numel, self.kind = key, numel, kind
+
+
+class Tensor:
+    """Pickles as torch pickles a tensor: a call of _rebuild_tensor_v2 with any offset, size and stride."""
+
+    def __init__(self, storage, offset, size, stride, state=None):
+        self.args = (storage, offset, size, stride, False, collections.OrderedDict())
+        self.state = state  # set on the rebuilt tensor by the pickle's BUILD
+
+    def __reduce__(self):
+        if self.state is None:
+            return torch._utils._rebuild_tensor_v2, self.args
+        return torch._utils._rebuild_tensor_v2, self.args, self.state
+
+
+def write_zip(path, state, records):
+    """A zip-layout torch.save file made by hand, for the flaws torch never writes: ``state``'s Tensors
+    pickled as torch pickles them, ``records`` (key -> bytes) as the storages' records."""
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, Storage):
+                return "storage", getattr(torch, obj.kind), obj.key, "cpu", obj.numel
+            return None
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump(state)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        archive.writestr("archive/byteorder", "little")
+        archive.writestr("archive/version", "3\n")
+        for key, data in records.items():
+            archive.writestr(f"archive/data/{key}", data)
+
+
+def test_hand_written_zip_matches_torch_load(tmp_path):
+    # the helper below writes what torch reads: the refusals that use it test tinygpt, not the helper
+    s = Storage("0", 6)
+    records = {"0": np.arange(6.0, dtype="<f4").tobytes()}
+    write_zip(tmp_path / "w.bin", {"w": Tensor(s, 1, (2, 2), (1, 3))}, records)
+    expected = np.array([[1, 4], [2, 5]], np.float32)
+    np.testing.assert_array_equal(torch.load(tmp_path / "w.bin")["w"].numpy(), expected)
+    np.testing.assert_array_equal(read_state_dict(tmp_path / "w.bin")["w"], expected)
+
+
+@pytest.mark.parametrize("offset, size, stride, message", [
+    (5, (2,), (1,), "reaches past its storage's 6 elements"),  # elements 5 and 6
+    (0, (2, 3), (3, 2), "reaches past"),  # the last element is 3 + 4 = 7
+    (0, (3,), (-1,), "has size"),  # negative strides are not torch's
+    (-1, (2,), (1,), "storage offset -1"),
+    (0, (2**62, 2), (0, 1), "has size"),  # in bounds, but no array is that large
+    (0, (2.0,), (1,), "has size"),
+])  # fmt: skip
+def test_a_view_outside_its_storage_is_refused(tmp_path, offset, size, stride, message):
+    # as_strided reads wherever it is told: an unchecked offset or stride read memory past the file's
+    s = Storage("0", 6)
+    write_zip(tmp_path / "w.bin", {"w": Tensor(s, offset, size, stride)}, {"0": bytes(24)})
+    with pytest.raises(TinyGPTError, match=message):
+        read_state_dict(tmp_path / "w.bin")
+
+
+def test_missing_or_wrong_sized_storage_records_are_refused(tmp_path):
+    s = Storage("0", 6)
+    write_zip(tmp_path / "w.bin", {"w": Tensor(s, 0, (6,), (1,))}, {})
+    with pytest.raises(TinyGPTError, match="the storage record archive/data/0 is missing"):
+        read_state_dict(tmp_path / "w.bin")
+    write_zip(tmp_path / "w.bin", {"w": Tensor(s, 0, (6,), (1,))}, {"0": bytes(20)})
+    with pytest.raises(TinyGPTError, match="holds 20 bytes, the pickle says 24"):
+        read_state_dict(tmp_path / "w.bin")
+    as_double = Tensor(Storage("0", 3, "DoubleStorage"), 0, (3,), (1,))
+    write_zip(tmp_path / "w.bin", {"w": Tensor(s, 0, (6,), (1,)), "v": as_double}, {"0": bytes(24)})
+    with pytest.raises(TinyGPTError, match="storage 0 is described twice, differently"):
+        read_state_dict(tmp_path / "w.bin")
+    with zipfile.ZipFile(tmp_path / "w.bin", "w") as archive:  # no data.pkl: a zip, not torch's
+        archive.writestr("archive/other.txt", "hello")
+    with pytest.raises(TinyGPTError, match="without one FOLDER/data.pkl"):
+        read_state_dict(tmp_path / "w.bin")
+
+
+def test_a_pickle_cannot_set_attributes_on_what_it_is_given(tmp_path):
+    # guards: a pickle's BUILD opcode sets attributes on any object it holds: on a tensor after its offset
+    # and strides were checked (a negative stride then reads memory before the storage), or on the
+    # stand-ins shared by every load (torch.FloatStorage's dtype, a rebuild function's defaults), which
+    # would change what every later load in the process reads
+    path = tmp_path / "w.bin"
+    for state in ((None, {"stride": (-4,)}), {"offset": -8}):  # the setattr form and the __dict__ form
+        write_zip(path, {"w": Tensor(Storage("0", 6), 5, (3,), (1,), state)}, {"0": bytes(24)})
+        with pytest.raises(TinyGPTError, match="corrupt pickle"):
+            read_state_dict(path)
+    setters = (b"}X\x05\x00\x00\x00dtypeX\x05\x00\x00\x00uint8sb",  # {"dtype": "uint8"}
+               b"N}X\x05\x00\x00\x00dtypeX\x05\x00\x00\x00uint8s\x86b",  # (None, {"dtype": "uint8"})
+               b"N}X\x0c\x00\x00\x00__defaults__(\x88NNts\x86b")  # (None, {"__defaults__": (True,) + ...})
+    for name in (b"torch\nFloatStorage", b"torch._utils\n_rebuild_tensor_v2", b"collections\nOrderedDict"):
+        for setter in setters:
+            path.write_bytes(b"\x80\x02c" + name + b"\n" + setter + b".")  # GLOBAL name, then BUILD
+            with pytest.raises(TinyGPTError, match="corrupt pickle .*(attribute|item assignment)"):
+                read_state_dict(path)
+    state = {"w": torch.arange(6.0).view(2, 3).t()}
+    save(state, path, "zip")
+    np.testing.assert_array_equal(read_state_dict(path)["w"], state["w"].numpy())  # read as before

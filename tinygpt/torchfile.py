@@ -1,0 +1,343 @@
+"""Reading a PyTorch state dict (``pytorch_model.bin``, written by ``torch.save``) without PyTorch.
+
+Many GPT-2 fine-tunes on the Hugging Face hub ship only this file. ``torch.save`` writes one of two
+layouts, and both are a pickle of the dict plus the tensors' raw bytes kept outside the pickle.
+
+The pickle. A tensor pickles as a call ``torch._utils._rebuild_tensor_v2(storage, storage_offset, size,
+stride, requires_grad, backward_hooks)``: a *storage* is a flat buffer of one dtype, and the tensor is the
+strided view of it whose element ``[i, j, ...]`` is ``storage[storage_offset + i * stride[0] + j *
+stride[1] + ...]`` (offset and strides count elements, not bytes). Several tensors may view one storage
+(transformers' tied ``lm_head.weight`` is ``wte.weight``'s), and a view need not be contiguous (a
+transposed matrix saved as is). The storage itself is not in the pickle: it is a *persistent id*, a tuple
+``("storage", torch.FloatStorage, key, location, numel)`` whose type names the dtype and whose key says
+where its bytes are.
+
+The zip layout (PyTorch >= 1.6): a zip archive, uncompressed, with every record under one folder
+(``archive/`` in today's files)::
+
+    archive/data.pkl       the pickle
+    archive/data/<key>     each storage's bytes, numel * itemsize of them
+    archive/byteorder      "little" or "big": the storages' byte order (absent in older files: little)
+    archive/version        the format version
+
+The legacy layout (before 1.6; the original GPT-2 files on the hub): one stream of a pickled magic number
+(0x1950A86A20F9469CFC6C), a pickled protocol version (1001), a pickled dict of system information, the
+pickle of the state dict (its persistent ids carry a sixth item, a storage view, None in files of any
+recent PyTorch), a pickled list of the storage keys, then for each key in that order an 8-byte
+little-endian element count and the storage's little-endian bytes.
+
+Safety: unpickling runs whatever functions the pickle names, so a ``.bin`` from the internet could run any
+code (``os.system``). The unpickler here resolves only the names a state dict uses, each to a stand-in
+defined below (an ``OrderedDict``, the rebuild functions, the storage types); any other name is refused
+before anything is called. Tensors come back as NumPy arrays of their own dtype, but bfloat16, which
+NumPy lacks: it is widened to float32, exactly (a bfloat16 is the upper half of a float32).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import zipfile
+import zlib
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from tinygpt.errors import TinyGPTError, is_int
+
+LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL_VERSION = 1001
+
+# torch's storage types and the dtype of their bytes ("bfloat16": 16-bit patterns, widened when read)
+STORAGE_DTYPES = {
+    "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16",
+    "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
+}  # fmt: skip
+
+
+def read_state_dict(file: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The tensors of a ``torch.save``'d dict of tensors, by name, as NumPy arrays (bfloat16 as float32).
+
+    Every flaw of the file (not a PyTorch file, truncated, a storage missing, a dtype NumPy cannot hold, a
+    pickle that is not a dict of tensors or that names any other function) is one TinyGPTError naming it.
+    """
+    try:
+        with open(file, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":  # every zip archive starts with a local file header
+                return _read_zip(file)
+            f.seek(0)
+            return _read_legacy(f)
+    except TinyGPTError as exc:
+        raise TinyGPTError(f"cannot read {file}: {exc}") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # (EOFError: a record cut short)
+        raise TinyGPTError(f"cannot read {file}: a corrupt or truncated zip archive ({exc})") from None
+    except OSError as exc:
+        raise TinyGPTError(f"cannot read {file}: {exc}") from None
+
+
+# --- what the pickle is allowed to name ----------------------------------------------------------------
+
+
+# The stand-ins are named tuples: a pickle can set attributes on any object it holds (its BUILD opcode),
+# which could change a tensor's offset after it was checked, or a storage type's dtype for every later load
+# in the process. A tuple has no attributes to set, no __dict__, and no __setstate__ (a frozen dataclass
+# with slots has one, which sets its fields).
+
+
+class _StorageType(NamedTuple):
+    """Stands in for ``torch.FloatStorage`` and its kind: only the dtype matters here."""
+
+    dtype: str
+
+
+class _Storage(NamedTuple):
+    """A storage the pickle refers to: its bytes are read after the pickle (legacy) or beside it (zip)."""
+
+    key: str
+    dtype: str
+    numel: int
+
+
+class _Tensor(NamedTuple):
+    """A tensor the pickle rebuilds: a strided view of ``storage`` (offset and strides in elements)."""
+
+    storage: _Storage
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
+                    metadata=None):
+    """``torch._utils._rebuild_tensor`` and ``_rebuild_tensor_v2``: a ``_Tensor``, its arguments checked.
+
+    requires_grad and the (always empty) hooks do not change the values; metadata would: it sets a
+    tensor's negative or conjugate bit, which tinygpt does not apply, so it is refused.
+    """
+    if metadata:
+        raise TinyGPTError(f"a tensor carries metadata {metadata!r:.40} (a negative or conjugate view)")
+    if not isinstance(storage, _Storage):
+        raise TinyGPTError("a tensor is rebuilt from something that is not a storage")
+    if not is_int(storage_offset) or storage_offset < 0:
+        raise TinyGPTError(f"a tensor has storage offset {storage_offset!r:.40}")
+    if not isinstance(size, tuple) or not isinstance(stride, tuple) or len(size) != len(stride) or \
+            not all(is_int(n) and n >= 0 for n in size + stride):
+        raise TinyGPTError(f"a tensor has size {size!r:.40} and stride {stride!r:.40}")
+    return _Tensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, *_):
+    """``torch._utils._rebuild_parameter`` (and ``_with_state``): a ``Parameter``'s values are its data."""
+    return data
+
+
+class _Function(NamedTuple):
+    """One of the functions above as the pickle sees it: callable, but with no attributes it could set
+    (a function's ``__defaults__`` can be)."""
+
+    function: Callable
+
+    def __call__(self, *args):
+        return self.function(*args)
+
+
+_ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"): collections.OrderedDict,  # a state dict's type, and the hooks' (empty)
+    ("torch._utils", "_rebuild_tensor"): _Function(_rebuild_tensor),
+    ("torch._utils", "_rebuild_tensor_v2"): _Function(_rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): _Function(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Function(_rebuild_parameter),
+    **{("torch", name): _StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()},
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """A pickle reader that resolves only ``_ALLOWED_GLOBALS`` and keeps the storages it meets.
+
+    ``pickle.Unpickler`` looks every name a pickle uses (``os.system``, ``builtins.eval``) up through
+    ``find_class``; refusing there refuses before anything runs, since a pickle can call only what it has
+    named. The persistent ids (storages) become ``_Storage`` records, one per key, shared by their views.
+    """
+
+    def __init__(self, file, legacy: bool):
+        super().__init__(file, encoding="utf-8")  # (for pickles from Python 2, as torch.load does)
+        self.legacy = legacy
+        self.storages: dict[str, _Storage] = {}
+
+    def find_class(self, module, name):
+        allowed = _ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
+            why = ("a dtype tinygpt does not load" if module == "torch" and name.endswith("Storage")
+                   else "only a dict of float, integer and bool tensors can be read")
+            raise TinyGPTError(f"refused to load {module}.{name} from the pickle ({why})")
+        return allowed
+
+    def persistent_load(self, pid):
+        expected_len = 6 if self.legacy else 5
+        if not (isinstance(pid, tuple) and len(pid) == expected_len and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and is_int(pid[4])
+                and pid[4] >= 0):
+            raise TinyGPTError(f"unexpected persistent id {pid!r:.80} in the pickle")
+        if self.legacy and pid[5] is not None:
+            raise TinyGPTError("it holds a storage view (from an old PyTorch), which tinygpt does not read")
+        storage_type, key, numel = pid[1], pid[2], pid[4]
+        storage = self.storages.setdefault(key, _Storage(key, storage_type.dtype, numel))
+        if (storage.dtype, storage.numel) != (storage_type.dtype, numel):
+            raise TinyGPTError(f"storage {key} is described twice, differently")
+        return storage
+
+
+def _unpickle(unpickler: _RestrictedUnpickler):
+    # the bytes are untrusted, so anything can go wrong inside pickle (UnpicklingError, EOFError, a
+    # KeyError for a memo entry, a TypeError calling a stand-in with the wrong arguments): all of it means
+    # a corrupt file, to be one line, not a traceback
+    try:
+        return unpickler.load()
+    except TinyGPTError:
+        raise
+    except Exception as exc:
+        raise TinyGPTError(f"corrupt pickle ({type(exc).__name__}: {exc})") from None
+
+
+def _tensors_of(state) -> dict[str, _Tensor]:
+    """The unpickled object, checked to be a state dict: string names to tensors."""
+    if not isinstance(state, dict):
+        raise TinyGPTError(f"the pickle holds a {type(state).__name__}, not a dict of tensors")
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, _Tensor):
+            kind = "a dict" if isinstance(value, dict) else type(value).__name__
+            raise TinyGPTError(f"the pickle is not a dict of tensors: {name!r} holds {kind} (a training "
+                               "checkpoint? save its model's state_dict() alone)")
+    return dict(state)
+
+
+# --- from a storage's bytes to arrays ------------------------------------------------------------------
+
+
+def _arrays(tensors: dict[str, _Tensor], storages, byteorder: str) -> dict[str, np.ndarray]:
+    """Each tensor as an array of its own, copied out of its storage's bytes as ``storages`` yields them.
+
+    ``storages`` yields ``(storage, bytes)`` one storage at a time, and a storage's bytes are dropped once
+    its views are copied: loading takes the memory of the arrays plus one storage, not twice the file.
+    """
+    views_of: dict[str, list[str]] = {}
+    for name, tensor in tensors.items():
+        views_of.setdefault(tensor.storage.key, []).append(name)
+    arrays = {}
+    for storage, raw in storages:
+        for name in views_of.pop(storage.key, []):
+            arrays[name] = _view_copy(raw, tensors[name], byteorder, name)
+    if views_of:
+        key = next(iter(views_of))
+        raise TinyGPTError(f"the bytes of storage {key} (of tensor {views_of[key][0]!r}) are missing")
+    return {name: arrays[name] for name in tensors}  # the file's order
+
+
+def _view_copy(raw: bytes, tensor: _Tensor, byteorder: str, name: str) -> np.ndarray:
+    """``tensor``'s strided view of its storage's bytes ``raw``, copied into an array of its own."""
+    storage = tensor.storage
+    dtype = _raw_dtype(storage).newbyteorder(byteorder)
+    # as_strided reads wherever offset and strides point: every element the view reaches must lie inside
+    # the storage, or a corrupt file would read (or crash on) memory that is not the file's
+    last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride))
+    if 0 in tensor.size:
+        view = np.empty(tensor.size, dtype=dtype)
+    elif last >= storage.numel:
+        raise TinyGPTError(f"tensor {name!r} (offset {tensor.offset}, size {tensor.size}, stride "
+                           f"{tensor.stride}) reaches past its storage's {storage.numel} elements")
+    else:
+        elements = np.frombuffer(raw, dtype=dtype)
+        strides = [s * dtype.itemsize for s in tensor.stride]  # NumPy's count bytes
+        try:
+            view = np.lib.stride_tricks.as_strided(
+                elements[tensor.offset:], shape=tensor.size, strides=strides, writeable=False
+            )
+        except ValueError as exc:  # a size whose bytes overflow an index ("array is too big")
+            raise TinyGPTError(f"tensor {name!r} has size {tensor.size} ({exc})") from None
+    if storage.dtype == "bfloat16":  # the upper 16 bits of a float32: shifted up, they are that float32
+        return (view.astype(np.uint32, order="C") << 16).view(np.float32)
+    return view.astype(dtype.newbyteorder("="), order="C")  # a contiguous copy, in the machine's byte order
+
+
+def _raw_dtype(storage: _Storage) -> np.dtype:
+    """The NumPy dtype of a storage's elements as stored (bfloat16: their 16-bit patterns)."""
+    return np.dtype(np.uint16 if storage.dtype == "bfloat16" else storage.dtype)
+
+
+# --- the two layouts -----------------------------------------------------------------------------------
+
+
+def _read_zip(file: str) -> dict[str, np.ndarray]:
+    with zipfile.ZipFile(file) as archive:
+        names = set(archive.namelist())
+        pickles = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
+        if len(pickles) != 1:
+            raise TinyGPTError("a zip archive without one FOLDER/data.pkl (not a torch.save file)")
+        folder = pickles[0].removesuffix("data.pkl")
+        unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), legacy=False)
+        tensors = _tensors_of(_unpickle(unpickler))
+        byteorder = "little"  # what torch assumes of files from before the record existed
+        if folder + "byteorder" in names:
+            byteorder = archive.read(folder + "byteorder").decode("ascii", "replace")
+            if byteorder not in ("little", "big"):
+                raise TinyGPTError(f"byteorder is {byteorder!r:.20}, not 'little' or 'big'")
+        in_use = {tensor.storage.key: tensor.storage for tensor in tensors.values()}
+        return _arrays(tensors, _zip_storages(archive, folder, in_use.values()),
+                       "<" if byteorder == "little" else ">")
+
+
+def _zip_storages(archive: zipfile.ZipFile, folder: str, storages):
+    for storage in storages:
+        record = f"{folder}data/{storage.key}"
+        try:
+            raw = archive.read(record)
+        except KeyError:
+            raise TinyGPTError(f"the storage record {record} is missing") from None
+        nbytes = storage.numel * _raw_dtype(storage).itemsize
+        if len(raw) != nbytes:
+            raise TinyGPTError(f"the storage record {record} holds {len(raw)} bytes, the pickle says "
+                               f"{nbytes}")
+        yield storage, raw
+
+
+def _read_legacy(f) -> dict[str, np.ndarray]:
+    # a pickle starts with its protocol (opcode 0x80, then 2 to 5): anything else is not a torch.save file
+    start = f.read(2)
+    f.seek(0)
+    if len(start) != 2 or start[0] != 0x80 or not 2 <= start[1] <= 5 or \
+            _unpickle(_RestrictedUnpickler(f, legacy=True)) != LEGACY_MAGIC_NUMBER:
+        raise TinyGPTError("neither a zip archive nor a legacy torch.save file (no magic number)")
+    version = _unpickle(_RestrictedUnpickler(f, legacy=True))
+    if version != LEGACY_PROTOCOL_VERSION:
+        raise TinyGPTError(f"legacy torch.save protocol version {version!r:.20}, expected 1001")
+    _unpickle(_RestrictedUnpickler(f, legacy=True))  # system information: byte order, sizes of C types
+    unpickler = _RestrictedUnpickler(f, legacy=True)
+    tensors = _tensors_of(_unpickle(unpickler))
+    keys = _unpickle(_RestrictedUnpickler(f, legacy=True))
+    if not isinstance(keys, list) or not all(key in unpickler.storages for key in keys):
+        raise TinyGPTError(f"the list of storage keys {keys!r:.40} does not match the pickle's storages")
+    in_use = {tensor.storage.key for tensor in tensors.values()}
+    return _arrays(tensors, _legacy_storages(f, [unpickler.storages[key] for key in keys], in_use), "<")
+
+
+def _legacy_storages(f, storages: list[_Storage], in_use: set[str]):
+    """The storages in the file's order, each an 8-byte little-endian element count and its bytes; those
+    no tensor views are skipped."""
+    for storage in storages:
+        nbytes = storage.numel * _raw_dtype(storage).itemsize
+        count = f.read(8)
+        if len(count) != 8 or int.from_bytes(count, "little") != storage.numel:
+            raise TinyGPTError(f"storage {storage.key}'s element count is missing or not the pickle's "
+                               f"{storage.numel} (a truncated file?)")
+        if storage.key not in in_use:
+            f.seek(nbytes, io.SEEK_CUR)
+            continue
+        raw = f.read(nbytes)
+        if len(raw) != nbytes:
+            raise TinyGPTError(f"storage {storage.key} is cut short: {len(raw)} of {nbytes} bytes "
+                               "(a truncated file?)")
+        yield storage, raw
