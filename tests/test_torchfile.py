@@ -1,9 +1,10 @@
 """PyTorch's ``pytorch_model.bin`` read without torch (``tinygpt.torchfile``): both of ``torch.save``'s
-layouts give torch's own values, and a file that is damaged, holds anything but tensors, or would run code
-is one TinyGPTError, with nothing run."""
+layouts give torch's own values, ``GPT.from_pretrained`` loads such a directory as transformers does, and a
+file that is damaged, holds anything but tensors, or would run code is one TinyGPTError, with nothing run."""
 
 import collections
 import io
+import json
 import os
 import pickle
 import zipfile
@@ -12,9 +13,12 @@ import numpy as np
 import pytest
 
 from tinygpt.errors import TinyGPTError
+from tinygpt.gradcheck import relative_error
+from tinygpt.model import GPT
 from tinygpt.torchfile import read_state_dict
 
 torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
 
 # torch.save's two layouts: the zip archive (PyTorch >= 1.6) and the legacy stream of pickles
 LAYOUTS = {"zip": True, "legacy": False}
@@ -279,3 +283,120 @@ def test_a_pickle_cannot_set_attributes_on_what_it_is_given(tmp_path):
     state = {"w": torch.arange(6.0).view(2, 3).t()}
     save(state, path, "zip")
     np.testing.assert_array_equal(read_state_dict(path)["w"], state["w"].numpy())  # read as before
+
+
+# --- GPT.from_pretrained on a directory with pytorch_model.bin -----------------------------------------
+
+
+def tiny_gpt2():
+    """A random GPT2LMHeadModel with non-zero biases and LayerNorm affines (as test_torch_parity's)."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=67, n_positions=16, n_layer=2, n_head=4, n_embd=32,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
+    )  # fmt: skip
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn_like(p) * 0.2)
+            elif ".ln_" in name or "ln_f" in name:
+                p.copy_(1.0 + torch.randn_like(p) * 0.2)
+    return model
+
+
+def assert_params_equal(model, state):
+    """``model``'s parameters are ``state``'s tensors (GPT-2 names, the tied lm_head left out)."""
+    for name, p in state.items():
+        if name != "lm_head.weight":
+            ours = model.params[name.removeprefix("transformer.")]
+            np.testing.assert_array_equal(ours, p.numpy(), err_msg=name)
+
+
+def save_bin_dir(model, path, layout, state=None):
+    """A transformers directory as older transformers (save_pretrained with safe_serialization=False)
+    wrote it: config.json and the state dict, tied lm_head.weight included, in pytorch_model.bin."""
+    model.config.save_pretrained(path)
+    save(model.state_dict() if state is None else state, path / "pytorch_model.bin", layout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_pytorch_model_bin_gives_transformers_logits(tmp_path, layout):
+    # guards: the .bin refused ("PyTorch .bin checkpoints are not supported"), or read with the tied
+    # lm_head's shared storage, strides or offsets wrong
+    model = tiny_gpt2()
+    save_bin_dir(model, tmp_path, layout)
+    state = model.state_dict()
+    assert state["lm_head.weight"].data_ptr() == state["transformer.wte.weight"].data_ptr()  # one storage
+    ours = GPT.from_pretrained(tmp_path).eval()
+    assert_params_equal(ours, state)
+    idx = np.random.default_rng(1).integers(0, 67, (3, 12))
+    with torch.no_grad():
+        ref = model(torch.from_numpy(idx)).logits.numpy()
+    assert relative_error(ours.forward(idx)[0], ref) < 1e-5
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_original_gpt2_layout_loads(tmp_path, layout):
+    # the original GPT-2 files: GPT2Model's names (no "transformer." prefix), float causal-mask buffers
+    # (attn.bias, a (1, 1, T, T) tril) and the masked_bias scalar, which are skipped
+    model = tiny_gpt2()
+    state = {k.removeprefix("transformer."): v for k, v in model.state_dict().items()}
+    del state["lm_head.weight"]
+    for i in range(2):
+        state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(16, 16)).view(1, 1, 16, 16)
+        state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_bin_dir(model, tmp_path, layout, state)
+    ours = GPT.from_pretrained(tmp_path)
+    for name, p in ours.params.items():
+        np.testing.assert_array_equal(p, state[name].numpy(), err_msg=name)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_sharded_pytorch_checkpoint_loads_every_shard(tmp_path, layout):
+    # pytorch_model.bin.index.json maps each tensor to one of several .bin files, as transformers shards
+    model = tiny_gpt2()
+    model.config.save_pretrained(tmp_path)
+    state = model.state_dict()
+    names = list(state)
+    weight_map = {}
+    for i, part in enumerate((names[::2], names[1::2])):
+        file = f"pytorch_model-0000{i + 1}-of-00002.bin"
+        save({k: state[k] for k in part}, tmp_path / file, layout)
+        weight_map.update(dict.fromkeys(part, file))
+    index = tmp_path / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert_params_equal(GPT.from_pretrained(tmp_path), state)
+    index.write_text(json.dumps({"weight_map": [1]}))
+    with pytest.raises(TinyGPTError, match="is not a valid PyTorch index"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_model_safetensors_is_preferred_to_pytorch_model_bin(tmp_path):
+    # transformers' order: the safetensors file, then its index, then the .bin, then the .bin's index
+    model = tiny_gpt2()
+    save_bin_dir(model, tmp_path, "zip")
+    from_bin = GPT.from_pretrained(tmp_path)
+    other = GPT(from_bin.config, seed=1)
+    other.save_pretrained(tmp_path)  # model.safetensors beside pytorch_model.bin
+    for name, p in GPT.from_pretrained(tmp_path).params.items():
+        np.testing.assert_array_equal(p, other.params[name], err_msg=name)
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "pytorch_model.bin.index.json").write_text("{not json")  # the single .bin comes first
+    assert_params_equal(GPT.from_pretrained(tmp_path), model.state_dict())
+    (tmp_path / "pytorch_model.bin").unlink()
+    (tmp_path / "pytorch_model.bin.index.json").unlink()
+    with pytest.raises(TinyGPTError, match="has no model.safetensors or pytorch_model.bin"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_sample_refuses_a_malicious_bin_in_one_line(tmp_path, capsys):
+    from tinygpt.cli import main
+
+    marker = tmp_path / "it_ran"
+    tiny_gpt2().config.save_pretrained(tmp_path)
+    save({"x": RunsCode(marker)}, tmp_path / "pytorch_model.bin", "zip")
+    assert main(["sample", "--pretrained", str(tmp_path), "--max-new-tokens", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refused to load posix.system" in err, err
+    assert not marker.exists()

@@ -336,7 +336,8 @@ def _add_sample(sub):
     )
     model.add_argument(
         "--pretrained", metavar="HF_DIR", help="a local transformers GPT-2 directory: config.json, "
-        "model.safetensors and the tokenizer's vocab.json + merges.txt (without them: GPT-2's tokenizer)",
+        "model.safetensors (or pytorch_model.bin) and the tokenizer's vocab.json + merges.txt (without them: "
+        "GPT-2's tokenizer)",
     )  # fmt: skip
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="", metavar="TEXT", help="text to continue (default: none)")

@@ -536,11 +536,14 @@ class GPT:
     def from_pretrained(
         cls, path, dtype=np.float32, backend: str = "numpy", dropout: float | None = None
     ) -> GPT:
-        """Load a transformers GPT-2 directory (``config.json`` + ``model.safetensors``), gpt2 to gpt2-xl.
+        """Load a transformers GPT-2 directory (``config.json`` + weights), gpt2 to gpt2-xl.
 
         Keys may carry the ``transformer.`` prefix; the attention-mask buffers (``attn.bias``,
         ``attn.masked_bias``) and ``lm_head.weight`` (tied to wte) are skipped. ``dropout`` overrides the
-        checkpoint's ``resid_pdrop``. Sharded checkpoints (``model.safetensors.index.json``) work too.
+        checkpoint's ``resid_pdrop``. Sharded checkpoints (``model.safetensors.index.json``) work too, and
+        so does PyTorch's ``pytorch_model.bin`` (or its ``.index.json``) where there is no safetensors file:
+        it is read without torch, by ``tinygpt.torchfile``, which refuses a pickle naming anything but
+        tensors.
         """
         path = os.fspath(path)
         config_path = os.path.join(path, "config.json")
@@ -556,7 +559,7 @@ class GPT:
         if not isinstance(hf, dict):
             raise TinyGPTError(f"{config_path} is not a JSON object (expected a transformers GPT-2 config)")
         config = _config_from_hf(hf, config_path, dropout)
-        tensors = _read_safetensors(path)
+        tensors = _read_weights(path)
         # n_layer against the weights before param_shapes lists every layer's names: a corrupt n_layer of
         # 2**40 would take all the memory there
         layer_of = (re.match(r"(?:transformer\.)?h\.(\d+)\.", key) for key in tensors)
@@ -649,7 +652,7 @@ def _checked_params(params, config: GPTConfig, dtype) -> dict[str, np.ndarray]:
     return out
 
 
-# --- transformers' config.json and safetensors files ----------------------------------------------------
+# --- transformers' config.json and weight files --------------------------------------------------------
 
 
 def _config_to_hf(cfg: GPTConfig, dtype: str = "float32") -> dict:
@@ -715,35 +718,50 @@ def _config_from_hf(hf: dict, where: str, dropout: float | None) -> GPTConfig:
     )
 
 
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """All tensors of ``model.safetensors``, or of every shard listed in ``model.safetensors.index.json``."""
+def _read_weights(path: str) -> dict[str, np.ndarray]:
+    """All tensors of a transformers directory's weights, in transformers' order of preference:
+    ``model.safetensors``, its sharded index ``model.safetensors.index.json``, then PyTorch's
+    ``pytorch_model.bin`` and its index ``pytorch_model.bin.index.json`` (read without torch: see
+    ``tinygpt.torchfile``)."""
+    from tinygpt.torchfile import read_state_dict
+
+    for single, index, kind, read_file in (
+        ("model.safetensors", "model.safetensors.index.json", "safetensors", _read_safetensors_file),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json", "PyTorch", read_state_dict),
+    ):
+        if os.path.isfile(os.path.join(path, single)):
+            return read_file(os.path.join(path, single))
+        if os.path.isfile(os.path.join(path, index)):
+            tensors = {}
+            for file in _shard_files(os.path.join(path, index), kind):
+                tensors.update(read_file(file))
+            return tensors
+    raise TinyGPTError(f"{path} has no model.safetensors or pytorch_model.bin (nor a sharded index of "
+                       "either)")
+
+
+def _shard_files(index: str, kind: str) -> list[str]:
+    """The files a sharded checkpoint's index (``{"weight_map": {tensor name: file name}}``) lists."""
+    try:
+        with open(index, encoding="utf-8") as f:
+            weight_map = loads_json(f.read())["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("weight_map must map tensor names to file names")
+    except (ValueError, KeyError, TypeError) as exc:  # (ValueError: bad JSON, or bytes not UTF-8)
+        raise TinyGPTError(f"{index} is not a valid {kind} index: {exc}") from None
+    return [os.path.join(os.path.dirname(index), name) for name in sorted(set(weight_map.values()))]
+
+
+def _read_safetensors_file(file: str) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    single = os.path.join(path, "model.safetensors")
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(single):
-        files = [single]
-    elif os.path.isfile(index):
-        try:
-            with open(index, encoding="utf-8") as f:
-                weight_map = loads_json(f.read())["weight_map"]
-            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-                raise TypeError("weight_map must map tensor names to file names")
-        except (ValueError, KeyError, TypeError) as exc:  # (ValueError: bad JSON, or bytes not UTF-8)
-            raise TinyGPTError(f"{index} is not a valid safetensors index: {exc}") from None
-        files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
-    else:
-        raise TinyGPTError(f"{path} has no model.safetensors (PyTorch .bin checkpoints are not supported)")
-    tensors = {}
-    for file in files:
-        try:
-            tensors.update(load_file(file))
-        except TypeError:  # NumPy has no bfloat16 ("data type 'bfloat16' not understood")
-            tensors.update(_read_safetensors_widening_bfloat16(file))
-        except (SafetensorError, OSError) as exc:
-            raise TinyGPTError(f"cannot read {file}: {exc}") from None
-    return tensors
+    try:
+        return load_file(file)
+    except TypeError:  # NumPy has no bfloat16 ("data type 'bfloat16' not understood")
+        return _read_safetensors_widening_bfloat16(file)
+    except (SafetensorError, OSError) as exc:
+        raise TinyGPTError(f"cannot read {file}: {exc}") from None
 
 
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
