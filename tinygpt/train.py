@@ -175,8 +175,9 @@ def retain_freed_memory() -> bool:
     between steps, as under a caching allocator.
 
     A process-wide setting, so the library never makes it on its own: the command line does, for
-    ``tinygpt train`` and ``tinygpt finetune``, and ``tinygpt bench train`` for both of its sides (there,
-    interleaved with PyTorch's steps, it measured neutral to the ratio). Call it
+    ``tinygpt train`` and ``tinygpt finetune``, and the benches that time them: ``bench train`` and ``bench
+    recipe`` for both of their sides (in ``bench train``, interleaved with PyTorch's steps, it measured
+    neutral to the ratio), ``bench profile`` for its step. Call it
     yourself before a long training loop in a notebook. Elsewhere than glibc (macOS, musl) it does nothing
     and returns False.
     """

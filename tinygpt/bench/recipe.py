@@ -18,7 +18,8 @@ Run it on the tiny-shakespeare file that nanoGPT's published figures use::
 
     tinygpt bench recipe --data ../shared/data/tinyshakespeare.txt
 
-The two runs go one after the other (not interleaved: each is minutes long), ours first.
+The two runs go one after the other (not interleaved: each is minutes long), ours first, both with freed
+memory kept for reuse (``tinygpt.train.retain_freed_memory``), as ``tinygpt train`` runs.
 """
 
 from __future__ import annotations
@@ -210,6 +211,9 @@ def run(args):
     if unmatched and not args.no_peer:
         raise TinyGPTError(f"{args.config}: {', '.join(unmatched)} is not in the PyTorch side's loop (no "
                            "dropout, one batch a step, from scratch): set it off, or use --no-peer")
+    from tinygpt.train import retain_freed_memory
+
+    retain_freed_memory()  # as `tinygpt train` runs; process-wide, so the peer's run after ours gets it too
     threads = blas_threads()
     s = settings
     print(f"recipe {args.config}: {s['n_layer']}L/{s['n_head']}H/{s['n_embd']}d, block {s['block_size']}, "
