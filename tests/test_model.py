@@ -149,6 +149,34 @@ def test_activation_floats_per_token_is_the_docstring_s_count_and_what_the_tape_
         assert kept_per_token(deep, T) == pytest.approx(activation_floats_per_token(deep, T), rel=1e-12), T
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_dropout_keep_masks_kept_for_backward_are_the_docstring_s_bytes(backend):
+    # the module docstring: with dropout the NumPy reference keeps a byte per attention probability and 2C
+    # per block for its two branches' masks, C more for the embeddings'; numba keeps the masks' keys only
+    T, C, H, B = 130, 8, 2, 2
+
+    def mask_bytes_per_token(n_layer):
+        config = GPTConfig(vocab_size=11, block_size=T, n_layer=n_layer, n_head=H, n_embd=C, dropout=0.1)
+        model = GPT(config, backend=backend)
+        model.forward(*batch(config, B=B, T=T))
+        masks, stack = {}, [model._tape]
+        while stack:
+            entry = stack.pop()
+            if isinstance(entry, (tuple, list)):
+                stack.extend(entry)
+            elif isinstance(entry, np.ndarray) and entry.dtype == np.bool_:
+                base = entry if entry.base is None else entry.base
+                masks[id(base)] = base
+        return sum(a.nbytes for a in masks.values()) / (B * T)
+
+    shallow, deep = (GPTConfig(vocab_size=11, block_size=T, n_layer=n, n_head=H, n_embd=C) for n in (2, 3))
+    block_floats = activation_floats_per_token(deep, T) - activation_floats_per_token(shallow, T)
+    probabilities = block_floats - 16 * C - 4  # H T' (the count's attention probabilities)
+    per_block, embeddings = (probabilities + 2 * C, C) if backend == "numpy" else (0, 0)
+    assert mask_bytes_per_token(3) - mask_bytes_per_token(2) == pytest.approx(per_block, rel=1e-12)
+    assert mask_bytes_per_token(2) == pytest.approx(2 * per_block + embeddings, rel=1e-12)
+
+
 # --- gradients --------------------------------------------------------------------------------------
 
 

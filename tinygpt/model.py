@@ -39,7 +39,7 @@ each; C = n_embd, H = n_head, T = sequence length)::
     qkv (the attention input)                   3C     attention probabilities    ~5/8 H*T
     c_proj input (attention output)              C     c_fc input (ln_2 output)        C
     GELU input (c_fc output)                    4C     MLP c_proj input (GELU output)  4C
-    LayerNorm mean and rstd                       4    dropout keep-masks (if p > 0)   bytes: H*T + 3C
+    LayerNorm mean and rstd                       4    dropout keep-masks (if p > 0)   bytes: ~5/8 H*T + 2C
 
 i.e. about 16C + H*T' floats per token per block, where T' is the average number of keys a query's
 block computes (T for T <= 64; (64 + 128 + 192 + 256) / 4 = 160 at T = 256, see ``attention_forward``),
@@ -47,6 +47,8 @@ plus 2C + V + 4 for the final LayerNorm (its input and output, mean and rstd), t
 row max and sum of exps (and V more while backward forms dlogits). At 6 blocks, C = 384, H = 6, T = 256
 that is 6 * (6144 + 960 + 4) + 837 = 43,485 floats = 170 KiB per token, 340 MiB for a batch of 8 x 256
 tokens (``activation_floats_per_token``); ``tinygpt bench train`` measures the peak RSS of such a step.
+The keep-masks, one byte per attention probability and per entry of the two branches' outputs (C bytes
+more for the embeddings'), are the NumPy reference's: the numba and cuda backends keep only their keys.
 Evaluation without targets keeps nothing. With ``GPT.recompute`` a block keeps only its input (C floats) and
 backward rebuilds one block's caches at a time (its input among them): at the peak 5 * 384 + 7,108 + 837 =
 9,865 floats, 39 KiB per token there.
