@@ -18,6 +18,26 @@ def test_help_lists_commands(capsys):
         assert command in out
 
 
+def _help(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse's line wrapping undone
+
+
+def test_help_says_what_train_and_eval_do_with_a_trained_model_or_a_classifier(capsys):
+    # train also fine-tunes (--init-from, --pretrained), and eval scores a classifier by accuracy and a
+    # confusion matrix on its .jsonl or .csv: the help said "Train a GPT from scratch" and "loss, perplexity
+    # and bits per byte" on a "text file", in "windows", and a "10%/90% split" that a classifier's is not
+    assert "Train a GPT from scratch or from a trained model's weights (--init-from, --pretrained)" in _help(
+        ["train"], capsys)
+    assert "(of a classifier: accuracy and a confusion matrix)" in _help([], capsys)
+    text = _help(["eval"], capsys)
+    for words in ("a classifier's .jsonl or .csv", "windows (a classifier's texts)",
+                  "(a language model's 10%/90%)"):
+        assert words in text
+
+
 def test_unknown_option_is_one_line_exit_2():
     proc = subprocess.run(
         [sys.executable, "-m", "tinygpt.cli", "--no-such-option"], capture_output=True, text=True

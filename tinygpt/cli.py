@@ -275,8 +275,9 @@ def _run_plot(args):
 
 def _add_training(sub):
     p = sub.add_parser("train", help="train a GPT on a text file (default: Shakespeare's plays)",
-                       description="Train a GPT from scratch. Settings come from --config (default: the "
-                       "'default' preset), then any flag given; with --resume, from the run's saved config.")
+                       description="Train a GPT from scratch or from a trained model's weights (--init-from, "
+                       "--pretrained). Settings come from --config (default: the 'default' preset), then any "
+                       "flag given; with --resume, from the run's saved config.")
     p.add_argument("--config", help="a shipped preset (default, shakespeare_char) or a TOML file")
     p.add_argument("--data", help="UTF-8 text file to train on (default: the Shakespeare corpus)")
     p.add_argument("--tokenizer", choices=("char", "bpe", "gpt2"), help="char, bpe (trained on --data), gpt2")
@@ -300,13 +301,17 @@ def _add_training(sub):
         hyper.add_argument(f"--{flag}", type=kind, metavar=metavar, help=help_text, **bare)
     p.set_defaults(func=_run_train)
 
-    e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a trained model")
+    e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a trained model (of a "
+                      "classifier: accuracy and a confusion matrix)")
     e.add_argument("--out", default="out", help="the training output directory (default: out)")
-    e.add_argument("--data", help="text file (default: the one the model was trained on)")
+    e.add_argument("--data", help="text file, or a classifier's .jsonl or .csv (default: the one the model "
+                   "was trained on)")
     e.add_argument("--split", choices=("val", "train", "all"),
-                   help="which split: val (default) or train, the 10%%/90%% split as in training; all (a "
-                        "classifier's default with --data: a held-out test file is scored whole)")
-    e.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+                   help="which split: val (default) or train, split as in training (a language model's "
+                        "10%%/90%%); all (a classifier's default with --data: a held-out test file is scored "
+                        "whole)")
+    e.add_argument("--batch-size", type=int, default=32,
+                   help="windows (a classifier's texts) per forward pass")
     e.add_argument("--max-batches", type=int, help="stop after this many batches")
     e.add_argument("--backend", choices=_BACKEND_CHOICES, default="auto")
     e.set_defaults(func=_run_eval)
