@@ -879,12 +879,14 @@ def show_tokens(tokenizer, ids, color: bool = False) -> str:
     """The text of ``ids`` with each token's extent visible (as the tiktokenizer web app shows it).
 
     With ``color``, tokens get alternating background colours (ANSI escapes, for a terminal); without,
-    they are separated by ``|``. Spaces show as "·", tabs "→", newlines "↵" (followed by a line break),
-    other control characters as ``\\xNN``; a token holding part of a multi-byte character shows its
-    bytes as ``\\xNN`` too.
+    they are separated by ``|``. Spaces show as "·", tabs "→", carriage returns "␍", newlines "↵" (followed
+    by a line break), other control characters as ``\\xNN``; a token holding part of a multi-byte character
+    shows its bytes as ``\\xNN`` too.
 
     >>> show_tokens(CharTokenizer.train("ab c"), [0, 1, 2])
     '·|a|b'
+    >>> show_tokens(CharTokenizer.train("\\t\\x0b\\r"), [0, 1, 2])
+    '→|\\\\x0b|␍'
     """
     pieces = []
     for i in _as_id_list(ids, tokenizer.vocab_size):
