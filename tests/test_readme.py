@@ -1,6 +1,8 @@
 """What the README states that can be checked without measuring: the performance table's ratios are the
-quotients of the figures they quote, and every ``tinygpt`` command the docs show parses as written."""
+quotients of the figures they quote, every ``tinygpt`` command the docs show parses as written, and the run
+directory it draws is the one a run writes."""
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -97,3 +99,31 @@ def test_every_command_in_the_docs_parses(doc, exact_parser):
             exact_parser.parse_args(argv)
         except SystemExit as exc:
             pytest.fail(f"{doc}: `{command}` does not parse (exit {exc.code})")
+
+
+def test_the_run_directory_shown_is_what_a_run_writes(tmp_path, monkeypatch):
+    # the Training section's layout of DIR after a checkpoint at step 250 (the default --eval-interval):
+    # the step folder's name and files, the latest link, what DIR holds, and the metrics row's fields
+    from tinygpt import train
+
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    section = README.split("## Training", 1)[1].split("\n## ", 1)[0]
+    fields = re.search(r"`DIR/metrics\.jsonl` \(([^)]*)\), then a checkpoint:", section)[1]
+    layout = section.split("then a checkpoint:\n\n", 1)[1].split("\n\n", 1)[0]
+    step_dir, step_files = re.search(r"DIR/checkpoints/(\S+)/(.*)DIR/latest", layout, re.DOTALL).groups()
+    data = tmp_path / "text.txt"
+    data.write_text("To be, or not to be, that is the question.\n" * 20)
+    out = tmp_path / "DIR"
+    train.train(train.make_config({"data": str(data), "out": str(out), "n_layer": 1, "n_head": 2, "n_embd": 8,
+                                   "block_size": 4, "batch_size": 1, "eval_iters": 1, "max_iters": 250,
+                                   "eval_interval": 250, "backend": "numpy"}), quiet=True)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [step_dir]
+    assert sorted(p.name for p in (out / "checkpoints" / step_dir).iterdir()) == sorted(
+        re.findall(r"[\w.]+\.(?:safetensors|json)\b", step_files))
+    assert os.readlink(out / "latest") == re.search(r"DIR/latest -> (\S+)", layout)[1]
+    shown = set(re.findall(r"DIR/([\w.]+)", layout)) - {"checkpoints", "latest", "model.safetensors"}
+    assert shown <= {p.name for p in out.iterdir() if not p.is_symlink()}
+    links = {p.name for p in out.iterdir() if p.is_symlink() and p.name != "latest"}
+    assert links == set(re.findall(r"[\w.]+\.(?:safetensors|json)\b", step_files))  # "link through it"
+    assert all(os.readlink(out / name) == f"latest/{name}" for name in links)
+    assert list(train.read_metrics(out / "metrics.jsonl")[-1]) == fields.split(", ")
