@@ -30,8 +30,9 @@ used by the kernel tests); ``GPT(backend="cuda")`` instead keeps its parameters 
 (``ops.to_device``), so a whole step stays on the GPU, and avoids the few NumPy idioms a device array
 lacks through the helpers of ``HELPER_NAMES``, which every backend has: ``ops.add`` / ``ops.add_inplace``
 for residuals and gradient sums, ``ops.lm_head_forward`` / ``ops.lm_head_backward`` for the tied output
-layer (instead of ``wte.T``), ``ops.zeros_like`` for optimizer state and ``ops.sum_squares`` for gradient
-clipping.
+layer (instead of ``wte.T``), ``ops.zeros_like`` and ``ops.sum_squares``. AdamW's state and the gradient
+norm for clipping do not go through ``ops``: ``tinygpt.optim`` takes the cuda module's ``zeros_like`` and
+``sum_squares_total`` (all of a step's gradients in one copy back, not one copy each) for device arrays.
 """
 
 from __future__ import annotations
