@@ -38,6 +38,12 @@ def test_help_says_what_train_and_eval_do_with_a_trained_model_or_a_classifier(c
         assert words in text
 
 
+def test_help_gives_the_default_lr_decay_a_run_saves(capsys):
+    # a run shorter than its warmup decays at the warmup's end (a saved decay below the warmup would not
+    # resume): the help said the default was always --max-iters
+    assert "(default: a new run's --max-iters, or --warmup-iters if larger;" in _help(["train"], capsys)
+
+
 def test_unknown_option_is_one_line_exit_2():
     proc = subprocess.run(
         [sys.executable, "-m", "tinygpt.cli", "--no-such-option"], capture_output=True, text=True

@@ -200,8 +200,8 @@ _TRAIN_HYPERPARAMETERS = (
     ("learning-rate", float, "peak learning rate"),
     ("min-lr", float, "learning rate at the end of the cosine decay"),
     ("warmup-iters", int, "linear warmup steps"),
-    ("lr-decay-iters", int, "step where the cosine decay reaches --min-lr (default: a new run's --max-iters; "
-                        "saved, so --resume keeps it)"),
+    ("lr-decay-iters", int, "step where the cosine decay reaches --min-lr (default: a new run's --max-iters, "
+                        "or --warmup-iters if larger; saved, so --resume keeps it)"),
     ("max-iters", int, "optimizer steps in total"),
     ("beta1", float, "AdamW beta1"),
     ("beta2", float, "AdamW beta2"),
