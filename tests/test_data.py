@@ -645,3 +645,10 @@ def test_get_batch_refuses_bad_arguments_in_one_line(args, message):
         data.get_batch(tokens, batch, block, rng)
     x, y = data.get_batch(list(range(50)), np.int64(2), 4, np.random.default_rng(0))  # a list works too
     assert x.shape == y.shape == (2, 4)
+
+
+def test_token_files_are_little_endian_whatever_the_machine():
+    """The cache's dtype names its byte order, so a .bin reads the same on a big-endian machine."""
+    for vocab_size in (65, 65537):
+        dtype = data.token_dtype(vocab_size)
+        assert dtype.str[0] == "<" and dtype == dtype.newbyteorder("<")

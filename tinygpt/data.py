@@ -214,8 +214,12 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    """``uint16`` when every id fits in 16 bits (GPT-2's 50257 does), else ``uint32``."""
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+    """Little-endian ``uint16`` when every id fits in 16 bits (GPT-2's 50257 does), else ``uint32``.
+
+    The byte order is spelled out (``<``), not the machine's: a ``.bin`` written on one machine reads the
+    same on any other, as nanoGPT's files (written on little-endian machines) do.
+    """
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

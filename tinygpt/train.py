@@ -18,9 +18,9 @@ batches at every evaluation, which also makes the curve less noisy), so it never
 stream. Restoring all of that, a run killed at step k and resumed writes exactly the weights and metrics
 rows of the uninterrupted run (``tokens_per_sec`` and ``elapsed`` aside, they are wall-clock measurements).
 A run that ended at a ``max_iters`` and is resumed with a higher one has the same weights at each step only
-if it was given the uninterrupted run's ``lr_decay_iters`` (the default is its own ``max_iters``), plus the
-row of its own final evaluation if that fell between two evaluations (and so, maybe, another
-``best_val_loss``).
+if it was given the uninterrupted run's ``lr_decay_iters`` (the default is its own ``max_iters``, or
+``warmup_iters`` if larger), plus the row of its own final evaluation if that fell between two evaluations
+(and so, maybe, another ``best_val_loss``).
 
 On a GPU (``--backend cuda``) the weights, gradients, AdamW moments and activations stay in GPU memory for
 the whole run: per step the batch goes in and the loss (with the gradient norm, for clipping) comes out.
@@ -74,7 +74,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     min_lr: float = 1e-4
     warmup_iters: int = 100
-    lr_decay_iters: int | None = None  # None = max_iters
+    lr_decay_iters: int | None = None  # None = max(max_iters, warmup_iters), resolved at a run's start
     max_iters: int = 2000
     beta1: float = 0.9
     beta2: float = 0.99
