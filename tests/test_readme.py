@@ -1,12 +1,18 @@
 """What the README states that can be checked without measuring: the performance table's ratios are the
-quotients of the figures they quote, every ``tinygpt`` command the docs show parses as written, and the run
-directory it draws is the one a run writes."""
+quotients of the figures they quote, every ``tinygpt`` command the docs show parses as written, the run
+directory it draws is the one a run writes, and every Python example runs and shows what its comments say."""
 
+import ast
+import io
+import math
 import os
 import re
 import shlex
+import shutil
+import tokenize
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tinygpt import cli
@@ -101,12 +107,23 @@ def test_every_command_in_the_docs_parses(doc, exact_parser):
             pytest.fail(f"{doc}: `{command}` does not parse (exit {exc.code})")
 
 
-def test_the_run_directory_shown_is_what_a_run_writes(tmp_path, monkeypatch):
+def train_tiny_run(data: Path, out: Path, **settings) -> None:
+    """A character-level run of a 1-layer, 8-wide model on ``data`` into ``out``, as `tinygpt train` writes
+    one (its token cache beside ``out``, not in the user's)."""
+    from tinygpt import train
+
+    values = {"data": str(data), "out": str(out), "n_layer": 1, "n_head": 2, "n_embd": 8, "block_size": 4,
+              "batch_size": 1, "eval_iters": 1, "backend": "numpy", **settings}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TINYGPT_CACHE", str(out.parent / "cache"))
+        train.train(train.make_config(values), quiet=True)
+
+
+def test_the_run_directory_shown_is_what_a_run_writes(tmp_path):
     # the Training section's layout of DIR after a checkpoint at step 250 (the default --eval-interval):
     # the step folder's name and files, the latest link, what DIR holds, and the metrics row's fields
     from tinygpt import train
 
-    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
     section = README.split("## Training", 1)[1].split("\n## ", 1)[0]
     fields = re.search(r"`DIR/metrics\.jsonl` \(([^)]*)\), then a checkpoint:", section)[1]
     layout = section.split("then a checkpoint:\n\n", 1)[1].split("\n\n", 1)[0]
@@ -114,9 +131,7 @@ def test_the_run_directory_shown_is_what_a_run_writes(tmp_path, monkeypatch):
     data = tmp_path / "text.txt"
     data.write_text("To be, or not to be, that is the question.\n" * 20)
     out = tmp_path / "DIR"
-    train.train(train.make_config({"data": str(data), "out": str(out), "n_layer": 1, "n_head": 2, "n_embd": 8,
-                                   "block_size": 4, "batch_size": 1, "eval_iters": 1, "max_iters": 250,
-                                   "eval_interval": 250, "backend": "numpy"}), quiet=True)
+    train_tiny_run(data, out, max_iters=250, eval_interval=250)
     assert [p.name for p in (out / "checkpoints").iterdir()] == [step_dir]
     assert sorted(p.name for p in (out / "checkpoints" / step_dir).iterdir()) == sorted(
         re.findall(r"[\w.]+\.(?:safetensors|json)\b", step_files))
@@ -127,3 +142,141 @@ def test_the_run_directory_shown_is_what_a_run_writes(tmp_path, monkeypatch):
     assert links == set(re.findall(r"[\w.]+\.(?:safetensors|json)\b", step_files))  # "link through it"
     assert all(os.readlink(out / name) == f"latest/{name}" for name in links)
     assert list(train.read_metrics(out / "metrics.jsonl")[-1]) == fields.split(", ")
+
+
+# --- the Python examples ---------------------------------------------------------------------------------
+
+EXAMPLE_DOCS = ("README.md", "data/README.md", "notebooks/README.md")
+
+
+def python_examples() -> list[tuple[str, int, str, str]]:
+    """Every ```python block of the docs: (document, line of its first line of code, the ``## `` section it
+    is in, its code)."""
+    found = []
+    for doc in EXAMPLE_DOCS:
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        for block in re.finditer(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+            before = text[: block.start()]
+            sections = re.findall(r"^## (.+)$", before, re.MULTILINE)
+            found.append((doc, before.count("\n") + 2, sections[-1] if sections else "", block[1]))
+    return found
+
+
+EXAMPLES = python_examples()
+
+
+@pytest.fixture(scope="module")
+def stand_ins(pretrained_dir, tmp_path_factory):
+    """What the examples take from the reader's world, by the path they name it with: an example runs in a
+    fresh directory holding a copy of each of these that it names, so it runs as printed, not one word
+    changed."""
+    excerpt = ROOT / "notebooks" / "data" / "shakespeare_excerpt.txt"
+    run = tmp_path_factory.mktemp("run") / "out"
+    train_tiny_run(excerpt, run, block_size=16, max_iters=2, eval_interval=2)
+    return {
+        # 90 KB of the plays: enough words for the Tokenizer example's 3,839 merges (vocab 4096, reached
+        # exactly) in a fraction of a second
+        "input.txt": excerpt,
+        # a tiny GPT-2 of GPT-2's vocabulary, written by transformers, for the real one's 500 MB
+        "path/to/gpt2": pretrained_dir[0],
+        # what `tinygpt train` leaves in out/: 2 steps of a 1-layer character model on the same excerpt
+        "out": run,
+    }
+
+
+def shown_values(code: str) -> dict[int, object]:
+    """The values an example shows in comments: line -> the Python literal commented at the end of an
+    expression statement (``gpt2.encode(...)  # [31373, 220, 50256]``), lines counted from 1 in ``code``."""
+    tokens = tokenize.generate_tokens(io.StringIO(code).readline)
+    remarks = {t.start[0]: t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT}
+    shown = {}
+    for statement in ast.parse(code).body:
+        if isinstance(statement, ast.Expr) and statement.end_lineno in remarks:
+            try:
+                shown[statement.end_lineno] = ast.literal_eval(remarks[statement.end_lineno])
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                pass  # prose ("# ~1e-10"): CLAIMS checks what it says
+    return shown
+
+
+def run_example(code: str, doc: str, first_line: int, namespace: dict) -> dict[int, tuple[str, object]]:
+    """Run ``code`` a statement at a time, as a reader typing it into Python would; return each expression
+    statement's value with its code, by its last line in ``code``. Line numbers are the document's, so a
+    failure's traceback points into the README."""
+    filename = str(ROOT / doc)
+    values = {}
+    for statement in ast.increment_lineno(ast.parse(code), first_line - 1).body:
+        if isinstance(statement, ast.Expr):
+            value = eval(compile(ast.Expression(statement.value), filename, "eval"), namespace)
+            values[statement.end_lineno - first_line + 1] = ast.unparse(statement.value), value
+        else:
+            exec(compile(ast.Module([statement], type_ignores=[]), filename, "exec"), namespace)
+    return values
+
+
+def value_of(values, call: str):
+    """The value of the example's expression statement that calls ``call``."""
+    (value,) = [value for code, value in values.values() if code.startswith(call + "(")]
+    return value
+
+
+def model_claims(code, namespace, values, printed):
+    import transformers
+
+    # each claim checked is quoted, so that a README saying something else fails here until this says it too
+    assert "(12, 64, 65); loss ≈ log 65 = 4.17" in code
+    assert namespace["logits"].shape == (12, 64, 65)
+    assert f"{math.log(65):.2f}" == "4.17" and namespace["loss"] == pytest.approx(math.log(65), rel=0.02)
+    assert "# GPT-2 init, float32;" in code
+    grads, params = namespace["grads"], namespace["model"].params
+    assert all(p.dtype == np.float32 for p in params.values())
+    assert "# same names/shapes as model.params" in code
+    assert {name: g.shape for name, g in grads.items()} == {name: p.shape for name, p in params.items()}
+    assert 'model.save_pretrained("out/hf")' in code and "# loads in transformers.GPT2LMHeadModel" in code
+    hf = transformers.GPT2LMHeadModel.from_pretrained("out/hf")
+    assert (hf.transformer.wte.weight.detach().numpy() == params["wte.weight"]).all()
+    assert '{"qkv": qkv}, kwargs={"n_head": 2})  # ~1e-10' in code  # attention's relative error
+    assert max(value_of(values, "gradcheck").values()) < 1e-8
+
+
+def generate_claims(code, namespace, values, printed):
+    # the prompt, then 200 characters (the stand-in run is character-level: a token is a character)
+    assert 'tok.encode("ROMEO:")]), 200,' in code
+    assert printed.startswith("ROMEO:") and len(printed) == len("ROMEO:") + 200 + len("\n")
+
+
+# what an example's comments claim that is not a literal value, by the section the example is in
+CLAIMS = {"Model": model_claims, "Generating text": generate_claims}
+
+
+def test_the_python_examples_are_found(stand_ins):
+    # Tokenizer, Model, Generating text today: an empty list would pass the test below vacuously, and a
+    # section renamed would leave its claims unchecked, a stand-in no example names is stale
+    assert len(EXAMPLES) >= 3
+    assert set(CLAIMS) <= {section for _, _, section, _ in EXAMPLES}
+    # and the values shown in comments are found: the Tokenizer's `# [31373, 220, 50256]` at least
+    assert [31373, 220, 50256] in [value for *_, code in EXAMPLES for value in shown_values(code).values()]
+    assert all(any(f'"{name}' in code for *_, code in EXAMPLES) for name in stand_ins)
+
+
+@pytest.mark.parametrize("doc, line, section, code", EXAMPLES, ids=[f"{d}:{n}" for d, n, *_ in EXAMPLES])
+def test_every_python_example_runs_and_shows_what_it_says(doc, line, section, code, stand_ins, tmp_path,
+                                                          monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / ".cache"))  # nothing written to the user's cache
+    for name, source in stand_ins.items():
+        if f'"{name}' in code:  # a path the example opens: "out" for "out", "out/hf"
+            target = tmp_path / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, symlinks=True)  # a run's links are relative: they still hold
+            else:
+                shutil.copy(source, target)
+    namespace = {"__name__": "__main__"}
+    values = run_example(code, doc, line, namespace)
+    printed = capsys.readouterr().out
+    for at, claimed in shown_values(code).items():
+        expression, value = values[at]
+        assert value == claimed, f"{doc}:{line + at - 1}: {expression} is {value!r}, its comment {claimed!r}"
+    if section in CLAIMS:
+        CLAIMS[section](code, namespace, values, printed)
