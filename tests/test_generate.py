@@ -607,6 +607,7 @@ def test_stream_decoder_with_char_tokenizer():
 
 
 # --- the CLI ----------------------------------------------------------------------------------------
+# (pretrained_dir, a tiny GPT-2 directory with GPT-2's tokenizer files, is in conftest.py: eval uses it too)
 
 
 def _run_cli(args, capsys):
