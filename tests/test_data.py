@@ -462,6 +462,68 @@ def test_eval_windows_tile_the_split_without_overlap_for_any_sizes(n, block, bat
     assert ys.max() <= n - 1  # every target is a token of the split
 
 
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 200), block=st.integers(1, 30), data_=st.data(), batch=st.integers(1, 8),
+       whole=st.booleans())
+def test_sliding_eval_windows_score_every_target_once_with_the_context_the_stride_allows(n, block, data_,
+                                                                                         batch, whole):
+    """iter_eval_windows with any stride S <= T, whole or not: each window is T consecutive tokens with its
+    targets shifted by one, the ones an earlier window scored -1 (a prefix of the window), so every target is
+    scored exactly once, in order: with ``whole`` all of 1 .. n - 1 (windows of min(T, n - 1)), without it
+    all but a tail shorter than S. A window after the first scores only targets with at least T - S + 1
+    tokens of context in it; the batches are full but the last."""
+    stride = data_.draw(st.integers(1, block))
+    tokens = np.arange(n, dtype=np.uint32)  # a token's value is its position
+    if n < (2 if whole else block + 1):
+        with pytest.raises(TinyGPTError, match="too few for block size"):
+            list(data.iter_eval_windows(tokens, block, batch, stride, whole=whole))
+        return
+    windows = list(data.iter_eval_windows(tokens, block, batch, stride, whole=whole))
+    T = min(block, n - 1)
+    xs, ys = np.concatenate([x for x, _ in windows]), np.concatenate([y for _, y in windows])
+    assert xs.dtype == ys.dtype == np.int64 and xs.shape == ys.shape and xs.shape[1] == T
+    assert [len(x) for x, _ in windows[:-1]] == [batch] * (len(windows) - 1)
+    np.testing.assert_array_equal(xs, xs[:, :1] + np.arange(T))  # T consecutive tokens
+    scored = ys != -1
+    np.testing.assert_array_equal(ys[scored], (xs + 1)[scored])
+    assert (np.diff(scored.astype(int), axis=1) >= 0).all()  # the ignored targets come first
+    targets = ys[scored]  # row by row: the order they are scored in
+    last = n - 1 if whole else n - 1 - (n - 1 - T) % stride
+    np.testing.assert_array_equal(targets, np.arange(1, last + 1))  # each once, none left but the tail
+    assert n - 1 - last < stride
+    context = ys - xs[:, :1]  # tokens of the window a target is predicted from
+    assert (context[1:][scored[1:]] >= T - stride + 1).all()
+
+
+def test_sliding_eval_windows_with_stride_block_size_are_the_back_to_back_ones():
+    tokens = np.arange(59, dtype=np.uint16)
+
+    def stacked(windows):
+        x, y = zip(*windows)
+        return np.concatenate(x), np.concatenate(y)
+
+    x0, y0 = stacked(data.iter_eval_windows(tokens, 8, 3))  # targets 1-56 in 7 windows
+    x, y = stacked(data.iter_eval_windows(tokens, 8, 3, stride=8))
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
+    # whole: one more window, ending at the last token, scoring only the tail the others leave (57, 58)
+    x, y = stacked(data.iter_eval_windows(tokens, 8, 3, stride=8, whole=True))
+    np.testing.assert_array_equal(x, np.vstack([x0, np.arange(50, 58)]))
+    np.testing.assert_array_equal(y, np.vstack([y0, [-1] * 6 + [57, 58]]))
+    # a split shorter than a window is one shorter window
+    ((x, y),) = data.iter_eval_windows(tokens[:5], 8, 3, stride=2, whole=True)
+    np.testing.assert_array_equal(x, [[0, 1, 2, 3]])
+    np.testing.assert_array_equal(y, [[1, 2, 3, 4]])
+
+
+def test_sliding_eval_windows_refuse_a_stride_outside_1_to_block_size():
+    tokens = np.arange(20, dtype=np.uint16)
+    for stride in (0, -1, 6, 2.5, True):
+        with pytest.raises(TinyGPTError, match=re.escape(f"stride must be an integer from 1 to block_size 5, "
+                                                         f"got {stride!r}")):
+            list(data.iter_eval_windows(tokens, 5, 3, stride=stride))
+
+
 @settings(max_examples=50, deadline=None)
 @given(n=st.integers(2, 300), block=st.integers(1, 40), batch=st.integers(1, 9), seed=st.integers(0, 2**32))
 def test_get_batch_windows_are_in_range_and_deterministic_per_seed(n, block, batch, seed):

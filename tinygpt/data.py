@@ -421,23 +421,50 @@ def rng_from_state(state: dict) -> np.random.Generator:
     return np.random.Generator(bit_generator)
 
 
-def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int):
-    """Every non-overlapping window of a split, batched: yields ``x, y`` (b, T) covering each target once.
+def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, stride: int | None = None,
+                      whole: bool = False):
+    """The windows that score a split, batched: yields ``x, y`` (b, T) covering each target once.
 
-    Used to measure a model on a whole split deterministically (``tinygpt eval``). The tail shorter than
-    a full window is dropped, as most evaluation loops do. Fewer than ``block_size + 1`` tokens (not one
-    window) is an error, as in ``get_batch``, not an empty loop.
+    Used to measure a model on a whole split deterministically (``tinygpt eval``). Window ``w`` is
+    ``x = tokens[s : s + T]``, ``y = tokens[s + 1 : s + T + 1]`` at ``s = w * stride``; ``stride`` defaults
+    to ``block_size``, back-to-back windows. A smaller stride is the sliding-window evaluation of Hugging
+    Face's perplexity guide: the windows overlap, and a target an earlier window already scored is -1
+    (ignored) in ``y``, so a window after the first scores only its last ``stride`` targets, each with at
+    least ``T - stride + 1`` tokens of context where back-to-back windows give the first target of each
+    window one.
+
+    Without ``whole``, the tail no full window reaches is dropped, as most evaluation loops do, and fewer than
+    ``block_size + 1`` tokens (not one window) is an error, as in ``get_batch``, not an empty loop. With
+    ``whole`` every token but the first is scored: a last window ends at the last token (scoring only what
+    the window before did not), and a split shorter than a window is one window of all of it (T = len - 1);
+    only fewer than 2 tokens is an error. The targets of 12 tokens (whose values are their positions), T = 4,
+    stride 2: windows at 0, 2, 4, 6 and, with ``whole``, 7:
+
+    >>> [y.tolist() for _, y in iter_eval_windows(np.arange(12), 4, batch_size=8, stride=2, whole=True)]
+    [[[1, 2, 3, 4], [-1, -1, 5, 6], [-1, -1, 7, 8], [-1, -1, 9, 10], [-1, -1, -1, 11]]]
     """
     _check_window_sizes("iter_eval_windows", batch_size, block_size)
-    if len(tokens) < block_size + 1:
-        raise TinyGPTError(f"{len(tokens)} tokens are too few for block size {block_size}")
-    n_windows = (len(tokens) - 1) // block_size
-    for first in range(0, n_windows, batch_size):
-        count = min(batch_size, n_windows - first)
-        starts = (first + np.arange(count)) * block_size
-        window = starts[:, None] + np.arange(block_size + 1)
+    if stride is not None and (not is_int(stride) or not 1 <= stride <= block_size):
+        raise TinyGPTError(f"iter_eval_windows: stride must be an integer from 1 to block_size {block_size}, "
+                           f"got {stride!r}")
+    n = len(tokens)
+    if n < (2 if whole else block_size + 1):
+        raise TinyGPTError(f"{n} tokens are too few for block size {block_size}")
+    T = min(block_size, n - 1)  # (whole: a split shorter than a window is one window)
+    starts = np.arange(0, n - T, stride or block_size)  # every window whose last target exists
+    if whole and starts[-1] + T < n - 1:
+        starts = np.append(starts, n - 1 - T)
+    # the targets before each window's own: the ones the window before it scored (up to its last)
+    scored_before = np.concatenate([[0], starts[:-1] + T])
+    for first in range(0, len(starts), batch_size):
+        s = starts[first : first + batch_size]
+        window = s[:, None] + np.arange(T + 1)
         chunk = np.asarray(tokens[window], dtype=np.int64)
-        yield chunk[:, :-1], chunk[:, 1:]
+        y = chunk[:, 1:]
+        seen = window[:, 1:] <= scored_before[first : first + batch_size, None]
+        if seen.any():
+            y = np.where(seen, -1, y)  # a copy: x is a view of the same chunk
+        yield chunk[:, :-1], y
 
 
 __all__ = [
