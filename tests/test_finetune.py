@@ -651,6 +651,9 @@ def test_numeric_label_names_match_csv_and_jsonl_labels(tmp_path, capsys):
     result = ft.evaluate_classifier(tmp_path / "clf", data=str(tmp_path / "n.jsonl"), split="all")
     assert result["confusion"].sum() == 2 and result["labels"] == ["1", "0"]
     _fails(capsys, ["eval", "--out", str(tmp_path / "clf"), "--batch-size", "0"], "--batch-size")
+    # a language model's sliding windows: a classifier reads each text in one window
+    _fails(capsys, ["eval", "--out", str(tmp_path / "clf"), "--stride", "4"], "--stride is for language")
+    assert main(["eval", "--out", str(tmp_path / "clf"), "--backend", "numpy"]) == 0  # (no --batch-size: 32)
     with pytest.raises(TinyGPTError, match="batch-size"):  # -1 ran no batch and scored uninitialised memory
         ft.predict_proba(ft.load_classifier(tmp_path / "clf"), ["the fox"], batch_size=-1)
 

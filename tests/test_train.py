@@ -6,6 +6,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from tinygpt.cli import main
 from tinygpt.errors import TinyGPTError
 from tinygpt.files import current_umask
 from tinygpt.model import GPT, GPTConfig
+from tinygpt.tokenizer import BPETokenizer
 
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\n"
         "It is the east, and Juliet is the sun.\n\n"
@@ -474,6 +476,163 @@ def test_eval_bits_per_byte_counts_the_bytes_of_the_predicted_tokens(tmp_path, m
     assert n_bytes not in (inputs_bytes, n * 16)  # counting the inputs', or a byte a token, would show
     nats = result["loss"] * result["tokens"]
     assert result["bits_per_byte"] == pytest.approx(nats / math.log(2) / n_bytes, rel=1e-12)
+
+
+# --- tinygpt eval --pretrained: a transformers GPT-2 directory on a whole text, sliding windows ----------
+
+# characters of 1, 2, 3 and 4 UTF-8 bytes: bits per byte must count bytes, not tokens or characters
+PRETRAINED_TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+                   "Ça va? Très bien — à demain! 5 € 🤖\n") * 6
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory, make_hf_gpt2):
+    """(directory, transformers model, tokenizer, text file): a random GPT-2 of context 16 saved by
+    transformers with a 300-token BPE of its own (vocab.json + merges.txt), and a text of 300-odd tokens."""
+    root = tmp_path_factory.mktemp("tiny-gpt2")
+    tokenizer = BPETokenizer.train(PRETRAINED_TEXT, 300, special_tokens=["<|endoftext|>"])
+    files = tokenizer.save_gpt2_files(root / "tokenizer")
+    hf = make_hf_gpt2(root / "model", vocab_size=300, block_size=16, seed=0, tokenizer_files=files)
+    text = root / "text.txt"
+    text.write_text(PRETRAINED_TEXT, encoding="utf-8")
+    return root / "model", hf, tokenizer, text
+
+
+def _sliding_window_loss(hf, ids, T, stride):
+    """(mean nats, tokens scored) computed directly in torch, as Hugging Face's perplexity guide does it:
+    windows of T tokens every stride tokens, the last one ending at the last token, each scoring its targets
+    past those the window before scored."""
+    import torch
+
+    nats, scored_to, begin = 0.0, 0, 0  # targets 1 .. scored_to are scored
+    while scored_to < len(ids) - 1:
+        begin = min(begin, len(ids) - 1 - T)
+        window = torch.tensor(ids[begin : begin + T + 1])
+        new = begin + T - scored_to  # the window's last `new` targets
+        with torch.no_grad():
+            logits = hf(window[None, :-1]).logits[0]
+        nats += torch.nn.functional.cross_entropy(logits[-new:], window[-new:], reduction="sum").item()
+        scored_to, begin = begin + T, begin + stride
+    return nats / (len(ids) - 1), len(ids) - 1
+
+
+@pytest.mark.parametrize("stride", [None, 16, 5, 1])
+def test_eval_pretrained_equals_transformers_sliding_window_loss(tiny_gpt2, stride, tmp_path, monkeypatch,
+                                                                 capsys):
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    directory, hf, tokenizer, text = tiny_gpt2
+    ids = tokenizer.encode(PRETRAINED_TEXT)
+    assert len(ids) > 300  # 20-odd windows of 16
+    expected, n_scored = _sliding_window_loss(hf, ids, 16, stride or 16)
+    result = training.evaluate(pretrained=directory, data=str(text), stride=stride, backend="numpy")
+    assert result["tokens"] == n_scored == len(ids) - 1  # every token but the first, the tail too
+    assert result["loss"] == pytest.approx(expected, rel=1e-6)  # float32 against float32
+    assert result["perplexity"] == pytest.approx(math.exp(expected), rel=1e-6)
+    # bits per byte over the scored text: all of it but the first token
+    n_bytes = len(PRETRAINED_TEXT.encode("utf-8")) - len(tokenizer.decode_bytes(ids[:1]))
+    assert result["bits_per_byte"] == pytest.approx(expected * n_scored / math.log(2) / n_bytes, rel=1e-6)
+    # windows batched (3 a forward pass, the last batch short) score the same
+    batched = training.evaluate(pretrained=directory, data=str(text), stride=stride, batch_size=3,
+                                backend="numpy")
+    assert batched["tokens"] == n_scored and batched["loss"] == pytest.approx(expected, rel=1e-6)
+    # the command prints the same, saying how many tokens it scored
+    argv = ["eval", "--pretrained", str(directory), "--data", str(text), "--backend", "numpy"]
+    assert main(argv + (["--stride", str(stride)] if stride else [])) == 0
+    printed = capsys.readouterr()
+    assert printed.err == ""  # the directory's own tokenizer: no note
+    assert printed.out.startswith(f"all of {text}: {n_scored} of its {len(ids)} tokens scored (the first is "
+                                  f"only context), windows of 16 tokens every {stride or 16}\n")
+    assert float(printed.out.split("loss ")[1].split()[0]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_eval_pretrained_text_shorter_than_the_context_is_one_window(tiny_gpt2, tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    directory, hf, tokenizer, _ = tiny_gpt2
+    short = tmp_path / "short.txt"
+    short.write_text("Speak, speak.\n", encoding="utf-8")
+    ids = tokenizer.encode(short.read_text(encoding="utf-8"))
+    assert 2 <= len(ids) <= 16
+    expected, n_scored = _sliding_window_loss(hf, ids, len(ids) - 1, 1)
+    result = training.evaluate(pretrained=directory, data=str(short), stride=4, backend="numpy")
+    assert result["tokens"] == n_scored and result["window"] == len(ids) - 1
+    assert result["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_eval_pretrained_without_tokenizer_files_uses_gpt2s_as_sample_does(pretrained_dir, tmp_path,
+                                                                           monkeypatch, capsys):
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    directory, _ = pretrained_dir  # GPT-2's own files as vocab.json + merges.txt
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(directory / name, bare / name)
+    text = tmp_path / "text.txt"
+    text.write_text(PRETRAINED_TEXT, encoding="utf-8")
+    assert main(["eval", "--pretrained", str(directory), "--data", str(text), "--backend", "numpy"]) == 0
+    with_files = capsys.readouterr()
+    assert main(["eval", "--pretrained", str(bare), "--data", str(text), "--backend", "numpy"]) == 0
+    without = capsys.readouterr()
+    assert with_files.err == "" and without.err.count("\n") == 1 and "using GPT-2's tokenizer" in without.err
+    assert without.out == with_files.out
+
+
+def test_eval_pretrained_errors_are_one_line(tiny_gpt2, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    directory, _, _, text = tiny_gpt2
+    model = ["eval", "--pretrained", str(directory)]
+    scored = [*model, "--data", str(text)]
+    one_token = tmp_path / "one.txt"
+    one_token.write_text("a", encoding="utf-8")
+    for argv, message in (
+        (["eval", "--pretrained", str(tmp_path / "missing"), "--data", str(text)], "no model directory at"),
+        ([*model, "--data", str(one_token)], "one.txt is 1 token long: scoring needs at least 2"),
+        ([*scored, "--stride", "0"], "--stride must be a positive integer, got 0"),
+        ([*scored, "--stride", "-3"], "--stride must be a positive integer, got -3"),
+        ([*scored, "--stride", "17"], "--stride 17 exceeds the model's context of 16"),
+        ([*scored, "--out", "run"], "argument --out: not allowed with argument --pretrained"),
+        ([*scored, "--split", "val"], "--split val: a pretrained model has no train or val split"),
+        ([*scored, "--split", "train"], "is scored whole (--split all)"),
+        (model, "--pretrained needs --data FILE"),
+        ([*model, "--data", str(tmp_path / "absent.txt")], "data file not found"),
+        (["eval", "--pretrained", "", "--data", str(text)], "--pretrained must name a directory"),
+    ):
+        assert message in _one_line_error(capsys, argv)
+    assert main([*scored, "--split", "all", "--max-batches", "2"]) == 0
+    assert capsys.readouterr().out.startswith(f"all of {text}: 32 of its ")  # two windows of 16 targets
+    # and as a real process: exit status 2, one line, no traceback
+    proc = subprocess.run([sys.executable, "-m", "tinygpt", *model, "--data", str(one_token)],
+                          capture_output=True, text=True, env={**os.environ, "TINYGPT_CACHE": str(tmp_path)})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_eval_stride_on_a_training_run(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "2",
+                 "--eval-interval", "2"]) == 0
+    capsys.readouterr()
+    default = training.evaluate(out, backend="numpy")
+    assert training.evaluate(out, backend="numpy", stride=16) == default  # the context is the default
+    # a smaller stride: the val split's windows every 4 tokens, each scoring its last 4 targets (all 16 of
+    # the first), up to the last full window, computed window by window
+    result = training.evaluate(out, backend="numpy", stride=4)
+    model, tok = load_checkpoint(out).model, load_checkpoint(out).tokenizer
+    model.eval()
+    ids = np.array(tok.encode(TEXT))
+    val = ids[int(round(0.9 * len(ids))):]
+    nats, n = 0.0, 0
+    for begin in range(0, len(val) - 16, 4):
+        new = 16 if begin == 0 else 4
+        y = np.full(16, -1)
+        y[-new:] = val[begin + 17 - new : begin + 17]
+        nats += model.forward(val[None, begin : begin + 16], y[None])[1] * new
+        n += new
+    assert result["tokens"] == n and result["loss"] == pytest.approx(nats / n, rel=1e-6)
+    assert result["tokens"] >= default["tokens"]  # a tail shorter than a stride left out, not a window
+    assert main(["eval", "--out", str(out), "--backend", "numpy", "--stride", "4"]) == 0
+    assert capsys.readouterr().out.startswith(f"val split of {corpus}: {n} tokens, model at step 2, windows "
+                                              "of 16 tokens every 4\n")
+    assert "--stride 17 exceeds the model's context of 16" in _one_line_error(
+        capsys, ["eval", "--out", str(out), "--stride", "17", "--backend", "numpy"])
 
 
 def test_plot_of_a_run_directory_with_an_unusual_name(tmp_path):

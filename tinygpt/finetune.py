@@ -551,7 +551,7 @@ def load_gpt2_dir(path, backend: str = "numpy"):
     if tokenizer.vocab_size > model.config.vocab_size:
         raise TinyGPTError(f"{description}: its tokenizer has {tokenizer.vocab_size} tokens but the model "
                            f"only {model.config.vocab_size}; for a tinygpt training directory use "
-                           "--init-from (train, finetune) or --out (sample)")
+                           "--init-from (train, finetune) or --out (sample, eval)")
     return model, tokenizer, description
 
 

@@ -694,46 +694,89 @@ def plot_metrics(out_dir: str | os.PathLike, path: str | os.PathLike | None = No
 # --- tinygpt eval ------------------------------------------------------------------------------------
 
 
-def evaluate(out_dir: str | os.PathLike, data: str | None = None, split: str = "val", batch_size: int = 32,
-             backend: str = "auto", max_batches: int | None = None) -> dict:
+def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, split: str | None = None,
+             batch_size: int | None = None, backend: str = "auto", max_batches: int | None = None,
+             stride: int | None = None, pretrained: str | os.PathLike | None = None) -> dict:
     """Loss, perplexity and bits per byte of a trained model on a whole split of a text file.
 
-    The split is cut into non-overlapping windows of ``block_size`` tokens (every token predicted once).
-    ``loss`` is the mean cross-entropy in nats per token; ``perplexity = exp(loss)``; bits per byte =
-    total nats / ln 2 / number of UTF-8 bytes of the predicted tokens: unlike per-token loss, it compares
-    models with different tokenizers.
-    """
-    from tinygpt.checkpoint import load_checkpoint
-    from tinygpt.data import iter_eval_windows, prepare_dataset
+    The model is a training run's (``out_dir``) or a transformers GPT-2 directory's (``pretrained``, with its
+    tokenizer as ``tinygpt sample --pretrained`` finds it: ``finetune.load_gpt2_dir``). A run is scored on
+    the val (default) or train split of its text, or of ``data``, split 90/10 as in training, a tail shorter
+    than a window left out; a pretrained model on the whole of ``data`` (``split="all"``, its only split: no
+    part of that text is known to be its training text), every token but the first, the tail included.
 
-    if split not in ("train", "val"):
+    Windows of the model's ``block_size`` (``data.iter_eval_windows``) advance by ``stride`` tokens (default:
+    ``block_size``, non-overlapping), each scoring only the targets the window before did not, so each
+    target is predicted once. ``loss`` is the mean cross-entropy in nats per scored token; ``perplexity =
+    exp(loss)``; bits per byte = total nats / ln 2 / number of UTF-8 bytes of the scored tokens: unlike
+    per-token loss, it compares models with different tokenizers. ``batch_size`` is windows per forward
+    pass: 32 for a run's small windows, 1 for a pretrained model, whose forward over one 1024-token window
+    of GPT-2 already keeps about 1 GiB of activations (``model.activation_floats_per_token``).
+    """
+    from tinygpt.data import VAL_FRACTION, iter_eval_windows, prepare_dataset
+
+    if (out_dir is None) == (pretrained is None):
+        raise TinyGPTError("evaluate: give out_dir (a training run) or pretrained (a GPT-2 directory), not "
+                           f"{'both' if out_dir is not None else 'neither'}")
+    if pretrained is not None:
+        if not data:
+            raise TinyGPTError("--pretrained needs --data FILE: the text to score")
+        if split not in (None, "all"):
+            raise TinyGPTError(f"--split {split}: a pretrained model has no train or val split of {data}, it "
+                               "is scored whole (--split all)")
+        split = "all"
+    elif split is None:
+        split = "val"
+    elif split not in ("train", "val"):
         raise TinyGPTError(f"unknown split {split!r}: choose train or val")
+    if batch_size is None:
+        batch_size = 1 if pretrained is not None else 32
     # integers, checked before the (slow) load: 2.5 was a TypeError from range(), "4" from the comparison,
     # and a max_batches of 1.5 ran 2 batches
     if not is_int(batch_size) or batch_size <= 0:
         raise TinyGPTError(f"--batch-size must be a positive integer, got {batch_size!r}")
     if max_batches is not None and (not is_int(max_batches) or max_batches < 1):
         raise TinyGPTError(f"--max-batches must be an integer >= 1, got {max_batches!r}")
-    ckpt = load_checkpoint(out_dir, backend=backend, with_optimizer=False)
-    model, tokenizer = ckpt.model, ckpt.tokenizer
-    data_path = Path(data) if data else _data_path(ckpt.train_config.get("data"))
-    dataset = prepare_dataset(data_path, tokenizer=tokenizer)
-    tokens = dataset.train if split == "train" else dataset.val
+    if stride is not None and (not is_int(stride) or stride < 1):  # (its upper bound, once the model is in)
+        raise TinyGPTError(f"--stride must be a positive integer, got {stride!r}")
+    if pretrained is not None:
+        from tinygpt.finetune import load_gpt2_dir
+
+        model, tokenizer, source = load_gpt2_dir(pretrained, backend=backend)
+        step = None
+    else:
+        from tinygpt.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(out_dir, backend=backend, with_optimizer=False)
+        model, tokenizer, source, step = ckpt.model, ckpt.tokenizer, str(out_dir), ckpt.state.get("step")
     block = model.config.block_size
-    if len(tokens) < block + 1:
+    if stride is not None and stride > block:  # windows further apart than they are long skip tokens
+        raise TinyGPTError(f"--stride {stride} exceeds the model's context of {block} tokens")
+    data_path = Path(data) if data else _data_path(ckpt.train_config.get("data"))
+    # (split "all": the whole text as the "train" part of a split with no val part)
+    val_fraction = 0.0 if split == "all" else VAL_FRACTION
+    dataset = prepare_dataset(data_path, tokenizer=tokenizer, val_fraction=val_fraction)
+    tokens = dataset.val if split == "val" else dataset.train
+    if split == "all" and len(tokens) < 2:
+        raise TinyGPTError(f"{data_path} is {len(tokens)} token long: scoring needs at least 2 (the first is "
+                           "only context)")
+    if split != "all" and len(tokens) < block + 1:
         raise TinyGPTError(f"the {split} split of {data_path} has {len(tokens)} tokens, fewer than one "
                            f"window of {block + 1}")
     byte_lengths = np.array([len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size)])
     model.eval()
     total_nats, total_tokens, total_bytes = 0.0, 0, 0
-    for i, (x, y) in enumerate(iter_eval_windows(tokens, block, batch_size)):
+    windows = iter_eval_windows(tokens, block, batch_size, stride, whole=split == "all")
+    for i, (x, y) in enumerate(windows):
         if max_batches is not None and i >= max_batches:
             break
         _, loss = model.forward(x, y)
-        total_nats += float(loss) * y.size
-        total_tokens += y.size
-        total_bytes += int(byte_lengths[y].sum())
+        scored = y[y != -1]  # (the targets an earlier window scored are -1)
+        total_nats += float(loss) * scored.size
+        total_tokens += scored.size
+        total_bytes += int(byte_lengths[scored].sum())
     loss = total_nats / total_tokens
     return {"data": str(data_path), "split": split, "tokens": total_tokens, "loss": loss,
             "perplexity": math.exp(loss), "bits_per_byte": total_nats / math.log(2) / max(total_bytes, 1),
-            "step": ckpt.state.get("step")}
+            "step": step, "model": source, "split_tokens": len(tokens), "window": min(block, len(tokens) - 1),
+            "stride": stride or block}
