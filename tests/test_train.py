@@ -179,8 +179,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(corpus, tm
     forward = GPT.forward
     calls = {"train": 0}
 
-    def exploding_forward(self, idx, targets=None):
-        logits, loss = forward(self, idx, targets)
+    def exploding_forward(self, idx, targets=None, **kwargs):
+        logits, loss = forward(self, idx, targets, **kwargs)
         if self.training:
             calls["train"] += 1
             if calls["train"] == 7:  # the 7th training step

@@ -339,12 +339,15 @@ class GPT:
 
     # --- forward and backward ---------------------------------------------------------------------
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, keep_caches: bool = True):
         """idx (B, T) int -> logits (B, T, V), loss (Python float, or None without targets).
 
-        With targets (B, T) int (-1 = ignore), the caches are kept for one ``backward()``; without, nothing
-        is kept. idx and targets are host arrays; with the cuda backend the logits stay on the GPU (a
-        device array, ``ops.to_host`` reads it) and only the loss comes back.
+        With targets (B, T) int (-1 = ignore), the caches are kept for one ``backward()``; without targets,
+        or with ``keep_caches=False`` (a loss to report, not to train on), nothing is kept, and each layer's
+        caches are freed as it returns: the forward then holds about one block's activations at a time, not
+        all of them (``activation_floats_per_token`` counts what a training forward keeps). idx and targets
+        are host arrays; with the cuda backend the logits stay on the GPU (a device array, ``ops.to_host``
+        reads it) and only the loss comes back.
         """
         idx = self._check_ids(idx, "idx")
         if targets is not None:
@@ -352,7 +355,8 @@ class GPT:
             if targets.shape != idx.shape:
                 raise TinyGPTError(f"targets shape {targets.shape} does not match idx shape {idx.shape}")
         self._tape = None  # a new forward invalidates the old caches (and frees them before we allocate)
-        tape = []  # one entry per layer call, in order; backward pops them in reverse
+        keep = targets is not None and keep_caches
+        tape = [] if keep else _NoTape()  # one entry per layer call, in order; backward pops them in reverse
         x = self._body_forward(idx, tape)
         logits, c_head = self.ops.lm_head_forward(x, self.params["wte.weight"])  # x @ wte.T: tied LM head
         tape.append(c_head)
@@ -360,7 +364,7 @@ class GPT:
             return logits, None
         loss, c_loss = self.ops.cross_entropy_forward(logits, targets)
         tape.append(c_loss)
-        self._tape = tape
+        self._tape = tape if keep else None
         return logits, float(loss)
 
     def forward_hidden(self, idx, keep_caches: bool = True):
@@ -372,7 +376,7 @@ class GPT:
         """
         idx = self._check_ids(idx, "idx")
         self._tape = None
-        tape = []
+        tape = [] if keep_caches else _NoTape()
         h = self._body_forward(idx, tape)
         if keep_caches:
             self._tape = ("hidden", tape, tuple(h.shape))  # tagged: backward() must not consume it
@@ -623,6 +627,17 @@ class GPT:
                 atomic_path(os.path.join(path, "config.json")) as config_tmp:
             save_file(tensors, weights_tmp, metadata={"format": "pt"})
             Path(config_tmp).write_text(config_text, encoding="utf-8")
+
+
+class _NoTape:
+    """The tape of a forward that keeps nothing (inference, evaluation): what is put on it is dropped at
+    once, so each layer's caches are freed as soon as the next layer no longer needs its output."""
+
+    def append(self, cache) -> None:
+        pass
+
+    def __iadd__(self, caches):  # (``tape += [...]``)
+        return self
 
 
 @dataclass

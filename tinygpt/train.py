@@ -310,7 +310,7 @@ def mean_loss(model, batches) -> float:
     was_training = model.training
     model.eval()
     try:
-        losses = [model.forward(x, y)[1] for x, y in batches]
+        losses = [model.forward(x, y, keep_caches=False)[1] for x, y in batches]
     finally:
         if was_training:
             model.train()
@@ -710,8 +710,9 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
     target is predicted once. ``loss`` is the mean cross-entropy in nats per scored token; ``perplexity =
     exp(loss)``; bits per byte = total nats / ln 2 / number of UTF-8 bytes of the scored tokens: unlike
     per-token loss, it compares models with different tokenizers. ``batch_size`` is windows per forward
-    pass: 32 for a run's small windows, 1 for a pretrained model, whose forward over one 1024-token window
-    of GPT-2 already keeps about 1 GiB of activations (``model.activation_floats_per_token``).
+    pass: 32 for a run's small windows, 1 for a pretrained model, whose logits over one 1024-token window of
+    GPT-2 take 196 MiB. The forwards keep no caches (``keep_caches=False``): one such window peaks at about
+    400 MiB (traced, GPT-2 small's shape), where a training forward keeps 1.1 GiB of activations.
     """
     from tinygpt.data import VAL_FRACTION, iter_eval_windows, prepare_dataset
 
@@ -770,7 +771,7 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
     for i, (x, y) in enumerate(windows):
         if max_batches is not None and i >= max_batches:
             break
-        _, loss = model.forward(x, y)
+        _, loss = model.forward(x, y, keep_caches=False)
         scored = y[y != -1]  # (the targets an earlier window scored are -1)
         total_nats += float(loss) * scored.size
         total_tokens += scored.size
