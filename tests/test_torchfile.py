@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -233,7 +234,7 @@ def test_hand_written_zip_matches_torch_load(tmp_path):
     (0, (2, 3), (3, 2), "reaches past"),  # the last element is 3 + 4 = 7
     (0, (3,), (-1,), "has size"),  # negative strides are not torch's
     (-1, (2,), (1,), "storage offset -1"),
-    (0, (2**62, 2), (0, 1), "has size"),  # in bounds, but no array is that large
+    (0, (2**62, 2), (0, 1), "more than twice"),  # in bounds, but no array is that large
     (0, (2.0,), (1,), "has size"),
 ])  # fmt: skip
 def test_a_view_outside_its_storage_is_refused(tmp_path, offset, size, stride, message):
@@ -260,6 +261,87 @@ def test_missing_or_wrong_sized_storage_records_are_refused(tmp_path):
         archive.writestr("archive/other.txt", "hello")
     with pytest.raises(TinyGPTError, match="without one FOLDER/data.pkl"):
         read_state_dict(tmp_path / "w.bin")
+
+
+def write_legacy(path, state, keys, tail):
+    """A legacy-layout torch.save file made by hand: the four pickles (``state``'s Tensors as torch pickles
+    them, with the legacy persistent id's sixth item), the list of storage ``keys``, then ``tail``."""
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, Storage):
+                return "storage", getattr(torch, obj.kind), obj.key, "cpu", obj.numel, None
+            return None
+
+    buffer = io.BytesIO()
+    for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}):
+        pickle.dump(header, buffer, protocol=2)
+    Pickler(buffer, protocol=2).dump(state)
+    pickle.dump(keys, buffer, protocol=2)
+    path.write_bytes(buffer.getvalue() + tail)
+
+
+def traced_peak(function):
+    """The traced memory peak while ``function()`` runs, and what it raised."""
+    tracemalloc.start()
+    try:
+        function()
+    except Exception as exc:  # (returned, for the caller to check)
+        return tracemalloc.get_traced_memory()[1], exc
+    finally:
+        tracemalloc.stop()
+    return None, None
+
+
+def test_sizes_a_file_claims_are_checked_before_they_are_allocated(tmp_path):
+    # guards: the legacy layout read a storage's bytes with f.read(the pickle's size), which allocates that
+    # size first: a 300-byte file claiming 1 GiB allocated 1 GiB (2**61 elements: an OverflowError, not a
+    # TinyGPTError); a view with zero strides was copied out whole: 634 bytes asked for 64 GiB
+    path = tmp_path / "w.bin"
+    s = Storage("0", 6)
+    write_legacy(path, {"w": Tensor(s, 0, (6,), (1,))}, ["0"], (6).to_bytes(8, "little") + bytes(24))
+    assert torch.load(path)["w"].tolist() == read_state_dict(path)["w"].tolist() == [0.0] * 6  # the helper
+    for numel in (2**28, 2**61):  # 1 GiB of float32, and a size no read can take
+        write_legacy(path, {"w": Tensor(Storage("0", numel), 0, (6,), (1,))}, ["0"],
+                     numel.to_bytes(8, "little") + bytes(24))
+        peak, exc = traced_peak(lambda: read_state_dict(path))
+        assert isinstance(exc, TinyGPTError) and "after its pickles are too few" in str(exc), exc
+        assert peak < 2**20, peak
+    write_zip(path, {"w": Tensor(s, 0, (2**12, 2**12), (0, 0))}, {"0": bytes(24)})  # 64 MiB from 24 bytes
+    assert torch.load(path)["w"].shape == (2**12, 2**12)  # (torch's view shares the storage)
+    peak, exc = traced_peak(lambda: read_state_dict(path))
+    assert isinstance(exc, TinyGPTError) and "more than twice the 6 of the storages" in str(exc), exc
+    assert peak < 2**20, peak
+    views = {name: Tensor(s, 0, (6,), (1,)) for name in ("w", "tied", "third")}  # (each view costs ~10 bytes)
+    write_zip(path, views, {"0": bytes(24)})
+    with pytest.raises(TinyGPTError, match="its tensors hold 18 elements, more than twice the 6"):
+        read_state_dict(path)
+    write_zip(path, {name: views[name] for name in ("w", "tied")}, {"0": bytes(24)})
+    assert set(read_state_dict(path)) == {"w", "tied"}  # a tied weight's two views of one storage load
+
+
+def test_odd_sizes_and_keys_are_read_or_refused_in_one_line(tmp_path):
+    # guards: tracebacks from a corrupt file: a dimension of size 1 with a stride past NumPy's int64
+    # (OverflowError; it never steps, so it reads as torch reads it), an empty tensor too large to shape
+    # (ValueError), a legacy list of keys holding a list (TypeError: unhashable) or nested too deep to print
+    # (RecursionError)
+    path = tmp_path / "w.bin"
+    s = Storage("0", 6)
+    records = {"0": np.arange(6.0, dtype="<f4").tobytes()}
+    write_zip(path, {"w": Tensor(s, 1, (1, 2), (2**62, 1))}, records)
+    assert torch.load(path)["w"].tolist() == read_state_dict(path)["w"].tolist() == [[1.0, 2.0]]
+    write_zip(path, {"w": Tensor(s, 0, (0, 2**62, 2**62), (1, 1, 1))}, records)
+    with pytest.raises(TinyGPTError, match="has size .*too big"):
+        read_state_dict(path)
+    write_legacy(path, {"w": Tensor(s, 0, (6,), (1,))}, [["0"]], b"")
+    with pytest.raises(TinyGPTError, match=r"the list of storage keys \[\['0'\]\] does not match"):
+        read_state_dict(path)
+    write_legacy(path, {"w": Tensor(s, 0, (6,), (1,))}, ["0"], b"")
+    keys_pickle = pickle.dumps(["0"], protocol=2)
+    nested = b"\x80\x02)" + b"\x85" * 100_000 + b"."  # ((((...),),),), 100,000 deep (pickle.dumps recurses)
+    path.write_bytes(path.read_bytes().removesuffix(keys_pickle) + nested)
+    with pytest.raises(TinyGPTError, match=r"the list of storage keys \(\(\(.*\) does not match"):
+        read_state_dict(path)
 
 
 def test_a_pickle_cannot_set_attributes_on_what_it_is_given(tmp_path):

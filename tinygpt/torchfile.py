@@ -29,16 +29,23 @@ little-endian element count and the storage's little-endian bytes.
 Safety: unpickling runs whatever functions the pickle names, so a ``.bin`` from the internet could run any
 code (``os.system``). The unpickler here resolves only the names a state dict uses, each to a stand-in
 defined below (an ``OrderedDict``, the rebuild functions, the storage types); any other name is refused
-before anything is called. Tensors come back as NumPy arrays of their own dtype, but bfloat16, which
-NumPy lacks: it is widened to float32, exactly (a bfloat16 is the upper half of a float32).
+before anything is called. Nor can a file's sizes take memory out of proportion to it: the storages' sizes
+the pickle claims are checked against the bytes the file holds before they are read, and the tensors, each
+copied out of its storage, may hold at most twice their storages' elements (a tied weight's two views), so
+a few hundred bytes cannot ask for a broadcast of gigabytes (a zip record compressed by hand, which
+torch.save never writes, still expands to the size it declares, as it does in ``torch.load``). Tensors
+come back as NumPy arrays of their own dtype, but bfloat16, which NumPy lacks: it is widened to float32,
+exactly (a bfloat16 is the upper half of a float32).
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
+import reprlib
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -224,6 +231,15 @@ def _arrays(tensors: dict[str, _Tensor], storages, byteorder: str) -> dict[str, 
     ``storages`` yields ``(storage, bytes)`` one storage at a time, and a storage's bytes are dropped once
     its views are copied: loading takes the memory of the arrays plus one storage, not twice the file.
     """
+    # a view can hold more elements than its storage (zero strides, as torch's expand() makes) and any
+    # number of views can share one, so a file of a few hundred bytes could ask for terabytes of copies; a
+    # state dict's tensors view their storages once each, twice for a tied weight (lm_head.weight is
+    # wte.weight's), so more than twice the storages' elements is refused before anything is copied
+    stored = sum({tensor.storage.key: tensor.storage.numel for tensor in tensors.values()}.values())
+    elements = sum(math.prod(tensor.size) for tensor in tensors.values())
+    if elements > 2 * stored:
+        raise TinyGPTError(f"its tensors hold {elements:,} elements, more than twice the {stored:,} of the "
+                           "storages they view (zero strides or overlapping views), which tinygpt would copy")
     views_of: dict[str, list[str]] = {}
     for name, tensor in tensors.items():
         views_of.setdefault(tensor.storage.key, []).append(name)
@@ -244,20 +260,22 @@ def _view_copy(raw: bytes, tensor: _Tensor, byteorder: str, name: str) -> np.nda
     # as_strided reads wherever offset and strides point: every element the view reaches must lie inside
     # the storage, or a corrupt file would read (or crash on) memory that is not the file's
     last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride))
-    if 0 in tensor.size:
-        view = np.empty(tensor.size, dtype=dtype)
-    elif last >= storage.numel:
+    if last >= storage.numel and 0 not in tensor.size:
         raise TinyGPTError(f"tensor {name!r} (offset {tensor.offset}, size {tensor.size}, stride "
                            f"{tensor.stride}) reaches past its storage's {storage.numel} elements")
-    else:
-        elements = np.frombuffer(raw, dtype=dtype)
-        strides = [s * dtype.itemsize for s in tensor.stride]  # NumPy's count bytes
-        try:
+    try:
+        if 0 in tensor.size:
+            view = np.empty(tensor.size, dtype=dtype)
+        else:
+            elements = np.frombuffer(raw, dtype=dtype)
+            # NumPy's strides count bytes; a dimension of size 1 never steps, so its stride is not
+            # multiplied out (torch loads a stride of 2**62 there, whose 2**64 bytes overflow NumPy's int64)
+            strides = [s * dtype.itemsize if n > 1 else 0 for n, s in zip(tensor.size, tensor.stride)]
             view = np.lib.stride_tricks.as_strided(
                 elements[tensor.offset:], shape=tensor.size, strides=strides, writeable=False
             )
-        except ValueError as exc:  # a size whose bytes overflow an index ("array is too big")
-            raise TinyGPTError(f"tensor {name!r} has size {tensor.size} ({exc})") from None
+    except ValueError as exc:  # a size whose bytes overflow an index ("array is too big"), or 65 dimensions
+        raise TinyGPTError(f"tensor {name!r} has size {tensor.size} ({exc})") from None
     if storage.dtype == "bfloat16":  # the upper 16 bits of a float32: shifted up, they are that float32
         return (view.astype(np.uint32, order="C") << 16).view(np.float32)
     return view.astype(dtype.newbyteorder("="), order="C")  # a contiguous copy, in the machine's byte order
@@ -291,17 +309,21 @@ def _read_zip(file: str) -> dict[str, np.ndarray]:
 
 
 def _zip_storages(archive: zipfile.ZipFile, folder: str, storages):
+    """The storages' bytes, one at a time, every record's presence and size checked against the pickle's
+    first (from the archive's directory): a size the pickle claims is one the file holds before anything is
+    read or copied."""
+    records = []
     for storage in storages:
         record = f"{folder}data/{storage.key}"
         try:
-            raw = archive.read(record)
+            size = archive.getinfo(record).file_size
         except KeyError:
             raise TinyGPTError(f"the storage record {record} is missing") from None
         nbytes = storage.numel * _raw_dtype(storage).itemsize
-        if len(raw) != nbytes:
-            raise TinyGPTError(f"the storage record {record} holds {len(raw)} bytes, the pickle says "
-                               f"{nbytes}")
-        yield storage, raw
+        if size != nbytes:
+            raise TinyGPTError(f"the storage record {record} holds {size} bytes, the pickle says {nbytes}")
+        records.append((storage, record))
+    return ((storage, archive.read(record)) for storage, record in records)  # (read gives size bytes)
 
 
 def _read_legacy(f) -> dict[str, np.ndarray]:
@@ -318,10 +340,18 @@ def _read_legacy(f) -> dict[str, np.ndarray]:
     unpickler = _RestrictedUnpickler(f, legacy=True)
     tensors = _tensors_of(_unpickle(unpickler))
     keys = _unpickle(_RestrictedUnpickler(f, legacy=True))
-    if not isinstance(keys, list) or not all(key in unpickler.storages for key in keys):
-        raise TinyGPTError(f"the list of storage keys {keys!r:.40} does not match the pickle's storages")
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k in unpickler.storages for k in keys):
+        raise TinyGPTError(f"the list of storage keys {reprlib.repr(keys)} does not match the pickle's "
+                           "storages")
+    storages = [unpickler.storages[key] for key in keys]
+    # the sizes the pickle claims, against what the file holds, before a read of that size allocates it
+    needed = sum(8 + storage.numel * _raw_dtype(storage).itemsize for storage in storages)
+    left = os.fstat(f.fileno()).st_size - f.tell()
+    if needed > left:
+        raise TinyGPTError(f"its storages take {needed:,} bytes, the {left:,} after its pickles are too few "
+                           "(a truncated file?)")
     in_use = {tensor.storage.key for tensor in tensors.values()}
-    return _arrays(tensors, _legacy_storages(f, [unpickler.storages[key] for key in keys], in_use), "<")
+    return _arrays(tensors, _legacy_storages(f, storages, in_use), "<")
 
 
 def _legacy_storages(f, storages: list[_Storage], in_use: set[str]):
