@@ -182,7 +182,7 @@ def test_prepare_dataset_writes_nanogpt_bins_and_reuses_them(tmp_path, monkeypat
     cache = tmp_path / "cache"
     ds = data.prepare_dataset(src, "char", cache=cache)
     tok = ds.tokenizer
-    assert ds.train.dtype == np.uint16 and ds.meta["dtype"] == "uint16"
+    assert ds.train.dtype == np.uint16 and ds.meta["dtype"] == "<u2"
     n = len(TEXT)
     assert len(ds.train) == round(0.9 * n) and len(ds.train) + len(ds.val) == n
     # contiguous split: train then val is the whole text
@@ -714,3 +714,17 @@ def test_token_files_are_little_endian_whatever_the_machine():
     for vocab_size in (65, 65537):
         dtype = data.token_dtype(vocab_size)
         assert dtype.str[0] == "<" and dtype == dtype.newbyteorder("<")
+
+
+def test_token_files_read_back_in_the_byte_order_they_were_written(tmp_path, monkeypatch):
+    # guards: the files were written little-endian ('<u2') but meta.json kept only the name, "uint16",
+    # which read them back in the machine's order: on a big-endian machine every id came back byte-swapped.
+    # The machine's order is not ours to change, so the file's is: a cache written in the other order
+    # stands for a little-endian file read on a big-endian machine.
+    other_order = ">" if np.dtype("<u2").isnative else "<"
+    monkeypatch.setattr(data, "token_dtype", lambda vocab_size: np.dtype(f"{other_order}u2"))
+    src = tmp_path / "input.txt"
+    src.write_text(TEXT)
+    for _ in ("written", "reused"):
+        ds = data.prepare_dataset(src, "char", cache=tmp_path / "cache")
+        assert ds.tokenizer.decode(np.concatenate([ds.train, ds.val]).tolist()) == TEXT

@@ -337,7 +337,7 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
             "text_sha256": text_sha256,
             "tokenizer_sha256": fingerprint,
             "vocab_size": int(tokenizer.vocab_size),
-            "dtype": dtype.name,
+            "dtype": dtype.str,  # "<u2", byte order included (an older cache's "uint16" is the machine's)
             "train_tokens": n_train,
             "val_tokens": int(len(ids) - n_train),
             "text_bytes": len(text.encode("utf-8")),
