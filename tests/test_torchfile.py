@@ -145,6 +145,28 @@ def test_a_bare_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path)
     assert not marker.exists()
 
 
+def test_a_copyreg_extension_code_is_refused_even_when_the_process_has_one(tmp_path):
+    # EXT1 240 names whatever copyreg.add_extension registered as 240, and once one load has resolved it the
+    # C unpickler takes it from copyreg's cache without asking find_class: the allow-list alone let this
+    # pickle call os.mkdir
+    import copyreg
+    import struct
+
+    marker = tmp_path / "it_ran"
+    copyreg.add_extension("os", "mkdir", 240)
+    try:
+        pickle.loads(b"\x80\x02\x82\xf0.")  # an ordinary load of the extension fills the cache
+        path = str(marker).encode()
+        payload = (b"\x80\x02\x82\xf0" + b"X" + struct.pack("<I", len(path)) + path  # EXT1 240, the path
+                   + b"\x85R.")  # TUPLE1, REDUCE: os.mkdir(path)
+        (tmp_path / "evil.bin").write_bytes(payload)
+        with pytest.raises(TinyGPTError, match=r"evil\.bin: refused the pickle's EXT1 opcode"):
+            read_state_dict(tmp_path / "evil.bin")
+        assert not marker.exists()
+    finally:
+        copyreg.remove_extension("os", "mkdir", 240)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_what_is_not_a_dict_of_tensors_is_refused(tmp_path, layout):
     path = tmp_path / "w.bin"

@@ -29,13 +29,14 @@ little-endian element count and the storage's little-endian bytes.
 Safety: unpickling runs whatever functions the pickle names, so a ``.bin`` from the internet could run any
 code (``os.system``). The unpickler here resolves only the names a state dict uses, each to a stand-in
 defined below (an ``OrderedDict``, the rebuild functions, the storage types); any other name is refused
-before anything is called. Nor can a file's sizes take memory out of proportion to it: the storages' sizes
-the pickle claims are checked against the bytes the file holds before they are read, and the tensors, each
-copied out of its storage, may hold at most twice their storages' elements (a tied weight's two views), so
-a few hundred bytes cannot ask for a broadcast of gigabytes (a zip record compressed by hand, which
-torch.save never writes, still expands to the size it declares, as it does in ``torch.load``). Tensors
-come back as NumPy arrays of their own dtype, but bfloat16, which NumPy lacks: it is widened to float32,
-exactly (a bfloat16 is the upper half of a float32).
+before anything is called, and copyreg's numbered extension codes (EXT1/2/4), which could reach a global
+past that check, are refused before the pickle runs. Nor can a file's sizes take memory out of proportion to
+it: the storages' sizes the pickle claims are checked against the bytes the file holds before they are read,
+and the tensors, each copied out of its storage, may hold at most twice their storages' elements (a tied
+weight's two views), so a few hundred bytes cannot ask for a broadcast of gigabytes (a zip record compressed
+by hand, which torch.save never writes, still expands to the size it declares, as it does in
+``torch.load``). Tensors come back as NumPy arrays of their own dtype, but bfloat16, which NumPy lacks: it
+is widened to float32, exactly (a bfloat16 is the upper half of a float32).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import reprlib
 import zipfile
 import zlib
@@ -172,6 +174,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def __init__(self, file, legacy: bool):
         super().__init__(file, encoding="utf-8")  # (for pickles from Python 2, as torch.load does)
+        self.file = file
         self.legacy = legacy
         self.storages: dict[str, _Storage] = {}
 
@@ -203,11 +206,30 @@ def _unpickle(unpickler: _RestrictedUnpickler):
     # KeyError for a memo entry, a TypeError calling a stand-in with the wrong arguments): all of it means
     # a corrupt file, to be one line, not a traceback
     try:
+        _refuse_extension_codes(unpickler.file)
         return unpickler.load()
     except TinyGPTError:
         raise
     except Exception as exc:
         raise TinyGPTError(f"corrupt pickle ({type(exc).__name__}: {exc})") from None
+
+
+# EXT1/2/4 name a global by a number registered with copyreg.add_extension, and the C unpickler answers
+# one from copyreg's process-wide cache without asking find_class: once anything in the process has
+# registered an extension and loaded it, a pickle could reach that global past the allow-list. No
+# torch.save file uses them, so they are refused before the pickle is read.
+_EXTENSION_OPCODES = {"EXT1", "EXT2", "EXT4"}
+
+
+def _refuse_extension_codes(file) -> None:
+    """Read the pickle at ``file``'s position through to its STOP opcode (not running it) and refuse an
+    extension code; the position is restored for the real load."""
+    start = file.tell()
+    for opcode, _, _ in pickletools.genops(file):
+        if opcode.name in _EXTENSION_OPCODES:
+            raise TinyGPTError(f"refused the pickle's {opcode.name} opcode (a copyreg extension code, "
+                               "which could name any global)")
+    file.seek(start)
 
 
 def _tensors_of(state) -> dict[str, _Tensor]:
