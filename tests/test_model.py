@@ -673,6 +673,11 @@ def test_from_pretrained_errors(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": []}))
     with pytest.raises(TinyGPTError, match="not a valid safetensors index"):
         GPT.from_pretrained(tmp_path)
+    for shard in ("../model.safetensors", "/dev/stdin", "..", "sub/model.safetensors"):  # (stdin would hang)
+        index = {"weight_map": {"wte.weight": shard}}
+        (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+        with pytest.raises(TinyGPTError, match=r"not a valid safetensors index: shard .* is not a file name"):
+            GPT.from_pretrained(tmp_path)
     config_path.write_text("[1, 2]")
     with pytest.raises(TinyGPTError, match="not a JSON object"):
         GPT.from_pretrained(tmp_path)

@@ -764,6 +764,11 @@ def _shard_files(index: str, kind: str) -> list[str]:
             weight_map = loads_json(f.read())["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise TypeError("weight_map must map tensor names to file names")
+        # a shard is a file beside its index: a path out of the directory ("../x", "/dev/stdin") is not one
+        outside = [name for name in weight_map.values()
+                   if os.path.basename(name) != name or name in ("", ".", "..")]
+        if outside:
+            raise TypeError(f"shard {outside[0]!r:.60} is not a file name in the checkpoint's directory")
     except (ValueError, KeyError, TypeError) as exc:  # (ValueError: bad JSON, or bytes not UTF-8)
         raise TinyGPTError(f"{index} is not a valid {kind} index: {exc}") from None
     return [os.path.join(os.path.dirname(index), name) for name in sorted(set(weight_map.values()))]
