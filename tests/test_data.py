@@ -728,3 +728,20 @@ def test_token_files_read_back_in_the_byte_order_they_were_written(tmp_path, mon
     for _ in ("written", "reused"):
         ds = data.prepare_dataset(src, "char", cache=tmp_path / "cache")
         assert ds.tokenizer.decode(np.concatenate([ds.train, ds.val]).tolist()) == TEXT
+
+
+def test_each_split_has_its_own_cache_entry(tmp_path, monkeypatch):
+    """Scoring a text whole (val_fraction 0, as eval --pretrained does) and training on it (90/10) keep
+    one cache entry each: switching back and forth encodes the text once per split, not at every switch."""
+    src = tmp_path / "input.txt"
+    src.write_text(TEXT)
+    tokenizer = CharTokenizer.train(TEXT)
+    encoded = []
+    encode = CharTokenizer.encode
+    monkeypatch.setattr(CharTokenizer, "encode", lambda self, text: encoded.append(1) or encode(self, text))
+    for val_fraction in (data.VAL_FRACTION, 0.0, data.VAL_FRACTION, 0.0):
+        ds = data.prepare_dataset(src, tokenizer=tokenizer, cache=tmp_path, val_fraction=val_fraction)
+        assert len(ds.val) == (0 if val_fraction == 0 else len(TEXT) - data.train_split_size(len(TEXT),
+                                                                                            val_fraction))
+    assert len(encoded) == 2
+    assert len(list((tmp_path / "tokens").iterdir())) == 2

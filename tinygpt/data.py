@@ -311,7 +311,8 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
     ``tokenizer`` (an existing tokenizer, e.g. a checkpoint's) takes precedence over ``tokenizer_kind``.
     The first ``1 - val_fraction`` of the ids is the training split, the rest validation: a contiguous
     split, so validation text is text the model never saw (not shuffled lines of the same scene).
-    The cache lives in ``<cache>/tokens/<text sha256[:16]>-<tokenizer sha256[:16]>/``.
+    The cache lives in ``<cache>/tokens/<text sha256[:16]>-<tokenizer sha256[:16]>/`` (with ``-val<f>``
+    after it for a ``val_fraction`` other than the default).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise TinyGPTError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
@@ -322,7 +323,10 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
         tokenizer = build_tokenizer(tokenizer_kind, text, text_sha256, vocab_size, cache)
     fingerprint = tokenizer_fingerprint(tokenizer)
     root = Path(cache) if cache is not None else cache_dir()
-    folder = root / "tokens" / f"{text_sha256[:16]}-{fingerprint[:16]}"
+    # one folder per split too, so that scoring a text whole (val_fraction 0: eval --pretrained) and
+    # training on it (the default 90/10) do not evict each other's cache and re-encode the text each time
+    split = "" if val_fraction == VAL_FRACTION else f"-val{val_fraction:g}"
+    folder = root / "tokens" / f"{text_sha256[:16]}-{fingerprint[:16]}{split}"
     meta = _valid_cache(folder, text_sha256, fingerprint, val_fraction)
     if meta is None:
         ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
