@@ -43,11 +43,11 @@ def _gpt2_tokenizer_files():
     return data / "encoder.json", data / "vocab.bpe"
 
 
-def save_hf_gpt2(directory, *, vocab_size, block_size, n_layer=2, n_head=2, n_embd=16, seed=0,
-                 tokenizer_files=None, wte_scale=None):
-    """A randomly initialised transformers GPT2LMHeadModel (no dropout) saved by ``save_pretrained``
-    (config.json, model.safetensors) into ``directory``, with ``tokenizer_files`` (an encoder.json and a
-    vocab.bpe, GPT-2's format) copied beside it as ``vocab.json`` and ``merges.txt``; returns the model."""
+def random_hf_gpt2(*, vocab_size, block_size, n_layer=2, n_head=2, n_embd=16, seed=0, wte_scale=None,
+                   perturb_affines=False):
+    """A randomly initialised transformers GPT2LMHeadModel in eval mode, no dropout. ``perturb_affines``:
+    biases N(0, 0.2) and LayerNorm gains 1 + N(0, 0.2) instead of init's 0 and 1, so that a loader which
+    dropped or swapped one of them would show (as llm.c's test_gpt2 does)."""
     import torch
     import transformers
 
@@ -57,15 +57,35 @@ def save_hf_gpt2(directory, *, vocab_size, block_size, n_layer=2, n_head=2, n_em
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
     )  # fmt: skip
     hf = transformers.GPT2LMHeadModel(config).eval()
-    if wte_scale is not None:
-        with torch.no_grad():
+    with torch.no_grad():
+        if wte_scale is not None:
             hf.transformer.wte.weight.mul_(wte_scale)
+        if perturb_affines:
+            for name, p in hf.named_parameters():
+                if name.endswith("bias"):
+                    p.copy_(torch.randn_like(p) * 0.2)
+                elif ".ln_" in name or "ln_f" in name:
+                    p.copy_(1.0 + torch.randn_like(p) * 0.2)
+    return hf
+
+
+def save_hf_gpt2(directory, *, tokenizer_files=None, **shape):
+    """``random_hf_gpt2(**shape)`` saved by ``save_pretrained`` (config.json, model.safetensors) into
+    ``directory``, with ``tokenizer_files`` (an encoder.json and a vocab.bpe, GPT-2's format) copied beside
+    it as ``vocab.json`` and ``merges.txt``; returns the model."""
+    hf = random_hf_gpt2(**shape)
     hf.save_pretrained(directory)
     if tokenizer_files is not None:
         encoder_json, vocab_bpe = tokenizer_files
         shutil.copy(encoder_json, Path(directory) / "vocab.json")
         shutil.copy(vocab_bpe, Path(directory) / "merges.txt")
     return hf
+
+
+@pytest.fixture(scope="session")
+def make_random_hf_gpt2():
+    """``random_hf_gpt2``: a tiny transformers GPT-2 model of the shape a test asks, not saved."""
+    return random_hf_gpt2
 
 
 @pytest.fixture(scope="session")

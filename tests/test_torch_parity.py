@@ -17,20 +17,10 @@ V, T, B = 67, 12, 3
 
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
+def hf_dir(tmp_path_factory, make_random_hf_gpt2):
     """A random GPT2LMHeadModel with non-zero biases and LayerNorm affines, saved with save_pretrained."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=V, n_positions=16, n_layer=2, n_head=4, n_embd=32,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
-    )  # fmt: skip
-    model = transformers.GPT2LMHeadModel(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(torch.randn_like(p) * 0.2)
-            elif ".ln_" in name or "ln_f" in name:
-                p.copy_(1.0 + torch.randn_like(p) * 0.2)
+    model = make_random_hf_gpt2(vocab_size=V, block_size=16, n_layer=2, n_head=4, n_embd=32,
+                                perturb_affines=True)
     path = tmp_path_factory.mktemp("hf_gpt2")
     model.save_pretrained(path)
     return path

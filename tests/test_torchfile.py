@@ -392,21 +392,11 @@ def test_a_pickle_cannot_set_attributes_on_what_it_is_given(tmp_path):
 # --- GPT.from_pretrained on a directory with pytorch_model.bin -----------------------------------------
 
 
-def tiny_gpt2():
-    """A random GPT2LMHeadModel with non-zero biases and LayerNorm affines (as test_torch_parity's)."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=67, n_positions=16, n_layer=2, n_head=4, n_embd=32,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
-    )  # fmt: skip
-    model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(torch.randn_like(p) * 0.2)
-            elif ".ln_" in name or "ln_f" in name:
-                p.copy_(1.0 + torch.randn_like(p) * 0.2)
-    return model
+@pytest.fixture
+def tiny_gpt2(make_random_hf_gpt2):
+    """Builds a random GPT2LMHeadModel with non-zero biases and LayerNorm affines (as test_torch_parity's)."""
+    return lambda: make_random_hf_gpt2(vocab_size=67, block_size=16, n_layer=2, n_head=4, n_embd=32,
+                                       perturb_affines=True)
 
 
 def assert_params_equal(model, state):
@@ -425,7 +415,7 @@ def save_bin_dir(model, path, layout, state=None):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_a_pytorch_model_bin_gives_transformers_logits(tmp_path, layout):
+def test_a_pytorch_model_bin_gives_transformers_logits(tmp_path, layout, tiny_gpt2):
     # guards: the .bin refused ("PyTorch .bin checkpoints are not supported"), or read with the tied
     # lm_head's shared storage, strides or offsets wrong
     model = tiny_gpt2()
@@ -441,7 +431,7 @@ def test_a_pytorch_model_bin_gives_transformers_logits(tmp_path, layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_the_original_gpt2_layout_loads(tmp_path, layout):
+def test_the_original_gpt2_layout_loads(tmp_path, layout, tiny_gpt2):
     # the original GPT-2 files: GPT2Model's names (no "transformer." prefix), float causal-mask buffers
     # (attn.bias, a (1, 1, T, T) tril) and the masked_bias scalar, which are skipped
     model = tiny_gpt2()
@@ -457,7 +447,7 @@ def test_the_original_gpt2_layout_loads(tmp_path, layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_a_sharded_pytorch_checkpoint_loads_every_shard(tmp_path, layout):
+def test_a_sharded_pytorch_checkpoint_loads_every_shard(tmp_path, layout, tiny_gpt2):
     # pytorch_model.bin.index.json maps each tensor to one of several .bin files, as transformers shards
     model = tiny_gpt2()
     model.config.save_pretrained(tmp_path)
@@ -476,7 +466,7 @@ def test_a_sharded_pytorch_checkpoint_loads_every_shard(tmp_path, layout):
         GPT.from_pretrained(tmp_path)
 
 
-def test_model_safetensors_is_preferred_to_pytorch_model_bin(tmp_path):
+def test_model_safetensors_is_preferred_to_pytorch_model_bin(tmp_path, tiny_gpt2):
     # transformers' order: the safetensors file, then its index, then the .bin, then the .bin's index
     model = tiny_gpt2()
     save_bin_dir(model, tmp_path, "zip")
@@ -494,7 +484,7 @@ def test_model_safetensors_is_preferred_to_pytorch_model_bin(tmp_path):
         GPT.from_pretrained(tmp_path)
 
 
-def test_sample_refuses_a_malicious_bin_in_one_line(tmp_path, capsys):
+def test_sample_refuses_a_malicious_bin_in_one_line(tmp_path, capsys, tiny_gpt2):
     from tinygpt.cli import main
 
     marker = tmp_path / "it_ran"
