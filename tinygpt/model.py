@@ -795,8 +795,10 @@ def _read_safetensors_widening_bfloat16(file: str) -> dict[str, np.ndarray]:
 
     The format is an 8-byte little-endian header length, a JSON header (name -> dtype, shape, byte offsets
     into the data that follows), then the raw tensors. A bfloat16 value is the upper 16 bits of a float32,
-    so widening is a 16-bit shift: ``uint32(bits) << 16`` viewed as float32.
+    so widening is a 16-bit shift (``torchfile.bfloat16_to_float32``, shared with the .bin reader).
     """
+    from tinygpt.torchfile import bfloat16_to_float32
+
     try:
         with open(file, "rb") as f:
             header_len = int.from_bytes(f.read(8), "little")
@@ -809,7 +811,7 @@ def _read_safetensors_widening_bfloat16(file: str) -> dict[str, np.ndarray]:
             start, end = info["data_offsets"]
             raw = data[start:end]
             if info["dtype"] == "BF16":
-                array = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+                array = bfloat16_to_float32(raw.view(np.uint16))
             elif info["dtype"] in _SAFETENSORS_DTYPES:
                 array = raw.view(_SAFETENSORS_DTYPES[info["dtype"]]).copy()
             else:

@@ -298,9 +298,19 @@ def _view_copy(raw: bytes, tensor: _Tensor, byteorder: str, name: str) -> np.nda
             )
     except ValueError as exc:  # a size whose bytes overflow an index ("array is too big"), or 65 dimensions
         raise TinyGPTError(f"tensor {name!r} has size {tensor.size} ({exc})") from None
-    if storage.dtype == "bfloat16":  # the upper 16 bits of a float32: shifted up, they are that float32
-        return (view.astype(np.uint32, order="C") << 16).view(np.float32)
+    if storage.dtype == "bfloat16":
+        return bfloat16_to_float32(view)
     return view.astype(dtype.newbyteorder("="), order="C")  # a contiguous copy, in the machine's byte order
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 values, given as their 16-bit patterns (any integer array), widened to float32 exactly: a
+    bfloat16 is the upper half of a float32, so shifted up 16 bits its pattern is that float32's.
+
+    >>> bfloat16_to_float32(np.array([0x3F80, 0xC040], dtype=np.uint16))  # 1.0 and -3.0
+    array([ 1., -3.], dtype=float32)
+    """
+    return (bits.astype(np.uint32, order="C") << 16).view(np.float32)
 
 
 def _raw_dtype(storage: _Storage) -> np.dtype:
