@@ -14,6 +14,7 @@ backend.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -36,6 +37,11 @@ if not CHILD:
             env["NUMBA_ENABLE_CUDASIM"] = "1"
         cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                "-W", "ignore::DeprecationWarning"]
+        if importlib.util.find_spec("xdist") and not has_real_gpu():
+            # The simulator runs each CUDA thread as an OS thread under one GIL, so one child keeps one
+            # core busy: two workers (pytest-xdist, a dev dependency) halve this, the suite's longest test
+            # (~190 s alone on a 2-core machine). worksteal evens out the few long training tests.
+            cmd += ["-n", "2", "--dist", "worksteal"]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         report = out.stdout[-6000:] + out.stderr[-2000:]
         assert out.returncode == 0, report
@@ -137,7 +143,8 @@ if not CHILD:
             pytest.skip(f"no CUDA toolkit here to compile with ({str(exc).splitlines()[0]})")
         ptxas = shutil.which("ptxas") or next(
             (p for p in ("/usr/local/cuda/bin/ptxas",) if os.path.exists(p)), None)
-        for name, kernel, signature, threads in _kernel_signatures(dtype_name):
+        assembling = []  # ptxas runs in its own process while the next kernel compiles (~10 s of ~50)
+        for number, (name, kernel, signature, threads) in enumerate(_kernel_signatures(dtype_name)):
             ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
             assert ".entry" in ptx, name
             # no arithmetic promoted to float64 (an int divisor, a literal), except in the gradient norm's
@@ -146,17 +153,19 @@ if not CHILD:
                 promoted = sorted(set(_FLOAT64_ARITHMETIC.findall(ptx)))
                 assert not promoted, f"{name}: float64 arithmetic in a float32 kernel: {promoted}"
             if ptxas:  # assembling checks what PTX cannot: shared memory (48 KB) and registers per block
-                path = tmp_path / "kernel.ptx"
+                path = tmp_path / f"kernel{number}.ptx"
                 path.write_text(ptx)
-                cubin = tmp_path / "kernel.cubin"
-                done = subprocess.run([ptxas, "-v", "-arch=sm_90", str(path), "-o", str(cubin)],
-                                      capture_output=True, text=True)
-                assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
-                registers = int(re.search(r"Used (\d+) registers", done.stderr).group(1))
-                assert registers * threads <= 65536, f"{name}: {registers} registers x {threads} threads"
-                # local memory is DRAM behind the caches: a stack array or a spilled register in a hot
-                # loop (the first attention kernels had both) costs more than the tiling saves
-                assert "0 bytes stack frame, 0 bytes spill stores" in done.stderr, f"{name}: {done.stderr}"
+                command = [ptxas, "-v", "-arch=sm_90", str(path), "-o", str(path.with_suffix(".cubin"))]
+                assembling.append((name, threads, subprocess.Popen(
+                    command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
+        for name, threads, process in assembling:
+            _, stderr = process.communicate()
+            assert process.returncode == 0, f"{name}: {stderr[-2000:]}"
+            registers = int(re.search(r"Used (\d+) registers", stderr).group(1))
+            assert registers * threads <= 65536, f"{name}: {registers} registers x {threads} threads"
+            # local memory is DRAM behind the caches: a stack array or a spilled register in a hot loop
+            # (the first attention kernels had both) costs more than the tiling saves
+            assert "0 bytes stack frame, 0 bytes spill stores" in stderr, f"{name}: {stderr}"
 
 else:
     from numba import cuda
