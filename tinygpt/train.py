@@ -54,8 +54,10 @@ class TrainConfig:
     """Every setting of a training run; names follow nanoGPT's. Presets: ``tinygpt/configs/*.toml``."""
 
     # data and run
-    data: str | None = None  # a UTF-8 text file; None = the default Shakespeare corpus
-    tokenizer: str = "char"  # char | bpe (trained on the data) | gpt2
+    data: str | None = None  # a UTF-8 text file, or a directory of token files (nanoGPT's train.bin and
+    # val.bin: data.open_token_dir); None = the default Shakespeare corpus
+    tokenizer: str = "char"  # char | bpe (trained on the data) | gpt2; a token directory's own replaces it
+    # (char with its meta.pkl, else gpt2), as an initial model's does (init_from, pretrained)
     vocab_size: int | None = None  # BPE only: 256 bytes + merges
     out: str = "out"
     init_from: str | None = None  # LM fine-tuning: start from this tinygpt run's weights and tokenizer
@@ -198,9 +200,12 @@ def _warn_if_resume_is_not_exact(saved: dict, now: dict) -> None:
     """One line on stderr (even with --quiet) for each change that makes a resumed run differ from the
     uninterrupted one; they are allowed, but the curve in metrics.jsonl is then not one run's."""
     notes = []
-    if saved.get("data_sha256") not in (None, now["data_sha256"]):
+    if saved.get("data_sha256") not in (None, now.get("data_sha256")):
         notes.append(f"the text of {now['data']} changed since the run started: training and validation "
                      "batches now come from other text")
+    elif saved.get("data_fingerprint") not in (None, now.get("data_fingerprint")):
+        notes.append(f"the token files of {now['data']} changed since the run started: training and "
+                     "validation batches now come from other tokens")
     for name, effect in (("batch_size", "the fixed evaluation batches change"),
                          ("eval_iters", "the fixed evaluation batches change"),
                          ("backend", "backends agree only to rounding")):
@@ -417,7 +422,14 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         load_checkpoint,
         save_checkpoint,
     )
-    from tinygpt.data import check_split_lengths, get_batch, prepare_dataset, rng_from_state, rng_state
+    from tinygpt.data import (
+        check_split_lengths,
+        get_batch,
+        open_token_dir,
+        prepare_dataset,
+        rng_from_state,
+        rng_state,
+    )
     from tinygpt.kernels import fused_adamw
     from tinygpt.model import GPT, GPTConfig
     from tinygpt.optim import AdamW, clip_grad_norm, lr_at, scale_grads
@@ -473,14 +485,20 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
 
     # data
     data_path = _data_path(cfg.data, say)
-    try:
-        data = prepare_dataset(data_path, cfg.tokenizer, cfg.vocab_size,
-                               tokenizer=ckpt.tokenizer if ckpt else init_tokenizer)
-    except TinyGPTError as exc:
-        if init_tokenizer is None:
-            raise
-        raise TinyGPTError(f"the tokenizer of {cfg.init_from or cfg.pretrained} cannot encode {data_path}: "
-                           f"{exc}") from None
+    if data_path.is_dir():  # token files prepared elsewhere: already tokenized, by the tokenizer they name
+        data = open_token_dir(data_path, tokenizer=ckpt.tokenizer if ckpt else init_tokenizer,
+                              tokenizer_of=str(out) if ckpt else cfg.init_from or cfg.pretrained)
+        if ckpt is None and init_tokenizer is None:
+            cfg.tokenizer, cfg.vocab_size = data.meta["tokenizer"], None
+    else:
+        try:
+            data = prepare_dataset(data_path, cfg.tokenizer, cfg.vocab_size,
+                                   tokenizer=ckpt.tokenizer if ckpt else init_tokenizer)
+        except TinyGPTError as exc:
+            if init_tokenizer is None:
+                raise
+            raise TinyGPTError(f"the tokenizer of {cfg.init_from or cfg.pretrained} cannot encode "
+                               f"{data_path}: {exc}") from None
     check_split_lengths(data, cfg.block_size)
     tokenizer = data.tokenizer
 
@@ -523,10 +541,13 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         "val": fixed_eval_batches(data.val, cfg.eval_iters, cfg.batch_size, cfg.block_size, cfg.seed),
     }
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps
-    # the data path absolute (resumable from any directory) and its text's sha256 (a resume can tell if
-    # the corpus changed)
-    config_record = {**cfg.to_dict(), "data": str(data_path.resolve()),
-                     "data_sha256": data.meta["text_sha256"]}
+    # the data path absolute (resumable from any directory) and its text's sha256, or its token files'
+    # fingerprint (a resume can tell if the corpus changed)
+    config_record = {**cfg.to_dict(), "data": str(data_path.resolve())}
+    if data.token_files is None:
+        config_record["data_sha256"] = data.meta["text_sha256"]
+    else:
+        config_record["data_fingerprint"] = data.meta["fingerprint"]
     if ckpt is not None:
         _warn_if_resume_is_not_exact(ckpt.train_config, config_record)
     run_start = time.perf_counter()
@@ -704,6 +725,9 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
     the val (default) or train split of its text, or of ``data``, split 90/10 as in training, a tail shorter
     than a window left out; a pretrained model on the whole of ``data`` (``split="all"``, its only split: no
     part of that text is known to be its training text), every token but the first, the tail included.
+    ``data`` may also be a directory of token files (``data.open_token_dir``): its ``val.bin`` (default) or
+    ``train.bin`` is the split, for a run and a pretrained model alike (its ids must be ones the model's
+    tokenizer reads as the files' do), a tail shorter than a window left out.
 
     Windows of the model's ``block_size`` (``data.iter_eval_windows``) advance by ``stride`` tokens (default:
     ``block_size``, non-overlapping), each scoring only the targets the window before did not, so each
@@ -714,7 +738,7 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
     GPT-2 take 196 MiB. The forwards keep no caches (``keep_caches=False``): one such window peaks at about
     400 MiB (traced, GPT-2 small's shape), where a training forward keeps 1.1 GiB of activations.
     """
-    from tinygpt.data import VAL_FRACTION, iter_eval_windows, prepare_dataset
+    from tinygpt.data import VAL_FRACTION, iter_eval_windows, open_token_dir, prepare_dataset
 
     if (out_dir is None) == (pretrained is None):
         raise TinyGPTError("evaluate: give out_dir (a training run) or pretrained (a GPT-2 directory), not "
@@ -722,10 +746,16 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
     if pretrained is not None:
         if not data:
             raise TinyGPTError("--pretrained needs --data FILE: the text to score")
-        if split not in (None, "all"):
+        if Path(data).is_dir():  # token files: the folder's own two splits, as for a run
+            if split not in (None, "train", "val"):
+                raise TinyGPTError(f"--split {split}: a token directory is scored one file at a time, val "
+                                   "(default) or train")
+            split = split or "val"
+        elif split not in (None, "all"):
             raise TinyGPTError(f"--split {split}: a pretrained model has no train or val split of {data}, it "
                                "is scored whole (--split all)")
-        split = "all"
+        else:
+            split = "all"
     elif split is None:
         split = "val"
     elif split not in ("train", "val"):
@@ -754,9 +784,12 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
     if stride is not None and stride > block:  # windows further apart than they are long skip tokens
         raise TinyGPTError(f"--stride {stride} exceeds the model's context of {block} tokens")
     data_path = Path(data) if data else _data_path(ckpt.train_config.get("data"))
-    # (split "all": the whole text as the "train" part of a split with no val part)
-    val_fraction = 0.0 if split == "all" else VAL_FRACTION
-    dataset = prepare_dataset(data_path, tokenizer=tokenizer, val_fraction=val_fraction)
+    if data_path.is_dir():
+        dataset = open_token_dir(data_path, tokenizer=tokenizer, tokenizer_of=source)
+    else:
+        # (split "all": the whole text as the "train" part of a split with no val part)
+        val_fraction = 0.0 if split == "all" else VAL_FRACTION
+        dataset = prepare_dataset(data_path, tokenizer=tokenizer, val_fraction=val_fraction)
     tokens = dataset.val if split == "val" else dataset.train
     if split == "all" and len(tokens) < 2:
         raise TinyGPTError(f"{data_path} is {len(tokens)} token long: scoring needs at least 2 (the first is "
