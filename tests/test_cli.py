@@ -40,7 +40,7 @@ def test_help_says_what_train_and_eval_do_with_a_trained_model_or_a_classifier(c
 
 def test_help_says_data_takes_a_directory_of_nanogpt_token_files(capsys):
     assert ("or a directory of token files from nanoGPT's prepare.py (train.bin, val.bin; meta.pkl for "
-            "characters, else GPT-2's ids)") in _help(["train"], capsys)
+            "characters, else GPT-2's ids) or llm.c's") in _help(["train"], capsys)
     text = _help(["eval"], capsys)
     assert "a directory of token files (nanoGPT's train.bin, val.bin)" in text
     assert "or a token directory's val.bin or train.bin (with --pretrained too)" in text

@@ -749,7 +749,7 @@ def test_each_split_has_its_own_cache_entry(tmp_path, monkeypatch):
     assert len(list((tmp_path / "tokens").iterdir())) == 2
 
 
-# --- token directories prepared elsewhere (nanoGPT's prepare.py) -------------------------------------------
+# --- token directories prepared elsewhere (nanoGPT's prepare.py, llm.c's) ----------------------------------
 
 
 def test_a_char_token_dir_is_memory_mapped_with_nanogpts_ids(tmp_path, nanogpt_dir):
@@ -920,3 +920,60 @@ def test_a_token_file_given_as_the_text_is_pointed_to_its_directory(tmp_path, na
                                                f"--data {re.escape(str(tmp_path))}"):
             data.read_text(tmp_path / name)
 
+
+def _write_llmc(path, ids, magic=data.LLMC_MAGIC, version=data.LLMC_VERSION, count=None):
+    """A token file as llm.c's dev/data scripts write one: 256 int32s (magic, version, token count), ids."""
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = magic, version, len(ids) if count is None else count
+    path.write_bytes(header.tobytes() + np.asarray(ids, dtype="<u2").tobytes())
+
+
+def test_llmc_token_files_read_as_nanogpts_do(tmp_path, nanogpt_dir):
+    train_ids, val_ids = nanogpt_dir(tmp_path / "nanogpt", TEXT, "gpt2")
+    folder = tmp_path / "llmc"
+    folder.mkdir()
+    _write_llmc(folder / "tiny_shakespeare_train.bin", train_ids)
+    _write_llmc(folder / "tiny_shakespeare_val.bin", val_ids)
+    ds = data.open_token_dir(folder)
+    assert (ds.meta["format"], ds.meta["tokenizer"]) == ("llm.c", "gpt2")
+    assert isinstance(ds.train, np.memmap)
+    np.testing.assert_array_equal(ds.train, train_ids)  # the header is not read as ids
+    np.testing.assert_array_equal(ds.val, val_ids)
+    assert data.token_dir_tokenizer(folder) == "gpt2"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ({"magic": 20240801, "version": 7}, "holds llm.c's LLaMA 3 ids (uint32), not GPT-2's"),
+    ({"magic": 1234}, "is not llm.c's GPT-2 token file: its header starts 1234, 1, not 20240520, 1"),
+    ({"version": 2}, "is not llm.c's GPT-2 token file: its header starts 20240520, 2, not"),
+    ({"count": 5}, "has 80 bytes after its header, which says 5 tokens (10 bytes): truncated or damaged"),
+    ({"count": 0, "ids": []}, "holds no tokens"),
+])
+def test_damaged_llmc_token_files_are_one_line_errors_naming_the_file(tmp_path, damage, message):
+    damage = dict(damage)
+    ids = damage.pop("ids", list(range(40)))
+    _write_llmc(tmp_path / "x_train.bin", ids, **damage)
+    _write_llmc(tmp_path / "x_val.bin", list(range(40)))
+    with pytest.raises(TinyGPTError, match=f"token file {re.escape(str(tmp_path / 'x_train.bin'))} "
+                                           f"{re.escape(message)}"):
+        data.open_token_dir(tmp_path)
+
+
+def test_a_directory_of_llmc_pairs_or_shards_is_refused(tmp_path):
+    for name in ("a_train.bin", "a_val.bin", "b_train.bin", "b_val.bin"):
+        _write_llmc(tmp_path / name, [1, 2, 3])
+    with pytest.raises(TinyGPTError, match="holds 2 pairs of llm.c token files .a_train.bin, b_train.bin"):
+        data.open_token_dir(tmp_path)
+    shards = tmp_path / "fineweb"
+    shards.mkdir()
+    for name in ("fineweb_train_000001.bin", "fineweb_val_000000.bin"):
+        _write_llmc(shards / name, [1, 2, 3])
+    with pytest.raises(TinyGPTError, match="has no train.bin and val.bin .* nor llm.c's NAME_train.bin"):
+        data.open_token_dir(shards)
+    (tmp_path / "short_train.bin").write_bytes(b"\x00" * 100)
+    (tmp_path / "short_val.bin").write_bytes(b"\x00" * 100)
+    for name in ("a", "b"):
+        for split in ("train", "val"):
+            (tmp_path / f"{name}_{split}.bin").unlink()
+    with pytest.raises(TinyGPTError, match="short_train.bin is 100 bytes, shorter than llm.c's 1024-byte"):
+        data.open_token_dir(tmp_path)

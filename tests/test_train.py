@@ -1237,3 +1237,21 @@ def test_bad_token_directories_are_one_line_errors_naming_the_file(tmp_path, nan
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert not (broken / "ran").exists()
+
+
+def test_a_run_on_llmc_token_files_is_the_run_on_the_same_ids_from_nanogpt(tmp_path, nanogpt_dir):
+    train_ids, val_ids = nanogpt_dir(tmp_path / "nanogpt", TEXT, "gpt2")
+    llmc = tmp_path / "llmc"
+    llmc.mkdir()
+    for name, ids in (("tiny_shakespeare_train.bin", train_ids), ("tiny_shakespeare_val.bin", val_ids)):
+        header = np.zeros(256, dtype="<i4")
+        header[:3] = 20240520, 1, len(ids)  # llm.c's magic, version (GPT-2's ids) and token count
+        (llmc / name).write_bytes(header.tobytes() + np.array(ids, dtype="<u2").tobytes())
+    for folder in ("nanogpt", "llmc"):
+        training.train(_config(tmp_path / folder, tmp_path / f"run-{folder}", max_iters=2, eval_interval=2),
+                       quiet=True)
+    assert _rows(tmp_path / "run-llmc") == _rows(tmp_path / "run-nanogpt")  # the same batches of the same ids
+    assert load_checkpoint(tmp_path / "run-llmc").train_config["tokenizer"] == "gpt2"
+    ours = training.evaluate(tmp_path / "run-llmc", backend="numpy")
+    theirs = training.evaluate(tmp_path / "run-nanogpt", backend="numpy")
+    assert (ours["loss"], ours["tokens"]) == (theirs["loss"], theirs["tokens"])

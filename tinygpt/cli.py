@@ -327,8 +327,8 @@ def _add_training(sub):
                        "flag given; with --resume, from the run's saved config.")
     p.add_argument("--config", help="a shipped preset (default, shakespeare_char) or a TOML file")
     p.add_argument("--data", help="UTF-8 text file to train on, or a directory of token files from nanoGPT's "
-                   "prepare.py (train.bin, val.bin; meta.pkl for characters, else GPT-2's ids) (default: the "
-                   "Shakespeare corpus)")
+                   "prepare.py (train.bin, val.bin; meta.pkl for characters, else GPT-2's ids) or llm.c's "
+                   "(default: the Shakespeare corpus)")
     p.add_argument("--tokenizer", choices=("char", "bpe", "gpt2"), help="char, bpe (trained on --data), gpt2")
     p.add_argument("--vocab-size", type=int, metavar="N", help="vocabulary size of a BPE trained on the data")
     p.add_argument("--out", help="output directory: checkpoint, metrics.jsonl, loss.png")

