@@ -17,10 +17,12 @@ from hypothesis import strategies as st
 from tinygpt.errors import TinyGPTError
 from tinygpt.generate import (
     StreamDecoder,
+    apply_repetition_penalty,
     apply_temperature,
     forward_cached,
     forward_uncached,
     generate,
+    min_p_filter,
     new_kv_cache,
     next_token_probs,
     sample_next,
@@ -184,23 +186,28 @@ def test_kv_cache_in_chunks_of_any_sizes_gives_the_full_forwards_logits(config, 
 @settings(max_examples=20, deadline=None)
 @given(config=small_configs, B=st.integers(1, 3), T=st.integers(1, 10), extra=st.integers(0, 6),
        temperature=st.sampled_from([0.0, 0.5, 1.0, 2.0]), top_k=st.sampled_from([None, 1, 3]),
-       top_p=st.sampled_from([None, 0.5, 0.9]), vocab_limit=st.sampled_from([None, 1, 9, 17]),
-       use_cache=st.booleans(), seed=st.integers(0, 2**16))
+       top_p=st.sampled_from([None, 0.5, 0.9]), min_p=st.sampled_from([None, 0.0, 0.2, 0.6]),
+       repetition_penalty=st.sampled_from([None, 1.0, 0.6, 1.5]),
+       vocab_limit=st.sampled_from([None, 1, 9, 17]), use_cache=st.booleans(), seed=st.integers(0, 2**16))
 def test_generate_samples_from_the_models_last_block_for_any_settings(config, B, T, extra, temperature, top_k,
-                                                                      top_p, vocab_limit, use_cache, seed):
+                                                                      top_p, min_p, repetition_penalty,
+                                                                      vocab_limit, use_cache, seed):
     """generate, cached or not, for any prompt length and sampling settings, is: the prompt, then each
     token drawn by sample_next (same generator) from GPT.forward's last logits on the last block_size
-    tokens, cut to vocab_limit (every new id below it). Every run goes past block_size, where the window
-    slides and the cache is refilled: the prompt (longer than block_size or not) and extra tokens more."""
+    tokens, cut to vocab_limit (every new id below it), with the repetition penalty on every id of the
+    sequence so far (the whole prompt included). Every run goes past block_size, where the window slides
+    and the cache is refilled: the prompt (longer than block_size or not) and extra tokens more."""
     n_new = max(0, config.block_size + 1 - T) + extra
     model = _random_model(config, seed)
     prompt = np.random.default_rng(seed).integers(0, config.vocab_size, (B, T))
-    settings_ = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    settings_ = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     out = generate(model.params, config, prompt, n_new, seed=np.random.default_rng(seed),
-                   vocab_limit=vocab_limit, use_cache=use_cache, **settings_)
+                   vocab_limit=vocab_limit, use_cache=use_cache, repetition_penalty=repetition_penalty,
+                   **settings_)
     rng, seq = np.random.default_rng(seed), prompt
     for _ in range(n_new):
         logits = model.forward(seq[:, -config.block_size :])[0][:, -1, :vocab_limit]
+        logits = apply_repetition_penalty(logits, seq, repetition_penalty)
         seq = np.concatenate([seq, sample_next(logits, rng, **settings_)[:, None]], axis=1)
     np.testing.assert_array_equal(out, seq)
     assert (out[:, T:] < (vocab_limit or config.vocab_size)).all()
@@ -242,11 +249,12 @@ def test_model_generate_delegates_to_generate():
     )
     # every option reaches generate (top_p, eos_token and vocab_limit were never passed here): each one
     # changes these tokens, and the model's tokens are generate's
-    options = dict(temperature=1.5, top_k=30, top_p=0.6, seed=1, vocab_limit=VOCAB - 20)
+    options = dict(temperature=1.5, top_k=30, top_p=0.6, seed=1, vocab_limit=VOCAB - 20, min_p=0.8,
+                   repetition_penalty=1.3)
     options["eos_token"] = int(generate(model.params, CONFIG, idx, 16, **options)[0, 6])
     expected = generate(model.params, CONFIG, idx, 16, **options)
     np.testing.assert_array_equal(model.generate(idx, 16, **options), expected)
-    for name in ("temperature", "top_k", "top_p", "eos_token", "vocab_limit"):
+    for name in ("temperature", "top_k", "top_p", "eos_token", "vocab_limit", "min_p", "repetition_penalty"):
         without = {k: v for k, v in options.items() if k != name}
         assert not np.array_equal(generate(model.params, CONFIG, idx, 16, **without), expected), name
 
@@ -338,6 +346,15 @@ def test_a_1d_prompt_is_a_batch_of_one(peaked_params):
         (dict(top_p=0.0), "top_p"),
         (dict(top_p=1.5), "top_p"),
         (dict(top_p=-0.2), "top_p"),
+        (dict(min_p=-0.1), "min_p"),
+        (dict(min_p=1.5), "min_p"),
+        (dict(min_p=float("nan")), "min_p"),
+        (dict(min_p="0.1"), "min_p"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(repetition_penalty=-1.2), "repetition_penalty"),
+        (dict(repetition_penalty=float("nan")), "repetition_penalty"),
+        (dict(repetition_penalty=float("inf")), "repetition_penalty"),
+        (dict(repetition_penalty=True), "repetition_penalty"),
         (dict(max_new_tokens=-1), "max_new_tokens"),
         (dict(idx=np.zeros((2, 0), dtype=np.int64)), "idx"),
         (dict(idx=np.full((1, 3), VOCAB)), "token ids"),
@@ -364,7 +381,7 @@ def test_missing_weights_raise(params64):
 # --- sampling filters on given logits ---------------------------------------------------------------
 
 
-def _reference_probs(row, temperature, top_k, top_p):
+def _reference_probs(row, temperature, top_k, top_p, min_p=None):
     """One row, written out the long way in float64 Python: the definitions, tie-inclusive."""
     row = [float(x) for x in row]
     V = len(row)
@@ -392,6 +409,9 @@ def _reference_probs(row, temperature, top_k, top_p):
             mass += p[i]
             last = i
         keep = [k and p[i] >= p[last] for i, k in enumerate(keep)]
+    if min_p:
+        p = probs_of(keep)
+        keep = [k and p[i] >= min_p * max(p) for i, k in enumerate(keep)]
     return probs_of(keep)
 
 
@@ -401,16 +421,17 @@ def _reference_probs(row, temperature, top_k, top_p):
     temperature=st.sampled_from([0.0, 0.3, 0.7, 1.0, 1.6, 4.0]),
     top_k=st.one_of(st.none(), st.integers(0, 8)),
     top_p=st.one_of(st.none(), st.sampled_from([0.05, 0.2, 0.5, 0.75, 0.9, 0.99, 1.0])),
+    min_p=st.one_of(st.none(), st.sampled_from([0.0, 0.01, 0.1, 0.3, 0.7, 1.0])),
 )
-def test_distribution_equals_reference(rows, temperature, top_k, top_p):
+def test_distribution_equals_reference(rows, temperature, top_k, top_p, min_p):
     # logits on a grid of quarters: exact ties happen (and must be kept together), distinct values stay apart
     logits = np.array(rows, dtype=np.float64) / 4
-    probs = next_token_probs(logits, temperature, top_k, top_p)
-    expected = np.stack([_reference_probs(r, temperature, top_k, top_p) for r in logits])
+    probs = next_token_probs(logits, temperature, top_k, top_p, min_p)
+    expected = np.stack([_reference_probs(r, temperature, top_k, top_p, min_p) for r in logits])
     np.testing.assert_allclose(probs, expected, rtol=1e-9, atol=1e-12)
     assert ((probs == 0) == (expected == 0)).all()  # masked means exactly zero
     if temperature == 0:
-        np.testing.assert_array_equal(sample_next(logits, None, 0.0, top_k, top_p), logits.argmax(-1))
+        np.testing.assert_array_equal(sample_next(logits, None, 0.0, top_k, top_p, min_p), logits.argmax(-1))
 
 
 @pytest.mark.parametrize("scale", [0.05, 4.0])  # a flat distribution (nucleus > 256 tokens) and a peaked one
@@ -500,6 +521,210 @@ def test_sampled_tokens_are_never_masked(logits, k, p, seed):
     probs = next_token_probs(logits, 1.0, k, p)
     ids = sample_next(np.repeat(logits, 8, axis=0), np.random.default_rng(seed), 1.0, k, p)
     assert (probs[0, ids] > 0).all()
+
+
+# --- repetition penalty and min-p: transformers' RepetitionPenaltyLogitsProcessor and MinPLogitsWarper ----
+
+
+def _histories(V):
+    """Token ids of 4 rows with different histories: repeats, a row that saw one token only, ids past V
+    (a tokenizer's ids past a cut vocabulary: no logit to penalise)."""
+    return np.array([[3, 3, 3, 3, 3, 3], [0, 1, 2, 3, 4, 5], [V - 1, 7, V + 2, 7, 12, V],
+                     [9, 40, 9, 21, 0, 33]])
+
+
+def _float32_logits(V=50):
+    """4 rows of float32 logits of both signs, the first on a grid of halves (ties, zeros, a tied max)."""
+    logits = np.random.default_rng(0).normal(size=(4, V)).astype(np.float32) * 3
+    logits[0] = np.round(logits[0] * 2) / 2
+    logits[0, [5, 17]] = logits[0].max() + 1
+    return logits
+
+
+@pytest.mark.parametrize("penalty", [1.3, 0.7, 2.0, 1.0])
+def test_repetition_penalty_equals_transformers_processor_in_float32(penalty):
+    from transformers.generation import RepetitionPenaltyLogitsProcessor
+
+    logits, ids = _float32_logits(), _histories(50)
+    expected = RepetitionPenaltyLogitsProcessor(penalty)(torch.tensor(ids), torch.tensor(logits)).numpy()
+    ours = apply_repetition_penalty(logits, ids, penalty)
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, expected)  # the same bits: r is taken in float32, as torch takes it
+    seen = np.zeros(logits.shape, bool)
+    for row, history in zip(seen, ids):
+        row[history[history < 50]] = True
+    assert (ours[~seen] == logits[~seen]).all() and (penalty == 1.0) == (ours[seen] == logits[seen]).all()
+    np.testing.assert_array_equal(apply_repetition_penalty(logits[2], ids[2], penalty), ours[2])  # (V,), (n,)
+
+
+@pytest.mark.parametrize("min_p", [0.0, 0.05, 0.2, 0.5, 0.9, 1.0])
+def test_min_p_filter_equals_transformers_warper_in_float32(min_p):
+    from transformers.generation import MinPLogitsWarper, TopKLogitsWarper
+
+    logits = _float32_logits()
+    for before in (logits, TopKLogitsWarper(10)(None, torch.tensor(logits)).numpy()):  # -inf logits too
+        expected = MinPLogitsWarper(min_p)(None, torch.tensor(before)).numpy()
+        ours = min_p_filter(before, min_p)
+        assert ours.dtype == np.float32
+        np.testing.assert_array_equal(ours, expected)
+    assert np.isfinite(min_p_filter(logits, 1.0)[0]).sum() == 2  # row 0's tied maximum survives whole
+    if 0 < min_p < 1:  # it did cut, and less than min_p 1 does
+        assert 0 < np.isinf(min_p_filter(logits, min_p)).sum() < np.isinf(min_p_filter(logits, 1.0)).sum()
+
+
+@pytest.mark.parametrize("penalty, temperature, k, p, min_p", [
+    (1.3, 0.7, 10, 0.9, 0.05), (0.8, 1.0, 0, 1.0, 0.2), (1.2, 1.5, 20, 0.6, 0.1), (2.0, 0.9, 0, 0.95, 0.5),
+])
+def test_penalty_then_filters_equal_transformers_processors_in_their_order(penalty, temperature, k, p, min_p):
+    """transformers' order: the repetition penalty (a processor), then temperature, top-k, top-p, min-p.
+    (No ties here: transformers' top-p keeps some of the tokens tied at its cut, ours all of them.)"""
+    from transformers.generation import (
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    logits, ids = np.random.default_rng(1).normal(size=(4, 50)) * 3, torch.tensor(_histories(50))
+    t = RepetitionPenaltyLogitsProcessor(penalty)(ids, torch.tensor(logits))
+    t = TemperatureLogitsWarper(temperature)(ids, t)
+    if k:
+        t = TopKLogitsWarper(k)(ids, t)
+    if p < 1:
+        t = TopPLogitsWarper(p)(ids, t)
+    expected = torch.softmax(MinPLogitsWarper(min_p)(ids, t), dim=-1).numpy()
+    probs = next_token_probs(apply_repetition_penalty(logits, ids.numpy(), penalty), temperature, k, p, min_p)
+    np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-12)
+    assert ((probs == 0) == (expected == 0)).all()
+
+
+def _hf_perturbed(wte_scale=None):
+    """A float64 transformers GPT-2 of CONFIG's shape, biases and LayerNorm gains perturbed: logits of both
+    signs (about 58% positive), larger with wte_scale."""
+    from conftest import random_hf_gpt2
+
+    hf = random_hf_gpt2(vocab_size=VOCAB, block_size=BLOCK, n_layer=CONFIG.n_layer, n_head=CONFIG.n_head,
+                        n_embd=CONFIG.n_embd, seed=3, wte_scale=wte_scale, perturb_affines=True)
+    return hf.double()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_greedy_with_repetition_penalty_equals_transformers_generate(dtype):
+    # (a random GPT-2 repeats one token when greedy: with the penalty these rows go through 4 tokens each)
+    # different histories per row; no id 0, which transformers would take for padding (pad_token_id=0)
+    idx = np.array([[5, 5, 9, 5, 30], [1, 2, 3, 4, 6], [60, 2, 60, 2, 60]])
+    new = BLOCK - 5
+    model = _hf_perturbed().to(torch.float64 if dtype == np.float64 else torch.float32)
+    with torch.no_grad():
+        expected, plain = (model.generate(torch.tensor(idx), max_new_tokens=new, do_sample=False,
+                                          pad_token_id=0, repetition_penalty=r).numpy() for r in (1.3, 1.0))
+    ours = generate(_params_of(model, dtype), CONFIG, idx, new, temperature=0, repetition_penalty=1.3)
+    assert ours.shape == expected.shape == (3, BLOCK)
+    np.testing.assert_array_equal(ours, expected)
+    assert (expected != plain).sum(axis=1).min() > 0  # the penalty changed every row's tokens
+
+
+def test_repetition_penalty_covers_the_part_of_a_prompt_cropped_to_block_size(peaked_params):
+    """The sequence so far is the whole prompt, as transformers' input_ids hold it whole: a token that only
+    the cropped part holds is penalised too. Here it is the one the model would pick greedily."""
+    tail = _prompts(1, BLOCK, seed=4)  # the last block_size tokens: the model's window
+    logits = apply_repetition_penalty(forward_uncached(peaked_params, CONFIG, tail), tail, 5.0)
+    favourite = int(logits.argmax())
+    assert favourite not in tail
+    prompt = np.concatenate([[[favourite]], tail], axis=1)  # (1, BLOCK + 1): its first token cropped
+    expected = apply_repetition_penalty(forward_uncached(peaked_params, CONFIG, tail), prompt, 5.0).argmax()
+    assert expected != favourite
+    for use_cache in (True, False):
+        out = generate(peaked_params, CONFIG, prompt, 1, temperature=0, repetition_penalty=5.0,
+                       use_cache=use_cache)
+        assert out[0, -1] == expected
+
+
+def test_sampled_distributions_with_penalty_and_min_p_equal_transformers_generate():
+    """Sampling draws differ between the libraries' generators, so transformers samples a sequence and,
+    step by step, our distribution on its context is its processed scores' (output_scores): the same
+    surviving set, the same probabilities, and its drawn token among ours."""
+    hf = _hf_perturbed(wte_scale=10.0)  # logits of size ~1-10: min-p cuts
+    idx, T, new = _prompts(3, 6, seed=5) + 1, 6, 12  # no id 0: transformers' padding here
+    settings_ = dict(temperature=0.8, top_k=25, top_p=0.97, min_p=0.08)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        result = hf.generate(torch.tensor(idx), max_new_tokens=new, do_sample=True, pad_token_id=0,
+                             repetition_penalty=1.3, output_scores=True, return_dict_in_generate=True,
+                             **settings_)
+    seq, params = result.sequences.numpy(), _params_of(hf, np.float64)
+    cut_by_min_p = 0
+    for t, scores in enumerate(result.scores):
+        context = seq[:, : T + t]
+        # (transformers processes a float64 model's scores in float32: so do we, from the same logits)
+        logits = forward_uncached(params, CONFIG, context).astype(np.float32)
+        logits = apply_repetition_penalty(logits, context, 1.3)
+        probs = next_token_probs(logits, **settings_)
+        expected = torch.softmax(scores, dim=-1).numpy()
+        assert scores.dtype == torch.float32 and probs.dtype == np.float32
+        np.testing.assert_allclose(probs, expected, rtol=1e-6, atol=1e-9)
+        assert ((probs == 0) == (expected == 0)).all()
+        assert (probs[np.arange(3), seq[:, T + t]] > 0).all()
+        cut_by_min_p += np.count_nonzero(next_token_probs(logits, **{**settings_, "min_p": None}) > probs)
+    assert cut_by_min_p > 0  # min-p took tokens top-p had kept
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.lists(st.lists(st.floats(-30, 30, width=32), min_size=8, max_size=8), min_size=1, max_size=3),
+    min_ps=st.lists(st.floats(0, 1), min_size=2, max_size=4),
+    history=st.lists(st.integers(0, 11), max_size=12),
+    penalty=st.floats(0.1, 10),
+)
+def test_off_values_change_nothing_and_min_p_keeps_fewer_as_it_grows(rows, min_ps, history, penalty):
+    logits = np.array(rows, dtype=np.float32)
+    ids = np.tile(np.array(history, dtype=np.int64), (len(rows), 1))  # (B, n), ids 8..11 past V
+    # off: penalty 1 and min_p 0 (or None) are the identity, bit for bit, and the probabilities too
+    for off in (apply_repetition_penalty(logits, ids, 1.0), apply_repetition_penalty(logits, ids, None),
+                min_p_filter(logits, 0.0), min_p_filter(logits, None)):
+        np.testing.assert_array_equal(off, logits)
+    np.testing.assert_array_equal(next_token_probs(logits, 0.7, 3, 0.9, 0.0),
+                                  next_token_probs(logits, 0.7, 3, 0.9))
+    # a larger min_p keeps a subset of what a smaller one keeps, and always the row maximum
+    kept = [np.isfinite(min_p_filter(logits, m)) for m in sorted(min_ps)]
+    for more, fewer in zip(kept, kept[1:]):
+        assert (more | ~fewer).all()
+    assert kept[-1][np.arange(len(rows)), logits.argmax(-1)].all()
+    # the penalty applies once per token: a history and its distinct ids penalise alike
+    distinct = np.tile(np.unique(np.array(history, dtype=np.int64)), (len(rows), 1))
+    np.testing.assert_array_equal(apply_repetition_penalty(logits, ids, penalty),
+                                  apply_repetition_penalty(logits, distinct, penalty))
+
+
+def test_repetition_penalty_and_min_p_examples():
+    penalised = apply_repetition_penalty([[2.0, -1.0, 3.0]], [[0, 1, 1]], 2.0)
+    np.testing.assert_array_equal(penalised, [[1, -2, 3]])
+    logits = np.log(np.array([[0.6, 0.3, 0.1]]))
+    np.testing.assert_array_equal(np.isfinite(min_p_filter(logits, 0.4)), [[True, True, False]])
+    np.testing.assert_array_equal(np.isfinite(min_p_filter(logits, 0.6)), [[True, False, False]])
+    # a zero logit stays 0 under any penalty, even one float32 rounds to 0 or inf (0 / 0, 0 * inf = NaN)
+    zero = np.array([[0.0, 1.0, -1.0]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for penalty, expected in ((1e-300, [[0, np.inf, -0.0]]), (1e300, [[0, 0, -np.inf]])):
+            np.testing.assert_array_equal(apply_repetition_penalty(zero, [[0, 1, 2]], penalty), expected)
+
+
+def test_repetition_penalty_refuses_ids_that_are_not_a_history_per_row():
+    logits = np.zeros((2, 5))
+    for ids, message in (([[0, -1], [1, 2]], ">= 0"), ([[0.0, 1.0], [1.0, 2.0]], "integers"),
+                         ([[0, 1]], r"shape \(\.\.\., n\)"), ([0, 1], r"shape \(\.\.\., n\)")):
+        with pytest.raises(TinyGPTError, match=f"apply_repetition_penalty: .*{message}"):
+            apply_repetition_penalty(logits, np.array(ids), 1.2)
+    for bad in (0, -1.0, float("inf"), "2"):
+        with pytest.raises(TinyGPTError, match="repetition_penalty must be"):
+            apply_repetition_penalty(logits, [[0], [1]], bad)
+    for bad in (-0.01, 1.01, float("nan")):
+        with pytest.raises(TinyGPTError, match="min_p must be"):
+            min_p_filter(logits, bad)
+        with pytest.raises(TinyGPTError, match="min_p must be"):
+            sample_next(logits, np.random.default_rng(0), 1.0, None, None, bad)
 
 
 # --- streaming decode -------------------------------------------------------------------------------

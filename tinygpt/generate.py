@@ -7,11 +7,18 @@ n_embd`` (a ``GPTConfig``). No model object, no autograd: generation is forward-
 
 One step of generation::
 
-    logits = model(context)[:, -1, :]        (B, V) scores for the next token
-    logits = apply_temperature(logits, T)    sharpen (T < 1) or flatten (T > 1); T = 0 is greedy
-    logits = top_k_filter(logits, k)         keep the k most likely tokens, the rest -> -inf
-    logits = top_p_filter(logits, p)         keep the smallest set holding probability >= p
-    next   = sample(softmax(logits))         (B,) one token per row, from a seeded Generator
+    logits = model(context)[:, -1, :]                   (B, V) scores for the next token
+    logits = apply_repetition_penalty(logits, seq, r)   the ids already in each row's sequence: a positive
+                                                        logit / r, a negative one * r; r = 1 is off
+    logits = apply_temperature(logits, T)               sharpen (T < 1) or flatten (T > 1); T = 0 is greedy
+    logits = top_k_filter(logits, k)                    keep the k most likely tokens, the rest -> -inf
+    logits = top_p_filter(logits, p)                    keep the smallest set holding probability >= p
+    logits = min_p_filter(logits, m)                    keep tokens at least m times as likely as the top one
+    next   = sample(softmax(logits))                    (B,) one token per row, from a seeded Generator
+
+This is the order of transformers' ``generate``: the repetition penalty is a logits processor, which sees
+the raw scores (and applies in greedy decoding too); temperature, top-k, top-p and min-p follow, in that
+order, when sampling.
 
 KV cache. Recomputing the whole context for every new token costs O(T) forwards of T tokens. But in a causal
 transformer the keys and values of token t never change once computed (they only see tokens <= t), so we
@@ -44,9 +51,11 @@ from tinygpt.layers import (
 
 __all__ = [
     "validate_sampling",
+    "apply_repetition_penalty",
     "apply_temperature",
     "top_k_filter",
     "top_p_filter",
+    "min_p_filter",
     "softmax",
     "next_token_probs",
     "sample_next",
@@ -67,8 +76,9 @@ _TOP_P_CANDIDATES = 256
 # --- sampling: pure functions on (B, V) logits -----------------------------------------------------
 
 
-def validate_sampling(temperature=1.0, top_k=None, top_p=None):
-    """Raise TinyGPTError unless temperature >= 0 (finite), top_k is None or an int >= 0, 0 < top_p <= 1."""
+def validate_sampling(temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None):
+    """Raise TinyGPTError unless temperature >= 0 (finite), top_k is None or an int >= 0, 0 < top_p <= 1,
+    min_p is None or in [0, 1], and repetition_penalty is None or a finite number > 0."""
     if not is_number(temperature):
         raise TinyGPTError(f"temperature must be a number >= 0, got {temperature!r}")
     if not (math.isfinite(temperature) and temperature >= 0):
@@ -83,6 +93,18 @@ def validate_sampling(temperature=1.0, top_k=None, top_p=None):
             raise TinyGPTError(f"top_p must be a number in (0, 1], got {top_p!r}")
         if not 0.0 < top_p <= 1.0:
             raise TinyGPTError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+    if min_p is not None:
+        if not is_number(min_p):
+            raise TinyGPTError(f"min_p must be a number in [0, 1], got {min_p!r}")
+        if not 0.0 <= min_p <= 1.0:  # (NaN fails it too)
+            raise TinyGPTError(f"min_p must be in [0, 1] (0 or None = off), got {min_p}")
+    if repetition_penalty is not None:
+        if not is_number(repetition_penalty):
+            raise TinyGPTError(f"repetition_penalty must be a number > 0, got {repetition_penalty!r}")
+        if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
+            raise TinyGPTError(
+                f"repetition_penalty must be a finite number > 0 (1 or None = off), got {repetition_penalty}"
+            )
 
 
 def _float_logits(logits) -> np.ndarray:
@@ -92,6 +114,60 @@ def _float_logits(logits) -> np.ndarray:
         # while softmax of a 0-d array gave 1.0 and temperature 0.0 without a word
         raise TinyGPTError(f"logits must have shape (..., V) with V >= 1, got {logits.shape}")
     return logits if logits.dtype.kind == "f" else logits.astype(np.float64)
+
+
+def apply_repetition_penalty(logits, ids, penalty):
+    """Penalise the tokens each row has already seen (CTRL, Keskar et al. 2019): (..., V) -> (..., V).
+
+    ``ids`` (..., n) are the sequences so far, prompt and generated tokens, one per row of ``logits``. For
+    every id i in a row's sequence (once, however often it occurs) the logit l_i becomes
+
+        l_i / r   if l_i > 0,        l_i * r   if l_i < 0
+
+    and every other logit is left as it is, so r > 1 makes a seen token less likely whatever its sign
+    (r < 1 rewards repetition) and r = 1 (or None) is off: the logits are returned unchanged. Ids at or past
+    V (a tokenizer's ids past a model's cut vocabulary, ``vocab_limit``) cannot be drawn and are skipped.
+    This is transformers' RepetitionPenaltyLogitsProcessor; the product and quotient are taken in the
+    logits' dtype, as there.
+
+    Example: ``apply_repetition_penalty([[2., -1., 3.]], [[0, 1, 1]], 2.0) -> [[1., -2., 3.]]``.
+    """
+    validate_sampling(repetition_penalty=penalty)
+    logits = _float_logits(logits)
+    if penalty is None or penalty == 1.0:
+        return logits
+    ids = np.asarray(ids)
+    if not (np.issubdtype(ids.dtype, np.integer) and ids.ndim >= 1 and ids.shape[:-1] == logits.shape[:-1]):
+        raise TinyGPTError(f"apply_repetition_penalty: ids must be integers of shape (..., n) for logits of "
+                           f"shape {logits.shape}, got {ids.dtype} {ids.shape}")
+    if ids.size and ids.min() < 0:
+        raise TinyGPTError(f"apply_repetition_penalty: token ids must be >= 0, got {ids.min()}")
+    V = logits.shape[-1]
+    N = logits.size // V
+    ids = ids.reshape(N, ids.shape[-1])  # (N, n): n may be 0, which reshape(-1, 0) cannot infer N from
+    seen = np.zeros((N, V), dtype=bool)
+    rows = np.broadcast_to(np.arange(N)[:, None], ids.shape)
+    inside = ids < V
+    seen[rows[inside], ids[inside]] = True
+    return _penalize_seen(logits.reshape(-1, V), seen, penalty).reshape(logits.shape)
+
+
+def _penalize_seen(logits, seen, penalty):
+    """``apply_repetition_penalty`` given each row's seen tokens as a mask: logits (N, V), seen (N, V) bool.
+
+    generate keeps the mask up to date one token at a time, so a step costs a scan of N * V booleans and
+    arithmetic on the seen tokens only, not a pass over the whole sequence.
+    """
+    out = np.array(logits)  # a copy, C-contiguous even for the view generate cuts to vocab_limit
+    flat = out.reshape(-1)
+    at = np.flatnonzero(seen)
+    values = flat[at]
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        # r in the logits' dtype, as transformers multiplies a float32 tensor by it: the same bits. A zero
+        # logit stays 0, where 0 * r or 0 / r gives NaN for an r that float32 rounds to inf or 0
+        r = values.dtype.type(penalty)
+        flat[at] = np.where(values < 0, values * r, np.where(values > 0, values / r, values))
+    return out
 
 
 def apply_temperature(logits, temperature):
@@ -186,6 +262,28 @@ def _nucleus_threshold(row, p):
     return candidates[n_keep - 1]
 
 
+def min_p_filter(logits, min_p):
+    """Min-p filter (Nguyen et al. 2024): keep the tokens at least ``min_p`` times as likely as the top one.
+
+    (..., V) -> (..., V) with the other logits -inf. Token i is kept when
+
+        p_i >= min_p * max_j p_j,   that is   exp(l_i - max_j l_j) >= min_p
+
+    (softmax's denominator cancels), so the cut follows the model's confidence: a peaked row keeps few
+    tokens, a flat one many. The most likely token (and any tied with it) always survives. ``min_p`` None
+    or 0 means off; 1 keeps only the row maximum. This is transformers' MinPLogitsWarper; it is applied
+    after temperature, top-k and top-p, where the top token's probability is taken among the survivors.
+
+    Example: probabilities [0.6, 0.3, 0.1] with min_p = 0.4 keep the first two (0.3 >= 0.4 * 0.6 = 0.24).
+    """
+    validate_sampling(min_p=min_p)
+    logits = _float_logits(logits)
+    if not min_p:
+        return logits
+    relative = np.exp(logits - logits.max(axis=-1, keepdims=True))  # p_i / max_j p_j, in [0, 1]
+    return np.where(relative < logits.dtype.type(min_p), -np.inf, logits).astype(logits.dtype, copy=False)
+
+
 def softmax(logits):
     """Softmax over the last axis, max-subtracted so exp never overflows; -inf logits get probability 0."""
     logits = _float_logits(logits)
@@ -194,14 +292,16 @@ def softmax(logits):
     return e
 
 
-def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
-    """The distribution ``sample_next`` draws from: temperature, then top-k, then top-p, then softmax.
+def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None, min_p=None):
+    """The distribution ``sample_next`` draws from: temperature, top-k, top-p, min-p, then softmax.
 
     logits (..., V) -> probabilities (..., V), each row summing to 1, exactly 0 where a filter masked a
-    token. Top-k runs before top-p (as in transformers), so top-p's nucleus is taken from the top k. A row
-    with no finite maximum (a NaN or +inf logit, or every logit -inf) is refused with a TinyGPTError.
+    token. The order is transformers': top-p's nucleus is taken from the top k, and min-p's top token and
+    threshold from what top-p kept. A row with no finite maximum (a NaN or +inf logit, or every logit -inf)
+    is refused with a TinyGPTError. (The repetition penalty needs the sequence, not only the logits:
+    ``generate`` applies it before this.)
     """
-    validate_sampling(temperature, top_k, top_p)
+    validate_sampling(temperature, top_k, top_p, min_p)
     logits = _float_logits(logits)
     row_max = logits.max(axis=-1).reshape(-1)  # NaN if the row has one
     if not np.isfinite(row_max).all():  # softmax would be NaN: sample_next drew the last id, top-p raised
@@ -212,10 +312,11 @@ def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
     logits = apply_temperature(logits, temperature)
     logits = top_k_filter(logits, top_k)
     logits = top_p_filter(logits, top_p)
+    logits = min_p_filter(logits, min_p)
     return softmax(logits)
 
 
-def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
+def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None, min_p=None):
     """Draw one token per row: logits (B, V) -> ids (B,) int64.
 
     temperature 0 is greedy: the argmax, no random number drawn. Otherwise inverse-CDF sampling: one
@@ -223,7 +324,7 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
     of probability 0 has an empty interval and is never drawn; and every step consumes exactly B numbers
     of ``rng`` whatever the filters, so two runs (cached or not) stay in step.
     """
-    validate_sampling(temperature, top_k, top_p)
+    validate_sampling(temperature, top_k, top_p, min_p)
     logits = np.asarray(logits)
     if logits.ndim != 2 or logits.shape[1] == 0:  # (V,) logits drew V tokens and ended in an IndexError
         raise TinyGPTError(f"sample_next: logits must have shape (B, V) with V >= 1, got {logits.shape}")
@@ -231,11 +332,11 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
         return np.argmax(logits, axis=-1).astype(np.int64)
     if not isinstance(rng, np.random.Generator):  # (greedy draws nothing: it needs none)
         raise TinyGPTError(f"sample_next: rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    probs = next_token_probs(logits, temperature, top_k, top_p)  # (B, V)
+    probs = next_token_probs(logits, temperature, top_k, top_p, min_p)  # (B, V)
     u = rng.random(probs.shape[0])  # (B,) uniform in [0, 1)
     ids = np.empty(len(u), dtype=np.int64)
     for b in range(len(u)):
-        # Only the support: after top-k/top-p a few dozen tokens, so the float64 running sum is short.
+        # Only the support: after top-k/top-p/min-p a few dozen tokens, so the float64 running sum is short.
         support = np.flatnonzero(probs[b])  # the tokens with probability > 0, in vocabulary order
         cdf = probs[b, support].astype(np.float64).cumsum()  # non-decreasing, cdf[-1] ~ 1
         i = np.searchsorted(cdf, u[b] * cdf[-1], side="right")  # first cdf > u: u falls in token i's interval
@@ -415,13 +516,19 @@ def generate(
     on_token=None,
     use_cache=True,
     vocab_limit=None,
+    min_p=None,
+    repetition_penalty=None,
 ):
     """Continue B prompts of equal length by up to ``max_new_tokens`` tokens each.
 
     idx (B, T) int (or (T,), taken as B = 1) -> (B, T + n) int64, the prompts followed by the n new tokens.
 
-    - ``temperature`` 0 is greedy (argmax); ``top_k`` None/0 and ``top_p`` None/1 are off; top-k is applied
-      before top-p (see ``next_token_probs``).
+    - ``temperature`` 0 is greedy (argmax); ``top_k`` None/0, ``top_p`` None/1 and ``min_p`` None/0 are
+      off; they apply in transformers' order, temperature, top-k, top-p, min-p (see ``next_token_probs``).
+    - ``repetition_penalty`` r (None/1 = off) divides the positive logits of every id already in a row's
+      sequence by r and multiplies its negative ones by r (``apply_repetition_penalty``), before
+      temperature and the filters, in greedy decoding too. The sequence is all of the row: the whole
+      prompt, even where it was cropped to block_size, and every token generated.
     - ``seed``: an int or a ``numpy.random.Generator`` (drawn from and advanced); None draws fresh entropy.
     - ``eos_token``: a row that produces it is finished; its later positions are filled with eos_token
       (the padding), and generation stops early, n < max_new_tokens, once every row has finished.
@@ -434,7 +541,7 @@ def generate(
     Prompts longer than ``block_size`` are cropped to their last block_size tokens, as is the context once
     it outgrows block_size (see the module docstring for how the cache follows).
     """
-    validate_sampling(temperature, top_k, top_p)
+    validate_sampling(temperature, top_k, top_p, min_p, repetition_penalty)
     if not is_int(max_new_tokens) or max_new_tokens < 0:
         raise TinyGPTError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     _check_params(params, config)
@@ -460,6 +567,11 @@ def generate(
         lm_head = _lm_head_weight(wte, B * max_new_tokens)
         kv_cache = new_kv_cache(config, B, dtype=wte.dtype)
         cached = 0  # at the top of a step, cache positions 0..cached-1 hold tokens out[:, n-1-cached : n-1]
+    penalize = repetition_penalty is not None and repetition_penalty != 1.0  # (off: no work per token)
+    if penalize:  # seen[b, i]: id i is in row b's sequence; kept up to date as tokens come
+        seen = np.zeros((B, vocab_limit or config.vocab_size), dtype=bool)
+        inside = idx < seen.shape[1]  # prompt ids past vocab_limit have no logit to penalise
+        seen[np.nonzero(inside)[0], idx[inside]] = True
     n = T
     for _ in range(max_new_tokens):
         start = max(0, n - block)  # the context window: the last block_size tokens
@@ -473,7 +585,9 @@ def generate(
             cached = n - start
         if vocab_limit is not None:
             logits = logits[:, :vocab_limit]
-        next_ids = sample_next(logits, rng, temperature, top_k, top_p)  # (B,)
+        if penalize:
+            logits = _penalize_seen(logits, seen, repetition_penalty)
+        next_ids = sample_next(logits, rng, temperature, top_k, top_p, min_p)  # (B,)
         if eos_token is not None:
             next_ids[finished] = eos_token  # finished rows are padded with eos
             finished |= next_ids == eos_token
@@ -481,6 +595,8 @@ def generate(
             room = min(out.shape[1], T + max_new_tokens - n)
             out = np.concatenate([out, np.empty((B, room), dtype=np.int64)], axis=1)
         out[:, n] = next_ids
+        if penalize:
+            seen[np.arange(B), next_ids] = True
         n += 1
         if on_token is not None:
             on_token(next_ids.copy())

@@ -523,7 +523,7 @@ class GPT:
 
     def generate(
         self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, eos_token=None,
-        vocab_limit=None,
+        vocab_limit=None, min_p=None, repetition_penalty=None,
     ):
         """Continue ``idx`` (B, T) by up to ``max_new_tokens`` tokens: see ``tinygpt.generate.generate``.
 
@@ -533,7 +533,8 @@ class GPT:
 
         return generate(
             self.host_params(), self.config, idx, max_new_tokens, temperature=temperature, top_k=top_k,
-            top_p=top_p, seed=seed, eos_token=eos_token, vocab_limit=vocab_limit,
+            top_p=top_p, seed=seed, eos_token=eos_token, vocab_limit=vocab_limit, min_p=min_p,
+            repetition_penalty=repetition_penalty,
         )  # fmt: skip
 
     # --- GPT-2 checkpoints (transformers' format) --------------------------------------------------
