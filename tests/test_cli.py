@@ -52,6 +52,15 @@ def test_help_gives_the_default_lr_decay_a_run_saves(capsys):
     assert "(default: a new run's --max-iters, or --warmup-iters if larger;" in _help(["train"], capsys)
 
 
+def test_sample_help_gives_the_sampling_steps_in_their_order(capsys):
+    # transformers' order, which generate follows: a help listing them otherwise would mislead
+    text = _help(["sample"], capsys)
+    assert "--repetition-penalty, --temperature, --top-k, --top-p, --min-p." in text
+    assert "--repetition-penalty R a token already in the prompt or sample: logit / R if positive, x R if " \
+           "negative; before --temperature, greedy too (1 = off" in text
+    assert "--min-p P keep tokens of probability >= P x the top token's, after top-p (0 = off)" in text
+
+
 def test_unknown_option_is_one_line_exit_2():
     proc = subprocess.run(
         [sys.executable, "-m", "tinygpt.cli", "--no-such-option"], capture_output=True, text=True
@@ -272,6 +281,8 @@ def test_a_stdout_without_a_byte_buffer_gets_the_text(monkeypatch):
     (["eval", "--split", "all"], "--split all is for classifiers"),
     (["sample", "--num-samples", "0"], "--num-samples must be >= 1, got 0"),
     (["sample", "--temperature", "-1"], "temperature"),  # checked before the model load, not "no ./out"
+    (["sample", "--repetition-penalty", "0"], "repetition_penalty must be a finite number > 0"),
+    (["sample", "--min-p", "2"], "min_p must be in [0, 1]"),
 ])
 def test_bad_or_conflicting_flags_are_refused_before_any_work(tmp_path, monkeypatch, capsys, argv,
                                                                  message):

@@ -952,6 +952,13 @@ def test_cli_prompt_file(char_run_dir, tmp_path, capsys):
         (["--top-k", "-1"], "top_k"),
         (["--top-p", "0"], "top_p"),
         (["--top-p", "1.5"], "top_p"),
+        (["--min-p", "-0.1"], "min_p"),
+        (["--min-p", "1.5"], "min_p"),
+        (["--min-p", "nan"], "min_p"),
+        (["--repetition-penalty", "0"], "repetition_penalty"),
+        (["--repetition-penalty", "-1.2"], "repetition_penalty"),
+        (["--repetition-penalty", "inf"], "repetition_penalty"),
+        (["--repetition-penalty", "nan"], "repetition_penalty"),
         (["--prompt", "hello ZEBRA"], "'Z' is not in"),
         (["--max-new-tokens", "-3"], "max-new-tokens"),
         (["--stop-at-eos"], "endoftext"),
@@ -963,6 +970,23 @@ def test_cli_bad_input_is_one_line_exit_2(char_run_dir, capsys, extra, message):
     rc, out, err = _run_cli(["sample", "--out", str(directory), *extra], capsys)
     assert rc == 2
     assert message in err and len(err.strip().splitlines()) == 1 and err.startswith("tinygpt: error:")
+
+
+@pytest.mark.parametrize("common, kwargs, flag, value", [
+    (["--temperature", "0"], dict(temperature=0), "--repetition-penalty", "3"),  # greedy is penalised too
+    (["--seed", "3"], dict(seed=3), "--repetition-penalty", "0.5"),
+    (["--seed", "3", "--top-k", "20"], dict(seed=3, top_k=20), "--min-p", "0.3"),
+])
+def test_cli_repetition_penalty_and_min_p_reach_generate(char_run_dir, capsys, common, kwargs, flag, value):
+    directory, model, tokenizer = char_run_dir
+    args = ["sample", "--out", str(directory), "--prompt", "the ", "--max-new-tokens", "40", *common]
+    rc, out, err = _run_cli([*args, flag, value], capsys)
+    assert rc == 0, err
+    kwargs = {**kwargs, flag.removeprefix("--").replace("-", "_"): float(value)}
+    expected = model.generate(np.array([tokenizer.encode("the ")]), 40, **kwargs)
+    assert out == tokenizer.decode(expected[0].tolist()) + "\n"
+    rc, without, _ = _run_cli(args, capsys)
+    assert rc == 0 and without != out  # the flag changes these tokens
 
 
 def test_cli_zero_new_tokens_prints_each_sample_as_its_prompt(char_run_dir, capsys):

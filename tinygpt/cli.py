@@ -390,7 +390,8 @@ def _add_sample(sub):
         "sample", help="generate text from a trained model or a GPT-2 checkpoint, streamed as produced",
         description="Generate text with the KV-cached NumPy decoder. Without --prompt (or with an empty one) "
         "each sample starts from the tokenizer's start token: a newline for character models, "
-        "<|endoftext|> for GPT-2's. Samples are separated by a line of dashes.",
+        "<|endoftext|> for GPT-2's. Samples are separated by a line of dashes. Each step's logits go "
+        "through, in transformers' order: --repetition-penalty, --temperature, --top-k, --top-p, --min-p.",
     )  # fmt: skip
     model = p.add_mutually_exclusive_group()
     model.add_argument(
@@ -409,6 +410,11 @@ def _add_sample(sub):
     add("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)")
     add("--top-k", type=int, default=None, metavar="K", help="keep the K most likely tokens (0 = off)")
     add("--top-p", type=float, default=None, metavar="P", help="nucleus: smallest set of mass >= P (1 = off)")
+    add("--min-p", type=float, default=None, metavar="P",
+        help="keep tokens of probability >= P x the top token's, after top-p (0 = off)")
+    add("--repetition-penalty", type=float, default=None, metavar="R",
+        help="a token already in the prompt or sample: logit / R if positive, x R if negative; before "
+        "--temperature, greedy too (1 = off; CTRL suggests 1.2)")
     add("--num-samples", type=int, default=1, metavar="N", help="samples to generate (1)")
     add("--seed", type=int, default=None, metavar="S", help="sampler seed (default: fresh randomness)")
     p.add_argument("--stop-at-eos", action="store_true", help="end a sample at <|endoftext|> (GPT-2's)")
@@ -442,7 +448,8 @@ def _run_sample(args):
 
     from tinygpt.generate import StreamDecoder, generate, validate_sampling
 
-    validate_sampling(args.temperature, args.top_k, args.top_p)  # before the (slow) model load
+    # before the (slow) model load
+    validate_sampling(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
     if args.max_new_tokens < 0:
         raise TinyGPTError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.num_samples < 1:
@@ -486,7 +493,8 @@ def _run_sample(args):
 
         generate(model.host_params(), model.config, np.array([ids]), args.max_new_tokens,
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=rng, eos_token=eos,
-                 on_token=show, vocab_limit=vocab_limit)  # fmt: skip
+                 on_token=show, vocab_limit=vocab_limit, min_p=args.min_p,
+                 repetition_penalty=args.repetition_penalty)  # fmt: skip
         _write_utf8(decoder.flush() + "\n")
 
 
