@@ -99,6 +99,14 @@ def test_prefill_and_decode_logits_match_transformers(hf_model, params64, prefil
     np.testing.assert_allclose(forward_uncached(params64, CONFIG, idx), expected[:, -1], rtol=0, atol=1e-12)
 
 
+def _hf_generate(model, idx, **settings):
+    """transformers' ``generate`` on prompts with no padding. Its attention mask is passed explicitly: left
+    to itself, transformers takes every occurrence of ``pad_token_id`` in a prompt for padding and masks it
+    out, so a prompt holding that id would silently be another prompt."""
+    idx = torch.tensor(np.asarray(idx))
+    return model.generate(idx, attention_mask=torch.ones_like(idx), pad_token_id=0, **settings)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_greedy_tokens_match_transformers_generate(hf_model, dtype):
     idx = _prompts(3, 5, seed=1)
@@ -106,9 +114,7 @@ def test_greedy_tokens_match_transformers_generate(hf_model, dtype):
     model = hf_model.to(torch.float64 if dtype == np.float64 else torch.float32)
     try:
         with torch.no_grad():
-            expected = model.generate(
-                torch.tensor(idx), max_new_tokens=new, do_sample=False, use_cache=True, pad_token_id=0
-            ).numpy()
+            expected = _hf_generate(model, idx, max_new_tokens=new, do_sample=False, use_cache=True).numpy()
         ours = generate(_params_of(model, dtype), CONFIG, idx, new, temperature=0)
     finally:
         hf_model.double()
@@ -612,13 +618,13 @@ def _hf_perturbed(wte_scale=None):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_greedy_with_repetition_penalty_equals_transformers_generate(dtype):
     # (a random GPT-2 repeats one token when greedy: with the penalty these rows go through 4 tokens each)
-    # different histories per row; no id 0, which transformers would take for padding (pad_token_id=0)
-    idx = np.array([[5, 5, 9, 5, 30], [1, 2, 3, 4, 6], [60, 2, 60, 2, 60]])
+    # different histories per row
+    idx = np.array([[5, 5, 9, 5, 30], [1, 0, 3, 4, 0], [60, 2, 60, 2, 60]])  # (0 is pad_token_id)
     new = BLOCK - 5
     model = _hf_perturbed().to(torch.float64 if dtype == np.float64 else torch.float32)
     with torch.no_grad():
-        expected, plain = (model.generate(torch.tensor(idx), max_new_tokens=new, do_sample=False,
-                                          pad_token_id=0, repetition_penalty=r).numpy() for r in (1.3, 1.0))
+        expected, plain = (_hf_generate(model, idx, max_new_tokens=new, do_sample=False,
+                                        repetition_penalty=r).numpy() for r in (1.3, 1.0))
     ours = generate(_params_of(model, dtype), CONFIG, idx, new, temperature=0, repetition_penalty=1.3)
     assert ours.shape == expected.shape == (3, BLOCK)
     np.testing.assert_array_equal(ours, expected)
@@ -646,12 +652,12 @@ def test_sampled_distributions_with_penalty_and_min_p_equal_transformers_generat
     step by step, our distribution on its context is its processed scores' (output_scores): the same
     surviving set, the same probabilities, and its drawn token among ours."""
     hf = _hf_perturbed(wte_scale=10.0)  # logits of size ~1-10: min-p cuts
-    idx, T, new = _prompts(3, 6, seed=5) + 1, 6, 12  # no id 0: transformers' padding here
+    idx, T, new = _prompts(3, 6, seed=5) + 1, 6, 12
     settings_ = dict(temperature=0.8, top_k=25, top_p=0.97, min_p=0.08)
     torch.manual_seed(0)
     with torch.no_grad():
-        result = hf.generate(torch.tensor(idx), max_new_tokens=new, do_sample=True, pad_token_id=0,
-                             repetition_penalty=1.3, output_scores=True, return_dict_in_generate=True,
+        result = _hf_generate(hf, idx, max_new_tokens=new, do_sample=True, repetition_penalty=1.3,
+                              output_scores=True, return_dict_in_generate=True,
                              **settings_)
     seq, params = result.sequences.numpy(), _params_of(hf, np.float64)
     cut_by_min_p = 0
@@ -853,7 +859,7 @@ def test_cli_pretrained_greedy_matches_transformers(pretrained_dir, gpt2_tokeniz
     assert rc == 0, err
     ids = gpt2_tokenizer.encode(prompt)
     with torch.no_grad():
-        expected = hf.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=0)
+        expected = _hf_generate(hf, [ids], max_new_tokens=12, do_sample=False)
     assert out == prompt + gpt2_tokenizer.decode(expected[0, len(ids) :].tolist()) + "\n"
     assert err == ""
 
