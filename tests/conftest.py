@@ -94,10 +94,11 @@ def nanogpt_dir():
 
 
 def random_hf_gpt2(*, vocab_size, block_size, n_layer=2, n_head=2, n_embd=16, seed=0, wte_scale=None,
-                   perturb_affines=False):
+                   perturb_affines=False, activation_function="gelu_new"):
     """A randomly initialised transformers GPT2LMHeadModel in eval mode, no dropout. ``perturb_affines``:
     biases N(0, 0.2) and LayerNorm gains 1 + N(0, 0.2) instead of init's 0 and 1, so that a loader which
-    dropped or swapped one of them would show (as llm.c's test_gpt2 does)."""
+    dropped or swapped one of them would show (as llm.c's test_gpt2 does). ``activation_function``:
+    GPT-2's "gelu_new" (tanh), or "gelu" (erf: tinygpt's GPTConfig.gelu "erf")."""
     import torch
     import transformers
 
@@ -105,6 +106,7 @@ def random_hf_gpt2(*, vocab_size, block_size, n_layer=2, n_head=2, n_embd=16, se
     config = transformers.GPT2Config(
         vocab_size=vocab_size, n_positions=block_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
+        activation_function=activation_function,
     )  # fmt: skip
     hf = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():

@@ -63,6 +63,19 @@ def test_round_trip_is_exact(tmp_path, bias):
     np.testing.assert_array_equal(m.params["wte.weight"], model.params["wte.weight"])
 
 
+def test_the_erf_gelu_survives_a_round_trip(tmp_path):
+    # GPTConfig.gelu "erf" (a nanoGPT model's, fine-tuned) is in the config the checkpoint keeps: loaded
+    # back as the tanh default, every logit would move by up to ~1e-4 and training would go on with it
+    config = GPTConfig(vocab_size=TOKENIZER.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8,
+                       gelu="erf")
+    model = GPT(config, seed=0)
+    _save(tmp_path, model, AdamW(model.params, lr=1e-2), 1)
+    loaded = load_model(tmp_path)[0]
+    assert loaded.config.gelu == "erf"
+    idx = np.array([[1, 2, 3, 4]])
+    np.testing.assert_array_equal(loaded.forward(idx)[0], model.forward(idx)[0])
+
+
 def test_an_optimizer_with_eps_zero_loads_back(tmp_path):
     # AdamW takes eps >= 0, as torch's does: the checkpoint it writes must not then be called corrupt
     model = _model()

@@ -1219,6 +1219,29 @@ def test_rows_with_no_finite_maximum_are_refused_as_transformers_refuses_them():
     np.testing.assert_array_equal(probs, [[0, 0.5, 0, 0.5]])
 
 
+def test_decoding_computes_the_models_gelu():
+    # a GPTConfig with gelu "erf" (nanoGPT's) decodes with it, as GPT.forward computes: the tanh form in
+    # the decoder alone gave other logits than the model it samples from
+    config = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, gelu="erf")
+    params = GPT(config, seed=3).params
+    for name, p in params.items():  # larger weights than init's, so that the two GELUs' difference shows:
+        p *= 25 if "c_fc" in name else 1 if ".ln_" in name or "ln_f" in name else 5  # c_fc's out ~ +-3
+    idx = np.array([[1, 2, 3, 4, 5]])
+    expected = GPT(config, params=params).forward(idx)[0][:, -1]
+    np.testing.assert_allclose(forward_uncached(params, config, idx), expected, rtol=1e-5, atol=1e-6)
+    cache = new_kv_cache(config, 1)
+    forward_cached(params, config, idx[:, :3], cache, 0)
+    np.testing.assert_allclose(forward_cached(params, config, idx[:, 3:], cache, 3), expected, rtol=1e-5,
+                               atol=1e-6)
+    tanh = forward_uncached(params, GPTConfig(**{**config.to_dict(), "gelu": "tanh"}), idx)
+    assert np.abs(tanh - expected).max() > 1e-4  # 0.62 at most, so 20 times the tolerance above
+
+
+def test_gptconfig_refuses_an_unknown_gelu():
+    with pytest.raises(TinyGPTError, match="gelu must be 'tanh' or 'erf', got 'relu'"):
+        GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, n_embd=8, gelu="relu")
+
+
 def test_forward_cached_checks_ids_and_pos_as_the_uncached_path_does():
     config = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
     params = GPT(config).params

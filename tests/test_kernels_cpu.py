@@ -320,10 +320,12 @@ def test_gelu_matches_reference(dtype, s):
     rng = np.random.default_rng(s["seed"])
     x = (rng.standard_normal((s["B"], s["T"], 4 * s["hs"])) * 3).astype(dtype)
     dout = rng.standard_normal(x.shape).astype(dtype)
-    out, cache = cpu.gelu_forward(x)
-    ref, ref_cache = layers.gelu_forward(x)
-    assert_close(out, ref, dtype, "out")
-    assert_close(cpu.gelu_backward(dout, cache), layers.gelu_backward(dout, ref_cache), dtype, "dx")
+    for gelu in ("gelu", "gelu_erf"):  # GPT-2's tanh form, x Phi(x) itself
+        out, cache = getattr(cpu, gelu + "_forward")(x)
+        ref, ref_cache = getattr(layers, gelu + "_forward")(x)
+        assert_close(out, ref, dtype, f"{gelu} out")
+        dx = getattr(cpu, gelu + "_backward")(dout, cache)
+        assert_close(dx, getattr(layers, gelu + "_backward")(dout, ref_cache), dtype, f"{gelu} dx")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -86,7 +86,8 @@ if not CHILD:
             ]
         elementwise = K._elementwise_kernels(dtype_name)
         found += [(name, elementwise[name], signature, one_per_element) for name, signature in [
-            ("gelu_fwd", (a(1), a(1))), ("gelu_bwd", (a(1), a(1), a(1))), ("add", (a(1), a(1), a(1))),
+            ("gelu_fwd", (a(1), a(1))), ("gelu_bwd", (a(1), a(1), a(1))), ("gelu_erf_fwd", (a(1), a(1))),
+            ("gelu_erf_bwd", (a(1), a(1), a(1))), ("add", (a(1), a(1), a(1))),
             ("mul", (a(1), a(1), a(1))), ("scale", (a(1), f)), ("adamw", (a(1),) * 4 + (f,) * 7)]]
         for threads in (K.ROW_THREADS, 8):
             rows = K._row_kernels(threads, dtype_name)
@@ -374,6 +375,15 @@ else:
         ref, ref_cache = layers.gelu_forward(x)
         close(out, ref, dtype, "gelu out")
         close(K.gelu_backward(dout, cache), layers.gelu_backward(dout, ref_cache), dtype, "gelu dx")
+        # the erf GELU (nanoGPT's), on its tails too: erfc keeps the digits of negative x's tiny values
+        wide = np.concatenate([x.reshape(-1), np.linspace(-12, -3, 37), [-40, 40]]).astype(dtype)
+        out, cache = K.gelu_erf_forward(wide)
+        ref, ref_cache = layers.gelu_erf_forward(wide)
+        np.testing.assert_allclose(K.to_host(out), ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=0)
+        ones = np.ones_like(wide)
+        np.testing.assert_allclose(K.to_host(K.gelu_erf_backward(ones, cache)),
+                                   layers.gelu_erf_backward(ones, ref_cache),
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12, atol=np.finfo(dtype).eps)
         # element by element on GELU's tails too: the tanh form lost most digits of gelu(-5) to cancellation
         tails = np.concatenate([np.linspace(-12, -3, 37), np.linspace(3, 12, 10)]).astype(dtype)
         out, cache = K.gelu_forward(tails)
@@ -539,11 +549,12 @@ else:
         assert K.on_device(s)
         close(s, 2 * out.copy_to_host(), np.float32)
 
-    @pytest.mark.parametrize("dropout", [0.0, 0.2])
-    def test_model_on_cuda_backend_equals_numpy_backend(dropout):
+    @pytest.mark.parametrize("dropout, gelu", [(0.0, "tanh"), (0.2, "tanh"), (0.0, "erf")])
+    def test_model_on_cuda_backend_equals_numpy_backend(dropout, gelu):
         from tinygpt.model import GPT, GPTConfig
 
-        config = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=dropout)
+        config = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=dropout,
+                           gelu=gelu)
         rng = np.random.default_rng(0)
         idx = rng.integers(0, 11, (2, 7))
         targets = rng.integers(0, 11, (2, 7))

@@ -97,6 +97,11 @@ def test_gelu_gradcheck():
     assert_gradcheck(layers.gelu_forward, layers.gelu_backward, {"x": x}, TOL)
 
 
+def test_gelu_erf_gradcheck():
+    x = np.linspace(-9, 9, 61).reshape(1, 61) + rng_for(4).standard_normal((3, 61)) * 0.1
+    assert_gradcheck(layers.gelu_erf_forward, layers.gelu_erf_backward, {"x": x}, TOL)
+
+
 @pytest.mark.parametrize("query_block", [64, 2, 3])  # one block; several; several with a ragged last
 def test_attention_gradcheck(query_block):
     rng = rng_for(5)
@@ -409,6 +414,38 @@ def test_attention_is_causal(T, t_cut, block, seed):
 def test_gelu_values():
     out, _ = layers.gelu_forward(np.array([0.0, 1.0, -1.0, 3.0]))
     np.testing.assert_allclose(out, [0.0, 0.841192, -0.158808, 2.996363], atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_erf_is_x_phi_x_as_torch_computes_it(backend, dtype):
+    # torch.nn.GELU()'s default, nanoGPT's activation, which the tanh form misses by up to 4.7e-4. The
+    # reference is x Phi(x) in Python floats (math.erfc); far out (|x| past 9) the derivative is exactly 1
+    # or 0, and negative x keep their digits (torch's 1 + erf(x / sqrt 2) cancels there: -0.0 at -12)
+    torch = pytest.importorskip("torch")
+    from tinygpt.kernels import get_ops
+
+    ops = get_ops(backend)
+    x = np.concatenate([np.linspace(-12, 12, 481), [-1e6, -40, 40, 1e6]]).astype(dtype)
+    phi = [0.5 * math.erfc(-v / math.sqrt(2)) for v in x.tolist()]
+    density = [math.exp(-v * v / 2) / math.sqrt(2 * math.pi) for v in x.tolist()]
+    expected = [v * p for v, p in zip(x.tolist(), phi)]
+    expected_dx = [p + v * d for v, p, d in zip(x.tolist(), phi, density)]
+    out, cache = ops.gelu_erf_forward(x)
+    dx = ops.gelu_erf_backward(np.ones_like(x), cache)
+    assert out.dtype == dx.dtype == dtype
+    # (float64: an argument's rounding moves erfc(z) by 2 z^2 of it, 1e-14 at z = 8.5)
+    rtol = 2e-7 if dtype == np.float32 else 5e-14
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=0)
+    np.testing.assert_allclose(dx, expected_dx, rtol=rtol, atol=np.finfo(dtype).eps)
+    assert dx[-4] == dx[-3] == 0 and dx[-2] == dx[-1] == 1
+    # torch's exact GELU, in float32 as nanoGPT runs it: the same to its rounding
+    xt = torch.tensor(x.astype(np.float32), requires_grad=True)
+    yt = torch.nn.functional.gelu(xt)
+    yt.backward(torch.ones_like(yt))
+    np.testing.assert_allclose(out, yt.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-6, atol=1e-6)
+    assert np.max(np.abs(out[:481] - ops.gelu_forward(x[:481])[0])) > 4e-4  # not the tanh form
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])

@@ -795,6 +795,7 @@ def test_half_precision_tensors_are_widened_by_value(tmp_path):
     ({"layer_norm_epsilon": 1e-6}, False),
     ({"n_inner": 4 * TINY["n_embd"]}, True),  # transformers writes the MLP width out in some configs
     ({"activation_function": "gelu_pytorch_tanh"}, True),
+    ({"activation_function": "gelu_fast"}, False),  # another approximation, neither of tinygpt's two
 ])
 def test_from_pretrained_refuses_what_it_would_compute_differently(tmp_path, change, loads):
     # guards: a transformers option that changes the computation (attention scaling by layer, another

@@ -16,11 +16,12 @@ transformers = pytest.importorskip("transformers")
 V, T, B = 67, 12, 3
 
 
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory, make_random_hf_gpt2):
-    """A random GPT2LMHeadModel with non-zero biases and LayerNorm affines, saved with save_pretrained."""
+@pytest.fixture(scope="module", params=["gelu_new", "gelu"])
+def hf_dir(request, tmp_path_factory, make_random_hf_gpt2):
+    """A random GPT2LMHeadModel with non-zero biases and LayerNorm affines, saved with save_pretrained;
+    with GPT-2's tanh GELU ("gelu_new") and with the erf one ("gelu", GPTConfig.gelu "erf", nanoGPT's)."""
     model = make_random_hf_gpt2(vocab_size=V, block_size=16, n_layer=2, n_head=4, n_embd=32,
-                                perturb_affines=True)
+                                perturb_affines=True, activation_function=request.param)
     path = tmp_path_factory.mktemp("hf_gpt2")
     model.save_pretrained(path)
     return path
@@ -53,6 +54,8 @@ def torch_reference(path, dtype):
 def test_logits_loss_and_every_gradient_match_pytorch(hf_dir, dtype, torch_dtype, logits_tol, grad_tol):
     ref_logits, ref_loss, ref_grads = torch_reference(hf_dir, torch_dtype)
     model = GPT.from_pretrained(hf_dir, dtype=dtype).eval()
+    hf_gelu = transformers.GPT2Config.from_pretrained(hf_dir).activation_function
+    assert model.config.gelu == {"gelu_new": "tanh", "gelu": "erf"}[hf_gelu]
     idx, targets = data()
     logits, loss = model.forward(idx, targets)
     assert logits.dtype == dtype

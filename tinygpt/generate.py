@@ -44,6 +44,7 @@ from tinygpt.kernels import checked_token_ids
 from tinygpt.layers import (
     attention_forward,
     embedding_forward,
+    gelu_erf_forward,
     gelu_forward,
     layernorm_forward,
     linear_forward,
@@ -409,6 +410,7 @@ def _transformer(params, config, x, attention):
     ``attention(i, qkv)`` is layer i's causal self-attention, (B, T, 3C) -> (B, T, C): the only part in
     which the cached and the uncached forward passes differ.
     """
+    gelu = gelu_erf_forward if getattr(config, "gelu", "tanh") == "erf" else gelu_forward  # (GPTConfig.gelu)
     for i in range(config.n_layer):
         p = f"h.{i}."
         h, _ = layernorm_forward(x, params[p + "ln_1.weight"], params.get(p + "ln_1.bias"))
@@ -419,7 +421,7 @@ def _transformer(params, config, x, attention):
         x += y  # residual, in place: x is ours
         h, _ = layernorm_forward(x, params[p + "ln_2.weight"], params.get(p + "ln_2.bias"))
         h, _ = linear_forward(h, params[p + "mlp.c_fc.weight"], params.get(p + "mlp.c_fc.bias"))  # (B, T, 4C)
-        h, _ = gelu_forward(h)
+        h, _ = gelu(h)
         h, _ = linear_forward(h, params[p + "mlp.c_proj.weight"], params.get(p + "mlp.c_proj.bias"))
         x += h
     return x

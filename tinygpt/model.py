@@ -73,6 +73,7 @@ from tinygpt.files import atomic_path, loads_json
 __all__ = ["GPTConfig", "GPT", "get_layer_ops", "activation_floats_per_token"]
 
 LAYERNORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
+GELUS = ("tanh", "erf")  # GPTConfig.gelu: GPT-2's tanh approximation, or x Phi(x) itself (nanoGPT's)
 
 
 @dataclass
@@ -80,8 +81,9 @@ class GPTConfig:
     """The shape of a GPT: vocabulary, context length, depth, heads and width.
 
     ``dropout`` applies to the embeddings, the attention probabilities and both residual branches (training
-    only); ``bias=False`` drops every Linear and LayerNorm bias (as nanoGPT allows). GPT-2 small is
-    ``GPTConfig(50257, 1024, 12, 12, 768)``.
+    only); ``bias=False`` drops every Linear and LayerNorm bias (as nanoGPT allows). ``gelu`` is the MLP's
+    GELU: "tanh", GPT-2's approximation, or "erf", the function itself (torch's ``nn.GELU()``, which nanoGPT
+    trains with; the two differ by up to 4.7e-4). GPT-2 small is ``GPTConfig(50257, 1024, 12, 12, 768)``.
     """
 
     vocab_size: int
@@ -91,6 +93,7 @@ class GPTConfig:
     n_embd: int
     dropout: float = 0.0
     bias: bool = True
+    gelu: str = "tanh"
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -105,6 +108,8 @@ class GPTConfig:
         if not isinstance(self.bias, (bool, np.bool_)):
             raise TinyGPTError(f"GPTConfig.bias must be true or false, got {self.bias!r}")
         self.bias = bool(self.bias)
+        if self.gelu not in GELUS:
+            raise TinyGPTError(f"GPTConfig.gelu must be {' or '.join(map(repr, GELUS))}, got {self.gelu!r}")
 
     def __setattr__(self, name, value):
         # dropout is checked on every assignment, not only in __init__: it is the one setting changed on a
@@ -441,7 +446,7 @@ class GPT:
         x = ops.add_inplace(a, x)
         m, c_ln2 = ops.layernorm_forward(x, p[h + "ln_2.weight"], p.get(h + "ln_2.bias"), LAYERNORM_EPS)
         m, c_fc = ops.linear_forward(m, p[h + "mlp.c_fc.weight"], p.get(h + "mlp.c_fc.bias"))
-        m, c_gelu = ops.gelu_forward(m)
+        m, c_gelu = (ops.gelu_erf_forward if cfg.gelu == "erf" else ops.gelu_forward)(m)
         m, c_mproj = ops.linear_forward(m, p[h + "mlp.c_proj.weight"], p.get(h + "mlp.c_proj.bias"))
         tape += [c_ln2, c_fc, c_gelu, c_mproj]
         m = self._dropout(m, p_drop, rng, tape)
@@ -485,7 +490,7 @@ class GPT:
             dm, dw, db = ops.linear_backward(dm, c_mproj)
             put(h + "mlp.c_proj.weight", dw)
             put(h + "mlp.c_proj.bias", db)
-            dm = ops.gelu_backward(dm, c_gelu)
+            dm = (ops.gelu_erf_backward if cfg.gelu == "erf" else ops.gelu_backward)(dm, c_gelu)
             dm, dw, db = ops.linear_backward(dm, c_fc)
             put(h + "mlp.c_fc.weight", dw)
             put(h + "mlp.c_fc.bias", db)
@@ -685,7 +690,7 @@ def _config_to_hf(cfg: GPTConfig, dtype: str = "float32") -> dict:
         "n_layer": cfg.n_layer,
         "n_head": cfg.n_head,
         "n_inner": None,
-        "activation_function": "gelu_new",
+        "activation_function": "gelu" if cfg.gelu == "erf" else "gelu_new",  # (transformers' "gelu" is erf's)
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
         "attn_pdrop": cfg.dropout,
@@ -703,7 +708,8 @@ def _config_from_hf(hf: dict, where: str, dropout: float | None) -> GPTConfig:
     if hf.get("model_type", "gpt2") != "gpt2":
         raise TinyGPTError(f"{where}: model_type is {hf.get('model_type')!r}, only 'gpt2' is supported")
     unsupported = {
-        "activation_function": ("gelu_new", "gelu_pytorch_tanh"),  # both are GELU's tanh approximation
+        # the first two are GELU's tanh approximation, "gelu" is x Phi(x) itself (GPTConfig.gelu "erf")
+        "activation_function": ("gelu_new", "gelu_pytorch_tanh", "gelu"),
         "layer_norm_epsilon": (LAYERNORM_EPS,),
         "scale_attn_weights": (True,),
         "scale_attn_by_inverse_layer_idx": (False,),
@@ -733,6 +739,7 @@ def _config_from_hf(hf: dict, where: str, dropout: float | None) -> GPTConfig:
         n_embd=hf["n_embd"],
         dropout=float(resid_pdrop) if dropout is None else dropout,
         bias=True,
+        gelu="erf" if hf.get("activation_function") == "gelu" else "tanh",
     )
 
 

@@ -12,8 +12,8 @@ Backends:
 
 ``"numpy"``  the readable reference, ``tinygpt.layers``; AdamW is ``adamw_update`` below.
 ``"numba"``  ``tinygpt.layers`` with the fused CPU kernels of ``tinygpt.kernels.cpu`` swapped in where
-             they beat NumPy (attention's softmax, LayerNorm, GELU, cross-entropy, embedding, dropout, AdamW:
-             ``NUMBA_OVERRIDES``); matmuls stay on BLAS. Serial builds unless NUMBA_NUM_THREADS says
+             they beat NumPy (attention's softmax, LayerNorm, both GELUs, cross-entropy, embedding, dropout,
+             AdamW: ``NUMBA_OVERRIDES``); matmuls stay on BLAS. Serial builds unless NUMBA_NUM_THREADS says
              otherwise (``cpu.share_cores_with_blas``). Each forward/backward pair comes from the same
              module, so caches always match their backward.
 ``"cuda"``   ``tinygpt.kernels.cuda``: numba ``cuda.jit`` kernels (tiled SGEMM, flash-style attention,
@@ -129,6 +129,8 @@ NUMBA_OVERRIDES = (
     "layernorm_backward",
     "gelu_forward",
     "gelu_backward",
+    "gelu_erf_forward",
+    "gelu_erf_backward",
     "attention_forward",
     "attention_backward",
     "dropout_forward",

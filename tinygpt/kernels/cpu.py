@@ -370,6 +370,48 @@ def gelu_backward(dout, cache):
     return dx
 
 
+# GELU without approximation, x Phi(x) (layers.gelu_erf_forward): Phi(x) = erfc(-x / sqrt 2) / 2, with no
+# cancellation for negative x; math.erfc in float64 for both dtypes (Numba's float32 erfc is the float64
+# one anyway), rounded once to x's dtype.
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@_kernel(_FMA)
+def _gelu_erf_forward_kernel(x, out):
+    for i in prange(x.size):
+        xi = np.float64(x[i])
+        out[i] = xi * 0.5 * math.erfc(-_SQRT_HALF * xi)
+
+
+@_kernel(_FMA)
+def _gelu_erf_backward_kernel(dout, x, dx):
+    # d (x Phi(x)) / dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi), which underflows to 0
+    # (nothing overflows) far out, where the derivative is exactly 1 or 0
+    for i in prange(x.size):
+        xi = np.float64(x[i])
+        dx[i] = dout[i] * (0.5 * math.erfc(-_SQRT_HALF * xi) + xi * _INV_SQRT_2PI * math.exp(-0.5 * xi * xi))
+
+
+def gelu_erf_forward(x):
+    """Element-wise GELU without approximation, x Phi(x) (torch's nn.GELU()). Any shape -> same shape."""
+    _check_float("gelu_erf_forward", x)
+    xc = np.ascontiguousarray(x)
+    out = np.empty_like(xc)
+    _gelu_erf_forward_kernel(xc.reshape(-1), out.reshape(-1))
+    return out, xc
+
+
+def gelu_erf_backward(dout, cache):
+    """Any shape -> dx of the same shape."""
+    x = cache
+    check_shape("gelu_erf_backward", "dout", dout, x.shape)
+    dout = np.ascontiguousarray(dout, dtype=x.dtype)
+    dx = np.empty_like(x)
+    _gelu_erf_backward_kernel(dout.reshape(-1), x.reshape(-1), dx.reshape(-1))
+    return dx
+
+
 # --- causal self-attention ------------------------------------------------------------------------
 
 

@@ -57,7 +57,8 @@ if _simulator_enabled():  # the simulator's shared arrays race without it (see t
 
 __all__ = [
     "embedding_forward", "embedding_backward", "layernorm_forward", "layernorm_backward",
-    "linear_forward", "linear_backward", "gelu_forward", "gelu_backward", "attention_forward",
+    "linear_forward", "linear_backward", "gelu_forward", "gelu_backward", "gelu_erf_forward",
+    "gelu_erf_backward", "attention_forward",
     "attention_backward", "dropout_forward", "dropout_backward", "cross_entropy_forward",
     "cross_entropy_backward", "adamw_update",
     # device-resident helpers (not layers, but what a model needs to keep a step on the GPU)
@@ -898,7 +899,7 @@ def flash_attention_backward(dout, cache):
 
 @functools.cache
 def _elementwise_kernels(dtype_name):
-    """GELU forward/backward, add, multiply, scale and the AdamW update: one thread per element."""
+    """Both GELUs' forward/backward, add, multiply, scale and the AdamW update: one thread per element."""
     dtype = np.dtype(dtype_name)
     K = dtype.type(math.sqrt(2.0 / math.pi))
     A = dtype.type(0.044715)
@@ -933,6 +934,28 @@ def _elementwise_kernels(dtype_name):
             xc = _min(_max(xi, -CLIP), CLIP)
             dx[i] = dout[i] * (s * (ONE + TWO * K * xc * (ONE - s) * (ONE + A3 * xc * xc)))
 
+    # GELU without approximation (layers.gelu_erf_forward): x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, no
+    # cancellation for negative x; its derivative Phi(x) + x phi(x), whose exp underflows (never
+    # overflows) far out, where the derivative is exactly 1 or 0
+    HALF = dtype.type(0.5)
+    SQRT_HALF = dtype.type(math.sqrt(0.5))
+    INV_SQRT_2PI = dtype.type(1.0 / math.sqrt(2.0 * math.pi))
+
+    @cuda.jit
+    def gelu_erf_fwd(x, out):
+        i = cuda.grid(1)
+        if i < x.size:
+            xi = x[i]
+            out[i] = xi * HALF * math.erfc(-SQRT_HALF * xi)
+
+    @cuda.jit
+    def gelu_erf_bwd(dout, x, dx):
+        i = cuda.grid(1)
+        if i < x.size:
+            xi = x[i]
+            density = INV_SQRT_2PI * math.exp(-HALF * xi * xi)
+            dx[i] = dout[i] * (HALF * math.erfc(-SQRT_HALF * xi) + xi * density)
+
     @cuda.jit
     def add(a, b, out):
         i = cuda.grid(1)
@@ -965,8 +988,8 @@ def _elementwise_kernels(dtype_name):
             p[i] = p[i] * (ONE - lr * weight_decay) - (lr / bias_corr1) * mi / (
                 math.sqrt(vi) / math.sqrt(bias_corr2) + eps)
 
-    return {"gelu_fwd": gelu_fwd, "gelu_bwd": gelu_bwd, "add": add, "mul": mul, "scale": scale,
-            "adamw": adamw}
+    return {"gelu_fwd": gelu_fwd, "gelu_bwd": gelu_bwd, "gelu_erf_fwd": gelu_erf_fwd,
+            "gelu_erf_bwd": gelu_erf_bwd, "add": add, "mul": mul, "scale": scale, "adamw": adamw}
 
 
 def _launch_elementwise(name, n, *args, dtype):
@@ -1010,6 +1033,28 @@ def gelu_backward(dout, cache):
     dx = cuda.device_array(x.shape, dtype=x.dtype)
     if x.size:
         _launch_elementwise("gelu_bwd", x.size, _flat(dout), _flat(x), _flat(dx), dtype=x.dtype)
+    return _answer(dx, device)
+
+
+def gelu_erf_forward(x):
+    """Element-wise GELU without approximation, x Phi(x). Any shape -> same shape."""
+    device = on_device(x)
+    dtype = _float_dtype("gelu_erf_forward", x)
+    x = to_device(x)
+    out = cuda.device_array(x.shape, dtype=dtype)
+    if x.size:
+        _launch_elementwise("gelu_erf_fwd", x.size, _flat(x), _flat(out), dtype=dtype)
+    return _answer(out, device), x
+
+
+def gelu_erf_backward(dout, cache):
+    x = cache
+    check_shape("gelu_erf_backward", "dout", dout, x.shape)
+    device = on_device(dout)
+    dout = to_device(dout)
+    dx = cuda.device_array(x.shape, dtype=x.dtype)
+    if x.size:
+        _launch_elementwise("gelu_erf_bwd", x.size, _flat(dout), _flat(x), _flat(dx), dtype=x.dtype)
     return _answer(dx, device)
 
 
