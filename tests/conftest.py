@@ -146,6 +146,127 @@ def make_hf_gpt2():
     return save_hf_gpt2
 
 
+def nanogpt_style_model(*, vocab_size, block_size, n_layer=2, n_head=2, n_embd=16, bias=True, seed=0):
+    """A torch model with nanoGPT's module names and computation, written here for the tests: GPT-2's
+    pre-LN blocks with nn.Linear layers (weights (out, in)), LayerNorms whose bias may be absent, the exact
+    GELU (nn.GELU()), causal scaled-dot-product attention, lm_head tied to wte. Random weights, biases and
+    LayerNorm affines perturbed (as random_hf_gpt2's perturb_affines), in eval mode."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class LayerNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(n_embd))
+            self.bias = nn.Parameter(torch.zeros(n_embd)) if bias else None
+
+        def forward(self, x):
+            return F.layer_norm(x, (n_embd,), self.weight, self.bias, 1e-5)
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+            self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2)
+                       for t in self.c_attn(x).split(n_embd, dim=2))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+            self.gelu = nn.GELU()
+            self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+
+        def forward(self, x):
+            return self.c_proj(self.gelu(self.c_fc(x)))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.attn, self.ln_2, self.mlp = LayerNorm(), Attention(), LayerNorm(), MLP()
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class NanoGPTStyle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = nn.ModuleDict(dict(
+                wte=nn.Embedding(vocab_size, n_embd), wpe=nn.Embedding(block_size, n_embd),
+                h=nn.ModuleList(Block() for _ in range(n_layer)), ln_f=LayerNorm(),
+            ))  # fmt: skip
+            self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+            self.transformer.wte.weight = self.lm_head.weight  # tied: one parameter under two names
+
+        def forward(self, idx):
+            t = self.transformer
+            x = t.wte(idx) + t.wpe(torch.arange(idx.shape[1]))
+            for block in t.h:
+                x = block(x)
+            return self.lm_head(t.ln_f(x))
+
+    torch.manual_seed(seed)
+    model = NanoGPTStyle()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or name.endswith("wpe.weight"):
+                p.copy_(torch.randn_like(p) * 0.2)
+            elif ".ln_" in name or "ln_f" in name:
+                p.copy_(1.0 + torch.randn_like(p) * 0.2)
+            else:
+                p.copy_(torch.randn_like(p) * 0.3)  # wide enough that c_fc's outputs reach where GELUs differ
+    return model.eval()
+
+
+def save_nanogpt_ckpt(path, *, compiled=False, **shape):
+    """``nanogpt_style_model(**shape)`` saved as nanoGPT's train.py saves ``ckpt.pt`` after a training step:
+    torch.save of {model, optimizer (AdamW, a decay and a no-decay group, one step taken), model_args,
+    iter_num, best_val_loss (a 0-d tensor), config}; ``compiled``: every state-dict key prefixed
+    ``_orig_mod.``, as a torch.compile'd model's are. Returns the model, after the step."""
+    import torch
+
+    model = nanogpt_style_model(**shape)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                                  lr=1e-3, betas=(0.9, 0.95))
+    idx = torch.randint(0, shape["vocab_size"], (2, shape["block_size"]),
+                        generator=torch.Generator().manual_seed(0))
+    model.train()
+    logits = model(idx)[:, :-1]
+    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), idx[:, 1:].reshape(-1)).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    state_dict = model.state_dict()
+    if compiled:
+        state_dict = type(state_dict)(("_orig_mod." + k, v) for k, v in state_dict.items())
+    model_args = dict(n_layer=shape.get("n_layer", 2), n_head=shape.get("n_head", 2),
+                      n_embd=shape.get("n_embd", 16), block_size=shape["block_size"],
+                      bias=shape.get("bias", True), vocab_size=shape["vocab_size"], dropout=0.0)
+    checkpoint = {
+        "model": state_dict, "optimizer": optimizer.state_dict(), "model_args": model_args, "iter_num": 1,
+        "best_val_loss": torch.tensor(4.25), "config": {"out_dir": "out", "batch_size": 2, "dtype": "float32",
+                                                        "learning_rate": 1e-3, "compile": compiled},
+    }  # fmt: skip
+    torch.save(checkpoint, path)
+    return model
+
+
+@pytest.fixture(scope="session")
+def make_nanogpt_ckpt():
+    """``save_nanogpt_ckpt``: a nanoGPT ``ckpt.pt`` of the shape a test asks, written with torch."""
+    return save_nanogpt_ckpt
+
+
 @pytest.fixture(scope="module")
 def pretrained_dir(tmp_path_factory):
     """A tiny randomly initialised GPT-2 saved by transformers, with GPT-2's tokenizer files beside it."""

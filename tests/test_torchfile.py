@@ -16,7 +16,7 @@ import pytest
 from tinygpt.errors import TinyGPTError
 from tinygpt.gradcheck import relative_error
 from tinygpt.model import GPT
-from tinygpt.torchfile import read_state_dict
+from tinygpt.torchfile import read_checkpoint, read_state_dict
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -494,3 +494,64 @@ def test_sample_refuses_a_malicious_bin_in_one_line(tmp_path, capsys, tiny_gpt2)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "refused to load posix.system" in err, err
     assert not marker.exists()
+
+
+# --- nanoGPT's ckpt.pt ---------------------------------------------------------------------------------
+# (save_nanogpt_ckpt in conftest.py writes one as nanoGPT's train.py does, after an AdamW step)
+
+
+def test_a_nanogpt_checkpoint_gives_its_state_dict_and_plain_entries_not_the_optimizers_bytes(
+        tmp_path, make_nanogpt_ckpt, monkeypatch):
+    model = make_nanogpt_ckpt(tmp_path / "ckpt.pt", vocab_size=67, block_size=8)
+    state = model.state_dict()
+    # the storages read, by record name: the model's (wte and lm_head share one), never the optimizer's
+    read = []
+    original = zipfile.ZipFile.read
+    monkeypatch.setattr(zipfile.ZipFile, "read", lambda self, name, *a: read.append(name) or
+                        original(self, name, *a))
+    arrays, entries = read_checkpoint(tmp_path / "ckpt.pt")
+    assert list(arrays) == list(state)
+    for name, tensor in state.items():
+        np.testing.assert_array_equal(arrays[name], tensor.numpy(), err_msg=name)
+    assert entries == {"model_args": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 8, "bias": True,
+                                      "vocab_size": 67, "dropout": 0.0},
+                       "iter_num": 1, "config": {"out_dir": "out", "batch_size": 2, "dtype": "float32",
+                                                 "learning_rate": 1e-3, "compile": False}}
+    storages = {t.untyped_storage().data_ptr() for t in state.values()}
+    data_records = [name for name in read if "/data/" in name]
+    with zipfile.ZipFile(tmp_path / "ckpt.pt") as archive:
+        stored = [name for name in archive.namelist() if "/data/" in name]
+    assert len(data_records) == len(storages) and len(stored) > 2 * len(storages)  # + m, v, steps, loss
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_checkpoint_with_a_malicious_global_anywhere_is_refused_and_runs_nothing(tmp_path, layout):
+    # the optimizer's state and the config are unpickled too (then left out): a global there is refused
+    marker = tmp_path / "it_ran"
+    for where in ("optimizer", "config", "model_args"):
+        checkpoint = {"model": {"transformer.wte.weight": torch.zeros(2, 2)}, "model_args": {},
+                      "optimizer": {"state": {}, "param_groups": []}, "config": {}}
+        checkpoint[where] = {"x": RunsCode(marker)}
+        save(checkpoint, tmp_path / "ckpt.pt", layout)
+        with pytest.raises(TinyGPTError, match=r"cannot read .*ckpt\.pt: refused to load posix\.system"):
+            read_checkpoint(tmp_path / "ckpt.pt")
+        assert not marker.exists()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_what_is_not_a_checkpoint_is_refused(tmp_path, layout):
+    path = tmp_path / "ckpt.pt"
+    loop = []
+    loop.append(loop)  # a list holding itself is plain data, and its walk ends
+    save({"model": {"w": torch.zeros(2)}, "loop": loop, "loss": torch.tensor(1.0)}, path, layout)
+    arrays, entries = read_checkpoint(path)
+    assert list(arrays) == ["w"] and list(entries) == ["loop"]
+    for obj, message in (
+        ({"w": torch.zeros(2)}, r"the pickle holds a dict of 'w', not a checkpoint with a 'model' entry"),
+        ([torch.zeros(2)], r"the pickle holds a list, not a checkpoint"),
+        ({"model": [torch.zeros(2)]}, r"the pickle holds a list, not a dict of tensors"),
+        ({"model": {"w": torch.zeros(2), "step": 3}}, r"'step' holds int"),
+    ):
+        save(obj, path, layout)
+        with pytest.raises(TinyGPTError, match=message):
+            read_checkpoint(path)

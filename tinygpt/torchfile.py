@@ -1,7 +1,9 @@
 """Reading a PyTorch state dict (``pytorch_model.bin``, written by ``torch.save``) without PyTorch.
 
-Many GPT-2 fine-tunes on the Hugging Face hub ship only this file. ``torch.save`` writes one of two
-layouts, and both are a pickle of the dict plus the tensors' raw bytes kept outside the pickle.
+Many GPT-2 fine-tunes on the Hugging Face hub ship only this file; nanoGPT's ``ckpt.pt`` is a
+``torch.save``'d dict too, its state dict beside the optimizer's and plain Python data (``read_checkpoint``).
+``torch.save`` writes one of two layouts, and both are a pickle of the dict plus the tensors' raw bytes kept
+outside the pickle.
 
 The pickle. A tensor pickles as a call ``torch._utils._rebuild_tensor_v2(storage, storage_offset, size,
 stride, requires_grad, backward_hooks)``: a *storage* is a flat buffer of one dtype, and the tensor is the
@@ -74,12 +76,43 @@ def read_state_dict(file: str | os.PathLike) -> dict[str, np.ndarray]:
     Every flaw of the file (not a PyTorch file, truncated, a storage missing, a dtype NumPy cannot hold, a
     pickle that is not a dict of tensors or that names any other function) is one TinyGPTError naming it.
     """
+    return _read(file, lambda obj: (_tensors_of(obj), None))[0]
+
+
+def read_checkpoint(file: str | os.PathLike,
+                    state_dict_key: str = "model") -> tuple[dict[str, np.ndarray], dict]:
+    """A training checkpoint: a ``torch.save``'d dict holding a state dict under ``state_dict_key`` beside
+    other entries, as nanoGPT's ``ckpt.pt`` holds ``model`` beside ``optimizer``, ``model_args``,
+    ``iter_num``, ``best_val_loss`` and ``config``.
+
+    Returns ``(state dict, entries)``: the state dict's tensors as ``read_state_dict`` gives them, and the
+    other entries whose values are plain Python data (numbers, strings, None, and lists, tuples and dicts
+    of them). An entry holding a tensor (the optimizer's moments, a 0-d ``best_val_loss``) is left out, its
+    bytes never read: the pickle names the same few globals as a state dict's (any other is refused as
+    there), and its tensors stay the small records the unpickler makes of them, so loading costs the
+    model's bytes, not the optimizer's twice as many. Every flaw is one TinyGPTError naming the file.
+    """
+    def select(obj):
+        if not isinstance(obj, dict) or state_dict_key not in obj:
+            kind = type(obj).__name__ if not isinstance(obj, dict) else \
+                f"dict of {', '.join(map(repr, list(obj)[:6]))}"
+            raise TinyGPTError(f"the pickle holds a {kind:.120}, not a checkpoint with a {state_dict_key!r} "
+                               "entry")
+        entries = {key: value for key, value in obj.items() if key != state_dict_key and _is_plain(value)}
+        return _tensors_of(obj[state_dict_key]), entries
+
+    return _read(file, select)
+
+
+def _read(file, select):
+    """``select(unpickled)`` -> (the tensors to read, anything else), for either layout; returns the arrays
+    of the tensors and the anything else."""
     try:
         with open(file, "rb") as f:
             if f.read(4) == b"PK\x03\x04":  # every zip archive starts with a local file header
-                return _read_zip(file)
+                return _read_zip(file, select)
             f.seek(0)
-            return _read_legacy(f)
+            return _read_legacy(f, select)
     except TinyGPTError as exc:
         raise TinyGPTError(f"cannot read {file}: {exc}") from None
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # (EOFError: a record cut short)
@@ -233,6 +266,23 @@ def refuse_extension_codes(file) -> None:
     file.seek(start)
 
 
+def _is_plain(value) -> bool:
+    """True when ``value`` is plain data: numbers, strings, bytes, None, and lists, tuples and dicts of them
+    (walked without recursion: a pickle can nest them 100,000 deep, or make a list that holds itself)."""
+    seen, todo = set(), [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, (str, bytes, int, float, type(None))):  # (bool is an int)
+            continue
+        if type(item) not in (list, tuple, dict, collections.OrderedDict):
+            return False  # a tensor, a storage, or one of the stand-ins themselves
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        todo.extend(item.items() if isinstance(item, dict) else item)  # (a dict's pairs are tuples)
+    return True
+
+
 def _tensors_of(state) -> dict[str, _Tensor]:
     """The unpickled object, checked to be a state dict: string names to tensors."""
     if not isinstance(state, dict):
@@ -322,7 +372,7 @@ def _raw_dtype(storage: _Storage) -> np.dtype:
 # --- the two layouts -----------------------------------------------------------------------------------
 
 
-def _read_zip(file: str) -> dict[str, np.ndarray]:
+def _read_zip(file: str, select):
     with zipfile.ZipFile(file) as archive:
         names = set(archive.namelist())
         pickles = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
@@ -330,7 +380,7 @@ def _read_zip(file: str) -> dict[str, np.ndarray]:
             raise TinyGPTError("a zip archive without one FOLDER/data.pkl (not a torch.save file)")
         folder = pickles[0].removesuffix("data.pkl")
         unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), legacy=False)
-        tensors = _tensors_of(_unpickle(unpickler))
+        tensors, rest = select(_unpickle(unpickler))
         byteorder = "little"  # what torch assumes of files from before the record existed
         if folder + "byteorder" in names:
             byteorder = archive.read(folder + "byteorder").decode("ascii", "replace")
@@ -338,7 +388,7 @@ def _read_zip(file: str) -> dict[str, np.ndarray]:
                 raise TinyGPTError(f"byteorder is {byteorder!r:.20}, not 'little' or 'big'")
         in_use = {tensor.storage.key: tensor.storage for tensor in tensors.values()}
         return _arrays(tensors, _zip_storages(archive, folder, in_use.values()),
-                       "<" if byteorder == "little" else ">")
+                       "<" if byteorder == "little" else ">"), rest
 
 
 def _zip_storages(archive: zipfile.ZipFile, folder: str, storages):
@@ -359,7 +409,7 @@ def _zip_storages(archive: zipfile.ZipFile, folder: str, storages):
     return ((storage, archive.read(record)) for storage, record in records)  # (read gives size bytes)
 
 
-def _read_legacy(f) -> dict[str, np.ndarray]:
+def _read_legacy(f, select):
     # a pickle starts with its protocol (opcode 0x80, then 2 to 5): anything else is not a torch.save file
     start = f.read(2)
     f.seek(0)
@@ -371,7 +421,7 @@ def _read_legacy(f) -> dict[str, np.ndarray]:
         raise TinyGPTError(f"legacy torch.save protocol version {version!r:.20}, expected 1001")
     _unpickle(_RestrictedUnpickler(f, legacy=True))  # system information: byte order, sizes of C types
     unpickler = _RestrictedUnpickler(f, legacy=True)
-    tensors = _tensors_of(_unpickle(unpickler))
+    tensors, rest = select(_unpickle(unpickler))
     keys = _unpickle(_RestrictedUnpickler(f, legacy=True))
     if not isinstance(keys, list) or not all(isinstance(k, str) and k in unpickler.storages for k in keys):
         raise TinyGPTError(f"the list of storage keys {reprlib.repr(keys)} does not match the pickle's "
@@ -384,7 +434,7 @@ def _read_legacy(f) -> dict[str, np.ndarray]:
         raise TinyGPTError(f"its storages take {needed:,} bytes, the {left:,} after its pickles are too few "
                            "(a truncated file?)")
     in_use = {tensor.storage.key for tensor in tensors.values()}
-    return _arrays(tensors, _legacy_storages(f, storages, in_use), "<")
+    return _arrays(tensors, _legacy_storages(f, storages, in_use), "<"), rest
 
 
 def _legacy_storages(f, storages: list[_Storage], in_use: set[str]):
