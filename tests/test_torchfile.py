@@ -555,3 +555,63 @@ def test_what_is_not_a_checkpoint_is_refused(tmp_path, layout):
         save(obj, path, layout)
         with pytest.raises(TinyGPTError, match=message):
             read_checkpoint(path)
+
+
+@pytest.mark.parametrize("shape", [
+    dict(vocab_size=50304, block_size=8, n_embd=8),  # GPT-2's vocabulary padded, as nanoGPT's runs have it
+    dict(vocab_size=67, block_size=16, n_layer=3, n_head=4, n_embd=16, bias=False, compiled=True),
+    dict(vocab_size=67, block_size=16, n_embd=16, as_out_dir=True),
+])
+def test_a_nanogpt_checkpoint_loads_with_its_logits(tmp_path, make_nanogpt_ckpt, shape):
+    # nn.Linear weights (out, in) transposed, c_proj's square ones too; no biases with bias=False; the
+    # _orig_mod. prefix of a torch.compile'd model dropped; the exact GELU (tanh's: 2e-4 off here)
+    shape = dict(shape)
+    as_out_dir = shape.pop("as_out_dir", False)
+    model = make_nanogpt_ckpt(tmp_path / "ckpt.pt", **shape)
+    ours = GPT.from_pretrained(tmp_path if as_out_dir else tmp_path / "ckpt.pt").eval()
+    assert ours.config.gelu == "erf" and ours.config.bias == shape.get("bias", True)
+    assert ours.config.vocab_size == shape["vocab_size"] and ours.config.n_layer == shape.get("n_layer", 2)
+    for name, p in model.state_dict().items():
+        if name != "lm_head.weight":
+            name = name.removeprefix("transformer.")
+            ours_p = ours.params[name].T if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) \
+                else ours.params[name]
+            np.testing.assert_array_equal(ours_p, p.numpy(), err_msg=name)
+    idx = np.random.default_rng(1).integers(0, shape["vocab_size"], (2, shape["block_size"]))
+    with torch.no_grad():
+        ref = model(torch.from_numpy(idx)).numpy()
+    assert relative_error(ours.forward(idx)[0], ref) < 1e-5
+
+
+def test_a_damaged_nanogpt_checkpoint_is_one_error(tmp_path, make_nanogpt_ckpt):
+    path = tmp_path / "ckpt.pt"
+    make_nanogpt_ckpt(path, vocab_size=67, block_size=8)
+    good = torch.load(path, weights_only=True)
+
+    def fails(change, message):
+        checkpoint = {**good, "model": dict(good["model"]), "model_args": dict(good["model_args"])}
+        change(checkpoint)
+        torch.save(checkpoint, path)
+        with pytest.raises(TinyGPTError, match=message):
+            GPT.from_pretrained(path)
+
+    fails(lambda c: c["model"].pop("transformer.h.1.mlp.c_fc.bias"), r"ckpt\.pt is missing h\.1\.mlp\.c_fc")
+    fails(lambda c: c["model"].update({"transformer.h.0.attn.c_proj.weight": torch.zeros(16, 17)}),
+          r"'transformer\.h\.0\.attn\.c_proj\.weight' has shape \(16, 17\), expected \(16, 16\)")
+    fails(lambda c: c["model"].update({"transformer.h.0.mlp.c_fc.weight": torch.zeros(16, 64)}),  # (in, out)
+          r"'transformer\.h\.0\.mlp\.c_fc\.weight' has shape \(16, 64\), expected \(64, 16\)")
+    fails(lambda c: c["model"].update({"lm_head.weight": torch.ones(67, 16)}), "lm_head.weight differs")
+    fails(lambda c: c["model"].update({"transformer.h.0.extra": torch.ones(1)}), "unexpected tensor")
+    fails(lambda c: c["model_args"].update(n_layer=3), r"ckpt\.pt is missing h\.2 \(model_args has n_layer")
+    fails(lambda c: c["model_args"].update(bias=False), r"unexpected tensor 'transformer\.h\.0\.ln_1\.bias'")
+    fails(lambda c: c["model_args"].pop("n_embd"), r"ckpt\.pt: model_args is missing n_embd")
+    fails(lambda c: c["model_args"].update(n_head=3), r"ckpt\.pt: GPTConfig\.n_embd \(16\) must be divisible")
+    fails(lambda c: c["model_args"].update(vocab_size="67"), r"model_args' vocab_size must be an integer")
+    fails(lambda c: c.pop("model_args"), r"ckpt\.pt has no model_args dict")
+    fails(lambda c: c.pop("model"), r"not a checkpoint with a 'model' entry")
+    (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TinyGPTError, match=r"cannot read .*ckpt\.pt: neither a zip archive"):
+        GPT.from_pretrained(tmp_path)  # (the out_dir: its ckpt.pt)
+    (tmp_path / "ckpt.pt").unlink()
+    with pytest.raises(TinyGPTError, match=r"has no config\.json \(a transformers GPT-2 directory\) nor"):
+        GPT.from_pretrained(tmp_path)

@@ -545,6 +545,29 @@ def test_eval_pretrained_equals_transformers_sliding_window_loss(tiny_gpt2, stri
     assert float(printed.out.split("loss ")[1].split()[0]) == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_eval_pretrained_nanogpt_checkpoint_equals_the_torch_models_loss(backend, tmp_path, monkeypatch,
+                                                                         make_nanogpt_ckpt, capsys):
+    # the exact GELU on both CPU backends, GPT-2's tokenizer for the text, the loss over all 50304 logits
+    import types
+
+    from tinygpt.tokenizer import BPETokenizer
+
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    model = make_nanogpt_ckpt(tmp_path / "ckpt.pt", vocab_size=50304, block_size=16, n_embd=16)
+    text = tmp_path / "text.txt"
+    text.write_text(PRETRAINED_TEXT[:400], encoding="utf-8")
+    ids = BPETokenizer.gpt2().encode(text.read_text(encoding="utf-8"))
+    as_transformers = lambda x: types.SimpleNamespace(logits=model(x)[0][None])  # noqa: E731
+    expected, n_scored = _sliding_window_loss(as_transformers, ids, 16, 5)
+    result = training.evaluate(pretrained=tmp_path, data=str(text), stride=5, backend=backend)
+    assert result["tokens"] == n_scored and result["loss"] == pytest.approx(expected, rel=1e-6)
+    assert result["model"] == f"{tmp_path / 'ckpt.pt'} (nanoGPT's, with GPT-2's tokenizer)"
+    assert main(["eval", "--pretrained", str(tmp_path / "ckpt.pt"), "--data", str(text), "--backend",
+                 backend]) == 0
+    assert "is a nanoGPT checkpoint" in capsys.readouterr().err
+
+
 def test_eval_pretrained_text_shorter_than_the_context_is_one_window(tiny_gpt2, tmp_path, monkeypatch):
     monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
     directory, hf, tokenizer, _ = tiny_gpt2
@@ -584,7 +607,8 @@ def test_eval_pretrained_errors_are_one_line(tiny_gpt2, tmp_path, monkeypatch, c
     one_token = tmp_path / "one.txt"
     one_token.write_text("a", encoding="utf-8")
     for argv, message in (
-        (["eval", "--pretrained", str(tmp_path / "missing"), "--data", str(text)], "no model directory at"),
+        (["eval", "--pretrained", str(tmp_path / "missing"), "--data", str(text)],
+         "no model directory or nanoGPT ckpt.pt at"),
         ([*model, "--data", str(one_token)], "one.txt is 1 token long: scoring needs at least 2"),
         ([*scored, "--stride", "0"], "--stride must be a positive integer, got 0"),
         ([*scored, "--stride", "-3"], "--stride must be a positive integer, got -3"),

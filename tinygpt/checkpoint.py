@@ -359,6 +359,10 @@ def _locate(out_dir: str | os.PathLike) -> Path:
             raise TinyGPTError(f"no checkpoint in {out_dir} (no 'latest' link or state.json): it looks like "
                                "a transformers GPT-2 directory, which train, finetune and sample take as "
                                "--pretrained")
+        if (out_dir / "ckpt.pt").is_file():  # nanoGPT's out_dir (whose default name is also "out")
+            raise TinyGPTError(f"no checkpoint in {out_dir} (no 'latest' link or state.json): it looks like "
+                               "nanoGPT's out_dir, whose ckpt.pt sample, eval, train and finetune take as "
+                               "--pretrained")
         raise TinyGPTError(f"no checkpoint in {out_dir} (no 'latest' link or state.json); train one first")
     if not path.is_dir():
         raise TinyGPTError(f"corrupt checkpoint: {out_dir / LATEST} points to a missing directory")

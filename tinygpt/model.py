@@ -542,27 +542,33 @@ class GPT:
             repetition_penalty=repetition_penalty,
         )  # fmt: skip
 
-    # --- GPT-2 checkpoints (transformers' format) --------------------------------------------------
+    # --- GPT-2 checkpoints (transformers' format) and nanoGPT's ckpt.pt ----------------------------
 
     @classmethod
     def from_pretrained(
         cls, path, dtype=np.float32, backend: str = "numpy", dropout: float | None = None
     ) -> GPT:
-        """Load a transformers GPT-2 directory (``config.json`` + weights), gpt2 to gpt2-xl.
+        """Load a transformers GPT-2 directory (``config.json`` + weights), gpt2 to gpt2-xl, or a nanoGPT
+        checkpoint (``ckpt.pt``, or the out_dir holding it: see ``nanogpt_checkpoint``).
 
         Keys may carry the ``transformer.`` prefix; the attention-mask buffers (``attn.bias``,
         ``attn.masked_bias``) and ``lm_head.weight`` (tied to wte) are skipped. ``dropout`` overrides the
-        checkpoint's ``resid_pdrop``. Sharded checkpoints (``model.safetensors.index.json``) work too, and
-        so does PyTorch's ``pytorch_model.bin`` (or its ``.index.json``) where there is no safetensors file:
-        it is read without torch, by ``tinygpt.torchfile``, which refuses a pickle naming anything but
-        tensors.
+        checkpoint's ``resid_pdrop`` (nanoGPT's: its ``model_args``' dropout). Sharded checkpoints
+        (``model.safetensors.index.json``) work too, and so does PyTorch's ``pytorch_model.bin`` (or its
+        ``.index.json``) where there is no safetensors file: it is read without torch, by
+        ``tinygpt.torchfile``, which refuses a pickle naming anything but tensors (and, in a ``ckpt.pt``,
+        the plain data beside them).
         """
         path = os.fspath(path)
+        ckpt = nanogpt_checkpoint(path)
+        if ckpt is not None:
+            return cls._from_nanogpt(ckpt, dtype, backend, dropout)
         config_path = os.path.join(path, "config.json")
         if not os.path.isdir(path):
-            raise TinyGPTError(f"no model directory at {path}")
+            raise TinyGPTError(f"no model directory or nanoGPT ckpt.pt at {path}")
         if not os.path.isfile(config_path):
-            raise TinyGPTError(f"{path} has no config.json (expected a transformers GPT-2 directory)")
+            raise TinyGPTError(f"{path} has no config.json (a transformers GPT-2 directory) nor ckpt.pt (a "
+                               "nanoGPT out_dir)")
         try:
             with open(config_path, encoding="utf-8") as f:
                 hf = loads_json(f.read())
@@ -571,42 +577,27 @@ class GPT:
         if not isinstance(hf, dict):
             raise TinyGPTError(f"{config_path} is not a JSON object (expected a transformers GPT-2 config)")
         config = _config_from_hf(hf, config_path, dropout)
-        tensors = _read_weights(path)
-        # n_layer against the weights before param_shapes lists every layer's names: a corrupt n_layer of
-        # 2**40 would take all the memory there
-        layer_of = (re.match(r"(?:transformer\.)?h\.(\d+)\.", key) for key in tensors)
-        layers = {int(match[1]) for match in layer_of if match}
-        if config.n_layer > len(layers):
-            absent = min(set(range(len(layers) + 1)) - layers)
-            raise TinyGPTError(f"checkpoint at {path} is missing h.{absent} (config.json has n_layer = "
-                               f"{config.n_layer}; the weights hold {len(layers)} layers)")
+        params = _params_from_state_dict(_read_weights(path), config, f"the checkpoint at {path}",
+                                         "config.json")
+        return cls(config, dtype=dtype, backend=backend, params=params)
 
-        expected = param_shapes(config)
-        loaded = {}
-        head = None
-        for key, array in tensors.items():
-            name = key.removeprefix("transformer.")
-            if name.endswith((".attn.bias", ".attn.masked_bias")):
-                continue  # the causal-mask buffers older transformers saved; not parameters
-            if name == "lm_head.weight":
-                head = array
-                continue
-            if name not in expected:
-                raise TinyGPTError(f"unexpected tensor {key!r} in the checkpoint at {path}")
-            if tuple(array.shape) != expected[name]:
-                raise TinyGPTError(
-                    f"tensor {key!r} has shape {tuple(array.shape)}, expected {expected[name]}"
-                )
-            loaded[name] = array
-        missing = [name for name in expected if name not in loaded]
-        if missing:
-            more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
-            raise TinyGPTError(f"checkpoint at {path} is missing {', '.join(missing[:3])}{more}")
-        if head is not None and not np.array_equal(head, loaded["wte.weight"]):
-            raise TinyGPTError(
-                "lm_head.weight differs from wte.weight: only a tied output layer is supported"
-            )
-        return cls(config, dtype=dtype, backend=backend, params=loaded)
+    @classmethod
+    def _from_nanogpt(cls, ckpt: str, dtype, backend: str, dropout: float | None) -> GPT:
+        """The model of nanoGPT's ``ckpt.pt`` (see ``nanogpt_checkpoint``)."""
+        from tinygpt.torchfile import read_checkpoint
+
+        state_dict, entries = read_checkpoint(ckpt, "model")
+        config = _config_from_nanogpt(entries.get("model_args"), ckpt, dropout)
+        # torch.compile'd models save every name under _orig_mod. (nanoGPT's own resume strips it too)
+        tensors = {}
+        for key, array in state_dict.items():
+            name = key.removeprefix("_orig_mod.")
+            if name in tensors:
+                raise TinyGPTError(f"{ckpt}: tensor {name!r} is in the state dict twice (with and without "
+                                   "_orig_mod.)")
+            tensors[name] = array
+        params = _params_from_state_dict(tensors, config, ckpt, "model_args", linear_out_in=True)
+        return cls(config, dtype=dtype, backend=backend, params=params)
 
     def save_pretrained(self, path) -> None:
         """Write ``config.json`` and ``model.safetensors`` that ``GPT2LMHeadModel.from_pretrained`` loads.
@@ -741,6 +732,97 @@ def _config_from_hf(hf: dict, where: str, dropout: float | None) -> GPTConfig:
         bias=True,
         gelu="erf" if hf.get("activation_function") == "gelu" else "tanh",
     )
+
+
+# nanoGPT's ckpt.pt: what its train.py saves (torch.save of a dict) and how its names and shapes map to ours
+NANOGPT_CHECKPOINT = "ckpt.pt"
+NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")  # (and bias, dropout)
+# nanoGPT's nn.Linear weights are (out, in), the transpose of GPT-2's Conv1D (in, out) that params follow
+_LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def nanogpt_checkpoint(path) -> str | None:
+    """The nanoGPT checkpoint ``path`` names, or None for a transformers directory (or nothing at all).
+
+    A file is taken as a nanoGPT ``ckpt.pt`` whatever its name; a directory as nanoGPT's out_dir when it
+    holds ``ckpt.pt`` and no ``config.json`` (with one, it is a transformers directory, as before).
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return path
+    inside = os.path.join(path, NANOGPT_CHECKPOINT)
+    if os.path.isfile(inside) and not os.path.exists(os.path.join(path, "config.json")):
+        return inside
+    return None
+
+
+def _config_from_nanogpt(model_args, where: str, dropout: float | None) -> GPTConfig:
+    """GPTConfig of nanoGPT's ``model_args`` (n_layer, n_head, n_embd, block_size, bias, vocab_size,
+    dropout); the MLP's GELU is nanoGPT's, x Phi(x) (``gelu="erf"``)."""
+    if not isinstance(model_args, dict):
+        raise TinyGPTError(f"{where} has no model_args dict: not a checkpoint of nanoGPT's train.py")
+    missing = [key for key in NANOGPT_MODEL_ARGS if key not in model_args]
+    if missing:
+        raise TinyGPTError(f"{where}: model_args is missing {', '.join(missing)}")
+    for key in NANOGPT_MODEL_ARGS:
+        if not is_int(model_args[key]):
+            raise TinyGPTError(f"{where}: model_args' {key} must be an integer, got {model_args[key]!r:.40}")
+    bias = model_args.get("bias", True)
+    if not isinstance(bias, bool):
+        raise TinyGPTError(f"{where}: model_args' bias must be True or False, got {bias!r:.40}")
+    if dropout is None:
+        dropout = model_args.get("dropout", 0.0)
+        if not is_number(dropout):
+            raise TinyGPTError(f"{where}: model_args' dropout must be a number, got {dropout!r:.40}")
+    try:
+        return GPTConfig(vocab_size=model_args["vocab_size"], block_size=model_args["block_size"],
+                         n_layer=model_args["n_layer"], n_head=model_args["n_head"],
+                         n_embd=model_args["n_embd"], dropout=dropout, bias=bias, gelu="erf")
+    except TinyGPTError as exc:  # (a size of 0, n_embd not divisible by n_head, a dropout of 1.5)
+        raise TinyGPTError(f"{where}: {exc}") from None
+
+
+def _params_from_state_dict(tensors: dict[str, np.ndarray], config: GPTConfig, where: str, config_name: str,
+                            linear_out_in: bool = False) -> dict[str, np.ndarray]:
+    """A GPT-2 state dict's tensors as ``params`` of ``config``, every name and shape checked.
+
+    Names may carry ``transformer.``; the causal-mask buffers (``attn.bias``, ``attn.masked_bias``) are
+    skipped and ``lm_head.weight`` must equal wte (tied). ``linear_out_in``: the four matmul weights are
+    stored (out, in), as nn.Linear keeps them (nanoGPT), and are transposed.
+    """
+    # n_layer against the weights before param_shapes lists every layer's names: a corrupt n_layer of
+    # 2**40 would take all the memory there
+    layer_of = (re.match(r"(?:transformer\.)?h\.(\d+)\.", key) for key in tensors)
+    layers = {int(match[1]) for match in layer_of if match}
+    if config.n_layer > len(layers):
+        absent = min(set(range(len(layers) + 1)) - layers)
+        raise TinyGPTError(f"{where} is missing h.{absent} ({config_name} has n_layer = {config.n_layer}; "
+                           f"the weights hold {len(layers)} layers)")
+
+    expected = param_shapes(config)
+    loaded = {}
+    head = None
+    for key, array in tensors.items():
+        name = key.removeprefix("transformer.")
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # the causal-mask buffers older transformers (and nanoGPT without flash) saved
+        if name == "lm_head.weight":
+            head = array
+            continue
+        if name not in expected:
+            raise TinyGPTError(f"unexpected tensor {key!r} in {where}")
+        transpose = linear_out_in and name.endswith(_LINEAR_WEIGHTS)  # (c_proj's (C, C) too)
+        shape = expected[name][::-1] if transpose else expected[name]
+        if tuple(array.shape) != shape:
+            raise TinyGPTError(f"tensor {key!r} has shape {tuple(array.shape)}, expected {shape}")
+        loaded[name] = array.T if transpose else array  # (GPT(params=...) makes it contiguous)
+    missing = [name for name in expected if name not in loaded]
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise TinyGPTError(f"{where} is missing {', '.join(missing[:3])}{more}")
+    if head is not None and not np.array_equal(head, loaded["wte.weight"]):
+        raise TinyGPTError("lm_head.weight differs from wte.weight: only a tied output layer is supported")
+    return loaded
 
 
 def _read_weights(path: str) -> dict[str, np.ndarray]:
