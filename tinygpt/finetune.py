@@ -537,23 +537,36 @@ def load_gpt2_dir(path, backend: str = "numpy"):
     (the description then says so). A tokenizer with more ids than the model is refused: that is what a
     tinygpt run directory (no GPT-2 files, a small vocabulary) looks like here.
 
-    Or of a nanoGPT checkpoint (``ckpt.pt``, or the out_dir holding it: ``model.nanogpt_checkpoint``), with
-    GPT-2's tokenizer, which nanoGPT's GPT-2 runs use (their vocabulary often padded to 50,304). A smaller
-    vocabulary is a char-level run's, kept in its dataset's meta.pkl, not in ckpt.pt: refused.
+    Or of a nanoGPT checkpoint (``ckpt.pt``, or the out_dir holding it: ``model.nanogpt_checkpoint``): a
+    char-level run's characters come from its dataset's meta.pkl (``model.nanogpt_meta_path``, read by
+    ``data.read_char_vocabulary``), as nanoGPT's sample.py finds them; without one the tokenizer is GPT-2's,
+    which nanoGPT's GPT-2 runs use (their vocabulary often padded to 50,304), and a vocabulary smaller than
+    GPT-2's is refused: it is a char-level run's whose meta.pkl was not found.
     """
-    from tinygpt.model import GPT, nanogpt_checkpoint
+    from tinygpt.data import read_char_vocabulary
+    from tinygpt.model import GPT, load_nanogpt, nanogpt_checkpoint, nanogpt_meta_path
     from tinygpt.tokenizer import BPETokenizer
 
-    model = GPT.from_pretrained(path, backend=backend)
     ckpt = nanogpt_checkpoint(path)
     if ckpt is not None:
-        tokenizer = BPETokenizer.gpt2()
-        if model.config.vocab_size < tokenizer.vocab_size:
-            raise TinyGPTError(f"{ckpt}: a nanoGPT checkpoint of vocab_size {model.config.vocab_size}, fewer "
-                               f"than GPT-2's {tokenizer.vocab_size} tokens: a char-level run, whose "
-                               "vocabulary is in its dataset's meta.pkl, not in ckpt.pt; such checkpoints "
-                               "are not supported yet")
-        return model, tokenizer, f"{ckpt} (nanoGPT's, with GPT-2's tokenizer)"
+        model, entries = load_nanogpt(ckpt, backend=backend)
+        meta = nanogpt_meta_path(ckpt, entries)
+        if meta is not None:
+            tokenizer = read_char_vocabulary(meta)
+            description = f"{ckpt} (nanoGPT's, with the characters of {meta})"
+        else:
+            tokenizer, description = BPETokenizer.gpt2(), f"{ckpt} (nanoGPT's, with GPT-2's tokenizer)"
+            if model.config.vocab_size < tokenizer.vocab_size:
+                raise TinyGPTError(
+                    f"{ckpt}: a nanoGPT checkpoint of vocab_size {model.config.vocab_size}, fewer than "
+                    f"GPT-2's {tokenizer.vocab_size} tokens: a char-level run, whose characters are in its "
+                    "dataset's meta.pkl, not in ckpt.pt; none was found beside ckpt.pt or in "
+                    "data/<dataset>/ (copy it beside ckpt.pt)")
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise TinyGPTError(f"{meta}: {tokenizer.vocab_size} characters, but the model of {ckpt} has "
+                               f"{model.config.vocab_size} ids: not the meta.pkl of its dataset")
+        return model, tokenizer, description
+    model = GPT.from_pretrained(path, backend=backend)
     path = Path(path)
     for encoder_json, vocab_bpe in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
         if (path / encoder_json).is_file() and (path / vocab_bpe).is_file():

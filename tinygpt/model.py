@@ -562,7 +562,7 @@ class GPT:
         path = os.fspath(path)
         ckpt = nanogpt_checkpoint(path)
         if ckpt is not None:
-            return cls._from_nanogpt(ckpt, dtype, backend, dropout)
+            return load_nanogpt(ckpt, dtype, backend, dropout)[0]
         config_path = os.path.join(path, "config.json")
         if not os.path.isdir(path):
             raise TinyGPTError(f"no model directory or nanoGPT ckpt.pt at {path}")
@@ -579,24 +579,6 @@ class GPT:
         config = _config_from_hf(hf, config_path, dropout)
         params = _params_from_state_dict(_read_weights(path), config, f"the checkpoint at {path}",
                                          "config.json")
-        return cls(config, dtype=dtype, backend=backend, params=params)
-
-    @classmethod
-    def _from_nanogpt(cls, ckpt: str, dtype, backend: str, dropout: float | None) -> GPT:
-        """The model of nanoGPT's ``ckpt.pt`` (see ``nanogpt_checkpoint``)."""
-        from tinygpt.torchfile import read_checkpoint
-
-        state_dict, entries = read_checkpoint(ckpt, "model")
-        config = _config_from_nanogpt(entries.get("model_args"), ckpt, dropout)
-        # torch.compile'd models save every name under _orig_mod. (nanoGPT's own resume strips it too)
-        tensors = {}
-        for key, array in state_dict.items():
-            name = key.removeprefix("_orig_mod.")
-            if name in tensors:
-                raise TinyGPTError(f"{ckpt}: tensor {name!r} is in the state dict twice (with and without "
-                                   "_orig_mod.)")
-            tensors[name] = array
-        params = _params_from_state_dict(tensors, config, ckpt, "model_args", linear_out_in=True)
         return cls(config, dtype=dtype, backend=backend, params=params)
 
     def save_pretrained(self, path) -> None:
@@ -754,6 +736,43 @@ def nanogpt_checkpoint(path) -> str | None:
     if os.path.isfile(inside) and not os.path.exists(os.path.join(path, "config.json")):
         return inside
     return None
+
+
+def load_nanogpt(ckpt: str, dtype=np.float32, backend: str = "numpy", dropout: float | None = None):
+    """``(GPT, entries)`` of nanoGPT's ``ckpt.pt`` (see ``nanogpt_checkpoint``): the model, and the
+    checkpoint's plain entries (``model_args``, ``iter_num``, ``config``: ``torchfile.read_checkpoint``)."""
+    from tinygpt.torchfile import read_checkpoint
+
+    state_dict, entries = read_checkpoint(ckpt, "model")
+    config = _config_from_nanogpt(entries.get("model_args"), ckpt, dropout)
+    # torch.compile'd models save every name under _orig_mod. (nanoGPT's own resume strips it too)
+    tensors = {}
+    for key, array in state_dict.items():
+        name = key.removeprefix("_orig_mod.")
+        if name in tensors:
+            raise TinyGPTError(f"{ckpt}: tensor {name!r} is in the state dict twice (with and without "
+                               "_orig_mod.)")
+        tensors[name] = array
+    params = _params_from_state_dict(tensors, config, ckpt, "model_args", linear_out_in=True)
+    return GPT(config, dtype=dtype, backend=backend, params=params), entries
+
+
+def nanogpt_meta_path(ckpt: str, entries: dict) -> str | None:
+    """Where the ``meta.pkl`` of a char-level nanoGPT checkpoint is, or None: nanoGPT keeps a char-level
+    run's vocabulary with its dataset (``data/<config['dataset']>/meta.pkl``), not in ``ckpt.pt``.
+
+    Looked for beside ``ckpt.pt``, then where nanoGPT's own layout puts it (the out_dir sits in nanoGPT's
+    folder, beside ``data/``), then under the working directory, where nanoGPT's sample.py looks.
+    """
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    places = [os.path.join(folder, "meta.pkl")]
+    config = entries.get("config")
+    dataset = config.get("dataset") if isinstance(config, dict) else None
+    if isinstance(dataset, str) and dataset and dataset == os.path.basename(dataset) and dataset not in (
+            ".", ".."):  # a folder's name, not a path that could lead anywhere
+        places += [os.path.join(folder, os.pardir, "data", dataset, "meta.pkl"),
+                   os.path.join("data", dataset, "meta.pkl")]
+    return next((place for place in places if os.path.isfile(place)), None)
 
 
 def _config_from_nanogpt(model_args, where: str, dropout: float | None) -> GPTConfig:
