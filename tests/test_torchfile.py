@@ -540,6 +540,18 @@ def test_a_checkpoint_with_a_malicious_global_anywhere_is_refused_and_runs_nothi
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_tensor_deep_in_an_entry_leaves_the_entry_out(tmp_path, layout):
+    # two dicts deep, as AdamW's moments sit in optimizer['state'][0]: the walk once took the second dict's
+    # first pair for the first's (the same address, reused) and passed the tensor as plain data
+    path = tmp_path / "ckpt.pt"
+    save({"model": {"w": torch.zeros(2)}, "state": {"a": {"b": torch.ones(1)}},
+          "optimizer": {"state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(2)}},
+                        "param_groups": [{"lr": 1e-3, "params": [0]}]},
+          "plain": {"a": {"b": [1, (2.0, None)]}}, "iter_num": 3}, path, layout)
+    assert read_checkpoint(path)[1] == {"plain": {"a": {"b": [1, (2.0, None)]}}, "iter_num": 3}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_what_is_not_a_checkpoint_is_refused(tmp_path, layout):
     path = tmp_path / "ckpt.pt"
     loop = []

@@ -268,7 +268,12 @@ def refuse_extension_codes(file) -> None:
 
 def _is_plain(value) -> bool:
     """True when ``value`` is plain data: numbers, strings, bytes, None, and lists, tuples and dicts of them
-    (walked without recursion: a pickle can nest them 100,000 deep, or make a list that holds itself)."""
+    (walked without recursion: a pickle can nest them 100,000 deep, or make a list that holds itself).
+
+    Only objects inside ``value`` go on the walk, a dict's keys and values, never its ``items()`` pairs:
+    those are made afresh and freed once walked, and CPython gives the next pair the freed one's address,
+    so the ``id`` of a pair in ``seen`` skipped the next dict's first entry (a tensor two dicts deep,
+    AdamW's moments in a ckpt.pt's optimizer, passed as plain)."""
     seen, todo = set(), [value]
     while todo:
         item = todo.pop()
@@ -279,7 +284,11 @@ def _is_plain(value) -> bool:
         if id(item) in seen:
             continue
         seen.add(id(item))
-        todo.extend(item.items() if isinstance(item, dict) else item)  # (a dict's pairs are tuples)
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        else:
+            todo.extend(item)
     return True
 
 
