@@ -63,6 +63,23 @@ def _tiktoken_gpt2():
                              mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
 
 
+def shared_tuple_pickle(depth, key=None):
+    """A pickle of ``{key: {t: 0}}`` (of ``{t: 0}`` if ``key`` is None), t the tuple (), then (t, t) of
+    the one before, ``depth`` times, each kept in the memo and used twice: about 12 bytes a level, 2**depth
+    tuples for the unpickler to hash (a dict key is hashed) and a walk to visit. pickle.dumps cannot write
+    it: building the dict in Python hashes the key first."""
+    import struct
+
+    level = b")r\x00\x00\x00\x000"  # EMPTY_TUPLE, LONG_BINPUT 0, POP
+    for k in range(1, depth + 1):  # LONG_BINGET k - 1, DUP, TUPLE2, LONG_BINPUT k, POP
+        level += b"j" + struct.pack("<I", k - 1) + b"2\x86r" + struct.pack("<I", k) + b"0"
+    inner = b"}" + level + b"j" + struct.pack("<I", depth) + b"K\x00s"  # EMPTY_DICT, the key, 0, SETITEM
+    if key is None:
+        return b"\x80\x02" + inner + b"."
+    name = key.encode()
+    return b"\x80\x02}X" + struct.pack("<I", len(name)) + name + inner + b"s."
+
+
 def prepare_like_nanogpt(folder, text, tokenizer):
     """The folder nanoGPT's prepare scripts write for ``text``: its first 90% of characters encoded into
     ``train.bin``, the rest into ``val.bin``, each a uint16 NumPy array written by ``tofile``. ``tokenizer``

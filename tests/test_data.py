@@ -817,6 +817,16 @@ def test_a_meta_pkl_naming_any_function_is_refused_before_it_runs(tmp_path, nano
         data.read_char_vocabulary(tmp_path / "meta.pkl")
 
 
+def test_a_meta_pkl_of_one_tuple_shared_over_and_over_is_refused_before_it_is_hashed(tmp_path):
+    from conftest import shared_tuple_pickle
+
+    # 40 levels (520 bytes) kept tinygpt train hashing 2**40 tuples; 25 take the unpickler a second or two
+    (tmp_path / "meta.pkl").write_bytes(shared_tuple_pickle(25))
+    with pytest.raises(TinyGPTError, match=r"meta\.pkl: refused the pickle: an object in it is more than "
+                                           r"16,777,216 objects when walked"):
+        data.read_char_vocabulary(tmp_path / "meta.pkl")
+
+
 class _EvalPayload:
     def __init__(self, source):
         self.source = source

@@ -496,6 +496,19 @@ def test_sample_refuses_a_malicious_bin_in_one_line(tmp_path, capsys, tiny_gpt2)
     assert not marker.exists()
 
 
+def test_a_pickle_of_one_tuple_shared_over_and_over_is_refused_before_it_is_hashed(tmp_path):
+    from conftest import shared_tuple_pickle
+
+    # a dict key of 2**25 tuples when walked, in 300 bytes: the check counts it before the unpickler hashes
+    path = tmp_path / "pytorch_model.bin"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", shared_tuple_pickle(25, "model"))
+    for read in (read_state_dict, read_checkpoint):
+        with pytest.raises(TinyGPTError, match=r"pytorch_model\.bin: refused the pickle: an object in it is "
+                                               r"more than 16,777,216 objects"):
+            read(path)
+
+
 # --- nanoGPT's ckpt.pt ---------------------------------------------------------------------------------
 # (save_nanogpt_ckpt in conftest.py writes one as nanoGPT's train.py does, after an AdamW step)
 

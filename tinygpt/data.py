@@ -483,12 +483,13 @@ def read_char_vocabulary(path: str | os.PathLike):
     """The ``CharTokenizer`` of nanoGPT's ``meta.pkl``: ``{'vocab_size': n, 'itos': {id: char}, 'stoi':
     {char: id}}``, its characters in id order (``itos``), so every id means the character it means in
     nanoGPT (its prepare.py numbers the sorted characters of the text). The pickle is read without running
-    anything it names (``_PlainDataUnpickler``, copyreg's extension codes refused as for ``.bin`` models) and
+    anything it names (``_PlainDataUnpickler``; copyreg's extension codes, and an object shared so often
+    that hashing it would never end, refused as for ``.bin`` models: ``torchfile.check_pickle_opcodes``) and
     must be that dict exactly: ``itos`` the ids 0 to n - 1, single characters, ``stoi`` its inverse."""
     import io
 
     from tinygpt.tokenizer import CharTokenizer
-    from tinygpt.torchfile import refuse_extension_codes
+    from tinygpt.torchfile import check_pickle_opcodes
 
     path = Path(path)
     refuse_device(path, "meta.pkl")
@@ -500,7 +501,7 @@ def read_char_vocabulary(path: str | os.PathLike):
         raise TinyGPTError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         stream = io.BytesIO(raw)
-        refuse_extension_codes(stream)
+        check_pickle_opcodes(stream)
         meta = _PlainDataUnpickler(stream).load()
     except TinyGPTError as exc:
         raise TinyGPTError(f"cannot read {path}: {exc}") from None

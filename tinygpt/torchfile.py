@@ -239,7 +239,7 @@ def _unpickle(unpickler: _RestrictedUnpickler):
     # KeyError for a memo entry, a TypeError calling a stand-in with the wrong arguments): all of it means
     # a corrupt file, to be one line, not a traceback
     try:
-        refuse_extension_codes(unpickler.file)
+        check_pickle_opcodes(unpickler.file)
         return unpickler.load()
     except TinyGPTError:
         raise
@@ -253,16 +253,70 @@ def _unpickle(unpickler: _RestrictedUnpickler):
 # torch.save file uses them (nor nanoGPT's meta.pkl, which tinygpt.data reads with this check), so they are
 # refused before the pickle is read.
 _EXTENSION_OPCODES = {"EXT1", "EXT2", "EXT4"}
+# The pickle's memo lets an object be used many times: a tuple of t twice, that tuple twice, and so on,
+# forty deep in 500 bytes, is 2**40 tuples when walked, and a dict key is walked when the unpickler hashes
+# it (so load never returned), as a repr of it is. Every object's size counted with each use of a shared
+# part (what a walk visits) must stay below this: a state dict, a nanoGPT ckpt.pt's entries, a meta.pkl of
+# 100,000 characters count well under a million; hashing 2**24 tuples takes a fraction of a second.
+# (Only what a pickle builds from the bottom up is counted exactly, a list grown after it was put in another
+# is not; hashable objects, tuples and frozensets, are built bottom up, which is what matters here.)
+_PICKLE_MAX_WALK = 1 << 24
+# the opcodes that add to the object below their arguments (it stays, the same object, on the stack)
+_GROWING_OPCODES = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
+_MEMO_PUTS, _MEMO_GETS = {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"}, {"GET", "BINGET", "LONG_BINGET"}
 
 
-def refuse_extension_codes(file) -> None:
-    """Read the pickle at ``file``'s position through to its STOP opcode (not running it) and refuse an
-    extension code; the position is restored for the real load."""
+def check_pickle_opcodes(file) -> None:
+    """Read the pickle at ``file``'s position through to its STOP opcode (not running it), refusing an
+    extension code and an object whose walk, shared parts counted at each use, exceeds ``_PICKLE_MAX_WALK``;
+    the position is restored for the real load.
+
+    The walk's size is counted on a copy of the pickle's stack and memo holding, for each object, a one-item
+    list: the number of objects a walk of it visits (1 + those of what it was made from), the same list for
+    every use of the object, grown in place by the opcodes that add to it (APPEND, SETITEM, ...).
+    """
     start = file.tell()
-    for opcode, _, _ in pickletools.genops(file):
-        if opcode.name in _EXTENSION_OPCODES:
+    stack, memo = [], {}
+    for opcode, arg, _ in pickletools.genops(file):
+        name = opcode.name
+        if name in _EXTENSION_OPCODES:
             raise TinyGPTError(f"refused the pickle's {opcode.name} opcode (a copyreg extension code, "
                                "which could name any global)")
+        if name in _MEMO_PUTS:
+            if stack and stack[-1] is not None:  # (else a malformed pickle, which the unpickler refuses)
+                memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+            continue
+        if name in _MEMO_GETS:
+            stack.append(memo.get(arg, [1]))
+            continue
+        if name == "DUP":
+            stack.append(stack[-1] if stack else [1])
+            continue
+        before = opcode.stack_before
+        popped = []
+        if pickletools.markobject in before or (name == "POP" and stack and stack[-1] is None):
+            while stack and stack[-1] is not None:  # None: a MARK
+                popped.append(stack.pop())
+            if stack:
+                stack.pop()
+            count = before.index(pickletools.markobject) if pickletools.markobject in before else 0
+        else:
+            count = len(before)
+        for _ in range(min(count, len(stack))):
+            popped.append(stack.pop())
+        if pickletools.markobject in opcode.stack_after:
+            stack.append(None)
+        elif opcode.stack_after:
+            if name in _GROWING_OPCODES and popped:
+                cell = popped.pop()  # the object added to: the deepest of those popped
+                cell[0] += sum(item[0] for item in popped)
+            else:
+                cell = [1 + sum(item[0] for item in popped)]
+            if cell[0] > _PICKLE_MAX_WALK:
+                raise TinyGPTError(f"refused the pickle: an object in it is more than {_PICKLE_MAX_WALK:,} "
+                                   "objects when walked (one part used over and over), which nothing "
+                                   "tinygpt reads is")
+            stack.append(cell)
     file.seek(start)
 
 
