@@ -835,12 +835,22 @@ class _EvalPayload:
         return eval, (self.source,)
 
 
+def shared_list(depth):
+    """[], then [l, l] of the list before, ``depth`` times: 2**depth lists, pickled in a few bytes a level."""
+    shared = []
+    for _ in range(depth):
+        shared = [shared, shared]
+    return shared
+
+
 @pytest.mark.parametrize("meta, message", [
     (["a", "b"], "not nanoGPT's character vocabulary"),
     ({"vocab_size": 2, "itos": {0: "a", 1: "b"}}, "not nanoGPT's character vocabulary"),
     ({"vocab_size": 3, "itos": {0: "a", 1: "b"}, "stoi": {"a": 0, "b": 1}}, "itos must map the ids 0 to"),
     ({"vocab_size": 2, "itos": {0: "a", 2: "b"}, "stoi": {"a": 0, "b": 2}}, "itos must map the ids 0 to"),
     ({"vocab_size": 10**18, "itos": {0: "a"}, "stoi": {"a": 0}}, "itos must map the ids 0 to"),
+    # a list of a list twice, 22 deep: 2**22 lists to print in full (at 40, the error was never printed)
+    ({"vocab_size": shared_list(22), "itos": {}, "stoi": {}}, "vocab_size - 1 ([[[[[[[...], [...]],"),
     ({"vocab_size": 2, "itos": {0: "a", 1: "bc"}, "stoi": {"a": 0, "bc": 1}}, "a character of its own"),
     ({"vocab_size": 2, "itos": {0: "a", 1: "a"}, "stoi": {"a": 0}}, "a character of its own"),
     ({"vocab_size": 2, "itos": {0: "a", 1: "b"}, "stoi": {"a": 1, "b": 0}}, "stoi is not the inverse"),

@@ -633,6 +633,11 @@ def test_a_damaged_nanogpt_checkpoint_is_one_error(tmp_path, make_nanogpt_ckpt):
     fails(lambda c: c["model_args"].pop("n_embd"), r"ckpt\.pt: model_args is missing n_embd")
     fails(lambda c: c["model_args"].update(n_head=3), r"ckpt\.pt: GPTConfig\.n_embd \(16\) must be divisible")
     fails(lambda c: c["model_args"].update(vocab_size="67"), r"model_args' vocab_size must be an integer")
+    shared = []
+    for _ in range(22):  # a list of a list twice, 22 deep: 2**22 lists to print in full; shown cut short
+        shared = [shared, shared]
+    fails(lambda c: c["model_args"].update(n_layer=shared),
+          r"n_layer must be an integer, got \[\[\[\[\[\[\[\.\.\.\]")
     fails(lambda c: c.pop("model_args"), r"ckpt\.pt has no model_args dict")
     fails(lambda c: c.pop("model"), r"not a checkpoint with a 'model' entry")
     (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")

@@ -32,6 +32,7 @@ import json
 import os
 import pickle
 import re
+import reprlib
 import stat
 import subprocess
 import sys
@@ -513,7 +514,9 @@ def read_char_vocabulary(path: str | os.PathLike):
     n, itos, stoi = meta["vocab_size"], meta["itos"], meta["stoi"]
     if not is_int(n) or n < 1 or not isinstance(itos, dict) or not isinstance(stoi, dict) or len(itos) != n \
             or sorted(k for k in itos if is_int(k)) != list(range(n)):  # (its length first: n may be 10**18)
-        raise TinyGPTError(f"{path}: itos must map the ids 0 to vocab_size - 1 ({n!r:.20}) to characters")
+        # (reprlib stops 6 levels down: a pickle's list of a list twice, 40 deep, never finished printing)
+        raise TinyGPTError(f"{path}: itos must map the ids 0 to vocab_size - 1 ({reprlib.repr(n):.20}) to "
+                           "characters")
     chars = [itos[i] for i in range(n)]
     if not all(isinstance(c, str) and len(c) == 1 for c in chars) or len(set(chars)) != n:
         raise TinyGPTError(f"{path}: itos must map each id to a character of its own (single, distinct)")

@@ -61,6 +61,7 @@ import json
 import math
 import os
 import re
+import reprlib
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -783,16 +784,18 @@ def _config_from_nanogpt(model_args, where: str, dropout: float | None) -> GPTCo
     missing = [key for key in NANOGPT_MODEL_ARGS if key not in model_args]
     if missing:
         raise TinyGPTError(f"{where}: model_args is missing {', '.join(missing)}")
-    for key in NANOGPT_MODEL_ARGS:
+    for key in NANOGPT_MODEL_ARGS:  # (shown by reprlib, cut short: a pickle's value may be 2**40 lists)
         if not is_int(model_args[key]):
-            raise TinyGPTError(f"{where}: model_args' {key} must be an integer, got {model_args[key]!r:.40}")
+            raise TinyGPTError(f"{where}: model_args' {key} must be an integer, got "
+                               f"{reprlib.repr(model_args[key]):.40}")
     bias = model_args.get("bias", True)
     if not isinstance(bias, bool):
-        raise TinyGPTError(f"{where}: model_args' bias must be True or False, got {bias!r:.40}")
+        raise TinyGPTError(f"{where}: model_args' bias must be True or False, got {reprlib.repr(bias):.40}")
     if dropout is None:
         dropout = model_args.get("dropout", 0.0)
         if not is_number(dropout):
-            raise TinyGPTError(f"{where}: model_args' dropout must be a number, got {dropout!r:.40}")
+            raise TinyGPTError(f"{where}: model_args' dropout must be a number, got "
+                               f"{reprlib.repr(dropout):.40}")
     try:
         return GPTConfig(vocab_size=model_args["vocab_size"], block_size=model_args["block_size"],
                          n_layer=model_args["n_layer"], n_head=model_args["n_head"],

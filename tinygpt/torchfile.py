@@ -158,17 +158,20 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
     """``torch._utils._rebuild_tensor`` and ``_rebuild_tensor_v2``: a ``_Tensor``, its arguments checked.
 
     requires_grad and the (always empty) hooks do not change the values; metadata would: it sets a
-    tensor's negative or conjugate bit, which tinygpt does not apply, so it is refused.
+    tensor's negative or conjugate bit, which tinygpt does not apply, so it is refused. (Arguments are shown
+    by reprlib, cut short: the pickle can make one a list of a list twice, 40 deep, too long to print.)
     """
     if metadata:
-        raise TinyGPTError(f"a tensor carries metadata {metadata!r:.40} (a negative or conjugate view)")
+        raise TinyGPTError(f"a tensor carries metadata {reprlib.repr(metadata):.40} (a negative or conjugate "
+                           "view)")
     if not isinstance(storage, _Storage):
         raise TinyGPTError("a tensor is rebuilt from something that is not a storage")
     if not is_int(storage_offset) or storage_offset < 0:
-        raise TinyGPTError(f"a tensor has storage offset {storage_offset!r:.40}")
+        raise TinyGPTError(f"a tensor has storage offset {reprlib.repr(storage_offset):.40}")
     if not isinstance(size, tuple) or not isinstance(stride, tuple) or len(size) != len(stride) or \
             not all(is_int(n) and n >= 0 for n in size + stride):
-        raise TinyGPTError(f"a tensor has size {size!r:.40} and stride {stride!r:.40}")
+        raise TinyGPTError(f"a tensor has size {reprlib.repr(size):.40} and stride "
+                           f"{reprlib.repr(stride):.40}")
     return _Tensor(storage, storage_offset, size, stride)
 
 
@@ -224,7 +227,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == expected_len and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and is_int(pid[4])
                 and pid[4] >= 0):
-            raise TinyGPTError(f"unexpected persistent id {pid!r:.80} in the pickle")
+            raise TinyGPTError(f"unexpected persistent id {reprlib.repr(pid):.80} in the pickle")
         if self.legacy and pid[5] is not None:
             raise TinyGPTError("it holds a storage view (from an old PyTorch), which tinygpt does not read")
         storage_type, key, numel = pid[1], pid[2], pid[4]
@@ -481,7 +484,7 @@ def _read_legacy(f, select):
         raise TinyGPTError("neither a zip archive nor a legacy torch.save file (no magic number)")
     version = _unpickle(_RestrictedUnpickler(f, legacy=True))
     if version != LEGACY_PROTOCOL_VERSION:
-        raise TinyGPTError(f"legacy torch.save protocol version {version!r:.20}, expected 1001")
+        raise TinyGPTError(f"legacy torch.save protocol version {reprlib.repr(version):.20}, expected 1001")
     _unpickle(_RestrictedUnpickler(f, legacy=True))  # system information: byte order, sizes of C types
     unpickler = _RestrictedUnpickler(f, legacy=True)
     tensors, rest = select(_unpickle(unpickler))
