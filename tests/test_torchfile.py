@@ -509,6 +509,31 @@ def test_a_pickle_of_one_tuple_shared_over_and_over_is_refused_before_it_is_hash
             read(path)
 
 
+def hiding(obj, *methods):
+    """The pickle of ``obj`` (an OrderedDict) and then a BUILD setting each of ``methods`` on it to the
+    OrderedDict class, an allowed global: an instance attribute, which hides the method of that name."""
+    state = b"}(" + b"".join(b"X" + len(m).to_bytes(4, "little") + m.encode() + b"ccollections\nOrderedDict\n"
+                             for m in methods) + b"u"
+    return pickle.dumps(obj, protocol=2)[:-1] + state + b"b."
+
+
+def test_an_ordered_dict_whose_methods_a_pickle_hid_is_read_by_dicts_own(tmp_path):
+    # state dicts are OrderedDicts, whose BUILD (their _metadata) may set any attribute: one named items
+    # made a dict of an int read as an empty state dict, and then an AttributeError, not one line
+    path = tmp_path / "pytorch_model.bin"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", hiding(collections.OrderedDict(w=5), "items"))
+    with pytest.raises(TinyGPTError, match=r"not a dict of tensors: 'w' holds int"):
+        read_state_dict(path)
+    # and keys and values hidden made the class inside an entry plain data, as if the entry were empty
+    entry = hiding(collections.OrderedDict(x=collections.OrderedDict), "keys", "values", "items")
+    checkpoint = b"\x80\x02}(X\x05\x00\x00\x00model}X\x05\x00\x00\x00entry" + entry[2:-1] + b"u."
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", checkpoint)
+    assert pickle.loads(checkpoint)["entry"].__dict__  # (the attributes are there: the test tests)
+    assert read_checkpoint(path) == ({}, {})
+
+
 # --- nanoGPT's ckpt.pt ---------------------------------------------------------------------------------
 # (save_nanogpt_ckpt in conftest.py writes one as nanoGPT's train.py does, after an AdamW step)
 

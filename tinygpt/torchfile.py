@@ -341,9 +341,9 @@ def _is_plain(value) -> bool:
         if id(item) in seen:
             continue
         seen.add(id(item))
-        if isinstance(item, dict):
-            todo.extend(item.keys())
-            todo.extend(item.values())
+        if isinstance(item, dict):  # (dict's methods: an OrderedDict's own may be hidden, see _tensors_of)
+            todo.extend(dict.keys(item))
+            todo.extend(dict.values(item))
         else:
             todo.extend(item)
     return True
@@ -353,12 +353,15 @@ def _tensors_of(state) -> dict[str, _Tensor]:
     """The unpickled object, checked to be a state dict: string names to tensors."""
     if not isinstance(state, dict):
         raise TinyGPTError(f"the pickle holds a {type(state).__name__}, not a dict of tensors")
-    for name, value in state.items():
+    # dict's own items(), not the object's: an OrderedDict's BUILD (how its _metadata arrives) could set an
+    # attribute "items" that hides the method, and a dict of anything read as an empty state dict
+    items = list(dict.items(state))
+    for name, value in items:
         if not isinstance(name, str) or not isinstance(value, _Tensor):
             kind = "a dict" if isinstance(value, dict) else type(value).__name__
             raise TinyGPTError(f"the pickle is not a dict of tensors: {name!r} holds {kind} (a training "
                                "checkpoint? save its model's state_dict() alone)")
-    return dict(state)
+    return dict(items)
 
 
 # --- from a storage's bytes to arrays ------------------------------------------------------------------
