@@ -532,6 +532,15 @@ def test_an_ordered_dict_whose_methods_a_pickle_hid_is_read_by_dicts_own(tmp_pat
         archive.writestr("archive/data.pkl", checkpoint)
     assert pickle.loads(checkpoint)["entry"].__dict__  # (the attributes are there: the test tests)
     assert read_checkpoint(path) == ({}, {})
+    # an entry that is such an OrderedDict is left out, whatever it holds: nanoGPT's model_args with its get
+    # hidden was a TypeError traceback, model_args.get("bias", True) calling OrderedDict("bias", True)
+    args = hiding(collections.OrderedDict(n_layer=1, n_head=1, n_embd=4, block_size=4, vocab_size=5), "get")
+    checkpoint = b"\x80\x02}(X\x05\x00\x00\x00model}X\x0a\x00\x00\x00model_args" + args[2:-1] + b"u."
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", checkpoint)
+    assert read_checkpoint(path) == ({}, {})
+    with pytest.raises(TinyGPTError, match=r"pytorch_model\.bin has no model_args dict"):
+        GPT.from_pretrained(path)
 
 
 # --- nanoGPT's ckpt.pt ---------------------------------------------------------------------------------

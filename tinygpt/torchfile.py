@@ -338,6 +338,8 @@ def _is_plain(value) -> bool:
             continue
         if type(item) not in (list, tuple, dict, collections.OrderedDict):
             return False  # a tensor, a storage, or one of the stand-ins themselves
+        if type(item) is collections.OrderedDict and vars(item):
+            return False  # attributes a BUILD set, which may hide its methods: model_args.get, config.get
         if id(item) in seen:
             continue
         seen.add(id(item))
