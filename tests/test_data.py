@@ -849,6 +849,8 @@ def shared_list(depth):
     ({"vocab_size": 3, "itos": {0: "a", 1: "b"}, "stoi": {"a": 0, "b": 1}}, "itos must map the ids 0 to"),
     ({"vocab_size": 2, "itos": {0: "a", 2: "b"}, "stoi": {"a": 0, "b": 2}}, "itos must map the ids 0 to"),
     ({"vocab_size": 10**18, "itos": {0: "a"}, "stoi": {"a": 0}}, "itos must map the ids 0 to"),
+    # too long for Python to print (4,300 digits at most): the message was a ValueError
+    ({"vocab_size": 10**5000, "itos": {0: "a"}, "stoi": {"a": 0}}, "(<an integer of 16,610 bits>)"),
     # a list of a list twice, 22 deep: 2**22 lists to print in full (at 40, the error was never printed)
     ({"vocab_size": shared_list(22), "itos": {}, "stoi": {}}, "vocab_size - 1 ([[[[[[[...], [...]],"),
     ({"vocab_size": 2, "itos": {0: "a", 1: "bc"}, "stoi": {"a": 0, "bc": 1}}, "a character of its own"),

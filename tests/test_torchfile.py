@@ -258,6 +258,11 @@ def test_hand_written_zip_matches_torch_load(tmp_path):
     (-1, (2,), (1,), "storage offset -1"),
     (0, (2**62, 2), (0, 1), "more than twice"),  # in bounds, but no array is that large
     (0, (2.0,), (1,), "has size"),
+    # integers past int64 (a pickle's may have any length): a ValueError where the message printed one
+    pytest.param(10**5000, (2,), (1,), r"storage offset <an integer of 16,610 bits>", id="huge-offset"),
+    pytest.param(0, (10**5000,), (1,), r"has size \(<an integer of 16,610 bits>,\) and stride \(1,\)",
+                 id="huge-size"),
+    (0, (2**62,) * 300, (0,) * 300, "has size"),  # (their product, 5,600 digits, too long to print)
 ])  # fmt: skip
 def test_a_view_outside_its_storage_is_refused(tmp_path, offset, size, stride, message):
     # as_strided reads wherever it is told: an unchecked offset or stride read memory past the file's
@@ -268,6 +273,9 @@ def test_a_view_outside_its_storage_is_refused(tmp_path, offset, size, stride, m
 
 
 def test_missing_or_wrong_sized_storage_records_are_refused(tmp_path):
+    write_zip(tmp_path / "w.bin", {"w": Tensor(Storage("0", 10**5000), 0, (6,), (1,))}, {"0": bytes(24)})
+    with pytest.raises(TinyGPTError, match=r"unexpected persistent id .*<an integer of 16,610 bit"):
+        read_state_dict(tmp_path / "w.bin")  # (a ValueError printing its byte count: Python's 4,300 digits)
     s = Storage("0", 6)
     write_zip(tmp_path / "w.bin", {"w": Tensor(s, 0, (6,), (1,))}, {})
     with pytest.raises(TinyGPTError, match="the storage record archive/data/0 is missing"):
@@ -666,12 +674,15 @@ def test_a_damaged_nanogpt_checkpoint_is_one_error(tmp_path, make_nanogpt_ckpt):
     fails(lambda c: c["model_args"].update(bias=False), r"unexpected tensor 'transformer\.h\.0\.ln_1\.bias'")
     fails(lambda c: c["model_args"].pop("n_embd"), r"ckpt\.pt: model_args is missing n_embd")
     fails(lambda c: c["model_args"].update(n_head=3), r"ckpt\.pt: GPTConfig\.n_embd \(16\) must be divisible")
-    fails(lambda c: c["model_args"].update(vocab_size="67"), r"model_args' vocab_size must be an integer")
+    fails(lambda c: c["model_args"].update(vocab_size="67"), r"model_args' vocab_size must be a 64-bit integ")
+    # too long for Python to print (4,300 digits at most): the message was a ValueError
+    fails(lambda c: c["model_args"].update(n_embd=10**5000),
+          r"model_args' n_embd must be a 64-bit integer, got <an integer of 16,610 bits>")
     shared = []
     for _ in range(22):  # a list of a list twice, 22 deep: 2**22 lists to print in full; shown cut short
         shared = [shared, shared]
     fails(lambda c: c["model_args"].update(n_layer=shared),
-          r"n_layer must be an integer, got \[\[\[\[\[\[\[\.\.\.\]")
+          r"n_layer must be a 64-bit integer, got \[\[\[\[\[\[\[\.\.\.\]")
     fails(lambda c: c.pop("model_args"), r"ckpt\.pt has no model_args dict")
     fails(lambda c: c.pop("model"), r"not a checkpoint with a 'model' entry")
     (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")

@@ -32,7 +32,6 @@ import json
 import os
 import pickle
 import re
-import reprlib
 import stat
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError, is_int
+from tinygpt.errors import TinyGPTError, is_int, shown
 from tinygpt.files import loads_json, write_atomic
 
 VAL_FRACTION = 0.1
@@ -514,8 +513,7 @@ def read_char_vocabulary(path: str | os.PathLike):
     n, itos, stoi = meta["vocab_size"], meta["itos"], meta["stoi"]
     if not is_int(n) or n < 1 or not isinstance(itos, dict) or not isinstance(stoi, dict) or len(itos) != n \
             or sorted(k for k in itos if is_int(k)) != list(range(n)):  # (its length first: n may be 10**18)
-        # (reprlib stops 6 levels down: a pickle's list of a list twice, 40 deep, never finished printing)
-        raise TinyGPTError(f"{path}: itos must map the ids 0 to vocab_size - 1 ({reprlib.repr(n):.20}) to "
+        raise TinyGPTError(f"{path}: itos must map the ids 0 to vocab_size - 1 ({shown(n):.40}) to "
                            "characters")
     chars = [itos[i] for i in range(n)]
     if not all(isinstance(c, str) and len(c) == 1 for c in chars) or len(set(chars)) != n:

@@ -8,6 +8,7 @@ exit status 2, with no traceback.
 
 
 import numbers
+import reprlib
 
 
 class TinyGPTError(ValueError):
@@ -23,3 +24,20 @@ def is_int(value) -> bool:
 def is_number(value) -> bool:
     """A real number, Python's or NumPy's (``numbers.Real``); not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+class _Shown(reprlib.Repr):
+    def repr_int(self, x, level):
+        # Python refuses to write an int of more than 4,300 digits (a ValueError), and a file's may be longer
+        return f"<an integer of {x.bit_length():,} bits>" if x.bit_length() > 256 else repr(x)
+
+
+_SHOWN = _Shown()
+
+
+def shown(value) -> str:
+    """``value``, read from a file, as an error message shows it: its repr cut short by reprlib (6 levels
+    down, 6 items across, 30 characters of a string), an integer too long to write as its size in bits.
+    A pickle can make a list of a list twice, 40 deep, in 1 KB, or 10**5000: repr never finished the
+    first and raised a ValueError on the second, where this returns at once."""
+    return _SHOWN.repr(value)

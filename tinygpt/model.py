@@ -61,14 +61,13 @@ import json
 import math
 import os
 import re
-import reprlib
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError, is_int, is_number
+from tinygpt.errors import TinyGPTError, is_int, is_number, shown
 from tinygpt.files import atomic_path, loads_json
 
 __all__ = ["GPTConfig", "GPT", "get_layer_ops", "activation_floats_per_token"]
@@ -784,18 +783,18 @@ def _config_from_nanogpt(model_args, where: str, dropout: float | None) -> GPTCo
     missing = [key for key in NANOGPT_MODEL_ARGS if key not in model_args]
     if missing:
         raise TinyGPTError(f"{where}: model_args is missing {', '.join(missing)}")
-    for key in NANOGPT_MODEL_ARGS:  # (shown by reprlib, cut short: a pickle's value may be 2**40 lists)
-        if not is_int(model_args[key]):
-            raise TinyGPTError(f"{where}: model_args' {key} must be an integer, got "
-                               f"{reprlib.repr(model_args[key]):.40}")
+    for key in NANOGPT_MODEL_ARGS:  # (64-bit, as torch's: a longer one can be no shape, nor be printed)
+        if not is_int(model_args[key]) or not -2**63 <= model_args[key] < 2**63:
+            raise TinyGPTError(f"{where}: model_args' {key} must be a 64-bit integer, got "
+                               f"{shown(model_args[key]):.40}")
     bias = model_args.get("bias", True)
     if not isinstance(bias, bool):
-        raise TinyGPTError(f"{where}: model_args' bias must be True or False, got {reprlib.repr(bias):.40}")
+        raise TinyGPTError(f"{where}: model_args' bias must be True or False, got {shown(bias):.40}")
     if dropout is None:
         dropout = model_args.get("dropout", 0.0)
         if not is_number(dropout):
             raise TinyGPTError(f"{where}: model_args' dropout must be a number, got "
-                               f"{reprlib.repr(dropout):.40}")
+                               f"{shown(dropout):.40}")
     try:
         return GPTConfig(vocab_size=model_args["vocab_size"], block_size=model_args["block_size"],
                          n_layer=model_args["n_layer"], n_head=model_args["n_head"],

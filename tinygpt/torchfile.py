@@ -49,7 +49,6 @@ import math
 import os
 import pickle
 import pickletools
-import reprlib
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -57,7 +56,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError, is_int
+from tinygpt.errors import TinyGPTError, is_int, shown
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -158,20 +157,19 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
     """``torch._utils._rebuild_tensor`` and ``_rebuild_tensor_v2``: a ``_Tensor``, its arguments checked.
 
     requires_grad and the (always empty) hooks do not change the values; metadata would: it sets a
-    tensor's negative or conjugate bit, which tinygpt does not apply, so it is refused. (Arguments are shown
-    by reprlib, cut short: the pickle can make one a list of a list twice, 40 deep, too long to print.)
+    tensor's negative or conjugate bit, which tinygpt does not apply, so it is refused. Offsets, sizes and
+    strides are torch's int64s, at most 64 of them: a pickle's longer integers would make sums and products
+    too long to print in a message (Python refuses past 4,300 digits).
     """
     if metadata:
-        raise TinyGPTError(f"a tensor carries metadata {reprlib.repr(metadata):.40} (a negative or conjugate "
-                           "view)")
+        raise TinyGPTError(f"a tensor carries metadata {shown(metadata):.40} (a negative or conjugate view)")
     if not isinstance(storage, _Storage):
         raise TinyGPTError("a tensor is rebuilt from something that is not a storage")
-    if not is_int(storage_offset) or storage_offset < 0:
-        raise TinyGPTError(f"a tensor has storage offset {reprlib.repr(storage_offset):.40}")
+    if not is_int(storage_offset) or not 0 <= storage_offset < 2**63:
+        raise TinyGPTError(f"a tensor has storage offset {shown(storage_offset):.40}")
     if not isinstance(size, tuple) or not isinstance(stride, tuple) or len(size) != len(stride) or \
-            not all(is_int(n) and n >= 0 for n in size + stride):
-        raise TinyGPTError(f"a tensor has size {reprlib.repr(size):.40} and stride "
-                           f"{reprlib.repr(stride):.40}")
+            len(size) > 64 or not all(is_int(n) and 0 <= n < 2**63 for n in size + stride):
+        raise TinyGPTError(f"a tensor has size {shown(size):.40} and stride {shown(stride):.40}")
     return _Tensor(storage, storage_offset, size, stride)
 
 
@@ -226,8 +224,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         expected_len = 6 if self.legacy else 5
         if not (isinstance(pid, tuple) and len(pid) == expected_len and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and is_int(pid[4])
-                and pid[4] >= 0):
-            raise TinyGPTError(f"unexpected persistent id {reprlib.repr(pid):.80} in the pickle")
+                and 0 <= pid[4] < 2**63):  # (numel, an int64 in torch)
+            raise TinyGPTError(f"unexpected persistent id {shown(pid):.80} in the pickle")
         if self.legacy and pid[5] is not None:
             raise TinyGPTError("it holds a storage view (from an old PyTorch), which tinygpt does not read")
         storage_type, key, numel = pid[1], pid[2], pid[4]
@@ -489,13 +487,13 @@ def _read_legacy(f, select):
         raise TinyGPTError("neither a zip archive nor a legacy torch.save file (no magic number)")
     version = _unpickle(_RestrictedUnpickler(f, legacy=True))
     if version != LEGACY_PROTOCOL_VERSION:
-        raise TinyGPTError(f"legacy torch.save protocol version {reprlib.repr(version):.20}, expected 1001")
+        raise TinyGPTError(f"legacy torch.save protocol version {shown(version):.20}, expected 1001")
     _unpickle(_RestrictedUnpickler(f, legacy=True))  # system information: byte order, sizes of C types
     unpickler = _RestrictedUnpickler(f, legacy=True)
     tensors, rest = select(_unpickle(unpickler))
     keys = _unpickle(_RestrictedUnpickler(f, legacy=True))
     if not isinstance(keys, list) or not all(isinstance(k, str) and k in unpickler.storages for k in keys):
-        raise TinyGPTError(f"the list of storage keys {reprlib.repr(keys)} does not match the pickle's "
+        raise TinyGPTError(f"the list of storage keys {shown(keys)} does not match the pickle's "
                            "storages")
     storages = [unpickler.storages[key] for key in keys]
     # the sizes the pickle claims, against what the file holds, before a read of that size allocates it
