@@ -676,6 +676,9 @@ def test_a_damaged_nanogpt_checkpoint_is_one_error(tmp_path, make_nanogpt_ckpt):
     fails(lambda c: c["model_args"].update(n_head=3), r"ckpt\.pt: GPTConfig\.n_embd \(16\) must be divisible")
     fails(lambda c: c["model_args"].update(vocab_size="67"), r"model_args' vocab_size must be a 64-bit integ")
     # too long for Python to print (4,300 digits at most): the message was a ValueError
+    fails(lambda c: c["model_args"].update(dropout=10**5000),
+          r"model_args' dropout must be a number in \[0, 1\), got <an integer of 16,610 bits>")
+    fails(lambda c: c["model_args"].update(dropout=1.5), r"model_args' dropout must be a number in \[0, 1\)")
     fails(lambda c: c["model_args"].update(n_embd=10**5000),
           r"model_args' n_embd must be a 64-bit integer, got <an integer of 16,610 bits>")
     shared = []

@@ -792,14 +792,14 @@ def _config_from_nanogpt(model_args, where: str, dropout: float | None) -> GPTCo
         raise TinyGPTError(f"{where}: model_args' bias must be True or False, got {shown(bias):.40}")
     if dropout is None:
         dropout = model_args.get("dropout", 0.0)
-        if not is_number(dropout):
-            raise TinyGPTError(f"{where}: model_args' dropout must be a number, got "
+        if not is_number(dropout) or not 0 <= dropout < 1:  # (not left to GPTConfig, whose repr of it fails)
+            raise TinyGPTError(f"{where}: model_args' dropout must be a number in [0, 1), got "
                                f"{shown(dropout):.40}")
     try:
         return GPTConfig(vocab_size=model_args["vocab_size"], block_size=model_args["block_size"],
                          n_layer=model_args["n_layer"], n_head=model_args["n_head"],
                          n_embd=model_args["n_embd"], dropout=dropout, bias=bias, gelu="erf")
-    except TinyGPTError as exc:  # (a size of 0, n_embd not divisible by n_head, a dropout of 1.5)
+    except TinyGPTError as exc:  # (a size of 0, n_embd not divisible by n_head)
         raise TinyGPTError(f"{where}: {exc}") from None
 
 
