@@ -1209,6 +1209,21 @@ def test_resume_warns_when_the_token_files_changed(tmp_path, nanogpt_dir, capsys
     assert f"the token files of {folder.resolve()} changed since the run started" in err
 
 
+def test_eval_scans_only_the_token_file_it_scores(tmp_path, nanogpt_dir, monkeypatch):
+    # openwebtext's val.bin is 9 MB and its train.bin 17 GB: eval of val.bin read both to check their ids
+    from tinygpt import data
+
+    folder = tmp_path / "chars"
+    nanogpt_dir(folder, TEXT, "char")
+    training.train(_config(folder, tmp_path / "run", max_iters=1), quiet=True)
+    scanned, scan = [], data._max_id_below
+    monkeypatch.setattr(data, "_max_id_below", lambda tokens, limit, path, vocabulary: (
+        scanned.append(path.name), scan(tokens, limit, path, vocabulary))[1])
+    for split in ("val", "train"):
+        training.evaluate(tmp_path / "run", split=split, backend="numpy")
+    assert scanned == ["val.bin", "train.bin"]
+
+
 def test_bad_token_directories_are_one_line_errors_naming_the_file(tmp_path, nanogpt_dir, capsys):
     chars, gpt2 = tmp_path / "chars", tmp_path / "gpt2"
     nanogpt_dir(chars, TEXT, "char")

@@ -564,7 +564,8 @@ def token_files_fingerprint(paths) -> str:
     return digest.hexdigest()
 
 
-def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str = "the model") -> TokenData:
+def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str = "the model",
+                   splits=("train", "val")) -> TokenData:
     """Memory-map a directory of token files prepared elsewhere (nanoGPT's, or llm.c's): its two splits.
 
     The ids are characters if nanoGPT's ``meta.pkl`` is there (:func:`read_char_vocabulary`), else GPT-2's.
@@ -572,9 +573,11 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     below the vocabulary's size (a chunked scan of each file, read once, at disk speed). ``tokenizer`` (a
     trained model's, ``tokenizer_of`` naming it) replaces the folder's own and must read its ids as it
     does: for characters, the same characters at the same ids (more after them are allowed); for GPT-2's
-    ids, not a character tokenizer, and more ids than the largest in the files. ``meta`` records the format,
-    the tokenizer kind (``"char"`` or ``"gpt2"``), the token counts, the largest id and a fingerprint of the
-    files (:func:`token_files_fingerprint`).
+    ids, not a character tokenizer, and more ids than the largest in the files. ``splits`` names the files
+    whose ids are scanned: both for training, the one it scores for evaluation (openwebtext's val.bin is
+    9 MB, its train.bin 17 GB). ``meta`` records the format, the tokenizer kind (``"char"`` or ``"gpt2"``),
+    the token counts, the largest id of the files scanned and a fingerprint of the files
+    (:func:`token_files_fingerprint`).
     """
     from tinygpt.tokenizer import CharTokenizer, load_tokenizer
 
@@ -585,8 +588,8 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     own = read_char_vocabulary(folder / "meta.pkl") if kind == "char" else None
     vocab_size, vocabulary = ((own.vocab_size, "its meta.pkl's vocabulary") if own is not None
                               else (GPT2_VOCAB_SIZE, "GPT-2's tokenizer"))
-    max_id = max(_max_id_below(tokens, vocab_size, path, vocabulary)
-                 for tokens, path in ((train, train_path), (val, val_path)))
+    files = {"train": (train, train_path), "val": (val, val_path)}
+    max_id = max(_max_id_below(files[split][0], vocab_size, files[split][1], vocabulary) for split in splits)
     if tokenizer is None:
         tokenizer = own if own is not None else load_tokenizer("gpt2")
     elif own is not None and (not isinstance(tokenizer, CharTokenizer) or tokenizer.chars[:own.vocab_size]

@@ -785,7 +785,7 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
         raise TinyGPTError(f"--stride {stride} exceeds the model's context of {block} tokens")
     data_path = Path(data) if data else _data_path(ckpt.train_config.get("data"))
     if data_path.is_dir():
-        dataset = open_token_dir(data_path, tokenizer=tokenizer, tokenizer_of=source)
+        dataset = open_token_dir(data_path, tokenizer=tokenizer, tokenizer_of=source, splits=(split,))
     else:
         # (split "all": the whole text as the "train" part of a split with no val part)
         val_fraction = 0.0 if split == "all" else VAL_FRACTION
