@@ -44,6 +44,9 @@ def test_help_says_data_takes_a_directory_of_nanogpt_token_files(capsys):
     text = _help(["eval"], capsys)
     assert "a directory of token files (nanoGPT's train.bin, val.bin)" in text
     assert "or a token directory's val.bin or train.bin (with --pretrained too)" in text
+    # --pretrained's help said the whole of --data, which a token directory's model is not scored on
+    assert ("scored on the whole of --data (--split all), or on a token directory's val.bin (or --split "
+            "train)") in text
 
 
 def test_help_gives_the_default_lr_decay_a_run_saves(capsys):

@@ -356,7 +356,7 @@ def _add_training(sub):
     model.add_argument("--out", default="out", help="the training output directory (default: out)")
     model.add_argument("--pretrained", metavar="PATH", help="a local transformers GPT-2 directory or nanoGPT "
                        "ckpt.pt instead (its tokenizer found as sample --pretrained finds it), scored on the "
-                       "whole of --data (--split all)")
+                       "whole of --data (--split all), or on a token directory's val.bin (or --split train)")
     e.add_argument("--data", help="text file, a directory of token files (nanoGPT's train.bin, val.bin), or "
                    "a classifier's .jsonl or .csv (default: the one the model was trained on)")
     e.add_argument("--split", choices=("val", "train", "all"),
