@@ -29,16 +29,17 @@ recent PyTorch), a pickled list of the storage keys, then for each key in that o
 little-endian element count and the storage's little-endian bytes.
 
 Safety: unpickling runs whatever functions the pickle names, so a ``.bin`` from the internet could run any
-code (``os.system``). The unpickler here resolves only the names a state dict uses, each to a stand-in
-defined below (an ``OrderedDict``, the rebuild functions, the storage types); any other name is refused
-before anything is called, and copyreg's numbered extension codes (EXT1/2/4), which could reach a global
-past that check, are refused before the pickle runs. Nor can a file's sizes take memory out of proportion to
-it: the storages' sizes the pickle claims are checked against the bytes the file holds before they are read,
-and the tensors, each copied out of its storage, may hold at most twice their storages' elements (a tied
-weight's two views), so a few hundred bytes cannot ask for a broadcast of gigabytes (a zip record compressed
-by hand, which torch.save never writes, still expands to the size it declares, as it does in
-``torch.load``). Tensors come back as NumPy arrays of their own dtype, but bfloat16, which NumPy lacks: it
-is widened to float32, exactly (a bfloat16 is the upper half of a float32).
+code (``os.system``). The unpickler here resolves only the names a state dict uses, each to a stand-in defined
+below (an ``OrderedDict``, the rebuild functions, the storage types); any other name is refused before
+anything is called, and copyreg's numbered extension codes (EXT1/2/4), which could reach a global past that
+check, are refused before the pickle runs, as is an object a walk (a hash of a dict key, a repr) would visit
+more than 2**24 times over (a tuple of a tuple twice, 40 deep, is 2**40 tuples in 500 bytes). Nor can a file's
+sizes take memory out of proportion to it: the storages' sizes the pickle claims are checked against the bytes
+the file holds before they are read, and the tensors, each copied out of its storage, may hold at most twice
+their storages' elements (a tied weight's two views), so a few hundred bytes cannot ask for a broadcast of
+gigabytes (a zip record compressed by hand, which torch.save never writes, still expands to the size it
+declares, as it does in ``torch.load``). Tensors come back as NumPy arrays of their own dtype, but bfloat16,
+which NumPy lacks: it is widened to float32, exactly (a bfloat16 is the upper half of a float32).
 """
 
 from __future__ import annotations
