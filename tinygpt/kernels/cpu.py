@@ -351,23 +351,32 @@ def _gelu_backward_kernel(dout, x, dx):
         dx[i] = dout[i] * s * (one + k2 * xc * (one - s) * (one + a3 * xc * xc))
 
 
-def gelu_forward(x):
-    """Element-wise GELU, tanh approximation (as GPT-2). Any shape -> same shape."""
-    _check_float("gelu_forward", x)
+def _elementwise_forward(name, kernel, x):
+    """``kernel(x, out)`` over the flattened input: (out, cache), the cache being the input itself."""
+    _check_float(name, x)
     xc = np.ascontiguousarray(x)
     out = np.empty_like(xc)
-    _gelu_forward_kernel(xc.reshape(-1), out.reshape(-1))
+    kernel(xc.reshape(-1), out.reshape(-1))
     return out, xc
+
+
+def _elementwise_backward(name, kernel, dout, x):
+    """``kernel(dout, x, dx)`` over the flattened arrays: dx of x's shape."""
+    check_shape(name, "dout", dout, x.shape)
+    dout = np.ascontiguousarray(dout, dtype=x.dtype)
+    dx = np.empty_like(x)
+    kernel(dout.reshape(-1), x.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+def gelu_forward(x):
+    """Element-wise GELU, tanh approximation (as GPT-2). Any shape -> same shape."""
+    return _elementwise_forward("gelu_forward", _gelu_forward_kernel, x)
 
 
 def gelu_backward(dout, cache):
     """Any shape -> dx of the same shape."""
-    x = cache
-    check_shape("gelu_backward", "dout", dout, x.shape)
-    dout = np.ascontiguousarray(dout, dtype=x.dtype)
-    dx = np.empty_like(x)
-    _gelu_backward_kernel(dout.reshape(-1), x.reshape(-1), dx.reshape(-1))
-    return dx
+    return _elementwise_backward("gelu_backward", _gelu_backward_kernel, dout, cache)
 
 
 # GELU without approximation, x Phi(x) (layers.gelu_erf_forward): Phi(x) = erfc(-x / sqrt 2) / 2, with no
@@ -395,21 +404,12 @@ def _gelu_erf_backward_kernel(dout, x, dx):
 
 def gelu_erf_forward(x):
     """Element-wise GELU without approximation, x Phi(x) (torch's nn.GELU()). Any shape -> same shape."""
-    _check_float("gelu_erf_forward", x)
-    xc = np.ascontiguousarray(x)
-    out = np.empty_like(xc)
-    _gelu_erf_forward_kernel(xc.reshape(-1), out.reshape(-1))
-    return out, xc
+    return _elementwise_forward("gelu_erf_forward", _gelu_erf_forward_kernel, x)
 
 
 def gelu_erf_backward(dout, cache):
     """Any shape -> dx of the same shape."""
-    x = cache
-    check_shape("gelu_erf_backward", "dout", dout, x.shape)
-    dout = np.ascontiguousarray(dout, dtype=x.dtype)
-    dx = np.empty_like(x)
-    _gelu_erf_backward_kernel(dout.reshape(-1), x.reshape(-1), dx.reshape(-1))
-    return dx
+    return _elementwise_backward("gelu_erf_backward", _gelu_erf_backward_kernel, dout, cache)
 
 
 # --- causal self-attention ------------------------------------------------------------------------

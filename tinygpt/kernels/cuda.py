@@ -1014,48 +1014,44 @@ def _flat(a):
     return a.reshape(a.size)
 
 
-def gelu_forward(x):
-    """Element-wise GELU (tanh approximation). Any shape -> same shape."""
+def _elementwise_forward(name, kernel_name, x):
+    """One thread per element of ``x`` running ``kernel_name`` (x, out): (out, cache = x on the device)."""
     device = on_device(x)
-    dtype = _float_dtype("gelu_forward", x)
+    dtype = _float_dtype(name, x)
     x = to_device(x)
     out = cuda.device_array(x.shape, dtype=dtype)
     if x.size:
-        _launch_elementwise("gelu_fwd", x.size, _flat(x), _flat(out), dtype=dtype)
+        _launch_elementwise(kernel_name, x.size, _flat(x), _flat(out), dtype=dtype)
     return _answer(out, device), x
 
 
-def gelu_backward(dout, cache):
-    x = cache
-    check_shape("gelu_backward", "dout", dout, x.shape)
+def _elementwise_backward(name, kernel_name, dout, x):
+    """One thread per element running ``kernel_name`` (dout, x, dx): dx, answered in dout's kind."""
+    check_shape(name, "dout", dout, x.shape)
     device = on_device(dout)
     dout = to_device(dout)
     dx = cuda.device_array(x.shape, dtype=x.dtype)
     if x.size:
-        _launch_elementwise("gelu_bwd", x.size, _flat(dout), _flat(x), _flat(dx), dtype=x.dtype)
+        _launch_elementwise(kernel_name, x.size, _flat(dout), _flat(x), _flat(dx), dtype=x.dtype)
     return _answer(dx, device)
+
+
+def gelu_forward(x):
+    """Element-wise GELU (tanh approximation). Any shape -> same shape."""
+    return _elementwise_forward("gelu_forward", "gelu_fwd", x)
+
+
+def gelu_backward(dout, cache):
+    return _elementwise_backward("gelu_backward", "gelu_bwd", dout, cache)
 
 
 def gelu_erf_forward(x):
     """Element-wise GELU without approximation, x Phi(x). Any shape -> same shape."""
-    device = on_device(x)
-    dtype = _float_dtype("gelu_erf_forward", x)
-    x = to_device(x)
-    out = cuda.device_array(x.shape, dtype=dtype)
-    if x.size:
-        _launch_elementwise("gelu_erf_fwd", x.size, _flat(x), _flat(out), dtype=dtype)
-    return _answer(out, device), x
+    return _elementwise_forward("gelu_erf_forward", "gelu_erf_fwd", x)
 
 
 def gelu_erf_backward(dout, cache):
-    x = cache
-    check_shape("gelu_erf_backward", "dout", dout, x.shape)
-    device = on_device(dout)
-    dout = to_device(dout)
-    dx = cuda.device_array(x.shape, dtype=x.dtype)
-    if x.size:
-        _launch_elementwise("gelu_erf_bwd", x.size, _flat(dout), _flat(x), _flat(dx), dtype=x.dtype)
-    return _answer(dx, device)
+    return _elementwise_backward("gelu_erf_backward", "gelu_erf_bwd", dout, cache)
 
 
 def add(a, b):
