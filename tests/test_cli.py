@@ -42,11 +42,19 @@ def test_help_says_data_takes_a_directory_of_nanogpt_token_files(capsys):
     assert ("or a directory of token files from nanoGPT's prepare.py (train.bin, val.bin; meta.pkl for "
             "characters, else GPT-2's ids) or llm.c's") in _help(["train"], capsys)
     text = _help(["eval"], capsys)
-    assert "a directory of token files (nanoGPT's train.bin, val.bin)" in text
+    assert "a directory of token files (nanoGPT's train.bin, val.bin, or llm.c's)" in text
     assert "or a token directory's val.bin or train.bin (with --pretrained too)" in text
     # --pretrained's help said the whole of --data, which a token directory's model is not scored on
     assert ("scored on the whole of --data (--split all), or on a token directory's val.bin (or --split "
             "train)") in text
+
+
+def test_help_says_a_char_level_nanogpt_checkpoint_gets_its_meta_pkl(capsys):
+    # a char-level ckpt.pt is read with its dataset's meta.pkl (load_gpt2_dir): the help said GPT-2's
+    # tokenizer, which such a checkpoint never gets
+    for command in ("sample", "train"):
+        assert "GPT-2's tokenizer, or a char-level run's meta.pkl)" in _help([command], capsys)
+    assert "a nanoGPT ckpt.pt (or its out_dir) instead" in _help(["eval"], capsys)
 
 
 def test_help_gives_the_default_lr_decay_a_run_saves(capsys):

@@ -338,7 +338,8 @@ def _add_training(sub):
                        "tokenizer (its shape: --n-layer, --n-head, --n-embd, --bias, --tokenizer and "
                        "--vocab-size are refused)")
     start.add_argument("--pretrained", metavar="PATH", help="fine-tune: start from a transformers GPT-2 "
-                       "directory or a nanoGPT ckpt.pt (or its out_dir; GPT-2's tokenizer)")
+                       "directory or a nanoGPT ckpt.pt (or its out_dir; GPT-2's tokenizer, or a char-level "
+                       "run's meta.pkl)")
     p.add_argument("--seed", type=int, metavar="N", help="seed of the initialisation, batches and dropout")
     p.add_argument("--backend", choices=_BACKEND_CHOICES, help="layer implementations (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
@@ -354,11 +355,12 @@ def _add_training(sub):
                       "directory or a nanoGPT checkpoint (of a classifier: accuracy and a confusion matrix)")
     model = e.add_mutually_exclusive_group()
     model.add_argument("--out", default="out", help="the training output directory (default: out)")
-    model.add_argument("--pretrained", metavar="PATH", help="a local transformers GPT-2 directory or nanoGPT "
-                       "ckpt.pt instead (its tokenizer found as sample --pretrained finds it), scored on the "
-                       "whole of --data (--split all), or on a token directory's val.bin (or --split train)")
-    e.add_argument("--data", help="text file, a directory of token files (nanoGPT's train.bin, val.bin), or "
-                   "a classifier's .jsonl or .csv (default: the one the model was trained on)")
+    model.add_argument("--pretrained", metavar="PATH", help="a local transformers GPT-2 directory or a "
+                       "nanoGPT ckpt.pt (or its out_dir) instead (its tokenizer found as sample --pretrained "
+                       "finds it), scored on the whole of --data (--split all), or on a token directory's "
+                       "val.bin (or --split train)")
+    e.add_argument("--data", help="text file, a directory of token files (nanoGPT's train.bin, val.bin, or "
+                   "llm.c's), or a classifier's .jsonl or .csv (default: the one the model was trained on)")
     e.add_argument("--split", choices=("val", "train", "all"),
                    help="which split: val (default) or train, split as in training (a language model's "
                         "10%%/90%%), or a token directory's val.bin or train.bin (with --pretrained too); "
@@ -402,7 +404,7 @@ def _add_sample(sub):
         "--pretrained", metavar="PATH", help="a local transformers GPT-2 directory: config.json, "
         "model.safetensors (or pytorch_model.bin) and the tokenizer's vocab.json + merges.txt (without them: "
         "GPT-2's tokenizer); or a checkpoint of nanoGPT's train.py, its ckpt.pt or the out_dir holding it "
-        "(GPT-2's tokenizer)",
+        "(GPT-2's tokenizer, or a char-level run's meta.pkl)",
     )  # fmt: skip
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="", metavar="TEXT", help="text to continue (default: none)")
