@@ -720,14 +720,15 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
              stride: int | None = None, pretrained: str | os.PathLike | None = None) -> dict:
     """Loss, perplexity and bits per byte of a trained model on a whole split of a text file.
 
-    The model is a training run's (``out_dir``) or a transformers GPT-2 directory's (``pretrained``, with its
-    tokenizer as ``tinygpt sample --pretrained`` finds it: ``finetune.load_gpt2_dir``). A run is scored on
-    the val (default) or train split of its text, or of ``data``, split 90/10 as in training, a tail shorter
-    than a window left out; a pretrained model on the whole of ``data`` (``split="all"``, its only split: no
-    part of that text is known to be its training text), every token but the first, the tail included.
-    ``data`` may also be a directory of token files (``data.open_token_dir``): its ``val.bin`` (default) or
-    ``train.bin`` is the split, for a run and a pretrained model alike (its ids must be ones the model's
-    tokenizer reads as the files' do), a tail shorter than a window left out.
+    The model is a training run's (``out_dir``) or a transformers GPT-2 directory's or nanoGPT checkpoint's
+    (``pretrained``, with its tokenizer as ``tinygpt sample --pretrained`` finds it:
+    ``finetune.load_gpt2_dir``). A run is scored on the val (default) or train split of its text, or of
+    ``data``, split 90/10 as in training, a tail shorter than a window left out; a pretrained model on the
+    whole of ``data`` (``split="all"``, its only split: no part of that text is known to be its training
+    text), every token but the first, the tail included. ``data`` may also be a directory of token files
+    (``data.open_token_dir``): its ``val.bin`` (default) or ``train.bin`` is the split, for a run and a
+    pretrained model alike (its ids must be ones the model's tokenizer reads as the files' do), a tail shorter
+    than a window left out.
 
     Windows of the model's ``block_size`` (``data.iter_eval_windows``) advance by ``stride`` tokens (default:
     ``block_size``, non-overlapping), each scoring only the targets the window before did not, so each
@@ -741,7 +742,8 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
     from tinygpt.data import VAL_FRACTION, iter_eval_windows, open_token_dir, prepare_dataset
 
     if (out_dir is None) == (pretrained is None):
-        raise TinyGPTError("evaluate: give out_dir (a training run) or pretrained (a GPT-2 directory), not "
+        raise TinyGPTError("evaluate: give out_dir (a training run) or pretrained (a GPT-2 directory or a "
+                           "nanoGPT checkpoint), not "
                            f"{'both' if out_dir is not None else 'neither'}")
     if pretrained is not None:
         if not data:
