@@ -694,3 +694,32 @@ def test_a_damaged_nanogpt_checkpoint_is_one_error(tmp_path, make_nanogpt_ckpt):
     (tmp_path / "ckpt.pt").unlink()
     with pytest.raises(TinyGPTError, match=r"has no config\.json \(a transformers GPT-2 directory\) nor"):
         GPT.from_pretrained(tmp_path)
+
+
+def test_a_file_of_a_transformers_directory_given_as_the_model_names_the_directory(tmp_path, make_hf_gpt2,
+                                                                                   make_nanogpt_ckpt, capsys):
+    # any other file is read as nanoGPT's ckpt.pt, so model.safetensors was "neither a zip archive nor a
+    # legacy torch.save file": the user meant its directory
+    from tinygpt.cli import main
+
+    make_hf_gpt2(tmp_path, vocab_size=67, block_size=8)
+    GPT.from_pretrained(tmp_path)  # the directory loads
+    for name in ("model.safetensors", "config.json"):
+        with pytest.raises(TinyGPTError, match=f"{name} is a file of a transformers model directory: give "
+                                               f"the directory, {tmp_path}$"):
+            GPT.from_pretrained(tmp_path / name)
+    for name in ("pytorch_model.bin", "pytorch_model-00001-of-00002.bin", "model.safetensors.index.json"):
+        (tmp_path / name).write_bytes(b"")  # (beside config.json)
+        with pytest.raises(TinyGPTError, match="is a file of a transformers model directory"):
+            GPT.from_pretrained(tmp_path / name)
+    make_nanogpt_ckpt(tmp_path / "ckpt.pt", vocab_size=67, block_size=8)  # named, it is read even there
+    assert GPT.from_pretrained(tmp_path / "ckpt.pt").config.gelu == "erf"
+    alone = tmp_path / "alone"  # away from a config.json, any other file is still read as a ckpt.pt
+    alone.mkdir()
+    (alone / "pytorch_model.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(TinyGPTError, match="neither a zip archive nor a legacy torch.save file"):
+        GPT.from_pretrained(alone / "pytorch_model.bin")
+    capsys.readouterr()  # (transformers' progress bar, from saving the model)
+    assert main(["sample", "--pretrained", str(tmp_path / "model.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give the directory" in err

@@ -726,11 +726,18 @@ _LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight"
 def nanogpt_checkpoint(path) -> str | None:
     """The nanoGPT checkpoint ``path`` names, or None for a transformers directory (or nothing at all).
 
-    A file is taken as a nanoGPT ``ckpt.pt`` whatever its name; a directory as nanoGPT's out_dir when it
-    holds ``ckpt.pt`` and no ``config.json`` (with one, it is a transformers directory, as before).
+    A file is taken as a nanoGPT ``ckpt.pt`` whatever its name, but for a file of a transformers directory
+    (JSON, safetensors, or any file but ckpt.pt beside a ``config.json``: ``pytorch_model.bin``, a shard),
+    which is refused, naming the directory to give instead; a directory is nanoGPT's out_dir when it holds
+    ``ckpt.pt`` and no ``config.json`` (with one, it is a transformers directory, as before).
     """
     path = os.fspath(path)
     if os.path.isfile(path):
+        name, folder = os.path.basename(path), os.path.dirname(path) or "."
+        if name.endswith((".json", ".safetensors")) or (name != NANOGPT_CHECKPOINT and os.path.isfile(
+                os.path.join(folder, "config.json"))):
+            raise TinyGPTError(f"{path} is a file of a transformers model directory: give the directory, "
+                               f"{folder}")
         return path
     inside = os.path.join(path, NANOGPT_CHECKPOINT)
     if os.path.isfile(inside) and not os.path.exists(os.path.join(path, "config.json")):
