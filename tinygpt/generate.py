@@ -40,7 +40,7 @@ import numbers
 import numpy as np
 
 from tinygpt.errors import TinyGPTError, is_int, is_number
-from tinygpt.kernels import checked_token_ids
+from tinygpt.kernels import BACKENDS, checked_token_ids
 from tinygpt.layers import (
     attention_forward,
     embedding_forward,
@@ -404,13 +404,38 @@ def _cached_attention(qkv, kv, pos, n_head):
     return y.transpose(0, 2, 1, 3).reshape(B, T, C)
 
 
-def _transformer(params, config, x, attention):
+def _check_backend(backend) -> None:
+    if backend not in BACKENDS:
+        raise TinyGPTError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def _mlp_gelu(config, backend: str):
+    """The MLP's GELU for the decoder: GPTConfig.gelu's, NumPy's, except the exact one off the reference.
+
+    The exact GELU x Phi(x) has no NumPy ufunc: the reference calls math.erfc element by element, some 130
+    ns an element against 14 for the compiled kernel (a (1024, 3072) float32 array on the development
+    machine), so a 1024-token prompt to a GPT-2-sized nanoGPT checkpoint spent seconds in it. With any
+    backend but "numpy" the decoder takes the Numba CPU kernel instead (decoding runs on the host, the cuda
+    backend's too; Numba is a hard dependency). Both take erfc in float64; the kernel rounds x Phi(x) to
+    float32 once where NumPy rounds Phi first, so in float32 a fifth of the outputs differ by an ulp, and in
+    float64 none. The tanh form is a few NumPy passes already and stays the reference's.
+    """
+    if getattr(config, "gelu", "tanh") != "erf":  # (GPTConfig.gelu; a bare config is GPT-2's)
+        return gelu_forward
+    if backend == "numpy":
+        return gelu_erf_forward
+    from tinygpt.kernels import cpu
+
+    return cpu.gelu_erf_forward
+
+
+def _transformer(params, config, x, attention, backend="numpy"):
     """The residual stream through every block, then ln_f: x (B, T, C) -> (B, T, C), x updated in place.
 
     ``attention(i, qkv)`` is layer i's causal self-attention, (B, T, 3C) -> (B, T, C): the only part in
-    which the cached and the uncached forward passes differ.
+    which the cached and the uncached forward passes differ. ``backend`` picks the GELU (``_mlp_gelu``).
     """
-    gelu = gelu_erf_forward if getattr(config, "gelu", "tanh") == "erf" else gelu_forward  # (GPTConfig.gelu)
+    gelu = _mlp_gelu(config, backend)
     for i in range(config.n_layer):
         p = f"h.{i}."
         h, _ = layernorm_forward(x, params[p + "ln_1.weight"], params.get(p + "ln_1.bias"))
@@ -437,13 +462,15 @@ def _last_logits(params, x, lm_head=None):
     return x_last @ (params["wte.weight"].T if lm_head is None else lm_head)  # (B, C) @ (C, V)
 
 
-def forward_cached(params, config, idx, kv_cache, pos, lm_head=None):
+def forward_cached(params, config, idx, kv_cache, pos, lm_head=None, backend="numpy"):
     """Run T new tokens at positions pos..pos+T-1 through the model, reading and extending the KV cache.
 
     idx (B, T) int, kv_cache from ``new_kv_cache`` holding positions 0..pos-1 -> logits (B, V) of the LAST
     new token (the next-token scores). Prefill is ``pos=0`` with the whole prompt; a decode step is
     ``pos=t`` with one token. ``lm_head`` is the (C, V) unembedding, ``wte.T`` (a view) when None.
+    ``backend`` other than "numpy" runs the exact GELU compiled (see ``generate``).
     """
+    _check_backend(backend)
     # as the uncached path's embedding_forward checks them: an id of -1 read wte's last row
     idx = checked_token_ids(idx, config.vocab_size, config.block_size)
     B, T = idx.shape
@@ -457,22 +484,23 @@ def forward_cached(params, config, idx, kv_cache, pos, lm_head=None):
     def attention(i, qkv):
         return _cached_attention(qkv, kv_cache[i], pos, config.n_head)
 
-    return _last_logits(params, _transformer(params, config, x, attention), lm_head)
+    return _last_logits(params, _transformer(params, config, x, attention, backend), lm_head)
 
 
-def forward_uncached(params, config, idx):
+def forward_uncached(params, config, idx, backend="numpy"):
     """The reference: the full forward pass of ``tinygpt.layers`` over idx, nothing cached.
 
     idx (B, T) int with T <= block_size -> logits (B, V) of the last position. Full causal attention over
     the whole window (``layers.attention_forward``, the training model's), so generating with
-    ``use_cache=False`` checks the KV cache against it.
+    ``use_cache=False`` checks the KV cache against it. ``backend`` as in ``forward_cached``.
     """
+    _check_backend(backend)
     x, _ = embedding_forward(idx, params["wte.weight"], params["wpe.weight"])  # (B, T, C)
 
     def attention(i, qkv):
         return attention_forward(qkv, config.n_head)[0]
 
-    return _last_logits(params, _transformer(params, config, x, attention))
+    return _last_logits(params, _transformer(params, config, x, attention, backend))
 
 
 def _lm_head_weight(wte, n_steps):
@@ -520,6 +548,7 @@ def generate(
     vocab_limit=None,
     min_p=None,
     repetition_penalty=None,
+    backend="numpy",
 ):
     """Continue B prompts of equal length by up to ``max_new_tokens`` tokens each.
 
@@ -539,11 +568,15 @@ def generate(
       the KV cache must match, and the baseline of its speed-up.
     - ``vocab_limit``: sample only ids below it, for a model whose vocabulary was padded past its
       tokenizer's (nanoGPT pads GPT-2's 50,257 to 50,304 for speed): the padding ids have no text.
+    - ``backend``: the model's layer backend. Decoding is this module's NumPy code on every backend; any
+      but "numpy" swaps in one compiled kernel, the exact GELU of ``GPTConfig(gelu="erf")`` (nanoGPT's
+      checkpoints), which the NumPy reference computes element by element in Python's math.erfc, 10x slower.
 
     Prompts longer than ``block_size`` are cropped to their last block_size tokens, as is the context once
     it outgrows block_size (see the module docstring for how the cache follows).
     """
     validate_sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+    _check_backend(backend)
     if not is_int(max_new_tokens) or max_new_tokens < 0:
         raise TinyGPTError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     _check_params(params, config)
@@ -578,12 +611,12 @@ def generate(
     for _ in range(max_new_tokens):
         start = max(0, n - block)  # the context window: the last block_size tokens
         if not use_cache:
-            logits = forward_uncached(params, config, out[:, start:n])
+            logits = forward_uncached(params, config, out[:, start:n], backend)
         elif start == 0 and cached == n - 1:  # the cache holds all but the newest token: one decode step
-            logits = forward_cached(params, config, out[:, n - 1 : n], kv_cache, cached, lm_head)
+            logits = forward_cached(params, config, out[:, n - 1 : n], kv_cache, cached, lm_head, backend)
             cached = n
         else:  # the prompt, or a window that slid: (re)fill the cache for the whole window
-            logits = forward_cached(params, config, out[:, start:n], kv_cache, 0, lm_head)
+            logits = forward_cached(params, config, out[:, start:n], kv_cache, 0, lm_head, backend)
             cached = n - start
         if vocab_limit is not None:
             logits = logits[:, :vocab_limit]

@@ -532,14 +532,15 @@ class GPT:
     ):
         """Continue ``idx`` (B, T) by up to ``max_new_tokens`` tokens: see ``tinygpt.generate.generate``.
 
-        Decoding is the NumPy KV-cache path on every backend, so it reads ``host_params()``.
+        Decoding is the NumPy KV-cache path on every backend, so it reads ``host_params()``; a backend other
+        than "numpy" lends it one compiled kernel, the exact GELU (``GPTConfig(gelu="erf")``).
         """
         from tinygpt.generate import generate
 
         return generate(
             self.host_params(), self.config, idx, max_new_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, seed=seed, eos_token=eos_token, vocab_limit=vocab_limit, min_p=min_p,
-            repetition_penalty=repetition_penalty,
+            repetition_penalty=repetition_penalty, backend=self.ops.name,
         )  # fmt: skip
 
     # --- GPT-2 checkpoints (transformers' format) and nanoGPT's ckpt.pt ----------------------------

@@ -40,6 +40,11 @@ def add_arguments(parser):
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per side, cached (5)")
     parser.add_argument("--no-recompute", action="store_true", help="skip the slow use_cache=False runs")
     parser.add_argument("--no-peer", action="store_true", help="skip transformers (tinygpt figures only)")
+    parser.add_argument("--gelu", choices=("tanh", "erf"), default="tanh",
+                        help="the MLP's GELU: GPT-2's tanh form (tanh), or x Phi(x), nanoGPT's (erf)")
+    parser.add_argument("--backend", choices=("numpy", "numba"), default="numba",
+                        help="the model's backend, as `tinygpt sample --backend` (numba): the decoder is "
+                        "NumPy's on both, numba lends it the compiled exact GELU")
 
 
 def build_models(config, seed=0, with_peer=True):
@@ -58,6 +63,7 @@ def build_models(config, seed=0, with_peer=True):
         vocab_size=config.vocab_size, n_positions=config.block_size, n_layer=config.n_layer,
         n_head=config.n_head, n_embd=config.n_embd, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=None, eos_token_id=None,
+        activation_function="gelu" if config.gelu == "erf" else "gelu_new",  # transformers' "gelu" is exact
     )  # fmt: skip
     hf_model = transformers.GPT2LMHeadModel(hf_config).eval()
     params = {
@@ -91,7 +97,8 @@ def run(args):
     if args.prompt_len + args.new_tokens > args.block_size:
         raise TinyGPTError("--prompt-len + --new-tokens must fit in --block-size (transformers' GPT-2 "
                            "cannot go past its context)")  # fmt: skip
-    config = GPTConfig(args.vocab_size, args.block_size, args.n_layer, args.n_head, args.n_embd)
+    config = GPTConfig(args.vocab_size, args.block_size, args.n_layer, args.n_head, args.n_embd,
+                       gelu=args.gelu)
     peer = not args.no_peer
     threads = blas_threads()
     params, hf_model = build_models(config, with_peer=peer)
@@ -103,7 +110,8 @@ def run(args):
     def ours(n=None, use_cache=True, sample=False):
         n = n or new
         kwargs = dict(sampling, seed=0) if sample else dict(temperature=0)
-        return generate(params, config, prompt, n, use_cache=use_cache, **kwargs)[:, -n:]
+        out = generate(params, config, prompt, n, use_cache=use_cache, backend=args.backend, **kwargs)
+        return out[:, -n:]
 
     sides = {"tinygpt": ours}
     if peer:
@@ -123,7 +131,8 @@ def run(args):
 
     print(f"decoding: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, vocabulary "
           f"{config.vocab_size}, block {config.block_size}; batch {args.batch_size}, {args.prompt_len}-token "
-          f"prompt, {new} new tokens; float32; {threads} thread(s) on each side")
+          f"prompt, {new} new tokens; {args.gelu} GELU; float32; {threads} thread(s) on each side; tinygpt's "
+          f"backend {args.backend}")
     print(f"tokens/s = new tokens / whole call (prefill included); median of {args.repeats} alternating "
           "runs (the slow recompute row: one run); sampled = temperature 0.8, top-k 200, top-p 0.95")
 
