@@ -33,10 +33,12 @@ def _trained(bias=False, steps=2):
     return model, opt
 
 
-def _save(out, model, opt, step):
+def _save(out, model, opt, step, best=False):
     rng_state = np.random.default_rng(step).bit_generator.state
     state = {"step": step, "best_val_loss": 1.5, "sampler_rng": rng_state}
-    return save_checkpoint(out, model, TOKENIZER, opt, {"max_iters": 10, "note": "x"}, state)
+    if best:
+        state["best_step"] = step
+    return save_checkpoint(out, model, TOKENIZER, opt, {"max_iters": 10, "note": "x"}, state, best=best)
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -120,6 +122,40 @@ def test_later_saves_delete_only_their_own_entries(tmp_path):
     assert load_checkpoint(tmp_path).state["step"] == 3
 
 
+def test_the_best_checkpoint_is_kept_while_newer_ones_replace_one_another(tmp_path):
+    model, opt = _trained()
+    ckpt_root = tmp_path / "checkpoints"
+    _save(tmp_path, model, opt, 1, best=True)
+    assert os.readlink(tmp_path / "best") == "checkpoints/step-00000001"
+    for step in (2, 3):  # not better: the best stays, the previous latest goes
+        _save(tmp_path, model, opt, step)
+        assert sorted(p.name for p in ckpt_root.iterdir()) == ["step-00000001", f"step-{step:08d}"]
+        assert os.readlink(tmp_path / "best") == "checkpoints/step-00000001"
+    assert load_checkpoint(tmp_path / "best").state["step"] == 1  # a checkpoint directory loads as a run
+    assert load_checkpoint(tmp_path).state["step"] == 3
+    _save(tmp_path, model, opt, 4, best=True)  # better: both links name it, nothing else is kept
+    assert sorted(p.name for p in ckpt_root.iterdir()) == ["step-00000004"]
+    assert os.readlink(tmp_path / "best") == os.readlink(tmp_path / "latest") == "checkpoints/step-00000004"
+
+
+def test_a_best_of_the_users_is_refused_before_anything_is_written(tmp_path):
+    model, opt = _trained()
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "best").mkdir()  # a folder of theirs, where a run would swap its link in
+    with pytest.raises(TinyGPTError, match="already holds a best that tinygpt did not write"):
+        _save(tmp_path / "new", model, opt, 1, best=True)
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["best"]
+    run = tmp_path / "run"  # a run whose best link was replaced by a copy of the checkpoint (cp -rL)
+    _save(run, model, opt, 1, best=True)
+    (run / "best").unlink()
+    shutil.copytree(run / "checkpoints" / "step-00000001", run / "best")
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    with pytest.raises(TinyGPTError, match="best is a directory, not the link tinygpt keeps to the best "
+                                           "checkpoint.*nothing was changed"):
+        _save(run, model, opt, 2)
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+
+
 def test_transformers_loads_the_output_directory(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -139,7 +175,7 @@ _CRASH_POINTS = [(checkpoint, "_fsync_path"), (os, "rename"), (os, "replace"), (
                  (os, "unlink"), (shutil, "rmtree")]
 
 
-def _save_crashing_at(out, model, opt, step, crash_at, monkeypatch):
+def _save_crashing_at(out, model, opt, step, crash_at, monkeypatch, best=False):
     """Save ``step`` in a forked child that dies abruptly (no cleanup, no finally) at its ``crash_at``-th
     operation of _CRASH_POINTS; True if it died there, False if the save completed first."""
     pid = os.fork()
@@ -156,7 +192,7 @@ def _save_crashing_at(out, model, opt, step, crash_at, monkeypatch):
 
             monkeypatch.setattr(owner, name, crashing)
         try:
-            _save(out, model, opt, step)
+            _save(out, model, opt, step, best=best)
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
@@ -203,6 +239,30 @@ def test_a_crash_at_each_operation_of_one_save_leaves_old_or_new_checkpoint(tmp_
             break
     assert crash_at > 10
     assert load_checkpoint(run).state["step"] == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork to crash a process mid-save")
+def test_a_crash_at_each_operation_of_a_best_save_leaves_a_best_that_loads(tmp_path, monkeypatch):
+    # step 1 the best, then step 2 better still: whatever operation the crash falls on, `best` names a
+    # complete checkpoint, and a resume's repair_best_link points it at step 2 if step 2 was published
+    model, opt = _trained()
+    template, run = tmp_path / "template", tmp_path / "run"
+    _save(template, model, opt, 1, best=True)
+    crash_at, stale = 0, 0
+    while True:
+        crash_at += 1
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(template, run, symlinks=True)
+        crashed = _save_crashing_at(run, model, opt, 2, crash_at, monkeypatch, best=True)
+        latest = load_checkpoint(run).state
+        best = load_checkpoint(run / "best").state["step"]
+        assert (latest["step"], best) in ((1, 1), (2, 1), (2, 2)), f"crash at operation {crash_at}"
+        stale += (latest["step"], best) == (2, 1)  # published, then the crash before `best` was swapped
+        checkpoint.repair_best_link(run, latest)
+        assert load_checkpoint(run / "best").state["step"] == latest["step"]
+        if not crashed:
+            break
+    assert crash_at > 10 and stale >= 1  # the window repair_best_link closes was hit
 
 
 def test_an_unavailable_backend_is_not_called_a_corrupt_checkpoint(tmp_path):

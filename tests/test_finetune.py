@@ -4,6 +4,7 @@ body; padding invariance; the finetune / predict / eval commands; bad input; the
 import csv
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -480,6 +481,28 @@ def test_min_lr_is_the_end_of_the_schedule(tmp_path, lm_dir):
     assert [r["lr"] for r in rows] == pytest.approx([2e-3] * 3)  # min_lr = learning_rate: a constant rate
 
 
+def test_best_names_the_checkpoint_of_the_best_val_accuracy_then_loss(tmp_path, lm_dir, monkeypatch):
+    # evaluations at steps 0, 10, 20, 30, 40: accuracy decides, the val loss breaks a tie (step 30: the
+    # same accuracy as step 20 at a lower loss), and a worse last evaluation leaves the best in place
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    scripted = iter([(0.5, 0.70), (0.75, 0.60), (0.875, 0.50), (0.875, 0.40), (0.75, 0.30)])  # (acc, loss)
+    real_scores = ft._scores
+
+    def scores(features, head, label_ids=None):
+        probs, loss, acc = real_scores(features, head, label_ids)
+        return (probs, *reversed(next(scripted))) if label_ids is not None else (probs, loss, acc)
+
+    monkeypatch.setattr(ft, "_scores", scores)
+    out = tmp_path / "clf"
+    summary = ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), max_iters=40), quiet=True)
+    assert os.readlink(out / "best") == "checkpoints/step-00000030"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000030", "step-00000040"]
+    assert ft.load_classifier(out / "best").labels == ft.load_classifier(out).labels
+    best = load_checkpoint(out / "best").state
+    assert (best["step"], best["val_acc"], best["val_loss"]) == (30, 0.875, 0.40)
+    assert summary["best_val_acc"] == 0.875 and summary["val_acc"] == 0.75
+
+
 def test_val_fraction_zero_reports_training_metrics_only(tmp_path, lm_dir, capsys):
     data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
     out = tmp_path / "clf"
@@ -502,6 +525,7 @@ def test_val_fraction_zero_reports_training_metrics_only(tmp_path, lm_dir, capsy
     assert {"train_loss", "train_acc"} <= set(rows[-1])
     state = load_checkpoint(out).state
     assert state["step"] == 4 and "val_acc" not in state and "val_loss" not in state
+    assert not (out / "best").exists()  # nothing measured, nothing best
     _fails(capsys, ["eval", "--out", str(out), "--backend", "numpy"], "val split", "is empty",
            "--split train")
     assert main(["eval", "--out", str(out), "--split", "train", "--backend", "numpy"]) == 0

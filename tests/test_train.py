@@ -1298,3 +1298,85 @@ def test_a_run_on_llmc_token_files_is_the_run_on_the_same_ids_from_nanogpt(tmp_p
     ours = training.evaluate(tmp_path / "run-llmc", backend="numpy")
     theirs = training.evaluate(tmp_path / "run-nanogpt", backend="numpy")
     assert (ours["loss"], ours["tokens"]) == (theirs["loss"], theirs["tokens"])
+
+
+def _scripted_val_losses(monkeypatch, out, val_losses):
+    """Make evaluation k of a run into ``out`` report ``val_losses[k]`` as its val loss (the train loss is
+    computed as usual); k counts the metrics rows written so far, so a resumed run goes on where it was.
+    Returns {step: weights} of the model at each scripted evaluation."""
+    real = training.mean_loss
+    weights = {}
+
+    def mean_loss(model, batches):
+        loss = real(model, batches)
+        metrics = Path(out) / "metrics.jsonl"
+        k = len(training.read_metrics(metrics)) if metrics.exists() else 0
+        if batches is _scripted_val_losses.val:  # (the val set: see the fixed_eval_batches patch below)
+            weights[k] = {name: p.copy() for name, p in model.params.items()}
+            return val_losses[k]
+        return loss
+
+    def fixed_eval_batches(tokens, *args):  # remember which of the two sets is val's (built second)
+        batches = real_fixed(tokens, *args)
+        _scripted_val_losses.val = batches
+        return batches
+
+    real_fixed = training.fixed_eval_batches
+    monkeypatch.setattr(training, "mean_loss", mean_loss)
+    monkeypatch.setattr(training, "fixed_eval_batches", fixed_eval_batches)
+    return weights
+
+
+def test_best_names_the_checkpoint_of_the_lowest_val_loss_and_it_is_kept(corpus, tmp_path, monkeypatch,
+                                                                          capsys):
+    # nanoGPT keeps only the checkpoint of the best val loss; a run that overfits past it lost it here,
+    # every save deleting the one before. Evaluations every 2 steps: the best is step 6 (val 1.5)
+    out = tmp_path / "run"
+    weights = _scripted_val_losses(monkeypatch, out, [3.0, 2.0, 2.5, 1.5, 1.7, 1.6])
+    summary = training.train(_config(corpus, out, max_iters=10, eval_interval=2), quiet=False)
+    assert os.readlink(out / "best") == "checkpoints/step-00000006"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000006", "step-00000010"]
+    best = load_checkpoint(out / "best")
+    assert best.state["step"] == 6 and best.state["best_val_loss"] == 1.5 and best.state["best_step"] == 6
+    for name, p in best.model.params.items():
+        np.testing.assert_array_equal(p, weights[3][name])  # the weights evaluated at step 6
+    assert load_checkpoint(out).state["best_step"] == 6
+    assert summary["best_step"] == 6 and summary["best_val_loss"] == 1.5 and summary["val_loss"] == 1.6
+    done = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"checkpoint in {out} (the best, val loss 1.5000 at step 6, in {out / 'best'})" in done
+    assert main(["sample", "--out", str(out / "best"), "--max-new-tokens", "3", "--seed", "0"]) == 0
+
+
+def test_a_resume_after_a_crash_between_the_two_link_swaps_ends_with_the_uninterrupted_best(
+        corpus, tmp_path, monkeypatch):
+    from tinygpt import checkpoint
+
+    val_losses = [3.0, 2.0, 2.5, 1.5, 1.7, 1.6]
+    kw = {"max_iters": 10, "eval_interval": 2}
+    _scripted_val_losses(monkeypatch, tmp_path / "full", val_losses)
+    training.train(_config(corpus, tmp_path / "full", **kw), quiet=True)
+    monkeypatch.undo()
+
+    class Crash(BaseException):
+        pass
+
+    real_swap = checkpoint._symlink_atomically
+
+    def swap(target, link):  # the process dies after publishing step 6 as latest, before naming it best
+        if link.name == "best" and target.endswith("step-00000006"):
+            raise Crash
+        real_swap(target, link)
+
+    part = tmp_path / "part"
+    _scripted_val_losses(monkeypatch, part, val_losses)
+    monkeypatch.setattr(checkpoint, "_symlink_atomically", swap)
+    with pytest.raises(Crash):
+        training.train(_config(corpus, part, **kw), quiet=True)
+    assert os.readlink(part / "latest") == "checkpoints/step-00000006"
+    assert os.readlink(part / "best") == "checkpoints/step-00000002"  # stale, and still there
+    monkeypatch.setattr(checkpoint, "_symlink_atomically", real_swap)
+    training.train(training.TrainConfig(out=str(part)), resume=True, quiet=True)
+    assert _rows(part) == _rows(tmp_path / "full")
+    assert os.readlink(part / "best") == os.readlink(tmp_path / "full" / "best")
+    assert os.readlink(part / "best") == "checkpoints/step-00000006"
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["step-00000006", "step-00000010"]

@@ -11,6 +11,9 @@ Layout of an output directory ``DIR``::
         optimizer.safetensors         AdamW moments: "exp_avg.<name>", "exp_avg_sq.<name>"
         state.json                    step, best val loss, RNG states, optimizer step, file checksums
       latest -> checkpoints/step-00000250          symlink: THE pointer to the current checkpoint
+      best -> checkpoints/step-00000150            symlink: the checkpoint of the best evaluation so far
+                                                   (train: the lowest val loss), kept while newer ones
+                                                   replace one another
       model.safetensors -> latest/model.safetensors   (and the other four files: convenience links, so
                                                        DIR itself reads like a transformers model dir)
       metrics.jsonl, loss.png                     written by the training loop
@@ -19,8 +22,9 @@ Why this design: a checkpoint is five files, and replacing five files one ``os.r
 atomic as a set (a crash between two renames mixes steps). Instead each checkpoint is written into a
 fresh temporary directory, every file and the directory are fsynced, the directory is renamed to
 ``step-N`` (atomic), and then the ``latest`` symlink is swapped in one ``rename(2)`` (atomic on POSIX):
-before the swap readers see the old checkpoint, after it the new one. Only then are older step
-directories deleted (only names this module writes: anything else the user puts there stays). A crash
+before the swap readers see the old checkpoint, after it the new one; a save that is the best evaluation
+so far swaps ``best`` the same way, just after. Only then are older step directories deleted, all but the
+two the links name (only names this module writes: anything else the user puts there stays). A crash
 at any instant leaves ``latest`` pointing at a complete directory; stray temporary or older directories
 are cleaned up by the next save. ``state.json`` is written last and records each file's size and sha256,
 which :func:`load_checkpoint` verifies, so damage done later (a truncated copy, a disk error) is reported
@@ -49,6 +53,7 @@ CHECKPOINT_FILES = (
     "model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors", "state.json"
 )
 LATEST = "latest"
+BEST = "best"
 CHECKPOINTS = "checkpoints"
 FORMAT_VERSION = 1
 
@@ -127,7 +132,7 @@ def check_new_run_dir(out_dir: str | os.PathLike) -> None:
         # directory as a transformers one, and nanoGPT's checkpoint is reachable only by its file's path)
         raise TinyGPTError(f"{out_dir} holds nanoGPT's ckpt.pt (nanoGPT's out_dir is 'out' too): choose "
                            "another --out (nothing was changed)")
-    for name in CHECKPOINT_FILES:
+    for name in (*CHECKPOINT_FILES, BEST):
         path = out_dir / name
         if path.exists() and not path.is_symlink():
             raise TinyGPTError(f"{out_dir} already holds a {name} that tinygpt did not write; choose another "
@@ -152,20 +157,47 @@ def check_new_run_dir(out_dir: str | os.PathLike) -> None:
 
 
 def check_latest_is_a_link(out_dir: str | os.PathLike) -> None:
-    """Refuse (TinyGPTError) a run directory whose ``latest`` is a real directory or file, not our link.
+    """Refuse (TinyGPTError) a run directory whose ``latest`` or ``best`` is a real directory or file, not
+    our link.
 
     A run copied with ``cp -rL`` (or an archiver that follows links) reads fine, but a save cannot swap a
     link in over a directory: it used to publish its new checkpoint and then fail, on every save of a
     resumed run, after the training time was spent (``tinygpt train --resume`` refuses such a copy before
-    training: its top-level files are real files, so it reads as a checkpoint, not a run).
+    training: its top-level files are real files, so it reads as a checkpoint, not a run). A new run's
+    directory holding a ``best`` of the user's is refused the same way, before anything is written.
     """
-    latest = Path(out_dir) / LATEST
-    if latest.exists() and not latest.is_symlink():
-        kind = "directory" if latest.is_dir() else "file"
-        raise TinyGPTError(f"{latest} is a {kind}, not the link tinygpt keeps to the current checkpoint (a "
-                           f"copy that followed links?), so no new checkpoint can be published: make it a "
-                           f"link again (rm -r {latest} && ln -s {CHECKPOINTS}/step-N {latest}) or use "
-                           "another --out (nothing was changed)")
+    for name, what in ((LATEST, "the current checkpoint"), (BEST, "the best checkpoint")):
+        link = Path(out_dir) / name
+        if link.exists() and not link.is_symlink():
+            kind = "directory" if link.is_dir() else "file"
+            raise TinyGPTError(f"{link} is a {kind}, not the link tinygpt keeps to {what} (a copy that "
+                               f"followed links?), so no new checkpoint can be published: make it a link "
+                               f"again (rm -r {link} && ln -s {CHECKPOINTS}/step-N {link}) or use another "
+                               "--out (nothing was changed)")
+
+
+def best_checkpoint_name(out_dir: str | os.PathLike) -> str | None:
+    """The name in ``checkpoints/`` that ``out_dir/best`` points to (``"step-00000150"``), or None."""
+    best = Path(out_dir) / BEST
+    if not best.is_symlink():
+        return None
+    parent, _, name = os.readlink(best).rpartition("/")
+    return name if parent == CHECKPOINTS and _OUR_CHECKPOINT_ENTRY.fullmatch(name) else None
+
+
+def repair_best_link(out_dir: str | os.PathLike, state: dict) -> None:
+    """Point ``best`` at the current checkpoint when its ``state`` says it is the best (``best_step`` is
+    its step) and ``best`` does not: a crash between a save's swap of ``latest`` and its swap of ``best``
+    leaves ``best`` at the previous best, which is still there (older checkpoints go only after both
+    swaps). A resumed run calls this first, so it ends with the uninterrupted run's ``best``."""
+    out_dir = Path(out_dir)
+    current = checkpoint_path(out_dir)
+    if current is None or state.get("best_step") is None or state.get("best_step") != state.get("step"):
+        return
+    if best_checkpoint_name(out_dir) != current.name and current.parent == (out_dir / CHECKPOINTS).resolve():
+        check_latest_is_a_link(out_dir)
+        _symlink_atomically(os.path.join(CHECKPOINTS, current.name), out_dir / BEST)
+        _fsync_path(out_dir)
 
 
 def check_metrics_are_ours(out_dir: Path, first_row_keys: set, with_plot: bool = True) -> None:
@@ -249,12 +281,14 @@ def check_tokenizer_fits(tokenizer, vocab_size: int, where: str) -> None:
 
 
 def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, train_config: dict,
-                    state: dict) -> Path:
+                    state: dict, best: bool = False) -> Path:
     """Write a complete checkpoint of step ``state["step"]`` into ``out_dir`` atomically; return its dir.
 
     ``model`` is a GPT (``.config``, ``.save_pretrained``, which writes host copies of GPU weights),
     ``optimizer`` an AdamW (or None; its ``state_dict`` holds host arrays), ``train_config`` the run's
     training settings (JSON-able), ``state`` the loop state (JSON-able: step, best_val_loss, RNG states).
+    ``best``: this is the best evaluation so far, so ``out_dir/best`` points at it from now on (else the
+    checkpoint ``best`` names is kept when older ones are deleted).
     """
     from safetensors import SafetensorError
     from safetensors.numpy import save_file
@@ -262,10 +296,10 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, tra
     out_dir = Path(out_dir)
     step = int(state["step"])
     check_tokenizer_fits(tokenizer, model.config.vocab_size, f"cannot save a checkpoint into {out_dir}")
-    check_latest_is_a_link(out_dir)
     current = checkpoint_path(out_dir)
     if current is None:  # the first save into out_dir: make sure it replaces nothing of the user's
         check_new_run_dir(out_dir)
+    check_latest_is_a_link(out_dir)  # (after: a new run's `best` of the user's is theirs, not to rm -r)
     ckpt_root = out_dir / CHECKPOINTS
     try:
         ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -316,15 +350,18 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, tra
         raise
     # 3. swap the pointer (atomic): from here on readers see the new checkpoint
     _symlink_atomically(os.path.join(CHECKPOINTS, final.name), out_dir / LATEST)
+    if best:  # (a crash just before this leaves the previous best named: see repair_best_link)
+        _symlink_atomically(os.path.join(CHECKPOINTS, final.name), out_dir / BEST)
     for name in CHECKPOINT_FILES:  # convenience links, identical every time
         link = out_dir / name
         if not link.is_symlink() and not link.exists():  # a file the user put there since is theirs: kept
             _symlink_atomically(os.path.join(LATEST, name), link)
     _fsync_path(out_dir)
-    # 4. only now delete older checkpoints and any temporary directories a crash left behind; anything else
-    # in checkpoints/ (a user's note, a copy they made under another name) is not ours to delete
+    # 4. only now delete older checkpoints (but the best) and any temporary directories a crash left behind;
+    # anything else in checkpoints/ (a user's note, a copy they made under another name) is not ours to delete
+    keep = {final.name, best_checkpoint_name(out_dir)}
     for entry in ckpt_root.iterdir():
-        if entry.name != final.name and _OUR_CHECKPOINT_ENTRY.fullmatch(entry.name):
+        if entry.name not in keep and _OUR_CHECKPOINT_ENTRY.fullmatch(entry.name):
             shutil.rmtree(entry, ignore_errors=True)
     return final
 
@@ -399,7 +436,8 @@ def _verify(path: Path) -> dict:
         if key in state and state[key] is not None and not isinstance(state[key], dict):
             raise TinyGPTError(f"corrupt checkpoint: {where} has a malformed {key}")
     checks = {"tokens_seen": _is_count, "elapsed": lambda v: _is_number(v) and v >= 0,
-              "best_val_loss": lambda v: v is None or _is_number(v)}
+              "best_val_loss": lambda v: v is None or _is_number(v), "best_step": lambda v: v is None or
+              _is_count(v)}
     for key, valid in checks.items():
         if key in state and not valid(state[key]):
             raise TinyGPTError(f"corrupt checkpoint: {where} has an invalid {key} ({state[key]!r})")

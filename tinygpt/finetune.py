@@ -681,9 +681,10 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool) -> dict:
     running = {"loss": 0.0, "correct": 0, "seen": 0}
     epoch_order, position = rng.permutation(len(train_rows)), 0
     best_val_acc = None
+    best_score = None  # (val accuracy, -val loss) of the checkpoint DIR/best names: accuracy, then loss
 
     def evaluate_and_save(step, epoch, lr):
-        nonlocal best_val_acc
+        nonlocal best_val_acc, best_score
         row = {"step": step, "epoch": round(epoch, 3)}
         if running["seen"]:
             row["train_loss"] = running["loss"] / running["seen"]
@@ -692,11 +693,16 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool) -> dict:
             features = frozen_val if cfg.freeze_body else pooled_features(model, val_seqs)
             _, row["val_loss"], row["val_acc"] = _scores(features, head, y_val)
             best_val_acc = max(best_val_acc or 0.0, row["val_acc"])
+        score = (row["val_acc"], -row["val_loss"]) if "val_acc" in row else None
+        best = score is not None and (best_score is None or score > best_score)
+        if best:
+            best_score = score
         row.update({"lr": lr, "elapsed": round(time.perf_counter() - start, 3)})
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         state = {"step": step, **{k: row[k] for k in ("val_acc", "val_loss") if k in row}}
-        save_checkpoint(out, _ClassifierForSaving(model, head, names, info), tokenizer, None, record, state)
+        save_checkpoint(out, _ClassifierForSaving(model, head, names, info), tokenizer, None, record, state,
+                        best=best)
         shown = ", ".join(f"{k} {row[k]:.4f}" for k in ("train_loss", "train_acc", "val_loss", "val_acc")
                           if k in row)
         # step 0 without a validation split has nothing measured yet (train metrics are running means)

@@ -10,7 +10,8 @@ The loop, in the order it runs (nanoGPT's ``train.py``, without the distributed 
         clip_grad_norm(grads, grad_clip)                    global-norm clipping
         optimizer.step(grads, lr)                           AdamW, in place
         every eval_interval steps (and at the end):         mean train / val loss over eval_iters batches,
-            one row -> DIR/metrics.jsonl, then a checkpoint (tinygpt.checkpoint, atomic)
+            one row -> DIR/metrics.jsonl, then a checkpoint (tinygpt.checkpoint, atomic); DIR/best
+            names the checkpoint of the lowest val loss (nanoGPT keeps only that one; we keep both)
 
 Exact resume: the checkpoint holds the weights, the AdamW moments, the step, the batch sampler's RNG state
 and the dropout RNG state. Evaluation draws its batches from its own fixed-seed generator (the same
@@ -399,7 +400,10 @@ def load_initial_model(cfg: TrainConfig):
 
 
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides: dict | None = None) -> dict:
-    """Run (or with ``resume`` continue) training into ``cfg.out``; return a summary dict.
+    """Run (or with ``resume`` continue) training into ``cfg.out``; return a summary dict: out, step,
+    val_loss (the last evaluation's), best_val_loss and best_step (the checkpoint ``cfg.out/best`` names;
+    None for a run resumed from a checkpoint older than that link that has not improved since), elapsed,
+    plot.
 
     With ``resume``, the run's saved config is used and ``overrides`` (explicitly given settings) replace
     parts of it; ``cfg`` is then ignored except for ``cfg.out``. One run at a time writes a directory: a
@@ -420,6 +424,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         check_new_run_dir,
         checkpoint_path,
         load_checkpoint,
+        repair_best_link,
         save_checkpoint,
     )
     from tinygpt.data import (
@@ -519,7 +524,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
     optimizer = AdamW(model.params, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                       weight_decay=cfg.weight_decay, kernel=kernel)
     sampler_rng = np.random.default_rng([cfg.seed, 2])  # (GPT uses seed for init, [seed, 1] for dropout)
-    state = {"step": 0, "best_val_loss": None, "elapsed": 0.0, "tokens_seen": 0}
+    state = {"step": 0, "best_val_loss": None, "best_step": None, "elapsed": 0.0, "tokens_seen": 0}
     if ckpt is not None:
         optimizer.load_state_dict(ckpt.optimizer_state)
         optimizer.betas, optimizer.weight_decay = (cfg.beta1, cfg.beta2), cfg.weight_decay  # flags may change
@@ -528,6 +533,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
             raise TinyGPTError(f"corrupt checkpoint: {ckpt.path / 'state.json'} lacks the sampler's RNG "
                                "state, which resuming needs")
         sampler_rng = rng_from_state(ckpt.state["sampler_rng"])
+        repair_best_link(out, ckpt.state)
         if ckpt.state.get("dropout_rng") and _dropout_rng(model) is not None:
             model.dropout_rng = rng_from_state(ckpt.state["dropout_rng"])
         _truncate_metrics(metrics_path, state["step"])
@@ -569,8 +575,9 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         for name, value in (("the train loss", train_loss), ("the val loss", val_loss)):
             if not math.isfinite(value):  # the last update broke the weights: save nothing of them
                 raise diverged(name, value, step)
-        if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
-            state["best_val_loss"] = val_loss
+        best = state["best_val_loss"] is None or val_loss < state["best_val_loss"]  # (as nanoGPT decides)
+        if best:
+            state["best_val_loss"], state["best_step"] = val_loss, step
         state["step"] = step
         state["elapsed"] = elapsed_before + time.perf_counter() - run_start
         tok_s = tokens_per_step * steps_timed / train_time if train_time > 0 else None
@@ -582,7 +589,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         save_checkpoint(out, model, tokenizer, optimizer, config_record, {
             **state, "sampler_rng": rng_state(sampler_rng),
             "dropout_rng": rng_state(dropout_rng) if dropout_rng is not None else None,
-        })
+        }, best=best)
         tok_text = f", {tok_s:,.0f} tok/s" if tok_s else ""
         say(f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, lr {lr:.2e}{tok_text}")
         train_time, steps_timed = 0.0, 0
@@ -652,14 +659,18 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         pass
     rows = read_metrics(metrics_path)
     summary = {"out": str(out), "step": step, "val_loss": rows[-1]["val_loss"] if rows else None,
-               "best_val_loss": state["best_val_loss"],
+               "best_val_loss": state["best_val_loss"], "best_step": state["best_step"],
                "elapsed": elapsed_before + time.perf_counter() - run_start, "plot": str(png) if png else None}
     if not quiet:
         val = f"{summary['val_loss']:.4f}" if summary["val_loss"] is not None else "n/a"
         took = f"{summary['elapsed']:.1f} s"
         if elapsed_before:  # a resumed run: the total is over every run of this directory
             took += f" in all, {summary['elapsed'] - elapsed_before:.1f} s in this run"
-        print(f"done: step {step}, val loss {val}, {took}; checkpoint in {out}"
+        best = ""
+        if summary["best_step"] is not None and summary["best_step"] != step:  # (the val loss rose since)
+            best = (f" (the best, val loss {summary['best_val_loss']:.4f} at step {summary['best_step']}, "
+                    f"in {out / 'best'})")
+        print(f"done: step {step}, val loss {val}, {took}; checkpoint in {out}{best}"
               + (f", loss curve {png}" if png else ""))
     return summary
 
