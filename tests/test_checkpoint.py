@@ -138,6 +138,18 @@ def test_the_best_checkpoint_is_kept_while_newer_ones_replace_one_another(tmp_pa
     assert os.readlink(tmp_path / "best") == os.readlink(tmp_path / "latest") == "checkpoints/step-00000004"
 
 
+def test_a_new_runs_first_save_drops_an_earlier_runs_best(tmp_path):
+    # an earlier run's links left behind, its checkpoints gone: a first save that is not a best (a
+    # fine-tuning run without a val split never has one) must not leave `best` naming the earlier run's
+    model, opt = _trained()
+    (tmp_path / "best").symlink_to("checkpoints/step-00000007")
+    _save(tmp_path, model, opt, 1)
+    assert not (tmp_path / "best").is_symlink()
+    (tmp_path / "best").symlink_to("checkpoints/step-00000001")
+    _save(tmp_path, model, opt, 2)  # a later save of the run: its best is left alone
+    assert os.readlink(tmp_path / "best") == "checkpoints/step-00000001"
+
+
 def test_a_best_of_the_users_is_refused_before_anything_is_written(tmp_path):
     model, opt = _trained()
     (tmp_path / "new").mkdir()

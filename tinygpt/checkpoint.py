@@ -352,6 +352,8 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, tra
     _symlink_atomically(os.path.join(CHECKPOINTS, final.name), out_dir / LATEST)
     if best:  # (a crash just before this leaves the previous best named: see repair_best_link)
         _symlink_atomically(os.path.join(CHECKPOINTS, final.name), out_dir / BEST)
+    elif current is None and best_checkpoint_name(out_dir) is not None:
+        (out_dir / BEST).unlink()  # an earlier run's, in a directory it left no checkpoint in: not this run's
     for name in CHECKPOINT_FILES:  # convenience links, identical every time
         link = out_dir / name
         if not link.is_symlink() and not link.exists():  # a file the user put there since is theirs: kept
