@@ -80,6 +80,30 @@ def shared_tuple_pickle(depth, key=None):
     return b"\x80\x02}X" + struct.pack("<I", len(name)) + name + inner + b"s."
 
 
+def filled_after_nesting_pickle(depth, kind="list"):
+    """A pickle of ``depth`` levels of empty lists (``kind`` "list") or dicts ("dict"), each put twice into
+    the one above it while still empty and filled only then: the value is the list of a list twice, ``depth``
+    deep (``{0: d, 1: d}`` for dicts), 2**(depth + 1) - 1 objects when walked (2**(depth + 2) - 3 for dicts,
+    their keys counted), in about 25 bytes a level.
+    pickle.dumps never writes it so (it fills an object before putting it anywhere)."""
+    import struct
+
+    def put(k):
+        return b"r" + struct.pack("<I", k)  # LONG_BINPUT k
+
+    def get(k):
+        return b"j" + struct.pack("<I", k)  # LONG_BINGET k
+
+    empty = {"list": b"]", "dict": b"}"}[kind]
+    # MARK, it, it, APPENDS; MARK, 0, it, 1, it, SETITEMS
+    fill = {"list": lambda k: b"(" + get(k) + get(k) + b"e",
+            "dict": lambda k: b"(K\x00" + get(k) + b"K\x01" + get(k) + b"u"}[kind]
+    out = b"\x80\x02" + empty + put(depth)  # the outermost, left on the stack: the pickle's value
+    for k in range(depth - 1, -1, -1):  # a new empty one, then the one above takes it twice (GET, fill, POP)
+        out += empty + put(k) + b"0" + get(k + 1) + fill(k) + b"0"
+    return out + b"."
+
+
 def prepare_like_nanogpt(folder, text, tokenizer):
     """The folder nanoGPT's prepare scripts write for ``text``: its first 90% of characters encoded into
     ``train.bin``, the rest into ``val.bin``, each a uint16 NumPy array written by ``tofile``. ``tokenizer``

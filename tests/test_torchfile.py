@@ -517,6 +517,43 @@ def test_a_pickle_of_one_tuple_shared_over_and_over_is_refused_before_it_is_hash
             read(path)
 
 
+@pytest.mark.parametrize("kind", ["list", "dict"])
+def test_a_pickle_whose_lists_are_filled_after_they_were_nested_is_counted_in_full(tmp_path, kind):
+    from conftest import filled_after_nesting_pickle
+
+    from tinygpt.torchfile import check_pickle_opcodes
+
+    # 2**25 - 1 objects when walked in 600 bytes (2**41 in 1 KB at 40 levels): each list was counted when it
+    # went into the one above it, still empty, and what it was filled with afterwards was never added there
+    path = tmp_path / "pytorch_model.bin"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", filled_after_nesting_pickle(24, kind))
+    for read in (read_state_dict, read_checkpoint):
+        with pytest.raises(TinyGPTError, match=r"pytorch_model\.bin: refused the pickle: an object in it is "
+                                               r"more than 16,777,216 objects"):
+            read(path)
+    # just under the limit is allowed: 2**24 - 1 lists, 2**24 - 3 dicts and keys
+    check_pickle_opcodes(io.BytesIO(filled_after_nesting_pickle({"list": 23, "dict": 22}[kind], kind)))
+    # one list used 4,097 times (memo GETs into a tuple), then filled with 4,097 items: 1 + 4,097 * 4,098
+    shared = (b"\x80\x02]q\x00(" + b"h\x00" * 4097 + b"tq\x010h\x00(" + b"K\x07" * 4097 + b"e0h\x01.")
+    assert pickle.loads(shared)[4096] == [7] * 4097  # (what it is: the tuple, its list filled)
+    with pytest.raises(TinyGPTError, match="more than 16,777,216 objects"):
+        check_pickle_opcodes(io.BytesIO(shared))
+    check_pickle_opcodes(io.BytesIO(shared.replace(b"K\x07" * 4097, b"K\x07" * 4094)))  # 1 + 4,097 * 4,095
+
+
+def test_a_pickle_whose_objects_hold_each_other_passes_the_walk_count():
+    from tinygpt.torchfile import check_pickle_opcodes
+
+    # each is filled after it went into the other (the pickler writes a cycle so): a walk stops where the
+    # cycle closes, as repr's [...] does, so these are a few objects, not an endless count
+    mine, yours = [], {}
+    mine.append(mine)
+    yours["mine"], yours["me"] = [yours, mine], yours
+    for obj in (mine, yours, [mine, yours] * 1000):
+        check_pickle_opcodes(io.BytesIO(pickle.dumps(obj, protocol=2)))
+
+
 def hiding(obj, *methods):
     """The pickle of ``obj`` (an OrderedDict) and then a BUILD setting each of ``methods`` on it to the
     OrderedDict class, an allowed global: an instance attribute, which hides the method of that name."""

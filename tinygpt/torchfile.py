@@ -260,12 +260,46 @@ _EXTENSION_OPCODES = {"EXT1", "EXT2", "EXT4"}
 # it (so load never returned), as a repr of it is. Every object's size counted with each use of a shared
 # part (what a walk visits) must stay below this: a state dict, a nanoGPT ckpt.pt's entries, a meta.pkl of
 # 100,000 characters count well under a million; hashing 2**24 tuples takes a fraction of a second.
-# (Only what a pickle builds from the bottom up is counted exactly, a list grown after it was put in another
-# is not; hashable objects, tuples and frozensets, are built bottom up, which is what matters here.)
 _PICKLE_MAX_WALK = 1 << 24
 # the opcodes that add to the object below their arguments (it stays, the same object, on the stack)
 _GROWING_OPCODES = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
 _MEMO_PUTS, _MEMO_GETS = {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"}, {"GET", "BINGET", "LONG_BINGET"}
+# What check_pickle_opcodes keeps of each object the pickle builds, a list (cheaper to make than an instance,
+# one per opcode): [_SIZE] the objects a walk of it visits, as counted when it was made and grown; [_PARTS]
+# the objects it was made from and filled with (None: none); [_NESTED] whether it has gone into another since
+_SIZE, _PARTS, _NESTED = 0, 1, 2
+
+
+def _refuse_walk_size(size: int) -> None:
+    if size > _PICKLE_MAX_WALK:
+        raise TinyGPTError(f"refused the pickle: an object in it is more than {_PICKLE_MAX_WALK:,} objects "
+                           "when walked (one part used over and over), which nothing tinygpt reads is")
+
+
+def _check_walk_size(root: list) -> None:
+    """Count again, from the parts, the walk of ``root`` and of each object in it, refusing one over
+    ``_PICKLE_MAX_WALK``: the sizes counted as the pickle ran miss what a list or dict was filled with after
+    it went into another (its holder's size was taken when it was still empty). Each object is counted once
+    (a post-order walk of the parts, each size kept by the object's id), so this takes time in proportion to
+    the pickle. A part that holds its own holder counts as one object where the
+    cycle closes, as repr's ``[...]`` does: exact for a pickle without cycles; through a cycle the count
+    follows one order of the walk (nothing tinygpt does walks a cycle's paths one by one: ``_is_plain``
+    keeps the objects it has seen, and errors show a value with reprlib, a few levels deep)."""
+    sizes, on_path = {}, set()
+    todo = [(root, False)]
+    while todo:
+        walked, parts_done = todo.pop()
+        key, parts = id(walked), walked[_PARTS] or ()
+        if parts_done:
+            on_path.discard(key)
+            size = 1 + sum(sizes.get(id(part), 1) for part in parts)
+            _refuse_walk_size(size)  # (so no size kept is more than the limit: the sums stay small)
+            sizes[key] = size
+        elif key not in sizes and key not in on_path:
+            on_path.add(key)
+            todo.append((walked, True))
+            # (a part made of nothing, a number or a string, is 1: nothing to walk)
+            todo.extend((part, False) for part in parts if part[_PARTS] is not None and id(part) not in sizes)
 
 
 def check_pickle_opcodes(file) -> None:
@@ -273,12 +307,19 @@ def check_pickle_opcodes(file) -> None:
     extension code and an object whose walk, shared parts counted at each use, exceeds ``_PICKLE_MAX_WALK``;
     the position is restored for the real load.
 
-    The walk's size is counted on a copy of the pickle's stack and memo holding, for each object, a one-item
-    list: the number of objects a walk of it visits (1 + those of what it was made from), the same list for
-    every use of the object, grown in place by the opcodes that add to it (APPEND, SETITEM, ...).
+    The walk's size is counted on a copy of the pickle's stack and memo holding, for each object, a list
+    (``_SIZE``, ``_PARTS``, ``_NESTED``): the number of objects a walk of it visits (1 + those of what it
+    was made from), the same list for every use of the object, grown in place by the opcodes that add to it
+    (APPEND, SETITEM, ...). That
+    count is exact for what a pickle builds from the bottom up (as it builds the hashable objects, tuples
+    and frozensets, the ones the unpickler walks to hash them); an object grown after it went into another
+    makes the value's walk be counted again from the parts (``_check_walk_size``) once the pickle has been
+    read (``pickle.dumps`` does so only for an object that holds its own holder).
     """
     start = file.tell()
     stack, memo = [], {}
+    grown_after_nesting = False
+    value = None
     for opcode, arg, _ in pickletools.genops(file):
         name = opcode.name
         if name in _EXTENSION_OPCODES:
@@ -289,10 +330,13 @@ def check_pickle_opcodes(file) -> None:
                 memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
             continue
         if name in _MEMO_GETS:
-            stack.append(memo.get(arg, [1]))
+            stack.append(memo.get(arg) or [1, None, False])
             continue
         if name == "DUP":
-            stack.append(stack[-1] if stack else [1])
+            stack.append(stack[-1] if stack else [1, None, False])
+            continue
+        if name == "STOP":
+            value = stack[-1] if stack else None
             continue
         before = opcode.stack_before
         popped = []
@@ -310,15 +354,22 @@ def check_pickle_opcodes(file) -> None:
             stack.append(None)
         elif opcode.stack_after:
             if name in _GROWING_OPCODES and popped:
-                cell = popped.pop()  # the object added to: the deepest of those popped
-                cell[0] += sum(item[0] for item in popped)
+                walked = popped.pop()  # the object added to: the deepest of those popped
+                if popped:
+                    walked[_SIZE] += sum(part[_SIZE] for part in popped)
+                    if walked[_PARTS] is None:
+                        walked[_PARTS] = popped
+                    else:
+                        walked[_PARTS].extend(popped)
+                    grown_after_nesting |= walked[_NESTED]
             else:
-                cell = [1 + sum(item[0] for item in popped)]
-            if cell[0] > _PICKLE_MAX_WALK:
-                raise TinyGPTError(f"refused the pickle: an object in it is more than {_PICKLE_MAX_WALK:,} "
-                                   "objects when walked (one part used over and over), which nothing "
-                                   "tinygpt reads is")
-            stack.append(cell)
+                walked = [1 + sum(part[_SIZE] for part in popped), popped or None, False]
+            for part in popped:
+                part[_NESTED] = True
+            _refuse_walk_size(walked[_SIZE])
+            stack.append(walked)
+    if grown_after_nesting and value is not None:
+        _check_walk_size(value)
     file.seek(start)
 
 
