@@ -1213,6 +1213,33 @@ def test_resume_warns_when_the_token_files_changed(tmp_path, nanogpt_dir, capsys
     assert f"the token files of {folder.resolve()} changed since the run started" in err
 
 
+def test_resume_on_other_data_says_what_the_data_changed_from_and_to(corpus, tmp_path, nanogpt_dir, capsys):
+    # a run moved from a text file to a token folder (or back) was told that "the token files" of the text
+    # file (or "the text" of the folder) changed
+    folder, other_folder = tmp_path / "chars", tmp_path / "more-chars"
+    nanogpt_dir(folder, TEXT, "char")  # the text's characters: the run's tokenizer reads these ids
+    nanogpt_dir(other_folder, TEXT[::-1], "char")
+    other_text = tmp_path / "other.txt"
+    other_text.write_text(TEXT[::-1])
+    training.train(_config(corpus, tmp_path / "run", max_iters=1, eval_interval=1), quiet=True)
+    capsys.readouterr()
+    tail = "; the resumed run is not the uninterrupted one\n"
+    for step, (before, after) in enumerate([(corpus, folder), (folder, corpus), (corpus, other_text),
+                                             (other_text, corpus), (corpus, folder), (folder, other_folder)]):
+        training.train(training.TrainConfig(out=str(tmp_path / "run")), resume=True, quiet=True,
+                       overrides={"max_iters": step + 2, "data": str(after)})
+        kinds = ["token folder" if path.is_dir() else "text file" for path in (before, after)]
+        other = "text" if kinds == ["text file"] * 2 else "tokens"
+        assert capsys.readouterr().err == (
+            f"tinygpt: warning: the data changed from {kinds[0]} {before.resolve()} to {kinds[1]} "
+            f"{after.resolve()}: training and validation batches now come from other {other}" + tail)
+    # a copy of the data elsewhere is the same data: no warning
+    shutil.copytree(other_folder, tmp_path / "copy")
+    training.train(training.TrainConfig(out=str(tmp_path / "run")), resume=True, quiet=True,
+                   overrides={"max_iters": 8, "data": str(tmp_path / "copy")})
+    assert capsys.readouterr().err == ""
+
+
 def test_eval_scans_only_the_token_file_it_scores(tmp_path, nanogpt_dir, monkeypatch):
     # openwebtext's val.bin is 9 MB and its train.bin 17 GB: eval of val.bin read both to check their ids
     from tinygpt import data

@@ -201,12 +201,21 @@ def _warn_if_resume_is_not_exact(saved: dict, now: dict) -> None:
     """One line on stderr (even with --quiet) for each change that makes a resumed run differ from the
     uninterrupted one; they are allowed, but the curve in metrics.jsonl is then not one run's."""
     notes = []
-    if saved.get("data_sha256") not in (None, now.get("data_sha256")):
-        notes.append(f"the text of {now['data']} changed since the run started: training and validation "
-                     "batches now come from other text")
-    elif saved.get("data_fingerprint") not in (None, now.get("data_fingerprint")):
-        notes.append(f"the token files of {now['data']} changed since the run started: training and "
-                     "validation batches now come from other tokens")
+    kinds = [_data_kind(record) for record in (saved, now)]
+    digests = [(record.get("data_sha256"), record.get("data_fingerprint")) for record in (saved, now)]
+    # (a record without either digest, an older run's, tells nothing)
+    if kinds[0] is not None and digests[0] != digests[1]:
+        saved_data = saved.get("data", now["data"])
+        if kinds[0] != kinds[1] or saved_data != now["data"]:  # other data, not the same data edited
+            other = "text" if kinds == ["text file", "text file"] else "tokens"
+            notes.append(f"the data changed from {kinds[0]} {saved_data} to {kinds[1]} {now['data']}: "
+                         f"training and validation batches now come from other {other}")
+        elif kinds[0] == "text file":
+            notes.append(f"the text of {now['data']} changed since the run started: training and validation "
+                         "batches now come from other text")
+        else:
+            notes.append(f"the token files of {now['data']} changed since the run started: training and "
+                         "validation batches now come from other tokens")
     for name, effect in (("batch_size", "the fixed evaluation batches change"),
                          ("eval_iters", "the fixed evaluation batches change"),
                          ("backend", "backends agree only to rounding")):
@@ -214,6 +223,14 @@ def _warn_if_resume_is_not_exact(saved: dict, now: dict) -> None:
             notes.append(f"{_flag(name)} changed from {saved[name]!r} to {now[name]!r}: {effect}")
     for note in notes:
         print(f"tinygpt: warning: {note}; the resumed run is not the uninterrupted one", file=sys.stderr)
+
+
+def _data_kind(record: dict) -> str | None:
+    """What a run's record says its data is, by the digest it holds: a text file's sha256 or a token
+    folder's fingerprint (``data.token_files_fingerprint``); None for neither."""
+    if "data_fingerprint" in record:
+        return "token folder"
+    return "text file" if "data_sha256" in record else None
 
 
 def _flag(name: str) -> str:
