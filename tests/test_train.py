@@ -1201,6 +1201,33 @@ def test_a_run_on_nanogpts_gpt2_files_and_a_pretrained_gpt2_scored_on_them(tmp_p
                                               "scored, windows of 64 tokens every 64\n")
 
 
+def test_a_tokenizer_setting_on_a_token_folder_must_be_its_own_in_python_too(corpus, tmp_path, nanogpt_dir):
+    # TrainConfig(tokenizer=...) gave way to the folder's tokenizer without a word (only the command line
+    # refused it): "char" trained a GPT-2 model on GPT-2's ids, a BPE spec a model of the folder's tokenizer
+    chars, gpt2 = tmp_path / "chars", tmp_path / "gpt2"
+    nanogpt_dir(chars, TEXT, "char")
+    nanogpt_dir(gpt2, TEXT, "gpt2")
+    holds = {chars: "characters (meta.pkl), so its tokenizer is char",
+             gpt2: "GPT-2's ids (no meta.pkl), so its tokenizer is gpt2"}
+    for folder, other in ((chars, "gpt2"), (gpt2, "char"), (chars, "bpe"), (gpt2, "bpe")):
+        out = tmp_path / f"{folder.name}-{other}"
+        vocab_size = 300 if other == "bpe" else None
+        message = f"--tokenizer {other}: {folder} is already tokenized, it holds {holds[folder]}"
+        with pytest.raises(TinyGPTError, match=re.escape(message)):
+            training.train(_config(folder, out, tokenizer=other, vocab_size=vocab_size, max_iters=1),
+                           quiet=True)
+        assert not out.exists()  # refused before any training
+    # the folder's own, named or not (None, the default: the folder's for a folder, char for a text file)
+    for folder, kind in ((chars, "char"), (gpt2, "gpt2")):
+        for tokenizer in (kind, None):
+            out = tmp_path / f"{folder.name}-{tokenizer}"
+            training.train(_config(folder, out, tokenizer=tokenizer, max_iters=1), quiet=True)
+            assert load_checkpoint(out).train_config["tokenizer"] == kind
+    assert training.TrainConfig().tokenizer is None
+    training.train(_config(corpus, tmp_path / "text", max_iters=1), quiet=True)
+    assert load_checkpoint(tmp_path / "text").train_config["tokenizer"] == "char"
+
+
 def test_resume_warns_when_the_token_files_changed(tmp_path, nanogpt_dir, capsys):
     folder = tmp_path / "chars"
     _, val_ids = nanogpt_dir(folder, TEXT, "char")

@@ -239,26 +239,15 @@ def _run_train(args):
         if start and given:  # the checkpoint's shape and tokenizer win: a flag for them would be ignored
             raise TinyGPTError(f"{given[0]} is for a model from scratch: with {start} the checkpoint's shape "
                                "and tokenizer are used (--block-size may shorten the training windows)")
-        if overrides.get("data") and os.path.isdir(overrides["data"]) and not start:
-            _check_token_dir_flags(overrides)
-        values = {**train.read_config_file(args.config or "default"), **overrides}
-        train.train(train.make_config(values), quiet=args.quiet)
+        token_dir = bool(overrides.get("data")) and os.path.isdir(overrides["data"]) and not start
+        if token_dir:  # a --tokenizer other than the folder's, or any --vocab-size: its ids are already made
+            train.check_token_dir_tokenizer(overrides["data"], overrides.get("tokenizer"),
+                                            overrides.get("vocab_size"))
+        preset = train.read_config_file(args.config or "default")
+        if token_dir:  # the preset's (char, for the text it was written for) gives way to the folder's
+            preset = {k: v for k, v in preset.items() if k not in ("tokenizer", "vocab_size")}
+        train.train(train.make_config({**preset, **overrides}), quiet=args.quiet)
 
-
-def _check_token_dir_flags(overrides):
-    """A --tokenizer other than the one whose ids a token directory holds, or any --vocab-size, is refused:
-    the ids are already made (a preset's tokenizer gives way to the directory's without a word)."""
-    from tinygpt.data import token_dir_tokenizer
-
-    folder = overrides["data"]
-    kind = token_dir_tokenizer(folder)
-    holds = "characters (meta.pkl)" if kind == "char" else "GPT-2's ids (no meta.pkl)"
-    if overrides.get("tokenizer") not in (None, kind):
-        raise TinyGPTError(f"--tokenizer {overrides['tokenizer']}: {folder} is already tokenized, it holds "
-                           f"{holds}, so its tokenizer is {kind}")
-    if overrides.get("vocab_size") is not None:
-        raise TinyGPTError(f"--vocab-size: {folder} is already tokenized, it holds {holds}; its vocabulary "
-                           "comes with it")
 
 
 # what `train --init-from / --pretrained` takes from the checkpoint (a preset's values for them are ignored)

@@ -57,8 +57,10 @@ class TrainConfig:
     # data and run
     data: str | None = None  # a UTF-8 text file, or a directory of token files (nanoGPT's train.bin and
     # val.bin: data.open_token_dir); None = the default Shakespeare corpus
-    tokenizer: str = "char"  # char | bpe (trained on the data) | gpt2; a token directory's own replaces it
-    # (char with its meta.pkl, else gpt2), as an initial model's does (init_from, pretrained)
+    tokenizer: str | None = None  # char | bpe (trained on the data) | gpt2; None: char for a text file, the
+    # folder's own for a token directory. A token directory's ids are made: there it must be None or the
+    # folder's, "char" with its meta.pkl, "gpt2" without (GPT-2's ids); another, "bpe" always, is refused
+    # before any training (check_token_dir_tokenizer). An initial model's (init_from, pretrained) replaces it
     vocab_size: int | None = None  # BPE only: 256 bytes + merges
     out: str = "out"
     init_from: str | None = None  # LM fine-tuning: start from this tinygpt run's weights and tokenizer
@@ -140,13 +142,14 @@ class TrainConfig:
                                f"({self.warmup_iters})")
         if self.init_from and self.pretrained:
             raise TinyGPTError("give --init-from or --pretrained, not both")
-        if self.tokenizer not in TOKENIZER_KINDS:
+        if self.tokenizer is not None and self.tokenizer not in TOKENIZER_KINDS:
             raise TinyGPTError(f"unknown tokenizer {self.tokenizer!r}: choose char, bpe or gpt2")
         if self.tokenizer == "bpe" and self.vocab_size is None:
             raise TinyGPTError("--tokenizer bpe needs --vocab-size N (more than 256)")
         if self.vocab_size is not None and self.tokenizer != "bpe":
-            raise TinyGPTError(f"--vocab-size applies to --tokenizer bpe only (the {self.tokenizer} "
-                               "tokenizer's vocabulary is fixed by its text or files)")
+            kind = self.tokenizer or "default"
+            raise TinyGPTError(f"--vocab-size applies to --tokenizer bpe only (the {kind} tokenizer's "
+                               "vocabulary is fixed by its text or files)")
         if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size <= 256):
             raise TinyGPTError(f"--vocab-size must be an integer above 256, got {self.vocab_size!r}")
         for name in ("bias", "recompute"):
@@ -231,6 +234,24 @@ def _data_kind(record: dict) -> str | None:
     if "data_fingerprint" in record:
         return "token folder"
     return "text file" if "data_sha256" in record else None
+
+
+def check_token_dir_tokenizer(folder: str | os.PathLike, tokenizer: str | None,
+                              vocab_size: int | None) -> None:
+    """TinyGPTError unless ``tokenizer`` (a TrainConfig's, or ``--tokenizer``) is None or the one whose ids
+    the token directory ``folder`` holds (``data.token_dir_tokenizer``: "char" with nanoGPT's meta.pkl, else
+    "gpt2"), and ``vocab_size`` is None: its ids are already made, so no other tokenizer reads them as they
+    are meant, and no BPE trained on the data made them. A new run's check, before any training."""
+    from tinygpt.data import token_dir_tokenizer
+
+    kind = token_dir_tokenizer(folder)
+    holds = "characters (meta.pkl)" if kind == "char" else "GPT-2's ids (no meta.pkl)"
+    if tokenizer not in (None, kind):
+        raise TinyGPTError(f"--tokenizer {tokenizer}: {folder} is already tokenized, it holds {holds}, so "
+                           f"its tokenizer is {kind}")
+    if vocab_size is not None:
+        raise TinyGPTError(f"--vocab-size: {folder} is already tokenized, it holds {holds}; its vocabulary "
+                           "comes with it")
 
 
 def _flag(name: str) -> str:
@@ -491,6 +512,8 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         check_new_run_dir(out)  # before any training: a run must not replace files it did not write
         check_metrics_are_ours(out, {"step", "train_loss"})
     cfg.validate()
+    if ckpt is None and not (cfg.init_from or cfg.pretrained) and cfg.data and Path(cfg.data).is_dir():
+        check_token_dir_tokenizer(cfg.data, cfg.tokenizer, cfg.vocab_size)
     if cfg.lr_decay_iters is None:  # resolved once, saved, so a resumed run keeps the same schedule;
         # never below warmup_iters (a run shorter than its warmup), which the saved config must satisfy
         cfg.lr_decay_iters = max(cfg.max_iters, cfg.warmup_iters)
@@ -513,6 +536,8 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         if ckpt is None and init_tokenizer is None:
             cfg.tokenizer, cfg.vocab_size = data.meta["tokenizer"], None
     else:
+        if cfg.tokenizer is None:  # (a new run's: a run's saved config and an initial model's name one)
+            cfg.tokenizer = "char"
         try:
             data = prepare_dataset(data_path, cfg.tokenizer, cfg.vocab_size,
                                    tokenizer=ckpt.tokenizer if ckpt else init_tokenizer)
