@@ -121,7 +121,7 @@ def train_tiny_run(data: Path, out: Path, **settings) -> None:
 
 def test_the_run_directory_shown_is_what_a_run_writes(tmp_path):
     # the Training section's layout of DIR after a checkpoint at step 250 (the default --eval-interval):
-    # the step folder's name and files, the latest link, what DIR holds, and the metrics row's fields
+    # the step folder's name and files, the latest and best links, what DIR holds, the metrics row's fields
     from tinygpt import train
 
     section = README.split("## Training", 1)[1].split("\n## ", 1)[0]
@@ -136,9 +136,12 @@ def test_the_run_directory_shown_is_what_a_run_writes(tmp_path):
     assert sorted(p.name for p in (out / "checkpoints" / step_dir).iterdir()) == sorted(
         re.findall(r"[\w.]+\.(?:safetensors|json)\b", step_files))
     assert os.readlink(out / "latest") == re.search(r"DIR/latest -> (\S+)", layout)[1]
-    shown = set(re.findall(r"DIR/([\w.]+)", layout)) - {"checkpoints", "latest", "model.safetensors"}
+    # DIR/best: a link of the same form (here to step 250 too: its val loss is below step 0's)
+    assert re.fullmatch(r"checkpoints/step-\d{8}", re.search(r"DIR/best -> (\S+)", layout)[1])
+    assert os.readlink(out / "best") == os.readlink(out / "latest")
+    shown = set(re.findall(r"DIR/([\w.]+)", layout)) - {"checkpoints", "latest", "best", "model.safetensors"}
     assert shown <= {p.name for p in out.iterdir() if not p.is_symlink()}
-    links = {p.name for p in out.iterdir() if p.is_symlink() and p.name != "latest"}
+    links = {p.name for p in out.iterdir() if p.is_symlink() and p.name not in ("latest", "best")}
     assert links == set(re.findall(r"[\w.]+\.(?:safetensors|json)\b", step_files))  # "link through it"
     assert all(os.readlink(out / name) == f"latest/{name}" for name in links)
     assert list(train.read_metrics(out / "metrics.jsonl")[-1]) == fields.split(", ")
