@@ -914,12 +914,11 @@ def test_cli_pretrained_sampling_is_seeded(pretrained_dir, gpt2_tokenizer, capsy
     assert rc == 0
     model = GPT.from_pretrained(directory)
     ids = np.array([gpt2_tokenizer.encode("Hello, how are you?")])
-    rng = np.random.default_rng(5)
     samples = [
         "Hello, how are you?" + gpt2_tokenizer.decode(
             generate(model.params, model.config, ids, 6, 0.7, 50, 0.95, seed=rng)[0, ids.shape[1] :].tolist()
         )
-        for _ in range(2)
+        for rng in np.random.default_rng(5).spawn(2)  # a stream of its own for each sample
     ]  # fmt: skip
     assert out == samples[0] + "\n---------------\n" + samples[1] + "\n"
     assert _run_cli(args, capsys)[1] == out  # same seed, same text
@@ -1234,7 +1233,8 @@ def test_cli_sample_is_generate_from_the_start_token_within_the_tokenizers_vocab
     args = ["sample", "--out", str(directory), "--max-new-tokens", "40", "--seed", "11"]
     rc, out, err = _run_cli(args + (["--stop-at-eos"] if stop_at_eos else []), capsys)
     assert rc == 0, err
-    new = generate(model.params, model.config, np.array([[eot]]), 40, seed=np.random.default_rng(11),
+    rng = np.random.default_rng(11).spawn(1)[0]  # (the CLI's stream for its first sample)
+    new = generate(model.params, model.config, np.array([[eot]]), 40, seed=rng,
                    eos_token=eot if stop_at_eos else None, vocab_limit=tokenizer.vocab_size)[0, 1:].tolist()
     assert eot in new  # else --stop-at-eos would not be tested
     if stop_at_eos:
@@ -1424,3 +1424,86 @@ def test_bench_generate_takes_a_context_filled_to_the_block_size(monkeypatch, ca
 
     _bench_generate_injected(monkeypatch, [{"tinygpt": 1.0, "transformers": 1.0}] * 3)
     assert main([*BENCH_GENERATE_TINY, "--new-tokens", "28", "--repeats", "1"]) == 0  # 4 + 28 = 32
+
+
+# --- stop strings ---------------------------------------------------------------------------------------
+
+
+def _text_before_first_stop(text, stops):
+    """The reference, on the whole text: the shortest prefix that ends with a stop string, less that stop
+    (the longest, if several end there); the whole text if none occurs."""
+    for end in range(1, len(text) + 1):
+        ending = [stop for stop in stops if text[:end].endswith(stop)]
+        if ending:
+            return text[: end - max(map(len, ending))], True
+    return text, False
+
+
+@given(text=st.text(alphabet="ab\n", max_size=30), cuts=st.lists(st.integers(0, 30), max_size=8),
+       stops=st.lists(st.text(alphabet="ab\n", min_size=1, max_size=4), min_size=1, max_size=3))
+@settings(max_examples=300, deadline=None)
+def test_stop_strings_stream_the_text_before_the_first_stop_however_it_is_cut(text, cuts, stops):
+    from tinygpt.generate import StopStrings
+
+    stop = StopStrings(stops)
+    bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
+    streamed = "".join(stop.push(text[a:b]) for a, b in zip(bounds, bounds[1:])) + stop.flush()
+    assert (streamed, stop.stopped) == _text_before_first_stop(text, stops)
+
+
+def test_stop_strings_refuse_what_is_not_a_list_of_texts():
+    from tinygpt.generate import StopStrings
+
+    for bad in ("\n", [], [""], ["a", None], None):  # a str would be its characters, "" every position
+        with pytest.raises(TinyGPTError, match="stop strings must be a list of non-empty strings"):
+            StopStrings(bad)
+
+
+def test_on_token_returning_true_ends_generation(peaked_params):
+    seen = []
+
+    def on_token(ids):
+        seen.append(ids)
+        return len(seen) == 3  # (anything but True, such as a count, goes on)
+
+    out = generate(peaked_params, CONFIG, _prompts(2, 4), 10, seed=0, on_token=on_token)
+    assert out.shape == (2, 4 + 3) and len(seen) == 3
+    np.testing.assert_array_equal(out, generate(peaked_params, CONFIG, _prompts(2, 4), 3, seed=0))
+    counted = generate(peaked_params, CONFIG, _prompts(2, 4), 10, seed=0, on_token=lambda ids: 1)
+    assert counted.shape == (2, 14)
+
+
+def test_cli_sample_stop_ends_each_sample_before_its_first_stop_string(char_run_dir, capsys, monkeypatch):
+    # the same seed with and without --stop: the stopped samples are the full ones cut where a stop string
+    # first ends in their generated text (the prompt's own "o" does not count), and no token is drawn
+    # after it (generate returns as on_token says)
+    import tinygpt.generate as generation
+
+    directory, _, _ = char_run_dir
+    base = ["sample", "--out", str(directory), "--prompt", "hello", "--max-new-tokens", "40", "--seed", "3",
+            "--temperature", "3", "--num-samples", "3"]
+    rc, full, _ = _run_cli(base, capsys)
+    assert rc == 0
+    samples = full.split("---------------\n")
+    assert any("\n" in sample[:-1] for sample in samples)  # so that "\\n" must be read as a newline
+    steps = []
+    real_generate = generation.generate
+    monkeypatch.setattr(generation, "generate", lambda *a, **kw: steps.append(len(
+        out := real_generate(*a, **kw)[0]) - 5) or out)
+    for flags, stops in ((["--stop", "o"], ["o"]), (["--stop", "\\n", "--stop", "ow"], ["\n", "ow"])):
+        steps.clear()
+        rc, stopped, err = _run_cli(base + flags, capsys)
+        assert rc == 0 and err == ""
+        expected = []
+        for sample in samples:
+            generated, _ = _text_before_first_stop(sample[len("hello"):-1], stops)  # (-1: the final newline)
+            expected.append("hello" + generated + "\n")
+        assert stopped.split("---------------\n") == expected
+        assert any(len(sample) < len(full_sample) for sample, full_sample in zip(expected, samples))
+        lengths = [len(sample) - len("hello") - 1 for sample in expected]
+        # each sample ends at its stop's last token: one step per character printed, plus the stop's
+        assert len(steps) == 3
+        assert all(n - length in (0, *map(len, stops)) for n, length in zip(steps, lengths))
+        assert steps != [40] * 3
+    rc, _, err = _run_cli(base + ["--stop", ""], capsys)
+    assert rc == 2 and err == "tinygpt: error: --stop must be a non-empty text\n"

@@ -409,8 +409,12 @@ def _add_sample(sub):
         help="a token already in the prompt or sample: logit / R if positive, x R if negative; before "
         "--temperature, greedy too (1 = off; CTRL suggests 1.2)")
     add("--num-samples", type=int, default=1, metavar="N", help="samples to generate (1)")
-    add("--seed", type=int, default=None, metavar="S", help="sampler seed (default: fresh randomness)")
+    add("--seed", type=int, default=None, metavar="S", help="sampler seed (default: fresh randomness); each "
+        "sample draws from a stream of its own, spawned from it")
     p.add_argument("--stop-at-eos", action="store_true", help="end a sample at <|endoftext|> (GPT-2's)")
+    p.add_argument("--stop", action="append", metavar="TEXT",
+                   help="end a sample where its text (not the prompt's) first holds TEXT, which is not "
+                   "printed; repeatable; \\n, \\t and \\\\ stand for a newline, a tab and a backslash")
     p.add_argument(
         "--backend", choices=_BACKEND_CHOICES, default="numba",
         help="layer backend of the loaded model (numba). Decoding is the NumPy KV-cache path on every "
@@ -449,7 +453,7 @@ def _note_gpt2_tokenizer(directory, description):
 def _run_sample(args):
     import numpy as np
 
-    from tinygpt.generate import StreamDecoder, generate, validate_sampling
+    from tinygpt.generate import StopStrings, StreamDecoder, generate, validate_sampling
 
     # before the (slow) model load
     validate_sampling(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
@@ -461,6 +465,9 @@ def _run_sample(args):
         raise TinyGPTError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.out is not None and not args.out.strip():  # not ./out in its place
         raise TinyGPTError("--out must name a directory, got an empty string")
+    stops = [_unescape_stop(text) for text in args.stop or []]
+    if any(not stop for stop in stops):
+        raise TinyGPTError("--stop must be a non-empty text")
     prompt = args.prompt
     if args.prompt_file is not None:
         prompt = _tokenizer_read_utf8(args.prompt_file)  # not UTF-8 -> one-line error
@@ -484,21 +491,33 @@ def _run_sample(args):
         raise TinyGPTError("this tokenizer has no start token: give a --prompt")
     # a model padded past its tokenizer (nanoGPT-style 50304) must not draw the padding ids: they have no text
     vocab_limit = tokenizer.vocab_size if tokenizer.vocab_size < model.config.vocab_size else None
-    rng = np.random.default_rng(args.seed)  # one stream for all samples: sample i depends on the seed alone
-    for i in range(args.num_samples):
+    # a stream of its own for each sample (spawned from the seed): sample i depends on the seed and i alone,
+    # not on how many draws the samples before it made (--stop and --stop-at-eos end them early)
+    rngs = np.random.default_rng(args.seed).spawn(args.num_samples)
+    for i, rng in enumerate(rngs):
         _write_utf8((_SAMPLE_SEPARATOR + "\n" if i else "") + prompt)
         decoder = StreamDecoder(tokenizer)
+        stop = StopStrings(stops) if stops else None
 
-        def show(new_ids, decoder=decoder):
+        def show(new_ids, decoder=decoder, stop=stop):
             if eos is not None and new_ids[0] == eos:
-                return  # the sample ends here; the stop token itself is not text
-            _write_utf8(decoder.push(new_ids[0]))
+                return False  # the sample ends here; the stop token itself is not text
+            text = decoder.push(new_ids[0])
+            _write_utf8(stop.push(text) if stop else text)
+            return stop is not None and stop.stopped  # True ends generation: no token is drawn for nothing
 
         generate(model.host_params(), model.config, np.array([ids]), args.max_new_tokens,
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=rng, eos_token=eos,
                  on_token=show, vocab_limit=vocab_limit, min_p=args.min_p,
                  repetition_penalty=args.repetition_penalty, backend=model.ops.name)  # fmt: skip
-        _write_utf8(decoder.flush() + "\n")
+        tail = decoder.flush()
+        _write_utf8((stop.push(tail) + stop.flush() if stop else tail) + "\n")
+
+
+def _unescape_stop(text: str) -> str:
+    """``--stop``'s text with ``\\n``, ``\\t``, ``\\r`` and ``\\\\`` read as the characters they stand for
+    (a shell passes a typed newline awkwardly); any other backslash stays as it is."""
+    return re.sub(r"\\([ntr\\])", lambda m: {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[m.group(1)], text)
 
 
 # --- finetune / predict (issue 8) ------------------------------------------------------------------

@@ -65,6 +65,7 @@ __all__ = [
     "forward_uncached",
     "generate",
     "StreamDecoder",
+    "StopStrings",
 ]
 
 # Below this many decode steps the (C, V) copy of wte for the LM head costs more than it saves (see
@@ -563,7 +564,8 @@ def generate(
     - ``seed``: an int or a ``numpy.random.Generator`` (drawn from and advanced); None draws fresh entropy.
     - ``eos_token``: a row that produces it is finished; its later positions are filled with eos_token
       (the padding), and generation stops early, n < max_new_tokens, once every row has finished.
-    - ``on_token(ids)`` is called after every step with the (B,) new tokens, for streaming.
+    - ``on_token(ids)`` is called after every step with the (B,) new tokens, for streaming; when it returns
+      True generation ends there, for every row (``tinygpt sample --stop`` ends on a stop string so).
     - ``use_cache=False`` recomputes the full forward (``forward_uncached``) for every token: the reference
       the KV cache must match, and the baseline of its speed-up.
     - ``vocab_limit``: sample only ids below it, for a model whose vocabulary was padded past its
@@ -633,8 +635,8 @@ def generate(
         if penalize:
             seen[np.arange(B), next_ids] = True
         n += 1
-        if on_token is not None:
-            on_token(next_ids.copy())
+        if on_token is not None and on_token(next_ids.copy()) is True:
+            break
         if eos_token is not None and finished.all():
             break
     return out[:, :n]
@@ -672,3 +674,49 @@ class StreamDecoder:
     def flush(self):
         """End the stream: return what is still held back (U+FFFD for an unfinished character)."""
         return self._utf8.decode(b"", final=True)
+
+
+class StopStrings:
+    """Streamed text in, the text before the first stop string out: what ``tinygpt sample --stop`` prints.
+
+    The text ends where a stop string is first completed (the earliest end; of two ending there, the
+    longer), and the stop string itself is not returned. Streaming, a push may end inside what could
+    become a stop string: that tail is held back until later text completes the stop string (dropped) or
+    rules it out (returned); ``flush()`` returns what is held at the end. The concatenation of the pushes
+    and the flush depends only on the text, not on how it was cut into pushes.
+
+    Example: at a blank line; the first push's newline is held back, the last push completes the stop:
+
+    >>> stop = StopStrings(["\\n\\n"])
+    >>> stop.push("To be,\\n"), stop.push("or not"), stop.push("\\n\\nNext"), stop.stopped, stop.flush()
+    ('To be,', '\\nor not', '', True, '')
+    """
+
+    def __init__(self, stops):
+        self.stops = list(stops) if isinstance(stops, (list, tuple)) else None  # (a str: its characters)
+        if not self.stops or not all(isinstance(stop, str) and stop for stop in self.stops):
+            raise TinyGPTError(f"stop strings must be a list of non-empty strings, got {stops!r:.80}")
+        self.stopped = False
+        self._held = ""
+
+    def push(self, text: str) -> str:
+        """Add text; return the part of it (and of what was held) now known to come before any stop."""
+        if self.stopped:
+            return ""
+        text = self._held + text
+        # the stop completed first: the earliest end, then the earliest start (a longer one ending there);
+        # none can end inside the held part, which is shorter than every stop it is a prefix of
+        ends = [(i + len(stop), i) for stop in self.stops if (i := text.find(stop)) >= 0]
+        if ends:
+            self.stopped, self._held = True, ""
+            return text[: min(ends)[1]]
+        # hold back the longest tail that begins some stop string: the next push may complete it
+        held = max((k for stop in self.stops for k in range(1, min(len(stop), len(text) + 1))
+                    if text.endswith(stop[:k])), default=0)
+        self._held = text[len(text) - held :]
+        return text[: len(text) - held]
+
+    def flush(self) -> str:
+        """End the stream: return the held tail (no stop string came to complete it)."""
+        held, self._held = self._held, ""
+        return "" if self.stopped else held
