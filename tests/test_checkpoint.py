@@ -150,6 +150,21 @@ def test_a_new_runs_first_save_drops_an_earlier_runs_best(tmp_path):
     assert os.readlink(tmp_path / "best") == "checkpoints/step-00000001"
 
 
+def test_a_best_link_spelled_another_way_still_keeps_its_checkpoint(tmp_path):
+    # a link the user made by hand (absolute, or ./checkpoints/..., or with a trailing slash) names the
+    # same checkpoint as ours: pruning went by the link's text and deleted it, leaving `best` dangling
+    model, opt = _trained()
+    for i, spelling in enumerate(("{root}/step-00000001", "./checkpoints/step-00000001",
+                                  "checkpoints/step-00000001/")):
+        run = tmp_path / f"run{i}"
+        _save(run, model, opt, 1, best=True)
+        (run / "best").unlink()
+        (run / "best").symlink_to(spelling.format(root=(run / "checkpoints").resolve()))
+        _save(run, model, opt, 2)
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
+        assert load_checkpoint(run / "best").state["step"] == 1, spelling
+
+
 def test_a_best_of_the_users_is_refused_before_anything_is_written(tmp_path):
     model, opt = _trained()
     (tmp_path / "new").mkdir()

@@ -177,12 +177,21 @@ def check_latest_is_a_link(out_dir: str | os.PathLike) -> None:
 
 
 def best_checkpoint_name(out_dir: str | os.PathLike) -> str | None:
-    """The name in ``checkpoints/`` that ``out_dir/best`` points to (``"step-00000150"``), or None."""
+    """The name in ``checkpoints/`` that ``out_dir/best`` points to (``"step-00000150"``), or None.
+
+    Where the link leads, not how it is spelled: one made by hand (absolute, ``./checkpoints/...``) names
+    the same checkpoint, which pruning must keep.
+    """
     best = Path(out_dir) / BEST
     if not best.is_symlink():
         return None
-    parent, _, name = os.readlink(best).rpartition("/")
-    return name if parent == CHECKPOINTS and _OUR_CHECKPOINT_ENTRY.fullmatch(name) else None
+    try:
+        target = best.resolve()
+    except (RuntimeError, OSError):  # a link that loops (Python < 3.13 raises) names no checkpoint
+        return None
+    if target.parent != (Path(out_dir) / CHECKPOINTS).resolve():
+        return None
+    return target.name if _OUR_CHECKPOINT_ENTRY.fullmatch(target.name) else None
 
 
 def repair_best_link(out_dir: str | os.PathLike, state: dict) -> None:
