@@ -459,6 +459,24 @@ def test_resaving_the_live_step_with_a_relative_dir_never_removes_it_first(tmp_p
     assert load_checkpoint(tmp_path / "run").state["step"] == 1
 
 
+def test_resaving_the_step_best_names_never_removes_or_rewrites_the_best(tmp_path):
+    # step 1 a best, then saved twice more, not as a best: the second re-save took step-00000001 for a
+    # leftover (it is not what latest names) and deleted it, then published the new, not-best checkpoint
+    # under that name, so `best` named it (and nothing at all in between)
+    model, opt = _trained()
+    _save(tmp_path, model, opt, 1, best=True)
+    best_state = (tmp_path / "checkpoints" / "step-00000001" / "state.json").read_bytes()
+    for _ in range(2):
+        _save(tmp_path, model, opt, 1)
+        assert os.readlink(tmp_path / "best") == "checkpoints/step-00000001"
+        assert (tmp_path / "best" / "state.json").read_bytes() == best_state
+        assert os.readlink(tmp_path / "latest") != "checkpoints/step-00000001"
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 2  # the best and the latest re-save
+    _save(tmp_path, model, opt, 1, best=True)  # a re-save that is the best: both links name it, alone
+    assert os.readlink(tmp_path / "best") == os.readlink(tmp_path / "latest")
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 1
+
+
 def test_atomic_writes_get_the_mode_open_would_give_or_keep_the_old_one(tmp_path):
     # mkstemp's 0600 leaked into tokenizer files, save_pretrained's weights, token caches, metrics.jsonl
     import stat

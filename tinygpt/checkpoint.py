@@ -25,10 +25,11 @@ fresh temporary directory, every file and the directory are fsynced, the directo
 before the swap readers see the old checkpoint, after it the new one; a save that is the best evaluation
 so far swaps ``best`` the same way, just after. Only then are older step directories deleted, all but the
 two the links name (only names this module writes: anything else the user puts there stays). A crash
-at any instant leaves ``latest`` pointing at a complete directory; stray temporary or older directories
-are cleaned up by the next save. ``state.json`` is written last and records each file's size and sha256,
-which :func:`load_checkpoint` verifies, so damage done later (a truncated copy, a disk error) is reported
-as a corrupt checkpoint rather than loaded.
+at any instant leaves ``latest`` pointing at a complete directory, and ``best`` too (at the previous best
+if it fell between the two swaps); stray temporary or older directories are cleaned up by the next save.
+``state.json`` is written last and records each file's size and sha256, which :func:`load_checkpoint`
+verifies, so damage done later (a truncated copy, a disk error) is reported as a corrupt checkpoint rather
+than loaded.
 """
 
 from __future__ import annotations
@@ -344,10 +345,12 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, tra
         _give_usual_permissions(tmp)
         _fsync_path(tmp)
         # 2. publish the directory under its final name (atomic rename)
-        if final.exists() and final != current:
+        live = final == current or final.name == best_checkpoint_name(out_dir)
+        if final.exists() and not live:
             shutil.rmtree(final)  # leftover of a crash after the rename but before the pointer swap
-        if final == current:
-            # Re-saving the step we already point at: publish under a new name, never touch the live one.
+        if live:
+            # Re-saving a step a link names (latest, or best after an earlier re-save moved latest on):
+            # publish under a new name, never touch the checkpoint the link names.
             final = ckpt_root / f"step-{step:08d}-{os.getpid()}-{tmp.name[-6:]}"
         os.rename(tmp, final)
         _fsync_path(ckpt_root)
