@@ -1434,3 +1434,23 @@ def test_a_resume_after_a_crash_between_the_two_link_swaps_ends_with_the_uninter
     assert os.readlink(part / "best") == os.readlink(tmp_path / "full" / "best")
     assert os.readlink(part / "best") == "checkpoints/step-00000006"
     assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["step-00000006", "step-00000010"]
+
+
+def test_a_resume_refuses_a_best_that_is_not_a_link_before_training(corpus, tmp_path, monkeypatch):
+    # `best` replaced by a copy of its checkpoint (latest still a link): the first save of the resumed run
+    # refused it, after the steps up to that evaluation were trained (its metrics row already written)
+    out = tmp_path / "run"
+    _scripted_val_losses(monkeypatch, out, [3.0, 2.0, 2.5])
+    training.train(_config(corpus, out, max_iters=4, eval_interval=2), quiet=True)
+    monkeypatch.undo()
+    assert os.readlink(out / "best") == "checkpoints/step-00000002"  # not the latest, so no repair
+    target = (out / "best").resolve()
+    (out / "best").unlink()
+    shutil.copytree(target, out / "best")
+    before = _rows(out)
+    with pytest.raises(TinyGPTError, match="best is a directory, not the link tinygpt keeps to the best "
+                                           "checkpoint"):
+        training.train(training.TrainConfig(out=str(out)), resume=True, quiet=True,
+                       overrides={"max_iters": 8})
+    assert _rows(out) == before
+    assert load_checkpoint(out).state["step"] == 4

@@ -458,6 +458,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
 
     from tinygpt.checkpoint import (
         LATEST,
+        check_latest_is_a_link,
         check_metrics_are_ours,
         check_new_run_dir,
         checkpoint_path,
@@ -486,6 +487,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         if not (out / LATEST).is_symlink() and (out / "state.json").is_file():
             raise TinyGPTError(f"{out} is a checkpoint, not a training run: --resume takes the run's "
                                f"directory (the one with the {LATEST!r} link), which it writes into")
+        check_latest_is_a_link(out)  # a `best` that is a directory: refused now, not at the first save
         from tinygpt.finetune import is_classifier_dir
 
         if is_classifier_dir(out):  # its saved settings are a classifier's, not a language model's
