@@ -11,7 +11,8 @@ The loop, in the order it runs (nanoGPT's ``train.py``, without the distributed 
         optimizer.step(grads, lr)                           AdamW, in place
         every eval_interval steps (and at the end):         mean train / val loss over eval_iters batches,
             one row -> DIR/metrics.jsonl, then a checkpoint (tinygpt.checkpoint, atomic); DIR/best
-            names the checkpoint of the lowest val loss (nanoGPT keeps only that one; we keep both)
+            names the checkpoint of the lowest val loss (nanoGPT keeps only that one with
+            always_save_checkpoint = False, only the latest by default; we keep both)
 
 Exact resume: the checkpoint holds the weights, the AdamW moments, the step, the batch sampler's RNG state
 and the dropout RNG state. Evaluation draws its batches from its own fixed-seed generator (the same
