@@ -393,9 +393,14 @@ def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(corpus, t
         proc.wait()
         stderr = proc.stderr.read().decode()
         assert "Traceback" not in stderr, stderr
-        # a save was under way if a temporary or an unpublished step directory is left over
-        mid_save += len(list((out / "checkpoints").iterdir())) > 1
+        # a save was under way if a temporary or an unpublished step directory is left over (besides the
+        # two the links name: the best is kept while newer checkpoints replace one another)
+        named = {os.readlink(out / link).rpartition("/")[2] for link in ("latest", "best")
+                 if (out / link).is_symlink()}
+        mid_save += bool({p.name for p in (out / "checkpoints").iterdir()} - named)
         steps.append(load_checkpoint(out).state["step"])  # must always load
+        if (out / "best").is_symlink():  # (absent only if the first save was killed before naming it)
+            load_checkpoint(out / "best")  # must always load too
     assert steps == sorted(steps) and steps[0] > 0, steps  # progress, never backwards
     assert mid_save > 0  # at least one kill landed inside a checkpoint write
     # Finish the run and compare with one never interrupted: the same metrics, row for row.
@@ -403,6 +408,7 @@ def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(corpus, t
     assert main(train_args(tmp_path / "clean")) == 0
     assert _rows(out) == _rows(tmp_path / "clean")
     assert [r["step"] for r in _rows(out)] == list(range(61))
+    assert os.readlink(out / "best") == os.readlink(tmp_path / "clean" / "best")
 
 
 def test_cli_eval_prints_loss_perplexity_and_bits_per_byte(corpus, tmp_path, capsys):
