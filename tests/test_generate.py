@@ -1043,6 +1043,8 @@ def test_cli_sample_loads_the_model_with_the_backend_asked_for(char_run_dir, mon
     rc, _, err = _run_cli(["sample", "--out", str(directory), "--max-new-tokens", "2", "--backend", "numba"],
                           capsys)  # fmt: skip
     assert rc == 0 and asked == ["numba"], err
+    rc, _, err = _run_cli(["sample", "--out", str(directory), "--max-new-tokens", "2"], capsys)
+    assert rc == 0 and asked == ["numba", "numpy"], err  # by default: nothing compiled for a tanh model
 
 
 def test_cli_sample_refuses_a_tokenizer_larger_than_its_model(tmp_path, capsys, monkeypatch):

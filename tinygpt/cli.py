@@ -416,9 +416,10 @@ def _add_sample(sub):
                    help="end a sample where its text (not the prompt's) first holds TEXT, which is not "
                    "printed; repeatable; \\n, \\t and \\\\ stand for a newline, a tab and a backslash")
     p.add_argument(
-        "--backend", choices=_BACKEND_CHOICES, default="numba",
-        help="layer backend of the loaded model (numba). Decoding is the NumPy KV-cache path on every "
-        "backend; any but numpy lends it the compiled exact GELU of nanoGPT's checkpoints, 10x NumPy's",
+        "--backend", choices=_BACKEND_CHOICES, default=None,
+        help="layer backend of the loaded model. Decoding is the NumPy KV-cache path on every backend; any "
+        "but numpy lends it the compiled exact GELU of nanoGPT's checkpoints, 10x NumPy's (default: numpy, "
+        "and numba's GELU for a model with the exact one)",
     )  # fmt: skip
     p.set_defaults(func=_run_sample)
 
@@ -474,9 +475,12 @@ def _run_sample(args):
     if args.pretrained is None:
         from tinygpt.checkpoint import load_model
 
-        model, tokenizer = load_model(args.out or "out", backend=args.backend)
+        model, tokenizer = load_model(args.out or "out", backend=args.backend or "numpy")
     else:
-        model, tokenizer = _load_pretrained_for_sampling(args.pretrained, args.backend)
+        model, tokenizer = _load_pretrained_for_sampling(args.pretrained, args.backend or "numpy")
+    # the decoder's backend: the one asked for, else the compiled kernel where it pays, the exact GELU
+    # (importing Numba costs about a second, which a tanh model would spend for nothing)
+    decoding = model.ops.name if args.backend else "numba" if model.config.gelu == "erf" else "numpy"
     # (a tokenizer larger than its model is refused by both loads: load_checkpoint, load_gpt2_dir)
     eos = None
     if args.stop_at_eos:
@@ -509,7 +513,7 @@ def _run_sample(args):
         generate(model.host_params(), model.config, np.array([ids]), args.max_new_tokens,
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=rng, eos_token=eos,
                  on_token=show, vocab_limit=vocab_limit, min_p=args.min_p,
-                 repetition_penalty=args.repetition_penalty, backend=model.ops.name)  # fmt: skip
+                 repetition_penalty=args.repetition_penalty, backend=decoding)  # fmt: skip
         tail = decoder.flush()
         _write_utf8((stop.push(tail) + stop.flush() if stop else tail) + "\n")
 

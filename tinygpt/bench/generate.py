@@ -44,7 +44,7 @@ def add_arguments(parser):
                         help="the MLP's GELU: GPT-2's tanh form (tanh), or x Phi(x), nanoGPT's (erf)")
     parser.add_argument("--backend", choices=("numpy", "numba"), default="numba",
                         help="the model's backend, as `tinygpt sample --backend` (numba): the decoder is "
-                        "NumPy's on both, numba lends it the compiled exact GELU")
+                        "NumPy's on both, numba lends it the compiled exact GELU (--gelu erf)")
 
 
 def build_models(config, seed=0, with_peer=True):
