@@ -1099,6 +1099,11 @@ def test_metrics_with_bytes_that_are_not_utf8_or_losses_that_are_not_numbers(cor
         '{"step": true}\n{"step": -1}\n{"step": 1%s}\n{"step": 0, "train_loss": 1.0}\n' % ("0" * 400))
     assert [r["step"] for r in training.read_metrics(tmp_path / "hand" / "metrics.jsonl")] == [0]
     assert main(["plot", str(tmp_path / "hand")]) == 0, capsys.readouterr().err
+    # a 400-digit loss, an int float() cannot take, was an OverflowError traceback in plot: it is a gap too
+    big = "1" + "0" * 400
+    (tmp_path / "hand" / "metrics.jsonl").write_text(f'{{"step": 0, "train_loss": {big}, "val_loss": 2.0}}\n'
+                                                     f'{{"step": 1, "train_loss": 1.0, "val_loss": {big}}}\n')
+    assert main(["plot", str(tmp_path / "hand")]) == 0, capsys.readouterr().err
 
 
 def test_a_new_run_keeps_an_earlier_checkpoint_whose_latest_link_is_gone(corpus, tmp_path, capsys):

@@ -744,9 +744,14 @@ def plot_metrics(out_dir: str | os.PathLike, path: str | os.PathLike | None = No
     ax = fig.add_subplot()
     steps = [r["step"] for r in rows]
 
-    def loss(row, key):  # a missing or hand-edited value (null, "x") is a gap in the curve
+    def loss(row, key):  # a missing or hand-edited value (null, "x", 400 digits) is a gap in the curve
         value = row.get(key)
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return math.nan
+        try:
+            return float(value)
+        except OverflowError:  # an int past float's range
+            return math.nan
 
     for key, label in (("train_loss", "train"), ("val_loss", "val")):
         ax.plot(steps, [loss(r, key) for r in rows], marker="o", markersize=3, label=label)
