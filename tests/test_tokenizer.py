@@ -891,6 +891,11 @@ def test_bad_training_input():
         BPETokenizer.train("hello", vocab_size=300.0)
     with pytest.raises(TinyGPTError, match="must be a str, got bytes"):
         BPETokenizer.train(b"hello", vocab_size=300)
+    # one string iterated as a list: "€ü" silently made the two special tokens "€" and "ü"
+    with pytest.raises(TinyGPTError, match="special_tokens must be a list of strings, got '€ü'"):
+        BPETokenizer.train("hello", vocab_size=300, special_tokens="€ü")
+    # a NumPy integer is an integer everywhere else (errors.is_int): np.int64(260) was refused here
+    assert BPETokenizer.train("hello hello", vocab_size=np.int64(260)).vocab_size == 260
     with pytest.raises(TinyGPTError, match="unknown split pattern name 'gpt3'"):
         BPETokenizer.train("hello", vocab_size=300, pattern="gpt3")
     with pytest.raises(TinyGPTError, match="not a valid regex"):

@@ -489,12 +489,13 @@ class BPETokenizer:
         """
         if not isinstance(text, str):
             raise TinyGPTError(f"training text must be a str, got {type(text).__name__}")
+        if isinstance(special_tokens, (str, bytes)):  # one string is not a list of them: "€ü" made two
+            raise TinyGPTError(f"special_tokens must be a list of strings, got {special_tokens!r}")
         special_tokens = list(special_tokens or [])
         distinct = len(set(special_tokens)) == len(special_tokens)
         if not distinct or not all(isinstance(s, str) and s for s in special_tokens):
             raise TinyGPTError("special_tokens must be distinct non-empty strings")
-        is_int = isinstance(vocab_size, int) and not isinstance(vocab_size, bool)
-        if not is_int or vocab_size < 256 + len(special_tokens):
+        if not is_int(vocab_size) or vocab_size < 256 + len(special_tokens):  # (NumPy's integers too)
             raise TinyGPTError(
                 f"vocab_size must be an int >= 256 + {len(special_tokens)} special tokens, got {vocab_size!r}"
             )
@@ -510,7 +511,7 @@ class BPETokenizer:
             if sum(map(len, chunks)) != len(piece):
                 raise TinyGPTError(_SKIPPING_PATTERN)
             chunk_counts.update(chunks)
-        merges = _learn_merges(chunk_counts, vocab_size - 256 - len(special_tokens))
+        merges = _learn_merges(chunk_counts, int(vocab_size) - 256 - len(special_tokens))
         specials = {s: 256 + len(merges) + i for i, s in enumerate(special_tokens)}
         return cls(merges, pattern=splitter.pattern_name or splitter.pattern, special_tokens=specials)
 
