@@ -384,6 +384,22 @@ def test_missing_weights_raise(params64):
         generate(broken, CONFIG, _prompts(1, 2), 1)
 
 
+def test_misshapen_or_non_float_weights_and_a_config_that_is_not_one_raise(params64):
+    # each was NumPy's or Python's own error from inside the first decoding step
+    C = CONFIG.n_embd
+    for name, value, message in [
+            ("h.0.attn.c_attn.weight", params64["h.0.attn.c_attn.weight"].T, rf"\({3 * C}, {C}\), the config "
+             rf"says \({C}, {3 * C}\)"),  # transposed: a reshape error
+            ("h.1.mlp.c_fc.bias", np.zeros(3), r"c_fc.bias'\] has shape \(3,\)"),  # a broadcast error
+            ("wte.weight", params64["wte.weight"].astype(np.int64),
+             "floating-point NumPy array, got an array of int64"),  # a casting error
+            ("ln_f.weight", params64["ln_f.weight"].tolist(), "floating-point NumPy array, got list")]:
+        with pytest.raises(TinyGPTError, match=message):
+            generate({**params64, name: value}, CONFIG, _prompts(1, 2), 1)
+    with pytest.raises(TinyGPTError, match="config must be a GPTConfig, got dict"):
+        generate(params64, CONFIG.to_dict(), _prompts(1, 2), 1)
+
+
 # --- sampling filters on given logits ---------------------------------------------------------------
 
 

@@ -49,6 +49,7 @@ from tinygpt.layers import (
     layernorm_forward,
     linear_forward,
 )
+from tinygpt.model import GPTConfig, param_shapes
 
 __all__ = [
     "validate_sampling",
@@ -350,6 +351,10 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None, min_p=None
 
 
 def _check_params(params, config):
+    if not isinstance(config, GPTConfig):  # (a dict, say: an AttributeError on n_layer)
+        raise TinyGPTError(f"config must be a GPTConfig, got {type(config).__name__}")
+    if not isinstance(params, dict):
+        raise TinyGPTError(f"params must be a dict of name -> array, got {type(params).__name__}")
     required = ["wte.weight", "wpe.weight", "ln_f.weight"]
     for i in range(config.n_layer):
         required += [f"h.{i}.{name}.weight" for name in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2")]
@@ -366,6 +371,19 @@ def _check_params(params, config):
     if len(wpe_shape) != 2 or wpe_shape[0] < config.block_size or wpe_shape[1] != config.n_embd:
         raise TinyGPTError(f"wpe.weight has shape {wpe_shape}: too few positions or the wrong width for "
                            f"block_size {config.block_size}, n_embd {config.n_embd}")
+    # every other weight and bias there (biases are used where present) against the config's shapes, and
+    # floating point: a transposed c_attn or a short bias was NumPy's reshape or broadcast error mid-step,
+    # integer weights a casting error, a list an AttributeError
+    expected = param_shapes(GPTConfig(**{**config.to_dict(), "bias": True}))
+    for name, shape in expected.items():
+        if name not in params:
+            continue
+        value = params[name]
+        if not (isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating)):
+            kind = f"an array of {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
+            raise TinyGPTError(f"params[{name!r}] must be a floating-point NumPy array, got {kind}")
+        if name != "wpe.weight" and value.shape != shape:
+            raise TinyGPTError(f"params[{name!r}] has shape {value.shape}, the config says {shape}")
 
 
 def new_kv_cache(config, batch_size, dtype=np.float32):
