@@ -1405,3 +1405,7 @@ def test_bench_tokenizer_repeats_below_one_is_one_line_exit_2(tmp_path, capsys):
     corpus.write_text("some text\n", encoding="utf-8")
     assert main(["bench", "tokenizer", "--data", str(corpus), "--repeats", "0"]) == 2
     assert capsys.readouterr().err == "tinygpt: error: --repeats must be >= 1, got 0\n"
+    # a --vocab-size below the bytes' 256 was refused by the first timed training, after the header
+    assert main(["bench", "tokenizer", "--data", str(corpus), "--vocab-size", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "tinygpt: error: --vocab-size must be >= 256 (one token per byte), got 0\n")

@@ -94,6 +94,8 @@ def run(args):
     n_bytes = len(text.encode("utf-8"))
     if args.repeats < 1:
         raise TinyGPTError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.vocab_size < 256:  # refused here, not by the first timed training, after the header was printed
+        raise TinyGPTError(f"--vocab-size must be >= 256 (one token per byte), got {args.vocab_size}")
     print(f"corpus {path} ({n_bytes / 1e6:.2f} MB), vocab {args.vocab_size}, median of {args.repeats} runs")
 
     # --- training ---
