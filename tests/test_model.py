@@ -485,6 +485,17 @@ def test_bad_constructor_arguments():
         with pytest.raises(TinyGPTError, match="seed"):
             GPT(GPTConfig(**TINY), seed=seed)
     assert GPT(GPTConfig(**TINY), seed=np.int64(3)).params["wte.weight"].shape == (11, 8)
+    # a dtype name NumPy does not know, and weights or a head's gradient that are not numbers, were NumPy's
+    # TypeError and ValueError
+    with pytest.raises(TinyGPTError, match="dtype must be float32 or float64, got 'no-such-type'"):
+        GPT(GPTConfig(**TINY), dtype="no-such-type")
+    params = {name: np.full(p.shape, "x") for name, p in GPT(GPTConfig(**TINY)).params.items()}
+    with pytest.raises(TinyGPTError, match=r"\['wte.weight'\] must be an array of numbers, got an array of"):
+        GPT(GPTConfig(**TINY), params=params)
+    model = GPT(GPTConfig(**TINY))
+    model.forward_hidden(np.zeros((1, 2), int))
+    with pytest.raises(TinyGPTError, match="dhidden must be an array of numbers, got str"):
+        model.backward_hidden("x")
 
 
 def test_a_model_whose_weights_alone_exceed_the_memory_is_refused_before_any_allocation():

@@ -258,7 +258,10 @@ class GPT:
         # (None, -1 or 1.5 reached NumPy's SeedSequence: a TypeError or ValueError from inside it)
         if not is_int(seed) or seed < 0:
             raise TinyGPTError(f"seed must be a non-negative integer, got {seed!r}")
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:  # a name NumPy does not know ("float", "f4" and np.float32 it does)
+            raise TinyGPTError(f"dtype must be float32 or float64, got {dtype!r}") from None
         if dtype not in (np.float32, np.float64):
             raise TinyGPTError(f"dtype must be float32 or float64, got {dtype}")
         self.config = config
@@ -392,7 +395,11 @@ class GPT:
         if not (isinstance(self._tape, tuple) and self._tape[0] == "hidden"):
             raise TinyGPTError("backward_hidden() needs a forward_hidden(idx) first (once per forward)")
         _, tape, shape = self._tape
-        dhidden = np.asarray(dhidden, dtype=self.dtype)  # the head's gradient, on the host
+        try:
+            dhidden = np.asarray(dhidden, dtype=self.dtype)  # the head's gradient, on the host
+        except (TypeError, ValueError):  # strings, None: NumPy's conversion error
+            raise TinyGPTError(f"backward_hidden: dhidden must be an array of numbers, got "
+                               f"{type(dhidden).__name__}") from None
         if dhidden.shape != shape:
             raise TinyGPTError(f"backward_hidden: dhidden has shape {dhidden.shape}, expected (B, T, C) = "
                                f"{shape}, the shape of forward_hidden's output")
@@ -642,7 +649,12 @@ def _checked_params(params, config: GPTConfig, dtype) -> dict[str, np.ndarray]:
         raise TinyGPTError(f"params do not match the config: missing or unexpected {', '.join(problems)}")
     out = {}
     for name, shape in expected.items():  # checkpoint order
-        array = np.ascontiguousarray(params[name], dtype=dtype)
+        try:
+            array = np.ascontiguousarray(params[name], dtype=dtype)
+        except (TypeError, ValueError):  # strings, None: NumPy's conversion error
+            value = params[name]
+            kind = f"an array of {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
+            raise TinyGPTError(f"params[{name!r}] must be an array of numbers, got {kind}") from None
         if array.shape != shape:
             raise TinyGPTError(f"params[{name!r}] has shape {array.shape}, expected {shape}")
         out[name] = array
