@@ -396,6 +396,9 @@ def test_step_refuses_missing_or_misshapen_grads_before_updating_anything():
     for lr in (float("nan"), -1.0):  # the constructor refuses these; a schedule's may come per step
         with pytest.raises(TinyGPTError, match="AdamW.step: learning rate must be >= 0"):
             opt.step({"w": np.ones((2, 3)), "b": b}, lr=lr)
+    for lr in ("x", "0.1"):  # float()'s ValueError, and a string taken as a rate (the constructor refuses it)
+        with pytest.raises(TinyGPTError, match="AdamW.step: lr must be a number"):
+            opt.step({"w": np.ones((2, 3)), "b": b}, lr=lr)
     assert opt.step_count == 0
     np.testing.assert_array_equal(params["w"], np.ones((2, 3)))
     np.testing.assert_array_equal(params["b"], np.zeros(3))

@@ -98,6 +98,8 @@ class AdamW:
 
     def step(self, grads: dict[str, np.ndarray], lr: float | None = None) -> None:
         """One update of every parameter from ``grads`` (same keys); ``lr`` overrides ``self.lr``."""
+        if lr is not None and not is_number(lr):  # ("x" was float()'s ValueError, "1e-3" taken as a number)
+            raise TinyGPTError(f"AdamW.step: lr must be a number, got {lr!r}")
         lr = self.lr if lr is None else float(lr)
         if not lr >= 0.0:  # the constructor's rule: a nan or negative rate from a schedule moved every weight
             raise TinyGPTError(f"AdamW.step: learning rate must be >= 0, got {lr}")
