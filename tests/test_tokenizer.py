@@ -904,6 +904,10 @@ def test_bad_training_input():
         BPETokenizer.train("hello", vocab_size=300, special_tokens=["<a>", "<a>"])
     with pytest.raises(TinyGPTError, match="must be a str, got int"):
         CharTokenizer.train(3)
+    for chars in (3, None):  # list()'s TypeError
+        with pytest.raises(TinyGPTError, match="needs a string or list of characters"):
+            CharTokenizer(chars)
+    assert CharTokenizer("ab").chars == CharTokenizer(("a", "b")).chars == ["a", "b"]
 
 
 def test_bad_encode_decode_input(gpt2):

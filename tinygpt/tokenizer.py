@@ -766,7 +766,11 @@ class CharTokenizer:
     """
 
     def __init__(self, chars):
-        chars = list(chars)
+        try:
+            chars = list(chars)
+        except TypeError:  # an int or None: list()'s own error
+            raise TinyGPTError(f"a character tokenizer needs a string or list of characters, got "
+                               f"{type(chars).__name__}") from None
         if not chars or not all(isinstance(c, str) and len(c) == 1 for c in chars):
             raise TinyGPTError("a character tokenizer needs a non-empty list of single characters")
         if len(set(chars)) != len(chars):
