@@ -369,6 +369,11 @@ def test_a_1d_prompt_is_a_batch_of_one(peaked_params):
         (dict(idx=[[1, 2], [3]]), "rows differ in length"),  # these three raised NumPy's own errors
         (dict(seed=-1), "seed"),
         (dict(seed=1.5), "seed"),
+        # integers past float's range: isfinite's OverflowError, and one too long to print a ValueError
+        (dict(temperature=10**400), "temperature must be a finite number >= 0 .*<an integer of 1,329 bits>"),
+        (dict(repetition_penalty=10**400), "repetition_penalty must be a finite number > 0"),
+        (dict(top_p=10**5000), r"top_p must be in \(0, 1\] \(1 = off\), got <an integer of"),
+        (dict(min_p=10**5000), r"min_p must be in \[0, 1\] \(0 or None = off\), got <an integer of"),
     ],
 )
 def test_bad_arguments_raise(params64, kwargs, message):

@@ -39,7 +39,7 @@ import numbers
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError, is_int, is_number
+from tinygpt.errors import TinyGPTError, is_int, is_number, shown
 from tinygpt.kernels import BACKENDS, checked_token_ids
 from tinygpt.layers import (
     attention_forward,
@@ -84,8 +84,8 @@ def validate_sampling(temperature=1.0, top_k=None, top_p=None, min_p=None, repet
     min_p is None or in [0, 1], and repetition_penalty is None or a finite number > 0."""
     if not is_number(temperature):
         raise TinyGPTError(f"temperature must be a number >= 0, got {temperature!r}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise TinyGPTError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if not (_finite(temperature) and temperature >= 0):
+        raise TinyGPTError(f"temperature must be a finite number >= 0 (0 = greedy), got {shown(temperature)}")
     if top_k is not None:
         if not is_int(top_k):
             raise TinyGPTError(f"top_k must be an integer >= 0 (0 or None = off), got {top_k!r}")
@@ -95,19 +95,26 @@ def validate_sampling(temperature=1.0, top_k=None, top_p=None, min_p=None, repet
         if not is_number(top_p):
             raise TinyGPTError(f"top_p must be a number in (0, 1], got {top_p!r}")
         if not 0.0 < top_p <= 1.0:
-            raise TinyGPTError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+            raise TinyGPTError(f"top_p must be in (0, 1] (1 = off), got {shown(top_p)}")
     if min_p is not None:
         if not is_number(min_p):
             raise TinyGPTError(f"min_p must be a number in [0, 1], got {min_p!r}")
         if not 0.0 <= min_p <= 1.0:  # (NaN fails it too)
-            raise TinyGPTError(f"min_p must be in [0, 1] (0 or None = off), got {min_p}")
+            raise TinyGPTError(f"min_p must be in [0, 1] (0 or None = off), got {shown(min_p)}")
     if repetition_penalty is not None:
         if not is_number(repetition_penalty):
             raise TinyGPTError(f"repetition_penalty must be a number > 0, got {repetition_penalty!r}")
-        if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
-            raise TinyGPTError(
-                f"repetition_penalty must be a finite number > 0 (1 or None = off), got {repetition_penalty}"
-            )
+        if not (_finite(repetition_penalty) and repetition_penalty > 0):
+            raise TinyGPTError(f"repetition_penalty must be a finite number > 0 (1 or None = off), got "
+                               f"{shown(repetition_penalty)}")
+
+
+def _finite(x) -> bool:
+    """math.isfinite, but False for an integer past float's range (10**400): isfinite's OverflowError."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def _float_logits(logits) -> np.ndarray:
