@@ -747,6 +747,11 @@ def test_repetition_penalty_refuses_ids_that_are_not_a_history_per_row():
     for bad in (0, -1.0, float("inf"), "2"):
         with pytest.raises(TinyGPTError, match="repetition_penalty must be"):
             apply_repetition_penalty(logits, [[0], [1]], bad)
+    # rows of different lengths (histories as they come): NumPy's "inhomogeneous shape" ValueError
+    with pytest.raises(TinyGPTError, match="the rows of ids differ in length; pad the shorter ones with 5"):
+        apply_repetition_penalty(logits, [[0], [1, 2]], 1.2)
+    np.testing.assert_array_equal(apply_repetition_penalty(logits + 1, [[0, 5], [1, 2]], 2.0),
+                                  [[0.5, 1, 1, 1, 1], [1, 0.5, 0.5, 1, 1]])  # padded with V as it says
     for bad in (-0.01, 1.01, float("nan")):
         with pytest.raises(TinyGPTError, match="min_p must be"):
             min_p_filter(logits, bad)
@@ -812,6 +817,12 @@ def test_sampling_filters_take_integer_logits():
     np.testing.assert_allclose(apply_temperature(logits, 0.5), [[-4.0, 0.0, -2.0]])
     np.testing.assert_array_equal(top_k_filter(logits, 2), [[-np.inf, 3.0, 2.0]])  # was int64's minimum
     np.testing.assert_allclose(next_token_probs(logits), next_token_probs(logits.astype(float)))
+    # strings, objects (a None in a list) and complex numbers were NumPy's ValueError or TypeError, or a
+    # ComplexWarning and the real parts sampled
+    for bad in (np.array([[1, "a"]], dtype=object), [[1.0, None]], np.array([[1 + 1j, 2]]), [["1", "2"]]):
+        for function in (lambda x: top_p_filter(x, 0.5), lambda x: min_p_filter(x, 0.5), softmax):
+            with pytest.raises(TinyGPTError, match="logits must be real numbers, got an array of"):
+                function(bad)
 
 
 def test_sampling_filters_refuse_logits_without_a_vocabulary_axis():

@@ -123,7 +123,11 @@ def _float_logits(logits) -> np.ndarray:
     if logits.ndim == 0 or logits.shape[-1] == 0:  # no vocabulary axis: top-k/top-p's IndexError,
         # while softmax of a 0-d array gave 1.0 and temperature 0.0 without a word
         raise TinyGPTError(f"logits must have shape (..., V) with V >= 1, got {logits.shape}")
-    return logits if logits.dtype.kind == "f" else logits.astype(np.float64)
+    if logits.dtype.kind == "f":
+        return logits
+    if logits.dtype.kind not in "biu":  # strings, objects, complex numbers: no order to sample by
+        raise TinyGPTError(f"logits must be real numbers, got an array of {logits.dtype}")
+    return logits.astype(np.float64)
 
 
 def apply_repetition_penalty(logits, ids, penalty):
@@ -146,7 +150,11 @@ def apply_repetition_penalty(logits, ids, penalty):
     logits = _float_logits(logits)
     if penalty is None or penalty == 1.0:
         return logits
-    ids = np.asarray(ids)
+    try:
+        ids = np.asarray(ids)
+    except ValueError:  # ragged rows (histories of different lengths): NumPy's "inhomogeneous shape"
+        raise TinyGPTError(f"apply_repetition_penalty: the rows of ids differ in length; pad the shorter "
+                           f"ones with {logits.shape[-1]} (V: ids at or past V are skipped)") from None
     if not (np.issubdtype(ids.dtype, np.integer) and ids.ndim >= 1 and ids.shape[:-1] == logits.shape[:-1]):
         raise TinyGPTError(f"apply_repetition_penalty: ids must be integers of shape (..., n) for logits of "
                            f"shape {logits.shape}, got {ids.dtype} {ids.shape}")
