@@ -1161,8 +1161,11 @@ def test_pooled_features_leave_a_model_in_eval_mode_in_eval_mode():
     ({"warmup_iters": True}, "--warmup-iters must be a non-negative integer, got True"),
     ({"max_iters": True}, "--max-iters must be a positive integer, got True"),
     ({"dropout": "0.1"}, "--dropout must be in [0, 1), got '0.1'"),  # was a TypeError from the comparison
+    ({"freeze_body": "no"}, "freeze_body must be true or false, got 'no'"),  # truthy: the body was frozen
+    ({"recompute": 1}, "recompute must be true or false, got 1"),
+    ({"labels": "neg,pos"}, "labels must be a list of class names, got 'neg,pos'"),  # its characters
 ], ids=["dropout-1", "max-iters-0", "val-fraction-5", "val-fraction-negative", "decay-1e6", "decay-lr-1",
-        "warmup-true", "max-iters-true", "dropout-str"])
+        "warmup-true", "max-iters-true", "dropout-str", "freeze-body-str", "recompute-int", "labels-str"])
 def test_config_refuses_out_of_range_settings(setting, message):
     with pytest.raises(TinyGPTError, match=re.escape(message)):
         ft.FinetuneConfig(data="d.jsonl", **setting).validate()

@@ -496,6 +496,13 @@ class FinetuneConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, (int, float)):
                 setattr(self, name, float(value))
+        for name in ("freeze_body", "recompute"):  # a truthy "no" or "false" froze the body without a word
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TinyGPTError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            setattr(self, name, bool(getattr(self, name)))
+        if self.labels is not None and not isinstance(self.labels, (list, tuple)):  # a string was split into
+            # its characters: "neg,pos" named the classes n, e, g, ",", ...
+            raise TinyGPTError(f"labels must be a list of class names, got {self.labels!r}")
         if not start and self.tokenizer not in ("char", "gpt2"):
             raise TinyGPTError(f"--tokenizer must be char or gpt2 for a model from scratch, got "
                                f"{self.tokenizer!r}")
