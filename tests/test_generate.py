@@ -809,6 +809,9 @@ def test_stream_decoder_refuses_what_decode_refuses(gpt2_tokenizer):
     for bad in (1.7, "5", True, [1.7, 2.2]):  # int() turned the first three into ids
         with pytest.raises(TinyGPTError, match="ids must be"):
             decoder.push(bad)
+    for not_a_tokenizer in ("gpt2", None):  # an AttributeError at the first push
+        with pytest.raises(TinyGPTError, match="StreamDecoder needs a tokenizer"):
+            StreamDecoder(not_a_tokenizer)
     assert decoder.push(np.array([[31373]])) == "hello"  # an array of any shape is flattened, as before
 
 

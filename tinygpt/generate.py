@@ -693,6 +693,10 @@ class StreamDecoder:
     """
 
     def __init__(self, tokenizer):
+        # ("gpt2" or None: an AttributeError at the first push, once a sample had started)
+        if not callable(getattr(tokenizer, "decode_bytes", None)):
+            raise TinyGPTError(f"StreamDecoder needs a tokenizer (with decode_bytes), got "
+                               f"{type(tokenizer).__name__}")
         self.tokenizer = tokenizer
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
