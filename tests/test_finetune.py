@@ -1142,6 +1142,19 @@ def test_predict_proba_of_large_logits_is_finite():
     np.testing.assert_allclose(probs, [[1 / (1 + np.e), np.e / (1 + np.e)]] * 2, rtol=1e-12)
 
 
+def test_predict_proba_takes_a_sequence_of_texts_not_one_string():
+    tok = CharTokenizer.train("abc")
+    head = ft.init_head(8, 2, seed=0)
+    clf = ft.Classifier(_tiny_model(tok.vocab_size).eval(), tok, head, ["x", "y"], {}, {})
+    probs = ft.predict_proba(clf, ["abc", "b"])
+    # one string is not a list of texts: "abc" was scored as "a", "b" and "c", three rows without a word
+    for texts in ("abc", None):
+        with pytest.raises(TinyGPTError, match=r"texts must be a list of strings \(for one text: \[text\]\)"):
+            ft.predict_proba(clf, texts)
+    for texts in (("abc", "b"), np.array(["abc", "b"])):  # any sequence of texts
+        np.testing.assert_allclose(ft.predict_proba(clf, texts), probs, rtol=1e-12)
+
+
 def test_pooled_features_leave_a_model_in_eval_mode_in_eval_mode():
     # guards: the mode put back as training whatever it was (the other way round from the test above)
     model = _tiny_model(11).eval()

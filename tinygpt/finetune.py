@@ -809,6 +809,15 @@ def load_classifier(out_dir, backend: str = "numpy") -> Classifier:
 
 def predict_proba(clf: Classifier, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Label probabilities (N, K) of texts (truncated like the training texts)."""
+    # a str was read as a list of its characters: one row of probabilities per character, without a word
+    not_a_list = (f"predict_proba: texts must be a list of strings (for one text: [text]), got "
+                  f"{type(texts).__name__}")
+    if isinstance(texts, (str, bytes)):
+        raise TinyGPTError(not_a_list)
+    try:
+        texts = list(texts)
+    except TypeError:  # (None: list()'s own error)
+        raise TinyGPTError(not_a_list) from None
     cfg = clf.model.config
     seqs, _ = encode_texts(clf.tokenizer, texts, cfg.block_size, cfg.vocab_size, where="input", advice="")
     return _scores(pooled_features(clf.model, seqs, batch_size), clf.head)[0]
