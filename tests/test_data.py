@@ -441,6 +441,15 @@ def test_eval_windows_refuse_sizes_that_give_no_window():
     # fewer tokens than one window: an error, as get_batch's, not an evaluation of nothing
     with pytest.raises(TinyGPTError, match="^5 tokens are too few for block size 5$"):
         list(data.iter_eval_windows(tokens[:5], block_size=5, batch_size=3))
+    # tokens get_batch refuses: (4, 5) ids gave windows of rows, float ids were cast to integers
+    for bad in (tokens.reshape(4, 5), tokens.astype(np.float64)):
+        with pytest.raises(TinyGPTError, match="iter_eval_windows: tokens must be a 1-D array of token ids"):
+            list(data.iter_eval_windows(bad, block_size=5, batch_size=3))
+    # and a list is taken as get_batch takes it (it was a TypeError: a list indexed by an array)
+    for (x, y), (x_list, y_list) in zip(data.iter_eval_windows(tokens, 5, 3),
+                                        data.iter_eval_windows(tokens.tolist(), 5, 3), strict=True):
+        np.testing.assert_array_equal(x, x_list)
+        np.testing.assert_array_equal(y, y_list)
 
 
 @settings(max_examples=50, deadline=None)

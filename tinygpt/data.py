@@ -725,6 +725,11 @@ def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, stri
     if stride is not None and (not is_int(stride) or not 1 <= stride <= block_size):
         raise TinyGPTError(f"iter_eval_windows: stride must be an integer from 1 to block_size {block_size}, "
                            f"got {stride!r}")
+    tokens = np.asarray(tokens)  # (a memmap is not copied; a list was indexed by an array: a TypeError)
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":  # as get_batch: (N, M) ids gave windows of rows,
+        # and float ids were cast to integers, each without a word
+        raise TinyGPTError(f"iter_eval_windows: tokens must be a 1-D array of token ids, got {tokens.dtype} "
+                           f"{tokens.shape}")
     n = len(tokens)
     if n < (2 if whole else block_size + 1):
         raise TinyGPTError(f"{n} tokens are too few for block size {block_size}")
