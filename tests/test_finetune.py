@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -896,6 +897,17 @@ def test_confusion_matrix_png_is_written_atomically(tmp_path):
         ft.plot_confusion_matrix(matrix, labels, tmp_path / "confusion_train.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".confusion_val.png.tmp.png", "confusion_train.png",
                                                           "confusion_val.png"]
+
+
+def test_confusion_matrix_png_of_many_classes_stays_a_bounded_size(tmp_path):
+    # the figure grew an inch a class: 40 classes made a 5,555 x 5,038 PNG, 100 peaked at 5 GB of
+    # pixels, 600 were killed for want of memory, each after `tinygpt eval` had scored the data
+    for n in (2, 40, 400):
+        png = ft.plot_confusion_matrix(np.eye(n, dtype=int), [f"class {i}" for i in range(n)],
+                                       tmp_path / f"confusion_{n}.png", title="val")
+        width, height = struct.unpack(">II", png.read_bytes()[16:24])  # the PNG's IHDR
+        assert width <= 16 * 110 and height <= 16 * 110, (n, width, height)
+    assert (width, height) == (16 * 110, 16 * 110)
 
 
 def test_confusion_matrix_of_labels_with_dollar_signs(tmp_path):

@@ -897,27 +897,42 @@ def _split_for_eval(label_ids, splits, clf, n_classes):
         return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+# the confusion matrix figure: its largest side, and up to how many classes have their names on the axes
+# and their counts in the cells
+_CONFUSION_MAX_INCHES, _CONFUSION_MAX_NAMED, _CONFUSION_MAX_COUNTED = 16, 60, 30
+
+
 def plot_confusion_matrix(matrix: np.ndarray, labels: list, path, title: str = "") -> Path:
-    """A PNG of the confusion matrix (rows: true class, columns: predicted), counts in the cells."""
+    """A PNG of the confusion matrix (rows: true class, columns: predicted), counts in the cells.
+
+    The figure grows with the classes up to 16 inches a side; past 30 classes the cells hold no counts and
+    past 60 the axes name no classes (they are in the printed matrix's order).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(1.2 * len(labels) + 2.5, 1.1 * len(labels) + 1.8), dpi=110)
+    n = len(labels)
+    # about an inch a class, up to a bound: a figure growing with the classes peaked at 5 GB of memory
+    # for 100 classes and was killed for want of memory at 600, after the scoring had finished
+    side = _CONFUSION_MAX_INCHES
+    fig = Figure(figsize=(min(1.2 * n + 2.5, side), min(1.1 * n + 1.8, side)), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ticks = range(len(labels))
-    # the labels are the user's text: "$$" (a price level) is not mathtext, whose parser raised on it
-    ax.set_xticks(ticks, [str(label) for label in labels], rotation=30, ha="right", parse_math=False)
-    ax.set_yticks(ticks, [str(label) for label in labels], parse_math=False)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ticks = range(n)
+    if n <= _CONFUSION_MAX_NAMED:  # (more names than fit: the classes are the printed matrix's, in order)
+        # the labels are the user's text: "$$" (a price level) is not mathtext, whose parser raised on it
+        ax.set_xticks(ticks, [str(label) for label in labels], rotation=30, ha="right", parse_math=False)
+        ax.set_yticks(ticks, [str(label) for label in labels], parse_math=False)
+    ax.set_xlabel("predicted" if n <= _CONFUSION_MAX_NAMED else f"predicted (class index of {n})")
+    ax.set_ylabel("true" if n <= _CONFUSION_MAX_NAMED else f"true (class index of {n})")
     threshold = matrix.max() / 2 if matrix.size else 0
-    for i in ticks:
-        for j in ticks:
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > threshold else "black")
+    if n <= _CONFUSION_MAX_COUNTED:  # a count per cell only where a cell can hold one
+        for i in ticks:
+            for j in ticks:
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                        color="white" if matrix[i, j] > threshold else "black")
     if title:
         ax.set_title(title)
     fig.tight_layout()
