@@ -185,6 +185,19 @@ def test_bench_kernels_bad_sizes_are_refused_before_any_device_work(capsys, flag
         assert capsys.readouterr().err == f"tinygpt: error: {message}\n"
 
 
+@pytest.mark.parametrize("device, flags, message", [
+    ("cpu", ["--sizes", "512"], "--sizes is for --device cuda"),  # the CPU ops' figures came, no SGEMM at 512
+    ("cpu", ["--train-batch", "8"], "--train-batch is for --device cuda"),
+    ("cuda", ["--compile-times"], "--compile-times is for --device cpu"),
+])
+def test_bench_kernels_flags_of_the_other_device_are_refused_not_ignored(capsys, device, flags, message):
+    from tinygpt.cli import main
+
+    assert main(["bench", "kernels", "--device", device, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tinygpt: error: {message}") and err.count("\n") == 1, err
+
+
 # --- each kernel against the reference ------------------------------------------------------------
 
 

@@ -30,13 +30,17 @@ import numpy as np
 from tinygpt.bench import decay_matrices_only, training_peer_config
 from tinygpt.errors import TinyGPTError
 
+_DEFAULT_SIZES, _DEFAULT_TRAIN_BATCH = "1024,2048,4096,8192", 32
+
 
 def add_arguments(parser):
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                         help="cuda: CUDA kernels vs cuBLAS/SDPA (needs a GPU); cpu: Numba vs NumPy/PyTorch")
-    parser.add_argument("--sizes", default="1024,2048,4096,8192", help="SGEMM sizes n (default 1024..8192)")
+    # (defaults None: a flag of the other device is told apart and refused, not ignored)
+    parser.add_argument("--sizes", help=f"(cuda) SGEMM sizes n (default {_DEFAULT_SIZES})")
     parser.add_argument("--repeats", type=int, default=10, help="timed repeats per figure (default 10)")
-    parser.add_argument("--train-batch", type=int, default=32, help="batch of the GPU training figure")
+    parser.add_argument("--train-batch", type=int,
+                        help=f"(cuda) batch of the GPU training figure (default {_DEFAULT_TRAIN_BATCH})")
     parser.add_argument("--compile-times", action="store_true",
                         help="(cpu) also time the JIT compile, cold and cached")
 
@@ -313,14 +317,25 @@ def bench_compile_times():
 def run(args):
     if args.repeats < 1:
         raise TinyGPTError("--repeats must be at least 1")
+    text = _DEFAULT_SIZES if args.sizes is None else args.sizes
     try:
-        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+        sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise TinyGPTError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from None
+        raise TinyGPTError(f"--sizes must be comma-separated integers, got {text!r}") from None
     if not sizes or min(sizes) < 1:  # (checked with either device: a bad value is refused, not ignored)
-        raise TinyGPTError(f"--sizes must be positive integers, got {args.sizes!r}")
-    if args.train_batch < 1:
-        raise TinyGPTError(f"--train-batch must be at least 1, got {args.train_batch}")
+        raise TinyGPTError(f"--sizes must be positive integers, got {text!r}")
+    train_batch = _DEFAULT_TRAIN_BATCH if args.train_batch is None else args.train_batch
+    if train_batch < 1:
+        raise TinyGPTError(f"--train-batch must be at least 1, got {train_batch}")
+    # a good value for the other device's sections: refused too, where it was ignored without a word
+    # (--device cpu --sizes 512 printed the CPU ops' figures, no SGEMM at 512)
+    given = [flag for flag, value in (("--sizes", args.sizes), ("--train-batch", args.train_batch))
+             if value is not None]
+    if args.device == "cpu" and given:
+        raise TinyGPTError(f"{given[0]} is for --device cuda (its SGEMM and training sections); --device cpu "
+                           "times the ops at one fixed shape")
+    if args.device == "cuda" and args.compile_times:
+        raise TinyGPTError("--compile-times is for --device cpu (the Numba kernels' JIT compile)")
     if args.device == "cpu":
         bench_cpu(args.repeats)
         if args.compile_times:
@@ -331,7 +346,7 @@ def run(args):
     run_sections({
         "SGEMM": lambda: bench_gemm(torch, cuda, K, sizes, args.repeats),
         "attention": lambda: bench_attention(torch, cuda, K, args.repeats),
-        "training": lambda: bench_train_gpu(torch, cuda, K, args.repeats, args.train_batch),
+        "training": lambda: bench_train_gpu(torch, cuda, K, args.repeats, train_batch),
     })
     return 0
 
