@@ -1016,6 +1016,11 @@ def test_cli_text_in_another_encoding_is_named_as_such():
     expected = ("tinygpt: error: text is not valid UTF-8: byte 0xFF (read as U+DCFF), "
                 "as from a command-line argument in another encoding")
     assert proc.stderr.decode().strip() == expected
+    # a character tokenizer's encode said "character '\udcff' is not in this tokenizer's vocabulary"
+    with pytest.raises(TinyGPTError, match=regex.escape(expected.removeprefix("tinygpt: error: "))):
+        CharTokenizer.train("abc").encode("ab\udcffc")
+    with pytest.raises(TinyGPTError, match="^character 'x' is not in this tokenizer's vocabulary$"):
+        CharTokenizer.train("abc").encode("abx")
 
 
 def test_cli_train_interrupted_after_training_saves_nothing(tmp_path, monkeypatch, capsys):

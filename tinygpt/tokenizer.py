@@ -809,6 +809,7 @@ class CharTokenizer:
         try:
             return [ids[c] for c in text]
         except KeyError as exc:
+            _utf8(exc.args[0])  # a surrogate (argv's stand-in for a byte in another encoding) is named so
             raise TinyGPTError(f"character {exc.args[0]!r} is not in this tokenizer's vocabulary") from None
 
     def decode(self, ids) -> str:
