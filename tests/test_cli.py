@@ -198,8 +198,21 @@ def test_an_empty_path_is_an_error_not_the_default_it_stands_in_for(tmp_path, mo
           "--gpt2-files", ""], "--gpt2-files"),
         (["finetune", "--data", str(labelled), "--init-from", "", "--out", "clf", "--max-iters", "1",
           "--backend", "numpy", "--quiet"], "--init-from"),
+        # these read "" as ".": the working directory's run, classifier, tokenizer.json or metrics (with ./out
+        # made the working directory below, they acted on it), or "Is a directory: ."
+        (["eval", "--out", "", "--backend", "numpy"], "--out"),
+        (["plot", ""], "DIR"),
+        (["plot", "out", "--output", ""], "--output"),
+        (["predict", "--out", " ", "soft"], "--out"),
+        (["sample", "--out", "out", "--prompt-file", "", "--max-new-tokens", "2"], "--prompt-file"),
+        (["tokenizer", "encode", "--tokenizer", "", "soft"], "--tokenizer"),
+        (["tokenizer", "decode", "--tokenizer", "", "1"], "--tokenizer"),
+        (["tokenizer", "train", "--input", "", "--vocab-size", "300", "--out", "t.json"], "--input"),
+        (["tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", ""], "--out"),
     ]:
-        assert main(argv) == 2, argv
+        with monkeypatch.context() as inside:
+            inside.chdir(tmp_path / "out")  # a run directory: where "" led
+            assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"tinygpt: error: {flag} "), err
         assert "empty string" in err, err

@@ -37,6 +37,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _refuse_empty(flag: str, value, what: str) -> None:
+    """An empty (or blank) path is an error, not the working directory: Path("") is ".", so
+    `--out "$UNSET"` acted on whatever run or tokenizer the current directory held."""
+    if value is not None and not value.strip():
+        raise TinyGPTError(f"{flag} must name {what}, got an empty string")
+
+
 # --- tokenizer (issue 2) ---------------------------------------------------------------------------
 
 
@@ -109,6 +116,8 @@ def _tokenizer_train(args):
 
     if args.gpt2_files is not None and not args.gpt2_files.strip():  # not "no export" in its place
         raise TinyGPTError("--gpt2-files must name a directory, got an empty string")
+    _refuse_empty("--input", args.input, "a file (or - for stdin)")
+    _refuse_empty("--out", args.out, "a file")
     if args.input != "-" and os.path.exists(args.out) and os.path.samefile(args.input, args.out):
         raise TinyGPTError(f"--out {args.out} is the --input text: it would be overwritten")
     if args.gpt2_files and os.path.exists(args.gpt2_files) and not os.path.isdir(args.gpt2_files):
@@ -153,6 +162,7 @@ def _tokenizer_train(args):
 def _tokenizer_encode(args):
     from tinygpt.tokenizer import load_tokenizer, show_tokens
 
+    _refuse_empty("--tokenizer", args.tokenizer, "a tokenizer file, a run directory or gpt2")
     tok = load_tokenizer(args.tokenizer)
     text = _tokenizer_read_utf8("-") if args.text == "-" else args.text
     ids = tok.encode(text, allowed_special="all" if args.allow_special else "none")
@@ -167,6 +177,7 @@ def _tokenizer_encode(args):
 def _tokenizer_decode(args):
     from tinygpt.tokenizer import load_tokenizer
 
+    _refuse_empty("--tokenizer", args.tokenizer, "a tokenizer file, a run directory or gpt2")
     tok = load_tokenizer(args.tokenizer)
     words = _tokenizer_read_utf8("-").split() if args.ids == ["-"] else args.ids
     bad = next((w for w in words if not re.fullmatch(r"-?[0-9]+", w)), None)  # not int(): it takes "1_0", "٣"
@@ -260,6 +271,7 @@ def _run_eval(args):
 
     if args.data is not None and not args.data.strip():  # not the model's own data in its place
         raise TinyGPTError("--data must name a file, got an empty string")
+    _refuse_empty("--out", args.out, "a directory")
     if args.pretrained is not None:
         if not args.pretrained.strip():  # not ./ in its place
             raise TinyGPTError("--pretrained must name a directory or a file, got an empty string")
@@ -306,6 +318,8 @@ def _run_pretrained_eval(args):
 def _run_plot(args):
     from tinygpt.train import plot_metrics
 
+    _refuse_empty("DIR", args.dir, "a training output directory")
+    _refuse_empty("--output", args.output, "a file")
     print(plot_metrics(args.dir, args.output))
 
 
@@ -469,6 +483,7 @@ def _run_sample(args):
     stops = [_unescape_stop(text) for text in args.stop or []]
     if any(not stop for stop in stops):
         raise TinyGPTError("--stop must be a non-empty text")
+    _refuse_empty("--prompt-file", args.prompt_file, "a file (or - for stdin)")
     prompt = args.prompt
     if args.prompt_file is not None:
         prompt = _tokenizer_read_utf8(args.prompt_file)  # not UTF-8 -> one-line error
@@ -610,6 +625,7 @@ def _run_predict(args):
 
     from tinygpt.finetune import load_classifier, predict_proba
 
+    _refuse_empty("--out", args.out, "a directory")
     texts = args.text
     if not texts or texts == ["-"]:
         texts = [_tokenizer_read_utf8("-").rstrip("\r\n")]  # the line end, CRLF included
