@@ -1465,3 +1465,31 @@ def test_a_resume_refuses_a_best_that_is_not_a_link_before_training(corpus, tmp_
                        overrides={"max_iters": 8})
     assert _rows(out) == before
     assert load_checkpoint(out).state["step"] == 4
+
+
+def test_the_loss_plot_marks_the_best_val_loss(tmp_path, monkeypatch):
+    # the checkpoint DIR/best keeps: the lowest val loss, the first where it recurs; the title says it
+    # when the run went on past it
+    from matplotlib.figure import Figure
+
+    drawn = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **kw: drawn.append(fig) or savefig(fig, *a, **kw))
+    out = tmp_path / "run"
+    out.mkdir()
+    rows = [(0, 4.0, 4.1), (10, 3.0, 3.2), (20, 2.0, 2.9), (30, 1.5, 2.9), (40, 1.0, 3.4)]
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train_loss": t, "val_loss": v}) + "\n"
+                                               for s, t, v in rows))
+    training.plot_metrics(out)
+    ax = drawn[-1].axes[0]
+    assert ax.get_title() == "run: final val loss 3.4000, best 2.9000 at step 20"
+    star = [line for line in ax.lines if line.get_marker() == "*"]
+    assert len(star) == 1 and list(star[0].get_xdata()) == [20] and list(star[0].get_ydata()) == [2.9]
+    assert "best val 2.9000 (step 20)" in [text.get_text() for text in ax.get_legend().get_texts()]
+    (out / "metrics.jsonl").write_text('{"step": 0, "train_loss": 3.5, "val_loss": 3.6}\n'
+                                       '{"step": 5, "train_loss": 3.0, "val_loss": 3.1}\n')
+    training.plot_metrics(out)
+    assert drawn[-1].axes[0].get_title() == "run: final val loss 3.1000"  # the best is the last: no repeat
+    (out / "metrics.jsonl").write_text('{"step": 0, "train_loss": 3.5, "val_loss": null}\n')
+    training.plot_metrics(out)
+    assert [line.get_marker() for line in drawn[-1].axes[0].lines] == ["o", "o"]  # nothing to mark

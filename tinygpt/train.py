@@ -755,12 +755,21 @@ def plot_metrics(out_dir: str | os.PathLike, path: str | os.PathLike | None = No
 
     for key, label in (("train_loss", "train"), ("val_loss", "val")):
         ax.plot(steps, [loss(r, key) for r in rows], marker="o", markersize=3, label=label)
+    # the lowest val loss, the first if it recurs: the checkpoint DIR/best keeps (training's rule)
+    val = np.array([loss(r, "val_loss") for r in rows])
+    best = int(np.nanargmin(val)) if np.isfinite(val).any() else None
+    if best is not None:
+        ax.plot([steps[best]], [val[best]], marker="*", markersize=12, linestyle="none", color="C3",
+                label=f"best val {val[best]:.4f} (step {steps[best]})")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss (nats / token)")
     # the directory's name as text: a byte that is not UTF-8 (a surrogate) and a pair of $ (mathtext) made
     # matplotlib raise, after the training it plots had finished
     name = os.fsencode(out_dir.name).decode("utf-8", "replace")
-    ax.set_title(f"{name}: final val loss {loss(rows[-1], 'val_loss'):.4f}", parse_math=False)
+    title = f"{name}: final val loss {val[-1]:.4f}"
+    if best is not None and best != len(rows) - 1:
+        title += f", best {val[best]:.4f} at step {steps[best]}"
+    ax.set_title(title, parse_math=False)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
