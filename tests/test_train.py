@@ -1493,3 +1493,19 @@ def test_the_loss_plot_marks_the_best_val_loss(tmp_path, monkeypatch):
     (out / "metrics.jsonl").write_text('{"step": 0, "train_loss": 3.5, "val_loss": null}\n')
     training.plot_metrics(out)
     assert [line.get_marker() for line in drawn[-1].axes[0].lines] == ["o", "o"]  # nothing to mark
+
+
+def test_a_quiet_run_does_not_import_tqdm_auto(corpus, tmp_path):
+    # in a Jupyter kernel without ipywidgets, importing tqdm.auto warns "IProgress not found" (once a
+    # kernel): the notebooks' quiet runs, which draw no bar, had to filter the warning out
+    script = ("import sys\nfrom tinygpt import train as training\n"
+              f"cfg = training.make_config({{'data': {str(corpus)!r}, 'out': {str(tmp_path / 'run')!r}, "
+              "'n_layer': 1, 'n_head': 2, 'n_embd': 16, 'block_size': 16, 'batch_size': 4, 'eval_iters': 2, "
+              "'warmup_iters': 2, 'max_iters': 2, 'eval_interval': 2, 'backend': 'numpy'})\n"
+              "training.train(cfg, quiet=True)\n"
+              "print(sorted(m for m in sys.modules if m.startswith('tqdm')))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(training.__file__).parent.parent)})
+    assert done.returncode == 0, done.stderr
+    loaded = eval(done.stdout.strip().splitlines()[-1])
+    assert "tqdm.std" in loaded and "tqdm.auto" not in loaded and "tqdm.autonotebook" not in loaded

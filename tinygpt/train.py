@@ -455,7 +455,10 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
 
 
 def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) -> dict:
-    from tqdm.auto import tqdm
+    if quiet:  # no bar: tqdm.auto, imported in a Jupyter kernel without ipywidgets, warns that it has none
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
 
     from tinygpt.checkpoint import (
         LATEST,
