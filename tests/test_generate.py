@@ -953,10 +953,29 @@ def test_cli_pretrained_sampling_is_seeded(pretrained_dir, gpt2_tokenizer, capsy
         "Hello, how are you?" + gpt2_tokenizer.decode(
             generate(model.params, model.config, ids, 6, 0.7, 50, 0.95, seed=rng)[0, ids.shape[1] :].tolist()
         )
-        for rng in np.random.default_rng(5).spawn(2)  # a stream of its own for each sample
+        for rng in map(np.random.default_rng, np.random.SeedSequence(5).spawn(2))  # a stream per sample
     ]  # fmt: skip
     assert out == samples[0] + "\n---------------\n" + samples[1] + "\n"
     assert _run_cli(args, capsys)[1] == out  # same seed, same text
+
+
+def test_cli_sample_streams_need_no_numpy_newer_than_pyproject_allows(char_run_dir, capsys, monkeypatch):
+    # pyproject allows numpy 1.24, whose Generator has no spawn (new in 1.25): `tinygpt sample` was an
+    # AttributeError traceback there. Each sample's stream is a SeedSequence child, the same numbers.
+    directory, _, _ = char_run_dir
+    args = ["sample", "--out", str(directory), "--max-new-tokens", "20", "--seed", "5", "--num-samples", "3"]
+    rc, out, err = _run_cli(args, capsys)
+    assert rc == 0, err
+
+    class Numpy124Generator(np.random.Generator):
+        @property
+        def spawn(self):
+            raise AttributeError("'numpy.random.Generator' object has no attribute 'spawn' (numpy 1.24)")
+
+    real_default_rng = np.random.default_rng
+    monkeypatch.setattr(np.random, "default_rng", lambda seed=None: seed if isinstance(
+        seed, np.random.Generator) else Numpy124Generator(real_default_rng(seed).bit_generator))
+    assert _run_cli(args, capsys) == (0, out, "")
 
 
 def test_cli_pretrained_without_tokenizer_files_uses_gpt2(pretrained_dir, tmp_path, capsys):
@@ -1270,7 +1289,7 @@ def test_cli_sample_is_generate_from_the_start_token_within_the_tokenizers_vocab
     args = ["sample", "--out", str(directory), "--max-new-tokens", "40", "--seed", "11"]
     rc, out, err = _run_cli(args + (["--stop-at-eos"] if stop_at_eos else []), capsys)
     assert rc == 0, err
-    rng = np.random.default_rng(11).spawn(1)[0]  # (the CLI's stream for its first sample)
+    rng = np.random.default_rng(np.random.SeedSequence(11).spawn(1)[0])  # (the CLI's first sample's)
     new = generate(model.params, model.config, np.array([[eot]]), 40, seed=rng,
                    eos_token=eot if stop_at_eos else None, vocab_limit=tokenizer.vocab_size)[0, 1:].tolist()
     assert eot in new  # else --stop-at-eos would not be tested

@@ -511,8 +511,9 @@ def _run_sample(args):
     # a model padded past its tokenizer (nanoGPT-style 50304) must not draw the padding ids: they have no text
     vocab_limit = tokenizer.vocab_size if tokenizer.vocab_size < model.config.vocab_size else None
     # a stream of its own for each sample (spawned from the seed): sample i depends on the seed and i alone,
-    # not on how many draws the samples before it made (--stop and --stop-at-eos end them early)
-    rngs = np.random.default_rng(args.seed).spawn(args.num_samples)
+    # not on how many draws the samples before it made (--stop and --stop-at-eos end them early). The
+    # SeedSequence's children, as Generator.spawn makes them, which numpy 1.24 (pyproject's least) lacks
+    rngs = map(np.random.default_rng, np.random.SeedSequence(args.seed).spawn(args.num_samples))
     for i, rng in enumerate(rngs):
         _write_utf8((_SAMPLE_SEPARATOR + "\n" if i else "") + prompt)
         decoder = StreamDecoder(tokenizer)
