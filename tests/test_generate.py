@@ -911,8 +911,8 @@ def test_cli_sample_of_a_nanogpt_checkpoint_is_the_torch_models_greedy_text(tmp_
             ids.append(int(model(torch.tensor([ids]))[0, -1, :50257].argmax()))
     expected = prompt + gpt2_tokenizer.decode(ids[len(gpt2_tokenizer.encode(prompt)):]) + "\n"
     calls = _spy_on_compiled_exact_gelu(monkeypatch)
-    # the file, or nanoGPT's out_dir holding it; the default backend (numba) lends the decoder its compiled
-    # exact GELU, "numpy" keeps the reference's: the same text
+    # the file, or nanoGPT's out_dir holding it; without --backend the decoder borrows numba's compiled exact
+    # GELU for such a model, "--backend numpy" keeps the reference's: the same text
     for path, backend in ((tmp_path / "ckpt.pt", []), (tmp_path, []), (tmp_path, ["--backend", "numpy"])):
         calls.clear()
         rc, out, err = _run_cli(["sample", "--pretrained", str(path), "--prompt", prompt, "--max-new-tokens",

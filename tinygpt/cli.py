@@ -428,7 +428,8 @@ def _add_sample(sub):
     p.add_argument("--stop-at-eos", action="store_true", help="end a sample at <|endoftext|> (GPT-2's)")
     p.add_argument("--stop", action="append", metavar="TEXT",
                    help="end a sample where its text (not the prompt's) first holds TEXT, which is not "
-                   "printed; repeatable; \\n, \\t and \\\\ stand for a newline, a tab and a backslash")
+                   "printed; repeatable; \\n, \\r, \\t and \\\\ stand for a newline, a carriage return, a "
+                   "tab and a backslash")
     p.add_argument(
         "--backend", choices=_BACKEND_CHOICES, default=None,
         help="layer backend of the loaded model. Decoding is the NumPy KV-cache path on every backend; any "
