@@ -114,8 +114,7 @@ def _tokenizer_train(args):
     from tinygpt.files import check_writable
     from tinygpt.tokenizer import BPETokenizer, check_gpt2_special_tokens
 
-    if args.gpt2_files is not None and not args.gpt2_files.strip():  # not "no export" in its place
-        raise TinyGPTError("--gpt2-files must name a directory, got an empty string")
+    _refuse_empty("--gpt2-files", args.gpt2_files, "a directory")  # not "no export" in its place
     _refuse_empty("--input", args.input, "a file (or - for stdin)")
     _refuse_empty("--out", args.out, "a file")
     if args.input != "-" and os.path.exists(args.out) and os.path.samefile(args.input, args.out):
@@ -232,10 +231,8 @@ def _run_train(args):
 
     train.retain_freed_memory()  # steps reuse their freed activations instead of page-faulting fresh ones
     overrides = {name: getattr(args, name) for name in train.FIELDS if getattr(args, name, None) is not None}
-    if overrides.get("out") is not None and not overrides["out"].strip():
-        raise TinyGPTError("--out must name a directory, got an empty string")
-    if args.config is not None and not args.config.strip():  # not the default preset in its place
-        raise TinyGPTError("--config must name a preset or a file, got an empty string")
+    _refuse_empty("--out", overrides.get("out"), "a directory")
+    _refuse_empty("--config", args.config, "a preset or a file")  # not the default preset in its place
     if args.resume:
         if args.config:
             raise TinyGPTError("--config cannot be combined with --resume: the run's saved config is used "
@@ -269,12 +266,10 @@ def _run_eval(args):
     from tinygpt.finetune import is_classifier_dir
     from tinygpt.train import evaluate
 
-    if args.data is not None and not args.data.strip():  # not the model's own data in its place
-        raise TinyGPTError("--data must name a file, got an empty string")
+    _refuse_empty("--data", args.data, "a file")  # not the model's own data in its place
     _refuse_empty("--out", args.out, "a directory")
     if args.pretrained is not None:
-        if not args.pretrained.strip():  # not ./ in its place
-            raise TinyGPTError("--pretrained must name a directory or a file, got an empty string")
+        _refuse_empty("--pretrained", args.pretrained, "a directory or a file")  # not ./ in its place
         return _run_pretrained_eval(args)
     if is_classifier_dir(args.out):  # a `tinygpt finetune` classifier: accuracy + confusion matrix
         if args.stride is not None:
@@ -479,8 +474,7 @@ def _run_sample(args):
         raise TinyGPTError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.seed is not None and args.seed < 0:
         raise TinyGPTError(f"--seed must be a non-negative integer, got {args.seed}")
-    if args.out is not None and not args.out.strip():  # not ./out in its place
-        raise TinyGPTError("--out must name a directory, got an empty string")
+    _refuse_empty("--out", args.out, "a directory")  # not ./out in its place
     stops = [_unescape_stop(text) for text in args.stop or []]
     if any(not stop for stop in stops):
         raise TinyGPTError("--stop must be a non-empty text")
