@@ -787,6 +787,15 @@ def test_bad_config_files(tmp_path, capsys):
     for setting, flag in (('seed = "x"', "--seed"), ("data = 5", "--data"), ("init_from = 3", "--init-from")):
         (tmp_path / "types.toml").write_text(setting + "\n")
         assert flag in _one_line_error(capsys, ["train", "--config", str(tmp_path / "types.toml")])
+    # a hand-edited 400-digit rate (TOML's integers have no bound in Python's reader) was float()'s
+    # OverflowError traceback in make_config, and math.isfinite's in validate; one of 5,000 digits (from
+    # Python) could not be shown by repr, a ValueError
+    (tmp_path / "big.toml").write_text(f"learning_rate = 1{'0' * 400}\n")
+    line = _one_line_error(capsys, ["train", "--config", str(tmp_path / "big.toml")])
+    assert line.endswith("--learning-rate must be a finite number, got <an integer of 1,329 bits>"), line
+    for digits, shown in ((400, "<an integer of 1,329 bits>"), (5000, "<an integer of 16,610 bits>")):
+        with pytest.raises(TinyGPTError, match=f"--min-lr must be a finite number, got {shown}"):
+            training.TrainConfig(min_lr=10**digits).validate()
 
 
 def test_missing_or_corrupt_checkpoint_for_resume_and_eval(corpus, tmp_path, capsys):

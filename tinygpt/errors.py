@@ -7,6 +7,7 @@ exit status 2, with no traceback.
 """
 
 
+import math
 import numbers
 import reprlib
 
@@ -24,6 +25,15 @@ def is_int(value) -> bool:
 def is_number(value) -> bool:
     """A real number, Python's or NumPy's (``numbers.Real``); not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_finite(value) -> bool:
+    """``math.isfinite`` of a real number, but False for an integer past float's range (10**400, as a
+    hand-edited file may hold), where math.isfinite raises OverflowError."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 class _Shown(reprlib.Repr):

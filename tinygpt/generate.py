@@ -39,7 +39,7 @@ import numbers
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError, is_int, is_number, shown
+from tinygpt.errors import TinyGPTError, is_finite, is_int, is_number, shown
 from tinygpt.kernels import BACKENDS, checked_token_ids
 from tinygpt.layers import (
     attention_forward,
@@ -84,7 +84,7 @@ def validate_sampling(temperature=1.0, top_k=None, top_p=None, min_p=None, repet
     min_p is None or in [0, 1], and repetition_penalty is None or a finite number > 0."""
     if not is_number(temperature):
         raise TinyGPTError(f"temperature must be a number >= 0, got {temperature!r}")
-    if not (_finite(temperature) and temperature >= 0):
+    if not (is_finite(temperature) and temperature >= 0):
         raise TinyGPTError(f"temperature must be a finite number >= 0 (0 = greedy), got {shown(temperature)}")
     if top_k is not None:
         if not is_int(top_k):
@@ -104,17 +104,9 @@ def validate_sampling(temperature=1.0, top_k=None, top_p=None, min_p=None, repet
     if repetition_penalty is not None:
         if not is_number(repetition_penalty):
             raise TinyGPTError(f"repetition_penalty must be a number > 0, got {repetition_penalty!r}")
-        if not (_finite(repetition_penalty) and repetition_penalty > 0):
+        if not (is_finite(repetition_penalty) and repetition_penalty > 0):
             raise TinyGPTError(f"repetition_penalty must be a finite number > 0 (1 or None = off), got "
                                f"{shown(repetition_penalty)}")
-
-
-def _finite(x) -> bool:
-    """math.isfinite, but False for an integer past float's range (10**400): isfinite's OverflowError."""
-    try:
-        return math.isfinite(x)
-    except OverflowError:
-        return False
 
 
 def _float_logits(logits) -> np.ndarray:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError, is_int, is_number
+from tinygpt.errors import TinyGPTError, is_finite, is_int, is_number, shown
 from tinygpt.files import loads_json, write_atomic
 from tinygpt.optim import check_decay_fits_rate
 
@@ -122,8 +122,8 @@ class TrainConfig:
             raise TinyGPTError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
         for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "dropout", "beta1", "beta2"):
             value = getattr(self, name)
-            if not is_number(value) or not math.isfinite(value):
-                raise TinyGPTError(f"{_flag(name)} must be a finite number, got {value!r}")
+            if not is_number(value) or not is_finite(value):  # (10**400: math.isfinite's OverflowError)
+                raise TinyGPTError(f"{_flag(name)} must be a finite number, got {shown(value)}")
             if not isinstance(value, (int, float)):  # as the integers above: a np.float32 (refused as not
                 setattr(self, name, float(value))  # a number before) would not go into the saved JSON
         if not self.learning_rate > 0:
@@ -309,8 +309,8 @@ def make_config(values: dict) -> TrainConfig:
         if name not in FIELDS:
             raise TinyGPTError(f"unknown setting {name!r}")
         default = getattr(cfg, name)
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        if isinstance(default, float) and is_int(value) and is_finite(value):  # (past float's range:
+            value = float(value)  # float()'s OverflowError; validate refuses it)
         setattr(cfg, name, value)
     return cfg.validate()
 
