@@ -796,6 +796,11 @@ def test_bad_config_files(tmp_path, capsys):
     for digits, shown in ((400, "<an integer of 1,329 bits>"), (5000, "<an integer of 16,610 bits>")):
         with pytest.raises(TinyGPTError, match=f"--min-lr must be a finite number, got {shown}"):
             training.TrainConfig(min_lr=10**digits).validate()
+    # past 4,300 digits Python's TOML reader raises int()'s own ValueError, not TOMLDecodeError: a traceback
+    # that said to call sys.set_int_max_str_digits()
+    (tmp_path / "big.toml").write_text(f"learning_rate = 1{'0' * 5000}\n")
+    line = _one_line_error(capsys, ["train", "--config", str(tmp_path / "big.toml")])
+    assert line.endswith("big.toml is not valid TOML: it holds an integer of more than 4,300 digits"), line
 
 
 def test_missing_or_corrupt_checkpoint_for_resume_and_eval(corpus, tmp_path, capsys):

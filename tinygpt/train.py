@@ -294,6 +294,9 @@ def read_config_file(spec: str) -> dict:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TinyGPTError(f"{where} is not valid TOML: {exc}") from None
+    except ValueError:  # (int()'s own, which the parser lets through: Python reads no more decimal digits)
+        raise TinyGPTError(f"{where} is not valid TOML: it holds an integer of more than 4,300 digits") \
+            from None
     except RecursionError:  # arrays nested deeper than the parser's stack (tinygpt.files.loads_json's case)
         raise TinyGPTError(f"{where} is not valid TOML: nested too deeply") from None
     unknown = sorted(set(values) - set(FIELDS))
