@@ -393,8 +393,10 @@ def test_step_refuses_missing_or_misshapen_grads_before_updating_anything():
     for grads in ({"w": np.ones((2, 3))}, {"w": np.ones(1), "b": b}, {"w": np.ones((3, 2)), "b": b}):
         with pytest.raises(TinyGPTError, match="AdamW.step"):
             opt.step(grads)
-    for lr in (float("nan"), -1.0):  # the constructor refuses these; a schedule's may come per step
-        with pytest.raises(TinyGPTError, match="AdamW.step: learning rate must be >= 0"):
+    # the constructor refuses these; a schedule's may come per step. An infinite rate moved every weight to
+    # inf or nan, and one past float's range (10**400) was float()'s OverflowError
+    for lr in (float("nan"), -1.0, float("inf"), 10**400):
+        with pytest.raises(TinyGPTError, match="AdamW.step: lr must be a finite number >= 0"):
             opt.step({"w": np.ones((2, 3)), "b": b}, lr=lr)
     for lr in ("x", "0.1"):  # float()'s ValueError, and a string taken as a rate (the constructor refuses it)
         with pytest.raises(TinyGPTError, match="AdamW.step: lr must be a number"):
@@ -416,6 +418,16 @@ def test_a_zero_learning_rate_moves_no_weight_but_advances_the_moments():
     np.testing.assert_array_equal(params["b"], [0.5])
     np.testing.assert_allclose(opt.exp_avg["w"], (1 - 0.9**2) * grads["w"], rtol=1e-12)
     np.testing.assert_allclose(opt.exp_avg_sq["b"], (1 - 0.95**2) * grads["b"] ** 2, rtol=1e-12)
+
+
+def test_adamw_rates_that_are_not_finite_are_refused():
+    # an infinite rate or decay moved every weight to inf or nan; one past float's range (10**400) was
+    # float()'s OverflowError
+    for name in ("lr", "eps", "weight_decay"):
+        for bad, shown in ((float("inf"), "inf"), (-1.0, "-1.0"), (10**400, "<an integer of 1,329 bits>")):
+            message = f"^AdamW: {name} must be a finite number >= 0, got {shown}$"
+            with pytest.raises(TinyGPTError, match=message):
+                AdamW({"w": np.ones(3)}, **{"lr": 0.1, name: bad})
 
 
 def test_clip_grad_norm_refuses_a_nan_max_norm():

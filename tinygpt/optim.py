@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError, is_number
+from tinygpt.errors import TinyGPTError, is_finite, is_number, shown
 
 
 def _gpu(a):
@@ -73,14 +73,12 @@ class AdamW:
                 raise TinyGPTError(f"AdamW: {name} must be a number, got {value!r}")
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(map(is_number, betas))):
             raise TinyGPTError(f"AdamW: betas must be a pair of numbers (beta1, beta2), got {betas!r}")
-        if not lr >= 0.0:
-            raise TinyGPTError(f"learning rate must be >= 0, got {lr}")
+        for name, value in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+            # (inf moved every weight to inf or nan; 10**400 was float()'s OverflowError)
+            if not (is_finite(value) and value >= 0.0):
+                raise TinyGPTError(f"AdamW: {name} must be a finite number >= 0, got {shown(value)}")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise TinyGPTError(f"betas must be in [0, 1), got {tuple(betas)}")
-        if not eps >= 0.0:
-            raise TinyGPTError(f"eps must be >= 0, got {eps}")
-        if not weight_decay >= 0.0:
-            raise TinyGPTError(f"weight decay must be >= 0, got {weight_decay}")
         self.params = params
         self.lr = float(lr)
         self.betas = (float(betas[0]), float(betas[1]))
@@ -100,9 +98,10 @@ class AdamW:
         """One update of every parameter from ``grads`` (same keys); ``lr`` overrides ``self.lr``."""
         if lr is not None and not is_number(lr):  # ("x" was float()'s ValueError, "1e-3" taken as a number)
             raise TinyGPTError(f"AdamW.step: lr must be a number, got {lr!r}")
+        if lr is not None and not (is_finite(lr) and lr >= 0.0):  # the constructor's rule: a nan, infinite
+            # or negative rate from a schedule moved every weight, and 10**400 was float()'s OverflowError
+            raise TinyGPTError(f"AdamW.step: lr must be a finite number >= 0, got {shown(lr)}")
         lr = self.lr if lr is None else float(lr)
-        if not lr >= 0.0:  # the constructor's rule: a nan or negative rate from a schedule moved every weight
-            raise TinyGPTError(f"AdamW.step: learning rate must be >= 0, got {lr}")
         # every gradient checked before any parameter moves: a missing one failed half-way through the
         # update (KeyError), and a (1,)-shaped one was broadcast over its whole parameter
         missing = [name for name in self.params if name not in grads]
