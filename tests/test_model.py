@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tinygpt.errors import TinyGPTError
 from tinygpt.gradcheck import numerical_gradient, relative_error
 from tinygpt.model import GPT, GPTConfig, activation_floats_per_token, param_count, param_shapes
+from tinygpt.optim import AdamW
 
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
 
@@ -869,3 +870,20 @@ def test_a_forward_that_keeps_no_caches_scores_the_same_and_frees_each_layers(ba
         model.backward()
     if backend == "numpy":
         assert peak < 0.5 * kept_peak, (peak, kept_peak)
+
+
+def test_error_messages_show_numpy_scalars_as_the_numbers_they_hold():
+    # guards: NumPy 2's repr put "got np.float64(-1.0)" and "got np.int64(0)" in the one-line messages of
+    # values an API caller took from an array; the messages mean the number
+    cases = [
+        (lambda: GPTConfig(**{**TINY, "dropout": np.float64(-1.0)}), "GPTConfig.dropout must be", "got -1.0"),
+        (lambda: GPTConfig(**{**TINY, "n_layer": np.int64(0)}), "GPTConfig.n_layer must be", "got 0"),
+        (lambda: GPT(GPTConfig(**TINY)).generate([0], 2, temperature=np.float32(-2.0)), "temperature",
+         "got -2.0"),
+        (lambda: AdamW({"w": np.zeros(2)}, lr=np.float64(-1.0)), "AdamW: lr", "got -1.0"),
+    ]
+    for make, start, end in cases:
+        with pytest.raises(TinyGPTError) as caught:
+            make()
+        message = str(caught.value)
+        assert start in message and message.endswith(end) and "np." not in message, message

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-from tinygpt.errors import TinyGPTError
+from tinygpt.errors import TinyGPTError, shown
 
 
 def _int64(text: str) -> int:
@@ -181,7 +181,7 @@ def _tokenizer_decode(args):
     words = _tokenizer_read_utf8("-").split() if args.ids == ["-"] else args.ids
     bad = next((w for w in words if not re.fullmatch(r"-?[0-9]+", w)), None)  # not int(): it takes "1_0", "٣"
     if bad is not None:
-        raise TinyGPTError(f"token ids must be integers, got {bad!r}")
+        raise TinyGPTError(f"token ids must be integers, got {shown(bad)}")
     ids = [int(w) for w in words]
     _write_utf8(tok.decode(ids))
 

@@ -331,7 +331,7 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
     after it for a ``val_fraction`` other than the default).
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise TinyGPTError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        raise TinyGPTError(f"val_fraction must be in [0, 1), got {shown(val_fraction)}")
     text_path = Path(text_path)
     text = read_text(text_path)
     text_sha256 = sha256_bytes(text.encode("utf-8"))
@@ -650,7 +650,7 @@ def _check_window_sizes(where: str, batch_size, block_size) -> None:
     ``iter_eval_windows`` a ValueError from range(), a ZeroDivisionError or no windows at all, silently."""
     for name, value in (("batch_size", batch_size), ("block_size", block_size)):
         if not is_int(value) or value < 1:
-            raise TinyGPTError(f"{where}: {name} must be a positive integer, got {value!r}")
+            raise TinyGPTError(f"{where}: {name} must be a positive integer, got {shown(value)}")
 
 
 def get_batch(tokens: np.ndarray, batch_size: int, block_size: int,
@@ -724,7 +724,7 @@ def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, stri
     _check_window_sizes("iter_eval_windows", batch_size, block_size)
     if stride is not None and (not is_int(stride) or not 1 <= stride <= block_size):
         raise TinyGPTError(f"iter_eval_windows: stride must be an integer from 1 to block_size {block_size}, "
-                           f"got {stride!r}")
+                           f"got {shown(stride)}")
     tokens = np.asarray(tokens)  # (a memmap is not copied; a list was indexed by an array: a TypeError)
     if tokens.ndim != 1 or tokens.dtype.kind not in "iu":  # as get_batch: (N, M) ids gave windows of rows,
         # and float ids were cast to integers, each without a word

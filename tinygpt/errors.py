@@ -11,6 +11,8 @@ import math
 import numbers
 import reprlib
 
+import numpy as np
+
 
 class TinyGPTError(ValueError):
     """Bad input: the message says what is wrong and, where it helps, how to fix it."""
@@ -37,6 +39,11 @@ def is_finite(value) -> bool:
 
 
 class _Shown(reprlib.Repr):
+    def repr1(self, x, level):
+        # a NumPy scalar as the Python number it holds: NumPy 2 writes np.float64(-1.0) where the message
+        # means -1.0 (an API caller's value is often one: a config read with np.load, a value from an array)
+        return super().repr1(x.item() if isinstance(x, np.generic) else x, level)
+
     def repr_int(self, x, level):
         # Python refuses to write an int of more than 4,300 digits (a ValueError), and a file's may be longer
         return f"<an integer of {x.bit_length():,} bits>" if x.bit_length() > 256 else repr(x)
@@ -49,5 +56,10 @@ def shown(value) -> str:
     """``value``, read from a file, as an error message shows it: its repr cut short by reprlib (6 levels
     down, 6 items across, 30 characters of a string), an integer too long to write as its size in bits.
     A pickle can make a list of a list twice, 40 deep, in 1 KB, or 10**5000: repr never finished the
-    first and raised a ValueError on the second, where this returns at once."""
+    first and raised a ValueError on the second, where this returns at once. A NumPy scalar is shown as the
+    Python value it holds:
+
+    >>> shown(np.float64(-1.0)), shown([np.int64(3), "a"])
+    ('-1.0', "[3, 'a']")
+    """
     return _SHOWN.repr(value)

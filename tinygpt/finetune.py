@@ -53,7 +53,7 @@ import numpy as np
 
 from tinygpt import layers
 from tinygpt.data import refuse_device
-from tinygpt.errors import TinyGPTError, is_int, is_number
+from tinygpt.errors import TinyGPTError, is_int, is_number, shown
 from tinygpt.files import loads_json, write_atomic
 from tinygpt.optim import check_decay_fits_rate
 
@@ -148,7 +148,7 @@ def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
         if label is None or label == "":
             raise TinyGPTError(f"{where}: missing label")
         if isinstance(label, bool) or not isinstance(label, (str, int)):
-            raise TinyGPTError(f"{where}: a label must be a string or an integer, got {label!r}")
+            raise TinyGPTError(f"{where}: a label must be a string or an integer, got {shown(label)}")
         if isinstance(label, str):  # JSON's "\ud800" is a string with no UTF-8 to print or save it as
             try:
                 label.encode("utf-8")
@@ -158,7 +158,7 @@ def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
         if split in ("", None):
             split = None
         elif split not in ("train", "val"):
-            raise TinyGPTError(f"{where}: split must be train or val, got {split!r}")
+            raise TinyGPTError(f"{where}: split must be train or val, got {shown(split)}")
         texts.append(text)
         labels.append(label)
         splits.append(split)
@@ -352,7 +352,7 @@ def classifier_backward(cache, dloss: float = 1.0) -> dict[str, np.ndarray]:
 def _batches_by_length(seqs, batch_size):
     """Index batches with similar lengths together (less padding computed); order restored by callers."""
     if not is_int(batch_size) or batch_size < 1:
-        raise TinyGPTError(f"--batch-size must be a positive integer, got {batch_size!r}")
+        raise TinyGPTError(f"--batch-size must be a positive integer, got {shown(batch_size)}")
     order = np.argsort([len(s) for s in seqs], kind="stable")
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
@@ -460,19 +460,21 @@ class FinetuneConfig:
             if value is None and start and name in SCRATCH_DEFAULTS:
                 continue  # the checkpoint's
             if not is_int(value) or value <= 0:
-                raise TinyGPTError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+                raise TinyGPTError(f"--{name.replace('_', '-')} must be a positive integer, "
+                                   f"got {shown(value)}")
         if self.max_iters is not None and (not is_int(self.max_iters) or self.max_iters <= 0):
-            raise TinyGPTError(f"--max-iters must be a positive integer, got {self.max_iters!r}")
+            raise TinyGPTError(f"--max-iters must be a positive integer, got {shown(self.max_iters)}")
         if not is_int(self.seed) or self.seed < 0:
-            raise TinyGPTError(f"--seed must be a non-negative integer, got {self.seed!r}")
+            raise TinyGPTError(f"--seed must be a non-negative integer, got {shown(self.seed)}")
         if not is_int(self.warmup_iters) or self.warmup_iters < 0:
-            raise TinyGPTError(f"--warmup-iters must be a non-negative integer, got {self.warmup_iters!r}")
+            raise TinyGPTError("--warmup-iters must be a non-negative integer, "
+                               f"got {shown(self.warmup_iters)}")
         if not (is_number(self.learning_rate) and math.isfinite(self.learning_rate)
                 and self.learning_rate > 0):
-            raise TinyGPTError(f"--learning-rate must be a positive number, got {self.learning_rate!r}")
+            raise TinyGPTError(f"--learning-rate must be a positive number, got {shown(self.learning_rate)}")
         if self.min_lr is not None:
             if not is_number(self.min_lr) or not math.isfinite(self.min_lr) or self.min_lr < 0:
-                raise TinyGPTError(f"--min-lr must be a number >= 0, got {self.min_lr!r}")
+                raise TinyGPTError(f"--min-lr must be a number >= 0, got {shown(self.min_lr)}")
             if self.min_lr > self.learning_rate:
                 raise TinyGPTError(f"--min-lr ({self.min_lr:g}) must not exceed --learning-rate "
                                    f"({self.learning_rate:g}): the schedule decays from the peak to it")
@@ -485,9 +487,10 @@ class FinetuneConfig:
         # checked here too, not only where the split is drawn: a file with split fields never draws one,
         # and --val-fraction 5 was then accepted without a word
         if not (is_number(self.val_fraction) and 0.0 <= self.val_fraction < 1.0):
-            raise TinyGPTError(f"--val-fraction must be in [0, 1), got {self.val_fraction!r}")
+            raise TinyGPTError(f"--val-fraction must be in [0, 1), got {shown(self.val_fraction)}")
         if self.dropout is not None and not (is_number(self.dropout) and 0.0 <= self.dropout < 1.0):
-            raise TinyGPTError(f"--dropout must be in [0, 1), got {self.dropout!r}")  # ("0.1": a TypeError)
+            # ("0.1": a TypeError)
+            raise TinyGPTError(f"--dropout must be in [0, 1), got {shown(self.dropout)}")
         for name in ("epochs", "max_iters", "batch_size", "eval_interval", "n_layer", "n_head", "n_embd",
                      "block_size", "seed", "warmup_iters"):  # NumPy integers as Python ints, NumPy floats as
             if isinstance(getattr(self, name), np.integer):  # floats: the run's record is saved as JSON,
@@ -498,16 +501,16 @@ class FinetuneConfig:
                 setattr(self, name, float(value))
         for name in ("freeze_body", "recompute"):  # a truthy "no" or "false" froze the body without a word
             if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise TinyGPTError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise TinyGPTError(f"{name} must be true or false, got {shown(getattr(self, name))}")
             setattr(self, name, bool(getattr(self, name)))
         if self.labels is not None and not isinstance(self.labels, (list, tuple)):  # a string was split into
             # its characters: "neg,pos" named the classes n, e, g, ",", ...
-            raise TinyGPTError(f"labels must be a list of class names, got {self.labels!r}")
+            raise TinyGPTError(f"labels must be a list of class names, got {shown(self.labels)}")
         if not start and self.tokenizer not in ("char", "gpt2"):
             raise TinyGPTError(f"--tokenizer must be char or gpt2 for a model from scratch, got "
                                f"{self.tokenizer!r}")
         if not start and not isinstance(self.bias, bool):
-            raise TinyGPTError(f"bias must be true or false, got {self.bias!r}")
+            raise TinyGPTError(f"bias must be true or false, got {shown(self.bias)}")
         if not start and self.n_embd % self.n_head:
             raise TinyGPTError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
         return self
@@ -849,7 +852,7 @@ def evaluate_classifier(out_dir, data: str | None = None, split: str = "val", ba
         raise TinyGPTError(f"unknown split {split!r}: choose train, val or all")
     _batches_by_length([], batch_size)  # checks batch_size before anything loads
     if max_batches is not None and (not is_int(max_batches) or max_batches < 1):  # (1.5 ran 2 batches)
-        raise TinyGPTError(f"--max-batches must be an integer >= 1, got {max_batches!r}")
+        raise TinyGPTError(f"--max-batches must be an integer >= 1, got {shown(max_batches)}")
     clf = load_classifier(out_dir, backend=backend)
     path = data or clf.meta.get("data")
     texts, raw_labels, splits = read_labelled(path)

@@ -83,27 +83,27 @@ def validate_sampling(temperature=1.0, top_k=None, top_p=None, min_p=None, repet
     """Raise TinyGPTError unless temperature >= 0 (finite), top_k is None or an int >= 0, 0 < top_p <= 1,
     min_p is None or in [0, 1], and repetition_penalty is None or a finite number > 0."""
     if not is_number(temperature):
-        raise TinyGPTError(f"temperature must be a number >= 0, got {temperature!r}")
+        raise TinyGPTError(f"temperature must be a number >= 0, got {shown(temperature)}")
     if not (is_finite(temperature) and temperature >= 0):
         raise TinyGPTError(f"temperature must be a finite number >= 0 (0 = greedy), got {shown(temperature)}")
     if top_k is not None:
         if not is_int(top_k):
-            raise TinyGPTError(f"top_k must be an integer >= 0 (0 or None = off), got {top_k!r}")
+            raise TinyGPTError(f"top_k must be an integer >= 0 (0 or None = off), got {shown(top_k)}")
         if top_k < 0:
             raise TinyGPTError(f"top_k must be >= 0 (0 or None = off), got {top_k}")
     if top_p is not None:
         if not is_number(top_p):
-            raise TinyGPTError(f"top_p must be a number in (0, 1], got {top_p!r}")
+            raise TinyGPTError(f"top_p must be a number in (0, 1], got {shown(top_p)}")
         if not 0.0 < top_p <= 1.0:
             raise TinyGPTError(f"top_p must be in (0, 1] (1 = off), got {shown(top_p)}")
     if min_p is not None:
         if not is_number(min_p):
-            raise TinyGPTError(f"min_p must be a number in [0, 1], got {min_p!r}")
+            raise TinyGPTError(f"min_p must be a number in [0, 1], got {shown(min_p)}")
         if not 0.0 <= min_p <= 1.0:  # (NaN fails it too)
             raise TinyGPTError(f"min_p must be in [0, 1] (0 or None = off), got {shown(min_p)}")
     if repetition_penalty is not None:
         if not is_number(repetition_penalty):
-            raise TinyGPTError(f"repetition_penalty must be a number > 0, got {repetition_penalty!r}")
+            raise TinyGPTError(f"repetition_penalty must be a number > 0, got {shown(repetition_penalty)}")
         if not (is_finite(repetition_penalty) and repetition_penalty > 0):
             raise TinyGPTError(f"repetition_penalty must be a finite number > 0 (1 or None = off), got "
                                f"{shown(repetition_penalty)}")
@@ -432,7 +432,7 @@ def _cached_attention(qkv, kv, pos, n_head):
 
 def _check_backend(backend) -> None:
     if backend not in BACKENDS:
-        raise TinyGPTError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise TinyGPTError(f"backend must be one of {', '.join(BACKENDS)}, got {shown(backend)}")
 
 
 def _mlp_gelu(config, backend: str):
@@ -501,7 +501,7 @@ def forward_cached(params, config, idx, kv_cache, pos, lm_head=None, backend="nu
     idx = checked_token_ids(idx, config.vocab_size, config.block_size)
     B, T = idx.shape
     if not is_int(pos) or pos < 0:
-        raise TinyGPTError(f"forward_cached: pos must be an integer >= 0, got {pos!r}")
+        raise TinyGPTError(f"forward_cached: pos must be an integer >= 0, got {shown(pos)}")
     if pos + T > config.block_size:
         raise TinyGPTError(f"positions up to {pos + T} exceed block_size {config.block_size}")
     x = params["wte.weight"][idx]  # (B, T, C)
@@ -605,17 +605,19 @@ def generate(
     validate_sampling(temperature, top_k, top_p, min_p, repetition_penalty)
     _check_backend(backend)
     if not is_int(max_new_tokens) or max_new_tokens < 0:
-        raise TinyGPTError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        raise TinyGPTError(f"max_new_tokens must be an integer >= 0, got {shown(max_new_tokens)}")
     _check_params(params, config)
     idx = _check_idx(idx, config.vocab_size)
     if eos_token is not None and not (is_int(eos_token) and 0 <= eos_token < config.vocab_size):
         raise TinyGPTError(f"eos_token {eos_token} is not a token id in [0, {config.vocab_size})")
     if vocab_limit is not None and not (is_int(vocab_limit) and 0 < vocab_limit <= config.vocab_size):
-        raise TinyGPTError(f"vocab_limit must be an integer in [1, {config.vocab_size}], got {vocab_limit!r}")
+        raise TinyGPTError(f"vocab_limit must be an integer in [1, {config.vocab_size}], "
+                           f"got {shown(vocab_limit)}")
     if eos_token is not None and vocab_limit is not None and eos_token >= vocab_limit:
         raise TinyGPTError(f"eos_token {eos_token} is at or past vocab_limit {vocab_limit}")
     if not (seed is None or isinstance(seed, np.random.Generator) or (is_int(seed) and seed >= 0)):
-        raise TinyGPTError(f"seed must be an integer >= 0, a numpy.random.Generator or None, got {seed!r}")
+        raise TinyGPTError("seed must be an integer >= 0, a numpy.random.Generator or None, "
+                           f"got {shown(seed)}")
     rng = np.random.default_rng(seed)  # a Generator passes through unchanged
 
     B, T = idx.shape

@@ -99,17 +99,18 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if not is_int(value) or value <= 0:
-                raise TinyGPTError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+                raise TinyGPTError(f"GPTConfig.{name} must be a positive integer, got {shown(value)}")
             setattr(self, name, int(value))
         if self.n_embd % self.n_head:
             raise TinyGPTError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
         if not isinstance(self.bias, (bool, np.bool_)):
-            raise TinyGPTError(f"GPTConfig.bias must be true or false, got {self.bias!r}")
+            raise TinyGPTError(f"GPTConfig.bias must be true or false, got {shown(self.bias)}")
         self.bias = bool(self.bias)
         if self.gelu not in GELUS:
-            raise TinyGPTError(f"GPTConfig.gelu must be {' or '.join(map(repr, GELUS))}, got {self.gelu!r}")
+            raise TinyGPTError(f"GPTConfig.gelu must be {' or '.join(map(repr, GELUS))}, "
+                               f"got {shown(self.gelu)}")
 
     def __setattr__(self, name, value):
         # dropout is checked on every assignment, not only in __init__: it is the one setting changed on a
@@ -117,7 +118,7 @@ class GPTConfig:
         # TypeError from the dropout layers, which check only the range (they are on the hot path)
         if name == "dropout":
             if not is_number(value):  # (NumPy's too: np.float32 is no Python float)
-                raise TinyGPTError(f"GPTConfig.dropout must be a number in [0, 1), got {value!r}")
+                raise TinyGPTError(f"GPTConfig.dropout must be a number in [0, 1), got {shown(value)}")
             if not 0.0 <= value < 1.0:
                 raise TinyGPTError(f"GPTConfig.dropout must be in [0, 1), got {value}")
             value = float(value)
@@ -257,11 +258,11 @@ class GPT:
             raise TinyGPTError(f"GPT needs a GPTConfig, got {type(config).__name__}")
         # (None, -1 or 1.5 reached NumPy's SeedSequence: a TypeError or ValueError from inside it)
         if not is_int(seed) or seed < 0:
-            raise TinyGPTError(f"seed must be a non-negative integer, got {seed!r}")
+            raise TinyGPTError(f"seed must be a non-negative integer, got {shown(seed)}")
         try:
             dtype = np.dtype(dtype)
         except TypeError:  # a name NumPy does not know ("float", "f4" and np.float32 it does)
-            raise TinyGPTError(f"dtype must be float32 or float64, got {dtype!r}") from None
+            raise TinyGPTError(f"dtype must be float32 or float64, got {shown(dtype)}") from None
         if dtype not in (np.float32, np.float64):
             raise TinyGPTError(f"dtype must be float32 or float64, got {dtype}")
         self.config = config
@@ -711,12 +712,12 @@ def _config_from_hf(hf: dict, where: str, dropout: float | None) -> GPTConfig:
         raise TinyGPTError(f"{where} is missing {', '.join(missing)}")
     for key in sizes:
         if not isinstance(hf[key], int) or isinstance(hf[key], bool):
-            raise TinyGPTError(f"{where}: {key} must be an integer, got {hf[key]!r}")
+            raise TinyGPTError(f"{where}: {key} must be an integer, got {shown(hf[key])}")
     if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
         raise TinyGPTError(f"{where}: n_inner = {hf['n_inner']!r} is not supported (the MLP is 4 * n_embd)")
     resid_pdrop = hf.get("resid_pdrop", 0.0)
     if not isinstance(resid_pdrop, (int, float)) or isinstance(resid_pdrop, bool):
-        raise TinyGPTError(f"{where}: resid_pdrop must be a number, got {resid_pdrop!r}")
+        raise TinyGPTError(f"{where}: resid_pdrop must be a number, got {shown(resid_pdrop)}")
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=hf["n_positions"],

@@ -70,9 +70,9 @@ class AdamW:
             raise TinyGPTError(f"AdamW: params must be a dict of name -> array, got {type(params).__name__}")
         for name, value in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
             if not is_number(value):
-                raise TinyGPTError(f"AdamW: {name} must be a number, got {value!r}")
+                raise TinyGPTError(f"AdamW: {name} must be a number, got {shown(value)}")
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(map(is_number, betas))):
-            raise TinyGPTError(f"AdamW: betas must be a pair of numbers (beta1, beta2), got {betas!r}")
+            raise TinyGPTError(f"AdamW: betas must be a pair of numbers (beta1, beta2), got {shown(betas)}")
         for name, value in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
             # (inf moved every weight to inf or nan; 10**400 was float()'s OverflowError)
             if not (is_finite(value) and value >= 0.0):
@@ -97,7 +97,7 @@ class AdamW:
     def step(self, grads: dict[str, np.ndarray], lr: float | None = None) -> None:
         """One update of every parameter from ``grads`` (same keys); ``lr`` overrides ``self.lr``."""
         if lr is not None and not is_number(lr):  # ("x" was float()'s ValueError, "1e-3" taken as a number)
-            raise TinyGPTError(f"AdamW.step: lr must be a number, got {lr!r}")
+            raise TinyGPTError(f"AdamW.step: lr must be a number, got {shown(lr)}")
         if lr is not None and not (is_finite(lr) and lr >= 0.0):  # the constructor's rule: a nan, infinite
             # or negative rate from a schedule moved every weight, and 10**400 was float()'s OverflowError
             raise TinyGPTError(f"AdamW.step: lr must be a finite number >= 0, got {shown(lr)}")

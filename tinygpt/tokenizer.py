@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import regex
 
-from tinygpt.errors import TinyGPTError, is_int
+from tinygpt.errors import TinyGPTError, is_int, shown
 from tinygpt.files import atomic_path, loads_json, write_atomic
 
 # --- split patterns -------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def resolve_split_pattern(pattern: str) -> tuple[str | None, str]:
     that would match nothing useful), so a typo such as ``"gpt3"`` is an error, not a silent regex.
     """
     if not isinstance(pattern, str) or not pattern:
-        raise TinyGPTError(f"split pattern must be 'gpt2', 'gpt4' or a regex string, got {pattern!r}")
+        raise TinyGPTError(f"split pattern must be 'gpt2', 'gpt4' or a regex string, got {shown(pattern)}")
     if pattern in SPLIT_PATTERNS:
         return pattern, SPLIT_PATTERNS[pattern]
     if regex.fullmatch(r"[\w\-]+", pattern):
@@ -331,7 +331,8 @@ class BPETokenizer:
         self.ranks: dict[tuple[int, int], int] = {}
         for i, pair in enumerate(merges):
             if len(pair) != 2 or not all(is_int(t) and 0 <= t < 256 + i for t in pair):
-                raise TinyGPTError(f"merge {i} must be a pair of earlier ids (< {256 + i}), got {pair!r}")
+                raise TinyGPTError(f"merge {i} must be a pair of earlier ids (< {256 + i}), "
+                                   f"got {shown(pair)}")
             a, b = pair
             if (a, b) in self.ranks:
                 raise TinyGPTError(f"merge {i} repeats the pair ({a}, {b})")
@@ -490,14 +491,15 @@ class BPETokenizer:
         if not isinstance(text, str):
             raise TinyGPTError(f"training text must be a str, got {type(text).__name__}")
         if isinstance(special_tokens, (str, bytes)):  # one string is not a list of them: "€ü" made two
-            raise TinyGPTError(f"special_tokens must be a list of strings, got {special_tokens!r}")
+            raise TinyGPTError(f"special_tokens must be a list of strings, got {shown(special_tokens)}")
         special_tokens = list(special_tokens or [])
         distinct = len(set(special_tokens)) == len(special_tokens)
         if not distinct or not all(isinstance(s, str) and s for s in special_tokens):
             raise TinyGPTError("special_tokens must be distinct non-empty strings")
         if not is_int(vocab_size) or vocab_size < 256 + len(special_tokens):  # (NumPy's integers too)
             raise TinyGPTError(
-                f"vocab_size must be an int >= 256 + {len(special_tokens)} special tokens, got {vocab_size!r}"
+                f"vocab_size must be an int >= 256 + {len(special_tokens)} special tokens, "
+                f"got {shown(vocab_size)}"
             )
         splitter = cls([], pattern=pattern)
         # Special-token strings in the text (document separators) are cut out, not learned from.
@@ -872,7 +874,7 @@ def load_tokenizer(spec) -> BPETokenizer | CharTokenizer:
         return BPETokenizer.from_dict(d)
     if kind == "char":
         return CharTokenizer.from_dict(d)
-    raise TinyGPTError(f"{path} is not a tokenizer file: its type must be 'bpe' or 'char', got {kind!r}")
+    raise TinyGPTError(f"{path} is not a tokenizer file: its type must be 'bpe' or 'char', got {shown(kind)}")
 
 
 # --- showing tokens -------------------------------------------------------------------------------
@@ -938,7 +940,7 @@ def _as_id_list(ids, vocab_size: int) -> list[int]:
         # NumPy integer scalars (e.g. from iterating an array row) are ids too; bools and floats are not
         bad = next((i for i in ids if not isinstance(i, (int, np.integer)) or isinstance(i, bool)), None)
         if bad is not None:
-            raise TinyGPTError(f"ids must be ints, got {bad!r}")
+            raise TinyGPTError(f"ids must be ints, got {shown(bad)}")
         ids = [int(i) for i in ids]
     if ids and (min(ids) < 0 or max(ids) >= vocab_size):
         bad = next(i for i in ids if not 0 <= i < vocab_size)
@@ -955,7 +957,7 @@ def _allowed_specials(allowed_special, special_tokens: dict) -> set[str]:
             return set()
     if isinstance(allowed_special, (str, bytes)) or not hasattr(allowed_special, "__iter__"):
         raise TinyGPTError(
-            f"allowed_special must be 'none', 'all' or a set of special tokens, got {allowed_special!r}"
+            f"allowed_special must be 'none', 'all' or a set of special tokens, got {shown(allowed_special)}"
         )
     allowed = set(allowed_special)
     unknown = allowed - set(special_tokens)

@@ -99,20 +99,20 @@ class TrainConfig:
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-                raise TinyGPTError(f"{_flag(name)} must be a positive integer, got {value!r}")
+                raise TinyGPTError(f"{_flag(name)} must be a positive integer, got {shown(value)}")
         for name in ("warmup_iters",) + (("lr_decay_iters",) if self.lr_decay_iters is not None else ()):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-                raise TinyGPTError(f"{_flag(name)} must be a non-negative integer, got {value!r}")
+                raise TinyGPTError(f"{_flag(name)} must be a non-negative integer, got {shown(value)}")
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
-            raise TinyGPTError(f"--seed must be a non-negative integer, got {self.seed!r}")
+            raise TinyGPTError(f"--seed must be a non-negative integer, got {shown(self.seed)}")
         for name in positive + ("warmup_iters", "lr_decay_iters", "seed"):  # NumPy integers as Python ints:
             if isinstance(getattr(self, name), np.integer):  # they are saved as JSON, which takes no int64
                 setattr(self, name, int(getattr(self, name)))
         for name in ("data", "out", "init_from", "pretrained"):
             value = getattr(self, name)
             if not isinstance(value, str) and (value is not None or name == "out"):
-                raise TinyGPTError(f"{_flag(name)} must be a path, got {value!r}")
+                raise TinyGPTError(f"{_flag(name)} must be a path, got {shown(value)}")
             if name != "out" and value is not None and not value.strip():  # "" read as not given:
                 # `--data "$UNSET"` trained on the default corpus, `--init-from ""` from scratch
                 raise TinyGPTError(f"{_flag(name)} must name a path, got an empty string")
@@ -152,10 +152,10 @@ class TrainConfig:
             raise TinyGPTError(f"--vocab-size applies to --tokenizer bpe only (the {kind} tokenizer's "
                                "vocabulary is fixed by its text or files)")
         if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size <= 256):
-            raise TinyGPTError(f"--vocab-size must be an integer above 256, got {self.vocab_size!r}")
+            raise TinyGPTError(f"--vocab-size must be an integer above 256, got {shown(self.vocab_size)}")
         for name in ("bias", "recompute"):
             if not isinstance(getattr(self, name), bool):
-                raise TinyGPTError(f"{_flag(name)} must be true or false, got {getattr(self, name)!r}")
+                raise TinyGPTError(f"{_flag(name)} must be true or false, got {shown(getattr(self, name))}")
         return self
 
     def to_dict(self) -> dict:
@@ -843,11 +843,11 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
     # integers, checked before the (slow) load: 2.5 was a TypeError from range(), "4" from the comparison,
     # and a max_batches of 1.5 ran 2 batches
     if not is_int(batch_size) or batch_size <= 0:
-        raise TinyGPTError(f"--batch-size must be a positive integer, got {batch_size!r}")
+        raise TinyGPTError(f"--batch-size must be a positive integer, got {shown(batch_size)}")
     if max_batches is not None and (not is_int(max_batches) or max_batches < 1):
-        raise TinyGPTError(f"--max-batches must be an integer >= 1, got {max_batches!r}")
+        raise TinyGPTError(f"--max-batches must be an integer >= 1, got {shown(max_batches)}")
     if stride is not None and (not is_int(stride) or stride < 1):  # (its upper bound, once the model is in)
-        raise TinyGPTError(f"--stride must be a positive integer, got {stride!r}")
+        raise TinyGPTError(f"--stride must be a positive integer, got {shown(stride)}")
     if pretrained is not None:
         from tinygpt.finetune import load_gpt2_dir
 
