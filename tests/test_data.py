@@ -165,6 +165,9 @@ def test_read_text_errors(tmp_path):
     (tmp_path / "empty.txt").write_text("  \n")
     with pytest.raises(TinyGPTError, match="empty"):
         data.read_text(tmp_path / "empty.txt")
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf \n")  # a BOM and whitespace: nothing to train on
+    with pytest.raises(TinyGPTError, match="empty"):
+        data.read_text(tmp_path / "bom.txt")
     (tmp_path / "bin.txt").write_bytes(b"abc\xff\xfe")
     with pytest.raises(TinyGPTError, match="UTF-8"):
         data.read_text(tmp_path / "bin.txt")
@@ -173,6 +176,17 @@ def test_read_text_errors(tmp_path):
     for device in ("/dev/null", "/dev/zero"):
         with pytest.raises(TinyGPTError, match="data path is a device"):
             data.read_text(device)
+
+
+def test_a_leading_byte_order_mark_is_not_text(tmp_path):
+    # guards: Notepad's BOM (EF BB BF) was decoded as U+FEFF, the first character of the text, and a
+    # character tokenizer gave it an id of its own, trained on once; one later in the text is a character
+    src = tmp_path / "notepad.txt"
+    src.write_bytes("\ufeffTo be, or not to be\ufeff".encode("utf-8"))
+    assert data.read_text(src) == "To be, or not to be\ufeff"
+    src.write_bytes("\ufeff".encode("utf-8") + TEXT.encode("utf-8"))
+    ds = data.prepare_dataset(src, "char", cache=tmp_path / "cache")
+    assert "\ufeff" not in ds.tokenizer.chars and ds.tokenizer.decode(ds.train[:5].tolist()) == TEXT[:5]
 
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20

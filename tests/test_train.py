@@ -717,6 +717,14 @@ def test_shipped_configs():
     assert default.data is None and default.tokenizer == "char"
 
 
+def test_a_config_file_saved_with_a_byte_order_mark_reads(tmp_path):
+    # guards: Notepad's "UTF-8" writes EF BB BF first, and Python's TOML reader refused the file as
+    # "Invalid statement (at line 1, column 1)"
+    path = tmp_path / "notepad.toml"
+    path.write_bytes("\ufeffn_layer = 3\nlearning_rate = 2e-3\n".encode("utf-8"))
+    assert training.read_config_file(str(path)) == {"n_layer": 3, "learning_rate": 2e-3}
+
+
 # --- bad input: one line on stderr, exit status 2, no traceback -----------------------------------------
 
 

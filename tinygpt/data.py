@@ -204,7 +204,10 @@ def refuse_device(path: str | os.PathLike, what: str) -> None:
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """The UTF-8 text of a data file, with clear errors for missing, unreadable, empty or binary files."""
+    """The UTF-8 text of a data file, with clear errors for missing, unreadable, empty or binary files.
+
+    A leading byte-order mark (U+FEFF, which Windows Notepad and Excel write) is dropped: it is no character
+    of the text, and kept it became a token of a character vocabulary, trained on once, at the start."""
     path = Path(path)
     if not path.exists():
         raise TinyGPTError(f"data file not found: {path}")
@@ -218,12 +221,13 @@ def read_text(path: str | os.PathLike) -> str:
         raw = path.read_bytes()
     except OSError as exc:
         raise TinyGPTError(f"cannot read data file {path}: {exc.strerror or exc}") from None
-    if not raw.strip():
-        raise TinyGPTError(f"data file is empty: {path}")
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise TinyGPTError(f"data file is not UTF-8 text: {path} (byte {exc.start})") from None
+    if not text.strip():  # (after the decoding: a file of a BOM alone is empty too)
+        raise TinyGPTError(f"data file is empty: {path}")
+    return text
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

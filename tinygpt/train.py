@@ -286,7 +286,8 @@ def read_config_file(spec: str) -> dict:
             raise TinyGPTError(f"config {spec!r} is neither a file nor a shipped config "
                                f"({', '.join(shipped_configs())})")
         try:
-            text, where = path.read_text(encoding="utf-8"), str(path)
+            # (-sig: a leading BOM, which Notepad writes, is dropped: TOML's reader refuses it as a statement)
+            text, where = path.read_text(encoding="utf-8-sig"), str(path)
         except UnicodeDecodeError as exc:
             raise TinyGPTError(f"{path} is not a UTF-8 text file, so not a TOML config ({exc.reason})") \
                 from None
