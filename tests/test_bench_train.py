@@ -134,14 +134,23 @@ def test_bench_train_without_peer_with_memory_probe(capsys):
         (["--backend", ","], "--backend names no backend"),  # an UnboundLocalError traceback
         # (with --configs small --steps 1, so that a missing check fails the test fast)
         (["--warmup", "-1", "--configs", "small", "--steps", "1"], "--warmup >= 0"),
-        # refused with --no-memory too: a typo is not ignored
-        (["--memory-config", "huge", "--configs", "small", "--steps", "1"], "unknown config huge"),
+        # with --no-memory, --memory-config is refused, not ignored without a word
+        (["--memory-config", "huge", "--configs", "small", "--steps", "1"], "--no-memory skips the probe"),
+        (["--memory-config", "small", "--configs", "small", "--steps", "1"], "--no-memory skips the probe"),
     ],
 )
 def test_bench_train_bad_arguments(capsys, argv, message):
     assert main(["bench", "train", "--no-peer", "--no-memory", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_train_refuses_an_unknown_memory_config_before_measuring(capsys):
+    assert main(["bench", "train", "--no-peer", "--memory-config", "huge", "--configs", "small",
+                 "--steps", "1"]) == 2
+    captured = capsys.readouterr()
+    assert "unknown config huge" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert captured.out == ""  # before the first row
 
 
 def test_bench_train_isolated_runs_each_side_in_its_own_processes(capsys):

@@ -53,7 +53,7 @@ def add_arguments(parser):
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument("--no-peer", action="store_true", help="skip PyTorch (tinygpt figures only)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS probe")
-    parser.add_argument("--memory-config", default="medium", help="peak-RSS probe config (default medium)")
+    parser.add_argument("--memory-config", default=None, help="peak-RSS probe config (default medium)")
     parser.add_argument("--no-optimizer", action="store_true", help="time forward + backward only")
     parser.add_argument("--recompute", action="store_true",
                         help="activation recomputation on both sides (tinygpt's GPT.recompute, transformers' "
@@ -279,7 +279,11 @@ def peak_rss(side: str, config_name: str, backend: str, threads: int, with_optim
 def run(args):
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = [c for c in [*names, args.memory_config] if c not in CONFIGS]
+    if args.no_memory and args.memory_config is not None:  # (it was ignored without a word)
+        raise TinyGPTError("--memory-config names the peak-RSS probe's config, and --no-memory skips the "
+                           "probe: give one or the other")
+    memory_config = args.memory_config or "medium"
+    unknown = [c for c in [*names, memory_config] if c not in CONFIGS]
     if unknown or not names:
         raise TinyGPTError(
             f"unknown config {', '.join(unknown) or '(none)'}; choose from {', '.join(CONFIGS)}"
@@ -345,7 +349,7 @@ def run(args):
             for side, times in per_round.items():
                 print(f"  {side} rounds (ms/step): {' / '.join(f'{t * 1e3:,.0f}' for t in times)}")
     if not args.no_memory:
-        name = args.memory_config
+        name = memory_config
         L, H, C, T, B = CONFIGS[name]
         print(f"\npeak RSS of one training step at {L}L/{C}d/T{T}/B{B} (fresh process each):")
         sides = [("tinygpt", b) for b in backends] + ([("torch", "numpy")] if peer else [])
