@@ -64,6 +64,17 @@ def test_bench_recipe_bad_input(capsys, argv, message):
     assert len(err) == 1 and message in err[0]
 
 
+@pytest.mark.parametrize("content, message", [(b" \n", "data file is empty"),
+                                              (b"abc\xff", "data file is not UTF-8 text")])
+def test_bench_recipe_refuses_a_file_it_cannot_train_on_before_its_header(tmp_path, capsys, content, message):
+    # guards: the recipe's header line was printed first, and then the refusal
+    data = tmp_path / "bad.txt"
+    data.write_bytes(content)
+    assert main(["bench", "recipe", "--data", str(data), "--max-iters", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
 def _ours_name(peer_name):
     """Our params-dict name of a parameter of the peer's model."""
     for old, new in {"blocks.": "h.", "attn_c_proj": "attn.c_proj", "c_attn": "attn.c_attn",

@@ -205,6 +205,9 @@ def run(args):
         if value is not None and value < 1:
             raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     settings = _settings(args)
+    from tinygpt.data import read_text
+
+    read_text(settings["data"])  # an empty, binary or non-UTF-8 file: one line before the recipe's header
     # what the PyTorch side does not do: racing it would compare two different trainings
     unmatched = [f"{name} = {settings[name]!r}" for name, plain in (("dropout", 0.0), ("grad_accum_steps", 1),
                  ("init_from", None), ("pretrained", None)) if settings[name] != plain]
