@@ -1,0 +1,252 @@
+"""HellaSwag in the completion style (tinygpt.hellaswag, `tinygpt eval --hellaswag`): per-ending
+log-likelihoods against transformers' GPT2LMHeadModel scoring each ending alone, the token layout and mask,
+the left truncation, --limit, and every refusal (one line, exit 2, no traceback)."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import _gpt2_tokenizer_files, _tiktoken_gpt2
+
+from tinygpt import hellaswag
+from tinygpt.checkpoint import load_model, save_checkpoint
+from tinygpt.errors import TinyGPTError
+from tinygpt.finetune import load_gpt2_dir
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.tokenizer import CharTokenizer
+
+# synthetic items in HellaSwag's layout (the fields a real line has besides ctx, endings and label are
+# there to be ignored); contexts and endings of different lengths, so the rows of one batch are padded
+ITEMS = [
+    ("A man is sitting on a roof. he",
+     ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.", "is holding a rubik's cube.",
+      "starts pulling up roofing on a roof."]),
+    ("A woman is outside with a bucket and a dog. The dog is running around trying to avoid a bath. She",
+     ["rinses the bucket off with soap and blow dry the dog's head.", "uses a hose to keep it from getting "
+      "soapy.", "gets the dog wet, then it runs away again.", "gets into a bath tub with the dog."]),
+    ("Then, the man writes over the snow covering the window of a car, and a woman wearing winter clothes "
+     "smiles. then",
+     ["the man adds wax to the windshield and cuts it.",
+      "a person boards a ski lift while two men watch the snow.",
+      "the man puts on a christmas coat, knitted with netting.", "the man continues removing the snow on his "
+      "car."]),
+    ("How to make tea. Boil water in a kettle.",
+     ["Pour it.", "Put the tea bag in a cup and pour the water."]),
+    ("The crowd cheers as", ["the team scores.", "it rains.", "a bird flies over the stadium, very slowly."]),
+]
+
+
+def _row(i, ctx, endings, label):
+    return {"ind": i, "activity_label": "Test", "ctx_a": ctx, "ctx_b": "", "ctx": ctx, "split": "val",
+            "split_type": "indomain", "label": label, "endings": endings, "source_id": f"test~{i}"}
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def _torch_scores(hf, ctx, endings, block_size):
+    """(summed, mean) log-likelihood of each ending's tokens, computed in torch one ending at a time (no
+    padding): tiktoken's ids of ctx and " " + ending, the last block_size + 1 of them, the model reading all
+    but the last."""
+    import torch
+
+    enc = _tiktoken_gpt2()
+    ctx_ids = enc.encode_ordinary(ctx)
+    summed, mean = [], []
+    for ending in endings:
+        end_ids = enc.encode_ordinary(" " + ending)
+        row = torch.tensor((ctx_ids + end_ids)[-(block_size + 1):])
+        with torch.no_grad():
+            logits = hf(row[None, :-1]).logits[0]  # (L-1, V)
+        log_probs = torch.log_softmax(logits, dim=-1)[-len(end_ids):]  # the positions predicting the ending
+        picked = log_probs.gather(1, row[-len(end_ids):, None])[:, 0].double()
+        summed.append(picked.sum().item())
+        mean.append(picked.mean().item())
+    return np.array(summed), np.array(mean)
+
+
+@pytest.fixture(scope="module")
+def gpt2_dirs(tmp_path_factory):
+    """{block_size: (directory, transformers model)}: tiny random GPT-2s with GPT-2's tokenizer files, of
+    contexts 64 (every example fits) and 16 (most are cut)."""
+    from conftest import save_hf_gpt2
+
+    dirs = {}
+    for block_size in (64, 16):
+        directory = tmp_path_factory.mktemp(f"gpt2-{block_size}")
+        hf = save_hf_gpt2(directory, vocab_size=50257, block_size=block_size, seed=block_size,
+                          perturb_affines=True, tokenizer_files=_gpt2_tokenizer_files())
+        dirs[block_size] = directory, hf
+    return dirs
+
+
+@pytest.mark.parametrize("block_size", [64, 16])
+def test_log_likelihoods_and_accuracies_match_transformers(gpt2_dirs, block_size, tmp_path):
+    directory, hf = gpt2_dirs[block_size]
+    expected = [_torch_scores(hf, ctx, endings, block_size) for ctx, endings in ITEMS]
+    # labels: torch's pick by the summed log-likelihood, which the mean per token does not always agree with
+    labels = [int(np.argmax(s)) for s, _ in expected]
+    path = _write(tmp_path / "hellaswag.jsonl", [_row(i, c, e, y) for i, ((c, e), y) in
+                                                 enumerate(zip(ITEMS, labels))])
+    model, tokenizer, _ = load_gpt2_dir(directory)
+    examples = list(hellaswag.iter_examples(path))
+    assert [(e.ctx, list(e.endings), e.label) for e in examples] == [(c, e, y) for (c, e), y in
+                                                                      zip(ITEMS, labels)]
+    padded = 0
+    for example, (want_summed, want_mean) in zip(examples, expected):
+        tokens, mask, _ = hellaswag.render(example, tokenizer, block_size)
+        padded += int(not mask[:, -1].all())  # a row ends before the longest: it is padded
+        summed, mean = hellaswag.score(model, tokens, mask)
+        np.testing.assert_allclose(summed, want_summed, rtol=1e-5)
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-5)
+    assert padded >= 3  # rows of unequal length in most batches: the padding was there to be ignored
+    correct = sum(int(np.argmax(s) == y) for (s, _), y in zip(expected, labels))
+    correct_norm = sum(int(np.argmax(m) == y) for (_, m), y in zip(expected, labels))
+    result = hellaswag.evaluate(model, tokenizer, path)
+    assert (result["correct"], result["correct_norm"]) == (5, correct_norm)
+    result = hellaswag.evaluate(model, tokenizer, path)
+    assert (result["examples"], result["correct"], result["correct_norm"]) == (5, correct, correct_norm)
+    assert result["acc"] == correct / 5 and result["acc_norm"] == correct_norm / 5
+    assert correct == 5 and correct_norm < 5  # (so that acc and acc_norm swapped would show)
+    assert (result["cut"] > 0) == (block_size == 16)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_nanogpt_checkpoint_scores_as_its_torch_model(backend, tmp_path, make_nanogpt_ckpt):
+    # the exact GELU, a vocabulary padded to 50,304 (the softmax over every logit, as in torch), and the
+    # forward of another backend
+    import types
+
+    torch_model = make_nanogpt_ckpt(tmp_path / "ckpt.pt", vocab_size=50304, block_size=32, n_embd=16)
+    as_transformers = lambda x: types.SimpleNamespace(logits=torch_model(x))  # noqa: E731
+    expected = [_torch_scores(as_transformers, ctx, endings, 32) for ctx, endings in ITEMS]
+    labels = [int(np.argmax(s)) for s, _ in expected]
+    path = _write(tmp_path / "hellaswag.jsonl", [_row(i, c, e, y) for i, ((c, e), y) in
+                                                 enumerate(zip(ITEMS, labels))])
+    model, tokenizer, _ = load_gpt2_dir(tmp_path, backend=backend)
+    for example, (want_summed, want_mean) in zip(hellaswag.iter_examples(path), expected):
+        summed, mean = hellaswag.score(model, *hellaswag.render(example, tokenizer, 32)[:2])
+        np.testing.assert_allclose(summed, want_summed, rtol=1e-5)
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-5)
+    correct_norm = sum(int(np.argmax(m) == y) for (_, m), y in zip(expected, labels))
+    result = hellaswag.evaluate(model, tokenizer, path)
+    assert (result["correct"], result["correct_norm"]) == (5, correct_norm)
+
+
+def test_render_puts_the_context_then_each_ending_and_masks_only_the_ending(gpt2_dirs):
+    enc = _tiktoken_gpt2()
+    _, tokenizer, _ = load_gpt2_dir(gpt2_dirs[64][0])
+    ctx, endings = ITEMS[0]
+    tokens, mask, cut = hellaswag.render(hellaswag.Example(ctx, tuple(endings), 3), tokenizer, 64)
+    ctx_ids = enc.encode_ordinary(ctx)
+    rows = [ctx_ids + enc.encode_ordinary(" " + ending) for ending in endings]
+    width = max(map(len, rows))
+    assert cut == 0 and tokens.shape == mask.shape == (4, width)
+    for i, row in enumerate(rows):
+        assert tokens[i].tolist() == row + [0] * (width - len(row))  # right-padded with id 0
+        # the ending's tokens, the space before it included, and nothing of the context or the padding
+        assert mask[i].tolist() == [False] * len(ctx_ids) + [True] * (len(row) - len(ctx_ids)) + [False] * (
+            width - len(row))
+
+
+def test_a_long_example_keeps_the_end_of_its_context(gpt2_dirs):
+    enc = _tiktoken_gpt2()
+    _, tokenizer, _ = load_gpt2_dir(gpt2_dirs[16][0])
+    ctx, endings = ITEMS[1]
+    ctx_ids = enc.encode_ordinary(ctx)
+    ending_ids = [enc.encode_ordinary(" " + ending) for ending in endings]
+    tokens, mask, cut = hellaswag.render(hellaswag.Example(ctx, tuple(endings), 0), tokenizer, 16)
+    assert tokens.shape == (4, 17)  # every row cut to the model's 16 tokens and the one it predicts after
+    for i, ids in enumerate(ending_ids):
+        assert tokens[i].tolist() == (ctx_ids + ids)[-17:]  # the context's oldest tokens dropped
+        assert mask[i].tolist() == [False] * (17 - len(ids)) + [True] * len(ids)
+    assert cut == len(ctx_ids) + max(map(len, ending_ids)) - 17
+    # a row that fits is left whole, beside a longer one that is cut
+    short = hellaswag.render(hellaswag.Example("The crowd cheers as", ("a.", "b " * 14), 0), tokenizer, 16)
+    whole = enc.encode_ordinary("The crowd cheers as a.")
+    assert short.tokens[0].tolist() == whole + [0] * (17 - len(whole))
+    assert short.tokens[1].tolist() == enc.encode_ordinary("The crowd cheers as " + "b " * 14)[-17:]
+    assert short.cut == len(enc.encode_ordinary("The crowd cheers as " + "b " * 14)) - 17 > 0
+
+
+def test_score_is_in_eval_mode_and_restores_the_mode():
+    # dropout 0.5 in training mode would change every score; after, the model is in training mode again
+    model = GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.5), seed=1)
+    tokens = np.array([[1, 2, 3, 4, 0], [1, 2, 5, 6, 6]])
+    mask = np.array([[0, 0, 1, 1, 0], [0, 0, 1, 1, 1]], dtype=bool)
+    first = hellaswag.score(model, tokens, mask)
+    assert model.training
+    model.eval()
+    again = hellaswag.score(model, tokens, mask)
+    assert not model.training
+    np.testing.assert_array_equal(first[0], again[0])
+    logits, _ = model.forward(tokens[:, :-1])  # (2, 4, V), in eval mode
+    lp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))  # (2, 4, V) log-softmax
+    # row 0 scores its tokens 2 and 3 (predicted at positions 1 and 2), row 1 its tokens 2, 3 and 4; the
+    # padding at row 0's end and the contexts are not scored
+    summed = [lp[0, 1, 3] + lp[0, 2, 4], lp[1, 1, 5] + lp[1, 2, 6] + lp[1, 3, 6]]
+    np.testing.assert_allclose(first[0], summed, rtol=1e-6)
+    np.testing.assert_allclose(first[1], [summed[0] / 2, summed[1] / 3], rtol=1e-6)
+
+
+# --- a training run's model ------------------------------------------------------------------------------
+
+CHAR_TEXT = "the cat sat on a mat. a dog ran to the park, then it slept by the door.\n"
+CHAR_ITEMS = [("the cat sat on", ["a mat.", "the dog."], 0),
+              ("a dog ran to the", ["park.", "cat sat on it."], 0),
+              ("then it slept by the door, the cat sat on a mat, the dog ran to the park",
+               ["a dog.", "it."], 1)]
+
+
+@pytest.fixture(scope="module")
+def char_run(tmp_path_factory):
+    """A run directory (as `tinygpt train` leaves it) of a 1-layer character model of context 32, and a
+    HellaSwag file of CHAR_ITEMS, whose third context is cut to fit."""
+    root = tmp_path_factory.mktemp("char-run")
+    tokenizer = CharTokenizer.train(CHAR_TEXT)
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=8)
+    model = GPT(config, seed=3)
+    save_checkpoint(root / "out", model, tokenizer, None, {"backend": "numpy"}, {"step": 7})
+    path = _write(root / "hellaswag_val.jsonl", [_row(i, *item) for i, item in enumerate(CHAR_ITEMS)])
+    return root / "out", path
+
+
+# --- bad input: one line naming FILE:LINE ----------------------------------------------------------------
+
+
+GOOD = {"ctx": "the cat sat on", "endings": ["a mat.", "the dog."], "label": 0}
+BAD_LINES = [
+    ("not json", ":2: not valid JSON"),
+    ("[1, 2]", ":2: expected a JSON object with ctx, endings and label, got list"),
+    ({"endings": ["a", "b"], "label": 0}, ":2: missing ctx"),
+    ({"ctx": "a", "label": 0}, ":2: missing endings"),
+    ({"ctx": "a", "endings": ["a", "b"]}, ":2: missing label"),
+    ({**GOOD, "ctx": 5}, ":2: ctx must be a string, got 5"),
+    ({**GOOD, "ctx": ""}, ":2: ctx is empty"),
+    ({**GOOD, "endings": "ab"}, ":2: endings must be a list of strings, got 'ab'"),
+    ({**GOOD, "endings": ["a", 1]}, ":2: endings must be a list of strings, got ['a', 1]"),
+    ({**GOOD, "endings": ["a"]}, ":2: 1 ending, a choice needs at least 2"),
+    ({**GOOD, "endings": []}, ":2: 0 endings, a choice needs at least 2"),
+    ({**GOOD, "label": "1"}, ":2: label must be an integer index into endings, got '1'"),
+    ({**GOOD, "label": True}, ":2: label must be an integer index into endings, got True"),
+    ({**GOOD, "label": 1.0}, ":2: label must be an integer index into endings, got 1.0"),
+    ({**GOOD, "label": 2}, ":2: label 2 is out of range for 2 endings (0 to 1)"),
+    ({**GOOD, "label": -1}, ":2: label -1 is out of range for 2 endings (0 to 1)"),
+    # the model's own limits, found before any example is scored
+    ({**GOOD, "endings": ["a mat.", "the dog " * 4]}, ":2: ending 1 is 33 tokens, more than the model's "
+                                                      "context of 32 can score"),
+    ({**GOOD, "endings": ["a mat.", "the Dog."]}, ":2: character 'D' is not in"),
+]
+
+
+@pytest.mark.parametrize("line, message", BAD_LINES, ids=[m.split(": ", 1)[1][:30] for _, m in BAD_LINES])
+def test_a_bad_line_is_one_line_naming_file_and_line(char_run, line, message, tmp_path):
+    out, _ = char_run
+    path = tmp_path / "h.jsonl"
+    text = line if isinstance(line, str) else json.dumps(line)
+    path.write_text(json.dumps(GOOD) + "\n" + text + "\n" + json.dumps(GOOD) + "\n", encoding="utf-8")
+    with pytest.raises(TinyGPTError, match=re.escape(str(path) + message)):
+        hellaswag.evaluate(*load_model(out), path)
