@@ -4,6 +4,8 @@ the left truncation, --limit, and every refusal (one line, exit 2, no traceback)
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from conftest import _gpt2_tokenizer_files, _tiktoken_gpt2
 
 from tinygpt import hellaswag
 from tinygpt.checkpoint import load_model, save_checkpoint
+from tinygpt.cli import main
 from tinygpt.errors import TinyGPTError
 from tinygpt.finetune import load_gpt2_dir
 from tinygpt.model import GPT, GPTConfig
@@ -84,7 +87,7 @@ def gpt2_dirs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("block_size", [64, 16])
-def test_log_likelihoods_and_accuracies_match_transformers(gpt2_dirs, block_size, tmp_path):
+def test_log_likelihoods_and_accuracies_match_transformers(gpt2_dirs, block_size, tmp_path, capsys):
     directory, hf = gpt2_dirs[block_size]
     expected = [_torch_scores(hf, ctx, endings, block_size) for ctx, endings in ITEMS]
     # labels: torch's pick by the summed log-likelihood, which the mean per token does not always agree with
@@ -111,11 +114,19 @@ def test_log_likelihoods_and_accuracies_match_transformers(gpt2_dirs, block_size
     assert (result["examples"], result["correct"], result["correct_norm"]) == (5, correct, correct_norm)
     assert result["acc"] == correct / 5 and result["acc_norm"] == correct_norm / 5
     assert correct == 5 and correct_norm < 5  # (so that acc and acc_norm swapped would show)
+    # the command prints the same
+    assert main(["eval", "--pretrained", str(directory), "--hellaswag", str(path), "--backend", "numpy",
+                 "--quiet"]) == 0
+    printed = capsys.readouterr()
+    cut = f" ({result['cut']} with their context cut to fit the model's 16 tokens)" if result["cut"] else ""
+    assert printed.out == (f"hellaswag: 5 examples{cut}, acc {correct / 5:.4f} (summed log-likelihood), "
+                           f"acc_norm {correct_norm / 5:.4f} (per token)\n")
+    assert printed.err == ""  # --quiet: no bar; the directory's own tokenizer: no note
     assert (result["cut"] > 0) == (block_size == 16)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_a_nanogpt_checkpoint_scores_as_its_torch_model(backend, tmp_path, make_nanogpt_ckpt):
+def test_a_nanogpt_checkpoint_scores_as_its_torch_model(backend, tmp_path, make_nanogpt_ckpt, capsys):
     # the exact GELU, a vocabulary padded to 50,304 (the softmax over every logit, as in torch), and the
     # forward of another backend
     import types
@@ -134,6 +145,11 @@ def test_a_nanogpt_checkpoint_scores_as_its_torch_model(backend, tmp_path, make_
     correct_norm = sum(int(np.argmax(m) == y) for (_, m), y in zip(expected, labels))
     result = hellaswag.evaluate(model, tokenizer, path)
     assert (result["correct"], result["correct_norm"]) == (5, correct_norm)
+    assert main(["eval", "--pretrained", str(tmp_path / "ckpt.pt"), "--hellaswag", str(path), "--backend",
+                 backend, "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert f"acc 1.0000 (summed log-likelihood), acc_norm {correct_norm / 5:.4f} (per token)" in printed.out
+    assert "is a nanoGPT checkpoint" in printed.err  # the tokenizer note, as eval's
 
 
 def test_render_puts_the_context_then_each_ending_and_masks_only_the_ending(gpt2_dirs):
@@ -192,7 +208,7 @@ def test_score_is_in_eval_mode_and_restores_the_mode():
     np.testing.assert_allclose(first[1], [summed[0] / 2, summed[1] / 3], rtol=1e-6)
 
 
-# --- a training run's model ------------------------------------------------------------------------------
+# --- a training run's model (--out), --limit, the progress bar -------------------------------------------
 
 CHAR_TEXT = "the cat sat on a mat. a dog ran to the park, then it slept by the door.\n"
 CHAR_ITEMS = [("the cat sat on", ["a mat.", "the dog."], 0),
@@ -214,7 +230,44 @@ def char_run(tmp_path_factory):
     return root / "out", path
 
 
-# --- bad input: one line naming FILE:LINE ----------------------------------------------------------------
+def test_eval_of_a_run_directory_with_limit_and_a_progress_bar(char_run, tmp_path, capsys):
+    out, path = char_run
+    model, tokenizer = load_model(out)
+    whole = hellaswag.evaluate(model, tokenizer, path)
+    first_two = hellaswag.evaluate(model, tokenizer, path, limit=2)
+    assert (whole["examples"], whole["cut"], first_two["examples"], first_two["cut"]) == (3, 1, 2, 0)
+    assert main(["eval", "--out", str(out), "--hellaswag", str(path), "--backend", "numpy"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == (f"hellaswag: 3 examples (1 with their context cut to fit the model's 32 tokens), "
+                           f"acc {whole['acc']:.4f} (summed log-likelihood), "
+                           f"acc_norm {whole['acc_norm']:.4f} (per token)\n")
+    assert "hellaswag: 100%" in printed.err and "3/3" in printed.err  # the bar, without --quiet
+    # --limit: the first N examples, and the lines past them are not read (a broken fourth line is no error)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(path.read_text(encoding="utf-8") + "{not json\n", encoding="utf-8")
+    assert main(["eval", "--out", str(out), "--hellaswag", str(broken), "--limit", "2", "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.startswith("hellaswag: 2 examples, acc ") and printed.err == ""
+    assert f"acc_norm {first_two['acc_norm']:.4f} (per token)" in printed.out
+    assert main(["eval", "--out", str(out), "--hellaswag", str(broken), "--limit", "3", "--quiet"]) == 0
+    capsys.readouterr()
+    assert f"{broken}:4: not valid JSON" in _one_line_error(capsys, ["eval", "--out", str(out), "--hellaswag",
+                                                                     str(broken)])
+
+
+# --- bad input: one line on stderr, exit status 2, no traceback ------------------------------------------
+
+
+def _one_line_error(capsys, argv):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err, err
+    return lines[0]
 
 
 GOOD = {"ctx": "the cat sat on", "endings": ["a mat.", "the dog."], "label": 0}
@@ -243,10 +296,69 @@ BAD_LINES = [
 
 
 @pytest.mark.parametrize("line, message", BAD_LINES, ids=[m.split(": ", 1)[1][:30] for _, m in BAD_LINES])
-def test_a_bad_line_is_one_line_naming_file_and_line(char_run, line, message, tmp_path):
+def test_a_bad_line_is_one_line_naming_file_and_line(char_run, line, message, tmp_path, capsys):
     out, _ = char_run
     path = tmp_path / "h.jsonl"
     text = line if isinstance(line, str) else json.dumps(line)
     path.write_text(json.dumps(GOOD) + "\n" + text + "\n" + json.dumps(GOOD) + "\n", encoding="utf-8")
-    with pytest.raises(TinyGPTError, match=re.escape(str(path) + message)):
+    error = _one_line_error(capsys, ["eval", "--out", str(out), "--hellaswag", str(path), "--quiet"])
+    assert f"tinygpt: error: {path}{message}" in error
+    with pytest.raises(TinyGPTError, match=re.escape(message)):  # the Python API says the same
         hellaswag.evaluate(*load_model(out), path)
+
+
+def test_blank_lines_are_skipped_and_counted(char_run, tmp_path, capsys):
+    out, _ = char_run
+    path = tmp_path / "h.jsonl"
+    path.write_text(f"\n{json.dumps(GOOD)}\n  \n{json.dumps(GOOD)}\n\n", encoding="utf-8")
+    assert main(["eval", "--out", str(out), "--hellaswag", str(path), "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("hellaswag: 2 examples, ")
+    path.write_text(f"\n{json.dumps(GOOD)}\n\n{{}}\n", encoding="utf-8")
+    assert f"{path}:4: missing ctx" in _one_line_error(capsys, ["eval", "--out", str(out), "--hellaswag",
+                                                                str(path)])
+
+
+def test_bad_files_and_flags_are_one_line(char_run, tmp_path, capsys):
+    from tinygpt.finetune import FinetuneConfig, finetune_classifier
+
+    out, path = char_run
+    run = ["eval", "--out", str(out)]
+    empty, blank, binary = tmp_path / "empty.jsonl", tmp_path / "blank.jsonl", tmp_path / "binary.jsonl"
+    empty.write_text("")
+    blank.write_text("\n \n")
+    binary.write_bytes(json.dumps(GOOD).encode() + b'\n{"ctx": "\xff"}\n')
+    rows = [{"text": "the cat sat", "label": "a"}, {"text": "the dog ran", "label": "b"}] * 4
+    _write(tmp_path / "labelled.jsonl", rows)
+    finetune_classifier(FinetuneConfig(data=str(tmp_path / "labelled.jsonl"), out=str(tmp_path / "clf"),
+                                       n_layer=1, n_head=2, n_embd=8, block_size=16, max_iters=1,
+                                       val_fraction=0.0, backend="numpy"), quiet=True)
+    for argv, message in (
+        ([*run, "--hellaswag", str(empty)], f"{empty} holds no examples (HellaSwag's: github.com/rowanz"),
+        ([*run, "--hellaswag", str(blank)], f"{blank} holds no examples"),
+        ([*run, "--hellaswag", str(binary)], f"{binary}:2: not UTF-8 text (byte 9 of the line)"),
+        ([*run, "--hellaswag", str(tmp_path / "absent.jsonl")], "HellaSwag file not found: "),
+        ([*run, "--hellaswag", str(tmp_path)], f"HellaSwag path is a directory, not a file: {tmp_path}"),
+        ([*run, "--hellaswag", "/dev/zero"], "HellaSwag path is a device"),
+        ([*run, "--hellaswag", ""], "--hellaswag must name a file, got an empty string"),
+        ([*run, "--hellaswag", str(path), "--limit", "0"], "--limit must be an integer >= 1, got 0"),
+        ([*run, "--hellaswag", str(path), "--limit", "-2"], "--limit must be an integer >= 1, got -2"),
+        ([*run, "--limit", "2"], "--limit is for --hellaswag"),
+        ([*run, "--hellaswag", str(path), "--data", str(path)], "--data cannot be combined with --hellaswag"),
+        ([*run, "--hellaswag", str(path), "--split", "val"], "--split cannot be combined with --hellaswag"),
+        ([*run, "--hellaswag", str(path), "--stride", "4"], "--stride cannot be combined with --hellaswag"),
+        ([*run, "--hellaswag", str(path), "--batch-size", "4"], "--batch-size cannot be combined with"),
+        ([*run, "--hellaswag", str(path), "--max-batches", "1"], "--max-batches cannot be combined with"),
+        (["eval", "--out", str(tmp_path / "clf"), "--hellaswag", str(path)],
+         "is a classifier (tinygpt finetune): --hellaswag scores a language model"),
+        (["eval", "--pretrained", str(tmp_path / "missing"), "--hellaswag", str(path)],
+         "no model directory or nanoGPT ckpt.pt at"),
+    ):
+        assert message in _one_line_error(capsys, argv)
+    with pytest.raises(TinyGPTError, match="--limit must be an integer >= 1, got 1.5"):
+        list(hellaswag.iter_examples(path, limit=1.5))
+    # and as a real process: exit status 2, one line, no traceback
+    proc = subprocess.run([sys.executable, "-m", "tinygpt", *run, "--hellaswag", str(empty)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "holds no examples" in proc.stderr
+

@@ -268,6 +268,10 @@ def _run_eval(args):
 
     _refuse_empty("--data", args.data, "a file")  # not the model's own data in its place
     _refuse_empty("--out", args.out, "a directory")
+    if args.hellaswag is not None:
+        return _run_hellaswag_eval(args)
+    if args.limit is not None:
+        raise TinyGPTError("--limit is for --hellaswag (its first N examples)")
     if args.pretrained is not None:
         _refuse_empty("--pretrained", args.pretrained, "a directory or a file")  # not ./ in its place
         return _run_pretrained_eval(args)
@@ -289,6 +293,36 @@ def _run_eval(args):
           f"{result['step']}{windows}")
     print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
           f"bits per byte {result['bits_per_byte']:.4f}")
+
+
+def _run_hellaswag_eval(args):
+    from tinygpt import hellaswag
+
+    _refuse_empty("--hellaswag", args.hellaswag, "a file")
+    # what scores a text is meaningless here: each example's endings are one batch, the file is the data
+    for flag, value in (("--data", args.data), ("--split", args.split), ("--stride", args.stride),
+                        ("--batch-size", args.batch_size), ("--max-batches", args.max_batches)):
+        if value is not None:
+            raise TinyGPTError(f"{flag} cannot be combined with --hellaswag, which scores the file's "
+                               "examples, the endings of each in one batch (--limit N: the first N)")
+    # the file (up to --limit's examples) checked before the (slow) model load: a bad line is refused at once
+    examples = list(hellaswag.iter_examples(args.hellaswag, args.limit))
+    if args.pretrained is not None:
+        _refuse_empty("--pretrained", args.pretrained, "a directory or a file")
+        model, tokenizer = _load_pretrained_for_sampling(args.pretrained, args.backend)
+    else:
+        from tinygpt.checkpoint import load_model
+        from tinygpt.finetune import is_classifier_dir
+
+        if is_classifier_dir(args.out):
+            raise TinyGPTError(f"{args.out} is a classifier (tinygpt finetune): --hellaswag scores a "
+                               "language model")
+        model, tokenizer = load_model(args.out, backend=args.backend)
+    result = hellaswag.score_examples(model, tokenizer, examples, quiet=args.quiet)
+    cut = (f" ({result['cut']:,} with their context cut to fit the model's {model.config.block_size} tokens)"
+           if result["cut"] else "")
+    print(f"hellaswag: {result['examples']:,} examples{cut}, acc {result['acc']:.4f} (summed "
+          f"log-likelihood), acc_norm {result['acc_norm']:.4f} (per token)")
 
 
 def _run_pretrained_eval(args):
@@ -350,7 +384,8 @@ def _add_training(sub):
     p.set_defaults(func=_run_train)
 
     e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a trained model, a GPT-2 "
-                      "directory or a nanoGPT checkpoint (of a classifier: accuracy and a confusion matrix)")
+                      "directory or a nanoGPT checkpoint (of a classifier: accuracy and a confusion matrix), "
+                      "or their HellaSwag accuracy (--hellaswag)")
     model = e.add_mutually_exclusive_group()
     model.add_argument("--out", default="out", help="the training output directory (default: out)")
     model.add_argument("--pretrained", metavar="PATH", help="a local transformers GPT-2 directory or a "
@@ -371,6 +406,11 @@ def _add_training(sub):
                    help="windows (a classifier's texts) per forward pass (default: 32; 1 with --pretrained)")
     e.add_argument("--max-batches", type=int, help="stop after this many batches")
     e.add_argument("--backend", choices=_BACKEND_CHOICES, default="auto")
+    e.add_argument("--hellaswag", metavar="FILE",
+                   help="HellaSwag accuracy instead, in the completion style of llm.c and build-nanogpt, on "
+                   "FILE: the published hellaswag_val.jsonl (github.com/rowanz/hellaswag, data/)")
+    e.add_argument("--limit", type=int, metavar="N", help="with --hellaswag: score the first N examples")
+    e.add_argument("--quiet", action="store_true", help="no progress bar (--hellaswag's)")
     e.set_defaults(func=_run_eval)
 
     pl = sub.add_parser("plot", help="PNG of train/val loss against step")
