@@ -1033,3 +1033,54 @@ def test_a_directory_of_llmc_pairs_or_shards_is_refused(tmp_path):
             (tmp_path / f"{name}_{split}.bin").unlink()
     with pytest.raises(TinyGPTError, match="short_train.bin is 100 bytes, shorter than llm.c's 1024-byte"):
         data.open_token_dir(tmp_path)
+
+
+# --- ShardedTokens: several arrays indexed as one, without joining them ------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(1, 6), min_size=1, max_size=5), data_=st.data())
+def test_sharded_tokens_index_as_their_ids_joined_do(sizes, data_):
+    shards = [np.arange(100 * k, 100 * k + size, dtype="<u2") for k, size in enumerate(sizes)]
+    tokens, joined = data.ShardedTokens(shards), np.concatenate(shards)
+    n = len(joined)
+    assert (len(tokens), tokens.shape, tokens.ndim, tokens.dtype) == (n, (n,), 1, joined.dtype)
+    shape = data_.draw(st.lists(st.integers(0, 4), max_size=3), label="shape")
+    positions = np.array(data_.draw(st.lists(st.integers(-n, n - 1), min_size=int(np.prod(shape)),
+                                             max_size=int(np.prod(shape))), label="positions"),
+                         dtype=data_.draw(st.sampled_from([np.int64, np.int32, np.intp])))
+    positions = positions.reshape(shape)
+    got = tokens[positions]
+    assert got.shape == positions.shape and got.dtype == joined.dtype
+    np.testing.assert_array_equal(got, joined[positions])
+    np.testing.assert_array_equal(tokens[positions.tolist()], joined[positions.tolist()])
+    i = data_.draw(st.integers(-n, n - 1), label="i")
+    assert tokens[i] == joined[i] and tokens[np.int64(i)] == joined[i]
+    bound = st.none() | st.integers(-n - 2, n + 2)
+    start, stop = data_.draw(bound, label="start"), data_.draw(bound, label="stop")
+    step = data_.draw(st.none() | st.integers(-3, 3).filter(bool))
+    np.testing.assert_array_equal(tokens[start:stop:step], joined[start:stop:step])
+    for bad in (n, -n - 1):
+        with pytest.raises(IndexError):
+            tokens[bad]
+        with pytest.raises(IndexError):
+            tokens[np.array([0, bad])]
+
+
+def test_sharded_tokens_refuse_what_an_array_would(monkeypatch):
+    tokens = data.ShardedTokens([np.arange(3, dtype="<u2"), np.arange(3, 5, dtype="<u2")])
+    for bad in (np.array([0.5]), np.array([True, False, True, False, True]), (0, 1), "1"):
+        with pytest.raises(IndexError, match="takes an integer, a slice or an array of integer positions"):
+            tokens[bad]
+    assert tokens[1,] == 1  # (a 1-tuple is its one index, as for an array)
+    for shards in ([], [np.zeros((2, 2))], [np.zeros(2, "<u2"), np.zeros(2, "<u4")]):
+        with pytest.raises(TinyGPTError, match="takes one or more 1-D arrays of one dtype"):
+            data.ShardedTokens(shards)
+    with pytest.raises(ValueError, match="without copying"):  # (NumPy 2's np.asarray(tokens, copy=False))
+        tokens.__array__(copy=False)
+    assert np.asarray(tokens).tolist() == [0, 1, 2, 3, 4] and np.asarray(tokens, np.int64).dtype == np.int64
+    # get_batch and iter_eval_windows take it as the 1-D array of ids it is, and index it as it is: np.asarray
+    # would read every shard into memory (FineWeb's 20 GB)
+    monkeypatch.setattr(data.ShardedTokens, "__array__", lambda self, *a, **k: pytest.fail("read whole"))
+    assert data.get_batch(tokens, 2, 3, np.random.default_rng(0))[0].shape == (2, 3)
+    assert next(data.iter_eval_windows(tokens, 2, batch_size=4))[1].tolist() == [[1, 2], [3, 4]]

