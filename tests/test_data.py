@@ -789,7 +789,12 @@ def test_a_char_token_dir_is_memory_mapped_with_nanogpts_ids(tmp_path, nanogpt_d
                                                                                  len(set(TEXT)))
     assert (ds.meta["train_tokens"], ds.meta["val_tokens"]) == (len(train_ids), len(val_ids))
     assert ds.meta["max_id"] == max(train_ids + val_ids)
-    assert ds.token_files == (tmp_path / "chars" / "train.bin", tmp_path / "chars" / "val.bin")
+    assert ds.token_files == ((tmp_path / "chars" / "train.bin",), (tmp_path / "chars" / "val.bin",))
+    assert (ds.meta["train_files"], ds.meta["val_files"]) == (1, 1)
+    # the files a run recorded before shards were read, in that order: its resume sees the same fingerprint
+    folder = tmp_path / "chars"
+    assert ds.meta["fingerprint"] == data.token_files_fingerprint([folder / "train.bin", folder / "val.bin",
+                                                                   folder / "meta.pkl"])
 
 
 def test_itos_in_another_order_keeps_its_ids(tmp_path, nanogpt_dir):
@@ -1015,17 +1020,11 @@ def test_damaged_llmc_token_files_are_one_line_errors_naming_the_file(tmp_path, 
         data.open_token_dir(tmp_path)
 
 
-def test_a_directory_of_llmc_pairs_or_shards_is_refused(tmp_path):
+def test_a_directory_of_llmc_pairs_is_refused(tmp_path):
     for name in ("a_train.bin", "a_val.bin", "b_train.bin", "b_val.bin"):
         _write_llmc(tmp_path / name, [1, 2, 3])
     with pytest.raises(TinyGPTError, match="holds 2 pairs of llm.c token files .a_train.bin, b_train.bin"):
         data.open_token_dir(tmp_path)
-    shards = tmp_path / "fineweb"
-    shards.mkdir()
-    for name in ("fineweb_train_000001.bin", "fineweb_val_000000.bin"):
-        _write_llmc(shards / name, [1, 2, 3])
-    with pytest.raises(TinyGPTError, match="has no train.bin and val.bin .* nor llm.c's NAME_train.bin"):
-        data.open_token_dir(shards)
     (tmp_path / "short_train.bin").write_bytes(b"\x00" * 100)
     (tmp_path / "short_val.bin").write_bytes(b"\x00" * 100)
     for name in ("a", "b"):
@@ -1033,6 +1032,137 @@ def test_a_directory_of_llmc_pairs_or_shards_is_refused(tmp_path):
             (tmp_path / f"{name}_{split}.bin").unlink()
     with pytest.raises(TinyGPTError, match="short_train.bin is 100 bytes, shorter than llm.c's 1024-byte"):
         data.open_token_dir(tmp_path)
+
+
+# --- llm.c's shards (fineweb.py: NAME_val_000000.bin, NAME_train_000001.bin, ...) --------------------------
+
+
+def _write_shards(folder, name, splits):
+    """llm.c's shards of each split, ``{split: {number: ids}}``, as its fineweb.py names them (six digits)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, shards in splits.items():
+        for number, ids in shards.items():
+            _write_llmc(folder / f"{name}_{split}_{number:06d}.bin", ids)
+
+
+def test_a_folder_of_llmc_shards_is_each_splits_shards_in_the_order_of_their_numbers(tmp_path):
+    rng = np.random.default_rng(0)
+    shards = {number: rng.integers(0, 50257, size=size).tolist()
+              for number, size in ((1, 30), (2, 7), (5, 20), (10, 9))}  # a gap: a subset copied over
+    val = rng.integers(0, 50257, size=25).tolist()
+    folder = tmp_path / "edu_fineweb10B"
+    _write_shards(folder, "edu_fineweb", {"val": {0: val}, "train": shards})
+    # numbers without llm.c's six digits are taken in numeric order too, not the names' ("10" before "9")
+    os.rename(folder / "edu_fineweb_train_000010.bin", folder / "edu_fineweb_train_10.bin")
+    os.rename(folder / "edu_fineweb_train_000005.bin", folder / "edu_fineweb_train_9.bin")
+    ds = data.open_token_dir(folder)
+    assert isinstance(ds.train, data.ShardedTokens) and len(ds.train.shards) == 4
+    assert all(isinstance(shard, np.memmap) for shard in ds.train.shards)  # mapped, not read whole
+    np.testing.assert_array_equal(np.asarray(ds.train), np.concatenate(list(shards.values())))
+    assert isinstance(ds.val, np.memmap)  # a split of one shard is its memmap, as a pair's file is
+    np.testing.assert_array_equal(ds.val, val)
+    names = ["edu_fineweb_train_000001.bin", "edu_fineweb_train_000002.bin", "edu_fineweb_train_9.bin",
+             "edu_fineweb_train_10.bin"]
+    assert ds.token_files == (tuple(folder / n for n in names), (folder / "edu_fineweb_val_000000.bin",))
+    assert (ds.meta["format"], ds.meta["tokenizer"]) == ("llm.c shards", "gpt2")
+    assert ds.tokenizer.vocab_size == 50257  # GPT-2's, as for a pair
+    assert (ds.meta["train_tokens"], ds.meta["val_tokens"]) == (66, 25)
+    assert (ds.meta["train_files"], ds.meta["val_files"]) == (4, 1)
+    assert ds.meta["max_id"] == max(max(ids) for ids in [val, *shards.values()])
+    assert data.token_dir_tokenizer(folder) == "gpt2"
+    # the fingerprint covers every shard of both splits: the same in a copy, other with a shard more or less
+    fingerprint = ds.meta["fingerprint"]
+    shutil.copytree(folder, tmp_path / "copy")
+    assert data.open_token_dir(tmp_path / "copy").meta["fingerprint"] == fingerprint
+    _write_llmc(tmp_path / "copy" / "edu_fineweb_train_000011.bin", [1, 2, 3])
+    assert data.open_token_dir(tmp_path / "copy").meta["fingerprint"] != fingerprint
+    for name in ("edu_fineweb_train_000011.bin", "edu_fineweb_train_000002.bin"):
+        (tmp_path / "copy" / name).unlink()
+    assert data.open_token_dir(tmp_path / "copy").meta["fingerprint"] != fingerprint
+    # one shard a split is still llm.c's shards, not a pair
+    _write_shards(tmp_path / "one", "fineweb", {"val": {0: val}, "train": {1: val}})
+    assert data.open_token_dir(tmp_path / "one").meta["format"] == "llm.c shards"
+    # a shard given as the text is pointed to its folder, as train.bin is
+    with pytest.raises(TinyGPTError, match="is a file of token ids, not text: give its directory"):
+        data.read_text(folder / "edu_fineweb_val_000000.bin")
+
+
+def _three_shards(tmp_path, sizes=(13, 5, 17)):
+    """A split of three small shards (windows of 4 cross their boundaries) and the ids they hold, joined."""
+    ids = np.random.default_rng(1).integers(0, 50257, size=sum(sizes)).astype("<u2")
+    cuts = np.cumsum(sizes)[:-1]
+    _write_shards(tmp_path, "fw", {"val": {0: ids[:9]},
+                                   "train": {k + 1: part for k, part in enumerate(np.split(ids, cuts))}})
+    return data.open_token_dir(tmp_path).train, ids, cuts
+
+
+def test_batches_over_shards_are_the_batches_over_their_ids_joined(tmp_path, monkeypatch):
+    tokens, joined, cuts = _three_shards(tmp_path)
+    # nothing asks NumPy for the whole split: it would read every shard into memory (FineWeb's 20 GB)
+    monkeypatch.setattr(data.ShardedTokens, "__array__", lambda self, *a, **k: pytest.fail("read whole"))
+    ours, theirs, replay = (np.random.default_rng(7) for _ in range(3))
+    crossed = 0
+    for _ in range(20):
+        x, y = data.get_batch(tokens, 8, 4, ours)
+        x_joined, y_joined = data.get_batch(joined, 8, 4, theirs)
+        np.testing.assert_array_equal(x, x_joined)
+        np.testing.assert_array_equal(y, y_joined)
+        assert x.dtype == y.dtype == np.int64
+        starts = replay.integers(0, len(joined) - 4, size=8)  # (the draw get_batch made)
+        crossed += int(((starts[:, None] < cuts) & (cuts <= starts[:, None] + 4)).any(axis=1).sum())
+    assert crossed > 0  # some windows began in one shard and ended in the next
+    for stride in (None, 3, 1):
+        for whole in (False, True):
+            ours = list(data.iter_eval_windows(tokens, 4, batch_size=3, stride=stride, whole=whole))
+            theirs = list(data.iter_eval_windows(joined, 4, batch_size=3, stride=stride, whole=whole))
+            assert len(ours) == len(theirs) > 0
+            for (x, y), (x_joined, y_joined) in zip(ours, theirs):
+                np.testing.assert_array_equal(x, x_joined)
+                np.testing.assert_array_equal(y, y_joined)
+
+
+@pytest.mark.parametrize("names, message", [
+    (["fw_train_000001.bin", "fw_train_000002.bin"],
+     "has llm.c's train shards (fw_train_000001.bin, ...) but no val shard (fw_val_NNNNNN.bin)"),
+    (["fw_val_000000.bin"], "has llm.c's val shards (fw_val_000000.bin, ...) but no train shard "
+                            "(fw_train_NNNNNN.bin)"),
+    (["fw_val_000000.bin", "fw_train_000001.bin", "edu_val_000000.bin", "edu_train_000001.bin"],
+     "holds the llm.c shards of 2 datasets (edu_train_000001.bin, fw_train_000001.bin, ...): give a "
+     "directory with one"),
+    (["fw_val_000000.bin", "fw_train_000001.bin", "tiny_train.bin", "tiny_val.bin"],
+     "holds llm.c shards (fw_val_000000.bin, ...) and tiny_train.bin: which to train on is ambiguous"),
+    (["fw_val_000000.bin", "fw_train_000001.bin", "train.bin", "val.bin"],
+     "holds llm.c shards (fw_val_000000.bin, ...) and train.bin: which to train on is ambiguous"),
+    (["fw_val_000000.bin", "fw_train_000001.bin", "val.bin"],
+     "holds llm.c shards (fw_val_000000.bin, ...) and val.bin: which to train on is ambiguous"),
+    (["fw_train_000001.bin", "fw_valid_000000.bin"],  # (not a split of llm.c's: ignored, so no val)
+     "has llm.c's train shards (fw_train_000001.bin, ...) but no val shard"),
+])
+def test_a_folder_of_shards_that_is_not_one_datasets_two_splits_is_one_line(tmp_path, names, message):
+    for name in names:
+        _write_llmc(tmp_path / name, list(range(20)))
+    with pytest.raises(TinyGPTError, match=f"data directory {re.escape(str(tmp_path))} {re.escape(message)}"):
+        data.open_token_dir(tmp_path)
+
+
+def test_a_damaged_shard_or_an_id_too_large_in_one_is_named_with_its_position_there(tmp_path, monkeypatch):
+    ids = {number: list(range(40 * number, 40 * number + 40)) for number in (1, 2, 3)}
+    _write_shards(tmp_path, "fw", {"val": {0: list(range(30))}, "train": ids})
+    middle = tmp_path / "fw_train_000002.bin"
+    middle.write_bytes(middle.read_bytes()[:-6])  # cut short, as a copy that did not finish
+    with pytest.raises(TinyGPTError, match=f"token file {re.escape(str(middle))} has 74 bytes after its "
+                                           "header, which says 40 tokens .80 bytes.: truncated or damaged"):
+        data.open_token_dir(tmp_path)
+    monkeypatch.setattr(data, "_SCAN_CHUNK", 16)  # the shards scanned 16 ids at a time
+    for at in (0, 17, 39):
+        bad = list(ids[2])
+        bad[at] = 50257
+        _write_llmc(middle, bad)
+        with pytest.raises(TinyGPTError, match=f"token file {re.escape(str(middle))} holds id 50257 at "
+                                               f"position {at}, but GPT-2's tokenizer has 50,257 ids"):
+            data.open_token_dir(tmp_path)
+        # eval scans only the split it scores: the train shards are not read for val
+        assert data.open_token_dir(tmp_path, splits=("val",)).meta["max_id"] == 29
 
 
 # --- ShardedTokens: several arrays indexed as one, without joining them ------------------------------------

