@@ -251,6 +251,8 @@ def test_eval_of_a_run_directory_with_limit_and_a_progress_bar(char_run, tmp_pat
     assert f"acc_norm {first_two['acc_norm']:.4f} (per token)" in printed.out
     assert main(["eval", "--out", str(out), "--hellaswag", str(broken), "--limit", "3", "--quiet"]) == 0
     capsys.readouterr()
+    assert main(["eval", "--out", str(out), "--hellaswag", str(broken), "--limit", "1", "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("hellaswag: 1 example, acc ")  # (not "1 examples")
     assert f"{broken}:4: not valid JSON" in _one_line_error(capsys, ["eval", "--out", str(out), "--hellaswag",
                                                                      str(broken)])
 

@@ -321,7 +321,8 @@ def _run_hellaswag_eval(args):
     result = hellaswag.score_examples(model, tokenizer, examples, quiet=args.quiet)
     cut = (f" ({result['cut']:,} with their context cut to fit the model's {model.config.block_size} tokens)"
            if result["cut"] else "")
-    print(f"hellaswag: {result['examples']:,} examples{cut}, acc {result['acc']:.4f} (summed "
+    how_many = f"{result['examples']:,} example" + ("" if result["examples"] == 1 else "s")  # (--limit 1)
+    print(f"hellaswag: {how_many}{cut}, acc {result['acc']:.4f} (summed "
           f"log-likelihood), acc_norm {result['acc_norm']:.4f} (per token)")
 
 
