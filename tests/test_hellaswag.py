@@ -208,6 +208,25 @@ def test_score_is_in_eval_mode_and_restores_the_mode():
     np.testing.assert_allclose(first[1], [summed[0] / 2, summed[1] / 3], rtol=1e-6)
 
 
+def test_score_applies_the_lm_head_at_the_scored_positions_only(gpt2_dirs, monkeypatch):
+    # at GPT-2's vocabulary the head is a third of a forward's work and its logits E x L x V floats: a
+    # context's positions, which predict no ending token, need neither
+    model, tokenizer, _ = load_gpt2_dir(gpt2_dirs[64][0])
+    tokens, mask, _ = hellaswag.render(hellaswag.Example(ITEMS[1][0], tuple(ITEMS[1][1]), 0), tokenizer, 64)
+    expected = hellaswag.score(model, tokens, mask)
+    rows_seen, head = [], model.ops.lm_head_forward
+
+    def lm_head_forward(x, wte):
+        rows_seen.append(int(np.prod(x.shape[:-1])))
+        return head(x, wte)
+
+    monkeypatch.setattr(model.ops, "lm_head_forward", lm_head_forward)  # (the model's own copy of the ops)
+    summed, mean = hellaswag.score(model, tokens, mask)
+    assert rows_seen == [int(mask.sum())] and int(mask.sum()) < mask.size // 2
+    np.testing.assert_array_equal(summed, expected[0])
+    np.testing.assert_array_equal(mean, expected[1])
+
+
 # --- a training run's model (--out), --limit, the progress bar -------------------------------------------
 
 CHAR_TEXT = "the cat sat on a mat. a dog ran to the park, then it slept by the door.\n"

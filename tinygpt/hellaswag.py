@@ -190,7 +190,8 @@ def token_log_probs(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 def score(model, tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(summed, mean) log-likelihood of each row's masked tokens, each given the tokens before it: one
-    forward pass of ``tokens[:, :-1]`` (E rows at once), in eval mode (the model's mode is restored after).
+    forward pass of ``tokens[:, :-1]`` (E rows at once), in eval mode (the model's mode is restored after),
+    the LM head applied at the N scored positions only.
 
     tokens, mask (E, L) as ``render`` makes them -> summed (E,), mean (E,) float64 (mean: per scored token).
     """
@@ -199,12 +200,16 @@ def score(model, tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.n
     was_training = model.training
     model.eval()
     try:
-        logits, _ = model.forward(inputs, keep_caches=False)
+        hidden = model.forward_hidden(inputs, keep_caches=False)  # (E, L-1, C), on the host on every backend
     finally:
         model.train(was_training)
-    logits = model.ops.to_host(logits)  # (E, L-1, V) (on the GPU with the cuda backend)
+    # the head (x @ wte.T, GPT.forward's) where an ending token is predicted, not at every position: at
+    # GPT-2's 50,257 tokens it is about a third of a forward's work, and most positions are the context's;
+    # the logits are N x V, not E x (L-1) x V (with the cuda backend, nor copied back from the GPU whole)
+    logits, _ = model.ops.lm_head_forward(hidden[scored], model.params["wte.weight"])  # (N, V)
+    logits = model.ops.to_host(logits)
     rows = np.nonzero(scored)[0]  # (N,) the row of each scored position
-    log_probs = token_log_probs(logits[scored], targets[scored])  # (N,) only where scored: N x V, not E L V
+    log_probs = token_log_probs(logits, targets[scored])  # (N,)
     summed = np.bincount(rows, weights=log_probs, minlength=len(tokens))  # (E,)
     return summed, summed / scored.sum(axis=1)
 
