@@ -328,6 +328,19 @@ def test_a_bad_line_is_one_line_naming_file_and_line(char_run, line, message, tm
         hellaswag.evaluate(*load_model(out), path)
 
 
+def test_an_example_it_cannot_tokenize_is_refused_on_a_line_of_its_own_after_the_bar(char_run, tmp_path,
+                                                                                      capsys):
+    out, _ = char_run
+    path = tmp_path / "h.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "ctx": "the Cat"}) + "\n", encoding="utf-8")
+    assert main(["eval", "--out", str(out), "--hellaswag", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "tokenizing:" in err  # the bar was drawn, then cleared: the error starts a line, not the bar's end
+    before, error = err.rsplit("tinygpt: error: ", 1)
+    assert before.endswith("\r")
+    assert error == f"{path}:2: character 'C' is not in this tokenizer's vocabulary\n"
+
+
 def test_blank_lines_are_skipped_and_counted(char_run, tmp_path, capsys):
     out, _ = char_run
     path = tmp_path / "h.jsonl"

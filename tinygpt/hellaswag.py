@@ -228,9 +228,11 @@ def score_examples(model, tokenizer, examples, quiet: bool = True) -> dict:
     hidden = quiet or sys.stderr is None  # (no bar on a closed stderr: tqdm would write to None)
     # every example rendered before the first forward: one that cannot be scored is refused at once, not
     # minutes into the run (tokenizing all of HellaSwag takes seconds: it has a bar of its own)
-    tokenizing = tqdm(examples, disable=hidden, unit="example", file=sys.stderr, desc="tokenizing",
-                      leave=False)
-    rendered = [render(example, tokenizer, model.config.block_size) for example in tokenizing]
+    # (closed, its line cleared, before an example it cannot render is refused: left open, the one-line
+    # error was written on the end of the bar's line)
+    with tqdm(examples, disable=hidden, unit="example", file=sys.stderr, desc="tokenizing",
+              leave=False) as tokenizing:
+        rendered = [render(example, tokenizer, model.config.block_size) for example in tokenizing]
     correct = correct_norm = cut = 0
     bar = tqdm(total=len(examples), disable=hidden, unit="example", file=sys.stderr, desc="hellaswag")
     try:
