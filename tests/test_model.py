@@ -881,6 +881,8 @@ def test_error_messages_show_numpy_scalars_as_the_numbers_they_hold():
         (lambda: GPT(GPTConfig(**TINY)).generate([0], 2, temperature=np.float32(-2.0)), "temperature",
          "got -2.0"),
         (lambda: AdamW({"w": np.zeros(2)}, lr=np.float64(-1.0)), "AdamW: lr", "got -1.0"),
+        # a float32 in its own shortest digits, not those of the float64 it widens to (-1.100000023841858)
+        (lambda: AdamW({"w": np.zeros(2)}, lr=np.float32(-1.1)), "AdamW: lr", "got -1.1"),
     ]
     for make, start, end in cases:
         with pytest.raises(TinyGPTError) as caught:

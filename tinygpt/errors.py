@@ -42,6 +42,8 @@ class _Shown(reprlib.Repr):
     def repr1(self, x, level):
         # a NumPy scalar as the Python number it holds: NumPy 2 writes np.float64(-1.0) where the message
         # means -1.0 (an API caller's value is often one: a config read with np.load, a value from an array)
+        if isinstance(x, np.floating):  # in its own precision's shortest digits: np.float32(1.1) is 1.1, not
+            return str(x)  # the 1.100000023841858 of the float64 .item() makes (a longdouble has no .item())
         return super().repr1(x.item() if isinstance(x, np.generic) else x, level)
 
     def repr_int(self, x, level):
@@ -59,7 +61,7 @@ def shown(value) -> str:
     first and raised a ValueError on the second, where this returns at once. A NumPy scalar is shown as the
     Python value it holds:
 
-    >>> shown(np.float64(-1.0)), shown([np.int64(3), "a"])
-    ('-1.0', "[3, 'a']")
+    >>> shown(np.float64(-1.0)), shown([np.int64(3), "a"]), shown(np.float32(1.1))
+    ('-1.0', "[3, 'a']", '1.1')
     """
     return _SHOWN.repr(value)
