@@ -145,11 +145,12 @@ def test_bench_train_bad_arguments(capsys, argv, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_bench_train_refuses_an_unknown_memory_config_before_measuring(capsys):
-    assert main(["bench", "train", "--no-peer", "--memory-config", "huge", "--configs", "small",
+@pytest.mark.parametrize("name, message", [("huge", "unknown config huge"), ("", "unknown config (none)")])
+def test_bench_train_refuses_an_unknown_memory_config_before_measuring(capsys, name, message):
+    assert main(["bench", "train", "--no-peer", "--memory-config", name, "--configs", "small",
                  "--steps", "1"]) == 2
     captured = capsys.readouterr()
-    assert "unknown config huge" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert message in captured.err and len(captured.err.strip().splitlines()) == 1
     assert captured.out == ""  # before the first row
 
 

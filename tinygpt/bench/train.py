@@ -282,7 +282,8 @@ def run(args):
     if args.no_memory and args.memory_config is not None:  # (it was ignored without a word)
         raise TinyGPTError("--memory-config names the peak-RSS probe's config, and --no-memory skips the "
                            "probe: give one or the other")
-    memory_config = args.memory_config or "medium"
+    # (not `or`: an empty --memory-config is an unknown config, as it was when medium was the flag's default)
+    memory_config = "medium" if args.memory_config is None else args.memory_config
     unknown = [c for c in [*names, memory_config] if c not in CONFIGS]
     if unknown or not names:
         raise TinyGPTError(
