@@ -341,6 +341,17 @@ def test_an_example_it_cannot_tokenize_is_refused_on_a_line_of_its_own_after_the
     assert error == f"{path}:2: character 'C' is not in this tokenizer's vocabulary\n"
 
 
+def test_a_model_whose_logits_are_not_finite_is_refused_not_scored(char_run):
+    # argmax picks the first NaN: every example went to ending 0, and CHAR_ITEMS' labels 0, 0, 1 gave a
+    # broken model acc 0.67, printed as any other
+    out, path = char_run
+    model, tokenizer = load_model(out)
+    model.params["ln_f.weight"][:] = np.nan
+    message = f"{path}:1: ending 0's log-likelihood is nan: the model's logits are not all finite"
+    with pytest.raises(TinyGPTError, match=re.escape(message)):
+        hellaswag.evaluate(model, tokenizer, path)
+
+
 def test_blank_lines_are_skipped_and_counted(char_run, tmp_path, capsys):
     out, _ = char_run
     path = tmp_path / "h.jsonl"

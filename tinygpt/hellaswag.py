@@ -238,6 +238,12 @@ def score_examples(model, tokenizer, examples, quiet: bool = True) -> dict:
     try:
         for done, (example, (tokens, mask, dropped)) in enumerate(zip(examples, rendered), 1):
             summed, mean = score(model, tokens, mask)
+            # argmax picks a NaN (the first): a broken model's accuracy was the first ending's share of the
+            # labels, printed as any other
+            if not np.isfinite(summed).all():
+                bad = int(np.flatnonzero(~np.isfinite(summed))[0])
+                raise TinyGPTError(f"{example.where}: ending {bad}'s log-likelihood is {summed[bad]}: the "
+                                   "model's logits are not all finite (a NaN or inf in its weights?)")
             correct += int(np.argmax(summed) == example.label)  # (argmax: the first of a tie)
             correct_norm += int(np.argmax(mean) == example.label)
             cut += dropped > 0
