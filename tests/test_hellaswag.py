@@ -304,9 +304,17 @@ BAD_LINES = [
     ({**GOOD, "endings": ["a", 1]}, ":2: endings must be a list of strings, got ['a', 1]"),
     ({**GOOD, "endings": ["a"]}, ":2: 1 ending, a choice needs at least 2"),
     ({**GOOD, "endings": []}, ":2: 0 endings, a choice needs at least 2"),
-    ({**GOOD, "label": "1"}, ":2: label must be an integer index into endings, got '1'"),
-    ({**GOOD, "label": True}, ":2: label must be an integer index into endings, got True"),
-    ({**GOOD, "label": 1.0}, ":2: label must be an integer index into endings, got 1.0"),
+    ({**GOOD, "label": "one"}, ":2: label must be an integer index into endings (or a string of its digits), "
+                               "got 'one'"),
+    ({**GOOD, "label": "-1"}, ":2: label must be an integer index into endings (or a string of its digits), "
+                              "got '-1'"),
+    ({**GOOD, "label": ""}, ":2: label is empty: an unlabelled example (HellaSwag's test split has no "
+                            "labels"),
+    ({**GOOD, "label": "2"}, ":2: label 2 is out of range for 2 endings (0 to 1)"),
+    ({**GOOD, "label": True}, ":2: label must be an integer index into endings (or a string of its digits), "
+                              "got True"),
+    ({**GOOD, "label": 1.0}, ":2: label must be an integer index into endings (or a string of its digits), "
+                             "got 1.0"),
     ({**GOOD, "label": 2}, ":2: label 2 is out of range for 2 endings (0 to 1)"),
     ({**GOOD, "label": -1}, ":2: label -1 is out of range for 2 endings (0 to 1)"),
     # the model's own limits, found before any example is scored
@@ -407,3 +415,11 @@ def test_bad_files_and_flags_are_one_line(char_run, tmp_path, capsys):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "holds no examples" in proc.stderr
 
+
+
+def test_a_label_written_as_a_string_of_digits_reads_as_its_index(tmp_path):
+    # Hugging Face's copy of HellaSwag ("Rowan/hellaswag", saved with to_json) writes "label": "1"; it was
+    # refused as not an integer
+    path = tmp_path / "hf.jsonl"
+    path.write_text(json.dumps({**GOOD, "label": "1"}) + "\n" + json.dumps({**GOOD, "label": 0}) + "\n")
+    assert [example.label for example in hellaswag.iter_examples(path)] == [1, 0]

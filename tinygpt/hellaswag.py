@@ -56,7 +56,8 @@ def iter_examples(path: str | os.PathLike, limit: int | None = None):
     """The examples of a HellaSwag ``.jsonl`` file (its first ``limit``), checked one line at a time.
 
     Each line is a JSON object with ``ctx`` (a non-empty string), ``endings`` (a list of two or more strings)
-    and ``label`` (an integer index into ``endings``); other fields (``ind``, ``activity_label``, ``ctx_a``,
+    and ``label`` (an integer index into ``endings``, or a string of its digits as Hugging Face's copy of the
+    dataset writes it); other fields (``ind``, ``activity_label``, ``ctx_a``,
     ...) are ignored, and blank lines skipped. Anything else is a TinyGPTError naming ``FILE:LINE``; so is a
     file with no examples. The lines past the ``limit``-th example are not looked at.
     """
@@ -113,8 +114,16 @@ def _example(row, where: str) -> Example:
     if len(endings) < 2:
         count = f"{len(endings)} ending" + ("" if len(endings) == 1 else "s")
         raise TinyGPTError(f"{where}: {count}, a choice needs at least 2")
-    if not is_int(label):  # (not a bool, nor "3": an index into endings)
-        raise TinyGPTError(f"{where}: label must be an integer index into endings, got {shown(label)}")
+    # Hugging Face's copy of HellaSwag (the "Rowan/hellaswag" dataset, saved with to_json) writes the label
+    # as a string of digits, "3", and its test split's as "" (HellaSwag keeps the test labels secret)
+    if isinstance(label, str) and label.isascii() and label.isdigit() and len(label) <= 6:
+        label = int(label)
+    elif label == "":
+        raise TinyGPTError(f"{where}: label is empty: an unlabelled example (HellaSwag's test split has no "
+                           "labels; score the val split)")
+    if not is_int(label):  # (not a bool, nor 1.0: an index into endings)
+        raise TinyGPTError(f"{where}: label must be an integer index into endings (or a string of its "
+                           f"digits), got {shown(label)}")
     if not 0 <= label < len(endings):
         raise TinyGPTError(f"{where}: label {label} is out of range for {len(endings)} endings (0 to "
                            f"{len(endings) - 1})")
