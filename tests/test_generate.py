@@ -1030,6 +1030,11 @@ def test_cli_prompt_file(char_run_dir, tmp_path, capsys):
     assert rc == 0
     expected = model.generate(np.array([tokenizer.encode("hello\nthe")]), 5, temperature=0)
     assert out == tokenizer.decode(expected[0].tolist()) + "\n"
+    # Notepad's leading byte-order mark is no character of the prompt: a character model refused it
+    prompt_file.write_bytes(b"\xef\xbb\xbf" + b"hello\nthe")
+    rc, with_mark, _ = _run_cli(["sample", "--out", str(directory), "--prompt-file", str(prompt_file),
+                                 "--max-new-tokens", "5", "--temperature", "0"], capsys)  # fmt: skip
+    assert rc == 0 and with_mark == out
 
 
 @pytest.mark.parametrize(

@@ -1043,6 +1043,22 @@ def test_cli_train_interrupted_after_training_saves_nothing(tmp_path, monkeypatc
     assert out.read_text() == "an older tokenizer" and not (tmp_path / "g").exists()
 
 
+def test_cli_train_drops_a_leading_byte_order_mark_as_training_on_a_corpus_does(tmp_path, capsys):
+    # guards: Notepad's BOM was trained on as three bytes of the text, where `tinygpt train` drops it
+    from tinygpt.cli import main
+
+    text = training_corpus()
+    summaries = []
+    for name, raw in (("plain", text.encode("utf-8")), ("notepad", b"\xef\xbb\xbf" + text.encode("utf-8"))):
+        (tmp_path / f"{name}.txt").write_bytes(raw)
+        assert main(["tokenizer", "train", "--input", str(tmp_path / f"{name}.txt"), "--vocab-size", "300",
+                     "--out", str(tmp_path / f"{name}.json")]) == 0
+        summary = capsys.readouterr().out  # "...; plain.txt: N bytes -> M tokens; saved ..."
+        summaries.append(regex.sub(r"in [\d.]+ s", "", summary.replace(name, "NAME")))
+    assert summaries[0] == summaries[1] and f": {len(text.encode('utf-8'))} bytes" in summaries[1]
+    assert (tmp_path / "notepad.json").read_bytes() == (tmp_path / "plain.json").read_bytes()
+
+
 def test_cli_train_takes_its_special_tokens_and_reports_bytes_and_tokens(tmp_path, capsys):
     from tinygpt.cli import main
 

@@ -77,7 +77,10 @@ def _add_tokenizer(sub):
     dp.set_defaults(func=_tokenizer_decode)
 
 
-def _tokenizer_read_utf8(path: str) -> str:
+def _tokenizer_read_utf8(path: str, drop_bom: bool = False) -> str:
+    """The UTF-8 text of a file or of stdin (``-``). ``drop_bom``: without a leading byte-order mark, as
+    ``data.read_text`` reads a corpus (a text to train on or to continue); ``tokenizer encode`` keeps it, as
+    tiktoken encodes the text it is given."""
     from pathlib import Path
 
     from .data import refuse_device
@@ -88,7 +91,7 @@ def _tokenizer_read_utf8(path: str) -> str:
         raise TinyGPTError("cannot read stdin: it is closed")
     data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig" if drop_bom else "utf-8")
     except UnicodeDecodeError as exc:
         raise TinyGPTError(f"{'stdin' if path == '-' else path} is not UTF-8 text ({exc.reason})") from None
 
@@ -138,7 +141,7 @@ def _tokenizer_train(args):
     if args.gpt2_files:  # special tokens the export would refuse, refused now, not after the training (ids
         # in their order after the merges: only the byte tokens are known before them)
         check_gpt2_special_tokens({s: 256 + i for i, s in enumerate(args.special_tokens)})
-    text = _tokenizer_read_utf8(args.input)
+    text = _tokenizer_read_utf8(args.input, drop_bom=True)
     start = time.perf_counter()
     tok = BPETokenizer.train(text, args.vocab_size, pattern=args.pattern, special_tokens=args.special_tokens)
     seconds = time.perf_counter() - start
@@ -447,7 +450,8 @@ def _add_sample(sub):
     )  # fmt: skip
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="", metavar="TEXT", help="text to continue (default: none)")
-    prompt.add_argument("--prompt-file", metavar="F", help="continue the text of this UTF-8 file, as is")
+    prompt.add_argument("--prompt-file", metavar="F", help="continue the text of this UTF-8 file, as is "
+                        "(but a leading byte-order mark)")
     add = p.add_argument
     add("--max-new-tokens", type=int, default=200, metavar="N", help="tokens per sample (200)")
     add("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)")
@@ -522,7 +526,7 @@ def _run_sample(args):
     _refuse_empty("--prompt-file", args.prompt_file, "a file (or - for stdin)")
     prompt = args.prompt
     if args.prompt_file is not None:
-        prompt = _tokenizer_read_utf8(args.prompt_file)  # not UTF-8 -> one-line error
+        prompt = _tokenizer_read_utf8(args.prompt_file, drop_bom=True)  # not UTF-8 -> one-line error
     if args.pretrained is None:
         from tinygpt.checkpoint import load_model
 
