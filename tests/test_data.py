@@ -1214,3 +1214,24 @@ def test_sharded_tokens_refuse_what_an_array_would(monkeypatch):
     monkeypatch.setattr(data.ShardedTokens, "__array__", lambda self, *a, **k: pytest.fail("read whole"))
     assert data.get_batch(tokens, 2, 3, np.random.default_rng(0))[0].shape == (2, 3)
     assert next(data.iter_eval_windows(tokens, 2, batch_size=4))[1].tolist() == [[1, 2], [3, 4]]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no limit on open files to lower (resource is Unix's)")
+def test_more_shards_than_the_process_may_keep_open_is_one_line_before_any_is_mapped(tmp_path):
+    import resource
+
+    for folder, count in (("many", 80), ("few", 6)):
+        _write_shards(tmp_path / folder, "fw", {"val": {0: range(20)},
+                                                "train": {k: range(20) for k in range(1, count)}})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (70, hard))  # (each memmap keeps its file open)
+    try:
+        with pytest.raises(TinyGPTError, match=f"data directory {re.escape(str(tmp_path / 'many'))} holds "
+                                               "80 shards, each kept open while it is read, but this process "
+                                               "may have only 70 files open at once: raise the "
+                                               r"limit in the shell that runs tinygpt \(ulimit -n \d+\)"):
+            data.open_token_dir(tmp_path / "many")
+        # (a few files more than the maps and those open now: a checkpoint's, the id scan's)
+        assert data.open_token_dir(tmp_path / "few").meta["train_files"] == 5
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -609,6 +609,33 @@ class ShardedTokens:
         return np.concatenate(self.shards).astype(dtype or self.dtype, copy=False)
 
 
+# files opened while training beside the shards' maps and the files already open: a checkpoint's, the
+# metrics', the id scan's and fingerprint's one at a time (a run on 300 shards peaked at 7 more than its maps)
+_SPARE_FILES = 16
+
+
+def _check_open_file_limit(folder: Path, n_files: int) -> None:
+    """TinyGPTError unless this process may keep ``n_files`` shards mapped and still open other files. A
+    memmap holds its file open until it is dropped (Python's mmap keeps a duplicate of the descriptor), so a
+    folder of many shards meets the limit on open files (``ulimit -n``: 256 by default on macOS, often 1024
+    on Linux): 300 shards under 256 were np.memmap's 'Too many open files', a traceback, part way through."""
+    try:
+        import resource
+    except ImportError:  # (Windows: a map holds a handle, of which a process may have millions)
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:  # (Linux's and macOS's list of this process's open files: a Jupyter kernel's sockets are some)
+        open_now = len(os.listdir("/dev/fd"))
+    except OSError:
+        open_now = 0
+    needed = open_now + n_files + _SPARE_FILES
+    if soft != resource.RLIM_INFINITY and needed > soft:
+        raise TinyGPTError(f"data directory {folder} holds {n_files:,} shards, each kept open while it is "
+                           f"read, but this process may have only {soft:,} files open at once: raise the "
+                           f"limit in the shell that runs tinygpt (ulimit -n {needed}), or give a folder "
+                           "with fewer shards")
+
+
 def _open_split(paths, header_bytes: int) -> tuple[np.ndarray | ShardedTokens, list[np.ndarray]]:
     """One split of a token directory and its files' maps: a single file is its memmap as it is, several
     are one :class:`ShardedTokens` over theirs."""
@@ -751,6 +778,8 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
 
     folder = Path(folder)
     train_paths, val_paths, header_bytes = token_files(folder)
+    if len(train_paths) + len(val_paths) > 2:  # (a pair's two files fit any limit)
+        _check_open_file_limit(folder, len(train_paths) + len(val_paths))
     train, train_maps = _open_split(train_paths, header_bytes)
     val, val_maps = _open_split(val_paths, header_bytes)
     kind = token_dir_tokenizer(folder)
