@@ -1020,6 +1020,25 @@ def test_damaged_llmc_token_files_are_one_line_errors_naming_the_file(tmp_path, 
         data.open_token_dir(tmp_path)
 
 
+def test_a_token_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, nanogpt_dir, monkeypatch):
+    nanogpt_dir(tmp_path, TEXT, "gpt2")
+    train = tmp_path / "train.bin"
+    if hasattr(os, "geteuid") and os.geteuid() != 0:  # (root reads a file of mode 000 all the same)
+        train.chmod(0)
+        with pytest.raises(TinyGPTError, match=f"cannot read token file {re.escape(str(train))}: Permission"):
+            data.open_token_dir(tmp_path)
+        train.chmod(0o644)
+
+    def refuse(path, *args, **kwargs):  # (as np.memmap of a file of another user's, mode 600)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    # nanoGPT's file has no header, so np.memmap is the first to open it
+    monkeypatch.setattr(np, "memmap", refuse)
+    with pytest.raises(TinyGPTError, match=f"^cannot read token file {re.escape(str(train))}: Permission "
+                                           "denied$"):
+        data.open_token_dir(tmp_path)
+
+
 def test_a_directory_of_llmc_pairs_is_refused(tmp_path):
     for name in ("a_train.bin", "a_val.bin", "b_train.bin", "b_val.bin"):
         _write_llmc(tmp_path / name, [1, 2, 3])

@@ -509,14 +509,15 @@ def _open_token_file(path: Path, header_bytes: int) -> np.ndarray:
     try:
         size = path.stat().st_size
         count = _llmc_token_count(path, size) if header_bytes else size // 2
+        if not header_bytes and size % 2:
+            raise TinyGPTError(f"token file {path} is {size:,} bytes, not a whole number of 2-byte (uint16) "
+                               "token ids: truncated, or not nanoGPT's format")
+        if count == 0:
+            raise TinyGPTError(f"token file {path} holds no tokens")
+        # (nanoGPT's file is first opened here: one the user may not read was np.memmap's PermissionError)
+        return np.memmap(path, dtype=np.dtype("<u2"), mode="r", offset=header_bytes, shape=(count,))
     except OSError as exc:
         raise TinyGPTError(f"cannot read token file {path}: {exc.strerror or exc}") from None
-    if not header_bytes and size % 2:
-        raise TinyGPTError(f"token file {path} is {size:,} bytes, not a whole number of 2-byte (uint16) "
-                           "token ids: truncated, or not nanoGPT's format")
-    if count == 0:
-        raise TinyGPTError(f"token file {path} holds no tokens")
-    return np.memmap(path, dtype=np.dtype("<u2"), mode="r", offset=header_bytes, shape=(count,))
 
 
 class ShardedTokens:
