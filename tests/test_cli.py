@@ -40,12 +40,15 @@ def test_help_says_what_train_and_eval_do_with_a_trained_model_or_a_classifier(c
 
 def test_help_says_data_takes_a_directory_of_nanogpt_token_files(capsys):
     assert ("or a directory of token files from nanoGPT's prepare.py (train.bin, val.bin; meta.pkl for "
-            "characters, else GPT-2's ids) or llm.c's") in _help(["train"], capsys)
+            "characters, else GPT-2's ids) or llm.c's (NAME_train.bin, NAME_val.bin, or its shards "
+            "NAME_val_000000.bin, NAME_train_000001.bin, ...)") in _help(["train"], capsys)
     text = _help(["eval"], capsys)
     assert "a directory of token files (nanoGPT's train.bin, val.bin, or llm.c's)" in text
-    assert "or a token directory's val.bin or train.bin (with --pretrained too)" in text
+    # (a split of llm.c's is its NAME_val.bin or its shards, no val.bin)
+    assert ("or a token directory's val or train files (val.bin, llm.c's NAME_val.bin or its val shards; "
+            "with --pretrained too)") in text
     # --pretrained's help said the whole of --data, which a token directory's model is not scored on
-    assert ("scored on the whole of --data (--split all), or on a token directory's val.bin (or --split "
+    assert ("scored on the whole of --data (--split all), or on a token directory's val split (or --split "
             "train)") in text
 
 

@@ -364,7 +364,8 @@ def _add_training(sub):
     p.add_argument("--config", help="a shipped preset (default, shakespeare_char) or a TOML file")
     p.add_argument("--data", help="UTF-8 text file to train on, or a directory of token files from nanoGPT's "
                    "prepare.py (train.bin, val.bin; meta.pkl for characters, else GPT-2's ids) or llm.c's "
-                   "(default: the Shakespeare corpus)")
+                   "(NAME_train.bin, NAME_val.bin, or its shards NAME_val_000000.bin, NAME_train_000001.bin, "
+                   "...) (default: the Shakespeare corpus)")
     p.add_argument("--tokenizer", choices=("char", "bpe", "gpt2"), help="char, bpe (trained on --data), gpt2")
     p.add_argument("--vocab-size", type=int, metavar="N", help="vocabulary size of a BPE trained on the data")
     p.add_argument("--out", help="output directory: checkpoint, metrics.jsonl, loss.png")
@@ -395,12 +396,13 @@ def _add_training(sub):
     model.add_argument("--pretrained", metavar="PATH", help="a local transformers GPT-2 directory or a "
                        "nanoGPT ckpt.pt (or its out_dir) instead (its tokenizer found as sample --pretrained "
                        "finds it), scored on the whole of --data (--split all), or on a token directory's "
-                       "val.bin (or --split train)")
+                       "val split (or --split train)")
     e.add_argument("--data", help="text file, a directory of token files (nanoGPT's train.bin, val.bin, or "
                    "llm.c's), or a classifier's .jsonl or .csv (default: the one the model was trained on)")
     e.add_argument("--split", choices=("val", "train", "all"),
                    help="which split: val (default) or train, split as in training (a language model's "
-                        "10%%/90%%), or a token directory's val.bin or train.bin (with --pretrained too); "
+                        "10%%/90%%), or a token directory's val or train files (val.bin, llm.c's "
+                        "NAME_val.bin or its val shards; with --pretrained too); "
                         "all (a classifier's default with --data: a held-out test file is scored whole)")
     e.add_argument("--stride", type=int, metavar="S",
                    help="a language model's windows of its context T advance by S tokens (default: T, "

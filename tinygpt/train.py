@@ -803,9 +803,9 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
     ``data``, split 90/10 as in training, a tail shorter than a window left out; a pretrained model on the
     whole of ``data`` (``split="all"``, its only split: no part of that text is known to be its training
     text), every token but the first, the tail included. ``data`` may also be a directory of token files
-    (``data.open_token_dir``): its ``val.bin`` (default) or ``train.bin`` is the split, for a run and a
-    pretrained model alike (its ids must be ones the model's tokenizer reads as the files' do), a tail shorter
-    than a window left out.
+    (``data.open_token_dir``): its val (default) or train files are the split (``val.bin``, llm.c's
+    ``NAME_val.bin`` or its val shards), for a run and a pretrained model alike (its ids must be ones the
+    model's tokenizer reads as the files' do), a tail shorter than a window left out.
 
     Windows of the model's ``block_size`` (``data.iter_eval_windows``) advance by ``stride`` tokens (default:
     ``block_size``, non-overlapping), each scoring only the targets the window before did not, so each
