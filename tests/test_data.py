@@ -1254,3 +1254,14 @@ def test_more_shards_than_the_process_may_keep_open_is_one_line_before_any_is_ma
         assert data.open_token_dir(tmp_path / "few").meta["train_files"] == 5
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_eval_windows_of_a_huge_split_are_made_a_batch_at_a_time():
+    # 10**12 ids (one id, broadcast: no memory); a --split train of FineWeb's shards at --stride 1 is 10**10
+    # windows: every window's start was made before the first batch, 8 TB here (MemoryError), 80 GB there
+    tokens = np.broadcast_to(np.uint16(7), (10**12,))
+    windows = data.iter_eval_windows(tokens, 4, batch_size=2, stride=1, whole=True)
+    x, y = next(windows)
+    assert x.tolist() == [[7, 7, 7, 7]] * 2 and y.tolist() == [[7, 7, 7, 7], [-1, -1, -1, 7]]
+    x, y = next(windows)  # (the windows after the first score their last target only)
+    assert y.tolist() == [[-1, -1, -1, 7]] * 2

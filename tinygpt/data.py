@@ -926,17 +926,21 @@ def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, stri
     if n < (2 if whole else block_size + 1):
         raise TinyGPTError(f"{n} tokens are too few for block size {block_size}")
     T = min(block_size, n - 1)  # (whole: a split shorter than a window is one window)
-    starts = np.arange(0, n - T, stride or block_size)  # every window whose last target exists
-    if whole and starts[-1] + T < n - 1:
-        starts = np.append(starts, n - 1 - T)
-    # the targets before each window's own: the ones the window before it scored (up to its last)
-    scored_before = np.concatenate([[0], starts[:-1] + T])
-    for first in range(0, len(starts), batch_size):
-        s = starts[first : first + batch_size]
+    step = stride or block_size
+    # window w starts at w * step, for every window whose last target exists, then (whole) one ending at the
+    # last token; each batch's starts are made as it comes, not all at once: at stride 1, a split of 10B
+    # tokens (FineWeb's) has 10B windows, 80 GB of starts before the first batch
+    n_stepped = (n - T + step - 1) // step
+    n_windows = n_stepped + int(whole and (n_stepped - 1) * step + T < n - 1)
+    for first in range(0, n_windows, batch_size):
+        w = np.arange(first, min(first + batch_size, n_windows))
+        s = np.where(w < n_stepped, w * step, n - 1 - T)
+        # the targets before each window's own: the ones the window before it scored (up to its last)
+        scored_before = np.where(w > 0, (w - 1) * step + T, 0)
         window = s[:, None] + np.arange(T + 1)
         chunk = np.asarray(tokens[window], dtype=np.int64)
         y = chunk[:, 1:]
-        seen = window[:, 1:] <= scored_before[first : first + batch_size, None]
+        seen = window[:, 1:] <= scored_before[:, None]
         if seen.any():
             y = np.where(seen, -1, y)  # a copy: x is a view of the same chunk
         yield chunk[:, :-1], y
