@@ -619,18 +619,25 @@ def _check_open_file_limit(folder: Path, n_files: int) -> None:
     """TinyGPTError unless this process may keep ``n_files`` shards mapped and still open other files. A
     memmap holds its file open until it is dropped (Python's mmap keeps a duplicate of the descriptor), so a
     folder of many shards meets the limit on open files (``ulimit -n``: 256 by default on macOS, often 1024
-    on Linux): 300 shards under 256 were np.memmap's 'Too many open files', a traceback, part way through."""
+    on Linux): 300 shards under 256 were np.memmap's 'Too many open files', a traceback, part way through.
+    The soft limit is raised for this process when the hard one allows; past the hard one, the error."""
     try:
         import resource
     except ImportError:  # (Windows: a map holds a handle, of which a process may have millions)
         return
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:  # (Linux's and macOS's list of this process's open files: a Jupyter kernel's sockets are some)
         open_now = len(os.listdir("/dev/fd"))
     except OSError:
         open_now = 0
     needed = open_now + n_files + _SPARE_FILES
     if soft != resource.RLIM_INFINITY and needed > soft:
+        try:  # the soft limit may be raised up to the hard one (macOS's 256 soft lies under a far higher hard
+            # limit), as `ulimit -n` would in the shell; only past the hard limit is there nothing to do
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+            return
+        except (ValueError, OSError):
+            pass
         raise TinyGPTError(f"data directory {folder} holds {n_files:,} shards, each kept open while it is "
                            f"read, but this process may have only {soft:,} files open at once: raise the "
                            f"limit in the shell that runs tinygpt (ulimit -n {needed}), or give a folder "
