@@ -1281,3 +1281,17 @@ def test_eval_windows_of_a_huge_split_are_made_a_batch_at_a_time():
     assert x.tolist() == [[7, 7, 7, 7]] * 2 and y.tolist() == [[7, 7, 7, 7], [-1, -1, -1, 7]]
     x, y = next(windows)  # (the windows after the first score their last target only)
     assert y.tolist() == [[-1, -1, -1, 7]] * 2
+
+
+def test_a_long_id_scan_is_announced_before_it_starts(tmp_path, monkeypatch):
+    # FineWeb's 10B tokens are 20 GB to scan at each start: seconds to minutes in which a run printed nothing
+    _write_shards(tmp_path / "fw", "fw", {"val": {0: range(20)}, "train": {1: range(30), 2: range(30)}})
+    told = []
+    data.open_token_dir(tmp_path / "fw", say=told.append)
+    assert told == []  # 160 bytes: no need
+    monkeypatch.setattr(data, "_SAY_SCAN_BYTES", 100)
+    data.open_token_dir(tmp_path / "fw", say=told.append)
+    assert told == [f"checking every id of {tmp_path / 'fw'} (0.0 GB in 3 files) against the vocabulary, "
+                    "read once"]
+    data.open_token_dir(tmp_path / "fw", splits=("val",), say=told.append)  # 40 bytes of the val split only
+    assert len(told) == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tinygpt import data as tinygpt_data
 from tinygpt import train as training
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.cli import main
@@ -1398,7 +1399,7 @@ def _write_llmc_shards(folder, split, parts, numbers):
 
 
 def test_a_run_on_llmc_shards_is_the_run_on_their_ids_joined_and_resumes_and_evaluates(tmp_path, nanogpt_dir,
-                                                                                        capsys):
+                                                                                        capsys, monkeypatch):
     # llm.c cuts its shards where they fill, mid-document: here mid-text, small enough that windows of 17
     # run from one shard into the next
     train_ids, val_ids = nanogpt_dir(tmp_path / "joined", TEXT * 2, "gpt2")
@@ -1441,6 +1442,13 @@ def test_a_run_on_llmc_shards_is_the_run_on_their_ids_joined_and_resumes_and_eva
     _write_llmc_shards(shards, "train", [train_ids[:40]], (5,))
     assert main(["train", "--out", str(tmp_path / "part"), "--resume", "--max-iters", "5", "--quiet"]) == 0
     assert f"the token files of {shards.resolve()} changed since the run started" in capsys.readouterr().err
+    # a scan of many GB is announced (here every scan: the threshold lowered), once, before the first step
+    monkeypatch.setattr(tinygpt_data, "_SAY_SCAN_BYTES", 0)
+    loud = [flag for flag in argv if flag != "--quiet"]
+    assert main([*loud, "--out", str(tmp_path / "told"), "--max-iters", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err.count(f"checking every id of {shards} (0.0 GB in 6 files) against the vocabulary") == 1
+    assert err.index("checking every id") < err.index("step 0:")
 
 
 def _scripted_val_losses(monkeypatch, out, val_losses):

@@ -413,6 +413,7 @@ _TOKEN_FILE_NAME = re.compile(r"(?:.+_)?(?:train|val)(?:_\d+)?\.bin")
 # llm.c's shards: fineweb.py writes edu_fineweb_val_000000.bin, then edu_fineweb_train_000001.bin, ...
 _LLMC_SHARD_NAME = re.compile(r"(?P<name>.+)_(?P<split>train|val)_(?P<number>\d+)\.bin")
 _META_PICKLE_MAX_BYTES = 1 << 24  # 65 characters pickle to 0.7 KB, 100,000 to 1.8 MB
+_SAY_SCAN_BYTES = 1 << 30  # an id scan longer than this is announced (about a second at memory speed)
 _SCAN_CHUNK = 1 << 24  # ids per step of the id scan: 32 MiB of uint16 at a time, whatever the file's size
 _FINGERPRINT_BLOCKS, _FINGERPRINT_BLOCK_BYTES = 64, 1 << 16
 
@@ -765,7 +766,7 @@ def _reads_ids_as_gpt2(tokenizer, max_id: int) -> bool:
 
 
 def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str = "the model",
-                   splits=("train", "val")) -> TokenData:
+                   splits=("train", "val"), say=None) -> TokenData:
     """Memory-map a directory of token files prepared elsewhere (nanoGPT's, or llm.c's): its two splits, a
     file each, or a split's shards (:func:`token_files`) as one :class:`ShardedTokens`.
 
@@ -780,7 +781,9 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     training, the one it scores for evaluation (openwebtext's val.bin is 9 MB, its train.bin 17 GB).
     ``meta`` records the format (``"nanogpt"``, ``"llm.c"`` or ``"llm.c shards"``), the tokenizer kind
     (``"char"`` or ``"gpt2"``), the token and file counts of each split, the largest id of the files
-    scanned and a fingerprint of all the files (:func:`token_files_fingerprint`).
+    scanned and a fingerprint of all the files (:func:`token_files_fingerprint`). ``say`` (a function of
+    one line) is told before a scan of more than 1 GiB, which takes seconds to minutes with nothing else
+    to show (FineWeb's 10B tokens are 20 GB).
     """
     from tinygpt.tokenizer import CharTokenizer, load_tokenizer
 
@@ -795,6 +798,11 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     vocab_size, vocabulary = ((own.vocab_size, "its meta.pkl's vocabulary") if own is not None
                               else (GPT2_VOCAB_SIZE, "GPT-2's tokenizer"))
     files = {"train": list(zip(train_maps, train_paths)), "val": list(zip(val_maps, val_paths))}
+    scanned = sum(tokens.nbytes for split in splits for tokens, _ in files[split])
+    if say is not None and scanned > _SAY_SCAN_BYTES:
+        n_files = sum(len(files[split]) for split in splits)
+        say(f"checking every id of {folder} ({scanned / 1e9:.1f} GB in {n_files:,} "
+            f"file{'s' if n_files > 1 else ''}) against the vocabulary, read once")
     # shard by shard: an id out of range is named by its file and its position there
     max_id = max(_max_id_below(tokens, vocab_size, path, vocabulary) for split in splits
                  for tokens, path in files[split])

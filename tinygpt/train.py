@@ -542,7 +542,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
     data_path = _data_path(cfg.data, say)
     if data_path.is_dir():  # token files prepared elsewhere: already tokenized, by the tokenizer they name
         data = open_token_dir(data_path, tokenizer=ckpt.tokenizer if ckpt else init_tokenizer,
-                              tokenizer_of=str(out) if ckpt else cfg.init_from or cfg.pretrained)
+                              tokenizer_of=str(out) if ckpt else cfg.init_from or cfg.pretrained, say=say)
         if ckpt is None and init_tokenizer is None:
             cfg.tokenizer, cfg.vocab_size = data.meta["tokenizer"], None
     else:
