@@ -318,3 +318,19 @@ def pretrained_dir(tmp_path_factory):
     hf = save_hf_gpt2(directory, vocab_size=50257, block_size=64, seed=1,
                       tokenizer_files=_gpt2_tokenizer_files(), wte_scale=30.0)
     return directory, hf
+
+
+def one_line_error(capsys, argv):
+    """The CLI's one line on stderr for ``argv``, checked: exit status 2 (an argparse usage error too), one
+    line naming an error, no traceback."""
+    from tinygpt.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err, err
+    return lines[0]

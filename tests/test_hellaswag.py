@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import _gpt2_tokenizer_files, _tiktoken_gpt2
+from conftest import _gpt2_tokenizer_files, _tiktoken_gpt2, one_line_error
 
 from tinygpt import hellaswag
 from tinygpt.checkpoint import load_model, save_checkpoint
@@ -272,23 +272,11 @@ def test_eval_of_a_run_directory_with_limit_and_a_progress_bar(char_run, tmp_pat
     capsys.readouterr()
     assert main(["eval", "--out", str(out), "--hellaswag", str(broken), "--limit", "1", "--quiet"]) == 0
     assert capsys.readouterr().out.startswith("hellaswag: 1 example, acc ")  # (not "1 examples")
-    assert f"{broken}:4: not valid JSON" in _one_line_error(capsys, ["eval", "--out", str(out), "--hellaswag",
+    assert f"{broken}:4: not valid JSON" in one_line_error(capsys, ["eval", "--out", str(out), "--hellaswag",
                                                                      str(broken)])
 
 
 # --- bad input: one line on stderr, exit status 2, no traceback ------------------------------------------
-
-
-def _one_line_error(capsys, argv):
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse usage errors
-        code = exc.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err, err
-    return lines[0]
 
 
 GOOD = {"ctx": "the cat sat on", "endings": ["a mat.", "the dog."], "label": 0}
@@ -330,7 +318,7 @@ def test_a_bad_line_is_one_line_naming_file_and_line(char_run, line, message, tm
     path = tmp_path / "h.jsonl"
     text = line if isinstance(line, str) else json.dumps(line)
     path.write_text(json.dumps(GOOD) + "\n" + text + "\n" + json.dumps(GOOD) + "\n", encoding="utf-8")
-    error = _one_line_error(capsys, ["eval", "--out", str(out), "--hellaswag", str(path), "--quiet"])
+    error = one_line_error(capsys, ["eval", "--out", str(out), "--hellaswag", str(path), "--quiet"])
     assert f"tinygpt: error: {path}{message}" in error
     with pytest.raises(TinyGPTError, match=re.escape(message)):  # the Python API says the same
         hellaswag.evaluate(*load_model(out), path)
@@ -367,7 +355,7 @@ def test_blank_lines_are_skipped_and_counted(char_run, tmp_path, capsys):
     assert main(["eval", "--out", str(out), "--hellaswag", str(path), "--quiet"]) == 0
     assert capsys.readouterr().out.startswith("hellaswag: 2 examples, ")
     path.write_text(f"\n{json.dumps(GOOD)}\n\n{{}}\n", encoding="utf-8")
-    assert f"{path}:4: missing ctx" in _one_line_error(capsys, ["eval", "--out", str(out), "--hellaswag",
+    assert f"{path}:4: missing ctx" in one_line_error(capsys, ["eval", "--out", str(out), "--hellaswag",
                                                                 str(path)])
 
 
@@ -406,7 +394,7 @@ def test_bad_files_and_flags_are_one_line(char_run, tmp_path, capsys):
         (["eval", "--pretrained", str(tmp_path / "missing"), "--hellaswag", str(path)],
          "no model directory or nanoGPT ckpt.pt at"),
     ):
-        assert message in _one_line_error(capsys, argv)
+        assert message in one_line_error(capsys, argv)
     with pytest.raises(TinyGPTError, match="--limit must be an integer >= 1, got 1.5"):
         list(hellaswag.iter_examples(path, limit=1.5))
     # and as a real process: exit status 2, one line, no traceback

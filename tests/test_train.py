@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 
 from tinygpt import data as tinygpt_data
 from tinygpt import train as training
@@ -627,7 +628,7 @@ def test_eval_pretrained_errors_are_one_line(tiny_gpt2, tmp_path, monkeypatch, c
         ([*model, "--data", str(tmp_path / "absent.txt")], "data file not found"),
         (["eval", "--pretrained", "", "--data", str(text)], "--pretrained must name a directory"),
     ):
-        assert message in _one_line_error(capsys, argv)
+        assert message in one_line_error(capsys, argv)
     assert main([*scored, "--split", "all", "--max-batches", "2"]) == 0
     assert capsys.readouterr().out.startswith(f"all of {text}: 32 of its ")  # two windows of 16 targets
     # and as a real process: exit status 2, one line, no traceback
@@ -662,7 +663,7 @@ def test_eval_stride_on_a_training_run(corpus, tmp_path, capsys):
     assert main(["eval", "--out", str(out), "--backend", "numpy", "--stride", "4"]) == 0
     assert capsys.readouterr().out.startswith(f"val split of {corpus}: {n} tokens, model at step 2, windows "
                                               "of 16 tokens every 4\n")
-    assert "--stride 17 exceeds the model's context of 16" in _one_line_error(
+    assert "--stride 17 exceeds the model's context of 16" in one_line_error(
         capsys, ["eval", "--out", str(out), "--stride", "17", "--backend", "numpy"])
 
 
@@ -729,18 +730,6 @@ def test_a_config_file_saved_with_a_byte_order_mark_reads(tmp_path):
 # --- bad input: one line on stderr, exit status 2, no traceback -----------------------------------------
 
 
-def _one_line_error(capsys, argv):
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse usage errors
-        code = exc.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err, err
-    return lines[0]
-
-
 def test_bad_data_files(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
     (tmp_path / "empty.txt").write_text("")
@@ -750,7 +739,7 @@ def test_bad_data_files(tmp_path, capsys, monkeypatch):
              str(tmp_path): "directory", str(tmp_path / "binary.txt"): "UTF-8",
              str(tmp_path / "short.txt"): "too small"}
     for path, message in cases.items():
-        line = _one_line_error(capsys, ["train", "--data", path, "--out", str(tmp_path / "o"), *TINY])
+        line = one_line_error(capsys, ["train", "--data", path, "--out", str(tmp_path / "o"), *TINY])
         assert message in line
 
 
@@ -777,30 +766,30 @@ def test_bad_data_files(tmp_path, capsys, monkeypatch):
 def test_bad_settings(tmp_path, capsys, flags, message, monkeypatch):
     monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
     (tmp_path / "in.txt").write_text(TEXT)
-    line = _one_line_error(capsys, ["train", "--data", str(tmp_path / "in.txt"), "--out", str(tmp_path / "o"),
+    line = one_line_error(capsys, ["train", "--data", str(tmp_path / "in.txt"), "--out", str(tmp_path / "o"),
                                     "--backend", "numpy", *flags])
     assert message in line
 
 
 def test_bad_config_files(tmp_path, capsys):
     (tmp_path / "typo.toml").write_text("n_layers = 4\n")
-    line = _one_line_error(capsys, ["train", "--config", str(tmp_path / "typo.toml")])
+    line = one_line_error(capsys, ["train", "--config", str(tmp_path / "typo.toml")])
     assert "unknown setting 'n_layers'" in line
     (tmp_path / "broken.toml").write_text("n_layer = = 4\n")
-    assert "not valid TOML" in _one_line_error(capsys, ["train", "--config", str(tmp_path / "broken.toml")])
+    assert "not valid TOML" in one_line_error(capsys, ["train", "--config", str(tmp_path / "broken.toml")])
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe bad")  # a traceback (UnicodeDecodeError) before
-    line = _one_line_error(capsys, ["train", "--config", str(tmp_path / "binary.txt")])
+    line = one_line_error(capsys, ["train", "--config", str(tmp_path / "binary.txt")])
     assert "not a UTF-8 text file" in line
     (tmp_path / "types.toml").write_text('n_layer = "four"\n')
-    assert "--n-layer" in _one_line_error(capsys, ["train", "--config", str(tmp_path / "types.toml")])
+    assert "--n-layer" in one_line_error(capsys, ["train", "--config", str(tmp_path / "types.toml")])
     for setting, flag in (('seed = "x"', "--seed"), ("data = 5", "--data"), ("init_from = 3", "--init-from")):
         (tmp_path / "types.toml").write_text(setting + "\n")
-        assert flag in _one_line_error(capsys, ["train", "--config", str(tmp_path / "types.toml")])
+        assert flag in one_line_error(capsys, ["train", "--config", str(tmp_path / "types.toml")])
     # a hand-edited 400-digit rate (TOML's integers have no bound in Python's reader) was float()'s
     # OverflowError traceback in make_config, and math.isfinite's in validate; one of 5,000 digits (from
     # Python) could not be shown by repr, a ValueError
     (tmp_path / "big.toml").write_text(f"learning_rate = 1{'0' * 400}\n")
-    line = _one_line_error(capsys, ["train", "--config", str(tmp_path / "big.toml")])
+    line = one_line_error(capsys, ["train", "--config", str(tmp_path / "big.toml")])
     assert line.endswith("--learning-rate must be a finite number, got <an integer of 1,329 bits>"), line
     for digits, shown in ((400, "<an integer of 1,329 bits>"), (5000, "<an integer of 16,610 bits>")):
         with pytest.raises(TinyGPTError, match=f"--min-lr must be a finite number, got {shown}"):
@@ -808,28 +797,28 @@ def test_bad_config_files(tmp_path, capsys):
     # past 4,300 digits Python's TOML reader raises int()'s own ValueError, not TOMLDecodeError: a traceback
     # that said to call sys.set_int_max_str_digits()
     (tmp_path / "big.toml").write_text(f"learning_rate = 1{'0' * 5000}\n")
-    line = _one_line_error(capsys, ["train", "--config", str(tmp_path / "big.toml")])
+    line = one_line_error(capsys, ["train", "--config", str(tmp_path / "big.toml")])
     assert line.endswith("big.toml is not valid TOML: it holds an integer of more than 4,300 digits"), line
 
 
 def test_missing_or_corrupt_checkpoint_for_resume_and_eval(corpus, tmp_path, capsys):
     missing = str(tmp_path / "missing")
-    assert "does not exist" in _one_line_error(capsys, ["train", "--resume", "--out", missing])
-    assert "does not exist" in _one_line_error(capsys, ["eval", "--out", missing])
+    assert "does not exist" in one_line_error(capsys, ["train", "--resume", "--out", missing])
+    assert "does not exist" in one_line_error(capsys, ["eval", "--out", missing])
     (tmp_path / "empty").mkdir()
-    assert "no checkpoint" in _one_line_error(capsys, ["eval", "--out", str(tmp_path / "empty")])
+    assert "no checkpoint" in one_line_error(capsys, ["eval", "--out", str(tmp_path / "empty")])
     out = tmp_path / "run"
     assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "1"]) == 0
     weights = out / "model.safetensors"
     weights.resolve().write_bytes(weights.read_bytes()[:100])
-    assert "corrupt" in _one_line_error(capsys, ["train", "--resume", "--out", str(out)])
-    assert "corrupt" in _one_line_error(capsys, ["eval", "--out", str(out), "--backend", "numpy"])
+    assert "corrupt" in one_line_error(capsys, ["train", "--resume", "--out", str(out)])
+    assert "corrupt" in one_line_error(capsys, ["eval", "--out", str(out), "--backend", "numpy"])
     # and as a real process: no traceback on stderr, exit status 2
     proc = subprocess.run([sys.executable, "-m", "tinygpt.cli", "eval", "--out", str(out)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "corrupt" in proc.stderr
-    assert "no metrics" in _one_line_error(capsys, ["plot", str(tmp_path / "empty")])
+    assert "no metrics" in one_line_error(capsys, ["plot", str(tmp_path / "empty")])
 
 
 def test_config_values_are_checked_when_set_from_python():
@@ -884,7 +873,7 @@ def test_a_new_run_never_replaces_files_it_did_not_write(corpus, tmp_path, capsy
     for out, what in [(hf, "model.safetensors"), (mine, "notes.txt"), (notes, "metrics.jsonl"),
                       (nano, "nanoGPT's ckpt.pt")]:
         before = _hashes(out)
-        message = _one_line_error(capsys, ["train", "--data", str(corpus), "--out", str(out), *TINY,
+        message = one_line_error(capsys, ["train", "--data", str(corpus), "--out", str(out), *TINY,
                                            "--max-iters", "1"])
         assert what in message and ("did not write" in message or "another --out" in message)
         assert _hashes(out) == before and not (out / "latest").exists()
@@ -904,7 +893,7 @@ def test_resume_takes_the_run_directory_not_a_checkpoint_inside_it(corpus, tmp_p
     assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "2",
                  "--eval-interval", "2"]) == 0
     before = _hashes(out / "latest")
-    message = _one_line_error(capsys, ["train", "--resume", "--out", str(out / "latest"), "--max-iters", "4",
+    message = one_line_error(capsys, ["train", "--resume", "--out", str(out / "latest"), "--max-iters", "4",
                                        "--quiet"])
     assert "not a training run" in message
     assert _hashes(out / "latest") == before and not (out / "latest" / "metrics.jsonl").exists()
@@ -922,7 +911,7 @@ def test_checkpoint_write_errors_are_one_line_and_keep_the_previous_checkpoint(c
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(safetensors.numpy, "save_file", disk_full)
-    message = _one_line_error(capsys, ["train", "--resume", "--out", str(out), "--max-iters", "4", "--quiet"])
+    message = one_line_error(capsys, ["train", "--resume", "--out", str(out), "--max-iters", "4", "--quiet"])
     assert "No space left on device" in message and "previous checkpoint is intact" in message
     monkeypatch.undo()
     assert load_checkpoint(out).state["step"] == 2
@@ -962,14 +951,14 @@ def test_done_line_of_a_resumed_run_says_the_total_is_over_every_run(corpus, tmp
 def test_corrupt_state_json_and_bad_eval_batches_are_one_line_errors(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "1"]) == 0
-    assert "--max-batches" in _one_line_error(capsys, ["eval", "--out", str(out), "--max-batches", "0"])
+    assert "--max-batches" in one_line_error(capsys, ["eval", "--out", str(out), "--max-batches", "0"])
     state_path = (out / "state.json").resolve()
     good = json.loads(state_path.read_text())
 
     def resume_with(state):
         # state.json has no checksum of its own; write it as a damaged or hand-edited file would be
         state_path.write_text(json.dumps(state))
-        return _one_line_error(capsys, ["train", "--resume", "--out", str(out), "--max-iters", "2",
+        return one_line_error(capsys, ["train", "--resume", "--out", str(out), "--max-iters", "2",
                                         "--quiet"])
 
     assert "bit generator" in resume_with({**good, "sampler_rng": {"bit_generator": "seed"}})
@@ -989,7 +978,7 @@ def test_fine_tuning_refuses_shape_flags_the_checkpoint_would_override(corpus, t
         assert main(["train", "--data", str(corpus), "--out", str(base), *TINY, "--max-iters", "1"]) == 0
     ft = tmp_path / "ft"
     short = ["--block-size", "8", "--batch-size", "2", "--eval-iters", "1", "--backend", "numpy", "--quiet"]
-    message = _one_line_error(capsys, ["train", "--data", str(corpus), "--init-from", str(base), "--out",
+    message = one_line_error(capsys, ["train", "--data", str(corpus), "--init-from", str(base), "--out",
                                        str(ft), *flag, *short, "--max-iters", "1"])
     assert f"{flag[0]} is for a model from scratch" in message and "--init-from" in message
     assert not ft.exists()
@@ -1063,10 +1052,10 @@ def test_a_dangling_latest_link_and_an_empty_out_are_clear_errors(corpus, tmp_pa
     for step_dir in (out / "checkpoints").iterdir():
         step_dir.rename(tmp_path / step_dir.name)  # latest now points nowhere
     # it said "pass --resume", and --resume said "missing directory": no way forward
-    line = _one_line_error(capsys, ["train", "--data", str(corpus), "--out", str(out), *TINY])
+    line = one_line_error(capsys, ["train", "--data", str(corpus), "--out", str(out), *TINY])
     assert "points to a missing checkpoint: remove that link" in line
-    assert "empty string" in _one_line_error(capsys, ["train", "--data", str(corpus), "--out", "", *TINY])
-    assert "empty string" in _one_line_error(capsys, ["train", "--resume", "--out", ""])  # it resumed ./out
+    assert "empty string" in one_line_error(capsys, ["train", "--data", str(corpus), "--out", "", *TINY])
+    assert "empty string" in one_line_error(capsys, ["train", "--resume", "--out", ""])  # it resumed ./out
 
 
 def test_evaluation_batches_take_no_memory_however_many(tmp_path):
@@ -1330,23 +1319,23 @@ def test_bad_token_directories_are_one_line_errors_naming_the_file(tmp_path, nan
         (["--vocab-size", "300"], f"--vocab-size: {chars} is already tokenized"),
         (["--block-size", "200"], f"token file {chars / 'val.bin'} is too small: it holds "),
     ):
-        assert message in _one_line_error(capsys, [*train_argv, "--data", str(chars), *flags])
-    line = _one_line_error(capsys, [*train_argv, "--data", str(gpt2), "--tokenizer", "char"])
+        assert message in one_line_error(capsys, [*train_argv, "--data", str(chars), *flags])
+    line = one_line_error(capsys, [*train_argv, "--data", str(gpt2), "--tokenizer", "char"])
     assert "it holds GPT-2's ids (no meta.pkl), so its tokenizer is gpt2" in line
-    line = _one_line_error(capsys, ["train", "--data", str(gpt2), "--out", str(tmp_path / "o"), "--init-from",
+    line = one_line_error(capsys, ["train", "--data", str(gpt2), "--out", str(tmp_path / "o"), "--init-from",
                                     str(tmp_path / "char-run"), "--block-size", "16", "--quiet"])
     run = tmp_path / "char-run"
     assert f"the tokenizer of {run} is a character tokenizer, and {gpt2} holds GPT-2's ids" in line
-    line = _one_line_error(capsys, ["eval", "--out", str(tmp_path / "char-run"), "--data", str(gpt2)])
+    line = one_line_error(capsys, ["eval", "--out", str(tmp_path / "char-run"), "--data", str(gpt2)])
     assert "is a character tokenizer" in line
-    line = _one_line_error(capsys, ["eval", "--pretrained", str(run), "--data", str(gpt2), "--split", "all"])
+    line = one_line_error(capsys, ["eval", "--pretrained", str(run), "--data", str(gpt2), "--split", "all"])
     assert "--split all: a token directory is scored one file at a time" in line
 
     def damaged(name, write):
         broken = tmp_path / name
         shutil.copytree(chars, broken)
         write(broken)
-        return _one_line_error(capsys, [*train_argv, "--data", str(broken)]), broken
+        return one_line_error(capsys, [*train_argv, "--data", str(broken)]), broken
 
     line, broken = damaged("odd", lambda d: (d / "train.bin").write_bytes((d / "train.bin").read_bytes()[1:]))
     assert f"token file {broken / 'train.bin'} is " in line and "not a whole number of 2-byte" in line
@@ -1434,7 +1423,7 @@ def test_a_run_on_llmc_shards_is_the_run_on_their_ids_joined_and_resumes_and_eva
                                                   "model at step 4\n")
     # too few ids for a window: the split's shards are named by their count and folder
     n = len(val_ids)
-    line = _one_line_error(capsys, [*argv, "--out", str(tmp_path / "o"), "--block-size", str(n),
+    line = one_line_error(capsys, [*argv, "--out", str(tmp_path / "o"), "--block-size", str(n),
                                     "--max-iters", "1"])
     assert (f"the 2 val shards of {shards} are too small: they hold {n} tokens, block size {n} needs at "
             f"least {n + 1}") in line
