@@ -1253,11 +1253,12 @@ def test_more_shards_than_the_process_may_keep_open_raise_the_soft_limit_or_are_
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     # past the hard limit (lowered in a child: a process that is not root cannot raise it back), one line
-    # before any shard is mapped; a folder that fits opens
+    # before any shard is mapped, naming the hard limit, not the soft one below it (`ulimit -n 97` in the
+    # user's shell fails as well); a folder that fits opens
     script = textwrap.dedent(f"""
         import resource, sys
         from tinygpt import data
-        resource.setrlimit(resource.RLIMIT_NOFILE, (70, 70))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (50, 70))
         assert data.open_token_dir({str(tmp_path / 'few')!r}).meta["train_files"] == 5
         try:
             data.open_token_dir({str(tmp_path / 'many')!r})
@@ -1267,9 +1268,36 @@ def test_more_shards_than_the_process_may_keep_open_raise_the_soft_limit_or_are_
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, child.stderr
     assert re.fullmatch(f"data directory {re.escape(str(tmp_path / 'many'))} holds 80 shards, each kept open "
-                        "while it is read, but this process may have only 70 files open at once: raise the "
-                        r"limit in the shell that runs tinygpt \(ulimit -n \d+\), or give a folder with "
-                        r"fewer shards\n", child.stdout), child.stdout
+                        "while it is read, but this process may have at most 70 files open at once, its hard "
+                        r"limit: raise that \(ulimit -Hn \d+, which only root may\) in the shell that runs "
+                        r"tinygpt, or give a folder with fewer shards\n", child.stdout), child.stdout
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no limit on open files to lower (resource is Unix's)")
+def test_a_soft_limit_on_open_files_the_system_will_not_raise_is_one_line(tmp_path, monkeypatch):
+    # macOS refuses a soft limit above kern.maxfilesperproc (EINVAL, Python's ValueError) though its hard
+    # limit is RLIM_INFINITY
+    import resource
+
+    _write_shards(tmp_path / "many", "fw", {"val": {0: range(20)},
+                                            "train": {k: range(20) for k in range(1, 80)}})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (70, hard))
+    try:
+        def refuse(which, limits):
+            raise ValueError("current limit exceeds maximum limit")
+
+        monkeypatch.setattr(resource, "setrlimit", refuse)
+        with pytest.raises(TinyGPTError, match=r"holds 80 shards, each kept open while it is read, but "
+                                               r"this process may have only 70 files open at once and it "
+                                               r"could not be raised to \d+ \(the system's limit per process "
+                                               r"may be lower\): raise the limit in the shell that runs "
+                                               r"tinygpt \(ulimit -n \d+\), or give a folder with fewer "
+                                               r"shards$"):
+            data.open_token_dir(tmp_path / "many")
+    finally:
+        monkeypatch.undo()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_eval_windows_of_a_huge_split_are_made_a_batch_at_a_time():

@@ -632,17 +632,24 @@ def _check_open_file_limit(folder: Path, n_files: int) -> None:
     except OSError:
         open_now = 0
     needed = open_now + n_files + _SPARE_FILES
-    if soft != resource.RLIM_INFINITY and needed > soft:
-        try:  # the soft limit may be raised up to the hard one (macOS's 256 soft lies under a far higher hard
-            # limit), as `ulimit -n` would in the shell; only past the hard limit is there nothing to do
-            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-            return
-        except (ValueError, OSError):
-            pass
-        raise TinyGPTError(f"data directory {folder} holds {n_files:,} shards, each kept open while it is "
-                           f"read, but this process may have only {soft:,} files open at once: raise the "
-                           f"limit in the shell that runs tinygpt (ulimit -n {needed}), or give a folder "
-                           "with fewer shards")
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return
+    where = (f"data directory {folder} holds {n_files:,} shards, each kept open while it is read, but this "
+             "process may have")
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        # the hard limit binds, not the soft one: a user's `ulimit -n` above it fails in the shell too
+        raise TinyGPTError(f"{where} at most {hard:,} files open at once, its hard limit: raise that (ulimit "
+                           f"-Hn {needed}, which only root may) in the shell that runs tinygpt, or give a "
+                           "folder with fewer shards")
+    try:  # the soft limit may be raised up to the hard one (macOS's 256 soft lies under a far higher hard
+        # limit), as `ulimit -n` would in the shell
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        return
+    except (ValueError, OSError):  # (macOS refuses a soft limit above kern.maxfilesperproc, EINVAL)
+        pass
+    raise TinyGPTError(f"{where} only {soft:,} files open at once and it could not be raised to "
+                       f"{needed:,} (the system's limit per process may be lower): raise the limit in the "
+                       f"shell that runs tinygpt (ulimit -n {needed}), or give a folder with fewer shards")
 
 
 def _open_split(paths, header_bytes: int) -> tuple[np.ndarray | ShardedTokens, list[np.ndarray]]:
