@@ -285,7 +285,8 @@ BAD_LINES = [
     ("[1, 2]", ":2: expected a JSON object with ctx, endings and label, got list"),
     ({"endings": ["a", "b"], "label": 0}, ":2: missing ctx"),
     ({"ctx": "a", "label": 0}, ":2: missing endings"),
-    ({"ctx": "a", "endings": ["a", "b"]}, ":2: missing label"),
+    ({"ctx": "a", "endings": ["a", "b"]}, ":2: missing label (an unlabelled example: HellaSwag's test "
+                                          "split has none; score the val split)"),
     ({**GOOD, "ctx": 5}, ":2: ctx must be a string, got 5"),
     ({**GOOD, "ctx": ""}, ":2: ctx is empty"),
     ({**GOOD, "endings": "ab"}, ":2: endings must be a list of strings, got 'ab'"),

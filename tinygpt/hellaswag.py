@@ -103,7 +103,10 @@ def _example(row, where: str) -> Example:
                            f"{type(row).__name__}")
     for name in ("ctx", "endings", "label"):
         if name not in row:
-            raise TinyGPTError(f"{where}: missing {name}")
+            # (HellaSwag's own hellaswag_test.jsonl has no labels: they are kept secret for its leaderboard)
+            hint = " (an unlabelled example: HellaSwag's test split has none; score the val split)" \
+                if name == "label" else ""
+            raise TinyGPTError(f"{where}: missing {name}{hint}")
     ctx, endings, label = row["ctx"], row["endings"], row["label"]
     if not isinstance(ctx, str):
         raise TinyGPTError(f"{where}: ctx must be a string, got {shown(ctx)}")
