@@ -245,6 +245,24 @@ def score_examples(model, tokenizer, examples, quiet: bool = True) -> dict:
     with tqdm(examples, disable=hidden, unit="example", file=sys.stderr, desc="tokenizing",
               leave=False) as tokenizing:
         rendered = [render(example, tokenizer, model.config.block_size) for example in tokenizing]
+    return score_rendered(model, examples, rendered, quiet=quiet)
+
+
+def score_rendered(model, examples, rendered, quiet: bool = True) -> dict:
+    """``score_examples`` of examples already rendered (``rendered[i]`` is ``render`` of ``examples[i]``
+    with the model's tokenizer and block size): what a training run scores at each evaluation, having
+    rendered its examples once, at its start."""
+    if quiet:
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
+
+    examples, rendered = list(examples), list(rendered)
+    if not examples:
+        raise TinyGPTError("no HellaSwag examples to score")
+    if len(rendered) != len(examples):
+        raise TinyGPTError(f"{len(rendered)} rendered examples for {len(examples)} examples")
+    hidden = quiet or sys.stderr is None
     correct = correct_norm = cut = 0
     bar = tqdm(total=len(examples), disable=hidden, unit="example", file=sys.stderr, desc="hellaswag")
     try:
