@@ -1584,3 +1584,144 @@ def test_a_quiet_run_does_not_import_tqdm_auto(corpus, tmp_path):
     assert done.returncode == 0, done.stderr
     loaded = eval(done.stdout.strip().splitlines()[-1])
     assert "tqdm.std" in loaded and "tqdm.auto" not in loaded and "tqdm.autonotebook" not in loaded
+
+
+# --- HellaSwag accuracy at each evaluation (--hellaswag) ---------------------------------------------------
+
+# HellaSwag's layout with TEXT's characters only (a char model of TEXT can score them), endings of at most
+# --block-size 16 tokens, contexts longer than that (cut to fit)
+HELLASWAG_ITEMS = [("But, soft! what light through yonder", ["window breaks?", "is the sun."], 0),
+                   ("It is the east, and Juliet", ["is the sun.", "art thou Romeo?"], 0),
+                   ("JULIET:\nO Romeo, Romeo! wherefore", ["art thou Romeo?", "the east.", "soft!"], 0),
+                   ("ROMEO:\nBut,", ["soft!", "the sun."], 0)]
+
+
+def _hellaswag_file(path, items=HELLASWAG_ITEMS, tail=""):
+    path.write_text("".join(json.dumps({"ctx": c, "endings": e, "label": y}) + "\n" for c, e, y in items)
+                    + tail, encoding="utf-8")
+    return path
+
+
+def _hellaswag_scores(out, path, limit=None):
+    from tinygpt import hellaswag
+
+    ckpt = load_checkpoint(out)
+    return hellaswag.score_examples(ckpt.model, ckpt.tokenizer, hellaswag.iter_examples(path, limit))
+
+
+def test_hellaswag_is_scored_at_each_evaluation_and_the_run_is_the_one_without_it(corpus, tmp_path,
+                                                                                    monkeypatch, capsys):
+    # dropout and gradient accumulation on: scoring must take neither the batches' nor dropout's RNG, run in
+    # eval mode (else its forwards would draw dropout keys) and leave the model in train mode after (else
+    # the steps after an evaluation would train without dropout)
+    monkeypatch.chdir(tmp_path)
+    # --hellaswag-limit 3: the fourth example is not scored, and a broken line past it is not read
+    _hellaswag_file(tmp_path / "hs.jsonl", tail="{not json\n")
+    kw = {"dropout": 0.1, "grad_accum_steps": 2, "eval_interval": 3, "max_iters": 6}
+    training.train(_config(corpus, tmp_path / "plain", **kw), quiet=True)
+    training.train(_config(corpus, tmp_path / "hs", hellaswag="hs.jsonl", hellaswag_limit=3, **kw))
+    said = capsys.readouterr().err
+    plain, rows = _rows(tmp_path / "plain"), _rows(tmp_path / "hs")
+    assert [r["step"] for r in rows] == [0, 3, 6]
+    assert not any("hellaswag_acc" in r or "hellaswag_acc_norm" in r for r in plain)  # nothing new without
+    assert [{k: v for k, v in r.items() if not k.startswith("hellaswag_")} for r in rows] == plain
+    plain_ckpt, ckpt = load_checkpoint(tmp_path / "plain"), load_checkpoint(tmp_path / "hs")
+    for name, p in plain_ckpt.model.params.items():
+        np.testing.assert_array_equal(ckpt.model.params[name], p, err_msg=name)
+    assert ckpt.state["sampler_rng"] == plain_ckpt.state["sampler_rng"]
+    assert ckpt.state["dropout_rng"] == plain_ckpt.state["dropout_rng"]
+    # the final row's accuracies are the saved model's, scored on the first 3 examples
+    scores = _hellaswag_scores(tmp_path / "hs", tmp_path / "hs.jsonl", limit=3)
+    assert scores["examples"] == 3
+    assert (rows[-1]["hellaswag_acc"], rows[-1]["hellaswag_acc_norm"]) == (scores["acc"], scores["acc_norm"])
+    assert all(r["hellaswag_acc"] * 3 in (0, 1, 2, 3) for r in rows)
+    assert re.search(r"step 6: train loss \d\.\d{4}, val loss \d\.\d{4}, hellaswag acc_norm "
+                     rf"{scores['acc_norm']:.4f}, lr ", said)
+    # saved with the run, the path absolute (a resume from another directory finds it)
+    assert ckpt.train_config["hellaswag"] == str(tmp_path / "hs.jsonl")
+    assert ckpt.train_config["hellaswag_limit"] == 3
+
+
+def test_a_resumed_run_keeps_hellaswag_and_writes_the_uninterrupted_rows(corpus, tmp_path):
+    path = _hellaswag_file(tmp_path / "hs.jsonl")
+    kw = {"dropout": 0.1, "eval_interval": 3, "lr_decay_iters": 9, "hellaswag": str(path)}
+    training.train(_config(corpus, tmp_path / "full", max_iters=9, **kw), quiet=True)
+    training.train(_config(corpus, tmp_path / "part", max_iters=6, **kw), quiet=True)
+    scores = _hellaswag_scores(tmp_path / "part", path)  # the step-6 checkpoint's, before it is resumed
+    assert _rows(tmp_path / "part")[-1]["hellaswag_acc_norm"] == scores["acc_norm"]
+    assert main(["train", "--resume", "--out", str(tmp_path / "part"), "--max-iters", "9", "--quiet"]) == 0
+    rows = _rows(tmp_path / "part")
+    assert rows == _rows(tmp_path / "full") and all("hellaswag_acc_norm" in r for r in rows)
+    assert [r["step"] for r in rows] == [0, 3, 6, 9]
+    full, part = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
+    for name, p in full.model.params.items():
+        np.testing.assert_array_equal(part.model.params[name], p, err_msg=name)
+    assert part.train_config["hellaswag"] == str(path)
+
+
+def test_hellaswag_settings_and_files_a_run_cannot_score_are_refused_before_training(corpus, tmp_path,
+                                                                                       monkeypatch, capsys):
+    def no_batches(*args):  # refused before the first step, and before the step-0 evaluation too
+        raise AssertionError("a batch was drawn")
+
+    good = _hellaswag_file(tmp_path / "good.jsonl")
+    bad_json = _hellaswag_file(tmp_path / "bad.jsonl", tail="{not json\n")
+    unscoreable = _hellaswag_file(tmp_path / "z.jsonl", [HELLASWAG_ITEMS[0], ("ROMEO:", ["Zounds!", "O"], 0)])
+    too_long = _hellaswag_file(tmp_path / "long.jsonl", [("ROMEO:", ["soft!", "what light through yond"], 0)])
+    out = tmp_path / "run"
+    run = ["train", "--data", str(corpus), "--out", str(out), "--max-iters", "2", *TINY]
+    for flags, message in (
+        (["--hellaswag", str(bad_json)], f"{bad_json}:5: not valid JSON"),
+        (["--hellaswag", str(unscoreable)], f"{unscoreable}:2: character 'Z' is not in"),
+        (["--hellaswag", str(too_long)], f"{too_long}:1: ending 1 is 24 tokens, more than the model's "
+                                         "context of 16 can score"),
+        (["--hellaswag", str(tmp_path / "absent.jsonl")], "HellaSwag file not found: "),
+        (["--hellaswag", ""], "--hellaswag must name a path, got an empty string"),
+        (["--hellaswag-limit", "2"], "--hellaswag-limit is for --hellaswag (its first N examples)"),
+        (["--hellaswag", str(good), "--hellaswag-limit", "0"], "--hellaswag-limit must be a positive "
+                                                               "integer, got 0"),
+        (["--hellaswag", str(good), "--hellaswag-limit", "-1"], "--hellaswag-limit must be a positive "
+                                                                "integer, got -1"),
+        (["--hellaswag", str(good), "--hellaswag-limit", "1.5"], "invalid int value"),
+    ):
+        monkeypatch.setattr(tinygpt_data, "get_batch", no_batches)
+        assert message in one_line_error(capsys, [*run, *flags])
+        assert not out.exists()  # refused before anything was written
+    with pytest.raises(TinyGPTError, match="--hellaswag-limit must be a positive integer, got True"):
+        _config(corpus, out, hellaswag=str(good), hellaswag_limit=True)
+    # a resume is refused before it writes anything too (its metrics are not truncated, no link repaired)
+    monkeypatch.undo()
+    assert main([*run, "--hellaswag", str(good)]) == 0
+    before = _hashes(out)
+    monkeypatch.setattr(tinygpt_data, "get_batch", no_batches)
+    resume = ["train", "--resume", "--out", str(out), "--max-iters", "4", "--quiet"]
+    assert f"{unscoreable}:2: character 'Z'" in one_line_error(capsys, [*resume, "--hellaswag",
+                                                                        str(unscoreable)])
+    assert "--hellaswag-limit must be a positive integer" in one_line_error(
+        capsys, [*resume, "--hellaswag-limit", "0"])
+    assert _hashes(out) == before and load_checkpoint(out).state["step"] == 2
+    # a resume that scores other examples says so (the losses are the same; the accuracy column is not)
+    monkeypatch.undo()
+    assert main([*resume, "--hellaswag-limit", "2"]) == 0
+    assert capsys.readouterr().err == ("tinygpt: warning: --hellaswag-limit changed from None to 2: "
+                                       "HellaSwag accuracy is scored on other examples; the resumed run is "
+                                       "not the uninterrupted one\n")
+    assert load_checkpoint(out).train_config["hellaswag_limit"] == 2
+    # and as a real process: exit status 2, one line, no traceback
+    proc = subprocess.run([sys.executable, "-m", "tinygpt", *run[:4], str(tmp_path / "other"), *run[5:],
+                           "--hellaswag", str(unscoreable)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(training.__file__).parent.parent)})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "other").exists()
+
+
+def test_hellaswag_settings_come_from_a_toml_config(corpus, tmp_path, capsys):
+    path = _hellaswag_file(tmp_path / "hs.jsonl")
+    config = tmp_path / "run.toml"
+    config.write_text(f"hellaswag = {json.dumps(str(path))}\nhellaswag_limit = 2\nmax_iters = 1\n")
+    assert main(["train", "--config", str(config), "--data", str(corpus), "--out", str(tmp_path / "run"),
+                 *TINY]) == 0
+    rows = _rows(tmp_path / "run")
+    assert [r["step"] for r in rows] == [0, 1] and all(r["hellaswag_acc_norm"] * 2 in (0, 1, 2) for r in rows)
+    saved = load_checkpoint(tmp_path / "run").train_config
+    assert (saved["hellaswag"], saved["hellaswag_limit"]) == (str(path), 2)

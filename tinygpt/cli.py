@@ -386,6 +386,12 @@ def _add_training(sub):
         # a bare boolean flag means true (`--recompute`, as finetune and bench spell it); `--bias false` too
         bare = {"nargs": "?", "const": True} if kind is _parse_bool else {}
         hyper.add_argument(f"--{flag}", type=kind, metavar=metavar, help=help_text, **bare)
+    hyper.add_argument("--hellaswag", metavar="FILE", help="also score HellaSwag accuracy at each evaluation "
+                       "(hellaswag_acc, hellaswag_acc_norm in metrics.jsonl) on FILE, the published "
+                       "hellaswag_val.jsonl (github.com/rowanz/hellaswag, data/): one forward per example "
+                       "per evaluation")
+    hyper.add_argument("--hellaswag-limit", type=int, metavar="N",
+                       help="with --hellaswag: score its first N examples only")
     p.set_defaults(func=_run_train)
 
     e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a trained model, a GPT-2 "

@@ -9,10 +9,11 @@ The loop, in the order it runs (nanoGPT's ``train.py``, without the distributed 
             loss = model.forward(x, y); grads += model.backward() / grad_accum_steps
         clip_grad_norm(grads, grad_clip)                    global-norm clipping
         optimizer.step(grads, lr)                           AdamW, in place
-        every eval_interval steps (and at the end):         mean train / val loss over eval_iters batches,
-            one row -> DIR/metrics.jsonl, then a checkpoint (tinygpt.checkpoint, atomic); DIR/best
-            names the checkpoint of the lowest val loss (nanoGPT keeps only that one with
-            always_save_checkpoint = False, only the latest by default; we keep both)
+        every eval_interval steps (and at the end):         mean train / val loss over eval_iters batches
+            (and HellaSwag accuracy, with --hellaswag), one row -> DIR/metrics.jsonl, then a checkpoint
+            (tinygpt.checkpoint, atomic); DIR/best names the checkpoint of the lowest val loss (nanoGPT
+            keeps only that one with always_save_checkpoint = False, only the latest by default; we keep
+            both)
 
 Exact resume: the checkpoint holds the weights, the AdamW moments, the step, the batch sampler's RNG state
 and the dropout RNG state. Evaluation draws its batches from its own fixed-seed generator (the same
@@ -91,6 +92,8 @@ class TrainConfig:
     # evaluation
     eval_interval: int = 250
     eval_iters: int = 20
+    hellaswag: str | None = None  # a HellaSwag .jsonl file: its accuracy is scored at each evaluation too
+    hellaswag_limit: int | None = None  # ... on its first N examples only (one forward each, per evaluation)
 
     def validate(self) -> TrainConfig:
         """Raise TinyGPTError naming the first bad setting (NumPy integers become ints); return self."""
@@ -100,6 +103,13 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
                 raise TinyGPTError(f"{_flag(name)} must be a positive integer, got {shown(value)}")
+        if self.hellaswag_limit is not None:
+            if self.hellaswag is None:  # a limit of nothing: the user meant to score a file and named none
+                raise TinyGPTError("--hellaswag-limit is for --hellaswag (its first N examples)")
+            value = self.hellaswag_limit
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+                raise TinyGPTError(f"--hellaswag-limit must be a positive integer, got {shown(value)}")
+            self.hellaswag_limit = int(value)  # (saved as JSON, which takes no int64)
         for name in ("warmup_iters",) + (("lr_decay_iters",) if self.lr_decay_iters is not None else ()):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
@@ -109,7 +119,7 @@ class TrainConfig:
         for name in positive + ("warmup_iters", "lr_decay_iters", "seed"):  # NumPy integers as Python ints:
             if isinstance(getattr(self, name), np.integer):  # they are saved as JSON, which takes no int64
                 setattr(self, name, int(getattr(self, name)))
-        for name in ("data", "out", "init_from", "pretrained"):
+        for name in ("data", "out", "init_from", "pretrained", "hellaswag"):
             value = getattr(self, name)
             if not isinstance(value, str) and (value is not None or name == "out"):
                 raise TinyGPTError(f"{_flag(name)} must be a path, got {shown(value)}")
@@ -225,6 +235,10 @@ def _warn_if_resume_is_not_exact(saved: dict, now: dict) -> None:
                          ("backend", "backends agree only to rounding")):
         if name in saved and saved[name] != now[name]:
             notes.append(f"{_flag(name)} changed from {saved[name]!r} to {now[name]!r}: {effect}")
+    for name in ("hellaswag", "hellaswag_limit"):  # (added to a run that had none: only new columns)
+        if saved.get("hellaswag") is not None and saved.get(name) != now[name]:
+            notes.append(f"{_flag(name)} changed from {saved.get(name)!r} to {now[name]!r}: HellaSwag "
+                         "accuracy is scored on other examples")
     for note in notes:
         print(f"tinygpt: warning: {note}; the resumed run is not the uninterrupted one", file=sys.stderr)
 
@@ -407,6 +421,17 @@ def _dropout_rng(model):
     return rng if isinstance(rng, np.random.Generator) else None
 
 
+def render_hellaswag(path: str | os.PathLike, limit: int | None, tokenizer,
+                     block_size: int) -> tuple[list, list]:
+    """``(examples, rendered)``: the first ``limit`` examples of the HellaSwag file ``path`` and each one's
+    rows (``hellaswag.render``) for a model of context ``block_size``, as a training run scores them at each
+    evaluation (``hellaswag.score_rendered``). Any line it cannot score is a TinyGPTError naming it."""
+    from tinygpt import hellaswag
+
+    examples = list(hellaswag.iter_examples(path, limit))
+    return examples, [hellaswag.render(example, tokenizer, block_size) for example in examples]
+
+
 def load_initial_model(cfg: TrainConfig):
     """``(model, tokenizer)`` to fine-tune from (``cfg.init_from`` or ``cfg.pretrained``); sets cfg's shape.
 
@@ -569,6 +594,13 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
                                n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                                dropout=cfg.dropout, bias=cfg.bias)
         model = GPT(gpt_config, seed=cfg.seed, backend=cfg.backend)
+    # HellaSwag's examples read and rendered once, here: a file this run cannot score (a bad line, a character
+    # the tokenizer lacks, an ending longer than the context) is refused before the first step and before
+    # anything is written to out, not at the first evaluation
+    hellaswag_set = None
+    if cfg.hellaswag:
+        hellaswag_set = render_hellaswag(cfg.hellaswag, cfg.hellaswag_limit, tokenizer,
+                                         model.config.block_size)
     model.train()
     model.recompute = cfg.recompute  # (a memory-for-compute trade only: the same gradients either way)
     # With the numba backend, AdamW runs as one fused pass per tensor (same math, same state).
@@ -599,9 +631,11 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         "val": fixed_eval_batches(data.val, cfg.eval_iters, cfg.batch_size, cfg.block_size, cfg.seed),
     }
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps
-    # the data path absolute (resumable from any directory) and its text's sha256, or its token files'
-    # fingerprint (a resume can tell if the corpus changed)
+    # the data path (and HellaSwag's) absolute (resumable from any directory) and its text's sha256, or its
+    # token files' fingerprint (a resume can tell if the corpus changed)
     config_record = {**cfg.to_dict(), "data": str(data_path.resolve())}
+    if cfg.hellaswag:
+        config_record["hellaswag"] = str(Path(cfg.hellaswag).resolve())
     if data.token_files is None:
         config_record["data_sha256"] = data.meta["text_sha256"]
     else:
@@ -636,6 +670,15 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         row = {"step": step, "train_loss": train_loss, "val_loss": val_loss,
                "lr": lr, "tokens_per_sec": round(tok_s, 1) if tok_s else None,
                "elapsed": round(state["elapsed"], 3), "tokens": state["tokens_seen"]}
+        hellaswag_text = ""
+        if hellaswag_set is not None:
+            from tinygpt.hellaswag import score_rendered
+
+            # (in eval mode, restored after; no dropout, so neither RNG stream moves: the losses and
+            # weights are the run's without --hellaswag)
+            scores = score_rendered(model, *hellaswag_set)
+            row["hellaswag_acc"], row["hellaswag_acc_norm"] = scores["acc"], scores["acc_norm"]
+            hellaswag_text = f", hellaswag acc_norm {scores['acc_norm']:.4f}"
         _append_jsonl(metrics_path, row)  # before the checkpoint: resume truncates rows past its step
         dropout_rng = _dropout_rng(model)
         save_checkpoint(out, model, tokenizer, optimizer, config_record, {
@@ -643,7 +686,8 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
             "dropout_rng": rng_state(dropout_rng) if dropout_rng is not None else None,
         }, best=best)
         tok_text = f", {tok_s:,.0f} tok/s" if tok_s else ""
-        say(f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, lr {lr:.2e}{tok_text}")
+        say(f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}{hellaswag_text}, lr {lr:.2e}"
+            f"{tok_text}")
         train_time, steps_timed = 0.0, 0
         return val_loss
 
