@@ -1569,6 +1569,25 @@ def test_the_loss_plot_marks_the_best_val_loss(tmp_path, monkeypatch):
     training.plot_metrics(out)
     assert [line.get_marker() for line in drawn[-1].axes[0].lines] == ["o", "o"]  # nothing to mark
 
+    assert len(drawn[-1].axes) == 1  # no HellaSwag accuracies: no axis for them
+
+
+def test_the_loss_plot_draws_the_hellaswag_accuracies_of_a_run_that_scored_them(tmp_path):
+    # --hellaswag's columns in metrics.jsonl were in no plot; an accuracy is not a loss: an axis of its own
+    rows = [{"step": 0, "train_loss": 4.0, "val_loss": 4.1, "hellaswag_acc": 0.25,
+             "hellaswag_acc_norm": 0.26},
+            {"step": 10, "train_loss": 3.0, "val_loss": 3.2, "hellaswag_acc": 0.27,
+             "hellaswag_acc_norm": 0.3}]
+    fig = training.metrics_figure(rows, "run")
+    loss_axis, accuracy_axis = fig.axes
+    assert accuracy_axis.get_ylabel() == "HellaSwag accuracy"
+    assert [list(line.get_ydata()) for line in accuracy_axis.lines] == [[0.26, 0.3], [0.25, 0.27]]
+    legend = [text.get_text() for text in loss_axis.get_legend().get_texts()]
+    assert legend == ["train", "val", "best val 3.2000 (step 10)", "HellaSwag acc_norm", "HellaSwag acc"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert training.plot_metrics(tmp_path / "run").read_bytes()[:4] == b"\x89PNG"
+
 
 def test_a_quiet_run_does_not_import_tqdm_auto(corpus, tmp_path):
     # in a Jupyter kernel without ipywidgets, importing tqdm.auto warns "IProgress not found" (once a

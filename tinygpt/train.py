@@ -775,10 +775,8 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
 
 
 def plot_metrics(out_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
-    """Plot train and val loss against step from ``DIR/metrics.jsonl`` to a PNG (default ``DIR/loss.png``)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    """Plot train and val loss against step from ``DIR/metrics.jsonl`` to a PNG (default ``DIR/loss.png``);
+    a run trained with ``--hellaswag`` gets its HellaSwag accuracies too, on an axis of their own."""
     out_dir = Path(out_dir)
     metrics = out_dir / "metrics.jsonl"
     if not metrics.is_file():
@@ -789,6 +787,25 @@ def plot_metrics(out_dir: str | os.PathLike, path: str | os.PathLike | None = No
     path = Path(path) if path is not None else out_dir / "loss.png"
     if path.is_dir():
         raise TinyGPTError(f"cannot write the plot to {path}: it is a directory")
+    # the directory's name as text: a byte that is not UTF-8 (a surrogate) and a pair of $ (mathtext) made
+    # matplotlib raise, after the training it plots had finished
+    fig = metrics_figure(rows, os.fsencode(out_dir.name).decode("utf-8", "replace"))
+    image_format = path.suffix[1:].lower() or "png"
+    if image_format not in fig.canvas.get_supported_filetypes():
+        raise TinyGPTError(f"cannot write a {image_format!r} image; name the file .png, .svg or .pdf")
+    image = io.BytesIO()
+    fig.savefig(image, format=image_format)
+    write_atomic(path, image.getvalue())  # whole or absent, and no temporary left behind on failure
+    return path
+
+
+def metrics_figure(rows: list[dict], name: str):
+    """The matplotlib Figure of ``plot_metrics``: train and val loss of ``rows`` (metrics.jsonl's) against
+    step, the best val loss starred, and, where rows hold them, the HellaSwag accuracies on a right-hand
+    axis."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     # Figure + Agg canvas directly (not pyplot): no global backend or figure state is touched.
     fig = Figure(figsize=(7, 4.2), dpi=110)
     FigureCanvasAgg(fig)
@@ -814,23 +831,24 @@ def plot_metrics(out_dir: str | os.PathLike, path: str | os.PathLike | None = No
                 label=f"best val {val[best]:.4f} (step {steps[best]})")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss (nats / token)")
-    # the directory's name as text: a byte that is not UTF-8 (a surrogate) and a pair of $ (mathtext) made
-    # matplotlib raise, after the training it plots had finished
-    name = os.fsencode(out_dir.name).decode("utf-8", "replace")
+    handles, labels = ax.get_legend_handles_labels()
+    if any("hellaswag_acc_norm" in r for r in rows):  # --hellaswag: an accuracy, not a loss: its own axis
+        accuracy = ax.twinx()
+        for key, label, style in (("hellaswag_acc_norm", "HellaSwag acc_norm", "-"),
+                                  ("hellaswag_acc", "HellaSwag acc", ":")):
+            accuracy.plot(steps, [loss(r, key) for r in rows], linestyle=style, color="C4", marker="s",
+                          markersize=3, label=label)
+        accuracy.set_ylabel("HellaSwag accuracy")
+        more_handles, more_labels = accuracy.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
     title = f"{name}: final val loss {val[-1]:.4f}"
     if best is not None and best != len(rows) - 1:
         title += f", best {val[best]:.4f} at step {steps[best]}"
     ax.set_title(title, parse_math=False)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(handles, labels)
     fig.tight_layout()
-    image_format = path.suffix[1:].lower() or "png"
-    if image_format not in fig.canvas.get_supported_filetypes():
-        raise TinyGPTError(f"cannot write a {image_format!r} image; name the file .png, .svg or .pdf")
-    image = io.BytesIO()
-    fig.savefig(image, format=image_format)
-    write_atomic(path, image.getvalue())  # whole or absent, and no temporary left behind on failure
-    return path
+    return fig
 
 
 # --- tinygpt eval ------------------------------------------------------------------------------------
