@@ -226,45 +226,43 @@ def score(model, tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.n
     return summed, summed / scored.sum(axis=1)
 
 
-def score_examples(model, tokenizer, examples, quiet: bool = True) -> dict:
-    """``evaluate`` of examples already read (``iter_examples``); see there. ``quiet=False`` shows a
-    progress bar on stderr."""
+def _progress_bar(quiet: bool, **kwargs):
+    """A tqdm bar on stderr, hidden when ``quiet`` or when stderr is closed (tqdm would write to None)."""
     if quiet:  # tqdm.auto in a Jupyter kernel without ipywidgets warns even for a disabled bar
         from tqdm.std import tqdm
     else:
         from tqdm.auto import tqdm
+    return tqdm(disable=quiet or sys.stderr is None, unit="example", file=sys.stderr, **kwargs)
 
+
+def render_all(examples, tokenizer, block_size: int, quiet: bool = True) -> list[Rendered]:
+    """``render`` of each example, all before any is scored: one that cannot be scored is refused at once,
+    not minutes into the scoring (tokenizing all of HellaSwag takes seconds: ``quiet=False`` shows a bar)."""
+    # (the bar is closed, its line cleared, before an example it cannot render is refused: left open, the
+    # one-line error was written on the end of the bar's line)
+    with _progress_bar(quiet, iterable=examples, desc="tokenizing", leave=False) as tokenizing:
+        return [render(example, tokenizer, block_size) for example in tokenizing]
+
+
+def score_examples(model, tokenizer, examples, quiet: bool = True) -> dict:
+    """``evaluate`` of examples already read (``iter_examples``); see there. ``quiet=False`` shows a
+    progress bar on stderr."""
     examples = list(examples)
-    if not examples:
-        raise TinyGPTError("no HellaSwag examples to score")
-    hidden = quiet or sys.stderr is None  # (no bar on a closed stderr: tqdm would write to None)
-    # every example rendered before the first forward: one that cannot be scored is refused at once, not
-    # minutes into the run (tokenizing all of HellaSwag takes seconds: it has a bar of its own)
-    # (closed, its line cleared, before an example it cannot render is refused: left open, the one-line
-    # error was written on the end of the bar's line)
-    with tqdm(examples, disable=hidden, unit="example", file=sys.stderr, desc="tokenizing",
-              leave=False) as tokenizing:
-        rendered = [render(example, tokenizer, model.config.block_size) for example in tokenizing]
-    return score_rendered(model, examples, rendered, quiet=quiet)
+    return score_rendered(model, examples, render_all(examples, tokenizer, model.config.block_size, quiet),
+                          quiet=quiet)
 
 
 def score_rendered(model, examples, rendered, quiet: bool = True) -> dict:
     """``score_examples`` of examples already rendered (``rendered[i]`` is ``render`` of ``examples[i]``
-    with the model's tokenizer and block size): what a training run scores at each evaluation, having
-    rendered its examples once, at its start."""
-    if quiet:
-        from tqdm.std import tqdm
-    else:
-        from tqdm.auto import tqdm
-
+    with the model's tokenizer and block size, as ``render_all`` makes them): what a training run scores at
+    each evaluation, having rendered its examples once, at its start."""
     examples, rendered = list(examples), list(rendered)
     if not examples:
         raise TinyGPTError("no HellaSwag examples to score")
     if len(rendered) != len(examples):
         raise TinyGPTError(f"{len(rendered)} rendered examples for {len(examples)} examples")
-    hidden = quiet or sys.stderr is None
     correct = correct_norm = cut = 0
-    bar = tqdm(total=len(examples), disable=hidden, unit="example", file=sys.stderr, desc="hellaswag")
+    bar = _progress_bar(quiet, total=len(examples), desc="hellaswag")
     try:
         for done, (example, (tokens, mask, dropped)) in enumerate(zip(examples, rendered), 1):
             summed, mean = score(model, tokens, mask)

@@ -421,17 +421,6 @@ def _dropout_rng(model):
     return rng if isinstance(rng, np.random.Generator) else None
 
 
-def render_hellaswag(path: str | os.PathLike, limit: int | None, tokenizer,
-                     block_size: int) -> tuple[list, list]:
-    """``(examples, rendered)``: the first ``limit`` examples of the HellaSwag file ``path`` and each one's
-    rows (``hellaswag.render``) for a model of context ``block_size``, as a training run scores them at each
-    evaluation (``hellaswag.score_rendered``). Any line it cannot score is a TinyGPTError naming it."""
-    from tinygpt import hellaswag
-
-    examples = list(hellaswag.iter_examples(path, limit))
-    return examples, [hellaswag.render(example, tokenizer, block_size) for example in examples]
-
-
 def load_initial_model(cfg: TrainConfig):
     """``(model, tokenizer)`` to fine-tune from (``cfg.init_from`` or ``cfg.pretrained``); sets cfg's shape.
 
@@ -599,8 +588,10 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
     # anything is written to out, not at the first evaluation
     hellaswag_set = None
     if cfg.hellaswag:
-        hellaswag_set = render_hellaswag(cfg.hellaswag, cfg.hellaswag_limit, tokenizer,
-                                         model.config.block_size)
+        from tinygpt.hellaswag import iter_examples, render_all
+
+        examples = list(iter_examples(cfg.hellaswag, cfg.hellaswag_limit))
+        hellaswag_set = examples, render_all(examples, tokenizer, model.config.block_size)
     model.train()
     model.recompute = cfg.recompute  # (a memory-for-compute trade only: the same gradients either way)
     # With the numba backend, AdamW runs as one fused pass per tensor (same math, same state).
