@@ -435,7 +435,7 @@ def token_files(folder: str | os.PathLike) -> tuple[tuple[Path, ...], tuple[Path
     pairs = sorted(p for p in folder.glob("*_train.bin") if p.with_name(p.name[:-9] + "val.bin").exists())
     if shards and (train.exists() or val.exists() or pairs):
         beside = train.name if train.exists() else val.name if val.exists() else pairs[0].name
-        raise TinyGPTError(f"data directory {folder} holds llm.c shards ({shards[0].name}, ...) and "
+        raise TinyGPTError(f"data directory {folder} holds llm.c shards ({shards[0][0].name}, ...) and "
                            f"{beside}: which to train on is ambiguous; give a directory with one of them")
     if train.exists() or val.exists():
         for path, other in ((train, val), (val, train)):
@@ -453,12 +453,12 @@ def token_files(folder: str | os.PathLike) -> tuple[tuple[Path, ...], tuple[Path
                            "writes them) nor llm.c's NAME_train.bin and NAME_val.bin or its shards "
                            "NAME_train_000001.bin, NAME_val_000000.bin, ...; --data takes a text file or "
                            "such a directory")
-    names = {_LLMC_SHARD_NAME.fullmatch(p.name)["name"]: p for p in shards}
+    names = {name: path for path, name, _ in shards}
     if len(names) > 1:
         first, second = sorted(names.values())[:2]  # (one shard of each of two datasets)
         raise TinyGPTError(f"data directory {folder} holds the llm.c shards of {len(names)} datasets "
                            f"({first.name}, {second.name}, ...): give a directory with one")
-    splits = {split: tuple(p for p in shards if _LLMC_SHARD_NAME.fullmatch(p.name)["split"] == split)
+    splits = {split: tuple(path for path, _, its_split in shards if its_split == split)
               for split in ("train", "val")}
     for split, other in (("train", "val"), ("val", "train")):
         if not splits[split]:
@@ -469,10 +469,12 @@ def token_files(folder: str | os.PathLike) -> tuple[tuple[Path, ...], tuple[Path
     return splits["train"], splits["val"], LLMC_HEADER_BYTES
 
 
-def _llmc_shards(folder: Path) -> list[Path]:
-    """The files of ``folder`` named as llm.c's shards, in the order of their numbers (then names)."""
-    shards = [p for p in folder.glob("*.bin") if _LLMC_SHARD_NAME.fullmatch(p.name)]
-    return sorted(shards, key=lambda p: (int(_LLMC_SHARD_NAME.fullmatch(p.name)["number"]), p.name))
+def _llmc_shards(folder: Path) -> list[tuple[Path, str, str]]:
+    """``(path, dataset name, split)`` of each file of ``folder`` named as llm.c's shards, in the order of
+    their numbers (then names)."""
+    named = [(p, _LLMC_SHARD_NAME.fullmatch(p.name)) for p in folder.glob("*.bin")]
+    shards = sorted((int(m["number"]), p.name, p, m["name"], m["split"]) for p, m in named if m)
+    return [(path, name, split) for _, _, path, name, split in shards]
 
 
 def token_dir_tokenizer(folder: str | os.PathLike) -> str:
