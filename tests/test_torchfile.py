@@ -201,6 +201,32 @@ def test_truncated_and_foreign_files_are_one_error(tmp_path, layout):
         read_state_dict(tmp_path / "absent.bin")
 
 
+def _damage_zip_directory(whole: bytes, record: str, field: int, value: bytes) -> bytes:
+    """``whole``, a torch.save file of w.bin, with ``value`` written at byte ``field`` of a record of the
+    directory zipfile reads: "entry", w/data.pkl's central directory entry (PK\\x01\\x02, its name at
+    byte 46), or "zip64 end", the zip64 end record (PK\\x06\\x06) that torch.save writes."""
+    start = whole.rindex(b"w/data.pkl") - 46 if record == "entry" else whole.rindex(b"PK\x06\x06")
+    assert whole[start : start + 4] in (b"PK\x01\x02", b"PK\x06\x06")
+    return whole[: start + field] + value + whole[start + field + len(value) :]
+
+
+@pytest.mark.parametrize("record, field, value, raised", [
+    ("entry", 46 + len("w/"), b"\xff", "UnicodeDecodeError"),  # the name, no longer UTF-8 (torch flags it so)
+    ("entry", 8, b"\x09\x08", "RuntimeError"),  # the flags: the record is encrypted
+    ("entry", 10, b"\x09\x00", "NotImplementedError"),  # the compression: Deflate64, which zipfile lacks
+    ("entry", 6, b"\xff\x00", "NotImplementedError"),  # the version needed to extract: 25.5
+    ("zip64 end", 48, b"\x00" * 7 + b"\xff", "ValueError"),  # the directory's offset: past what a seek takes
+])  # fmt: skip
+def test_a_damaged_zip_directory_is_one_error_whatever_zipfile_raises(tmp_path, record, field, value, raised):
+    # zipfile raises far more than BadZipFile for a damaged archive: each of these was a traceback out of
+    # read_state_dict (and `tinygpt sample --pretrained DIR`), where every flaw is to be one TinyGPTError
+    save({"w": torch.ones(4)}, tmp_path / "w.bin", "zip")
+    damaged = _damage_zip_directory((tmp_path / "w.bin").read_bytes(), record, field, value)
+    (tmp_path / "damaged.bin").write_bytes(damaged)
+    with pytest.raises(TinyGPTError, match=rf"cannot read .*damaged\.bin: a corrupt or truncated zip archive "
+                                           rf"\({raised}: "):
+        read_state_dict(tmp_path / "damaged.bin")
+
 class Storage:
     """Pickles as the persistent id torch gives a storage (see write_zip)."""
 

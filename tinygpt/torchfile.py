@@ -51,7 +51,6 @@ import os
 import pickle
 import pickletools
 import zipfile
-import zlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -115,8 +114,6 @@ def _read(file, select):
             return _read_legacy(f, select)
     except TinyGPTError as exc:
         raise TinyGPTError(f"cannot read {file}: {exc}") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # (EOFError: a record cut short)
-        raise TinyGPTError(f"cannot read {file}: a corrupt or truncated zip archive ({exc})") from None
     except OSError as exc:
         raise TinyGPTError(f"cannot read {file}: {exc}") from None
 
@@ -493,18 +490,32 @@ def _raw_dtype(storage: _Storage) -> np.dtype:
 # --- the two layouts -----------------------------------------------------------------------------------
 
 
+def _zip_damage(call, *args):
+    """``call(*args)``, a zipfile call, with whatever it raises on a damaged archive as one TinyGPTError (an
+    OSError of the file itself, and a MemoryError, as they are). zipfile's errors are not all BadZipFile: a
+    flipped byte can make a record's name invalid UTF-8 (torch.save flags its names UTF-8: a
+    UnicodeDecodeError), mark a record encrypted (RuntimeError), name a compression or zip version it lacks
+    (NotImplementedError), or put the directory past any offset a seek takes (ValueError)."""
+    try:
+        return call(*args)
+    except (OSError, MemoryError):
+        raise
+    except Exception as exc:  # (EOFError, zlib.error, BadZipFile and the above)
+        raise TinyGPTError(f"a corrupt or truncated zip archive ({type(exc).__name__}: {exc})") from None
+
+
 def _read_zip(file: str, select):
-    with zipfile.ZipFile(file) as archive:
+    with _zip_damage(zipfile.ZipFile, file) as archive:
         names = set(archive.namelist())
         pickles = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
         if len(pickles) != 1:
             raise TinyGPTError("a zip archive without one FOLDER/data.pkl (not a torch.save file)")
         folder = pickles[0].removesuffix("data.pkl")
-        unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), legacy=False)
+        unpickler = _RestrictedUnpickler(io.BytesIO(_zip_damage(archive.read, pickles[0])), legacy=False)
         tensors, rest = select(_unpickle(unpickler))
         byteorder = "little"  # what torch assumes of files from before the record existed
         if folder + "byteorder" in names:
-            byteorder = archive.read(folder + "byteorder").decode("ascii", "replace")
+            byteorder = _zip_damage(archive.read, folder + "byteorder").decode("ascii", "replace")
             if byteorder not in ("little", "big"):
                 raise TinyGPTError(f"byteorder is {byteorder!r:.20}, not 'little' or 'big'")
         in_use = {tensor.storage.key: tensor.storage for tensor in tensors.values()}
@@ -527,7 +538,7 @@ def _zip_storages(archive: zipfile.ZipFile, folder: str, storages):
         if size != nbytes:
             raise TinyGPTError(f"the storage record {record} holds {size} bytes, the pickle says {nbytes}")
         records.append((storage, record))
-    return ((storage, archive.read(record)) for storage, record in records)  # (read gives size bytes)
+    return ((storage, _zip_damage(archive.read, record)) for storage, record in records)  # (size bytes)
 
 
 def _read_legacy(f, select):
