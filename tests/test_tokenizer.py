@@ -1167,6 +1167,25 @@ def test_cli_train_refuses_an_out_directory_before_training_or_exporting(tmp_pat
     assert (export / "encoder.json").read_text() == "my encoder" and not (tmp_path / "t2.json").exists()
 
 
+@pytest.mark.parametrize("out, export", [("same", "same"), ("a", "a/b"), ("a/b/../b", "a/b")])
+def test_cli_train_refuses_an_out_where_the_export_makes_its_directory(tmp_path, out, export):
+    # neither exists yet, so --out was no directory when checked: it trained, exported, and only then
+    # failed on --out ("cannot write same: it is a directory"), the export written and --out not
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world " * 20, encoding="utf-8")
+    proc = run_cli("train", "--input", corpus, "--vocab-size", 300, "--out", tmp_path / out,
+                   "--gpt2-files", tmp_path / export)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert f"is a directory --gpt2-files {tmp_path / export} makes" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]  # nothing trained, nothing written
+    # the file the message suggests is fine: beside the pair, where load_tokenizer(DIR) looks first
+    saved = tmp_path / export / "tokenizer.json"
+    proc = run_cli("train", "--input", corpus, "--vocab-size", 300, "--out", saved,
+                   "--gpt2-files", tmp_path / export)
+    assert proc.returncode == 0, proc.stderr
+    assert load_tokenizer(tmp_path / export).to_dict() == BPETokenizer.load(saved).to_dict()
+
 @pytest.mark.parametrize("specials, message", [
     (["00", "01"], "2 of the 2 special tokens ('00', '01') are spelled like a merge"),
     (["Â¡"], "special token 'Â¡' would load back as '¡'"),

@@ -113,6 +113,7 @@ def _write_utf8(text: str) -> None:
 
 def _tokenizer_train(args):
     import time
+    from pathlib import Path
 
     from tinygpt.files import check_writable
     from tinygpt.tokenizer import BPETokenizer, check_gpt2_special_tokens
@@ -131,6 +132,13 @@ def _tokenizer_train(args):
             if path != "-" and os.path.realpath(path) in exported:
                 raise TinyGPTError(f"{flag} {path} is a file --gpt2-files {args.gpt2_files} writes; it would "
                                    "be overwritten")
+        # nor --out where the export makes its directory (or a parent of it), when neither exists yet: the
+        # check below sees no directory there, and --out failed only after the training and the export
+        export_dir = os.path.realpath(args.gpt2_files)
+        if os.path.realpath(args.out) in (export_dir, *map(str, Path(export_dir).parents)):
+            raise TinyGPTError(f"--out {args.out} is a directory --gpt2-files {args.gpt2_files} makes (to "
+                               "write encoder.json and vocab.bpe in); give --out a file's path, such as "
+                               f"{os.path.join(args.gpt2_files, 'tokenizer.json')}")
     outputs = [args.out] + [os.path.join(args.gpt2_files, n) for n in ("encoder.json", "vocab.bpe")
                             if args.gpt2_files]
     for path in outputs:  # an output it cannot write is refused before training, not after: a directory
