@@ -1350,6 +1350,26 @@ def test_load_tokenizer_reads_a_transformers_gpt2_directory(gpt2, tmp_path):
     assert load_tokenizer(hf_dir).encode(text) == gpt2.encode(text)
 
 
+def test_load_tokenizer_says_hf_tokenizers_own_file_is_not_read_and_how_to_write_what_is(trained, tmp_path):
+    # transformers' save_pretrained (5.x) writes tokenizer.json alone: it was "not a tokenizer file: its type
+    # must be 'bpe' or 'char', got None", of a tokenizer file, and with no word of what tinygpt reads
+    tokenizers = pytest.importorskip("tokenizers")
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    _hf_from_files(*trained.save_gpt2_files(tmp_path / "export")).save(str(hf_dir / "tokenizer.json"))
+    with pytest.raises(TinyGPTError, match=r"tokenizer\.json is Hugging Face tokenizers' format, which "
+                                           r"tinygpt does not read: write the vocab\.json \+ merges") as e:
+        load_tokenizer(hf_dir)
+    # the command it gives writes the pair, and the directory then loads as the tokenizer it holds
+    command = str(e.value).split(", with ")[1]
+    assert command == f"tokenizers.Tokenizer.from_file('{hf_dir / 'tokenizer.json'}').model.save('{hf_dir}')"
+    tokenizers.Tokenizer.from_file(str(hf_dir / "tokenizer.json")).model.save(str(hf_dir))
+    assert load_tokenizer(hf_dir).to_dict() == trained.to_dict()
+    (tmp_path / "bert.json").write_text('{"version": "1.0", "model": {"type": "WordPiece", "vocab": {}}}')
+    with pytest.raises(TinyGPTError, match=r"Hugging Face tokenizers' format, which tinygpt does not read "
+                                           r"\(its model is 'WordPiece'\)$"):
+        load_tokenizer(tmp_path / "bert.json")
+
 def test_gpt2_files_exported_before_specials_were_plain_text_still_load(tmp_path):
     # tinygpt's exports before 2026-12-01 wrote special tokens as byte-level text ("<|endĠofĠtext|>")
     specials = ["<|end of text|>", "<|é|>"]

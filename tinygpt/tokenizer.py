@@ -874,6 +874,13 @@ def load_tokenizer(spec) -> BPETokenizer | CharTokenizer:
         return BPETokenizer.from_dict(d)
     if kind == "char":
         return CharTokenizer.from_dict(d)
+    if isinstance(d, dict) and isinstance(d.get("model"), dict) and "type" in d["model"]:
+        # HF tokenizers' own file, all transformers' save_pretrained may write (no vocab.json + merges.txt)
+        model = d["model"]["type"]
+        how = (f": write the vocab.json + merges.txt it reads beside it, with tokenizers.Tokenizer.from_file("
+               f"'{path}').model.save('{path.parent}')" if model == "BPE"
+               else f" (its model is {shown(model)})")
+        raise TinyGPTError(f"{path} is Hugging Face tokenizers' format, which tinygpt does not read{how}")
     raise TinyGPTError(f"{path} is not a tokenizer file: its type must be 'bpe' or 'char', got {shown(kind)}")
 
 
