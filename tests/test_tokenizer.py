@@ -423,6 +423,28 @@ def test_gpt2_files_whose_merge_makes_another_id_are_corrupt(trained, tmp_path):
         BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)
 
 
+def test_gpt2_files_of_hf_tokenizers_trainer_with_special_tokens_first_say_so(tmp_path):
+    # HF's ByteLevelBPETokenizer gives its special tokens ids 0, 1, ... and the byte tokens the ids after
+    # them; the refusal blamed the first merge ("merge 'h e' must make id 256"), not the order of the ids
+    tokenizers = pytest.importorskip("tokenizers")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
+    for specials in ([], ["<|endoftext|>", "<pad>"]):
+        hf = tokenizers.ByteLevelBPETokenizer()
+        hf.train([str(corpus)], vocab_size=300, min_frequency=1, special_tokens=specials, show_progress=False)
+        folder = tmp_path / str(len(specials))
+        folder.mkdir()
+        hf.save_model(str(folder))
+        if not specials:  # the byte tokens first: it loads, and encodes as HF does
+            text = corpus.read_text(encoding="utf-8")
+            assert load_tokenizer(folder).encode(text) == hf.encode(text).ids
+            continue
+        expected = (r"vocab\.json gives the 256 byte tokens ids 2 to 257, where tinygpt's BPE numbers them "
+                    r"0 to 255, then the merges, then the special tokens; "
+                    r"\['<\|endoftext\|>', '<pad>'\] come first")
+        with pytest.raises(TinyGPTError, match=expected):
+            load_tokenizer(folder)
+
 def test_gpt2_files_with_one_special_token_spelled_like_a_merge_still_load(tmp_path):
     # "ÿÿ" is two "ÿ" byte tokens side by side, as a merge's token is: one such special is no truncation
     tok = BPETokenizer.train("hello world " * 20, vocab_size=270, special_tokens=["ÿÿ"])

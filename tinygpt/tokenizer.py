@@ -580,6 +580,14 @@ class BPETokenizer:
         merge_lines = _read_text(vocab_bpe).split("\n")
         try:
             byte_ids = [encoder[c] for c in gpt2_bytes_to_unicode()]
+            if all(is_int(i) for i in byte_ids) and sorted(byte_ids) != list(range(256)):
+                # (else the first merge was blamed: "merge 'Ġ t' must make id 256")
+                first = sorted((i, s) for s, i in encoder.items() if is_int(i) and i < min(byte_ids))
+                before = (f"; {shown([s for _, s in first])} come first (where HF tokenizers' trainer puts "
+                          "special tokens): tinygpt cannot load that order" if first else "")
+                raise TinyGPTError(f"{encoder_json} gives the 256 byte tokens ids {min(byte_ids)} to "
+                                   f"{max(byte_ids)}, where tinygpt's BPE numbers them 0 to 255, then the "
+                                   f"merges, then the special tokens{before}")
             merges = []
             for line in merge_lines:
                 if not line or line.startswith("#version"):
