@@ -1088,6 +1088,38 @@ def test_cli_zero_new_tokens_prints_each_sample_as_its_prompt(char_run_dir, caps
     assert rc == 0 and out == "the \n---------------\nthe \n", err
 
 
+def test_cli_sample_spawns_each_samples_stream_as_the_sample_starts(char_run_dir, capsys, monkeypatch):
+    # all --num-samples streams were spawned before the first sample: with 10**8 (to be cut by `| head`) the
+    # list took minutes and gigabytes, nothing printed. One at a time they are spawn(N)'s, the same text
+    import tinygpt.cli
+
+    directory, _, _ = char_run_dir
+    args = ["sample", "--out", str(directory), "--max-new-tokens", "5", "--seed", "5", "--num-samples"]
+    rc, three, _ = _run_cli(args + ["3"], capsys)
+    assert rc == 0 and three.count(tinygpt.cli._SAMPLE_SEPARATOR) == 2
+    real_seed_sequence, real_write = np.random.SeedSequence, tinygpt.cli._write_utf8
+    asked = []
+
+    class AtMostAThousand:  # (so that the old code fails here, not after eating the machine's memory)
+        def __init__(self, *args, **kwargs):
+            self.seeds = real_seed_sequence(*args, **kwargs)
+
+        def spawn(self, n):
+            assert n <= 1000, f"spawn({n})"
+            asked.append(n)
+            return self.seeds.spawn(n)
+
+    def write_three_samples(text):  # stdout closed by `head` as the fourth sample starts
+        if text.startswith(tinygpt.cli._SAMPLE_SEPARATOR) and len(asked) == 4:
+            raise BrokenPipeError
+        real_write(text)
+
+    monkeypatch.setattr(np.random, "SeedSequence", AtMostAThousand)
+    monkeypatch.setattr(tinygpt.cli, "_write_utf8", write_three_samples)
+    assert _run_cli(args + [str(10**12)], capsys) == (0, three, "")
+    assert asked == [1, 1, 1, 1]
+
+
 def test_cli_sample_loads_the_model_with_the_backend_asked_for(char_run_dir, monkeypatch, capsys):
     import tinygpt.checkpoint
 

@@ -568,9 +568,12 @@ def _run_sample(args):
     vocab_limit = tokenizer.vocab_size if tokenizer.vocab_size < model.config.vocab_size else None
     # a stream of its own for each sample (spawned from the seed): sample i depends on the seed and i alone,
     # not on how many draws the samples before it made (--stop and --stop-at-eos end them early). The
-    # SeedSequence's children, as Generator.spawn makes them, which numpy 1.24 (pyproject's least) lacks
-    rngs = map(np.random.default_rng, np.random.SeedSequence(args.seed).spawn(args.num_samples))
-    for i, rng in enumerate(rngs):
+    # SeedSequence's children, as Generator.spawn makes them, which numpy 1.24 (pyproject's least) lacks;
+    # spawned one at a time, the children spawn(N) gives, where spawn(N) made a list of all N before the
+    # first sample (--num-samples 100000000 | head printed nothing for minutes while it took gigabytes)
+    seeds = np.random.SeedSequence(args.seed)
+    for i in range(args.num_samples):
+        rng = np.random.default_rng(seeds.spawn(1)[0])
         _write_utf8((_SAMPLE_SEPARATOR + "\n" if i else "") + prompt)
         decoder = StreamDecoder(tokenizer)
         stop = StopStrings(stops) if stops else None
