@@ -1600,3 +1600,10 @@ def test_cli_sample_stop_ends_each_sample_before_its_first_stop_string(char_run_
         assert steps != [40] * 3
     rc, _, err = _run_cli(base + ["--stop", ""], capsys)
     assert rc == 2 and err == "tinygpt: error: --stop must be a non-empty text\n"
+    # argv's stand-in for a byte that is not UTF-8 (Latin-1's é): no sample's text can hold it, so the
+    # stop never ended one; refused as --prompt refuses it
+    assert _run_cli(base + ["--stop", "caf\udce9"], capsys) == (2, "", "tinygpt: error: --stop is not "
+                    "valid UTF-8: byte 0xE9 (read as U+DCE9), as from a command-line argument in another "
+                    "encoding\n")
+    assert _run_cli(base + ["--stop", "\ud800"], capsys)[2] == ("tinygpt: error: --stop holds a lone "
+                                                                "surrogate U+D800, which no text holds\n")

@@ -539,6 +539,14 @@ def _run_sample(args):
     stops = [_unescape_stop(text) for text in args.stop or []]
     if any(not stop for stop in stops):
         raise TinyGPTError("--stop must be a non-empty text")
+    for stop in stops:  # a byte of argv that is not UTF-8 (an é typed in a Latin-1 terminal) reads as a
+        # surrogate, which no sample's text holds (it decodes to U+FFFD): the stop never matched, silently
+        bad = next((ord(c) for c in stop if 0xD800 <= ord(c) <= 0xDFFF), None)
+        if bad is not None and 0xDC80 <= bad <= 0xDCFF:
+            raise TinyGPTError(f"--stop is not valid UTF-8: byte 0x{bad - 0xDC00:02X} (read as U+{bad:04X}), "
+                               "as from a command-line argument in another encoding")
+        if bad is not None:
+            raise TinyGPTError(f"--stop holds a lone surrogate U+{bad:04X}, which no text holds")
     _refuse_empty("--prompt-file", args.prompt_file, "a file (or - for stdin)")
     prompt = args.prompt
     if args.prompt_file is not None:
