@@ -1564,6 +1564,12 @@ def test_on_token_returning_true_ends_generation(peaked_params):
     np.testing.assert_array_equal(out, generate(peaked_params, CONFIG, _prompts(2, 4), 3, seed=0))
     counted = generate(peaked_params, CONFIG, _prompts(2, 4), 10, seed=0, on_token=lambda ids: 1)
     assert counted.shape == (2, 14)
+    # NumPy's True too, what a callback comparing the ids returns: it went on to max_new_tokens
+    compared = generate(peaked_params, CONFIG, _prompts(2, 4), 10, seed=0,
+                        on_token=lambda ids: np.all(ids >= 0))
+    assert compared.shape == (2, 5)
+    assert generate(peaked_params, CONFIG, _prompts(2, 4), 10, seed=0,
+                    on_token=lambda ids: np.all(ids < 0)).shape == (2, 14)
 
 
 def test_cli_sample_stop_ends_each_sample_before_its_first_stop_string(char_run_dir, capsys, monkeypatch):

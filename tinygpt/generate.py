@@ -590,7 +590,8 @@ def generate(
     - ``eos_token``: a row that produces it is finished; its later positions are filled with eos_token
       (the padding), and generation stops early, n < max_new_tokens, once every row has finished.
     - ``on_token(ids)`` is called after every step with the (B,) new tokens, for streaming; when it returns
-      True generation ends there, for every row (``tinygpt sample --stop`` ends on a stop string so).
+      True (or ``np.True_``) generation ends there, for every row (``tinygpt sample --stop`` ends on a stop
+      string so).
     - ``use_cache=False`` recomputes the full forward (``forward_uncached``) for every token: the reference
       the KV cache must match, and the baseline of its speed-up.
     - ``vocab_limit``: sample only ids below it, for a model whose vocabulary was padded past its
@@ -662,7 +663,8 @@ def generate(
         if penalize:
             seen[np.arange(B), next_ids] = True
         n += 1
-        if on_token is not None and on_token(next_ids.copy()) is True:
+        # True ends it, NumPy's too (a callback's np.all(ids == stop)); a count or a list's None goes on
+        if on_token is not None and ((done := on_token(next_ids.copy())) is True or done is np.True_):
             break
         if eos_token is not None and finished.all():
             break
