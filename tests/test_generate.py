@@ -20,6 +20,7 @@ from tinygpt.generate import (
     apply_repetition_penalty,
     apply_temperature,
     forward_cached,
+    forward_shared_context,
     forward_uncached,
     generate,
     min_p_filter,
@@ -1461,6 +1462,36 @@ def test_forward_cached_checks_ids_and_pos_as_the_uncached_path_does():
             forward_cached(params, config, np.array([[1]]), new_kv_cache(config, 1), pos)
     np.testing.assert_allclose(forward_cached(params, config, [[1, 2]], new_kv_cache(config, 1), 0),
                                forward_uncached(params, config, np.array([[1, 2]])), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("context_len, continuation_len", [(1, 0), (1, 1), (5, 1), (5, 4), (20, 4)])
+def test_a_shared_context_gives_the_hidden_states_of_each_row_computed_whole(hf_model, params64, context_len,
+                                                                             continuation_len):
+    # the context computed once (batch 1) and 3 continuations over its keys and values: what transformers'
+    # forward gives for each row of context + continuation, at every position, the context's included
+    rows = _prompts(3, context_len + continuation_len, seed=2)
+    rows[:, :context_len] = rows[0, :context_len]
+    with torch.no_grad():
+        expected = hf_model(torch.tensor(rows), output_hidden_states=True).hidden_states[-1].numpy()
+    context_hidden, hidden = forward_shared_context(params64, CONFIG, rows[0, :context_len],
+                                                    rows[:, context_len:])
+    assert context_hidden.shape == (context_len, 32) and hidden.shape == (3, continuation_len, 32)
+    for row in expected:
+        np.testing.assert_allclose(context_hidden, row[:context_len], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(hidden, expected[:, context_len:], rtol=0, atol=1e-12)
+
+
+def test_forward_shared_context_checks_ids_and_positions():
+    config = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    params = GPT(config).params
+    with pytest.raises(TinyGPTError, match="token ids"):
+        forward_shared_context(params, config, [1, 11], np.array([[1]]))
+    with pytest.raises(TinyGPTError, match="token ids"):
+        forward_shared_context(params, config, [1], np.array([[-1]]))
+    with pytest.raises(TinyGPTError, match="positions up to 9 exceed block_size 8"):
+        forward_shared_context(params, config, [1] * 5, np.ones((2, 4), dtype=np.int64))
+    with pytest.raises(TinyGPTError, match="needs a context and a continuation, got 0 context tokens"):
+        forward_shared_context(params, config, np.zeros(0, dtype=np.int64), np.ones((2, 4), dtype=np.int64))
 
 
 def _bench_generate_injected(monkeypatch, seconds):

@@ -208,12 +208,8 @@ def test_score_is_in_eval_mode_and_restores_the_mode():
     np.testing.assert_allclose(first[1], [summed[0] / 2, summed[1] / 3], rtol=1e-6)
 
 
-def test_score_applies_the_lm_head_at_the_scored_positions_only(gpt2_dirs, monkeypatch):
-    # at GPT-2's vocabulary the head is a third of a forward's work and its logits E x L x V floats: a
-    # context's positions, which predict no ending token, need neither
-    model, tokenizer, _ = load_gpt2_dir(gpt2_dirs[64][0])
-    tokens, mask, _ = hellaswag.render(hellaswag.Example(ITEMS[1][0], tuple(ITEMS[1][1]), 0), tokenizer, 64)
-    expected = hellaswag.score(model, tokens, mask)
+def _head_rows(model, monkeypatch):
+    """The number of rows each call of the model's LM head computes, appended as it is called."""
     rows_seen, head = [], model.ops.lm_head_forward
 
     def lm_head_forward(x, wte):
@@ -221,10 +217,75 @@ def test_score_applies_the_lm_head_at_the_scored_positions_only(gpt2_dirs, monke
         return head(x, wte)
 
     monkeypatch.setattr(model.ops, "lm_head_forward", lm_head_forward)  # (the model's own copy of the ops)
-    summed, mean = hellaswag.score(model, tokens, mask)
+    return rows_seen
+
+
+def test_score_applies_the_lm_head_at_the_scored_positions_only(gpt2_dirs, monkeypatch):
+    # at GPT-2's vocabulary the head is a third of a forward's work and its logits E x L x V floats: a
+    # context's positions, which predict no ending token, need neither
+    model, tokenizer, _ = load_gpt2_dir(gpt2_dirs[64][0])
+    tokens, mask, _ = hellaswag.render(hellaswag.Example(ITEMS[1][0], tuple(ITEMS[1][1]), 0), tokenizer, 64)
+    expected = hellaswag.score(model, tokens, mask, share_context=False)
+    rows_seen = _head_rows(model, monkeypatch)
+    summed, mean = hellaswag.score(model, tokens, mask, share_context=False)
     assert rows_seen == [int(mask.sum())] and int(mask.sum()) < mask.size // 2
     np.testing.assert_array_equal(summed, expected[0])
     np.testing.assert_array_equal(mean, expected[1])
+    # sharing the context, the context's last position, which predicts each ending's first token, is one row
+    rows_seen.clear()
+    summed, mean = hellaswag.score(model, tokens, mask)
+    assert rows_seen == [int(mask.sum()) - len(mask) + 1]
+    np.testing.assert_allclose(summed, expected[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_the_shared_context_scores_as_the_rows_do(backend, gpt2_dirs, monkeypatch):
+    # the context once and the endings as one batch over its keys and values, against every row whole:
+    # endings of unequal lengths (the shorter rows padded), and one of a single token (read by nothing: the
+    # context's last position predicts it)
+    model, tokenizer, _ = load_gpt2_dir(gpt2_dirs[64][0], backend=backend)
+    rows_seen = _head_rows(model, monkeypatch)
+    items = ITEMS + [("The crowd cheers as", ["a", "the team scores.", "b"]), ("Then", ["a", "b"])]
+    for ctx, endings in items:
+        tokens, mask, cut = hellaswag.render(hellaswag.Example(ctx, tuple(endings), 0), tokenizer, 64)
+        assert cut == 0
+        rows_seen.clear()
+        summed, mean = hellaswag.score(model, tokens, mask)
+        assert rows_seen == [int(mask.sum()) - len(mask) + 1]  # the shared path
+        want_summed, want_mean = hellaswag.score(model, tokens, mask, share_context=False)
+        np.testing.assert_allclose(summed, want_summed, rtol=1e-5)
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-5)
+
+
+def test_rows_cut_to_fit_or_not_sharing_a_context_keep_the_row_path(gpt2_dirs, monkeypatch):
+    model, tokenizer, _ = load_gpt2_dir(gpt2_dirs[16][0])
+    rows_seen = _head_rows(model, monkeypatch)
+    # cut to fit the model's 16 tokens, the rows keep different parts of the context
+    tokens, mask, cut = hellaswag.render(hellaswag.Example(ITEMS[1][0], tuple(ITEMS[1][1]), 0), tokenizer, 16)
+    assert cut > 0 and hellaswag._shared_context(tokens, mask) == 0
+    hellaswag.score(model, tokens, mask)
+    assert rows_seen == [int(mask.sum())]
+    # and rows made by hand: scored runs starting in different columns, a gap in a run, different contexts
+    tokens = np.array([[1, 2, 3, 4, 0], [1, 2, 5, 6, 7]])
+    for mask in ([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]], [[0, 0, 1, 0, 1], [0, 0, 1, 1, 1]]):
+        assert hellaswag._shared_context(tokens, np.array(mask, dtype=bool)) == 0
+    mask = np.array([[0, 0, 1, 1, 0], [0, 0, 1, 1, 1]], dtype=bool)
+    assert hellaswag._shared_context(tokens, mask) == 2
+    assert hellaswag._shared_context(np.array([[1, 2, 3, 4, 0], [1, 9, 5, 6, 7]]), mask) == 0
+
+
+def test_the_cuda_backend_keeps_the_row_path(monkeypatch):
+    # the shared path is the decoder's NumPy code on the host: on the GPU it would copy every weight off
+    # it for each example (an ops namespace that calls itself cuda stands in for the GPU here)
+    import types
+
+    model = GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=2, n_embd=8), seed=1)
+    tokens = np.array([[1, 2, 3, 4, 0], [1, 2, 5, 6, 6]])
+    mask = np.array([[0, 0, 1, 1, 0], [0, 0, 1, 1, 1]], dtype=bool)
+    model.ops = types.SimpleNamespace(**{**vars(model.ops), "name": "cuda"})
+    rows_seen = _head_rows(model, monkeypatch)
+    hellaswag.score(model, tokens, mask)
+    assert rows_seen == [int(mask.sum())]
 
 
 # --- a training run's model (--out), --limit, the progress bar -------------------------------------------

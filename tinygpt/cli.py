@@ -396,8 +396,8 @@ def _add_training(sub):
         hyper.add_argument(f"--{flag}", type=kind, metavar=metavar, help=help_text, **bare)
     hyper.add_argument("--hellaswag", metavar="FILE", help="also score HellaSwag accuracy at each evaluation "
                        "(hellaswag_acc, hellaswag_acc_norm in metrics.jsonl) on FILE, the published "
-                       "hellaswag_val.jsonl (github.com/rowanz/hellaswag, data/): one forward per example "
-                       "per evaluation")
+                       "hellaswag_val.jsonl (github.com/rowanz/hellaswag, data/): a forward of each "
+                       "example's context and of its endings, per evaluation")
     hyper.add_argument("--hellaswag-limit", type=int, metavar="N",
                        help="with --hellaswag: score its first N examples only")
     p.set_defaults(func=_run_train)

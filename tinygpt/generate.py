@@ -64,6 +64,7 @@ __all__ = [
     "new_kv_cache",
     "forward_cached",
     "forward_uncached",
+    "forward_shared_context",
     "generate",
     "StreamDecoder",
     "StopStrings",
@@ -393,15 +394,17 @@ def _check_params(params, config):
             raise TinyGPTError(f"params[{name!r}] has shape {value.shape}, the config says {shape}")
 
 
-def new_kv_cache(config, batch_size, dtype=np.float32):
+def new_kv_cache(config, batch_size, dtype=np.float32, length=None):
     """Keys and values of every layer, preallocated to the full context: (n_layer, 2, B, H, block_size, hs).
 
     ``cache[i, 0]`` holds layer i's keys, ``cache[i, 1]`` its values; position t lives at ``[..., t, :]``.
     One allocation up front means no array grows or is copied while decoding. float32, 6 layers, 384 wide,
-    block 1024: 18.9 MB per sequence.
+    block 1024: 18.9 MB per sequence. ``length`` (at most block_size) holds positions 0..length-1 only, for
+    a caller that knows how far it will go (``forward_shared_context``).
     """
     hs = config.n_embd // config.n_head
-    shape = (config.n_layer, 2, batch_size, config.n_head, config.block_size, hs)
+    length = config.block_size if length is None else length
+    shape = (config.n_layer, 2, batch_size, config.n_head, length, hs)
     return np.empty(shape, dtype=dtype)
 
 
@@ -527,6 +530,48 @@ def forward_uncached(params, config, idx, backend="numpy"):
         return attention_forward(qkv, config.n_head)[0]
 
     return _last_logits(params, _transformer(params, config, x, attention, backend))
+
+
+def forward_shared_context(params, config, context, continuations, backend="numpy"):
+    """The final hidden states (ln_f's output) of one context and of B continuations of it, the context
+    computed once: what B rows of context + continuation through the full forward would give, without the
+    context's work B times.
+
+    context (T_c,) int, continuations (B, T) int, T_c + T <= block_size -> (context hidden (T_c, C),
+    continuation hidden (B, T, C)), continuation token j at position T_c + j. The context runs as a prefill
+    of batch 1 into a KV cache of B rows; its keys and values are then copied to the other rows, and the
+    continuations run as one batch at position T_c over them (``_cached_attention``: each sees the context
+    and its own earlier tokens). The copy is n_layer x 2 x B x T_c x C floats, a small part of the T_c
+    tokens' forward it replaces B - 1 times. ``backend`` as in ``forward_cached``.
+    """
+    _check_backend(backend)
+    context = checked_token_ids(np.asarray(context).reshape(1, -1), config.vocab_size, config.block_size)
+    continuations = checked_token_ids(continuations, config.vocab_size, config.block_size)
+    (_, T_c), (B, T) = context.shape, continuations.shape
+    if T_c == 0 or B == 0:
+        raise TinyGPTError(f"forward_shared_context: needs a context and a continuation, got {T_c} context "
+                           f"tokens and {B} continuations")
+    if T_c + T > config.block_size:
+        raise TinyGPTError(f"positions up to {T_c + T} exceed block_size {config.block_size}")
+    wte, wpe = params["wte.weight"], params["wpe.weight"]
+    kv_cache = new_kv_cache(config, B, dtype=wte.dtype, length=T_c + T)
+
+    def context_attention(i, qkv):  # batch 1, written into the cache's first row (a view of it)
+        return _cached_attention(qkv, kv_cache[i, :, :1], 0, config.n_head)
+
+    x = _transformer(params, config, wte[context] + wpe[:T_c], context_attention, backend)  # (1, T_c, C)
+    context_hidden, _ = layernorm_forward(x[0], params["ln_f.weight"], params.get("ln_f.bias"))
+    C = config.n_embd
+    if T == 0:  # (each continuation a single token, which only the context's last position predicts)
+        return context_hidden, np.empty((B, 0, C), dtype=context_hidden.dtype)
+    kv_cache[:, :, 1:, :, :T_c] = kv_cache[:, :, :1, :, :T_c]
+
+    def attention(i, qkv):
+        return _cached_attention(qkv, kv_cache[i], T_c, config.n_head)
+
+    x = _transformer(params, config, wte[continuations] + wpe[T_c : T_c + T], attention, backend)
+    hidden, _ = layernorm_forward(x, params["ln_f.weight"], params.get("ln_f.bias"))  # (B, T, C)
+    return context_hidden, hidden
 
 
 def _lm_head_weight(wte, n_steps):

@@ -22,6 +22,12 @@ the context as fits; the context's oldest tokens are dropped, as a sliding windo
 does not fit (more than ``block_size`` tokens: its first token must be predicted from the context's last) is
 refused, naming the example: scored on a part of itself it would be a different question.
 
+The context is the same in every row, so it is computed once: the context runs alone (batch 1), its
+keys and values are kept per layer (the KV cache of ``tinygpt.generate``), and the endings run as one batch
+after it, each attending over the context's keys and values and its own earlier tokens. An example with a
+context of 40 tokens and 4 endings of 25 reads 40 + 4 x 24 tokens, not 4 x 64 (``score``; the cut rows of
+a long example, which keep different parts of the context, and the cuda backend read every row whole).
+
 ``evaluate(model, tokenizer, path)`` is the whole evaluation; ``iter_examples``, ``render`` and ``score`` are
 its steps, for a notebook to look into one example.
 """
@@ -200,21 +206,83 @@ def token_log_probs(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return picked.astype(np.float64) - np.log(s.astype(np.float64))
 
 
-def score(model, tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(summed, mean) log-likelihood of each row's masked tokens, each given the tokens before it: one
-    forward pass of ``tokens[:, :-1]`` (E rows at once), in eval mode (the model's mode is restored after),
-    the LM head applied at the N scored positions only.
+def score(model, tokens: np.ndarray, mask: np.ndarray, share_context: bool = True
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """(summed, mean) log-likelihood of each row's masked tokens, each given the tokens before it, in eval
+    mode (dropout off; the model's mode is restored after), the LM head applied at the scored positions only.
 
     tokens, mask (E, L) as ``render`` makes them -> summed (E,), mean (E,) float64 (mean: per scored token).
+
+    When the rows share their context (the same tokens before each row's scored run, which starts at the
+    same column in every row: what ``render`` makes of an example no row of which was cut), the context runs
+    once and the endings as one batch over its keys and values (``generate.forward_shared_context``), and
+    the context's last position, which predicts every ending's first token, is one row of the head's input,
+    not E. Otherwise, or with ``share_context=False``, or on the cuda backend (below), the E rows are one
+    forward pass of ``tokens[:, :-1]``. The two agree to float32's rounding.
     """
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (E, L-1) each: position t predicts token t + 1
-    scored = mask[:, 1:]  # (E, L-1) the positions that predict an ending token (no row's first token is one)
+    # on the cuda backend the rows stay on the GPU: the shared path is the decoder's NumPy code on the host,
+    # which would first copy every weight off the GPU (host_params: GPT-2 small's 500 MB, per example), and
+    # E rows of ~64 tokens are far from filling a GPU, so running the context E times there costs little
+    # (the host's forward, by contrast, takes time in proportion to the tokens it reads)
+    context = _shared_context(tokens, mask) if share_context and model.ops.name != "cuda" else 0
     was_training = model.training
-    model.eval()
+    model.eval()  # (the shared path reads no dropout setting; the row path's forward does)
     try:
-        hidden = model.forward_hidden(inputs, keep_caches=False)  # (E, L-1, C), on the host on every backend
+        if context:
+            return _score_shared(model, np.asarray(tokens), np.asarray(mask), context)
+        return _score_rows(model, tokens, mask)
     finally:
         model.train(was_training)
+
+
+def _shared_context(tokens, mask) -> int:
+    """How many tokens of context the rows share, 0 when they do not share one: each row's scored tokens
+    must be one run from the same column n >= 1, after the same n tokens. A row cut to fit block_size
+    (``render``'s cut) starts later in its context than a shorter row, so the rows differ before n."""
+    tokens, mask = np.asarray(tokens), np.asarray(mask)
+    if tokens.ndim != 2 or mask.shape != tokens.shape or mask.dtype != bool or not tokens.size:
+        return 0  # (not render's layout: the row path makes of it what it did)
+    n = int(mask[0].argmax())
+    lengths = mask.sum(axis=1)  # (E,)
+    columns = np.arange(mask.shape[1])
+    one_run = (columns >= n) & (columns[None, :] < n + lengths[:, None])  # (E, L) a run of each length from n
+    if n < 1 or not lengths.all() or not (mask == one_run).all():
+        return 0
+    return n if (tokens[:, :n] == tokens[0, :n]).all() else 0
+
+
+def _score_shared(model, tokens: np.ndarray, mask: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``score`` of rows sharing their first n tokens (``_shared_context``): the context once, the endings as
+    one batch at position n over its keys and values."""
+    from tinygpt.generate import forward_shared_context
+
+    model._check_ids(tokens[:, :-1], "idx")  # what the row path's forward checks (ids, block_size), alike
+    lengths = mask.sum(axis=1)  # (E,) each ending's tokens
+    E, T = len(tokens), int(lengths.max()) - 1
+    # an ending's last token is only predicted, never read; past a row's own length the batch reads the
+    # padding (or its ending's last token), which nothing before it attends to and nothing scores
+    read = tokens[:, n : n + T]  # (E, T) each ending's tokens read, at positions n..n+T-1
+    scored = np.arange(T)[None, :] < (lengths - 1)[:, None]  # (E, T) read tokens that predict one of its own
+    params = model.host_params()  # (the CPU backends' own arrays, no copy)
+    context_hidden, hidden = forward_shared_context(params, model.config, tokens[0, :n], read, model.ops.name)
+    # the head's input: the context's last position once (it predicts every ending's first token), then
+    # each ending's positions that predict its next token: 1 + sum(len - 1) rows where the row path has
+    # sum(len)
+    head_input = np.concatenate([context_hidden[-1:], hidden[scored]])  # (1 + M, C)
+    logits, _ = model.ops.lm_head_forward(head_input, params["wte.weight"])  # (1 + M, V)
+    targets = np.concatenate([tokens[:, n], tokens[:, n + 1 : n + 1 + T][scored]])  # (E + M,)
+    which = np.concatenate([np.zeros(E, dtype=np.int64), np.arange(1, len(logits))])  # logits row of each
+    rows = np.concatenate([np.arange(E), np.nonzero(scored)[0]])  # (E + M,) the ending of each
+    log_probs = token_log_probs(logits[which], targets)  # (E + M,)
+    summed = np.bincount(rows, weights=log_probs, minlength=E)  # (E,)
+    return summed, summed / lengths
+
+
+def _score_rows(model, tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``score`` with every row whole: one forward of ``tokens[:, :-1]`` (E rows at once)."""
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (E, L-1) each: position t predicts token t + 1
+    scored = mask[:, 1:]  # (E, L-1) the positions that predict an ending token (no row's first token is one)
+    hidden = model.forward_hidden(inputs, keep_caches=False)  # (E, L-1, C), on the host on every backend
     # the head (x @ wte.T, GPT.forward's) where an ending token is predicted, not at every position: at
     # GPT-2's 50,257 tokens it is about a third of a forward's work, and most positions are the context's;
     # the logits are N x V, not E x (L-1) x V (with the cuda backend, nor copied back from the GPU whole)

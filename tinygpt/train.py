@@ -93,7 +93,7 @@ class TrainConfig:
     eval_interval: int = 250
     eval_iters: int = 20
     hellaswag: str | None = None  # a HellaSwag .jsonl file: its accuracy is scored at each evaluation too
-    hellaswag_limit: int | None = None  # ... on its first N examples only (one forward each, per evaluation)
+    hellaswag_limit: int | None = None  # ... on its first N examples only (scored at each evaluation)
 
     def validate(self) -> TrainConfig:
         """Raise TinyGPTError naming the first bad setting (NumPy integers become ints); return self."""
