@@ -739,6 +739,8 @@ BENCHMARKS = {
     "tokenizer": "training and encoding against HF tokenizers and tiktoken",
     "train": "training-step tokens/s against PyTorch eager",
     "generate": "KV-cached decoding tokens/s against transformers' generate",
+    "hellaswag": "HellaSwag scoring examples/s, shared context and rows, against transformers scoring as "
+                 "build-nanogpt does",
     "kernels": "CUDA SGEMM and attention against cuBLAS and SDPA (needs a GPU); --device cpu: Numba "
                "vs NumPy, PyTorch",
     "profile": "where one training step's time goes, op by op (a diagnostic: tinygpt only)",
