@@ -383,7 +383,9 @@ def mean_loss(model, batches) -> float:
 # --- the training loop -------------------------------------------------------------------------------
 
 
-def _append_jsonl(path: Path, row: dict) -> None:
+def append_jsonl(path: Path, row: dict) -> None:
+    """Append ``row`` as one line of a metrics.jsonl, fsynced: a run writes a row before the checkpoint of
+    its step, so the row is on disk first (``tinygpt finetune`` appends its rows with this too)."""
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
@@ -409,8 +411,9 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep the rows up to the checkpoint we resume from; rows written after it will be written again."""
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the rows up to the checkpoint we resume from; rows written after it will be written again
+    (train's and finetune's ``--resume``)."""
     rows = [r for r in read_metrics(path) if r.get("step", math.inf) <= last_step]
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows).encode())  # fsynced: never left empty
 
@@ -611,7 +614,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         repair_best_link(out, ckpt.state)
         if ckpt.state.get("dropout_rng") and _dropout_rng(model) is not None:
             model.dropout_rng = rng_from_state(ckpt.state["dropout_rng"])
-        _truncate_metrics(metrics_path, state["step"])
+        truncate_metrics(metrics_path, state["step"])
     else:
         out.mkdir(parents=True, exist_ok=True)
         if metrics_path.exists():
@@ -670,7 +673,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
             scores = score_rendered(model, *hellaswag_set)
             row["hellaswag_acc"], row["hellaswag_acc_norm"] = scores["acc"], scores["acc_norm"]
             hellaswag_text = f", hellaswag acc_norm {scores['acc_norm']:.4f}"
-        _append_jsonl(metrics_path, row)  # before the checkpoint: resume truncates rows past its step
+        append_jsonl(metrics_path, row)  # before the checkpoint: resume truncates rows past its step
         dropout_rng = _dropout_rng(model)
         save_checkpoint(out, model, tokenizer, optimizer, config_record, {
             **state, "sampler_rng": rng_state(sampler_rng),
