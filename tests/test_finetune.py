@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import struct
 from pathlib import Path
 
@@ -1362,3 +1363,299 @@ def test_cli_finetune_flags_reach_the_run_and_eval_prints_rows_as_true_classes(t
     assert sum(printed["tragedy"]) == 7 and sum(printed["comedy"]) == 3
     result = ft.evaluate_classifier(out, str(test_file), split="all")
     assert [printed["tragedy"], printed["comedy"]] == result["confusion"].tolist()
+
+
+# --- resume ---------------------------------------------------------------------------------------------
+
+
+def _interrupt_after(monkeypatch, updates):
+    """Make the run stop as Ctrl-C stops it (KeyboardInterrupt) where it would take update ``updates + 1``."""
+    from tinygpt.optim import AdamW
+
+    real_step = AdamW.step
+
+    def step(self, grads, lr=None):
+        if self.step_count == updates:
+            raise KeyboardInterrupt
+        return real_step(self, grads, lr)
+
+    monkeypatch.setattr(AdamW, "step", step)
+
+
+def _files(out):
+    return {p: p.read_bytes() for p in sorted(Path(out).rglob("*")) if p.is_file()}
+
+
+def _assert_same_run(full, part):
+    """Two run directories hold one run: the metrics rows (elapsed aside), the weights, head and AdamW
+    moments bit for bit, the best checkpoint, and where the batch order and dropout stream stand."""
+    rows = [[{k: v for k, v in r.items() if k != "elapsed"} for r in read_metrics(out / "metrics.jsonl")]
+            for out in (full, part)]
+    assert rows[0] == rows[1]
+    assert os.path.islink(full / "best") == os.path.islink(part / "best")
+    for which in ("latest", "best") if os.path.islink(full / "best") else ("latest",):
+        assert os.readlink(full / which) == os.readlink(part / which)
+        a, b = ft.load_classifier(full / which), ft.load_classifier(part / which)
+        for name, p in {**a.model.params, **a.head}.items():
+            np.testing.assert_array_equal(b.model.params.get(name, b.head.get(name)), p, err_msg=name)
+    a, b = load_checkpoint(full), load_checkpoint(part)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert a.optimizer_state[key].keys() == b.optimizer_state[key].keys()
+        for name, m in a.optimizer_state[key].items():
+            np.testing.assert_array_equal(b.optimizer_state[key][name], m, err_msg=f"{key}.{name}")
+    for key in ("step", "sampler_rng", "epoch_position", "dropout_rng", "best_step", "best_val_acc",
+                "best_val_loss"):
+        assert a.state[key] == b.state[key], key
+    assert a.state["optimizer"]["step"] == b.state["optimizer"]["step"] == a.state["step"]
+
+
+@pytest.mark.parametrize("case", ["file_split_dropout", "stratified_split_frozen_body",
+                                  "no_val_from_scratch"])
+def test_an_interrupted_and_resumed_run_ends_as_the_uninterrupted_one(tmp_path, lm_dir, monkeypatch, case):
+    rows, settings = _rows(), {"eval_interval": 4, "max_iters": 20}
+    if case == "file_split_dropout":  # 40 training rows: 5 steps an epoch
+        rows = [{**row, "split": "val" if i % 6 == 0 else "train"} for i, row in enumerate(rows)]
+        settings.update(init_from=str(lm_dir), dropout=0.1)
+    elif case == "stratified_split_frozen_body":  # 44 training rows: 6 steps an epoch
+        settings.update(init_from=str(lm_dir), freeze_body=True, learning_rate=3e-2)
+    else:  # 48 training rows: 6 steps an epoch
+        settings.update(val_fraction=0.0, n_layer=1, n_head=2, n_embd=8, block_size=16, dropout=0.1)
+    data = _write_jsonl(tmp_path / "d.jsonl", rows)
+    full = tmp_path / "full"
+    ft.finetune_classifier(_config(tmp_path, data, out=str(full), **settings), quiet=True)
+    assert [r["step"] for r in read_metrics(full / "metrics.jsonl")] == [0, 4, 8, 12, 16, 20]
+    for updates, checkpoint in ((13, 12), (10, 8)):  # stopped past a checkpoint at an epoch's end, or not
+        part = tmp_path / f"part{updates}"
+        with monkeypatch.context() as patch:
+            _interrupt_after(patch, updates)
+            with pytest.raises(KeyboardInterrupt):
+                ft.finetune_classifier(_config(tmp_path, data, out=str(part), **settings), quiet=True)
+        assert load_checkpoint(part).state["step"] == checkpoint
+        summary = ft.finetune_classifier(ft.FinetuneConfig(out=str(part)), resume=True, quiet=True)
+        assert summary["step"] == 20
+        _assert_same_run(full, part)
+
+
+def test_cli_resume_after_ctrl_c_continues_the_run_exactly(tmp_path, lm_dir, monkeypatch, capsys):
+    _write_jsonl(tmp_path / "d.jsonl", _rows())
+    monkeypatch.chdir(tmp_path)  # --data relative: the run saves it absolute, for a resume from anywhere
+    args = ["finetune", "--data", "d.jsonl", "--init-from", str(lm_dir), "--max-iters", "12",
+            "--eval-interval", "4", "--batch-size", "8", "--dropout", "0.1", "--learning-rate", "3e-3",
+            "--backend", "numpy"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main([*args, "--out", str(full), "--quiet"]) == 0
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 6)
+        assert main([*args, "--out", str(part), "--quiet"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    monkeypatch.chdir(lm_dir)
+    assert main(["finetune", "--resume", "--out", str(part)]) == 0
+    captured = capsys.readouterr()
+    assert f"resuming {part} at step 4 of 12" in captured.err
+    assert [line.split(" (")[0] for line in captured.err.splitlines() if line.startswith("step ")] == [
+        "step 8", "step 12"]
+    assert "done: 12 steps in " in captured.out and " s in all, " in captured.out
+    _assert_same_run(full, part)
+
+
+@pytest.mark.parametrize("crash", ["ctrl_c_after_the_best", "between_the_latest_and_best_links"])
+def test_resume_keeps_the_best_checkpoints_bookkeeping(tmp_path, lm_dir, monkeypatch, crash):
+    # scripted (accuracy, loss) per evaluation (steps 0, 4, ..., 20), told apart by the rows metrics.jsonl
+    # holds when it is scored (a resumed run keeps those of its checkpoint's steps). Ctrl-C: step 8 is the
+    # best; step 16, resumed, ties its accuracy at a higher loss, the best only to a run that lost the
+    # saved best score. Between the links: a save that is the best (step 12) dies after it moved `latest`,
+    # before `best`, which still names step 8
+    from tinygpt import checkpoint
+
+    if crash == "ctrl_c_after_the_best":
+        script, best = [(0.5, 0.7), (0.75, 0.6), (0.875, 0.5), (0.75, 0.4), (0.875, 0.55), (0.75, 0.3)], 8
+    else:
+        script, best = [(0.5, 0.7), (0.75, 0.6), (0.875, 0.5), (1.0, 0.4), (0.875, 0.3), (0.75, 0.3)], 12
+    real_scores, real_link = ft._scores, checkpoint._symlink_atomically
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    settings = {"init_from": str(lm_dir), "eval_interval": 4, "max_iters": 20}
+
+    def scripted(out):
+        def scores(features, head, label_ids=None):
+            probs, loss, acc = real_scores(features, head, label_ids)
+            if label_ids is None:
+                return probs, loss, acc
+            acc, loss = script[len(read_metrics(out / "metrics.jsonl"))]
+            return probs, loss, acc
+        return scores
+
+    def link(target, path):
+        if path.name == "best" and target.endswith("step-00000012"):
+            raise KeyboardInterrupt
+        real_link(target, path)
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    monkeypatch.setattr(ft, "_scores", scripted(full))
+    ft.finetune_classifier(_config(tmp_path, data, out=str(full), **settings), quiet=True)
+    monkeypatch.setattr(ft, "_scores", scripted(part))
+    with monkeypatch.context() as patch:
+        if crash == "ctrl_c_after_the_best":
+            _interrupt_after(patch, 13)
+        else:
+            patch.setattr(checkpoint, "_symlink_atomically", link)
+        with pytest.raises(KeyboardInterrupt):
+            ft.finetune_classifier(_config(tmp_path, data, out=str(part), **settings), quiet=True)
+    assert (os.readlink(part / "latest"), os.readlink(part / "best")) == ("checkpoints/step-00000012",
+                                                                          "checkpoints/step-00000008")
+    summary = ft.finetune_classifier(ft.FinetuneConfig(out=str(part)), resume=True, quiet=True)
+    assert os.readlink(part / "best") == f"checkpoints/step-{best:08d}"
+    assert (summary["best_step"], summary["best_val_acc"], summary["val_acc"]) == (best, max(script)[0], 0.75)
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == [f"step-{best:08d}", "step-00000020"]
+    _assert_same_run(full, part)
+
+
+def test_resume_refusals_are_one_line_and_change_nothing(tmp_path, lm_dir, capsys):
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    out = tmp_path / "clf"
+    new_run = ["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(out), "--max-iters",
+               "2", "--eval-interval", "1", "--batch-size", "4", "--backend", "numpy", "--quiet"]
+    assert main(new_run) == 0
+    before = _files(out)
+    resume = ["finetune", "--resume", "--out", str(out), "--quiet"]
+    for flag in ("--init-from", "--pretrained"):
+        _fails(capsys, [*resume, flag, str(lm_dir)], f"{flag} starts a new run; it cannot be combined with "
+               "--resume")
+    for flags in (["--seed", "5"], ["--val-fraction", "0.3"], ["--labels", "tragedy,comedy"],
+                  ["--freeze-body"], ["--dropout", "0.2"], ["--n-layer", "1"], ["--tokenizer", "char"]):
+        _fails(capsys, [*resume, *flags], f"cannot change {flags[0]} when resuming (", f" in {out})")
+    _fails(capsys, [*resume[:2], "--out", str(out / "latest")], "is a checkpoint, not a fine-tuning run",
+           "--resume takes the run's directory")
+    _fails(capsys, new_run, f"{out} already holds a checkpoint: pass --resume to continue it, or choose "
+           "another --out")
+    assert _files(out) == before
+    target = os.readlink(out / "best")  # a copy that followed links: no new checkpoint could be published
+    (out / "best").unlink()
+    shutil.copytree(out / target, out / "best")
+    _fails(capsys, [*resume, "--max-iters", "3"], f"{out / 'best'} is a directory, not the link tinygpt "
+           "keeps to the best checkpoint")
+    shutil.rmtree(out / "best")
+    (out / "best").symlink_to(target)
+    assert _files(out) == before
+    _fails(capsys, ["finetune", "--resume", "--out", str(tmp_path / "none")], "no checkpoint: directory",
+           "does not exist")
+    assert not (tmp_path / "none").exists()
+    (tmp_path / "empty").mkdir()
+    _fails(capsys, ["finetune", "--resume", "--out", str(tmp_path / "empty")], "no checkpoint in")
+    lm_before = _files(lm_dir)
+    _fails(capsys, ["finetune", "--resume", "--out", str(lm_dir)], f"{lm_dir} holds a language model from "
+           "`tinygpt train`, not a `tinygpt finetune` classifier, so --resume cannot continue it")
+    assert _files(lm_dir) == lm_before
+    with pytest.raises(TinyGPTError, match="unknown setting 'max_steps'"):
+        ft.finetune_classifier(ft.FinetuneConfig(out=str(out)), resume=True, overrides={"max_steps": 3})
+    # given again as they are, the frozen settings are accepted (the labels as text, as the CLI reads them)
+    assert main([*resume, "--seed", "1337", "--labels", "comedy, tragedy", "--val-fraction", "0.1"]) == 0
+
+
+def test_a_checkpoint_saved_before_resume_existed_is_refused_and_still_predicts_and_evaluates(
+        tmp_path, lm_dir, capsys):
+    # what finetune saved until now: no AdamW moments, a state of the step and the val scores only
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    out, names = tmp_path / "clf", ["comedy", "tragedy"]
+    ckpt = load_checkpoint(lm_dir)
+    info = {"data": str(data.resolve()), "val_fraction": 0.1, "seed": 1337, "freeze_body": False,
+            "source": f"checkpoint {lm_dir} (step 7)"}
+    record = {**ft.FinetuneConfig(data=str(data), out=str(out), init_from=str(lm_dir), max_iters=4).to_dict(),
+              "task": "classify", "labels": names}
+    head = ft.init_head(ckpt.model.config.n_embd, len(names))
+    save_checkpoint(out, ft._ClassifierForSaving(ckpt.model, head, names, info), ckpt.tokenizer, None, record,
+                    {"step": 4, "val_acc": 0.5, "val_loss": 0.69})
+    before = _files(out)
+    _fails(capsys, ["finetune", "--resume", "--out", str(out)], f"{out} was fine-tuned by an older tinygpt, "
+           "whose checkpoints lack what --resume needs", "start a new run")
+    assert _files(out) == before
+    assert main(["predict", "--out", str(out), "o woe"]) == 0
+    assert set(capsys.readouterr().out.split()) >= set(names)
+    assert main(["eval", "--out", str(out), "--backend", "numpy"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_resume_on_changed_data_warns_when_its_rows_split_alike_and_refuses_when_not(tmp_path, lm_dir,
+                                                                                     capsys):
+    rows = _rows(16)
+    data = _write_jsonl(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "clf"
+    ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), batch_size=4, max_iters=2,
+                                   eval_interval=2), quiet=True)
+    capsys.readouterr()
+
+    def resume(**overrides):
+        ft.finetune_classifier(ft.FinetuneConfig(out=str(out)), resume=True, quiet=True, overrides=overrides)
+        return capsys.readouterr().err
+
+    tail = "; the resumed run is not the uninterrupted one\n"
+
+    def longer(before, after):
+        return (f"tinygpt: warning: the run's length changed from {before} to {after} steps: the learning "
+                f"rate now decays to --min-lr at step {after}, where the steps so far followed a decay to "
+                f"step {before}{tail}")
+
+    assert resume(max_iters=3) == longer(2, 3)
+    assert resume() == ""  # the same file and settings: silent
+    copy = _write_jsonl(tmp_path / "copy.jsonl", rows)
+    assert resume(data=str(copy), max_iters=4) == longer(3, 4)  # the same rows elsewhere: nothing to say
+    _write_jsonl(copy, [{**row, "text": row["text"][::-1]} if i == 3 else row for i, row in enumerate(rows)])
+    assert resume(max_iters=5) == (f"tinygpt: warning: the texts or labels of {copy} changed since the run "
+                                   f"started (its rows split as before){tail}" + longer(4, 5))
+    assert resume(data=str(data), batch_size=2, max_iters=6, backend="numba") == (
+        f"tinygpt: warning: the data changed from {copy} to {data}: its rows split as before, but their "
+        f"texts or labels differ{tail}"
+        f"tinygpt: warning: --batch-size changed from 4 to 2: the batches change{tail}"
+        f"tinygpt: warning: --backend changed from 'numpy' to 'numba': backends agree only to rounding{tail}"
+        + longer(5, 6))
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 2, 3, 4, 5, 6]
+    before = _files(out)
+    _write_jsonl(data, rows + [{"text": "o woe", "label": "tragedy"}])  # the stratified split drawn anew
+    with pytest.raises(TinyGPTError, match="its rows no longer split into the run's training and validation "
+                                           "rows .* restore the file or start a new run"):
+        resume(max_iters=7)
+    _write_jsonl(data, rows[:8] + [{"text": "o woe", "label": "history"}] + rows[9:])
+    with pytest.raises(TinyGPTError, match=r"cannot resume .*: label 'history' is not among the given labels "
+                                           r".* where the run's classes are \['comedy', 'tragedy'\]"):
+        resume(max_iters=7)
+    assert _files(out) == before
+
+
+def test_resuming_a_finished_run_does_nothing_and_a_longer_one_continues(tmp_path, lm_dir, capsys):
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    out = tmp_path / "clf"
+    assert main(["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(out), "--epochs",
+                 "1", "--eval-interval", "2", "--batch-size", "4", "--backend", "numpy", "--quiet"]) == 0
+    before = _files(out)
+    capsys.readouterr()
+    assert main(["finetune", "--resume", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"{out} is already at step 4 >= 4 steps (--epochs 1); nothing to do" in captured.err
+    assert "done: 4 steps" in captured.out and "step " not in captured.err.replace("at step 4", "")
+    assert _files(out) == before
+    assert main(["finetune", "--resume", "--out", str(out), "--max-iters", "6", "--quiet"]) == 0
+    assert "the run's length changed from 4 to 6 steps" in capsys.readouterr().err
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 2, 4, 6]
+    capsys.readouterr()
+    assert main(["finetune", "--resume", "--out", str(out), "--max-iters", "6"]) == 0
+    assert f"{out} is already at step 6 >= --max-iters 6; nothing to do" in capsys.readouterr().err
+
+
+def test_resume_drops_metrics_rows_past_its_checkpoint_and_refuses_a_bad_epoch_position(tmp_path, lm_dir,
+                                                                                         capsys):
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    out = tmp_path / "clf"
+    ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), batch_size=4, max_iters=2,
+                                   eval_interval=2), quiet=True)
+    with open(out / "metrics.jsonl", "a") as f:  # a crash between a row's append and its checkpoint
+        f.write(json.dumps({"step": 4, "epoch": 1.0, "train_loss": 99.0}) + "\n")
+    state_path = (out / "state.json").resolve()
+    good = json.loads(state_path.read_text())
+    for position in (-1, 99, "3", None):  # (state.json has no checksum of its own: hand-edited or damaged)
+        state_path.write_text(json.dumps({**good, "epoch_position": position}))
+        _fails(capsys, ["finetune", "--resume", "--out", str(out), "--max-iters", "4"], "corrupt checkpoint",
+               f"invalid epoch_position ({position!r}) for 14 training rows")
+    state_path.write_text(json.dumps(good))
+    ft.finetune_classifier(ft.FinetuneConfig(out=str(out)), resume=True, quiet=True,
+                           overrides={"max_iters": 4})
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 2, 4] and rows[-1]["train_loss"] != 99.0

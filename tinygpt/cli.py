@@ -620,38 +620,44 @@ def _add_finetune(sub):
         "GPT-2 directory or a nanoGPT checkpoint) into a classifier: a linear head on the final hidden state "
         "of each text's last token, trained with cross-entropy. Without either, the same model is trained "
         "from scratch on the labels only. Texts longer than the model's block_size keep their first "
-        "block_size tokens.",
+        "block_size tokens. --resume continues the run in --out with its saved settings (flags such as "
+        "--max-iters override; the model, seed, labels, --val-fraction, --dropout and --freeze-body cannot "
+        "change).",
     )  # fmt: skip
     p.add_argument("--task", choices=("classify",), default="classify", help="the task (classify)")
-    p.add_argument("--data", required=True, metavar="FILE",
-                   help=".jsonl or .csv rows with text and label (and optionally split: train/val)")
+    p.add_argument("--data", metavar="FILE", help=".jsonl or .csv rows with text and label (and optionally "
+                   "split: train/val); with --resume, the run's own unless given")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory: checkpoint, metrics.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest "
+                   "checkpoint (exactly: the weights, metrics and best checkpoint of the uninterrupted run)")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--init-from", metavar="DIR", help="a tinygpt training output directory")
     start.add_argument("--pretrained", metavar="PATH", help="a local transformers GPT-2 directory, or a "
                        "nanoGPT ckpt.pt (or its out_dir)")
-    p.add_argument("--freeze-body", action="store_true", help="train only the head; the GPT stays as loaded")
+    # (defaults None: a flag given is told apart from one not given, which --resume takes from the saved
+    # run; FinetuneConfig holds the defaults the help names)
+    p.add_argument("--freeze-body", action="store_true", default=None,
+                   help="train only the head; the GPT stays as loaded")
     p.add_argument("--labels", metavar="A,B,...", help="class names in this order (default: sorted)")
-    p.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
+    p.add_argument("--val-fraction", type=float, metavar="X",
                    help="stratified validation share when the rows have no split field (0.1; 0 = no "
                    "validation split, training metrics only)")
     add = p.add_argument
-    add("--epochs", type=int, default=3, metavar="N", help="passes over the training split (3)")
+    add("--epochs", type=int, metavar="N", help="passes over the training split (3)")
     add("--max-iters", type=int, metavar="N", help="optimizer steps in total (overrides --epochs)")
-    add("--batch-size", type=int, default=16, metavar="N", help="texts per step (16)")
-    add("--learning-rate", type=float, default=3e-4, metavar="X", help="peak learning rate (3e-4)")
+    add("--batch-size", type=int, metavar="N", help="texts per step (16)")
+    add("--learning-rate", type=float, metavar="X", help="peak learning rate (3e-4)")
     add("--min-lr", type=float, metavar="X", help="learning rate at the end of the cosine decay, at most "
         "--learning-rate (default: --learning-rate / 10)")
-    add("--warmup-iters", type=int, default=20, metavar="N", help="linear warmup steps, then cosine (20)")
-    add("--weight-decay", type=float, default=0.01, metavar="X", help="AdamW weight decay (0.01)")
-    add("--grad-clip", type=float, default=1.0, metavar="X", help="global gradient-norm clip (1.0; 0 = off)")
+    add("--warmup-iters", type=int, metavar="N", help="linear warmup steps, then cosine (20)")
+    add("--weight-decay", type=float, metavar="X", help="AdamW weight decay (0.01)")
+    add("--grad-clip", type=float, metavar="X", help="global gradient-norm clip (1.0; 0 = off)")
     add("--dropout", type=float, metavar="X", help="dropout while fine-tuning (default: the model's)")
-    add("--recompute", action="store_true", help="activation recomputation (gradient checkpointing): less "
-        "memory for one more forward of the body, the same result")
-    add("--eval-interval", type=int, default=50, metavar="N", help="evaluate and checkpoint every N steps")
-    add("--seed", type=int, default=1337, metavar="N",
-        help="seed of the split, the head, the batches and dropout")
-    add("--backend", choices=_BACKEND_CHOICES, default="auto", help="layer implementations (auto)")
+    add("--recompute", action="store_true", default=None, help="activation recomputation (gradient "
+        "checkpointing): less memory for one more forward of the body, the same result")
+    add("--eval-interval", type=int, metavar="N", help="evaluate and checkpoint every N steps (50)")
+    add("--seed", type=int, metavar="N", help="seed of the split, the head, the batches and dropout (1337)")
+    add("--backend", choices=_BACKEND_CHOICES, help="layer implementations (auto; with --resume, the run's)")
     add("--quiet", action="store_true", help="no log lines")
     scratch = p.add_argument_group("a model from scratch (refused with --init-from / --pretrained, whose "
                                    "checkpoint brings its own tokenizer and shape)")
@@ -670,25 +676,19 @@ def _add_finetune(sub):
 
 
 def _run_finetune(args):
-    from tinygpt.finetune import FinetuneConfig, finetune_classifier
+    from tinygpt.finetune import FIELDS, FinetuneConfig, finetune_classifier
     from tinygpt.train import retain_freed_memory
 
     retain_freed_memory()  # as for `tinygpt train`
-    labels = None
+    given = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     if args.labels is not None:
-        labels = [name.strip() for name in args.labels.split(",")]  # as text: finetune matches them to
-        # the data's labels, which are strings in a .csv and may be integers in a .jsonl
-    cfg = FinetuneConfig(
-        data=args.data, out=args.out, init_from=args.init_from, pretrained=args.pretrained,
-        freeze_body=args.freeze_body, labels=labels, val_fraction=args.val_fraction, seed=args.seed,
-        backend=args.backend, epochs=args.epochs, max_iters=args.max_iters, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, min_lr=args.min_lr, warmup_iters=args.warmup_iters,
-        weight_decay=args.weight_decay, grad_clip=args.grad_clip, eval_interval=args.eval_interval,
-        dropout=args.dropout, recompute=args.recompute,
-        tokenizer=args.tokenizer, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-        block_size=args.block_size,
-    )  # fmt: skip
-    finetune_classifier(cfg, quiet=args.quiet)
+        given["labels"] = [name.strip() for name in args.labels.split(",")]  # as text: finetune matches them
+        # to the data's labels, which are strings in a .csv and may be integers in a .jsonl
+    if args.resume:
+        del given["out"]
+        finetune_classifier(FinetuneConfig(out=args.out), quiet=args.quiet, resume=True, overrides=given)
+    else:
+        finetune_classifier(FinetuneConfig(**given), quiet=args.quiet)
 
 
 def _run_predict(args):

@@ -33,13 +33,16 @@ An output directory holds a checkpoint in the layout of ``tinygpt.checkpoint`` (
 ``save_checkpoint``): ``model.safetensors`` carries the body under GPT-2's names plus ``classifier.weight``
 (C, K) and ``classifier.bias`` (K,), and ``config.json`` a ``tinygpt_classifier`` entry with the label
 names. ``tinygpt.checkpoint.load_model`` still reads the body as a language model; :func:`load_classifier`
-reads all of it.
+reads all of it. ``optimizer.safetensors`` holds the AdamW moments and ``state.json`` the step, the best
+score, the dropout stream and where the batch order stands, so a run resumes exactly (``resume=True``,
+``tinygpt finetune --resume``), as ``tinygpt.train`` runs do.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -519,6 +522,18 @@ class FinetuneConfig:
         return dataclasses.asdict(self)
 
 
+FIELDS = {f.name for f in dataclasses.fields(FinetuneConfig)}
+# Settings a resumed run must keep: the model's shape, tokenizer and dropout (train's FROZEN_ON_RESUME); the
+# seed, the validation share and the labels, which draw the split and name the head's classes; and whether
+# the body is frozen, which decides what the saved AdamW moments are of
+FROZEN_ON_RESUME = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", "tokenizer", "seed",
+                    "val_fraction", "labels", "freeze_body")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 class _ClassifierForSaving:
     """What ``tinygpt.checkpoint.save_checkpoint`` needs of a model (params, config, save_pretrained),
     writing the body in GPT-2's format plus the head tensors and the label names."""
@@ -615,31 +630,128 @@ def _load_body(cfg: FinetuneConfig, texts: list[str]):
     return GPT(config, seed=cfg.seed, backend=cfg.backend), tokenizer, "a fresh random initialisation"
 
 
-def finetune_classifier(cfg: FinetuneConfig, quiet: bool = False) -> dict:
+def finetune_classifier(cfg: FinetuneConfig, quiet: bool = False, resume: bool = False,
+                        overrides: dict | None = None) -> dict:
     """Fine-tune (or, without init_from / pretrained, train from scratch) a classifier into ``cfg.out``.
 
     Every ``eval_interval`` steps and at the end: one metrics.jsonl row (step, epoch, train loss and
     accuracy as running means over the steps since the last row, val loss and accuracy on the whole
-    validation split, lr) and an atomic checkpoint of the current weights. Returns a summary dict.
-    One run at a time writes a directory, and never one holding files it did not write.
+    validation split, lr, elapsed) and an atomic checkpoint of the current weights, the AdamW moments and
+    where the batch order stands. Returns a summary dict. One run at a time writes a directory, and never
+    one holding files it did not write.
+
+    With ``resume`` the run in ``cfg.out`` continues from its latest checkpoint with its saved settings,
+    ``overrides`` (the settings given explicitly) replacing some of them; ``cfg`` is then ignored but for
+    ``cfg.out``, as in ``train.train``. Continued so, a run writes the weights, metrics rows (``elapsed``
+    aside) and ``best`` of the uninterrupted run.
     """
     from tinygpt.checkpoint import exclusive_run_dir
 
-    cfg.validate()
-    with exclusive_run_dir(Path(cfg.out), create=True):
-        return _finetune_classifier(cfg, quiet)
+    if not resume:
+        cfg.validate()
+    elif not str(cfg.out).strip():  # Path("") is the working directory
+        raise TinyGPTError("--out must name a directory, got an empty string")
+    with exclusive_run_dir(Path(cfg.out), create=not resume):
+        return _finetune_classifier(cfg, quiet, resume, dict(overrides or {}))
 
 
-def _finetune_classifier(cfg: FinetuneConfig, quiet: bool) -> dict:
-    from tinygpt.checkpoint import check_metrics_are_ours, check_new_run_dir, checkpoint_path, save_checkpoint
+def _resume_config(out: Path, overrides: dict):
+    """``(config, checkpoint)`` of the run in ``out`` that --resume continues: its saved settings with
+    ``overrides``. What cannot be continued is refused before anything is written."""
+    from tinygpt.checkpoint import LATEST, check_latest_is_a_link, load_checkpoint
+
+    if not (out / LATEST).is_symlink() and (out / "state.json").is_file():
+        raise TinyGPTError(f"{out} is a checkpoint, not a fine-tuning run: --resume takes the run's "
+                           f"directory (the one with the {LATEST!r} link), which it writes into")
+    check_latest_is_a_link(out)  # a `best` that is a directory: refused now, not at the first save
+    unknown = sorted(set(overrides) - FIELDS)
+    if unknown:
+        raise TinyGPTError(f"unknown setting {unknown[0]!r}")
+    for name in ("init_from", "pretrained"):  # a resumed run continues its own weights
+        if overrides.get(name):
+            raise TinyGPTError(f"{_flag(name)} starts a new run; it cannot be combined with --resume")
+    ckpt = load_checkpoint(out, backend=overrides.get("backend"))  # None: the run's own
+    if "tinygpt_classifier" not in loads_json((ckpt.path / "config.json").read_text()):
+        raise TinyGPTError(f"{out} holds a language model from `tinygpt train`, not a `tinygpt finetune` "
+                           "classifier, so --resume cannot continue it (`tinygpt train --resume` does)")
+    if "sampler_rng" not in ckpt.state:  # (saved before fine-tuning could resume: no moments either)
+        raise TinyGPTError(f"{out} was fine-tuned by an older tinygpt, whose checkpoints lack what --resume "
+                           "needs (the AdamW moments and the batch order's position): start a new run; "
+                           "predict and eval still read this one")
+    saved = ckpt.train_config
+    for name in FROZEN_ON_RESUME:
+        if name in overrides and not _same_setting(overrides[name], saved.get(name)):
+            raise TinyGPTError(f"cannot change {_flag(name)} when resuming ({saved.get(name)!r} in {out})")
+    values = {**{k: v for k, v in saved.items() if k in FIELDS}, **overrides, "out": str(out)}
+    return FinetuneConfig(**values).validate(), ckpt
+
+
+def _same_setting(given, saved) -> bool:
+    """Whether a setting given again on --resume is the saved one: label lists compare as text (the CLI's
+    are text, a .jsonl's saved labels may be integers)."""
+    if isinstance(given, (list, tuple)) and isinstance(saved, list):
+        return [str(x).strip() for x in given] == [str(x) for x in saved]
+    return given == saved
+
+
+def _split_digest(train_rows: np.ndarray, val_rows: np.ndarray) -> str:
+    """The sha256 of a split's row numbers: a resumed run's batch order is of the training rows it names."""
+    digest = hashlib.sha256(np.asarray(train_rows, dtype="<i8").tobytes())
+    digest.update(b"/")
+    digest.update(np.asarray(val_rows, dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
+def _warn_if_resume_is_not_exact(saved: dict, now: dict, step: int) -> None:
+    """One line on stderr (even with --quiet) for each change that makes a resumed run differ from the
+    uninterrupted one, as ``tinygpt train --resume`` warns: allowed, but metrics.jsonl is then not one
+    run's."""
+    notes = []
+    if saved.get("data_sha256") != now["data_sha256"]:  # (the split is the run's: checked before)
+        if saved.get("data") != now["data"]:
+            notes.append(f"the data changed from {saved.get('data')} to {now['data']}: its rows split as "
+                         "before, but their texts or labels differ")
+        else:
+            notes.append(f"the texts or labels of {now['data']} changed since the run started (its rows "
+                         "split as before)")
+    for name, effect in (("batch_size", "the batches change"),
+                         ("backend", "backends agree only to rounding")):
+        if saved.get(name) != now[name]:
+            notes.append(f"{_flag(name)} changed from {saved.get(name)!r} to {now[name]!r}: {effect}")
+    if saved.get("total_steps") != now["total_steps"] and step < now["total_steps"]:
+        notes.append(f"the run's length changed from {saved.get('total_steps')} to {now['total_steps']} "
+                     f"steps: the learning rate now decays to --min-lr at step {now['total_steps']}, where "
+                     f"the steps so far followed a decay to step {saved.get('total_steps')}")
+    for note in notes:
+        print(f"tinygpt: warning: {note}; the resumed run is not the uninterrupted one", file=sys.stderr)
+
+
+def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrides: dict) -> dict:
+    from tinygpt.checkpoint import (
+        LATEST,
+        check_metrics_are_ours,
+        check_new_run_dir,
+        checkpoint_path,
+        repair_best_link,
+        save_checkpoint,
+    )
+    from tinygpt.data import rng_from_state, rng_state
     from tinygpt.optim import AdamW, clip_grad_norm, lr_at
+    from tinygpt.train import append_jsonl, read_metrics, truncate_metrics
 
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise TinyGPTError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and checkpoint_path(out) is not None:
-        raise TinyGPTError(f"{out} already holds a checkpoint: choose another --out")
-    if out.is_dir():  # before anything is written: never replace or delete what tinygpt did not write
+    ckpt = None
+    if resume:
+        cfg, ckpt = _resume_config(out, overrides)
+    elif out.is_dir() and checkpoint_path(out) is not None:
+        if not checkpoint_path(out).is_dir():  # a dangling link: --resume cannot continue it either
+            raise TinyGPTError(f"{out / LATEST} points to a missing checkpoint: remove that link to start a "
+                               "new run there, or choose another --out")
+        raise TinyGPTError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose "
+                           "another --out")
+    elif out.is_dir():  # before anything is written: never replace or delete what tinygpt did not write
         check_new_run_dir(out)
         check_metrics_are_ours(out, {"step", "epoch"}, with_plot=False)  # (finetune draws no loss.png)
 
@@ -648,9 +760,31 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool) -> dict:
             print(message, file=sys.stderr, flush=True)
 
     texts, raw_labels, splits = read_labelled(cfg.data)
-    names, label_ids = label_vocabulary(raw_labels, cfg.labels)
+    data_path = Path(cfg.data).resolve()
+    try:
+        names, label_ids = label_vocabulary(raw_labels, cfg.labels)
+    except TinyGPTError as exc:
+        if ckpt is None:
+            raise
+        raise TinyGPTError(f"cannot resume {out} on {cfg.data}: {exc}, where the run's classes are "
+                           f"{cfg.labels}; restore the file or start a new run") from None
     train_rows, val_rows = split_indices(label_ids, splits, cfg.val_fraction, cfg.seed, len(names), names)
-    model, tokenizer, source = _load_body(cfg, texts)
+    # Another file, or this one edited, continues the run only if its rows split as the run's did: the
+    # saved batch order is a permutation of those training rows, and the best checkpoint was chosen on
+    # those validation rows. Texts or labels changed in place split alike: only a warning, as train's
+    split_sha256 = _split_digest(train_rows, val_rows)
+    if ckpt is not None and ckpt.train_config.get("split_sha256") != split_sha256:
+        raise TinyGPTError(f"cannot resume {out} on {cfg.data}: its rows no longer split into the run's "
+                           "training and validation rows (rows added, removed, moved or given another split "
+                           "or label since it started), and the batch order it continues is of those rows; "
+                           "restore the file or start a new run")
+    if ckpt is not None:
+        model, tokenizer = ckpt.model, ckpt.tokenizer
+        meta, head = _classifier_parts(ckpt, out)
+        source = meta.get("source", "its checkpoint")
+    else:
+        model, tokenizer, source = _load_body(cfg, texts)
+        head = init_head(model.config.n_embd, len(names), cfg.seed, model.dtype)
     if cfg.dropout is not None:
         model.config.dropout = float(cfg.dropout)
     model.recompute = bool(cfg.recompute)
@@ -659,42 +793,74 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool) -> dict:
     train_seqs = [seqs[i] for i in train_rows]
     val_seqs = [seqs[i] for i in val_rows]
     y_train, y_val = label_ids[train_rows], label_ids[val_rows]
-    head = init_head(model.config.n_embd, len(names), cfg.seed, model.dtype)
     trainable = dict(head) if cfg.freeze_body else {**model.params, **head}
     optimizer = AdamW(trainable, lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     max_iters = cfg.max_iters or cfg.epochs * steps_per_epoch
     min_lr = cfg.learning_rate / 10 if cfg.min_lr is None else cfg.min_lr
     warmup = min(cfg.warmup_iters, max_iters)
+    info = {"data": str(data_path), "val_fraction": cfg.val_fraction, "seed": cfg.seed,
+            "freeze_body": cfg.freeze_body, "source": source}
+    # the data path absolute (resumable from any directory), the file's sha256 and its split's, and the
+    # run's length in steps (its schedule decays over it): what a resume checks its own against
+    record = {**cfg.to_dict(), "data": str(data_path), "task": "classify", "labels": names,
+              "data_sha256": hashlib.sha256(data_path.read_bytes()).hexdigest(), "split_sha256": split_sha256,
+              "total_steps": max_iters}
+    metrics_path = out / "metrics.jsonl"
+    # the loop's state, saved with each checkpoint: the best evaluation so far (DIR/best names it; its
+    # accuracy is the best accuracy, its val loss the tie-breaker) and the seconds run, over every run
+    state = {"step": 0, "best_step": None, "best_val_acc": None, "best_val_loss": None, "elapsed": 0.0}
+    # the batch order: a permutation of the training rows each epoch, drawn from `rng`, taken batch by
+    # batch from `position`. A checkpoint saves the generator as it was BEFORE it drew this epoch's order
+    # (`order_drawn_from`) and the position: a resume draws the same order again, which leaves the
+    # generator where the uninterrupted run's is, without saving the order itself (one id a row)
+    rng = np.random.default_rng([cfg.seed, 6])
+    position = 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt.optimizer_state)
+        optimizer.weight_decay = cfg.weight_decay  # (a flag that may change on resume)
+        state.update({k: ckpt.state[k] for k in state if k in ckpt.state})
+        rng = rng_from_state(ckpt.state["sampler_rng"])
+        position = ckpt.state.get("epoch_position")
+        if not (is_int(position) and 0 <= position <= len(train_rows)):
+            raise TinyGPTError(f"corrupt checkpoint: {ckpt.path / 'state.json'} has an invalid "
+                               f"epoch_position ({position!r}) for {len(train_rows)} training rows")
+        if ckpt.state.get("dropout_rng"):
+            model.dropout_rng = rng_from_state(ckpt.state["dropout_rng"])
+        repair_best_link(out, ckpt.state)
+        truncate_metrics(metrics_path, state["step"])
+        _warn_if_resume_is_not_exact(ckpt.train_config, record, state["step"])
+    first_step = int(state["step"])
     verb = "fine-tuning" if cfg.init_from or cfg.pretrained else "training"
-    say(f"{verb} {'the head only (body frozen)' if cfg.freeze_body else 'every parameter'} of a "
-        f"{model.num_params():,}-parameter GPT from {source}: {len(names)} classes {names}, "
-        f"{len(train_rows)} train / {len(val_rows)} val texts, {max_iters} steps of {cfg.batch_size}")
+    if ckpt is None:
+        say(f"{verb} {'the head only (body frozen)' if cfg.freeze_body else 'every parameter'} of a "
+            f"{model.num_params():,}-parameter GPT from {source}: {len(names)} classes {names}, "
+            f"{len(train_rows)} train / {len(val_rows)} val texts, {max_iters} steps of {cfg.batch_size}")
+    elif first_step >= max_iters:
+        length = f"--max-iters {max_iters}" if cfg.max_iters else f"{max_iters} steps (--epochs {cfg.epochs})"
+        say(f"{out} is already at step {first_step} >= {length}; nothing to do")
+    else:
+        say(f"resuming {out} at step {first_step} of {max_iters}")
     if not len(val_rows):
         say("note: no validation split: only the training loss and accuracy are reported")
     if n_truncated:
         say(f"note: {n_truncated} of {len(texts)} texts are longer than block_size "
             f"{model.config.block_size} tokens and were truncated to their first {model.config.block_size}")
 
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / "metrics.jsonl"
-    if metrics_path.exists():
-        metrics_path.unlink()
+    if ckpt is None:
+        out.mkdir(parents=True, exist_ok=True)
+        if metrics_path.exists():
+            metrics_path.unlink()  # metrics of an earlier run that never saved a checkpoint
     # With a frozen body its features never change: compute them once, then train a softmax regression.
     frozen_train = pooled_features(model, train_seqs) if cfg.freeze_body else None
     frozen_val = pooled_features(model, val_seqs) if cfg.freeze_body and len(val_rows) else None
-    info = {"data": str(Path(cfg.data).resolve()), "val_fraction": cfg.val_fraction, "seed": cfg.seed,
-            "freeze_body": cfg.freeze_body, "source": source}
-    record = {**cfg.to_dict(), "task": "classify", "labels": names}
-    rng = np.random.default_rng([cfg.seed, 6])
+    order_drawn_from = rng_state(rng)
+    epoch_order = rng.permutation(len(train_rows))
     start = time.perf_counter()
+    elapsed_before = float(state["elapsed"])
     running = {"loss": 0.0, "correct": 0, "seen": 0}
-    epoch_order, position = rng.permutation(len(train_rows)), 0
-    best_val_acc = None
-    best_score = None  # (val accuracy, -val loss) of the checkpoint DIR/best names: accuracy, then loss
 
     def evaluate_and_save(step, epoch, lr):
-        nonlocal best_val_acc, best_score
         row = {"step": step, "epoch": round(epoch, 3)}
         if running["seen"]:
             row["train_loss"] = running["loss"] / running["seen"]
@@ -702,28 +868,31 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool) -> dict:
         if len(val_rows):
             features = frozen_val if cfg.freeze_body else pooled_features(model, val_seqs)
             _, row["val_loss"], row["val_acc"] = _scores(features, head, y_val)
-            best_val_acc = max(best_val_acc or 0.0, row["val_acc"])
-        score = (row["val_acc"], -row["val_loss"]) if "val_acc" in row else None
-        best = score is not None and (best_score is None or score > best_score)
+        # the checkpoint DIR/best names: the highest val accuracy, then the lowest val loss
+        best = "val_acc" in row and (state["best_step"] is None or (row["val_acc"], -row["val_loss"]) >
+                                     (state["best_val_acc"], -state["best_val_loss"]))
         if best:
-            best_score = score
-        row.update({"lr": lr, "elapsed": round(time.perf_counter() - start, 3)})
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        state = {"step": step, **{k: row[k] for k in ("val_acc", "val_loss") if k in row}}
-        save_checkpoint(out, _ClassifierForSaving(model, head, names, info), tokenizer, None, record, state,
-                        best=best)
+            state.update(best_step=step, best_val_acc=row["val_acc"], best_val_loss=row["val_loss"])
+        state["step"] = step
+        state["elapsed"] = elapsed_before + time.perf_counter() - start
+        row.update({"lr": lr, "elapsed": round(state["elapsed"], 3)})
+        append_jsonl(metrics_path, row)  # before the checkpoint: resume truncates rows past its step
+        save_checkpoint(out, _ClassifierForSaving(model, head, names, info), tokenizer, optimizer, record, {
+            **state, **{k: row[k] for k in ("val_acc", "val_loss") if k in row},
+            "sampler_rng": order_drawn_from, "epoch_position": position,
+            "dropout_rng": rng_state(model.dropout_rng)}, best=best)
         shown = ", ".join(f"{k} {row[k]:.4f}" for k in ("train_loss", "train_acc", "val_loss", "val_acc")
                           if k in row)
         # step 0 without a validation split has nothing measured yet (train metrics are running means)
         say(f"step {step} (epoch {epoch:.2f}): {shown or 'nothing to evaluate yet (no validation split)'}")
         running.update(loss=0.0, correct=0, seen=0)
-        return row
 
-    row = evaluate_and_save(0, 0.0, lr_at(0, cfg.learning_rate, warmup, max_iters, min_lr))
+    if ckpt is None:
+        evaluate_and_save(0, 0.0, lr_at(0, cfg.learning_rate, warmup, max_iters, min_lr))
     model.train()
-    for step in range(max_iters):
+    for step in range(first_step, max_iters):
         if position >= len(epoch_order):
+            order_drawn_from = rng_state(rng)
             epoch_order, position = rng.permutation(len(train_rows)), 0
         batch = epoch_order[position : position + cfg.batch_size]
         position += len(batch)
@@ -747,17 +916,22 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool) -> dict:
         running["seen"] += len(batch)
         done = step + 1
         if done % cfg.eval_interval == 0 or done == max_iters:
-            row = evaluate_and_save(done, done / steps_per_epoch,
-                                    lr_at(done, cfg.learning_rate, warmup, max_iters, min_lr))
+            evaluate_and_save(done, done / steps_per_epoch,
+                              lr_at(done, cfg.learning_rate, warmup, max_iters, min_lr))
             model.train()
-    elapsed = time.perf_counter() - start
-    summary = {"out": str(out), "step": max_iters, "val_acc": row.get("val_acc"),
-               "val_loss": row.get("val_loss"), "best_val_acc": best_val_acc, "elapsed": elapsed,
-               "labels": names, "train_size": len(train_rows), "val_size": len(val_rows),
-               "truncated": n_truncated}
+    rows = read_metrics(metrics_path)
+    last = rows[-1] if rows else {}
+    elapsed = elapsed_before + time.perf_counter() - start
+    summary = {"out": str(out), "step": int(state["step"]), "val_acc": last.get("val_acc"),
+               "val_loss": last.get("val_loss"), "best_val_acc": state["best_val_acc"],
+               "best_step": state["best_step"], "elapsed": elapsed, "labels": names,
+               "train_size": len(train_rows), "val_size": len(val_rows), "truncated": n_truncated}
     if not quiet:
         acc = f"{summary['val_acc']:.4f}" if summary["val_acc"] is not None else "n/a (no val split)"
-        print(f"done: {max_iters} steps in {elapsed:.1f} s; val accuracy {acc}; checkpoint in {out}")
+        took = f"{elapsed:.1f} s"
+        if elapsed_before:  # a resumed run: the total is over every run of this directory
+            took += f" in all, {elapsed - elapsed_before:.1f} s in this run"
+        print(f"done: {summary['step']} steps in {took}; val accuracy {acc}; checkpoint in {out}")
     return summary
 
 
@@ -789,11 +963,17 @@ def is_classifier_dir(out_dir) -> bool:
 
 def load_classifier(out_dir, backend: str = "numpy") -> Classifier:
     """The classifier saved in ``out_dir`` by :func:`finetune_classifier` (verified like any checkpoint)."""
-    from safetensors.numpy import load_file
-
     from tinygpt.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(out_dir, backend=backend, with_optimizer=False)
+    meta, head = _classifier_parts(ckpt, out_dir)
+    return Classifier(ckpt.model, ckpt.tokenizer, head, meta["labels"], meta, ckpt.train_config)
+
+
+def _classifier_parts(ckpt, out_dir) -> tuple[dict, dict]:
+    """``(config.json's tinygpt_classifier entry, the head's tensors)`` of a loaded checkpoint."""
+    from safetensors.numpy import load_file
+
     config = json.loads((ckpt.path / "config.json").read_text())
     meta = config.get("tinygpt_classifier")
     if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list):
@@ -807,7 +987,7 @@ def load_classifier(out_dir, backend: str = "numpy") -> Classifier:
     if head[HEAD_WEIGHT].shape != (ckpt.model.config.n_embd, len(meta["labels"])):
         raise TinyGPTError(f"corrupt classifier checkpoint in {ckpt.path}: {HEAD_WEIGHT} has shape "
                            f"{head[HEAD_WEIGHT].shape} for {len(meta['labels'])} labels")
-    return Classifier(ckpt.model, ckpt.tokenizer, head, meta["labels"], meta, ckpt.train_config)
+    return meta, head
 
 
 def predict_proba(clf: Classifier, texts: list[str], batch_size: int = 64) -> np.ndarray:
