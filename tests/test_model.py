@@ -705,6 +705,18 @@ def test_a_safetensors_index_that_is_not_utf8_is_one_error(tmp_path):
         GPT.from_pretrained(tmp_path)
 
 
+def test_a_git_lfs_pointer_for_model_safetensors_says_so(tmp_path):
+    # guards: a GPT-2 directory cloned without Git LFS was "cannot read .../model.safetensors: Error while
+    # deserializing header: header too large", naming neither the cause nor the cure
+    GPT(GPTConfig(**TINY)).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\n"
+                                                "oid sha256:248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b4"
+                                                "73182f0f81d3a707\nsize 548105171\n")
+    with pytest.raises(TinyGPTError, match=r"model\.safetensors: it is a Git LFS pointer, not the weights "
+                       r"\(the 548,105,171-byte file was not downloaded\): run `git lfs pull`"):
+        GPT.from_pretrained(tmp_path)
+
+
 def test_sharded_checkpoint_loads_every_shard(tmp_path):
     # guards: a sharded checkpoint (model.safetensors.index.json) read only partly, e.g. the first shard
     from safetensors.numpy import load_file, save_file

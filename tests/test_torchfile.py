@@ -194,11 +194,33 @@ def test_truncated_and_foreign_files_are_one_error(tmp_path, layout):
         (tmp_path / "cut.bin").write_bytes(whole[:cut])
         with pytest.raises(TinyGPTError, match=rf"cannot read .*cut\.bin: .*({message})"):
             read_state_dict(tmp_path / "cut.bin")
-    (tmp_path / "text.bin").write_text("version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer
+    (tmp_path / "text.bin").write_text("weights: none\n")
     with pytest.raises(TinyGPTError, match="neither a zip archive nor a legacy torch.save file"):
         read_state_dict(tmp_path / "text.bin")
     with pytest.raises(TinyGPTError, match="No such file"):
         read_state_dict(tmp_path / "absent.bin")
+
+
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\n"
+               "oid sha256:248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707\n"
+               "size 548105171\n")
+
+
+def test_a_git_lfs_pointer_is_named_with_how_to_fetch_the_weights(tmp_path):
+    # guards: a repository cloned without Git LFS holds a three-line pointer where the weights belong, and
+    # the reader's complaint ("neither a zip archive nor a legacy torch.save file", safetensors' "header too
+    # large") said nothing of that
+    from tinygpt.files import unreadable_weights
+
+    (tmp_path / "pytorch_model.bin").write_text(LFS_POINTER)
+    with pytest.raises(TinyGPTError, match=r"pytorch_model\.bin: it is a Git LFS pointer, not the weights "
+                       r"\(the 548,105,171-byte file was not downloaded\): run `git lfs pull`"):
+        read_state_dict(tmp_path / "pytorch_model.bin")
+    (tmp_path / "ckpt.pt").write_text(LFS_POINTER.replace("size 548105171\n", ""))  # no size line
+    with pytest.raises(TinyGPTError, match=r"ckpt\.pt: it is a Git LFS pointer, not the weights \(the file "):
+        read_checkpoint(tmp_path / "ckpt.pt")
+    # any other unreadable file keeps the reader's own reason
+    assert unreadable_weights(tmp_path / "absent.bin", "why") == f"cannot read {tmp_path / 'absent.bin'}: why"
 
 
 def _damage_zip_directory(whole: bytes, record: str, field: int, value: bytes) -> bytes:

@@ -113,3 +113,29 @@ def _is_stream(path: Path) -> bool:
         return True
     folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
     return folder == "/dev" or folder.startswith("/proc/")
+
+
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+
+
+def unreadable_weights(path: str | os.PathLike, reason) -> str:
+    """The one-line error for a weights file that would not read: ``cannot read PATH: reason``, or, when the
+    file is a Git LFS pointer, what it is and how to get the weights.
+
+    A model repository cloned without Git LFS (``git clone https://huggingface.co/gpt2`` with git-lfs not
+    installed, or ``GIT_LFS_SKIP_SMUDGE=1``) holds, in place of each weights file, a text file of three
+    lines naming it: the readers' own complaint ("header too large", "invalid load key, 'v'") says nothing
+    of that.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(200)
+    except OSError:
+        head = b""
+    if not head.startswith(_LFS_POINTER):
+        return f"cannot read {path}: {reason}"
+    size = next((line.split()[1] for line in head.decode("ascii", "replace").splitlines()[1:]
+                 if line.startswith("size ") and line.split()[1:2] and line.split()[1].isdigit()), None)
+    what = f"the {int(size):,}-byte file" if size else "the file"
+    return (f"cannot read {path}: it is a Git LFS pointer, not the weights ({what} was not downloaded): run "
+            "`git lfs pull` in its repository, or download the file itself")

@@ -68,7 +68,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from tinygpt.errors import TinyGPTError, is_int, is_number, shown
-from tinygpt.files import atomic_path, loads_json
+from tinygpt.files import atomic_path, loads_json, unreadable_weights
 
 __all__ = ["GPTConfig", "GPT", "get_layer_ops", "activation_floats_per_token"]
 
@@ -915,7 +915,7 @@ def _read_safetensors_file(file: str) -> dict[str, np.ndarray]:
     except TypeError:  # NumPy has no bfloat16 ("data type 'bfloat16' not understood")
         return _read_safetensors_widening_bfloat16(file)
     except (SafetensorError, OSError) as exc:
-        raise TinyGPTError(f"cannot read {file}: {exc}") from None
+        raise TinyGPTError(unreadable_weights(file, exc)) from None
 
 
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
@@ -952,4 +952,4 @@ def _read_safetensors_widening_bfloat16(file: str) -> dict[str, np.ndarray]:
             tensors[name] = array.reshape(info["shape"])
         return tensors
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TinyGPTError(f"cannot read {file}: {exc}") from None
+        raise TinyGPTError(unreadable_weights(file, exc)) from None

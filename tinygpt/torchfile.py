@@ -57,6 +57,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tinygpt.errors import TinyGPTError, is_int, shown
+from tinygpt.files import unreadable_weights
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -112,10 +113,8 @@ def _read(file, select):
                 return _read_zip(file, select)
             f.seek(0)
             return _read_legacy(f, select)
-    except TinyGPTError as exc:
-        raise TinyGPTError(f"cannot read {file}: {exc}") from None
-    except OSError as exc:
-        raise TinyGPTError(f"cannot read {file}: {exc}") from None
+    except (TinyGPTError, OSError) as exc:
+        raise TinyGPTError(unreadable_weights(file, exc)) from None
 
 
 # --- what the pickle is allowed to name ----------------------------------------------------------------
