@@ -459,7 +459,8 @@ def _mlp_gelu(config, backend: str):
 
 
 def _transformer(params, config, x, attention, backend="numpy"):
-    """The residual stream through every block, then ln_f: x (B, T, C) -> (B, T, C), x updated in place.
+    """The residual stream through every block: x (B, T, C) -> (B, T, C), x updated in place (ln_f is the
+    caller's).
 
     ``attention(i, qkv)`` is layer i's causal self-attention, (B, T, 3C) -> (B, T, C): the only part in
     which the cached and the uncached forward passes differ. ``backend`` picks the GELU (``_mlp_gelu``).

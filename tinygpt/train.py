@@ -63,7 +63,7 @@ class TrainConfig:
     # folder's own for a token directory. A token directory's ids are made: there it must be None or the
     # folder's, "char" with its meta.pkl, "gpt2" without (GPT-2's ids); another, "bpe" always, is refused
     # before any training (check_token_dir_tokenizer). An initial model's (init_from, pretrained) replaces it
-    vocab_size: int | None = None  # BPE only: 256 bytes + merges
+    vocab_size: int | None = None  # BPE only: 256 bytes + merges + <|endoftext|> (its last id)
     out: str = "out"
     init_from: str | None = None  # LM fine-tuning: start from this tinygpt run's weights and tokenizer
     pretrained: str | None = None  # ... or from a transformers GPT-2 directory
