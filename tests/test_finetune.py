@@ -373,6 +373,13 @@ def test_cli_finetune_predict_eval(tmp_path, lm_dir, capsys, fmt):
     counts = [int(n) for line in matrix for n in line.split()[1:]]
     assert sum(counts) == 4 and "val split" in text and "4 texts" in text
     assert (out / "confusion_val.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # sampling a classifier is its body's language model, said on stderr (it was silent)
+    sample = ["sample", "--out", str(out), "--prompt", "the ", "--max-new-tokens", "5", "--seed", "0"]
+    assert main(sample) == 0
+    sampled = capsys.readouterr()
+    assert sampled.out.startswith("the ") and len(sampled.out) >= len("the ") + 5
+    assert sampled.err == (f"tinygpt: note: {out} is a classifier (tinygpt finetune); sampling from its GPT "
+                           "body's tied LM head, its classifier head unused (tinygpt predict uses that)\n")
 
 
 def _fails(capsys, argv, *fragments):

@@ -556,8 +556,15 @@ def _run_sample(args):
         prompt = _tokenizer_read_utf8(args.prompt_file, drop_bom=True)  # not UTF-8 -> one-line error
     if args.pretrained is None:
         from tinygpt.checkpoint import load_model
+        from tinygpt.finetune import is_classifier_dir
 
         model, tokenizer = load_model(args.out or "out", backend=args.backend or "numpy")
+        # predict is what a classifier is for; sampling its body is allowed (to see what fine-tuning did to
+        # the language model), but said, as the text comes from the tied LM head, not the trained one
+        if is_classifier_dir(args.out or "out") and sys.stderr is not None:
+            print(f"tinygpt: note: {args.out or 'out'} is a classifier (tinygpt finetune); sampling from "
+                  "its GPT body's tied LM head, its classifier head unused (tinygpt predict uses that)",
+                  file=sys.stderr)
     else:
         model, tokenizer = _load_pretrained_for_sampling(args.pretrained, args.backend or "numpy")
     # the decoder's backend: the one asked for, else the compiled kernel where it pays, the exact GELU
