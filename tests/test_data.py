@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1323,3 +1325,49 @@ def test_a_long_id_scan_is_announced_before_it_starts(tmp_path, monkeypatch):
                     "read once"]
     data.open_token_dir(tmp_path / "fw", splits=("val",), say=told.append)  # 40 bytes of the val split only
     assert len(told) == 1
+
+
+def test_a_large_files_id_scan_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    # FineWeb's 20 GB were read at every start, resume and eval: a file unchanged since its last scan is
+    # not read again, and any change to it (even in place, its size and mtime kept) means a new scan
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_REMEMBER_SCAN_BYTES", 1100)  # llm.c's 1 KiB header and 120 bytes of ids
+    _write_shards(tmp_path / "fw", "fw", {"val": {0: range(20)}, "train": {1: range(60), 2: range(30)}})
+    hour_ago = time.time() - 3600
+    for path in (tmp_path / "fw").iterdir():  # settled files (one written a moment ago may still be)
+        os.utime(path, (hour_ago, hour_ago))
+    big = tmp_path / "fw" / "fw_train_000001.bin"  # the only file large enough to be remembered
+    scanned = []
+    scan = data._max_id_below
+    monkeypatch.setattr(data, "_max_id_below", lambda tokens, limit, path, vocabulary: (
+        scanned.append(Path(path).name), scan(tokens, limit, path, vocabulary))[1])
+    assert data.open_token_dir(tmp_path / "fw").meta["max_id"] == 59
+    assert sorted(scanned) == ["fw_train_000001.bin", "fw_train_000002.bin", "fw_val_000000.bin"]
+    scanned.clear()
+    told = []
+    monkeypatch.setattr(data, "_SAY_SCAN_BYTES", 50)
+    assert data.open_token_dir(tmp_path / "fw", say=told.append).meta["max_id"] == 59
+    assert sorted(scanned) == ["fw_train_000002.bin", "fw_val_000000.bin"]
+    assert told == [f"checking every id of {tmp_path / 'fw'} (0.0 GB in 2 files) against the vocabulary, "
+                    "read once"]  # the files it reads
+    # rewritten in place, the same size and mtime: an id past GPT-2's vocabulary is found and named
+    time.sleep(0.05)  # (past the status-change time's granularity)
+    whole = bytearray(big.read_bytes())
+    whole[-2:] = np.uint16(60_000).tobytes()
+    with open(big, "r+b") as f:
+        f.write(whole)
+    os.utime(big, (hour_ago, hour_ago))
+    with pytest.raises(TinyGPTError, match=r"fw_train_000001\.bin holds id 60000 at position 59"):
+        data.open_token_dir(tmp_path / "fw")
+    # a file modified a moment before its scan is scanned but not remembered: it may still be being written
+    whole[-2:] = np.uint16(7).tobytes()
+    big.write_bytes(whole)
+    data.open_token_dir(tmp_path / "fw")
+    scanned.clear()
+    assert data.open_token_dir(tmp_path / "fw").meta["max_id"] == 58
+    assert "fw_train_000001.bin" in scanned
+    # an unwritable cache costs a scan, nothing else
+    os.utime(big, (hour_ago, hour_ago))
+    monkeypatch.setenv("TINYGPT_CACHE", str(big))  # a file, not a directory
+    scanned.clear()
+    assert data.open_token_dir(tmp_path / "fw").meta["max_id"] == 58 and "fw_train_000001.bin" in scanned

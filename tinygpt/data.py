@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -415,6 +416,8 @@ _LLMC_SHARD_NAME = re.compile(r"(?P<name>.+)_(?P<split>train|val)_(?P<number>\d+
 _META_PICKLE_MAX_BYTES = 1 << 24  # 65 characters pickle to 0.7 KB, 100,000 to 1.8 MB
 _SAY_SCAN_BYTES = 1 << 30  # an id scan longer than this is announced (about a second at memory speed)
 _SCAN_CHUNK = 1 << 24  # ids per step of the id scan: 32 MiB of uint16 at a time, whatever the file's size
+_REMEMBER_SCAN_BYTES = 1 << 28  # a file of 256 MiB or more keeps its scan's result (below: a blink to redo)
+_SETTLED_NS = 2 * 10**9  # a file modified less than this before its scan may still be being written
 _FINGERPRINT_BLOCKS, _FINGERPRINT_BLOCK_BYTES = 64, 1 << 16
 
 
@@ -730,6 +733,51 @@ def _max_id_below(tokens: np.ndarray, limit: int, path: Path, vocabulary: str) -
     return largest
 
 
+def _file_identity(path: Path) -> dict:
+    """What tells one version of a file from another without reading it: its resolved path, size, inode and
+    device, and its modification and status-change times (the latter set by the kernel on every write, and
+    not by utime: a file rewritten in place and given its old mtime back still changes it)."""
+    st = os.stat(path)
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "inode": st.st_ino, "device": st.st_dev,
+            "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
+def _scan_record(path: Path) -> Path:
+    return cache_dir() / "id-scans" / f"{sha256_bytes(str(Path(path).resolve()).encode())[:32]}.json"
+
+
+def _remembered_max_id(path: Path) -> int | None:
+    """The largest id of the token file ``path`` as an earlier scan of this very version of it found it
+    (:func:`_remember_max_id`), or None: not scanned, changed since, or too small to be worth remembering."""
+    try:
+        if os.stat(path).st_size < _REMEMBER_SCAN_BYTES:
+            return None
+        record = loads_json(_scan_record(path).read_bytes())
+        max_id = record["max_id"]
+        if record["file"] == _file_identity(path) and is_int(max_id) and max_id >= 0:
+            return max_id
+    except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable: scan
+        pass
+    return None
+
+
+def _remember_max_id(path: Path, before: dict, max_id: int, started_ns: int) -> None:
+    """Record a scan's result in the user cache, for the next start to skip reading the file: only when
+    the file is large, was the same before the scan as after it, and had been left alone for a while
+    before the scan began (one being written could change within its modification time's granularity).
+    A cache that cannot be written costs the next start a scan, nothing else."""
+    if before["size"] < _REMEMBER_SCAN_BYTES or before["mtime_ns"] > started_ns - _SETTLED_NS:
+        return
+    try:
+        if _file_identity(path) != before:
+            return
+        record = _scan_record(path)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(record, json.dumps({"file": before, "max_id": int(max_id)}).encode())
+    except (OSError, TinyGPTError):
+        pass
+
+
 def token_files_fingerprint(paths) -> str:
     """sha256 over each file's name, size and 64 blocks of 64 KiB spread evenly from its start to its end
     (all of a file of 4 MiB or less): what a run records to tell, on resume, whether its token files changed.
@@ -782,7 +830,10 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     The ids are characters if nanoGPT's ``meta.pkl`` is there (:func:`read_char_vocabulary`), else GPT-2's.
     Checked before any training: both splits present, each file a whole number of uint16 ids (llm.c's: as
     many as its header says), not empty, and every id below the vocabulary's size (a chunked scan of each
-    file, read once, at disk speed; an id out of range is named by its file and its position there).
+    file, read once, at disk speed; an id out of range is named by its file and its position there). A file
+    of 256 MiB or more is scanned once per version of it: the largest id found is kept in the user cache
+    (``cache_dir()/id-scans``) with the file's size, inode and times, and a later start with the file
+    unchanged reads that instead of the file.
     ``tokenizer`` (a trained model's, ``tokenizer_of`` naming it) replaces the folder's own and must read
     its ids as it does: for characters, the same characters at the same ids (more after them are allowed);
     for GPT-2's ids, not a character tokenizer, more ids than the largest in the files, and each of those
@@ -807,14 +858,24 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     vocab_size, vocabulary = ((own.vocab_size, "its meta.pkl's vocabulary") if own is not None
                               else (GPT2_VOCAB_SIZE, "GPT-2's tokenizer"))
     files = {"train": list(zip(train_maps, train_paths)), "val": list(zip(val_maps, val_paths))}
-    scanned = sum(tokens.nbytes for split in splits for tokens, _ in files[split])
+    # a large file scanned before, unchanged since, is not read again (FineWeb's 20 GB at every start)
+    max_id, to_scan = 0, []
+    for tokens, path in (file for split in splits for file in files[split]):
+        known = _remembered_max_id(path)
+        if known is not None and known < vocab_size:
+            max_id = max(max_id, known)
+        else:  # (one at or past the vocabulary is scanned again, to name the id's position)
+            to_scan.append((tokens, path))
+    scanned = sum(tokens.nbytes for tokens, _ in to_scan)
     if say is not None and scanned > _SAY_SCAN_BYTES:
-        n_files = sum(len(files[split]) for split in splits)
-        say(f"checking every id of {folder} ({scanned / 1e9:.1f} GB in {n_files:,} "
-            f"file{'s' if n_files > 1 else ''}) against the vocabulary, read once")
+        say(f"checking every id of {folder} ({scanned / 1e9:.1f} GB in {len(to_scan):,} "
+            f"file{'s' if len(to_scan) > 1 else ''}) against the vocabulary, read once")
     # shard by shard: an id out of range is named by its file and its position there
-    max_id = max(_max_id_below(tokens, vocab_size, path, vocabulary) for split in splits
-                 for tokens, path in files[split])
+    for tokens, path in to_scan:
+        before, started_ns = _file_identity(path), time.time_ns()
+        largest = _max_id_below(tokens, vocab_size, path, vocabulary)
+        _remember_max_id(path, before, largest, started_ns)
+        max_id = max(max_id, largest)
     if tokenizer is None:
         tokenizer = own if own is not None else load_tokenizer("gpt2")
     elif own is not None and (not isinstance(tokenizer, CharTokenizer) or tokenizer.chars[:own.vocab_size]
