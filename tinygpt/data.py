@@ -782,10 +782,10 @@ def token_files_fingerprint(paths) -> str:
     """sha256 over each file's name, size and 64 blocks of 64 KiB spread evenly from its start to its end
     (all of a file of 4 MiB or less): what a run records to tell, on resume, whether its token files changed.
 
-    Not a hash of every byte. The id scan of ``open_token_dir`` reads every byte at every start anyway, but
-    a max runs at memory speed where sha256 ran at 1.45 GB/s on one core of the development machine
-    (hashlib over 256 MiB in memory, 2026-12-02): on openwebtext's 17 GB that is about 12 s more of each
-    start and resume, for a record that only decides a warning (training goes on
+    Not a hash of every byte. The id scan of ``open_token_dir`` reads every byte of a file it has not
+    scanned before, but a max runs at memory speed where sha256 ran at 1.45 GB/s on one core of the
+    development machine (hashlib over 256 MiB in memory, 2026-12-02): on openwebtext's 17 GB that is about
+    12 s more of each start and resume, for a record that only decides a warning (training goes on
     either way). Files prepared again from other text or with another tokenizer differ in size or in some of
     64 blocks with near certainty; an edit in place that keeps the size and misses every block could go
     unnoticed. No modification time either: copying the folder to another machine changes it, not the data.
