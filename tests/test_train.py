@@ -1438,6 +1438,12 @@ def test_a_run_on_llmc_shards_is_the_run_on_their_ids_joined_and_resumes_and_eva
     err = capsys.readouterr().err
     assert err.count(f"checking every id of {shards} (0.0 GB in 6 files) against the vocabulary") == 1
     assert err.index("checking every id") < err.index("step 0:")
+    # and eval's, on stderr, its results alone on stdout (it waited in silence)
+    assert main(["eval", "--out", str(tmp_path / "told"), "--split", "train"]) == 0
+    told = capsys.readouterr()
+    assert told.err == (f"tinygpt: checking every id of {shards} (0.0 GB in 4 files) against the vocabulary, "
+                        "read once\n")
+    assert "checking" not in told.out and "loss" in told.out
 
 
 def _scripted_val_losses(monkeypatch, out, val_losses):

@@ -298,7 +298,7 @@ def _run_eval(args):
         raise TinyGPTError("--split all is for classifiers and --pretrained; a training run's language model "
                            "is evaluated on val or train")
     result = evaluate(args.out, data=args.data, split=args.split or "val", batch_size=args.batch_size,
-                      backend=args.backend, max_batches=args.max_batches, stride=args.stride)
+                      backend=args.backend, max_batches=args.max_batches, stride=args.stride, say=_say)
     windows = f", windows of {result['window']} tokens every {result['stride']}" if args.stride else ""
     print(f"{result['split']} split of {result['data']}: {result['tokens']:,} tokens, model at step "
           f"{result['step']}{windows}")
@@ -342,7 +342,7 @@ def _run_pretrained_eval(args):
 
     result = evaluate(pretrained=args.pretrained, data=args.data, split=args.split,
                       batch_size=args.batch_size, backend=args.backend, max_batches=args.max_batches,
-                      stride=args.stride)
+                      stride=args.stride, say=_say)
     _note_gpt2_tokenizer(args.pretrained, result["model"])
     if result["split"] == "all":
         print(f"all of {result['data']}: {result['tokens']:,} of its {result['split_tokens']:,} tokens "
@@ -502,6 +502,13 @@ def _load_pretrained_for_sampling(directory, backend):
     model, tokenizer, description = load_gpt2_dir(directory, backend=backend)
     _note_gpt2_tokenizer(directory, description)  # (once it loaded)
     return model, tokenizer
+
+
+def _say(message):
+    """A progress line on stderr, where the results on stdout stay clean (dropped when stderr is closed:
+    print's file=None would be stdout)."""
+    if sys.stderr is not None:
+        print(f"tinygpt: {message}", file=sys.stderr)
 
 
 def _note_gpt2_tokenizer(directory, description):

@@ -850,7 +850,7 @@ def metrics_figure(rows: list[dict], name: str):
 
 def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, split: str | None = None,
              batch_size: int | None = None, backend: str = "auto", max_batches: int | None = None,
-             stride: int | None = None, pretrained: str | os.PathLike | None = None) -> dict:
+             stride: int | None = None, pretrained: str | os.PathLike | None = None, say=None) -> dict:
     """Loss, perplexity and bits per byte of a trained model on a whole split of a text file.
 
     The model is a training run's (``out_dir``) or a transformers GPT-2 directory's or nanoGPT checkpoint's
@@ -870,7 +870,9 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
     per-token loss, it compares models with different tokenizers. ``batch_size`` is windows per forward
     pass: 32 for a run's small windows, 1 for a pretrained model, whose logits over one 1024-token window of
     GPT-2 take 196 MiB. The forwards keep no caches (``keep_caches=False``): one such window peaks at about
-    400 MiB (traced, GPT-2 small's shape), where a training forward keeps 1.1 GiB of activations.
+    400 MiB (traced, GPT-2 small's shape), where a training forward keeps 1.1 GiB of activations. ``say``
+    (a function of one line) is told before a long wait with nothing else to show: an id scan of more than
+    1 GiB of token files (``data.open_token_dir``; a FineWeb train split is 20 GB).
     """
     from tinygpt.data import VAL_FRACTION, iter_eval_windows, open_token_dir, prepare_dataset
 
@@ -920,7 +922,8 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
         raise TinyGPTError(f"--stride {stride} exceeds the model's context of {block} tokens")
     data_path = Path(data) if data else _data_path(ckpt.train_config.get("data"))
     if data_path.is_dir():
-        dataset = open_token_dir(data_path, tokenizer=tokenizer, tokenizer_of=source, splits=(split,))
+        dataset = open_token_dir(data_path, tokenizer=tokenizer, tokenizer_of=source, splits=(split,),
+                                 say=say)
     else:
         # (split "all": the whole text as the "train" part of a split with no val part)
         val_fraction = 0.0 if split == "all" else VAL_FRACTION
