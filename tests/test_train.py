@@ -1684,6 +1684,38 @@ def test_a_resumed_run_keeps_hellaswag_and_writes_the_uninterrupted_rows(corpus,
     assert part.train_config["hellaswag"] == str(path)
 
 
+def test_no_hellaswag_stops_a_resumed_runs_scoring_and_drops_a_configs(corpus, tmp_path, capsys):
+    # a run started with --hellaswag scored it at every evaluation of every resume: None, an absent flag,
+    # could not clear it (a CPU run could not drop a slow evaluation it no longer wanted)
+    path = _hellaswag_file(tmp_path / "hs.jsonl")
+    kw = {"eval_interval": 3, "lr_decay_iters": 9, "hellaswag": str(path), "hellaswag_limit": 2}
+    training.train(_config(corpus, tmp_path / "full", max_iters=9, **kw), quiet=True)
+    training.train(_config(corpus, tmp_path / "part", max_iters=3, **kw), quiet=True)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(tmp_path / "part"), "--max-iters", "9", "--no-hellaswag",
+                 "--quiet"]) == 0
+    assert ("tinygpt: warning: HellaSwag is no longer scored: the rows from here have no hellaswag_acc; the "
+            "resumed run is not the uninterrupted one") in capsys.readouterr().err
+    rows = _rows(tmp_path / "part")
+    assert [r["step"] for r in rows] == [0, 3, 6, 9]
+    assert ["hellaswag_acc" in r for r in rows] == [True, True, False, False]
+    saved = load_checkpoint(tmp_path / "part").train_config
+    assert (saved["hellaswag"], saved["hellaswag_limit"]) == (None, None)
+    full, part = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
+    for name, p in full.model.params.items():  # (scoring draws from no RNG: the same weights)
+        np.testing.assert_array_equal(part.model.params[name], p, err_msg=name)
+    # a config file's, dropped for one run
+    config = tmp_path / "run.toml"
+    config.write_text(f"hellaswag = {json.dumps(str(path))}\nmax_iters = 1\n")
+    assert main(["train", "--config", str(config), "--data", str(corpus), "--out", str(tmp_path / "run"),
+                 *TINY, "--no-hellaswag"]) == 0
+    assert not any("hellaswag_acc" in r for r in _rows(tmp_path / "run"))
+    for flag in (["--hellaswag", str(path)], ["--hellaswag-limit", "2"]):
+        line = one_line_error(capsys, ["train", "--resume", "--out", str(tmp_path / "part"), "--no-hellaswag",
+                                       *flag])
+        assert f"--no-hellaswag cannot be combined with {flag[0]}" in line
+
+
 def test_hellaswag_settings_and_files_a_run_cannot_score_are_refused_before_training(corpus, tmp_path,
                                                                                        monkeypatch, capsys):
     def no_batches(*args):  # refused before the first step, and before the step-0 evaluation too

@@ -244,6 +244,13 @@ def _run_train(args):
     overrides = {name: getattr(args, name) for name in train.FIELDS if getattr(args, name, None) is not None}
     _refuse_empty("--out", overrides.get("out"), "a directory")
     _refuse_empty("--config", args.config, "a preset or a file")  # not the default preset in its place
+    if args.no_hellaswag:  # (None is what an absent flag gives, so clearing needs a flag of its own)
+        given = next((flag for flag, name in (("--hellaswag", "hellaswag"), ("--hellaswag-limit",
+                                                                            "hellaswag_limit"))
+                      if name in overrides), None)
+        if given:
+            raise TinyGPTError(f"--no-hellaswag cannot be combined with {given}")
+        overrides.update(hellaswag=None, hellaswag_limit=None)
     if args.resume:
         if args.config:
             raise TinyGPTError("--config cannot be combined with --resume: the run's saved config is used "
@@ -400,6 +407,9 @@ def _add_training(sub):
                        "example's context and of its endings, per evaluation")
     hyper.add_argument("--hellaswag-limit", type=int, metavar="N",
                        help="with --hellaswag: score its first N examples only")
+    hyper.add_argument("--no-hellaswag", action="store_true",
+                       help="score no HellaSwag: with --resume, stop scoring what the run was started with; "
+                       "without, drop a config file's")
     p.set_defaults(func=_run_train)
 
     e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a trained model, a GPT-2 "

@@ -235,8 +235,10 @@ def _warn_if_resume_is_not_exact(saved: dict, now: dict) -> None:
                          ("backend", "backends agree only to rounding")):
         if name in saved and saved[name] != now[name]:
             notes.append(f"{_flag(name)} changed from {saved[name]!r} to {now[name]!r}: {effect}")
+    if saved.get("hellaswag") is not None and now["hellaswag"] is None:  # (--no-hellaswag)
+        notes.append("HellaSwag is no longer scored: the rows from here have no hellaswag_acc")
     for name in ("hellaswag", "hellaswag_limit"):  # (added to a run that had none: only new columns)
-        if saved.get("hellaswag") is not None and saved.get(name) != now[name]:
+        if None not in (saved.get("hellaswag"), now["hellaswag"]) and saved.get(name) != now[name]:
             notes.append(f"{_flag(name)} changed from {saved.get(name)!r} to {now[name]!r}: HellaSwag "
                          "accuracy is scored on other examples")
     for note in notes:
