@@ -1371,3 +1371,20 @@ def test_a_large_files_id_scan_is_remembered_until_the_file_changes(tmp_path, mo
     monkeypatch.setenv("TINYGPT_CACHE", str(big))  # a file, not a directory
     scanned.clear()
     assert data.open_token_dir(tmp_path / "fw").meta["max_id"] == 58 and "fw_train_000001.bin" in scanned
+
+
+def test_macos_appledouble_files_beside_the_token_files_are_not_token_files(tmp_path):
+    # a FineWeb folder carried over on an exFAT stick from a Mac holds ._NAME beside each NAME (the Finder's
+    # metadata, 4 KB): they made a second dataset of the folder ("holds the llm.c shards of 2 datasets")
+    _write_shards(tmp_path / "fw", "fw", {"val": {0: range(20)}, "train": {1: range(30)}})
+    (tmp_path / "pair").mkdir()
+    _write_llmc(tmp_path / "pair" / "tiny_train.bin", range(30))
+    _write_llmc(tmp_path / "pair" / "tiny_val.bin", range(20))
+    for folder in (tmp_path / "fw", tmp_path / "pair"):
+        for path in list(folder.iterdir()):
+            (folder / f"._{path.name}").write_bytes(b"\x00\x05\x16\x07" + bytes(4092))  # AppleDouble's magic
+    train, val, header = data.token_files(tmp_path / "fw")
+    assert [p.name for p in (*train, *val)] == ["fw_train_000001.bin", "fw_val_000000.bin"]
+    assert data.open_token_dir(tmp_path / "fw").meta["train_tokens"] == 30
+    train, val, header = data.token_files(tmp_path / "pair")
+    assert (train[0].name, val[0].name, header) == ("tiny_train.bin", "tiny_val.bin", 1024)

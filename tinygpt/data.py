@@ -435,7 +435,8 @@ def token_files(folder: str | os.PathLike) -> tuple[tuple[Path, ...], tuple[Path
     folder = Path(folder)
     shards = _llmc_shards(folder)
     train, val = folder / "train.bin", folder / "val.bin"
-    pairs = sorted(p for p in folder.glob("*_train.bin") if p.with_name(p.name[:-9] + "val.bin").exists())
+    pairs = sorted(p for p in folder.glob("*_train.bin")
+                   if not _apple_double(p) and p.with_name(p.name[:-9] + "val.bin").exists())
     if shards and (train.exists() or val.exists() or pairs):
         beside = train.name if train.exists() else val.name if val.exists() else pairs[0].name
         raise TinyGPTError(f"data directory {folder} holds llm.c shards ({shards[0][0].name}, ...) and "
@@ -472,10 +473,18 @@ def token_files(folder: str | os.PathLike) -> tuple[tuple[Path, ...], tuple[Path
     return splits["train"], splits["val"], LLMC_HEADER_BYTES
 
 
+def _apple_double(path: Path) -> bool:
+    """Whether ``path`` is a macOS AppleDouble file, ``._NAME``: the Finder's metadata of ``NAME``, written
+    beside it on a drive that has no room for it (exFAT, FAT32, SMB shares: a dataset carried over on a USB
+    stick). A few KB, never token data: counted as shards, ``._fw_train_000001.bin`` made a second dataset
+    of the folder."""
+    return path.name.startswith("._")
+
+
 def _llmc_shards(folder: Path) -> list[tuple[Path, str, str]]:
     """``(path, dataset name, split)`` of each file of ``folder`` named as llm.c's shards, in the order of
     their numbers (then names)."""
-    named = [(p, _LLMC_SHARD_NAME.fullmatch(p.name)) for p in folder.glob("*.bin")]
+    named = [(p, _LLMC_SHARD_NAME.fullmatch(p.name)) for p in folder.glob("*.bin") if not _apple_double(p)]
     shards = sorted((int(m["number"]), p.name, p, m["name"], m["split"]) for p, m in named if m)
     return [(path, name, split) for _, _, path, name, split in shards]
 
