@@ -188,15 +188,18 @@ def test_a_long_example_keeps_the_end_of_its_context(gpt2_dirs):
     assert short.cut == len(enc.encode_ordinary("The crowd cheers as " + "b " * 14)) - 17 > 0
 
 
-def test_score_is_in_eval_mode_and_restores_the_mode():
-    # dropout 0.5 in training mode would change every score; after, the model is in training mode again
+@pytest.mark.parametrize("share_context", [True, False])
+def test_score_is_in_eval_mode_and_restores_the_mode(share_context):
+    # dropout 0.5 in training mode would change every score; after, the model is in training mode again.
+    # These rows share their context, so the row path (a cut example's, the cuda backend's), which is the
+    # one that reads the model's dropout, is asked for too: the shared path never applies dropout
     model = GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.5), seed=1)
     tokens = np.array([[1, 2, 3, 4, 0], [1, 2, 5, 6, 6]])
     mask = np.array([[0, 0, 1, 1, 0], [0, 0, 1, 1, 1]], dtype=bool)
-    first = hellaswag.score(model, tokens, mask)
+    first = hellaswag.score(model, tokens, mask, share_context=share_context)
     assert model.training
     model.eval()
-    again = hellaswag.score(model, tokens, mask)
+    again = hellaswag.score(model, tokens, mask, share_context=share_context)
     assert not model.training
     np.testing.assert_array_equal(first[0], again[0])
     logits, _ = model.forward(tokens[:, :-1])  # (2, 4, V), in eval mode
