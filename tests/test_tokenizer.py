@@ -1392,6 +1392,22 @@ def test_load_tokenizer_says_hf_tokenizers_own_file_is_not_read_and_how_to_write
                                            r"\(its model is 'WordPiece'\)$"):
         load_tokenizer(tmp_path / "bert.json")
 
+def test_load_tokenizer_gives_no_line_to_write_a_pair_of_a_bpe_that_is_not_byte_level(tmp_path):
+    # a SentencePiece-style BPE (Llama's, Mistral's; here one on whitespace-split words) has no byte tokens:
+    # the line it was given wrote a pair that then failed as "corrupt GPT-2 files ...: KeyError('Ā')"
+    tokenizers = pytest.importorskip("tokenizers")
+    hf = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="[UNK]"))
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    hf.train_from_iterator(["the cat sat on the mat"] * 20,
+                           tokenizers.trainers.BpeTrainer(vocab_size=40, special_tokens=["[UNK]"]))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(TinyGPTError, match=r"tokenizer\.json is Hugging Face tokenizers' format, which "
+                                           r"tinygpt does not read, and its BPE is not byte-level, as "
+                                           r"GPT-2's and tinygpt's are: its vocabulary has no token for "
+                                           r"byte 0 \('Ā'\)$"):
+        load_tokenizer(tmp_path)
+
+
 def test_gpt2_files_exported_before_specials_were_plain_text_still_load(tmp_path):
     # tinygpt's exports before 2026-12-01 wrote special tokens as byte-level text ("<|endĠofĠtext|>")
     specials = ["<|end of text|>", "<|é|>"]

@@ -884,10 +884,19 @@ def load_tokenizer(spec) -> BPETokenizer | CharTokenizer:
         return CharTokenizer.from_dict(d)
     if isinstance(d, dict) and isinstance(d.get("model"), dict) and "type" in d["model"]:
         # HF tokenizers' own file, all transformers' save_pretrained may write (no vocab.json + merges.txt)
-        model = d["model"]["type"]
-        how = (f": write the vocab.json + merges.txt it reads beside it, with tokenizers.Tokenizer.from_file("
-               f"'{path}').model.save('{path.parent}')" if model == "BPE"
-               else f" (its model is {shown(model)})")
+        model, vocab = d["model"]["type"], d["model"].get("vocab")
+        # the pair loads only if the BPE is byte-level, GPT-2's kind: a SentencePiece-style BPE (Llama's,
+        # Mistral's) has no byte tokens, and the line below wrote a pair refused as "corrupt GPT-2 files"
+        missing = next((i for i, c in enumerate(gpt2_bytes_to_unicode()) if c not in vocab), None) \
+            if model == "BPE" and isinstance(vocab, dict) else None
+        if model != "BPE":
+            how = f" (its model is {shown(model)})"
+        elif missing is not None:
+            how = (f", and its BPE is not byte-level, as GPT-2's and tinygpt's are: its vocabulary has no "
+                   f"token for byte {missing} ({gpt2_bytes_to_unicode()[missing]!r})")
+        else:
+            how = (f": write the vocab.json + merges.txt it reads beside it, with tokenizers.Tokenizer."
+                   f"from_file('{path}').model.save('{path.parent}')")
         raise TinyGPTError(f"{path} is Hugging Face tokenizers' format, which tinygpt does not read{how}")
     raise TinyGPTError(f"{path} is not a tokenizer file: its type must be 'bpe' or 'char', got {shown(kind)}")
 
