@@ -99,7 +99,9 @@ def test_bench_hellaswag_of_a_pretrained_directory_and_a_real_file(tmp_path, cap
                  tokenizer_files=_gpt2_tokenizer_files())
     items = [("A man is sitting on a roof. he", ["is here.", "starts."], 1),
              ("The crowd cheers as the team scores a goal in the last minute of the game and",
-              ["the fans go home.", "it rains."], 0)]  # the second cut to fit 16 tokens
+              ["the fans go home.", "it rains."], 0),  # the second cut to fit 16 tokens
+             ("The crowd cheers as the team scores a goal in the last minute of the game and",
+              ["yes.", "no."], 1)]  # and the third, its rows cut alike (endings of 2 tokens each): shared
     path = tmp_path / "hellaswag.jsonl"
     path.write_text("".join(json.dumps({"ctx": c, "endings": e, "label": y}) + "\n" for c, e, y in items))
     assert main(["bench", "hellaswag", "--pretrained", str(tmp_path / "gpt2"), "--hellaswag", str(path),
@@ -108,8 +110,9 @@ def test_bench_hellaswag_of_a_pretrained_directory_and_a_real_file(tmp_path, cap
     assert out.splitlines()[0] == (f"command: tinygpt bench hellaswag --pretrained {tmp_path / 'gpt2'} "
                                    f"--hellaswag {path} --limit 100 --seed 0 --backend numpy")
     assert "vocabulary 50257, block 16" in out
-    assert f"2 examples of {path} (1 cut to fit: scored by rows on both our sides)" in out
-    assert list(_rows(out)) == list(SIDES) and "(acc 2/2, acc_norm 2/2)" in out
+    assert (f"3 examples of {path} (2 cut to fit, 1 of them with rows keeping different parts of the "
+            "context: scored by rows on both our sides)") in out
+    assert list(_rows(out)) == list(SIDES) and "(acc 3/3, acc_norm 3/3)" in out
 
 
 @pytest.mark.parametrize("argv, message", [

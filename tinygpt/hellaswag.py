@@ -25,8 +25,9 @@ refused, naming the example: scored on a part of itself it would be a different 
 The context is the same in every row, so it is computed once: the context runs alone (batch 1), its
 keys and values are kept per layer (the KV cache of ``tinygpt.generate``), and the endings run as one batch
 after it, each attending over the context's keys and values and its own earlier tokens. An example with a
-context of 40 tokens and 4 endings of 25 reads 40 + 4 x 24 tokens, not 4 x 64 (``score``; the cut rows of
-a long example, which keep different parts of the context, and the cuda backend read every row whole).
+context of 40 tokens and 4 endings of 25 reads 40 + 4 x 24 tokens, not 4 x 64 (``score``; the rows of a
+long example cut to fit, which keep different parts of the context unless its endings are of one length, and
+the cuda backend read every row whole).
 
 ``evaluate(model, tokenizer, path)`` is the whole evaluation; ``iter_examples``, ``render`` and ``score`` are
 its steps, for a notebook to look into one example.

@@ -228,8 +228,10 @@ def _examples(args, model, tokenizer):
         rendered = hellaswag.render_all(read, tokenizer, model.config.block_size)
         examples = [(tokens, mask, example.label) for example, (tokens, mask, _) in zip(read, rendered)]
         cut = sum(r.cut > 0 for r in rendered)
-        what = (f"{len(examples)} examples of {args.hellaswag} ({cut} cut to fit: scored by rows on both our "
-                "sides)")
+        # (a cut example's rows share a context when its endings are as long as each other: cut alike)
+        unshared = sum(not hellaswag._shared_context(tokens, mask) for tokens, mask, _ in examples)
+        what = (f"{len(examples)} examples of {args.hellaswag} ({cut} cut to fit, {unshared} of them with "
+                "rows keeping different parts of the context: scored by rows on both our sides)")
     contexts = [int(mask[0].argmax()) for _, mask, _ in examples]
     ending_lengths = [int(n) for _, mask, _ in examples for n in mask.sum(axis=1)]
     what += (f"; mean context {np.mean(contexts):.1f} tokens, mean ending {np.mean(ending_lengths):.1f}, "
