@@ -260,6 +260,32 @@ def test_the_shared_context_scores_as_the_rows_do(backend, gpt2_dirs, monkeypatc
         np.testing.assert_allclose(mean, want_mean, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("settings", [{}, {"bias": False}, {"gelu": "erf"}, {"dropout": 0.3}])
+def test_the_shared_context_at_its_edges_scores_as_the_rows_do(backend, settings, monkeypatch):
+    # in float64, where the two paths agree to its rounding: nanoGPT's settings (no biases, the exact GELU),
+    # a model left in training mode with dropout, and the edges of the layout: a context of one token,
+    # endings of one token (nothing read after the context), and a row of exactly block_size + 1 tokens
+    config = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, **settings)
+    model = GPT(config, seed=2, dtype=np.float64, backend=backend)
+    model.train("dropout" in settings)  # (the dropout model in training mode, the others in eval mode)
+    rows_seen = _head_rows(model, monkeypatch)
+    examples = [([5], [[7], [8, 9, 10]]), ([5, 6], [[7], [8]]), ([1, 2, 3, 4, 5], [[6, 7, 8, 9], [10, 1]])]
+    for context, endings in examples:
+        width = len(context) + max(map(len, endings))
+        tokens, mask = np.zeros((len(endings), width), dtype=np.int64), np.zeros((len(endings), width), bool)
+        for i, ending in enumerate(endings):
+            tokens[i, : len(context) + len(ending)] = context + ending
+            mask[i, len(context) : len(context) + len(ending)] = True
+        rows_seen.clear()
+        summed, mean = hellaswag.score(model, tokens, mask)
+        assert rows_seen == [int(mask.sum()) - len(mask) + 1]  # the shared path
+        want_summed, want_mean = hellaswag.score(model, tokens, mask, share_context=False)
+        np.testing.assert_allclose(summed, want_summed, rtol=1e-12)
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-12)
+    assert model.training == ("dropout" in settings)  # (the mode restored)
+
+
 def test_rows_cut_to_fit_or_not_sharing_a_context_keep_the_row_path(gpt2_dirs, monkeypatch):
     model, tokenizer, _ = load_gpt2_dir(gpt2_dirs[16][0])
     rows_seen = _head_rows(model, monkeypatch)
