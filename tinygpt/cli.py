@@ -103,6 +103,11 @@ def _say(line: str) -> None:
         print(line, file=sys.stderr)
 
 
+def _say_progress(message: str) -> None:
+    """A library's progress line (``say=``: an id scan about to take a while), on stderr as ``_say``'s."""
+    _say(f"tinygpt: {message}")
+
+
 def _write_utf8(text: str) -> None:
     """Write to stdout in UTF-8 whatever its encoding: tokens are any Unicode, and a cp1252 or ASCII
     stdout (a Windows console, PYTHONIOENCODING, some pipes) raised UnicodeEncodeError mid-sample."""
@@ -312,7 +317,8 @@ def _run_eval(args):
         raise TinyGPTError("--split all is for classifiers and --pretrained; a training run's language model "
                            "is evaluated on val or train")
     result = evaluate(args.out, data=args.data, split=args.split or "val", batch_size=args.batch_size,
-                      backend=args.backend, max_batches=args.max_batches, stride=args.stride, say=_say)
+                      backend=args.backend, max_batches=args.max_batches, stride=args.stride,
+                      say=_say_progress)
     windows = f", windows of {result['window']} tokens every {result['stride']}" if args.stride else ""
     print(f"{result['split']} split of {result['data']}: {result['tokens']:,} tokens, model at step "
           f"{result['step']}{windows}")
@@ -356,7 +362,7 @@ def _run_pretrained_eval(args):
 
     result = evaluate(pretrained=args.pretrained, data=args.data, split=args.split,
                       batch_size=args.batch_size, backend=args.backend, max_batches=args.max_batches,
-                      stride=args.stride, say=_say)
+                      stride=args.stride, say=_say_progress)
     _note_gpt2_tokenizer(args.pretrained, result["model"])
     if result["split"] == "all":
         print(f"all of {result['data']}: {result['tokens']:,} of its {result['split_tokens']:,} tokens "
@@ -521,13 +527,6 @@ def _load_pretrained_for_sampling(directory, backend):
     return model, tokenizer
 
 
-def _say(message):
-    """A progress line on stderr, where the results on stdout stay clean (dropped when stderr is closed:
-    print's file=None would be stdout)."""
-    if sys.stderr is not None:
-        print(f"tinygpt: {message}", file=sys.stderr)
-
-
 def _note_gpt2_tokenizer(directory, description):
     """A note on stderr when load_gpt2_dir's ``description`` says the directory had no tokenizer files (or
     that it was a nanoGPT checkpoint, which never has)."""
@@ -582,10 +581,9 @@ def _run_sample(args):
         model, tokenizer = load_model(args.out or "out", backend=args.backend or "numpy")
         # predict is what a classifier is for; sampling its body is allowed (to see what fine-tuning did to
         # the language model), but said, as the text comes from the tied LM head, not the trained one
-        if is_classifier_dir(args.out or "out") and sys.stderr is not None:
-            print(f"tinygpt: note: {args.out or 'out'} is a classifier (tinygpt finetune); sampling from "
-                  "its GPT body's tied LM head, its classifier head unused (tinygpt predict uses that)",
-                  file=sys.stderr)
+        if is_classifier_dir(args.out or "out"):
+            _say(f"tinygpt: note: {args.out or 'out'} is a classifier (tinygpt finetune); sampling from its "
+                 "GPT body's tied LM head, its classifier head unused (tinygpt predict uses that)")
     else:
         model, tokenizer = _load_pretrained_for_sampling(args.pretrained, args.backend or "numpy")
     # the decoder's backend: the one asked for, else the compiled kernel where it pays, the exact GELU
