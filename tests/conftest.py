@@ -333,4 +333,5 @@ def one_line_error(capsys, argv):
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err, err
+    assert not lines[0].startswith("tinygpt: tinygpt:"), err  # (two helpers each adding the prefix)
     return lines[0]
