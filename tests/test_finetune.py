@@ -1558,6 +1558,30 @@ def test_resume_refusals_are_one_line_and_change_nothing(tmp_path, lm_dir, capsy
     assert main([*resume, "--seed", "1337", "--labels", "comedy, tragedy", "--val-fraction", "0.1"]) == 0
 
 
+def test_a_new_run_into_a_checkpoint_it_cannot_resume_is_not_told_to_pass_resume(tmp_path, lm_dir, capsys):
+    # a language model's run (finetune --init-from DIR --out DIR), a checkpoint directory and, for train, a
+    # classifier's run: each said "pass --resume to continue it", which --resume then refused
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    new_run = ["finetune", "--data", str(data), "--init-from", str(lm_dir), "--max-iters", "1", "--quiet"]
+    before = _files(lm_dir)
+    for out in (lm_dir, lm_dir / "latest"):
+        err = _fails(capsys, [*new_run, "--out", str(out)], "choose another --out")
+        assert "--resume" not in err
+    assert "holds a language model from `tinygpt train`" in _fails(capsys, [*new_run, "--out", str(lm_dir)])
+    assert "is a checkpoint" in _fails(capsys, [*new_run, "--out", str(lm_dir / "latest")])
+    assert _files(lm_dir) == before
+    clf = tmp_path / "clf"
+    assert main([*new_run, "--out", str(clf)]) == 0
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(row["text"] + "\n" for row in _rows()) * 20)
+    train = ["train", "--data", str(corpus), "--out", str(clf), "--n-layer", "1", "--n-head", "2", "--n-embd",
+             "8", "--block-size", "8", "--batch-size", "2", "--max-iters", "1", "--quiet"]
+    before = _files(clf)
+    assert "--resume" not in _fails(capsys, train, "holds a classifier from `tinygpt finetune`")
+    assert _files(clf) == before
+    _fails(capsys, [*new_run, "--out", str(clf)], "already holds a checkpoint: pass --resume to continue it")
+
+
 def test_a_checkpoint_saved_before_resume_existed_is_refused_and_still_predicts_and_evaluates(
         tmp_path, lm_dir, capsys):
     # what finetune saved until now: no AdamW moments, a state of the step and the val scores only

@@ -157,6 +157,36 @@ def check_new_run_dir(out_dir: str | os.PathLike) -> None:
                                "else choose another --out")
 
 
+def check_out_holds_no_run(out_dir: str | os.PathLike, classifier: bool) -> None:
+    """Refuse (TinyGPTError) a new run into an ``out_dir`` that holds a checkpoint, saying how to go on.
+
+    ``--resume`` is suggested only where it would continue the checkpoint: a run's directory (the one with
+    the ``latest`` link) of the same command, ``tinygpt finetune``'s classifier (``classifier``) or
+    ``tinygpt train``'s language model. The other command's run (finetune --init-from DIR --out DIR, the
+    same DIR) and a checkpoint directory itself are refused by --resume too, so the line does not send the
+    user there.
+    """
+    out_dir = Path(out_dir)
+    current = checkpoint_path(out_dir)
+    if current is None:
+        return
+    if not current.is_dir():  # a dangling link: --resume cannot continue it either
+        raise TinyGPTError(f"{out_dir / LATEST} points to a missing checkpoint: remove that link to start a "
+                           "new run there, or choose another --out")
+    if not (out_dir / LATEST).is_symlink():
+        raise TinyGPTError(f"{out_dir} is a checkpoint (a run's checkpoints/step-N, or a copy of one), not a "
+                           "run's directory: choose another --out")
+    from tinygpt.finetune import is_classifier_dir
+
+    if is_classifier_dir(out_dir) != classifier:
+        held = ("a language model from `tinygpt train`" if classifier else
+                "a classifier from `tinygpt finetune`")
+        raise TinyGPTError(f"{out_dir} already holds {held}, which this command cannot continue: choose "
+                           "another --out")
+    raise TinyGPTError(f"{out_dir} already holds a checkpoint: pass --resume to continue it, or choose "
+                       "another --out")
+
+
 def check_latest_is_a_link(out_dir: str | os.PathLike) -> None:
     """Refuse (TinyGPTError) a run directory whose ``latest`` or ``best`` is a real directory or file, not
     our link.

@@ -728,10 +728,9 @@ def _warn_if_resume_is_not_exact(saved: dict, now: dict, step: int) -> None:
 
 def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrides: dict) -> dict:
     from tinygpt.checkpoint import (
-        LATEST,
         check_metrics_are_ours,
         check_new_run_dir,
-        checkpoint_path,
+        check_out_holds_no_run,
         repair_best_link,
         save_checkpoint,
     )
@@ -745,13 +744,9 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
     ckpt = None
     if resume:
         cfg, ckpt = _resume_config(out, overrides)
-    elif out.is_dir() and checkpoint_path(out) is not None:
-        if not checkpoint_path(out).is_dir():  # a dangling link: --resume cannot continue it either
-            raise TinyGPTError(f"{out / LATEST} points to a missing checkpoint: remove that link to start a "
-                               "new run there, or choose another --out")
-        raise TinyGPTError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose "
-                           "another --out")
-    elif out.is_dir():  # before anything is written: never replace or delete what tinygpt did not write
+    elif out.is_dir():
+        # before anything is written: never replace or delete what tinygpt did not write
+        check_out_holds_no_run(out, classifier=True)
         check_new_run_dir(out)
         check_metrics_are_ours(out, {"step", "epoch"}, with_plot=False)  # (finetune draws no loss.png)
 

@@ -488,7 +488,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         check_latest_is_a_link,
         check_metrics_are_ours,
         check_new_run_dir,
-        checkpoint_path,
+        check_out_holds_no_run,
         load_checkpoint,
         repair_best_link,
         save_checkpoint,
@@ -531,13 +531,8 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
                                    f"({saved.get(name)!r} in {out})")
         cfg = make_config({**{k: v for k, v in saved.items() if k in FIELDS}, **(overrides or {}),
                            "out": str(out)})
-    elif out.is_dir() and checkpoint_path(out) is not None:
-        if not checkpoint_path(out).is_dir():  # a dangling link: --resume cannot continue it either
-            raise TinyGPTError(f"{out / LATEST} points to a missing checkpoint: remove that link to start a "
-                               "new run there, or choose another --out")
-        raise TinyGPTError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose "
-                           "another --out")
     elif out.is_dir():
+        check_out_holds_no_run(out, classifier=False)
         check_new_run_dir(out)  # before any training: a run must not replace files it did not write
         check_metrics_are_ours(out, {"step", "train_loss"})
     cfg.validate()
