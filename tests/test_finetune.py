@@ -1528,8 +1528,14 @@ def test_resume_refusals_are_one_line_and_change_nothing(tmp_path, lm_dir, capsy
         _fails(capsys, [*resume, flag, str(lm_dir)], f"{flag} starts a new run; it cannot be combined with "
                "--resume")
     for flags in (["--seed", "5"], ["--val-fraction", "0.3"], ["--labels", "tragedy,comedy"],
-                  ["--freeze-body"], ["--dropout", "0.2"], ["--n-layer", "1"], ["--tokenizer", "char"]):
+                  ["--freeze-body"]):
         _fails(capsys, [*resume, *flags], f"cannot change {flags[0]} when resuming (", f" in {out})")
+    # not given, the dropout and shape came from --init-from: the line names the model's dropout, and a shape
+    # or tokenizer flag is for a model from scratch, as a new run is told (each said 'None in DIR')
+    _fails(capsys, [*resume, "--dropout", "0.2"], f"cannot change --dropout when resuming (0.0 in {out})")
+    for flag, value in (("--n-layer", "1"), ("--tokenizer", "char")):
+        _fails(capsys, [*resume, flag, value], f"{flag} is for a model from scratch: with --init-from the "
+               "model's")
     _fails(capsys, [*resume[:2], "--out", str(out / "latest")], "is a checkpoint, not a fine-tuning run",
            "--resume takes the run's directory")
     _fails(capsys, new_run, f"{out} already holds a checkpoint: pass --resume to continue it, or choose "
@@ -1555,7 +1561,15 @@ def test_resume_refusals_are_one_line_and_change_nothing(tmp_path, lm_dir, capsy
     with pytest.raises(TinyGPTError, match="unknown setting 'max_steps'"):
         ft.finetune_classifier(ft.FinetuneConfig(out=str(out)), resume=True, overrides={"max_steps": 3})
     # given again as they are, the frozen settings are accepted (the labels as text, as the CLI reads them)
-    assert main([*resume, "--seed", "1337", "--labels", "comedy, tragedy", "--val-fraction", "0.1"]) == 0
+    assert main([*resume, "--seed", "1337", "--labels", "comedy, tragedy", "--val-fraction", "0.1",
+                 "--dropout", "0"]) == 0
+    scratch = tmp_path / "scratch"
+    assert main(["finetune", "--data", str(data), "--out", str(scratch), "--n-layer", "1", "--n-head", "2",
+                 "--n-embd", "8", "--block-size", "16", "--max-iters", "1", "--quiet"]) == 0
+    _fails(capsys, ["finetune", "--resume", "--out", str(scratch), "--n-layer", "2"],
+           f"cannot change --n-layer when resuming (1 in {scratch})")
+    assert main(["finetune", "--resume", "--out", str(scratch), "--n-layer", "1", "--dropout", "0",
+                 "--quiet"]) == 0
 
 
 def test_a_new_run_into_a_checkpoint_it_cannot_resume_is_not_told_to_pass_resume(tmp_path, lm_dir, capsys):

@@ -680,8 +680,14 @@ def _resume_config(out: Path, overrides: dict):
                            "predict and eval still read this one")
     saved = ckpt.train_config
     for name in FROZEN_ON_RESUME:
-        if name in overrides and not _same_setting(overrides[name], saved.get(name)):
-            raise TinyGPTError(f"cannot change {_flag(name)} when resuming ({saved.get(name)!r} in {out})")
+        value = saved.get(name)
+        if name not in overrides or (value is None and name in SCRATCH_DEFAULTS):
+            continue  # (a shape or tokenizer flag on a run from --init-from / --pretrained: validate() says
+            # it is for a model from scratch, as to a new run)
+        if value is None and name == "dropout":  # not given: the model's own, which the run kept
+            value = ckpt.model.config.dropout
+        if not _same_setting(overrides[name], value):
+            raise TinyGPTError(f"cannot change {_flag(name)} when resuming ({value!r} in {out})")
     values = {**{k: v for k, v in saved.items() if k in FIELDS}, **overrides, "out": str(out)}
     return FinetuneConfig(**values).validate(), ckpt
 
