@@ -1685,6 +1685,22 @@ def test_resuming_a_finished_run_does_nothing_and_a_longer_one_continues(tmp_pat
     assert f"{out} is already at step 6 >= --max-iters 6; nothing to do" in capsys.readouterr().err
 
 
+def test_resume_with_epochs_sets_the_length_of_a_run_started_with_max_iters(tmp_path, lm_dir, capsys):
+    # the saved --max-iters overrode --epochs given on resume: 'already at step 2 >= --max-iters 2; nothing
+    # to do', where README says a larger --epochs continues a run
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))  # 14 training rows: 4 steps of 4 an epoch
+    out = tmp_path / "clf"
+    ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), batch_size=4, max_iters=2,
+                                   eval_interval=2), quiet=True)
+    summary = ft.finetune_classifier(ft.FinetuneConfig(out=str(out)), resume=True, quiet=True,
+                                     overrides={"epochs": 2})
+    assert summary["step"] == 8 and load_checkpoint(out).train_config["max_iters"] is None
+    assert "the run's length changed from 2 to 8 steps" in capsys.readouterr().err
+    summary = ft.finetune_classifier(ft.FinetuneConfig(out=str(out)), resume=True, quiet=True,
+                                     overrides={"epochs": 5, "max_iters": 10})  # both: --max-iters, as ever
+    assert summary["step"] == 10
+
+
 def test_resume_drops_metrics_rows_past_its_checkpoint_and_refuses_a_bad_epoch_position(tmp_path, lm_dir,
                                                                                          capsys):
     data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))

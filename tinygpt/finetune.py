@@ -689,6 +689,8 @@ def _resume_config(out: Path, overrides: dict):
         if not _same_setting(overrides[name], value):
             raise TinyGPTError(f"cannot change {_flag(name)} when resuming ({value!r} in {out})")
     values = {**{k: v for k, v in saved.items() if k in FIELDS}, **overrides, "out": str(out)}
+    if "epochs" in overrides and "max_iters" not in overrides:  # the length given, in epochs: not lost to a
+        values["max_iters"] = None  # saved --max-iters, which a new run's --epochs never had to beat
     return FinetuneConfig(**values).validate(), ckpt
 
 
