@@ -187,6 +187,23 @@ def check_out_holds_no_run(out_dir: str | os.PathLike, classifier: bool) -> None
                        "another --out")
 
 
+def check_run_to_resume(out_dir: str | os.PathLike, run: str, overrides: dict) -> None:
+    """Refuse (TinyGPTError) what ``--resume`` cannot continue, before its checkpoint is read (``tinygpt
+    train``'s and ``tinygpt finetune``'s; ``run`` names the command's run, "training run"): a checkpoint
+    directory given for its run's directory (a resumed run writes the run's links, which a checkpoint has
+    none of), a ``latest`` or ``best`` that is not our link (refused now, not at the first save), and
+    ``--init-from`` or ``--pretrained`` in ``overrides`` (a resumed run continues its own weights)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / LATEST).is_symlink() and (out_dir / "state.json").is_file():
+        raise TinyGPTError(f"{out_dir} is a checkpoint, not a {run}: --resume takes the run's directory (the "
+                           f"one with the {LATEST!r} link), which it writes into")
+    check_latest_is_a_link(out_dir)
+    for name in ("init_from", "pretrained"):
+        if overrides.get(name):
+            raise TinyGPTError(f"--{name.replace('_', '-')} starts a new run; it cannot be combined with "
+                               "--resume")
+
+
 def check_latest_is_a_link(out_dir: str | os.PathLike) -> None:
     """Refuse (TinyGPTError) a run directory whose ``latest`` or ``best`` is a real directory or file, not
     our link.

@@ -658,18 +658,12 @@ def finetune_classifier(cfg: FinetuneConfig, quiet: bool = False, resume: bool =
 def _resume_config(out: Path, overrides: dict):
     """``(config, checkpoint)`` of the run in ``out`` that --resume continues: its saved settings with
     ``overrides``. What cannot be continued is refused before anything is written."""
-    from tinygpt.checkpoint import LATEST, check_latest_is_a_link, load_checkpoint
+    from tinygpt.checkpoint import check_run_to_resume, load_checkpoint
 
-    if not (out / LATEST).is_symlink() and (out / "state.json").is_file():
-        raise TinyGPTError(f"{out} is a checkpoint, not a fine-tuning run: --resume takes the run's "
-                           f"directory (the one with the {LATEST!r} link), which it writes into")
-    check_latest_is_a_link(out)  # a `best` that is a directory: refused now, not at the first save
+    check_run_to_resume(out, "fine-tuning run", overrides)
     unknown = sorted(set(overrides) - FIELDS)
     if unknown:
         raise TinyGPTError(f"unknown setting {unknown[0]!r}")
-    for name in ("init_from", "pretrained"):  # a resumed run continues its own weights
-        if overrides.get(name):
-            raise TinyGPTError(f"{_flag(name)} starts a new run; it cannot be combined with --resume")
     ckpt = load_checkpoint(out, backend=overrides.get("backend"))  # None: the run's own
     if "tinygpt_classifier" not in loads_json((ckpt.path / "config.json").read_text()):
         raise TinyGPTError(f"{out} holds a language model from `tinygpt train`, not a `tinygpt finetune` "

@@ -484,11 +484,10 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         from tqdm.auto import tqdm
 
     from tinygpt.checkpoint import (
-        LATEST,
-        check_latest_is_a_link,
         check_metrics_are_ours,
         check_new_run_dir,
         check_out_holds_no_run,
+        check_run_to_resume,
         load_checkpoint,
         repair_best_link,
         save_checkpoint,
@@ -511,18 +510,12 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
     metrics_path = out / "metrics.jsonl"
     ckpt = None
     if resume:
-        if not (out / LATEST).is_symlink() and (out / "state.json").is_file():
-            raise TinyGPTError(f"{out} is a checkpoint, not a training run: --resume takes the run's "
-                               f"directory (the one with the {LATEST!r} link), which it writes into")
-        check_latest_is_a_link(out)  # a `best` that is a directory: refused now, not at the first save
+        check_run_to_resume(out, "training run", overrides or {})
         from tinygpt.finetune import is_classifier_dir
 
         if is_classifier_dir(out):  # its saved settings are a classifier's, not a language model's
             raise TinyGPTError(f"{out} holds a classifier from `tinygpt finetune`, not a `tinygpt train` "
                                "run, so --resume cannot continue it")
-        for name in ("init_from", "pretrained"):  # a resumed run continues its own weights
-            if overrides and overrides.get(name):
-                raise TinyGPTError(f"{_flag(name)} starts a new run; it cannot be combined with --resume")
         ckpt = load_checkpoint(out, backend=(overrides or {}).get("backend"))  # None: the run's own
         saved = dict(ckpt.train_config)
         for name in FROZEN_ON_RESUME:
