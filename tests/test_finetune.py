@@ -1685,6 +1685,22 @@ def test_resuming_a_finished_run_does_nothing_and_a_longer_one_continues(tmp_pat
     assert f"{out} is already at step 6 >= --max-iters 6; nothing to do" in capsys.readouterr().err
 
 
+def test_resuming_a_finished_frozen_body_run_computes_no_features(tmp_path, lm_dir, monkeypatch):
+    # 'nothing to do' ran the body over every text first (the frozen body's features), minutes on GPT-2
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    out = tmp_path / "clf"
+    ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), freeze_body=True, max_iters=2,
+                                   eval_interval=2), quiet=True)
+    calls = []
+    real = ft.pooled_features
+    monkeypatch.setattr(ft, "pooled_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert ft.finetune_classifier(ft.FinetuneConfig(out=str(out)), resume=True, quiet=True)["step"] == 2
+    assert calls == []
+    assert ft.finetune_classifier(ft.FinetuneConfig(out=str(out)), resume=True, quiet=True,
+                                  overrides={"max_iters": 4})["step"] == 4
+    assert len(calls) == 2  # a longer run: the training and validation features, once
+
+
 def test_resume_with_epochs_sets_the_length_of_a_run_started_with_max_iters(tmp_path, lm_dir, capsys):
     # the saved --max-iters overrode --epochs given on resume: 'already at step 2 >= --max-iters 2; nothing
     # to do', where README says a larger --epochs continues a run

@@ -848,9 +848,11 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
         out.mkdir(parents=True, exist_ok=True)
         if metrics_path.exists():
             metrics_path.unlink()  # metrics of an earlier run that never saved a checkpoint
-    # With a frozen body its features never change: compute them once, then train a softmax regression.
-    frozen_train = pooled_features(model, train_seqs) if cfg.freeze_body else None
-    frozen_val = pooled_features(model, val_seqs) if cfg.freeze_body and len(val_rows) else None
+    # With a frozen body its features never change: compute them once, then train a softmax regression
+    # (not for a finished run resumed, which trains nothing: a forward of the body over every text)
+    frozen = cfg.freeze_body and first_step < max_iters
+    frozen_train = pooled_features(model, train_seqs) if frozen else None
+    frozen_val = pooled_features(model, val_seqs) if frozen and len(val_rows) else None
     order_drawn_from = rng_state(rng)
     epoch_order = rng.permutation(len(train_rows))
     start = time.perf_counter()
