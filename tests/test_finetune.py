@@ -1685,6 +1685,21 @@ def test_resuming_a_finished_run_does_nothing_and_a_longer_one_continues(tmp_pat
     assert f"{out} is already at step 6 >= --max-iters 6; nothing to do" in capsys.readouterr().err
 
 
+def test_resume_after_the_data_file_moved_says_to_give_data(tmp_path, lm_dir, capsys):
+    # it said only 'labelled data file not found: PATH', a path the user never typed (the saved, absolute one)
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    out = tmp_path / "clf"
+    ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), max_iters=2, eval_interval=2),
+                           quiet=True)
+    moved = data.rename(tmp_path / "moved.jsonl")
+    _fails(capsys, ["finetune", "--resume", "--out", str(out), "--max-iters", "4"],
+           f"the run's data file {data} is gone (moved or deleted?): to resume, give --data FILE")
+    _fails(capsys, ["finetune", "--resume", "--out", str(out), "--data", str(data)],
+           f"labelled data file not found: {data}")  # given, it is the user's own path
+    assert main(["finetune", "--resume", "--out", str(out), "--data", str(moved), "--max-iters", "4",
+                 "--quiet"]) == 0
+
+
 def test_resuming_a_finished_frozen_body_run_computes_no_features(tmp_path, lm_dir, monkeypatch):
     # 'nothing to do' ran the body over every text first (the frozen body's features), minutes on GPT-2
     data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))

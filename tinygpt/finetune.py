@@ -756,6 +756,9 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
         if not quiet:
             print(message, file=sys.stderr, flush=True)
 
+    if ckpt is not None and "data" not in overrides and not Path(cfg.data).exists():
+        raise TinyGPTError(f"the run's data file {cfg.data} is gone (moved or deleted?): to resume, give "
+                           "--data FILE holding its rows")
     texts, raw_labels, splits = read_labelled(cfg.data)
     data_path = Path(cfg.data).resolve()
     try:
