@@ -1732,8 +1732,8 @@ def test_resume_with_epochs_sets_the_length_of_a_run_started_with_max_iters(tmp_
     assert summary["step"] == 10
 
 
-def test_resume_drops_metrics_rows_past_its_checkpoint_and_refuses_a_bad_epoch_position(tmp_path, lm_dir,
-                                                                                         capsys):
+def test_resume_drops_metrics_rows_past_its_checkpoint_and_refuses_a_bad_position_or_best_score(
+        tmp_path, lm_dir, capsys):
     data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
     out = tmp_path / "clf"
     ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), batch_size=4, max_iters=2,
@@ -1746,6 +1746,10 @@ def test_resume_drops_metrics_rows_past_its_checkpoint_and_refuses_a_bad_epoch_p
         state_path.write_text(json.dumps({**good, "epoch_position": position}))
         _fails(capsys, ["finetune", "--resume", "--out", str(out), "--max-iters", "4"], "corrupt checkpoint",
                f"invalid epoch_position ({position!r}) for 14 training rows")
+    for acc, loss in (("x", 0.5), (None, 0.5), (0.5, None)):  # a TypeError at the first evaluation
+        state_path.write_text(json.dumps({**good, "best_val_acc": acc, "best_val_loss": loss}))
+        _fails(capsys, ["finetune", "--resume", "--out", str(out), "--max-iters", "4"], "corrupt checkpoint",
+               f"has best_step 2 with best_val_acc and best_val_loss [{acc!r}, {loss!r}]")
     state_path.write_text(json.dumps(good))
     ft.finetune_classifier(ft.FinetuneConfig(out=str(out)), resume=True, quiet=True,
                            overrides={"max_iters": 4})

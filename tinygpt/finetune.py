@@ -825,6 +825,10 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
         if not (is_int(position) and 0 <= position <= len(train_rows)):
             raise TinyGPTError(f"corrupt checkpoint: {ckpt.path / 'state.json'} has an invalid "
                                f"epoch_position ({position!r}) for {len(train_rows)} training rows")
+        best_score = [state["best_val_acc"], state["best_val_loss"]]  # compared with each new evaluation's
+        if state["best_step"] is not None and not all(is_number(v) and math.isfinite(v) for v in best_score):
+            raise TinyGPTError(f"corrupt checkpoint: {ckpt.path / 'state.json'} has best_step "
+                               f"{state['best_step']} with best_val_acc and best_val_loss {best_score}")
         if ckpt.state.get("dropout_rng"):
             model.dropout_rng = rng_from_state(ckpt.state["dropout_rng"])
         repair_best_link(out, ckpt.state)
