@@ -1388,3 +1388,24 @@ def test_macos_appledouble_files_beside_the_token_files_are_not_token_files(tmp_
     assert data.open_token_dir(tmp_path / "fw").meta["train_tokens"] == 30
     train, val, header = data.token_files(tmp_path / "pair")
     assert (train[0].name, val[0].name, header) == ("tiny_train.bin", "tiny_val.bin", 1024)
+
+
+def test_the_id_scan_of_llmc_fineweb_shards_is_remembered(tmp_path, monkeypatch):
+    # llm.c's fineweb.py writes 10**8 ids a shard, 200,001,024 bytes with the header: a bar at 256 MiB left
+    # every one of FineWeb's 20 GB to be read again at every start (sparse files here: all ids 0)
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "fw"
+    _write_shards(folder, "fw", {"val": {0: range(20)}, "train": {1: []}})
+    shard = folder / "fw_train_000001.bin"
+    _write_llmc(shard, [], count=10**8)
+    os.truncate(shard, data.LLMC_HEADER_BYTES + 2 * 10**8)
+    hour_ago = time.time() - 3600
+    os.utime(shard, (hour_ago, hour_ago))
+    scanned = []
+    scan = data._max_id_below
+    monkeypatch.setattr(data, "_max_id_below", lambda tokens, limit, path, vocabulary: (
+        scanned.append(Path(path).name), scan(tokens, limit, path, vocabulary))[1])
+    data.open_token_dir(folder, splits=("train",))
+    assert scanned == ["fw_train_000001.bin"]
+    assert data.open_token_dir(folder, splits=("train",)).meta["train_tokens"] == 10**8
+    assert scanned == ["fw_train_000001.bin"]  # not read the second time

@@ -416,7 +416,9 @@ _LLMC_SHARD_NAME = re.compile(r"(?P<name>.+)_(?P<split>train|val)_(?P<number>\d+
 _META_PICKLE_MAX_BYTES = 1 << 24  # 65 characters pickle to 0.7 KB, 100,000 to 1.8 MB
 _SAY_SCAN_BYTES = 1 << 30  # an id scan longer than this is announced (about a second at memory speed)
 _SCAN_CHUNK = 1 << 24  # ids per step of the id scan: 32 MiB of uint16 at a time, whatever the file's size
-_REMEMBER_SCAN_BYTES = 1 << 28  # a file of 256 MiB or more keeps its scan's result (below: a blink to redo)
+# a file of 16 MiB or more keeps its scan's result (below: milliseconds to redo); llm.c's FineWeb shards are
+# 200,001,024 bytes each (10**8 ids and the header), so a bar at 256 MiB remembered none of their 20 GB
+_REMEMBER_SCAN_BYTES = 1 << 24
 _SETTLED_NS = 2 * 10**9  # a file modified less than this before its scan may still be being written
 _FINGERPRINT_BLOCKS, _FINGERPRINT_BLOCK_BYTES = 64, 1 << 16
 
@@ -840,7 +842,7 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     Checked before any training: both splits present, each file a whole number of uint16 ids (llm.c's: as
     many as its header says), not empty, and every id below the vocabulary's size (a chunked scan of each
     file, read once, at disk speed; an id out of range is named by its file and its position there). A file
-    of 256 MiB or more is scanned once per version of it: the largest id found is kept in the user cache
+    of 16 MiB or more is scanned once per version of it: the largest id found is kept in the user cache
     (``cache_dir()/id-scans``) with the file's size, inode and times, and a later start with the file
     unchanged reads that instead of the file.
     ``tokenizer`` (a trained model's, ``tokenizer_of`` naming it) replaces the folder's own and must read
