@@ -1409,3 +1409,46 @@ def test_the_id_scan_of_llmc_fineweb_shards_is_remembered(tmp_path, monkeypatch)
     assert scanned == ["fw_train_000001.bin"]
     assert data.open_token_dir(folder, splits=("train",)).meta["train_tokens"] == 10**8
     assert scanned == ["fw_train_000001.bin"]  # not read the second time
+
+
+def test_a_remembered_id_scan_vouches_only_for_the_file_that_was_mapped(tmp_path, monkeypatch):
+    # the scan reads the map; an identity taken after mapping could be of a file renamed over the mapped one
+    # since (prepared again, moved into place with its old mtime): the old map's largest id was remembered
+    # for the new file, whose id past the vocabulary no start then looked for
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_REMEMBER_SCAN_BYTES", 1100)  # llm.c's 1 KiB header and 120 bytes of ids
+    folder = tmp_path / "fw"
+    _write_shards(folder, "fw", {"val": {0: range(20)}, "train": {1: range(60)}})
+    big = folder / "fw_train_000001.bin"
+    _write_llmc(tmp_path / "again.bin", [*range(59), 60_000])
+    hour_ago = time.time() - 3600
+    for path in (*folder.iterdir(), tmp_path / "again.bin"):
+        os.utime(path, (hour_ago, hour_ago))
+    open_split = data._open_split
+
+    def replaced_once_mapped(paths, header_bytes):
+        split = open_split(paths, header_bytes)
+        if big in paths and (tmp_path / "again.bin").exists():
+            os.replace(tmp_path / "again.bin", big)
+        return split
+
+    monkeypatch.setattr(data, "_open_split", replaced_once_mapped)
+    assert data.open_token_dir(folder).meta["max_id"] == 59  # (the map read: the file as it was)
+    with pytest.raises(TinyGPTError, match=r"fw_train_000001\.bin holds id 60000 at position 59"):
+        data.open_token_dir(folder)
+    # and a record of the file as it was before mapping vouches for the map only if that is still the file
+    _write_llmc(big, range(60))
+    _write_llmc(tmp_path / "again.bin", [*range(59), 60_000])
+    for path in (big, tmp_path / "again.bin"):
+        os.utime(path, (hour_ago, hour_ago))
+    monkeypatch.setattr(data, "_open_split", open_split)
+    assert data.open_token_dir(folder).meta["max_id"] == 59  # remembered
+
+    def replaced_before_mapped(paths, header_bytes):
+        if big in paths:
+            os.replace(tmp_path / "again.bin", big)
+        return open_split(paths, header_bytes)
+
+    monkeypatch.setattr(data, "_open_split", replaced_before_mapped)
+    with pytest.raises(TinyGPTError, match=r"fw_train_000001\.bin holds id 60000 at position 59"):
+        data.open_token_dir(folder)

@@ -757,27 +757,41 @@ def _scan_record(path: Path) -> Path:
     return cache_dir() / "id-scans" / f"{sha256_bytes(str(Path(path).resolve()).encode())[:32]}.json"
 
 
-def _remembered_max_id(path: Path) -> int | None:
-    """The largest id of the token file ``path`` as an earlier scan of this very version of it found it
-    (:func:`_remember_max_id`), or None: not scanned, changed since, or too small to be worth remembering."""
+def _identity_before_map(path: Path) -> tuple[dict | None, int]:
+    """``(_file_identity(path), when it was taken)``, taken before the file is memory-mapped, or ``(None, 0)``
+    for a file that cannot be stat'ed (refused when it is mapped). Only an identity from before the map
+    vouches for it: one taken after could be of a file renamed over the mapped one in between."""
     try:
-        if os.stat(path).st_size < _REMEMBER_SCAN_BYTES:
+        return _file_identity(path), time.time_ns()
+    except OSError:
+        return None, 0
+
+
+def _remembered_max_id(path: Path, identity: dict | None) -> int | None:
+    """The largest id of the token file ``path`` as an earlier scan of this very version of it found it
+    (:func:`_remember_max_id`), or None: not scanned, changed since, or too small to be worth remembering.
+    ``identity`` is the file's from before it was mapped (:func:`_identity_before_map`): the record must be
+    of that version, and the file still that version now, so that the map is of it too."""
+    try:
+        if identity is None or identity["size"] < _REMEMBER_SCAN_BYTES:
             return None
         record = loads_json(_scan_record(path).read_bytes())
         max_id = record["max_id"]
-        if record["file"] == _file_identity(path) and is_int(max_id) and max_id >= 0:
+        if record["file"] == identity == _file_identity(path) and is_int(max_id) and max_id >= 0:
             return max_id
     except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable: scan
         pass
     return None
 
 
-def _remember_max_id(path: Path, before: dict, max_id: int, started_ns: int) -> None:
+def _remember_max_id(path: Path, before: dict | None, started_ns: int, max_id: int) -> None:
     """Record a scan's result in the user cache, for the next start to skip reading the file: only when
-    the file is large, was the same before the scan as after it, and had been left alone for a while
-    before the scan began (one being written could change within its modification time's granularity).
-    A cache that cannot be written costs the next start a scan, nothing else."""
-    if before["size"] < _REMEMBER_SCAN_BYTES or before["mtime_ns"] > started_ns - _SETTLED_NS:
+    the file is large, was the same before it was mapped (``before``, taken at ``started_ns``) as after the
+    scan, and had been left alone for a while before that (one being written could change within its
+    modification time's granularity). A cache that cannot be written costs the next start a scan, nothing
+    else."""
+    if (before is None or before["size"] < _REMEMBER_SCAN_BYTES
+            or before["mtime_ns"] > started_ns - _SETTLED_NS):
         return
     try:
         if _file_identity(path) != before:
@@ -862,6 +876,7 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     train_paths, val_paths, header_bytes = token_files(folder)
     if len(train_paths) + len(val_paths) > 2:  # (a pair's two files fit any limit)
         _check_open_file_limit(folder, len(train_paths) + len(val_paths))
+    identities = {path: _identity_before_map(path) for path in (*train_paths, *val_paths)}
     train, train_maps = _open_split(train_paths, header_bytes)
     val, val_maps = _open_split(val_paths, header_bytes)
     kind = token_dir_tokenizer(folder)
@@ -872,7 +887,7 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     # a large file scanned before, unchanged since, is not read again (FineWeb's 20 GB at every start)
     max_id, to_scan = 0, []
     for tokens, path in (file for split in splits for file in files[split]):
-        known = _remembered_max_id(path)
+        known = _remembered_max_id(path, identities[path][0])
         if known is not None and known < vocab_size:
             max_id = max(max_id, known)
         else:  # (one at or past the vocabulary is scanned again, to name the id's position)
@@ -883,9 +898,8 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
             f"file{'s' if len(to_scan) > 1 else ''}) against the vocabulary, read once")
     # shard by shard: an id out of range is named by its file and its position there
     for tokens, path in to_scan:
-        before, started_ns = _file_identity(path), time.time_ns()
         largest = _max_id_below(tokens, vocab_size, path, vocabulary)
-        _remember_max_id(path, before, largest, started_ns)
+        _remember_max_id(path, *identities[path], largest)
         max_id = max(max_id, largest)
     if tokenizer is None:
         tokenizer = own if own is not None else load_tokenizer("gpt2")
