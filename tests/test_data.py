@@ -1460,3 +1460,22 @@ def test_a_remembered_id_scan_vouches_only_for_the_file_that_was_mapped(tmp_path
     monkeypatch.setattr(data, "_open_split", replaced_before_mapped)
     with pytest.raises(TinyGPTError, match=r"fw_train_000001\.bin holds id 60000 at position 59"):
         data.open_token_dir(folder)
+
+
+def test_a_remembered_id_scan_is_of_the_file_read_as_it_was_read(tmp_path, monkeypatch):
+    # one file, two readings: linked as nanoGPT's train.bin, an llm.c file's header is read as ids (its magic
+    # number's first is 55432), and the scan of its ids alone, by its llm.c name, vouched for that reading
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_REMEMBER_SCAN_BYTES", 1100)  # llm.c's 1 KiB header and 120 bytes of ids
+    (tmp_path / "llmc").mkdir()
+    _write_llmc(tmp_path / "llmc" / "tiny_train.bin", range(60))
+    _write_llmc(tmp_path / "llmc" / "tiny_val.bin", range(60))
+    hour_ago = time.time() - 3600
+    for path in (tmp_path / "llmc").iterdir():
+        os.utime(path, (hour_ago, hour_ago))
+    assert data.open_token_dir(tmp_path / "llmc").meta["max_id"] == 59
+    (tmp_path / "nanogpt").mkdir()
+    for split in ("train", "val"):
+        (tmp_path / "nanogpt" / f"{split}.bin").symlink_to(tmp_path / "llmc" / f"tiny_{split}.bin")
+    with pytest.raises(TinyGPTError, match=r"train\.bin holds id 55432 at position 0"):
+        data.open_token_dir(tmp_path / "nanogpt")

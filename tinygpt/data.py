@@ -749,25 +749,27 @@ def _max_id_below(tokens: np.ndarray, limit: int, path: Path, vocabulary: str) -
     return largest
 
 
-def _file_identity(path: Path) -> dict:
+def _file_identity(path: Path, header_bytes: int) -> dict:
     """What tells one version of a file from another without reading it: its resolved path, size, inode and
     device, and its modification and status-change times (the latter set by the kernel on every write, and
-    not by utime: a file rewritten in place and given its old mtime back still changes it)."""
+    not by utime: a file rewritten in place and given its old mtime back still changes it); and where its
+    ids start (``header_bytes``), as one file is read two ways: a ``train.bin`` linked to an llm.c file has
+    its header read as ids (the magic number's first: 55432, past GPT-2's vocabulary), its llm.c name not."""
     st = os.stat(path)
     return {"path": str(Path(path).resolve()), "size": st.st_size, "inode": st.st_ino, "device": st.st_dev,
-            "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+            "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "header_bytes": header_bytes}
 
 
 def _scan_record(path: Path) -> Path:
     return cache_dir() / "id-scans" / f"{sha256_bytes(str(Path(path).resolve()).encode())[:32]}.json"
 
 
-def _identity_before_map(path: Path) -> tuple[dict | None, int]:
-    """``(_file_identity(path), when it was taken)``, taken before the file is memory-mapped, or ``(None, 0)``
+def _identity_before_map(path: Path, header_bytes: int) -> tuple[dict | None, int]:
+    """``(_file_identity(...), when it was taken)``, taken before the file is memory-mapped, or ``(None, 0)``
     for a file that cannot be stat'ed (refused when it is mapped). Only an identity from before the map
     vouches for it: one taken after could be of a file renamed over the mapped one in between."""
     try:
-        return _file_identity(path), time.time_ns()
+        return _file_identity(path, header_bytes), time.time_ns()
     except OSError:
         return None, 0
 
@@ -782,7 +784,8 @@ def _remembered_max_id(path: Path, identity: dict | None) -> int | None:
             return None
         record = loads_json(_scan_record(path).read_bytes())
         max_id = record["max_id"]
-        if record["file"] == identity == _file_identity(path) and is_int(max_id) and max_id >= 0:
+        now = _file_identity(path, identity["header_bytes"])
+        if record["file"] == identity == now and is_int(max_id) and max_id >= 0:
             return max_id
     except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable: scan
         pass
@@ -799,7 +802,7 @@ def _remember_max_id(path: Path, before: dict | None, started_ns: int, max_id: i
             or before["mtime_ns"] > started_ns - _SETTLED_NS):
         return
     try:
-        if _file_identity(path) != before:
+        if _file_identity(path, before["header_bytes"]) != before:
             return
         record = _scan_record(path)
         record.parent.mkdir(parents=True, exist_ok=True)
@@ -881,7 +884,7 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     train_paths, val_paths, header_bytes = token_files(folder)
     if len(train_paths) + len(val_paths) > 2:  # (a pair's two files fit any limit)
         _check_open_file_limit(folder, len(train_paths) + len(val_paths))
-    identities = {path: _identity_before_map(path) for path in (*train_paths, *val_paths)}
+    identities = {path: _identity_before_map(path, header_bytes) for path in (*train_paths, *val_paths)}
     train, train_maps = _open_split(train_paths, header_bytes)
     val, val_maps = _open_split(val_paths, header_bytes)
     kind = token_dir_tokenizer(folder)
