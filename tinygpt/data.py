@@ -751,10 +751,11 @@ def _max_id_below(tokens: np.ndarray, limit: int, path: Path, vocabulary: str) -
 
 def _file_identity(path: Path, header_bytes: int) -> dict:
     """What tells one version of a file from another without reading it: its resolved path, size, inode and
-    device, and its modification and status-change times (the latter set by the kernel on every write, and
-    not by utime: a file rewritten in place and given its old mtime back still changes it); and where its
-    ids start (``header_bytes``), as one file is read two ways: a ``train.bin`` linked to an llm.c file has
-    its header read as ids (the magic number's first: 55432, past GPT-2's vocabulary), its llm.c name not."""
+    device, and its modification and status-change times (the latter the kernel's clock at any change, utime
+    included, which nothing sets back: a file rewritten in place and given its old mtime back changes it);
+    and where its ids start (``header_bytes``), as one file is read two ways: a ``train.bin`` linked to an
+    llm.c file has its header read as ids (the magic number's first: 55432, past GPT-2's vocabulary), its
+    llm.c name not."""
     st = os.stat(path)
     return {"path": str(Path(path).resolve()), "size": st.st_size, "inode": st.st_ino, "device": st.st_dev,
             "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "header_bytes": header_bytes}
