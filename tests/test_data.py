@@ -1331,6 +1331,12 @@ def test_a_long_id_scan_is_announced_before_it_starts(tmp_path, monkeypatch):
     assert len(told) == 1
 
 
+def _count_as_settled(monkeypatch):
+    """Files touched a moment ago (os.utime sets the status-change time to now, and nothing sets it back)
+    count as left alone long enough for their id scans to be remembered."""
+    monkeypatch.setattr(data, "_SETTLED_NS", -60 * 10**9)
+
+
 def test_a_large_files_id_scan_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
     # FineWeb's 20 GB were read at every start, resume and eval: a file unchanged since its last scan is
     # not read again, and any change to it (even in place, its size and mtime kept) means a new scan
@@ -1338,6 +1344,7 @@ def test_a_large_files_id_scan_is_remembered_until_the_file_changes(tmp_path, mo
     monkeypatch.setattr(data, "_REMEMBER_SCAN_BYTES", 1100)  # llm.c's 1 KiB header and 120 bytes of ids
     _write_shards(tmp_path / "fw", "fw", {"val": {0: range(20)}, "train": {1: range(60), 2: range(30)}})
     hour_ago = time.time() - 3600
+    _count_as_settled(monkeypatch)
     for path in (tmp_path / "fw").iterdir():  # settled files (one written a moment ago may still be)
         os.utime(path, (hour_ago, hour_ago))
     big = tmp_path / "fw" / "fw_train_000001.bin"  # the only file large enough to be remembered
@@ -1364,6 +1371,7 @@ def test_a_large_files_id_scan_is_remembered_until_the_file_changes(tmp_path, mo
     with pytest.raises(TinyGPTError, match=r"fw_train_000001\.bin holds id 60000 at position 59"):
         data.open_token_dir(tmp_path / "fw")
     # a file modified a moment before its scan is scanned but not remembered: it may still be being written
+    monkeypatch.setattr(data, "_SETTLED_NS", 2 * 10**9)
     whole[-2:] = np.uint16(7).tobytes()
     big.write_bytes(whole)
     data.open_token_dir(tmp_path / "fw")
@@ -1408,6 +1416,7 @@ def test_the_id_scan_of_llmc_fineweb_shards_is_remembered(tmp_path, monkeypatch)
     _write_llmc(shard, [], count=10**8)
     os.truncate(shard, data.LLMC_HEADER_BYTES + 2 * 10**8)
     hour_ago = time.time() - 3600
+    _count_as_settled(monkeypatch)
     os.utime(shard, (hour_ago, hour_ago))
     scanned = []
     scan = data._max_id_below
@@ -1430,6 +1439,7 @@ def test_a_remembered_id_scan_vouches_only_for_the_file_that_was_mapped(tmp_path
     big = folder / "fw_train_000001.bin"
     _write_llmc(tmp_path / "again.bin", [*range(59), 60_000])
     hour_ago = time.time() - 3600
+    _count_as_settled(monkeypatch)
     for path in (*folder.iterdir(), tmp_path / "again.bin"):
         os.utime(path, (hour_ago, hour_ago))
     open_split = data._open_split
@@ -1471,6 +1481,7 @@ def test_a_remembered_id_scan_is_of_the_file_read_as_it_was_read(tmp_path, monke
     _write_llmc(tmp_path / "llmc" / "tiny_train.bin", range(60))
     _write_llmc(tmp_path / "llmc" / "tiny_val.bin", range(60))
     hour_ago = time.time() - 3600
+    _count_as_settled(monkeypatch)
     for path in (tmp_path / "llmc").iterdir():
         os.utime(path, (hour_ago, hour_ago))
     assert data.open_token_dir(tmp_path / "llmc").meta["max_id"] == 59
@@ -1479,3 +1490,20 @@ def test_a_remembered_id_scan_is_of_the_file_read_as_it_was_read(tmp_path, monke
         (tmp_path / "nanogpt" / f"{split}.bin").symlink_to(tmp_path / "llmc" / f"tiny_{split}.bin")
     with pytest.raises(TinyGPTError, match=r"train\.bin holds id 55432 at position 0"):
         data.open_token_dir(tmp_path / "nanogpt")
+
+
+def test_an_id_scan_is_not_remembered_for_a_file_whose_status_changed_a_moment_before(tmp_path, monkeypatch):
+    # its mtime an hour old, its status-change time now (renamed into place, or given its old mtime back):
+    # where the status-change time is coarse (a second or two), a rewrite in place given the old mtime
+    # back just after the scan left the file matching its record
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_REMEMBER_SCAN_BYTES", 1100)  # llm.c's 1 KiB header and 120 bytes of ids
+    _write_shards(tmp_path / "fw", "fw", {"val": {0: range(20)}, "train": {1: range(60)}})
+    hour_ago = time.time() - 3600
+    for path in (tmp_path / "fw").iterdir():
+        os.utime(path, (hour_ago, hour_ago))
+    data.open_token_dir(tmp_path / "fw")
+    assert not data._scan_record(tmp_path / "fw" / "fw_train_000001.bin").exists()
+    _count_as_settled(monkeypatch)  # (the same start, the file as settled: remembered)
+    data.open_token_dir(tmp_path / "fw")
+    assert data._scan_record(tmp_path / "fw" / "fw_train_000001.bin").exists()

@@ -424,7 +424,7 @@ _SCAN_CHUNK = 1 << 24  # ids per step of the id scan: 32 MiB of uint16 at a time
 # a file of 16 MiB or more keeps its scan's result (below: milliseconds to redo); llm.c's FineWeb shards are
 # 200,001,024 bytes each (10**8 ids and the header), so a bar at 256 MiB remembered none of their 20 GB
 _REMEMBER_SCAN_BYTES = 1 << 24
-_SETTLED_NS = 2 * 10**9  # a file modified less than this before its scan may still be being written
+_SETTLED_NS = 2 * 10**9  # a file changed less than this before its scan may still be changing (FAT: 2 s)
 _FINGERPRINT_BLOCKS, _FINGERPRINT_BLOCK_BYTES = 64, 1 << 16
 
 
@@ -796,11 +796,13 @@ def _remembered_max_id(path: Path, identity: dict | None) -> int | None:
 def _remember_max_id(path: Path, before: dict | None, started_ns: int, max_id: int) -> None:
     """Record a scan's result in the user cache, for the next start to skip reading the file: only when
     the file is large, was the same before it was mapped (``before``, taken at ``started_ns``) as after the
-    scan, and had been left alone for a while before that (one being written could change within its
-    modification time's granularity). A cache that cannot be written costs the next start a scan, nothing
-    else."""
+    scan, and had been left alone for a while before that: neither modified (one being written could change
+    within its modification time's granularity) nor its status changed (a change within the status-change
+    time's granularity, a second or two on some filesystems, leaves it as it was: a rewrite in place given
+    its old mtime back, just after the scan, would then match the record). A cache that cannot be written
+    costs the next start a scan, nothing else."""
     if (before is None or before["size"] < _REMEMBER_SCAN_BYTES
-            or before["mtime_ns"] > started_ns - _SETTLED_NS):
+            or max(before["mtime_ns"], before["ctime_ns"]) > started_ns - _SETTLED_NS):
         return
     try:
         if _file_identity(path, before["header_bytes"]) != before:
