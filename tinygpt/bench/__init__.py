@@ -43,6 +43,18 @@ def decay_matrices_only(params, weight_decay: float) -> list[dict]:
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
+def inference_peer_config(transformers, config):
+    """The transformers GPT-2 config of an inference peer of a tinygpt ``GPTConfig`` (decoding, scoring):
+    its shape, no dropout, no bos/eos ids, and its GELU (transformers' "gelu" is the exact one, nanoGPT's;
+    GPT-2's tanh form is "gelu_new")."""
+    return transformers.GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.block_size, n_layer=config.n_layer,
+        n_head=config.n_head, n_embd=config.n_embd, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=None, eos_token_id=None,
+        activation_function="gelu" if config.gelu == "erf" else "gelu_new",
+    )  # fmt: skip
+
+
 def training_peer_config(transformers, vocab_size: int, n_positions: int, n_layer: int, n_head: int,
                          n_embd: int):
     """The transformers GPT-2 config of a training peer, set as our training model is: no dropout, no

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from tinygpt.bench import blas_threads, import_torch_peer
+from tinygpt.bench import blas_threads, import_torch_peer, inference_peer_config
 from tinygpt.errors import TinyGPTError
 
 
@@ -59,12 +59,7 @@ def build_models(config, seed=0, with_peer=True):
         return GPT(config, seed=seed).params, None
     torch, transformers = import_torch_peer("transformers")
     torch.manual_seed(seed)
-    hf_config = transformers.GPT2Config(
-        vocab_size=config.vocab_size, n_positions=config.block_size, n_layer=config.n_layer,
-        n_head=config.n_head, n_embd=config.n_embd, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=None, eos_token_id=None,
-        activation_function="gelu" if config.gelu == "erf" else "gelu_new",  # transformers' "gelu" is exact
-    )  # fmt: skip
+    hf_config = inference_peer_config(transformers, config)
     hf_model = transformers.GPT2LMHeadModel(hf_config).eval()
     params = {
         k.removeprefix("transformer."): np.ascontiguousarray(v.detach().numpy(), dtype=np.float32)

@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from tinygpt.bench import blas_threads, import_torch_peer
+from tinygpt.bench import blas_threads, import_torch_peer, inference_peer_config
 from tinygpt.errors import TinyGPTError
 
 SHAPE = {"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab_size": 50257, "block_size": 1024}  # GPT-2 small
@@ -105,12 +105,7 @@ def synthetic_examples(n, vocab_size, context_tokens=40, ending_tokens=25, endin
 def peer_model(torch, transformers, params, config):
     """transformers' GPT2LMHeadModel holding ``params`` (tinygpt's GPT-2 names; a bias tinygpt's model lacks,
     as nanoGPT's bias=False checkpoints do, is zero), float32, in eval mode."""
-    hf_config = transformers.GPT2Config(
-        vocab_size=config.vocab_size, n_positions=config.block_size, n_layer=config.n_layer,
-        n_head=config.n_head, n_embd=config.n_embd, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=None, eos_token_id=None,
-        activation_function="gelu" if config.gelu == "erf" else "gelu_new",  # transformers' "gelu" is exact
-    )  # fmt: skip
+    hf_config = inference_peer_config(transformers, config)
     model = transformers.GPT2LMHeadModel(hf_config).eval()
     with torch.no_grad():
         for key, tensor in model.state_dict().items():
