@@ -1643,6 +1643,15 @@ def test_resume_on_changed_data_warns_when_its_rows_split_alike_and_refuses_when
     assert resume() == ""  # the same file and settings: silent
     copy = _write_jsonl(tmp_path / "copy.jsonl", rows)
     assert resume(data=str(copy), max_iters=4) == longer(3, 4)  # the same rows elsewhere: nothing to say
+    # the same rows in another layout (a CSV, as a spreadsheet would save them): nothing to say either (it
+    # warned "texts or labels differ", comparing the files' bytes)
+    as_csv = tmp_path / "copy.csv"
+    with open(as_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["text", "label"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert resume(data=str(as_csv)) == ""
+    assert resume(data=str(copy)) == ""
     _write_jsonl(copy, [{**row, "text": row["text"][::-1]} if i == 3 else row for i, row in enumerate(rows)])
     assert resume(max_iters=5) == (f"tinygpt: warning: the texts or labels of {copy} changed since the run "
                                    f"started (its rows split as before){tail}" + longer(4, 5))

@@ -704,12 +704,22 @@ def _split_digest(train_rows: np.ndarray, val_rows: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def _rows_digest(texts: list[str], label_ids: np.ndarray, names: list) -> str:
+    """The sha256 of the rows themselves, each text and its class name: what a resumed run is trained on,
+    whatever the file's layout (.jsonl or .csv, key order, spacing, other fields)."""
+    rows = [texts, [str(names[i]) for i in label_ids]]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=True).encode()).hexdigest()
+
+
 def _warn_if_resume_is_not_exact(saved: dict, now: dict, step: int) -> None:
     """One line on stderr (even with --quiet) for each change that makes a resumed run differ from the
     uninterrupted one, as ``tinygpt train --resume`` warns: allowed, but metrics.jsonl is then not one
     run's."""
     notes = []
-    if saved.get("data_sha256") != now["data_sha256"]:  # (the split is the run's: checked before)
+    # the rows' digest where the run saved one (a file rewritten with the same rows changes nothing), else
+    # the file's, as the first resumable checkpoints recorded it (the split is the run's: checked before)
+    key = "rows_sha256" if "rows_sha256" in saved else "data_sha256"
+    if saved.get(key) != now[key]:
         if saved.get("data") != now["data"]:
             notes.append(f"the data changed from {saved.get('data')} to {now['data']}: its rows split as "
                          "before, but their texts or labels differ")
@@ -805,7 +815,7 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
     # run's length in steps (its schedule decays over it): what a resume checks its own against
     record = {**cfg.to_dict(), "data": str(data_path), "task": "classify", "labels": names,
               "data_sha256": hashlib.sha256(data_path.read_bytes()).hexdigest(), "split_sha256": split_sha256,
-              "total_steps": max_iters}
+              "rows_sha256": _rows_digest(texts, label_ids, names), "total_steps": max_iters}
     metrics_path = out / "metrics.jsonl"
     # the loop's state, saved with each checkpoint: the best evaluation so far (DIR/best names it; its
     # accuracy is the best accuracy, its val loss the tie-breaker) and the seconds run, over every run
