@@ -189,6 +189,18 @@ def test_a_long_example_keeps_the_end_of_its_context(gpt2_dirs):
 
 
 @pytest.mark.parametrize("share_context", [True, False])
+def test_score_refuses_an_id_outside_the_vocabulary_in_the_last_column(share_context):
+    # the last column is only predicted, read by no forward: 7 was an IndexError out of the log-softmax,
+    # -1 silently the log-probability of token 6
+    model = GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=2, n_embd=8), seed=1)
+    mask = np.array([[0, 0, 1, 1, 0], [0, 0, 1, 1, 1]], dtype=bool)
+    for bad in (7, -1):
+        tokens = np.array([[1, 2, 3, 4, 0], [1, 2, 5, 6, bad]])
+        with pytest.raises(TinyGPTError, match=f"tokens contains id {bad}, outside the vocabulary"):
+            hellaswag.score(model, tokens, mask, share_context=share_context)
+
+
+@pytest.mark.parametrize("share_context", [True, False])
 def test_score_is_in_eval_mode_and_restores_the_mode(share_context):
     # dropout 0.5 in training mode would change every score; after, the model is in training mode again.
     # These rows share their context, so the row path (a cut example's, the cuda backend's), which is the

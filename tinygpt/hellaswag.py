@@ -225,6 +225,11 @@ def score(model, tokens: np.ndarray, mask: np.ndarray, share_context: bool = Tru
     # which would first copy every weight off the GPU (host_params: GPT-2 small's 500 MB, per example), and
     # E rows of ~64 tokens are far from filling a GPU, so running the context E times there costs little
     # (the host's forward, by contrast, takes time in proportion to the tokens it reads)
+    tokens = np.asarray(tokens)
+    if tokens.ndim == 2 and tokens.shape[1] > 1:  # the last column is only predicted, read by no forward:
+        # an id there past the vocabulary was an IndexError of the log-softmax, a negative one silently
+        # another token's log-probability
+        model._check_ids(tokens[:, 1:], "tokens")
     context = _shared_context(tokens, mask) if share_context and model.ops.name != "cuda" else 0
     was_training = model.training
     model.eval()  # (the shared path reads no dropout setting; the row path's forward does)
