@@ -339,6 +339,9 @@ def test_missing_and_corrupt_checkpoints_raise(tmp_path):
     shutil.rmtree(path)
     with pytest.raises(TinyGPTError, match="missing directory"):
         load_checkpoint(tmp_path)
+    path.write_text("not a checkpoint")  # the link's target a file: it was called "a missing directory"
+    with pytest.raises(TinyGPTError, match="latest points to a file, not a checkpoint directory"):
+        load_checkpoint(tmp_path)
 
 
 def test_a_latest_link_that_loops_is_a_corrupt_checkpoint_not_a_traceback(tmp_path, capsys):

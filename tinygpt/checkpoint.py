@@ -467,7 +467,8 @@ def _locate(out_dir: str | os.PathLike) -> Path:
                                "--pretrained")
         raise TinyGPTError(f"no checkpoint in {out_dir} (no 'latest' link or state.json); train one first")
     if not path.is_dir():
-        raise TinyGPTError(f"corrupt checkpoint: {out_dir / LATEST} points to a missing directory")
+        what = "a file, not a checkpoint directory" if path.exists() else "a missing directory"
+        raise TinyGPTError(f"corrupt checkpoint: {out_dir / LATEST} points to {what}")
     return path
 
 
