@@ -447,6 +447,21 @@ def test_a_save_that_cannot_write_is_one_error_and_keeps_the_previous_checkpoint
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]
 
 
+def test_a_first_save_that_cannot_write_claims_no_previous_checkpoint(tmp_path, monkeypatch):
+    """A run's first save (step 0 of `tinygpt train` on a full disk) has no checkpoint before it: the error
+    said 'the previous checkpoint is intact' all the same."""
+    model, opt = _trained()
+
+    def disk_full(path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(TOKENIZER, "save", disk_full)
+    with pytest.raises(TinyGPTError, match="step 0.*No space left.*no checkpoint was saved") as error:
+        _save(tmp_path, model, opt, 0)
+    assert "previous" not in str(error.value)
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # no staging directory left either
+
+
 def test_resaving_the_live_step_with_a_relative_dir_never_removes_it_first(tmp_path, monkeypatch):
     model, opt = _trained()
     monkeypatch.chdir(tmp_path)

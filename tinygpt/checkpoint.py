@@ -404,8 +404,11 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, tra
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, (OSError, SafetensorError)):  # a full disk, a file-size limit, an I/O error
+            # (a run's first save has no earlier checkpoint to fall back on: saying one was intact sent the
+            # user looking for it)
+            kept = "the previous checkpoint is intact" if current is not None else "no checkpoint was saved"
             raise TinyGPTError(f"could not write the checkpoint of step {step} into {ckpt_root} ({exc}); "
-                               "the previous checkpoint is intact") from exc
+                               f"{kept}") from exc
         raise
     # 3. swap the pointer (atomic): from here on readers see the new checkpoint
     _symlink_atomically(os.path.join(CHECKPOINTS, final.name), out_dir / LATEST)
