@@ -667,6 +667,21 @@ def test_eval_stride_on_a_training_run(corpus, tmp_path, capsys):
         capsys, ["eval", "--out", str(out), "--stride", "17", "--backend", "numpy"])
 
 
+def test_a_loss_plot_that_cannot_be_written_does_not_fail_the_finished_run(corpus, tmp_path, capsys,
+                                                                           monkeypatch):
+    """The plot is drawn after the last checkpoint: a disk that fills just then made `tinygpt train` exit 2
+    with 'No space left on device: .../loss.png', a finished run reported as failed."""
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(training, "write_atomic", disk_full)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: no loss plot written (No space left on device)" in err and "Traceback" not in err
+    assert load_checkpoint(out).state["step"] == 2 and not (out / "loss.png").exists()
+
+
 def test_plot_of_a_run_directory_with_an_unusual_name(tmp_path):
     # its name is the plot's title: a non-UTF-8 byte (surrogate-escaped) and a pair of $ (read as mathtext)
     # made matplotlib raise, a traceback of `tinygpt plot` and of `tinygpt train` once training had finished

@@ -735,8 +735,11 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
     png = None
     try:
         png = plot_metrics(out)
-    except TinyGPTError:
-        pass
+    except (TinyGPTError, OSError) as exc:  # the run's work is saved: a plot it cannot write (a full disk, a
+        # loss.png that is a directory) is told, not made the run's failure (exit 2 after every step ran)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"tinygpt: warning: no loss plot written ({why}); the run's checkpoint and metrics are saved",
+              file=sys.stderr)
     rows = read_metrics(metrics_path)
     summary = {"out": str(out), "step": step, "val_loss": rows[-1]["val_loss"] if rows else None,
                "best_val_loss": state["best_val_loss"], "best_step": state["best_step"],
