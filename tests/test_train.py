@@ -984,6 +984,23 @@ def test_corrupt_state_json_and_bad_eval_batches_are_one_line_errors(corpus, tmp
     assert main(["train", "--resume", "--out", str(out), "--max-iters", "2", "--quiet"]) == 0
 
 
+def test_a_config_files_init_from_refuses_shape_flags_as_the_flag_does(corpus, tmp_path, capsys):
+    # init_from in a TOML config starts from the checkpoint as --init-from does: --n-layer 3 and --n-embd 32
+    # were ignored, a model of the checkpoint's 1 layer and 16 wide trained without a word
+    base = tmp_path / "base"
+    assert main(["train", "--data", str(corpus), "--out", str(base), *TINY, "--max-iters", "1"]) == 0
+    config = tmp_path / "ft.toml"
+    config.write_text(f"init_from = {json.dumps(str(base))}\nblock_size = 8\nmax_iters = 1\n")
+    ft = tmp_path / "ft"
+    short = ["--batch-size", "2", "--eval-iters", "1", "--backend", "numpy", "--quiet"]
+    message = one_line_error(capsys, ["train", "--config", str(config), "--data", str(corpus), "--out",
+                                       str(ft), "--n-layer", "3", "--n-embd", "32", *short])
+    assert "--n-layer is for a model from scratch: with --init-from" in message
+    assert not ft.exists()
+    assert main(["train", "--config", str(config), "--data", str(corpus), "--out", str(ft), *short]) == 0
+    assert load_checkpoint(ft).model.config.n_layer == 1
+
+
 @pytest.mark.parametrize("flag", [["--n-layer", "2"], ["--n-head", "4"], ["--n-embd", "32"],
                                   ["--bias", "false"], ["--tokenizer", "bpe"], ["--vocab-size", "300"]])
 def test_fine_tuning_refuses_shape_flags_the_checkpoint_would_override(corpus, tmp_path, capsys, flag):

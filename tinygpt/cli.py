@@ -271,8 +271,11 @@ def _run_train(args):
         cfg = train.TrainConfig(out=out)
         train.train(cfg, resume=True, quiet=args.quiet, overrides=overrides)
     else:
+        preset = train.read_config_file(args.config or "default")
+        # (a config file's init_from or pretrained starts from a checkpoint as the flag does: its flags for
+        # the shape were ignored, a 1-layer model trained where --n-layer 3 was asked)
         start = next((f"--{name.replace('_', '-')}" for name in ("init_from", "pretrained")
-                      if overrides.get(name)), None)
+                      if overrides.get(name) or (name not in overrides and preset.get(name))), None)
         given = [f"--{name.replace('_', '-')}" for name in _SHAPE_FROM_CHECKPOINT if name in overrides]
         if start and given:  # the checkpoint's shape and tokenizer win: a flag for them would be ignored
             raise TinyGPTError(f"{given[0]} is for a model from scratch: with {start} the checkpoint's shape "
@@ -281,7 +284,6 @@ def _run_train(args):
         if token_dir:  # a --tokenizer other than the folder's, or any --vocab-size: its ids are already made
             train.check_token_dir_tokenizer(overrides["data"], overrides.get("tokenizer"),
                                             overrides.get("vocab_size"))
-        preset = train.read_config_file(args.config or "default")
         if token_dir:  # the preset's (char, for the text it was written for) gives way to the folder's
             preset = {k: v for k, v in preset.items() if k not in ("tokenizer", "vocab_size")}
         train.train(train.make_config({**preset, **overrides}), quiet=args.quiet)
