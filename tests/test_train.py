@@ -1608,6 +1608,13 @@ def test_the_loss_plot_marks_the_best_val_loss(tmp_path, monkeypatch):
     assert [line.get_marker() for line in drawn[-1].axes[0].lines] == ["o", "o"]  # nothing to mark
 
     assert len(drawn[-1].axes) == 1  # no HellaSwag accuracies: no axis for them
+    # a run named by `.` or `..` (`tinygpt plot .` in it, or trained with --out .) is titled by its name,
+    # where the title began ": final val loss"
+    monkeypatch.chdir(out)
+    for relative in (".", "sub/.."):
+        (out / "sub").mkdir(exist_ok=True)
+        training.plot_metrics(relative)
+        assert drawn[-1].axes[0].get_title().startswith("run: final val loss"), relative
 
 
 def test_the_loss_plot_draws_the_hellaswag_accuracies_of_a_run_that_scored_them(tmp_path):

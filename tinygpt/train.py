@@ -776,7 +776,9 @@ def plot_metrics(out_dir: str | os.PathLike, path: str | os.PathLike | None = No
         raise TinyGPTError(f"cannot write the plot to {path}: it is a directory")
     # the directory's name as text: a byte that is not UTF-8 (a surrogate) and a pair of $ (mathtext) made
     # matplotlib raise, after the training it plots had finished
-    fig = metrics_figure(rows, os.fsencode(out_dir.name).decode("utf-8", "replace"))
+    # (made absolute: `tinygpt plot .`, or a run with --out ., had no name, a title of ": final val loss ...")
+    name = Path(os.path.abspath(out_dir)).name
+    fig = metrics_figure(rows, os.fsencode(name).decode("utf-8", "replace"))
     image_format = path.suffix[1:].lower() or "png"
     if image_format not in fig.canvas.get_supported_filetypes():
         raise TinyGPTError(f"cannot write a {image_format!r} image; name the file .png, .svg or .pdf")
