@@ -1181,6 +1181,15 @@ def test_numpy_integers_are_accepted_as_settings_and_the_run_saves(corpus, tmp_p
     assert [r["tokens"] for r in training.read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0, 32, 64]
 
 
+def test_a_numpy_integer_vocab_size_is_accepted_as_the_other_counts_are():
+    # np.int64(300) was refused as "--vocab-size must be an integer above 256, got 300"
+    cfg = training.make_config({"tokenizer": "bpe", "vocab_size": np.int64(300)})
+    assert type(cfg.vocab_size) is int and json.loads(json.dumps(cfg.to_dict()))["vocab_size"] == 300
+    for bad in (np.int64(256), 300.0, True):
+        with pytest.raises(TinyGPTError, match="--vocab-size must be an integer above 256"):
+            training.make_config({"tokenizer": "bpe", "vocab_size": bad})
+
+
 # --- token directories prepared elsewhere: nanoGPT's train.bin / val.bin ------------------------------------
 
 

@@ -161,8 +161,11 @@ class TrainConfig:
             kind = self.tokenizer or "default"
             raise TinyGPTError(f"--vocab-size applies to --tokenizer bpe only (the {kind} tokenizer's "
                                "vocabulary is fixed by its text or files)")
-        if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size <= 256):
-            raise TinyGPTError(f"--vocab-size must be an integer above 256, got {shown(self.vocab_size)}")
+        if self.vocab_size is not None:  # (a NumPy integer too, as the counts above: np.int64(300) was
+            # refused as "must be an integer above 256, got 300")
+            if not is_int(self.vocab_size) or self.vocab_size <= 256:
+                raise TinyGPTError(f"--vocab-size must be an integer above 256, got {shown(self.vocab_size)}")
+            self.vocab_size = int(self.vocab_size)  # (saved as JSON, which takes no int64)
         for name in ("bias", "recompute"):
             if not isinstance(getattr(self, name), bool):
                 raise TinyGPTError(f"{_flag(name)} must be true or false, got {shown(getattr(self, name))}")
