@@ -933,6 +933,17 @@ def test_checkpoint_write_errors_are_one_line_and_keep_the_previous_checkpoint(c
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # no temporary left
 
 
+def test_a_config_reused_for_a_longer_run_decays_over_the_new_length(corpus, tmp_path):
+    # train() resolved lr_decay_iters into the caller's TrainConfig: reused for a 6-step run (a notebook's
+    # cfg.max_iters = 6), it decayed over the first run's 2 steps and trained the last 4 at min_lr
+    cfg = _config(corpus, tmp_path / "short", max_iters=2, eval_interval=2)
+    training.train(cfg, quiet=True)
+    assert (cfg.lr_decay_iters, cfg.tokenizer) == (None, None)  # as given
+    cfg.max_iters, cfg.out = 6, str(tmp_path / "long")
+    training.train(cfg, quiet=True)
+    assert load_checkpoint(tmp_path / "long").train_config["lr_decay_iters"] == 6
+
+
 def test_default_lr_decay_follows_max_iters_and_short_runs_resume(corpus, tmp_path):
     # the shipped presets leave lr_decay_iters unset: --max-iters 4 decays to min_lr at step 4
     values = {**training.read_config_file("default"), "data": str(corpus), "out": str(tmp_path / "a"),

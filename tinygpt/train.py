@@ -473,8 +473,15 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides
     With ``resume``, the run's saved config is used and ``overrides`` (explicitly given settings) replace
     parts of it; ``cfg`` is then ignored except for ``cfg.out``. One run at a time writes a directory: a
     second one started into it (before or after the first has saved anything) fails at once.
+
+    ``cfg`` itself is left as given: what a run resolves (``lr_decay_iters``, the tokenizer, an initial
+    model's shape) is set on a copy, which the saved config records.
     """
     from tinygpt.checkpoint import exclusive_run_dir
+
+    # (resolved into the caller's object, a TrainConfig reused for a second, longer run kept the first's
+    # lr_decay_iters: 6 steps decayed over the first run's 2, then 4 at min_lr, with no word of it)
+    cfg = dataclasses.replace(cfg)
 
     with exclusive_run_dir(Path(cfg.out), create=not resume):
         return _train(cfg, resume, quiet, overrides)
