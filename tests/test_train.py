@@ -1201,6 +1201,15 @@ def test_a_numpy_integer_vocab_size_is_accepted_as_the_other_counts_are():
             training.make_config({"tokenizer": "bpe", "vocab_size": bad})
 
 
+def test_a_numpy_bool_is_accepted_as_a_true_or_false_setting():
+    # a NumPy bool (a comparison's, `n_layer > 2`) was refused as "--bias must be true or false, got True"
+    cfg = training.make_config({"bias": np.int64(3) > 2, "recompute": np.bool_(False)})
+    assert (cfg.bias, cfg.recompute) == (True, False)
+    assert type(cfg.bias) is bool and type(cfg.recompute) is bool  # (saved as JSON)
+    with pytest.raises(TinyGPTError, match="--bias must be true or false, got 1"):
+        training.make_config({"bias": 1})
+
+
 # --- token directories prepared elsewhere: nanoGPT's train.bin / val.bin ------------------------------------
 
 

@@ -167,8 +167,11 @@ class TrainConfig:
                 raise TinyGPTError(f"--vocab-size must be an integer above 256, got {shown(self.vocab_size)}")
             self.vocab_size = int(self.vocab_size)  # (saved as JSON, which takes no int64)
         for name in ("bias", "recompute"):
-            if not isinstance(getattr(self, name), bool):
-                raise TinyGPTError(f"{_flag(name)} must be true or false, got {shown(getattr(self, name))}")
+            value = getattr(self, name)
+            if isinstance(value, np.bool_):  # (a NumPy comparison's, `n > 2`: refused as "must be true or
+                setattr(self, name, bool(value))  # false, got True"; saved as JSON, which takes no np.bool_)
+            elif not isinstance(value, bool):
+                raise TinyGPTError(f"{_flag(name)} must be true or false, got {shown(value)}")
         return self
 
     def to_dict(self) -> dict:
