@@ -617,7 +617,18 @@ def test_cross_entropy_of_huge_logits_is_as_exact_as_torch_float32(backend):
 # --- dtype: float32 stays float32 ------------------------------------------------------------------
 
 
+def _float_arrays(cache) -> list:
+    """The floating-point arrays a layer's cache holds (tuples and lists of them, nested)."""
+    if isinstance(cache, np.ndarray):
+        return [cache] if cache.dtype.kind == "f" else []
+    if isinstance(cache, (tuple, list)):
+        return [a for item in cache for a in _float_arrays(item)]
+    return []
+
+
 def test_every_layer_preserves_float32():
+    # what the module docstring promises: every array returned or cached is float32, though LayerNorm's
+    # mean, the exact GELU's erfc and the cross-entropy's total pass through float64 on the way
     rng = rng_for(14)
     f32 = np.float32
     x = rng.standard_normal((2, 4, 8)).astype(f32)
@@ -627,21 +638,25 @@ def test_every_layer_preserves_float32():
         rng.standard_normal((5, 8)).astype(f32),
         rng.standard_normal((6, 8)).astype(f32),
     )
-    checks += [out, *layers.embedding_backward(out, c)]
+    checks += [out, *layers.embedding_backward(out, c), *_float_arrays(c)]
     out, c = layers.layernorm_forward(x, np.ones(8, f32), np.zeros(8, f32))
-    checks += [out, *layers.layernorm_backward(out, c)]
+    checks += [out, *layers.layernorm_backward(out, c), *_float_arrays(c)]
     out, c = layers.linear_forward(x, np.ones((8, 24), f32), np.zeros(24, f32))
-    checks += [out, *layers.linear_backward(out, c)]
+    checks += [out, *layers.linear_backward(out, c), *_float_arrays(c)]
     out, c = layers.gelu_forward(x)
-    checks += [out, layers.gelu_backward(out, c)]
+    checks += [out, layers.gelu_backward(out, c), *_float_arrays(c)]
+    out, c = layers.gelu_erf_forward(x)
+    checks += [out, layers.gelu_erf_backward(out, c), *_float_arrays(c)]
     qkv = rng.standard_normal((2, 4, 24)).astype(f32)
     out, c = layers.attention_forward(qkv, 2, dropout=0.1, rng=rng)
-    checks += [out, layers.attention_backward(out, c)]
+    checks += [out, layers.attention_backward(out, c), *_float_arrays(c)]
     out, c = layers.dropout_forward(x, 0.5, rng)
-    checks += [out, layers.dropout_backward(out, c)]
+    checks += [out, layers.dropout_backward(out, c), *_float_arrays(c)]
     logits = rng.standard_normal((2, 4, 7)).astype(f32)
-    _, c = layers.cross_entropy_forward(logits, rng.integers(0, 7, (2, 4)))
-    checks += [layers.cross_entropy_backward(1.0, c)]
+    loss, c = layers.cross_entropy_forward(logits, rng.integers(0, 7, (2, 4)))
+    assert type(loss) is float
+    checks += [layers.cross_entropy_backward(1.0, c), *_float_arrays(c)]
+    assert len(checks) > 20
     assert [a.dtype for a in checks] == [np.dtype(f32)] * len(checks)
 
 

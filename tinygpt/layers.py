@@ -7,8 +7,11 @@ Each layer is a pair of plain functions::
 
 ``dout`` is the gradient of the loss with respect to the layer's output; the backward pass returns the
 gradients with respect to the layer's inputs, in the order the forward pass takes them. The functions are
-dtype preserving: give them float32 arrays (training) or float64 arrays (gradient checks) and every
-intermediate stays in that dtype.
+dtype preserving: give them float32 arrays (training) or float64 arrays (gradient checks) and every array
+they return or cache is in that dtype. Three small steps go through float64 on the way, for accuracy, each
+cast back at once: LayerNorm's row means (a float32 sum's few ulps are all of x - mean on a nearly constant
+row), the exact GELU's erfc (``math.erfc``, element by element: NumPy has none) and the cross-entropy's sum
+of per-token losses (N float32 losses can overflow; the loss is a Python float).
 
 Shapes use GPT-2's letters: B batch, T time (sequence length), C channels (n_embd), H heads, hs = C / H head
 size, V vocabulary size. The model (``tinygpt.model``) strings these together::
