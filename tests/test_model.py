@@ -658,13 +658,30 @@ def test_from_pretrained_errors(tmp_path):
         GPT.from_pretrained(tmp_path)
     config_path.write_text(json.dumps({**good, "n_layer": 3}))
     # (the layer count is checked first, so the message says why: not a list of h.2's missing tensors)
-    with pytest.raises(TinyGPTError, match=r"missing h\.2 \(config.json has n_layer = 3; the weights hold 2"):
+    with pytest.raises(TinyGPTError, match=r"missing h\.2 \(.*config.json has n_layer = 3; the weights hold"):
         GPT.from_pretrained(tmp_path)
     # a corrupt n_layer of 2**40 listed 2**40 layers' parameter names first: all the memory, then OOM
     config_path.write_text(json.dumps({**good, "n_layer": 2**40}))
-    with pytest.raises(TinyGPTError, match=r"missing h\.2 \(config.json has n_layer = 1099511627776; the "
+    with pytest.raises(TinyGPTError, match=r"missing h\.2 \(.*config.json has n_layer = 1099511627776; the "
                                            r"weights hold 2 layers\)"):
         GPT.from_pretrained(tmp_path)
+    # sizes the weights or GPTConfig refuse name the file, as the errors above do: they said "GPTConfig.n_embd
+    # (8) must be divisible by n_head (3)", "GPTConfig.block_size must be ..." of n_positions, "tensor
+    # 'transformer.wte.weight' has shape (11, 8), expected (5, 8)" and "unexpected tensor '...h.1...'"
+    where = re.escape(str(config_path))
+    for bad, message in (({"n_head": 3}, f"^{where}: n_embd \\(8\\) must be divisible by n_head \\(3\\)$"),
+                         ({"n_embd": 0}, f"^{where}: n_embd must be a positive integer, got 0$"),
+                         ({"n_head": -2}, f"^{where}: n_head must be a positive integer, got -2$"),
+                         ({"n_positions": 0}, f"^{where}: n_positions must be a positive integer, got 0$"),
+                         ({"resid_pdrop": 1.5}, f"^{where}: resid_pdrop must be in \\[0, 1\\), got 1.5$"),
+                         ({"vocab_size": 5}, r"'transformer\.wte\.weight' has shape \(11, 8\), expected "
+                                             f"\\(5, 8\\) from the sizes in {where}$"),
+                         ({"n_layer": 1}, f"holds h\\.1, past {where}'s n_layer = 1 \\(the weights hold 2")):
+        config_path.write_text(json.dumps({**good, **bad}))
+        with pytest.raises(TinyGPTError, match=message):
+            GPT.from_pretrained(tmp_path)
+    config_path.write_text(json.dumps({**good, "resid_pdrop": 1.5}))
+    assert GPT.from_pretrained(tmp_path, dropout=0.0).config.dropout == 0.0  # (the caller's overrides it)
     for bad, message in (({"resid_pdrop": None}, "resid_pdrop must be a number"),  # these three were
                          ({"resid_pdrop": "0.1x"}, "resid_pdrop must be a number"),  # tracebacks
                          ({"n_embd": None, "n_inner": 64}, "n_embd must be an integer"),

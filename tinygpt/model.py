@@ -587,7 +587,7 @@ class GPT:
             raise TinyGPTError(f"{config_path} is not a JSON object (expected a transformers GPT-2 config)")
         config = _config_from_hf(hf, config_path, dropout)
         params = _params_from_state_dict(_read_weights(path), config, f"the checkpoint at {path}",
-                                         "config.json")
+                                         config_path)
         return cls(config, dtype=dtype, backend=backend, params=params)
 
     def save_pretrained(self, path) -> None:
@@ -713,11 +713,19 @@ def _config_from_hf(hf: dict, where: str, dropout: float | None) -> GPTConfig:
     for key in sizes:
         if not isinstance(hf[key], int) or isinstance(hf[key], bool):
             raise TinyGPTError(f"{where}: {key} must be an integer, got {shown(hf[key])}")
+        # (checked here, by the file's names, not left to GPTConfig, whose message named neither the file
+        # nor the key: "GPTConfig.block_size must be a positive integer, got 0" for n_positions)
+        if hf[key] <= 0:
+            raise TinyGPTError(f"{where}: {key} must be a positive integer, got {hf[key]}")
+    if hf["n_embd"] % hf["n_head"]:
+        raise TinyGPTError(f"{where}: n_embd ({hf['n_embd']}) must be divisible by n_head ({hf['n_head']})")
     if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
         raise TinyGPTError(f"{where}: n_inner = {hf['n_inner']!r} is not supported (the MLP is 4 * n_embd)")
     resid_pdrop = hf.get("resid_pdrop", 0.0)
     if not isinstance(resid_pdrop, (int, float)) or isinstance(resid_pdrop, bool):
         raise TinyGPTError(f"{where}: resid_pdrop must be a number, got {shown(resid_pdrop)}")
+    if dropout is None and not 0 <= resid_pdrop < 1:
+        raise TinyGPTError(f"{where}: resid_pdrop must be in [0, 1), got {resid_pdrop}")
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=hf["n_positions"],
@@ -840,6 +848,9 @@ def _params_from_state_dict(tensors: dict[str, np.ndarray], config: GPTConfig, w
         absent = min(set(range(len(layers) + 1)) - layers)
         raise TinyGPTError(f"{where} is missing h.{absent} ({config_name} has n_layer = {config.n_layer}; "
                            f"the weights hold {len(layers)} layers)")
+    if layers and max(layers) >= config.n_layer:  # (else "unexpected tensor h.1...", no word of n_layer)
+        raise TinyGPTError(f"{where} holds h.{max(layers)}, past {config_name}'s n_layer = {config.n_layer} "
+                           f"(the weights hold {len(layers)} layers)")
 
     expected = param_shapes(config)
     loaded = {}
@@ -856,14 +867,16 @@ def _params_from_state_dict(tensors: dict[str, np.ndarray], config: GPTConfig, w
         transpose = linear_out_in and name.endswith(_LINEAR_WEIGHTS)  # (c_proj's (C, C) too)
         shape = expected[name][::-1] if transpose else expected[name]
         if tuple(array.shape) != shape:
-            raise TinyGPTError(f"tensor {key!r} has shape {tuple(array.shape)}, expected {shape}")
+            raise TinyGPTError(f"{where}: tensor {key!r} has shape {tuple(array.shape)}, expected {shape} "
+                               f"from the sizes in {config_name}")
         loaded[name] = array.T if transpose else array  # (GPT(params=...) makes it contiguous)
     missing = [name for name in expected if name not in loaded]
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
         raise TinyGPTError(f"{where} is missing {', '.join(missing[:3])}{more}")
     if head is not None and not np.array_equal(head, loaded["wte.weight"]):
-        raise TinyGPTError("lm_head.weight differs from wte.weight: only a tied output layer is supported")
+        raise TinyGPTError(f"{where}: lm_head.weight differs from wte.weight: only a tied output layer is "
+                           "supported")
     return loaded
 
 
