@@ -124,6 +124,27 @@ def test_resume_refuses_to_change_the_model_shape(corpus, tmp_path):
         training.train(_config(corpus, tmp_path / "run", max_iters=2), quiet=True)
 
 
+def test_resume_with_a_warmup_past_the_runs_saved_decay_says_so_and_what_to_do(corpus, tmp_path, capsys):
+    # the run's lr_decay_iters is resolved at its start (its --max-iters, 4) and saved: --resume
+    # --warmup-iters 8 said "--lr-decay-iters (4) must be >= --warmup-iters (8)", a value never given, no cure
+    training.train(_config(corpus, tmp_path / "run", max_iters=4, eval_interval=2), quiet=True)
+    run = str(tmp_path / "run")
+    line = one_line_error(capsys, ["train", "--resume", "--out", run, "--max-iters", "10",
+                                   "--warmup-iters", "8"])
+    assert line == (f"tinygpt: error: --warmup-iters 8 is past the run's lr_decay_iters, 4 (saved in {run}: "
+                    "the step its learning rate reaches --min-lr); give --lr-decay-iters N of at least 8 "
+                    "with it, or a --warmup-iters of at most 4")
+    line = one_line_error(capsys, ["train", "--resume", "--out", run, "--lr-decay-iters", "1"])
+    assert line == (f"tinygpt: error: --lr-decay-iters 1 is below the run's --warmup-iters, 2 (saved in "
+                    f"{run}); give at least 2, or a --warmup-iters of at most 1 with it")
+    assert "must be >= --warmup-iters" in one_line_error(  # both given: the two flags' own message
+        capsys, ["train", "--resume", "--out", run, "--warmup-iters", "8", "--lr-decay-iters", "5"])
+    assert load_checkpoint(run).state["step"] == 4
+    training.train(training.TrainConfig(out=run), resume=True, quiet=True,
+                   overrides={"max_iters": 6, "warmup_iters": 8, "lr_decay_iters": 8})  # the cure it names
+    assert load_checkpoint(run).train_config["lr_decay_iters"] == 8
+
+
 def test_resume_applies_new_weight_decay_and_betas(corpus, tmp_path):
     # they are not frozen on resume: the restored optimizer state must not bring the saved ones back
     training.train(_config(corpus, tmp_path / "run", max_iters=2, eval_interval=2), quiet=True)

@@ -251,6 +251,23 @@ def _warn_if_resume_is_not_exact(saved: dict, now: dict) -> None:
         print(f"tinygpt: warning: {note}; the resumed run is not the uninterrupted one", file=sys.stderr)
 
 
+def _check_schedule_on_resume(values: dict, overrides: dict, out: Path) -> None:
+    """Refuse, naming both values and where each came from, a --warmup-iters or --lr-decay-iters given to
+    --resume that the other, the run's saved one, cannot follow. validate() said "--lr-decay-iters (4) must be
+    >= --warmup-iters (8)" of a value the user never gave: a run's lr_decay_iters is resolved at its start
+    (to its --max-iters) and saved, so resumed with --warmup-iters 8 it is still 4."""
+    warmup, decay = values.get("warmup_iters"), values.get("lr_decay_iters")
+    if not (is_int(warmup) and is_int(decay)) or decay >= warmup:
+        return  # (or not numbers: validate() says so)
+    if "warmup_iters" in overrides and "lr_decay_iters" not in overrides:
+        raise TinyGPTError(f"--warmup-iters {warmup} is past the run's lr_decay_iters, {decay} (saved in "
+                           f"{out}: the step its learning rate reaches --min-lr); give --lr-decay-iters N of "
+                           f"at least {warmup} with it, or a --warmup-iters of at most {decay}")
+    if "lr_decay_iters" in overrides and "warmup_iters" not in overrides:
+        raise TinyGPTError(f"--lr-decay-iters {decay} is below the run's --warmup-iters, {warmup} (saved in "
+                           f"{out}); give at least {warmup}, or a --warmup-iters of at most {decay} with it")
+
+
 def _data_kind(record: dict) -> str | None:
     """What a run's record says its data is, by the digest it holds: a text file's sha256 or a token
     folder's fingerprint (``data.token_files_fingerprint``); None for neither."""
@@ -535,8 +552,9 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
             if overrides and name in overrides and overrides[name] != saved.get(name):
                 raise TinyGPTError(f"cannot change {_flag(name)} when resuming "
                                    f"({saved.get(name)!r} in {out})")
-        cfg = make_config({**{k: v for k, v in saved.items() if k in FIELDS}, **(overrides or {}),
-                           "out": str(out)})
+        values = {**{k: v for k, v in saved.items() if k in FIELDS}, **(overrides or {}), "out": str(out)}
+        _check_schedule_on_resume(values, overrides or {}, out)
+        cfg = make_config(values)
     elif out.is_dir():
         check_out_holds_no_run(out, classifier=False)
         check_new_run_dir(out)  # before any training: a run must not replace files it did not write
