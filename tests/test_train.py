@@ -192,7 +192,10 @@ def test_a_non_finite_gradient_norm_stops_with_the_step_and_keeps_the_checkpoint
         return grads
 
     monkeypatch.setattr(GPT, "backward", overflowing_backward)
-    with pytest.raises(TinyGPTError, match=r"gradient norm is inf at step 3.*good checkpoint \(step 2\)"):
+    # (the third backward is on the weights of step 2, as metrics.jsonl counts; the evaluation there was
+    # finite)
+    with pytest.raises(TinyGPTError, match=r"gradient norm is inf at step 2, on a training batch \(the "
+                                           r"evaluation there was finite, and its checkpoint is kept in "):
         training.train(_config(corpus, tmp_path / "run", max_iters=4, eval_interval=2), quiet=True)
     ckpt = load_checkpoint(tmp_path / "run")
     assert ckpt.state["step"] == 2 and all(np.isfinite(p).all() for p in ckpt.model.params.values())
@@ -206,12 +209,12 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(corpus, tm
         logits, loss = forward(self, idx, targets, **kwargs)
         if self.training:
             calls["train"] += 1
-            if calls["train"] == 7:  # the 7th training step
+            if calls["train"] == 8:  # the 8th training batch: on the weights of step 7
                 return logits, float("nan")
         return logits, loss
 
     monkeypatch.setattr(GPT, "forward", exploding_forward)
-    with pytest.raises(TinyGPTError, match=r"loss is nan at step 7.*last good checkpoint \(step 6\)"):
+    with pytest.raises(TinyGPTError, match=r"loss is nan at step 7; the last good checkpoint \(step 6\)"):
         training.train(_config(corpus, tmp_path / "run", max_iters=10, eval_interval=2), quiet=True)
     assert load_checkpoint(tmp_path / "run").state["step"] == 6
     assert [r["step"] for r in training.read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0, 2, 4, 6]
@@ -255,9 +258,35 @@ def test_a_divergence_after_the_step_0_checkpoint_says_it_is_kept(corpus, tmp_pa
             p[...] = np.nan
 
     monkeypatch.setattr(AdamW, "step", breaking_step)
-    with pytest.raises(TinyGPTError, match=r"loss is nan at step 2.*good checkpoint \(step 0\)"):
+    with pytest.raises(TinyGPTError, match=r"loss is nan at step 1; the last good checkpoint \(step 0\)"):
         training.train(_config(corpus, tmp_path / "run", max_iters=4, eval_interval=2), quiet=True)
     assert load_checkpoint(tmp_path / "run").state["step"] == 0
+
+
+@pytest.mark.parametrize("eval_interval", [2, 3])
+def test_weights_broken_at_a_step_are_named_by_that_step_whoever_finds_them(corpus, tmp_path, monkeypatch,
+                                                                          eval_interval):
+    # the third update breaks the weights: they are step 3's, as metrics.jsonl and the progress lines count.
+    # An evaluation at step 3 said "at step 3", the training batch after it (no evaluation there) said "at
+    # step 4", the update being taken
+    from tinygpt.optim import AdamW
+
+    step = AdamW.step
+    calls = {"n": 0}
+
+    def breaking_step(self, grads, lr=None):
+        step(self, grads, lr=lr)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            for p in self.params.values():
+                p[...] = np.nan
+
+    monkeypatch.setattr(AdamW, "step", breaking_step)
+    found_by, kept = ("train loss", 0) if eval_interval == 3 else ("loss", 2)
+    with pytest.raises(TinyGPTError, match=rf"training diverged: the {found_by} is nan at step 3; the last "
+                                           rf"good checkpoint \(step {kept}\)"):
+        training.train(_config(corpus, tmp_path / "run", max_iters=6, eval_interval=eval_interval),
+                       quiet=True)
 
 
 def test_starting_weights_with_no_finite_loss_are_not_called_a_divergence(corpus, tmp_path, monkeypatch):

@@ -666,6 +666,10 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         if last_saved is None:  # a new run's first evaluation: no update ran, no learning rate is to blame
             return TinyGPTError(f"{what} is {value} at step 0, before any update: the starting weights give "
                                 f"no finite loss; nothing was saved in {out}")
+        if step == last_saved:  # a training batch's, on the weights the evaluation just found finite
+            return TinyGPTError(f"training diverged: {what} is {value} at step {step}, on a training "
+                                "batch (the evaluation there was finite, and its checkpoint is kept in "
+                                f"{out}); try a lower --learning-rate")
         return TinyGPTError(f"training diverged: {what} is {value} at step {step}; the last good checkpoint "
                             f"(step {last_saved}) is kept in {out}; try a lower --learning-rate")
 
@@ -735,8 +739,11 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
             for _ in range(cfg.grad_accum_steps):
                 x, y = get_batch(data.train, cfg.batch_size, cfg.block_size, sampler_rng)
                 _, loss = model.forward(x, y)
+                # named by `step`, the updates the weights have had, as metrics.jsonl and the progress lines
+                # count: weights the third update broke are "at step 3" whether the evaluation there or the
+                # next training batch finds them (step + 1, the update being taken, said 4 for the latter)
                 if not math.isfinite(loss):
-                    raise diverged("the loss", loss, step + 1)
+                    raise diverged("the loss", loss, step)
                 loss_sum += loss
                 micro = model.backward()
                 if grads is None:
@@ -748,7 +755,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
                 scale_grads(grads, 1.0 / cfg.grad_accum_steps)
             norm = clip_grad_norm(grads, cfg.grad_clip)
             if not math.isfinite(norm):
-                raise diverged("the gradient norm", norm, step + 1)
+                raise diverged("the gradient norm", norm, step)
             optimizer.step(grads, lr=lr)
             step += 1
             state["tokens_seen"] += tokens_per_step
