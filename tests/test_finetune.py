@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -1692,6 +1693,20 @@ def test_resuming_a_finished_run_does_nothing_and_a_longer_one_continues(tmp_pat
     capsys.readouterr()
     assert main(["finetune", "--resume", "--out", str(out), "--max-iters", "6"]) == 0
     assert f"{out} is already at step 6 >= --max-iters 6; nothing to do" in capsys.readouterr().err
+
+
+def test_a_closed_stderr_keeps_finetunes_lines_off_stdout(tmp_path, lm_dir, monkeypatch, capsys):
+    # `tinygpt finetune ... 2>&-`: sys.stderr is None, and its progress lines and resume's warnings, as
+    # print(file=None)'s, went to stdout, among the run's summary line
+    monkeypatch.setattr(sys, "stderr", None)
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    out = tmp_path / "clf"
+    assert main(["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(out),
+                 "--max-iters", "2", "--eval-interval", "2", "--batch-size", "4", "--backend", "numpy"]) == 0
+    assert capsys.readouterr().out.startswith("done: 2 steps")
+    assert main(["finetune", "--resume", "--out", str(out), "--max-iters", "4", "--batch-size", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("done: 4 steps") and len(printed.splitlines()) == 1, printed
 
 
 def test_resume_after_the_data_file_moved_says_to_give_data(tmp_path, lm_dir, capsys):

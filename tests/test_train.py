@@ -1222,13 +1222,24 @@ def test_a_new_run_keeps_an_earlier_checkpoint_whose_latest_link_is_gone(corpus,
     assert (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_a_closed_stderr_does_not_stop_training(corpus, tmp_path, monkeypatch, capsys):
+def test_a_closed_stderr_does_not_stop_training_nor_put_its_lines_on_stdout(corpus, tmp_path, monkeypatch,
+                                                                           capsys):
     # `tinygpt train 2>&-`: sys.stderr is None, and the progress bar's first write raised AttributeError (exit
-    # 1, no message to be seen) before any step; the messages, as print's, go to stdout instead
+    # 1, no message to be seen) before any step. Then the progress lines (tqdm.write(file=None)), resume's
+    # warnings and the plot's (print(file=None)) went to stdout, among the run's summary line, where the
+    # command line's own lines are dropped (cli._say)
     monkeypatch.setattr(sys, "stderr", None)
-    training.train(_config(corpus, tmp_path / "run", max_iters=2, eval_interval=2), quiet=False)
-    assert load_checkpoint(tmp_path / "run").state["step"] == 2
-    assert "step 2: train loss" in capsys.readouterr().out
+    run = tmp_path / "run"
+    training.train(_config(corpus, run, max_iters=2, eval_interval=2), quiet=False)
+    assert load_checkpoint(run).state["step"] == 2
+    assert capsys.readouterr().out.startswith("done: step 2, val loss")
+    (run / "loss.png").unlink()
+    (run / "loss.png").mkdir()  # the plot cannot be written: a warning
+    training.train(training.TrainConfig(out=str(run)), resume=True, quiet=False,
+                   overrides={"max_iters": 4, "batch_size": 2})  # a warning: the eval batches change
+    assert load_checkpoint(run).state["step"] == 4
+    out = capsys.readouterr().out
+    assert out.startswith("done: step 4, val loss") and len(out.splitlines()) == 1, out
 
 
 def test_numpy_integers_are_accepted_as_settings_and_the_run_saves(corpus, tmp_path):

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-from tinygpt.errors import TinyGPTError, shown
+from tinygpt.errors import TinyGPTError, say_on_stderr, shown
 
 
 def _int64(text: str) -> int:
@@ -96,11 +96,7 @@ def _tokenizer_read_utf8(path: str, drop_bom: bool = False) -> str:
         raise TinyGPTError(f"{'stdin' if path == '-' else path} is not UTF-8 text ({exc.reason})") from None
 
 
-def _say(line: str) -> None:
-    """A note, warning or error on stderr, dropped when stderr is closed (`2>&-`: sys.stderr is None), where
-    print(file=None) would write it to stdout, inside the sample or ids the user redirected there."""
-    if sys.stderr is not None:
-        print(line, file=sys.stderr)
+_say = say_on_stderr  # every note, warning and error of the command line: none on stdout when `2>&-`
 
 
 def _say_progress(message: str) -> None:

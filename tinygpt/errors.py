@@ -1,4 +1,5 @@
-"""The one exception type tinygpt raises for bad input, and the number tests its checks share.
+"""The one exception type tinygpt raises for bad input, the number tests its checks share, and the one way
+its notes, warnings and progress lines reach stderr (``say_on_stderr``).
 
 Every user-facing problem (a bad argument, a missing or corrupt file, an unknown name) raises
 ``TinyGPTError`` with a one-line message that names the problem. It subclasses ``ValueError`` so callers
@@ -10,12 +11,21 @@ exit status 2, with no traceback.
 import math
 import numbers
 import reprlib
+import sys
 
 import numpy as np
 
 
 class TinyGPTError(ValueError):
     """Bad input: the message says what is wrong and, where it helps, how to fix it."""
+
+
+def say_on_stderr(line: str) -> None:
+    """A note, warning, error or progress line on stderr, dropped when stderr is closed (``2>&-``:
+    sys.stderr is None), where print(file=None) writes it to stdout, into the output the user redirected
+    there (a sample, ids, the summary line of a run)."""
+    if sys.stderr is not None:
+        print(line, file=sys.stderr, flush=True)
 
 
 def is_int(value) -> bool:

@@ -47,7 +47,6 @@ import io
 import json
 import math
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +55,7 @@ import numpy as np
 
 from tinygpt import layers
 from tinygpt.data import refuse_device
-from tinygpt.errors import TinyGPTError, is_int, is_number, shown
+from tinygpt.errors import TinyGPTError, is_int, is_number, say_on_stderr, shown
 from tinygpt.files import loads_json, write_atomic
 from tinygpt.optim import check_decay_fits_rate
 
@@ -735,7 +734,7 @@ def _warn_if_resume_is_not_exact(saved: dict, now: dict, step: int) -> None:
                      f"steps: the learning rate now decays to --min-lr at step {now['total_steps']}, where "
                      f"the steps so far followed a decay to step {saved.get('total_steps')}")
     for note in notes:
-        print(f"tinygpt: warning: {note}; the resumed run is not the uninterrupted one", file=sys.stderr)
+        say_on_stderr(f"tinygpt: warning: {note}; the resumed run is not the uninterrupted one")
 
 
 def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrides: dict) -> dict:
@@ -764,7 +763,7 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
 
     def say(message):
         if not quiet:
-            print(message, file=sys.stderr, flush=True)
+            say_on_stderr(message)
 
     if ckpt is not None and "data" not in overrides and not Path(cfg.data).exists():
         raise TinyGPTError(f"the run's data file {cfg.data} is gone (moved or deleted?): to resume, give "

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygpt.errors import TinyGPTError, is_finite, is_int, is_number, shown
+from tinygpt.errors import TinyGPTError, is_finite, is_int, is_number, say_on_stderr, shown
 from tinygpt.files import loads_json, write_atomic
 from tinygpt.optim import check_decay_fits_rate
 
@@ -248,7 +248,7 @@ def _warn_if_resume_is_not_exact(saved: dict, now: dict) -> None:
             notes.append(f"{_flag(name)} changed from {saved.get(name)!r} to {now[name]!r}: HellaSwag "
                          "accuracy is scored on other examples")
     for note in notes:
-        print(f"tinygpt: warning: {note}; the resumed run is not the uninterrupted one", file=sys.stderr)
+        say_on_stderr(f"tinygpt: warning: {note}; the resumed run is not the uninterrupted one")
 
 
 def _check_schedule_on_resume(values: dict, overrides: dict, out: Path) -> None:
@@ -567,7 +567,9 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         cfg.lr_decay_iters = max(cfg.max_iters, cfg.warmup_iters)
 
     def say(message):
-        if not quiet:
+        # (not on a closed stderr, `2>&-`: tqdm.write(file=None) writes to stdout, where the run's summary
+        # line goes, as say_on_stderr drops its lines)
+        if not quiet and sys.stderr is not None:
             tqdm.write(message, file=sys.stderr)
 
     # LM fine-tuning starts from a trained model: its shape and tokenizer replace the config's
@@ -776,8 +778,8 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
     except (TinyGPTError, OSError) as exc:  # the run's work is saved: a plot it cannot write (a full disk, a
         # loss.png that is a directory) is told, not made the run's failure (exit 2 after every step ran)
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        print(f"tinygpt: warning: no loss plot written ({why}); the run's checkpoint and metrics are saved",
-              file=sys.stderr)
+        say_on_stderr(f"tinygpt: warning: no loss plot written ({why}); the run's checkpoint and metrics are "
+                      "saved")
     rows = read_metrics(metrics_path)
     summary = {"out": str(out), "step": step, "val_loss": rows[-1]["val_loss"] if rows else None,
                "best_val_loss": state["best_val_loss"], "best_step": state["best_step"],
