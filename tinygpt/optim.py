@@ -213,7 +213,10 @@ def scale_grads(grads: dict, factor: float) -> None:
 
 
 def grad_norm(grads: dict[str, np.ndarray]) -> float:
-    """The global L2 norm of all gradients together: ``sqrt(sum over every entry of g^2)``."""
+    """The global L2 norm of all gradients together: ``sqrt(sum over every entry of g^2)``, the squares
+    summed in float64 on every backend (``tinygpt.kernels.sum_squares`` for host arrays)."""
+    from tinygpt.kernels import sum_squares
+
     total = 0.0
     on_gpu = []
     for g in grads.values():
@@ -221,8 +224,7 @@ def grad_norm(grads: dict[str, np.ndarray]) -> float:
         if gpu is not None:
             on_gpu.append(g)
         else:
-            flat = g.reshape(-1)
-            total += float(np.dot(flat, flat))
+            total += sum_squares(g)
     if on_gpu:  # squared and summed on the GPU, all arrays at once: one number comes back, one wait
         total += _gpu(on_gpu[0]).sum_squares_total(on_gpu)
     return math.sqrt(total)
