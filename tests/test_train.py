@@ -536,6 +536,25 @@ def test_eval_bits_per_byte_counts_the_bytes_of_the_predicted_tokens(tmp_path, m
     assert result["bits_per_byte"] == pytest.approx(nats / math.log(2) / n_bytes, rel=1e-12)
 
 
+def test_eval_of_a_loss_past_exps_range_prints_an_infinite_perplexity(tmp_path, monkeypatch, capsys):
+    # a GPT-2 directory whose final LayerNorm scales its output 1e4-fold: logits in the tens of thousands,
+    # a mean loss of thousands of nats, whose exp math.exp refused with OverflowError, a traceback
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    text = "the cat sat on the mat. " * 20
+    tokenizer = BPETokenizer.train(text, 270)
+    model = GPT(GPTConfig(vocab_size=270, block_size=16, n_layer=1, n_head=2, n_embd=16), seed=0)
+    model.params["ln_f.weight"] *= 1e4
+    directory = tmp_path / "gpt2"
+    model.save_pretrained(directory)
+    tokenizer.save_gpt2_files(directory)
+    (tmp_path / "text.txt").write_text(text)
+    result = training.evaluate(pretrained=directory, data=str(tmp_path / "text.txt"), backend="numpy")
+    assert math.isfinite(result["loss"]) and result["loss"] > 710 and result["perplexity"] == math.inf
+    assert main(["eval", "--pretrained", str(directory), "--data", str(tmp_path / "text.txt"),
+                 "--backend", "numpy"]) == 0
+    assert f"loss {result['loss']:.4f}  perplexity inf  bits per byte" in capsys.readouterr().out
+
+
 # --- tinygpt eval --pretrained: a transformers GPT-2 directory on a whole text, sliding windows ----------
 
 # characters of 1, 2, 3 and 4 UTF-8 bytes: bits per byte must count bytes, not tokens or characters

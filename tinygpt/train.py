@@ -899,15 +899,15 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
     model's tokenizer reads as the files' do), a tail shorter than a window left out.
 
     Windows of the model's ``block_size`` (``data.iter_eval_windows``) advance by ``stride`` tokens (default:
-    ``block_size``, non-overlapping), each scoring only the targets the window before did not, so each
-    target is predicted once. ``loss`` is the mean cross-entropy in nats per scored token; ``perplexity =
-    exp(loss)``; bits per byte = total nats / ln 2 / number of UTF-8 bytes of the scored tokens: unlike
-    per-token loss, it compares models with different tokenizers. ``batch_size`` is windows per forward
+    ``block_size``, non-overlapping), each scoring only the targets the window before did not, so each target
+    is predicted once. ``loss`` is the mean cross-entropy in nats per scored token; ``perplexity = exp(loss)``
+    (inf past float's range); bits per byte = total nats / ln 2 / number of UTF-8 bytes of the scored tokens:
+    unlike per-token loss, it compares models with different tokenizers. ``batch_size`` is windows per forward
     pass: 32 for a run's small windows, 1 for a pretrained model, whose logits over one 1024-token window of
     GPT-2 take 196 MiB. The forwards keep no caches (``keep_caches=False``): one such window peaks at about
-    400 MiB (traced, GPT-2 small's shape), where a training forward keeps 1.1 GiB of activations. ``say``
-    (a function of one line) is told before a long wait with nothing else to show: an id scan of more than
-    1 GiB of token files (``data.open_token_dir``; a FineWeb train split is 20 GB).
+    400 MiB (traced, GPT-2 small's shape), where a training forward keeps 1.1 GiB of activations. ``say`` (a
+    function of one line) is told before a long wait with nothing else to show: an id scan of more than 1 GiB
+    of token files (``data.open_token_dir``; a FineWeb train split is 20 GB).
     """
     from tinygpt.data import VAL_FRACTION, iter_eval_windows, open_token_dir, prepare_dataset
 
@@ -983,7 +983,13 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
         total_tokens += scored.size
         total_bytes += int(byte_lengths[scored].sum())
     loss = total_nats / total_tokens
+    # exp of a mean loss past 709.78 nats is past float's range: math.exp raised OverflowError (a traceback
+    # from `tinygpt eval`) for a model whose logits are huge, where its perplexity is, as a float, inf
+    try:
+        perplexity = math.exp(loss)  # (a NaN loss, from NaN weights, stays NaN)
+    except OverflowError:
+        perplexity = math.inf
     return {"data": str(data_path), "split": split, "tokens": total_tokens, "loss": loss,
-            "perplexity": math.exp(loss), "bits_per_byte": total_nats / math.log(2) / max(total_bytes, 1),
+            "perplexity": perplexity, "bits_per_byte": total_nats / math.log(2) / max(total_bytes, 1),
             "step": step, "model": source, "split_tokens": len(tokens), "window": min(block, len(tokens) - 1),
             "stride": stride or block}
