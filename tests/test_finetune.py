@@ -878,6 +878,27 @@ def test_predict_from_stdin_drops_a_crlf_line_end(tmp_path, lm_dir, capsys, monk
         assert capsys.readouterr().out == as_argument
 
 
+def test_predict_and_eval_write_utf8_whatever_stdout_encoding_says(tmp_path, capsys, monkeypatch):
+    # class names and texts are any Unicode: on an ASCII or cp1252 stdout (PYTHONIOENCODING, a Windows
+    # console) print() raised UnicodeEncodeError, a traceback after the scoring, as sample did before
+    import io
+
+    rows = [{"text": text, "label": label} for text, label in
+            [("très bien", "café"), ("日本語", "crème"), ("bien très", "café"), ("語日本", "crème")] * 3]
+    data = _write_jsonl(tmp_path / "données.jsonl", rows)
+    out = tmp_path / "clf"
+    assert main(["finetune", "--data", str(data), "--out", str(out), "--n-layer", "1", "--n-head", "2",
+                 "--n-embd", "8", "--block-size", "16", "--max-iters", "2", "--backend", "numpy",
+                 "--quiet"]) == 0
+    for argv, expected in ((["predict", "--out", str(out), "très bien", "日本語"], ["très bien", "crème"]),
+                           (["eval", "--out", str(out), "--backend", "numpy"], ["données.jsonl", "café"])):
+        stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+        monkeypatch.setattr("sys.stdout", stdout)
+        assert main(argv) == 0, argv
+        printed = stdout.buffer.getvalue().decode("utf-8")
+        assert all(text in printed for text in expected), printed
+
+
 def test_confusion_matrix_rows_are_true_classes_columns_predictions():
     # guards: the matrix transposed (rows = predictions), invisible when every prediction is right
     matrix = ft.confusion_matrix(np.array([0, 0, 1, 2, 2]), np.array([1, 0, 2, 2, 2]), 3)

@@ -555,6 +555,21 @@ def test_eval_of_a_loss_past_exps_range_prints_an_infinite_perplexity(tmp_path, 
     assert f"loss {result['loss']:.4f}  perplexity inf  bits per byte" in capsys.readouterr().out
 
 
+def test_cli_eval_writes_utf8_whatever_stdout_encoding_says(corpus, tmp_path, monkeypatch):
+    # the first line names the data file, any Unicode: on an ASCII stdout print() raised UnicodeEncodeError
+    import io
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "1",
+                 "--eval-interval", "1"]) == 0
+    data = tmp_path / "données.txt"
+    shutil.copyfile(corpus, data)
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr("sys.stdout", stdout)
+    assert main(["eval", "--out", str(out), "--data", str(data), "--backend", "numpy"]) == 0
+    assert stdout.buffer.getvalue().decode("utf-8").startswith(f"val split of {data}: ")
+
+
 # --- tinygpt eval --pretrained: a transformers GPT-2 directory on a whole text, sliding windows ----------
 
 # characters of 1, 2, 3 and 4 UTF-8 bytes: bits per byte must count bytes, not tokens or characters

@@ -119,6 +119,12 @@ def _write_utf8(text: str) -> None:
     buffer.flush()
 
 
+def _print_lines(*lines: str) -> None:
+    """Lines on stdout in UTF-8 (``_write_utf8``): what eval and predict print holds file names, texts and
+    class names, any Unicode, where print() raised UnicodeEncodeError on an ASCII or cp1252 stdout."""
+    _write_utf8("".join(line + "\n" for line in lines))
+
+
 def _tokenizer_train(args):
     import time
     from pathlib import Path
@@ -318,10 +324,10 @@ def _run_eval(args):
                       backend=args.backend, max_batches=args.max_batches, stride=args.stride,
                       say=_say_progress)
     windows = f", windows of {result['window']} tokens every {result['stride']}" if args.stride else ""
-    print(f"{result['split']} split of {result['data']}: {result['tokens']:,} tokens, model at step "
-          f"{result['step']}{windows}")
-    print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
-          f"bits per byte {result['bits_per_byte']:.4f}")
+    _print_lines(f"{result['split']} split of {result['data']}: {result['tokens']:,} tokens, model at step "
+                 f"{result['step']}{windows}",
+                 f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
+                 f"bits per byte {result['bits_per_byte']:.4f}")
 
 
 def _run_hellaswag_eval(args):
@@ -363,15 +369,15 @@ def _run_pretrained_eval(args):
                       stride=args.stride, say=_say_progress)
     _note_gpt2_tokenizer(args.pretrained, result["model"])
     if result["split"] == "all":
-        print(f"all of {result['data']}: {result['tokens']:,} of its {result['split_tokens']:,} tokens "
-              f"scored (the first is only context), windows of {result['window']} tokens every "
-              f"{result['stride']}")
+        scored = (f"all of {result['data']}: {result['tokens']:,} of its {result['split_tokens']:,} tokens "
+                  f"scored (the first is only context), windows of {result['window']} tokens every "
+                  f"{result['stride']}")
     else:  # a token directory's file
-        print(f"{result['split']} split of {result['data']}: {result['tokens']:,} of its "
-              f"{result['split_tokens']:,} tokens scored, windows of {result['window']} tokens every "
-              f"{result['stride']}")
-    print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
-          f"bits per byte {result['bits_per_byte']:.4f}")
+        scored = (f"{result['split']} split of {result['data']}: {result['tokens']:,} of its "
+                  f"{result['split_tokens']:,} tokens scored, windows of {result['window']} tokens every "
+                  f"{result['stride']}")
+    _print_lines(scored, f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
+                 f"bits per byte {result['bits_per_byte']:.4f}")
 
 
 def _run_plot(args):
@@ -727,11 +733,12 @@ def _run_predict(args):
     clf = load_classifier(args.out, backend=args.backend)
     probs = predict_proba(clf, texts)
     width = max(len(str(label)) for label in clf.labels)
+    lines = []
     for i, (text, row) in enumerate(zip(texts, probs)):
         if len(texts) > 1:
-            print(("" if i == 0 else "\n") + (text if len(text) <= 70 else text[:67] + "..."))
-        for k in np.argsort(-row, kind="stable"):
-            print(f"{str(clf.labels[k]):<{width}}  {row[k]:.4f}")
+            lines.append(("" if i == 0 else "\n") + (text if len(text) <= 70 else text[:67] + "..."))
+        lines.extend(f"{str(clf.labels[k]):<{width}}  {row[k]:.4f}" for k in np.argsort(-row, kind="stable"))
+    _print_lines(*lines)
 
 
 def _run_classifier_eval(args):
@@ -742,17 +749,17 @@ def _run_classifier_eval(args):
     result = evaluate_classifier(args.out, data=args.data, split=args.split, batch_size=args.batch_size,
                                  backend=args.backend, max_batches=args.max_batches)
     labels, matrix = [str(label) for label in result["labels"]], result["confusion"]
-    print(f"{result['split']} split of {result['data']}: {result['n']:,} texts")
-    print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
-          f"(always the most frequent class of this split: {result['majority_accuracy']:.4f})")
     width = max(max(len(name) for name in labels), 6)
-    print("confusion matrix (rows: true, columns: predicted)")
-    print(" " * width + "".join(f"  {name:>{width}}" for name in labels))
-    for name, row in zip(labels, matrix):
-        print(f"{name:>{width}}" + "".join(f"  {count:>{width}}" for count in row))
+    _print_lines(f"{result['split']} split of {result['data']}: {result['n']:,} texts",
+                 f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
+                 f"(always the most frequent class of this split: {result['majority_accuracy']:.4f})",
+                 "confusion matrix (rows: true, columns: predicted)",
+                 " " * width + "".join(f"  {name:>{width}}" for name in labels),
+                 *(f"{name:>{width}}" + "".join(f"  {count:>{width}}" for count in row)
+                   for name, row in zip(labels, matrix)))
     png = plot_confusion_matrix(matrix, labels, Path(args.out) / f"confusion_{result['split']}.png",
                                 title=f"{result['split']} accuracy {result['accuracy']:.3f}")
-    print(f"figure: {png}")
+    _print_lines(f"figure: {png}")
 
 
 # --- bench ----------------------------------------------------------------------------------------
