@@ -899,6 +899,23 @@ def test_predict_and_eval_write_utf8_whatever_stdout_encoding_says(tmp_path, cap
         assert all(text in printed for text in expected), printed
 
 
+def test_eval_names_a_data_file_whose_name_is_not_utf8_by_its_bytes(tmp_path, lm_dir, monkeypatch):
+    # a file name of bytes that are not UTF-8 is a str with lone surrogates: a stdout that encodes strictly
+    # (a UTF-8 locale other than C.UTF-8, PYTHONIOENCODING=utf-8) raised UnicodeEncodeError on it
+    import io
+
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    out = tmp_path / "clf"
+    assert main(["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(out),
+                 "--max-iters", "2", "--backend", "numpy", "--quiet"]) == 0
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.jsonl"))  # Latin-1's e acute
+    shutil.copyfile(data, odd)
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr("sys.stdout", stdout)
+    assert main(["eval", "--out", str(out), "--data", str(odd), "--backend", "numpy"]) == 0
+    assert stdout.buffer.getvalue().startswith(b"all split of " + os.fsencode(odd) + b": 48 texts\n")
+
+
 def test_confusion_matrix_rows_are_true_classes_columns_predictions():
     # guards: the matrix transposed (rows = predictions), invisible when every prediction is right
     matrix = ft.confusion_matrix(np.array([0, 0, 1, 2, 2]), np.array([1, 0, 2, 2, 2]), 3)

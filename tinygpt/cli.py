@@ -115,7 +115,10 @@ def _write_utf8(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    buffer.write(text.encode("utf-8"))
+    # surrogateescape: a file name whose bytes are not UTF-8 (Python's lone surrogates stand for them, as in
+    # eval's "val split of NAME") is written back as those bytes, as ls writes it; strict, it raised
+    # UnicodeEncodeError under a UTF-8 locale other than C.UTF-8
+    buffer.write(text.encode("utf-8", "surrogateescape"))
     buffer.flush()
 
 
