@@ -862,7 +862,7 @@ def test_eval_of_a_held_out_file_scores_all_of_it_and_predict_takes_crlf(tmp_pat
         assert "fine-tune" not in err, err
 
 
-def test_predict_from_stdin_drops_a_crlf_line_end(tmp_path, lm_dir, capsys, monkeypatch):
+def test_predict_from_stdin_drops_a_crlf_line_end_and_a_bom(tmp_path, lm_dir, capsys, monkeypatch):
     import io
 
     data = _write_jsonl(tmp_path / "d.jsonl", _rows())
@@ -876,6 +876,11 @@ def test_predict_from_stdin_drops_a_crlf_line_end(tmp_path, lm_dir, capsys, monk
         monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"sweet love\r\n")))
         assert main(["predict", "--out", str(out), *text_arguments]) == 0
         assert capsys.readouterr().out == as_argument
+    # a leading BOM (Notepad's UTF-8) is dropped, as from the training rows: it was the text's first
+    # character, which the character model's vocabulary lacks ("character '\ufeff' is not in ...")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xef\xbb\xbfsweet love\r\n")))
+    assert main(["predict", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == as_argument
 
 
 def test_predict_and_eval_write_utf8_whatever_stdout_encoding_says(tmp_path, capsys, monkeypatch):

@@ -732,7 +732,9 @@ def _run_predict(args):
     _refuse_empty("--out", args.out, "a directory")
     texts = args.text
     if not texts or texts == ["-"]:
-        texts = [_tokenizer_read_utf8("-").rstrip("\r\n")]  # the line end, CRLF included
+        # the line end, CRLF included, and a leading BOM (a file saved by Notepad: `predict < review.txt`),
+        # which the training rows never hold (read_labelled drops it) and a char model's vocabulary lacks
+        texts = [_tokenizer_read_utf8("-", drop_bom=True).rstrip("\r\n")]
     clf = load_classifier(args.out, backend=args.backend)
     probs = predict_proba(clf, texts)
     width = max(len(str(label)) for label in clf.labels)
