@@ -860,6 +860,12 @@ def test_eval_of_a_held_out_file_scores_all_of_it_and_predict_takes_crlf(tmp_pat
                  ["eval", "--out", str(out), "--data", str(test_file)]):
         err = _fails(capsys, argv, "text 1", "cannot encode", "'Z' is not in this tokenizer's vocabulary")
         assert "fine-tune" not in err, err
+    # scoring a split, a text is named by its place in the file, not in the split: the fourth row, the first
+    # of the val split, was "text 1"
+    _write_jsonl(test_file, [{**row, "split": "train"} for row in _rows(3)]
+                 + [{"text": "ZEBRA", "label": "comedy", "split": "val"}])
+    _fails(capsys, ["eval", "--out", str(out), "--data", str(test_file), "--split", "val"],
+           f"{test_file}, text 4: the model's tokenizer cannot encode it")
 
 
 def test_predict_from_stdin_drops_a_crlf_line_end_and_a_bom(tmp_path, lm_dir, capsys, monkeypatch):

@@ -242,24 +242,27 @@ _FINE_TUNING_ADVICE = "; fine-tune from a model whose vocabulary covers the data
 
 
 def encode_texts(tokenizer, texts: list[str], block_size: int, vocab_size: int,
-                 where: str = "data", advice: str = _FINE_TUNING_ADVICE) -> tuple[list[np.ndarray], int]:
+                 where: str = "data", advice: str = _FINE_TUNING_ADVICE, numbers=None
+                 ) -> tuple[list[np.ndarray], int]:
     """Token ids of each text, truncated to its FIRST ``block_size`` tokens; and how many were truncated.
 
     A text the tokenizer cannot encode (a character model without the text's characters) or that encodes
     to ids outside the model's vocabulary raises TinyGPTError naming the row (``advice`` follows when the
-    tokenizer cannot encode it: how to fine-tune instead; "" where a trained classifier reads the text).
+    tokenizer cannot encode it: how to fine-tune instead; "" where a trained classifier reads the text):
+    "text i + 1" for ``texts[i]``, or ``numbers[i]`` where the texts are some of a file's (a split of it).
     """
     seqs, truncated = [], 0
     for i, text in enumerate(texts):
+        number = i + 1 if numbers is None else numbers[i]
         try:
             ids = tokenizer.encode(text)
         except TinyGPTError as exc:
-            raise TinyGPTError(f"{where}, text {i + 1}: the model's tokenizer cannot encode it ({exc})"
+            raise TinyGPTError(f"{where}, text {number}: the model's tokenizer cannot encode it ({exc})"
                                f"{advice}") from None
         if not ids:
-            raise TinyGPTError(f"{where}, text {i + 1}: encodes to no tokens")
+            raise TinyGPTError(f"{where}, text {number}: encodes to no tokens")
         if max(ids) >= vocab_size:
-            raise TinyGPTError(f"{where}, text {i + 1}: token id {max(ids)} is outside the model's "
+            raise TinyGPTError(f"{where}, text {number}: token id {max(ids)} is outside the model's "
                                f"vocabulary of {vocab_size}")
         if len(ids) > block_size:
             ids, truncated = ids[:block_size], truncated + 1
@@ -1073,8 +1076,9 @@ def evaluate_classifier(out_dir, data: str | None = None, split: str = "val", ba
         hint = " (as after fine-tuning with --val-fraction 0): try --split train" if split == "val" else ""
         raise TinyGPTError(f"the {split} split of {path} is empty{hint}")
     cfg = clf.model.config
+    # (an error names the text by its place in the file, not in the split)
     seqs, truncated = encode_texts(clf.tokenizer, [texts[i] for i in rows], cfg.block_size, cfg.vocab_size,
-                                   where=str(path), advice="")
+                                   where=str(path), advice="", numbers=[int(i) + 1 for i in rows])
     probs, loss, acc = _scores(pooled_features(clf.model, seqs, batch_size), clf.head, label_ids[rows])
     pred = probs.argmax(axis=1)
     return {"data": str(path), "split": split, "n": len(rows), "loss": loss, "accuracy": acc,
