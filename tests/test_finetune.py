@@ -1724,6 +1724,27 @@ def test_resume_on_changed_data_warns_when_its_rows_split_alike_and_refuses_when
     assert _files(out) == before
 
 
+def test_resume_of_integer_labels_takes_a_csv_of_the_rows(tmp_path, lm_dir, capsys):
+    # a .jsonl's labels 0 and 1 are saved as integers; the same rows as a CSV are text, "0" and "1": resuming
+    # on the CSV was refused ("label '0' is not among the given labels [0, 1]"), where README says the same
+    # rows in another layout change nothing
+    rows = [{"text": row["text"], "label": int(row["label"] == "comedy")} for row in _rows(16)]
+    data = _write_jsonl(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "clf"
+    ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), batch_size=4, max_iters=2,
+                                   eval_interval=2), quiet=True)
+    as_csv = tmp_path / "d.csv"
+    with open(as_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    capsys.readouterr()
+    summary = ft.finetune_classifier(ft.FinetuneConfig(out=str(out)), resume=True, quiet=True,
+                                     overrides={"data": str(as_csv)})
+    assert summary["labels"] == [0, 1] and capsys.readouterr().err == ""  # not even "their labels differ"
+    assert ft.label_vocabulary(["1", "0", " 1"], [0, 1])[1].tolist() == [1, 0, 1]
+
+
 def test_resuming_a_finished_run_does_nothing_and_a_longer_one_continues(tmp_path, lm_dir, capsys):
     data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
     out = tmp_path / "clf"

@@ -190,6 +190,12 @@ def label_vocabulary(labels: list, names: list | None = None) -> tuple[list, np.
         integer_text = all(isinstance(n, str) and re.fullmatch(r"-?[0-9]+", n.strip()) for n in names)
         if present and all(isinstance(label, int) for label in present) and integer_text:
             names = [int(n) for n in names]  # given as text (the CLI), the data's are integers (a .jsonl)
+        elif names and all(is_int(n) for n in names) and all(
+                isinstance(label, str) and re.fullmatch(r"-?[0-9]+", label.strip()) for label in present):
+            # ... and the reverse: integers (a run's saved classes, from a .jsonl) for a .csv's text, "0"
+            # the label 0, as evaluate_classifier reads them (resuming on a CSV of the rows was refused)
+            labels = [int(label) for label in labels]
+            present = sorted(set(labels))
         if len(set(names)) != len(names):
             raise TinyGPTError(f"the label list {names} repeats a label")
         unknown = [label for label in present if label not in names]
