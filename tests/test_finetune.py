@@ -1745,6 +1745,33 @@ def test_resume_of_integer_labels_takes_a_csv_of_the_rows(tmp_path, lm_dir, caps
     assert ft.label_vocabulary(["1", "0", " 1"], [0, 1])[1].tolist() == [1, 0, 1]
 
 
+def test_weights_that_give_no_finite_val_loss_are_not_saved(tmp_path, lm_dir):
+    # an update past all reason (a learning rate of 1e12) left NaN weights: they were saved as the latest
+    # checkpoint, and as the best (the broken model's picks scored 0.5 against step 0's 0.0), and the run
+    # stopped only at the next step's loss; train keeps its last good checkpoint, as finetune now does
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    out = tmp_path / "clf"
+    cfg = _config(tmp_path, data, n_layer=1, n_head=2, n_embd=16, block_size=16, learning_rate=1e12,
+                  min_lr=0.0, warmup_iters=0, weight_decay=0.0, eval_interval=1, max_iters=4)
+    with pytest.raises(TinyGPTError, match=r"^fine-tuning diverged: the val loss is (nan|inf) at step 1; the "
+                                           r"last good checkpoint \(step 0\) is kept in .*; try a lower "
+                                           r"--learning-rate$"), np.errstate(invalid="ignore", over="ignore"):
+        ft.finetune_classifier(cfg, quiet=True)  # (NumPy's warnings on the way to NaN: not what is tested)
+    assert os.readlink(out / "latest") == os.readlink(out / "best") == "checkpoints/step-00000000"
+    assert [row["step"] for row in read_metrics(out / "metrics.jsonl")] == [0]
+    # weights broken before any update: said so, nothing saved
+    ckpt = load_checkpoint(lm_dir)
+    ckpt.model.params["ln_f.weight"][:] = np.nan
+    broken = tmp_path / "broken"
+    save_checkpoint(broken, ckpt.model, ckpt.tokenizer, None, {"backend": "numpy"}, {"step": 7})
+    with pytest.raises(TinyGPTError, match=r"^the val loss is nan at step 0, before any update: the starting "
+                                           r"weights give no finite loss; nothing was saved in "), \
+            np.errstate(invalid="ignore"):
+        ft.finetune_classifier(_config(tmp_path, data, init_from=str(broken), out=str(tmp_path / "c2")),
+                               quiet=True)
+    assert not (tmp_path / "c2" / "latest").exists()
+
+
 def test_resuming_a_finished_run_does_nothing_and_a_longer_one_continues(tmp_path, lm_dir, capsys):
     data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
     out = tmp_path / "clf"

@@ -892,6 +892,16 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
         if len(val_rows):
             features = frozen_val if cfg.freeze_body else pooled_features(model, val_seqs)
             _, row["val_loss"], row["val_acc"] = _scores(features, head, y_val)
+            # weights that give no finite val loss are not saved: they were the latest checkpoint, and the
+            # best one too when the broken model's picks (argmax of NaN: class 0) scored a higher accuracy
+            if not math.isfinite(row["val_loss"]):
+                value = row["val_loss"]
+                if step == 0:  # (a new run's first evaluation: no update ran, no learning rate is to blame)
+                    raise TinyGPTError(f"the val loss is {value} at step 0, before any update: the starting "
+                                       f"weights give no finite loss; nothing was saved in {out}")
+                raise TinyGPTError(f"fine-tuning diverged: the val loss is {value} at step {step}; the last "
+                                   f"good checkpoint (step {state['step']}) is kept in {out}; try a lower "
+                                   "--learning-rate")
         # the checkpoint DIR/best names: the highest val accuracy, then the lowest val loss
         best = "val_acc" in row and (state["best_step"] is None or (row["val_acc"], -row["val_loss"]) >
                                      (state["best_val_acc"], -state["best_val_loss"]))
