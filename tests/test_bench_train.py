@@ -329,6 +329,49 @@ def test_bench_train_no_optimizer_times_forward_and_backward_on_every_side(monke
     assert [a[4] for a in calls["peak_rss"]] == [False, False]
 
 
+def test_a_cuda_step_is_timed_to_the_end_of_its_gpu_work(monkeypatch):
+    # the cuda backend's kernels run asynchronously, and only forward's loss came back to the host: the
+    # timed step ended with backward's and AdamW's kernels launched, not run, and they ran on during the
+    # peer's timed step. No GPU here: the model is a stand-in whose ops are named cuda.
+    from numba import cuda
+
+    events = []
+    model = types.SimpleNamespace(ops=types.SimpleNamespace(name="cuda"),
+                                  forward=lambda idx, targets: events.append("forward"),
+                                  backward=lambda: events.append("backward") or {})
+    optimizer = types.SimpleNamespace(step=lambda grads: events.append("adamw"))
+    monkeypatch.setattr(train, "tinygpt_training", lambda *a, **k: (model, optimizer, None, None))
+    monkeypatch.setattr(cuda, "synchronize", lambda: events.append("synchronize"))
+    step, _ = train.tinygpt_step("small", "cuda", True)
+    step()
+    assert events == ["forward", "backward", "adamw", "synchronize"]
+    events.clear()
+    model.ops.name = "numpy"  # a CPU backend has nothing to wait for
+    train.tinygpt_step("small", "numpy", True)[0]()
+    assert events == ["forward", "backward", "adamw"]
+
+
+def test_bench_train_gives_a_cuda_side_no_mfu_over_the_cpus_matmul_rate(monkeypatch, capsys):
+    # MFU divides by NumPy's matmul rate on this CPU: a GPU's step over it read as 3,000% "utilisation"
+    import tinygpt.model
+
+    calls = _injected_run(monkeypatch, {"tinygpt (numpy)": 0.02, "tinygpt (cuda)": 0.01,
+                                        "PyTorch eager": 0.03})
+    real_get_layer_ops, real_tinygpt_step = tinygpt.model.get_layer_ops, train.tinygpt_step
+    # (no GPU here: the cuda side runs the numpy backend's step; its time is injected above)
+    monkeypatch.setattr(tinygpt.model, "get_layer_ops",
+                        lambda backend: real_get_layer_ops("numpy" if backend == "cuda" else backend))
+    monkeypatch.setattr(train, "tinygpt_step", lambda config, backend, *a: real_tinygpt_step(
+        config, "numpy" if backend == "cuda" else backend, *a))
+    argv = ["--configs", "small", "--steps", "1", "--no-memory", "--backend", "numpy,cuda"]
+    assert main(["bench", "train", *argv]) == 0
+    assert calls["medians"] == [(["tinygpt (numpy)", "tinygpt (cuda)", "PyTorch eager"], 1, 2)]
+    rows = {ln.split()[2]: ln.split()[3:] for ln in capsys.readouterr().out.splitlines()
+            if ln.startswith("4L/4H/128d/T64/B12 ")}
+    assert rows["(cuda)"] == ["76,800", "10.0", "-", "3.00x"]
+    assert rows["(numpy)"][2].endswith("%") and rows["eager"][2].endswith("%")  # the CPU sides keep theirs
+
+
 def test_tinygpt_training_takes_the_batch_and_recompute_it_is_given():
     model, optimizer, idx, targets = train.tinygpt_training("small", "numpy", False, batch_size=3,
                                                             recompute=True)

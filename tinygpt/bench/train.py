@@ -15,7 +15,8 @@ train`` runs): a process-wide setting, and neutral to the ratio here (four A/B p
 1.32x, 1.24x, 1.19x, 1.13x with it, 1.33x, 1.24x, 1.23x, 1.23x without).
 
 MFU (model FLOPs utilisation) divides the model's FLOPs per second (``GPT.flops_per_token``: 6N plus
-attention) by the float32 matmul GFLOP/s that NumPy reaches on this machine, measured in the same run.
+attention) by the float32 matmul GFLOP/s that NumPy reaches on this machine, measured in the same run (a
+CPU's rate: a cuda side gets none). A cuda side's step waits for its GPU work to end (``cuda.synchronize``).
 
 The memory probe runs one training step of each side in a fresh subprocess and reports the peak resident
 set size (VmHWM) and how much the step added above the built model and optimizer (Linux only).
@@ -117,12 +118,19 @@ def tinygpt_training(config_name: str, backend: str, with_optimizer: bool, batch
 def tinygpt_step(config_name: str, backend: str, with_optimizer: bool, recompute: bool = False):
     model, optimizer, idx, targets = tinygpt_training(config_name, backend, with_optimizer,
                                                       recompute=recompute)
+    sync = lambda: None  # noqa: E731
+    if model.ops.name == "cuda":  # its kernels run asynchronously: without the wait, the step's time ended
+        # when its last kernel was launched, and its backward and AdamW ran on during the peer's timed step
+        from numba import cuda
+
+        sync = cuda.synchronize
 
     def step():
         model.forward(idx, targets)
         grads = model.backward()
         if optimizer is not None:
             optimizer.step(grads)
+        sync()
 
     return step, model
 
@@ -296,11 +304,13 @@ def run(args):
         raise TinyGPTError("--steps must be >= 1 and --warmup >= 0")
     if args.isolate < 0:
         raise TinyGPTError(f"--isolate must be >= 0 (0: interleave in this process), got {args.isolate}")
+    from tinygpt.kernels import resolve_backend
     from tinygpt.model import GPTConfig, activation_floats_per_token, get_layer_ops
     from tinygpt.train import retain_freed_memory
 
     for backend in backends:
         get_layer_ops(backend)  # fail early, with the backend's own message
+    on_gpu_sides = {f"tinygpt ({b})" for b in backends if resolve_backend(b) == "cuda"}
     retain_freed_memory()  # as `tinygpt train` does; a process-wide setting, so both sides get it
     threads = blas_threads()
     with_optimizer = _have_adamw() and not args.no_optimizer
@@ -343,9 +353,11 @@ def run(args):
         flops_per_token = model.flops_per_token(T)
         for side, s in seconds.items():
             tokens_per_s = B * T / s
-            mfu = flops_per_token * tokens_per_s / (peak * 1e9)
+            # (a GPU's step over this CPU's matmul rate is no utilisation of anything: no MFU for it)
+            on_gpu = side in on_gpu_sides
+            mfu = "-" if on_gpu else f"{flops_per_token * tokens_per_s / (peak * 1e9):.1%}"
             ratio = f"{seconds['PyTorch eager'] / s:.2f}x" if peer else "-"
-            print(f"{label:<24} {side:<20} {tokens_per_s:>10,.0f} {s * 1e3:>9.1f} {mfu:>6.1%} {ratio:>11}")
+            print(f"{label:<24} {side:<20} {tokens_per_s:>10,.0f} {s * 1e3:>9.1f} {mfu:>6} {ratio:>11}")
         if per_round:
             for side, times in per_round.items():
                 print(f"  {side} rounds (ms/step): {' / '.join(f'{t * 1e3:,.0f}' for t in times)}")
