@@ -1145,6 +1145,17 @@ def test_read_labelled_refuses_a_bad_row_naming_it(tmp_path, name, content, mess
         ft.read_labelled(tmp_path / name)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_named_pipe_for_data_is_refused_as_what_it_is_not_as_missing(tmp_path, capsys):
+    # `mkfifo rows.jsonl; finetune --data rows.jsonl` said 'labelled data file not found: rows.jsonl' of a
+    # path that exists (refused all the same: a run reads the file twice, its rows and then its checksum)
+    fifo = tmp_path / "rows.jsonl"
+    os.mkfifo(fifo)
+    err = _fails(capsys, ["finetune", "--data", str(fifo), "--out", str(tmp_path / "o"), "--quiet"],
+                 f"labelled data path is not a regular file (a pipe or a socket): {fifo}")
+    assert "not found" not in err and not (tmp_path / "o").exists()
+
+
 def test_an_empty_csv_split_column_means_no_split(tmp_path):
     # guards: "" read as a split name ("split must be train or val, got ''") for a column left blank
     (tmp_path / "d.csv").write_text("text,label,split\nthe grave,tragedy,\no merry day,comedy,\n")

@@ -84,6 +84,9 @@ def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
     if path.is_dir():
         raise TinyGPTError(f"labelled data path is a directory, not a file: {path}")
     refuse_device(path, "labelled data path")  # (it read "not found" for /dev/zero)
+    if path.exists() and not path.is_file():  # a FIFO or a socket, read "not found": a run reads its rows
+        # twice (the rows, then the file's checksum for --resume), and a pipe gives them once
+        raise TinyGPTError(f"labelled data path is not a regular file (a pipe or a socket): {path}")
     if not path.is_file():
         raise TinyGPTError(f"labelled data file not found: {path}")
     suffix = path.suffix.lower()
