@@ -1,6 +1,7 @@
 """``tinygpt bench recipe``: both sides run end to end (tiny run); bad input refused. No timings asserted."""
 
 import math
+import os
 
 import pytest
 
@@ -62,6 +63,18 @@ def test_bench_recipe_bad_input(capsys, argv, message):
     assert main(["bench", "recipe", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_bench_recipe_names_a_directory_or_a_pipe_as_such(tmp_path, capsys):
+    # each was '--data PATH: no such file', of a path that exists
+    fifo = tmp_path / "text.txt"
+    os.mkfifo(fifo)
+    for path, message in ((tmp_path, "is a directory: the recipe trains on a text file"),
+                          (fifo, "is not a regular file (a pipe, a socket or a device)")):
+        assert main(["bench", "recipe", "--data", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--data {path} {message}" in err[0] and "no such file" not in err[0]
 
 
 @pytest.mark.parametrize("content, message", [(b" \n", "data file is empty"),

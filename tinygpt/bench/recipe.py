@@ -198,6 +198,12 @@ def nanogpt_style_run(settings: dict, out_dir: str, threads: int) -> dict:
 
 
 def run(args):
+    if Path(args.data).is_dir():  # (it said "no such file")
+        raise TinyGPTError(f"--data {args.data} is a directory: the recipe trains on a text file")
+    if Path(args.data).exists() and not Path(args.data).is_file():  # both sides read it: a pipe gives its
+        # text once
+        raise TinyGPTError(f"--data {args.data} is not a regular file (a pipe, a socket or a device): both "
+                           "sides read it, so give a text file")
     if not Path(args.data).is_file():
         raise TinyGPTError(f"--data {args.data}: no such file")
     for name in ("max_iters", "eval_interval"):
