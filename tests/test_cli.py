@@ -1,6 +1,7 @@
 """The command line: help on every command, one-line errors with exit status 2."""
 
 import io
+import os
 import subprocess
 import sys
 
@@ -90,6 +91,26 @@ def test_python_dash_m_tinygpt_is_the_command():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr == "tinygpt: error: --repeats must be at least 1\n"
+
+
+def test_a_path_that_is_not_utf8_is_printed_as_its_bytes_not_a_traceback(tmp_path):
+    # a Latin-1 file name reaches argv as lone surrogates, which a strict stdout (PYTHONIOENCODING=utf-8, or
+    # any UTF-8 locale but C's) refused: the tokenizer was saved, then its summary line was a traceback
+    # (exit status 1)
+    text = tmp_path / "in.txt"
+    text.write_text("hello world\n" * 20)
+    out = os.fsencode(tmp_path) + b"/caf\xe9.json"
+    proc = subprocess.run([sys.executable, "-m", "tinygpt", "tokenizer", "train", "--input", str(text),
+                           "--vocab-size", "260", "--out", out], capture_output=True,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    assert proc.stdout.endswith(b"; saved " + out + b"\n") and os.path.isfile(out)
+
+
+def test_main_leaves_the_error_handler_of_stdout_as_it_was(capsys):
+    # (strict, capsys's own: main() lends its stdout surrogateescape for its run only)
+    assert main(["tokenizer", "decode", "--tokenizer", "gpt2", "31373"]) == 0
+    assert sys.stdout.errors == "strict" and capsys.readouterr().out == "hello"
 
 
 def test_train_bpe_then_sample_from_endoftext(tmp_path, monkeypatch, capsys):

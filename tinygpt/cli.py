@@ -821,9 +821,41 @@ def build_parser() -> argparse.ArgumentParser:
 _TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")
 
 
+def _stdout_prints_any_path():
+    """Have a strict stdout write a path's undecodable bytes back as they were (surrogateescape, as ``ls``
+    prints such a name); returns what puts its error handler back. A file name that is not UTF-8 (Latin-1,
+    from an old archive) comes from argv holding lone surrogates, which the stdout of any UTF-8 locale but
+    C's refused: ``tinygpt plot run --output $'caf\\xe9.png'`` wrote the PNG, then printing its path was a
+    traceback and exit status 1."""
+    stream = sys.stdout
+    if getattr(stream, "errors", None) != "strict" or not hasattr(stream, "reconfigure"):
+        return lambda: None
+    try:
+        stream.reconfigure(errors="surrogateescape")
+    except (OSError, ValueError):  # (it flushes first; ValueError: a closed stream) left as it is
+        return lambda: None
+
+    def restore():
+        try:  # (it flushes first: after a BrokenPipeError, `| head`, that raised it again, a traceback)
+            stream.reconfigure(errors="strict")
+        except (OSError, ValueError):  # (ValueError: the stream was closed)
+            pass
+
+    return restore
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    restore_stdout = _stdout_prints_any_path()
+    try:
+        return _run(args)
+    finally:
+        restore_stdout()
+
+
+def _run(args) -> int:
+    """``args.func(args)``, its errors one line on stderr (exit status 2), never a traceback."""
     try:
         result = args.func(args)
     except TinyGPTError as exc:
