@@ -142,6 +142,21 @@ def test_bench_recipe_refuses_settings_the_peer_would_not_follow(tmp_path, capsy
     assert main([*argv, "--no-peer"]) == 0  # ours alone: nothing to compare
 
 
+def test_bench_recipe_refuses_a_config_scoring_hellaswag_against_the_peer(tmp_path, capsys):
+    # ours scored the file at every evaluation, inside its timed run, and the peer scored nothing: a
+    # training config with hellaswag = FILE raced more work against the peer's loop, silently
+    data = tmp_path / "tiny.txt"
+    data.write_text(TEXT)
+    config = tmp_path / "c.toml"
+    config.write_text('n_layer = 1\nn_head = 2\nn_embd = 8\nblock_size = 8\n'
+                      'hellaswag = "hellaswag_val.jsonl"\n')
+    assert main(["bench", "recipe", "--data", str(data), "--config", str(config), "--max-iters", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # before the recipe's header: nothing was run
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "hellaswag = 'hellaswag_val.jsonl'" in err[0] and "--no-peer" in err[0], err
+
+
 def test_peer_reads_the_data_file_as_ours_does(tmp_path, monkeypatch):
     # guards: the peer read the file with newline translation (Path.read_text), so on a CRLF file (as many
     # Project Gutenberg texts are) it trained on other characters than ours (no "\r": one token fewer a line,

@@ -8,11 +8,12 @@ and the same loop as its ``train.py`` (AdamW with weight decay on 2-D tensors on
 rate, gradient clipping, ``estimate_loss`` over ``eval_iters`` random batches of each split every
 ``eval_interval`` steps, a checkpoint when the val loss improves). Both sides read the preset (``--config``,
 default ``shakespeare_char``: nanoGPT's CPU command line), tokenize the text per character, split it 90/10
-and train from scratch (a config with dropout, gradient accumulation or a starting checkpoint is refused
-unless ``--no-peer``: the peer's loop has none of them); the table gives each side's wall time (data
-preparation included), its final train and val loss as nanoGPT reports them (means over ``eval_iters``
-random batches, which move by a few hundredths with the batches drawn), and its final model's loss on the
-whole val split (every non-overlapping window, as ``tinygpt eval`` measures; not timed), which does not.
+and train from scratch (a config with dropout, gradient accumulation, a starting checkpoint or HellaSwag
+scoring is refused unless ``--no-peer``: the peer's loop has none of them); the table gives each side's
+wall time (data preparation included), its final train and val loss as nanoGPT reports them (means over
+``eval_iters`` random batches, which move by a few hundredths with the batches drawn), and its final
+model's loss on the whole val split (every non-overlapping window, as ``tinygpt eval`` measures; not
+timed), which does not.
 
 Run it on the tiny-shakespeare file that nanoGPT's published figures use::
 
@@ -215,11 +216,13 @@ def run(args):
 
     read_text(settings["data"])  # an empty, binary or non-UTF-8 file: one line before the recipe's header
     # what the PyTorch side does not do: racing it would compare two different trainings
+    # (hellaswag: ours would score the file at every evaluation, inside its timed run, and the peer never)
     unmatched = [f"{name} = {settings[name]!r}" for name, plain in (("dropout", 0.0), ("grad_accum_steps", 1),
-                 ("init_from", None), ("pretrained", None)) if settings[name] != plain]
+                 ("init_from", None), ("pretrained", None), ("hellaswag", None)) if settings[name] != plain]
     if unmatched and not args.no_peer:
         raise TinyGPTError(f"{args.config}: {', '.join(unmatched)} is not in the PyTorch side's loop (no "
-                           "dropout, one batch a step, from scratch): set it off, or use --no-peer")
+                           "dropout, one batch a step, from scratch, no HellaSwag): set it off, or use "
+                           "--no-peer")
     from tinygpt.train import retain_freed_memory
 
     retain_freed_memory()  # as `tinygpt train` runs; process-wide, so the peer's run after ours gets it too
