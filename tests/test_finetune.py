@@ -333,6 +333,25 @@ def test_recompute_fine_tunes_to_the_same_classifier(tmp_path, lm_dir, monkeypat
     assert calls[1] > calls[0]  # the blocks really were replayed
 
 
+def test_eval_of_a_classifier_it_cannot_write_a_figure_beside_is_a_warning(tmp_path, capsys, monkeypatch):
+    # eval writes DIR/confusion_val.png: a read-only (shared) model directory printed the scores and then
+    # 'tinygpt: error: Permission denied: DIR/confusion_val.png', exit status 2, as if the evaluation failed
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    ft.finetune_classifier(_config(tmp_path, data, n_layer=1, n_head=2, n_embd=8, block_size=16,
+                                   max_iters=2), quiet=True)
+
+    def read_only(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(ft, "write_atomic", read_only)
+    assert main(["eval", "--out", str(tmp_path / "clf"), "--backend", "numpy"]) == 0
+    captured = capsys.readouterr()
+    assert "accuracy " in captured.out and "figure:" not in captured.out
+    assert captured.err == ("tinygpt: warning: no confusion matrix figure written (Permission denied); the "
+                            "scores above stand\n")
+    assert not (tmp_path / "clf" / "confusion_val.png").exists()
+
+
 def test_from_scratch_builds_a_char_model_of_the_data(tmp_path):
     data = _write_jsonl(tmp_path / "d.jsonl", _rows())
     ft.finetune_classifier(_config(tmp_path, data, n_layer=1, n_head=2, n_embd=8, block_size=16,
