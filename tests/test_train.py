@@ -826,6 +826,23 @@ def test_a_config_file_saved_with_a_byte_order_mark_reads(tmp_path):
     assert training.read_config_file(str(path)) == {"n_layer": 3, "learning_rate": 2e-3}
 
 
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="/dev/fd names a pipe's end")
+def test_a_config_from_a_pipe_reads_and_a_device_is_refused(tmp_path):
+    # `tinygpt train --config <(printf 'n_layer = 3')`, the shell's /dev/fd/N of a pipe, was "neither a file
+    # nor a shipped config": Path.is_file is False for a pipe (read once, as the data's is)
+    read, write = os.pipe()
+    os.write(write, b"n_layer = 3\nlearning_rate = 2e-3\n")
+    os.close(write)
+    try:
+        assert training.read_config_file(f"/dev/fd/{read}") == {"n_layer": 3, "learning_rate": 2e-3}
+    finally:
+        os.close(read)
+    with pytest.raises(TinyGPTError, match="^config is a device, not a text file: /dev/zero$"):
+        training.read_config_file("/dev/zero")  # (which would be read until memory ran out)
+    with pytest.raises(TinyGPTError, match="neither a file nor a shipped config"):
+        training.read_config_file(str(tmp_path))  # a directory, as before
+
+
 # --- bad input: one line on stderr, exit status 2, no traceback -----------------------------------------
 
 

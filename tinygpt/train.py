@@ -320,10 +320,15 @@ def read_config_file(spec: str) -> dict:
     if os.sep not in spec and not spec.endswith(".toml") and shipped.is_file():
         text, where = shipped.read_text(), f"config {spec!r}"
     else:
+        from tinygpt.data import refuse_device
+
         path = Path(spec)
-        if not path.is_file():
+        # (a pipe is read as a file: `--config <(printf 'max_iters = 10')` was "neither a file nor a shipped
+        # config"; it is read once, here)
+        if not path.exists() or path.is_dir():
             raise TinyGPTError(f"config {spec!r} is neither a file nor a shipped config "
                                f"({', '.join(shipped_configs())})")
+        refuse_device(path, "config")  # (/dev/zero is read forever)
         try:
             # (-sig: a leading BOM, which Notepad writes, is dropped: TOML's reader refuses it as a statement)
             text, where = path.read_text(encoding="utf-8-sig"), str(path)
