@@ -3,6 +3,7 @@ log-likelihoods against transformers' GPT2LMHeadModel scoring each ending alone,
 the left truncation, --limit, and every refusal (one line, exit 2, no traceback)."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -449,6 +450,23 @@ def test_a_model_whose_logits_are_not_finite_is_refused_not_scored(char_run):
     message = f"{path}:1: ending 0's log-likelihood is nan: the model's logits are not all finite"
     with pytest.raises(TinyGPTError, match=re.escape(message)):
         hellaswag.evaluate(model, tokenizer, path)
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="/dev/fd names a pipe's end")
+def test_examples_read_from_a_pipe(tmp_path):
+    # `tinygpt eval --hellaswag <(zcat hellaswag_val.jsonl.gz)`, the shell's /dev/fd/N of a pipe, was
+    # "HellaSwag file not found: /dev/fd/63" (Path.is_file is False for a pipe); it is read once
+    read, write = os.pipe()
+    os.write(write, (json.dumps(GOOD) + "\n").encode() * 2)
+    os.close(write)
+    try:
+        examples = list(hellaswag.iter_examples(f"/dev/fd/{read}"))
+    finally:
+        os.close(read)
+    assert [(e.ctx, e.endings, e.label) for e in examples] == [("the cat sat on", ("a mat.", "the dog."),
+                                                                 0)] * 2
+    with pytest.raises(TinyGPTError, match="^HellaSwag file not found: "):
+        list(hellaswag.iter_examples(tmp_path / "absent.jsonl"))  # as before
 
 
 def test_blank_lines_are_skipped_and_counted(char_run, tmp_path, capsys):

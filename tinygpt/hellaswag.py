@@ -77,7 +77,8 @@ def iter_examples(path: str | os.PathLike, limit: int | None = None):
     if path.is_dir():
         raise TinyGPTError(f"HellaSwag path is a directory, not a file: {path}")
     refuse_device(path, "HellaSwag path")
-    if not path.is_file():
+    if not path.exists():  # (not is_file: a pipe, `--hellaswag <(zcat hellaswag_val.jsonl.gz)`, read once,
+        # as --data's text is, was "HellaSwag file not found: /dev/fd/63")
         raise TinyGPTError(f"HellaSwag file not found: {path} (get it from {WHERE_TO_GET_IT})")
     raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # (a leading BOM, as some editors write, dropped)
     count = 0
