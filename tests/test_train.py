@@ -1962,3 +1962,13 @@ def test_hellaswag_settings_come_from_a_toml_config(corpus, tmp_path, capsys):
     assert [r["step"] for r in rows] == [0, 1] and all(r["hellaswag_acc_norm"] * 2 in (0, 1, 2) for r in rows)
     saved = load_checkpoint(tmp_path / "run").train_config
     assert (saved["hellaswag"], saved["hellaswag_limit"]) == (str(path), 2)
+
+
+def test_a_user_config_leaves_out_keys_that_take_the_default_presets_values_but_two():
+    # README and `train --help` say what a TOML file's missing keys take: TrainConfig's defaults, which are
+    # the default preset's but max_iters (2000 against 3000) and the tokenizer (None: chosen by the data)
+    preset = training.read_config_file("default")
+    defaults = training.TrainConfig()
+    differ = {key for key, value in preset.items() if getattr(defaults, key) != value}
+    assert differ == {"max_iters", "tokenizer"}
+    assert (defaults.max_iters, defaults.tokenizer) == (2000, None)

@@ -396,7 +396,9 @@ def _add_training(sub):
                        description="Train a GPT from scratch or from a trained model's weights (--init-from, "
                        "--pretrained). Settings come from --config (default: the 'default' preset), then any "
                        "flag given; with --resume, from the run's saved config.")
-    p.add_argument("--config", help="a shipped preset (default, shakespeare_char) or a TOML file")
+    p.add_argument("--config", help="a shipped preset (default, shakespeare_char) or a TOML file (keys it "
+                   "leaves out take TrainConfig's defaults: the default preset's, but max_iters 2000 and a "
+                   "tokenizer that suits the data)")
     p.add_argument("--data", help="UTF-8 text file to train on, or a directory of token files from nanoGPT's "
                    "prepare.py (train.bin, val.bin; meta.pkl for characters, else GPT-2's ids) or llm.c's "
                    "(NAME_train.bin, NAME_val.bin, or its shards NAME_val_000000.bin, NAME_train_000001.bin, "
