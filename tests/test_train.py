@@ -1107,7 +1107,8 @@ def test_a_config_files_init_from_refuses_shape_flags_as_the_flag_does(corpus, t
     short = ["--batch-size", "2", "--eval-iters", "1", "--backend", "numpy", "--quiet"]
     message = one_line_error(capsys, ["train", "--config", str(config), "--data", str(corpus), "--out",
                                        str(ft), "--n-layer", "3", "--n-embd", "32", *short])
-    assert "--n-layer is for a model from scratch: with --init-from" in message
+    # (named as the config file's, not as a flag the user never gave)
+    assert f"--n-layer is for a model from scratch: with init_from in {config} the checkpoint's" in message
     assert not ft.exists()
     assert main(["train", "--config", str(config), "--data", str(corpus), "--out", str(ft), *short]) == 0
     assert load_checkpoint(ft).model.config.n_layer == 1

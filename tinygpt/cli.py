@@ -279,7 +279,9 @@ def _run_train(args):
         preset = train.read_config_file(args.config or "default")
         # (a config file's init_from or pretrained starts from a checkpoint as the flag does: its flags for
         # the shape were ignored, a 1-layer model trained where --n-layer 3 was asked)
-        start = next((f"--{name.replace('_', '-')}" for name in ("init_from", "pretrained")
+        # (named as the file's, where "with --init-from" named a flag the user never gave)
+        start = next((f"--{name.replace('_', '-')}" if overrides.get(name)
+                      else f"{name} in {args.config or 'default'}" for name in ("init_from", "pretrained")
                       if overrides.get(name) or (name not in overrides and preset.get(name))), None)
         given = [f"--{name.replace('_', '-')}" for name in _SHAPE_FROM_CHECKPOINT if name in overrides]
         if start and given:  # the checkpoint's shape and tokenizer win: a flag for them would be ignored
