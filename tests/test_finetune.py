@@ -1802,6 +1802,37 @@ def test_weights_that_give_no_finite_val_loss_are_not_saved(tmp_path, lm_dir):
     assert not (tmp_path / "c2" / "latest").exists()
 
 
+@pytest.mark.parametrize("eval_interval", [2, 3, 4])
+def test_weights_broken_at_a_step_are_named_by_that_step_whoever_finds_them(tmp_path, monkeypatch,
+                                                                          eval_interval):
+    # the third update breaks the weights: they are step 3's, as the val loss's check names them. The
+    # training batch after the step-2 evaluation said "at step 4", the update it was for, and nothing of the
+    # checkpoint kept (train names them by step 3 whoever finds them)
+    from tinygpt.optim import AdamW
+
+    step = AdamW.step
+    calls = {"n": 0}
+
+    def breaking_step(self, grads, lr=None):
+        step(self, grads, lr=lr)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            for p in self.params.values():
+                p[...] = np.nan
+
+    monkeypatch.setattr(AdamW, "step", breaking_step)
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    cfg = _config(tmp_path, data, n_layer=1, n_head=2, n_embd=16, block_size=16, eval_interval=eval_interval,
+                  max_iters=6, batch_size=4)
+    found_by, kept = {2: ("loss", "the last good checkpoint (step 2)"),
+                      3: ("val loss", "the last good checkpoint (step 0)"),
+                      4: ("loss", "the last good checkpoint (step 0)")}[eval_interval]
+    with pytest.raises(TinyGPTError, match=rf"^fine-tuning diverged: the {found_by} is nan at step 3[,;] .*"
+                                           rf"{re.escape(kept)} is kept in "), \
+            np.errstate(invalid="ignore", over="ignore"):
+        ft.finetune_classifier(cfg, quiet=True)
+
+
 def test_resuming_a_finished_run_does_nothing_and_a_longer_one_continues(tmp_path, lm_dir, capsys):
     data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
     out = tmp_path / "clf"

@@ -944,8 +944,13 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
             logits, loss, cache = classifier_forward(model, head, idx, lengths, y_train[batch])
             grads = classifier_backward(cache)
         if not math.isfinite(loss):
-            raise TinyGPTError(f"fine-tuning diverged: the loss is {loss} at step {step + 1}; "
-                               "try a lower --learning-rate")
+            # named by `step`, the updates these weights have had, as the val loss's check names them: the
+            # weights the third update broke were "at step 3" when an evaluation found them and "at step 4"
+            # when the next training batch did (train names them so too)
+            kept = (f"the checkpoint of these weights (step {step})" if state["step"] == step
+                    else f"the last good checkpoint (step {state['step']})")
+            raise TinyGPTError(f"fine-tuning diverged: the loss is {loss} at step {step}, on a training "
+                               f"batch; {kept} is kept in {out}; try a lower --learning-rate")
         clip_grad_norm(grads, cfg.grad_clip)
         optimizer.step(grads, lr=lr)
         running["loss"] += float(loss) * len(batch)
