@@ -1833,6 +1833,42 @@ def test_weights_broken_at_a_step_are_named_by_that_step_whoever_finds_them(tmp_
         ft.finetune_classifier(cfg, quiet=True)
 
 
+def test_without_a_val_split_weights_that_are_not_finite_are_not_saved(tmp_path, lm_dir, monkeypatch):
+    # with --val-fraction 0 no val loss scores the weights: the NaN weights of an update past all reason were
+    # saved as the latest checkpoint (and the run stopped at the next batch, blaming it on that checkpoint)
+    from tinygpt.optim import AdamW
+
+    step = AdamW.step
+    calls = {"n": 0}
+
+    def breaking_step(self, grads, lr=None):
+        step(self, grads, lr=lr)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            for p in self.params.values():
+                p[...] = np.nan
+
+    monkeypatch.setattr(AdamW, "step", breaking_step)
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    out = tmp_path / "clf"
+    with pytest.raises(TinyGPTError, match=r"^fine-tuning diverged: the weights hold a non-finite value at "
+                                           r"step 3; the last good checkpoint \(step 0\) is kept in "), \
+            np.errstate(invalid="ignore", over="ignore"):
+        ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), val_fraction=0.0,
+                                       eval_interval=3, max_iters=6, batch_size=4), quiet=True)
+    assert os.readlink(out / "latest") == "checkpoints/step-00000000"
+    # weights broken before any update, in the body that --freeze-body leaves as it is: nothing saved
+    ckpt = load_checkpoint(lm_dir)
+    ckpt.model.params["ln_f.weight"][:] = np.nan
+    broken = tmp_path / "broken"
+    save_checkpoint(broken, ckpt.model, ckpt.tokenizer, None, {"backend": "numpy"}, {"step": 7})
+    with pytest.raises(TinyGPTError, match=r"^the starting weights hold a non-finite value \(step 0, before "
+                                           r"any update\); nothing was saved in "):
+        ft.finetune_classifier(_config(tmp_path, data, init_from=str(broken), out=str(tmp_path / "c2"),
+                                       val_fraction=0.0, freeze_body=True), quiet=True)
+    assert not (tmp_path / "c2" / "latest").exists()
+
+
 def test_resuming_a_finished_run_does_nothing_and_a_longer_one_continues(tmp_path, lm_dir, capsys):
     data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
     out = tmp_path / "clf"

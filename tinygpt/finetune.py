@@ -758,7 +758,7 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
         save_checkpoint,
     )
     from tinygpt.data import rng_from_state, rng_state
-    from tinygpt.optim import AdamW, clip_grad_norm, lr_at
+    from tinygpt.optim import AdamW, clip_grad_norm, grad_norm, lr_at
     from tinygpt.train import append_jsonl, read_metrics, truncate_metrics
 
     out = Path(cfg.out)
@@ -905,6 +905,14 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
                 raise TinyGPTError(f"fine-tuning diverged: the val loss is {value} at step {step}; the last "
                                    f"good checkpoint (step {state['step']}) is kept in {out}; try a lower "
                                    "--learning-rate")
+        elif not math.isfinite(grad_norm({**model.params, **head})):  # no val split to score them: that
+            # they are finite is what can be told (one pass, as a gradient norm is); NaN weights were saved
+            if step == 0:
+                raise TinyGPTError(f"the starting weights hold a non-finite value (step 0, before any "
+                                   f"update); nothing was saved in {out}")
+            raise TinyGPTError(f"fine-tuning diverged: the weights hold a non-finite value at step {step}; "
+                               f"the last good checkpoint (step {state['step']}) is kept in {out}; try a "
+                               "lower --learning-rate")
         # the checkpoint DIR/best names: the highest val accuracy, then the lowest val loss
         best = "val_acc" in row and (state["best_step"] is None or (row["val_acc"], -row["val_loss"]) >
                                      (state["best_val_acc"], -state["best_val_loss"]))
