@@ -335,3 +335,21 @@ def one_line_error(capsys, argv):
     assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err, err
     assert not lines[0].startswith("tinygpt: tinygpt:"), err  # (two helpers each adding the prefix)
     return lines[0]
+
+
+def break_weights_at_update(monkeypatch, update):
+    """Make AdamW's ``update``-th step (1-based, counted from this call) leave every parameter NaN, as an
+    update past all reason would: the divergence checks of train and finetune are tested against it."""
+    from tinygpt.optim import AdamW
+
+    step = AdamW.step
+    calls = {"n": 0}
+
+    def breaking_step(self, grads, lr=None):
+        step(self, grads, lr=lr)
+        calls["n"] += 1
+        if calls["n"] == update:
+            for p in self.params.values():
+                p[...] = np.nan
+
+    monkeypatch.setattr(AdamW, "step", breaking_step)

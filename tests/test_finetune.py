@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import break_weights_at_update
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -1808,19 +1809,7 @@ def test_weights_broken_at_a_step_are_named_by_that_step_whoever_finds_them(tmp_
     # the third update breaks the weights: they are step 3's, as the val loss's check names them. The
     # training batch after the step-2 evaluation said "at step 4", the update it was for, and nothing of the
     # checkpoint kept (train names them by step 3 whoever finds them)
-    from tinygpt.optim import AdamW
-
-    step = AdamW.step
-    calls = {"n": 0}
-
-    def breaking_step(self, grads, lr=None):
-        step(self, grads, lr=lr)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            for p in self.params.values():
-                p[...] = np.nan
-
-    monkeypatch.setattr(AdamW, "step", breaking_step)
+    break_weights_at_update(monkeypatch, 3)
     data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
     cfg = _config(tmp_path, data, n_layer=1, n_head=2, n_embd=16, block_size=16, eval_interval=eval_interval,
                   max_iters=6, batch_size=4)
@@ -1836,19 +1825,7 @@ def test_weights_broken_at_a_step_are_named_by_that_step_whoever_finds_them(tmp_
 def test_without_a_val_split_weights_that_are_not_finite_are_not_saved(tmp_path, lm_dir, monkeypatch):
     # with --val-fraction 0 no val loss scores the weights: the NaN weights of an update past all reason were
     # saved as the latest checkpoint (and the run stopped at the next batch, blaming it on that checkpoint)
-    from tinygpt.optim import AdamW
-
-    step = AdamW.step
-    calls = {"n": 0}
-
-    def breaking_step(self, grads, lr=None):
-        step(self, grads, lr=lr)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            for p in self.params.values():
-                p[...] = np.nan
-
-    monkeypatch.setattr(AdamW, "step", breaking_step)
+    break_weights_at_update(monkeypatch, 3)
     data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
     out = tmp_path / "clf"
     with pytest.raises(TinyGPTError, match=r"^fine-tuning diverged: the weights hold a non-finite value at "

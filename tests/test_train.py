@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import one_line_error
+from conftest import break_weights_at_update, one_line_error
 
 from tinygpt import data as tinygpt_data
 from tinygpt import train as training
@@ -224,19 +224,7 @@ def test_weights_broken_by_the_update_before_an_evaluation_are_not_checkpointed(
                                                                                  monkeypatch):
     # The update of step 4 makes the weights nan; step 4 is an eval step, so the next check would have
     # come at step 5, after a nan checkpoint had replaced the good one of step 2 and a NaN row was written
-    from tinygpt.optim import AdamW
-
-    step = AdamW.step
-    calls = {"n": 0}
-
-    def breaking_step(self, grads, lr=None):
-        step(self, grads, lr=lr)
-        calls["n"] += 1
-        if calls["n"] == 4:
-            for p in self.params.values():
-                p[...] = np.nan
-
-    monkeypatch.setattr(AdamW, "step", breaking_step)
+    break_weights_at_update(monkeypatch, 4)
     with pytest.raises(TinyGPTError, match=r"train loss is nan at step 4.*last good checkpoint \(step 2\)"):
         training.train(_config(corpus, tmp_path / "run", max_iters=10, eval_interval=2), quiet=True)
     ckpt = load_checkpoint(tmp_path / "run")
@@ -248,16 +236,7 @@ def test_weights_broken_by_the_update_before_an_evaluation_are_not_checkpointed(
 def test_a_divergence_after_the_step_0_checkpoint_says_it_is_kept(corpus, tmp_path, monkeypatch):
     # the first update breaks the weights: the step-0 checkpoint is kept, and the learning rate is to blame
     # (it said "at step 0, before any update ... nothing was saved", beside the saved step-0 checkpoint)
-    from tinygpt.optim import AdamW
-
-    step = AdamW.step
-
-    def breaking_step(self, grads, lr=None):
-        step(self, grads, lr=lr)
-        for p in self.params.values():
-            p[...] = np.nan
-
-    monkeypatch.setattr(AdamW, "step", breaking_step)
+    break_weights_at_update(monkeypatch, 1)
     with pytest.raises(TinyGPTError, match=r"loss is nan at step 1; the last good checkpoint \(step 0\)"):
         training.train(_config(corpus, tmp_path / "run", max_iters=4, eval_interval=2), quiet=True)
     assert load_checkpoint(tmp_path / "run").state["step"] == 0
@@ -269,19 +248,7 @@ def test_weights_broken_at_a_step_are_named_by_that_step_whoever_finds_them(corp
     # the third update breaks the weights: they are step 3's, as metrics.jsonl and the progress lines count.
     # An evaluation at step 3 said "at step 3", the training batch after it (no evaluation there) said "at
     # step 4", the update being taken
-    from tinygpt.optim import AdamW
-
-    step = AdamW.step
-    calls = {"n": 0}
-
-    def breaking_step(self, grads, lr=None):
-        step(self, grads, lr=lr)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            for p in self.params.values():
-                p[...] = np.nan
-
-    monkeypatch.setattr(AdamW, "step", breaking_step)
+    break_weights_at_update(monkeypatch, 3)
     found_by, kept = ("train loss", 0) if eval_interval == 3 else ("loss", 2)
     with pytest.raises(TinyGPTError, match=rf"training diverged: the {found_by} is nan at step 3; the last "
                                            rf"good checkpoint \(step {kept}\)"):
