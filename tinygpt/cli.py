@@ -254,6 +254,18 @@ _TRAIN_HYPERPARAMETERS = (
 _BACKEND_CHOICES = ("numpy", "numba", "cuda", "auto")
 
 
+def _checkpoint_start(overrides: dict, preset: dict, config: str) -> str | None:
+    """What a new run starts from, named as the user gave it: ``--init-from`` or ``--pretrained`` (a flag),
+    ``init_from in ft.toml`` (the config file's, which starts from a checkpoint as the flag does: its shape
+    flags were ignored, a 1-layer model trained where --n-layer 3 was asked), or None (from scratch)."""
+    for name in ("init_from", "pretrained"):
+        if overrides.get(name):
+            return f"--{name.replace('_', '-')}"
+        if name not in overrides and preset.get(name):
+            return f"{name} in {config}"
+    return None
+
+
 def _run_train(args):
     from tinygpt import train
 
@@ -277,12 +289,7 @@ def _run_train(args):
         train.train(cfg, resume=True, quiet=args.quiet, overrides=overrides)
     else:
         preset = train.read_config_file(args.config or "default")
-        # (a config file's init_from or pretrained starts from a checkpoint as the flag does: its flags for
-        # the shape were ignored, a 1-layer model trained where --n-layer 3 was asked)
-        # (named as the file's, where "with --init-from" named a flag the user never gave)
-        start = next((f"--{name.replace('_', '-')}" if overrides.get(name)
-                      else f"{name} in {args.config or 'default'}" for name in ("init_from", "pretrained")
-                      if overrides.get(name) or (name not in overrides and preset.get(name))), None)
+        start = _checkpoint_start(overrides, preset, args.config or "default")
         given = [f"--{name.replace('_', '-')}" for name in _SHAPE_FROM_CHECKPOINT if name in overrides]
         if start and given:  # the checkpoint's shape and tokenizer win: a flag for them would be ignored
             raise TinyGPTError(f"{given[0]} is for a model from scratch: with {start} the checkpoint's shape "
