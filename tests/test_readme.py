@@ -4,6 +4,7 @@ directory it draws is the one a run writes, and every Python example runs and sh
 
 import ast
 import io
+import json
 import math
 import os
 import re
@@ -145,6 +146,20 @@ def test_the_run_directory_shown_is_what_a_run_writes(tmp_path):
     assert links == set(re.findall(r"[\w.]+\.(?:safetensors|json)\b", step_files))  # "link through it"
     assert all(os.readlink(out / name) == f"latest/{name}" for name in links)
     assert list(train.read_metrics(out / "metrics.jsonl")[-1]) == fields.split(", ")
+
+
+def test_the_notebook_accuracies_quoted_are_its_stored_outputs():
+    # the README quotes notebook 07's speaker-identification accuracies; a re-executed notebook prints new
+    # ones (bc17fa9's re-run made from scratch 0.386), and the README's figures must follow
+    quoted = re.search(r"\(speaker\s+identification: (\d\.\d+) fine-tuned, (\d\.\d+) from scratch, "
+                       r"(\d\.\d+) majority\)", README)
+    assert quoted, "the README no longer quotes notebook 07's accuracies in the form this test reads"
+    notebook = json.loads((ROOT / "notebooks" / "07_finetuning.ipynb").read_text(encoding="utf-8"))
+    printed = "".join("".join(out.get("text", "")) for cell in notebook["cells"]
+                      for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+    stored = [re.search(rf"^{name} +val accuracy (\d\.\d+)", printed, re.MULTILINE)[1]
+              for name in ("fine-tuned", "from scratch", "majority")]
+    assert list(quoted.groups()) == stored
 
 
 # --- the Python examples ---------------------------------------------------------------------------------
