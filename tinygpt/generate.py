@@ -727,8 +727,9 @@ class StreamDecoder:
     as 2 or 3 tokens, and decoding each token alone would print replacement characters (U+FFFD). This
     decoder turns ids into bytes with ``tokenizer.decode_bytes`` and feeds them to an incremental UTF-8
     decoder, which returns every complete character and holds back the bytes of an unfinished one until
-    the next push completes it. Bytes that can never be valid UTF-8 become U+FFFD, as in
-    ``tokenizer.decode``; ``flush()`` ends the stream (an unfinished character left then becomes U+FFFD).
+    a later push completes it (the example below holds them for two pushes). Bytes that can never be valid
+    UTF-8 become U+FFFD, as in ``tokenizer.decode``; ``flush()`` ends the stream (an unfinished character
+    left then becomes U+FFFD).
 
     Example (GPT-2): ``"🤖"`` is tokens [8582, 97, 244]; ``push(8582) -> ""``, ``push(97) -> ""``,
     ``push(244) -> "🤖"``. The concatenation of all pushes and the flush equals ``tokenizer.decode(ids)``.
