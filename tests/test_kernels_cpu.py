@@ -491,6 +491,65 @@ def test_adamw_kernel_rejects_what_it_cannot_update_in_place():
         cpu.adamw_update(p, p.astype(np.float64), p.copy(), p.copy(), 1e-3, 0.9, 0.95, 1e-8, 0.0, 0.1, 0.05)
 
 
+# --- sum of squares -------------------------------------------------------------------------------
+
+
+def _float64_sum_of_squares(a):
+    return float(np.square(np.asarray(a, dtype=np.float64)).sum())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sum_squares_kernel_matches_the_float64_reference(dtype):
+    # sums in float64 what the NumPy reference sums (float32 squares are exact there): sizes around its
+    # chunks (SUM_SQUARES_BLOCK), none, one, and arrays that are not one contiguous run
+    from tinygpt.kernels import SUM_SQUARES_BLOCK
+    from tinygpt.kernels import sum_squares as reference
+
+    rng = np.random.default_rng(3)
+    chunk = SUM_SQUARES_BLOCK
+    sizes = (0, 1, 7, chunk - 1, chunk, chunk + 1, 3 * chunk + 5)
+    arrays = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    grid = (rng.standard_normal((301, 517)) * 40).astype(dtype)
+    frozen = grid.copy()
+    frozen.flags.writeable = False
+    arrays += [grid, grid.T, grid[:, ::3], grid[::2, 5:], grid.reshape(-1)[::7], frozen,
+               np.empty((0, 5), dtype), np.array(2.5, dtype)]
+    for a in arrays:
+        exact = _float64_sum_of_squares(a)
+        ours = cpu.sum_squares(a)
+        assert type(ours) is float
+        assert ours == pytest.approx(exact, rel=1e-12, abs=0.0), (a.shape, a.strides)
+        assert ours == pytest.approx(reference(a), rel=1e-12, abs=0.0), (a.shape, a.strides)
+    assert cpu.sum_squares(np.empty(0, dtype)) == 0.0
+
+
+def test_sum_squares_kernel_passes_non_finite_values_on_and_takes_other_dtypes_to_the_reference():
+    x = np.ones(70_000, np.float32)
+    x[65_537] = np.nan  # in the second chunk: a NaN gradient's norm is NaN (clipping reports it)
+    assert math.isnan(cpu.sum_squares(x))
+    x[65_537] = -np.inf
+    assert cpu.sum_squares(x) == math.inf
+    assert cpu.sum_squares(np.arange(5, dtype=np.int64)) == 30.0
+    assert cpu.sum_squares(np.full(3, 2.0, np.float16)) == 12.0
+
+
+def test_sum_squares_kernel_is_the_same_sum_on_any_number_of_threads():
+    # fixed-size chunks, not one per thread: the parallel build adds the same partials in the same order
+    from tinygpt.kernels import SUM_SQUARES_BLOCK
+
+    x = np.random.default_rng(4).standard_normal(3 * SUM_SQUARES_BLOCK + 11).astype(np.float32)
+    kernel = cpu._sum_squares_kernel
+    assert kernel.parallel(x, SUM_SQUARES_BLOCK) == kernel.serial(x, SUM_SQUARES_BLOCK)
+
+
+def test_numba_backend_sums_squares_with_its_kernel_and_numpy_with_the_reference():
+    # the gradient norm's seam: train and finetune hand grad_norm their ops.sum_squares
+    from tinygpt import kernels
+
+    assert get_ops("numba").sum_squares is cpu.sum_squares
+    assert get_ops("numpy").sum_squares is kernels.sum_squares
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 
@@ -780,9 +839,9 @@ def test_bench_kernels_cpu_table_is_the_arithmetic_of_its_timings(monkeypatch, c
     bench.bench_cpu(repeats=7)
     assert threads == [blas_threads()]  # torch gets the threads our BLAS has
     # per op: ours (numba, numpy) interleaved, torch in its own loop
-    assert timed == [(["numba", "numpy"], 7), (["torch"], 7)] * 5
+    assert timed == [(["numba", "numpy"], 7), (["torch"], 7)] * 6
     rows = [ln.split() for ln in capsys.readouterr().out.splitlines()[3:]]
-    assert [r[0] for r in rows] == ["attention", "layernorm", "gelu", "cross_entropy", "adamw"]
+    assert [r[0] for r in rows] == ["attention", "layernorm", "gelu", "cross_entropy", "adamw", "grad_norm"]
     assert all(r[1:] == ["1.00", "4.00", "2.00", "4.00", "2.00"] for r in rows)  # ms, then x / numba
 
 

@@ -215,7 +215,7 @@ def test_bad_hyperparameters_raise(bad):
 def test_the_norm_of_many_float32_gradients_is_summed_in_float64():
     # np.dot of float32 (BLAS sdot) summed the squares in float32: over 4M entries the norm was ~1e-5 off
     # (GPT-2 small's 124M gradients: 1.1e-4), where the cuda backend's, in float64, agrees to 1e-13. The
-    # numpy and numba backends share the host arrays' sum (their ops.sum_squares and grad_norm alike)
+    # numpy backend's ops.sum_squares is grad_norm's own reference; numba's, its compiled pass, sums alike
     from tinygpt.kernels import SUM_SQUARES_BLOCK, get_ops
 
     rng = np.random.default_rng(5)
@@ -226,6 +226,8 @@ def test_the_norm_of_many_float32_gradients_is_summed_in_float64():
     assert grad_norm(grads) == pytest.approx(math.sqrt(sum(exact.values())), rel=1e-12)
     for backend in ("numpy", "numba"):
         assert get_ops(backend).sum_squares(grads["wte"]) == pytest.approx(exact["wte"], rel=1e-12), backend
+        assert grad_norm(grads, get_ops(backend).sum_squares) == pytest.approx(math.sqrt(sum(exact.values())),
+                                                                               rel=1e-12), backend
     assert grad_norm({"w": np.arange(5.0)}) == math.sqrt(30.0)  # float64: one dot, as before
 
 

@@ -346,8 +346,8 @@ def test_train_takes_the_steps_a_hand_written_loop_takes(corpus, tmp_path, monke
     norms_seen = []  # what train() clips: Adam barely notices a gradient scaled by 2 (summed micro-batches),
     real_clip = tinygpt.optim.clip_grad_norm  # so the gradient's norm is checked, before clipping
 
-    def recording_clip(grads, max_norm):
-        norms_seen.append(real_clip(grads, max_norm))
+    def recording_clip(grads, max_norm, sum_squares=None):
+        norms_seen.append(real_clip(grads, max_norm, sum_squares))
         return norms_seen[-1]
 
     monkeypatch.setattr(tinygpt.optim, "clip_grad_norm", recording_clip)
@@ -374,6 +374,36 @@ def test_train_takes_the_steps_a_hand_written_loop_takes(corpus, tmp_path, monke
     assert min(norms) > 0.05  # the clip was active at every step, so dropping it would show
     for name, value in model.params.items():
         np.testing.assert_allclose(trained[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_train_on_numba_clips_with_its_compiled_sum_of_squares_as_numpy_clips(corpus, tmp_path, monkeypatch):
+    # the gradient norm on numba is the compiled one-pass sum (tinygpt.kernels.cpu.sum_squares), where it was
+    # the NumPy reference's float64 blocks; both sum in float64, so the norms and the clipping agree to the
+    # rounding of numba's layers
+    import tinygpt.optim
+    from tinygpt.kernels import cpu
+
+    real_clip, real_kernel = tinygpt.optim.clip_grad_norm, cpu._sum_squares_kernel
+    norms, kernel_calls = {}, []
+
+    def recording_clip(grads, max_norm, sum_squares=None):
+        norms.setdefault(backend, []).append(real_clip(grads, max_norm, sum_squares))
+        return norms[backend][-1]
+
+    monkeypatch.setattr(tinygpt.optim, "clip_grad_norm", recording_clip)
+    monkeypatch.setattr(cpu, "_sum_squares_kernel", lambda *args: kernel_calls.append(backend) or
+                        real_kernel(*args))
+    trained = {}
+    for backend in ("numpy", "numba"):
+        cfg = _config(corpus, tmp_path / backend, max_iters=3, eval_interval=3, grad_clip=0.05,
+                      learning_rate=3e-2, backend=backend)
+        training.train(cfg, quiet=True)
+        trained[backend] = load_checkpoint(tmp_path / backend).model.params
+    assert kernel_calls and set(kernel_calls) == {"numba"}  # numba's train sums with it, numpy's never
+    assert min(norms["numpy"]) > 0.05  # clipped at every step
+    np.testing.assert_allclose(norms["numba"], norms["numpy"], rtol=1e-5)
+    for name, value in trained["numpy"].items():
+        np.testing.assert_allclose(trained["numba"][name], value, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 # A child process whose checkpoint writes are slowed down (each fsync sleeps), so that random kills

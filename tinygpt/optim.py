@@ -212,10 +212,12 @@ def scale_grads(grads: dict, factor: float) -> None:
             g *= factor
 
 
-def grad_norm(grads: dict[str, np.ndarray]) -> float:
+def grad_norm(grads: dict[str, np.ndarray], sum_squares=None) -> float:
     """The global L2 norm of all gradients together: ``sqrt(sum over every entry of g^2)``, the squares
-    summed in float64 on every backend (``tinygpt.kernels.sum_squares`` for host arrays)."""
-    from tinygpt.kernels import sum_squares
+    summed in float64 on every backend. ``sum_squares`` sums a host array's: a backend's ``ops.sum_squares``
+    (numba's is one compiled pass), or None for ``tinygpt.kernels.sum_squares``, the NumPy reference."""
+    if sum_squares is None:
+        from tinygpt.kernels import sum_squares
 
     total = 0.0
     on_gpu = []
@@ -230,7 +232,7 @@ def grad_norm(grads: dict[str, np.ndarray]) -> float:
     return math.sqrt(total)
 
 
-def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
+def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float, sum_squares=None) -> float:
     """Scale all gradients IN PLACE so their global norm is at most ``max_norm``; return the norm before.
 
     As ``torch.nn.utils.clip_grad_norm_``: ``g <- g * min(1, max_norm / (norm + 1e-6))``. One global
@@ -240,7 +242,7 @@ def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     """
     if math.isnan(max_norm):  # (nan > 0 is False: it read as "clipping off", silently)
         raise TinyGPTError("clip_grad_norm: max_norm is nan; give a number (<= 0 disables clipping)")
-    norm = grad_norm(grads)
+    norm = grad_norm(grads, sum_squares)
     if max_norm > 0 and math.isfinite(norm):
         scale = max_norm / (norm + 1e-6)
         if scale < 1.0:

@@ -760,7 +760,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
                         model.ops.add_inplace(grads[k], g)
             if cfg.grad_accum_steps > 1:  # their mean is the gradient of the mean loss
                 scale_grads(grads, 1.0 / cfg.grad_accum_steps)
-            norm = clip_grad_norm(grads, cfg.grad_clip)
+            norm = clip_grad_norm(grads, cfg.grad_clip, model.ops.sum_squares)  # (numba's: one pass)
             if not math.isfinite(norm):
                 raise diverged("the gradient norm", norm, step)
             optimizer.step(grads, lr=lr)

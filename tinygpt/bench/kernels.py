@@ -207,6 +207,8 @@ def _adamw(ops, param):
 
 def cpu_op_cases(B=8, T=256, C=384, H=6, V=65):
     """name -> (make(ops) -> callable running forward+backward, torch version) at the medium shapes."""
+    from tinygpt.optim import grad_norm
+
     rng = np.random.default_rng(0)
     x = rng.standard_normal((B, T, C), dtype=np.float32)
     w, b = np.ones(C, np.float32), np.zeros(C, np.float32)
@@ -231,6 +233,7 @@ def cpu_op_cases(B=8, T=256, C=384, H=6, V=65):
         "cross_entropy": lambda ops: run(ops.cross_entropy_forward, ops.cross_entropy_backward, None, logits,
                                          targets),
         "adamw": lambda ops: functools.partial(_adamw(ops, p.copy()).step, {"p": g}),
+        "grad_norm": lambda ops: functools.partial(grad_norm, {"p": g}, ops.sum_squares),  # as train clips
     }
 
     def torch_cases():
@@ -256,6 +259,7 @@ def cpu_op_cases(B=8, T=256, C=384, H=6, V=65):
             "gelu": lambda: F.gelu(th, approximate="tanh").backward(torch.from_numpy(h4)),
             "cross_entropy": lambda: F.cross_entropy(tl.view(-1, V), tt.view(-1)).backward(),
             "adamw": opt.step,
+            "grad_norm": lambda: torch.linalg.vector_norm(tp.grad),  # (clip_grad_norm_'s, in float32)
         }
 
     return cases, torch_cases
@@ -279,7 +283,8 @@ def bench_cpu(repeats):
         t.update(_medians({"torch": peer[name]}, repeats))
         rows.append((name, f"{t['numba'] * 1e3:.2f}", f"{t['numpy'] * 1e3:.2f}", f"{t['torch'] * 1e3:.2f}",
                      f"{t['numpy'] / t['numba']:.2f}", f"{t['torch'] / t['numba']:.2f}"))
-    _table("CPU ops, forward+backward ms (float32, B 8, T 256, C 384, H 6, V 65; AdamW: 10.7M params)",
+    _table("CPU ops, forward+backward ms (float32, B 8, T 256, C 384, H 6, V 65; AdamW, grad norm: 10.7M "
+           "params)",
            ("op", "numba", "numpy", "torch", "numpy/numba", "torch/numba"), rows)
 
 

@@ -13,7 +13,8 @@ Backends:
 ``"numpy"``  the readable reference, ``tinygpt.layers``; AdamW is ``adamw_update`` below.
 ``"numba"``  ``tinygpt.layers`` with the fused CPU kernels of ``tinygpt.kernels.cpu`` swapped in where
              they beat NumPy (attention's softmax, LayerNorm, both GELUs, cross-entropy, embedding, dropout,
-             AdamW: ``NUMBA_OVERRIDES``); matmuls stay on BLAS. Serial builds unless NUMBA_NUM_THREADS says
+             AdamW: ``NUMBA_OVERRIDES``; and ``sum_squares``, the gradient norm's, which train hands
+             ``optim.clip_grad_norm``); matmuls stay on BLAS. Serial builds unless NUMBA_NUM_THREADS says
              otherwise (``cpu.share_cores_with_blas``). Each forward/backward pair comes from the same
              module, so caches always match their backward.
 ``"cuda"``   ``tinygpt.kernels.cuda``: numba ``cuda.jit`` kernels (tiled SGEMM, flash-style attention,
@@ -307,4 +308,5 @@ def get_ops(backend: str = "numpy") -> types.SimpleNamespace:
 
             cpu.share_cores_with_blas()
             functions.update({op: getattr(cpu, op) for op in NUMBA_OVERRIDES})
+            functions["sum_squares"] = cpu.sum_squares  # (a helper: the gradient norm's, one pass)
     return types.SimpleNamespace(name=name, **functions)

@@ -25,6 +25,8 @@ Where the wins come from (measure them with ``tinygpt bench kernels --device cpu
   one for the gradient, with the SIMD exp.
 - **Dropout**: the reference's hashed mask computed in the kernel that applies it, one pass, no mask
   stored (the backward recomputes it from the key); attention's masks likewise, a block at a time.
+- **Sum of squares** (the global gradient norm): float32 squared and summed in float64 in one pass, where
+  the NumPy reference casts each block to a float64 copy before its dot.
 
 Threads. By default the kernels run SERIAL (one thread; ``share_cores_with_blas`` explains why BLAS should
 keep the cores), compiled with ``cache=True`` so only the first run pays the JIT. A ``parallel=True`` launch
@@ -53,12 +55,14 @@ from numba.extending import overload
 from tinygpt import layers
 from tinygpt.errors import TinyGPTError
 from tinygpt.kernels import (
+    SUM_SQUARES_BLOCK,
     check_dropout,
     check_shape,
     checked_token_ids,
     dropout_kernel_args,
     make_dropout_bits,
 )
+from tinygpt.kernels import sum_squares as _numpy_sum_squares
 
 
 class _Kernel:
@@ -686,6 +690,40 @@ def cross_entropy_backward(dloss, cache):
     dlogits = np.empty_like(l2)
     _cross_entropy_backward_kernel(l2, t, row_max, row_sum, float(dloss) / max(n_valid, 1), dlogits)
     return dlogits.reshape(shape)
+
+
+# --- sum of squares -------------------------------------------------------------------------------
+
+
+@_kernel(_SUMS)
+def _sum_squares_kernel(x, chunk):
+    # Fixed-size chunks, each summed into its own float64 partial (a thread's, in the parallel build), then
+    # the partials in order: the chunks do not depend on the thread count, so neither does the sum. A
+    # float32 square is exact in float64 (48 significant bits), so only the order of the adds rounds.
+    n_chunks = (x.size + chunk - 1) // chunk
+    partials = np.empty(n_chunks, dtype=np.float64)
+    for c in prange(n_chunks):
+        # (a slice counted from 0: the loop over range(c * chunk, min(...)) of x itself ran at half the speed)
+        block = x[c * chunk : (c + 1) * chunk]
+        acc = 0.0
+        for i in range(block.size):
+            xi = np.float64(block[i])
+            acc += xi * xi
+        partials[c] = acc
+    total = 0.0
+    for c in range(n_chunks):
+        total += partials[c]
+    return total
+
+
+def sum_squares(a) -> float:
+    """sum(a**2) as a Python float, summed in float64 whatever a's dtype (``tinygpt.kernels.sum_squares``,
+    the global gradient norm's), in one pass without its float64 copy of each block. Arrays neither float32
+    nor float64 take that NumPy reference."""
+    flat = np.ascontiguousarray(a).reshape(-1)  # (a strided view copied: one kernel build per dtype)
+    if flat.dtype not in (np.float32, np.float64):
+        return _numpy_sum_squares(flat)
+    return float(_sum_squares_kernel(flat, SUM_SQUARES_BLOCK))
 
 
 # --- AdamW ----------------------------------------------------------------------------------------
