@@ -290,6 +290,38 @@ def test_frozen_body_does_not_change_and_the_head_learns(tmp_path, lm_dir):
     assert rows[-1]["train_loss"] < rows[1]["train_loss"] and summary["step"] == 40
 
 
+@pytest.mark.parametrize("freeze_body", [False, True])
+def test_finetune_on_numba_steps_and_clips_with_train_s_kernels(tmp_path, lm_dir, monkeypatch, freeze_body):
+    # finetune builds its AdamW as train does (fused_adamw: numba's one-pass update) and clips with numba's
+    # compiled sum of squares, where it ran NumPy's in-place step and the float64-block reference: the same
+    # weights as numpy's to float32 rounding. (--val-fraction 0: the finite-weights check sums squares too)
+    from tinygpt.kernels import cpu
+
+    calls = []
+    for name in ("_adamw_kernel", "_sum_squares_kernel"):
+        real = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *args, name=name, real=real: calls.append(name) or real(*args))
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    trained = {}
+    for backend in ("numpy", "numba"):
+        calls.clear()
+        ft.finetune_classifier(_config(tmp_path / backend, data, init_from=str(lm_dir), backend=backend,
+                                       max_iters=4, eval_interval=2, val_fraction=0.0, grad_clip=0.05,
+                                       freeze_body=freeze_body), quiet=True)
+        clf = ft.load_classifier(tmp_path / backend / "clf")
+        trained[backend] = {**clf.model.params, **clf.head}
+        if backend == "numpy":
+            assert calls == []
+    n_tensors = 2 if freeze_body else len(trained["numba"])  # (the head's weight and bias when frozen)
+    assert calls.count("_adamw_kernel") == 4 * n_tensors  # every update of every trainable tensor
+    assert calls.count("_sum_squares_kernel") >= 4 * n_tensors  # each clip's norm, and each finite check's
+    for name, value in trained["numpy"].items():
+        np.testing.assert_allclose(trained["numba"][name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+    if freeze_body:
+        before = load_checkpoint(lm_dir).model.params
+        assert all(np.array_equal(trained["numba"][name], p) for name, p in before.items())
+
+
 def test_training_everything_changes_the_body_and_fits_the_labels(tmp_path, lm_dir):
     data = _write_jsonl(tmp_path / "d.jsonl", _rows())
     before = load_checkpoint(lm_dir).model.params

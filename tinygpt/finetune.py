@@ -758,6 +758,7 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
         save_checkpoint,
     )
     from tinygpt.data import rng_from_state, rng_state
+    from tinygpt.kernels import fused_adamw
     from tinygpt.optim import AdamW, clip_grad_norm, grad_norm, lr_at
     from tinygpt.train import append_jsonl, read_metrics, truncate_metrics
 
@@ -815,7 +816,9 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
     val_seqs = [seqs[i] for i in val_rows]
     y_train, y_val = label_ids[train_rows], label_ids[val_rows]
     trainable = dict(head) if cfg.freeze_body else {**model.params, **head}
-    optimizer = AdamW(trainable, lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    # as train's: with the numba backend one fused pass per tensor (same math, same state)
+    optimizer = AdamW(trainable, lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
+                      kernel=fused_adamw(model.ops))
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     max_iters = cfg.max_iters or cfg.epochs * steps_per_epoch
     min_lr = cfg.learning_rate / 10 if cfg.min_lr is None else cfg.min_lr
@@ -905,8 +908,9 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
                 raise TinyGPTError(f"fine-tuning diverged: the val loss is {value} at step {step}; the last "
                                    f"good checkpoint (step {state['step']}) is kept in {out}; try a lower "
                                    "--learning-rate")
-        elif not math.isfinite(grad_norm({**model.params, **head})):  # no val split to score them: that
-            # they are finite is what can be told (one pass, as a gradient norm is); NaN weights were saved
+        elif not math.isfinite(grad_norm({**model.params, **head}, model.ops.sum_squares)):
+            # no val split to score them: that they are finite is what can be told (one pass, as a gradient
+            # norm is); NaN weights were saved
             if step == 0:
                 raise TinyGPTError(f"the starting weights hold a non-finite value (step 0, before any "
                                    f"update); nothing was saved in {out}")
@@ -959,7 +963,7 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
                     else f"the last good checkpoint (step {state['step']})")
             raise TinyGPTError(f"fine-tuning diverged: the loss is {loss} at step {step}, on a training "
                                f"batch; {kept} is kept in {out}; try a lower --learning-rate")
-        clip_grad_norm(grads, cfg.grad_clip)
+        clip_grad_norm(grads, cfg.grad_clip, model.ops.sum_squares)
         optimizer.step(grads, lr=lr)
         running["loss"] += float(loss) * len(batch)
         running["correct"] += int(np.sum(logits.argmax(axis=1) == y_train[batch]))
