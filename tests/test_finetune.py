@@ -1344,6 +1344,29 @@ def test_load_classifier_refuses_a_head_of_another_width_than_its_labels(tmp_pat
         ft.load_classifier(tmp_path / "clf")
 
 
+@pytest.mark.parametrize("where, value", [("body", np.nan), ("head", np.inf)])
+def test_predict_and_eval_refuse_a_classifier_of_non_finite_weights(tmp_path, capsys, where, value):
+    # predict printed 'comedy  nan' and eval scored NaN probabilities: a classifier whose weights hold NaN or
+    # inf (a run that diverged, saved before finetune checked) is refused at load, naming its checkpoint
+    rows = _rows(16)
+    data = _write_jsonl(tmp_path / "d.jsonl", rows)
+    tok = CharTokenizer.train("".join(r["text"] for r in rows))
+    model, head = _tiny_model(tok.vocab_size, dtype=np.float32), ft.init_head(8, 2)
+    name = "h.0.attn.c_proj.weight" if where == "body" else ft.HEAD_BIAS
+    (model.params if where == "body" else head)[name].flat[1] = value
+    out = tmp_path / "clf"
+    classifier = ft._ClassifierForSaving(model, head, ["comedy", "tragedy"], {"data": str(data)})
+    save_checkpoint(out, classifier, tok, None, {"backend": "numpy"}, {"step": 3})
+    found = "nan" if np.isnan(value) else "inf"
+    message = (f"the classifier checkpoint {load_checkpoint(out).path} holds non-finite weights ({name} has "
+               f"{found}), which give NaN probabilities")
+    with pytest.raises(TinyGPTError, match=re.escape(message)):
+        ft.load_classifier(out)
+    for backend in ("numpy", "numba"):
+        _fails(capsys, ["predict", "--out", str(out), "--backend", backend, "o woe"], message)
+        _fails(capsys, ["eval", "--out", str(out), "--split", "all", "--backend", backend], message)
+
+
 @pytest.mark.parametrize("setting, message", [
     ({"max_batches": 0}, "--max-batches must be an integer >= 1, got 0"),
     ({"max_batches": 1.5}, "--max-batches must be an integer >= 1, got 1.5"),  # ran 2 batches
