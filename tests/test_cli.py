@@ -107,6 +107,39 @@ def test_a_path_that_is_not_utf8_is_printed_as_its_bytes_not_a_traceback(tmp_pat
     assert proc.stdout.endswith(b"; saved " + out + b"\n") and os.path.isfile(out)
 
 
+def test_print_lines_with_non_ascii_paths_are_utf8_on_an_ascii_stdout(tmp_path):
+    # an ASCII or cp1252 stdout (PYTHONIOENCODING, a Windows pipe) made each of these a UnicodeEncodeError
+    # traceback and exit status 1 after the work was saved: tokenizer train's summary, train's 'done:'
+    # line and plot's path, each naming a file in résumé/
+    folder = tmp_path / "résumé"
+    folder.mkdir()
+    text = folder / "in.txt"
+    text.write_text("hello world, the quick brown fox\n" * 40)
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "8", "--block-size", "8", "--batch-size", "2",
+            "--max-iters", "1", "--eval-iters", "1", "--warmup-iters", "1", "--backend", "numpy"]
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "TINYGPT_CACHE": str(tmp_path / "cache")}
+    for argv, said in (
+        (["tokenizer", "train", "--input", text, "--vocab-size", "260", "--out", folder / "tok.json"],
+         f"; saved {folder / 'tok.json'}\n"),
+        (["train", "--data", text, "--out", folder / "run", *tiny],
+         f", loss curve {folder / 'run' / 'loss.png'}\n"),
+        (["plot", folder / "run", "--output", folder / "plot.png"], f"{folder / 'plot.png'}\n"),
+    ):
+        proc = subprocess.run([sys.executable, "-m", "tinygpt", *map(str, argv)], capture_output=True,
+                              env=env)
+        assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr
+        assert proc.stdout.decode("utf-8").endswith(said), proc.stdout
+
+
+def test_main_leaves_the_encoding_of_stdout_as_it_was(monkeypatch):
+    # (main() lends its stdout UTF-8 for its run only: a notebook's or a caller's stream is theirs)
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr("sys.stdout", stdout)
+    assert main(["tokenizer", "decode", "--tokenizer", "gpt2", "2634"]) == 0  # é
+    assert (stdout.encoding, stdout.errors) == ("ascii", "strict")
+    assert stdout.buffer.getvalue() == "é".encode()
+
+
 def test_main_leaves_the_error_handler_of_stdout_as_it_was(capsys):
     # (strict, capsys's own: main() lends its stdout surrogateescape for its run only)
     assert main(["tokenizer", "decode", "--tokenizer", "gpt2", "31373"]) == 0

@@ -9,6 +9,7 @@ declare its flags, and imports its peer libraries only when run), so ``tinygpt -
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import re
 import sys
@@ -839,22 +840,28 @@ _TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")
 
 
 def _stdout_prints_any_path():
-    """Have a strict stdout write a path's undecodable bytes back as they were (surrogateescape, as ``ls``
-    prints such a name); returns what puts its error handler back. A file name that is not UTF-8 (Latin-1,
-    from an old archive) comes from argv holding lone surrogates, which the stdout of any UTF-8 locale but
-    C's refused: ``tinygpt plot run --output $'caf\\xe9.png'`` wrote the PNG, then printing its path was a
-    traceback and exit status 1."""
+    """Have stdout write UTF-8 whatever its encoding, a path's undecodable bytes back as they were
+    (surrogateescape, as ``ls`` prints such a name); returns what puts its encoding and error handler back.
+    A file name that is not UTF-8 (Latin-1, from an old archive) comes from argv holding lone surrogates,
+    which the stdout of any UTF-8 locale but C's refused: ``tinygpt plot run --output $'caf\\xe9.png'`` wrote
+    the PNG, then printing its path was a traceback and exit status 1. An ASCII or cp1252 stdout
+    (PYTHONIOENCODING, a Windows pipe) refused the non-ASCII text of a print() line, which is now UTF-8 as
+    ``_write_utf8``'s lines are: train's ``done: ... checkpoint in résumé`` was a traceback once the run was
+    saved, and so were tokenizer train's summary and plot's path line."""
     stream = sys.stdout
-    if getattr(stream, "errors", None) != "strict" or not hasattr(stream, "reconfigure"):
+    if not hasattr(stream, "reconfigure"):
         return lambda: None
+    encoding, errors = stream.encoding, stream.errors
+    if errors != "strict" and codecs.lookup(encoding).name == "utf-8":
+        return lambda: None  # (a UTF-8 stdout that already writes what it cannot encode some other way)
     try:
-        stream.reconfigure(errors="surrogateescape")
+        stream.reconfigure(encoding="utf-8", errors="surrogateescape")
     except (OSError, ValueError):  # (it flushes first; ValueError: a closed stream) left as it is
         return lambda: None
 
     def restore():
         try:  # (it flushes first: after a BrokenPipeError, `| head`, that raised it again, a traceback)
-            stream.reconfigure(errors="strict")
+            stream.reconfigure(encoding=encoding, errors=errors)
         except (OSError, ValueError):  # (ValueError: the stream was closed)
             pass
 
