@@ -380,8 +380,8 @@ def test_eval_of_a_classifier_it_cannot_write_a_figure_beside_is_a_warning(tmp_p
     assert main(["eval", "--out", str(tmp_path / "clf"), "--backend", "numpy"]) == 0
     captured = capsys.readouterr()
     assert "accuracy " in captured.out and "figure:" not in captured.out
-    assert captured.err == ("tinygpt: warning: no confusion matrix figure written (Permission denied); the "
-                            "scores above stand\n")
+    assert captured.err == ("tinygpt: warning: no confusion matrix figure written (Permission denied: "
+                            f"{tmp_path / 'clf' / 'confusion_val.png'}); the scores above stand\n")
     assert not (tmp_path / "clf" / "confusion_val.png").exists()
 
 

@@ -774,12 +774,14 @@ def _run_classifier_eval(args):
                  " " * width + "".join(f"  {name:>{width}}" for name in labels),
                  *(f"{name:>{width}}" + "".join(f"  {count:>{width}}" for count in row)
                    for name, row in zip(labels, matrix)))
+    figure = Path(args.out) / f"confusion_{result['split']}.png"
     try:
-        png = plot_confusion_matrix(matrix, labels, Path(args.out) / f"confusion_{result['split']}.png",
+        png = plot_confusion_matrix(matrix, labels, figure,
                                     title=f"{result['split']} accuracy {result['accuracy']:.3f}")
     except (TinyGPTError, OSError) as exc:  # a model directory eval may not write into (read-only, shared,
-        # a full disk): the scores above stand, where exit status 2 after them said the evaluation failed
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        # a full disk): the scores above stand, where exit status 2 after them said the evaluation failed;
+        # an OSError's words are followed by the file's name, as in the CLI's errors
+        why = f"{exc.strerror}: {figure}" if isinstance(exc, OSError) and exc.strerror else exc
         _say(f"tinygpt: warning: no confusion matrix figure written ({why}); the scores above stand")
         return
     _print_lines(f"figure: {png}")

@@ -782,7 +782,8 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         png = plot_metrics(out)
     except (TinyGPTError, OSError) as exc:  # the run's work is saved: a plot it cannot write (a full disk, a
         # loss.png that is a directory) is told, not made the run's failure (exit 2 after every step ran)
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        # (an OSError's words alone named no file: the loss.png it could not write, as the CLI's errors do)
+        why = f"{exc.strerror}: {out / 'loss.png'}" if isinstance(exc, OSError) and exc.strerror else exc
         say_on_stderr(f"tinygpt: warning: no loss plot written ({why}); the run's checkpoint and metrics are "
                       "saved")
     rows = read_metrics(metrics_path)
