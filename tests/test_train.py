@@ -841,6 +841,35 @@ def test_a_config_from_a_pipe_reads_and_a_device_is_refused(tmp_path):
         training.read_config_file(str(tmp_path))  # a directory, as before
 
 
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="/dev/fd names a pipe's end")
+def test_a_run_whose_data_was_a_pipe_says_what_to_give_to_resume_or_evaluate_it(corpus, tmp_path, capsys):
+    # `train --data <(zcat corpus.gz)` saves the pipe's path (/proc/PID/fd/pipe:[N] once resolved), which no
+    # later process can read: --resume and eval said 'data file not found: /proc/4242/fd/pipe:[9]'
+    out = tmp_path / "run"
+    read, write = os.pipe()
+    os.write(write, corpus.read_bytes())
+    os.close(write)
+    try:
+        assert main(["train", "--data", f"/dev/fd/{read}", "--out", str(out), *TINY, "--max-iters", "2"]) == 0
+    finally:
+        os.close(read)
+    line = one_line_error(capsys, ["train", "--resume", "--out", str(out), "--max-iters", "4", "--quiet"])
+    assert re.fullmatch(rf"tinygpt: error: cannot resume {re.escape(str(out))}: its --data was read from a "
+                        r"pipe \(/\S+\), which cannot be read again; give --data FILE holding the same text "
+                        r"\(or a pipe of it again\)", line), line
+    assert "cannot be read again; give --data FILE holding that text" in one_line_error(
+        capsys, ["eval", "--out", str(out), "--backend", "numpy"])
+    # the same text from a file resumes the run, and is scored
+    assert main(["train", "--resume", "--out", str(out), "--max-iters", "4", "--data", str(corpus),
+                 "--quiet"]) == 0
+    assert "the data changed" not in capsys.readouterr().err  # (its sha256 is the pipe's text's)
+    assert main(["eval", "--out", str(out), "--data", str(corpus), "--backend", "numpy"]) == 0
+    # HellaSwag's examples alike, where --no-hellaswag is also a way on
+    with pytest.raises(TinyGPTError, match=r"its --hellaswag was read from a pipe .*, or --no-hellaswag$"):
+        training._refuse_a_pipe_to_resume({"hellaswag": "/proc/7/fd/pipe:[9]"}, {}, out)
+    training._refuse_a_pipe_to_resume({"hellaswag": "/proc/7/fd/pipe:[9]"}, {"hellaswag": None}, out)
+
+
 # --- bad input: one line on stderr, exit status 2, no traceback -----------------------------------------
 
 

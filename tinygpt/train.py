@@ -37,6 +37,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -366,6 +367,25 @@ def make_config(values: dict) -> TrainConfig:
 # --- data and evaluation -----------------------------------------------------------------------------
 
 
+def _read_from_a_pipe(saved: str | None) -> bool:
+    """Whether a run's saved path is that of a pipe it read once (``--data <(zcat corpus.gz)``): Path.resolve
+    makes the shell's /dev/fd/63 /proc/PID/fd/pipe:[N] on Linux (it stays /dev/fd/63 elsewhere), which no
+    later process can read: a --resume said 'data file not found: /proc/4242/fd/pipe:[9]'. A named pipe
+    (mkfifo) keeps its name, and can be fed again."""
+    return isinstance(saved, str) and re.match(r"/proc/[^/]+/fd/|/dev/fd/", saved) is not None
+
+
+def _refuse_a_pipe_to_resume(values: dict, overrides: dict, out: Path) -> None:
+    """Refuse, in one line that says what to give instead, a --resume of a run whose --data or --hellaswag
+    was a pipe (``_read_from_a_pipe``) and is not given again."""
+    for name, flag, what, other in (("data", "--data", "text", ""),
+                                    ("hellaswag", "--hellaswag", "examples", ", or --no-hellaswag")):
+        if name not in overrides and _read_from_a_pipe(values.get(name)):
+            raise TinyGPTError(f"cannot resume {out}: its {flag} was read from a pipe ({values[name]}), "
+                               f"which cannot be read again; give {flag} FILE holding the same {what} (or a "
+                               f"pipe of it again){other}")
+
+
 def _data_path(cfg_data: str | None, say=None) -> Path:
     from tinygpt.data import default_corpus_path
 
@@ -559,6 +579,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
                                    f"({saved.get(name)!r} in {out})")
         values = {**{k: v for k, v in saved.items() if k in FIELDS}, **(overrides or {}), "out": str(out)}
         _check_schedule_on_resume(values, overrides or {}, out)
+        _refuse_a_pipe_to_resume(values, overrides or {}, out)
         cfg = make_config(values)
     elif out.is_dir():
         check_out_holds_no_run(out, classifier=False)
@@ -961,6 +982,9 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
     block = model.config.block_size
     if stride is not None and stride > block:  # windows further apart than they are long skip tokens
         raise TinyGPTError(f"--stride {stride} exceeds the model's context of {block} tokens")
+    if not data and _read_from_a_pipe(ckpt.train_config.get("data")):
+        raise TinyGPTError(f"{out_dir} was trained on --data read from a pipe ({ckpt.train_config['data']}), "
+                           "which cannot be read again; give --data FILE holding that text")
     data_path = Path(data) if data else _data_path(ckpt.train_config.get("data"))
     if data_path.is_dir():
         dataset = open_token_dir(data_path, tokenizer=tokenizer, tokenizer_of=source, splits=(split,),
