@@ -1395,6 +1395,16 @@ def test_a_classifier_of_integer_labels_scores_a_csv_file(tmp_path, lm_dir):
     assert as_csv["labels"] == [0, 1] and as_csv["n"] == 48
     assert as_csv["confusion"].tolist() == as_jsonl["confusion"].tolist()
     assert as_csv["loss"] == as_jsonl["loss"]
+    # ASCII digits only, as finetune --resume on the CSV reads them: "\u0661" (Arabic-Indic one) was scored
+    # as the class 1, which label_vocabulary refuses ("label '\u0661' is not among the given labels")
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["text", "label"])
+        writer.writeheader()
+        writer.writerows([{**rows[0], "label": "\u0661"}, *rows[1:]])
+    with pytest.raises(TinyGPTError, match="label '\u0661' is not one of the classifier's \\[0, 1\\]"):
+        ft.evaluate_classifier(tmp_path / "clf", str(table), split="all")
+    with pytest.raises(TinyGPTError, match="label '\u0661' is not among the given labels"):
+        ft.label_vocabulary(["\u0661"], [0, 1])
 
 
 # --- mutation review: the training run's bookkeeping ------------------------------------------------------

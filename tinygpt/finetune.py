@@ -1100,7 +1100,8 @@ def evaluate_classifier(out_dir, data: str | None = None, split: str = "val", ba
     path = data or clf.meta.get("data")
     texts, raw_labels, splits = read_labelled(path)
     if all(isinstance(name, int) for name in clf.labels):  # a CSV's labels are text: "0" is the label 0
-        raw_labels = [int(label) if isinstance(label, str) and re.fullmatch(r"-?\d+", label.strip())
+        # (ASCII digits, as label_vocabulary reads them: \d and int() also took "١", an Arabic-Indic one)
+        raw_labels = [int(label) if isinstance(label, str) and re.fullmatch(r"-?[0-9]+", label.strip())
                       else label for label in raw_labels]
     elif all(isinstance(name, str) for name in clf.labels):  # ... and a JSONL's 0 is a CSV's label "0"
         raw_labels = [str(label) if isinstance(label, int) and not isinstance(label, bool) else label
