@@ -791,7 +791,7 @@ def test_bench_kernels_cpu_cases_run_and_time_what_training_runs():
     assert bench._adamw(get_ops("numpy"), np.zeros((2, 2), np.float32)).kernel is None
 
 
-def test_bench_kernels_sections_run_even_after_one_fails(capsys):
+def test_bench_kernels_sections_run_even_after_one_fails(capsys, monkeypatch):
     # a lent GPU's few minutes: one section's crash must not cost the others' figures
     from tinygpt.bench.kernels import run_sections
 
@@ -808,6 +808,12 @@ def test_bench_kernels_sections_run_even_after_one_fails(capsys):
     err = capsys.readouterr().err
     assert "RuntimeError: CUDA_ERROR_LAUNCH_FAILED" in err and "the SGEMM section failed" in err
     run_sections({"attention": lambda: None})  # none failed: no error
+    # stderr closed (`2>&-`): the traceback and the line are dropped, where print(file=None) and print_exc
+    # wrote them to stdout, among the tables
+    monkeypatch.setattr(sys, "stderr", None)
+    with pytest.raises(TinyGPTError, match="SGEMM failed"):
+        run_sections({"SGEMM": boom, "attention": lambda: print("attention table")})
+    assert capsys.readouterr().out == "attention table\n"
 
 
 def test_bench_kernels_medians_warm_up_each_side_then_alternate(fake_clock):

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from tinygpt.bench import decay_matrices_only, training_peer_config
-from tinygpt.errors import TinyGPTError
+from tinygpt.errors import TinyGPTError, say_on_stderr
 
 _DEFAULT_SIZES, _DEFAULT_TRAIN_BATCH = "1024,2048,4096,8192", 32
 
@@ -367,8 +367,10 @@ def run_sections(sections: dict) -> None:
         try:
             section()
         except Exception:  # (KeyboardInterrupt still stops the run)
-            traceback.print_exc()
-            print(f"bench kernels: the {name} section failed (traceback above); going on", file=sys.stderr)
+            # on stderr, dropped when it is closed (`2>&-`), where print_exc and print(file=None) wrote both
+            # to stdout, among the other sections' tables
+            say_on_stderr(traceback.format_exc().rstrip("\n"))
+            say_on_stderr(f"bench kernels: the {name} section failed (traceback above); going on")
             failed.append(name)
     if failed:
         raise TinyGPTError(f"bench kernels: {', '.join(failed)} failed; the other sections' figures are "
