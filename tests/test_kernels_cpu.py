@@ -782,7 +782,7 @@ def test_bench_kernels_cpu_cases_run_and_time_what_training_runs():
     from tinygpt.bench import kernels as bench
 
     cases, torch_cases = bench.cpu_op_cases(B=2, T=5, C=12, H=2, V=7)
-    peer = torch_cases()
+    peer, _ = torch_cases()
     for name, make in cases.items():
         for backend in ("numpy", "numba"):
             make(get_ops(backend))()
@@ -829,6 +829,38 @@ def test_bench_kernels_medians_warm_up_each_side_then_alternate(fake_clock):
     assert syncs == [2, 3, 4, 5, 6, 7, 8]  # once after the warm-ups, then after every timed call
 
 
+def test_bench_kernels_medians_run_before_ahead_of_every_call_untimed(fake_clock):
+    from tinygpt.bench import kernels as bench
+
+    fake_clock.install(bench)
+
+    def before():  # (an hour, were it timed)
+        fake_clock.calls.append("before")
+        fake_clock.now += 3600.0
+
+    sides = {"ours": fake_clock.side("ours", [50.0, 1.0, 5.0]),
+             "peer": fake_clock.side("peer", [50.0, 3.0, 4.0])}
+    assert bench._medians(sides, 2, before=before) == {"ours": 3.0, "peer": 3.5}
+    assert fake_clock.calls == ["before", "ours", "before", "peer"] * 3
+
+
+def test_bench_kernels_cpu_peer_gradients_do_not_pile_up_between_repeats(monkeypatch, capsys):
+    # each torch backward added its gradient into the last call's .grad (an in-place add of the whole
+    # tensor), work our side, which writes fresh gradients, does not do: they are set to None between calls
+    torch = pytest.importorskip("torch")
+    from tinygpt.bench import kernels as bench
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    cases = bench.cpu_op_cases
+    monkeypatch.setattr(bench, "cpu_op_cases", lambda: cases(B=2, T=5, C=12, H=2, V=7))
+    F, held = torch.nn.functional, []
+    gelu = F.gelu
+    # what the peer's input (a leaf) holds as each call starts: the last call's gradient, to be added to
+    monkeypatch.setattr(F, "gelu", lambda x, **kw: held.append(x.grad) or gelu(x, **kw))
+    bench.bench_cpu(repeats=2)  # (three calls of each side: a warm-up, two timed)
+    assert held == [None, None, None]
+
+
 def test_bench_kernels_cpu_table_is_the_arithmetic_of_its_timings(monkeypatch, capsys):
     torch = pytest.importorskip("torch")
     from tinygpt.bench import blas_threads
@@ -840,7 +872,7 @@ def test_bench_kernels_cpu_table_is_the_arithmetic_of_its_timings(monkeypatch, c
     monkeypatch.setattr(bench, "cpu_op_cases", lambda: cases(B=2, T=5, C=12, H=2, V=7))  # (nothing runs)
     timed = []
     seconds = {"numba": 0.001, "numpy": 0.004, "torch": 0.002}
-    monkeypatch.setattr(bench, "_medians", lambda sides, repeats: timed.append((list(sides), repeats)) or
+    monkeypatch.setattr(bench, "_medians", lambda sides, repeats, **_: timed.append((list(sides), repeats)) or
                         {name: seconds[name] for name in sides})
     bench.bench_cpu(repeats=7)
     assert threads == [blas_threads()]  # torch gets the threads our BLAS has
@@ -883,7 +915,7 @@ def test_bench_kernels_cpu_peer_computes_what_ours_computes(monkeypatch):
                                                               if name.endswith("_forward")}})
     B, T, C, H, V = 2, 5, 12, 2, 7
     cases, torch_cases = bench.cpu_op_cases(B=B, T=T, C=C, H=H, V=V)
-    peer = torch_cases()
+    peer, _ = torch_cases()
     for name in ("attention", "layernorm", "gelu", "cross_entropy"):
         cases[name](recording_ops)()
         peer[name]()

@@ -53,14 +53,18 @@ def _torch():
     return torch
 
 
-def _medians(sides: dict, repeats: int, sync=lambda: None) -> dict:
-    """Median seconds of each side's callable, timed in turn after one warm-up call each."""
+def _medians(sides: dict, repeats: int, sync=lambda: None, before=lambda: None) -> dict:
+    """Median seconds of each side's callable, timed in turn after one warm-up call each. ``before`` runs
+    ahead of every call, untimed: it sets the peer's gradients to None, so that each backward writes fresh
+    ones, as ours does, where PyTorch added each repeat's into the last's (an extra in-place add)."""
     for fn in sides.values():
+        before()
         fn()
     sync()
     times = {name: [] for name in sides}
     for _ in range(repeats):
         for name, fn in sides.items():
+            before()
             start = time.perf_counter()
             fn()
             sync()
@@ -139,10 +143,13 @@ def bench_attention(torch, cuda, K, repeats, B=8, H=12, T=1024, D=64):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         out.backward(tdout)
 
+    def clear_grads():
+        q.grad = k.grad = v.grad = None
+
     ref = sdpa_fwd().transpose(1, 2).reshape(B, T, H * D).cpu().numpy()
     err = np.abs(ours_fwd()[0].copy_to_host() - ref).max()
     t_f = _medians({"ours": ours_fwd, "sdpa": sdpa_fwd}, repeats, cuda.synchronize)
-    t_fb = _medians({"ours": ours_fwd_bwd, "sdpa": sdpa_fwd_bwd}, repeats, cuda.synchronize)
+    t_fb = _medians({"ours": ours_fwd_bwd, "sdpa": sdpa_fwd_bwd}, repeats, cuda.synchronize, clear_grads)
     rows = [(name, f"{t['ours'] * 1e3:.2f}", f"{t['sdpa'] * 1e3:.2f}", f"{t['sdpa'] / t['ours']:.2f}")
             for name, t in (("forward", t_f), ("forward+backward", t_fb))]
     _table(f"causal attention, ms (float32, B {B} H {H} T {T} D {D}; max|diff| fwd {err:.1e})",
@@ -206,7 +213,9 @@ def _adamw(ops, param):
 
 
 def cpu_op_cases(B=8, T=256, C=384, H=6, V=65):
-    """name -> (make(ops) -> callable running forward+backward, torch version) at the medium shapes."""
+    """name -> make(ops) -> callable running forward+backward, at the medium shapes; and ``torch_cases``,
+    which makes the torch version of each (name -> callable) and the function that sets their inputs'
+    gradients to None between calls (AdamW's given gradient, and grad_norm's, are kept)."""
     from tinygpt.optim import grad_norm
 
     rng = np.random.default_rng(0)
@@ -253,6 +262,11 @@ def cpu_op_cases(B=8, T=256, C=384, H=6, V=65):
         tp = torch.from_numpy(p.copy()).requires_grad_()
         tp.grad = torch.from_numpy(g)
         opt = torch.optim.AdamW([tp], lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+
+        def clear_grads():
+            for leaf in (tx, tqkv, th, tl, tw, tb):
+                leaf.grad = None
+
         return {
             "attention": attention,
             "layernorm": lambda: F.layer_norm(tx, (C,), tw, tb).backward(dx),
@@ -260,7 +274,7 @@ def cpu_op_cases(B=8, T=256, C=384, H=6, V=65):
             "cross_entropy": lambda: F.cross_entropy(tl.view(-1, V), tt.view(-1)).backward(),
             "adamw": opt.step,
             "grad_norm": lambda: torch.linalg.vector_norm(tp.grad),  # (clip_grad_norm_'s, in float32)
-        }
+        }, clear_grads
 
     return cases, torch_cases
 
@@ -273,14 +287,14 @@ def bench_cpu(repeats):
     # the machine's threads on both sides: ours are BLAS's (attention's matmuls) beside serial kernels
     torch.set_num_threads(blas_threads())
     cases, torch_cases = cpu_op_cases()
-    peer = torch_cases()
+    peer, clear_grads = torch_cases()
     numpy_ops, numba_ops = get_ops("numpy"), get_ops("numba")
     rows = []
     for name, make in cases.items():
         # torch's OpenMP threads spin for a while after each op (KMP_BLOCKTIME): interleaved with ours
         # they would steal a core from the next BLAS call, so the torch side is timed in its own loop
         t = _medians({"numba": make(numba_ops), "numpy": make(numpy_ops)}, repeats)
-        t.update(_medians({"torch": peer[name]}, repeats))
+        t.update(_medians({"torch": peer[name]}, repeats, before=clear_grads))
         rows.append((name, f"{t['numba'] * 1e3:.2f}", f"{t['numpy'] * 1e3:.2f}", f"{t['torch'] * 1e3:.2f}",
                      f"{t['numpy'] / t['numba']:.2f}", f"{t['torch'] / t['numba']:.2f}"))
     _table("CPU ops, forward+backward ms (float32, B 8, T 256, C 384, H 6, V 65; AdamW, grad norm: 10.7M "
