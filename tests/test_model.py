@@ -658,12 +658,14 @@ def test_from_pretrained_errors(tmp_path):
         GPT.from_pretrained(tmp_path)
     config_path.write_text(json.dumps({**good, "n_layer": 3}))
     # (the layer count is checked first, so the message says why: not a list of h.2's missing tensors)
-    with pytest.raises(TinyGPTError, match=r"missing h\.2 \(.*config.json has n_layer = 3; the weights hold"):
+    with pytest.raises(TinyGPTError, match=r"is missing layer h\.2 \(no tensor named transformer\.h\.2\.\*\)"
+                                           r", where .*config.json has n_layer = 3: the weights hold 28 "
+                                           r"tensors, layers h\.0 to h\.1$"):
         GPT.from_pretrained(tmp_path)
     # a corrupt n_layer of 2**40 listed 2**40 layers' parameter names first: all the memory, then OOM
     config_path.write_text(json.dumps({**good, "n_layer": 2**40}))
-    with pytest.raises(TinyGPTError, match=r"missing h\.2 \(.*config.json has n_layer = 1099511627776; the "
-                                           r"weights hold 2 layers\)"):
+    with pytest.raises(TinyGPTError, match=r"missing layer h\.2 .*config.json has n_layer = 1099511627776: "
+                                           r"the weights hold 28 tensors, layers h\.0 to h\.1$"):
         GPT.from_pretrained(tmp_path)
     # sizes the weights or GPTConfig refuse name the file, as the errors above do: they said "GPTConfig.n_embd
     # (8) must be divisible by n_head (3)", "GPTConfig.block_size must be ..." of n_positions, "tensor
@@ -777,14 +779,26 @@ def test_a_checkpoint_missing_tensors_names_them(tmp_path):
     tensors = load_file(tmp_path / "model.safetensors")
     del tensors["transformer.ln_f.bias"]
     save_file(tensors, str(tmp_path / "model.safetensors"))
-    with pytest.raises(TinyGPTError, match=r"checkpoint at .* is missing ln_f\.bias$"):
+    # (named as the file names its others, with what it holds: 'is missing ln_f.bias' was no key of it)
+    with pytest.raises(TinyGPTError, match=r"checkpoint at .* is missing 'transformer\.ln_f\.bias' \(the "
+                                           r"weights hold 27 tensors, layers h\.0 to h\.1\)$"):
         GPT.from_pretrained(tmp_path)
     for name in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"):
         del tensors[f"transformer.h.0.{name}"]
     save_file(tensors, str(tmp_path / "model.safetensors"))
-    with pytest.raises(TinyGPTError, match=r"is missing h\.0\.ln_1\.weight, h\.0\.ln_1\.bias, "
-                                           r"h\.0\.ln_2\.weight \(and 2 more\)$"):
+    with pytest.raises(TinyGPTError, match=r"is missing 'transformer\.h\.0\.ln_1\.weight', "
+                                           r"'transformer\.h\.0\.ln_1\.bias', "
+                                           r"'transformer\.h\.0\.ln_2\.weight' and 2 more \(the weights hold "
+                                           r"23 tensors, layers h\.0 to h\.1\)$"):
         GPT.from_pretrained(tmp_path)
+
+def test_a_missing_tensor_message_says_which_layers_the_file_holds():
+    from tinygpt.model import _layers_held
+
+    assert _layers_held(set()) == "no layers" and _layers_held({3}) == "layer h.3"
+    assert _layers_held({2, 0, 1}) == "layers h.0 to h.2" and _layers_held({0, 2}) == "layers h.0, h.2"
+    assert _layers_held(set(range(0, 20, 2))) == "layers h.0, h.2, h.4, h.6, h.8, h.10, ..."
+
 
 def test_legacy_buffers_are_skipped_and_only_a_tied_lm_head_is_accepted(tmp_path):
     # guards: older transformers checkpoints carry attn.bias / attn.masked_bias buffers (not parameters) and

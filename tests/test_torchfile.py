@@ -748,14 +748,20 @@ def test_a_damaged_nanogpt_checkpoint_is_one_error(tmp_path, make_nanogpt_ckpt):
         with pytest.raises(TinyGPTError, match=message):
             GPT.from_pretrained(path)
 
-    fails(lambda c: c["model"].pop("transformer.h.1.mlp.c_fc.bias"), r"ckpt\.pt is missing h\.1\.mlp\.c_fc")
+    fails(lambda c: c["model"].pop("transformer.h.1.mlp.c_fc.bias"),
+          r"ckpt\.pt is missing 'transformer\.h\.1\.mlp\.c_fc\.bias' \(the weights hold 28 tensors, "
+          r"layers h\.0 to h\.1\)$")
+    fails(lambda c: [c["model"].pop(k) for k in list(c["model"]) if k.startswith("transformer.h.1.")],
+          r"ckpt\.pt is missing layer h\.1 \(no tensor named transformer\.h\.1\.\*\), where model_args has "
+          r"n_layer = 2: the weights hold 17 tensors, layer h\.0$")  # (a layer lost: 'is missing h.1')
     fails(lambda c: c["model"].update({"transformer.h.0.attn.c_proj.weight": torch.zeros(16, 17)}),
           r"'transformer\.h\.0\.attn\.c_proj\.weight' has shape \(16, 17\), expected \(16, 16\)")
     fails(lambda c: c["model"].update({"transformer.h.0.mlp.c_fc.weight": torch.zeros(16, 64)}),  # (in, out)
           r"'transformer\.h\.0\.mlp\.c_fc\.weight' has shape \(16, 64\), expected \(64, 16\)")
     fails(lambda c: c["model"].update({"lm_head.weight": torch.ones(67, 16)}), "lm_head.weight differs")
     fails(lambda c: c["model"].update({"transformer.h.0.extra": torch.ones(1)}), "unexpected tensor")
-    fails(lambda c: c["model_args"].update(n_layer=3), r"ckpt\.pt is missing h\.2 \(model_args has n_layer")
+    fails(lambda c: c["model_args"].update(n_layer=3), r"ckpt\.pt is missing layer h\.2 .* where model_args "
+          r"has n_layer = 3: the weights hold 29 tensors, layers h\.0 to h\.1$")
     fails(lambda c: c["model_args"].update(bias=False), r"unexpected tensor 'transformer\.h\.0\.ln_1\.bias'")
     fails(lambda c: c["model_args"].pop("n_embd"), r"ckpt\.pt: model_args is missing n_embd")
     fails(lambda c: c["model_args"].update(n_head=3), r"ckpt\.pt: GPTConfig\.n_embd \(16\) must be divisible")

@@ -844,10 +844,14 @@ def _params_from_state_dict(tensors: dict[str, np.ndarray], config: GPTConfig, w
     # 2**40 would take all the memory there
     layer_of = (re.match(r"(?:transformer\.)?h\.(\d+)\.", key) for key in tensors)
     layers = {int(match[1]) for match in layer_of if match}
+    # a missing name as the file spells its others (nanoGPT's and transformers' under transformer.), and
+    # what the file holds: 'is missing h.1' named no key, nor which layers were there
+    prefix = "transformer." if any(key.startswith("transformer.") for key in tensors) else ""
+    held = f"the weights hold {len(tensors)} tensors, {_layers_held(layers)}"
     if config.n_layer > len(layers):
         absent = min(set(range(len(layers) + 1)) - layers)
-        raise TinyGPTError(f"{where} is missing h.{absent} ({config_name} has n_layer = {config.n_layer}; "
-                           f"the weights hold {len(layers)} layers)")
+        raise TinyGPTError(f"{where} is missing layer h.{absent} (no tensor named {prefix}h.{absent}.*), "
+                           f"where {config_name} has n_layer = {config.n_layer}: {held}")
     if layers and max(layers) >= config.n_layer:  # (else "unexpected tensor h.1...", no word of n_layer)
         raise TinyGPTError(f"{where} holds h.{max(layers)}, past {config_name}'s n_layer = {config.n_layer} "
                            f"(the weights hold {len(layers)} layers)")
@@ -872,12 +876,26 @@ def _params_from_state_dict(tensors: dict[str, np.ndarray], config: GPTConfig, w
         loaded[name] = array.T if transpose else array  # (GPT(params=...) makes it contiguous)
     missing = [name for name in expected if name not in loaded]
     if missing:
-        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise TinyGPTError(f"{where} is missing {', '.join(missing[:3])}{more}")
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        names = ", ".join(repr(prefix + name) for name in missing[:3])
+        raise TinyGPTError(f"{where} is missing {names}{more} ({held})")
     if head is not None and not np.array_equal(head, loaded["wte.weight"]):
         raise TinyGPTError(f"{where}: lm_head.weight differs from wte.weight: only a tied output layer is "
                            "supported")
     return loaded
+
+
+def _layers_held(layers: set) -> str:
+    """The blocks a state dict holds, for a message: 'layers h.0 to h.11', 'layers h.0, h.2', 'layer h.0' or
+    'no layers'."""
+    ordered = sorted(layers)
+    if not ordered:
+        return "no layers"
+    if len(ordered) == 1:
+        return f"layer h.{ordered[0]}"
+    if ordered[-1] - ordered[0] == len(ordered) - 1:
+        return f"layers h.{ordered[0]} to h.{ordered[-1]}"
+    return "layers " + ", ".join(f"h.{i}" for i in ordered[:6]) + (", ..." if len(ordered) > 6 else "")
 
 
 def _read_weights(path: str) -> dict[str, np.ndarray]:
