@@ -1494,6 +1494,29 @@ def test_forward_shared_context_checks_ids_and_positions():
         forward_shared_context(params, config, np.zeros(0, dtype=np.int64), np.ones((2, 4), dtype=np.int64))
 
 
+def test_forward_shared_context_says_what_is_missing_of_empty_lists():
+    # an empty list is NumPy's float64 (0,): "embedding_forward: idx must be a (B, T) integer array, got
+    # float64 (1, 0)" of an empty context, and ragged continuations were NumPy's own ValueError
+    config = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    params = GPT(config).params
+    for context, continuations, counts in (([], [[1, 2]], "0 context tokens and 1 continuations"),
+                                           ([1, 2], [], "2 context tokens and 0 continuations"),
+                                           ([], [], "0 context tokens and 0 continuations")):
+        with pytest.raises(TinyGPTError, match=f"^forward_shared_context: needs a context and a "
+                                               f"continuation, got {counts}$"):
+            forward_shared_context(params, config, context, continuations)
+    with pytest.raises(TinyGPTError, match=r"continuations must be a \(B, T\) array of token ids, got shape "
+                                           r"\(2,\)"):
+        forward_shared_context(params, config, [1, 2], [3, 4])
+    with pytest.raises(TinyGPTError, match="the continuations' rows differ in length"):
+        forward_shared_context(params, config, [1, 2], [[3, 4], [5]])
+    # continuations of no tokens given as [[], []] (float64 to NumPy): the context's hidden states alone
+    context_hidden, hidden = forward_shared_context(params, config, [1, 2], [[], []])
+    assert context_hidden.shape == (2, 8) and hidden.shape == (2, 0, 8)
+    np.testing.assert_array_equal(context_hidden,
+                                  forward_shared_context(params, config, [1, 2], np.ones((2, 1), int))[0])
+
+
 def _bench_generate_injected(monkeypatch, seconds):
     """``bench generate`` with no model run: ``seconds[i]`` is the i-th row's {side: median seconds}; the
     peer's greedy tokens differ from ours in one place."""

@@ -546,12 +546,25 @@ def forward_shared_context(params, config, context, continuations, backend="nump
     tokens' forward it replaces B - 1 times. ``backend`` as in ``forward_cached``.
     """
     _check_backend(backend)
-    context = checked_token_ids(np.asarray(context).reshape(1, -1), config.vocab_size, config.block_size)
-    continuations = checked_token_ids(continuations, config.vocab_size, config.block_size)
-    (_, T_c), (B, T) = context.shape, continuations.shape
+    try:
+        context, continuations = np.asarray(context), np.asarray(continuations)
+    except ValueError:  # ragged rows: NumPy's "inhomogeneous shape" error
+        raise TinyGPTError("forward_shared_context: the continuations' rows differ in length; pad the "
+                           "shorter ones (a row's padding is read by none of its earlier tokens)") from None
+    # counted before the ids are checked: an empty list is a float64 array, which the check called "not a
+    # (B, T) integer array" of embedding_forward's, where what is wrong is that nothing was given
+    T_c, B = context.size, len(continuations) if continuations.ndim else 1
     if T_c == 0 or B == 0:
         raise TinyGPTError(f"forward_shared_context: needs a context and a continuation, got {T_c} context "
                            f"tokens and {B} continuations")
+    if continuations.ndim != 2:
+        raise TinyGPTError(f"forward_shared_context: continuations must be a (B, T) array of token ids, got "
+                           f"shape {continuations.shape}")
+    if not continuations.size:  # (B, 0), which NumPy makes float64 of [[], []]: each continuation one token
+        continuations = continuations.astype(np.int64)  # that only the context's last position predicts
+    context = checked_token_ids(context.reshape(1, -1), config.vocab_size, config.block_size)
+    continuations = checked_token_ids(continuations, config.vocab_size, config.block_size)
+    T = continuations.shape[1]
     if T_c + T > config.block_size:
         raise TinyGPTError(f"positions up to {T_c + T} exceed block_size {config.block_size}")
     wte, wpe = params["wte.weight"], params["wpe.weight"]
