@@ -824,6 +824,25 @@ def test_a_config_file_saved_with_a_byte_order_mark_reads(tmp_path):
     assert training.read_config_file(str(path)) == {"n_layer": 3, "learning_rate": 2e-3}
 
 
+def test_a_config_files_paths_expand_a_tilde_as_the_shell_does_a_flags(corpus, tmp_path, monkeypatch, capsys):
+    # `--data ~/input.txt` reaches us expanded by the shell; data = "~/input.txt" in a TOML file did not:
+    # 'data file not found: ~/input.txt', and out = "~/run" trained into ./~/run
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")  # (where an unexpanded out = "~/run" went)
+    config = tmp_path / "home.toml"
+    config.write_text('data = "~/input.txt"\nout = "~/run"\nhellaswag = "~/hs.jsonl"\ninit_from = "~/base"\n'
+                      'pretrained = "~/gpt2"\n')
+    values = training.read_config_file(str(config))
+    assert values == {name: str(tmp_path / path) for name, path in (
+        ("data", "input.txt"), ("out", "run"), ("hellaswag", "hs.jsonl"), ("init_from", "base"),
+        ("pretrained", "gpt2"))}
+    config.write_text('data = "~/input.txt"\nout = "~/run"\nmax_iters = 1\n')
+    assert main(["train", "--config", str(config), *TINY]) == 0
+    assert load_checkpoint(tmp_path / "run").train_config["data"] == str(corpus)
+    assert not (tmp_path / "work" / "~").exists()
+
+
 @pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="/dev/fd names a pipe's end")
 def test_a_config_from_a_pipe_reads_and_a_device_is_refused(tmp_path):
     # `tinygpt train --config <(printf 'n_layer = 3')`, the shell's /dev/fd/N of a pipe, was "neither a file

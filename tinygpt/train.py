@@ -120,7 +120,7 @@ class TrainConfig:
         for name in positive + ("warmup_iters", "lr_decay_iters", "seed"):  # NumPy integers as Python ints:
             if isinstance(getattr(self, name), np.integer):  # they are saved as JSON, which takes no int64
                 setattr(self, name, int(getattr(self, name)))
-        for name in ("data", "out", "init_from", "pretrained", "hellaswag"):
+        for name in PATH_SETTINGS:
             value = getattr(self, name)
             if not isinstance(value, str) and (value is not None or name == "out"):
                 raise TinyGPTError(f"{_flag(name)} must be a path, got {shown(value)}")
@@ -180,6 +180,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+PATH_SETTINGS = ("data", "out", "init_from", "pretrained", "hellaswag")  # (a config file's get ~ expanded)
 # Settings a resumed run must keep: the model's shape and tokenizer, and the seed (the fixed evaluation
 # batches are drawn from it: another seed would evaluate on other text mid-run)
 FROZEN_ON_RESUME = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", "tokenizer", "vocab_size",
@@ -348,6 +349,9 @@ def read_config_file(spec: str) -> dict:
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise TinyGPTError(f"{where}: unknown setting {unknown[0]!r}")
+    for name in PATH_SETTINGS:  # the shell expands a flag's ~/runs; nothing did a file's, which trained into
+        if isinstance(values.get(name), str):  # ./~/runs or found no ~/corpus.txt
+            values[name] = os.path.expanduser(values[name])
     return values
 
 
