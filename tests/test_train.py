@@ -201,6 +201,45 @@ def test_a_non_finite_gradient_norm_stops_with_the_step_and_keeps_the_checkpoint
     assert ckpt.state["step"] == 2 and all(np.isfinite(p).all() for p in ckpt.model.params.values())
 
 
+def test_a_non_finite_loss_on_the_checkpoints_weights_says_a_resume_meets_it_again(corpus, tmp_path,
+                                                                                    monkeypatch):
+    # a batch the weights of the step-2 checkpoint give NaN on: the message said "try a lower
+    # --learning-rate", yet a --resume restores those weights and the sampler's state, draws that batch
+    # again and stops on it whatever its learning rate
+    seen = []
+    forward = GPT.forward
+
+    def recording_forward(self, idx, targets=None, **kwargs):
+        if self.training:
+            seen.append(np.array(idx))
+        return forward(self, idx, targets, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", recording_forward)
+    training.train(_config(corpus, tmp_path / "clean", max_iters=3, eval_interval=2), quiet=True)
+    poisoned = seen[2]  # the batch drawn on the weights of step 2
+
+    def poisoned_forward(self, idx, targets=None, **kwargs):
+        logits, loss = forward(self, idx, targets, **kwargs)
+        return logits, float("nan") if self.training and np.array_equal(idx, poisoned) else loss
+
+    monkeypatch.setattr(GPT, "forward", poisoned_forward)
+    message = (r"loss is nan at step 2, on a training batch \(the evaluation there was finite, and its "
+               r"checkpoint is kept in .*\); a --resume draws this batch on those weights again, whatever "
+               r"its --learning-rate: start the run again with a lower --learning-rate$")
+    with pytest.raises(TinyGPTError, match=message):
+        training.train(_config(corpus, tmp_path / "run", max_iters=3, eval_interval=2), quiet=True)
+    with pytest.raises(TinyGPTError, match=message):  # as the message says
+        training.train(training.TrainConfig(out=str(tmp_path / "run")), resume=True, quiet=True,
+                       overrides={"learning_rate": 1e-5, "min_lr": 1e-6})
+    assert load_checkpoint(tmp_path / "run").state["step"] == 2
+    # on the first training batch, no update has run: no learning rate is to blame (it said try a lower one)
+    poisoned = seen[0]
+    with pytest.raises(TinyGPTError, match=r"^the loss is nan at step 0, on a training batch, before any "
+                                           r"update: the starting weights give it, whatever the "
+                                           r"--learning-rate \(the evaluation there was finite"):
+        training.train(_config(corpus, tmp_path / "first", max_iters=3, eval_interval=2), quiet=True)
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(corpus, tmp_path, monkeypatch):
     forward = GPT.forward
     calls = {"train": 0}

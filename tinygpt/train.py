@@ -698,10 +698,17 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         if last_saved is None:  # a new run's first evaluation: no update ran, no learning rate is to blame
             return TinyGPTError(f"{what} is {value} at step 0, before any update: the starting weights give "
                                 f"no finite loss; nothing was saved in {out}")
-        if step == last_saved:  # a training batch's, on the weights the evaluation just found finite
+        if step == last_saved:  # a training batch's, on the weights the evaluation just found finite: no
+            # learning rate moves them, and a --resume draws the same batch again (the sampler's state is
+            # saved with them), so lowering it there cannot help; only a run started again can
+            if step == 0:  # (the starting weights: no learning rate has touched them at all)
+                return TinyGPTError(f"{what} is {value} at step 0, on a training batch, before any update: "
+                                    "the starting weights give it, whatever the --learning-rate (the "
+                                    f"evaluation there was finite, and its checkpoint is kept in {out})")
             return TinyGPTError(f"training diverged: {what} is {value} at step {step}, on a training "
                                 "batch (the evaluation there was finite, and its checkpoint is kept in "
-                                f"{out}); try a lower --learning-rate")
+                                f"{out}); a --resume draws this batch on those weights again, whatever its "
+                                "--learning-rate: start the run again with a lower --learning-rate")
         return TinyGPTError(f"training diverged: {what} is {value} at step {step}; the last good checkpoint "
                             f"(step {last_saved}) is kept in {out}; try a lower --learning-rate")
 
