@@ -1887,6 +1887,43 @@ def test_weights_broken_at_a_step_are_named_by_that_step_whoever_finds_them(tmp_
         ft.finetune_classifier(cfg, quiet=True)
 
 
+def test_a_non_finite_loss_on_the_checkpoints_weights_says_a_resume_meets_it_again(tmp_path, lm_dir,
+                                                                                    monkeypatch):
+    # a batch the step-2 checkpoint's weights give NaN on: "try a lower --learning-rate", yet a --resume
+    # restores those weights and the batch order's place, draws that batch again and stops on it
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    seen, forward = [], ft.classifier_forward
+
+    def recording_forward(model, head, idx, lengths, labels=None):
+        seen.append(np.array(idx))
+        return forward(model, head, idx, lengths, labels)
+
+    monkeypatch.setattr(ft, "classifier_forward", recording_forward)
+    settings = {"init_from": str(lm_dir), "eval_interval": 2, "max_iters": 4, "batch_size": 4}
+    ft.finetune_classifier(_config(tmp_path, data, out=str(tmp_path / "clean"), **settings), quiet=True)
+    poisoned = seen[2]  # the batch drawn on the weights of step 2
+
+    def poisoned_forward(model, head, idx, lengths, labels=None):
+        logits, loss, cache = forward(model, head, idx, lengths, labels)
+        return logits, float("nan") if np.array_equal(idx, poisoned) else loss, cache
+
+    monkeypatch.setattr(ft, "classifier_forward", poisoned_forward)
+    message = (r"^fine-tuning diverged: the loss is nan at step 2, on a training batch; the checkpoint of "
+               r"these weights \(step 2\) is kept in .*; a --resume draws this batch on them again, whatever "
+               r"its --learning-rate: start the run again with a lower --learning-rate$")
+    with pytest.raises(TinyGPTError, match=message):
+        ft.finetune_classifier(_config(tmp_path, data, **settings), quiet=True)
+    with pytest.raises(TinyGPTError, match=message):  # as the message says
+        ft.finetune_classifier(ft.FinetuneConfig(out=str(tmp_path / "clf")), resume=True, quiet=True,
+                               overrides={"learning_rate": 1e-6, "min_lr": 1e-7})
+    # on the first batch no update has run: no learning rate is to blame (it said try a lower one)
+    poisoned = seen[0]
+    with pytest.raises(TinyGPTError, match=r"^the loss is nan at step 0, on a training batch, before any "
+                                           r"update: the starting weights give it, whatever the "
+                                           r"--learning-rate \(the checkpoint of these weights is kept in "):
+        ft.finetune_classifier(_config(tmp_path, data, out=str(tmp_path / "first"), **settings), quiet=True)
+
+
 def test_without_a_val_split_weights_that_are_not_finite_are_not_saved(tmp_path, lm_dir, monkeypatch):
     # with --val-fraction 0 no val loss scores the weights: the NaN weights of an update past all reason were
     # saved as the latest checkpoint (and the run stopped at the next batch, blaming it on that checkpoint)

@@ -959,10 +959,20 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
             # named by `step`, the updates these weights have had, as the val loss's check names them: the
             # weights the third update broke were "at step 3" when an evaluation found them and "at step 4"
             # when the next training batch did (train names them so too)
-            kept = (f"the checkpoint of these weights (step {step})" if state["step"] == step
-                    else f"the last good checkpoint (step {state['step']})")
+            if state["step"] != step:
+                raise TinyGPTError(f"fine-tuning diverged: the loss is {loss} at step {step}, on a training "
+                                   f"batch; the last good checkpoint (step {state['step']}) is kept in "
+                                   f"{out}; try a lower --learning-rate")
+            # on a checkpoint's own weights, which no learning rate moves: a --resume restores them and the
+            # batch order's place, draws this batch again and stops on it, so a lower rate cannot help there
+            if step == 0:
+                raise TinyGPTError(f"the loss is {loss} at step 0, on a training batch, before any update: "
+                                   "the starting weights give it, whatever the --learning-rate (the "
+                                   f"checkpoint of these weights is kept in {out})")
             raise TinyGPTError(f"fine-tuning diverged: the loss is {loss} at step {step}, on a training "
-                               f"batch; {kept} is kept in {out}; try a lower --learning-rate")
+                               f"batch; the checkpoint of these weights (step {step}) is kept in {out}; a "
+                               "--resume draws this batch on them again, whatever its --learning-rate: start "
+                               "the run again with a lower --learning-rate")
         clip_grad_norm(grads, cfg.grad_clip, model.ops.sum_squares)
         optimizer.step(grads, lr=lr)
         running["loss"] += float(loss) * len(batch)
