@@ -240,6 +240,28 @@ def test_a_non_finite_loss_on_the_checkpoints_weights_says_a_resume_meets_it_aga
         training.train(_config(corpus, tmp_path / "first", max_iters=3, eval_interval=2), quiet=True)
 
 
+def test_the_progress_bar_names_its_loss_by_the_step_a_divergence_names(corpus, tmp_path, monkeypatch,
+                                                                        capsys):
+    # the bar counts the updates done; its loss is the batch's before the last of them, on the weights of one
+    # step fewer, the step a divergence names: the bar read "3/5 ... loss 102.0000" above "the loss is nan
+    # at step 3", where 102 was step 2's loss
+    forward = GPT.forward
+    calls = {"train": 0}
+
+    def counting_forward(self, idx, targets=None, **kwargs):
+        logits, loss = forward(self, idx, targets, **kwargs)
+        if self.training:
+            calls["train"] += 1  # the n-th training batch: on the weights of step n - 1
+            return logits, float("nan") if calls["train"] == 4 else 99.0 + calls["train"]
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", counting_forward)
+    with pytest.raises(TinyGPTError, match=r"the loss is nan at step 3; the last good checkpoint \(step 0\)"):
+        training.train(_config(corpus, tmp_path / "run", max_iters=5, eval_interval=10), quiet=False)
+    err = capsys.readouterr().err
+    assert re.search(r" 3/5 \[.*step 2: loss 102\.0000, lr ", err.split("\r")[-1]), err  # (the last drawing)
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(corpus, tmp_path, monkeypatch):
     forward = GPT.forward
     calls = {"train": 0}

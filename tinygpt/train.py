@@ -801,10 +801,11 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
             train_time += time.perf_counter() - t0
             steps_timed += 1
             bar.update(1)
-            if not quiet:
+            if not quiet:  # the batch's loss, on the weights before this update: named by their step, as a
+                # divergence names it (bare, beside the bar's count of updates done, it read as the next's)
                 tok_s = tokens_per_step * steps_timed / train_time if train_time else 0.0
-                bar.set_postfix_str(f"loss {loss_sum / cfg.grad_accum_steps:.4f}, lr {lr:.2e}, "
-                                    f"{tok_s:,.0f} tok/s", refresh=False)
+                bar.set_postfix_str(f"step {step - 1}: loss {loss_sum / cfg.grad_accum_steps:.4f}, lr "
+                                    f"{lr:.2e}, {tok_s:,.0f} tok/s", refresh=False)
             if step % cfg.eval_interval == 0 or step == cfg.max_iters:
                 evaluate_and_checkpoint(step, lr_for(step))
                 last_saved = step
