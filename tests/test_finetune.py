@@ -1589,6 +1589,28 @@ def test_an_interrupted_and_resumed_run_ends_as_the_uninterrupted_one(tmp_path, 
         _assert_same_run(full, part)
 
 
+def test_cli_resume_turns_recompute_on_or_off_and_continues_the_run_exactly(tmp_path, lm_dir, monkeypatch,
+                                                                           capsys):
+    # recomputation changes no bit of a step, so a resume may take either setting: --recompute was a bare
+    # switch, and a run started with it could not be resumed without (`--recompute false` was argparse's
+    # 'unrecognized arguments: false')
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    args = ["finetune", "--data", str(data), "--init-from", str(lm_dir), "--max-iters", "6",
+            "--eval-interval", "2", "--batch-size", "8", "--dropout", "0.1", "--backend", "numpy", "--quiet"]
+    full = tmp_path / "full"
+    assert main([*args, "--out", str(full)]) == 0
+    for started, resumed in ((["--recompute"], "false"), ([], "true"), (["--recompute", "true"], "off")):
+        part = tmp_path / f"part{len(started)}"
+        with monkeypatch.context() as patch:
+            _interrupt_after(patch, 3)
+            assert main([*args, "--out", str(part), *started]) == 130
+        assert load_checkpoint(part).train_config["recompute"] == bool(started)
+        assert main(["finetune", "--resume", "--out", str(part), "--recompute", resumed, "--quiet"]) == 0
+        assert load_checkpoint(part).train_config["recompute"] == (resumed == "true")
+        _assert_same_run(full, part)
+    capsys.readouterr()
+
+
 def test_cli_resume_after_ctrl_c_continues_the_run_exactly(tmp_path, lm_dir, monkeypatch, capsys):
     _write_jsonl(tmp_path / "d.jsonl", _rows())
     monkeypatch.chdir(tmp_path)  # --data relative: the run saves it absolute, for a resume from anywhere

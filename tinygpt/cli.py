@@ -698,8 +698,11 @@ def _add_finetune(sub):
     add("--weight-decay", type=float, metavar="X", help="AdamW weight decay (0.01)")
     add("--grad-clip", type=float, metavar="X", help="global gradient-norm clip (1.0; 0 = off)")
     add("--dropout", type=float, metavar="X", help="dropout while fine-tuning (default: the model's)")
-    add("--recompute", action="store_true", default=None, help="activation recomputation (gradient "
-        "checkpointing): less memory for one more forward of the body, the same result")
+    # (true or false, bare: true, as train's: `--resume --recompute false` turns it off, which a bare switch
+    # could not say; the result is the same either way, so a resume takes either)
+    add("--recompute", type=_parse_bool, nargs="?", const=True, metavar="BOOL", help="activation "
+        "recomputation (gradient checkpointing): less memory for one more forward of the body, the same "
+        "result (true/false; bare: true)")
     add("--eval-interval", type=int, metavar="N", help="evaluate and checkpoint every N steps (50)")
     add("--seed", type=int, metavar="N", help="seed of the split, the head, the batches and dropout (1337)")
     add("--backend", choices=_BACKEND_CHOICES, help="layer implementations (auto; with --resume, the run's)")
