@@ -2,7 +2,9 @@
 quotients of the figures they quote, every ``tinygpt`` command the docs show parses as written, the run
 directory it draws is the one a run writes, and every Python example runs and shows what its comments say."""
 
+import argparse
 import ast
+import importlib
 import io
 import json
 import math
@@ -177,6 +179,80 @@ def test_the_notebook_accuracies_quoted_are_its_stored_outputs():
     stored = [re.search(rf"^{name} +val accuracy (\d\.\d+)", printed, re.MULTILINE)[1]
               for name in ("fine-tuned", "from scratch", "majority")]
     assert list(quoted.groups()) == stored
+
+
+def subcommands(parser) -> dict[str, object]:
+    """A parser's sub-commands: name -> its parser."""
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def module_table() -> dict[tuple[Path, ...], str]:
+    """The README's "What is in it" table: the paths each row names (``checkpoint.py`` after
+    ``tinygpt/train.py`` is ``tinygpt/checkpoint.py``) -> what the row says it does."""
+    table = README.split("| module | what it does |\n|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        names, what = line.strip().strip("|").split("|")
+        paths = []
+        for name in re.findall(r"`([^`]+)`", names):
+            paths.append(Path(name) if "/" in name else paths[-1].parent / name)
+        rows[tuple(paths)] = what
+    return rows
+
+
+def test_the_module_table_names_every_module_and_what_exists():
+    # a module added, moved or renamed must not leave the newcomer's map of the package behind it
+    rows = module_table()
+    named = {path for paths in rows for path in paths}
+    for path in named:
+        assert (ROOT / path).exists(), f"the README's module table names {path}, which does not exist"
+    package = ROOT / "tinygpt"
+    modules = {p.relative_to(ROOT) for p in package.iterdir() if p.name not in ("__init__.py", "__main__.py")
+               and (p.suffix == ".py" or p.is_dir() and p.name != "__pycache__")}
+    assert modules <= named, f"not in the README's module table: {sorted(map(str, modules - named))}"
+    for paths, what in rows.items():  # a folder's row names its modules: kernels/'s cpu.py, cuda.py, ...
+        folder = paths[0]
+        if len(paths) > 1 or not (ROOT / folder).is_dir() or folder.parts[0] != "tinygpt":
+            continue
+        if folder.name == "bench":
+            continue  # its row names its commands, checked below
+        files = {p.name for p in (ROOT / folder).iterdir() if p.is_file() and p.name != "__init__.py"}
+        shown = set(re.findall(r"`([\w.]+\.(?:py|toml))`", what))
+        shown |= {f"{name}.toml" for name in re.findall(r"`(\w+)`", what)} & files  # the presets by name
+        assert shown == files, f"{folder}: the README names {sorted(shown)}, the folder holds {sorted(files)}"
+    parser = cli.build_parser()
+    commands = subcommands(parser)
+    cli_row = rows[(Path("tinygpt/cli.py"),)]
+    assert set(re.findall(r"`(\w+)`", cli_row)) - {"tinygpt"} == set(commands), "tinygpt's commands"
+    bench_row = rows[(Path("tinygpt/bench"),)]
+    assert set(subcommands(commands["bench"])) <= set(re.findall(r"\w+", bench_row)), "tinygpt bench's"
+
+
+def test_the_files_and_python_names_the_docs_point_to_exist():
+    for doc, text in DOCS.items():
+        spans = {" ".join(span.split()) for span in re.findall(
+            r"`([^`]+)`", re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL))}
+        # paths in this repository (data/'s others are nanoGPT's and HellaSwag's: data/*/prepare.py)
+        ours = r"(python )?((tinygpt|tests|notebooks|\.ci)/\S*|data/(\w+\.(md|py))?)"
+        paths = {span.removeprefix("python ") for span in spans if re.fullmatch(ours, span)}
+        paths |= {f"notebooks/{span}.ipynb" for span in spans if re.fullmatch(r"0\d_\w+", span)}
+        paths |= set(re.findall(r"^ *python (\S+\.py)", text, re.MULTILINE))  # the scripts code blocks run
+        assert len(paths) >= {"README.md": 30, "data/README.md": 3}[doc]  # the reading finds them
+        for path in paths:
+            assert (ROOT / path).exists(), f"{doc} names {path}, which does not exist"
+        for name in {span for span in spans if re.match(r"tinygpt\.\w", span)}:
+            # `tinygpt.errors.TinyGPTError`, `tinygpt.hellaswag.evaluate(model, tokenizer, path, limit=None)`
+            parts = name.split("(")[0].split(".")
+            for end in range(len(parts), 0, -1):  # the longest module it starts with, then its attributes
+                try:
+                    value = importlib.import_module(".".join(parts[:end]))
+                    break
+                except ImportError:
+                    continue
+            for part in parts[end:]:
+                assert hasattr(value, part), f"{doc} names {name}, which does not exist"
+                value = getattr(value, part)
 
 
 # --- the Python examples ---------------------------------------------------------------------------------
