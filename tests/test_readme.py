@@ -370,6 +370,54 @@ def test_the_python_examples_are_found(stand_ins):
     assert all(any(f'"{name}' in code for *_, code in EXAMPLES) for name in stand_ins)
 
 
+def as_pattern(quoted: str, placeholders: dict[str, str]) -> str:
+    """A line the README quotes as a regular expression, its placeholders standing for what a run prints:
+    ``as_pattern("acc A", {"A": r"\\d\\.\\d{4}"})`` -> ``acc\\ \\d\\.\\d{4}``."""
+    pieces = re.split("(" + "|".join(rf"\b{re.escape(p)}\b" for p in placeholders) + ")", quoted)
+    return "".join(placeholders[piece] if i % 2 else re.escape(piece) for i, piece in enumerate(pieces))
+
+
+def test_the_lines_quoted_are_what_the_commands_print(stand_ins, tmp_path, monkeypatch, capsys):
+    # the README quotes lines its commands print: a tokenizer's --show, eval --hellaswag's one line, and what
+    # --hellaswag adds to a training step's line; each is read from the README and matched against a run
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / ".cache"))
+    shutil.copy(stand_ins["input.txt"], "input.txt")
+    shutil.copytree(stand_ins["out"], "out", symlinks=True)
+    prose = " ".join(README.split())
+
+    # the Tokenizer section's commands: train on input.txt, then --show, whose comment is its first line
+    block = README.split("\n## Tokenizer\n", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    train_line, show_line = block.splitlines()[:2]
+    for command in (train_line, show_line.split(" # ", 1)[0]):
+        argv = [word.split("|")[0] for word in shlex.split(first_alternatives(command))[1:]]
+        assert cli.main(argv) == 0
+        printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == show_line.split(" # ", 1)[1].strip()
+
+    # eval --hellaswag's line, its figures A and B and the count (10,042 of the published file) any number
+    line = re.search(r"prints one line: `(hellaswag: [^`]*)`", prose)
+    assert line, "the README no longer quotes eval --hellaswag's line in the form this test reads"
+    line = line[1]
+    figure = r"\d\.\d{4}"
+    examples = [{"ctx": "and so he", "endings": [" went", " came", " sat"], "label": i} for i in range(3)]
+    Path("hellaswag_val.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
+    assert cli.main(["eval", "--out", "out", "--hellaswag", "hellaswag_val.jsonl", "--quiet"]) == 0
+    assert re.fullmatch(as_pattern(line, {"10,042": "3", "A": figure, "B": figure}) + "\n",
+                        capsys.readouterr().out)
+
+    # a training step's line with --hellaswag
+    part = re.search(r"the step line gains `([^`]*)` after the val loss, before the learning rate", prose)
+    assert part, "the README no longer says what --hellaswag adds to a step line as this test reads it"
+    part = part[1]
+    argv = ["train", "--data", "input.txt", "--out", "run", "--hellaswag", "hellaswag_val.jsonl",
+            "--max-iters", "1", "--eval-iters", "1", "--n-layer", "1", "--n-head", "2", "--n-embd", "8",
+            "--block-size", "16", "--batch-size", "1", "--backend", "numpy"]
+    assert cli.main(argv) == 0
+    step_line = rf"step 0: train loss {figure}, val loss {figure}{as_pattern(part, {'A': figure})}, lr "
+    assert re.search(step_line, capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("doc, line, section, code", EXAMPLES, ids=[f"{d}:{n}" for d, n, *_ in EXAMPLES])
 def test_every_python_example_runs_and_shows_what_it_says(doc, line, section, code, stand_ins, tmp_path,
                                                           monkeypatch, capsys):
