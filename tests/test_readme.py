@@ -1,6 +1,8 @@
-"""What the README states that can be checked without measuring: the performance table's ratios are the
+"""What the README states that can be checked without measuring: the performance tables' ratios are the
 quotients of the figures they quote, every ``tinygpt`` command the docs show parses as written, the run
-directory it draws is the one a run writes, and every Python example runs and shows what its comments say."""
+directory it draws is the one a run writes, the module table maps the package and the files, names and
+notebooks the docs point to exist, the output lines it quotes are what the commands print, and every Python
+example runs and shows what its comments say."""
 
 import argparse
 import ast
@@ -253,6 +255,22 @@ def test_the_files_and_python_names_the_docs_point_to_exist():
             for part in parts[end:]:
                 assert hasattr(value, part), f"{doc} names {name}, which does not exist"
                 value = getattr(value, part)
+
+
+def test_the_notebooks_the_docs_list_are_the_notebooks():
+    # notebooks/README.md's table lists each by name, the README counts them; a notebook added or renamed
+    # must show in both
+    notebooks = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
+    guide = (ROOT / "notebooks" / "README.md").read_text(encoding="utf-8")
+    assert re.findall(r"^\| `(\w+)` \|", guide, re.MULTILINE) == notebooks
+    numbers = "one two three four five six seven eight nine ten eleven twelve".split()
+    for doc, text in (("README.md", README), ("notebooks/README.md", guide)):
+        counts = re.findall(r"\b(\w+) (?:executed )?notebooks\b", " ".join(text.split()).lower())
+        counted = [word for word in counts if word in numbers]
+        assert counted, f"{doc} no longer counts the notebooks in the form this test reads"
+        assert counted == [numbers[len(notebooks) - 1]] * len(counted), f"{doc}: {counted}"
+    for path in re.findall(r"`((?:data|tests)/[\w./]+)`", guide):  # data/ in notebooks/, tests/ at the root
+        assert (ROOT / "notebooks" / path).exists() or (ROOT / path).exists(), path
 
 
 # --- the Python examples ---------------------------------------------------------------------------------
