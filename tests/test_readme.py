@@ -183,6 +183,25 @@ def test_the_notebook_accuracies_quoted_are_its_stored_outputs():
     assert list(quoted.groups()) == stored
 
 
+def test_the_defaults_quoted_are_the_defaults():
+    # what `tinygpt train` runs with no arguments, what a TOML file's missing keys take, and finetune's
+    # validation share: a default changed in the code must not leave the README quoting the old one
+    from tinygpt import finetune, train
+
+    prose = " ".join(README.split())
+    preset = train.read_config_file("default")
+    quoted = re.search(r"Command 1 fetches the default corpus .*? trains ([\d,]+) steps into `(\w+)/`", prose)
+    assert quoted, "the README no longer says what command 1 trains in the form this test reads"
+    assert (int(quoted[1].replace(",", "")), quoted[2]) == (preset["max_iters"], preset["out"])
+    main_job = re.search(r"The main job \(`tinygpt train`, ([\d,]+) steps on the default corpus", prose)
+    assert main_job and int(main_job[1].replace(",", "")) == preset["max_iters"]
+    missing = re.search(r"whose missing keys take `TrainConfig`'s defaults: the default preset's, but "
+                        r"`max_iters` (\d+) and", prose)
+    assert missing and int(missing[1]) == train.TrainConfig().max_iters
+    share = re.search(r"a stratified `--val-fraction` of each class \((\d\.\d+);", prose)
+    assert share and float(share[1]) == finetune.FinetuneConfig.val_fraction
+
+
 def subcommands(parser) -> dict[str, object]:
     """A parser's sub-commands: name -> its parser."""
     (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
