@@ -402,7 +402,7 @@ def _run_plot(args):
 
 
 def _add_training(sub):
-    p = sub.add_parser("train", help="train a GPT on a text file (default: Shakespeare's plays)",
+    p = sub.add_parser("train", help="train a GPT on a text file (default: Shakespeare's plays and poems)",
                        description="Train a GPT from scratch or from a trained model's weights (--init-from, "
                        "--pretrained). Settings come from --config (default: the 'default' preset), then any "
                        "flag given; with --resume, from the run's saved config.")

@@ -863,7 +863,8 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
     if ckpt is None:
         say(f"{verb} {'the head only (body frozen)' if cfg.freeze_body else 'every parameter'} of a "
             f"{model.num_params():,}-parameter GPT from {source}: {len(names)} classes {names}, "
-            f"{len(train_rows)} train / {len(val_rows)} val texts, {max_iters} steps of {cfg.batch_size}")
+            f"{len(train_rows)} train / {len(val_rows)} val texts, "
+            f"{max_iters} step{'s' * (max_iters != 1)} of {cfg.batch_size}")
     elif first_step >= max_iters:
         length = f"--max-iters {max_iters}" if cfg.max_iters else f"{max_iters} steps (--epochs {cfg.epochs})"
         say(f"{out} is already at step {first_step} >= {length}; nothing to do")
