@@ -322,6 +322,33 @@ def test_finetune_on_numba_steps_and_clips_with_train_s_kernels(tmp_path, lm_dir
         assert all(np.array_equal(trained["numba"][name], p) for name, p in before.items())
 
 
+@pytest.mark.parametrize("freeze_body", [True, False])
+def test_finetune_on_the_cuda_backend_sums_its_host_gradients_on_the_host(tmp_path, lm_dir, monkeypatch,
+                                                                          freeze_body):
+    # the head's gradients are host arrays on every backend. The cuda backend's ops.sum_squares takes them,
+    # but copies each to the GPU and its sum back: two waits for a few numbers, every step, in a frozen
+    # body's loop that ran all on the host. A stand-in for it: numpy's ops named "cuda", whose sum_squares
+    # records what it was given (--val-fraction 0: the finite-weights check sums squares too)
+    import types
+
+    from tinygpt import kernels
+
+    sent, load_body = [], ft._load_body
+
+    def load_body_on_cuda(cfg, texts):
+        model, tokenizer, source = load_body(cfg, texts)
+        model.ops = types.SimpleNamespace(**{**vars(model.ops), "name": "cuda", "sum_squares": lambda a:
+                                             sent.append(a.shape) or kernels.sum_squares(a)})
+        return model, tokenizer, source
+
+    monkeypatch.setattr(ft, "_load_body", load_body_on_cuda)
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows())
+    summary = ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), max_iters=4,
+                                             eval_interval=2, val_fraction=0.0, freeze_body=freeze_body),
+                                     quiet=True)
+    assert summary["step"] == 4 and sent == []
+
+
 def test_training_everything_changes_the_body_and_fits_the_labels(tmp_path, lm_dir):
     data = _write_jsonl(tmp_path / "d.jsonl", _rows())
     before = load_checkpoint(lm_dir).model.params

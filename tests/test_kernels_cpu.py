@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -548,6 +549,11 @@ def test_numba_backend_sums_squares_with_its_kernel_and_numpy_with_the_reference
 
     assert get_ops("numba").sum_squares is cpu.sum_squares
     assert get_ops("numpy").sum_squares is kernels.sum_squares
+    # what they hand it: a backend's sum for host arrays; the cuda one's copies each to the GPU and back
+    assert kernels.host_sum_squares(get_ops("numba")) is cpu.sum_squares
+    assert kernels.host_sum_squares(get_ops("numpy")) is kernels.sum_squares
+    on_gpu = types.SimpleNamespace(name="cuda", sum_squares=lambda a: pytest.fail("sent to the GPU"))
+    assert kernels.host_sum_squares(on_gpu) is kernels.sum_squares
 
 
 # --- bad input ------------------------------------------------------------------------------------

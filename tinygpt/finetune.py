@@ -758,7 +758,7 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
         save_checkpoint,
     )
     from tinygpt.data import rng_from_state, rng_state
-    from tinygpt.kernels import fused_adamw
+    from tinygpt.kernels import fused_adamw, host_sum_squares
     from tinygpt.optim import AdamW, clip_grad_norm, grad_norm, lr_at
     from tinygpt.train import append_jsonl, read_metrics, truncate_metrics
 
@@ -819,6 +819,9 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
     # as train's: with the numba backend one fused pass per tensor (same math, same state)
     optimizer = AdamW(trainable, lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
                       kernel=fused_adamw(model.ops))
+    # the gradient norm's sum of host arrays: numba's one pass, else NumPy's; never the cuda backend's, which
+    # sent the head's gradients (on the host) to the GPU and back, two waits each step
+    sum_squares = host_sum_squares(model.ops)
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     max_iters = cfg.max_iters or cfg.epochs * steps_per_epoch
     min_lr = cfg.learning_rate / 10 if cfg.min_lr is None else cfg.min_lr
@@ -909,7 +912,7 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
                 raise TinyGPTError(f"fine-tuning diverged: the val loss is {value} at step {step}; the last "
                                    f"good checkpoint (step {state['step']}) is kept in {out}; try a lower "
                                    "--learning-rate")
-        elif not math.isfinite(grad_norm({**model.params, **head}, model.ops.sum_squares)):
+        elif not math.isfinite(grad_norm({**model.params, **head}, sum_squares)):
             # no val split to score them: that they are finite is what can be told (one pass, as a gradient
             # norm is); NaN weights were saved
             if step == 0:
@@ -974,7 +977,7 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
                                f"batch; the checkpoint of these weights (step {step}) is kept in {out}; a "
                                "--resume draws this batch on them again, whatever its --learning-rate: start "
                                "the run again with a lower --learning-rate")
-        clip_grad_norm(grads, cfg.grad_clip, model.ops.sum_squares)
+        clip_grad_norm(grads, cfg.grad_clip, sum_squares)
         optimizer.step(grads, lr=lr)
         running["loss"] += float(loss) * len(batch)
         running["correct"] += int(np.sum(logits.argmax(axis=1) == y_train[batch]))

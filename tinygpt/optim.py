@@ -214,8 +214,8 @@ def scale_grads(grads: dict, factor: float) -> None:
 
 def grad_norm(grads: dict[str, np.ndarray], sum_squares=None) -> float:
     """The global L2 norm of all gradients together: ``sqrt(sum over every entry of g^2)``, the squares
-    summed in float64 on every backend. ``sum_squares`` sums a host array's: a backend's ``ops.sum_squares``
-    (numba's is one compiled pass), or None for ``tinygpt.kernels.sum_squares``, the NumPy reference."""
+    summed in float64 on every backend. ``sum_squares`` sums a host array's: ``kernels.host_sum_squares(ops)``
+    (numba's one compiled pass), or None for ``tinygpt.kernels.sum_squares``, the NumPy reference."""
     if sum_squares is None:
         from tinygpt.kernels import sum_squares
 

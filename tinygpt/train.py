@@ -559,7 +559,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         rng_from_state,
         rng_state,
     )
-    from tinygpt.kernels import fused_adamw
+    from tinygpt.kernels import fused_adamw, host_sum_squares
     from tinygpt.model import GPT, GPTConfig
     from tinygpt.optim import AdamW, clip_grad_norm, lr_at, scale_grads
 
@@ -654,6 +654,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
     kernel = fused_adamw(model.ops)
     optimizer = AdamW(model.params, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                       weight_decay=cfg.weight_decay, kernel=kernel)
+    sum_squares = host_sum_squares(model.ops)  # the gradient norm's, of host arrays (device ones: the GPU's)
     sampler_rng = np.random.default_rng([cfg.seed, 2])  # (GPT uses seed for init, [seed, 1] for dropout)
     state = {"step": 0, "best_val_loss": None, "best_step": None, "elapsed": 0.0, "tokens_seen": 0}
     if ckpt is not None:
@@ -792,7 +793,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
                         model.ops.add_inplace(grads[k], g)
             if cfg.grad_accum_steps > 1:  # their mean is the gradient of the mean loss
                 scale_grads(grads, 1.0 / cfg.grad_accum_steps)
-            norm = clip_grad_norm(grads, cfg.grad_clip, model.ops.sum_squares)  # (numba's: one pass)
+            norm = clip_grad_norm(grads, cfg.grad_clip, sum_squares)
             if not math.isfinite(norm):
                 raise diverged("the gradient norm", norm, step)
             optimizer.step(grads, lr=lr)

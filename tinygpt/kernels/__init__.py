@@ -13,10 +13,10 @@ Backends:
 ``"numpy"``  the readable reference, ``tinygpt.layers``; AdamW is ``adamw_update`` below.
 ``"numba"``  ``tinygpt.layers`` with the fused CPU kernels of ``tinygpt.kernels.cpu`` swapped in where
              they beat NumPy (attention's softmax, LayerNorm, both GELUs, cross-entropy, embedding, dropout,
-             AdamW: ``NUMBA_OVERRIDES``; and ``sum_squares``, the gradient norm's, which train hands
-             ``optim.clip_grad_norm``); matmuls stay on BLAS. Serial builds unless NUMBA_NUM_THREADS says
-             otherwise (``cpu.share_cores_with_blas``). Each forward/backward pair comes from the same
-             module, so caches always match their backward.
+             AdamW: ``NUMBA_OVERRIDES``; and ``sum_squares``, the gradient norm's, which train and
+             finetune hand ``optim.clip_grad_norm`` through ``host_sum_squares``); matmuls stay on BLAS.
+             Serial builds unless NUMBA_NUM_THREADS says otherwise (``cpu.share_cores_with_blas``). Each
+             forward/backward pair comes from the same module, so caches always match their backward.
 ``"cuda"``   ``tinygpt.kernels.cuda``: numba ``cuda.jit`` kernels (tiled SGEMM, flash-style attention,
              element-wise ops). Needs an NVIDIA GPU, or ``NUMBA_ENABLE_CUDASIM=1`` (the slow simulator).
 ``"auto"``   ``"cuda"`` when a real GPU is present, else ``"numba"``. Numba is a hard dependency, and the
@@ -33,7 +33,8 @@ lacks through the helpers of ``HELPER_NAMES``, which every backend has: ``ops.ad
 for residuals and gradient sums, ``ops.lm_head_forward`` / ``ops.lm_head_backward`` for the tied output
 layer (instead of ``wte.T``), ``ops.zeros_like`` and ``ops.sum_squares``. AdamW's state and the gradient
 norm for clipping do not go through ``ops``: ``tinygpt.optim`` takes the cuda module's ``zeros_like`` and
-``sum_squares_total`` (all of a step's gradients in one copy back, not one copy each) for device arrays.
+``sum_squares_total`` (all of a step's gradients in one copy back, not one copy each) for device arrays,
+and sums host arrays on the host (``host_sum_squares``: a fine-tuning head's gradients stay there).
 """
 
 from __future__ import annotations
@@ -168,6 +169,13 @@ def fused_adamw(ops):
     """The update ``optim.AdamW(kernel=...)`` should run for a backend's model: numba's fused one-pass kernel,
     else None (AdamW's own in-place NumPy step, faster than the reference above, which allocates)."""
     return ops.adamw_update if getattr(ops, "name", "numpy") == "numba" else None
+
+
+def host_sum_squares(ops):
+    """The sum of squares ``optim.grad_norm`` should run on a backend's host arrays: numba's compiled pass,
+    else the NumPy reference below. Not the cuda backend's ``ops.sum_squares``: given a host array (a
+    fine-tuning head's gradient) it copies it to the GPU and the sum back, two waits for a few numbers."""
+    return ops.sum_squares if getattr(ops, "name", "numpy") == "numba" else sum_squares
 
 
 # Helpers a model needs to keep a training step on one device (see "Device-resident training" below).
