@@ -1510,6 +1510,10 @@ def test_forward_shared_context_says_what_is_missing_of_empty_lists():
         forward_shared_context(params, config, [1, 2], [3, 4])
     with pytest.raises(TinyGPTError, match="the continuations' rows differ in length"):
         forward_shared_context(params, config, [1, 2], [[3, 4], [5]])
+    # (a ragged context was blamed on the continuations' rows, which were fine)
+    with pytest.raises(TinyGPTError, match="^forward_shared_context: the context must be one sequence of "
+                                           "token ids, got rows of different lengths$"):
+        forward_shared_context(params, config, [[1, 2], [3]], [[3, 4], [5, 6]])
     # continuations of no tokens given as [[], []] (float64 to NumPy): the context's hidden states alone
     context_hidden, hidden = forward_shared_context(params, config, [1, 2], [[], []])
     assert context_hidden.shape == (2, 8) and hidden.shape == (2, 0, 8)

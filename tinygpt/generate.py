@@ -546,8 +546,13 @@ def forward_shared_context(params, config, context, continuations, backend="nump
     tokens' forward it replaces B - 1 times. ``backend`` as in ``forward_cached``.
     """
     _check_backend(backend)
+    try:  # (one at a time: a ragged context's error blamed the continuations' rows)
+        context = np.asarray(context)
+    except ValueError:  # nested rows of different lengths: NumPy's "inhomogeneous shape" error
+        raise TinyGPTError("forward_shared_context: the context must be one sequence of token ids, got rows "
+                           "of different lengths") from None
     try:
-        context, continuations = np.asarray(context), np.asarray(continuations)
+        continuations = np.asarray(continuations)
     except ValueError:  # ragged rows: NumPy's "inhomogeneous shape" error
         raise TinyGPTError("forward_shared_context: the continuations' rows differ in length; pad the "
                            "shorter ones (a row's padding is read by none of its earlier tokens)") from None
