@@ -11,7 +11,6 @@ TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nS
 
 
 def test_bench_recipe_runs_both_sides(tmp_path, capsys, monkeypatch):
-    pytest.importorskip("torch")
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "tiny.txt"
@@ -98,8 +97,8 @@ def _ours_name(peer_name):
 
 def test_peer_model_is_ours_but_for_gelu(monkeypatch):
     # The PyTorch side's model, loaded with our weights, gives our loss: the two sides train one architecture.
-    torch = pytest.importorskip("torch")
     import numpy as np
+    import torch
 
     from tinygpt.bench.recipe import _nanogpt_style_model
     from tinygpt.model import GPT, GPTConfig
@@ -161,7 +160,6 @@ def test_peer_reads_the_data_file_as_ours_does(tmp_path, monkeypatch):
     # guards: the peer read the file with newline translation (Path.read_text), so on a CRLF file (as many
     # Project Gutenberg texts are) it trained on other characters than ours (no "\r": one token fewer a line,
     # a smaller vocabulary) and its losses were not comparable
-    pytest.importorskip("torch")
     import argparse
 
     from tinygpt.bench import recipe
@@ -211,8 +209,8 @@ def test_bench_recipe_refuses_to_race_a_fine_tuning(tmp_path, capsys, setting, f
 def test_peer_init_is_gpt2s_as_ours_is():
     # ours is initialised by tinygpt, the peer by its own code: both GPT-2's N(0, 0.02), the residual
     # projections N(0, 0.02 / sqrt(2 n_layer)), LayerNorm weights 1 and biases 0
-    torch = pytest.importorskip("torch")
     import numpy as np
+    import torch
 
     from tinygpt.bench.recipe import _nanogpt_style_model
     from tinygpt.model import GPT, GPTConfig
@@ -229,10 +227,10 @@ def test_peer_init_is_gpt2s_as_ours_is():
 
 
 def test_peer_loop_is_nanogpts_on_our_val_split_and_schedule(tmp_path, monkeypatch):
-    torch = pytest.importorskip("torch")
     import argparse
 
     import numpy as np
+    import torch
 
     import tinygpt.data
     from tinygpt.bench import recipe

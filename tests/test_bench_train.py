@@ -15,8 +15,6 @@ from tinygpt.errors import TinyGPTError
 
 
 def test_bench_train_prints_a_row_per_side(capsys, monkeypatch):
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # one PyTorch thread: fast on a busy machine too
     code = main(
         ["bench", "train", "--configs", "small", "--steps", "1", "--warmup", "0", "--memory-config", "small"]
@@ -37,8 +35,9 @@ def test_bench_train_prints_a_row_per_side(capsys, monkeypatch):
 
 def test_the_peer_decays_what_ours_decays():
     # torch's AdamW(model.parameters(), weight_decay=0.1) decayed the biases and LayerNorm weights too
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
+
     from tinygpt.bench.train import torch_adamw
     from tinygpt.model import GPT, GPTConfig
 
@@ -56,8 +55,9 @@ def test_the_gpu_training_peer_is_set_up_as_bench_trains_peer(monkeypatch):
     # bench kernels' GPU training race ran transformers' defaults (a key/value cache built every step, GPT-2's
     # bos/eos ids) and torch's AdamW decaying every tensor; it builds its peer as bench train now does. No GPU
     # here: our side is stubbed, the peer is built on the CPU, and its optimizer stops the run once built.
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
+
     from tinygpt import model as model_module
     from tinygpt import optim
     from tinygpt.bench import kernels
@@ -97,8 +97,6 @@ def test_the_gpu_training_peer_is_set_up_as_bench_trains_peer(monkeypatch):
 
 
 def test_bench_train_recompute_on_both_sides(capsys, monkeypatch):
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     argv = ["--configs", "small", "--steps", "1", "--warmup", "0", "--memory-config", "small", "--recompute"]
     assert main(["bench", "train", *argv]) == 0
@@ -381,8 +379,7 @@ def test_tinygpt_training_takes_the_batch_and_recompute_it_is_given():
 
 
 def test_both_sides_step_on_the_same_batch_and_update_their_weights(monkeypatch):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+    import torch
     threads = []
     monkeypatch.setattr(torch, "set_num_threads", threads.append)  # (the process's setting left alone)
     seen = {}
@@ -418,9 +415,6 @@ def test_both_sides_step_on_the_same_batch_and_update_their_weights(monkeypatch)
 
 
 def test_recompute_is_on_for_both_sides_or_for_neither():
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-
     def checkpointing(model):  # transformers v5 renamed the flag
         flag = getattr(model, "is_activation_checkpointing", None)
         return model.is_gradient_checkpointing if flag is None else flag

@@ -752,7 +752,6 @@ def test_train_pretrained_gpt2_dir_uses_its_shape_and_gpt2_tokenizer(tmp_path, m
 def test_train_and_finetune_start_from_a_nanogpt_checkpoint(tmp_path, monkeypatch, make_nanogpt_ckpt):
     # nanoGPT's ckpt.pt (vocab padded to 50304, the exact GELU) fine-tunes with GPT-2's tokenizer, and the
     # run's checkpoint keeps the model's shape and GELU
-    pytest.importorskip("torch")
     monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
     nano = tmp_path / "nano"
     nano.mkdir()
@@ -778,7 +777,6 @@ def test_train_and_finetune_start_from_a_nanogpt_checkpoint(tmp_path, monkeypatc
 def test_a_char_level_nanogpt_checkpoint_without_its_meta_pkl_is_refused_in_one_line(tmp_path, capsys,
                                                                                       make_nanogpt_ckpt):
     # its vocabulary is in the dataset's meta.pkl, not in ckpt.pt: GPT-2's tokenizer would be wrong for it
-    pytest.importorskip("torch")
     make_nanogpt_ckpt(tmp_path / "ckpt.pt", vocab_size=65, block_size=8, dataset="shakespeare_char")
     corpus = tmp_path / "lm.txt"
     corpus.write_text(LM_TEXT)
@@ -796,7 +794,7 @@ def test_a_char_level_nanogpt_checkpoint_reads_its_datasets_meta_pkl(tmp_path, c
     # nanoGPT's shakespeare_char run: out-shakespeare-char/ckpt.pt beside data/shakespeare_char/meta.pkl, or
     # meta.pkl copied beside ckpt.pt, or data/<dataset>/ under the working directory (where nanoGPT's
     # sample.py looks): the characters are meta.pkl's, so sample decodes what the torch model writes
-    torch = pytest.importorskip("torch")
+    import torch
     text = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 8
     chars = sorted(set(text))
     root = tmp_path / "nanoGPT"
@@ -854,7 +852,6 @@ def test_nanogpt_meta_path_follows_only_a_datasets_name(tmp_path, monkeypatch):
 
 def test_a_meta_pkl_with_more_characters_than_the_model_is_refused(tmp_path, capsys, make_nanogpt_ckpt,
                                                                    nanogpt_dir):
-    pytest.importorskip("torch")
     nanogpt_dir(tmp_path, "abcdefghij" * 10, "char")  # 10 characters beside a checkpoint of 8 ids
     make_nanogpt_ckpt(tmp_path / "ckpt.pt", vocab_size=8, block_size=8, dataset="shakespeare_char")
     _fails(capsys, ["sample", "--pretrained", str(tmp_path)], "meta.pkl: 10 characters", "has 8 ids")

@@ -464,7 +464,7 @@ def test_adamw_kernel_matches_numpy_reference(dtype):
 
 
 def test_adamw_kernel_matches_torch():
-    torch = pytest.importorskip("torch")
+    import torch
     rng = np.random.default_rng(1)
     p = rng.standard_normal((6, 5))
     m, v = np.zeros_like(p), np.zeros_like(p)
@@ -784,7 +784,6 @@ def test_attention_leaves_its_input_alone_even_at_one_token():
 
 
 def test_bench_kernels_cpu_cases_run_and_time_what_training_runs():
-    pytest.importorskip("torch")
     from tinygpt.bench import kernels as bench
 
     cases, torch_cases = bench.cpu_op_cases(B=2, T=5, C=12, H=2, V=7)
@@ -868,7 +867,8 @@ def test_bench_kernels_cpu_peer_gradients_do_not_pile_up_between_repeats(monkeyp
 
 
 def test_bench_kernels_cpu_table_is_the_arithmetic_of_its_timings(monkeypatch, capsys):
-    torch = pytest.importorskip("torch")
+    import torch
+
     from tinygpt.bench import blas_threads
     from tinygpt.bench import kernels as bench
 
@@ -893,7 +893,8 @@ def test_bench_kernels_cpu_peer_computes_what_ours_computes(monkeypatch):
     # each torch case runs our op's computation (GPT-2's tanh GELU, our fused qkv layout, ...) on our inputs
     import types
 
-    torch = pytest.importorskip("torch")
+    import torch
+
     from tinygpt.bench import kernels as bench
 
     F, peer_out, ours_out = torch.nn.functional, {}, {}

@@ -817,8 +817,7 @@ else:
         # device time: this runs its three GPU sections here first (tiny shapes; on the simulator with
         # PyTorch on the CPU standing in for cuBLAS / SDPA / eager CUDA, .cuda() made a no-op), so what
         # breaks there is the GPU, not the bench. Each section also checks our result against the peer's.
-        torch = pytest.importorskip("torch")
-        pytest.importorskip("transformers")
+        import torch
         from numba import cuda
 
         from tinygpt.bench import kernels as bench

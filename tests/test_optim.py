@@ -4,16 +4,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tinygpt.errors import TinyGPTError
 from tinygpt.optim import AdamW, clip_grad_norm, grad_norm, lr_at
-
-
-def _torch():
-    """PyTorch, the peer: only the tests that compare with it skip without it."""
-    return pytest.importorskip("torch")
 
 
 def _params(rng, dtype):
@@ -27,7 +23,6 @@ def _params(rng, dtype):
 
 
 def _run_both(dtype, torch_dtype, steps, lr_schedule, betas, weight_decay, seed=0):
-    torch = _torch()
     rng = np.random.default_rng(seed)
     params = _params(rng, dtype)
     tparams = {k: torch.tensor(v.copy(), dtype=torch_dtype, requires_grad=True) for k, v in params.items()}
@@ -56,13 +51,13 @@ def test_adamw_matches_torch_float64_over_many_steps():
     def schedule(step):
         return lr_at(step, 1e-2, warmup_iters=5, lr_decay_iters=150, min_lr=1e-3)
 
-    params, tparams = _run_both(np.float64, _torch().float64, 200, schedule, (0.9, 0.95), 0.1)
+    params, tparams = _run_both(np.float64, torch.float64, 200, schedule, (0.9, 0.95), 0.1)
     for k, p in params.items():
         np.testing.assert_allclose(p, tparams[k].detach().numpy(), rtol=1e-11, atol=1e-12, err_msg=k)
 
 
 def test_adamw_matches_torch_float32():
-    params, tparams = _run_both(np.float32, _torch().float32, 100, lambda s: 3e-3, (0.9, 0.99), 0.5, seed=1)
+    params, tparams = _run_both(np.float32, torch.float32, 100, lambda s: 3e-3, (0.9, 0.99), 0.5, seed=1)
     for k, p in params.items():
         assert p.dtype == np.float32
         np.testing.assert_allclose(p, tparams[k].detach().numpy(), rtol=2e-5, atol=2e-6, err_msg=k)
@@ -76,7 +71,6 @@ def test_adamw_matches_torch_float32():
 def test_adamw_matches_torch_for_any_hyperparameters(lr, beta1, beta2, eps, weight_decay, steps, fused, seed):
     """For any lr (0 too), betas (0 too: no averaging), eps and weight decay, a few AdamW steps of ours, the
     NumPy arithmetic or the fused Numba kernel, give torch.optim.AdamW's parameters and moments (float64)."""
-    torch = _torch()
     rng = np.random.default_rng(seed)
     params = _params(rng, np.float64)
     tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
@@ -234,7 +228,6 @@ def test_the_norm_of_many_float32_gradients_is_summed_in_float64():
 @settings(max_examples=40, deadline=None)
 @given(scale=st.floats(1e-3, 1e3), max_norm=st.floats(0.01, 100.0), seed=st.integers(0, 2**16))
 def test_clip_grad_norm_matches_torch(scale, max_norm, seed):
-    torch = _torch()
     rng = np.random.default_rng(seed)
     grads = {"a": rng.standard_normal((4, 5)) * scale, "b": rng.standard_normal(7) * scale}
     tgrads = [torch.tensor(g.copy()) for g in grads.values()]
@@ -278,7 +271,6 @@ def test_clip_just_over_or_under_max_norm(over):
     """Gradients whose norm is ``over`` times max_norm: above it every one is scaled by
     max_norm / (norm + 1e-6) (torch's factor), below it none is touched. The hypothesis test above rarely
     draws norms within a factor 2 of max_norm, where clipping only when far over passed it."""
-    torch = _torch()
     rng = np.random.default_rng(3)
     grads = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)}
     unit = math.sqrt(sum(float((g**2).sum()) for g in grads.values()))

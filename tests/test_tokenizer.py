@@ -426,7 +426,7 @@ def test_gpt2_files_whose_merge_makes_another_id_are_corrupt(trained, tmp_path):
 def test_gpt2_files_of_hf_tokenizers_trainer_with_special_tokens_first_say_so(tmp_path):
     # HF's ByteLevelBPETokenizer gives its special tokens ids 0, 1, ... and the byte tokens the ids after
     # them; the refusal blamed the first merge ("merge 'h e' must make id 256"), not the order of the ids
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
     for specials in ([], ["<|endoftext|>", "<pad>"]):
@@ -570,7 +570,7 @@ def test_merges_never_duplicate_a_token():
 
 
 def test_train_on_shakespeare_within_2_percent_of_hf_tokens(shakespeare, shakespeare_4096):
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers
     from tokenizers import models, pre_tokenizers, trainers
 
     tok = shakespeare_4096
@@ -618,7 +618,7 @@ def test_gpt2_files_export_round_trip(gpt2, tmp_path):
 
 
 def _hf_from_files(encoder_json, vocab_bpe):
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers
     from tokenizers import decoders, models, pre_tokenizers
 
     hf = tokenizers.Tokenizer(models.BPE.from_file(str(encoder_json), str(vocab_bpe)))
@@ -1375,7 +1375,7 @@ def test_load_tokenizer_reads_a_transformers_gpt2_directory(gpt2, tmp_path):
 def test_load_tokenizer_says_hf_tokenizers_own_file_is_not_read_and_how_to_write_what_is(trained, tmp_path):
     # transformers' save_pretrained (5.x) writes tokenizer.json alone: it was "not a tokenizer file: its type
     # must be 'bpe' or 'char', got None", of a tokenizer file, and with no word of what tinygpt reads
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()
     _hf_from_files(*trained.save_gpt2_files(tmp_path / "export")).save(str(hf_dir / "tokenizer.json"))
@@ -1395,7 +1395,7 @@ def test_load_tokenizer_says_hf_tokenizers_own_file_is_not_read_and_how_to_write
 def test_load_tokenizer_gives_no_line_to_write_a_pair_of_a_bpe_that_is_not_byte_level(tmp_path):
     # a SentencePiece-style BPE (Llama's, Mistral's; here one on whitespace-split words) has no byte tokens:
     # the line it was given wrote a pair that then failed as "corrupt GPT-2 files ...: KeyError('Ā')"
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers
     hf = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="[UNK]"))
     hf.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     hf.train_from_iterator(["the cat sat on the mat"] * 20,

@@ -6,12 +6,11 @@ import logging
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from tinygpt.gradcheck import relative_error
 from tinygpt.model import GPT
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 V, T, B = 67, 12, 3
 

@@ -12,14 +12,12 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 
 from tinygpt.errors import TinyGPTError
 from tinygpt.gradcheck import relative_error
 from tinygpt.model import GPT
 from tinygpt.torchfile import read_checkpoint, read_state_dict
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 # torch.save's two layouts: the zip archive (PyTorch >= 1.6) and the legacy stream of pickles
 LAYOUTS = {"zip": True, "legacy": False}
