@@ -282,8 +282,12 @@ def test_gradcheck_uses_a_random_upstream_gradient():
     def permuting_backward(dout, cache):
         return 2.0 * cache * dout[::-1]
 
-    with pytest.raises(AssertionError, match="gradient check failed"):
-        assert_gradcheck(lambda x: (x * x, x), permuting_backward, {"x": x})
+    def misplacing_backward(dout, cache):  # every entry's right gradient, each put at another entry
+        return (2.0 * cache * dout)[::-1]
+
+    for backward in (permuting_backward, misplacing_backward):
+        with pytest.raises(AssertionError, match="gradient check failed"):
+            assert_gradcheck(lambda x: (x * x, x), backward, {"x": x})
 
 
 def test_gradcheck_flags_a_nan_gradient():
@@ -340,6 +344,8 @@ def test_numerical_gradient_restores_x_and_refuses_a_strided_array():
 
 def test_relative_error_is_scaled_by_the_larger_tensor_and_checks_shapes():
     assert relative_error([1.0, 2.0], [1.0, 3.0]) == pytest.approx(1 / 3)
+    # the worst entry, not the totals: two entries swapped (equal sums) are an error of 1 / 2, not 0
+    assert relative_error([1.0, 2.0], [2.0, 1.0]) == 0.5
     # symmetric: a zero analytic gradient against a non-zero estimate is an error of 1, not of 1e30
     assert relative_error([0.0, 0.0], [0.0, 1e-3]) == relative_error([0.0, 1e-3], [0.0, 0.0]) == 1.0
     assert relative_error(np.zeros((2, 0)), np.zeros((2, 0))) == 0.0  # nothing to compare, no max of nothing
