@@ -290,6 +290,27 @@ def test_gradcheck_uses_a_random_upstream_gradient():
             assert_gradcheck(lambda x: (x * x, x), backward, {"x": x})
 
 
+def test_gradcheck_max_entries_checks_that_many_entries_drawn_from_the_whole_input():
+    # max_entries: a random sample of each input, so a backward that is right on the first entries alone
+    # (here the first row) is caught; each checked entry costs two forwards, and the output one
+    x = rng_for(26).standard_normal((5, 8))
+    forwards = []
+
+    def counted_forward(x):
+        forwards.append(1)
+        return layers.gelu_forward(x)
+
+    def right_on_the_first_row(dout, cache):
+        dx = layers.gelu_backward(dout, cache)
+        dx[1:] *= 2.0
+        return dx
+
+    assert_gradcheck(counted_forward, layers.gelu_backward, {"x": x}, max_entries=6)
+    assert len(forwards) == 1 + 2 * 6
+    with pytest.raises(AssertionError, match="gradient check failed"):
+        assert_gradcheck(counted_forward, right_on_the_first_row, {"x": x}, max_entries=6)
+
+
 def test_gradcheck_flags_a_nan_gradient():
     x = rng_for(19).standard_normal(4)
     with pytest.raises(AssertionError, match="x: nan"):  # nan > tol is False: the check is `not err <= tol`
