@@ -678,7 +678,8 @@ def test_from_pretrained_errors(tmp_path):
                          ({"resid_pdrop": 1.5}, f"^{where}: resid_pdrop must be in \\[0, 1\\), got 1.5$"),
                          ({"vocab_size": 5}, r"'transformer\.wte\.weight' has shape \(11, 8\), expected "
                                              f"\\(5, 8\\) from the sizes in {where}$"),
-                         ({"n_layer": 1}, f"holds h\\.1, past {where}'s n_layer = 1 \\(the weights hold 2")):
+                         ({"n_layer": 1}, f"holds h\\.1, past {where}'s n_layer = 1 \\(the weights hold 28 "
+                                           r"tensors, layers h\.0 to h\.1\)$")):
         config_path.write_text(json.dumps({**good, **bad}))
         with pytest.raises(TinyGPTError, match=message):
             GPT.from_pretrained(tmp_path)

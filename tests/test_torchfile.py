@@ -752,6 +752,19 @@ def test_a_damaged_nanogpt_checkpoint_is_one_error(tmp_path, make_nanogpt_ckpt):
     fails(lambda c: [c["model"].pop(k) for k in list(c["model"]) if k.startswith("transformer.h.1.")],
           r"ckpt\.pt is missing layer h\.1 \(no tensor named transformer\.h\.1\.\*\), where model_args has "
           r"n_layer = 2: the weights hold 17 tensors, layer h\.0$")  # (a layer lost: 'is missing h.1')
+    # a gap: layers h.0 and h.2 under n_layer 2 lack h.1, where the message was "holds h.2, past model_args'
+    # n_layer = 2 (the weights hold 2 layers)"; h.1 alone under n_layer 1 lacks h.0 (it said "the weights
+    # hold 1 layers")
+    fails(lambda c: c["model"].update({k.replace(".h.1.", ".h.2."): c["model"].pop(k)
+                                       for k in list(c["model"]) if k.startswith("transformer.h.1.")}),
+          r"ckpt\.pt is missing layer h\.1 \(no tensor named transformer\.h\.1\.\*\), where model_args has "
+          r"n_layer = 2: the weights hold 29 tensors, layers h\.0, h\.2$")
+    fails(lambda c: ([c["model"].pop(k) for k in list(c["model"]) if k.startswith("transformer.h.0.")],
+                     c["model_args"].update(n_layer=1)),
+          r"ckpt\.pt is missing layer h\.0 \(no tensor named transformer\.h\.0\.\*\), where model_args has "
+          r"n_layer = 1: the weights hold 17 tensors, layer h\.1$")
+    fails(lambda c: c["model_args"].update(n_layer=1), r"ckpt\.pt holds h\.1, past model_args's n_layer = 1 "
+          r"\(the weights hold 29 tensors, layers h\.0 to h\.1\)$")
     fails(lambda c: c["model"].update({"transformer.h.0.attn.c_proj.weight": torch.zeros(16, 17)}),
           r"'transformer\.h\.0\.attn\.c_proj\.weight' has shape \(16, 17\), expected \(16, 16\)")
     fails(lambda c: c["model"].update({"transformer.h.0.mlp.c_fc.weight": torch.zeros(16, 64)}),  # (in, out)

@@ -848,13 +848,15 @@ def _params_from_state_dict(tensors: dict[str, np.ndarray], config: GPTConfig, w
     # what the file holds: 'is missing h.1' named no key, nor which layers were there
     prefix = "transformer." if any(key.startswith("transformer.") for key in tensors) else ""
     held = f"the weights hold {len(tensors)} tensors, {_layers_held(layers)}"
-    if config.n_layer > len(layers):
-        absent = min(set(range(len(layers) + 1)) - layers)
+    # the first layer index the weights lack, whatever n_layer says: layers {0, 2} under n_layer 2 lack h.1,
+    # which "holds h.2, past n_layer" did not say (a range over what is held, never over n_layer)
+    absent = min(set(range(len(layers) + 1)) - layers)
+    if absent < config.n_layer:
         raise TinyGPTError(f"{where} is missing layer h.{absent} (no tensor named {prefix}h.{absent}.*), "
                            f"where {config_name} has n_layer = {config.n_layer}: {held}")
     if layers and max(layers) >= config.n_layer:  # (else "unexpected tensor h.1...", no word of n_layer)
         raise TinyGPTError(f"{where} holds h.{max(layers)}, past {config_name}'s n_layer = {config.n_layer} "
-                           f"(the weights hold {len(layers)} layers)")
+                           f"({held})")
 
     expected = param_shapes(config)
     loaded = {}
