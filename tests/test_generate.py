@@ -1514,6 +1514,11 @@ def test_forward_shared_context_says_what_is_missing_of_empty_lists():
     with pytest.raises(TinyGPTError, match="^forward_shared_context: the context must be one sequence of "
                                            "token ids, got rows of different lengths$"):
         forward_shared_context(params, config, [[1, 2], [3]], [[3, 4], [5, 6]])
+    # one row of ids and nothing else: a 2-D context was flattened, its rows run as one sequence
+    for context, shape in (([[1, 2], [3, 4]], r"\(2, 2\)"), ([[1, 2]], r"\(1, 2\)"), (3, r"\(\)")):
+        with pytest.raises(TinyGPTError, match="^forward_shared_context: the context must be one sequence of "
+                                               f"token ids, got shape {shape}$"):
+            forward_shared_context(params, config, context, [[3, 4], [5, 6]])
     # continuations of no tokens given as [[], []] (float64 to NumPy): the context's hidden states alone
     context_hidden, hidden = forward_shared_context(params, config, [1, 2], [[], []])
     assert context_hidden.shape == (2, 8) and hidden.shape == (2, 0, 8)

@@ -556,6 +556,9 @@ def forward_shared_context(params, config, context, continuations, backend="nump
     except ValueError:  # ragged rows: NumPy's "inhomogeneous shape" error
         raise TinyGPTError("forward_shared_context: the continuations' rows differ in length; pad the "
                            "shorter ones (a row's padding is read by none of its earlier tokens)") from None
+    if context.ndim != 1:  # (a (2, 3) context was flattened into one of 6 tokens, a scalar taken as one)
+        raise TinyGPTError("forward_shared_context: the context must be one sequence of token ids, got "
+                           f"shape {context.shape}")
     # counted before the ids are checked: an empty list is a float64 array, which the check called "not a
     # (B, T) integer array" of embedding_forward's, where what is wrong is that nothing was given
     T_c, B = context.size, len(continuations) if continuations.ndim else 1
