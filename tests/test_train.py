@@ -825,6 +825,19 @@ def test_a_loss_plot_that_cannot_be_written_does_not_fail_the_finished_run(corpu
     assert load_checkpoint(out).state["step"] == 2 and not (out / "loss.png").exists()
 
 
+def test_a_loss_plot_warning_names_the_metrics_file_it_could_not_read(corpus, tmp_path, capsys, monkeypatch):
+    """The plot reads the run's metrics.jsonl first: an error reading it was reported as one of loss.png
+    ('Permission denied: .../loss.png'), a file the run had not touched."""
+    def unreadable(out_dir):  # what Path.read_bytes raises of a metrics file it may not read
+        raise PermissionError(13, "Permission denied", str(Path(out_dir) / "metrics.jsonl"))
+
+    monkeypatch.setattr(training, "plot_metrics", unreadable)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "2"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: no loss plot written (Permission denied: {out / 'metrics.jsonl'}); the run's" in err
+
+
 def test_plot_of_a_run_directory_with_an_unusual_name(tmp_path):
     # its name is the plot's title: a non-UTF-8 byte (surrogate-escaped) and a pair of $ (read as mathtext)
     # made matplotlib raise, a traceback of `tinygpt plot` and of `tinygpt train` once training had finished

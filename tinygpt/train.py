@@ -816,8 +816,13 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         png = plot_metrics(out)
     except (TinyGPTError, OSError) as exc:  # the run's work is saved: a plot it cannot write (a full disk, a
         # loss.png that is a directory) is told, not made the run's failure (exit 2 after every step ran)
-        # (an OSError's words alone named no file: the loss.png it could not write, as the CLI's errors do)
-        why = f"{exc.strerror}: {out / 'loss.png'}" if isinstance(exc, OSError) and exc.strerror else exc
+        # (an OSError's words alone named no file: the file that failed, as the CLI's errors do: the metrics
+        # it could not read, else the loss.png it could not write, never the temporary write_atomic named)
+        if isinstance(exc, OSError) and exc.strerror:
+            read = exc.filename is not None and Path(os.fsdecode(exc.filename)) == metrics_path
+            why = f"{exc.strerror}: {metrics_path if read else out / 'loss.png'}"
+        else:
+            why = exc
         say_on_stderr(f"tinygpt: warning: no loss plot written ({why}); the run's checkpoint and metrics are "
                       "saved")
     rows = read_metrics(metrics_path)
