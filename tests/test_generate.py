@@ -474,6 +474,36 @@ def test_top_p_on_a_large_vocabulary_equals_reference(scale):
     assert (nucleus > 256) == (scale < 1)  # both of top_p_filter's paths are exercised
 
 
+def test_top_p_sorts_only_the_256_most_likely_where_they_hold_the_nucleus(monkeypatch):
+    # the test above gives the reference's results on both sides of 256, but a top_p_filter that always
+    # sorted the whole row passed it too: what is sorted is watched here
+    import tinygpt.generate as generate_module
+
+    sorted_sizes = []
+    numpy_sort = np.sort
+
+    def watched_sort(a, *args, **kwargs):
+        sorted_sizes.append(np.shape(a)[-1])
+        return numpy_sort(a, *args, **kwargs)
+
+    monkeypatch.setattr(np, "sort", watched_sort)
+    rng = np.random.default_rng(2)
+    peaked, flat = rng.normal(size=3000) * 4, rng.normal(size=3000) * 0.05
+    for logits, top_k, p, sorts in ((peaked, None, 0.9, [256]),  # the nucleus among the 256: one short sort
+                                    (peaked, 1000, 0.9, [256]),  # (1000 left by top-k, still > 2 x 256)
+                                    (flat, None, 0.9, [256, 3000]),  # they hold < p: then all of them
+                                    (peaked, 400, 0.9, [400]),  # 400 < 2 x 256: sorted whole at once
+                                    (peaked[:300], None, 0.9, [300])):
+        sorted_sizes.clear()
+        probs = next_token_probs(logits[None], 1.0, top_k, p)
+        assert sorted_sizes == sorts
+        with monkeypatch.context() as whole:  # the same row with every token sorted: the same distribution
+            whole.setattr(generate_module, "_TOP_P_CANDIDATES", len(logits))
+            sorted_sizes.clear()
+            np.testing.assert_array_equal(probs, next_token_probs(logits[None], 1.0, top_k, p))
+            assert sorted_sizes == [min(len(logits), top_k or len(logits))]
+
+
 def test_filters_match_transformers_logits_warpers():
     from transformers.generation import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
