@@ -838,6 +838,27 @@ def test_a_loss_plot_warning_names_the_metrics_file_it_could_not_read(corpus, tm
     assert f"warning: no loss plot written (Permission denied: {out / 'metrics.jsonl'}); the run's" in err
 
 
+def test_a_metrics_file_unreadable_at_the_end_does_not_fail_the_finished_run(corpus, tmp_path, capsys,
+                                                                             monkeypatch):
+    """The warning above said the checkpoint and metrics were saved, then the summary read metrics.jsonl
+    again for its val loss and the same error ended the finished run with exit 2 ('tinygpt: Permission
+    denied: .../metrics.jsonl')."""
+    read_bytes = Path.read_bytes
+
+    def unreadable_metrics(path):
+        if path.name == "metrics.jsonl":
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable_metrics)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count(f"Permission denied: {out / 'metrics.jsonl'}") == 1  # the warning's, alone
+    assert f"warning: no loss plot written (Permission denied: {out / 'metrics.jsonl'})" in captured.err
+    assert load_checkpoint(out).state["step"] == 2
+
+
 def test_plot_of_a_run_directory_with_an_unusual_name(tmp_path):
     # its name is the plot's title: a non-UTF-8 byte (surrogate-escaped) and a pair of $ (read as mathtext)
     # made matplotlib raise, a traceback of `tinygpt plot` and of `tinygpt train` once training had finished

@@ -825,7 +825,10 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
             why = exc
         say_on_stderr(f"tinygpt: warning: no loss plot written ({why}); the run's checkpoint and metrics are "
                       "saved")
-    rows = read_metrics(metrics_path)
+    try:
+        rows = read_metrics(metrics_path)
+    except OSError:  # the plot read it first and its warning named the file: the run's work is saved, and a
+        rows = []  # summary without its last val loss is no reason to report the finished run as failed
     summary = {"out": str(out), "step": step, "val_loss": rows[-1]["val_loss"] if rows else None,
                "best_val_loss": state["best_val_loss"], "best_step": state["best_step"],
                "elapsed": elapsed_before + time.perf_counter() - run_start, "plot": str(png) if png else None}
