@@ -229,7 +229,8 @@ def test_the_module_table_names_every_module_and_what_exists():
     for path in named:
         assert (ROOT / path).exists(), f"the README's module table names {path}, which does not exist"
     package = ROOT / "tinygpt"
-    modules = {p.relative_to(ROOT) for p in package.iterdir() if p.name not in ("__init__.py", "__main__.py")
+    modules = {p.relative_to(ROOT) for p in package.iterdir()
+               if p.name not in ("__init__.py", "__main__.py") and not p.name.startswith(".")
                and (p.suffix == ".py" or p.is_dir() and p.name != "__pycache__")}
     assert modules <= named, f"not in the README's module table: {sorted(map(str, modules - named))}"
     for paths, what in rows.items():  # a folder's row names its modules: kernels/'s cpu.py, cuda.py, ...
@@ -238,7 +239,9 @@ def test_the_module_table_names_every_module_and_what_exists():
             continue
         if folder.name == "bench":
             continue  # its row names its commands, checked below
-        files = {p.name for p in (ROOT / folder).iterdir() if p.is_file() and p.name != "__init__.py"}
+        # (not a hidden file: vim's .cpu.py.swp while cpu.py is open, macOS's .DS_Store, are no module)
+        files = {p.name for p in (ROOT / folder).iterdir()
+                 if p.is_file() and p.name != "__init__.py" and not p.name.startswith(".")}
         shown = set(re.findall(r"`([\w.]+\.(?:py|toml))`", what))
         shown |= {f"{name}.toml" for name in re.findall(r"`(\w+)`", what)} & files  # the presets by name
         assert shown == files, f"{folder}: the README names {sorted(shown)}, the folder holds {sorted(files)}"
