@@ -424,6 +424,30 @@ def test_from_scratch_builds_a_char_model_of_the_data(tmp_path):
 # --- the commands ------------------------------------------------------------------------------------
 
 
+def test_a_metrics_file_unreadable_at_the_end_does_not_fail_the_finished_run(tmp_path, lm_dir, capsys,
+                                                                             monkeypatch):
+    # the summary read metrics.jsonl again for its val accuracy: an error there ended a run whose every step
+    # was saved with exit 2 ('tinygpt: error: Permission denied: .../metrics.jsonl'), as train's did (f6c8649)
+    read_bytes = Path.read_bytes
+
+    def unreadable_metrics(path):
+        if path.name == "metrics.jsonl":
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    out = tmp_path / "clf"
+    monkeypatch.setattr(Path, "read_bytes", unreadable_metrics)
+    assert main(["finetune", "--data", str(data), "--init-from", str(lm_dir), "--out", str(out),
+                 "--max-iters", "2", "--eval-interval", "2", "--batch-size", "4", "--backend", "numpy"]) == 0
+    captured = capsys.readouterr()
+    assert (f"warning: the summary has no val accuracy (Permission denied: {out / 'metrics.jsonl'}); the "
+            "run's checkpoint and metrics are saved") in captured.err
+    assert "done: 2 steps" in captured.out and "val accuracy n/a;" in captured.out
+    monkeypatch.undo()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # steps 0 and 2: written, not lost
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_cli_finetune_predict_eval(tmp_path, lm_dir, capsys, fmt):
     rows = _rows()
