@@ -322,8 +322,8 @@ def test_parallel_builds_equal_serial_builds():
     np.testing.assert_array_equal(serial, parallel)
     scores = rng.standard_normal((3, 5, 7)).astype(np.float32)
     a, b = scores.copy(), scores.copy()
-    cpu._causal_softmax_kernel.serial(a, 2)
-    cpu._causal_softmax_kernel.parallel(b, 2)
+    cpu._causal_softmax_kernel.serial(a, 2, np.float32(0.5))
+    cpu._causal_softmax_kernel.parallel(b, 2, np.float32(0.5))
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
@@ -931,3 +931,20 @@ def test_bench_kernels_cpu_peer_computes_what_ours_computes(monkeypatch):
     for name, ours in ours_out.items():
         np.testing.assert_allclose(peer_out[name].detach().numpy(), ours, rtol=1e-5, atol=1e-6, err_msg=name)
     assert set(ours_out) == {"attention", "layernorm", "gelu", "cross_entropy"}
+
+
+def test_attention_keeps_no_copies_of_q_k_v():
+    # The forward multiplies the strided views of qkv as the reference does and caches qkv itself: the
+    # copies of q, k, v it used to make (and keep for the backward) cost more time than they saved, and
+    # held as much memory again as qkv per layer. What it keeps beyond qkv is the probabilities alone.
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal((2, 9, 3 * 8)).astype(np.float32)
+    _, cache = cpu.attention_forward(qkv, 2, query_block=4)
+    _, ref_cache = layers.attention_forward(qkv, 2, query_block=4)
+
+    def kept_beyond_qkv(c):
+        arrays = [a for a in c if isinstance(a, np.ndarray)]
+        arrays += [a for part in c if isinstance(part, list) for a in part]  # the blocks' probabilities
+        return sum(a.nbytes for a in arrays if not np.shares_memory(a, qkv))
+
+    assert kept_beyond_qkv(cache) == kept_beyond_qkv(ref_cache) == 4 * 2 * 2 * (4 * 4 + 4 * 8 + 1 * 9)

@@ -11,9 +11,10 @@ Where the wins come from (measure them with ``tinygpt bench kernels --device cpu
   call per element. For float32 we evaluate exp ourselves in plain arithmetic (range reduction, a
   polynomial, the power of two written into the float's exponent bits), which LLVM vectorises: about 10x
   NumPy's own ``np.exp`` here, within 1 ulp. Softmax, GELU and cross-entropy are all exp-bound.
-- **Causal attention**: the per-head q, k, v are made contiguous once, so BLAS multiplies whole (T, hs)
-  matrices (NumPy's reference slices strided views block by block, and BLAS crawls on those); the softmax
-  and its backward are one fused pass each over the lower triangle, in place, with the SIMD exp.
+- **Causal attention**: the softmax and its backward are one fused pass each over the lower triangle, in
+  place, with the SIMD exp and the 1 / sqrt(hs) folded in (NumPy's reference makes ~6 passes and scales a
+  copy of k). The matmuls are the reference's, on the same strided views of qkv: BLAS reads them at full
+  speed, and copying q, k, v into contiguous arrays cost more than it saved.
 - **GELU**: one pass forward, one backward, in the sigmoid form ``x * sigmoid(2u)`` (one exp, no tanh);
   NumPy needs ~10 passes over the (B, T, 4C) array.
 - **LayerNorm**: three passes over each row (mean, variance, output), while it is in cache, instead of
@@ -420,10 +421,12 @@ def gelu_erf_backward(dout, cache):
 
 
 @_kernel(_SUMS_FMA)
-def _causal_softmax_kernel(scores, t0):
-    # In place on a block of score rows, queries t0, t0+1, ... (row r is query i = t0 + r), keys 0..t1-1:
-    #   p_j = exp(s_j - max s) / sum exp(...) over the keys j <= i,   p_j = 0 for j > i  (the causal mask:
-    # those scores are never read; the zeros make the following BLAS product with v exact)
+def _causal_softmax_kernel(scores, t0, scale):
+    # In place on a block of score rows q.k (unscaled), queries t0, t0+1, ... (row r is query i = t0 + r),
+    # keys 0..t1-1:  p_j = exp(scale (s_j - max s)) / sum exp(...) over the keys j <= i,  p_j = 0 for j > i
+    # (the causal mask: those scores are never read; the zeros make the following BLAS product with v
+    # exact). The 1 / sqrt(hs) is applied here, in the same multiply, so no pass scales q, k or the scores;
+    # scale > 0, so the max of the scaled scores is scale times the max.
     N, R, K = scores.shape
     zero = scores.dtype.type(0.0)
     one = scores.dtype.type(1.0)
@@ -436,7 +439,7 @@ def _causal_softmax_kernel(scores, t0):
                 m = max(m, row[j])
             total = zero
             for j in range(n_keys):
-                e = _exp(row[j] - m)
+                e = _exp((row[j] - m) * scale)
                 row[j] = e
                 total += e
             inv = one / total
@@ -447,9 +450,10 @@ def _causal_softmax_kernel(scores, t0):
 
 
 @_kernel(_SUMS_FMA)
-def _causal_softmax_backward_kernel(probs, dprobs, keep, use_dropout, t0):
+def _causal_softmax_backward_kernel(probs, dprobs, keep, use_dropout, t0, scale):
     # In place on dprobs, the same block layout: with g = dP (times the dropout keep mask, which scaled P
-    # in the forward),  dS_j = p_j (g_j - sum_k p_k g_k)  for j <= i,  0 above the diagonal.
+    # in the forward),  dS_j = scale p_j (g_j - sum_k p_k g_k)  for j <= i,  0 above the diagonal. The
+    # forward's 1 / sqrt(hs) is folded in here, so dq = dS k and dk = dS^T q are plain products.
     N, R, K = probs.shape
     zero = probs.dtype.type(0.0)
     for n in prange(N):
@@ -465,7 +469,7 @@ def _causal_softmax_backward_kernel(probs, dprobs, keep, use_dropout, t0):
             for j in range(n_keys):
                 row_dot += p[j] * g[j]
             for j in range(n_keys):
-                g[j] = p[j] * (g[j] - row_dot)
+                g[j] = scale * p[j] * (g[j] - row_dot)
             for j in range(n_keys, K):
                 g[j] = zero
 
@@ -540,11 +544,14 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=layers.QUE
     needs ``rng``, a ``np.random.Generator``; one key is drawn from it and each block's mask computed
     from it (``_attention_keep_kernel``) exactly as the reference computes its own.
 
-    What differs from the reference: q, k, v are first copied into contiguous (B, H, T, hs) arrays (the
-    reference multiplies strided views of qkv, on which BLAS runs several times slower), and the masked
-    softmax is one fused pass (``_causal_softmax_kernel``) with the SIMD exp. The cache keeps those three
-    copies (the size of qkv, which is not kept) and the blocks' probabilities; with dropout, only the key:
-    backward recomputes each block's mask from it (one more pass of the hash, ~1.6 ms a layer at
+    What differs from the reference: the masked softmax is one fused pass (``_causal_softmax_kernel``) with
+    the SIMD exp, which also applies the 1 / sqrt(hs) (the reference scales a copy of k). The matmuls read
+    q, k, v as the same strided views of qkv: each head's rows are dense, one qkv row apart, which BLAS
+    takes as its leading dimension at full speed. Copying them into contiguous arrays first (as this
+    function did) cost more than it saved: at B 8, T 256, C 384, H 6 the three copies and the heads'
+    merge took ~7 ms of a 24 ms forward, mostly faulting in 6 MB of fresh pages, and the products on
+    the copies were no faster. The cache keeps qkv, the blocks' probabilities and, with dropout, only
+    the key: backward recomputes each block's mask from it (one more pass of the hash, ~1.6 ms a layer at
     6L/384d, where caching the masks held as much memory as the probabilities, ~8 MB a layer).
     """
     _check_float("attention_forward", qkv)
@@ -556,22 +563,19 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=layers.QUE
         raise TinyGPTError(f"attention_forward: n_embd {C} is not divisible by n_head {n_head}")
     check_dropout(dropout, rng)
     hs = C // n_head
-    # (B, T, 3C) -> (B, T, 3, H, hs) -> three contiguous (B, H, T, hs): BLAS gets whole, dense matrices
-    q, k, v = (np.ascontiguousarray(a) for a in qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4))
-    if np.shares_memory(q, qkv):  # at B = T = 1 the slice is contiguous already: a view, not a copy
-        q = q.copy()
-    q *= qkv.dtype.type(1.0 / math.sqrt(hs))  # scale q once (T*hs multiplies) rather than the scores (T*T)
-    y = np.empty((B, n_head, T, hs), dtype=qkv.dtype)
+    scale = qkv.dtype.type(1.0 / math.sqrt(hs))  # the kernel's dtype: a Python float would make it float64
+    q, k, v = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (B, H, T, hs) views of qkv
+    y = np.empty((B, T, n_head, hs), dtype=qkv.dtype)  # (B, T, C) with the heads side by side
+    y_heads = y.transpose(0, 2, 1, 3)  # the (B, H, T, hs) view the blocks write into
     probs = []
     mask_key = dropout_kernel_args(qkv.dtype, dropout, rng) if dropout else None  # one key, whole mask
     for t0, t1 in _query_blocks(T, query_block):
-        att = q[:, :, t0:t1] @ k[:, :, :t1].swapaxes(-1, -2)  # (B, H, bt, t1) scores
-        _causal_softmax_kernel(att.reshape(B * n_head, t1 - t0, t1), t0)  # in place -> probabilities
+        att = q[:, :, t0:t1] @ k[:, :, :t1].swapaxes(-1, -2)  # (B, H, bt, t1) scores, unscaled
+        _causal_softmax_kernel(att.reshape(B * n_head, t1 - t0, t1), t0, scale)  # in place -> probabilities
         probs.append(att)
         keep = _attention_keep(mask_key, att.shape, T, t0)
-        np.matmul(att if keep is None else att * keep, v[:, :, :t1], out=y[:, :, t0:t1])
-    out = np.ascontiguousarray(y.transpose(0, 2, 1, 3)).reshape(B, T, C)  # merge heads side by side
-    return out, (q, k, v, probs, mask_key, query_block)
+        np.matmul(att if keep is None else att * keep, v[:, :, :t1], out=y_heads[:, :, t0:t1])
+    return y.reshape(B, T, C), (qkv, n_head, query_block, probs, mask_key)
 
 
 def _attention_keep(mask_key, shape, T, t0):
@@ -589,31 +593,30 @@ def _attention_keep(mask_key, shape, T, t0):
 def attention_backward(dout, cache):
     """(B, T, C) -> dqkv (B, T, 3C).
 
-    Per query block: dv += (P D)^T dy,  dP = dy v^T,  dS = softmax backward (fused kernel),
-    dq = dS k / sqrt(hs),  dk += dS^T q / sqrt(hs)  (q was cached pre-scaled, so dk is a plain product).
+    Per query block: dv += (P D)^T dy,  dP = dy v^T,  dS = softmax backward (fused kernel, times
+    1 / sqrt(hs)),  dq = dS k,  dk += dS^T q, each written into its strided view of dqkv.
     """
-    q, k, v, probs, mask_key, query_block = cache
-    B, H, T, hs = q.shape
-    check_shape("attention_backward", "dout", dout, (B, T, H * hs))
-    dy = np.ascontiguousarray(dout.reshape(B, T, H, hs).transpose(0, 2, 1, 3), dtype=q.dtype)  # (B, H, T, hs)
-    dq = np.empty_like(q)
-    dk = np.zeros_like(k)  # dk and dv accumulate over the query blocks that saw each key
-    dv = np.zeros_like(v)
+    qkv, n_head, query_block, probs, mask_key = cache
+    B, T, C3 = qkv.shape
+    hs = C3 // 3 // n_head
+    check_shape("attention_backward", "dout", dout, (B, T, C3 // 3))
+    scale = qkv.dtype.type(1.0 / math.sqrt(hs))
+    q, k, v = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)
+    dy = dout.astype(qkv.dtype, copy=False).reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)  # (B, H, T, hs)
+    dqkv = np.zeros((B, T, 3, n_head, hs), dtype=qkv.dtype)  # zeros: dk and dv accumulate over the blocks
+    dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)
     for (t0, t1), att in zip(_query_blocks(T, query_block), probs):
         keep = _attention_keep(mask_key, att.shape, T, t0)  # the forward's mask, recomputed
         dy_block = dy[:, :, t0:t1]
         dv[:, :, :t1] += (att if keep is None else att * keep).swapaxes(-1, -2) @ dy_block
         datt = dy_block @ v[:, :, :t1].swapaxes(-1, -2)  # (B, H, bt, t1) dP
-        block = (B * H, t1 - t0, t1)
-        mask = _NO_MASK[q.dtype.char] if keep is None else keep.reshape(block)
-        _causal_softmax_backward_kernel(att.reshape(block), datt.reshape(block), mask, keep is not None, t0)
-        np.matmul(datt, k[:, :, :t1], out=dq[:, :, t0:t1])  # datt is dS now
+        block = (B * n_head, t1 - t0, t1)
+        mask = _NO_MASK[qkv.dtype.char] if keep is None else keep.reshape(block)
+        _causal_softmax_backward_kernel(att.reshape(block), datt.reshape(block), mask, keep is not None, t0,
+                                        scale)
+        np.matmul(datt, k[:, :, :t1], out=dq[:, :, t0:t1])  # datt is dS / sqrt(hs) now
         dk[:, :, :t1] += datt.swapaxes(-1, -2) @ q[:, :, t0:t1]
-    dq *= q.dtype.type(1.0 / math.sqrt(hs))
-    dqkv = np.empty((B, T, 3, H, hs), dtype=q.dtype)
-    for i, grad in enumerate((dq, dk, dv)):
-        dqkv[:, :, i] = grad.transpose(0, 2, 1, 3)
-    return dqkv.reshape(B, T, 3 * H * hs)
+    return dqkv.reshape(B, T, C3)
 
 
 # A (1, 1, 1) stand-in for the keep mask when there is no dropout, so the kernel has one type signature.
