@@ -464,7 +464,10 @@ def test_train_on_numba_clips_with_its_compiled_sum_of_squares_as_numpy_clips(co
     assert min(norms["numpy"]) > 0.05  # clipped at every step
     np.testing.assert_allclose(norms["numba"], norms["numpy"], rtol=1e-5)
     for name, value in trained["numpy"].items():
-        np.testing.assert_allclose(trained["numba"][name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+        # (atol: 3 AdamW steps of lr 3e-2 turn float32-rounding differences of the two backends' gradients
+        # into up to ~2e-6 on a weight whose gradient is near 0, since Adam divides by its size; 1e-5 is
+        # still 1/3000 of one step)
+        np.testing.assert_allclose(trained["numba"][name], value, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 # A child process whose checkpoint writes are slowed down (each fsync sleeps), so that random kills
