@@ -427,7 +427,7 @@ else:
 
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_gelu_gradient_far_out_is_one_or_zero(dtype):
-        # the backward's 2 k x (1 + 3 a x^2) overflowed past |x| ~ 6e12 in float32, and (1 - s) * inf made
+        # the backward's 2 k x (1 + 3 a x^2) overflowed past |x| ~ 1.2e13 in float32, and (1 - s) * inf made
         # the gradient NaN where it is exactly 1 or 0 (torch's is, up to 1.8e19)
         far = np.array([-np.inf, -1e30, -1e14, -1e4, 1e4, 1e14, 1e30, np.inf], dtype)
         # x^3 overflows, as on a GPU; the simulator warns (np.errstate, per thread, misses its threads)

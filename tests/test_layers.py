@@ -478,7 +478,7 @@ def test_gelu_erf_is_x_phi_x_as_torch_computes_it(backend, dtype):
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_gelu_of_huge_inputs_matches_torch_float32(backend):
-    # backward's factor 2 k x (1 + 3 a x^2) overflowed to inf from |x| ~ 6e12 in float32, and
+    # backward's factor 2 k x (1 + 3 a x^2) overflowed to inf from |x| ~ 1.2e13 in float32, and
     # (1 - s) * inf = 0 * inf made the gradient NaN where torch's is 1 (x > 0) or 0 (x < 0): at -1e14 on
     # every backend, at +1e14 in the reference (a diverging run's first NaN came from there). Torch's own
     # x^2 overflows past 1.8e19 (NaN); there, and at +-inf, the gradient is its limit, 1 or 0.

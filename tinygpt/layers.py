@@ -183,7 +183,7 @@ _GELU_A = 0.044715
 # Past |x| = 1e4 gelu's derivative is exactly 1 (x > 0) or 0 (x < 0) in float32 and float64 alike: s is
 # 1 or 0 there, exp(-2u) having underflowed or overflowed. So backward clips x to this and computes the
 # same derivative, while 2 k x (1 + 3 a x^2) stays finite (2e11): unclipped it overflowed to inf from
-# |x| ~ 6e12 in float32 and 0 * inf made the gradient NaN, where torch's is 1 or 0 up to 1.8e19.
+# |x| ~ 1.2e13 in float32 and 0 * inf made the gradient NaN, where torch's is 1 or 0 up to 1.8e19.
 GELU_GRAD_CLIP = 1e4
 
 
@@ -263,7 +263,7 @@ def gelu_erf_forward(x):
 def gelu_erf_backward(dout, cache):
     """dout (...,) -> dx (...,): d (x Phi(x)) / dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
 
-    For |x| past about 39 (float64; 13 in float32) exp underflows to 0 and the derivative is Phi(x) alone,
+    For |x| past about 39 (float64; 14 in float32) exp underflows to 0 and the derivative is Phi(x) alone,
     exactly 1 or 0 there; no term overflows, so no clip as gelu_backward needs.
     """
     x = cache

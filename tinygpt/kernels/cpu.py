@@ -342,7 +342,7 @@ def _gelu_backward_kernel(dout, x, dx):
     # With s = sigmoid(2u): d gelu / dx = s + x * 2 s (1 - s) * du/dx = s (1 + 2 x (1 - s) k (1 + 3 a x^2))
     # s is recomputed from x rather than cached: cheaper than storing and re-reading a (B, T, 4C) array.
     # The polynomial takes x clipped to +-GELU_GRAD_CLIP, where s (1 - s) is already exactly 0: unclipped
-    # it overflowed past |x| ~ 6e12 (float32), and 0 * inf made the gradient NaN (layers.GELU_GRAD_CLIP).
+    # it overflowed past |x| ~ 1.2e13 (float32), and 0 * inf made the gradient NaN (layers.GELU_GRAD_CLIP).
     one = x.dtype.type(1.0)
     c1 = x.dtype.type(-2.0 * _GELU_K)
     c3 = x.dtype.type(-2.0 * _GELU_K * _GELU_A)
