@@ -135,7 +135,10 @@ def _exp(x):
 
 @njit(inline="always")
 def _exp_float32(x):
-    """exp for float32 in plain arithmetic, so that loops calling it vectorise (max error < 1 ulp).
+    """exp for float32 in plain arithmetic, so that loops calling it vectorise.
+
+    Max error < 1 ulp (0.91 measured) where Horner's multiply-adds are fused, as the kernels' ``contract``
+    flag lets LLVM do on a CPU with FMA; unfused, float32's roundings add up to 1.2 ulp.
 
     exp(x) = 2^n * exp(r) with n = round(x / ln 2) and r = x - n ln 2 in [-ln2/2, ln2/2]; exp(r) is its
     Taylor polynomial to degree 7 (the next term, r^8/8! < 3e-8, is below float32's 6e-8 half-ulp); 2^n
@@ -565,7 +568,7 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, query_block=layers.QUE
     hs = C // n_head
     scale = qkv.dtype.type(1.0 / math.sqrt(hs))  # the kernel's dtype: a Python float would make it float64
     q, k, v = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (B, H, T, hs) views of qkv
-    y = np.empty((B, T, n_head, hs), dtype=qkv.dtype)  # (B, T, C) with the heads side by side
+    y = np.empty((B, T, n_head, hs), dtype=qkv.dtype)  # (B, T, H, hs): (B, T, C) with the heads side by side
     y_heads = y.transpose(0, 2, 1, 3)  # the (B, H, T, hs) view the blocks write into
     probs = []
     mask_key = dropout_kernel_args(qkv.dtype, dropout, rng) if dropout else None  # one key, whole mask
