@@ -264,7 +264,7 @@ def _nucleus_threshold(row, p):
     # otherwise (a flat distribution) sort everything.
     for m in (_TOP_P_CANDIDATES, n):
         candidates = np.partition(finite, n - m)[n - m :] if m < n // 2 else finite
-        candidates = -np.sort(-candidates)  # (m,) descending
+        candidates = -np.sort(-candidates)  # descending: the m largest, or all n when m >= n // 2
         probs = np.exp(candidates - shift).astype(np.float64) / denominator
         mass = np.cumsum(probs)  # mass[i]: probability of the i + 1 most likely tokens
         if len(candidates) == n or mass[-1] >= p:
@@ -411,7 +411,8 @@ def new_kv_cache(config, batch_size, dtype=np.float32, length=None):
 def _cached_attention(qkv, kv, pos, n_head):
     """Attention of T new tokens at positions pos..pos+T-1 over the cache, after appending their keys/values.
 
-    qkv (B, T, 3C), kv (2, B, H, block_size, hs) -> (B, T, C). The new keys and values are written into
+    qkv (B, T, 3C), kv (2, B, H, L, hs), one layer's cache of L >= pos + T positions (block_size, or
+    ``new_kv_cache``'s ``length``) -> (B, T, C). The new keys and values are written into
     ``kv[:, :, :, pos:pos+T]``; query i attends to keys 0..pos+i (causal), all from the cache.
     """
     B, T, C3 = qkv.shape
@@ -542,7 +543,7 @@ def forward_shared_context(params, config, context, continuations, backend="nump
     continuation hidden (B, T, C)), continuation token j at position T_c + j. The context runs as a prefill
     of batch 1 into a KV cache of B rows; its keys and values are then copied to the other rows, and the
     continuations run as one batch at position T_c over them (``_cached_attention``: each sees the context
-    and its own earlier tokens). The copy is n_layer x 2 x B x T_c x C floats, a small part of the T_c
+    and its own earlier tokens). The copy is n_layer x 2 x (B - 1) x T_c x C floats, a small part of the T_c
     tokens' forward it replaces B - 1 times. ``backend`` as in ``forward_cached``.
     """
     _check_backend(backend)
@@ -599,7 +600,7 @@ def forward_shared_context(params, config, context, continuations, backend="nump
 def _lm_head_weight(wte, n_steps):
     """The (C, V) matrix for ``logits = x @ W``: a C-contiguous copy of wte.T when decoding long enough.
 
-    The LM head is the biggest matmul of a decode step: (B, C) @ (C, V), for GPT-2 small's V = 50257 and
+    The LM head is the biggest matmul of a decode step: (B, C) @ (C, V), for GPT-2's V = 50257 at
     C = 384 a 77 MB float32 matrix streamed from memory for every token. On the transposed view ``wte.T``
     OpenBLAS walks it with stride C between consecutive outputs; on a C-contiguous (C, V) copy it reads
     each row once, in order, which we measured at 2.5 ms instead of 3.8 ms per token. The copy itself takes
