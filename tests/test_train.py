@@ -782,6 +782,54 @@ def test_eval_pretrained_errors_are_one_line(tiny_gpt2, tmp_path, monkeypatch, c
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("source", ["run", "gpt2", "nanogpt"])
+def test_eval_and_sample_refuse_a_model_of_non_finite_weights(source, corpus, tmp_path, capsys,
+                                                              make_nanogpt_ckpt):
+    # NaN or inf weights: eval printed "loss nan  perplexity nan" with exit 0, sample printed the prompt and
+    # then blamed the logits; each is refused at load naming the first such tensor, as a classifier is
+    import torch
+
+    from tinygpt.checkpoint import save_checkpoint
+    from tinygpt.tokenizer import CharTokenizer
+
+    config = GPTConfig(vocab_size=270, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    if source == "run":
+        tokenizer = CharTokenizer.train(TEXT)
+        model = GPT(GPTConfig(**{**config.to_dict(), "vocab_size": tokenizer.vocab_size}), seed=0)
+        model.params["h.0.mlp.c_fc.weight"].flat[3] = np.nan
+        save_checkpoint(tmp_path / "run", model, tokenizer, None, {"backend": "numpy", "data": str(corpus)},
+                        {"step": 3})
+        given = ["--out", str(tmp_path / "run")]
+        where = f"the checkpoint {load_checkpoint(tmp_path / 'run').path}"
+        found = "h.0.mlp.c_fc.weight has nan"
+    elif source == "gpt2":
+        model = GPT(config, seed=0)
+        model.params["wpe.weight"].flat[5] = np.inf
+        model.save_pretrained(tmp_path / "gpt2")
+        BPETokenizer.train(TEXT, 270).save_gpt2_files(tmp_path / "gpt2")
+        given = ["--pretrained", str(tmp_path / "gpt2")]
+        where, found = str(tmp_path / "gpt2"), "wpe.weight has inf"
+    else:
+        path = tmp_path / "ckpt.pt"
+        make_nanogpt_ckpt(path, vocab_size=50304, block_size=8, n_embd=8)
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["model"]["transformer.h.1.ln_2.weight"][0] = float("nan")
+        torch.save(checkpoint, path)
+        given = ["--pretrained", str(path)]
+        where, found = str(path), "h.1.ln_2.weight has nan"
+    message = f"{where} holds non-finite weights ({found}), which give non-finite logits; use "
+    hellaswag = tmp_path / "hellaswag.jsonl"
+    hellaswag.write_text(json.dumps({"ctx": "ROMEO:", "endings": ["a", "b"], "label": 0}) + "\n")
+    data = [] if source == "run" else ["--data", str(corpus)]
+    for argv in (["eval", *given, *data, "--backend", "numpy"], ["sample", *given, "--prompt", "ROMEO",
+                 "--max-new-tokens", "2"], ["eval", *given, "--hellaswag", str(hellaswag)]):
+        assert message in one_line_error(capsys, argv)
+        assert capsys.readouterr().out == ""  # (sample printed its prompt before the error)
+    with pytest.raises(TinyGPTError, match=re.escape(message)):
+        training.evaluate(**({"out_dir": tmp_path / "run"} if source == "run" else
+                             {"pretrained": given[1], "data": str(corpus)}))
+
+
 def test_eval_stride_on_a_training_run(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "2",

@@ -547,9 +547,17 @@ def _load_gpt(path: Path, config: dict, dtype, backend: str):
     return GPT(model_config, seed=0, dtype=dtype, backend=backend, params=params)
 
 
+# what a run whose checkpoint holds NaN or inf weights can do (an earlier one kept: DIR/best, say)
+NON_FINITE_REMEDY = "use an earlier checkpoint or train again"
+
+
 def load_model(out_dir: str | os.PathLike, backend: str = "numpy", dtype=np.float32):
-    """``(GPT, tokenizer)`` from a training output directory (or a checkpoint directory inside it)."""
+    """``(GPT, tokenizer)`` from a training output directory (or a checkpoint directory inside it), to
+    sample or score: weights holding a NaN or an infinity are refused (``model.check_finite_weights``)."""
+    from tinygpt.model import check_finite_weights
+
     ckpt = load_checkpoint(out_dir, backend=backend, dtype=dtype, with_optimizer=False)
+    check_finite_weights(ckpt.model, f"the checkpoint {ckpt.path}", NON_FINITE_REMEDY)
     return ckpt.model, ckpt.tokenizer
 
 

@@ -1040,18 +1040,16 @@ def is_classifier_dir(out_dir) -> bool:
 def load_classifier(out_dir, backend: str = "numpy") -> Classifier:
     """The classifier saved in ``out_dir`` by :func:`finetune_classifier` (verified like any checkpoint)."""
     from tinygpt.checkpoint import load_checkpoint
+    from tinygpt.model import non_finite_weight
 
     ckpt = load_checkpoint(out_dir, backend=backend, with_optimizer=False)
     meta, head = _classifier_parts(ckpt, out_dir)
     # a weight that is NaN or inf (a diverged run's, saved before finetune checked) made predict and eval
-    # print NaN probabilities as scores; one pass over the weights, less than a forward pass's reads
-    for name, weight in {**ckpt.model.params, **head}.items():
-        values = ckpt.model.ops.to_host(weight)
-        if not np.isfinite(values).all():
-            found = "nan" if np.isnan(values).any() else "inf"
-            raise TinyGPTError(f"the classifier checkpoint {ckpt.path} holds non-finite weights ({name} "
-                               f"has {found}), which give NaN probabilities; use an earlier checkpoint or "
-                               "fine-tune again")
+    # print NaN probabilities as scores
+    found = non_finite_weight({**ckpt.model.params, **head}, ckpt.model.ops)
+    if found is not None:
+        raise TinyGPTError(f"the classifier checkpoint {ckpt.path} holds non-finite weights ({found}), which "
+                           "give NaN probabilities; use an earlier checkpoint or fine-tune again")
     return Classifier(ckpt.model, ckpt.tokenizer, head, meta["labels"], meta, ckpt.train_config)
 
 

@@ -638,6 +638,26 @@ class _BlockStart:
     p_drop: float
 
 
+def non_finite_weight(params: dict, ops) -> str | None:
+    """``"NAME has nan"`` (or ``inf``) for the first tensor of ``params`` that holds a NaN or an infinity,
+    else None. One pass over the weights, fewer reads than one forward pass makes: what loads a model to
+    score or sample it checks it, where NaN weights gave ``loss nan`` (exit 0) or a sampler's error."""
+    for name, weight in params.items():
+        values = ops.to_host(weight)
+        if not np.isfinite(values).all():
+            return f"{name} has {'nan' if np.isnan(values).any() else 'inf'}"
+    return None
+
+
+def check_finite_weights(model: GPT, where: str, remedy: str) -> None:
+    """Raise TinyGPTError naming the first non-finite tensor of ``model``'s weights, if any (``where``: the
+    checkpoint it came from; ``remedy``: what to do instead)."""
+    found = non_finite_weight(model.params, model.ops)
+    if found is not None:
+        raise TinyGPTError(f"{where} holds non-finite weights ({found}), which give non-finite logits; "
+                           f"{remedy}")
+
+
 def _checked_params(params, config: GPTConfig, dtype) -> dict[str, np.ndarray]:
     """``params`` checked against the config's names and shapes, as contiguous ``dtype`` arrays.
 
