@@ -492,3 +492,89 @@ def test_json_and_toml_nested_past_the_parsers_stack_are_one_line_errors(tmp_pat
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("tinygpt: error: ") and err.count("\n") == 1 and message in err, err
+
+
+# each command's flags that name a file or a directory (a positional too: plot's DIR)
+PATH_FLAGS = {
+    ("tokenizer", "train"): ["--input", "--out", "--gpt2-files"],
+    ("tokenizer", "encode"): ["--tokenizer"],
+    ("tokenizer", "decode"): ["--tokenizer"],
+    ("train",): ["--config", "--data", "--out", "--init-from", "--hellaswag"],
+    ("eval",): ["--out", "--data", "--hellaswag"],
+    ("plot",): ["DIR", "--output"],
+    ("sample",): ["--out", "--prompt-file"],
+    ("finetune",): ["--data", "--out", "--init-from"],
+    ("predict",): ["--out"],
+    ("bench", "tokenizer"): ["--data"],
+    ("bench", "hellaswag"): ["--hellaswag"],
+    ("bench", "recipe"): ["--data", "--config"],
+}
+PRETRAINED = [("train",), ("eval",), ("sample",), ("finetune",), ("bench", "hellaswag")]  # (exclusive with
+# --init-from or --out: given on its own)
+
+
+@pytest.mark.parametrize("command, flag", [(c, f) for c, flags in PATH_FLAGS.items() for f in flags]
+                         + [(c, "--pretrained") for c in PRETRAINED], ids=lambda v: " ".join(v) if
+                         isinstance(v, tuple) else v)
+def test_a_path_flag_of_the_form_flag_equals_tilde_names_the_home_directory(monkeypatch, tmp_path, command,
+                                                                            flag):
+    # `--data=~/corpus.txt` is one word, which the shell passes as it is (it expands a ~ starting a word):
+    # tinygpt looked for ./~/corpus.txt, where `--data ~/corpus.txt` and a TOML file's "~/corpus.txt" worked
+    from tinygpt import cli
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    seen = {}
+    monkeypatch.setattr(cli, "_run", lambda args: seen.update(vars(args)) or 0)
+    # what each command requires beside the flag tested
+    required = {("tokenizer", "train"): {"--vocab-size": "300", "--input": "in.txt", "--out": "tok.json"},
+                ("finetune",): {"--out": "run"}, ("bench", "recipe"): {"--data": "d"}}
+    argv = [*command, "run"] if command == ("plot",) and flag != "DIR" else [*command]
+    argv += ["~/x"] if flag == "DIR" else [f"{flag}=~/x"]
+    for other, value in required.get(command, {}).items():
+        if other != flag:
+            argv += [other, value]
+    assert main(argv) == 0
+    dest = "dir" if flag == "DIR" else flag.removeprefix("--").replace("-", "_")
+    assert seen[dest] == str(tmp_path / "x")
+
+
+def test_every_flag_shown_as_a_path_is_expanded():
+    # a flag added with metavar PATH, FILE or DIR is caught here if cli._PATH_FLAGS leaves it out
+    import argparse
+
+    from tinygpt import cli
+
+    def actions(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from actions(sub)
+            else:
+                yield action
+
+    shown_as_paths = {a.dest for a in actions(cli.build_parser())
+                      if a.metavar in ("PATH", "FILE", "DIR", "F")}
+    assert shown_as_paths and shown_as_paths <= set(cli._PATH_FLAGS)
+
+
+def test_text_keeps_its_tilde_and_a_tokenizer_trains_from_and_into_the_home_directory(monkeypatch, tmp_path,
+                                                                                      capsys):
+    # a prompt, a stop string or a text to encode is text, not a path: its ~ stays
+    from tinygpt import cli
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    seen = {}
+    monkeypatch.setattr(cli, "_run", lambda args: seen.update(vars(args)) or 0)
+    assert main(["sample", "--prompt=~/x", "--stop=~"]) == 0
+    assert seen["prompt"] == "~/x" and seen["stop"] == ["~"]
+    assert main(["tokenizer", "encode", "--tokenizer", "gpt2", "~/x"]) == 0 and seen["text"] == "~/x"
+    assert main(["predict", "--out", "run", "~user's text"]) == 0 and seen["text"] == ["~user's text"]
+    monkeypatch.undo()
+    # end to end: a tokenizer trained from and saved to ~/..., then read back from there
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "in.txt").write_text("hello hello world " * 20, encoding="utf-8")
+    assert main(["tokenizer", "train", "--input=~/in.txt", "--vocab-size=260", "--out=~/tok.json"]) == 0
+    assert (tmp_path / "tok.json").is_file()
+    capsys.readouterr()
+    assert main(["tokenizer", "encode", "--tokenizer=~/tok.json", "hello"]) == 0
+    assert capsys.readouterr().out.strip()

@@ -876,9 +876,27 @@ def _stdout_prints_any_path():
     return restore
 
 
+# The flags (argparse dests, of every command) whose value is a path; --config may be a preset's name
+# instead and encode's --tokenizer "gpt2", which start with no ~
+_PATH_FLAGS = ("input", "out", "gpt2_files", "tokenizer", "config", "data", "init_from", "pretrained",
+               "hellaswag", "dir", "output", "prompt_file")
+
+
+def _expand_home(args) -> None:
+    """``~`` (and ``~user``) at the start of a path flag's value made the home directory, as the shell does
+    for ``--data ~/corpus.txt`` but not for ``--data=~/corpus.txt``, one word it passes as it is: that
+    looked for ./~/corpus.txt (and ``--out=~/runs`` trained into a folder named ~), where a TOML file's
+    ``data = "~/corpus.txt"`` was expanded (train.read_config_file)."""
+    for name in _PATH_FLAGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, os.path.expanduser(value))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _expand_home(args)
     restore_stdout = _stdout_prints_any_path()
     try:
         return _run(args)
