@@ -1271,6 +1271,25 @@ def test_a_given_label_list_must_name_each_label_once():
         ft.label_vocabulary(["a", "b", "c"], names=["a", "b"])
 
 
+def test_labels_given_as_text_for_a_jsonls_integers_are_shown_as_given(tmp_path, capsys):
+    # --labels arrives as text and a .jsonl's labels may be integers: the messages showed the integers the
+    # text was read as ("the label list [1, 1] repeats a label" for --labels 01,1) or compared the user's
+    # "0" with the data's 0 ("label 0 is not among the given labels ['0', 'x']")
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"text": f"text {i}", "label": i % 2} for i in range(8)])
+    run = ["finetune", "--data", str(data), "--out", str(tmp_path / "clf"), "--n-layer", "1", "--n-head", "1",
+           "--n-embd", "8", "--block-size", "8", "--max-iters", "1", "--quiet", "--labels"]
+    for labels, message in (
+        ("01,1", "the given labels '01' and '1' are both the data's label 1 (its labels are integers)"),
+        ("0,x", "the given label 'x' is not an integer, but the data's labels are integers: [0, 1]"),
+        ("0,2", "label 1 is not among the given labels ['0', '2'] (read as [0, 2]: the data's labels are "
+                "integers)"),
+        ("1,0,0", "the label list ['1', '0', '0'] repeats a label"),  # one spelling twice: as before
+    ):
+        _fails(capsys, [*run, labels], message)
+    assert not (tmp_path / "clf").exists()
+    assert main([*run, "1, 0"]) == 0 and ft.load_classifier(tmp_path / "clf").labels == [1, 0]
+
+
 def test_split_takes_the_rounded_share_of_each_class():
     # round(0.4 * 4) = 2 and round(0.4 * 7) = 3 (truncating would give 1 and 2), counted by hand
     label_ids = np.array([0] * 4 + [1] * 7)

@@ -189,10 +189,18 @@ def label_vocabulary(labels: list, names: list | None = None) -> tuple[list, np.
     if names is None:
         names = present
     else:
-        names = list(names)
+        names = given = list(names)
         integer_text = all(isinstance(n, str) and re.fullmatch(r"-?[0-9]+", n.strip()) for n in names)
-        if present and all(isinstance(label, int) for label in present) and integer_text:
+        integer_data = bool(present) and all(isinstance(label, int) for label in present)
+        read_as = ""  # the messages below show the names as given, and what they were read as
+        if integer_data and integer_text:
             names = [int(n) for n in names]  # given as text (the CLI), the data's are integers (a .jsonl)
+            read_as = f" (read as {shown(names)}: the data's labels are integers)"
+        elif integer_data and all(isinstance(n, str) for n in names):  # "x" matches none of them: the data's
+            # 0 was said not to be among ['0', 'x'], when the user had typed 0
+            bad = next(n for n in names if not re.fullmatch(r"-?[0-9]+", n.strip()))
+            raise TinyGPTError(f"the given label {bad!r} is not an integer, but the data's labels are "
+                               f"integers: {shown(present)}")
         elif names and all(is_int(n) for n in names) and all(
                 isinstance(label, str) and re.fullmatch(r"-?[0-9]+", label.strip()) for label in present):
             # ... and the reverse: integers (a run's saved classes, from a .jsonl) for a .csv's text, "0"
@@ -200,10 +208,16 @@ def label_vocabulary(labels: list, names: list | None = None) -> tuple[list, np.
             labels = [int(label) for label in labels]
             present = sorted(set(labels))
         if len(set(names)) != len(names):
-            raise TinyGPTError(f"the label list {names} repeats a label")
+            second = next(i for i, name in enumerate(names) if name in names[:i])
+            first = names.index(names[second])
+            if given[first] != given[second]:  # two spellings of one integer ("01" and "1"): the list
+                # [1, 1] was said to repeat a label, a list the user never typed
+                raise TinyGPTError(f"the given labels {given[first]!r} and {given[second]!r} are both the "
+                                   f"data's label {names[first]} (its labels are integers)")
+            raise TinyGPTError(f"the label list {given} repeats a label")
         unknown = [label for label in present if label not in names]
         if unknown:
-            raise TinyGPTError(f"label {unknown[0]!r} is not among the given labels {names}")
+            raise TinyGPTError(f"label {unknown[0]!r} is not among the given labels {given}{read_as}")
         empty = [name for name in names if name not in present]
         if empty:
             raise TinyGPTError(f"class {empty[0]!r} has no examples in the data")
