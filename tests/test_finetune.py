@@ -1854,6 +1854,21 @@ def test_a_checkpoint_saved_before_resume_existed_is_refused_and_still_predicts_
     assert "accuracy" in capsys.readouterr().out
 
 
+
+def test_resume_on_the_backend_auto_ran_says_nothing_of_a_backend(tmp_path, lm_dir, capsys, monkeypatch):
+    # "auto" is numba without a GPU: resumed with --backend numba the run goes on as it ran, where the
+    # resume warned "--backend changed from 'auto' to 'numba'" (train's backend_change, tested there too)
+    import tinygpt.kernels
+
+    monkeypatch.setattr(tinygpt.kernels, "has_real_gpu", lambda: False)
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows(16))
+    ft.finetune_classifier(_config(tmp_path, data, init_from=str(lm_dir), batch_size=4, max_iters=2,
+                                   eval_interval=2, backend="auto"), quiet=True)
+    capsys.readouterr()
+    ft.finetune_classifier(ft.FinetuneConfig(out=str(tmp_path / "clf")), resume=True, quiet=True,
+                           overrides={"backend": "numba"})
+    assert capsys.readouterr().err == ""
+
 def test_resume_on_changed_data_warns_when_its_rows_split_alike_and_refuses_when_not(tmp_path, lm_dir,
                                                                                      capsys):
     rows = _rows(16)

@@ -394,6 +394,30 @@ def test_resume_warns_when_it_cannot_be_exact(tmp_path, capsys):
     assert "text of" in err and "changed since the run started" in err and "--eval-iters changed" in err
 
 
+
+def test_resume_warns_of_another_backend_by_the_one_that_ran_not_its_name(tmp_path, capsys, monkeypatch):
+    # "auto" is numba on a machine without a GPU: a run started with it and resumed with --backend numba is
+    # the same run, bit for bit, where the resume said "--backend changed from 'auto' to 'numba'"
+    import tinygpt.kernels
+
+    monkeypatch.setattr(tinygpt.kernels, "has_real_gpu", lambda: False)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT)
+    training.train(_config(corpus, tmp_path / "run", max_iters=2, backend="auto"), quiet=True)
+    capsys.readouterr()
+    resume = dict(cfg=training.TrainConfig(out=str(tmp_path / "run")), resume=True, quiet=True)
+    training.train(**resume, overrides={"max_iters": 3, "backend": "numba"})
+    assert capsys.readouterr().err == ""
+    training.train(**resume, overrides={"max_iters": 4, "backend": "numpy"})
+    err = capsys.readouterr().err
+    assert "--backend changed from 'numba' to 'numpy': backends agree only to rounding" in err
+    # and one started with "auto" on a GPU (cuda ran) and resumed with "auto" on a CPU is told, where the
+    # names alone were equal; a record from before backend_used reads "auto" as this machine does
+    saved, now = {"backend": "auto", "backend_used": "cuda"}, {"backend": "auto", "backend_used": "numba"}
+    assert training.backend_change(saved, now) == ("--backend changed from 'auto' (cuda) to 'auto' (numba): "
+                                                   "backends agree only to rounding")
+    assert training.backend_change({"backend": "auto"}, {"backend": "numba", "backend_used": "numba"}) is None
+
 def test_train_takes_the_steps_a_hand_written_loop_takes(corpus, tmp_path, monkeypatch):
     # nanoGPT's loop written out: average the micro-batches' gradients, clip, AdamW at the scheduled lr.
     # (Resume and backend tests compare train() with itself; summing instead of averaging, not clipping,
@@ -1393,6 +1417,7 @@ def test_a_dangling_latest_link_and_an_empty_out_are_clear_errors(corpus, tmp_pa
     assert "points to a missing checkpoint: remove that link" in line
     assert "empty string" in one_line_error(capsys, ["train", "--data", str(corpus), "--out", "", *TINY])
     assert "empty string" in one_line_error(capsys, ["train", "--resume", "--out", ""])  # it resumed ./out
+
 
 
 def test_evaluation_batches_take_no_memory_however_many(tmp_path):

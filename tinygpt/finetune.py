@@ -740,6 +740,8 @@ def _warn_if_resume_is_not_exact(saved: dict, now: dict, step: int) -> None:
     """One line on stderr (even with --quiet) for each change that makes a resumed run differ from the
     uninterrupted one, as ``tinygpt train --resume`` warns: allowed, but metrics.jsonl is then not one
     run's."""
+    from tinygpt.train import backend_change
+
     notes = []
     # the rows' digest where the run saved one (a file rewritten with the same rows changes nothing), else
     # the file's, as the first resumable checkpoints recorded it (the split is the run's: checked before)
@@ -751,10 +753,10 @@ def _warn_if_resume_is_not_exact(saved: dict, now: dict, step: int) -> None:
         else:
             notes.append(f"the texts or labels of {now['data']} changed since the run started (its rows "
                          "split as before)")
-    for name, effect in (("batch_size", "the batches change"),
-                         ("backend", "backends agree only to rounding")):
-        if saved.get(name) != now[name]:
-            notes.append(f"{_flag(name)} changed from {saved.get(name)!r} to {now[name]!r}: {effect}")
+    if saved.get("batch_size") != now["batch_size"]:
+        notes.append(f"--batch-size changed from {saved.get('batch_size')!r} to {now['batch_size']!r}: the "
+                     "batches change")
+    notes += filter(None, [backend_change(saved, now)])  # (the backends that ran, not their names: "auto")
     if saved.get("total_steps") != now["total_steps"] and step < now["total_steps"]:
         notes.append(f"the run's length changed from {saved.get('total_steps')} to {now['total_steps']} "
                      f"steps: the learning rate now decays to --min-lr at step {now['total_steps']}, where "
@@ -846,7 +848,8 @@ def _finetune_classifier(cfg: FinetuneConfig, quiet: bool, resume: bool, overrid
     # run's length in steps (its schedule decays over it): what a resume checks its own against
     record = {**cfg.to_dict(), "data": str(data_path), "task": "classify", "labels": names,
               "data_sha256": hashlib.sha256(data_path.read_bytes()).hexdigest(), "split_sha256": split_sha256,
-              "rows_sha256": _rows_digest(texts, label_ids, names), "total_steps": max_iters}
+              "rows_sha256": _rows_digest(texts, label_ids, names), "total_steps": max_iters,
+              "backend_used": model.ops.name}
     metrics_path = out / "metrics.jsonl"
     # the loop's state, saved with each checkpoint: the best evaluation so far (DIR/best names it; its
     # accuracy is the best accuracy, its val loss the tie-breaker) and the seconds run, over every run

@@ -239,10 +239,11 @@ def _warn_if_resume_is_not_exact(saved: dict, now: dict) -> None:
             notes.append(f"the token files of {now['data']} changed since the run started: training and "
                          "validation batches now come from other tokens")
     for name, effect in (("batch_size", "the fixed evaluation batches change"),
-                         ("eval_iters", "the fixed evaluation batches change"),
-                         ("backend", "backends agree only to rounding")):
+                         ("eval_iters", "the fixed evaluation batches change")):
         if name in saved and saved[name] != now[name]:
             notes.append(f"{_flag(name)} changed from {saved[name]!r} to {now[name]!r}: {effect}")
+    if "backend" in saved:
+        notes += filter(None, [backend_change(saved, now)])
     if saved.get("hellaswag") is not None and now["hellaswag"] is None:  # (--no-hellaswag)
         notes.append("HellaSwag is no longer scored: the rows from here have no hellaswag_acc")
     for name in ("hellaswag", "hellaswag_limit"):  # (added to a run that had none: only new columns)
@@ -251,6 +252,31 @@ def _warn_if_resume_is_not_exact(saved: dict, now: dict) -> None:
                          "accuracy is scored on other examples")
     for note in notes:
         say_on_stderr(f"tinygpt: warning: {note}; the resumed run is not the uninterrupted one")
+
+
+def backend_change(saved: dict, now: dict) -> str | None:
+    """The warning's words when a resumed run computes on another backend than the run did (``saved`` and
+    ``now`` are train's or finetune's run records), else None. The backends that ran are compared, not the
+    names given: "auto" is cuda on a machine with a GPU and numba on one without, so a run started with it
+    on a CPU and resumed with --backend numba is the same run (it was told it was not), and one started on
+    a GPU and resumed on a CPU is not (it was told nothing). A record without ``backend_used`` (an older
+    run's) reads its name as this machine would."""
+    from tinygpt.kernels import resolve_backend
+
+    def used(record):
+        if record.get("backend_used") is not None:
+            return record["backend_used"]
+        try:
+            return resolve_backend(record.get("backend"))
+        except TinyGPTError:  # (a name this tinygpt does not know: compared as it is)
+            return record.get("backend")
+
+    ran = [used(record) for record in (saved, now)]
+    if ran[0] == ran[1]:
+        return None
+    names = [f"{record.get('backend')!r}" + (f" ({backend})" if record.get("backend") != backend else "")
+             for record, backend in zip((saved, now), ran)]
+    return f"--backend changed from {names[0]} to {names[1]}: backends agree only to rounding"
 
 
 def _check_schedule_on_resume(values: dict, overrides: dict, out: Path) -> None:
@@ -680,8 +706,9 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
     }
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps
     # the data path (and HellaSwag's) absolute (resumable from any directory) and its text's sha256, or its
-    # token files' fingerprint (a resume can tell if the corpus changed)
-    config_record = {**cfg.to_dict(), "data": str(data_path.resolve())}
+    # token files' fingerprint (a resume can tell if the corpus changed), and the backend that ran ("auto"
+    # names none: backend_change)
+    config_record = {**cfg.to_dict(), "data": str(data_path.resolve()), "backend_used": model.ops.name}
     if cfg.hellaswag:
         config_record["hellaswag"] = str(Path(cfg.hellaswag).resolve())
     if data.token_files is None:
