@@ -1420,6 +1420,23 @@ def test_a_dangling_latest_link_and_an_empty_out_are_clear_errors(corpus, tmp_pa
 
 
 
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_a_new_run_into_a_folder_holding_a_latest_of_the_users_names_it(corpus, tmp_path, capsys, kind):
+    # a file named latest was "a missing checkpoint: remove that link", a folder of notes "a checkpoint (a
+    # run's checkpoints/step-N, or a copy of one)"; neither is a link, nor tinygpt's
+    out = tmp_path / "models"
+    out.mkdir()
+    if kind == "file":
+        (out / "latest").write_text("my notes\n")
+    else:
+        (out / "latest").mkdir()
+        (out / "latest" / "notes.txt").write_text("my notes\n")
+    line = one_line_error(capsys, ["train", "--data", str(corpus), "--out", str(out), *TINY])
+    assert f"{out} already holds a {kind} named 'latest', not the link a run keeps to its current " \
+           "checkpoint" in line and "choose another --out (nothing was changed)" in line
+    assert sorted(p.name for p in out.rglob("*")) == ["latest", "notes.txt"][:1 + (kind == "directory")]
+
+
 def test_evaluation_batches_take_no_memory_however_many(tmp_path):
     # every batch was drawn up front and kept: --eval-iters 10000000 grew until the OOM killer came
     import tracemalloc

@@ -167,6 +167,14 @@ def check_out_holds_no_run(out_dir: str | os.PathLike, classifier: bool) -> None
     user there.
     """
     out_dir = Path(out_dir)
+    latest = out_dir / LATEST
+    if latest.exists() and not latest.is_symlink():  # the user's own file or folder of that name (or a run
+        # copied following links): it said "points to a missing checkpoint: remove that link" of a file, and
+        # "DIR is a checkpoint" of a folder of notes
+        kind = "directory" if latest.is_dir() else "file"
+        raise TinyGPTError(f"{out_dir} already holds a {kind} named {LATEST!r}, not the link a run keeps to "
+                           "its current checkpoint (yours, or a run copied following links?); choose another "
+                           "--out (nothing was changed)")
     current = checkpoint_path(out_dir)
     if current is None:
         return
