@@ -1508,6 +1508,30 @@ def test_a_new_run_keeps_an_earlier_checkpoint_whose_latest_link_is_gone(corpus,
     assert (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+
+def test_a_run_killed_between_its_first_saves_rename_and_link_can_be_started_again(corpus, tmp_path,
+                                                                                monkeypatch):
+    # killed there, it left checkpoints/step-00000000 and no `latest`: started again it was refused ("holds
+    # the checkpoint ... of an earlier run ... restore the link (ln -s ...)") and --resume found no checkpoint
+    import tinygpt.checkpoint
+
+    class Killed(BaseException):  # (no except clause of the save catches it: nothing is cleaned up)
+        pass
+
+    def killed(*args):
+        raise Killed
+
+    monkeypatch.setattr(tinygpt.checkpoint, "_symlink_atomically", killed)
+    with pytest.raises(Killed):
+        training.train(_config(corpus, tmp_path / "run", max_iters=3, eval_interval=2), quiet=True)
+    monkeypatch.undo()
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-00000000"]
+    assert not (tmp_path / "run" / "latest").is_symlink()
+    training.train(_config(corpus, tmp_path / "run", max_iters=3, eval_interval=2), quiet=True)
+    training.train(_config(corpus, tmp_path / "clean", max_iters=3, eval_interval=2), quiet=True)
+    assert _rows(tmp_path / "run") == _rows(tmp_path / "clean")
+    assert load_checkpoint(tmp_path / "run").state["step"] == 3
+
 def test_a_closed_stderr_does_not_stop_training_nor_put_its_lines_on_stdout(corpus, tmp_path, monkeypatch,
                                                                            capsys):
     # `tinygpt train 2>&-`: sys.stderr is None, and the progress bar's first write raised AttributeError (exit

@@ -147,10 +147,13 @@ def check_new_run_dir(out_dir: str | os.PathLike) -> None:
             raise TinyGPTError(f"{ckpt_root} holds {foreign[0]!r}, which tinygpt did not write (a run keeps "
                                "its own checkpoints there); choose another --out")
         # a published checkpoint of an earlier run whose `latest` link is gone: the first save would
-        # delete it (staging leftovers, named .tmp-step-..., are fair game)
+        # delete it (staging leftovers, named .tmp-step-..., are fair game). A step 0 alone is fair game too:
+        # it is what a run killed between its first save's rename and its link swap leaves (train's and
+        # finetune's first save is step 0), weights no update has touched, which the new run writes again;
+        # refused, that run could be neither started again nor resumed without an `ln -s` by hand
         earlier = sorted(e.name for e in ckpt_root.iterdir() if (e / "state.json").is_file()
                          and not e.name.startswith(".tmp-"))
-        if earlier:
+        if earlier and earlier != [f"step-{0:08d}"]:
             raise TinyGPTError(f"{out_dir} holds the checkpoint {CHECKPOINTS}/{earlier[-1]} of an earlier "
                                f"run but no {LATEST!r} link: to resume it, restore the link (ln -s "
                                f"{CHECKPOINTS}/{earlier[-1]} {out_dir / LATEST}) and pass --resume; "
