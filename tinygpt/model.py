@@ -615,6 +615,11 @@ class GPT:
                 atomic_path(os.path.join(path, "config.json")) as config_tmp:
             save_file(tensors, weights_tmp, metadata={"format": "pt"})
             Path(config_tmp).write_text(config_text, encoding="utf-8")
+            # the weights made durable here, not as their own (outer) block ends: that came after config.json
+            # had replaced its old self, so an fsync that failed on them (a full disk as NFS or a quota
+            # reports it, an I/O error) left the new config beside the old weights
+            with open(weights_tmp, "rb+") as f:
+                os.fsync(f.fileno())
 
 
 class _NoTape:
