@@ -447,6 +447,28 @@ def test_a_save_that_cannot_write_is_one_error_and_keeps_the_previous_checkpoint
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]
 
 
+
+def test_a_save_whose_files_fail_to_reach_the_disk_is_not_published(tmp_path, monkeypatch):
+    """A write refused only at fsync (a full disk or a quota as NFS reports them, an I/O error) was ignored:
+    the checkpoint was published and the previous one deleted, so once the cached pages were gone neither
+    was whole. Now it is the full disk's error, and the previous checkpoint stays the current one."""
+    model, opt = _trained()
+    _save(tmp_path, model, opt, 1)
+    real_fsync = os.fsync
+
+    def fsync_failing_on_the_moments(fd):  # (the file save_checkpoint writes and fsyncs itself)
+        moments = {p.stat().st_ino for p in (tmp_path / "checkpoints").glob(".tmp-*/optimizer.safetensors")}
+        if os.fstat(fd).st_ino in moments:
+            raise OSError(122, "Disk quota exceeded")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_failing_on_the_moments)
+    with pytest.raises(TinyGPTError, match="step 2.*Disk quota exceeded.*previous checkpoint is intact"):
+        _save(tmp_path, model, opt, 2)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path).state["step"] == 1
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]
+
 def test_a_first_save_that_cannot_write_claims_no_previous_checkpoint(tmp_path, monkeypatch):
     """A run's first save (step 0 of `tinygpt train` on a full disk) has no checkpoint before it: the error
     said 'the previous checkpoint is intact' all the same."""

@@ -60,16 +60,26 @@ FORMAT_VERSION = 1
 
 
 def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory's fsync makes renames inside it durable)."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
+    """fsync a file or a directory (a directory's fsync makes renames inside it durable).
+
+    A file's error is raised: a write refused only at fsync (a full disk or a quota as NFS reports them, an
+    I/O error) must fail the save, which then publishes nothing and deletes no older checkpoint. A
+    directory's is not: some platforms and file systems cannot open or fsync one, and the renames are still
+    atomic there.
+    """
+    is_dir = path.is_dir()
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if is_dir else os.O_RDONLY
     try:
         fd = os.open(path, flags)
     except OSError:
-        return  # some platforms cannot open directories; the rename is still atomic there
+        if is_dir:
+            return
+        raise
     try:
         os.fsync(fd)
     except OSError:
-        pass
+        if not is_dir:
+            raise
     finally:
         os.close(fd)
 
