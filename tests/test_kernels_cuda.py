@@ -104,7 +104,8 @@ if not CHILD:
                       (a(1), a(1, types.float64), i64), K.SUM_SQUARES_THREADS))
         forward, backward_wte, backward_wpe = K._embedding_kernels(dtype_name)
         found += [("embedding_forward", forward, (a(2, types.int64), a(2), a(2), a(2)), one_per_element),
-                  ("embedding_backward_wte", backward_wte, (a(2, types.int64), a(2), a(2)), one_per_element),
+                  ("embedding_backward_wte", backward_wte, (a(1, types.int64),) * 3 + (a(2), a(2)),
+                   one_per_element),
                   ("embedding_backward_wpe", backward_wpe, (a(2), a(2), i64, i64), one_per_element)]
         return found
 
@@ -113,6 +114,11 @@ if not CHILD:
         r"^\s*((?:add|sub|mul|div|fma|sqrt|rsqrt|rcp|neg|abs|min|max|setp|ex2|lg2)[\w.]*\.f64)\b", re.M)
 
     _FLOAT64_ON_PURPOSE = {"sum_squares_partial"}
+
+    # PTX atomics (atom.global.add.f32, red.global.add.f32, ...): a float sum made by atomic adds takes its
+    # terms in whatever order the hardware serves them, so it changes in its last bits from run to run on a
+    # GPU (the simulator's threads take turns under one lock and cannot show it)
+    _ATOMIC = re.compile(r"^\s*((?:atom|red)\.[\w.]+)", re.M)
 
     @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
     def test_every_kernel_compiles_for_a_real_gpu(dtype_name, monkeypatch, tmp_path):
@@ -153,6 +159,10 @@ if not CHILD:
             if dtype_name == "float32" and name not in _FLOAT64_ON_PURPOSE:
                 promoted = sorted(set(_FLOAT64_ARITHMETIC.findall(ptx)))
                 assert not promoted, f"{name}: float64 arithmetic in a float32 kernel: {promoted}"
+            # no atomics: every gradient is summed in a fixed order, so a run's gradients are the same bits
+            # every time (recomputation's and a resumed run's promise)
+            atomics = sorted(set(_ATOMIC.findall(ptx)))
+            assert not atomics, f"{name}: atomic adds sum in no fixed order: {atomics}"
             if ptxas:  # assembling checks what PTX cannot: shared memory (48 KB) and registers per block
                 path = tmp_path / f"kernel{number}.ptx"
                 path.write_text(ptx)
@@ -456,6 +466,26 @@ else:
         close(out, ref, dtype, "emb out")
         for g, r in zip(K.embedding_backward(dout, cache), layers.embedding_backward(dout, ref_cache)):
             close(g, r, dtype, "emb grad")
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_embedding_gradient_adds_a_tokens_rows_in_position_order(dtype):
+        # each token's rows are summed in the order np.add.at adds them, so dwte is the reference's to the
+        # bit (atomic adds summed them in the order the GPU served them: other bits from run to run). Token
+        # 3's rows 1e20, 1, -1e20 sum to 0 in that order, to 1 in another; token 0 is not in the batch.
+        idx = np.array([[3, 1, 3], [1, 3, 2]])
+        dout = np.zeros((2, 3, 2), dtype)
+        dout[0, 0], dout[0, 2], dout[1, 1] = 1e20, 1.0, -1e20
+        dout[0, 1], dout[1, 0], dout[1, 2] = [0.1, -7.0], [0.2, 3.0], [5.0, 0.5]
+        wte, wpe = np.ones((5, 2), dtype), np.ones((4, 2), dtype)
+        _, cache = K.embedding_forward(idx, wte, wpe)
+        ref = layers.embedding_backward(dout, layers.embedding_forward(idx, wte, wpe)[1])
+        for got, expected in zip(K.embedding_backward(dout, cache), ref):
+            np.testing.assert_array_equal(K.to_host(got), expected)
+        assert K.to_host(K.embedding_backward(dout, cache)[0])[3].tolist() == [0.0, 0.0]
+        order, bounds = K.token_runs(np.array([5, 2, 5]))
+        assert order.tolist() == [1, 0, 2] and bounds.tolist() == [0, 1, 3]
+        order, bounds = K.token_runs(np.zeros(0, np.int64))
+        assert order.size == 0 and bounds.tolist() == [0]
 
     def test_cross_entropy_of_logits_far_below_zero_and_of_class_zero():
         # the row max starts at -inf (from 0, every exp(logit - 0) underflows: log 0); class 0 is a target

@@ -1559,6 +1559,8 @@ def cross_entropy_backward(dloss, cache):
 
 @functools.cache
 def _embedding_kernels(dtype_name):
+    ZERO = np.dtype(dtype_name).type(0)
+
     @cuda.jit
     def forward(idx, wte, wpe, out):
         # thread per output element: out[n, c] = wte[idx[n], c] + wpe[n % T, c]
@@ -1571,15 +1573,19 @@ def _embedding_kernels(dtype_name):
             out[n, c] = wte[idx[n // T, n % T], c] + wpe[n % T, c]
 
     @cuda.jit
-    def backward_wte(idx, dout, dwte):
-        # repeated tokens add into the same row: atomic adds make the scatter safe
+    def backward_wte(ids, order, bounds, dout, dwte):
+        # thread per (token of the batch, column): the token's rows of dout added in position order, as the
+        # reference's np.add.at adds them. Atomic adds (one thread per element of dout) took them in whatever
+        # order the GPU served them: the sum changed in its last bits from run to run.
         i = cuda.grid(1)
-        N, C = dout.shape
-        T = idx.shape[1]
-        if i < N * C:
-            n = i // C
+        C = dout.shape[1]
+        if i < (bounds.size - 1) * C:
+            k = i // C
             c = i % C
-            cuda.atomic.add(dwte, (idx[n // T, n % T], c), dout[n, c])
+            s = ZERO
+            for j in range(bounds[k], bounds[k + 1]):
+                s += dout[order[j], c]
+            dwte[ids[order[bounds[k]]], c] = s
 
     @cuda.jit
     def backward_wpe(dout, dwpe, B, T):
@@ -1607,27 +1613,44 @@ def embedding_forward(idx, wte, wpe):
     idx = checked_token_ids(to_host(idx), wte.shape[0], wpe.shape[0])
     B, T = idx.shape
     V, C = wte.shape
-    idx_d = cuda.to_device(idx)
-    out = cuda.device_array((B * T, C), dtype=dtype)
+    N = B * T
+    # the ids and, for the backward, where each token occurs (token_runs), in one copy: each copy waits for
+    # the GPU's queued work
+    batch = cuda.to_device(np.concatenate([idx.reshape(N), *token_runs(idx.reshape(N))]))
+    ids, order, bounds = batch[:N], batch[N:2 * N], batch[2 * N:]
+    out = cuda.device_array((N, C), dtype=dtype)
     if out.size:
         forward = _embedding_kernels(dtype.name)[0]
-        _launch_1d(forward, out.size, idx_d, to_device(wte), to_device(wpe), out)
-    return _answer(out.reshape(B, T, C), device), (idx_d, tuple(wte.shape), tuple(wpe.shape), dtype)
+        _launch_1d(forward, out.size, ids.reshape(B, T), to_device(wte), to_device(wpe), out)
+    cache = (ids, order, bounds, (B, T), tuple(wte.shape), tuple(wpe.shape), dtype)
+    return _answer(out.reshape(B, T, C), device), cache
+
+
+def token_runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, bounds) for a flat batch of token ids: ``order`` lists the positions token by token (a stable
+    sort: each token's in increasing order), and ``order[bounds[k]:bounds[k + 1]]`` are the k-th token's.
+
+    Example: ids [5, 2, 5] -> order [1, 0, 2], bounds [0, 1, 3] (token 2 at position 1; token 5 at 0 and 2).
+    """
+    order = np.argsort(ids, kind="stable")
+    if not ids.size:
+        return order, np.zeros(1, np.int64)
+    starts = np.flatnonzero(ids[order][1:] != ids[order][:-1]) + 1
+    return order, np.concatenate([[0], starts, [ids.size]]).astype(np.int64)
 
 
 def embedding_backward(dout, cache):
     """(B, T, C) -> dwte (V, C), dwpe (block_size, C)."""
-    idx_d, wte_shape, wpe_shape, dtype = cache
-    check_shape("embedding_backward", "dout", dout, (*idx_d.shape, wte_shape[1]))
+    ids, order, bounds, (B, T), wte_shape, wpe_shape, dtype = cache
+    check_shape("embedding_backward", "dout", dout, (B, T, wte_shape[1]))
     device = on_device(dout)
-    B, T = idx_d.shape
     C = wte_shape[1]
     dout2 = to_device(dout).reshape(B * T, C)
     _, backward_wte, backward_wpe = _embedding_kernels(dtype.name)
-    dwte = zeros(wte_shape, dtype)
+    dwte = zeros(wte_shape, dtype)  # (the rows of tokens not in the batch stay zero)
     dwpe = zeros(wpe_shape, dtype)
     if dout2.size:
-        _launch_1d(backward_wte, dout2.size, idx_d, dout2, dwte)
+        _launch_1d(backward_wte, (bounds.size - 1) * C, ids, order, bounds, dout2, dwte)
         _launch_1d(backward_wpe, T * C, dout2, dwpe, B, T)
     return _answer(dwte, device), _answer(dwpe, device)
 
