@@ -621,3 +621,26 @@ def test_a_tokenizer_larger_than_its_model_is_refused_at_save_and_at_load(tmp_pa
     padded = GPT(GPTConfig(vocab_size=n + 5, block_size=8, n_layer=1, n_head=1, n_embd=8), seed=0)
     save_checkpoint(tmp_path / "padded", padded, TOKENIZER, None, {}, {"step": 1})
     assert load_model(tmp_path / "padded")[0].config.vocab_size == n + 5
+
+
+def test_a_save_fsyncs_its_files_through_descriptors_that_windows_can_fsync(tmp_path, monkeypatch):
+    """Windows' fsync (FlushFileBuffers) refuses a descriptor opened read-only (EBADF). _fsync_path opened the
+    checkpoint's files read-only, harmless while it ignored fsync's errors; once those failed the save,
+    every save there failed ('could not write the checkpoint of step 1 ... (Bad file descriptor)'). The
+    rule is played here: a read-only descriptor's fsync fails (a directory's error is ignored, as there)."""
+    import errno
+    import fcntl
+
+    real_fsync = os.fsync
+
+    def fsync_as_windows(fd):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real_fsync(fd)
+
+    model, opt = _trained()
+    monkeypatch.setattr(os, "fsync", fsync_as_windows)
+    _save(tmp_path, model, opt, 1)
+    _save(tmp_path, model, opt, 2)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path).state["step"] == 2

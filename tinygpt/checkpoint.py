@@ -66,9 +66,12 @@ def _fsync_path(path: Path) -> None:
     I/O error) must fail the save, which then publishes nothing and deletes no older checkpoint. A
     directory's is not: some platforms and file systems cannot open or fsync one, and the renames are still
     atomic there.
+
+    A file is opened for writing, as ``files.atomic_path`` opens its own: Windows' fsync (FlushFileBuffers)
+    refuses a read-only descriptor, and that error, now raised, would fail every save there.
     """
     is_dir = path.is_dir()
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if is_dir else os.O_RDONLY
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if is_dir else os.O_RDWR
     try:
         fd = os.open(path, flags)
     except OSError:
