@@ -958,3 +958,40 @@ def test_error_messages_show_numpy_scalars_as_the_numbers_they_hold():
             make()
         message = str(caught.value)
         assert start in message and message.endswith(end) and "np." not in message, message
+
+
+def test_the_finite_weights_check_copies_no_gpu_weight_to_the_host(monkeypatch):
+    # eval and sample check the weights at load: on the cuda backend each tensor was copied to the host
+    # first (0.5 GB for GPT-2 small), where one sum of squares on the GPU tells the usual case (all finite)
+    # and only a non-finite sum is looked into. Stand-ins: device arrays that count their copies, and the
+    # GPU's float64 sum of squares
+    from types import SimpleNamespace
+
+    import tinygpt.kernels.cuda
+    from tinygpt.model import non_finite_weight
+
+    copied = []
+
+    class OnGpu:
+        def __init__(self, values):
+            self.values = np.asarray(values)
+
+        def copy_to_host(self):
+            copied.append(self)
+            return self.values.copy()
+
+    def sum_squares_total(arrays):
+        with np.errstate(over="ignore"):  # (1e200 squared, below)
+            return float(sum(np.square(a.values.astype(np.float64)).sum() for a in arrays))
+
+    monkeypatch.setattr(tinygpt.kernels.cuda, "sum_squares_total", sum_squares_total)
+    ops = SimpleNamespace(to_host=lambda a: a.copy_to_host() if isinstance(a, OnGpu) else a)
+    params = {"a": OnGpu(np.ones((3, 4), np.float32)), "b": OnGpu(np.full(5, 3e38, np.float32)),
+              "head": np.zeros(2, np.float32)}  # (3e38 squared: 9e76; a classifier's head is on the host)
+    assert non_finite_weight(params, ops) is None and copied == []
+    params["head"][1] = np.inf
+    assert non_finite_weight(params, ops) == "head has inf" and copied == []
+    params["b"].values[2] = np.nan
+    assert non_finite_weight(params, ops) == "b has nan"
+    # a float64 weight past 1e154 overflows the sum, not the weight: found finite tensor by tensor
+    assert non_finite_weight({"a": OnGpu([1e200])}, ops) is None

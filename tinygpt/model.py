@@ -647,6 +647,16 @@ def non_finite_weight(params: dict, ops) -> str | None:
     """``"NAME has nan"`` (or ``inf``) for the first tensor of ``params`` that holds a NaN or an infinity,
     else None. One pass over the weights, fewer reads than one forward pass makes: what loads a model to
     score or sample it checks it, where NaN weights gave ``loss nan`` (exit 0) or a sampler's error."""
+    on_gpu = [w for w in params.values() if hasattr(w, "copy_to_host")]  # (the cuda backend's weights)
+    if on_gpu:
+        from tinygpt.kernels.cuda import sum_squares_total
+
+        # one float64 sum of their squares on the GPU, finite only if every one of them is (squares never
+        # cancel, and float32's largest squared is 1e77), where copying each tensor to the host brought the
+        # whole model back over the bus (0.5 GB for GPT-2 small, 6 GB for GPT-2 XL); a non-finite sum (or
+        # a float64 weight past 1e154) is looked into tensor by tensor below
+        if math.isfinite(sum_squares_total(on_gpu)):
+            params = {name: w for name, w in params.items() if not hasattr(w, "copy_to_host")}
     for name, weight in params.items():
         values = ops.to_host(weight)
         if not np.isfinite(values).all():
