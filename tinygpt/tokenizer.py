@@ -650,6 +650,12 @@ class BPETokenizer:
         with atomic_path(encoder_path) as encoder_tmp, atomic_path(vocab_path) as vocab_tmp:
             Path(encoder_tmp).write_bytes(json.dumps(encoder, ensure_ascii=False).encode("utf-8"))
             Path(vocab_tmp).write_bytes(("#version: 0.2\n" + "".join(merge_lines)).encode("utf-8"))
+            # encoder.json made durable here, not as its own (outer) block ends: that came after vocab.bpe
+            # had replaced its old self, so an fsync that failed on it (a full disk as NFS or a quota
+            # reports it, an I/O error) left the new merges beside the old encoder (as save_pretrained)
+            if encoder_tmp != str(encoder_path):  # (a device or a pipe is written into: no fsync there)
+                with open(encoder_tmp, "rb+") as f:
+                    os.fsync(f.fileno())
         return encoder_path, vocab_path
 
     @classmethod
