@@ -1294,6 +1294,21 @@ def test_done_line_of_a_resumed_run_says_the_total_is_over_every_run(corpus, tmp
     assert total >= this_run >= 0
 
 
+@pytest.mark.parametrize("max_iters", ["4", "6"])
+def test_resuming_a_run_already_past_max_iters_says_nothing_to_do_without_a_bar(max_iters, corpus, tmp_path,
+                                                                                capsys):
+    # a bar of 4 steps begun at 6 drew tqdm's count-only form, '6step [00:00, ?step/s]', after the line
+    # saying there is nothing to do (and at 6 of 6 a bar of no steps at 100%)
+    out, loud = tmp_path / "run", [arg for arg in TINY if arg != "--quiet"]
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "6"]) == 0
+    saved = load_checkpoint(out).path
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out), *loud, "--max-iters", max_iters]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"{out} is already at step 6 >= --max-iters {max_iters}; nothing to do\n"
+    assert captured.out.startswith("done: step 6, ") and load_checkpoint(out).path == saved
+
+
 def test_corrupt_state_json_and_bad_eval_batches_are_one_line_errors(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "1"]) == 0

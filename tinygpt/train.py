@@ -792,8 +792,10 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
     else:
         say(f"resuming {out} at step {step} of {cfg.max_iters}")
 
-    # (no bar on a closed stderr, `2>&-`: tqdm wrote to None, AttributeError, before the first step)
-    bar = tqdm(total=cfg.max_iters, initial=step, disable=quiet or sys.stderr is None, unit="step",
+    # (no bar on a closed stderr, `2>&-`: tqdm wrote to None, AttributeError, before the first step; none
+    # for a run with no step to take: begun past its total, tqdm drew a bare count, '6step [00:00, ?step/s]')
+    no_bar = quiet or sys.stderr is None or step >= cfg.max_iters
+    bar = tqdm(total=cfg.max_iters, initial=step, disable=no_bar, unit="step",
                dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
     # a diverging run overflows to inf / nan, which the checks above turn into one clear error: NumPy's
     # RuntimeWarnings on the way there would only bury it
