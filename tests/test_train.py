@@ -1309,6 +1309,26 @@ def test_resuming_a_run_already_past_max_iters_says_nothing_to_do_without_a_bar(
     assert captured.out.startswith("done: step 6, ") and load_checkpoint(out).path == saved
 
 
+def test_a_text_the_runs_char_tokenizer_cannot_encode_is_named_with_the_run(corpus, tmp_path, capsys):
+    # --resume (or eval --data) on a text with a character the run's tokenizer lacks said only "character
+    # 'Z' is not in this tokenizer's vocabulary", naming neither the file nor the run
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "1"]) == 0
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT + "Zounds!\n")
+    expected = (f"tinygpt: error: the tokenizer of {out} cannot encode {other}: character 'Z' is not in this "
+                "tokenizer's vocabulary")
+    assert one_line_error(capsys, ["train", "--resume", "--out", str(out), "--data", str(other)]) == expected
+    assert one_line_error(capsys, ["eval", "--out", str(out), "--data", str(other)]) == expected
+    assert load_checkpoint(out).state["step"] == 1
+    # --init-from's wrapper said "the tokenizer of RUN cannot encode FILE: data file is empty: FILE"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert one_line_error(capsys, ["train", "--data", str(empty), "--out", str(tmp_path / "b"), "--init-from",
+                                   str(out), "--block-size", "16", "--backend", "numpy", "--quiet"]) == \
+        f"tinygpt: error: data file is empty: {empty}"
+
+
 def test_corrupt_state_json_and_bad_eval_batches_are_one_line_errors(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "1"]) == 0

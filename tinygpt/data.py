@@ -336,10 +336,11 @@ def _valid_cache(folder: Path, text_sha256: str, fingerprint: str, val_fraction:
 
 def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", vocab_size: int | None = None,
                     tokenizer=None, cache: str | os.PathLike | None = None,
-                    val_fraction: float = VAL_FRACTION) -> TokenData:
+                    val_fraction: float = VAL_FRACTION, tokenizer_of: str | None = None) -> TokenData:
     """Tokenize a text file into cached ``train.bin`` / ``val.bin`` (nanoGPT's format) and memmap them.
 
-    ``tokenizer`` (an existing tokenizer, e.g. a checkpoint's) takes precedence over ``tokenizer_kind``.
+    ``tokenizer`` (an existing tokenizer, e.g. a checkpoint's, ``tokenizer_of`` naming it) takes precedence
+    over ``tokenizer_kind``; a text it cannot encode is refused naming the file and ``tokenizer_of``.
     The first ``1 - val_fraction`` of the ids is the training split, the rest validation: a contiguous
     split, so validation text is text the model never saw (not shuffled lines of the same scene).
     The cache lives in ``<cache>/tokens/<text sha256[:16]>-<tokenizer sha256[:16]>/`` (with ``-val<f>``
@@ -360,7 +361,11 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
     folder = root / "tokens" / f"{text_sha256[:16]}-{fingerprint[:16]}{split}"
     meta = _valid_cache(folder, text_sha256, fingerprint, val_fraction)
     if meta is None:
-        ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+        try:
+            ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+        except TinyGPTError as exc:  # (a character a run's char tokenizer lacks: the words named no file)
+            whose = f"the tokenizer of {tokenizer_of}" if tokenizer_of else "the tokenizer"
+            raise TinyGPTError(f"{whose} cannot encode {text_path}: {exc}") from None
         dtype = token_dtype(tokenizer.vocab_size)
         n_train = train_split_size(len(ids), val_fraction)
         folder.mkdir(parents=True, exist_ok=True)

@@ -644,14 +644,9 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
     else:
         if cfg.tokenizer is None:  # (a new run's: a run's saved config and an initial model's name one)
             cfg.tokenizer = "char"
-        try:
-            data = prepare_dataset(data_path, cfg.tokenizer, cfg.vocab_size,
-                                   tokenizer=ckpt.tokenizer if ckpt else init_tokenizer)
-        except TinyGPTError as exc:
-            if init_tokenizer is None:
-                raise
-            raise TinyGPTError(f"the tokenizer of {cfg.init_from or cfg.pretrained} cannot encode "
-                               f"{data_path}: {exc}") from None
+        data = prepare_dataset(data_path, cfg.tokenizer, cfg.vocab_size,
+                               tokenizer=ckpt.tokenizer if ckpt else init_tokenizer,
+                               tokenizer_of=str(out) if ckpt else cfg.init_from or cfg.pretrained)
     check_split_lengths(data, cfg.block_size)
     tokenizer = data.tokenizer
 
@@ -1047,7 +1042,8 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
     else:
         # (split "all": the whole text as the "train" part of a split with no val part)
         val_fraction = 0.0 if split == "all" else VAL_FRACTION
-        dataset = prepare_dataset(data_path, tokenizer=tokenizer, val_fraction=val_fraction)
+        dataset = prepare_dataset(data_path, tokenizer=tokenizer, val_fraction=val_fraction,
+                                  tokenizer_of=source)
     tokens = dataset.val if split == "val" else dataset.train
     if split == "all" and len(tokens) < 2:
         raise TinyGPTError(f"{data_path} is {len(tokens)} token long: scoring needs at least 2 (the first is "
