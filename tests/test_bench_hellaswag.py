@@ -136,3 +136,21 @@ def test_bench_hellaswag_refusals_are_one_line_before_any_output(capsys, argv, m
     assert captured.out == ""
     assert captured.err.startswith("tinygpt: error: ") and captured.err.count("\n") == 1, captured.err
     assert message in captured.err, captured.err
+
+
+def test_bench_hellaswag_refuses_a_pretrained_model_of_non_finite_weights(tmp_path, capsys):
+    # as eval and sample refuse it (06052cf): the bench scored NaN logits, accuracies of a model that
+    # predicts nothing
+    from tinygpt.tokenizer import BPETokenizer
+
+    model = GPT(GPTConfig(vocab_size=270, block_size=128, n_layer=1, n_head=2, n_embd=16), seed=0)
+    model.params["h.0.attn.c_attn.weight"].flat[7] = np.nan
+    model.save_pretrained(tmp_path / "gpt2")
+    BPETokenizer.train("hello world, the king's heart " * 20, 270).save_gpt2_files(tmp_path / "gpt2")
+    assert main(["bench", "hellaswag", "--pretrained", str(tmp_path / "gpt2"), "--limit", "2",
+                 "--backend", "numpy", "--no-peer"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"tinygpt: error: {tmp_path / 'gpt2'} holds non-finite weights "
+                            "(h.0.attn.c_attn.weight has nan), which give non-finite logits; use another "
+                            "checkpoint\n")
