@@ -155,6 +155,25 @@ def test_resume_applies_new_weight_decay_and_betas(corpus, tmp_path):
     assert (ckpt.state["optimizer"]["weight_decay"], ckpt.state["optimizer"]["betas"]) == (0.5, [0.9, 0.9])
 
 
+def test_a_checkpoint_holds_no_stale_learning_rate_and_an_older_one_with_it_resumes(corpus, tmp_path):
+    # state.json's optimizer held "lr": 0.001, AdamW's constructor rate (the peak), beside a step whose rate
+    # was min_lr, and still 0.001 after a --resume with --learning-rate 5e-4 (restored from the checkpoint);
+    # nothing read it: each step is given its rate from the schedule. metrics.jsonl holds the rates used
+    run = tmp_path / "run"
+    training.train(_config(corpus, run, max_iters=4, eval_interval=4, learning_rate=1e-3, min_lr=1e-4),
+                   quiet=True)
+    assert "lr" not in load_checkpoint(run).state["optimizer"]
+    state_path = (run / "state.json").resolve()
+    older = json.loads(state_path.read_text())
+    older["optimizer"]["lr"] = 1e-3  # as checkpoints written before this held it
+    state_path.write_text(json.dumps(older))
+    training.train(training.TrainConfig(out=str(run)), resume=True, quiet=True,
+                   overrides={"max_iters": 6, "learning_rate": 5e-4, "min_lr": 5e-5})
+    assert "lr" not in load_checkpoint(run).state["optimizer"]
+    rows = training.read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 4, 6] and rows[-1]["lr"] == pytest.approx(5e-5)
+
+
 def test_resume_drops_metrics_rows_written_after_its_checkpoint(corpus, tmp_path):
     # a crash between a row's append and its checkpoint leaves a row the resumed run writes again
     out = tmp_path / "run"

@@ -404,7 +404,10 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, optimizer, tra
             sd = optimizer.state_dict()
             for key in ("exp_avg", "exp_avg_sq"):
                 tensors.update({f"{key}.{name}": np.ascontiguousarray(a) for name, a in sd[key].items()})
-            opt_state = {k: v for k, v in sd.items() if k not in ("exp_avg", "exp_avg_sq")}
+            # not AdamW's lr: train and finetune give each step its rate from the schedule (the run's config
+            # and the step say it), so the field held the constructor's peak rate, or after a --resume with
+            # another --learning-rate the earlier one, and nothing read it (older checkpoints' still load)
+            opt_state = {k: v for k, v in sd.items() if k not in ("exp_avg", "exp_avg_sq", "lr")}
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         files = {}
         for name in CHECKPOINT_FILES[:-1]:
