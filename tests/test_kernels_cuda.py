@@ -459,7 +459,7 @@ else:
         dlogits = K.cross_entropy_backward(0.5, cache)
         close(dlogits, layers.cross_entropy_backward(0.5, ref_cache), dtype, "dlogits")
         wte, wpe = rng.standard_normal((V, 6)).astype(dtype), rng.standard_normal((9, 6)).astype(dtype)
-        idx = rng.integers(0, 3, (2, 5))  # repeated ids: the atomic scatter-add must accumulate
+        idx = rng.integers(0, 3, (2, 5))  # repeated ids: each token's rows must accumulate
         dout = rng.standard_normal((2, 5, 6)).astype(dtype)
         out, cache = K.embedding_forward(idx, wte, wpe)
         ref, ref_cache = layers.embedding_forward(idx, wte, wpe)
@@ -486,6 +486,27 @@ else:
         assert order.tolist() == [1, 0, 2] and bounds.tolist() == [0, 1, 3]
         order, bounds = K.token_runs(np.zeros(0, np.int64))
         assert order.size == 0 and bounds.tolist() == [0]
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_embedding_of_edge_batches_is_the_references_to_the_bit(dtype):
+        # the backward's thread per (token of the batch, column) at the edges of its token runs: no
+        # positions (no token, bounds [0]), one position, one token at every position (each column's thread
+        # sums all 18), int32 ids, and ids already on the device (the forward reshapes a slice of the one
+        # copy it makes); rows of dout of magnitudes 1e-6 to 1e6, whose sum depends on the order
+        rng = np.random.default_rng(13)
+        wte, wpe = rng.standard_normal((4, 3)).astype(dtype), rng.standard_normal((6, 3)).astype(dtype)
+        batches = [np.zeros((0, 5), np.int64), np.zeros((2, 0), np.int64), np.array([[2]]),
+                   np.full((3, 6), 1, np.int32), K.to_device(rng.integers(0, 4, (2, 6)))]
+        for idx in batches:
+            host = K.to_host(idx).astype(np.int64)
+            dout = rng.standard_normal((*host.shape, 3)) * 10.0 ** rng.integers(-6, 7, (*host.shape, 3))
+            dout = dout.astype(dtype)
+            out, cache = K.embedding_forward(idx, wte, wpe)
+            ref_out, ref_cache = layers.embedding_forward(host, wte, wpe)
+            np.testing.assert_array_equal(K.to_host(out), ref_out)
+            ref = layers.embedding_backward(dout, ref_cache)
+            for got, expected in zip(K.embedding_backward(dout, cache), ref):
+                np.testing.assert_array_equal(K.to_host(got), expected)
 
     def test_cross_entropy_of_logits_far_below_zero_and_of_class_zero():
         # the row max starts at -inf (from 0, every exp(logit - 0) underflows: log 0); class 0 is a target
