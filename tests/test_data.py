@@ -822,6 +822,24 @@ def test_a_gpt2_token_dir_has_gpt2s_tokenizer(tmp_path, nanogpt_dir):
     assert ds.tokenizer.decode(ds.train.tolist()) + ds.tokenizer.decode(ds.val.tolist()) == TEXT
 
 
+def test_tinygpts_own_token_cache_given_as_a_token_dir_is_refused_naming_its_text(tmp_path, capsys):
+    # its train.bin and val.bin are nanoGPT's layout, but of a char tokenizer's ids without a meta.pkl: they
+    # were read as GPT-2's ids, and `tinygpt train --data CACHE_DIR` trained a 50,257-id model on them
+    src = tmp_path / "input.txt"
+    src.write_text(TEXT)
+    data.prepare_dataset(src, "char", cache=tmp_path / "cache")
+    folder = next((tmp_path / "cache" / "tokens").iterdir())
+    message = f"data directory {folder} is tinygpt's token cache of {src.resolve()}: its ids are those of"
+    with pytest.raises(TinyGPTError, match=re.escape(message)):
+        data.open_token_dir(folder)
+    from tinygpt.cli import main
+
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--max-iters", "1",
+                 "--quiet"]) == 2
+    assert "give --data the text file itself" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 class _RunsACommand:
     """Unpickling this calls os.system: what a malicious meta.pkl would do."""
 

@@ -458,6 +458,11 @@ def token_files(folder: str | os.PathLike) -> tuple[tuple[Path, ...], tuple[Path
             if not path.exists():
                 raise TinyGPTError(f"data directory {folder} has {other.name} but no {path.name} (nanoGPT's "
                                    "prepare.py writes both: the train and the val split)")
+        source = _token_cache_source(folder)
+        if source is not None:  # read as nanoGPT's, its ids (and uint32's halves) were GPT-2's, silently
+            raise TinyGPTError(f"data directory {folder} is tinygpt's token cache of {source}: its ids are "
+                               "those of the tokenizer the text was prepared with, which it does not hold; "
+                               "give --data the text file itself (the cache is reused)")
         return (train,), (val,), 0
     if len(pairs) > 1:
         raise TinyGPTError(f"data directory {folder} holds {len(pairs)} pairs of llm.c token files "
@@ -483,6 +488,21 @@ def token_files(folder: str | os.PathLike) -> tuple[tuple[Path, ...], tuple[Path
                                f"({next(iter(names))}_{split}_NNNNNN.bin): llm.c's scripts write both, the "
                                "first shard being val's")
     return splits["train"], splits["val"], LLMC_HEADER_BYTES
+
+
+def _token_cache_source(folder: Path) -> str | None:
+    """The text a folder of :func:`prepare_dataset`'s token cache was made from (its ``meta.json``'s
+    ``source``, or "a text"), or None for any other folder. Its ``train.bin`` and ``val.bin`` look like
+    nanoGPT's, but its ids are any tokenizer's (a char tokenizer's, a BPE's, ``uint32`` past 65,536 ids),
+    and the tokenizer is not in the folder: nanoGPT's files hold characters with a meta.pkl, else GPT-2's
+    ids, and ours have neither to be told by. (nanoGPT writes no meta.json.)"""
+    try:
+        meta = loads_json((folder / "meta.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(meta, dict) and {"text_sha256", "tokenizer_sha256"} <= meta.keys()):
+        return None
+    return meta["source"] if isinstance(meta.get("source"), str) else "a text"
 
 
 def _apple_double(path: Path) -> bool:
