@@ -840,6 +840,30 @@ def test_tinygpts_own_token_cache_given_as_a_token_dir_is_refused_naming_its_tex
     assert not (tmp_path / "run").exists()
 
 
+def test_a_meta_pkl_of_more_characters_than_uint16_ids_hold_is_refused(tmp_path):
+    # nanoGPT's prepare.py writes np.uint16(ids): a text of 65,537 distinct characters has id 65,536 stored
+    # as 0, which read back as the first character, silently
+    chars = [chr(0x20000 + i) for i in range((1 << 16) + 1)]
+    text = "".join(chars)
+    stoi = {c: i for i, c in enumerate(chars)}
+    meta = {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}
+    (tmp_path / "meta.pkl").write_bytes(pickle.dumps(meta))
+    ids = np.array([stoi[c] for c in text], dtype=np.int64)
+    for name, part in (("train.bin", ids[:60000]), ("val.bin", ids[60000:])):
+        part.astype(np.uint16).tofile(tmp_path / name)  # (as nanoGPT does: 65,536 becomes 0)
+    with pytest.raises(TinyGPTError, match=re.escape(f"{tmp_path / 'meta.pkl'} has 65,537 characters, but "
+                                                     "uint16 token files hold the ids 0 to 65,535 only")):
+        data.open_token_dir(tmp_path)
+    # 65,536 characters fit: ids 0 to 65,535
+    del stoi[chars[-1]]
+    (tmp_path / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": len(stoi),
+                                                      "itos": dict(enumerate(chars[:-1])), "stoi": stoi}))
+    ids[:60000].astype(np.uint16).tofile(tmp_path / "train.bin")
+    ids[60000:-1].astype(np.uint16).tofile(tmp_path / "val.bin")
+    ds = data.open_token_dir(tmp_path)
+    assert ds.meta["max_id"] == (1 << 16) - 1 and ds.tokenizer.decode(ds.val.tolist()) == text[60000:-1]
+
+
 class _RunsACommand:
     """Unpickling this calls os.system: what a malicious meta.pkl would do."""
 

@@ -917,6 +917,13 @@ def open_token_dir(folder: str | os.PathLike, tokenizer=None, tokenizer_of: str 
     val, val_maps = _open_split(val_paths, header_bytes)
     kind = token_dir_tokenizer(folder)
     own = read_char_vocabulary(folder / "meta.pkl") if kind == "char" else None
+    if own is not None and own.vocab_size > 1 << 16:
+        # nanoGPT's vocabulary is the text's characters, each of which it encoded, so some id past 65,535 went
+        # into a uint16 file: wrapped (65,536 stored as 0), read back as another character, with no sign
+        raise TinyGPTError(f"{folder / 'meta.pkl'} has {own.vocab_size:,} characters, but uint16 token files "
+                           "hold the ids 0 to 65,535 only: nanoGPT's prepare.py stored the ids past them "
+                           "wrapped around (65,536 as 0); give --data the text file, which tinygpt stores "
+                           "as uint32 ids")
     vocab_size, vocabulary = ((own.vocab_size, "its meta.pkl's vocabulary") if own is not None
                               else (GPT2_VOCAB_SIZE, "GPT-2's tokenizer"))
     files = {"train": list(zip(train_maps, train_paths)), "val": list(zip(val_maps, val_paths))}
