@@ -276,6 +276,47 @@ def test_damaged_cache_is_rebuilt(tmp_path):
     np.testing.assert_array_equal(data.prepare_dataset(src, "char", cache=tmp_path).val, val)
 
 
+def test_a_cache_that_cannot_be_written_leaves_the_ids_in_memory_and_says_so(tmp_path, monkeypatch):
+    # a read-only or full disk failed the run ("Not a directory", "No space left on device") where the cache
+    # only saves the next run an encoding
+    src = tmp_path / "input.txt"
+    src.write_text(TEXT)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # (a cache under a file: mkdir's error as root too, where chmod binds no one)
+    said = []
+    ds = data.prepare_dataset(src, "bpe", vocab_size=270, cache=blocked, say=said.append)
+    ids = ds.tokenizer.encode(TEXT)
+    assert ds.train.tolist() + ds.val.tolist() == ids and len(ds.train) == round(0.9 * len(ids))
+    assert ds.meta["train_tokens"] == len(ds.train) and ds.train.dtype == np.dtype("<u2")
+    assert said[0] == (f"the BPE tokenizer was not cached (Not a directory: {blocked / 'tokenizers'}"
+                       f"/{data.sha256_bytes(TEXT.encode())[:16]}-bpe270-eot.json); the next run trains it "
+                       "again")
+    assert re.fullmatch(re.escape(f"the token ids were not cached (Not a directory: {blocked / 'tokens'}/")
+                        + r"[0-9a-f]{16}-[0-9a-f]{16}\); the next run encodes the text again", said[1])
+    assert len(said) == 2
+
+    cache = tmp_path / "cache"
+    real_write = data.write_atomic
+
+    def full_disk(path, raw):
+        if Path(path).name == "val.bin":
+            raise OSError(28, "No space left on device", str(path))
+        real_write(path, raw)
+
+    monkeypatch.setattr(data, "write_atomic", full_disk)
+    said.clear()
+    ds = data.prepare_dataset(src, "char", cache=cache, say=said.append)
+    assert ds.tokenizer.decode(ds.train.tolist() + ds.val.tolist()) == TEXT
+    folder = next((cache / "tokens").iterdir())
+    assert said == [f"the token ids were not cached (No space left on device: {folder / 'val.bin'}); the "
+                    "next run encodes the text again"]
+    assert not (folder / "meta.json").exists()  # (no entry marked complete)
+    monkeypatch.undo()
+    again = data.prepare_dataset(src, "char", cache=cache, say=pytest.fail)  # written this time
+    np.testing.assert_array_equal(again.val, ds.val)
+    assert isinstance(again.val, np.memmap) and (folder / "meta.json").exists()
+
+
 def test_cached_tokens_follow_the_val_fraction_asked(tmp_path):
     src = tmp_path / "input.txt"
     src.write_text(TEXT)
@@ -822,7 +863,9 @@ def test_a_gpt2_token_dir_has_gpt2s_tokenizer(tmp_path, nanogpt_dir):
     assert ds.tokenizer.decode(ds.train.tolist()) + ds.tokenizer.decode(ds.val.tolist()) == TEXT
 
 
-def test_tinygpts_own_token_cache_given_as_a_token_dir_is_refused_naming_its_text(tmp_path, capsys):
+def test_tinygpts_own_token_cache_given_as_a_token_dir_is_refused_naming_its_text(tmp_path, capsys,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
     # its train.bin and val.bin are nanoGPT's layout, but of a char tokenizer's ids without a meta.pkl: they
     # were read as GPT-2's ids, and `tinygpt train --data CACHE_DIR` trained a 50,257-id model on them
     src = tmp_path / "input.txt"

@@ -607,6 +607,27 @@ def test_cli_eval_prints_loss_perplexity_and_bits_per_byte(corpus, tmp_path, cap
     assert float(printed.split("loss ")[1].split()[0]) == pytest.approx(model.forward(x, y)[1], abs=1e-4)
 
 
+def test_eval_and_train_with_a_cache_they_cannot_write_run_on_the_ids_in_memory(corpus, tmp_path, capsys,
+                                                                                  monkeypatch):
+    # a read-only cache folder (a shared one, a read-only home) failed both with exit 2 ('Not a directory:
+    # ...' here, a cache under a file: root's test of it), where nothing the command needs is written there
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "2",
+                 "--eval-interval", "2"]) == 0
+    assert main(["eval", "--out", str(out), "--backend", "numpy"]) == 0
+    scored = capsys.readouterr().out
+    (tmp_path / "blocked").write_text("")
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "blocked" / "cache"))
+    assert main(["eval", "--out", str(out), "--backend", "numpy"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == scored  # the same windows, the same loss
+    assert printed.err.startswith("tinygpt: the token ids were not cached (Not a directory: ")
+    assert printed.err.endswith("); the next run encodes the text again\n")
+    assert main(["train", "--data", str(corpus), "--out", str(tmp_path / "again"), *TINY, "--max-iters", "2",
+                 "--eval-interval", "2"]) == 0
+    assert _rows(tmp_path / "again") == _rows(out)
+
+
 @pytest.mark.parametrize("setting, message", [
     ({"batch_size": 0}, "--batch-size must be a positive integer, got 0"),
     ({"batch_size": 2.5}, "--batch-size must be a positive integer, got 2.5"),  # a TypeError from range()

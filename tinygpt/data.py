@@ -257,7 +257,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def build_tokenizer(kind: str, text: str, text_sha256: str, vocab_size: int | None = None,
-                    cache: str | os.PathLike | None = None):
+                    cache: str | os.PathLike | None = None, say=None):
     """A tokenizer for ``text``: ``char`` (its characters), ``bpe`` (trained on it) or ``gpt2``.
 
     A BPE trained here has ``vocab_size - 257`` merges and GPT-2's special token ``<|endoftext|>`` as its
@@ -265,7 +265,8 @@ def build_tokenizer(kind: str, text: str, text_sha256: str, vocab_size: int | No
     without a prompt) and an end-of-text token (``--stop-at-eos``) as GPT-2's do. Occurrences of the
     string in the text are not learned from (``BPETokenizer.train``) and are encoded as ordinary text.
     It is cached under ``<cache>/tokenizers/`` keyed by the text's sha256 and the vocab size, because
-    training it takes far longer than loading it.
+    training it takes far longer than loading it; a cache that cannot be written is told to ``say`` (a
+    function of one line), if given, and the tokenizer returned all the same.
     """
     from tinygpt import tokenizer as tok
 
@@ -290,17 +291,23 @@ def build_tokenizer(kind: str, text: str, text_sha256: str, vocab_size: int | No
         except (TinyGPTError, OSError, ValueError, KeyError):
             pass  # a damaged cache entry: train again and overwrite it
     bpe = tok.BPETokenizer.train(text, vocab_size, special_tokens=BPE_SPECIAL_TOKENS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bpe.save(path)  # atomic: a cache entry is whole or absent
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        bpe.save(path)  # atomic: a cache entry is whole or absent
+    except OSError as exc:  # a cache that cannot be written (read-only, full) costs the next start a training
+        if say is not None:
+            say(f"the BPE tokenizer was not cached ({exc.strerror or exc}: {path}); the next run trains "
+                "it again")
     return bpe
 
 
 @dataclass
 class TokenData:
-    """A tokenized corpus: ``train`` and ``val`` are 1-D uint16/uint32 arrays (memmaps), a text's 90/10 split
-    (``prepare_dataset``) or a token directory's two splits (``open_token_dir``, which sets ``token_files``):
-    a file each, or a :class:`ShardedTokens` over a split's llm.c shards. ``text_path`` is the text file, or
-    the token directory."""
+    """A tokenized corpus: ``train`` and ``val`` are 1-D uint16/uint32 arrays (memmaps; read-only arrays in
+    memory where the cache could not be written), a text's 90/10 split (``prepare_dataset``) or a token
+    directory's two splits (``open_token_dir``, which sets ``token_files``): a file each, or a
+    :class:`ShardedTokens` over a split's llm.c shards. ``text_path`` is the text file, or the token
+    directory."""
 
     train: np.ndarray | ShardedTokens
     val: np.ndarray | ShardedTokens
@@ -336,7 +343,8 @@ def _valid_cache(folder: Path, text_sha256: str, fingerprint: str, val_fraction:
 
 def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", vocab_size: int | None = None,
                     tokenizer=None, cache: str | os.PathLike | None = None,
-                    val_fraction: float = VAL_FRACTION, tokenizer_of: str | None = None) -> TokenData:
+                    val_fraction: float = VAL_FRACTION, tokenizer_of: str | None = None,
+                    say=None) -> TokenData:
     """Tokenize a text file into cached ``train.bin`` / ``val.bin`` (nanoGPT's format) and memmap them.
 
     ``tokenizer`` (an existing tokenizer, e.g. a checkpoint's, ``tokenizer_of`` naming it) takes precedence
@@ -344,7 +352,9 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
     The first ``1 - val_fraction`` of the ids is the training split, the rest validation: a contiguous
     split, so validation text is text the model never saw (not shuffled lines of the same scene).
     The cache lives in ``<cache>/tokens/<text sha256[:16]>-<tokenizer sha256[:16]>/`` (with ``-val<f>``
-    after it for a ``val_fraction`` other than the default).
+    after it for a ``val_fraction`` other than the default). A cache that cannot be written (a read-only or
+    full disk) leaves the ids in memory for this run, and ``say`` (a function of one line), if given, hears
+    why the next run encodes the text again.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise TinyGPTError(f"val_fraction must be in [0, 1), got {shown(val_fraction)}")
@@ -352,7 +362,7 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
     text = read_text(text_path)
     text_sha256 = sha256_bytes(text.encode("utf-8"))
     if tokenizer is None:
-        tokenizer = build_tokenizer(tokenizer_kind, text, text_sha256, vocab_size, cache)
+        tokenizer = build_tokenizer(tokenizer_kind, text, text_sha256, vocab_size, cache, say)
     fingerprint = tokenizer_fingerprint(tokenizer)
     root = Path(cache) if cache is not None else cache_dir()
     # one folder per split too, so that scoring a text whole (val_fraction 0: eval --pretrained) and
@@ -368,10 +378,7 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
             raise TinyGPTError(f"{whose} cannot encode {text_path}: {exc}") from None
         dtype = token_dtype(tokenizer.vocab_size)
         n_train = train_split_size(len(ids), val_fraction)
-        folder.mkdir(parents=True, exist_ok=True)
         train_bytes, val_bytes = ids[:n_train].astype(dtype).tobytes(), ids[n_train:].astype(dtype).tobytes()
-        write_atomic(folder / "train.bin", train_bytes)
-        write_atomic(folder / "val.bin", val_bytes)
         meta = {
             "source": str(text_path.resolve()),
             "text_sha256": text_sha256,
@@ -384,8 +391,18 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
             "train_sha256": sha256_bytes(train_bytes),
             "val_sha256": sha256_bytes(val_bytes),
         }
-        # meta.json last: its presence (with matching sizes) is what marks the cache entry complete.
-        write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomic(folder / "train.bin", train_bytes)
+            write_atomic(folder / "val.bin", val_bytes)
+            # meta.json last: its presence (with matching sizes) is what marks the cache entry complete.
+            write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())
+        except OSError as exc:  # only a cache: the ids are made, and a read-only or full disk failed the run
+            if say is not None:
+                say(f"the token ids were not cached ({exc.strerror or exc}: {exc.filename or folder}); "
+                    "the next run encodes the text again")
+            return TokenData(np.frombuffer(train_bytes, dtype), np.frombuffer(val_bytes, dtype), tokenizer,
+                             meta, text_path)
     dtype = np.dtype(meta["dtype"])
 
     def load(name, count):

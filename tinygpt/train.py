@@ -646,7 +646,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
             cfg.tokenizer = "char"
         data = prepare_dataset(data_path, cfg.tokenizer, cfg.vocab_size,
                                tokenizer=ckpt.tokenizer if ckpt else init_tokenizer,
-                               tokenizer_of=str(out) if ckpt else cfg.init_from or cfg.pretrained)
+                               tokenizer_of=str(out) if ckpt else cfg.init_from or cfg.pretrained, say=say)
     check_split_lengths(data, cfg.block_size)
     tokenizer = data.tokenizer
 
@@ -1043,7 +1043,7 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
         # (split "all": the whole text as the "train" part of a split with no val part)
         val_fraction = 0.0 if split == "all" else VAL_FRACTION
         dataset = prepare_dataset(data_path, tokenizer=tokenizer, val_fraction=val_fraction,
-                                  tokenizer_of=source)
+                                  tokenizer_of=source, say=say)
     tokens = dataset.val if split == "val" else dataset.train
     if split == "all" and len(tokens) < 2:
         raise TinyGPTError(f"{data_path} is {len(tokens)} token long: scoring needs at least 2 (the first is "
