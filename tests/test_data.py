@@ -1074,6 +1074,19 @@ def test_a_token_file_given_as_the_text_is_pointed_to_its_directory(tmp_path, na
             data.read_text(tmp_path / name)
 
 
+def test_tokenizer_train_refuses_a_token_file_given_as_its_text(tmp_path, nanogpt_dir, capsys):
+    # as --data does: a char-level train.bin decoded as "UTF-8" and a BPE was trained on its bytes, exit 0
+    from tinygpt.cli import main
+
+    nanogpt_dir(tmp_path, TEXT, "char")
+    out = tmp_path / "tok.json"
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "train.bin"), "--vocab-size", "300", "--out",
+                 str(out)]) == 2
+    assert capsys.readouterr().err == (f"tinygpt: error: {tmp_path / 'train.bin'} is a file of token ids, "
+                                       "not text: train the tokenizer on the text they were made from\n")
+    assert not out.exists()
+
+
 def _write_llmc(path, ids, magic=data.LLMC_MAGIC, version=data.LLMC_VERSION, count=None):
     """A token file as llm.c's dev/data scripts write one: 256 int32s (magic, version, token count), ids."""
     header = np.zeros(256, dtype="<i4")

