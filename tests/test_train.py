@@ -1773,6 +1773,35 @@ def test_resume_warns_when_the_token_files_changed(tmp_path, nanogpt_dir, capsys
     assert f"the token files of {folder.resolve()} changed since the run started" in err
 
 
+def test_eval_warns_when_the_runs_own_data_changed_since_it_trained(corpus, tmp_path, nanogpt_dir, capsys,
+                                                                     monkeypatch):
+    # the score of an edited text's val split was printed as the run's, with nothing said
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "2",
+                 "--eval-interval", "2"]) == 0
+    assert main(["eval", "--out", str(out), "--backend", "numpy"]) == 0
+    assert capsys.readouterr().err == ""
+    corpus.write_text(TEXT.replace("Romeo", "Juliet"))
+    for given in ([], ["--data", str(corpus)]):  # its own data, found in its record or given again
+        assert main(["eval", "--out", str(out), "--backend", "numpy", *given]) == 0
+        assert capsys.readouterr().err == (f"tinygpt: warning: the text of {corpus} changed since {out} "
+                                           "trained on it: the val split scored is of the text as it is now, "
+                                           "not as the run saw it\n")
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT)  # another file: scored as asked, no warning
+    assert main(["eval", "--out", str(out), "--backend", "numpy", "--data", str(other)]) == 0
+    assert capsys.readouterr().err == ""
+
+    folder = tmp_path / "chars"
+    _, val_ids = nanogpt_dir(folder, TEXT, "char")
+    training.train(_config(folder, tmp_path / "tokens", max_iters=2), quiet=True)
+    np.array(val_ids[::-1], dtype=np.uint16).tofile(folder / "val.bin")  # the same size, other ids
+    assert main(["eval", "--out", str(tmp_path / "tokens"), "--backend", "numpy", "--split", "train"]) == 0
+    assert capsys.readouterr().err == (f"tinygpt: warning: the token files of {folder} changed since "
+                                       f"{tmp_path / 'tokens'} trained on them: the train split scored is of "
+                                       "the token files as they are now, not as the run saw them\n")
+
+
 def test_resume_on_other_data_says_what_the_data_changed_from_and_to(corpus, tmp_path, nanogpt_dir, capsys):
     # a run moved from a text file to a token folder (or back) was told that "the token files" of the text
     # file (or "the text" of the folder) changed

@@ -968,7 +968,8 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
     text), every token but the first, the tail included. ``data`` may also be a directory of token files
     (``data.open_token_dir``): its val (default) or train files are the split (``val.bin``, llm.c's
     ``NAME_val.bin`` or its val shards), for a run and a pretrained model alike (its ids must be ones the
-    model's tokenizer reads as the files' do), a tail shorter than a window left out.
+    model's tokenizer reads as the files' do), a tail shorter than a window left out. A run's own data (its
+    record's file or folder) that changed since it trained is scored as it is now, with a warning on stderr.
 
     Windows of the model's ``block_size`` (``data.iter_eval_windows``) advance by ``stride`` tokens (default:
     ``block_size``, non-overlapping), each scoring only the targets the window before did not, so each target
@@ -1044,6 +1045,16 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
         val_fraction = 0.0 if split == "all" else VAL_FRACTION
         dataset = prepare_dataset(data_path, tokenizer=tokenizer, val_fraction=val_fraction,
                                   tokenizer_of=source, say=say)
+    if out_dir is not None and ckpt.train_config.get("data") == str(data_path.resolve()):
+        # the run's own data, edited since (or prepared again): its split is no longer the text the run was
+        # trained or validated on, and the score said nothing of it
+        text = dataset.token_files is None
+        recorded = ckpt.train_config.get("data_sha256" if text else "data_fingerprint")
+        if recorded is not None and recorded != dataset.meta["text_sha256" if text else "fingerprint"]:
+            what, them, are = ("text", "it", "it is") if text else ("token files", "them", "they are")
+            say_on_stderr(f"tinygpt: warning: the {what} of {data_path} changed since {out_dir} trained on "
+                          f"{them}: the {split} split scored is of the {what} as {are} now, not as the run "
+                          f"saw {them}")
     tokens = dataset.val if split == "val" else dataset.train
     if split == "all" and len(tokens) < 2:
         raise TinyGPTError(f"{data_path} is {len(tokens)} token long: scoring needs at least 2 (the first is "
