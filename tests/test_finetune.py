@@ -738,6 +738,17 @@ def test_train_init_from_bad_input(tmp_path, lm_dir, capsys, monkeypatch):
     other.write_text("QUITE DIFFERENT CHARACTERS\n" * 40)
     _fails(capsys, ["train", "--data", str(other), "--out", str(tmp_path / "x"), "--init-from", str(lm_dir),
                     "--block-size", "8", *LM_FLAGS], "cannot encode", "not in this tokenizer's vocabulary")
+    # a file that cannot be read is no fault of the tokenizer: it said 'the tokenizer of DIR cannot encode
+    # missing.txt: data file not found: missing.txt'
+    for name, content, error in (("missing.txt", None, "data file not found"),
+                                 ("empty.txt", b"", "data file is empty"),
+                                 ("latin1.txt", b"caf\xe9\n" * 40, "data file is not UTF-8 text")):
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        err = _fails(capsys, ["train", "--data", str(path), "--out", str(tmp_path / "x"), "--init-from",
+                              str(lm_dir), "--block-size", "8", *LM_FLAGS], f"tinygpt: error: {error}")
+        assert "cannot encode" not in err
     corpus = tmp_path / "lm.txt"
     corpus.write_text(LM_TEXT)
     _fails(capsys, ["train", "--data", str(corpus), "--out", str(tmp_path / "x"), "--init-from", str(lm_dir),
