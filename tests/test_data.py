@@ -359,9 +359,12 @@ def test_split_lengths_need_one_window_plus_its_shifted_target(tmp_path):
 
     data.check_split_lengths(splits(9, 9), block_size=8)
     data.get_batch(np.zeros(9, np.uint16), 1, 8, np.random.default_rng(0))  # which get_batch can draw
-    with pytest.raises(TinyGPTError, match="train split has 8 tokens.*at least 9"):
+    # each names where its split lies: the train split's said "(the val split is the last 10%)"
+    with pytest.raises(TinyGPTError, match=r"train split has 8 tokens.*at least 9 \(the train split is the "
+                       r"first 90%\)$"):
         data.check_split_lengths(splits(8, 9), block_size=8)
-    with pytest.raises(TinyGPTError, match="val split has 8 tokens.*at least 9"):
+    with pytest.raises(TinyGPTError, match=r"val split has 8 tokens.*at least 9 \(the val split is the last "
+                       r"10%\)$"):
         data.check_split_lengths(splits(9, 8), block_size=8)
 
 

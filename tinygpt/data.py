@@ -430,9 +430,10 @@ def check_split_lengths(data: TokenData, block_size: int) -> None:
                                f"hold {len(split)} tokens, block size {block_size} needs at least "
                                f"{block_size + 1}")
         if len(split) < block_size + 1:
+            where = "the train split is the first 90%" if name == "train" else "the val split is the last 10%"
             raise TinyGPTError(
                 f"data file {data.text_path} is too small: its {name} split has {len(split)} tokens, "
-                f"block size {block_size} needs at least {block_size + 1} (the val split is the last 10%)")
+                f"block size {block_size} needs at least {block_size + 1} ({where})")
 
 
 # --- token files prepared elsewhere: nanoGPT's train.bin / val.bin (and llm.c's, a pair or shards) -------
