@@ -363,6 +363,19 @@ def test_text_that_is_not_utf8_is_named_by_its_file_or_as_stdin(tmp_path, monkey
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9")))
     assert main(["tokenizer", "encode", "--tokenizer", "gpt2"]) == 2
     assert capsys.readouterr().err == "tinygpt: error: stdin is not UTF-8 text (unexpected end of data)\n"
+    # UTF-16 (Notepad's "Unicode") is named, with how to convert it: "invalid start byte" said nothing of it
+    wide = tmp_path / "wide.txt"
+    wide.write_bytes("\ufeffcafe au lait".encode("utf-16-le"))
+    assert main(["tokenizer", "train", "--input", str(wide), "--vocab-size", "300", "--out",
+                 str(tmp_path / "t.json")]) == 2
+    assert capsys.readouterr().err == (
+        f"tinygpt: error: {wide} is UTF-16 text, not UTF-8 (it starts with UTF-16's byte-order mark): "
+        f"convert it first, e.g. with `iconv -f UTF-16 -t UTF-8 {wide} > {tmp_path / 'wide-utf8.txt'}`\n")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\ufeffcafe".encode("utf-16-be"))))
+    assert main(["tokenizer", "encode", "--tokenizer", "gpt2"]) == 2
+    assert capsys.readouterr().err == ("tinygpt: error: stdin is UTF-16 text, not UTF-8 (it starts with "
+                                       "UTF-16's byte-order mark): convert it first, e.g. with `iconv -f "
+                                       "UTF-16 -t UTF-8`\n")
 
 
 def test_a_stdout_without_a_byte_buffer_gets_the_text(monkeypatch):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -183,6 +184,26 @@ def test_read_text_errors(tmp_path):
     for device in ("/dev/null", "/dev/zero"):
         with pytest.raises(TinyGPTError, match="data path is a device"):
             data.read_text(device)
+
+
+@pytest.mark.parametrize("encoding, name", [("utf-16-le", "UTF-16"), ("utf-16-be", "UTF-16"),
+                                            ("utf-32-le", "UTF-32")])
+def test_text_saved_as_utf16_or_utf32_is_named_with_how_to_convert_it(tmp_path, encoding, name, capsys):
+    # Notepad's "UTF-16 LE" (FF FE) read only "data file is not UTF-8 text: ... (byte 0)"; still refused
+    # (its every other byte a NUL), now named, with the command that converts it
+    src = tmp_path / "my play.txt"
+    src.write_bytes(("\ufeff" + TEXT).encode(encoding))
+    converted = tmp_path / "my play-utf8.txt"  # (the space: the paths are quoted for the shell)
+    message = (f"data file {src} is {name} text, not UTF-8 (it starts with {name}'s byte-order mark): "
+               f"convert it first, e.g. with `iconv -f {name} -t UTF-8 '{src}' > '{converted}'`")
+    with pytest.raises(TinyGPTError) as caught:
+        data.read_text(src)
+    assert str(caught.value) == message
+    assert one_line_error(capsys, ["train", "--data", str(src), "--out", str(tmp_path / "run")]) == (
+        f"tinygpt: error: {message}")
+    src.write_bytes(b"\xff\xfd" + TEXT.encode())  # a byte that is no BOM's: UTF-8's words, as before
+    with pytest.raises(TinyGPTError, match=r"^data file is not UTF-8 text: .* \(byte 0\)$"):
+        data.read_text(src)
 
 
 def test_a_leading_byte_order_mark_is_not_text(tmp_path):

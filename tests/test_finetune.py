@@ -225,6 +225,17 @@ def test_a_label_with_a_lone_surrogate_is_refused(tmp_path):
         ft.read_labelled(path)
 
 
+def test_labelled_data_saved_as_utf16_is_named_with_how_to_convert_it(tmp_path):
+    # Excel's "Unicode Text" is UTF-16 LE with its BOM: "is not UTF-8 text (byte 0)" said nothing of that
+    path = tmp_path / "d.csv"
+    path.write_bytes("\ufefftext,label\na,x\nb,y\n".encode("utf-16-le"))
+    with pytest.raises(TinyGPTError) as caught:
+        ft.read_labelled(path)
+    assert str(caught.value) == (
+        f"{path} is UTF-16 text, not UTF-8 (it starts with UTF-16's byte-order mark): convert it first, e.g. "
+        f"with `iconv -f UTF-16 -t UTF-8 {path} > {tmp_path / 'd-utf8.csv'}`")
+
+
 def test_integer_labels_and_label_order():
     names, ids = ft.label_vocabulary([3, 1, 3, 2])
     assert names == [1, 2, 3] and ids.tolist() == [2, 0, 2, 1]

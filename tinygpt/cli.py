@@ -84,7 +84,7 @@ def _tokenizer_read_utf8(path: str, drop_bom: bool = False) -> str:
     tiktoken encodes the text it is given."""
     from pathlib import Path
 
-    from .data import is_token_file_name, refuse_device
+    from .data import is_token_file_name, refuse_device, wide_encoding_error
 
     if path != "-" and is_token_file_name(Path(path).name):  # a char-level file's uint16 ids below 128 decode
         # as "UTF-8": tokenizer train learned merges of NULs and control characters, and said nothing
@@ -98,7 +98,9 @@ def _tokenizer_read_utf8(path: str, drop_bom: bool = False) -> str:
     try:
         return data.decode("utf-8-sig" if drop_bom else "utf-8")
     except UnicodeDecodeError as exc:
-        raise TinyGPTError(f"{'stdin' if path == '-' else path} is not UTF-8 text ({exc.reason})") from None
+        where = None if path == "-" else path
+        raise TinyGPTError(wide_encoding_error(data, where)
+                           or f"{where or 'stdin'} is not UTF-8 text ({exc.reason})") from None
 
 
 _say = say_on_stderr  # every note, warning and error of the command line: none on stdout when `2>&-`

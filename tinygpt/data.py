@@ -35,6 +35,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -212,6 +213,29 @@ def refuse_device(path: str | os.PathLike, what: str) -> None:
         raise TinyGPTError(f"{what} is a device, not a text file: {path}")
 
 
+# byte-order marks of the wider encodings Windows calls "Unicode" (Notepad's "UTF-16 LE", Excel's "Unicode
+# Text"): none is UTF-8 (FE and FF never occur in it); UTF-32's first, as UTF-32 LE's begins with UTF-16 LE's
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+              (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+
+
+def wide_encoding_error(raw: bytes, path: str | os.PathLike | None) -> str | None:
+    """For bytes that begin with a UTF-16 or UTF-32 byte-order mark, the words that say so and how to convert
+    the file (``path``; None: stdin), else None: UTF-8's "(byte 0)" alone left it to the user to find out."""
+    encoding = next((name for bom, name in _WIDE_BOMS if raw.startswith(bom)), None)
+    if encoding is None:
+        return None
+    what = "stdin" if path is None else str(path)
+    if path is None:
+        how = f"iconv -f {encoding} -t UTF-8"
+    else:
+        path = Path(path)
+        converted = path.with_name(f"{path.stem}-utf8{path.suffix}")
+        how = f"iconv -f {encoding} -t UTF-8 {shlex.quote(str(path))} > {shlex.quote(str(converted))}"
+    return (f"{what} is {encoding} text, not UTF-8 (it starts with {encoding}'s byte-order mark): convert it "
+            f"first, e.g. with `{how}`")
+
+
 def read_text(path: str | os.PathLike) -> str:
     """The UTF-8 text of a data file, with clear errors for missing, unreadable, empty or binary files.
 
@@ -233,6 +257,9 @@ def read_text(path: str | os.PathLike) -> str:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        wide = wide_encoding_error(raw, path)
+        if wide is not None:
+            raise TinyGPTError(f"data file {wide}") from None
         raise TinyGPTError(f"data file is not UTF-8 text: {path} (byte {exc.start})") from None
     if not text.strip():  # (after the decoding: a file of a BOM alone is empty too)
         raise TinyGPTError(f"data file is empty: {path}")

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from tinygpt import layers
-from tinygpt.data import refuse_device
+from tinygpt.data import refuse_device, wide_encoding_error
 from tinygpt.errors import TinyGPTError, is_int, is_number, say_on_stderr, shown
 from tinygpt.files import loads_json, write_atomic
 from tinygpt.optim import check_decay_fits_rate
@@ -92,10 +92,12 @@ def read_labelled(path) -> tuple[list[str], list, list[str | None]]:
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".csv"):
         raise TinyGPTError(f"{path}: labelled data must be .jsonl or .csv, got {suffix or 'no extension'!r}")
+    data = path.read_bytes()
     try:
-        raw = path.read_bytes().decode("utf-8-sig")  # (-sig: a leading BOM, as Excel writes, is dropped)
-    except UnicodeDecodeError as exc:
-        raise TinyGPTError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+        raw = data.decode("utf-8-sig")  # (-sig: a leading BOM, as Excel writes, is dropped)
+    except UnicodeDecodeError as exc:  # (Excel's "Unicode Text" is UTF-16: named, with how to convert it)
+        raise TinyGPTError(wide_encoding_error(data, path)
+                           or f"{path} is not UTF-8 text (byte {exc.start})") from None
     rows = []  # (row number as a person counts it, dict)
     if suffix == ".jsonl":
         # lines end at \n only (a \r before it is JSON whitespace): str.splitlines would also cut at
