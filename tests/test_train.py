@@ -1334,6 +1334,32 @@ def test_done_line_of_a_resumed_run_says_the_total_is_over_every_run(corpus, tmp
     assert total >= this_run >= 0
 
 
+def test_a_resumed_runs_total_is_the_sum_of_the_runs_own_times(corpus, tmp_path, capsys, monkeypatch):
+    # the first run's done line counted its plot, which the elapsed time it saved did not: 4 steps read
+    # "0.7 s", then --resume to 6 "0.6 s in all, 0.6 s in this run". A slow plot (0.5 s) makes the gap plain
+    def slow_plot(out):
+        time.sleep(0.5)
+        return plot(out)
+
+    plot = training.plot_metrics
+    monkeypatch.setattr(training, "plot_metrics", slow_plot)
+    out, loud = tmp_path / "run", [arg for arg in TINY if arg != "--quiet"]
+
+    def seconds(line, before):
+        return float(line.split(before)[0].split()[-1])
+
+    assert main(["train", "--data", str(corpus), "--out", str(out), *loud, "--max-iters", "4"]) == 0
+    first = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("done: step 4"))
+    assert main(["train", "--resume", "--out", str(out), "--max-iters", "6"]) == 0
+    done = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("done: step 6"))
+    total, this_run = seconds(done, " s in all"), seconds(done, " s in this run")
+    assert total == pytest.approx(seconds(first, " s;") + this_run, abs=0.1 + 1e-9)  # (each rounded to 0.1)
+    # the API's total is what the checkpoint and metrics.jsonl's last row hold, which a --resume adds to
+    summary = training.train(_config(corpus, out), resume=True, quiet=True, overrides={"max_iters": 8})
+    assert summary["elapsed"] == load_checkpoint(out).state["elapsed"]
+    assert round(summary["elapsed"], 3) == training.read_metrics(out / "metrics.jsonl")[-1]["elapsed"]
+
+
 @pytest.mark.parametrize("max_iters", ["4", "6"])
 def test_resuming_a_run_already_past_max_iters_says_nothing_to_do_without_a_bar(max_iters, corpus, tmp_path,
                                                                                 capsys):

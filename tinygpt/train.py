@@ -542,8 +542,8 @@ def load_initial_model(cfg: TrainConfig):
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, overrides: dict | None = None) -> dict:
     """Run (or with ``resume`` continue) training into ``cfg.out``; return a summary dict: out, step,
     val_loss (the last evaluation's), best_val_loss and best_step (the checkpoint ``cfg.out/best`` names;
-    None for a run resumed from a checkpoint older than that link that has not improved since), elapsed,
-    plot.
+    None for a run resumed from a checkpoint older than that link that has not improved since), elapsed
+    (seconds of training over every run of the directory, as saved with the last checkpoint), plot.
 
     With ``resume``, the run's saved config is used and ``overrides`` (explicitly given settings) replace
     parts of it; ``cfg`` is then ignored except for ``cfg.out``. One run at a time writes a directory: a
@@ -855,7 +855,9 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, overrides: dict | None) 
         rows = []  # summary without its last val loss is no reason to report the finished run as failed
     summary = {"out": str(out), "step": step, "val_loss": rows[-1]["val_loss"] if rows else None,
                "best_val_loss": state["best_val_loss"], "best_step": state["best_step"],
-               "elapsed": elapsed_before + time.perf_counter() - run_start, "plot": str(png) if png else None}
+               # the time saved with the last checkpoint, which a --resume adds to: counted to here, the total
+               # held this run's plot (half a second of matplotlib), which the next run's "in all" left out
+               "elapsed": state["elapsed"], "plot": str(png) if png else None}
     if not quiet:
         val = f"{summary['val_loss']:.4f}" if summary["val_loss"] is not None else "n/a"
         took = f"{summary['elapsed']:.1f} s"
