@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from tinygpt import data
 from tinygpt.errors import TinyGPTError
+from tinygpt.files import atomic_path
 from tinygpt.tokenizer import CharTokenizer
 
 HEADER = "The Project Gutenberg EBook of X\nlicence text\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\n"
@@ -419,6 +420,35 @@ def test_split_lengths_need_one_window_plus_its_shifted_target(tmp_path):
     with pytest.raises(TinyGPTError, match=r"val split has 8 tokens.*at least 9 \(the val split is the last "
                        r"10%\)$"):
         data.check_split_lengths(splits(9, 8), block_size=8)
+
+
+def test_a_killed_writers_temporaries_in_a_token_cache_entry_are_removed_once_stale(tmp_path):
+    # a run killed while writing train.bin (SIGTERM, SIGKILL) left ".train.bin.XXXXXXXX.tmp", as large as
+    # the split, beside the entry the next run wrote; nothing removed it, and each kill added one
+    src = tmp_path / "input.txt"
+    src.write_text(TEXT)
+    folder = Path(data.prepare_dataset(src, "char", cache=tmp_path / "cache").train.filename).parent
+    hour_ago = time.time() - 3700
+    # a name atomic_path (write_atomic's) gives: the interrupt removes its file, which a kill would not
+    with pytest.raises(KeyboardInterrupt), atomic_path(folder / "train.bin") as killed:
+        raise KeyboardInterrupt
+    stale = [Path(killed), folder / ".val.bin.abcdefgh.tmp", folder / ".meta.json.q1w2e3r4.tmp"]
+    young = folder / ".train.bin.zzzzzzzz.tmp"  # another run's, being written now: left alone
+    others = [folder / "train.bin.tmp", folder / ".notes.txt.abcdefgh.tmp"]  # not write_atomic's of ours
+    for path in [*stale, young, *others]:
+        path.write_bytes(b"\0" * 64)
+        if path is not young:
+            os.utime(path, (hour_ago, hour_ago))
+    data.prepare_dataset(src, "char", cache=tmp_path / "cache")  # the entry reused
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["meta.json", "train.bin", "val.bin", young.name, *(p.name for p in others)])
+    # and before a write of the entry (a kill left it without meta.json)
+    (folder / "meta.json").unlink()
+    os.utime(young, (hour_ago, hour_ago))
+    ds = data.prepare_dataset(src, "char", cache=tmp_path / "cache")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["meta.json", "train.bin", "val.bin", *(p.name for p in others)])
+    assert ds.tokenizer.decode(ds.train[:5].tolist()) == TEXT[:5]
 
 
 def test_bpe_tokenizer_is_trained_on_the_data_and_cached(tmp_path):

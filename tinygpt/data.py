@@ -382,6 +382,33 @@ def _valid_cache(folder: Path, text_sha256: str, fingerprint: str, val_fraction:
         return None
 
 
+# write_atomic's temporaries of a token cache entry's files (".train.bin.k3j9x_2a.tmp"): a run killed while
+# writing one (SIGTERM from a job's time limit, SIGKILL, the OOM killer: no except clause runs) left it, as
+# large as its split, and the next run wrote the entry whole beside it; nothing ever removed it
+_CACHE_TEMPORARY = re.compile(r"\.(?:train\.bin|val\.bin|meta\.json)\.\w+\.tmp")
+_STALE_TEMPORARY_SECONDS = 3600  # a live writer's is seconds old: its write moves the mtime, then it renames
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporaries of ``folder``'s cache files last written over an hour ago: a killed writer's,
+    never one another run is writing now. Every use of the entry looks, not only a write of it: a run started
+    again at once after the kill finds the temporary young, and writes the entry that later runs reuse."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # (no entry yet)
+        return
+    now = time.time()
+    for entry in entries:
+        if not _CACHE_TEMPORARY.fullmatch(entry.name):
+            continue
+        try:
+            if (entry.is_file(follow_symlinks=False)
+                    and now - entry.stat(follow_symlinks=False).st_mtime > _STALE_TEMPORARY_SECONDS):
+                os.unlink(entry.path)
+        except OSError:  # another run removed it first, or a read-only cache: it stays, as it did
+            pass
+
+
 def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", vocab_size: int | None = None,
                     tokenizer=None, cache: str | os.PathLike | None = None,
                     val_fraction: float = VAL_FRACTION, tokenizer_of: str | None = None,
@@ -410,6 +437,7 @@ def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", 
     # training on it (the default 90/10) do not evict each other's cache and re-encode the text each time
     split = "" if val_fraction == VAL_FRACTION else f"-val{val_fraction:g}"
     folder = root / "tokens" / f"{text_sha256[:16]}-{fingerprint[:16]}{split}"
+    _remove_stale_temporaries(folder)
     meta = _valid_cache(folder, text_sha256, fingerprint, val_fraction)
     if meta is None:
         try:
