@@ -969,6 +969,24 @@ def test_tinygpts_own_token_cache_given_as_a_token_dir_is_refused_naming_its_tex
     assert not (tmp_path / "run").exists()
 
 
+def test_tinygpts_token_cache_of_gpt2s_tokenizer_reads_as_gpt2s_token_dir(tmp_path):
+    # its files are GPT-2's uint16 ids, nanoGPT's openwebtext layout, and read as such before caches were
+    # refused: refused with the others, it was told its ids were of a tokenizer it does not hold
+    src = tmp_path / "input.txt"
+    src.write_text(TEXT)
+    prepared = data.prepare_dataset(src, "gpt2", cache=tmp_path / "cache")
+    folder = next((tmp_path / "cache" / "tokens").iterdir())
+    ds = data.open_token_dir(folder)
+    assert (ds.meta["tokenizer"], ds.tokenizer.vocab_size) == ("gpt2", 50257)
+    np.testing.assert_array_equal(ds.train, prepared.train)
+    np.testing.assert_array_equal(ds.val, prepared.val)
+    # GPT-2's size and dtype alone are not GPT-2's ids (a BPE trained with --vocab-size 50257): refused
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "tokenizer_sha256": "0" * 64}))
+    with pytest.raises(TinyGPTError, match=re.escape(f"is tinygpt's token cache of {src.resolve()}")):
+        data.open_token_dir(folder)
+
+
 def test_a_meta_pkl_of_more_characters_than_uint16_ids_hold_is_refused(tmp_path):
     # nanoGPT's prepare.py writes np.uint16(ids): a text of 65,537 distinct characters has id 65,536 stored
     # as 0, which read back as the first character, silently

@@ -582,14 +582,37 @@ def _token_cache_source(folder: Path) -> str | None:
     ``source``, or "a text"), or None for any other folder. Its ``train.bin`` and ``val.bin`` look like
     nanoGPT's, but its ids are any tokenizer's (a char tokenizer's, a BPE's, ``uint32`` past 65,536 ids),
     and the tokenizer is not in the folder: nanoGPT's files hold characters with a meta.pkl, else GPT-2's
-    ids, and ours have neither to be told by. (nanoGPT writes no meta.json.)"""
+    ids, and ours have neither to be told by. (nanoGPT writes no meta.json.) A cache of GPT-2's own
+    tokenizer (``--tokenizer gpt2``) is None too: its files are GPT-2's uint16 ids, read as they were
+    written, as they were before caches were refused."""
     try:
         meta = loads_json((folder / "meta.json").read_bytes())
     except (OSError, ValueError):
         return None
     if not (isinstance(meta, dict) and {"text_sha256", "tokenizer_sha256"} <= meta.keys()):
         return None
+    if _is_gpt2_cache(meta):
+        return None
     return meta["source"] if isinstance(meta.get("source"), str) else "a text"
+
+
+def _is_gpt2_cache(meta: dict) -> bool:
+    """Whether a token cache's ``meta.json`` is of GPT-2's tokenizer, by its fingerprint: a BPE trained
+    with ``--vocab-size 50257`` has GPT-2's size and other ids. Without GPT-2's files to compare with,
+    it cannot be told, and is not."""
+    from tinygpt.tokenizer import load_tokenizer
+
+    try:  # (an older cache's "uint16" is the machine's order: little-endian ids only where it is)
+        little_uint16 = np.dtype(meta.get("dtype")) == np.dtype("<u2")
+    except (TypeError, ValueError):
+        return False
+    if meta.get("vocab_size") != GPT2_VOCAB_SIZE or not little_uint16:
+        return False  # (a cheap no, before GPT-2's 50,000 merges are read)
+    try:
+        gpt2 = load_tokenizer("gpt2")
+    except TinyGPTError:
+        return False
+    return meta["tokenizer_sha256"] == tokenizer_fingerprint(gpt2)
 
 
 def _apple_double(path: Path) -> bool:
