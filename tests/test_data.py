@@ -1191,6 +1191,37 @@ def test_tokenizer_train_refuses_a_token_file_given_as_its_text(tmp_path, nanogp
     assert not out.exists()
 
 
+def test_a_text_named_as_a_token_file_is_read_and_token_ids_are_told_by_their_bytes(tmp_path, nanogpt_dir,
+                                                                                       capsys):
+    # d8c7cd4 and read_text refused by the name alone: a corpus saved as train.bin (UTF-8, no NUL) was "a
+    # file of token ids", and sample --prompt-file val.bin was told to "train the tokenizer"
+    from tinygpt.cli import main
+
+    text = tmp_path / "text" / "train.bin"
+    text.parent.mkdir()
+    text.write_text(TEXT)
+    assert data.read_text(text) == TEXT
+    out = tmp_path / "tok.json"
+    assert main(["tokenizer", "train", "--input", str(text), "--vocab-size", "260", "--out", str(out)]) == 0
+    assert out.exists()
+    # a train.bin that is not there is missing, not token ids (a typo in the path was told it held ids)
+    capsys.readouterr()
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "nope" / "train.bin"), "--vocab-size", "260",
+                 "--out", str(out)]) == 2
+    assert "No such file or directory" in capsys.readouterr().err
+    # ids of every kind are still refused, by their NULs (GPT-2's, llm.c's header) or bytes not UTF-8
+    nanogpt_dir(tmp_path / "gpt2", TEXT, "gpt2")
+    ids = tmp_path / "gpt2" / "val.bin"
+    _write_llmc(tmp_path / "edu_fineweb_val_000000.bin", [300, 400])
+    for path in (ids, tmp_path / "edu_fineweb_val_000000.bin"):
+        with pytest.raises(TinyGPTError, match="is a file of token ids, not text: give its directory"):
+            data.read_text(path)
+    capsys.readouterr()
+    assert main(["sample", "--out", str(tmp_path / "run"), "--prompt-file", str(ids)]) == 2
+    assert capsys.readouterr().err == (f"tinygpt: error: {ids} is a file of token ids, not text: give "
+                                       "--prompt-file a text file (or --prompt TEXT)\n")
+
+
 def _write_llmc(path, ids, magic=data.LLMC_MAGIC, version=data.LLMC_VERSION, count=None):
     """A token file as llm.c's dev/data scripts write one: 256 int32s (magic, version, token count), ids."""
     header = np.zeros(256, dtype="<i4")

