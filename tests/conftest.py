@@ -353,3 +353,19 @@ def break_weights_at_update(monkeypatch, update):
                 p[...] = np.nan
 
     monkeypatch.setattr(AdamW, "step", breaking_step)
+
+
+def fail_fsync_of_temporaries(monkeypatch, folder, pattern):
+    """Make os.fsync fail, as a full disk reports it through NFS or a quota (the write itself succeeded), on
+    the temporaries in ``folder`` matching ``pattern`` (e.g. ``.model.safetensors.*``); every other fsync
+    runs. Undo with ``monkeypatch.undo()``."""
+    import os
+
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.fstat(fd).st_ino in {p.stat().st_ino for p in Path(folder).glob(pattern)}:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)

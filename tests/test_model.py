@@ -648,24 +648,17 @@ def test_save_pretrained_whose_weights_fail_to_reach_the_disk_leaves_the_previou
     # the write succeeded and the fsync failed (what NFS or a quota reports of a full disk, or an I/O error):
     # config.json had already replaced its old self, its fsync being the inner block's, so the new config sat
     # beside the old weights and the pair no longer loaded
-    import os
+    from conftest import fail_fsync_of_temporaries
 
     GPT(GPTConfig(**TINY), seed=0).save_pretrained(tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    real_fsync = os.fsync
-
-    def fsync_failing_on_weights(fd):
-        weights_temporaries = {p.stat().st_ino for p in tmp_path.glob(".model.safetensors.*")}
-        if os.fstat(fd).st_ino in weights_temporaries:
-            raise OSError(28, "No space left on device")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync_failing_on_weights)
+    fail_fsync_of_temporaries(monkeypatch, tmp_path, ".model.safetensors.*")
     with pytest.raises(OSError, match="No space"):
         GPT(GPTConfig(**{**TINY, "n_layer": 3}), seed=1).save_pretrained(tmp_path)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # and no temporaries left
     assert GPT.from_pretrained(tmp_path).config.n_layer == TINY["n_layer"]
+
 
 def test_from_pretrained_errors(tmp_path):
     with pytest.raises(TinyGPTError, match="no model directory"):

@@ -1453,6 +1453,11 @@ def test_gpt2_files_export_replaces_the_pair_or_neither(trained, tmp_path, monke
         real_replace(src, dst)
 
     monkeypatch.setattr(tokenizer_module.os, "replace", replace)
+    _assert_failed_export_left_the_old_pair(trained, tmp_path, monkeypatch)
+
+
+def _assert_failed_export_left_the_old_pair(trained, tmp_path, monkeypatch):
+    """save_gpt2_files fails on the disk error the test set up, and the user's old pair is left as it was."""
     with pytest.raises(OSError, match="No space"):
         trained.save_gpt2_files(tmp_path)
     monkeypatch.undo()
@@ -1466,25 +1471,12 @@ def test_gpt2_files_export_whose_encoder_fails_to_reach_the_disk_leaves_the_old_
     # the write succeeded and the fsync failed (a full disk as NFS or a quota reports it, an I/O error):
     # vocab.bpe, the inner block's, had already replaced its old self, so the new merges sat beside the old
     # encoder.json, a pair that no longer loaded
-    import os
+    from conftest import fail_fsync_of_temporaries
 
     (tmp_path / "encoder.json").write_text("my encoder")
     (tmp_path / "vocab.bpe").write_text("my merges")
-    real_fsync = os.fsync
-
-    def fsync_failing_on_the_encoder(fd):
-        encoder_temporaries = {p.stat().st_ino for p in tmp_path.glob(".encoder.json.*")}
-        if os.fstat(fd).st_ino in encoder_temporaries:
-            raise OSError(28, "No space left on device")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync_failing_on_the_encoder)
-    with pytest.raises(OSError, match="No space"):
-        trained.save_gpt2_files(tmp_path)
-    monkeypatch.undo()
-    assert (tmp_path / "encoder.json").read_text() == "my encoder"
-    assert (tmp_path / "vocab.bpe").read_text() == "my merges"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.json", "vocab.bpe"]  # no temporaries
+    fail_fsync_of_temporaries(monkeypatch, tmp_path, ".encoder.json.*")
+    _assert_failed_export_left_the_old_pair(trained, tmp_path, monkeypatch)
     # an encoder.json that is a device is written into, as before, not fsynced (EINVAL there)
     (tmp_path / "encoder.json").unlink()
     (tmp_path / "encoder.json").symlink_to("/dev/null")
