@@ -895,6 +895,17 @@ def test_eval_and_sample_refuse_a_model_of_non_finite_weights(source, corpus, tm
     with pytest.raises(TinyGPTError, match=re.escape(message)):
         training.evaluate(**({"out_dir": tmp_path / "run"} if source == "run" else
                              {"pretrained": given[1], "data": str(corpus)}))
+    if source != "run":  # train and finetune from it: refused at load too (a stop at step 0, after the data)
+        labelled = tmp_path / "labelled.csv"
+        labelled.write_text("text,label\n" + "".join(f"ROMEO {i},{i % 2}\n" for i in range(8)))
+        for argv in (["train", *given, "--data", str(corpus), "--out", str(tmp_path / "t"),
+                      "--max-iters", "1"],
+                     ["finetune", *given, "--data", str(labelled), "--out", str(tmp_path / "f"),
+                      "--epochs", "1"]):
+            assert main([*argv, "--backend", "numpy"]) == 2
+            out, err = capsys.readouterr()
+            assert message in err and err.count("\n") == 1, err
+            assert not (tmp_path / argv[argv.index("--out") + 1]).exists()
 
 
 def test_eval_stride_on_a_training_run(corpus, tmp_path, capsys):

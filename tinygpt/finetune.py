@@ -594,7 +594,19 @@ def load_gpt2_dir(path, backend: str = "numpy"):
     ``data.read_char_vocabulary``), as nanoGPT's sample.py finds them; without one the tokenizer is GPT-2's,
     which nanoGPT's GPT-2 runs use (their vocabulary often padded to 50,304), and a vocabulary smaller than
     GPT-2's is refused: it is a char-level run's whose meta.pkl was not found.
+
+    Weights holding a NaN or an infinity are refused (``model.check_finite_weights``): scored, they gave
+    ``loss nan`` with exit 0; sampled, an error after the prompt; trained from, a stop at step 0.
     """
+    from tinygpt.model import check_finite_weights
+
+    model, tokenizer, description = _read_gpt2_dir(path, backend)
+    check_finite_weights(model, str(path), "use another checkpoint")
+    return model, tokenizer, description
+
+
+def _read_gpt2_dir(path, backend: str):
+    """``load_gpt2_dir``'s reading of the model and its tokenizer, before the check of its weights."""
     from tinygpt.data import read_char_vocabulary
     from tinygpt.model import GPT, load_nanogpt, nanogpt_checkpoint, nanogpt_meta_path
     from tinygpt.tokenizer import BPETokenizer

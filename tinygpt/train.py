@@ -1017,20 +1017,18 @@ def evaluate(out_dir: str | os.PathLike | None = None, data: str | None = None, 
         raise TinyGPTError(f"--max-batches must be an integer >= 1, got {shown(max_batches)}")
     if stride is not None and (not is_int(stride) or stride < 1):  # (its upper bound, once the model is in)
         raise TinyGPTError(f"--stride must be a positive integer, got {shown(stride)}")
-    from tinygpt.model import check_finite_weights
-
     if pretrained is not None:
         from tinygpt.finetune import load_gpt2_dir
 
-        model, tokenizer, source = load_gpt2_dir(pretrained, backend=backend)
+        model, tokenizer, source = load_gpt2_dir(pretrained, backend=backend)  # (NaN weights refused)
         step = None
-        # NaN or inf weights scored "loss nan" with exit 0, as if a number; refused as sample refuses them
-        check_finite_weights(model, str(pretrained), "use another checkpoint")
     else:
         from tinygpt.checkpoint import NON_FINITE_REMEDY, load_checkpoint
+        from tinygpt.model import check_finite_weights
 
         ckpt = load_checkpoint(out_dir, backend=backend, with_optimizer=False)
         model, tokenizer, source, step = ckpt.model, ckpt.tokenizer, str(out_dir), ckpt.state.get("step")
+        # NaN or inf weights scored "loss nan" with exit 0, as if a number; refused as sample refuses them
         check_finite_weights(model, f"the checkpoint {ckpt.path}", NON_FINITE_REMEDY)
     block = model.config.block_size
     if stride is not None and stride > block:  # windows further apart than they are long skip tokens
